@@ -1,0 +1,727 @@
+//! Integration tests of `berth runtime`: real containers from a busybox bundle, checked from
+//! inside. They need root (CI runs as root) and fail, never skip, without it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the runtime integration tests need root (CI runs as root)"
+    );
+}
+
+/// A busybox bundle plus a private state root.
+struct Bundle {
+    dir: tempfile::TempDir,
+    id: String,
+}
+
+impl Bundle {
+    fn new(name: &str, args: &[&str]) -> Bundle {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("berth-test-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-bundle");
+        let out = Command::new(&script)
+            .arg(dir.path().join("bundle"))
+            .arg(BERTH)
+            .arg("--")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "busybox-bundle failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let b = Bundle {
+            dir,
+            id: format!("{name}-{}", std::process::id()),
+        };
+        // A writable /tmp for tests that write.
+        b.edit(|c| c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]})));
+        b
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("bundle")
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        self.path().join("rootfs")
+    }
+
+    fn edit(&self, f: impl FnOnce(&mut Value)) {
+        let p = self.path().join("config.json");
+        let mut c: Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+        f(&mut c);
+        fs::write(&p, serde_json::to_string_pretty(&c).unwrap()).unwrap();
+    }
+
+    fn berth(&self, args: &[&str]) -> Output {
+        Command::new(BERTH)
+            .arg("runtime")
+            .arg("--root")
+            .arg(self.root())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn run(&self) -> Output {
+        let bundle = self.path();
+        self.berth(&["run", "--bundle", bundle.to_str().unwrap(), &self.id])
+    }
+
+    /// Runs the container in the foreground and returns its stdout, asserting success.
+    fn run_ok(&self) -> String {
+        let out = self.run();
+        assert!(
+            out.status.success(),
+            "run failed ({:?}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `create`, with the container's stdio (which is the caller's) going to files: a pipe
+    /// would stay open as long as the container runs.
+    fn create(&self) {
+        let bundle = self.path();
+        let out = fs::File::create(self.dir.path().join("stdout")).unwrap();
+        let err_path = self.dir.path().join("stderr");
+        let err = fs::File::create(&err_path).unwrap();
+        let status = Command::new(BERTH)
+            .arg("runtime")
+            .arg("--root")
+            .arg(self.root())
+            .args(["create", "--bundle", bundle.to_str().unwrap(), &self.id])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "create failed: {}",
+            fs::read_to_string(err_path).unwrap()
+        );
+    }
+
+    /// `create` that must fail; returns its stderr.
+    fn create_err(&self) -> String {
+        let bundle = self.path();
+        let err_path = self.dir.path().join("stderr-dup");
+        let status = Command::new(BERTH)
+            .arg("runtime")
+            .arg("--root")
+            .arg(self.root())
+            .args(["create", "--bundle", bundle.to_str().unwrap(), &self.id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&err_path).unwrap())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "create succeeded");
+        fs::read_to_string(err_path).unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.berth(args);
+        assert!(
+            out.status.success(),
+            "berth runtime {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn state(&self) -> Value {
+        serde_json::from_str(&self.ok(&["state", &self.id])).unwrap()
+    }
+
+    fn wait_status(&self, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.state();
+            if s["status"] == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container never reached {want}: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every cgroup directory that could belong to this container.
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let p = entry.path().join("berth").join(&self.id);
+            if p.exists() {
+                out.push(p);
+            }
+        }
+        let v2 = Path::new("/sys/fs/cgroup/berth").join(&self.id);
+        if v2.exists() {
+            out.push(v2);
+        }
+        out
+    }
+
+    fn assert_gone(&self) {
+        assert!(
+            !self.root().join(&self.id).exists(),
+            "state directory left behind"
+        );
+        assert_eq!(
+            self.cgroup_dirs(),
+            Vec::<PathBuf>::new(),
+            "cgroups left behind"
+        );
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let rootfs = self.rootfs();
+        assert!(
+            !mounts.contains(rootfs.to_str().unwrap()),
+            "mount left behind under {}",
+            rootfs.display()
+        );
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        let _ = self.berth(&["delete", "--force", &self.id]);
+    }
+}
+
+#[test]
+fn container_is_pid_one_with_its_hostname_and_sees_no_host_process() {
+    let b = Bundle::new(
+        "pid1",
+        &[
+            "sh",
+            "-c",
+            "echo pid=$$; hostname; ls /proc | grep -c '^[0-9]'; cat /proc/1/cmdline",
+        ],
+    );
+    let out = b.run_ok();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "pid=1");
+    assert_eq!(lines[1], "berth");
+    let procs: usize = lines[2].parse().unwrap();
+    assert!(procs <= 4, "the container sees {procs} processes: {out}");
+    b.assert_gone();
+}
+
+#[test]
+fn stdio_is_the_callers_and_exit_codes_pass_through() {
+    let b = Bundle::new("stdio", &["sh", "-c", "echo out; echo err >&2; exit 7"]);
+    let out = b.run();
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let b = Bundle::new("stdin", &["sh", "-c", "read line; echo got:$line"]);
+    let bundle = b.path();
+    let mut child = Command::new(BERTH)
+        .args([
+            "runtime",
+            "--root",
+            b.root().to_str().unwrap(),
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            &b.id,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got:hello\n");
+}
+
+#[test]
+fn memory_limit_oom_kills_and_is_reported() {
+    let b = Bundle::new("oom", &["sh", "-c", "head -c 200m /dev/zero | tail"]);
+    b.edit(|c| c["linux"]["resources"]["memory"] = json!({"limit": 32 << 20, "swap": 32 << 20}));
+    b.create();
+    let limit = fs::read_to_string(
+        b.cgroup_dirs()
+            .iter()
+            .find(|p| p.starts_with("/sys/fs/cgroup/memory"))
+            .expect("memory cgroup")
+            .join("memory.limit_in_bytes"),
+    )
+    .unwrap();
+    assert_eq!(limit.trim(), (32u64 << 20).to_string());
+    b.ok(&["start", &b.id]);
+    b.wait_status("stopped");
+    let stats: Value = serde_json::from_str(&b.ok(&["events", "--stats", &b.id])).unwrap();
+    let oom = stats["data"]["memory"]["oom_kill"]
+        .as_u64()
+        .or_else(|| stats["data"]["oom_kill"].as_u64())
+        .unwrap_or_else(|| panic!("no oom_kill in {stats}"));
+    assert!(oom >= 1, "OOM kill not reported: {stats}");
+    b.ok(&["delete", &b.id]);
+    b.assert_gone();
+}
+
+#[test]
+fn pids_limit_stops_forks() {
+    let b = Bundle::new(
+        "pids",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 12 ]; do sleep 30 & i=$((i+1)); done; echo all started",
+        ],
+    );
+    b.edit(|c| c["linux"]["resources"]["pids"] = json!({"limit": 6}));
+    let out = b.run();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && !stdout.contains("all started"),
+        "12 processes started despite a pids limit of 6"
+    );
+    assert!(stderr.contains("can't fork"), "{stderr}");
+    b.assert_gone();
+}
+
+fn status_field(status: &str, name: &str) -> u64 {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{name} missing"));
+    u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+}
+
+#[test]
+fn capability_sets_are_exactly_as_configured() {
+    let b = Bundle::new("caps-root", &["cat", "/proc/self/status"]);
+    b.edit(|c| c["process"]["capabilities"] = json!({"bounding": ["CAP_KILL", "CAP_CHOWN"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]}));
+    let s = b.run_ok();
+    assert_eq!(status_field(&s, "CapBnd:"), 0x21);
+    // noNewPrivileges (on in the default spec) keeps execve from raising permitted above what was set.
+    assert_eq!(status_field(&s, "CapPrm:"), 0x20);
+    assert_eq!(status_field(&s, "CapEff:"), 0x20);
+    // As an unprivileged user, all five sets survive exec exactly (ambient carries into permitted/effective).
+    let b = Bundle::new("caps-user", &["cat", "/proc/self/status"]);
+    b.edit(|c| {
+        c["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [5]});
+        c["process"]["capabilities"] = json!({
+            "bounding": ["CAP_KILL", "CAP_CHOWN", "CAP_NET_BIND_SERVICE"],
+            "effective": ["CAP_KILL", "CAP_CHOWN"], "permitted": ["CAP_KILL", "CAP_CHOWN"],
+            "inheritable": ["CAP_KILL", "CAP_CHOWN"], "ambient": ["CAP_KILL"]});
+    });
+    let s = b.run_ok();
+    assert_eq!(status_field(&s, "CapBnd:"), 0x421);
+    assert_eq!(status_field(&s, "CapInh:"), 0x21);
+    assert_eq!(status_field(&s, "CapPrm:"), 0x20);
+    assert_eq!(status_field(&s, "CapEff:"), 0x20);
+    assert_eq!(status_field(&s, "CapAmb:"), 0x20);
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("1000")),
+        "{s}"
+    );
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("Groups:") && l.split_whitespace().nth(1) == Some("5")),
+        "{s}"
+    );
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')),
+        "{s}"
+    );
+}
+
+#[test]
+fn seccomp_returns_the_configured_errno() {
+    let b = Bundle::new(
+        "seccomp",
+        &[
+            "sh",
+            "-c",
+            "mkdir /tmp/x; echo rc=$?; touch /tmp/y && echo touched",
+        ],
+    );
+    b.edit(|c| {
+        c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 122}]})
+    });
+    let out = b.run();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("quota"),
+        "mkdir did not fail with EDQUOT (122): {stderr}"
+    );
+    assert!(
+        stdout.contains("rc=1") && stdout.contains("touched"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn masked_paths_are_unreadable_and_readonly_paths_readonly() {
+    let b = Bundle::new("paths", &["sh", "-c", "wc -c < /proc/keys; ls -A /sys/firmware | wc -l; echo 1 > /proc/sys/vm/overcommit_memory || echo readonly; echo x > /etc/x || echo rootro"]);
+    let out = b.run();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["0", "0", "readonly", "rootro"],
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bind_mounts_are_present_and_read_only_when_asked() {
+    let b = Bundle::new(
+        "bind",
+        &[
+            "sh",
+            "-c",
+            "cat /data/hello; echo y > /data/new || echo ro; cat /file",
+        ],
+    );
+    let host = b.dir.path().join("hostdata");
+    fs::create_dir(&host).unwrap();
+    fs::write(host.join("hello"), "hi from the host\n").unwrap();
+    let file = b.dir.path().join("single");
+    fs::write(&file, "a single file\n").unwrap();
+    b.edit(|c| {
+        let m = c["mounts"].as_array_mut().unwrap();
+        m.push(json!({"destination": "/data", "type": "bind", "source": host, "options": ["rbind", "ro"]}));
+        m.push(json!({"destination": "/file", "type": "bind", "source": file, "options": ["bind"]}));
+    });
+    let out = b.run_ok();
+    assert_eq!(out, "hi from the host\nro\na single file\n");
+    assert!(!host.join("new").exists());
+}
+
+#[test]
+fn mount_targets_never_follow_symlinks_out_of_the_rootfs() {
+    let b = Bundle::new(
+        "symlink",
+        &["stat", "-f", "-c", "%T", "/escape", "/escape2/sub"],
+    );
+    let victim = b.dir.path().join("victim");
+    fs::create_dir(&victim).unwrap();
+    fs::write(victim.join("keep"), "host file").unwrap();
+    std::os::unix::fs::symlink(&victim, b.rootfs().join("escape")).unwrap();
+    std::os::unix::fs::symlink(
+        format!("../../../../../../..{}", victim.display()),
+        b.rootfs().join("escape2"),
+    )
+    .unwrap();
+    b.edit(|c| {
+        let m = c["mounts"].as_array_mut().unwrap();
+        m.push(json!({"destination": "/escape", "type": "tmpfs", "source": "tmpfs"}));
+        m.push(json!({"destination": "/escape2/sub", "type": "tmpfs", "source": "tmpfs"}));
+    });
+    // Inside, both targets are the tmpfs mounts, reached through the symlinks as the container sees them.
+    assert_eq!(b.run_ok(), "tmpfs\ntmpfs\n");
+    // Outside, the host directory the symlinks name was neither written to nor created in: what
+    // had to be created went inside the rootfs.
+    assert_eq!(
+        fs::read_dir(&victim)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>(),
+        ["keep"]
+    );
+    assert!(b.rootfs().join(victim.strip_prefix("/").unwrap()).is_dir());
+    b.assert_gone();
+}
+
+#[test]
+fn user_namespace_maps_ids() {
+    let b = Bundle::new(
+        "userns",
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map /proc/self/gid_map; id -u; sleep 30",
+        ],
+    );
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        // cgroup v1 hierarchies cannot be mounted from a user namespace.
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| m["type"] != "cgroup");
+    });
+    let log = b.dir.path().join("out");
+    let bundle = b.path();
+    let out_file = fs::File::create(&log).unwrap();
+    let status = Command::new(BERTH)
+        .args([
+            "runtime",
+            "--root",
+            b.root().to_str().unwrap(),
+            "run",
+            "--detach",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            &b.id,
+        ])
+        .stdout(out_file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid = b.state()["pid"].as_i64().unwrap();
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("100000")),
+        "{status}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_to_string(&log).unwrap().lines().count() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = fs::read_to_string(&log).unwrap();
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(
+        words,
+        ["0", "100000", "65536", "0", "100000", "65536", "0"],
+        "{out}"
+    );
+    b.ok(&["delete", "--force", &b.id]);
+    b.assert_gone();
+}
+
+#[test]
+fn hooks_run_in_order_with_the_state_on_stdin() {
+    let b = Bundle::new("hooks", &["true"]);
+    let logdir = b.dir.path().join("hooklog");
+    fs::create_dir(&logdir).unwrap();
+    let log = logdir.join("log");
+    let host_hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r s; echo \"{name} $s\" >> {}", log.display())]});
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/hooklog", "type": "bind", "source": logdir, "options": ["bind"]}));
+        c["hooks"] = json!({
+            "prestart": [host_hook("prestart")],
+            "createRuntime": [host_hook("createRuntime")],
+            "createContainer": [host_hook("createContainer")],
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "read -r s; echo \"startContainer $s\" >> /hooklog/log"]}],
+            "poststart": [host_hook("poststart")],
+            "poststop": [host_hook("poststop")],
+        });
+    });
+    b.run_ok();
+    let text = fs::read_to_string(&log).unwrap();
+    let names: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart",
+            "poststop"
+        ],
+        "{text}"
+    );
+    for line in text.lines() {
+        let state: Value = serde_json::from_str(line.split_once(' ').unwrap().1).unwrap();
+        assert_eq!(state["id"], b.id.as_str(), "{line}");
+    }
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .contains("\"status\":\"creating\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("poststop {")
+            && text
+                .lines()
+                .last()
+                .unwrap()
+                .contains("\"status\":\"stopped\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn failing_hook_fails_create_and_leaves_nothing() {
+    let b = Bundle::new("badhook", &["true"]);
+    b.edit(|c| c["hooks"] = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 3"]}]}));
+    let out = b.run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("hooks.createRuntime[0]")
+            && err.contains("exited with status 3")
+            && err.contains("nope"),
+        "{err}"
+    );
+    b.assert_gone();
+}
+
+#[test]
+fn lifecycle_create_start_kill_delete_and_exec_joins_everything() {
+    let b = Bundle::new("life", &["sleep", "1000"]);
+    b.create();
+    let s = b.state();
+    assert_eq!(s["status"], "created");
+    assert_eq!(s["ociVersion"], "1.2.0");
+    assert_eq!(s["bundle"], b.path().to_str().unwrap());
+    let pid = s["pid"].as_i64().unwrap();
+    // A second create with the same id fails and leaves the first alone.
+    let dup = b.create_err();
+    assert!(dup.contains("already exists"), "{dup}");
+    assert_eq!(b.state()["pid"].as_i64(), Some(pid));
+
+    b.ok(&["start", &b.id]);
+    b.wait_status("running");
+    let list = b.ok(&["list", "--format", "json"]);
+    assert!(list.contains(&b.id), "{list}");
+
+    // exec: same namespaces and cgroup as the init.
+    let out = b.ok(&["exec", &b.id, "sh", "-c", "for n in ipc mnt net pid uts cgroup; do readlink /proc/self/ns/$n; done; grep memory /proc/self/cgroup; hostname"]);
+    let mut lines = out.lines();
+    for n in ["ipc", "mnt", "net", "pid", "uts", "cgroup"] {
+        let host = fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap();
+        assert_eq!(
+            lines.next().unwrap(),
+            host.to_str().unwrap(),
+            "namespace {n}"
+        );
+    }
+    let cg = lines.next().unwrap();
+    assert!(
+        cg.ends_with(":/"),
+        "exec'd process is not at the root of the container's cgroup namespace: {cg}"
+    );
+    assert_eq!(lines.next(), Some("berth"));
+    let exec_code = b
+        .berth(&["exec", &b.id, "sh", "-c", "exit 5"])
+        .status
+        .code();
+    assert_eq!(exec_code, Some(5));
+    let pids: Vec<i64> = serde_json::from_str(&b.ok(&["ps", "--format", "json", &b.id])).unwrap();
+    assert_eq!(pids, vec![pid]);
+
+    // delete refuses a running container without --force.
+    let out = b.berth(&["delete", &b.id]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("running"));
+    b.ok(&["kill", &b.id, "KILL"]);
+    b.wait_status("stopped");
+    let out = b.berth(&["kill", &b.id, "TERM"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not running"));
+    b.ok(&["delete", &b.id]);
+    b.assert_gone();
+    let out = b.berth(&["state", &b.id]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("does not exist")
+    );
+}
+
+/// A name, an edit that breaks the config, and what the error must name.
+type BadCase = (&'static str, fn(&mut Value), &'static str);
+
+#[test]
+fn bad_configs_are_named_and_leave_nothing_behind() {
+    let cases: &[BadCase] = &[
+        (
+            "unknown-field",
+            |c| c["process"]["bogus"] = json!(1),
+            "unknown field `process.bogus`",
+        ),
+        (
+            "bad-ns",
+            |c| {
+                c["linux"]["namespaces"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"type": "bogus"}))
+            },
+            "linux.namespaces[6].type",
+        ),
+        (
+            "no-rootfs",
+            |c| c["root"]["path"] = json!("missing"),
+            "root.path",
+        ),
+        (
+            "bad-cap",
+            |c| c["process"]["capabilities"]["bounding"] = json!(["CAP_BOGUS"]),
+            "process.capabilities.bounding",
+        ),
+        (
+            "tiny-mem",
+            |c| c["linux"]["resources"]["memory"] = json!({"limit": 4096}),
+            "linux.resources.memory.limit",
+        ),
+        (
+            "bad-swap",
+            |c| c["linux"]["resources"]["memory"] = json!({"limit": 64 << 20, "swap": 32 << 20}),
+            "linux.resources.memory.swap",
+        ),
+        (
+            "bad-exe",
+            |c| c["process"]["args"] = json!(["/no/such/program"]),
+            "process.args[0]",
+        ),
+        (
+            "bad-cwd",
+            |c| c["process"]["cwd"] = json!("/no/such/dir"),
+            "process.cwd",
+        ),
+        (
+            "bad-seccomp",
+            |c| c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_BOGUS"}),
+            "linux.seccomp.defaultAction",
+        ),
+    ];
+    for (name, edit, want) in cases {
+        let b = Bundle::new(&format!("bad-{name}"), &["true"]);
+        b.edit(edit);
+        let out = b.run();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: accepted");
+        assert!(
+            err.contains(want),
+            "{name}: error {err:?} does not name {want:?}"
+        );
+        b.assert_gone();
+    }
+}

@@ -1,0 +1,399 @@
+//! The container process itself: user, groups, capabilities, rlimits, no_new_privs,
+//! seccomp, working directory and the final execve — shared by a container's init and `exec`.
+//!
+//! [`Prepared`] is computed (and validated, with errors naming the field) before any fork,
+//! so a bad spec fails early and leaves nothing behind.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use caps::{CapSet, Capability, CapsHashSet};
+use oci_spec::runtime::{LinuxSeccomp, Process};
+
+use crate::seccomp;
+
+/// The five capability sets of the process.
+#[derive(Debug, Clone, Default)]
+pub struct CapSets {
+    pub bounding: CapsHashSet,
+    pub effective: CapsHashSet,
+    pub permitted: CapsHashSet,
+    pub inheritable: CapsHashSet,
+    pub ambient: CapsHashSet,
+}
+
+/// A process ready to be started in a container.
+pub struct Prepared {
+    pub args: Vec<CString>,
+    pub env: Vec<CString>,
+    pub path_env: String,
+    pub cwd: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub umask: Option<u32>,
+    pub caps: Option<CapSets>,
+    pub no_new_privileges: bool,
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    pub seccomp: Option<(seccomp::Filter, LinuxSeccomp)>,
+    pub oom_score_adj: Option<i32>,
+    pub terminal: bool,
+    pub console_size: Option<(u16, u16)>,
+    /// Extra fds (3..3+n) passed into the container, like runc's --preserve-fds.
+    pub preserve_fds: i32,
+}
+
+fn invalid(field: &str, msg: impl std::fmt::Display) -> crate::Error {
+    crate::Error::Spec(format!("{field}: {msg}"))
+}
+
+fn cap_set(
+    field: &str,
+    list: Option<&HashSet<oci_spec::runtime::Capability>>,
+) -> Result<CapsHashSet, crate::Error> {
+    let mut out = CapsHashSet::new();
+    for c in list.into_iter().flatten() {
+        let name = serde_json::to_value(c)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let cap: Capability = name
+            .parse()
+            .map_err(|_| invalid(field, format!("unknown capability {name:?}")))?;
+        out.insert(cap);
+    }
+    Ok(out)
+}
+
+fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+    Some(match name {
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        _ => return None,
+    })
+}
+
+fn cstring(field: &str, s: &str) -> Result<CString, crate::Error> {
+    CString::new(s).map_err(|_| invalid(field, "contains a NUL byte"))
+}
+
+impl Prepared {
+    /// Validates `process` and turns it into what the container's process needs.
+    pub fn new(
+        process: &Process,
+        seccomp_profile: Option<&LinuxSeccomp>,
+        preserve_fds: i32,
+    ) -> Result<Prepared, crate::Error> {
+        let args = process
+            .args()
+            .as_ref()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| invalid("process.args", "must name the program to run"))?
+            .iter()
+            .enumerate()
+            .map(|(i, a)| cstring(&format!("process.args[{i}]"), a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env_list = process.env().clone().unwrap_or_default();
+        let env = env_list
+            .iter()
+            .enumerate()
+            .map(|(i, e)| cstring(&format!("process.env[{i}]"), e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let path_env = env_list
+            .iter()
+            .rev()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .to_string();
+        let caps = match process.capabilities() {
+            None => None,
+            Some(c) => {
+                let sets = CapSets {
+                    bounding: cap_set("process.capabilities.bounding", c.bounding().as_ref())?,
+                    effective: cap_set("process.capabilities.effective", c.effective().as_ref())?,
+                    permitted: cap_set("process.capabilities.permitted", c.permitted().as_ref())?,
+                    inheritable: cap_set(
+                        "process.capabilities.inheritable",
+                        c.inheritable().as_ref(),
+                    )?,
+                    ambient: cap_set("process.capabilities.ambient", c.ambient().as_ref())?,
+                };
+                if let Some(c) = sets.effective.difference(&sets.permitted).next() {
+                    return Err(invalid(
+                        "process.capabilities.effective",
+                        format!("{c} is not in the permitted set"),
+                    ));
+                }
+                if let Some(c) = sets
+                    .ambient
+                    .iter()
+                    .find(|c| !sets.permitted.contains(c) || !sets.inheritable.contains(c))
+                {
+                    return Err(invalid(
+                        "process.capabilities.ambient",
+                        format!("{c} must also be permitted and inheritable"),
+                    ));
+                }
+                Some(sets)
+            }
+        };
+        let mut rlimits = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, r) in process.rlimits().iter().flatten().enumerate() {
+            let name = serde_json::to_value(r.typ())
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let field = format!("process.rlimits[{i}]");
+            let res = rlimit_resource(&name).ok_or_else(|| {
+                invalid(&format!("{field}.type"), format!("unknown rlimit {name:?}"))
+            })?;
+            if !seen.insert(name.clone()) {
+                return Err(invalid(
+                    &format!("{field}.type"),
+                    format!("{name} listed twice"),
+                ));
+            }
+            if r.soft() > r.hard() {
+                return Err(invalid(
+                    &field,
+                    format!("soft limit {} is above hard limit {}", r.soft(), r.hard()),
+                ));
+            }
+            rlimits.push((res, r.soft(), r.hard()));
+        }
+        let seccomp = match seccomp_profile {
+            Some(p) => Some((
+                seccomp::compile(p).map_err(|e| crate::Error::Spec(e.to_string()))?,
+                p.clone(),
+            )),
+            None => None,
+        };
+        let user = process.user();
+        Ok(Prepared {
+            args,
+            env,
+            path_env,
+            cwd: process.cwd().clone(),
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+            umask: user.umask(),
+            caps,
+            no_new_privileges: process.no_new_privileges().unwrap_or(false),
+            rlimits,
+            seccomp,
+            oom_score_adj: process.oom_score_adj(),
+            terminal: process.terminal().unwrap_or(false),
+            console_size: process
+                .console_size()
+                .map(|b| (b.height() as u16, b.width() as u16)),
+            preserve_fds,
+        })
+    }
+
+    /// Resolves args[0] against the container's PATH, from inside the container.
+    pub fn find_executable(&self) -> Result<CString, crate::Error> {
+        let arg0 = Path::new(std::ffi::OsStr::from_bytes(self.args[0].as_bytes()));
+        let candidates: Vec<PathBuf> = if arg0.as_os_str().as_bytes().contains(&b'/') {
+            vec![if arg0.is_absolute() {
+                arg0.to_path_buf()
+            } else {
+                self.cwd.join(arg0)
+            }]
+        } else {
+            self.path_env
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| Path::new(d).join(arg0))
+                .collect()
+        };
+        for c in &candidates {
+            if let Ok(m) = std::fs::metadata(c) {
+                if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                    return CString::new(c.as_os_str().as_bytes())
+                        .map_err(|_| invalid("process.args[0]", "contains a NUL byte"));
+                }
+            }
+        }
+        Err(invalid(
+            "process.args[0]",
+            format!(
+                "{:?}: executable file not found in $PATH",
+                arg0.display().to_string()
+            ),
+        ))
+    }
+
+    /// Everything up to (not including) the wait for `start`: rlimits, fds, cwd, umask,
+    /// no_new_privs, seccomp (when no_new_privs is unset it must go in while we still hold
+    /// CAP_SYS_ADMIN), user and capabilities.
+    pub fn setup(&self) -> Result<(), String> {
+        for (res, soft, hard) in &self.rlimits {
+            let l = libc::rlimit {
+                rlim_cur: *soft,
+                rlim_max: *hard,
+            };
+            // SAFETY: setrlimit with a valid rlimit struct.
+            if unsafe { libc::setrlimit(*res, &l) } < 0 {
+                return Err(format!(
+                    "process.rlimits: setrlimit({res}): {}",
+                    io::Error::last_os_error()
+                ));
+            }
+        }
+        // No host fd may reach the container: everything above the preserved range closes on exec.
+        // SAFETY: close_range with the CLOEXEC flag only marks fds.
+        if unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3 + self.preserve_fds as u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        } < 0
+        {
+            return Err(format!("close_range: {}", io::Error::last_os_error()));
+        }
+        std::env::set_current_dir(&self.cwd)
+            .map_err(|e| format!("process.cwd: {}: {e}", self.cwd.display()))?;
+        // A working directory reached through a leaked host fd is outside our root (CVE-2024-21626):
+        // getcwd then reports it as unreachable.
+        match std::env::current_dir() {
+            Ok(p) if p.is_absolute() => {}
+            _ => {
+                return Err(format!(
+                    "process.cwd: {} is outside the container",
+                    self.cwd.display()
+                ))
+            }
+        }
+        if let Some(m) = self.umask {
+            // SAFETY: umask cannot fail.
+            unsafe { libc::umask(m as libc::mode_t) };
+        }
+        if self.no_new_privileges {
+            // SAFETY: prctl with integer arguments.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+                return Err(format!(
+                    "process.noNewPrivileges: {}",
+                    io::Error::last_os_error()
+                ));
+            }
+        } else if let Some((filter, profile)) = &self.seccomp {
+            seccomp::install(filter, profile).map_err(|e| format!("linux.seccomp: {e}"))?;
+        }
+        self.set_user_and_caps()
+    }
+
+    fn set_user_and_caps(&self) -> Result<(), String> {
+        if let Some(c) = &self.caps {
+            for cap in caps::all() {
+                if !c.bounding.contains(&cap) {
+                    match caps::drop(None, CapSet::Bounding, cap) {
+                        Ok(()) => {}
+                        // A capability the kernel does not know is not in the bounding set either.
+                        Err(_)
+                            if !caps::runtime::procfs_all_supported(None)
+                                .map(|s| s.contains(&cap))
+                                .unwrap_or(true) => {}
+                        Err(e) => {
+                            return Err(format!(
+                                "process.capabilities.bounding: dropping {cap}: {e}"
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+        // SAFETY: the pointer and length describe the vector.
+        if unsafe { libc::setgroups(self.additional_gids.len(), self.additional_gids.as_ptr()) } < 0
+        {
+            let e = io::Error::last_os_error();
+            // In a user namespace where setgroups is denied, only an empty list is acceptable.
+            if !(self.additional_gids.is_empty() && e.raw_os_error() == Some(libc::EPERM)) {
+                return Err(format!("process.user.additionalGids: {e}"));
+            }
+        }
+        // SAFETY: plain syscalls.
+        if unsafe { libc::setresgid(self.gid, self.gid, self.gid) } < 0 {
+            return Err(format!(
+                "process.user.gid {}: {}",
+                self.gid,
+                io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: plain syscall.
+        if unsafe { libc::setresuid(self.uid, self.uid, self.uid) } < 0 {
+            return Err(format!(
+                "process.user.uid {}: {}",
+                self.uid,
+                io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
+        if let Some(c) = &self.caps {
+            caps::set(None, CapSet::Inheritable, &c.inheritable)
+                .map_err(|e| format!("process.capabilities.inheritable: {e}"))?;
+            caps::set(None, CapSet::Effective, &c.effective)
+                .map_err(|e| format!("process.capabilities.effective: {e}"))?;
+            caps::set(None, CapSet::Permitted, &c.permitted)
+                .map_err(|e| format!("process.capabilities.permitted: {e}"))?;
+            caps::clear(None, CapSet::Ambient)
+                .map_err(|e| format!("process.capabilities.ambient: {e}"))?;
+            for cap in &c.ambient {
+                caps::raise(None, CapSet::Ambient, *cap)
+                    .map_err(|e| format!("process.capabilities.ambient: {cap}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last steps: seccomp under no_new_privs (as late as possible, so setup needs no
+    /// syscall the profile may forbid), the original signal mask, and execve.
+    pub fn exec(&self, path: &CString, sigmask: &libc::sigset_t) -> String {
+        if self.no_new_privileges {
+            if let Some((filter, profile)) = &self.seccomp {
+                if let Err(e) = seccomp::install(filter, profile) {
+                    return format!("linux.seccomp: {e}");
+                }
+            }
+        }
+        let mut argv: Vec<*const libc::c_char> = self.args.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = self.env.iter().map(|a| a.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        // SAFETY: restoring a signal mask saved earlier; argv/envp are NULL-terminated arrays of
+        // valid strings that outlive the call.
+        unsafe {
+            libc::sigprocmask(libc::SIG_SETMASK, sigmask, std::ptr::null_mut());
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        }
+        format!(
+            "process.args[0]: exec {}: {}",
+            path.to_string_lossy(),
+            io::Error::last_os_error()
+        )
+    }
+}

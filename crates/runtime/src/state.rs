@@ -1,0 +1,196 @@
+//! A container's persisted state under the runtime root: `<root>/<id>/state.json`, written
+//! atomically (temp file + rename), and the status derived from the live process.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+
+use crate::cgroups::Cgroup;
+
+/// The OCI status of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Creating,
+    Created,
+    Running,
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+/// The state the OCI runtime spec defines (`berth runtime state` prints this).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OciState {
+    pub oci_version: String,
+    pub id: String,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pid: i32,
+    pub bundle: PathBuf,
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub annotations: HashMap<String, String>,
+    /// RFC 3339 creation time (runc prints it too; tools such as containerd read it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub created: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+}
+
+fn is_zero(p: &i32) -> bool {
+    *p == 0
+}
+
+/// Everything the runtime keeps about a container between commands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub pid: i32,
+    /// Start time of `pid` in clock ticks since boot, to tell it from a reused pid.
+    pub start_time: u64,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub cgroup: Cgroup,
+    /// The spec the container was created with (hooks, process defaults for exec, seccomp).
+    pub spec: Spec,
+}
+
+pub const STATE_FILE: &str = "state.json";
+pub const EXEC_FIFO: &str = "exec.fifo";
+
+impl Record {
+    pub fn load(dir: &Path) -> Result<Record, crate::Error> {
+        let path = dir.join(STATE_FILE);
+        let text = fs::read_to_string(&path)
+            .map_err(|e| crate::Error::io(format!("reading {}", path.display()), e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| crate::Error::State(format!("{}: {e}", path.display())))
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), crate::Error> {
+        let tmp = dir.join(".state.json.tmp");
+        let json = serde_json::to_vec(self).map_err(|e| crate::Error::State(e.to_string()))?;
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            fs::rename(&tmp, dir.join(STATE_FILE))
+        };
+        write()
+            .map_err(|e| crate::Error::io(format!("writing {}", dir.join(STATE_FILE).display()), e))
+    }
+
+    /// The live status: stopped when the process is gone (or a zombie, or a reused pid).
+    pub fn status(&self, dir: &Path) -> Status {
+        if self.pid <= 0 || !process_alive(self.pid, self.start_time) {
+            return Status::Stopped;
+        }
+        if dir.join(EXEC_FIFO).exists() {
+            Status::Created
+        } else {
+            Status::Running
+        }
+    }
+
+    pub fn oci_state(&self, dir: &Path) -> OciState {
+        let status = self.status(dir);
+        OciState {
+            oci_version: crate::OCI_VERSION.into(),
+            id: self.id.clone(),
+            status,
+            pid: if status == Status::Stopped {
+                0
+            } else {
+                self.pid
+            },
+            bundle: self.bundle.clone(),
+            annotations: self.spec.annotations().clone().unwrap_or_default(),
+            created: self.created.clone(),
+            owner: String::new(),
+        }
+    }
+}
+
+/// Field 22 (starttime) and field 3 (state) of /proc/<pid>/stat.
+pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+pub fn process_alive(pid: i32, start_time: u64) -> bool {
+    match proc_stat(pid) {
+        Some((state, start)) => {
+            state != 'Z' && state != 'X' && (start_time == 0 || start == start_time)
+        }
+        None => false,
+    }
+}
+
+/// `now` as RFC 3339 UTC with nanoseconds, e.g. `2026-11-21T19:25:00.123456789Z`.
+pub fn rfc3339_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(d.as_secs() as i64, d.subsec_nanos())
+}
+
+pub fn rfc3339(secs: i64, nanos: u32) -> String {
+    let days = secs.div_euclid(86400);
+    let tod = secs.rem_euclid(86400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        tod / 3600,
+        tod % 3600 / 60,
+        tod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
+        assert_eq!(rfc3339(1_795_287_900, 0), "2026-11-21T19:05:00.000000000Z");
+    }
+
+    #[test]
+    fn own_process_is_alive_and_start_time_guards_reuse() {
+        let pid = std::process::id() as i32;
+        let (_, start) = proc_stat(pid).unwrap();
+        assert!(process_alive(pid, start));
+        assert!(!process_alive(pid, start + 1));
+    }
+}
