@@ -200,7 +200,8 @@ fn dispatch(args: RuntimeArgs) -> Result<i32> {
     let rt = Runtime::new(&args.root);
     match args.command {
         Cmd::Create(c) => {
-            runtime::selfexe::ensure_sealed_copy().context("re-executing from a sealed copy")?;
+            runtime::selfexe::ensure_protected()
+                .context("protecting the runtime binary (CVE-2019-5736)")?;
             rt.create(&options(&c))?;
         }
         Cmd::Start { id } => rt.start(&id)?,
@@ -215,14 +216,16 @@ fn dispatch(args: RuntimeArgs) -> Result<i32> {
             detach,
             keep,
         } => {
-            runtime::selfexe::ensure_sealed_copy().context("re-executing from a sealed copy")?;
+            runtime::selfexe::ensure_protected()
+                .context("protecting the runtime binary (CVE-2019-5736)")?;
             if keep && !detach {
                 bail!("--keep is only meaningful with --detach: a foreground run deletes its container when it exits");
             }
             return Ok(rt.run(&options(&create), detach)?);
         }
         Cmd::Exec(e) => {
-            runtime::selfexe::ensure_sealed_copy().context("re-executing from a sealed copy")?;
+            runtime::selfexe::ensure_protected()
+                .context("protecting the runtime binary (CVE-2019-5736)")?;
             return exec(&rt, e);
         }
         Cmd::Ps {

@@ -725,3 +725,119 @@ fn bad_configs_are_named_and_leave_nothing_behind() {
         b.assert_gone();
     }
 }
+
+#[test]
+fn the_runtime_binary_cannot_be_reopened_for_writing_or_run_in_a_container() {
+    // CVE-2019-5736: whoever holds /proc/<pid>/exe of a berth process (a container that caught
+    // one in its pid namespace) waits for it to exit and reopens it for writing. Here the
+    // strongest such attacker, host root, tries it. Run with a copy of berth so that a
+    // regression could only ever damage the copy.
+    let b = Bundle::new("exe", &["sleep", "1"]);
+    let berth = b.dir.path().join("berth-copy");
+    fs::copy(BERTH, &berth).unwrap();
+    let original = fs::read(&berth).unwrap();
+    let root = b.root();
+    let bundle = b.path();
+    let mut run = Command::new(&berth)
+        .args([
+            "runtime",
+            "--root",
+            root.to_str().unwrap(),
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            &b.id,
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Once the state exists, the runtime has re-executed into its protected form.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !root.join(&b.id).join("state.json").exists() {
+        assert!(Instant::now() < deadline, "the container never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let exe = fs::File::open(format!("/proc/{}/exe", run.id())).unwrap();
+    assert_eq!(
+        exe.metadata().unwrap().len(),
+        original.len() as u64,
+        "not the berth binary"
+    );
+    assert!(run.wait().unwrap().success());
+    let reopened = fs::OpenOptions::new().write(true).open(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&exe)
+    ));
+    let err = reopened.expect_err("the runtime binary was reopened for writing");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert!(
+        fs::read(&berth).unwrap() == original,
+        "the runtime binary was modified"
+    );
+
+    // And a container cannot make berth run inside itself through /proc/self/exe.
+    let b = Bundle::new("exe-inside", &["/evil", "--version"]);
+    std::os::unix::fs::symlink("/proc/self/exe", b.rootfs().join("evil")).unwrap();
+    let out = Command::new(&berth)
+        .args([
+            "runtime",
+            "--root",
+            b.root().to_str().unwrap(),
+            "run",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            &b.id,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "berth ran inside the container: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("berth"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn working_directory_through_a_leaked_fd_is_refused() {
+    // CVE-2024-21626: a host directory fd inherited by the runtime must not become the
+    // container's working directory.
+    use std::os::unix::process::CommandExt;
+    let b = Bundle::new("cwd-leak", &["pwd"]);
+    b.edit(|c| c["process"]["cwd"] = json!("/proc/self/fd/7"));
+    let host_dir = fs::File::open(b.dir.path()).unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&host_dir);
+    let bundle = b.path();
+    let mut cmd = Command::new(BERTH);
+    cmd.args([
+        "runtime",
+        "--root",
+        b.root().to_str().unwrap(),
+        "run",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        &b.id,
+    ]);
+    // SAFETY: dup2 in the child before exec, on fds that exist; no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "ran with a working directory outside the container: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(err.contains("process.cwd"), "{err}");
+    b.assert_gone();
+}

@@ -141,7 +141,37 @@ fn cgroup_v1_mounts() -> Vec<(String, String)> {
     out
 }
 
-fn clone3(flags: u64) -> Result<i32, Error> {
+/// Where a new process is placed in its cgroup.
+#[derive(Clone, Copy)]
+struct Placement {
+    /// The child moves itself into the v1 hierarchies (fast: no RCU grace period).
+    v1_self: bool,
+    /// clone3(CLONE_INTO_CGROUP) placed it in the unified hierarchy.
+    unified_at_clone: bool,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// clone3 into `cgroup` (a cgroup v2 directory) when given; falls back to a plain clone when
+/// the kernel refuses. Returns the pid (0 in the child) and whether the cgroup was used.
+fn clone_into(flags: u64, cgroup: Option<&File>) -> Result<(i32, bool), Error> {
+    if let Some(dir) = cgroup {
+        match clone3(flags | CLONE_INTO_CGROUP, dir.as_raw_fd() as u64) {
+            Ok(pid) => return Ok((pid, true)),
+            Err(Error::Io { source, .. })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(
+                        libc::EINVAL | libc::EBUSY | libc::EOPNOTSUPP | libc::ENOSYS | libc::EBADF
+                    )
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    clone3(flags, 0).map(|pid| (pid, false))
+}
+
+fn clone3(flags: u64, cgroup: u64) -> Result<i32, Error> {
     #[repr(C)]
     struct CloneArgs {
         flags: u64,
@@ -167,7 +197,7 @@ fn clone3(flags: u64) -> Result<i32, Error> {
         tls: 0,
         set_tid: 0,
         set_tid_size: 0,
-        cgroup: 0,
+        cgroup,
     };
     // SAFETY: clone3 without a new stack behaves like fork: the child continues on a copy of
     // our (single-threaded) address space.
@@ -445,7 +475,13 @@ impl Runtime {
             // SAFETY: prctl with integer arguments.
             unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         }
-        let pid = match clone3(if two_stage { 0 } else { ns.new }) {
+        // A process that starts in our user namespace moves itself into the v1 hierarchies; the
+        // unified one is joined at clone time. Only a child born in a new user namespace lacks
+        // the rights, and the runtime moves it instead.
+        let v1_self = two_stage || !ns.new_user();
+        let unified_dir = cgroup.unified_path().and_then(|p| File::open(p).ok());
+        let flags = if two_stage { 0 } else { ns.new };
+        let (pid, unified_at_clone) = match clone_into(flags, unified_dir.as_ref()) {
             Ok(p) => p,
             Err(e) => {
                 restore_signals(&sigmask);
@@ -468,6 +504,7 @@ impl Runtime {
                 start,
                 console,
                 sigmask,
+                join_cgroup: v1_self.then_some(&cgroup),
             }
             .run(two_stage);
         }
@@ -483,6 +520,10 @@ impl Runtime {
             &ns,
             &channel,
             pid,
+            Placement {
+                v1_self,
+                unified_at_clone,
+            },
             opts,
             prepared.terminal && opts.console_socket.is_none(),
             &mut undo,
@@ -516,6 +557,7 @@ impl Runtime {
         ns: &namespaces::Plan,
         channel: &Channel,
         pid: i32,
+        placement: Placement,
         opts: &CreateOptions,
         console_over_channel: bool,
         undo: &mut Undo,
@@ -544,7 +586,11 @@ impl Runtime {
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
             undo.pids = vec![init_pid];
         }
-        cgroup.add_process(init_pid)?;
+        if !placement.v1_self {
+            cgroup.add_process(init_pid)?;
+        } else if !placement.unified_at_clone {
+            cgroup.add_process_unified(init_pid)?;
+        }
         if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
             cgroup.apply(&with_default_devices(res))?;
         }
@@ -801,7 +847,11 @@ impl Runtime {
         let sigmask = block_signals();
         // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        let pid = match clone3(0) {
+        let unified_dir = record
+            .cgroup
+            .unified_path()
+            .and_then(|p| File::open(p).ok());
+        let (pid, unified_at_clone) = match clone_into(0, unified_dir.as_ref()) {
             Ok(p) => p,
             Err(e) => {
                 restore_signals(&sigmask);
@@ -810,7 +860,14 @@ impl Runtime {
         };
         if pid == 0 {
             drop(channel);
-            exec_child(&child_channel, &ns, &prepared, console, &sigmask);
+            exec_child(
+                &child_channel,
+                &ns,
+                &record.cgroup,
+                &prepared,
+                console,
+                &sigmask,
+            );
         }
         drop(child_channel);
         drop(console);
@@ -827,7 +884,9 @@ impl Runtime {
             // SAFETY: reaping the intermediate stage.
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
             undo.pids = vec![target];
-            record.cgroup.add_process(target)?;
+            if !unified_at_clone {
+                record.cgroup.add_process_unified(target)?;
+            }
             channel
                 .send(&Msg::Go)
                 .map_err(|e| Error::io("setup channel", e))?;
@@ -872,6 +931,7 @@ impl Runtime {
 fn exec_child(
     channel: &Channel,
     ns: &namespaces::Plan,
+    cgroup: &Cgroup,
     p: &Prepared,
     console: ConsoleTarget,
     sigmask: &libc::sigset_t,
@@ -881,6 +941,11 @@ fn exec_child(
         // SAFETY: exiting the child.
         unsafe { libc::_exit(1) }
     };
+    // Still in the host's namespaces: join the container's cgroup first; the process we fork
+    // into the container inherits it.
+    if let Err(e) = cgroup.join_v1_self() {
+        fail(e.to_string());
+    }
     if let Err(e) = crate::init::join_namespaces(&ns.join) {
         fail(e);
     }

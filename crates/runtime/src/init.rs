@@ -48,6 +48,8 @@ pub struct Init<'a> {
     pub start: StartSignal,
     pub console: ConsoleTarget,
     pub sigmask: libc::sigset_t,
+    /// The cgroup the child moves itself into (v1 hierarchies) before anything else.
+    pub join_cgroup: Option<&'a crate::cgroups::Cgroup>,
 }
 
 fn os(e: impl std::fmt::Display, what: &str) -> String {
@@ -101,6 +103,9 @@ impl Init<'_> {
     }
 
     fn stages(&self, two_stage: bool) -> Result<std::convert::Infallible, String> {
+        if let Some(c) = self.join_cgroup {
+            c.join_v1_self().map_err(|e| e.to_string())?;
+        }
         if two_stage {
             join_namespaces(&self.ns.join)?;
             let mut rest = self.ns.new;

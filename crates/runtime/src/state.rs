@@ -87,8 +87,9 @@ impl Record {
         let json = serde_json::to_vec(self).map_err(|e| crate::Error::State(e.to_string()))?;
         let write = || -> std::io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
+            // No fsync: runtime state lives on tmpfs (/run) and means nothing after a reboot;
+            // the rename alone makes each write all-or-nothing for readers and crashes.
             f.write_all(&json)?;
-            f.sync_all()?;
             fs::rename(&tmp, dir.join(STATE_FILE))
         };
         write()

@@ -547,10 +547,48 @@ impl Cgroup {
             },
             false,
         )?;
-        if let (Some(rules), Some(u)) = (r.devices(), &self.unified) {
+        // The v1 devices controller enforces the rules where it is mounted; the eBPF filter on
+        // the unified cgroup is only needed where it is not.
+        if let (Some(rules), Some(u), false) =
+            (r.devices(), &self.unified, self.v1.contains_key("devices"))
+        {
             devices_bpf::apply_device_filter(&u.path, &devices::normalize(rules)?)?;
         }
         Ok(())
+    }
+
+    /// Moves the calling process into every v1 hierarchy by writing "0" to `tasks`.
+    ///
+    /// The caller must be single-threaded (moving its only thread moves the process). This is
+    /// the fast way in: the kernel skips its global threadgroup lock when a thread moves itself,
+    /// while writing a pid to `cgroup.procs` waits for an RCU grace period (several ms).
+    pub fn join_v1_self(&self) -> Result<(), CgroupError> {
+        let mut done = BTreeSet::new();
+        for d in self.v1.values() {
+            if !done.insert(&d.path) {
+                continue;
+            }
+            let path = d.path.join("tasks");
+            write_file(&path, "0").map_err(|cause| CgroupError::Io {
+                op: "joining",
+                path,
+                cause,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Moves a process into the unified (v2) cgroup only.
+    pub fn add_process_unified(&self, pid: i32) -> Result<(), CgroupError> {
+        let Some(u) = &self.unified else {
+            return Ok(());
+        };
+        let path = u.path.join("cgroup.procs");
+        write_file(&path, &pid.to_string()).map_err(|cause| CgroupError::Io {
+            op: "adding process to",
+            path,
+            cause,
+        })
     }
 
     /// Moves a process into the cgroup in every hierarchy (incl. name=systemd and unified).
