@@ -841,3 +841,297 @@ fn working_directory_through_a_leaked_fd_is_refused() {
     assert!(err.contains("process.cwd"), "{err}");
     b.assert_gone();
 }
+
+/// Receives one fd sent with SCM_RIGHTS on a connected unix socket.
+fn recv_fd(sock: &std::os::unix::net::UnixStream) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut payload = [0u8; 256];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr().cast(),
+        iov_len: payload.len(),
+    };
+    let mut cbuf = [0u8; 64];
+    // SAFETY: zeroed msghdr is valid; every pointer we set refers to live local buffers.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = cbuf.len();
+        assert!(
+            libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) > 0,
+            "recvmsg: {}",
+            std::io::Error::last_os_error()
+        );
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        assert!(
+            !cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_RIGHTS,
+            "no fd received"
+        );
+        std::os::fd::OwnedFd::from_raw_fd(std::ptr::read_unaligned(
+            libc::CMSG_DATA(cmsg) as *const i32
+        ))
+    }
+}
+
+#[test]
+fn terminal_goes_through_the_console_socket() {
+    use std::io::{Read, Write};
+    let b = Bundle::new(
+        "tty",
+        &["sh", "-c", "tty; stty size; read line; echo got:$line"],
+    );
+    b.edit(|c| {
+        c["process"]["terminal"] = json!(true);
+        c["process"]["consoleSize"] = json!({"height": 33, "width": 111});
+    });
+    let sock_path = b.dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let bundle = b.path();
+    let create = std::thread::spawn({
+        let (root, id, sock) = (b.root(), b.id.clone(), sock_path.clone());
+        move || {
+            Command::new(BERTH)
+                .args([
+                    "runtime",
+                    "--root",
+                    root.to_str().unwrap(),
+                    "create",
+                    "--console-socket",
+                    sock.to_str().unwrap(),
+                    "--bundle",
+                    bundle.to_str().unwrap(),
+                    &id,
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .output()
+                .unwrap()
+        }
+    });
+    let (conn, _) = listener.accept().unwrap();
+    let master = recv_fd(&conn);
+    let out = create.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.ok(&["start", &b.id]);
+    let mut term = fs::File::from(master);
+    term.write_all(b"hello\n").unwrap();
+    let mut text = String::new();
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text.contains("got:hello") && Instant::now() < deadline {
+        match term.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert!(text.contains("/dev/pts/0"), "{text:?}");
+    assert!(text.contains("33 111"), "{text:?}");
+    assert!(text.contains("got:hello"), "{text:?}");
+}
+
+#[test]
+fn joins_another_containers_namespaces_by_path() {
+    let a = Bundle::new("pod-a", &["sleep", "30"]);
+    a.create();
+    let pid = a.state()["pid"].as_i64().unwrap();
+    let b = Bundle::new(
+        "pod-b",
+        &[
+            "sh",
+            "-c",
+            "for n in net ipc uts pid; do readlink /proc/self/ns/$n; done; hostname",
+        ],
+    );
+    b.edit(|c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        for n in ns.iter_mut() {
+            let t = n["type"].as_str().unwrap().to_string();
+            let file = match t.as_str() {
+                "network" => "net",
+                "ipc" => "ipc",
+                "uts" => "uts",
+                _ => continue,
+            };
+            n["path"] = json!(format!("/proc/{pid}/ns/{file}"));
+        }
+        c.as_object_mut().unwrap().remove("hostname");
+    });
+    let out = b.run_ok();
+    let lines: Vec<&str> = out.lines().collect();
+    for (i, n) in ["net", "ipc", "uts"].iter().enumerate() {
+        assert_eq!(
+            lines[i],
+            fs::read_link(format!("/proc/{pid}/ns/{n}"))
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "{n}"
+        );
+    }
+    assert_ne!(
+        lines[3],
+        fs::read_link(format!("/proc/{pid}/ns/pid"))
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "pid namespace is new"
+    );
+    assert_eq!(lines[4], "berth", "the joined uts namespace's hostname");
+    b.assert_gone();
+    a.ok(&["delete", "--force", &a.id]);
+    a.assert_gone();
+}
+
+#[test]
+fn cgroups_path_absolute_and_relative() {
+    let b = Bundle::new("cgabs", &["cat", "/proc/self/cgroup"]);
+    let abs = format!("/berth-test-abs-{}/{}", std::process::id(), b.id);
+    b.edit(|c| c["linux"]["cgroupsPath"] = json!(abs));
+    b.create();
+    let mem = Path::new("/sys/fs/cgroup/memory").join(abs.trim_start_matches('/'));
+    assert!(mem.join("cgroup.procs").exists(), "{}", mem.display());
+    b.ok(&["start", &b.id]);
+    b.wait_status("stopped");
+    b.ok(&["delete", &b.id]);
+    assert!(
+        !mem.exists() && !mem.parent().unwrap().exists(),
+        "cgroup (or the parent it created) left behind"
+    );
+
+    // Relative: under the caller's own cgroup.
+    let b = Bundle::new("cgrel", &["true"]);
+    b.edit(|c| c["linux"]["cgroupsPath"] = json!(format!("rel-{}", b.id)));
+    b.create();
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own_mem = own
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+        .unwrap();
+    let dir = Path::new("/sys/fs/cgroup/memory")
+        .join(own_mem.trim_start_matches('/'))
+        .join(format!("rel-{}", b.id));
+    assert!(dir.exists(), "{}", dir.display());
+    b.ok(&["delete", "--force", &b.id]);
+    assert!(!dir.exists());
+}
+
+#[test]
+fn log_format_json_records_errors() {
+    let b = Bundle::new("log", &["true"]);
+    b.edit(|c| c["process"]["cwd"] = json!("relative"));
+    let log = b.dir.path().join("runtime.log");
+    let bundle = b.path();
+    let out = b.berth(&[
+        "--log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "run",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        &b.id,
+    ]);
+    assert!(!out.status.success());
+    let text = fs::read_to_string(&log).unwrap();
+    let entry: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(entry["level"], "error");
+    assert!(
+        entry["msg"].as_str().unwrap().contains("process.cwd"),
+        "{entry}"
+    );
+    assert!(entry["time"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn process_settings_rlimits_oom_sysctl_domainname_umask() {
+    let b = Bundle::new("procset", &["sh", "-c", "ulimit -n; cat /proc/self/oom_score_adj; cat /proc/sys/net/ipv4/ip_forward; cat /proc/sys/kernel/domainname; umask; id -G"]);
+    b.edit(|c| {
+        c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456}]);
+        c["process"]["oomScoreAdj"] = json!(321);
+        c["process"]["user"] =
+            json!({"uid": 0, "gid": 0, "umask": 0o27, "additionalGids": [10, 20]});
+        c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+        c["domainname"] = json!("example.test");
+    });
+    let out = b.run_ok();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        ["123", "321", "1", "example.test", "0027", "0 10 20"],
+        "{out}"
+    );
+    // The host's own setting is untouched by the container's network namespace.
+    assert_ne!(
+        fs::read_to_string("/proc/sys/net/ipv4/ip_forward").ok(),
+        None
+    );
+}
+
+#[test]
+fn device_cgroup_denies_what_it_does_not_allow() {
+    // /dev/fuse is created in the container but not allowed by the device rules; /dev/null is.
+    let b = Bundle::new(
+        "devices",
+        &[
+            "sh",
+            "-c",
+            "echo x > /dev/null && echo null-ok; cat /dev/fuse 2>&1; ls -l /dev/fuse",
+        ],
+    );
+    b.edit(|c| {
+        c["linux"]["devices"] =
+            json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438}])
+    });
+    let out = b.run();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("null-ok"), "{stdout}");
+    assert!(
+        stdout.contains("Operation not permitted"),
+        "open of a denied device did not fail: {stdout}"
+    );
+    assert!(
+        stdout.contains("crw-rw-rw-") && stdout.contains("10,") && stdout.contains("229"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn stats_report_memory_cpu_and_pids_of_a_running_container() {
+    let b = Bundle::new(
+        "stats",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 30",
+        ],
+    );
+    b.edit(|c| c["linux"]["resources"]["memory"] = json!({"limit": 64 << 20}));
+    b.create();
+    b.ok(&["start", &b.id]);
+    std::thread::sleep(Duration::from_millis(300));
+    let s: Value = serde_json::from_str(&b.ok(&["events", "--stats", &b.id])).unwrap();
+    let d = &s["data"];
+    assert!(d["memory_usage"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(d["memory_limit"].as_u64(), Some(64 << 20), "{s}");
+    assert!(d["cpu_usage_ns"].as_u64().unwrap() > 0, "{s}");
+    assert!(d["pids_current"].as_u64().unwrap() >= 1, "{s}");
+    let table = b.ok(&["ps", &b.id]);
+    assert!(
+        table.starts_with("UID") && table.contains("sleep 30"),
+        "{table}"
+    );
+    let list = b.ok(&["list"]);
+    assert!(
+        list.starts_with("ID") && list.contains(&b.id) && list.contains("running"),
+        "{list}"
+    );
+    b.ok(&["kill", &b.id, "9"]);
+    b.wait_status("stopped");
+    b.ok(&["delete", &b.id]);
+    b.assert_gone();
+}

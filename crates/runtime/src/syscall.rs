@@ -370,6 +370,11 @@ impl Syscall for LinuxSyscall {
         if unsafe { libc::mknodat(parent.as_raw_fd(), name.as_ptr(), mode, dev) } < 0 {
             return Err(io::Error::last_os_error());
         }
+        // mknod applies our umask: set the mode the spec asked for.
+        // SAFETY: as above.
+        if unsafe { libc::fchmodat(parent.as_raw_fd(), name.as_ptr(), mode & 0o7777, 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
         // SAFETY: as above; AT_SYMLINK_NOFOLLOW so a racing symlink is not followed.
         if unsafe {
             libc::fchownat(
