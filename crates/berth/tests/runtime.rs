@@ -1135,3 +1135,62 @@ fn stats_report_memory_cpu_and_pids_of_a_running_container() {
     b.ok(&["delete", &b.id]);
     b.assert_gone();
 }
+
+/// Runs `command` under script(1), which gives it a real terminal, feeding `input` after a pause.
+fn in_terminal(command: &str, input: &str) -> Output {
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1) from Debian's bsdutils");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        std::thread::sleep(Duration::from_millis(700));
+        let _ = stdin.write_all(input.as_bytes());
+        std::thread::sleep(Duration::from_millis(700));
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    out
+}
+
+#[test]
+fn foreground_run_and_exec_proxy_a_terminal() {
+    let b = Bundle::new("fgtty", &["sh", "-c", "tty; read x; echo got:$x; exit 3"]);
+    b.edit(|c| c["process"]["terminal"] = json!(true));
+    let cmd = format!(
+        "{BERTH} runtime --root {} run --bundle {} {}",
+        b.root().display(),
+        b.path().display(),
+        b.id
+    );
+    let out = in_terminal(&cmd, "hello\n");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/pts/0") && text.contains("got:hello"),
+        "{text:?}"
+    );
+    assert_eq!(out.status.code(), Some(3), "{text:?}");
+    b.assert_gone();
+
+    let b = Bundle::new("exectty", &["sleep", "30"]);
+    b.edit(|c| c["process"]["terminal"] = json!(false));
+    b.create();
+    b.ok(&["start", &b.id]);
+    let cmd = format!(
+        "{BERTH} runtime --root {} exec --tty {} sh -c 'tty; read x; echo exec-got:$x'",
+        b.root().display(),
+        b.id
+    );
+    let out = in_terminal(&cmd, "there\n");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/pts/") && text.contains("exec-got:there"),
+        "{text:?}"
+    );
+    assert!(out.status.success());
+}
