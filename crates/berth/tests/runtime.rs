@@ -73,6 +73,21 @@ impl Bundle {
         fs::write(&p, serde_json::to_string_pretty(&c).unwrap()).unwrap();
     }
 
+    /// `<binary> runtime --root <root> <verb> <extra…> --bundle <bundle> <id>`, stdin closed.
+    fn command(&self, binary: &Path, verb: &str, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(binary);
+        cmd.arg("runtime")
+            .arg("--root")
+            .arg(self.root())
+            .arg(verb)
+            .args(extra);
+        cmd.arg("--bundle")
+            .arg(self.path())
+            .arg(&self.id)
+            .stdin(Stdio::null());
+        cmd
+    }
+
     fn berth(&self, args: &[&str]) -> Output {
         Command::new(BERTH)
             .arg("runtime")
@@ -105,16 +120,11 @@ impl Bundle {
     /// `create`, with the container's stdio (which is the caller's) going to files: a pipe
     /// would stay open as long as the container runs.
     fn create(&self) {
-        let bundle = self.path();
         let out = fs::File::create(self.dir.path().join("stdout")).unwrap();
         let err_path = self.dir.path().join("stderr");
         let err = fs::File::create(&err_path).unwrap();
-        let status = Command::new(BERTH)
-            .arg("runtime")
-            .arg("--root")
-            .arg(self.root())
-            .args(["create", "--bundle", bundle.to_str().unwrap(), &self.id])
-            .stdin(Stdio::null())
+        let status = self
+            .command(Path::new(BERTH), "create", &[])
             .stdout(out)
             .stderr(err)
             .status()
@@ -128,14 +138,9 @@ impl Bundle {
 
     /// `create` that must fail; returns its stderr.
     fn create_err(&self) -> String {
-        let bundle = self.path();
         let err_path = self.dir.path().join("stderr-dup");
-        let status = Command::new(BERTH)
-            .arg("runtime")
-            .arg("--root")
-            .arg(self.root())
-            .args(["create", "--bundle", bundle.to_str().unwrap(), &self.id])
-            .stdin(Stdio::null())
+        let status = self
+            .command(Path::new(BERTH), "create", &[])
             .stdout(Stdio::null())
             .stderr(fs::File::create(&err_path).unwrap())
             .status()
@@ -242,17 +247,8 @@ fn stdio_is_the_callers_and_exit_codes_pass_through() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
     let b = Bundle::new("stdin", &["sh", "-c", "read line; echo got:$line"]);
-    let bundle = b.path();
-    let mut child = Command::new(BERTH)
-        .args([
-            "runtime",
-            "--root",
-            b.root().to_str().unwrap(),
-            "run",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            &b.id,
-        ])
+    let mut child = b
+        .command(Path::new(BERTH), "run", &[])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -485,19 +481,9 @@ fn user_namespace_maps_ids() {
             .retain(|m| m["type"] != "cgroup");
     });
     let log = b.dir.path().join("out");
-    let bundle = b.path();
     let out_file = fs::File::create(&log).unwrap();
-    let status = Command::new(BERTH)
-        .args([
-            "runtime",
-            "--root",
-            b.root().to_str().unwrap(),
-            "run",
-            "--detach",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            &b.id,
-        ])
+    let status = b
+        .command(Path::new(BERTH), "run", &["--detach"])
         .stdout(out_file)
         .status()
         .unwrap();
@@ -737,20 +723,7 @@ fn the_runtime_binary_cannot_be_reopened_for_writing_or_run_in_a_container() {
     fs::copy(BERTH, &berth).unwrap();
     let original = fs::read(&berth).unwrap();
     let root = b.root();
-    let bundle = b.path();
-    let mut run = Command::new(&berth)
-        .args([
-            "runtime",
-            "--root",
-            root.to_str().unwrap(),
-            "run",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            &b.id,
-        ])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = b.command(&berth, "run", &[]).spawn().unwrap();
     // Once the state exists, the runtime has re-executed into its protected form.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !root.join(&b.id).join("state.json").exists() {
@@ -778,19 +751,7 @@ fn the_runtime_binary_cannot_be_reopened_for_writing_or_run_in_a_container() {
     // And a container cannot make berth run inside itself through /proc/self/exe.
     let b = Bundle::new("exe-inside", &["/evil", "--version"]);
     std::os::unix::fs::symlink("/proc/self/exe", b.rootfs().join("evil")).unwrap();
-    let out = Command::new(&berth)
-        .args([
-            "runtime",
-            "--root",
-            b.root().to_str().unwrap(),
-            "run",
-            "--bundle",
-            b.path().to_str().unwrap(),
-            &b.id,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = b.command(&berth, "run", &[]).output().unwrap();
     assert!(
         !out.status.success(),
         "berth ran inside the container: {}",
@@ -811,17 +772,7 @@ fn working_directory_through_a_leaked_fd_is_refused() {
     b.edit(|c| c["process"]["cwd"] = json!("/proc/self/fd/7"));
     let host_dir = fs::File::open(b.dir.path()).unwrap();
     let raw = std::os::fd::AsRawFd::as_raw_fd(&host_dir);
-    let bundle = b.path();
-    let mut cmd = Command::new(BERTH);
-    cmd.args([
-        "runtime",
-        "--root",
-        b.root().to_str().unwrap(),
-        "run",
-        "--bundle",
-        bundle.to_str().unwrap(),
-        &b.id,
-    ]);
+    let mut cmd = b.command(Path::new(BERTH), "run", &[]);
     // SAFETY: dup2 in the child before exec, on fds that exist; no allocation.
     unsafe {
         cmd.pre_exec(move || {

@@ -963,25 +963,7 @@ fn exec_child(
         _ => fail("setup channel: expected go".into()),
     }
     let run = || -> Result<std::ffi::CString, String> {
-        if p.terminal {
-            let (master, slave) =
-                crate::console::open_pty().map_err(|e| format!("process.terminal: {e}"))?;
-            if let Some((rows, cols)) = p.console_size {
-                let _ = crate::console::set_size(master.as_raw_fd(), rows, cols);
-            }
-            match &console {
-                ConsoleTarget::Socket(s) => {
-                    crate::console::send_fd(s.as_raw_fd(), master.as_raw_fd(), "/dev/ptmx")
-                        .map_err(|e| format!("--console-socket: {e}"))?
-                }
-                ConsoleTarget::Channel => {
-                    crate::console::send_fd(channel.raw(), master.as_raw_fd(), "console")
-                        .map_err(|e| format!("sending the pty: {e}"))?
-                }
-                ConsoleTarget::None => return Err("process.terminal without a console".into()),
-            }
-            crate::console::attach_slave(&slave).map_err(|e| format!("process.terminal: {e}"))?;
-        }
+        crate::init::open_terminal(p, &console, channel)?;
         drop(console);
         let path = p.find_executable().map_err(|e| e.to_string())?;
         p.setup()?;

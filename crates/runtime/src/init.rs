@@ -78,6 +78,37 @@ pub fn join_namespaces(
     Ok(())
 }
 
+/// When the process has a terminal: allocates a pty from the container's /dev/ptmx, sends the
+/// master where `console` says, and makes the slave the caller's controlling terminal and stdio.
+pub fn open_terminal(
+    p: &Prepared,
+    console: &ConsoleTarget,
+    channel: &Channel,
+) -> Result<(), String> {
+    if !p.terminal {
+        return Ok(());
+    }
+    let (master, slave) =
+        crate::console::open_pty().map_err(|e| os(e, "process.terminal: allocating a pty"))?;
+    if let Some((rows, cols)) = p.console_size {
+        let _ = crate::console::set_size(master.as_raw_fd(), rows, cols);
+    }
+    let (sock, name, what) = match console {
+        ConsoleTarget::Socket(s) => (
+            s.as_raw_fd(),
+            "/dev/ptmx",
+            "--console-socket: sending the pty",
+        ),
+        ConsoleTarget::Channel => (channel.raw(), "console", "sending the pty"),
+        ConsoleTarget::None => {
+            return Err("process.terminal is true but no console socket was given".into())
+        }
+    };
+    crate::console::send_fd(sock, master.as_raw_fd(), name).map_err(|e| os(e, what))?;
+    drop(master);
+    crate::console::attach_slave(&slave).map_err(|e| os(e, "process.terminal"))
+}
+
 /// Forks; in the child returns Ok(0), in the parent the child's pid.
 pub fn fork() -> Result<i32, String> {
     // SAFETY: the runtime is single-threaded here, so the child may keep running Rust code.
@@ -191,28 +222,7 @@ impl Init<'_> {
         crate::mounts::apply(&sys, &self.rootfs, pivot).map_err(|e| e.to_string())?;
         crate::mounts::apply(&sys, Path::new("/"), &self.after_pivot).map_err(|e| e.to_string())?;
 
-        if self.process.terminal {
-            let (master, slave) = crate::console::open_pty()
-                .map_err(|e| os(e, "process.terminal: allocating a pty"))?;
-            if let Some((rows, cols)) = self.process.console_size {
-                let _ = crate::console::set_size(master.as_raw_fd(), rows, cols);
-            }
-            match &self.console {
-                ConsoleTarget::Socket(s) => {
-                    crate::console::send_fd(s.as_raw_fd(), master.as_raw_fd(), "/dev/ptmx")
-                        .map_err(|e| os(e, "--console-socket: sending the pty"))?
-                }
-                ConsoleTarget::Channel => {
-                    crate::console::send_fd(self.channel.raw(), master.as_raw_fd(), "console")
-                        .map_err(|e| os(e, "sending the pty"))?
-                }
-                ConsoleTarget::None => {
-                    return Err("process.terminal is true but no console socket was given".into())
-                }
-            }
-            drop(master);
-            crate::console::attach_slave(&slave).map_err(|e| os(e, "process.terminal"))?;
-        }
+        open_terminal(self.process, &self.console, self.channel)?;
         if let ConsoleTarget::Socket(s) = &self.console {
             // SAFETY: closing our copy of the console socket; the OwnedFd is not used afterwards.
             unsafe { libc::close(s.as_raw_fd()) };

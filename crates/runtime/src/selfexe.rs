@@ -90,23 +90,40 @@ fn return_to_host(fds: &str) -> io::Result<()> {
     cvt(unsafe { libc::fchdir(cwd.as_raw_fd()) })
 }
 
-fn exec_self(path: &Path) -> io::Error {
-    let args: Result<Vec<CString>, _> =
-        env::args_os().map(|a| CString::new(a.as_bytes())).collect();
-    let Ok(args) = args else {
-        return io::Error::from_raw_os_error(libc::EINVAL);
-    };
-    let Ok(cpath) = CString::new(path.as_os_str().as_bytes()) else {
-        return io::Error::from_raw_os_error(libc::EINVAL);
+/// Our own argv, as C strings.
+fn own_args() -> io::Result<Vec<CString>> {
+    env::args_os()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// execve (by path) or fexecve (by fd) of ourselves with the same argv and environment;
+/// returns only the error.
+fn exec_self(target: Result<&Path, i32>) -> io::Error {
+    let args = match own_args() {
+        Ok(a) => a,
+        Err(e) => return e,
     };
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     extern "C" {
         static environ: *const *const libc::c_char;
     }
-    // SAFETY: argv is a NULL-terminated array of valid strings that outlive the call; environ
-    // is the process environment maintained by libc.
-    unsafe { libc::execve(cpath.as_ptr(), argv.as_ptr(), environ) };
+    match target {
+        Ok(path) => {
+            let Ok(cpath) = CString::new(path.as_os_str().as_bytes()) else {
+                return io::Error::from_raw_os_error(libc::EINVAL);
+            };
+            // SAFETY: argv is a NULL-terminated array of valid strings that outlive the call;
+            // environ is the process environment maintained by libc.
+            unsafe { libc::execve(cpath.as_ptr(), argv.as_ptr(), environ) };
+        }
+        // SAFETY: as above, with an fd we own.
+        Err(fd) => unsafe {
+            libc::fexecve(fd, argv.as_ptr(), environ);
+        },
+    }
     io::Error::last_os_error()
 }
 
@@ -157,7 +174,7 @@ fn reexec_read_only() -> io::Result<std::convert::Infallible> {
             RETURN_ENV,
             format!("{},{}", mnt.as_raw_fd(), cwd.as_raw_fd()),
         );
-        Ok(exec_self(&exe))
+        Ok(exec_self(Ok(&exe)))
     };
     let err = match attempt() {
         Ok(e) | Err(e) => e,
@@ -194,18 +211,5 @@ pub fn ensure_sealed_copy() -> io::Result<()> {
     io::copy(&mut src, &mut copy)?;
     // SAFETY: fcntl on our memfd.
     cvt(unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, SEALS) })?;
-    let args: Vec<CString> = env::args_os()
-        .map(|a| CString::new(a.as_bytes()))
-        .collect::<Result<_, _>>()
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    extern "C" {
-        static environ: *const *const libc::c_char;
-    }
-    let fd = copy.into_raw_fd();
-    // SAFETY: argv is a NULL-terminated array of valid strings that outlive the call;
-    // environ is the process environment maintained by libc.
-    unsafe { libc::fexecve(fd, argv.as_ptr(), environ) };
-    Err(io::Error::last_os_error())
+    Err(exec_self(Err(copy.into_raw_fd())))
 }
