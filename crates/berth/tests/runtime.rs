@@ -1145,3 +1145,30 @@ fn foreground_run_and_exec_proxy_a_terminal() {
     );
     assert!(out.status.success());
 }
+
+#[test]
+fn berth_runtime_symlink_speaks_runcs_command_line() {
+    let b = Bundle::new("multicall", &["echo", "hi"]);
+    let link = b.dir.path().join("berth-runtime");
+    std::os::unix::fs::symlink(BERTH, &link).unwrap();
+    let out = Command::new(&link)
+        .args([
+            "--root",
+            b.root().to_str().unwrap(),
+            "--log-format",
+            "json",
+            "run",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            &b.id,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+}
