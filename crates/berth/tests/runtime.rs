@@ -697,6 +697,21 @@ fn bad_configs_are_named_and_leave_nothing_behind() {
             |c| c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_BOGUS"}),
             "linux.seccomp.defaultAction",
         ),
+        (
+            "host-sysctl",
+            |c| c["linux"]["sysctl"] = json!({"kernel.core_pattern": "|/tmp/x"}),
+            "linux.sysctl",
+        ),
+        (
+            "magic-exe",
+            |c| c["process"]["args"] = json!(["/proc/self/exe"]),
+            "process.args[0]",
+        ),
+        (
+            "apparmor",
+            |c| c["process"]["apparmorProfile"] = json!("docker-default"),
+            "process.apparmorProfile",
+        ),
     ];
     for (name, edit, want) in cases {
         let b = Bundle::new(&format!("bad-{name}"), &["true"]);
@@ -1171,4 +1186,154 @@ fn berth_runtime_symlink_speaks_runcs_command_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+}
+
+#[test]
+fn signal_dispositions_and_stdio_reach_the_process_as_expected() {
+    // The runtime ignores SIGPIPE (Rust does); the container's program must not inherit that.
+    let b = Bundle::new(
+        "sigs",
+        &[
+            "sh",
+            "-c",
+            "grep -E 'SigIgn|SigBlk' /proc/self/status; echo to-stdout > /dev/stdout",
+        ],
+    );
+    b.edit(|c| c["process"]["user"] = json!({"uid": 1000, "gid": 1000}));
+    let out = b.run_ok();
+    for line in out.lines().filter(|l| l.starts_with("Sig")) {
+        assert!(line.ends_with("0000000000000000"), "{line}");
+    }
+    // A non-root process can reopen its stdout (it was handed over, as runc does).
+    assert!(out.contains("to-stdout"), "{out}");
+}
+
+#[test]
+fn no_device_rules_means_only_the_default_devices() {
+    let b = Bundle::new(
+        "nodevrules",
+        &[
+            "sh",
+            "-c",
+            "echo x > /dev/null && echo null-ok; cat /dev/fuse 2>&1",
+        ],
+    );
+    b.edit(|c| {
+        c["linux"].as_object_mut().unwrap().remove("resources");
+        c["linux"]["devices"] =
+            json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438}]);
+    });
+    let out = String::from_utf8(b.run().stdout).unwrap();
+    assert!(
+        out.contains("null-ok") && out.contains("Operation not permitted"),
+        "{out}"
+    );
+}
+
+#[test]
+fn hooks_that_flood_stderr_or_ignore_stdin_fail_cleanly() {
+    let b = Bundle::new("floodhook", &["true"]);
+    b.edit(|c| {
+        c["annotations"] = json!({"big": "x".repeat(200_000)});
+        c["hooks"] = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "head -c 300000 /dev/zero | tr '\\\\0' e >&2; exit 4"], "timeout": 20}]});
+    });
+    let out = b.run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("exited with status 4"),
+        "{}",
+        &err[..err.len().min(300)]
+    );
+    assert!(
+        err.len() < 20_000,
+        "the hook's whole stderr was copied into the error ({} bytes)",
+        err.len()
+    );
+    b.assert_gone();
+}
+
+#[test]
+fn joins_another_containers_user_namespace_by_path() {
+    let a = Bundle::new("userns-a", &["sleep", "30"]);
+    a.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| m["type"] != "cgroup");
+    });
+    a.create();
+    let pid = a.state()["pid"].as_i64().unwrap();
+    let b = Bundle::new(
+        "userns-b",
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map; id -u; ls -ln /dev/null",
+        ],
+    );
+    b.edit(|c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.push(json!({"type": "user", "path": format!("/proc/{pid}/ns/user")}));
+        for n in ns.iter_mut().filter(|n| n["type"] == "network") {
+            n["path"] = json!(format!("/proc/{pid}/ns/net"));
+        }
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| m["type"] != "cgroup");
+    });
+    let out = b.run_ok();
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(&words[..4], ["0", "200000", "65536", "0"], "{out}");
+    b.assert_gone();
+    a.ok(&["delete", "--force", &a.id]);
+    a.assert_gone();
+}
+
+#[test]
+fn a_created_container_can_be_killed_and_deleted() {
+    let b = Bundle::new("killcreated", &["sleep", "30"]);
+    b.create();
+    assert_eq!(b.state()["status"], "created");
+    b.ok(&["kill", &b.id, "SIGKILL"]);
+    b.wait_status("stopped");
+    b.ok(&["delete", &b.id]);
+    b.assert_gone();
+}
+
+#[test]
+fn detached_exec_reports_a_failed_execve() {
+    let b = Bundle::new("execfail", &["sleep", "30"]);
+    fs::write(b.rootfs().join("bad"), "#!/no/such/interpreter\n").unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut fs::metadata(b.rootfs().join("bad")).unwrap().permissions(),
+        0o755,
+    );
+    fs::set_permissions(
+        b.rootfs().join("bad"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    b.create();
+    b.ok(&["start", &b.id]);
+    let out = b.berth(&["exec", "--detach", &b.id, "/bad"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("exec /bad"), "{err}");
+    let out = b.berth(&["exec", "--detach", &b.id, "/no/such/program"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("process.args[0]")
+    );
+    assert_eq!(
+        serde_json::from_str::<Vec<i64>>(&b.ok(&["ps", "--format", "json", &b.id]))
+            .unwrap()
+            .len(),
+        1,
+        "a failed exec left a process"
+    );
 }

@@ -327,20 +327,23 @@ impl Runtime {
     /// `run`: create and start; in the foreground, waits and returns the exit code (128+n for signal n).
     pub fn run(&self, opts: &CreateOptions, detach: bool) -> Result<i32, Error> {
         let l = self.launch(opts, Mode::Run { detach })?;
-        l.channel
-            .send(&Msg::Start)
-            .map_err(|e| Error::io("starting the container", e))?;
         // The channel closes when the process execs (it is close-on-exec); an error before that
         // is a failed startContainer hook or exec.
-        match l.channel.recv() {
-            Ok(None) => {}
-            Ok(Some(Msg::Error(e))) => {
-                restore_signals(&l.sigmask);
-                let _ = self.destroy(&l.record, &l.dir);
-                return Err(Error::Setup(e));
-            }
-            Ok(Some(m)) => return Err(Error::Setup(format!("unexpected setup message {m:?}"))),
-            Err(e) => return Err(Error::io("setup channel", e)),
+        let started = match l.channel.send(&Msg::Start) {
+            Err(e) => Err(Error::io("starting the container", e)),
+            Ok(()) => match l.channel.recv() {
+                Ok(None) => Ok(()),
+                Ok(Some(Msg::Error(e))) => Err(Error::Setup(e)),
+                Ok(Some(m)) => Err(Error::Setup(format!("unexpected setup message {m:?}"))),
+                Err(e) => Err(Error::io("setup channel", e)),
+            },
+        };
+        if let Err(e) = started {
+            restore_signals(&l.sigmask);
+            // SAFETY: the init is verified ours (start time recorded at create).
+            unsafe { libc::kill(l.record.pid, libc::SIGKILL) };
+            let _ = self.destroy(&l.record, &l.dir);
+            return Err(e);
         }
         let state = l.record.oci_state(&l.dir);
         if let Err(e) = hooks::run(
@@ -390,12 +393,7 @@ impl Runtime {
             ));
         }
         for key in linux.sysctl().iter().flat_map(|m| m.keys()) {
-            if key.is_empty()
-                || key.contains('/')
-                || key.split('.').any(|p| p.is_empty() || p == "..")
-            {
-                return Err(Error::Spec(format!("linux.sysctl: invalid key {key:?}")));
-            }
+            check_sysctl(key, &ns)?;
         }
         let hierarchy = Hierarchy::detect()?;
         let ctx = crate::mounts::Context {
@@ -490,6 +488,8 @@ impl Runtime {
         };
         if pid == 0 {
             drop(channel);
+            // A host directory must not stay open in the container (CVE-2024-21626).
+            drop(unified_dir);
             Init {
                 channel: &child_channel,
                 ns: &ns,
@@ -591,9 +591,12 @@ impl Runtime {
         } else if !placement.unified_at_clone {
             cgroup.add_process_unified(init_pid)?;
         }
-        if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
-            cgroup.apply(&with_default_devices(res))?;
-        }
+        let resources = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone())
+            .unwrap_or_default();
+        cgroup.apply(&with_default_devices(&resources))?;
         if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
             fs::write(format!("/proc/{init_pid}/oom_score_adj"), adj.to_string())
                 .map_err(|e| Error::Spec(format!("process.oomScoreAdj: {e}")))?;
@@ -664,10 +667,11 @@ impl Runtime {
                     Error::io("opening the exec fifo", e)
                 }
             })?;
+        let before = fs::read_link(format!("/proc/{}/exe", record.pid)).ok();
         f.write_all(b"0")
             .map_err(|e| Error::io("writing the exec fifo", e))?;
         fs::remove_file(&fifo).map_err(|e| Error::io("removing the exec fifo", e))?;
-        wait_exec(record.pid, record.start_time);
+        wait_exec(record.pid, record.start_time, before);
         let state = record.oci_state(&dir);
         if let Err(e) = hooks::run(
             record.spec.hooks().as_ref(),
@@ -860,6 +864,8 @@ impl Runtime {
         };
         if pid == 0 {
             drop(channel);
+            // A host directory must not stay open in the container (CVE-2024-21626).
+            drop(unified_dir);
             exec_child(
                 &child_channel,
                 &ns,
@@ -898,9 +904,15 @@ impl Runtime {
             } else {
                 None
             };
-            match expect(&channel, "setting up the process")? {
-                Msg::Ready => {}
-                m => return Err(Error::Setup(format!("unexpected setup message {m:?}"))),
+            // The channel closes when the process execs; an error before that is a failed setup or exec.
+            match channel.recv() {
+                Ok(None) => {}
+                Ok(Some(Msg::Error(e))) => return Err(Error::Setup(e)),
+                Ok(Some(m)) => return Err(Error::Setup(format!("unexpected setup message {m:?}"))),
+                Err(e) => return Err(Error::io("setup channel", e)),
+            }
+            if let Some(p) = &opts.pid_file {
+                write_pid_file(p, target)?;
             }
             Ok((target, master))
         })();
@@ -913,9 +925,6 @@ impl Runtime {
             }
         };
         undo.disarm();
-        if let Some(p) = &opts.pid_file {
-            write_pid_file(p, target)?;
-        }
         if opts.detach {
             restore_signals(&sigmask);
             return Ok(0);
@@ -941,6 +950,13 @@ fn exec_child(
         // SAFETY: exiting the child.
         unsafe { libc::_exit(1) }
     };
+    // SAFETY: restoring the mask saved before clone.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, sigmask, std::ptr::null_mut()) };
+    if !ns.join.iter().any(|(t, _)| *t == LinuxNamespaceType::User) {
+        // Until execve, nothing in the container may read our memory or fds through /proc.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    }
     // Still in the host's namespaces: join the container's cgroup first; the process we fork
     // into the container inherits it.
     if let Err(e) = cgroup.join_v1_self() {
@@ -970,16 +986,7 @@ fn exec_child(
         Ok(path)
     };
     match run() {
-        Ok(path) => {
-            if channel.send(&Msg::Ready).is_err() {
-                // SAFETY: exiting the child.
-                unsafe { libc::_exit(1) }
-            }
-            let e = p.exec(&path, sigmask);
-            eprintln!("berth: {e}");
-            // SAFETY: exiting the child after a failed exec.
-            unsafe { libc::_exit(127) }
-        }
+        Ok(path) => fail(p.exec(&path, sigmask)),
         Err(e) => fail(e),
     }
 }
@@ -989,10 +996,11 @@ fn exec_child(
 fn with_default_devices(
     res: &oci_spec::runtime::LinuxResources,
 ) -> oci_spec::runtime::LinuxResources {
-    let Some(own) = res.devices() else {
-        return res.clone();
-    };
-    let mut rules = own.clone();
+    // Deny everything first, so a spec without device rules gets only the defaults.
+    let mut rules: Vec<oci_spec::runtime::LinuxDeviceCgroup> =
+        serde_json::from_value(serde_json::json!([{"allow": false, "access": "rwm"}]))
+            .unwrap_or_default();
+    rules.extend(res.devices().iter().flatten().cloned());
     let defaults = [
         ("c", None, None, "m"),
         ("b", None, None, "m"),
@@ -1016,10 +1024,47 @@ fn with_default_devices(
     out
 }
 
+/// sysctls a container may set: only those its own namespaces scope (as runc allows);
+/// anything else would change the host.
+fn check_sysctl(key: &str, ns: &namespaces::Plan) -> Result<(), Error> {
+    let has = |t: LinuxNamespaceType| {
+        ns.new & namespaces::flag(t) != 0 || ns.join.iter().any(|(j, _)| *j == t)
+    };
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let (needs, what) = if IPC.contains(&key) || key.starts_with("fs.mqueue.") {
+        (LinuxNamespaceType::Ipc, "an ipc")
+    } else if key.starts_with("net.") {
+        (LinuxNamespaceType::Network, "a network")
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        (LinuxNamespaceType::Uts, "a uts")
+    } else {
+        return Err(Error::Spec(format!(
+            "linux.sysctl: {key:?} is not namespaced: setting it would change the host"
+        )));
+    };
+    if key.contains('/') || key.split('.').any(|p| p.is_empty() || p == "..") {
+        return Err(Error::Spec(format!("linux.sysctl: invalid key {key:?}")));
+    }
+    if !has(needs) {
+        return Err(Error::Spec(format!(
+            "linux.sysctl: {key:?} needs {what} namespace of the container's own"
+        )));
+    }
+    Ok(())
+}
+
 /// Waits until `pid` no longer runs the runtime's own binary (it exec'd the container's
 /// program) or exited, so poststart hooks run after the program started, as the spec asks.
-fn wait_exec(pid: i32, start_time: u64) {
-    let own = fs::read_link("/proc/self/exe").ok();
+fn wait_exec(pid: i32, start_time: u64, own: Option<PathBuf>) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while state::process_alive(pid, start_time) && Instant::now() < deadline {
         if fs::read_link(format!("/proc/{pid}/exe")).ok() != own {

@@ -76,10 +76,21 @@ fn run_one(hook: &Hook, state_json: &str) -> Result<(), String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| e.to_string())?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A hook that does not read its stdin must not fail because of it.
-        let _ = stdin.write_all(state_json.as_bytes());
-    }
+    // Feed stdin and drain stderr on threads: a hook that does not read its input, or writes
+    // more than a pipe holds, must not block us past its timeout.
+    let feeder = child.stdin.take().map(|mut stdin| {
+        let state = state_json.to_string();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(state.as_bytes());
+        })
+    });
+    let drainer = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut e, &mut buf);
+            buf
+        })
+    });
     let deadline = hook
         .timeout()
         .filter(|t| *t > 0)
@@ -95,19 +106,35 @@ fn run_one(hook: &Hook, state_json: &str) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(2));
     };
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    // A grandchild the hook left running may hold stderr open: read what is there, don't wait for it.
+    let stderr = match drainer {
+        Some(d)
+            if d.is_finished() || {
+                std::thread::sleep(Duration::from_millis(20));
+                d.is_finished()
+            } =>
+        {
+            String::from_utf8_lossy(&d.join().unwrap_or_default()).into_owned()
+        }
+        _ => String::new(),
+    };
     if status.success() {
         return Ok(());
-    }
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
     }
     let how = match (status.code(), status.signal()) {
         (Some(c), _) => format!("exited with status {c}"),
         (_, Some(s)) => format!("killed by signal {s}"),
         _ => "failed".into(),
     };
+    // The tail is what explains a failure; a hook's whole output does not belong in an error.
     let stderr = stderr.trim();
+    let stderr = match stderr.char_indices().rev().nth(2000) {
+        Some((i, _)) => &stderr[i..],
+        None => stderr,
+    };
     Err(if stderr.is_empty() {
         how
     } else {

@@ -64,9 +64,15 @@ fn last(what: &str) -> String {
 pub fn join_namespaces(
     join: &[(oci_spec::runtime::LinuxNamespaceType, PathBuf)],
 ) -> Result<(), String> {
-    for (typ, path) in join {
-        let f = File::open(path)
-            .map_err(|e| os(e, &format!("linux.namespaces {typ}: {}", path.display())))?;
+    // Open every namespace first: once in another user namespace, the others may be out of reach.
+    let files = join
+        .iter()
+        .map(|(typ, path)| {
+            File::open(path)
+                .map_err(|e| os(e, &format!("linux.namespaces {typ}: {}", path.display())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for ((typ, path), f) in join.iter().zip(files) {
         // SAFETY: setns on an open namespace fd with the matching type flag.
         if unsafe { libc::setns(f.as_raw_fd(), crate::namespaces::flag(*typ) as libc::c_int) } < 0 {
             return Err(last(&format!(
@@ -122,6 +128,22 @@ pub fn fork() -> Result<i32, String> {
 impl Init<'_> {
     /// Runs the child and exits the process.
     pub fn run(self, two_stage: bool) -> ! {
+        // Signals were blocked around clone for the runtime's sake; the container's init takes
+        // them as they come (kill of a created container works).
+        // SAFETY: restoring the mask saved before clone.
+        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &self.sigmask, std::ptr::null_mut()) };
+        let in_userns = self.ns.new_user()
+            || self
+                .ns
+                .join
+                .iter()
+                .any(|(t, _)| *t == oci_spec::runtime::LinuxNamespaceType::User);
+        if !in_userns {
+            // Until execve, nothing in the container may read our memory or fds through /proc.
+            // (In a user namespace this would lock us out of our own /proc/self.)
+            // SAFETY: prctl with integer arguments.
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+        }
         let code = match self.stages(two_stage) {
             Ok(never) => match never {},
             Err(e) => {
@@ -176,8 +198,13 @@ impl Init<'_> {
 
     fn container(&self) -> Result<std::convert::Infallible, String> {
         let sys = LinuxSyscall;
-        if self.ns.new_user() {
-            // Become root of the new user namespace so files we create are owned by a mapped id.
+        let joined_user = self
+            .ns
+            .join
+            .iter()
+            .any(|(t, _)| *t == oci_spec::runtime::LinuxNamespaceType::User);
+        if self.ns.new_user() || joined_user {
+            // Become root of the (new or joined) user namespace so files we create are owned by a mapped id.
             // SAFETY: plain syscalls.
             unsafe {
                 libc::setresgid(0, 0, 0);

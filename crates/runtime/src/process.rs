@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::ffi::CString;
+use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -45,6 +46,51 @@ pub struct Prepared {
     pub console_size: Option<(u16, u16)>,
     /// Extra fds (3..3+n) passed into the container, like runc's --preserve-fds.
     pub preserve_fds: i32,
+    /// An LSM label for the program: (attr file, value, OCI field).
+    pub exec_label: Option<(PathBuf, String, &'static str)>,
+}
+
+/// The attribute file and value that set the AppArmor profile or SELinux label the next
+/// execve takes on; an error naming the field when the host has no such LSM.
+fn exec_label(process: &Process) -> Result<Option<(PathBuf, String, &'static str)>, crate::Error> {
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|s| s.trim() == "Y");
+        if !enabled {
+            return Err(invalid(
+                "process.apparmorProfile",
+                format!("{profile:?}: AppArmor is not enabled on this host"),
+            ));
+        }
+        let file = if Path::new("/proc/self/attr/apparmor/exec").exists() {
+            "/proc/self/attr/apparmor/exec"
+        } else {
+            "/proc/self/attr/exec"
+        };
+        return Ok(Some((
+            file.into(),
+            format!("exec {profile}"),
+            "process.apparmorProfile",
+        )));
+    }
+    if let Some(label) = process.selinux_label().as_deref().filter(|l| !l.is_empty()) {
+        if !Path::new("/sys/fs/selinux/enforce").exists() {
+            return Err(invalid(
+                "process.selinuxLabel",
+                format!("{label:?}: SELinux is not enabled on this host"),
+            ));
+        }
+        return Ok(Some((
+            "/proc/self/attr/exec".into(),
+            label.to_string(),
+            "process.selinuxLabel",
+        )));
+    }
+    Ok(None)
 }
 
 fn invalid(field: &str, msg: impl std::fmt::Display) -> crate::Error {
@@ -207,6 +253,7 @@ impl Prepared {
                 .console_size()
                 .map(|b| (b.height() as u16, b.width() as u16)),
             preserve_fds,
+            exec_label: exec_label(process)?,
         })
     }
 
@@ -226,8 +273,13 @@ impl Prepared {
                 .map(|d| Path::new(d).join(arg0))
                 .collect()
         };
+        // Resolved inside the (pivoted) root without magic links: a path through
+        // /proc/self/fd/<n> or /proc/self/exe must not lead to a host file (CVE-2024-21626).
         for c in &candidates {
-            if let Ok(m) = std::fs::metadata(c) {
+            let Ok(fd) = crate::syscall::open_in_root(Path::new("/"), c) else {
+                continue;
+            };
+            if let Ok(m) = File::from(fd).metadata() {
                 if m.is_file() && m.permissions().mode() & 0o111 != 0 {
                     return CString::new(c.as_os_str().as_bytes())
                         .map_err(|_| invalid("process.args[0]", "contains a NUL byte"));
@@ -286,6 +338,7 @@ impl Prepared {
                 ))
             }
         }
+        self.hand_over_stdio();
         if let Some(m) = self.umask {
             // SAFETY: umask cannot fail.
             unsafe { libc::umask(m as libc::mode_t) };
@@ -302,6 +355,31 @@ impl Prepared {
             seccomp::install(filter, profile).map_err(|e| format!("linux.seccomp: {e}"))?;
         }
         self.set_user_and_caps()
+    }
+
+    /// Gives the container's user its stdio (as runc does), so a non-root process can reopen
+    /// /dev/stdout or its terminal; /dev/null and what cannot be changed are left alone.
+    fn hand_over_stdio(&self) {
+        if self.uid == 0 {
+            return;
+        }
+        for fd in 0..3 {
+            let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+            // SAFETY: fstat into a writable buffer.
+            if unsafe { libc::fstat(fd, st.as_mut_ptr()) } < 0 {
+                continue;
+            }
+            // SAFETY: fstat succeeded.
+            let st = unsafe { st.assume_init() };
+            let is_null =
+                st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == libc::makedev(1, 3);
+            if is_null || st.st_uid == self.uid {
+                continue;
+            }
+            // SAFETY: fchown on one of our stdio fds; failure (read-only file system, a file we
+            // may not change) is tolerated as runc does.
+            unsafe { libc::fchown(fd, self.uid, st.st_gid) };
+        }
     }
 
     fn set_user_and_caps(&self) -> Result<(), String> {
@@ -378,6 +456,41 @@ impl Prepared {
                 if let Err(e) = seccomp::install(filter, profile) {
                     return format!("linux.seccomp: {e}");
                 }
+            }
+        }
+        if let Some(label) = &self.exec_label {
+            if let Err(e) = std::fs::write(&label.0, &label.1) {
+                return format!("{}: {e}", label.2);
+            }
+        }
+        // The runtime's own dispositions (Rust ignores SIGPIPE) must not reach the program:
+        // ignored signals stay ignored across execve.
+        // The raw syscall: glibc refuses to touch the real-time signals it reserves.
+        #[repr(C)]
+        struct KernelSigaction {
+            handler: usize,
+            flags: u64,
+            restorer: usize,
+            mask: u64,
+        }
+        let dfl = KernelSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                // SAFETY: rt_sigaction with a valid kernel sigaction and the kernel's sigset size.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_rt_sigaction,
+                        sig,
+                        &dfl as *const KernelSigaction,
+                        0usize,
+                        8usize,
+                    )
+                };
             }
         }
         let mut argv: Vec<*const libc::c_char> = self.args.iter().map(|a| a.as_ptr()).collect();

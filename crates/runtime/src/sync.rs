@@ -107,8 +107,25 @@ impl Channel {
 
     /// The next message; `None` when the other end closed (init exec'd or died).
     pub fn recv(&self) -> io::Result<Option<Msg>> {
-        let mut buf = vec![0u8; 65536];
         loop {
+            // Peek with MSG_TRUNC for the packet's real size, so nothing is cut off.
+            // SAFETY: a zero-length peek needs no buffer.
+            let size = unsafe {
+                libc::recv(
+                    self.0.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_PEEK | libc::MSG_TRUNC,
+                )
+            };
+            if size < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let mut buf = vec![0u8; size as usize + 1];
             // SAFETY: buf is valid for writes of its length.
             let r =
                 unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };

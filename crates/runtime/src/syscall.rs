@@ -304,6 +304,29 @@ impl Syscall for LinuxSyscall {
         } else {
             cstr(&proc_fd_path(&target))?
         };
+        let mut flags = flags;
+        if flags & (libc::MS_REMOUNT | libc::MS_BIND) == (libc::MS_REMOUNT | libc::MS_BIND) {
+            // A bind remount replaces the mount's flags: keep the restrictions it already has
+            // (nosuid, nodev, noexec, atime), which a user namespace may not drop anyway.
+            let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+            // SAFETY: target is an open fd; st is a writable statvfs.
+            if unsafe { libc::fstatvfs(target.as_raw_fd(), st.as_mut_ptr()) } == 0 {
+                // SAFETY: fstatvfs succeeded.
+                let f = unsafe { st.assume_init() }.f_flag;
+                for (st_flag, ms_flag) in [
+                    (libc::ST_NOSUID, libc::MS_NOSUID),
+                    (libc::ST_NODEV, libc::MS_NODEV),
+                    (libc::ST_NOEXEC, libc::MS_NOEXEC),
+                    (libc::ST_NOATIME, libc::MS_NOATIME),
+                    (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+                    (libc::ST_RELATIME, libc::MS_RELATIME),
+                ] {
+                    if f & st_flag != 0 {
+                        flags |= ms_flag;
+                    }
+                }
+            }
+        }
         let src = source.map(cstr).transpose()?;
         let fst = fstype
             .map(|s| CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL)))
