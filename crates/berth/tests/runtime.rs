@@ -1337,3 +1337,22 @@ fn detached_exec_reports_a_failed_execve() {
         "a failed exec left a process"
     );
 }
+
+#[test]
+fn without_a_cgroup_namespace_the_container_sees_only_its_own_cgroup() {
+    let b = Bundle::new("owncg", &["sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; ls /sys/fs/cgroup/memory | grep -c -e berth -e process_api; echo x > /sys/fs/cgroup/memory/memory.limit_in_bytes || echo ro"]);
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "cgroup");
+        c["linux"]["resources"]["memory"] = json!({"limit": 64 << 20});
+    });
+    let out = String::from_utf8(b.run().stdout).unwrap();
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["67108864", "0", "ro"],
+        "{out}"
+    );
+    b.assert_gone();
+}

@@ -111,8 +111,9 @@ fn validate_id(id: &str) -> Result<(), Error> {
     }
 }
 
-/// The cgroup v1 hierarchies mounted on the host: (directory name, mount options) for the container's cgroup mount.
-fn cgroup_v1_mounts() -> Vec<(String, String)> {
+/// The cgroup v1 hierarchies mounted on the host: (directory name, mount options, mountpoint)
+/// for the container's cgroup mount.
+fn cgroup_v1_mounts() -> Vec<(String, String, PathBuf)> {
     let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
@@ -136,7 +137,11 @@ fn cgroup_v1_mounts() -> Vec<(String, String)> {
             .split(',')
             .filter(|o| *o != "rw" && *o != "ro")
             .collect();
-        out.push((name.to_string_lossy().into_owned(), opts.join(",")));
+        out.push((
+            name.to_string_lossy().into_owned(),
+            opts.join(","),
+            PathBuf::from(mountpoint),
+        ));
     }
     out
 }
@@ -396,14 +401,43 @@ impl Runtime {
             check_sysctl(key, &ns)?;
         }
         let hierarchy = Hierarchy::detect()?;
+        let cgroup = Cgroup::new(
+            &hierarchy,
+            linux.cgroups_path().as_ref().and_then(|p| p.to_str()),
+            &opts.id,
+        )?;
+        let v1_mounts = if hierarchy.is_v2() {
+            Vec::new()
+        } else {
+            cgroup_v1_mounts()
+        };
+        let own_cgroupns = ns.new_cgroup || joins(LinuxNamespaceType::Cgroup);
+        let cgroup_own = (!own_cgroupns).then(|| {
+            let dirs = cgroup.paths();
+            if hierarchy.is_v2() {
+                cgroup
+                    .unified_path()
+                    .map(|p| vec![(String::new(), p.to_path_buf())])
+                    .unwrap_or_default()
+            } else {
+                v1_mounts
+                    .iter()
+                    .filter_map(|(name, _, mountpoint)| {
+                        dirs.iter()
+                            .find(|d| d.starts_with(mountpoint))
+                            .map(|d| (name.clone(), d.clone()))
+                    })
+                    .collect()
+            }
+        });
         let ctx = crate::mounts::Context {
             bundle: bundle.clone(),
             userns: ns.new_user() || joins(LinuxNamespaceType::User),
-            cgroup_v1: if hierarchy.is_v2() {
-                Vec::new()
-            } else {
-                cgroup_v1_mounts()
-            },
+            cgroup_v1: v1_mounts
+                .into_iter()
+                .map(|(name, options, _)| (name, options))
+                .collect(),
+            cgroup_own,
         };
         let ops = crate::mounts::plan(&spec, &ctx)?;
         let after_pivot = crate::mounts::plan_after_pivot(&spec);
@@ -434,11 +468,6 @@ impl Runtime {
             cgroup: None,
             pids: Vec::new(),
         };
-        let cgroup = Cgroup::new(
-            &hierarchy,
-            linux.cgroups_path().as_ref().and_then(|p| p.to_str()),
-            &opts.id,
-        )?;
         undo.cgroup = Some(cgroup.clone());
         cgroup.create()?;
 

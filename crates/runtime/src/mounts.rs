@@ -234,6 +234,10 @@ pub struct Context {
     pub userns: bool,
     /// cgroup v1 hierarchies as (directory name under /sys/fs/cgroup, mount options); empty on v2.
     pub cgroup_v1: Vec<(String, String)>,
+    /// Without a cgroup namespace of its own the container must not see the host's hierarchy:
+    /// its own cgroup directories, as (directory name under the mount, host directory), are
+    /// bind-mounted instead (one entry named "" on cgroup v2). `None`: it has a cgroup namespace.
+    pub cgroup_own: Option<Vec<(String, PathBuf)>>,
 }
 
 fn err(index: usize, msg: impl std::fmt::Display) -> crate::Error {
@@ -302,7 +306,54 @@ pub fn plan(spec: &Spec, ctx: &Context) -> Result<Vec<Op>, crate::Error> {
             }
         } else if typ == "cgroup" || typ == "cgroup2" {
             let flags = opts.flags & !MS_RDONLY;
-            if ctx.cgroup_v1.is_empty() || typ == "cgroup2" {
+            if let Some(own) = &ctx.cgroup_own {
+                let v2 = ctx.cgroup_v1.is_empty() || typ == "cgroup2";
+                ops.push(Op::Mkdir { path: dest.clone() });
+                if !v2 {
+                    ops.push(Op::Mount {
+                        source: Some("tmpfs".into()),
+                        path: dest.clone(),
+                        fstype: Some("tmpfs".into()),
+                        flags,
+                        data: Some("mode=755".into()),
+                        index,
+                    });
+                }
+                for (name, host) in own.iter().filter(|(n, _)| v2 == n.is_empty()) {
+                    let sub = if name.is_empty() {
+                        dest.clone()
+                    } else {
+                        dest.join(name)
+                    };
+                    ops.push(Op::Mkdir { path: sub.clone() });
+                    ops.push(Op::Mount {
+                        source: Some(host.clone()),
+                        path: sub.clone(),
+                        fstype: None,
+                        flags: MS_BIND | MS_REC,
+                        data: None,
+                        index,
+                    });
+                    ops.push(Op::Mount {
+                        source: None,
+                        path: sub,
+                        fstype: None,
+                        flags: MS_BIND | MS_REMOUNT | opts.flags,
+                        data: None,
+                        index,
+                    });
+                }
+                if !v2 && opts.flags & MS_RDONLY != 0 {
+                    ops.push(Op::Mount {
+                        source: None,
+                        path: dest.clone(),
+                        fstype: None,
+                        flags: MS_REMOUNT | MS_BIND | flags | MS_RDONLY,
+                        data: None,
+                        index,
+                    });
+                }
+            } else if ctx.cgroup_v1.is_empty() || typ == "cgroup2" {
                 ops.push(Op::Mkdir { path: dest.clone() });
                 ops.push(Op::Mount {
                     source: Some("cgroup2".into()),
@@ -721,6 +772,7 @@ mod tests {
             bundle: "/b".into(),
             userns: false,
             cgroup_v1: vec![("memory".into(), "memory".into())],
+            cgroup_own: None,
         };
         let sys = RecordingSyscall {
             existing: vec![
