@@ -1356,3 +1356,57 @@ fn without_a_cgroup_namespace_the_container_sees_only_its_own_cgroup() {
     );
     b.assert_gone();
 }
+
+#[test]
+fn rshared_root_propagation_carries_container_mounts_to_the_host() {
+    // Kubernetes' Bidirectional mount propagation: a mount made by the container inside a
+    // shared volume appears on the host.
+    let b = Bundle::new(
+        "rshared",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /shared/sub && mount -t tmpfs inner /shared/sub && echo mounted",
+        ],
+    );
+    let host = b.dir.path().join("shared");
+    fs::create_dir(&host).unwrap();
+    let sh = |cmd: String| {
+        assert!(
+            Command::new("sh")
+                .args(["-c", &cmd])
+                .status()
+                .unwrap()
+                .success(),
+            "{cmd}"
+        )
+    };
+    sh(format!(
+        "mount --bind {0} {0} && mount --make-shared {0}",
+        host.display()
+    ));
+    let caps = ["CAP_SYS_ADMIN", "CAP_KILL"];
+    b.edit(|c| {
+        c["linux"]["rootfsPropagation"] = json!("rshared");
+        c["process"]["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps});
+        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/shared", "type": "bind", "source": host, "options": ["rbind", "rshared"]}));
+    });
+    let out = b.run();
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let sub = host.join("sub");
+    let propagated = mounts
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(sub.to_str().unwrap()));
+    let rootfs_leaked = mounts.contains(b.rootfs().to_str().unwrap());
+    sh(format!("umount -R {}", host.display()));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("mounted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(propagated, "the container's mount did not reach the host");
+    assert!(
+        !rootfs_leaked,
+        "the container's root file system mounts reached the host"
+    );
+}

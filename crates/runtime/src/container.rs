@@ -111,6 +111,17 @@ fn validate_id(id: &str) -> Result<(), Error> {
     }
 }
 
+/// The mount point (from /proc/self/mountinfo) under which `path` lies.
+fn mount_point_of(path: &Path) -> PathBuf {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| path.starts_with(m))
+        .max_by_key(|m| m.as_os_str().len())
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
 /// The cgroup v1 hierarchies mounted on the host: (directory name, mount options, mountpoint)
 /// for the container's cgroup mount.
 fn cgroup_v1_mounts() -> Vec<(String, String, PathBuf)> {
@@ -438,6 +449,7 @@ impl Runtime {
                 .map(|(name, options, _)| (name, options))
                 .collect(),
             cgroup_own,
+            rootfs_parent_mount: mount_point_of(&crate::spec::rootfs_path(&spec, &bundle)),
         };
         let ops = crate::mounts::plan(&spec, &ctx)?;
         let after_pivot = crate::mounts::plan_after_pivot(&spec);

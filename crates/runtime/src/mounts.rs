@@ -238,6 +238,8 @@ pub struct Context {
     /// its own cgroup directories, as (directory name under the mount, host directory), are
     /// bind-mounted instead (one entry named "" on cgroup v2). `None`: it has a cgroup namespace.
     pub cgroup_own: Option<Vec<(String, PathBuf)>>,
+    /// The host mount point under which the rootfs lies.
+    pub rootfs_parent_mount: PathBuf,
 }
 
 fn err(index: usize, msg: impl std::fmt::Display) -> crate::Error {
@@ -251,15 +253,21 @@ pub fn plan(spec: &Spec, ctx: &Context) -> Result<Vec<Op>, crate::Error> {
     let root_prop = linux
         .and_then(|l| l.rootfs_propagation().as_deref())
         .and_then(propagation_flag);
-    // The host's mounts must not see ours: make everything we inherited a slave (or what the spec asks).
-    let host_prop = match root_prop {
-        Some(p) if p & (MS_PRIVATE | MS_SLAVE) != 0 => p | MS_REC,
-        _ => MS_SLAVE | MS_REC,
-    };
+    // What we inherited becomes a slave of the host (or what the spec asks: "rshared" keeps
+    // the peer groups, for mounts that must propagate both ways, as Kubernetes' Bidirectional).
+    let host_prop = root_prop.unwrap_or(MS_SLAVE | MS_REC);
     ops.push(Op::Propagation {
         path: "/".into(),
         flags: host_prop,
     });
+    if host_prop & MS_SHARED != 0 {
+        // The mount holding the rootfs must not pass our mounts on to the host (and pivot_root
+        // refuses a shared parent).
+        ops.push(Op::Propagation {
+            path: ctx.rootfs_parent_mount.clone(),
+            flags: MS_PRIVATE,
+        });
+    }
     ops.push(Op::BindRoot);
 
     let mut dev_mounted = false;
@@ -773,6 +781,7 @@ mod tests {
             userns: false,
             cgroup_v1: vec![("memory".into(), "memory".into())],
             cgroup_own: None,
+            rootfs_parent_mount: "/".into(),
         };
         let sys = RecordingSyscall {
             existing: vec![

@@ -428,12 +428,17 @@ impl Syscall for LinuxSyscall {
     }
 
     fn pivot_root(&self, new_root: &Path) -> io::Result<()> {
+        let old_root = open_root(Path::new("/"))?;
         let fd = open_root(new_root)?;
         // SAFETY: fd is an open directory.
         cvt(unsafe { libc::fchdir(fd.as_raw_fd()) } as libc::c_long)?;
         // SAFETY: "." strings are valid; pivot_root with both args "." stacks the old root under the new.
         cvt(unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) })?;
-        // The old root now sits on top of ".": keep its unmount from propagating to the host, then detach it.
+        // Our working directory still names the new root: step onto the old one explicitly, or
+        // what follows would make the container's own mounts slaves.
+        // SAFETY: old_root is an open directory fd.
+        cvt(unsafe { libc::fchdir(old_root.as_raw_fd()) } as libc::c_long)?;
+        // Keep the old root's unmount from propagating to the host, then detach it.
         // SAFETY: valid strings; flags only.
         cvt(unsafe {
             libc::mount(
