@@ -757,10 +757,16 @@ impl Runtime {
     pub fn delete(&self, id: &str, force: bool) -> Result<(), Error> {
         let dir = self.dir(id)?;
         if !dir.join(state::STATE_FILE).exists() {
-            if force && dir.exists() {
-                // A create that was killed before it wrote its state.
-                return fs::remove_dir_all(&dir)
-                    .map_err(|e| Error::io(format!("removing {}", dir.display()), e));
+            // Forced, a missing container is already deleted (runc agrees; conmon and containerd
+            // rely on it to clean up after a failed create). A directory without state is a
+            // create that was killed before it wrote its state.
+            if force {
+                return match fs::remove_dir_all(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(Error::io(format!("removing {}", dir.display()), e))
+                    }
+                    _ => Ok(()),
+                };
             }
             return Err(Error::NotFound(id.to_string()));
         }
