@@ -13,11 +13,8 @@ struct Podman {
 impl Podman {
     fn new() -> Podman {
         // SAFETY: geteuid has no preconditions.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "the podman tests need root (CI runs as root)"
-        );
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(euid, 0, "the podman tests need root (CI runs as root)");
         assert!(
             Command::new("podman")
                 .arg("--version")
