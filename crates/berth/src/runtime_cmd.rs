@@ -96,6 +96,10 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Freeze every process of a running container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
     /// Run another process in a running container.
     Exec(ExecArgs),
     /// List the processes in a container.
@@ -211,6 +215,8 @@ fn dispatch(args: RuntimeArgs) -> Result<i32> {
         }
         Cmd::Kill { all, id, signal } => rt.kill(&id, runtime::signal::parse(&signal)?, all)?,
         Cmd::Delete { force, id } => rt.delete(&id, force)?,
+        Cmd::Pause { id } => rt.pause(&id)?,
+        Cmd::Resume { id } => rt.resume(&id)?,
         Cmd::Run {
             create,
             detach,

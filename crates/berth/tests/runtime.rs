@@ -1410,3 +1410,55 @@ fn rshared_root_propagation_carries_container_mounts_to_the_host() {
         "the container's root file system mounts reached the host"
     );
 }
+
+#[test]
+fn pause_freezes_and_resume_thaws() {
+    let b = Bundle::new(
+        "pause",
+        &[
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo $i > /out/count; done",
+        ],
+    );
+    let out = b.dir.path().join("out");
+    fs::create_dir(&out).unwrap();
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/out", "type": "bind", "source": out, "options": ["bind"]}),
+        )
+    });
+    b.create();
+    b.ok(&["start", &b.id]);
+    let count = || {
+        fs::read_to_string(out.join("count"))
+            .unwrap_or_default()
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count() == 0 {
+        assert!(Instant::now() < deadline, "the counter never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    b.ok(&["pause", &b.id]);
+    assert_eq!(b.state()["status"], "paused");
+    let frozen = count();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(count(), frozen, "the container kept running while paused");
+    let exec = b.berth(&["exec", &b.id, "true"]);
+    assert!(!exec.status.success() && String::from_utf8_lossy(&exec.stderr).contains("paused"));
+    let delete = b.berth(&["delete", &b.id]);
+    assert!(!delete.status.success() && String::from_utf8_lossy(&delete.stderr).contains("paused"));
+    b.ok(&["resume", &b.id]);
+    assert_eq!(b.state()["status"], "running");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count() == frozen {
+        assert!(Instant::now() < deadline, "the container did not resume");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    b.ok(&["pause", &b.id]);
+    b.ok(&["delete", "--force", &b.id]);
+    b.assert_gone();
+}

@@ -772,9 +772,9 @@ impl Runtime {
         }
         let record = Record::load(&dir)?;
         match record.status(&dir) {
-            Status::Running if !force => {
+            status @ (Status::Running | Status::Paused) if !force => {
                 return Err(Error::State(format!(
-                    "container {id} is running: stop it first or use --force"
+                    "container {id} is {status}: stop it first or use --force"
                 )))
             }
             Status::Stopped => {}
@@ -829,6 +829,28 @@ impl Runtime {
         Ok(out)
     }
 
+    /// `pause`: freezes every process of a running container.
+    pub fn pause(&self, id: &str) -> Result<(), Error> {
+        let (record, dir) = self.load(id)?;
+        match record.status(&dir) {
+            Status::Running => Ok(record.cgroup.freeze(true)?),
+            status => Err(Error::State(format!(
+                "container {id} is {status}, not running"
+            ))),
+        }
+    }
+
+    /// `resume`: thaws a paused container.
+    pub fn resume(&self, id: &str) -> Result<(), Error> {
+        let (record, dir) = self.load(id)?;
+        match record.status(&dir) {
+            Status::Paused => Ok(record.cgroup.freeze(false)?),
+            status => Err(Error::State(format!(
+                "container {id} is {status}, not paused"
+            ))),
+        }
+    }
+
     /// The pids of every process in the container's cgroup.
     pub fn pids(&self, id: &str) -> Result<Vec<i32>, Error> {
         let (record, _) = self.load(id)?;
@@ -844,8 +866,14 @@ impl Runtime {
     /// cgroup. In the foreground returns the exit code; detached, 0 once it started.
     pub fn exec(&self, id: &str, opts: &ExecOptions) -> Result<i32, Error> {
         let (record, dir) = self.load(id)?;
-        if record.status(&dir) == Status::Stopped {
-            return Err(Error::State(format!("container {id} is not running")));
+        match record.status(&dir) {
+            Status::Stopped => return Err(Error::State(format!("container {id} is not running"))),
+            Status::Paused => {
+                return Err(Error::State(format!(
+                    "container {id} is paused: resume it first"
+                )))
+            }
+            _ => {}
         }
         let seccomp = record
             .spec

@@ -424,4 +424,40 @@ mod tests {
             }
         }
     }
+
+    /// Untrusted input never panics the parser: every truncation and every single-byte
+    /// corruption of a full config gives either a config or an error.
+    #[test]
+    fn mangled_configs_never_panic() {
+        let full = r#"{"ociVersion":"1.2.0","root":{"path":"rootfs","readonly":true},"hostname":"h",
+            "process":{"terminal":false,"user":{"uid":0,"gid":0,"additionalGids":[1]},"args":["sh","-c","x"],
+              "env":["A=b"],"cwd":"/","capabilities":{"bounding":["CAP_KILL"]},"rlimits":[{"type":"RLIMIT_NOFILE","hard":1,"soft":1}],
+              "noNewPrivileges":true,"oomScoreAdj":5},
+            "mounts":[{"destination":"/proc","type":"proc","source":"proc","options":["nosuid"]}],
+            "hooks":{"prestart":[{"path":"/bin/true","args":["true"],"env":["X=y"],"timeout":3}]},
+            "linux":{"namespaces":[{"type":"pid"},{"type":"network","path":"/proc/1/ns/net"}],
+              "uidMappings":[{"containerID":0,"hostID":1000,"size":10}],
+              "resources":{"memory":{"limit":100000000,"swap":200000000},"cpu":{"shares":2,"quota":1000,"period":100000},
+                "pids":{"limit":10},"devices":[{"allow":false,"access":"rwm"}]},
+              "seccomp":{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO",
+                "args":[{"index":0,"value":1,"op":"SCMP_CMP_EQ"}]}]},
+              "maskedPaths":["/proc/kcore"],"readonlyPaths":["/proc/sys"],"sysctl":{"net.ipv4.ip_forward":"1"}}}"#;
+        let path = Path::new("config.json");
+        assert!(parse_strict::<Spec>(full, path).is_ok());
+        for end in 0..full.len() {
+            if full.is_char_boundary(end) {
+                let _ = parse_strict::<Spec>(&full[..end], path);
+            }
+        }
+        let bytes = full.as_bytes();
+        for (i, replacement) in
+            (0..bytes.len()).flat_map(|i| [b'"', b'{', b'1', b'-', b'x'].map(|r| (i, r)))
+        {
+            let mut b = bytes.to_vec();
+            b[i] = replacement;
+            if let Ok(text) = std::str::from_utf8(&b) {
+                let _ = parse_strict::<Spec>(text, path);
+            }
+        }
+    }
 }

@@ -18,6 +18,8 @@ pub enum Status {
     Creating,
     Created,
     Running,
+    /// Frozen by `pause` (runc's extension of the OCI statuses).
+    Paused,
     Stopped,
 }
 
@@ -27,6 +29,7 @@ impl std::fmt::Display for Status {
             Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         })
     }
@@ -103,6 +106,8 @@ impl Record {
         }
         if dir.join(EXEC_FIFO).exists() {
             Status::Created
+        } else if self.cgroup.is_frozen() {
+            Status::Paused
         } else {
             Status::Running
         }

@@ -662,7 +662,8 @@ impl Cgroup {
         }
     }
 
-    fn is_frozen(&self) -> bool {
+    /// True when the cgroup is frozen (v1 freezer.state FROZEN, v2 cgroup.freeze 1).
+    pub fn is_frozen(&self) -> bool {
         if let (false, Some(d)) = (self.v2, self.v1.get("freezer")) {
             return fs::read_to_string(d.path.join("freezer.state"))
                 .map(|s| s.trim() == "FROZEN")
