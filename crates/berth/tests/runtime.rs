@@ -791,7 +791,7 @@ fn working_directory_through_a_leaked_fd_is_refused() {
     // SAFETY: dup2 in the child before exec, on fds that exist; no allocation.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(raw, 7) < 0 {
+            if libc::dup2(raw, 7) < 0 || libc::fcntl(7, libc::F_SETFD, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -1461,4 +1461,105 @@ fn pause_freezes_and_resume_thaws() {
     b.ok(&["pause", &b.id]);
     b.ok(&["delete", "--force", &b.id]);
     b.assert_gone();
+}
+
+#[test]
+fn pid_file_preserve_fds_and_exec_process_json() {
+    use std::os::unix::process::CommandExt;
+    // --preserve-fds 1 passes fd 3 into the container; nothing above it gets there.
+    let b = Bundle::new(
+        "flags",
+        &[
+            "sh",
+            "-c",
+            "cat <&3; ls /proc/self/fd | sort -n | tr '\\n' ' '",
+        ],
+    );
+    let shared = b.dir.path().join("shared.txt");
+    fs::write(&shared, "through fd 3\n").unwrap();
+    let f3 = fs::File::open(&shared).unwrap();
+    let f9 = fs::File::open(&shared).unwrap();
+    let (raw3, raw9) = (
+        std::os::fd::AsRawFd::as_raw_fd(&f3),
+        std::os::fd::AsRawFd::as_raw_fd(&f9),
+    );
+    let pid_file = b.dir.path().join("pidfile");
+    let mut cmd = b.command(
+        Path::new(BERTH),
+        "run",
+        &[
+            "--preserve-fds",
+            "1",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+    );
+    // SAFETY: dup2 in the child before exec, on fds that exist; no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself keeps close-on-exec: clear it explicitly.
+            if libc::dup2(raw3, 3) < 0
+                || libc::dup2(raw9, 9) < 0
+                || libc::fcntl(3, libc::F_SETFD, 0) < 0
+                || libc::fcntl(9, libc::F_SETFD, 0) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("through fd 3\n"), "{stdout}");
+    // ls's own fds: stdio, the preserved 3 and its directory handle; never the caller's 9.
+    let fds: Vec<&str> = stdout.lines().nth(1).unwrap().split_whitespace().collect();
+    assert!(
+        fds.contains(&"3") && !fds.contains(&"9"),
+        "fds in the container: {fds:?}"
+    );
+    assert!(
+        fs::read_to_string(&pid_file)
+            .unwrap()
+            .parse::<i32>()
+            .unwrap()
+            > 1
+    );
+
+    // --pid-file on create names the init; exec --process takes a whole process.json.
+    let b = Bundle::new("procjson", &["sleep", "30"]);
+    let pid_file = b.dir.path().join("init.pid");
+    let status = b
+        .command(
+            Path::new(BERTH),
+            "create",
+            &["--pid-file", pid_file.to_str().unwrap()],
+        )
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        fs::read_to_string(&pid_file).unwrap(),
+        b.state()["pid"].to_string()
+    );
+    b.ok(&["start", &b.id]);
+    let process = b.dir.path().join("process.json");
+    fs::write(&process, r#"{"user":{"uid":1000,"gid":1000},"args":["sh","-c","id -u; echo $GREETING; pwd"],"env":["GREETING=hello","PATH=/bin"],"cwd":"/tmp"}"#).unwrap();
+    let out = b.ok(&["exec", "--process", process.to_str().unwrap(), &b.id]);
+    assert_eq!(out, "1000\nhello\n/tmp\n");
+    fs::write(
+        &process,
+        r#"{"user":{"uid":0,"gid":0},"args":["true"],"cwd":"/","bogus":true}"#,
+    )
+    .unwrap();
+    let out = b.berth(&["exec", "--process", process.to_str().unwrap(), &b.id]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("unknown field `bogus`")
+    );
 }
