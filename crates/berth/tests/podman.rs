@@ -1,10 +1,12 @@
 //! End to end with a client nobody here wrote: Debian's podman (through conmon) uses berth as
 //! its OCI runtime, via the `berth-runtime` name. Needs root and podman (scripts/test installs it).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+mod common;
+
+use common::{busybox_bundle, require_root, BERTH};
 
 struct Podman {
     dir: tempfile::TempDir,
@@ -12,9 +14,7 @@ struct Podman {
 
 impl Podman {
     fn new() -> Podman {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        assert_eq!(euid, 0, "the podman tests need root (CI runs as root)");
+        require_root();
         assert!(
             Command::new("podman")
                 .arg("--version")
@@ -30,19 +30,7 @@ impl Podman {
         let p = Podman { dir };
         // A busybox image made locally from the bundle fixture: no registry involved.
         let bundle = p.dir.path().join("bundle");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-bundle");
-        let out = Command::new(&script)
-            .arg(&bundle)
-            .arg(BERTH)
-            .arg("--")
-            .arg("true")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        busybox_bundle(&bundle, &["true"]);
         let tar = p.dir.path().join("rootfs.tar");
         assert!(Command::new("tar")
             .arg("-C")

@@ -8,16 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+mod common;
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the runtime integration tests need root (CI runs as root)"
-    );
-}
+use common::{busybox_bundle, require_root, BERTH};
 
 /// A busybox bundle plus a private state root.
 struct Bundle {
@@ -32,19 +25,7 @@ impl Bundle {
             .prefix("berth-test-")
             .tempdir_in("/var/tmp")
             .unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-bundle");
-        let out = Command::new(&script)
-            .arg(dir.path().join("bundle"))
-            .arg(BERTH)
-            .arg("--")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "busybox-bundle failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        busybox_bundle(&dir.path().join("bundle"), args);
         let b = Bundle {
             dir,
             id: format!("{name}-{}", std::process::id()),

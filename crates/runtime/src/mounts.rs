@@ -318,14 +318,7 @@ pub fn plan(spec: &Spec, ctx: &Context) -> Result<Vec<Op>, crate::Error> {
                 let v2 = ctx.cgroup_v1.is_empty() || typ == "cgroup2";
                 ops.push(Op::Mkdir { path: dest.clone() });
                 if !v2 {
-                    ops.push(Op::Mount {
-                        source: Some("tmpfs".into()),
-                        path: dest.clone(),
-                        fstype: Some("tmpfs".into()),
-                        flags,
-                        data: Some("mode=755".into()),
-                        index,
-                    });
+                    ops.push(cgroup_tmpfs(&dest, flags, index));
                 }
                 for (name, host) in own.iter().filter(|(n, _)| v2 == n.is_empty()) {
                     let sub = if name.is_empty() {
@@ -373,14 +366,7 @@ pub fn plan(spec: &Spec, ctx: &Context) -> Result<Vec<Op>, crate::Error> {
                 });
             } else {
                 ops.push(Op::Mkdir { path: dest.clone() });
-                ops.push(Op::Mount {
-                    source: Some("tmpfs".into()),
-                    path: dest.clone(),
-                    fstype: Some("tmpfs".into()),
-                    flags,
-                    data: Some("mode=755".into()),
-                    index,
-                });
+                ops.push(cgroup_tmpfs(&dest, flags, index));
                 for (name, options) in &ctx.cgroup_v1 {
                     let sub = dest.join(name);
                     ops.push(Op::Mkdir { path: sub.clone() });
@@ -500,6 +486,18 @@ pub fn plan(spec: &Spec, ctx: &Context) -> Result<Vec<Op>, crate::Error> {
     }
     ops.push(Op::Pivot);
     Ok(ops)
+}
+
+/// The tmpfs that holds the cgroup v1 hierarchies at a cgroup mount's destination.
+fn cgroup_tmpfs(dest: &Path, flags: u64, index: usize) -> Op {
+    Op::Mount {
+        source: Some("tmpfs".into()),
+        path: dest.to_path_buf(),
+        fstype: Some("tmpfs".into()),
+        flags,
+        data: Some("mode=755".into()),
+        index,
+    }
 }
 
 /// Setup steps after pivot_root: masked and read-only paths, read-only root, root propagation.
