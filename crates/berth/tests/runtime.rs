@@ -1544,3 +1544,26 @@ fn pid_file_preserve_fds_and_exec_process_json() {
             && String::from_utf8_lossy(&out.stderr).contains("unknown field `bogus`")
     );
 }
+
+#[test]
+fn default_devices_and_dev_symlinks() {
+    let b = Bundle::new("devs", &["sh", "-c", "for l in fd stdin stdout stderr ptmx; do echo $l=$(readlink /dev/$l); done; ls -l /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty | cut -c1-10 | sort -u; head -c 4 /dev/zero | wc -c"]);
+    let out = b.run_ok();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        &lines[..5],
+        [
+            "fd=/proc/self/fd",
+            "stdin=/proc/self/fd/0",
+            "stdout=/proc/self/fd/1",
+            "stderr=/proc/self/fd/2",
+            "ptmx=pts/ptmx"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines[5], "crw-rw-rw-",
+        "default devices are 0666 character devices: {out}"
+    );
+    assert_eq!(lines[6].trim(), "4");
+}
