@@ -4,6 +4,7 @@
 //! line exactly — what containerd, conmon/podman and dockerd expect to call — and
 //! `berth-runtime create …` is `berth runtime create …`.
 
+mod image_cmd;
 mod runtime_cmd;
 
 use clap::{Parser, Subcommand};
@@ -15,6 +16,13 @@ use clap::{Parser, Subcommand};
     about = "Build, ship, run and orchestrate containers in one program"
 )]
 struct Cli {
+    /// Where images and other state live.
+    #[arg(
+        long = "data-root",
+        env = "BERTH_DATA_ROOT",
+        default_value = "/var/lib/berth"
+    )]
+    data_root: std::path::PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,7 +30,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The OCI runtime (the command line runc, crun and youki share).
-    Runtime(runtime_cmd::RuntimeArgs),
+    Runtime(Box<runtime_cmd::RuntimeArgs>),
+    /// Manage images.
+    #[command(subcommand)]
+    Image(image_cmd::ImageCmd),
+    /// List images.
+    Images(image_cmd::ListArgs),
+    /// Give an image another name.
+    Tag { source: String, target: String },
+    /// Remove images.
+    Rmi {
+        #[arg(long, short = 'f')]
+        force: bool,
+        names: Vec<String>,
+    },
 }
 
 /// The runtime command line as the top level, for `berth-runtime`.
@@ -49,9 +70,25 @@ fn main() {
     let code = if invoked_as == "berth-runtime" {
         runtime_cmd::main(RuntimeCli::parse().args)
     } else {
-        match Cli::parse().command {
-            Command::Runtime(args) => runtime_cmd::main(args),
-        }
+        let cli = Cli::parse();
+        let root = cli.data_root;
+        let result = match cli.command {
+            Command::Runtime(args) => Ok(runtime_cmd::main(*args)),
+            Command::Image(cmd) => image_cmd::main(&root, cmd).map(|()| 0),
+            Command::Images(args) => {
+                image_cmd::main(&root, image_cmd::ImageCmd::Ls(args)).map(|()| 0)
+            }
+            Command::Tag { source, target } => {
+                image_cmd::main(&root, image_cmd::ImageCmd::Tag { source, target }).map(|()| 0)
+            }
+            Command::Rmi { force, names } => {
+                image_cmd::main(&root, image_cmd::ImageCmd::Rm { force, names }).map(|()| 0)
+            }
+        };
+        result.unwrap_or_else(|e| {
+            eprintln!("berth: {e:#}");
+            1
+        })
     };
     std::process::exit(code);
 }

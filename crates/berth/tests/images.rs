@@ -1,0 +1,306 @@
+//! The image store from the command line: import, list, inspect, history, tag (versions and
+//! rollback), rmi, prune, mounting an image for a container and running it with the runtime,
+//! and hostile layers that must leave the store exactly as it was.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{busybox_bundle, require_root, BERTH};
+use serde_json::Value;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        require_root();
+        Env {
+            dir: tempfile::Builder::new()
+                .prefix("berth-images-")
+                .tempdir_in("/var/tmp")
+                .unwrap(),
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn berth(&self, args: &[&str]) -> Output {
+        Command::new(BERTH)
+            .arg("--data-root")
+            .arg(self.root())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.berth(args);
+        assert!(
+            out.status.success(),
+            "berth {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn err(&self, args: &[&str]) -> String {
+        let out = self.berth(args);
+        assert!(
+            !out.status.success(),
+            "berth {args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// A tarball of a busybox root file system with `extra` written into it.
+    fn rootfs_tar(&self, name: &str, extra: &str) -> PathBuf {
+        let bundle = self.dir.path().join(format!("bundle-{name}"));
+        busybox_bundle(&bundle, &["true"]);
+        fs::write(bundle.join("rootfs/etc/version"), extra).unwrap();
+        let tar = self.dir.path().join(format!("{name}.tar.gz"));
+        assert!(Command::new("tar")
+            .arg("-C")
+            .arg(bundle.join("rootfs"))
+            .arg("-czf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap()
+            .success());
+        tar
+    }
+
+    fn inspect(&self, name: &str) -> Value {
+        let v: Value = serde_json::from_str(&self.ok(&["image", "inspect", name])).unwrap();
+        v[0].clone()
+    }
+
+    /// Every file under the data root with its size, to check a failed command changed nothing.
+    fn snapshot_of_store(&self) -> Vec<(PathBuf, u64)> {
+        fn walk(p: &Path, out: &mut Vec<(PathBuf, u64)>) {
+            for e in fs::read_dir(p).into_iter().flatten().flatten() {
+                let m = e.metadata().unwrap();
+                if m.is_dir() {
+                    walk(&e.path(), out);
+                } else if !e.file_name().to_string_lossy().ends_with(".lock") {
+                    out.push((e.path(), m.len()));
+                }
+            }
+        }
+        let mut v = Vec::new();
+        walk(&self.root(), &mut v);
+        v.sort();
+        v
+    }
+}
+
+#[test]
+fn import_list_inspect_history_and_versions() {
+    let e = Env::new();
+    let v1 = e.rootfs_tar("v1", "one");
+    let id1 = e.ok(&[
+        "image",
+        "import",
+        "-c",
+        "CMD [\"cat\", \"/etc/version\"]",
+        "-c",
+        "ENV STAGE=one",
+        "-m",
+        "first",
+        v1.to_str().unwrap(),
+        "app:1",
+    ]);
+    let id1 = id1.trim().to_string();
+    assert!(id1.starts_with("sha256:"), "{id1}");
+    let list = e.ok(&["images"]);
+    assert!(
+        list.starts_with("REPOSITORY") && list.contains("app") && list.contains(&id1[7..19]),
+        "{list}"
+    );
+    let i = e.inspect("app:1");
+    assert_eq!(i["Id"], id1.as_str());
+    assert_eq!(i["RepoTags"], serde_json::json!(["app:1"]));
+    assert_eq!(
+        i["Config"]["Cmd"],
+        serde_json::json!(["cat", "/etc/version"])
+    );
+    assert_eq!(i["Config"]["Env"], serde_json::json!(["STAGE=one"]));
+    assert_eq!(i["RootFS"]["Layers"].as_array().unwrap().len(), 1);
+    assert_eq!(i["Os"], "linux");
+    let history = e.ok(&["image", "history", "app:1"]);
+    assert!(
+        history.contains("berth image import") && history.contains("first"),
+        "{history}"
+    );
+
+    // A new version under the same tag: the old one stays addressable by digest, and rolling
+    // back is re-tagging it.
+    let manifest1 = i["Metadata"]["Manifest"].as_str().unwrap().to_string();
+    let v2 = e.rootfs_tar("v2", "two");
+    let id2 = e
+        .ok(&["image", "import", v2.to_str().unwrap(), "app:1"])
+        .trim()
+        .to_string();
+    assert_ne!(id1, id2);
+    assert_eq!(e.inspect("app:1")["Id"], id2.as_str());
+    assert_eq!(e.inspect(&format!("app@{manifest1}"))["Id"], id1.as_str());
+    assert_eq!(
+        e.inspect(&id1[7..19])["Id"],
+        id1.as_str(),
+        "a short id finds it too"
+    );
+    e.ok(&["tag", &format!("app@{manifest1}"), "app:1"]);
+    assert_eq!(e.inspect("app:1")["Id"], id1.as_str());
+    e.ok(&["tag", "app:1", "other/app:stable"]);
+    assert_eq!(e.inspect("other/app:stable")["Id"], id1.as_str());
+    let q = e.ok(&["images", "-q", "--no-trunc"]);
+    assert!(q.contains(&id1) && q.contains(&id2), "{q}");
+    let filtered = e.ok(&["images", "--filter", "reference=other/*"]);
+    assert!(
+        filtered.contains("other/app") && !filtered.lines().any(|l| l.starts_with("app ")),
+        "{filtered}"
+    );
+    let dangling = e.ok(&["images", "--filter", "dangling=true", "-q", "--no-trunc"]);
+    assert_eq!(dangling.trim(), id2, "the replaced version is dangling");
+
+    // Bad names are named.
+    assert!(e.err(&["tag", "app:1", "Bad/Name"]).contains("lowercase"));
+    assert!(e
+        .err(&["image", "inspect", "nope:1"])
+        .contains("no such image"));
+    assert!(e
+        .err(&["image", "import", "-c", "RUN make", v1.to_str().unwrap()])
+        .contains("RUN"));
+}
+
+#[test]
+fn containers_run_on_image_snapshots_and_pin_their_image() {
+    let e = Env::new();
+    let tar = e.rootfs_tar("run", "from the image\n");
+    e.ok(&["image", "import", tar.to_str().unwrap(), "box:1"]);
+    let merged = PathBuf::from(e.ok(&["image", "mount", "c1", "box:1"]).trim());
+    // Run a container on the overlay with the OCI runtime.
+    let bundle = e.dir.path().join("bundle-c1");
+    busybox_bundle(
+        &bundle,
+        &["sh", "-c", "cat /etc/version; echo written > /new-file"],
+    );
+    let config = bundle.join("config.json");
+    let mut c: Value = serde_json::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
+    c["root"] = serde_json::json!({"path": merged, "readonly": false});
+    fs::write(&config, c.to_string()).unwrap();
+    let out = Command::new(BERTH)
+        .args(["runtime", "--root"])
+        .arg(e.dir.path().join("rt"))
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg("c1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from the image\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The write went to the container's layer, not the image.
+    assert!(merged.join("new-file").exists());
+    let snapshots: Vec<_> = fs::read_dir(e.root().join("snapshots"))
+        .unwrap()
+        .flatten()
+        .filter(|d| d.file_name() != "containers")
+        .collect();
+    assert!(snapshots
+        .iter()
+        .all(|s| !s.path().join("diff/new-file").exists()));
+
+    // In use: rmi refuses, prune keeps it.
+    assert!(e.err(&["rmi", "box:1"]).contains("in use by container c1"));
+    e.ok(&["image", "prune", "-a"]);
+    assert!(e.ok(&["images"]).contains("box"));
+    e.ok(&["image", "umount", "c1"]);
+    assert!(!fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(merged.to_str().unwrap()));
+    let out = e.ok(&["rmi", "box:1"]);
+    assert!(
+        out.contains("Untagged: box:1") && out.contains("Deleted: sha256:"),
+        "{out}"
+    );
+    // Garbage collection removed every blob and snapshot of it.
+    let blobs = fs::read_dir(e.root().join("content/blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 0);
+    let snaps = fs::read_dir(e.root().join("snapshots"))
+        .unwrap()
+        .flatten()
+        .filter(|d| d.file_name() != "containers")
+        .count();
+    assert_eq!(snaps, 0);
+}
+
+/// A gzip tarball with one entry whose name is written raw (the tar crate refuses `..`).
+fn hostile_tar(path: &Path, name: &str) {
+    let mut header = tar::Header::new_old();
+    let bytes = name.as_bytes();
+    header.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+    header.set_size(5);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let gz =
+        flate2::write::GzEncoder::new(fs::File::create(path).unwrap(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    b.append(&header, &b"pwned"[..]).unwrap();
+    b.into_inner().unwrap().finish().unwrap();
+}
+
+#[test]
+fn hostile_layers_fail_by_name_and_leave_the_store_as_it_was() {
+    let e = Env::new();
+    let good = e.rootfs_tar("good", "ok");
+    e.ok(&["image", "import", good.to_str().unwrap(), "good:1"]);
+    let before = e.snapshot_of_store();
+    let sentinel = e.dir.path().join("sentinel");
+    fs::create_dir(&sentinel).unwrap();
+    for (i, name) in ["../../../../../../escape", "a/../../escape"]
+        .iter()
+        .enumerate()
+    {
+        let bad = e.dir.path().join(format!("bad{i}.tar.gz"));
+        hostile_tar(&bad, name);
+        let err = e.err(&["image", "import", bad.to_str().unwrap(), "bad:1"]);
+        assert!(
+            err.contains(name),
+            "the error does not name the entry {name:?}: {err}"
+        );
+        assert_eq!(
+            e.snapshot_of_store(),
+            before,
+            "the store changed after a failed import of {name:?}"
+        );
+    }
+    assert!(!Path::new("/escape").exists() && !e.dir.path().join("escape").exists());
+    assert_eq!(fs::read_dir(&sentinel).unwrap().count(), 0);
+    // A truncated gzip is refused too, and named.
+    let bytes = fs::read(&good).unwrap();
+    let cut = e.dir.path().join("cut.tar.gz");
+    fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = e.err(&["image", "import", cut.to_str().unwrap(), "cut:1"]);
+    assert!(!err.is_empty());
+    assert_eq!(
+        e.snapshot_of_store(),
+        before,
+        "the store changed after a failed import of a truncated gzip"
+    );
+}

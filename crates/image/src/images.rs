@@ -1,0 +1,886 @@
+//! The image store: content (blobs), snapshots (layers applied, by ChainID) and names (tags
+//! with their history). This is where images are versioned: moving a tag keeps the earlier
+//! image addressable by digest and in the tag's history, and rolling back is re-tagging.
+//!
+//! Layout under the image root (default `/var/lib/berth`):
+//! - `content/`: the blob store ([`Store`]);
+//! - `snapshots/`: one directory per layer chain ([`Snapshots`]);
+//! - `images.json`: names and image records, replaced atomically under a lock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::digest::Digest;
+use crate::layer;
+use crate::model;
+use crate::reference::Reference;
+use crate::snapshot::Snapshots;
+use crate::store::Store;
+use crate::Compression;
+
+pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// Why an image operation failed; messages name the image, blob or reference.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error(transparent)]
+    Layer(#[from] crate::layer::LayerError),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Reference(#[from] crate::reference::ReferenceError),
+    #[error("no such image: {0}")]
+    NotFound(String),
+    #[error("{0:?} matches more than one image: {1}")]
+    Ambiguous(String, String),
+    #[error("image {image} is in use by container {container}: remove the container or force")]
+    InUse { image: String, container: String },
+    #[error("image {image} has several names ({names}): untag them or force")]
+    Tagged { image: String, names: String },
+    #[error("--change {change:?}: {reason}")]
+    BadChange { change: String, reason: String },
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ImageError + 'a {
+    move |source| ImageError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the store knows about one image (keyed by its config digest, Docker's image ID).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub id: Digest,
+    pub manifest: Digest,
+    /// Compressed layer blobs, bottom first.
+    pub layers: Vec<Digest>,
+    pub diff_ids: Vec<Digest>,
+    /// When the image was created (from its config).
+    pub created: String,
+    /// Uncompressed size of all layers.
+    pub size: u64,
+}
+
+/// A tag and what it pointed at before.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct TagEntry {
+    pub image: Option<Digest>,
+    /// Earlier targets, oldest first, with the time each was replaced.
+    pub history: Vec<(Digest, String)>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Names {
+    /// Normalized reference ("docker.io/library/busybox:latest") → tag entry.
+    tags: BTreeMap<String, TagEntry>,
+    /// Image id (config digest) → record.
+    images: BTreeMap<Digest, ImageRecord>,
+    /// Container → image id, for in-use checks.
+    containers: BTreeMap<String, Digest>,
+}
+
+/// The image store.
+pub struct Images {
+    root: PathBuf,
+    store: Store,
+    snapshots: Snapshots,
+}
+
+/// A summary row, as `berth images` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub id: Digest,
+    pub names: Vec<String>,
+    pub manifest: Digest,
+    pub created: String,
+    pub size: u64,
+}
+
+impl Images {
+    pub fn open(root: &Path) -> Result<Images, ImageError> {
+        fs::create_dir_all(root).map_err(io_err("creating", root))?;
+        Ok(Images {
+            root: root.to_path_buf(),
+            store: Store::open(&root.join("content"))?,
+            snapshots: Snapshots::open(&root.join("snapshots"))?,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn snapshots(&self) -> &Snapshots {
+        &self.snapshots
+    }
+
+    fn names_path(&self) -> PathBuf {
+        self.root.join("images.json")
+    }
+
+    /// Runs `f` on the names under an exclusive lock and saves them atomically when it succeeds.
+    fn with_names<T>(
+        &self,
+        f: impl FnOnce(&mut Names) -> Result<T, ImageError>,
+    ) -> Result<T, ImageError> {
+        let lock_path = self.root.join("images.lock");
+        let lock = File::create(&lock_path).map_err(io_err("creating", &lock_path))?;
+        // SAFETY: flock on an fd we own; released when `lock` is dropped.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } < 0 {
+            return Err(io_err("locking", &lock_path)(io::Error::last_os_error()));
+        }
+        let mut names = self.read_names()?;
+        let out = f(&mut names)?;
+        let path = self.names_path();
+        let tmp = self.root.join(".images.json.tmp");
+        let bytes = serde_json::to_vec_pretty(&names)
+            .map_err(|e| io_err("encoding", &path)(io::Error::other(e)))?;
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            File::open(&self.root)?.sync_all()
+        };
+        write().map_err(io_err("writing", &path))?;
+        Ok(out)
+    }
+
+    fn read_names(&self) -> Result<Names, ImageError> {
+        let path = self.names_path();
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| io_err("reading", &path)(io::Error::other(e))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Names::default()),
+            Err(e) => Err(io_err("reading", &path)(e)),
+        }
+    }
+
+    /// Finds an image by reference, `name@digest`, full or short id (`sha256:…` or a hex prefix).
+    pub fn resolve(&self, name: &str) -> Result<ImageRecord, ImageError> {
+        let names = self.read_names()?;
+        resolve_in(&names, name)
+    }
+
+    /// Imports a root file system tarball (plain, gzip or zstd: detected) as a one-layer image,
+    /// with `changes` in Dockerfile syntax (CMD, ENTRYPOINT, ENV, WORKDIR, USER, EXPOSE, LABEL,
+    /// VOLUME, STOPSIGNAL) applied to its config, and tags it as `tag` when given.
+    pub fn import(
+        &self,
+        input: impl Read,
+        changes: &[String],
+        message: &str,
+        tag: Option<&Reference>,
+    ) -> Result<ImageRecord, ImageError> {
+        let mut config = json!({});
+        for c in changes {
+            apply_change(&mut config, c)?;
+        }
+        // Pass 1: store the layer gzip-compressed while hashing the plain tar (its diff id).
+        let mut input = io::BufReader::new(input);
+        let compression = sniff(&mut input).map_err(io_err("reading", Path::new("-")))?;
+        let plain: Box<dyn Read> = match compression {
+            Compression::None => Box::new(input),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::new(input)
+                    .map_err(io_err("reading", Path::new("-")))?,
+            ),
+        };
+        let mut hashing = crate::digest::HashingReader::new(plain);
+        let gz = GzipReader::new(&mut hashing);
+        let (layer_digest, _) = self.store.write(None, gz)?;
+        let (diff_id, _) = hashing.finish();
+        let now = now();
+        let platform = model::Platform::host();
+        let mut image_config = json!({
+            "created": now,
+            "architecture": platform.architecture,
+            "os": platform.os,
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
+            "history": [{"created": now, "created_by": "berth image import", "comment": message}],
+        });
+        if let Some(v) = &platform.variant {
+            image_config["variant"] = json!(v);
+        }
+        match self.finish_image(
+            image_config,
+            vec![(layer_digest.clone(), MEDIA_LAYER_GZIP.to_string())],
+            tag,
+        ) {
+            Ok((record, _)) => Ok(record),
+            Err(e) => {
+                // Bad input leaves the store as it was: drop what this import wrote.
+                self.forget_unreferenced(&[layer_digest]);
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes `blobs` unless an image still references them (undoing a failed import or load).
+    fn forget_unreferenced(&self, blobs: &[Digest]) {
+        let Ok(names) = self.read_names() else { return };
+        for b in blobs {
+            let used = names
+                .images
+                .values()
+                .any(|r| &r.id == b || &r.manifest == b || r.layers.contains(b));
+            if !used {
+                let _ = self.store.delete(b);
+            }
+        }
+    }
+
+    /// Stores config and manifest for layers already in the store, unpacks the layers into
+    /// snapshots, records the image and tags it.
+    fn finish_image(
+        &self,
+        config: Value,
+        layers: Vec<(Digest, String)>,
+        tag: Option<&Reference>,
+    ) -> Result<(ImageRecord, bool), ImageError> {
+        let config_bytes = serde_json::to_vec(&config)
+            .map_err(|e| io_err("encoding", Path::new("config"))(io::Error::other(e)))?;
+        let config_digest = self.store.write_bytes(&config_bytes)?;
+        let layer_blobs: Vec<Digest> = layers.iter().map(|(d, _)| d.clone()).collect();
+        let layer_descs: Vec<Value> = layers
+            .iter()
+            .map(|(d, media)| Ok(json!({"mediaType": media, "digest": d.to_string(), "size": self.store.size(d)?})))
+            .collect::<Result<_, ImageError>>()?;
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest.to_string(), "size": config_bytes.len()},
+            "layers": layer_descs,
+        });
+        let manifest_bytes = serde_json::to_vec(&manifest)
+            .map_err(|e| io_err("encoding", Path::new("manifest"))(io::Error::other(e)))?;
+        let manifest_digest = self.store.write_bytes(&manifest_bytes)?;
+        self.register(&manifest_digest, tag).inspect_err(|_| {
+            let mut written = layer_blobs;
+            written.extend([config_digest, manifest_digest.clone()]);
+            self.forget_unreferenced(&written);
+        })
+    }
+
+    /// Records the image whose manifest is `manifest` (already in the store): verifies every
+    /// blob it names, unpacks missing layer snapshots, and tags it. Returns the record and
+    /// whether it was new.
+    pub fn register(
+        &self,
+        manifest: &Digest,
+        tag: Option<&Reference>,
+    ) -> Result<(ImageRecord, bool), ImageError> {
+        let bytes = self.store.read(manifest)?;
+        let doc = model::parse_document(None, &bytes)?;
+        let model::Document::Manifest(m) = doc else {
+            return Err(ImageError::NotFound(format!(
+                "{manifest} is an index, not an image manifest"
+            )));
+        };
+        let config_digest: Digest = m
+            .config()
+            .digest()
+            .to_string()
+            .parse()
+            .map_err(|e: crate::digest::InvalidDigest| ImageError::NotFound(e.to_string()))?;
+        if !self.store.contains(&config_digest) {
+            return Err(ImageError::NotFound(format!(
+                "manifest {manifest} references config {config_digest}, which is not in the store"
+            )));
+        }
+        let config: Value = serde_json::from_slice(&self.store.read(&config_digest)?)
+            .map_err(|e| ImageError::NotFound(format!("config {config_digest}: {e}")))?;
+        let diff_ids: Vec<Digest> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_str().and_then(|s| s.parse().ok()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut layers = Vec::new();
+        for l in m.layers() {
+            let d: Digest = l
+                .digest()
+                .to_string()
+                .parse()
+                .map_err(|e: crate::digest::InvalidDigest| ImageError::NotFound(e.to_string()))?;
+            if !self.store.contains(&d) {
+                return Err(ImageError::NotFound(format!(
+                    "manifest {manifest} references layer {d}, which is not in the store"
+                )));
+            }
+            layers.push((d, l.media_type().to_string()));
+        }
+        if diff_ids.len() != layers.len() {
+            return Err(ImageError::NotFound(format!(
+                "config {config_digest} lists {} diff ids for {} layers",
+                diff_ids.len(),
+                layers.len()
+            )));
+        }
+        let chains = model::chain_ids(&diff_ids);
+        let mut size = 0;
+        for (i, ((blob, media), chain)) in layers.iter().zip(&chains).enumerate() {
+            if self.snapshots.exists(chain) {
+                continue;
+            }
+            let pending = self
+                .snapshots
+                .prepare(chain, i.checked_sub(1).map(|p| &chains[p]))?;
+            let applied = layer::apply(
+                self.store.open_blob(blob)?,
+                model::layer_compression(media)?,
+                &pending.diff_dir(),
+            )?;
+            if applied.diff_id != diff_ids[i] {
+                return Err(ImageError::NotFound(format!(
+                    "layer {blob} has diff id {}, but the config says {}",
+                    applied.diff_id, diff_ids[i]
+                )));
+            }
+            size += applied.size;
+            pending.commit()?;
+        }
+        let record = ImageRecord {
+            id: config_digest.clone(),
+            manifest: manifest.clone(),
+            layers: layers.into_iter().map(|(d, _)| d).collect(),
+            diff_ids,
+            created: config["created"].as_str().unwrap_or_default().to_string(),
+            size: if size > 0 {
+                size
+            } else {
+                self.layers_size(&chains)
+            },
+        };
+        self.with_names(|names| {
+            let new = !names.images.contains_key(&record.id);
+            names.images.insert(record.id.clone(), record.clone());
+            if let Some(t) = tag {
+                set_tag(names, t, &record.id);
+            }
+            Ok((record.clone(), new))
+        })
+    }
+
+    fn layers_size(&self, chains: &[Digest]) -> u64 {
+        chains
+            .iter()
+            .filter_map(|c| self.snapshots.diff_dir(c).ok())
+            .map(|d| du(&d))
+            .sum()
+    }
+
+    /// Points `target` at the image `source` names (a reference, digest or id). The image it
+    /// pointed at before stays addressable and is kept in the tag's history.
+    pub fn tag(&self, source: &str, target: &Reference) -> Result<ImageRecord, ImageError> {
+        self.with_names(|names| {
+            let record = resolve_in(names, source)?;
+            set_tag(names, target, &record.id);
+            Ok(record)
+        })
+    }
+
+    /// Every image with its names, newest first.
+    pub fn list(&self) -> Result<Vec<Summary>, ImageError> {
+        let names = self.read_names()?;
+        let mut out: Vec<Summary> = names
+            .images
+            .values()
+            .map(|r| Summary {
+                id: r.id.clone(),
+                names: names
+                    .tags
+                    .iter()
+                    .filter(|(_, t)| t.image.as_ref() == Some(&r.id))
+                    .map(|(n, _)| n.clone())
+                    .collect(),
+                manifest: r.manifest.clone(),
+                created: r.created.clone(),
+                size: r.size,
+            })
+            .collect();
+        out.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Names pointing at an image.
+    pub fn names_of(&self, id: &Digest) -> Result<Vec<String>, ImageError> {
+        let names = self.read_names()?;
+        Ok(names
+            .tags
+            .iter()
+            .filter(|(_, t)| t.image.as_ref() == Some(id))
+            .map(|(n, _)| n.clone())
+            .collect())
+    }
+
+    /// The earlier targets of a tag, oldest first.
+    pub fn tag_history(&self, tag: &Reference) -> Result<Vec<(Digest, String)>, ImageError> {
+        let names = self.read_names()?;
+        Ok(names
+            .tags
+            .get(&tag.to_string())
+            .map(|t| t.history.clone())
+            .unwrap_or_default())
+    }
+
+    /// The image's config document.
+    pub fn config(&self, record: &ImageRecord) -> Result<Value, ImageError> {
+        serde_json::from_slice(&self.store.read(&record.id)?)
+            .map_err(|e| ImageError::NotFound(format!("config {}: {e}", record.id)))
+    }
+
+    /// `rmi`: removes a name; when `name` is the image's last name (or an id), the image too.
+    /// Refuses an image a container uses, or an id with several names, unless forced. Returns
+    /// what was untagged and what was deleted.
+    pub fn remove(
+        &self,
+        name: &str,
+        force: bool,
+    ) -> Result<(Vec<String>, Option<Digest>), ImageError> {
+        self.with_names(|names| {
+            let record = resolve_in(names, name)?;
+            let tags: Vec<String> = names
+                .tags
+                .iter()
+                .filter(|(_, t)| t.image.as_ref() == Some(&record.id))
+                .map(|(n, _)| n.clone())
+                .collect();
+            let by_name = Reference::parse(name)
+                .ok()
+                .map(|r| r.to_string())
+                .filter(|r| tags.contains(r));
+            if let Some(c) = names
+                .containers
+                .iter()
+                .find(|(_, img)| **img == record.id)
+                .map(|(c, _)| c.clone())
+            {
+                if !force && (by_name.is_none() || tags.len() == 1) {
+                    return Err(ImageError::InUse {
+                        image: name.to_string(),
+                        container: c,
+                    });
+                }
+            }
+            let mut untagged = Vec::new();
+            match by_name {
+                Some(r) if tags.len() > 1 => {
+                    untag(names, &r);
+                    return Ok((vec![r], None));
+                }
+                Some(r) => {
+                    untag(names, &r);
+                    untagged.push(r);
+                }
+                None if tags.len() > 1 && !force => {
+                    return Err(ImageError::Tagged {
+                        image: name.to_string(),
+                        names: tags.join(", "),
+                    });
+                }
+                None => {
+                    for t in &tags {
+                        untag(names, t);
+                        untagged.push(t.clone());
+                    }
+                }
+            }
+            names.images.remove(&record.id);
+            names.containers.retain(|_, img| *img != record.id);
+            Ok((untagged, Some(record.id)))
+        })
+    }
+
+    /// Records that `container` uses `image` (so `rmi` refuses it) and mounts its root file system.
+    pub fn mount_container(
+        &self,
+        container: &str,
+        image: &str,
+    ) -> Result<(ImageRecord, PathBuf), ImageError> {
+        let record = self.with_names(|names| {
+            let record = resolve_in(names, image)?;
+            names
+                .containers
+                .insert(container.to_string(), record.id.clone());
+            Ok(record)
+        })?;
+        let chains = model::chain_ids(&record.diff_ids);
+        match self.snapshots.mount_container(container, &chains) {
+            Ok(p) => Ok((record, p)),
+            Err(e) => {
+                let _ = self.with_names(|names| {
+                    names.containers.remove(container);
+                    Ok(())
+                });
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Unmounts and forgets a container's root file system.
+    pub fn remove_container(&self, container: &str) -> Result<(), ImageError> {
+        self.snapshots.remove_container(container)?;
+        self.with_names(|names| {
+            names.containers.remove(container);
+            Ok(())
+        })
+    }
+
+    /// Garbage collection: removes every blob and snapshot that no image, tag history or
+    /// container references. Returns the blobs and snapshots removed.
+    pub fn gc(&self) -> Result<(Vec<Digest>, Vec<Digest>), ImageError> {
+        self.with_names(|names| {
+            let mut keep_blobs = BTreeSet::new();
+            let mut keep_chains = BTreeSet::new();
+            let mut keep_images: BTreeSet<Digest> = names.images.keys().cloned().collect();
+            for t in names.tags.values() {
+                keep_images.extend(t.history.iter().map(|(d, _)| d.clone()));
+            }
+            for id in &keep_images {
+                if let Some(r) = names.images.get(id) {
+                    keep_blobs.insert(r.id.clone());
+                    keep_blobs.insert(r.manifest.clone());
+                    keep_blobs.extend(r.layers.iter().cloned());
+                    keep_chains.extend(model::chain_ids(&r.diff_ids));
+                }
+            }
+            let mut removed_blobs = Vec::new();
+            for d in self.store.list()? {
+                if !keep_blobs.contains(&d) {
+                    self.store.delete(&d)?;
+                    removed_blobs.push(d);
+                }
+            }
+            let mut removed_chains = Vec::new();
+            for c in self.snapshots.list()? {
+                if !keep_chains.contains(&c) {
+                    self.snapshots.remove(&c)?;
+                    removed_chains.push(c);
+                }
+            }
+            Ok((removed_blobs, removed_chains))
+        })
+    }
+
+    /// `image prune`: removes images without a name (all unused ones with `all`), then collects garbage.
+    pub fn prune(&self, all: bool) -> Result<Vec<Digest>, ImageError> {
+        let removed = self.with_names(|names| {
+            let tagged: BTreeSet<Digest> = names
+                .tags
+                .values()
+                .filter_map(|t| t.image.clone())
+                .collect();
+            let used: BTreeSet<Digest> = names.containers.values().cloned().collect();
+            let doomed: Vec<Digest> = names
+                .images
+                .keys()
+                .filter(|id| !used.contains(*id) && (all || !tagged.contains(*id)))
+                .cloned()
+                .collect();
+            for id in &doomed {
+                names.images.remove(id);
+                names.tags.retain(|_, t| t.image.as_ref() != Some(id));
+                for t in names.tags.values_mut() {
+                    t.history.retain(|(d, _)| d != id);
+                }
+            }
+            Ok(doomed)
+        })?;
+        self.gc()?;
+        Ok(removed)
+    }
+}
+
+fn set_tag(names: &mut Names, tag: &Reference, id: &Digest) {
+    let entry = names.tags.entry(tag.to_string()).or_default();
+    if let Some(old) = &entry.image {
+        if old != id {
+            entry.history.push((old.clone(), now()));
+        }
+    }
+    entry.image = Some(id.clone());
+}
+
+fn untag(names: &mut Names, tag: &str) {
+    if let Some(entry) = names.tags.get_mut(tag) {
+        if let Some(old) = entry.image.take() {
+            entry.history.push((old, now()));
+        }
+    }
+}
+
+fn resolve_in(names: &Names, name: &str) -> Result<ImageRecord, ImageError> {
+    // A full or short image id.
+    let hex = name.strip_prefix("sha256:").unwrap_or(name);
+    if hex.len() >= 4 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let hits: Vec<&ImageRecord> = names
+            .images
+            .values()
+            .filter(|r| r.id.hex().starts_with(hex))
+            .collect();
+        match hits.as_slice() {
+            [one] => return Ok((*one).clone()),
+            [] => {}
+            many => {
+                return Err(ImageError::Ambiguous(
+                    name.to_string(),
+                    many.iter()
+                        .map(|r| r.id.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ))
+            }
+        }
+        if name.starts_with("sha256:") {
+            return Err(ImageError::NotFound(name.to_string()));
+        }
+    }
+    let reference = Reference::parse(name)?;
+    if let Some(d) = reference.digest() {
+        // name@digest: the manifest digest (or config digest) of an image we have, tagged or not.
+        if let Some(r) = names
+            .images
+            .values()
+            .find(|r| &r.manifest == d || &r.id == d)
+        {
+            return Ok(r.clone());
+        }
+        return Err(ImageError::NotFound(name.to_string()));
+    }
+    names
+        .tags
+        .get(&reference.to_string())
+        .and_then(|t| t.image.as_ref())
+        .and_then(|id| names.images.get(id))
+        .cloned()
+        .ok_or_else(|| ImageError::NotFound(name.to_string()))
+}
+
+/// Detects the compression of a stream from its magic bytes without consuming them.
+fn sniff(r: &mut io::BufReader<impl Read>) -> io::Result<Compression> {
+    let head = io::BufRead::fill_buf(r)?;
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    })
+}
+
+/// A reader that yields the gzip compression of another reader.
+struct GzipReader<R: Read> {
+    inner: flate2::read::GzEncoder<R>,
+}
+
+impl<R: Read> GzipReader<R> {
+    fn new(r: R) -> Self {
+        GzipReader {
+            inner: flate2::read::GzEncoder::new(r, flate2::Compression::fast()),
+        }
+    }
+}
+
+impl<R: Read> Read for GzipReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if let Ok(m) = e.metadata() {
+                if m.is_dir() {
+                    total += du(&e.path());
+                } else {
+                    total += m.len();
+                }
+            }
+        }
+    }
+    total
+}
+
+fn now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(d.as_secs() as i64, d.subsec_nanos())
+}
+
+/// RFC 3339 UTC time (the format image configs use).
+pub fn rfc3339(secs: i64, nanos: u32) -> String {
+    let days = secs.div_euclid(86400);
+    let tod = secs.rem_euclid(86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        tod / 3600,
+        tod % 3600 / 60,
+        tod % 60
+    )
+}
+
+/// Applies one `--change` (Dockerfile syntax) to an image config's `config` object.
+pub fn apply_change(config: &mut Value, change: &str) -> Result<(), ImageError> {
+    let bad = |reason: &str| ImageError::BadChange {
+        change: change.to_string(),
+        reason: reason.to_string(),
+    };
+    let (instr, rest) = change
+        .trim()
+        .split_once(char::is_whitespace)
+        .map(|(a, b)| (a, b.trim()))
+        .unwrap_or((change.trim(), ""));
+    let exec_form = |rest: &str| -> Result<Value, ImageError> {
+        if rest.starts_with('[') {
+            let v: Vec<String> =
+                serde_json::from_str(rest).map_err(|_| bad("not a JSON array of strings"))?;
+            Ok(json!(v))
+        } else {
+            Ok(json!(["/bin/sh", "-c", rest]))
+        }
+    };
+    let obj = config
+        .as_object_mut()
+        .ok_or_else(|| bad("config is not an object"))?;
+    match instr.to_ascii_uppercase().as_str() {
+        "CMD" if !rest.is_empty() => {
+            obj.insert("Cmd".into(), exec_form(rest)?);
+        }
+        "ENTRYPOINT" if !rest.is_empty() => {
+            obj.insert("Entrypoint".into(), exec_form(rest)?);
+        }
+        "ENV" => {
+            let pairs: Vec<(String, String)> = if let Some((k, v)) = rest.split_once('=') {
+                if k.contains(char::is_whitespace) {
+                    return Err(bad("expected ENV KEY=value or ENV KEY value"));
+                }
+                vec![(k.to_string(), v.trim_matches('"').to_string())]
+            } else if let Some((k, v)) = rest.split_once(char::is_whitespace) {
+                vec![(k.to_string(), v.trim().to_string())]
+            } else {
+                return Err(bad("expected ENV KEY=value or ENV KEY value"));
+            };
+            let env = obj.entry("Env").or_insert_with(|| json!([]));
+            let list = env.as_array_mut().ok_or_else(|| bad("Env is not a list"))?;
+            for (k, v) in pairs {
+                list.retain(|e| e.as_str().and_then(|s| s.split_once('=')).map(|(ek, _)| ek != k).unwrap_or(true));
+                list.push(json!(format!("{k}={v}")));
+            }
+        }
+        "WORKDIR" if !rest.is_empty() => {
+            obj.insert("WorkingDir".into(), json!(rest));
+        }
+        "USER" if !rest.is_empty() => {
+            obj.insert("User".into(), json!(rest));
+        }
+        "STOPSIGNAL" if !rest.is_empty() => {
+            obj.insert("StopSignal".into(), json!(rest));
+        }
+        "EXPOSE" if !rest.is_empty() => {
+            let ports = obj.entry("ExposedPorts").or_insert_with(|| json!({}));
+            for p in rest.split_whitespace() {
+                let (num, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+                if num.parse::<u16>().is_err() || !matches!(proto, "tcp" | "udp" | "sctp") {
+                    return Err(bad("expected EXPOSE <port>[/tcp|udp|sctp]"));
+                }
+                ports[format!("{num}/{proto}")] = json!({});
+            }
+        }
+        "VOLUME" if !rest.is_empty() => {
+            let vols = obj.entry("Volumes").or_insert_with(|| json!({}));
+            let list: Vec<String> = if rest.starts_with('[') { serde_json::from_str(rest).map_err(|_| bad("not a JSON array"))? } else { rest.split_whitespace().map(str::to_string).collect() };
+            for v in list {
+                vols[v] = json!({});
+            }
+        }
+        "LABEL" => {
+            let (k, v) = rest.split_once('=').ok_or_else(|| bad("expected LABEL key=value"))?;
+            let labels = obj.entry("Labels").or_insert_with(|| json!({}));
+            labels[k.trim().trim_matches('"')] = json!(v.trim().trim_matches('"'));
+        }
+        "CMD" | "ENTRYPOINT" | "WORKDIR" | "USER" | "STOPSIGNAL" | "EXPOSE" | "VOLUME" => return Err(bad("needs an argument")),
+        other => return Err(bad(&format!("{other} is not one of CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, STOPSIGNAL, USER, VOLUME, WORKDIR"))),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_become_config() {
+        let mut c = json!({});
+        for ch in [
+            "CMD [\"sh\", \"-c\", \"echo hi\"]",
+            "ENTRYPOINT /bin/init",
+            "ENV A=1",
+            "ENV B two",
+            "ENV A=3",
+            "WORKDIR /srv",
+            "USER 1000:1000",
+            "EXPOSE 80 53/udp",
+            "LABEL org.example=\"yes\"",
+            "VOLUME /data",
+            "STOPSIGNAL SIGINT",
+        ] {
+            apply_change(&mut c, ch).unwrap();
+        }
+        assert_eq!(
+            c,
+            json!({"Cmd": ["sh", "-c", "echo hi"], "Entrypoint": ["/bin/sh", "-c", "/bin/init"], "Env": ["B=two", "A=3"], "WorkingDir": "/srv",
+                   "User": "1000:1000", "ExposedPorts": {"80/tcp": {}, "53/udp": {}}, "Labels": {"org.example": "yes"}, "Volumes": {"/data": {}}, "StopSignal": "SIGINT"})
+        );
+        for bad in [
+            "RUN make",
+            "EXPOSE http",
+            "CMD [\"unterminated\"",
+            "ENV",
+            "WORKDIR",
+        ] {
+            let e = apply_change(&mut c, bad).unwrap_err().to_string();
+            assert!(
+                e.contains(bad.split_whitespace().next().unwrap()) || e.contains("--change"),
+                "{e}"
+            );
+        }
+    }
+}
