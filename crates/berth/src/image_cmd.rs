@@ -68,6 +68,24 @@ pub enum ImageCmd {
         #[arg(long, short = 'f')]
         force: bool,
     },
+    /// Write images to a tar archive (docker save; the OCI image layout with --format oci).
+    Save {
+        /// Write to this file instead of stdout.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+        /// docker (OCI layout + Docker's manifest.json, as docker save writes) or oci.
+        #[arg(long, default_value = "docker")]
+        format: String,
+        names: Vec<String>,
+    },
+    /// Load images from a tar archive (docker save output, old or new, or an OCI image layout).
+    Load {
+        /// Read from this file instead of stdin.
+        #[arg(long, short = 'i')]
+        input: Option<PathBuf>,
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
     /// Mount an image's root file system for a container (an overlay with a writable layer); prints its path.
     Mount { container: String, name: String },
     /// Unmount and remove a container's root file system.
@@ -403,6 +421,64 @@ pub fn main(root: &Path, cmd: ImageCmd) -> Result<()> {
                 println!("Deleted: {d}");
             }
             println!("Total images removed: {}", removed.len());
+        }
+        ImageCmd::Save {
+            output,
+            format,
+            names,
+        } => {
+            if names.is_empty() {
+                bail!("save: name at least one image");
+            }
+            let format = match format.as_str() {
+                "docker" => image::archive::Format::Docker,
+                "oci" => image::archive::Format::Oci,
+                f => bail!("--format {f:?}: expected docker or oci"),
+            };
+            match output {
+                Some(p) => {
+                    let tmp = p.with_extension("berth-partial");
+                    let f = std::fs::File::create(&tmp)
+                        .with_context(|| format!("creating {}", tmp.display()))?;
+                    let mut w = std::io::BufWriter::new(f);
+                    let saved = images.save(&names, format, &mut w).and_then(|()| {
+                        w.flush()
+                            .map_err(|e| image::images::ImageError::Archive(e.to_string()))
+                    });
+                    if let Err(e) = saved {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(e.into());
+                    }
+                    std::fs::rename(&tmp, &p)
+                        .with_context(|| format!("writing {}", p.display()))?;
+                }
+                None => {
+                    // SAFETY: isatty has no preconditions.
+                    if unsafe { libc::isatty(1) } == 1 {
+                        bail!("save: refusing to write an archive to a terminal (use -o or redirect stdout)");
+                    }
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    images.save(&names, format, &mut out)?;
+                    out.flush()?;
+                }
+            }
+        }
+        ImageCmd::Load { input, quiet } => {
+            let loaded = match input {
+                Some(p) => images.load(std::io::BufReader::new(
+                    std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?,
+                ))?,
+                None => images.load(std::io::BufReader::new(std::io::stdin().lock()))?,
+            };
+            if !quiet {
+                for (name, id) in loaded {
+                    if name.starts_with("sha256:") {
+                        println!("Loaded image ID: {id}");
+                    } else {
+                        println!("Loaded image: {name}");
+                    }
+                }
+            }
         }
         ImageCmd::Mount { container, name } => {
             let (_, path) = images.mount_container(&container, &name)?;

@@ -38,6 +38,21 @@ enum Command {
     Images(image_cmd::ListArgs),
     /// Give an image another name.
     Tag { source: String, target: String },
+    /// Write images to a tar archive.
+    Save {
+        #[arg(long, short = 'o')]
+        output: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "docker")]
+        format: String,
+        names: Vec<String>,
+    },
+    /// Load images from a tar archive.
+    Load {
+        #[arg(long, short = 'i')]
+        input: Option<std::path::PathBuf>,
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
     /// Remove images.
     Rmi {
         #[arg(long, short = 'f')]
@@ -80,6 +95,22 @@ fn main() {
             }
             Command::Tag { source, target } => {
                 image_cmd::main(&root, image_cmd::ImageCmd::Tag { source, target }).map(|()| 0)
+            }
+            Command::Save {
+                output,
+                format,
+                names,
+            } => image_cmd::main(
+                &root,
+                image_cmd::ImageCmd::Save {
+                    output,
+                    format,
+                    names,
+                },
+            )
+            .map(|()| 0),
+            Command::Load { input, quiet } => {
+                image_cmd::main(&root, image_cmd::ImageCmd::Load { input, quiet }).map(|()| 0)
             }
             Command::Rmi { force, names } => {
                 image_cmd::main(&root, image_cmd::ImageCmd::Rm { force, names }).map(|()| 0)

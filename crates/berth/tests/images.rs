@@ -304,3 +304,212 @@ fn hostile_layers_fail_by_name_and_leave_the_store_as_it_was() {
         "the store changed after a failed import of a truncated gzip"
     );
 }
+
+/// Appends a file to a tar being built in a test.
+fn add(b: &mut tar::Builder<fs::File>, path: &str, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, path, data).unwrap();
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn save_and_load_round_trip_in_both_formats() {
+    let e = Env::new();
+    let tar = e.rootfs_tar("rt", "round trip\n");
+    let id = e
+        .ok(&[
+            "image",
+            "import",
+            "-c",
+            "CMD [\"cat\", \"/etc/version\"]",
+            tar.to_str().unwrap(),
+            "rt:1",
+        ])
+        .trim()
+        .to_string();
+    let manifest = e.inspect("rt:1")["Metadata"]["Manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for format in ["docker", "oci"] {
+        let archive = e.dir.path().join(format!("rt-{format}.tar"));
+        e.ok(&[
+            "save",
+            "--format",
+            format,
+            "-o",
+            archive.to_str().unwrap(),
+            "rt:1",
+        ]);
+        let other = Env::new();
+        let out = other.ok(&["load", "-i", archive.to_str().unwrap()]);
+        assert_eq!(out.trim(), "Loaded image: rt:1", "{format}");
+        let i = other.inspect("rt:1");
+        assert_eq!(i["Id"], id.as_str(), "{format}: image id changed");
+        assert_eq!(
+            i["Metadata"]["Manifest"],
+            manifest.as_str(),
+            "{format}: manifest digest changed"
+        );
+        assert_eq!(
+            i["Config"]["Cmd"],
+            serde_json::json!(["cat", "/etc/version"])
+        );
+        // What was loaded is saved back byte for byte.
+        let again = other.dir.path().join("again.tar");
+        other.ok(&[
+            "save",
+            "--format",
+            format,
+            "-o",
+            again.to_str().unwrap(),
+            "rt:1",
+        ]);
+        assert!(
+            fs::read(&again).unwrap() == fs::read(&archive).unwrap(),
+            "{format}: save → load → save is not identical"
+        );
+    }
+    let docker = fs::read(e.dir.path().join("rt-docker.tar")).unwrap();
+    let names: Vec<String> = tar::Archive::new(&docker[..])
+        .entries()
+        .unwrap()
+        .map(|en| en.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.contains(&"manifest.json".to_string())
+            && names.contains(&"index.json".to_string())
+            && names.contains(&"oci-layout".to_string()),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn legacy_docker_archives_load_and_run_their_config() {
+    // The layout older `docker save` (Debian's dockerd 20.10) writes: <layer id>/layer.tar,
+    // <config digest>.json, manifest.json, repositories.
+    let e = Env::new();
+    let bundle = e.dir.path().join("legacy-rootfs");
+    busybox_bundle(&bundle, &["true"]);
+    fs::write(bundle.join("rootfs/etc/version"), "legacy layer\n").unwrap();
+    let layer_path = e.dir.path().join("layer.tar");
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(bundle.join("rootfs"))
+        .arg("-cf")
+        .arg(&layer_path)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let layer = fs::read(&layer_path).unwrap();
+    let diff_id = sha256_hex(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "created": "2024-01-02T03:04:05Z",
+        "config": {"Cmd": ["cat", "/etc/version"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_id}")]},
+        "history": [{"created": "2024-01-02T03:04:05Z", "created_by": "docker import"}],
+    })
+    .to_string();
+    let config_hex = sha256_hex(config.as_bytes());
+    let archive = e.dir.path().join("legacy.tar");
+    let mut b = tar::Builder::new(fs::File::create(&archive).unwrap());
+    let layer_id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    add(&mut b, &format!("{layer_id}/VERSION"), b"1.0");
+    add(&mut b, &format!("{layer_id}/json"), br#"{"id":"x"}"#);
+    add(&mut b, &format!("{layer_id}/layer.tar"), &layer);
+    add(&mut b, &format!("{config_hex}.json"), config.as_bytes());
+    add(&mut b, "manifest.json", serde_json::json!([{"Config": format!("{config_hex}.json"), "RepoTags": ["legacy:1"], "Layers": [format!("{layer_id}/layer.tar")]}]).to_string().as_bytes());
+    add(
+        &mut b,
+        "repositories",
+        serde_json::json!({"legacy": {"1": layer_id}})
+            .to_string()
+            .as_bytes(),
+    );
+    b.finish().unwrap();
+    assert_eq!(
+        e.ok(&["load", "-i", archive.to_str().unwrap()]).trim(),
+        "Loaded image: legacy:1"
+    );
+    let i = e.inspect("legacy:1");
+    assert_eq!(i["Id"], format!("sha256:{config_hex}"));
+    // Run what the image's config says.
+    let merged = PathBuf::from(e.ok(&["image", "mount", "legacy-c", "legacy:1"]).trim());
+    let run_bundle = e.dir.path().join("run");
+    let cmd: Vec<String> = serde_json::from_value(i["Config"]["Cmd"].clone()).unwrap();
+    busybox_bundle(
+        &run_bundle,
+        &cmd.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let cfg = run_bundle.join("config.json");
+    let mut c: Value = serde_json::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
+    c["root"] = serde_json::json!({"path": merged});
+    fs::write(&cfg, c.to_string()).unwrap();
+    let out = Command::new(BERTH)
+        .args(["runtime", "--root"])
+        .arg(e.dir.path().join("rt"))
+        .args(["run", "--bundle"])
+        .arg(&run_bundle)
+        .arg("legacy-c")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "legacy layer\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    e.ok(&["image", "umount", "legacy-c"]);
+}
+
+#[test]
+fn corrupt_archives_fail_by_name_and_leave_the_store_as_it_was() {
+    let e = Env::new();
+    let good = e.rootfs_tar("keep", "kept\n");
+    e.ok(&["image", "import", good.to_str().unwrap(), "keep:1"]);
+    let before = e.snapshot_of_store();
+    // A blob whose content does not match its name.
+    let archive = e.dir.path().join("lying.tar");
+    let mut b = tar::Builder::new(fs::File::create(&archive).unwrap());
+    add(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    let liar = format!("blobs/sha256/{}", "a".repeat(64));
+    add(&mut b, &liar, b"not what the name says");
+    b.finish().unwrap();
+    let err = e.err(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(err.contains(&liar) && err.contains("digest"), "{err}");
+    assert_eq!(e.snapshot_of_store(), before);
+    // A manifest that references a blob the archive lacks.
+    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", "b".repeat(64)), "size": 2}, "layers": []})
+    .to_string();
+    let mhex = sha256_hex(manifest.as_bytes());
+    let archive = e.dir.path().join("missing.tar");
+    let mut b = tar::Builder::new(fs::File::create(&archive).unwrap());
+    add(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    add(&mut b, &format!("blobs/sha256/{mhex}"), manifest.as_bytes());
+    add(&mut b, "index.json", serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{mhex}"), "size": manifest.len()}]}).to_string().as_bytes());
+    b.finish().unwrap();
+    let err = e.err(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(
+        err.contains(&"b".repeat(64)),
+        "the error does not name the missing blob: {err}"
+    );
+    assert_eq!(e.snapshot_of_store(), before);
+    // Not an archive at all.
+    let junk = e.dir.path().join("junk.tar");
+    fs::write(&junk, b"this is not a tar file").unwrap();
+    assert!(!e.err(&["load", "-i", junk.to_str().unwrap()]).is_empty());
+    assert_eq!(e.snapshot_of_store(), before);
+}

@@ -49,6 +49,8 @@ pub enum ImageError {
     InUse { image: String, container: String },
     #[error("image {image} has several names ({names}): untag them or force")]
     Tagged { image: String, names: String },
+    #[error("{0}")]
+    Archive(String),
     #[error("--change {change:?}: {reason}")]
     BadChange { change: String, reason: String },
     #[error("{op} {path}")]
@@ -240,7 +242,7 @@ impl Images {
     }
 
     /// Deletes `blobs` unless an image still references them (undoing a failed import or load).
-    fn forget_unreferenced(&self, blobs: &[Digest]) {
+    pub(crate) fn forget_unreferenced(&self, blobs: &[Digest]) {
         let Ok(names) = self.read_names() else { return };
         for b in blobs {
             let used = names

@@ -1,6 +1,7 @@
 //! berth's images: the content-addressable store, the OCI and Docker image model, layers
 //! applied into snapshots, and the tags that version them. It never runs a container.
 
+pub mod archive;
 pub mod digest;
 pub mod images;
 pub mod layer;
