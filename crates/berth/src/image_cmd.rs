@@ -86,6 +86,15 @@ pub enum ImageCmd {
         #[arg(long, short = 'q')]
         quiet: bool,
     },
+    /// Make a new image from a container's changes (docker commit).
+    Commit {
+        #[arg(long, short = 'c')]
+        change: Vec<String>,
+        #[arg(long, short = 'm', default_value = "")]
+        message: String,
+        container: String,
+        reference: Option<String>,
+    },
     /// Mount an image's root file system for a container (an overlay with a writable layer); prints its path.
     Mount { container: String, name: String },
     /// Unmount and remove a container's root file system.
@@ -479,6 +488,16 @@ pub fn main(root: &Path, cmd: ImageCmd) -> Result<()> {
                     }
                 }
             }
+        }
+        ImageCmd::Commit {
+            change,
+            message,
+            container,
+            reference,
+        } => {
+            let tag = reference.as_deref().map(Reference::parse).transpose()?;
+            let r = images.commit(&container, &change, &message, tag.as_ref())?;
+            println!("{}", r.id);
         }
         ImageCmd::Mount { container, name } => {
             let (_, path) = images.mount_container(&container, &name)?;

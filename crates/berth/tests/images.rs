@@ -513,3 +513,90 @@ fn corrupt_archives_fail_by_name_and_leave_the_store_as_it_was() {
     assert!(!e.err(&["load", "-i", junk.to_str().unwrap()]).is_empty());
     assert_eq!(e.snapshot_of_store(), before);
 }
+
+#[test]
+fn commit_whiteouts_and_opaque_directories_across_three_layers() {
+    let e = Env::new();
+    let base = e.dir.path().join("base");
+    for (p, c) in [
+        ("data/a", "a"),
+        ("data/b", "b"),
+        ("keep/x", "x"),
+        ("opq/1", "1"),
+        ("opq/2", "2"),
+    ] {
+        fs::create_dir_all(base.join(p).parent().unwrap()).unwrap();
+        fs::write(base.join(p), c).unwrap();
+    }
+    let tar = e.dir.path().join("base.tar");
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&base)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    e.ok(&["image", "import", tar.to_str().unwrap(), "layers:1"]);
+
+    // Layer 2: delete a file, add one, replace a directory wholesale (overlay makes it opaque).
+    let m = PathBuf::from(e.ok(&["image", "mount", "c1", "layers:1"]).trim());
+    fs::remove_file(m.join("data/a")).unwrap();
+    fs::write(m.join("data/c"), "c").unwrap();
+    fs::remove_dir_all(m.join("opq")).unwrap();
+    fs::create_dir(m.join("opq")).unwrap();
+    fs::write(m.join("opq/3"), "3").unwrap();
+    e.ok(&[
+        "image",
+        "commit",
+        "-m",
+        "second",
+        "-c",
+        "ENV LAYER=2",
+        "c1",
+        "layers:2",
+    ]);
+    e.ok(&["image", "umount", "c1"]);
+
+    // Layer 3: delete another file, bring a deleted one back.
+    let m = PathBuf::from(e.ok(&["image", "mount", "c2", "layers:2"]).trim());
+    assert!(!m.join("data/a").exists() && m.join("data/c").exists());
+    fs::remove_file(m.join("data/b")).unwrap();
+    fs::write(m.join("data/a"), "back").unwrap();
+    e.ok(&["image", "commit", "c2", "layers:3"]);
+    e.ok(&["image", "umount", "c2"]);
+
+    let m = PathBuf::from(e.ok(&["image", "mount", "c3", "layers:3"]).trim());
+    let list = |d: &str| {
+        let mut v: Vec<String> = fs::read_dir(m.join(d))
+            .unwrap()
+            .map(|x| x.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(list("data"), ["a", "c"]);
+    assert_eq!(fs::read_to_string(m.join("data/a")).unwrap(), "back");
+    assert_eq!(
+        list("opq"),
+        ["3"],
+        "the opaque directory hides the base layer's files"
+    );
+    assert_eq!(list("keep"), ["x"]);
+    e.ok(&["image", "umount", "c3"]);
+    let i = e.inspect("layers:3");
+    assert_eq!(i["RootFS"]["Layers"].as_array().unwrap().len(), 3);
+    assert_eq!(i["Config"]["Env"], serde_json::json!(["LAYER=2"]));
+    let history = e.ok(&["image", "history", "layers:3"]);
+    assert_eq!(history.matches("berth commit").count(), 2, "{history}");
+    // The chain survives a round trip through an archive.
+    let archive = e.dir.path().join("layers.tar");
+    e.ok(&["save", "-o", archive.to_str().unwrap(), "layers:3"]);
+    let other = Env::new();
+    other.ok(&["load", "-i", archive.to_str().unwrap()]);
+    let m = PathBuf::from(other.ok(&["image", "mount", "c4", "layers:3"]).trim());
+    assert_eq!(fs::read_to_string(m.join("data/a")).unwrap(), "back");
+    assert!(!m.join("data/b").exists() && !m.join("opq/1").exists());
+    other.ok(&["image", "umount", "c4"]);
+}

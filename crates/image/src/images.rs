@@ -545,6 +545,81 @@ impl Images {
         }
     }
 
+    /// `commit`: turns a container's changes (its overlay upper directory) into a new layer on
+    /// top of its image, with `changes` applied to the config, and tags the result.
+    pub fn commit(
+        &self,
+        container: &str,
+        changes: &[String],
+        message: &str,
+        tag: Option<&Reference>,
+    ) -> Result<ImageRecord, ImageError> {
+        let base_id = self
+            .read_names()?
+            .containers
+            .get(container)
+            .cloned()
+            .ok_or_else(|| {
+                ImageError::NotFound(format!(
+                    "container {container} (no root file system from an image)"
+                ))
+            })?;
+        let base = self.resolve(&base_id.to_string())?;
+        let mut config = self.config(&base)?;
+        let upper = self.snapshots.container_upper(container)?;
+        // The layer streams from the diff (on a thread) through gzip into the store.
+        let (reader, writer) = io::pipe().map_err(io_err("creating a pipe for", &upper))?;
+        let walker = {
+            let upper = upper.clone();
+            std::thread::spawn(move || -> Result<Digest, ImageError> {
+                let mut gz = flate2::write::GzEncoder::new(writer, flate2::Compression::fast());
+                let (diff_id, _) = layer::diff(&upper, &mut gz)?;
+                gz.finish().map_err(io_err("compressing", &upper))?;
+                Ok(diff_id)
+            })
+        };
+        let stored = self.store.write(None, reader);
+        let diff_id = walker
+            .join()
+            .map_err(|_| ImageError::NotFound("the layer writer panicked".into()))??;
+        let (blob, _) = stored?;
+        if !config["config"].is_object() {
+            config["config"] = json!({});
+        }
+        for c in changes {
+            apply_change(&mut config["config"], c)?;
+        }
+        let now = now();
+        config["created"] = json!(now);
+        match config["rootfs"]["diff_ids"].as_array_mut() {
+            Some(ids) => ids.push(json!(diff_id.to_string())),
+            None => config["rootfs"] = json!({"type": "layers", "diff_ids": [diff_id.to_string()]}),
+        }
+        let entry = json!({"created": now, "created_by": "berth commit", "comment": message});
+        match config["history"].as_array_mut() {
+            Some(h) => h.push(entry),
+            None => config["history"] = json!([entry]),
+        }
+        let manifest = self.store.read(&base.manifest)?;
+        let media: Vec<String> = match model::parse_document(None, &manifest)? {
+            model::Document::Manifest(m) => m
+                .layers()
+                .iter()
+                .map(|l| l.media_type().to_string())
+                .collect(),
+            model::Document::Index(_) => Vec::new(),
+        };
+        let mut layers: Vec<(Digest, String)> = base.layers.iter().cloned().zip(media).collect();
+        layers.push((blob.clone(), MEDIA_LAYER_GZIP.to_string()));
+        match self.finish_image(config, layers, tag) {
+            Ok((record, _)) => Ok(record),
+            Err(e) => {
+                self.forget_unreferenced(&[blob]);
+                Err(e)
+            }
+        }
+    }
+
     /// Unmounts and forgets a container's root file system.
     pub fn remove_container(&self, container: &str) -> Result<(), ImageError> {
         self.snapshots.remove_container(container)?;
