@@ -199,21 +199,46 @@ impl Images {
         for c in changes {
             apply_change(&mut config, c)?;
         }
-        // Pass 1: store the layer gzip-compressed while hashing the plain tar (its diff id).
+        // One pass: the input's bytes go into the store as they are (the layer blob) while the
+        // same stream is decompressed, hashed (the diff id) and extracted into a snapshot.
         let mut input = io::BufReader::new(input);
         let compression = sniff(&mut input).map_err(io_err("reading", Path::new("-")))?;
-        let plain: Box<dyn Read> = match compression {
-            Compression::None => Box::new(input),
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
-            Compression::Zstd => Box::new(
-                zstd::stream::read::Decoder::new(input)
-                    .map_err(io_err("reading", Path::new("-")))?,
-            ),
+        let (pipe_in, pipe_out) = io::pipe().map_err(io_err("creating a pipe for", &self.root))?;
+        let store = self.store.clone();
+        let storer = std::thread::spawn(move || store.write(None, pipe_in));
+        let pending = self
+            .snapshots
+            .prepare(&Digest::of(b"berth image import"), None)?;
+        let mut tee = Tee {
+            inner: input,
+            out: Some(pipe_out),
         };
-        let mut hashing = crate::digest::HashingReader::new(plain);
-        let gz = GzipReader::new(&mut hashing);
-        let (layer_digest, _) = self.store.write(None, gz)?;
-        let (diff_id, _) = hashing.finish();
+        let applied = layer::apply(&mut tee, compression, &pending.diff_dir()).and_then(|a| {
+            // Whatever follows the layer (padding) belongs to the blob too.
+            io::copy(&mut tee, &mut io::sink()).map_err(layer::LayerError::Write)?;
+            Ok(a)
+        });
+        drop(tee);
+        let stored = storer
+            .join()
+            .map_err(|_| ImageError::NotFound("the blob writer panicked".into()))?;
+        let applied = match applied {
+            Ok(a) => a,
+            Err(e) => {
+                if let Ok((d, _)) = &stored {
+                    self.forget_unreferenced(std::slice::from_ref(d));
+                }
+                return Err(e.into());
+            }
+        };
+        let (layer_digest, _) = stored?;
+        let diff_id = applied.diff_id.clone();
+        pending.commit_as(&diff_id)?;
+        let media = match compression {
+            Compression::None => model::OCI_LAYER,
+            Compression::Gzip => model::OCI_LAYER_GZIP,
+            Compression::Zstd => model::OCI_LAYER_ZSTD,
+        };
         let now = now();
         let platform = model::Platform::host();
         let mut image_config = json!({
@@ -229,7 +254,7 @@ impl Images {
         }
         match self.finish_image(
             image_config,
-            vec![(layer_digest.clone(), MEDIA_LAYER_GZIP.to_string())],
+            vec![(layer_digest.clone(), media.to_string())],
             tag,
         ) {
             Ok((record, _)) => Ok(record),
@@ -771,22 +796,22 @@ fn sniff(r: &mut io::BufReader<impl Read>) -> io::Result<Compression> {
     })
 }
 
-/// A reader that yields the gzip compression of another reader.
-struct GzipReader<R: Read> {
-    inner: flate2::read::GzEncoder<R>,
+/// A reader that also copies what it reads to `out` (until `out` fails: the other side then
+/// reports its own error).
+struct Tee<R, W> {
+    inner: R,
+    out: Option<W>,
 }
 
-impl<R: Read> GzipReader<R> {
-    fn new(r: R) -> Self {
-        GzipReader {
-            inner: flate2::read::GzEncoder::new(r, flate2::Compression::fast()),
-        }
-    }
-}
-
-impl<R: Read> Read for GzipReader<R> {
+impl<R: Read, W: Write> Read for Tee<R, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
+        let n = self.inner.read(buf)?;
+        if let Some(out) = &mut self.out {
+            if out.write_all(&buf[..n]).is_err() {
+                self.out = None;
+            }
+        }
+        Ok(n)
     }
 }
 

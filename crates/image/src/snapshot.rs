@@ -71,6 +71,13 @@ impl Pending {
         self.dir.join("diff")
     }
 
+    /// Commits under `chain`, for a layer whose chain id is only known once applied (a base
+    /// layer's chain id is its diff id).
+    pub fn commit_as(mut self, chain: &Digest) -> Result<(), SnapshotError> {
+        self.target = self.target.with_file_name(chain.hex());
+        self.commit()
+    }
+
     /// Makes the snapshot visible under its chain id. If another writer got there first, theirs is kept.
     pub fn commit(mut self) -> Result<(), SnapshotError> {
         if let Some(p) = &self.parent {
