@@ -507,6 +507,30 @@ fn corrupt_archives_fail_by_name_and_leave_the_store_as_it_was() {
         "the error does not name the missing blob: {err}"
     );
     assert_eq!(e.snapshot_of_store(), before);
+    // A legacy archive whose layer tries to escape.
+    let evil_layer = e.dir.path().join("evil-layer.tar.gz");
+    hostile_tar(&evil_layer, "../../../../escape-through-load");
+    let layer = fs::read(&evil_layer).unwrap();
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", "c".repeat(64))]}})
+    .to_string();
+    let chex = sha256_hex(config.as_bytes());
+    let archive = e.dir.path().join("evil.tar");
+    let mut b = tar::Builder::new(fs::File::create(&archive).unwrap());
+    add(&mut b, "l1/layer.tar", &layer);
+    add(&mut b, &format!("{chex}.json"), config.as_bytes());
+    add(&mut b, "manifest.json", serde_json::json!([{"Config": format!("{chex}.json"), "RepoTags": ["evil:1"], "Layers": ["l1/layer.tar"]}]).to_string().as_bytes());
+    b.finish().unwrap();
+    let err = e.err(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(
+        err.contains("escape-through-load"),
+        "the error does not name the entry: {err}"
+    );
+    assert_eq!(e.snapshot_of_store(), before);
+    assert!(
+        !Path::new("/escape-through-load").exists()
+            && !e.dir.path().join("escape-through-load").exists()
+    );
     // Not an archive at all.
     let junk = e.dir.path().join("junk.tar");
     fs::write(&junk, b"this is not a tar file").unwrap();

@@ -150,6 +150,7 @@ impl Images {
         input: impl Read,
         written: &mut Vec<Digest>,
     ) -> Result<Vec<(String, Digest)>, ImageError> {
+        let mut preapplied = crate::images::Preapplied::new();
         let mut files: BTreeMap<String, Digest> = BTreeMap::new();
         let mut links: BTreeMap<String, String> = BTreeMap::new();
         let mut metadata: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -209,10 +210,24 @@ impl Images {
                 metadata.insert(path, buf);
                 continue;
             }
-            let (digest, _) = self
-                .store()
-                .write(None, &mut entry)
-                .map_err(|e| bad(format!("archive entry {path}: {e}")))?;
+            let mut entry = std::io::BufReader::with_capacity(1 << 16, entry);
+            let head = std::io::BufRead::fill_buf(&mut entry)
+                .map_err(|e| bad(format!("reading archive entry {path}: {e}")))?;
+            let (digest, _) = match looks_like_layer(head) {
+                // Probably a layer: store it and extract it in the same pass; the snapshot waits
+                // for its chain id until an image claims the blob.
+                Some(compression) => {
+                    let (stored, applied) = self.store_and_apply(&mut entry, compression)?;
+                    let (digest, size) =
+                        stored.map_err(|e| bad(format!("archive entry {path}: {e}")))?;
+                    preapplied.insert(digest.clone(), applied);
+                    (digest, size)
+                }
+                None => self
+                    .store()
+                    .write(None, &mut entry)
+                    .map_err(|e| bad(format!("archive entry {path}: {e}")))?,
+            };
             written.push(digest.clone());
             // A blob in an OCI layout is named by its digest: the content must match.
             if let Some(hex) = path.strip_prefix("blobs/sha256/") {
@@ -268,7 +283,7 @@ impl Images {
                     })
                     .map(Reference::parse)
                     .transpose()?;
-                let (record, _) = self.register(&manifest, name.as_ref())?;
+                let (record, _) = self.register_with(&manifest, name.as_ref(), &mut preapplied)?;
                 loaded.push((
                     name.map(|n| n.familiar())
                         .unwrap_or_else(|| record.id.to_string()),
@@ -316,7 +331,7 @@ impl Images {
                 .filter_map(|t| t.as_str())
                 .map(Reference::parse)
                 .collect::<Result<_, _>>()?;
-            let (record, _) = self.register(&manifest, tags.first())?;
+            let (record, _) = self.register_with(&manifest, tags.first(), &mut preapplied)?;
             for t in tags.iter().skip(1) {
                 self.tag(&record.id.to_string(), t)?;
             }
@@ -355,6 +370,19 @@ impl Images {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether the start of a blob looks like a layer (gzip, zstd or a tar header), and how it is compressed.
+fn looks_like_layer(head: &[u8]) -> Option<crate::Compression> {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Some(crate::Compression::Gzip)
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some(crate::Compression::Zstd)
+    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
+        Some(crate::Compression::None)
+    } else {
+        None
     }
 }
 

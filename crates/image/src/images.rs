@@ -203,26 +203,8 @@ impl Images {
         // same stream is decompressed, hashed (the diff id) and extracted into a snapshot.
         let mut input = io::BufReader::new(input);
         let compression = sniff(&mut input).map_err(io_err("reading", Path::new("-")))?;
-        let (pipe_in, pipe_out) = io::pipe().map_err(io_err("creating a pipe for", &self.root))?;
-        let store = self.store.clone();
-        let storer = std::thread::spawn(move || store.write(None, pipe_in));
-        let pending = self
-            .snapshots
-            .prepare(&Digest::of(b"berth image import"), None)?;
-        let mut tee = Tee {
-            inner: input,
-            out: Some(pipe_out),
-        };
-        let applied = layer::apply(&mut tee, compression, &pending.diff_dir()).and_then(|a| {
-            // Whatever follows the layer (padding) belongs to the blob too.
-            io::copy(&mut tee, &mut io::sink()).map_err(layer::LayerError::Write)?;
-            Ok(a)
-        });
-        drop(tee);
-        let stored = storer
-            .join()
-            .map_err(|_| ImageError::NotFound("the blob writer panicked".into()))?;
-        let applied = match applied {
+        let (stored, applied) = self.store_and_apply(input, compression)?;
+        let (pending, applied) = match applied {
             Ok(a) => a,
             Err(e) => {
                 if let Ok((d, _)) = &stored {
@@ -264,6 +246,40 @@ impl Images {
                 Err(e)
             }
         }
+    }
+
+    /// Streams `input` into the store and, in the same pass, extracts it as a layer into a
+    /// pending snapshot. Returns the store's result and the extraction's.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn store_and_apply(
+        &self,
+        input: impl Read,
+        compression: Compression,
+    ) -> Result<
+        (
+            Result<(Digest, u64), crate::store::StoreError>,
+            Result<(crate::snapshot::Pending, layer::Applied), layer::LayerError>,
+        ),
+        ImageError,
+    > {
+        let (pipe_in, pipe_out) = io::pipe().map_err(io_err("creating a pipe for", &self.root))?;
+        let pending = self.snapshots.prepare(&Digest::of(b"berth layer"), None)?;
+        let mut tee = Tee {
+            inner: input,
+            out: Some(pipe_out),
+        };
+        let store = &self.store;
+        let (stored, applied) = std::thread::scope(|s| {
+            let storer = s.spawn(move || store.write(None, pipe_in));
+            let applied = layer::apply(&mut tee, compression, &pending.diff_dir());
+            // Whatever the extraction left unread (padding, or all of it after an error) still
+            // belongs to the blob.
+            let _ = io::copy(&mut tee, &mut io::sink());
+            drop(tee);
+            (storer.join(), applied)
+        });
+        let stored = stored.map_err(|_| ImageError::NotFound("the blob writer panicked".into()))?;
+        Ok((stored, applied.map(|a| (pending, a))))
     }
 
     /// Deletes `blobs` unless an image still references them (undoing a failed import or load).
@@ -320,6 +336,16 @@ impl Images {
         manifest: &Digest,
         tag: Option<&Reference>,
     ) -> Result<(ImageRecord, bool), ImageError> {
+        self.register_with(manifest, tag, &mut Preapplied::new())
+    }
+
+    /// [`Images::register`], taking layers already extracted while they streamed in (`load`).
+    pub(crate) fn register_with(
+        &self,
+        manifest: &Digest,
+        tag: Option<&Reference>,
+        preapplied: &mut Preapplied,
+    ) -> Result<(ImageRecord, bool), ImageError> {
         let bytes = self.store.read(manifest)?;
         let doc = model::parse_document(None, &bytes)?;
         let model::Document::Manifest(m) = doc else {
@@ -374,6 +400,21 @@ impl Images {
         for (i, ((blob, media), chain)) in layers.iter().zip(&chains).enumerate() {
             if self.snapshots.exists(chain) {
                 continue;
+            }
+            match preapplied.remove(blob) {
+                Some(Ok((pending, applied))) => {
+                    if applied.diff_id != diff_ids[i] {
+                        return Err(ImageError::NotFound(format!(
+                            "layer {blob} has diff id {}, but the config says {}",
+                            applied.diff_id, diff_ids[i]
+                        )));
+                    }
+                    size += applied.size;
+                    pending.commit_as(chain)?;
+                    continue;
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => {}
             }
             let pending = self
                 .snapshots
@@ -783,6 +824,11 @@ fn resolve_in(names: &Names, name: &str) -> Result<ImageRecord, ImageError> {
         .cloned()
         .ok_or_else(|| ImageError::NotFound(name.to_string()))
 }
+
+/// Layers extracted while an archive streamed in, by blob digest: the snapshot waiting for its
+/// chain id, or why extraction failed (reported only if an image uses that blob).
+pub(crate) type Preapplied =
+    BTreeMap<Digest, Result<(crate::snapshot::Pending, layer::Applied), layer::LayerError>>;
 
 /// Detects the compression of a stream from its magic bytes without consuming them.
 fn sniff(r: &mut io::BufReader<impl Read>) -> io::Result<Compression> {
