@@ -52,6 +52,8 @@ pub enum ImageCmd {
         no_trunc: bool,
         name: String,
     },
+    /// The versions a tag has pointed at: the current image first, then earlier ones, newest first.
+    Versions { name: String },
     /// Give an image another name (docker tag).
     Tag { source: String, target: String },
     /// Remove images (docker rmi).
@@ -357,6 +359,37 @@ fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
+fn versions(images: &Images, name: &str) -> Result<()> {
+    let tag = Reference::parse(name)?;
+    let mut table = vec![["", "IMAGE ID", "MANIFEST DIGEST", "UNTIL"]
+        .map(String::from)
+        .to_vec()];
+    if let Ok(current) = images.resolve(name) {
+        table.push(vec![
+            "*".into(),
+            short(&current.id, false),
+            current.manifest.to_string(),
+            "now".into(),
+        ]);
+    }
+    for (id, until) in images.tag_history(&tag)?.iter().rev() {
+        let manifest = images
+            .resolve(&id.to_string())
+            .map(|r| r.manifest.to_string())
+            .unwrap_or_else(|_| "(removed)".into());
+        table.push(vec![
+            String::new(),
+            short(id, false),
+            manifest,
+            until.get(..19).unwrap_or(until).replace('T', " "),
+        ]);
+    }
+    if table.len() == 1 {
+        bail!("no such image: {name}");
+    }
+    print_table(&mut std::io::stdout().lock(), &table)
+}
+
 pub fn tag(images: &Images, source: &str, target: &str) -> Result<()> {
     let t = Reference::parse(target)?;
     if t.digest().is_some() {
@@ -422,6 +455,7 @@ pub fn main(root: &Path, cmd: ImageCmd) -> Result<()> {
         ImageCmd::Inspect { names } => inspect(&images, &names)?,
         ImageCmd::History { no_trunc, name } => history(&images, &name, no_trunc)?,
         ImageCmd::Tag { source, target } => tag(&images, &source, &target)?,
+        ImageCmd::Versions { name } => versions(&images, &name)?,
         ImageCmd::Rm { force, names } => rmi(&images, &names, force)?,
         ImageCmd::Prune { all, force } => {
             let _ = force;

@@ -157,8 +157,22 @@ fn import_list_inspect_history_and_versions() {
         id1.as_str(),
         "a short id finds it too"
     );
+    let versions = e.ok(&["image", "versions", "app:1"]);
+    let rows: Vec<&str> = versions.lines().skip(1).collect();
+    assert!(
+        rows.len() == 2
+            && rows[0].starts_with('*')
+            && rows[0].contains(&id2[7..19])
+            && rows[1].contains(&manifest1),
+        "{versions}"
+    );
     e.ok(&["tag", &format!("app@{manifest1}"), "app:1"]);
     assert_eq!(e.inspect("app:1")["Id"], id1.as_str());
+    assert_eq!(
+        e.ok(&["image", "versions", "app:1"]).lines().count(),
+        4,
+        "the rollback is a version too"
+    );
     e.ok(&["tag", "app:1", "other/app:stable"]);
     assert_eq!(e.inspect("other/app:stable")["Id"], id1.as_str());
     let q = e.ok(&["images", "-q", "--no-trunc"]);
