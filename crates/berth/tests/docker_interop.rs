@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{busybox_bundle, require_root, BERTH};
+use common::{busybox_bundle, require_root, rootfs_tar, BERTH};
 
 struct Dockerd {
     dir: tempfile::TempDir,
@@ -125,24 +125,6 @@ fn berth(root: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// A busybox root file system tarball with /etc/version saying `text`.
-fn rootfs_tar(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let bundle = dir.join(format!("bundle-{name}"));
-    busybox_bundle(&bundle, &["true"]);
-    fs::write(bundle.join("rootfs/etc/version"), text).unwrap();
-    let tar = dir.join(format!("{name}.tar"));
-    assert!(Command::new("tar")
-        .arg("-C")
-        .arg(bundle.join("rootfs"))
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
-    tar
 }
 
 #[test]

@@ -60,22 +60,9 @@ impl Env {
         String::from_utf8(out.stderr).unwrap()
     }
 
-    /// A tarball of a busybox root file system with `extra` written into it.
+    /// A gzip tarball of a busybox root file system with `extra` as its /etc/version.
     fn rootfs_tar(&self, name: &str, extra: &str) -> PathBuf {
-        let bundle = self.dir.path().join(format!("bundle-{name}"));
-        busybox_bundle(&bundle, &["true"]);
-        fs::write(bundle.join("rootfs/etc/version"), extra).unwrap();
-        let tar = self.dir.path().join(format!("{name}.tar.gz"));
-        assert!(Command::new("tar")
-            .arg("-C")
-            .arg(bundle.join("rootfs"))
-            .arg("-czf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap()
-            .success());
-        tar
+        common::rootfs_tar(self.dir.path(), name, extra)
     }
 
     fn inspect(&self, name: &str) -> Value {

@@ -1,4 +1,7 @@
-//! What the integration tests share: root, and the busybox bundle fixture.
+//! What the integration tests share: root, and the busybox fixtures.
+
+// Each test crate uses a different part of this module.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::Command;
@@ -27,4 +30,22 @@ pub fn busybox_bundle(dir: &Path, args: &[&str]) {
         "busybox-bundle failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A gzip tarball of a busybox root file system whose /etc/version says `text`, made in `dir`.
+pub fn rootfs_tar(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let bundle = dir.join(format!("bundle-{name}"));
+    busybox_bundle(&bundle, &["true"]);
+    std::fs::write(bundle.join("rootfs/etc/version"), text).unwrap();
+    let tar = dir.join(format!("{name}.tar.gz"));
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(bundle.join("rootfs"))
+        .arg("-czf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tar
 }
