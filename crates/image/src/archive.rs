@@ -137,6 +137,7 @@ impl Images {
     /// the names loaded (or ids for unnamed images). On failure, what this load stored and no
     /// image uses is removed again.
     pub fn load(&self, input: impl Read) -> Result<Vec<(String, Digest)>, ImageError> {
+        let _lease = self.lease(libc::LOCK_SH)?;
         let mut written: Vec<Digest> = Vec::new();
         let result = self.load_inner(input, &mut written);
         if result.is_err() {

@@ -141,6 +141,18 @@ impl Images {
         self.root.join("images.json")
     }
 
+    /// A lease against garbage collection: writers (import, load, commit) hold it shared from
+    /// their first stored blob until their image is recorded; `gc` holds it exclusively.
+    pub(crate) fn lease(&self, mode: libc::c_int) -> Result<File, ImageError> {
+        let path = self.root.join("gc.lock");
+        let f = File::create(&path).map_err(io_err("creating", &path))?;
+        // SAFETY: flock on an fd we own; released when the file is dropped.
+        if unsafe { libc::flock(f.as_raw_fd(), mode) } < 0 {
+            return Err(io_err("locking", &path)(io::Error::last_os_error()));
+        }
+        Ok(f)
+    }
+
     /// Runs `f` on the names under an exclusive lock and saves them atomically when it succeeds.
     fn with_names<T>(
         &self,
@@ -195,6 +207,7 @@ impl Images {
         message: &str,
         tag: Option<&Reference>,
     ) -> Result<ImageRecord, ImageError> {
+        let _lease = self.lease(libc::LOCK_SH)?;
         let mut config = json!({});
         for c in changes {
             apply_change(&mut config, c)?;
@@ -620,6 +633,7 @@ impl Images {
         message: &str,
         tag: Option<&Reference>,
     ) -> Result<ImageRecord, ImageError> {
+        let _lease = self.lease(libc::LOCK_SH)?;
         let base_id = self
             .read_names()?
             .containers
@@ -698,6 +712,8 @@ impl Images {
     /// Garbage collection: removes every blob and snapshot that no image, tag history or
     /// container references. Returns the blobs and snapshots removed.
     pub fn gc(&self) -> Result<(Vec<Digest>, Vec<Digest>), ImageError> {
+        // Writers that have stored blobs but not yet recorded their image hold a shared lease.
+        let _lease = self.lease(libc::LOCK_EX)?;
         self.with_names(|names| {
             let mut keep_blobs = BTreeSet::new();
             let mut keep_chains = BTreeSet::new();
@@ -1006,5 +1022,25 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn gc_waits_for_writers_and_keeps_what_they_stored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let images = Images::open(tmp.path()).unwrap();
+        // A writer (import, load, commit) holds a shared lease while its blobs are unrecorded.
+        let lease = images.lease(libc::LOCK_SH).unwrap();
+        let blob = images.store().write_bytes(b"in flight").unwrap();
+        // Collection needs the lease exclusively: it cannot start now.
+        let err = images
+            .lease(libc::LOCK_EX | libc::LOCK_NB)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gc.lock"), "{err}");
+        assert!(images.store().contains(&blob));
+        drop(lease);
+        // Once the writer is done (and its image recorded, or not), collection proceeds.
+        let (removed, _) = images.gc().unwrap();
+        assert_eq!(removed, vec![blob]);
     }
 }
