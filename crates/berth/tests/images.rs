@@ -625,3 +625,75 @@ fn commit_whiteouts_and_opaque_directories_across_three_layers() {
     assert!(!m.join("data/b").exists() && !m.join("opq/1").exists());
     other.ok(&["image", "umount", "c4"]);
 }
+
+#[test]
+fn forced_rmi_prune_and_permissions_protect_what_is_in_use() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = Env::new();
+    let v1 = e.rootfs_tar("p1", "one\n");
+    let v2 = e.rootfs_tar("p2", "two\n");
+    let id1 = e
+        .ok(&["image", "import", v1.to_str().unwrap(), "keep:1"])
+        .trim()
+        .to_string();
+    e.ok(&["image", "import", v2.to_str().unwrap(), "keep:1"]);
+    // prune without --all keeps the tag's earlier version (it is a version, not garbage).
+    e.ok(&["image", "prune"]);
+    assert_eq!(e.inspect(&id1)["Id"], id1.as_str());
+    // A forced rmi of an image a container uses leaves the image (dangling) and its layers.
+    let merged = PathBuf::from(e.ok(&["image", "mount", "c1", "keep:1"]).trim());
+    let out = e.ok(&["rmi", "--force", "keep:1"]);
+    assert!(
+        out.contains("Untagged: keep:1") && !out.contains("Deleted"),
+        "{out}"
+    );
+    assert_eq!(
+        fs::read_to_string(merged.join("etc/version")).unwrap(),
+        "two\n"
+    );
+    assert!(
+        e.err(&["image", "mount", "c1", &id1])
+            .contains("already exists"),
+        "a second root file system for c1"
+    );
+    e.ok(&["image", "umount", "c1"]);
+    e.ok(&["image", "prune", "--all"]);
+    assert_eq!(e.ok(&["images", "-q"]), "");
+    // Layers may hold setuid files and devices: no host user may reach them.
+    assert_eq!(
+        fs::metadata(e.root()).unwrap().permissions().mode() & 0o777,
+        0o711
+    );
+    assert_eq!(
+        fs::metadata(e.root().join("snapshots"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    assert_eq!(
+        fs::metadata(e.root().join("content"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    // docker load takes compressed archives: so does berth load.
+    e.ok(&["image", "import", v1.to_str().unwrap(), "gz:1"]);
+    let archive = e.dir.path().join("gz.tar");
+    e.ok(&["save", "-o", archive.to_str().unwrap(), "gz:1"]);
+    assert!(Command::new("gzip")
+        .arg(&archive)
+        .status()
+        .unwrap()
+        .success());
+    let other = Env::new();
+    assert_eq!(
+        other
+            .ok(&["load", "-i", &format!("{}.gz", archive.display())])
+            .trim(),
+        "Loaded image: gz:1"
+    );
+}

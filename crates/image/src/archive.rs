@@ -72,7 +72,7 @@ impl Images {
                         .unwrap_or(false)
             });
             match images.iter_mut().find(|(r, _)| r.id == record.id) {
-                Some((_, tags)) => tags.extend(tag),
+                Some((_, tags)) => tags.extend(tag.filter(|t| !tags.contains(t))),
                 None => images.push((record, tag.into_iter().collect())),
             }
         }
@@ -97,12 +97,17 @@ impl Images {
                     )?;
                 }
             }
-            let manifest_size = self.store().size(&record.manifest)?;
+            let manifest_bytes = self.store().read(&record.manifest)?;
+            let manifest_size = manifest_bytes.len();
+            let manifest_media = serde_json::from_slice::<Value>(&manifest_bytes)
+                .ok()
+                .and_then(|m| m["mediaType"].as_str().map(str::to_string))
+                .unwrap_or_else(|| MEDIA_MANIFEST.to_string());
             if tags.is_empty() {
-                index.push(json!({"mediaType": MEDIA_MANIFEST, "digest": record.manifest.to_string(), "size": manifest_size}));
+                index.push(json!({"mediaType": manifest_media, "digest": record.manifest.to_string(), "size": manifest_size}));
             }
             for t in tags {
-                index.push(json!({"mediaType": MEDIA_MANIFEST, "digest": record.manifest.to_string(), "size": manifest_size,
+                index.push(json!({"mediaType": manifest_media, "digest": record.manifest.to_string(), "size": manifest_size,
                     "annotations": {CONTAINERD_NAME: t.to_string(), REF_NAME: t.tag().unwrap_or("latest")}}));
             }
             docker.push(json!({
@@ -137,11 +142,11 @@ impl Images {
     /// the names loaded (or ids for unnamed images). On failure, what this load stored and no
     /// image uses is removed again.
     pub fn load(&self, input: impl Read) -> Result<Vec<(String, Digest)>, ImageError> {
-        let _lease = self.lease(libc::LOCK_SH)?;
+        let lease = self.lease(libc::LOCK_SH)?;
         let mut written: Vec<Digest> = Vec::new();
-        let result = self.load_inner(input, &mut written);
+        let result = self.load_inner(input, &mut written, &lease);
         if result.is_err() {
-            self.forget_unreferenced(&written);
+            self.forget_unreferenced(&written, &[], &lease);
         }
         result
     }
@@ -150,11 +155,26 @@ impl Images {
         &self,
         input: impl Read,
         written: &mut Vec<Digest>,
+        lease: &crate::images::Lease,
     ) -> Result<Vec<(String, Digest)>, ImageError> {
         let mut preapplied = crate::images::Preapplied::new();
         let mut files: BTreeMap<String, Digest> = BTreeMap::new();
         let mut links: BTreeMap<String, String> = BTreeMap::new();
         let mut metadata: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        // docker load also takes compressed archives.
+        let mut input = std::io::BufReader::new(input);
+        let head = std::io::BufRead::fill_buf(&mut input)
+            .map_err(|e| bad(format!("reading the archive: {e}")))?;
+        let input: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::read::MultiGzDecoder::new(input))
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Box::new(
+                zstd::stream::read::Decoder::new(input)
+                    .map_err(|e| bad(format!("reading the archive: {e}")))?,
+            )
+        } else {
+            Box::new(input)
+        };
         let mut archive = tar::Archive::new(input);
         for entry in archive
             .entries()
@@ -221,7 +241,7 @@ impl Images {
                     let (stored, applied) = self.store_and_apply(&mut entry, compression)?;
                     let (digest, size) =
                         stored.map_err(|e| bad(format!("archive entry {path}: {e}")))?;
-                    preapplied.insert(digest.clone(), applied);
+                    preapplied.insert(digest.clone(), applied.map(|(p, a)| (p, a, compression)));
                     (digest, size)
                 }
                 None => self
@@ -284,7 +304,8 @@ impl Images {
                     })
                     .map(Reference::parse)
                     .transpose()?;
-                let (record, _) = self.register_with(&manifest, name.as_ref(), &mut preapplied)?;
+                let (record, _) =
+                    self.register_with(&manifest, name.as_ref(), &mut preapplied, lease)?;
                 loaded.push((
                     name.map(|n| n.familiar())
                         .unwrap_or_else(|| record.id.to_string()),
@@ -332,7 +353,8 @@ impl Images {
                 .filter_map(|t| t.as_str())
                 .map(Reference::parse)
                 .collect::<Result<_, _>>()?;
-            let (record, _) = self.register_with(&manifest, tags.first(), &mut preapplied)?;
+            let (record, _) =
+                self.register_with(&manifest, tags.first(), &mut preapplied, lease)?;
             for t in tags.iter().skip(1) {
                 self.tag(&record.id.to_string(), t)?;
             }

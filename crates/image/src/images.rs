@@ -51,6 +51,8 @@ pub enum ImageError {
     Tagged { image: String, names: String },
     #[error("{0}")]
     Archive(String),
+    #[error("{0}")]
+    Invalid(String),
     #[error("--change {change:?}: {reason}")]
     BadChange { change: String, reason: String },
     #[error("{op} {path}")]
@@ -120,11 +122,19 @@ pub struct Summary {
 }
 
 impl Images {
+    /// Opens (creating) the image store. The root is 0711 and content and snapshots 0700:
+    /// layers may carry setuid files and device nodes that no host user may reach.
     pub fn open(root: &Path) -> Result<Images, ImageError> {
+        use std::os::unix::fs::PermissionsExt;
         fs::create_dir_all(root).map_err(io_err("creating", root))?;
+        fs::set_permissions(root, fs::Permissions::from_mode(0o711))
+            .map_err(io_err("securing", root))?;
+        let store = Store::open(&root.join("content"))?;
+        fs::set_permissions(root.join("content"), fs::Permissions::from_mode(0o700))
+            .map_err(io_err("securing", root))?;
         Ok(Images {
             root: root.to_path_buf(),
-            store: Store::open(&root.join("content"))?,
+            store,
             snapshots: Snapshots::open(&root.join("snapshots"))?,
         })
     }
@@ -143,14 +153,14 @@ impl Images {
 
     /// A lease against garbage collection: writers (import, load, commit) hold it shared from
     /// their first stored blob until their image is recorded; `gc` holds it exclusively.
-    pub(crate) fn lease(&self, mode: libc::c_int) -> Result<File, ImageError> {
+    pub(crate) fn lease(&self, mode: libc::c_int) -> Result<Lease, ImageError> {
         let path = self.root.join("gc.lock");
         let f = File::create(&path).map_err(io_err("creating", &path))?;
         // SAFETY: flock on an fd we own; released when the file is dropped.
         if unsafe { libc::flock(f.as_raw_fd(), mode) } < 0 {
             return Err(io_err("locking", &path)(io::Error::last_os_error()));
         }
-        Ok(f)
+        Ok(Lease(f))
     }
 
     /// Runs `f` on the names under an exclusive lock and saves them atomically when it succeeds.
@@ -207,7 +217,7 @@ impl Images {
         message: &str,
         tag: Option<&Reference>,
     ) -> Result<ImageRecord, ImageError> {
-        let _lease = self.lease(libc::LOCK_SH)?;
+        let lease = self.lease(libc::LOCK_SH)?;
         let mut config = json!({});
         for c in changes {
             apply_change(&mut config, c)?;
@@ -221,7 +231,7 @@ impl Images {
             Ok(a) => a,
             Err(e) => {
                 if let Ok((d, _)) = &stored {
-                    self.forget_unreferenced(std::slice::from_ref(d));
+                    self.forget_unreferenced(std::slice::from_ref(d), &[], &lease);
                 }
                 return Err(e.into());
             }
@@ -247,18 +257,14 @@ impl Images {
         if let Some(v) = &platform.variant {
             image_config["variant"] = json!(v);
         }
-        match self.finish_image(
+        // On failure finish_image drops what this import stored (blobs and the snapshot).
+        self.finish_image(
             image_config,
-            vec![(layer_digest.clone(), media.to_string())],
+            vec![(layer_digest, media.to_string())],
             tag,
-        ) {
-            Ok((record, _)) => Ok(record),
-            Err(e) => {
-                // Bad input leaves the store as it was: drop what this import wrote.
-                self.forget_unreferenced(&[layer_digest]);
-                Err(e)
-            }
-        }
+            &lease,
+        )
+        .map(|(record, _)| record)
     }
 
     /// Streams `input` into the store and, in the same pass, extracts it as a layer into a
@@ -291,12 +297,17 @@ impl Images {
             drop(tee);
             (storer.join(), applied)
         });
-        let stored = stored.map_err(|_| ImageError::NotFound("the blob writer panicked".into()))?;
+        let stored = stored.map_err(|_| ImageError::Invalid("the blob writer panicked".into()))?;
         Ok((stored, applied.map(|a| (pending, a))))
     }
 
-    /// Deletes `blobs` unless an image still references them (undoing a failed import or load).
-    pub(crate) fn forget_unreferenced(&self, blobs: &[Digest]) {
+    /// Undoes what a failed import, load or commit stored: the `blobs` and snapshot `chains`
+    /// no recorded image uses. Only when no other writer is in flight (our lease becomes
+    /// exclusive): anything else stays for the next garbage collection.
+    pub(crate) fn forget_unreferenced(&self, blobs: &[Digest], chains: &[Digest], lease: &Lease) {
+        if !lease.exclusive() {
+            return;
+        }
         let Ok(names) = self.read_names() else { return };
         for b in blobs {
             let used = names
@@ -305,6 +316,16 @@ impl Images {
                 .any(|r| &r.id == b || &r.manifest == b || r.layers.contains(b));
             if !used {
                 let _ = self.store.delete(b);
+            }
+        }
+        let used_chains: BTreeSet<Digest> = names
+            .images
+            .values()
+            .flat_map(|r| model::chain_ids(&r.diff_ids))
+            .collect();
+        for c in chains {
+            if !used_chains.contains(c) {
+                let _ = self.snapshots.remove(c);
             }
         }
     }
@@ -316,6 +337,7 @@ impl Images {
         config: Value,
         layers: Vec<(Digest, String)>,
         tag: Option<&Reference>,
+        lease: &Lease,
     ) -> Result<(ImageRecord, bool), ImageError> {
         let config_bytes = serde_json::to_vec(&config)
             .map_err(|e| io_err("encoding", Path::new("config"))(io::Error::other(e)))?;
@@ -334,11 +356,18 @@ impl Images {
         let manifest_bytes = serde_json::to_vec(&manifest)
             .map_err(|e| io_err("encoding", Path::new("manifest"))(io::Error::other(e)))?;
         let manifest_digest = self.store.write_bytes(&manifest_bytes)?;
-        self.register(&manifest_digest, tag).inspect_err(|_| {
-            let mut written = layer_blobs;
-            written.extend([config_digest, manifest_digest.clone()]);
-            self.forget_unreferenced(&written);
-        })
+        self.register_with(&manifest_digest, tag, &mut Preapplied::new(), lease)
+            .inspect_err(|_| {
+                let mut written = layer_blobs;
+                written.extend([config_digest, manifest_digest.clone()]);
+                let diff_ids: Vec<Digest> = config["rootfs"]["diff_ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|d| d.as_str()?.parse().ok())
+                    .collect();
+                self.forget_unreferenced(&written, &model::chain_ids(&diff_ids), lease);
+            })
     }
 
     /// Records the image whose manifest is `manifest` (already in the store): verifies every
@@ -349,36 +378,52 @@ impl Images {
         manifest: &Digest,
         tag: Option<&Reference>,
     ) -> Result<(ImageRecord, bool), ImageError> {
-        self.register_with(manifest, tag, &mut Preapplied::new())
+        let lease = self.lease(libc::LOCK_SH)?;
+        self.register_with(manifest, tag, &mut Preapplied::new(), &lease)
     }
 
-    /// [`Images::register`], taking layers already extracted while they streamed in (`load`).
+    /// [`Images::register`], taking layers already extracted while they streamed in (`load`),
+    /// under the caller's lease. On failure the snapshots it committed are removed again.
     pub(crate) fn register_with(
         &self,
         manifest: &Digest,
         tag: Option<&Reference>,
         preapplied: &mut Preapplied,
+        lease: &Lease,
     ) -> Result<(ImageRecord, bool), ImageError> {
+        let mut committed = Vec::new();
+        let result = self.register_inner(manifest, tag, preapplied, &mut committed);
+        if result.is_err() {
+            self.forget_unreferenced(&[], &committed, lease);
+        }
+        result
+    }
+
+    fn register_inner(
+        &self,
+        manifest: &Digest,
+        tag: Option<&Reference>,
+        preapplied: &mut Preapplied,
+        committed: &mut Vec<Digest>,
+    ) -> Result<(ImageRecord, bool), ImageError> {
+        let invalid = ImageError::Invalid;
         let bytes = self.store.read(manifest)?;
         let doc = model::parse_document(None, &bytes)?;
         let model::Document::Manifest(m) = doc else {
-            return Err(ImageError::NotFound(format!(
+            return Err(invalid(format!(
                 "{manifest} is an index, not an image manifest"
             )));
         };
-        let config_digest: Digest = m
-            .config()
-            .digest()
-            .to_string()
-            .parse()
-            .map_err(|e: crate::digest::InvalidDigest| ImageError::NotFound(e.to_string()))?;
+        let config_digest: Digest = m.config().digest().to_string().parse().map_err(
+            |e: crate::digest::InvalidDigest| invalid(format!("manifest {manifest}: {e}")),
+        )?;
         if !self.store.contains(&config_digest) {
-            return Err(ImageError::NotFound(format!(
+            return Err(invalid(format!(
                 "manifest {manifest} references config {config_digest}, which is not in the store"
             )));
         }
         let config: Value = serde_json::from_slice(&self.store.read(&config_digest)?)
-            .map_err(|e| ImageError::NotFound(format!("config {config_digest}: {e}")))?;
+            .map_err(|e| invalid(format!("config {config_digest}: {e}")))?;
         let diff_ids: Vec<Digest> = config["rootfs"]["diff_ids"]
             .as_array()
             .map(|a| {
@@ -389,20 +434,22 @@ impl Images {
             .unwrap_or_default();
         let mut layers = Vec::new();
         for l in m.layers() {
-            let d: Digest = l
-                .digest()
-                .to_string()
-                .parse()
-                .map_err(|e: crate::digest::InvalidDigest| ImageError::NotFound(e.to_string()))?;
+            let d: Digest =
+                l.digest()
+                    .to_string()
+                    .parse()
+                    .map_err(|e: crate::digest::InvalidDigest| {
+                        invalid(format!("manifest {manifest}: {e}"))
+                    })?;
             if !self.store.contains(&d) {
-                return Err(ImageError::NotFound(format!(
+                return Err(invalid(format!(
                     "manifest {manifest} references layer {d}, which is not in the store"
                 )));
             }
             layers.push((d, l.media_type().to_string()));
         }
         if diff_ids.len() != layers.len() {
-            return Err(ImageError::NotFound(format!(
+            return Err(invalid(format!(
                 "config {config_digest} lists {} diff ids for {} layers",
                 diff_ids.len(),
                 layers.len()
@@ -411,40 +458,40 @@ impl Images {
         let chains = model::chain_ids(&diff_ids);
         let mut size = 0;
         for (i, ((blob, media), chain)) in layers.iter().zip(&chains).enumerate() {
+            let compression = model::layer_compression(media)?;
             if self.snapshots.exists(chain) {
                 continue;
             }
-            match preapplied.remove(blob) {
-                Some(Ok((pending, applied))) => {
-                    if applied.diff_id != diff_ids[i] {
-                        return Err(ImageError::NotFound(format!(
-                            "layer {blob} has diff id {}, but the config says {}",
-                            applied.diff_id, diff_ids[i]
-                        )));
+            let applied = match preapplied.remove(blob) {
+                Some(Ok((pending, applied, sniffed))) => {
+                    if sniffed != compression {
+                        return Err(invalid(format!("layer {blob} is declared {media} but its content is {sniffed:?}-compressed")));
                     }
-                    size += applied.size;
-                    pending.commit_as(chain)?;
-                    continue;
+                    (pending, applied)
                 }
                 Some(Err(e)) => return Err(e.into()),
-                None => {}
-            }
-            let pending = self
-                .snapshots
-                .prepare(chain, i.checked_sub(1).map(|p| &chains[p]))?;
-            let applied = layer::apply(
-                self.store.open_blob(blob)?,
-                model::layer_compression(media)?,
-                &pending.diff_dir(),
-            )?;
+                None => {
+                    let pending = self
+                        .snapshots
+                        .prepare(chain, i.checked_sub(1).map(|p| &chains[p]))?;
+                    let applied = layer::apply(
+                        self.store.open_blob(blob)?,
+                        compression,
+                        &pending.diff_dir(),
+                    )?;
+                    (pending, applied)
+                }
+            };
+            let (pending, applied) = applied;
             if applied.diff_id != diff_ids[i] {
-                return Err(ImageError::NotFound(format!(
+                return Err(invalid(format!(
                     "layer {blob} has diff id {}, but the config says {}",
                     applied.diff_id, diff_ids[i]
                 )));
             }
             size += applied.size;
-            pending.commit()?;
+            pending.commit_as(chain)?;
+            committed.push(chain.clone());
         }
         let record = ImageRecord {
             id: config_digest.clone(),
@@ -592,8 +639,12 @@ impl Images {
                     }
                 }
             }
+            // A container still using the image keeps it (dangling, as Docker does): its layers
+            // are that container's root file system.
+            if names.containers.values().any(|img| *img == record.id) {
+                return Ok((untagged, None));
+            }
             names.images.remove(&record.id);
-            names.containers.retain(|_, img| *img != record.id);
             Ok((untagged, Some(record.id)))
         })
     }
@@ -606,6 +657,11 @@ impl Images {
     ) -> Result<(ImageRecord, PathBuf), ImageError> {
         let record = self.with_names(|names| {
             let record = resolve_in(names, image)?;
+            if names.containers.contains_key(container) {
+                return Err(ImageError::Snapshot(
+                    crate::snapshot::SnapshotError::Exists(container.to_string()),
+                ));
+            }
             names
                 .containers
                 .insert(container.to_string(), record.id.clone());
@@ -633,7 +689,7 @@ impl Images {
         message: &str,
         tag: Option<&Reference>,
     ) -> Result<ImageRecord, ImageError> {
-        let _lease = self.lease(libc::LOCK_SH)?;
+        let lease = self.lease(libc::LOCK_SH)?;
         let base_id = self
             .read_names()?
             .containers
@@ -659,10 +715,14 @@ impl Images {
             })
         };
         let stored = self.store.write(None, reader);
-        let diff_id = walker
+        let walked = walker
             .join()
-            .map_err(|_| ImageError::NotFound("the layer writer panicked".into()))??;
+            .map_err(|_| ImageError::Invalid("the layer writer panicked".into()))
+            .and_then(|r| r);
         let (blob, _) = stored?;
+        // A failed walk still ends the gzip stream cleanly: that blob is not the layer.
+        let diff_id = walked
+            .inspect_err(|_| self.forget_unreferenced(std::slice::from_ref(&blob), &[], &lease))?;
         if !config["config"].is_object() {
             config["config"] = json!({});
         }
@@ -691,13 +751,8 @@ impl Images {
         };
         let mut layers: Vec<(Digest, String)> = base.layers.iter().cloned().zip(media).collect();
         layers.push((blob.clone(), MEDIA_LAYER_GZIP.to_string()));
-        match self.finish_image(config, layers, tag) {
-            Ok((record, _)) => Ok(record),
-            Err(e) => {
-                self.forget_unreferenced(&[blob]);
-                Err(e)
-            }
-        }
+        self.finish_image(config, layers, tag, &lease)
+            .map(|(record, _)| record)
     }
 
     /// Unmounts and forgets a container's root file system.
@@ -755,7 +810,16 @@ impl Images {
                 .values()
                 .filter_map(|t| t.image.clone())
                 .collect();
-            let used: BTreeSet<Digest> = names.containers.values().cloned().collect();
+            let mut used: BTreeSet<Digest> = names.containers.values().cloned().collect();
+            // Earlier versions of a tag are versions, not garbage: only --all removes them.
+            if !all {
+                used.extend(
+                    names
+                        .tags
+                        .values()
+                        .flat_map(|t| t.history.iter().map(|(d, _)| d.clone())),
+                );
+            }
             let doomed: Vec<Digest> = names
                 .images
                 .keys()
@@ -843,8 +907,23 @@ fn resolve_in(names: &Names, name: &str) -> Result<ImageRecord, ImageError> {
 
 /// Layers extracted while an archive streamed in, by blob digest: the snapshot waiting for its
 /// chain id, or why extraction failed (reported only if an image uses that blob).
-pub(crate) type Preapplied =
-    BTreeMap<Digest, Result<(crate::snapshot::Pending, layer::Applied), layer::LayerError>>;
+pub(crate) type Preapplied = BTreeMap<
+    Digest,
+    Result<(crate::snapshot::Pending, layer::Applied, Compression), layer::LayerError>,
+>;
+
+/// A lease against garbage collection (see [`Images::lease`]).
+#[derive(Debug)]
+pub(crate) struct Lease(File);
+
+impl Lease {
+    /// Turns the lease exclusive if no other writer holds one (without waiting); while it is,
+    /// no writer can start, so removing what nothing records is safe.
+    fn exclusive(&self) -> bool {
+        // SAFETY: flock on the lease's own fd converts its lock.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    }
+}
 
 /// Detects the compression of a stream from its magic bytes without consuming them.
 fn sniff(r: &mut io::BufReader<impl Read>) -> io::Result<Compression> {

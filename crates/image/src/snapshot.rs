@@ -59,6 +59,8 @@ pub struct Snapshots {
 
 /// A snapshot being filled; becomes the chain's snapshot on [`Pending::commit`], is removed on drop otherwise.
 pub struct Pending {
+    /// Holds an flock on `dir` while it is filled, so `open` elsewhere leaves it alone.
+    lock: fs::File,
     dir: PathBuf,
     target: PathBuf,
     parent: Option<Digest>,
@@ -80,6 +82,11 @@ impl Pending {
 
     /// Makes the snapshot visible under its chain id. If another writer got there first, theirs is kept.
     pub fn commit(mut self) -> Result<(), SnapshotError> {
+        // Durable before visible: a snapshot that exists under its chain id is complete.
+        // SAFETY: syncfs on our open directory fd.
+        if unsafe { libc::syncfs(self.lock.as_raw_fd()) } < 0 {
+            return Err(io_err("syncing", &self.dir)(io::Error::last_os_error()));
+        }
         if let Some(p) = &self.parent {
             fs::write(self.dir.join("parent"), p.to_string())
                 .map_err(io_err("writing", &self.dir))?;
@@ -105,6 +112,12 @@ impl Drop for Pending {
     }
 }
 
+/// flock on `f`; true when taken.
+fn lock(f: &fs::File, mode: libc::c_int) -> bool {
+    // SAFETY: flock on an open fd; released when the file is closed.
+    unsafe { libc::flock(f.as_raw_fd(), mode) == 0 }
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(f) = fs::File::open(dir) {
         let _ = f.sync_all();
@@ -122,15 +135,22 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl Snapshots {
-    /// Opens (creating) the snapshot root and sweeps layers a crash left half-applied.
+    /// Opens (creating, mode 0700: layers may hold setuid files and device nodes) the snapshot
+    /// root and sweeps layers a crash left half-applied — those no live writer holds locked.
     pub fn open(root: &Path) -> Result<Snapshots, SnapshotError> {
         fs::create_dir_all(root.join("containers")).map_err(io_err("creating", root))?;
+        fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io_err("securing", root))?;
         for entry in fs::read_dir(root)
             .map_err(io_err("reading", root))?
             .flatten()
         {
             if entry.file_name().to_string_lossy().starts_with(".tmp-") {
-                let _ = fs::remove_dir_all(entry.path());
+                if let Ok(f) = fs::File::open(entry.path()) {
+                    if lock(&f, libc::LOCK_EX | libc::LOCK_NB) {
+                        let _ = fs::remove_dir_all(entry.path());
+                    }
+                }
             }
         }
         Ok(Snapshots {
@@ -174,7 +194,10 @@ impl Snapshots {
             .root
             .join(format!(".tmp-{}-{nonce}", &chain.hex()[..12]));
         fs::create_dir_all(dir.join("diff")).map_err(io_err("creating", &dir))?;
+        let lock_file = fs::File::open(&dir).map_err(io_err("opening", &dir))?;
+        lock(&lock_file, libc::LOCK_EX);
         Ok(Pending {
+            lock: lock_file,
             dir,
             target: self.dir(chain),
             parent: parent.cloned(),
@@ -567,17 +590,36 @@ mod tests {
     fn interrupted_snapshots_never_appear() {
         let tmp = tempfile::tempdir().unwrap();
         let s = Snapshots::open(tmp.path()).unwrap();
-        let p = s.prepare(&chain(9), None).unwrap();
-        fs::write(p.diff_dir().join("half"), "x").unwrap();
-        std::mem::forget(p); // a crash: no commit, no cleanup
+        // A crash mid-layer: a child fills a pending snapshot and dies without cleaning up.
+        // SAFETY: the test process forks; the child only prepares, writes and _exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let p = s.prepare(&chain(9), None).unwrap();
+            fs::write(p.diff_dir().join("half"), "x").unwrap();
+            // SAFETY: exiting the child without running destructors, as a crash would.
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: reaping our child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        assert_eq!(
+            fs::read_dir(tmp.path()).unwrap().count(),
+            2,
+            "the crash left its temporary directory"
+        );
+        // A live writer's pending snapshot is not swept.
+        let live = s.prepare(&chain(8), None).unwrap();
+        fs::write(live.diff_dir().join("busy"), "x").unwrap();
         assert!(!s.exists(&chain(9)));
         let s = Snapshots::open(tmp.path()).unwrap();
         assert!(s.list().unwrap().is_empty());
         assert_eq!(
             fs::read_dir(tmp.path()).unwrap().count(),
-            1,
-            "only containers/ is left"
+            2,
+            "containers/ and the live writer's directory are left"
         );
+        assert!(live.diff_dir().join("busy").exists());
+        live.commit().unwrap();
+        assert!(s.exists(&chain(8)));
         assert!(
             s.prepare(&chain(2), Some(&chain(1))).is_err(),
             "a missing parent is refused"
