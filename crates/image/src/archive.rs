@@ -175,7 +175,11 @@ impl Images {
         } else {
             Box::new(input)
         };
-        let mut archive = tar::Archive::new(input);
+        // The outer tar's metadata headers are as untrusted as a layer's.
+        let mut archive = tar::Archive::new(crate::layer::guard::TarGuard::new(
+            input,
+            crate::layer::guard::MAX_META,
+        ));
         for entry in archive
             .entries()
             .map_err(|e| bad(format!("reading the archive: {e}")))?

@@ -11,6 +11,7 @@ use std::rc::Rc;
 
 use tar::EntryType;
 
+use super::guard;
 use super::sys::{self, cstring};
 use super::{
     Applied, At, LayerError, OVERLAY_OPAQUE_XATTR, WHITEOUT_META_PREFIX, WHITEOUT_OPAQUE,
@@ -155,10 +156,15 @@ fn apply_stream<R: Read>(
         compressed,
         state: state.clone(),
     };
-    let mut archive = tar::Archive::new(HashingReader::new(Watched {
-        inner: reader,
-        state,
-    }));
+    // The guard refuses oversized PAX and GNU long-name headers before the tar reader reads
+    // them whole into memory; it passes every byte on unchanged, so all of them are hashed.
+    let mut archive = tar::Archive::new(HashingReader::new(guard::TarGuard::new(
+        Watched {
+            inner: reader,
+            state,
+        },
+        guard::MAX_META,
+    )));
     let mut ex = Extractor {
         root,
         stream,

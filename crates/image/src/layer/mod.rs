@@ -10,6 +10,7 @@
 
 mod apply;
 mod diff;
+pub mod guard;
 mod sys;
 #[cfg(test)]
 mod tests;

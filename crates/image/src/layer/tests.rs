@@ -605,6 +605,54 @@ fn a_bad_header_checksum_is_a_malformed_tar() {
     );
 }
 
+/// A gzip layer whose PAX header declares 8 GiB, followed by 8 GiB of zeros (multi-member gzip,
+/// about 8 MB): applying it fails on the header, without reading the rest or allocating for it.
+#[test]
+fn a_huge_pax_header_is_refused_not_allocated() {
+    require_root();
+    let mut h = Header::new_ustar();
+    h.as_old_mut().name[..4].copy_from_slice(b"huge");
+    h.set_mode(0o644);
+    h.set_mtime(MTIME);
+    h.set_size(8 << 30);
+    h.set_entry_type(EntryType::XHeader);
+    h.set_cksum();
+    let zeros = gzip(&vec![0; 1 << 20]);
+    // (what, the tar before the huge header, the message)
+    let cases: &[(&str, Vec<u8>, &str)] = &[
+        (
+            "first",
+            Vec::new(),
+            "malformed tar at the start of the layer: tar entry \"huge\": PAX header of \
+             8589934592 bytes exceeds the 1 MiB limit",
+        ),
+        (
+            "after a file",
+            {
+                let mut t = TarBuf::new();
+                t.file("a", &[1; 700]);
+                t.0.get_ref().clone() // no end-of-archive blocks
+            },
+            "malformed tar after layer entry \"a\": tar entry \"huge\": PAX header of \
+             8589934592 bytes exceeds the 1 MiB limit",
+        ),
+    ];
+    for (what, before, want) in cases {
+        let mut blob = gzip(&[&before[..], h.as_bytes()].concat());
+        for _ in 0..8192 {
+            blob.extend_from_slice(&zeros);
+        }
+        let dest = tempfile::tempdir().unwrap();
+        let start = std::time::Instant::now();
+        let err = expect_err(apply(&blob[..], Compression::Gzip, dest.path())).to_string();
+        assert_eq!(err, *want, "{what}");
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "{what}: read on after the header"
+        );
+    }
+}
+
 /// A destination deep inside a scratch directory, next to a sentinel directory; everything
 /// outside the destination is described before and after applying.
 struct Sandbox {
