@@ -164,6 +164,28 @@ fn import_list_inspect_history_and_versions() {
     assert_eq!(e.inspect("other/app:stable")["Id"], id1.as_str());
     let q = e.ok(&["images", "-q", "--no-trunc"]);
     assert!(q.contains(&id1) && q.contains(&id2), "{q}");
+    let formatted = e.ok(&["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]);
+    let mut lines: Vec<&str> = formatted.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            format!("<none>:<none> {}", &id2[7..19]),
+            format!("app:1 {}", &id1[7..19]),
+            format!("other/app:stable {}", &id1[7..19])
+        ],
+        "{formatted}"
+    );
+    let json_line: Value = serde_json::from_str(
+        e.ok(&["images", "--format", "json", "--filter", "reference=app"])
+            .trim(),
+    )
+    .unwrap();
+    assert_eq!(
+        (json_line["Repository"].as_str(), json_line["Tag"].as_str()),
+        (Some("app"), Some("1"))
+    );
+    assert!(e.ok(&["images", "--digests"]).contains(&manifest1));
     let filtered = e.ok(&["images", "--filter", "reference=other/*"]);
     assert!(
         filtered.contains("other/app") && !filtered.lines().any(|l| l.starts_with("app ")),
