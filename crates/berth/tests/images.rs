@@ -162,6 +162,11 @@ fn import_list_inspect_history_and_versions() {
     );
     e.ok(&["tag", "app:1", "other/app:stable"]);
     assert_eq!(e.inspect("other/app:stable")["Id"], id1.as_str());
+    let err = e.err(&["rmi", &format!("app@{manifest1}")]);
+    assert!(
+        err.contains("app:1") && err.contains("force"),
+        "rmi by digest of a tagged image: {err}"
+    );
     let q = e.ok(&["images", "-q", "--no-trunc"]);
     assert!(q.contains(&id1) && q.contains(&id2), "{q}");
     let formatted = e.ok(&["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]);

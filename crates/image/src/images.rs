@@ -626,6 +626,17 @@ impl Images {
                     untag(names, &r);
                     untagged.push(r);
                 }
+                // name@digest names the content, not a tag: while tags still name the image,
+                // removing it takes --force (Docker drops only the digest reference).
+                None if !force
+                    && !tags.is_empty()
+                    && Reference::parse(name).is_ok_and(|r| r.digest().is_some()) =>
+                {
+                    return Err(ImageError::Tagged {
+                        image: name.to_string(),
+                        names: tags.join(", "),
+                    });
+                }
                 None if tags.len() > 1 && !force => {
                     return Err(ImageError::Tagged {
                         image: name.to_string(),
