@@ -1567,3 +1567,31 @@ fn default_devices_and_dev_symlinks() {
     );
     assert_eq!(lines[6].trim(), "4");
 }
+
+#[test]
+fn cpu_cpuset_and_memory_resources_reach_the_cgroup() {
+    let b = Bundle::new("resources", &["sh", "-c", "cd /sys/fs/cgroup; cat cpu/cpu.shares cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us cpuset/cpuset.cpus memory/memory.soft_limit_in_bytes memory/memory.limit_in_bytes memory/memory.memsw.limit_in_bytes pids/pids.max"]);
+    b.edit(|c| {
+        c["linux"]["resources"]["cpu"] =
+            json!({"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"});
+        c["linux"]["resources"]["memory"] =
+            json!({"limit": 96 << 20, "reservation": 32 << 20, "swap": 128 << 20});
+        c["linux"]["resources"]["pids"] = json!({"limit": 99});
+    });
+    let out = b.run_ok();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "512",
+            "50000",
+            "100000",
+            "0",
+            &(32u64 << 20).to_string(),
+            &(96u64 << 20).to_string(),
+            &(128u64 << 20).to_string(),
+            "99"
+        ],
+        "{out}"
+    );
+}
