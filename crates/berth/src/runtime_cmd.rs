@@ -100,6 +100,8 @@ enum Cmd {
     Pause { id: String },
     /// Thaw a paused container.
     Resume { id: String },
+    /// Change a running container's resources (cgroup limits), like runc update.
+    Update(UpdateArgs),
     /// Run another process in a running container.
     Exec(ExecArgs),
     /// List the processes in a container.
@@ -132,6 +134,109 @@ enum Cmd {
         stats: bool,
         id: String,
     },
+}
+
+#[derive(Args)]
+struct UpdateArgs {
+    /// A LinuxResources JSON document (`-` for stdin); the flags below override it.
+    #[arg(long, short = 'r')]
+    resources: Option<PathBuf>,
+    /// Memory limit (bytes, or with a k, m or g suffix).
+    #[arg(long)]
+    memory: Option<String>,
+    /// Memory plus swap limit (-1: unlimited).
+    #[arg(long = "memory-swap")]
+    memory_swap: Option<String>,
+    #[arg(long = "memory-reservation")]
+    memory_reservation: Option<String>,
+    #[arg(long = "cpu-shares")]
+    cpu_shares: Option<u64>,
+    #[arg(long = "cpu-quota")]
+    cpu_quota: Option<i64>,
+    #[arg(long = "cpu-period")]
+    cpu_period: Option<u64>,
+    #[arg(long = "cpuset-cpus")]
+    cpuset_cpus: Option<String>,
+    #[arg(long = "cpuset-mems")]
+    cpuset_mems: Option<String>,
+    #[arg(long = "pids-limit")]
+    pids_limit: Option<i64>,
+    id: String,
+}
+
+/// Bytes from `64m`-style sizes (binary units, as runc's update takes them); -1 stays -1.
+fn parse_bytes(flag: &str, s: &str) -> Result<i64> {
+    let t = s.trim().to_ascii_lowercase();
+    if t == "-1" {
+        return Ok(-1);
+    }
+    let (num, mult) = match t.trim_end_matches('b').chars().last() {
+        Some('k') => (&t[..t.trim_end_matches('b').len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.trim_end_matches('b').len() - 1], 1 << 20),
+        Some('g') => (&t[..t.trim_end_matches('b').len() - 1], 1 << 30),
+        _ => (t.trim_end_matches('b'), 1),
+    };
+    let n: i64 = num.parse().with_context(|| {
+        format!("--{flag} {s:?}: expected bytes, optionally with a k, m or g suffix")
+    })?;
+    n.checked_mul(mult)
+        .with_context(|| format!("--{flag} {s:?}: too large"))
+}
+
+fn update(rt: &Runtime, u: UpdateArgs) -> Result<()> {
+    let mut doc: serde_json::Value = match &u.resources {
+        Some(p) => {
+            let text = if p.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+                s
+            } else {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+            };
+            serde_json::from_str(&text)
+                .with_context(|| format!("--resources {}: not JSON", p.display()))?
+        }
+        None => serde_json::json!({}),
+    };
+    let mut set = |path: [&str; 2], v: serde_json::Value| doc[path[0]][path[1]] = v;
+    if let Some(m) = &u.memory {
+        set(["memory", "limit"], parse_bytes("memory", m)?.into());
+    }
+    if let Some(m) = &u.memory_swap {
+        set(["memory", "swap"], parse_bytes("memory-swap", m)?.into());
+    }
+    if let Some(m) = &u.memory_reservation {
+        set(
+            ["memory", "reservation"],
+            parse_bytes("memory-reservation", m)?.into(),
+        );
+    }
+    if let Some(v) = u.cpu_shares {
+        set(["cpu", "shares"], v.into());
+    }
+    if let Some(v) = u.cpu_quota {
+        set(["cpu", "quota"], v.into());
+    }
+    if let Some(v) = u.cpu_period {
+        set(["cpu", "period"], v.into());
+    }
+    if let Some(v) = &u.cpuset_cpus {
+        set(["cpu", "cpus"], v.clone().into());
+    }
+    if let Some(v) = &u.cpuset_mems {
+        set(["cpu", "mems"], v.clone().into());
+    }
+    if let Some(v) = u.pids_limit {
+        set(["pids", "limit"], v.into());
+    }
+    let path = u
+        .resources
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("--resources"));
+    let resources: oci_spec::runtime::LinuxResources =
+        runtime::spec::parse_strict(&doc.to_string(), &path)?;
+    rt.update(&u.id, &resources)?;
+    Ok(())
 }
 
 #[derive(Args)]
@@ -216,6 +321,7 @@ fn dispatch(args: RuntimeArgs) -> Result<i32> {
         Cmd::Kill { all, id, signal } => rt.kill(&id, runtime::signal::parse(&signal)?, all)?,
         Cmd::Delete { force, id } => rt.delete(&id, force)?,
         Cmd::Pause { id } => rt.pause(&id)?,
+        Cmd::Update(u) => update(&rt, u)?,
         Cmd::Resume { id } => rt.resume(&id)?,
         Cmd::Run {
             create,

@@ -1595,3 +1595,64 @@ fn cpu_cpuset_and_memory_resources_reach_the_cgroup() {
         "{out}"
     );
 }
+
+#[test]
+fn update_changes_a_running_containers_resources() {
+    let b = Bundle::new("update", &["sleep", "30"]);
+    b.edit(|c| {
+        c["linux"]["resources"]["memory"] = json!({"limit": 64 << 20});
+        c["linux"]["resources"]["pids"] = json!({"limit": 50});
+    });
+    b.create();
+    b.ok(&["start", &b.id]);
+    let cg = |controller: &str, file: &str| {
+        fs::read_to_string(
+            Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join("berth")
+                .join(&b.id)
+                .join(file),
+        )
+        .unwrap()
+        .trim()
+        .to_string()
+    };
+    assert_eq!(
+        cg("memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    b.ok(&[
+        "update",
+        "--memory",
+        "32m",
+        "--pids-limit",
+        "10",
+        "--cpu-quota",
+        "20000",
+        "--cpu-period",
+        "100000",
+        &b.id,
+    ]);
+    assert_eq!(
+        cg("memory", "memory.limit_in_bytes"),
+        (32u64 << 20).to_string()
+    );
+    assert_eq!(cg("pids", "pids.max"), "10");
+    assert_eq!(cg("cpu", "cpu.cfs_quota_us"), "20000");
+    // A resources document works too (runc update -r).
+    let resources = b.dir.path().join("resources.json");
+    fs::write(&resources, r#"{"memory": {"limit": 50331648}}"#).unwrap();
+    b.ok(&["update", "-r", resources.to_str().unwrap(), &b.id]);
+    assert_eq!(cg("memory", "memory.limit_in_bytes"), "50331648");
+    assert_eq!(
+        cg("pids", "pids.max"),
+        "10",
+        "fields the update leaves out keep their values"
+    );
+    let bad = b.berth(&["update", "--memory", "lots", &b.id]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--memory"));
+    b.ok(&["kill", &b.id, "KILL"]);
+    b.wait_status("stopped");
+    let out = b.berth(&["update", "--memory", "16m", &b.id]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not running"));
+}

@@ -857,6 +857,33 @@ impl Runtime {
         Ok(record.cgroup.procs()?)
     }
 
+    /// `update`: applies `resources` to a live container's cgroup (fields left out keep their
+    /// values) and records them in its state.
+    pub fn update(
+        &self,
+        id: &str,
+        resources: &oci_spec::runtime::LinuxResources,
+    ) -> Result<(), Error> {
+        let (mut record, dir) = self.load(id)?;
+        if record.status(&dir) == Status::Stopped {
+            return Err(Error::State(format!("container {id} is not running")));
+        }
+        record.cgroup.apply(resources)?;
+        // Merge into the recorded spec, field by field, so `state` and later updates see them.
+        let mut linux = record.spec.linux().clone().unwrap_or_default();
+        let mut merged = serde_json::to_value(linux.resources().clone().unwrap_or_default())
+            .map_err(|e| Error::State(e.to_string()))?;
+        merge(
+            &mut merged,
+            serde_json::to_value(resources).map_err(|e| Error::State(e.to_string()))?,
+        );
+        linux.set_resources(Some(
+            serde_json::from_value(merged).map_err(|e| Error::State(e.to_string()))?,
+        ));
+        record.spec.set_linux(Some(linux));
+        record.save(&dir)
+    }
+
     pub fn stats(&self, id: &str) -> Result<Stats, Error> {
         let (record, _) = self.load(id)?;
         Ok(record.cgroup.stats()?)
@@ -1146,6 +1173,22 @@ fn wait_exec(pid: i32, start_time: u64, own: Option<PathBuf>) {
             return;
         }
         std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+/// Overlays `new` on `base`: objects merge key by key, anything else (incl. null) in `new`
+/// that is not null replaces.
+fn merge(base: &mut serde_json::Value, new: serde_json::Value) {
+    match (base, new) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(n)) => {
+            for (k, v) in n {
+                if v.is_null() {
+                    continue;
+                }
+                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, n) => *b = n,
     }
 }
 
