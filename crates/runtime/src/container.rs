@@ -111,50 +111,38 @@ fn validate_id(id: &str) -> Result<(), Error> {
     }
 }
 
-/// The mount point (from /proc/self/mountinfo) under which `path` lies.
-fn mount_point_of(path: &Path) -> PathBuf {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
+/// The mount point (from a mountinfo text) under which `path` lies.
+fn mount_point_of(mountinfo: &str, path: &Path) -> PathBuf {
+    mountinfo
+        .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .map(|m| PathBuf::from(crate::cgroups::unescape_mountinfo(m)))
         .filter(|m| path.starts_with(m))
         .max_by_key(|m| m.as_os_str().len())
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
-/// The cgroup v1 hierarchies mounted on the host: (directory name, mount options, mountpoint)
-/// for the container's cgroup mount.
-fn cgroup_v1_mounts() -> Vec<(String, String, PathBuf)> {
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+/// The cgroup v1 hierarchies mounted on the host, for the container's cgroup mount: (directory
+/// name, mount options — the controllers mounted there — and mount point).
+fn cgroup_v1_mounts(hierarchy: &Hierarchy) -> Vec<(String, String, PathBuf)> {
+    let Hierarchy::V1 { controllers, .. } = hierarchy else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut r = right.split(' ');
-        if r.next() != Some("cgroup") {
-            continue;
-        }
-        let (_, super_opts) = (r.next(), r.next().unwrap_or(""));
-        let Some(mountpoint) = left.split(' ').nth(4) else {
-            continue;
-        };
-        let Some(name) = Path::new(mountpoint).file_name() else {
-            continue;
-        };
-        let opts: Vec<&str> = super_opts
-            .split(',')
-            .filter(|o| *o != "rw" && *o != "ro")
-            .collect();
-        out.push((
-            name.to_string_lossy().into_owned(),
-            opts.join(","),
-            PathBuf::from(mountpoint),
-        ));
+    let mut by_mount: std::collections::BTreeMap<&Path, Vec<&str>> =
+        std::collections::BTreeMap::new();
+    for (controller, mount) in controllers {
+        by_mount
+            .entry(&mount.mountpoint)
+            .or_default()
+            .push(controller);
     }
-    out
+    by_mount
+        .into_iter()
+        .filter_map(|(mountpoint, names)| {
+            let dir = mountpoint.file_name()?.to_string_lossy().into_owned();
+            Some((dir, names.join(","), mountpoint.to_path_buf()))
+        })
+        .collect()
 }
 
 /// Where a new process is placed in its cgroup.
@@ -411,17 +399,16 @@ impl Runtime {
         for key in linux.sysctl().iter().flat_map(|m| m.keys()) {
             check_sysctl(key, &ns)?;
         }
-        let hierarchy = Hierarchy::detect()?;
+        // One read of the mount table serves the cgroup layout, the v1 mounts and the rootfs's parent.
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| Error::io("reading /proc/self/mountinfo", e))?;
+        let hierarchy = Hierarchy::from_mountinfo(&mountinfo)?;
         let cgroup = Cgroup::new(
             &hierarchy,
             linux.cgroups_path().as_ref().and_then(|p| p.to_str()),
             &opts.id,
         )?;
-        let v1_mounts = if hierarchy.is_v2() {
-            Vec::new()
-        } else {
-            cgroup_v1_mounts()
-        };
+        let v1_mounts = cgroup_v1_mounts(&hierarchy);
         let own_cgroupns = ns.new_cgroup || joins(LinuxNamespaceType::Cgroup);
         let cgroup_own = (!own_cgroupns).then(|| {
             let dirs = cgroup.paths();
@@ -449,7 +436,10 @@ impl Runtime {
                 .map(|(name, options, _)| (name, options))
                 .collect(),
             cgroup_own,
-            rootfs_parent_mount: mount_point_of(&crate::spec::rootfs_path(&spec, &bundle)),
+            rootfs_parent_mount: mount_point_of(
+                &mountinfo,
+                &crate::spec::rootfs_path(&spec, &bundle),
+            ),
         };
         let ops = crate::mounts::plan(&spec, &ctx)?;
         let after_pivot = crate::mounts::plan_after_pivot(&spec);

@@ -314,81 +314,72 @@ pub fn plan(spec: &Spec, ctx: &Context) -> Result<Vec<Op>, crate::Error> {
             }
         } else if typ == "cgroup" || typ == "cgroup2" {
             let flags = opts.flags & !MS_RDONLY;
-            if let Some(own) = &ctx.cgroup_own {
-                let v2 = ctx.cgroup_v1.is_empty() || typ == "cgroup2";
-                ops.push(Op::Mkdir { path: dest.clone() });
-                if !v2 {
-                    ops.push(cgroup_tmpfs(&dest, flags, index));
+            let v2 = ctx.cgroup_v1.is_empty() || typ == "cgroup2";
+            ops.push(Op::Mkdir { path: dest.clone() });
+            if !v2 {
+                // v1: a tmpfs holding one directory per hierarchy.
+                ops.push(cgroup_tmpfs(&dest, flags, index));
+            }
+            match &ctx.cgroup_own {
+                // No cgroup namespace: only the container's own cgroup directories, bound.
+                Some(own) => {
+                    for (name, host) in own.iter().filter(|(n, _)| v2 == n.is_empty()) {
+                        let sub = if name.is_empty() {
+                            dest.clone()
+                        } else {
+                            dest.join(name)
+                        };
+                        ops.push(Op::Mkdir { path: sub.clone() });
+                        ops.push(Op::Mount {
+                            source: Some(host.clone()),
+                            path: sub.clone(),
+                            fstype: None,
+                            flags: MS_BIND | MS_REC,
+                            data: None,
+                            index,
+                        });
+                        ops.push(Op::Mount {
+                            source: None,
+                            path: sub,
+                            fstype: None,
+                            flags: MS_BIND | MS_REMOUNT | opts.flags,
+                            data: None,
+                            index,
+                        });
+                    }
                 }
-                for (name, host) in own.iter().filter(|(n, _)| v2 == n.is_empty()) {
-                    let sub = if name.is_empty() {
-                        dest.clone()
-                    } else {
-                        dest.join(name)
-                    };
-                    ops.push(Op::Mkdir { path: sub.clone() });
-                    ops.push(Op::Mount {
-                        source: Some(host.clone()),
-                        path: sub.clone(),
-                        fstype: None,
-                        flags: MS_BIND | MS_REC,
-                        data: None,
-                        index,
-                    });
-                    ops.push(Op::Mount {
-                        source: None,
-                        path: sub,
-                        fstype: None,
-                        flags: MS_BIND | MS_REMOUNT | opts.flags,
-                        data: None,
-                        index,
-                    });
-                }
-                if !v2 && opts.flags & MS_RDONLY != 0 {
-                    ops.push(Op::Mount {
-                        source: None,
-                        path: dest.clone(),
-                        fstype: None,
-                        flags: MS_REMOUNT | MS_BIND | flags | MS_RDONLY,
-                        data: None,
-                        index,
-                    });
-                }
-            } else if ctx.cgroup_v1.is_empty() || typ == "cgroup2" {
-                ops.push(Op::Mkdir { path: dest.clone() });
-                ops.push(Op::Mount {
+                None if v2 => ops.push(Op::Mount {
                     source: Some("cgroup2".into()),
                     path: dest.clone(),
                     fstype: Some("cgroup2".into()),
                     flags: opts.flags,
                     data,
                     index,
+                }),
+                None => {
+                    for (name, options) in &ctx.cgroup_v1 {
+                        let sub = dest.join(name);
+                        ops.push(Op::Mkdir { path: sub.clone() });
+                        ops.push(Op::Mount {
+                            source: Some("cgroup".into()),
+                            path: sub,
+                            fstype: Some("cgroup".into()),
+                            flags: opts.flags,
+                            data: Some(options.clone()),
+                            index,
+                        });
+                    }
+                }
+            }
+            if !v2 && opts.flags & MS_RDONLY != 0 {
+                ops.push(Op::Mount {
+                    source: None,
+                    path: dest.clone(),
+                    fstype: None,
+                    flags: MS_REMOUNT | MS_BIND | flags | MS_RDONLY,
+                    data: None,
+                    index,
                 });
-            } else {
-                ops.push(Op::Mkdir { path: dest.clone() });
-                ops.push(cgroup_tmpfs(&dest, flags, index));
-                for (name, options) in &ctx.cgroup_v1 {
-                    let sub = dest.join(name);
-                    ops.push(Op::Mkdir { path: sub.clone() });
-                    ops.push(Op::Mount {
-                        source: Some("cgroup".into()),
-                        path: sub,
-                        fstype: Some("cgroup".into()),
-                        flags: opts.flags,
-                        data: Some(options.clone()),
-                        index,
-                    });
-                }
-                if opts.flags & MS_RDONLY != 0 {
-                    ops.push(Op::Mount {
-                        source: None,
-                        path: dest.clone(),
-                        fstype: None,
-                        flags: MS_REMOUNT | MS_BIND | flags | MS_RDONLY,
-                        data: None,
-                        index,
-                    });
-                }
             }
         } else {
             if typ.is_empty() {

@@ -50,7 +50,7 @@ const NON_CONTROLLER_OPTIONS: &[&str] = &[
 ];
 
 /// Undoes mountinfo's octal escapes (`\040` for space, `\011` tab, `\012` newline, `\134` `\`).
-fn unescape(field: &str) -> String {
+pub fn unescape_mountinfo(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -116,8 +116,8 @@ impl Hierarchy {
                 continue;
             }
             let mount = Mount {
-                root: unescape(fields[3]),
-                mountpoint: PathBuf::from(unescape(fields[4])),
+                root: unescape_mountinfo(fields[3]),
+                mountpoint: PathBuf::from(unescape_mountinfo(fields[4])),
             };
             if fstype == "cgroup2" {
                 v2.push(mount);
@@ -358,11 +358,11 @@ mod tests {
 
     #[test]
     fn unescape_octal() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
-        assert_eq!(unescape("/a\\134b"), "/a\\b");
-        assert_eq!(unescape("/a\\04"), "/a\\04");
-        assert_eq!(unescape("/a\\x41"), "/a\\x41");
-        assert_eq!(unescape("\\011"), "\t");
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/a\\134b"), "/a\\b");
+        assert_eq!(unescape_mountinfo("/a\\04"), "/a\\04");
+        assert_eq!(unescape_mountinfo("/a\\x41"), "/a\\x41");
+        assert_eq!(unescape_mountinfo("\\011"), "\t");
     }
 
     #[test]

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 
-pub use hierarchy::{parse_proc_cgroup, Hierarchy, Mount, ProcCgroups};
+pub use hierarchy::{parse_proc_cgroup, unescape_mountinfo, Hierarchy, Mount, ProcCgroups};
 pub use stats::Stats;
 pub use v1::v1_writes;
 pub use v2::{shares_to_weight, v2_writes};
