@@ -307,17 +307,17 @@ fn history(images: &Images, name: &str, no_trunc: bool) -> Result<()> {
         .map(String::from)
         .to_vec()];
     let entries = config["history"].as_array().cloned().unwrap_or_default();
-    let mut layer = r.diff_ids.len();
+    let chains = image::model::chain_ids(&r.diff_ids);
+    let mut layer = chains.len();
     for (i, h) in entries.iter().enumerate().rev() {
         let empty = h["empty_layer"].as_bool().unwrap_or(false);
         let size = if empty {
             0
         } else {
             layer = layer.saturating_sub(1);
-            images
-                .snapshots()
-                .diff_dir(&image::model::chain_ids(&r.diff_ids)[layer])
-                .map(|d| dir_size(&d))
+            chains
+                .get(layer)
+                .and_then(|c| images.snapshots().size(c).ok())
                 .unwrap_or(0)
         };
         let mut by = h["created_by"].as_str().unwrap_or("").to_string();
@@ -344,19 +344,6 @@ fn history(images: &Images, name: &str, no_trunc: bool) -> Result<()> {
         ]);
     }
     print_table(&mut std::io::stdout().lock(), &table)
-}
-
-fn dir_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 fn versions(images: &Images, name: &str) -> Result<()> {

@@ -238,7 +238,7 @@ impl Images {
         };
         let (layer_digest, _) = stored?;
         let diff_id = applied.diff_id.clone();
-        pending.commit_as(&diff_id)?;
+        pending.commit_as(&diff_id, applied.size)?;
         let media = match compression {
             Compression::None => model::OCI_LAYER,
             Compression::Gzip => model::OCI_LAYER_GZIP,
@@ -456,7 +456,6 @@ impl Images {
             )));
         }
         let chains = model::chain_ids(&diff_ids);
-        let mut size = 0;
         for (i, ((blob, media), chain)) in layers.iter().zip(&chains).enumerate() {
             let compression = model::layer_compression(media)?;
             if self.snapshots.exists(chain) {
@@ -489,8 +488,7 @@ impl Images {
                     applied.diff_id, diff_ids[i]
                 )));
             }
-            size += applied.size;
-            pending.commit_as(chain)?;
+            pending.commit_as(chain, applied.size)?;
             committed.push(chain.clone());
         }
         let record = ImageRecord {
@@ -499,11 +497,10 @@ impl Images {
             layers: layers.into_iter().map(|(d, _)| d).collect(),
             diff_ids,
             created: config["created"].as_str().unwrap_or_default().to_string(),
-            size: if size > 0 {
-                size
-            } else {
-                self.layers_size(&chains)
-            },
+            size: chains
+                .iter()
+                .map(|c| self.snapshots.size(c))
+                .sum::<Result<u64, _>>()?,
         };
         self.with_names(|names| {
             let new = !names.images.contains_key(&record.id);
@@ -513,14 +510,6 @@ impl Images {
             }
             Ok((record.clone(), new))
         })
-    }
-
-    fn layers_size(&self, chains: &[Digest]) -> u64 {
-        chains
-            .iter()
-            .filter_map(|c| self.snapshots.diff_dir(c).ok())
-            .map(|d| du(&d))
-            .sum()
     }
 
     /// Points `target` at the image `source` names (a reference, digest or id). The image it
@@ -965,22 +954,6 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
         }
         Ok(n)
     }
-}
-
-fn du(dir: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if let Ok(m) = e.metadata() {
-                if m.is_dir() {
-                    total += du(&e.path());
-                } else {
-                    total += m.len();
-                }
-            }
-        }
-    }
-    total
 }
 
 fn now() -> String {

@@ -73,15 +73,12 @@ impl Pending {
         self.dir.join("diff")
     }
 
-    /// Commits under `chain`, for a layer whose chain id is only known once applied (a base
-    /// layer's chain id is its diff id).
-    pub fn commit_as(mut self, chain: &Digest) -> Result<(), SnapshotError> {
+    /// Makes the snapshot visible under `chain` (known only once the layer is applied: a base
+    /// layer's chain id is its diff id), recording the layer's uncompressed `size`. If another
+    /// writer got there first, theirs is kept.
+    pub fn commit_as(mut self, chain: &Digest, size: u64) -> Result<(), SnapshotError> {
         self.target = self.target.with_file_name(chain.hex());
-        self.commit()
-    }
-
-    /// Makes the snapshot visible under its chain id. If another writer got there first, theirs is kept.
-    pub fn commit(mut self) -> Result<(), SnapshotError> {
+        fs::write(self.dir.join("size"), size.to_string()).map_err(io_err("writing", &self.dir))?;
         // Durable before visible: a snapshot that exists under its chain id is complete.
         // SAFETY: syncfs on our open directory fd.
         if unsafe { libc::syncfs(self.lock.as_raw_fd()) } < 0 {
@@ -202,6 +199,15 @@ impl Snapshots {
             target: self.dir(chain),
             parent: parent.cloned(),
             done: false,
+        })
+    }
+
+    /// The uncompressed size of the layer a chain's snapshot holds (recorded at commit).
+    pub fn size(&self, chain: &Digest) -> Result<u64, SnapshotError> {
+        let path = self.dir(chain).join("size");
+        let text = fs::read_to_string(&path).map_err(io_err("reading", &path))?;
+        text.trim().parse().map_err(|_| {
+            io_err("reading", &path)(io::Error::new(io::ErrorKind::InvalidData, "not a size"))
         })
     }
 
@@ -499,7 +505,7 @@ mod tests {
         fs::write(d.join("d/y"), "y").unwrap();
         fs::create_dir_all(d.join("e")).unwrap();
         fs::write(d.join("e/z"), "z").unwrap();
-        p.commit().unwrap();
+        p.commit_as(&c1, 0).unwrap();
         // Layer 2: whiteout a, whiteout d/x, new b
         let p = s.prepare(&c2, Some(&c1)).unwrap();
         let d = p.diff_dir();
@@ -513,7 +519,7 @@ mod tests {
         fs::create_dir_all(d.join("d")).unwrap();
         wh(&d.join("d/x"));
         fs::write(d.join("b"), "2").unwrap();
-        p.commit().unwrap();
+        p.commit_as(&c2, 0).unwrap();
         // Layer 3: e is opaque (only e/new survives), a comes back
         let p = s.prepare(&c3, Some(&c2)).unwrap();
         let d = p.diff_dir();
@@ -532,7 +538,7 @@ mod tests {
         };
         assert_eq!(r, 0);
         fs::write(d.join("a"), "3").unwrap();
-        p.commit().unwrap();
+        p.commit_as(&c3, 0).unwrap();
         assert_eq!(s.list().unwrap().len(), 3);
 
         let merged = s
@@ -578,7 +584,7 @@ mod tests {
             let c = chain(i);
             let p = s.prepare(&c, chain_ids.last()).unwrap();
             fs::write(p.diff_dir().join(format!("f{i}")), [i]).unwrap();
-            p.commit().unwrap();
+            p.commit_as(&c, 0).unwrap();
             chain_ids.push(c);
         }
         let merged = s.mount_container("many", &chain_ids).unwrap();
@@ -618,7 +624,7 @@ mod tests {
             "containers/ and the live writer's directory are left"
         );
         assert!(live.diff_dir().join("busy").exists());
-        live.commit().unwrap();
+        live.commit_as(&chain(8), 0).unwrap();
         assert!(s.exists(&chain(8)));
         assert!(
             s.prepare(&chain(2), Some(&chain(1))).is_err(),
