@@ -41,13 +41,7 @@ impl Env {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.berth(args);
-        assert!(
-            out.status.success(),
-            "berth {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        common::stdout_of(self.berth(args), &format!("berth {args:?}"))
     }
 
     fn err(&self, args: &[&str]) -> String {
@@ -121,6 +115,7 @@ fn import_list_inspect_history_and_versions() {
     );
     assert_eq!(i["Config"]["Env"], serde_json::json!(["STAGE=one"]));
     assert_eq!(i["RootFS"]["Layers"].as_array().unwrap().len(), 1);
+    let layers1 = i["RootFS"].clone();
     assert_eq!(i["Os"], "linux");
     let history = e.ok(&["image", "history", "app:1"]);
     assert!(
@@ -199,6 +194,20 @@ fn import_list_inspect_history_and_versions() {
     let dangling = e.ok(&["images", "--filter", "dangling=true", "-q", "--no-trunc"]);
     assert_eq!(dangling.trim(), id2, "the replaced version is dangling");
 
+    // `-` reads the tarball from stdin, as docker import does.
+    let piped = Command::new(BERTH)
+        .arg("--data-root")
+        .arg(e.root())
+        .args(["image", "import", "-", "piped:1"])
+        .stdin(fs::File::open(&v1).unwrap())
+        .output()
+        .unwrap();
+    common::stdout_of(piped, "berth image import -");
+    assert_eq!(
+        e.inspect("piped:1")["RootFS"],
+        layers1,
+        "the same tarball through stdin is the same layer"
+    );
     // Bad names are named.
     assert!(e.err(&["tag", "app:1", "Bad/Name"]).contains("lowercase"));
     assert!(e
@@ -369,6 +378,7 @@ fn save_and_load_round_trip_in_both_formats() {
         .as_str()
         .unwrap()
         .to_string();
+    let size = e.inspect("rt:1")["Size"].clone();
     for format in ["docker", "oci"] {
         let archive = e.dir.path().join(format!("rt-{format}.tar"));
         e.ok(&[
@@ -388,6 +398,10 @@ fn save_and_load_round_trip_in_both_formats() {
             i["Metadata"]["Manifest"],
             manifest.as_str(),
             "{format}: manifest digest changed"
+        );
+        assert_eq!(
+            i["Size"], size,
+            "{format}: the loaded image reports another size"
         );
         assert_eq!(
             i["Config"]["Cmd"],
@@ -642,6 +656,14 @@ fn commit_whiteouts_and_opaque_directories_across_three_layers() {
     assert_eq!(i["Config"]["Env"], serde_json::json!(["LAYER=2"]));
     let history = e.ok(&["image", "history", "layers:3"]);
     assert_eq!(history.matches("berth commit").count(), 2, "{history}");
+    // Removing the images below it (and collecting garbage) keeps every layer layers:3 uses.
+    let out = e.ok(&["rmi", "layers:1", "layers:2"]);
+    assert_eq!(out.matches("Deleted: sha256:").count(), 2, "{out}");
+    e.ok(&["image", "prune"]);
+    let m = PathBuf::from(e.ok(&["image", "mount", "c5", "layers:3"]).trim());
+    assert_eq!(fs::read_to_string(m.join("data/a")).unwrap(), "back");
+    assert_eq!(fs::read_to_string(m.join("keep/x")).unwrap(), "x");
+    e.ok(&["image", "umount", "c5"]);
     // The chain survives a round trip through an archive.
     let archive = e.dir.path().join("layers.tar");
     e.ok(&["save", "-o", archive.to_str().unwrap(), "layers:3"]);
@@ -722,5 +744,67 @@ fn forced_rmi_prune_and_permissions_protect_what_is_in_use() {
             .ok(&["load", "-i", &format!("{}.gz", archive.display())])
             .trim(),
         "Loaded image: gz:1"
+    );
+}
+
+#[test]
+fn skopeo_reads_berths_oci_archives_and_berth_loads_skopeos() {
+    // A client nobody here wrote: skopeo (Debian's; scripts/test installs it).
+    let e = Env::new();
+    assert!(
+        Command::new("skopeo")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "skopeo is missing: install Debian's skopeo package (scripts/test does)"
+    );
+    let tar = e.rootfs_tar("sk", "for skopeo\n");
+    let id = e
+        .ok(&["image", "import", tar.to_str().unwrap(), "sk:1"])
+        .trim()
+        .to_string();
+    let manifest = e.inspect("sk:1")["Metadata"]["Manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ours = e.dir.path().join("ours.tar");
+    e.ok(&[
+        "save",
+        "--format",
+        "oci",
+        "-o",
+        ours.to_str().unwrap(),
+        "sk:1",
+    ]);
+    let inspect = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", ours.display()))
+        .output()
+        .unwrap();
+    let inspect: Value =
+        serde_json::from_str(&common::stdout_of(inspect, "skopeo inspect")).unwrap();
+    assert_eq!(
+        inspect["Digest"],
+        manifest.as_str(),
+        "skopeo sees another manifest"
+    );
+    assert_eq!(inspect["Layers"].as_array().unwrap().len(), 1);
+    let theirs = e.dir.path().join("theirs.tar");
+    let copy = Command::new("skopeo")
+        .args(["copy", "-q"])
+        .arg(format!("oci-archive:{}", ours.display()))
+        .arg(format!("oci-archive:{}:sk:2", theirs.display()))
+        .output()
+        .unwrap();
+    common::stdout_of(copy, "skopeo copy");
+    let other = Env::new();
+    assert_eq!(
+        other.ok(&["load", "-i", theirs.to_str().unwrap()]).trim(),
+        "Loaded image: sk:2"
+    );
+    assert_eq!(
+        other.inspect("sk:2")["Id"],
+        id.as_str(),
+        "the image id changed through skopeo"
     );
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 
 mod common;
 
-use common::{busybox_bundle, require_root, BERTH};
+use common::{require_root, BERTH};
 
 struct Podman {
     dir: tempfile::TempDir,
@@ -28,19 +28,8 @@ impl Podman {
             .unwrap();
         std::os::unix::fs::symlink(BERTH, dir.path().join("berth-runtime")).unwrap();
         let p = Podman { dir };
-        // A busybox image made locally from the bundle fixture: no registry involved.
-        let bundle = p.dir.path().join("bundle");
-        busybox_bundle(&bundle, &["true"]);
-        let tar = p.dir.path().join("rootfs.tar");
-        assert!(Command::new("tar")
-            .arg("-C")
-            .arg(bundle.join("rootfs"))
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap()
-            .success());
+        // A busybox image made locally from the busybox fixture: no registry involved.
+        let tar = common::rootfs_tar(p.dir.path(), "busybox", "podman\n");
         p.ok(&["import", tar.to_str().unwrap(), "localhost/busybox:berth"]);
         p
     }
@@ -71,14 +60,7 @@ impl Podman {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        common::stdout_of(self.run(args), &format!("podman {args:?}"))
     }
 }
 

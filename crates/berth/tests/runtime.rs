@@ -131,13 +131,7 @@ impl Bundle {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.berth(args);
-        assert!(
-            out.status.success(),
-            "berth runtime {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        common::stdout_of(self.berth(args), &format!("berth runtime {args:?}"))
     }
 
     fn state(&self) -> Value {

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
@@ -48,4 +48,15 @@ pub fn rootfs_tar(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
         .unwrap();
     assert!(status.success());
     tar
+}
+
+/// The stdout of a command that must have succeeded (`what` names it in the failure).
+pub fn stdout_of(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
