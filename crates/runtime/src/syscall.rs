@@ -71,37 +71,13 @@ fn cvt(r: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
-/// `struct open_how` of openat2(2).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_IN_ROOT: u64 = 0x10;
-
-/// openat2(dirfd, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS).
+/// openat2(dirfd, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) (the shared
+/// implementation in `inroot`, for `Path`s).
 pub fn openat2_in_root(dirfd: RawFd, path: &Path, flags: i32) -> io::Result<OwnedFd> {
     let c = cstr(path)?;
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-    };
-    // SAFETY: `c` is a valid NUL-terminated string and `how` a properly sized open_how that
-    // outlive the call; the kernel returns a new fd or -1.
-    let fd = cvt(unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dirfd,
-            c.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    })?;
-    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    // SAFETY: callers pass an fd they keep open for the duration of the call.
+    let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(dirfd) };
+    inroot::openat2_in_root(dir, &c, flags)
 }
 
 fn open_root(root: &Path) -> io::Result<OwnedFd> {

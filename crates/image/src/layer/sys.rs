@@ -26,56 +26,8 @@ fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// `struct open_how` of openat2(2).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_IN_ROOT: u64 = 0x10;
-
-/// openat2(root, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): `path` (and every symlink
-/// met on the way, absolute ones included) is resolved as if `root` were `/`, so it cannot leave
-/// `root`. With O_NOFOLLOW a final symlink is not followed.
-pub(crate) fn openat2_in_root(
-    root: BorrowedFd<'_>,
-    path: &CStr,
-    flags: i32,
-) -> io::Result<OwnedFd> {
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-    };
-    // With RESOLVE_IN_ROOT the kernel answers EAGAIN when a rename or mount anywhere raced a `..`
-    // (from a symlink target) during resolution: try again a few times.
-    let mut tries = 0;
-    loop {
-        // SAFETY: `path` is NUL-terminated and `how` a properly sized open_how; both outlive
-        // the call, and the kernel returns a new fd or -1.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                root.as_raw_fd(),
-                path.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        match owned(fd) {
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && tries < 64 => tries += 1,
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "openat2(2) is not available: layers need Linux 5.6 or later",
-                ))
-            }
-            other => return other,
-        }
-    }
-}
+/// openat2(root, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS), shared with the runtime.
+pub(crate) use inroot::openat2_in_root;
 
 /// open(2) of a trusted path (the caller's own directory).
 pub(crate) fn open(path: &CStr, flags: i32) -> io::Result<OwnedFd> {
