@@ -1,13 +1,17 @@
 //! `berth images`, `berth image …`, `berth tag`, `berth rmi`: the image store from the command
 //! line, with Docker's command and flag names.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::io::{Read, Write};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use api::client::{Client, Send};
+use api::http::encode;
 use clap::{Args, Subcommand};
-use image::images::{Images, Summary};
 use image::reference::Reference;
+use serde_json::{json, Value};
+
+use crate::util::{human_size, print_table, Failure};
 
 #[derive(Args)]
 pub struct ListArgs {
@@ -45,7 +49,12 @@ pub enum ImageCmd {
         reference: Option<String>,
     },
     /// Show images' details as JSON.
-    Inspect { names: Vec<String> },
+    Inspect {
+        /// Format output using a Go template.
+        #[arg(short = 'f', long)]
+        format: Option<String>,
+        names: Vec<String>,
+    },
     /// Show how an image was made.
     History {
         #[arg(long = "no-trunc")]
@@ -103,31 +112,26 @@ pub enum ImageCmd {
     Umount { container: String },
 }
 
-fn short(id: &image::Digest, no_trunc: bool) -> String {
+/// A row of the daemon's image list.
+#[derive(serde::Deserialize)]
+struct Summary {
+    id: String,
+    names: Vec<String>,
+    manifest: String,
+    created: String,
+    size: u64,
+}
+
+fn short(id: &str, no_trunc: bool) -> String {
     if no_trunc {
         id.to_string()
     } else {
-        id.hex()[..12].to_string()
+        id.trim_start_matches("sha256:").chars().take(12).collect()
     }
 }
 
-fn human_size(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i < units.len() - 1 {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{v:.3}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-            + units[i]
-    }
+fn fail(e: api::client::ApiError) -> anyhow::Error {
+    Failure::new(1, e.to_string()).into()
 }
 
 /// Rows of `berth images`: one per name, or one `<none>` row for an unnamed image.
@@ -186,8 +190,9 @@ fn glob(pattern: &str, s: &str) -> bool {
     go(pattern.as_bytes(), s.as_bytes())
 }
 
-pub fn list(images: &Images, a: &ListArgs) -> Result<()> {
-    let summaries = images.list()?;
+pub fn list(c: &Client, a: &ListArgs) -> Result<()> {
+    let summaries: Vec<Summary> =
+        serde_json::from_value(c.json("GET", "/images", None).map_err(fail)?)?;
     let mut out = std::io::stdout().lock();
     let mut shown = Vec::new();
     for (repo, tag, s) in rows(&summaries) {
@@ -206,18 +211,18 @@ pub fn list(images: &Images, a: &ListArgs) -> Result<()> {
     }
     if let Some(fmt) = &a.format {
         for (repo, tag, s) in &shown {
-            let fields = serde_json::json!({
-                "Repository": repo, "Tag": tag, "ID": short(&s.id, a.no_trunc), "Digest": s.manifest.to_string(),
+            let fields = json!({
+                "Repository": repo, "Tag": tag, "ID": short(&s.id, a.no_trunc), "Digest": s.manifest,
                 "CreatedAt": s.created, "Size": human_size(s.size),
             });
             if fmt == "json" || fmt == "{{json .}}" {
                 writeln!(out, "{fields}")?;
             } else {
-                let mut line = fmt.clone();
-                for (k, v) in fields.as_object().into_iter().flatten() {
-                    line = line.replace(&format!("{{{{.{k}}}}}"), v.as_str().unwrap_or_default());
-                }
-                writeln!(out, "{}", line.replace("\\t", "\t"))?;
+                writeln!(
+                    out,
+                    "{}",
+                    crate::template::render(fmt, &fields).map_err(|e| anyhow!(e))?
+                )?;
             }
         }
         return Ok(());
@@ -232,7 +237,7 @@ pub fn list(images: &Images, a: &ListArgs) -> Result<()> {
     for (repo, tag, s) in &shown {
         let mut row = vec![repo.clone(), tag.clone()];
         if a.digests {
-            row.push(s.manifest.to_string());
+            row.push(s.manifest.clone());
         }
         row.extend([
             short(&s.id, a.no_trunc),
@@ -241,92 +246,101 @@ pub fn list(images: &Images, a: &ListArgs) -> Result<()> {
         ]);
         table.push(row);
     }
-    print_table(&mut out, &table)
+    Ok(print_table(&mut out, &table)?)
 }
 
-fn print_table(out: &mut impl Write, table: &[Vec<String>]) -> Result<()> {
-    let cols = table.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0))
+/// `docker image inspect`'s document for one image.
+pub fn inspect_doc(c: &Client, name: &str) -> Result<Value> {
+    let v = c
+        .json(
+            "GET",
+            &format!("/images/inspect?name={}", encode(name)),
+            None,
+        )
+        .map_err(fail)?;
+    let (r, config) = (&v["record"], &v["config"]);
+    let names: Vec<String> = v["names"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str().and_then(|n| Reference::parse(n).ok()))
+        .map(|t| t.familiar())
         .collect();
-    for r in table {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        writeln!(out, "{}", line.join("   ").trim_end())?;
-    }
-    Ok(())
+    let digests: Vec<String> = v["names"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str().and_then(|n| Reference::parse(n).ok()))
+        .map(|t| {
+            format!(
+                "{}@{}",
+                t.familiar_repository(),
+                r["manifest"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    Ok(json!({
+        "Id": r["id"],
+        "RepoTags": names,
+        "RepoDigests": digests,
+        "Created": config["created"],
+        "Comment": config["history"].as_array().and_then(|h| h.last()).and_then(|h| h["comment"].as_str()).unwrap_or(""),
+        "Author": config["author"].as_str().unwrap_or(""),
+        "Config": config["config"],
+        "Architecture": config["architecture"],
+        "Variant": config["variant"],
+        "Os": config["os"],
+        "Size": r["size"],
+        "RootFS": {"Type": "layers", "Layers": r["diff_ids"]},
+        "Metadata": {"Manifest": r["manifest"]},
+    }))
 }
 
-fn inspect(images: &Images, names: &[String]) -> Result<()> {
+fn inspect(c: &Client, names: &[String], format: Option<&str>) -> Result<()> {
     if names.is_empty() {
         bail!("image inspect: name at least one image");
     }
-    let mut docs = Vec::new();
-    for n in names {
-        let r = images.resolve(n)?;
-        let config = images.config(&r)?;
-        let tags: Vec<String> = images
-            .names_of(&r.id)?
-            .iter()
-            .filter_map(|t| Reference::parse(t).ok())
-            .map(|t| t.familiar())
-            .collect();
-        let digests: Vec<String> = images
-            .names_of(&r.id)?
-            .iter()
-            .filter_map(|t| Reference::parse(t).ok())
-            .map(|t| format!("{}@{}", t.familiar_repository(), r.manifest))
-            .collect();
-        docs.push(serde_json::json!({
-            "Id": r.id.to_string(),
-            "RepoTags": tags,
-            "RepoDigests": digests,
-            "Created": config["created"],
-            "Comment": config["history"].as_array().and_then(|h| h.last()).and_then(|h| h["comment"].as_str()).unwrap_or(""),
-            "Author": config["author"].as_str().unwrap_or(""),
-            "Config": config["config"],
-            "Architecture": config["architecture"],
-            "Variant": config["variant"],
-            "Os": config["os"],
-            "Size": r.size,
-            "RootFS": {"Type": "layers", "Layers": r.diff_ids.iter().map(|d| d.to_string()).collect::<Vec<_>>()},
-            "Metadata": {"Manifest": r.manifest.to_string()},
-        }));
-    }
-    println!("{}", serde_json::to_string_pretty(&docs)?);
-    Ok(())
+    let docs = names
+        .iter()
+        .map(|n| inspect_doc(c, n))
+        .collect::<Result<Vec<_>>>()?;
+    crate::container_cmd::print_docs(&docs, format)
 }
 
-fn history(images: &Images, name: &str, no_trunc: bool) -> Result<()> {
-    let r = images.resolve(name)?;
-    let config = images.config(&r)?;
+fn history(c: &Client, name: &str, no_trunc: bool) -> Result<()> {
+    let v = c
+        .json(
+            "GET",
+            &format!("/images/history?name={}", encode(name)),
+            None,
+        )
+        .map_err(fail)?;
     let mut table = vec![["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]
         .map(String::from)
         .to_vec()];
-    let entries = config["history"].as_array().cloned().unwrap_or_default();
-    let chains = image::model::chain_ids(&r.diff_ids);
-    let mut layer = chains.len();
+    let entries = v["history"].as_array().cloned().unwrap_or_default();
+    let sizes: Vec<u64> = v["layer_sizes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s.as_u64().unwrap_or(0))
+        .collect();
+    let mut layer = sizes.len();
     for (i, h) in entries.iter().enumerate().rev() {
         let empty = h["empty_layer"].as_bool().unwrap_or(false);
         let size = if empty {
             0
         } else {
             layer = layer.saturating_sub(1);
-            chains
-                .get(layer)
-                .and_then(|c| images.snapshots().size(c).ok())
-                .unwrap_or(0)
+            sizes.get(layer).copied().unwrap_or(0)
         };
         let mut by = h["created_by"].as_str().unwrap_or("").to_string();
-        if !no_trunc && by.len() > 45 {
-            by.truncate(44);
+        if !no_trunc && by.chars().count() > 45 {
+            by = by.chars().take(44).collect();
             by.push('…');
         }
         let id = if i + 1 == entries.len() {
-            short(&r.id, no_trunc)
+            short(v["id"].as_str().unwrap_or(""), no_trunc)
         } else {
             "<missing>".into()
         };
@@ -343,64 +357,81 @@ fn history(images: &Images, name: &str, no_trunc: bool) -> Result<()> {
             h["comment"].as_str().unwrap_or("").to_string(),
         ]);
     }
-    print_table(&mut std::io::stdout().lock(), &table)
+    Ok(print_table(&mut std::io::stdout().lock(), &table)?)
 }
 
-fn versions(images: &Images, name: &str) -> Result<()> {
-    let tag = Reference::parse(name)?;
+fn versions(c: &Client, name: &str) -> Result<()> {
+    let v = c
+        .json(
+            "GET",
+            &format!("/images/versions?name={}", encode(name)),
+            None,
+        )
+        .map_err(fail)?;
     let mut table = vec![["", "IMAGE ID", "MANIFEST DIGEST", "UNTIL"]
         .map(String::from)
         .to_vec()];
-    if let Ok(current) = images.resolve(name) {
+    if v["current"].is_object() {
         table.push(vec![
             "*".into(),
-            short(&current.id, false),
-            current.manifest.to_string(),
+            short(v["current"]["id"].as_str().unwrap_or(""), false),
+            v["current"]["manifest"].as_str().unwrap_or("").into(),
             "now".into(),
         ]);
     }
-    for (id, until) in images.tag_history(&tag)?.iter().rev() {
-        let manifest = images
-            .resolve(&id.to_string())
-            .map(|r| r.manifest.to_string())
-            .unwrap_or_else(|_| "(removed)".into());
+    for h in v["history"].as_array().cloned().unwrap_or_default() {
+        let until = h["until"].as_str().unwrap_or("");
         table.push(vec![
             String::new(),
-            short(id, false),
-            manifest,
+            short(h["id"].as_str().unwrap_or(""), false),
+            h["manifest"].as_str().unwrap_or("(removed)").to_string(),
             until.get(..19).unwrap_or(until).replace('T', " "),
         ]);
     }
     if table.len() == 1 {
         bail!("no such image: {name}");
     }
-    print_table(&mut std::io::stdout().lock(), &table)
+    Ok(print_table(&mut std::io::stdout().lock(), &table)?)
 }
 
-pub fn tag(images: &Images, source: &str, target: &str) -> Result<()> {
+pub fn tag(c: &Client, source: &str, target: &str) -> Result<()> {
     let t = Reference::parse(target)?;
     if t.digest().is_some() {
         bail!("tag {target:?}: a tag cannot contain a digest");
     }
-    images.tag(source, &t)?;
+    c.call(
+        "POST",
+        &format!(
+            "/images/tag?source={}&target={}",
+            encode(source),
+            encode(target)
+        ),
+        Send::Nothing,
+    )
+    .map_err(fail)?;
     Ok(())
 }
 
-pub fn rmi(images: &Images, names: &[String], force: bool) -> Result<()> {
+pub fn rmi(c: &Client, names: &[String], force: bool) -> Result<()> {
     if names.is_empty() {
         bail!("rmi: name at least one image");
     }
     let mut failed = false;
     for n in names {
-        match images.remove(n, force) {
-            Ok((untagged, deleted)) => {
-                for u in untagged {
+        match c.json(
+            "DELETE",
+            &format!("/images?name={}&force={}", encode(n), u8::from(force)),
+            None,
+        ) {
+            Ok(v) => {
+                for u in v["untagged"].as_array().into_iter().flatten() {
+                    let u = u.as_str().unwrap_or("").to_string();
                     println!(
                         "Untagged: {}",
                         Reference::parse(&u).map(|r| r.familiar()).unwrap_or(u)
                     );
                 }
-                if let Some(d) = deleted {
+                if let Some(d) = v["deleted"].as_str() {
                     println!("Deleted: {d}");
                 }
             }
@@ -413,42 +444,121 @@ pub fn rmi(images: &Images, names: &[String], force: bool) -> Result<()> {
     if failed {
         bail!("some images were not removed");
     }
-    images.gc()?;
     Ok(())
 }
 
-pub fn main(root: &Path, cmd: ImageCmd) -> Result<()> {
-    let images = Images::open(root)
-        .with_context(|| format!("opening the image store at {}", root.display()))?;
+/// Shows upload progress on stderr when it is a terminal.
+struct Progress<R> {
+    inner: R,
+    done: u64,
+    total: Option<u64>,
+    label: &'static str,
+    shown: std::time::Instant,
+    tty: bool,
+}
+
+impl<R: Read> Progress<R> {
+    fn new(inner: R, total: Option<u64>, label: &'static str) -> Self {
+        // SAFETY: isatty has no preconditions.
+        let tty = unsafe { libc::isatty(2) } == 1;
+        Progress {
+            inner,
+            done: 0,
+            total,
+            label,
+            shown: std::time::Instant::now(),
+            tty,
+        }
+    }
+
+    fn draw(&self) {
+        let bar = match self.total {
+            Some(t) if t > 0 => {
+                let filled = ((self.done as f64 / t as f64) * 40.0) as usize;
+                format!(
+                    "[{}>{}] {}/{}",
+                    "=".repeat(filled.min(40)),
+                    " ".repeat(40 - filled.min(40)),
+                    human_size(self.done),
+                    human_size(t)
+                )
+            }
+            _ => human_size(self.done),
+        };
+        eprint!("\r{} {bar}", self.label);
+    }
+}
+
+impl<R: Read> Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        if self.tty && (self.shown.elapsed().as_millis() > 100 || n == 0) {
+            self.draw();
+            self.shown = std::time::Instant::now();
+            if n == 0 {
+                eprintln!();
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn upload(c: &Client, target: &str, input: Option<&PathBuf>, label: &'static str) -> Result<Value> {
+    let (reader, total): (Box<dyn Read>, Option<u64>) = match input {
+        Some(p) if p.as_os_str() != "-" => {
+            let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+            let len = f.metadata().ok().map(|m| m.len());
+            (Box::new(f), len)
+        }
+        _ => (Box::new(std::io::stdin().lock()), None),
+    };
+    let mut r = Progress::new(reader, total, label);
+    c.call("POST", target, Send::Stream(&mut r, "application/x-tar"))
+        .map_err(fail)?
+        .json()
+        .map_err(fail)
+}
+
+pub fn main(c: &Client, cmd: ImageCmd) -> Result<()> {
     match cmd {
-        ImageCmd::Ls(a) => list(&images, &a)?,
+        ImageCmd::Ls(a) => list(c, &a)?,
         ImageCmd::Import {
             change,
             message,
             file,
             reference,
         } => {
-            let tag = reference.as_deref().map(Reference::parse).transpose()?;
-            let r = if file == "-" {
-                images.import(std::io::stdin().lock(), &change, &message, tag.as_ref())?
-            } else {
-                let path = PathBuf::from(&file);
-                let f = std::fs::File::open(&path)
-                    .with_context(|| format!("opening {}", path.display()))?;
-                images.import(f, &change, &message, tag.as_ref())?
-            };
-            println!("{}", r.id);
+            if let Some(r) = &reference {
+                Reference::parse(r)?;
+            }
+            let mut target = format!("/images/import?message={}", encode(&message));
+            if let Some(r) = &reference {
+                target.push_str(&format!("&tag={}", encode(r)));
+            }
+            for ch in &change {
+                target.push_str(&format!("&change={}", encode(ch)));
+            }
+            let v = upload(c, &target, Some(&PathBuf::from(&file)), "Importing")?;
+            println!("{}", v["id"].as_str().unwrap_or(""));
         }
-        ImageCmd::Inspect { names } => inspect(&images, &names)?,
-        ImageCmd::History { no_trunc, name } => history(&images, &name, no_trunc)?,
-        ImageCmd::Tag { source, target } => tag(&images, &source, &target)?,
-        ImageCmd::Versions { name } => versions(&images, &name)?,
-        ImageCmd::Rm { force, names } => rmi(&images, &names, force)?,
+        ImageCmd::Inspect { names, format } => inspect(c, &names, format.as_deref())?,
+        ImageCmd::History { no_trunc, name } => history(c, &name, no_trunc)?,
+        ImageCmd::Tag { source, target } => tag(c, &source, &target)?,
+        ImageCmd::Versions { name } => versions(c, &name)?,
+        ImageCmd::Rm { force, names } => rmi(c, &names, force)?,
         ImageCmd::Prune { all, force } => {
             let _ = force;
-            let removed = images.prune(all)?;
+            let removed = c
+                .json(
+                    "POST",
+                    &format!("/images/prune?all={}", u8::from(all)),
+                    None,
+                )
+                .map_err(fail)?;
+            let removed = removed.as_array().cloned().unwrap_or_default();
             for d in &removed {
-                println!("Deleted: {d}");
+                println!("Deleted: {}", d.as_str().unwrap_or(""));
             }
             println!("Total images removed: {}", removed.len());
         }
@@ -460,24 +570,24 @@ pub fn main(root: &Path, cmd: ImageCmd) -> Result<()> {
             if names.is_empty() {
                 bail!("save: name at least one image");
             }
-            let format = match format.as_str() {
-                "docker" => image::archive::Format::Docker,
-                "oci" => image::archive::Format::Oci,
-                f => bail!("--format {f:?}: expected docker or oci"),
-            };
+            if !matches!(format.as_str(), "docker" | "oci") {
+                bail!("--format {format:?}: expected docker or oci");
+            }
+            let mut target = format!("/images/save?format={format}");
+            for n in &names {
+                target.push_str(&format!("&name={}", encode(n)));
+            }
             match output {
                 Some(p) => {
+                    let mut resp = c.call("GET", &target, Send::Nothing).map_err(fail)?;
                     let tmp = p.with_extension("berth-partial");
                     let f = std::fs::File::create(&tmp)
                         .with_context(|| format!("creating {}", tmp.display()))?;
                     let mut w = std::io::BufWriter::new(f);
-                    let saved = images.save(&names, format, &mut w).and_then(|()| {
-                        w.flush()
-                            .map_err(|e| image::images::ImageError::Archive(e.to_string()))
-                    });
+                    let saved = std::io::copy(&mut resp, &mut w).and_then(|_| w.flush());
                     if let Err(e) = saved {
                         let _ = std::fs::remove_file(&tmp);
-                        return Err(e.into());
+                        bail!("saving: {e}");
                     }
                     std::fs::rename(&tmp, &p)
                         .with_context(|| format!("writing {}", p.display()))?;
@@ -487,23 +597,20 @@ pub fn main(root: &Path, cmd: ImageCmd) -> Result<()> {
                     if unsafe { libc::isatty(1) } == 1 {
                         bail!("save: refusing to write an archive to a terminal (use -o or redirect stdout)");
                     }
+                    let mut resp = c.call("GET", &target, Send::Nothing).map_err(fail)?;
                     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                    images.save(&names, format, &mut out)?;
+                    std::io::copy(&mut resp, &mut out)?;
                     out.flush()?;
                 }
             }
         }
         ImageCmd::Load { input, quiet } => {
-            let loaded = match input {
-                Some(p) => images.load(std::io::BufReader::new(
-                    std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?,
-                ))?,
-                None => images.load(std::io::BufReader::new(std::io::stdin().lock()))?,
-            };
+            let loaded = upload(c, "/images/load", input.as_ref(), "Loading")?;
             if !quiet {
-                for (name, id) in loaded {
+                for l in loaded.as_array().cloned().unwrap_or_default() {
+                    let name = l["name"].as_str().unwrap_or("");
                     if name.starts_with("sha256:") {
-                        println!("Loaded image ID: {id}");
+                        println!("Loaded image ID: {}", l["id"].as_str().unwrap_or(""));
                     } else {
                         println!("Loaded image: {name}");
                     }
@@ -516,15 +623,45 @@ pub fn main(root: &Path, cmd: ImageCmd) -> Result<()> {
             container,
             reference,
         } => {
-            let tag = reference.as_deref().map(Reference::parse).transpose()?;
-            let r = images.commit(&container, &change, &message, tag.as_ref())?;
-            println!("{}", r.id);
+            if let Some(r) = &reference {
+                Reference::parse(r)?;
+            }
+            let mut target = format!(
+                "/images/commit?container={}&message={}",
+                encode(&container),
+                encode(&message)
+            );
+            if let Some(r) = &reference {
+                target.push_str(&format!("&tag={}", encode(r)));
+            }
+            for ch in &change {
+                target.push_str(&format!("&change={}", encode(ch)));
+            }
+            let v = c.json("POST", &target, None).map_err(fail)?;
+            println!("{}", v["id"].as_str().unwrap_or(""));
         }
         ImageCmd::Mount { container, name } => {
-            let (_, path) = images.mount_container(&container, &name)?;
-            println!("{}", path.display());
+            let v = c
+                .json(
+                    "POST",
+                    &format!(
+                        "/images/mount?container={}&image={}",
+                        encode(&container),
+                        encode(&name)
+                    ),
+                    None,
+                )
+                .map_err(fail)?;
+            println!("{}", v["path"].as_str().unwrap_or(""));
         }
-        ImageCmd::Umount { container } => images.remove_container(&container)?,
+        ImageCmd::Umount { container } => {
+            c.call(
+                "POST",
+                &format!("/images/umount?container={}", encode(&container)),
+                Send::Nothing,
+            )
+            .map_err(fail)?;
+        }
     }
     Ok(())
 }

@@ -1,13 +1,23 @@
-//! `berth`: the single binary. A thin command line over the library crates.
+//! `berth`: the single binary. A thin command line over the library crates: the daemon
+//! (`berth daemon`), the Docker-style client commands that talk to it, the OCI runtime, and
+//! the per-container monitor the daemon starts (`berth shim`, not for users).
 //!
 //! Invoked as `berth-runtime` (a symlink to berth), it is an OCI runtime with runc's command
 //! line exactly — what containerd, conmon/podman and dockerd expect to call — and
 //! `berth-runtime create …` is `berth runtime create …`.
 
+mod container_cmd;
+mod daemon;
 mod image_cmd;
 mod runtime_cmd;
+mod template;
+mod util;
 
+use anyhow::Result;
+use api::client::Client;
 use clap::{Parser, Subcommand};
+
+use container_cmd as cc;
 
 #[derive(Parser)]
 #[command(
@@ -16,19 +26,84 @@ use clap::{Parser, Subcommand};
     about = "Build, ship, run and orchestrate containers in one program"
 )]
 struct Cli {
-    /// Where images and other state live.
-    #[arg(
-        long = "data-root",
-        env = "BERTH_DATA_ROOT",
-        default_value = "/var/lib/berth"
-    )]
-    data_root: std::path::PathBuf,
+    /// The daemon's socket (unix:///path); BERTH_HOST, else unix:///run/berth/berth.sock.
+    #[arg(short = 'H', long, env = "BERTH_HOST", global = true)]
+    host: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon (the engine behind the API).
+    Daemon(daemon::DaemonArgs),
+    /// Create and run a new container from an image.
+    #[command(disable_help_flag = true)]
+    Run(cc::RunArgs),
+    /// Create a new container.
+    #[command(disable_help_flag = true)]
+    Create(cc::CreateArgs),
+    /// Start one or more stopped containers.
+    Start(cc::StartArgs),
+    /// Stop one or more running containers.
+    Stop(cc::StopArgs),
+    /// Restart one or more containers.
+    Restart(cc::StopArgs),
+    /// Kill one or more running containers.
+    Kill(cc::KillArgs),
+    /// Remove one or more containers.
+    Rm(cc::RmArgs),
+    /// List containers.
+    Ps(cc::PsArgs),
+    /// Fetch the logs of a container.
+    Logs(cc::LogsArgs),
+    /// Execute a command in a running container.
+    Exec(cc::ExecArgs),
+    /// Attach to a running container's input and output.
+    Attach(cc::AttachArgs),
+    /// Return low-level information on containers, images or volumes.
+    Inspect(cc::InspectArgs),
+    /// Display a live stream of container resource usage statistics.
+    Stats(cc::StatsArgs),
+    /// Display the running processes of a container.
+    Top {
+        container: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Block until containers stop, then print their exit codes.
+    Wait { containers: Vec<String> },
+    /// Pause all processes within containers.
+    Pause { containers: Vec<String> },
+    /// Unpause all processes within containers.
+    Unpause { containers: Vec<String> },
+    /// Copy files between a container and the local filesystem.
+    Cp { src: String, dst: String },
+    /// Rename a container.
+    Rename { container: String, new_name: String },
+    /// Update the resources of containers.
+    Update(cc::UpdateArgs),
+    /// Get real time events from the daemon.
+    Events(cc::EventsArgs),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(cc::VolumeCmd),
+    /// Manage containers.
+    #[command(subcommand)]
+    Container(ContainerCmd),
+    /// Manage berth.
+    #[command(subcommand)]
+    System(SystemCmd),
+    /// Display system-wide information.
+    Info {
+        #[arg(short = 'f', long)]
+        format: Option<String>,
+    },
+    /// Show the berth version information.
+    Version {
+        #[arg(short = 'f', long)]
+        format: Option<String>,
+    },
     /// The OCI runtime (the command line runc, crun and youki share).
     Runtime(Box<runtime_cmd::RuntimeArgs>),
     /// Manage images.
@@ -59,6 +134,45 @@ enum Command {
         force: bool,
         names: Vec<String>,
     },
+    /// Create a new image from a container's changes.
+    Commit {
+        #[arg(long, short = 'c')]
+        change: Vec<String>,
+        #[arg(long, short = 'm', default_value = "")]
+        message: String,
+        container: String,
+        reference: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContainerCmd {
+    /// Remove all stopped containers.
+    Prune {
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// List containers.
+    #[command(alias = "list")]
+    Ls(cc::PsArgs),
+}
+
+#[derive(Subcommand)]
+enum SystemCmd {
+    /// Show disk usage.
+    Df,
+    /// Remove stopped containers, unused images (dangling; all with -a) and, with --volumes,
+    /// unused anonymous volumes.
+    Prune {
+        #[arg(short = 'a', long)]
+        all: bool,
+        #[arg(long)]
+        volumes: bool,
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// Display system-wide information.
+    Info,
 }
 
 /// The runtime command line as the top level, for `berth-runtime`.
@@ -73,11 +187,185 @@ struct RuntimeCli {
     args: runtime_cmd::RuntimeArgs,
 }
 
+fn client(host: Option<&str>) -> Result<Client> {
+    Client::new(host).map_err(|e| util::Failure::new(1, e).into())
+}
+
+fn show(v: &serde_json::Value, format: Option<&str>) -> Result<i32> {
+    match format {
+        Some(f) => println!(
+            "{}",
+            template::render(f, v).map_err(|e| anyhow::anyhow!(e))?
+        ),
+        None => println!("{}", serde_json::to_string_pretty(v)?),
+    }
+    Ok(0)
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    let host = cli.host.clone();
+    let c = || client(host.as_deref());
+    let fail1 =
+        |e: api::client::ApiError| -> anyhow::Error { util::Failure::new(1, e.to_string()).into() };
+    let image =
+        |cmd: image_cmd::ImageCmd| -> Result<i32> { image_cmd::main(&c()?, cmd).map(|()| 0) };
+    match cli.command {
+        Command::Daemon(a) => daemon::run(&a),
+        Command::Run(a) => cc::run(&c()?, &a),
+        Command::Create(a) => cc::create_cmd(&c()?, &a),
+        Command::Start(a) => cc::start(&c()?, &a),
+        Command::Stop(a) => cc::stop(&c()?, &a, false),
+        Command::Restart(a) => cc::stop(&c()?, &a, true),
+        Command::Kill(a) => cc::kill(&c()?, &a),
+        Command::Rm(a) => cc::rm(&c()?, &a),
+        Command::Ps(a) | Command::Container(ContainerCmd::Ls(a)) => cc::ps(&c()?, &a),
+        Command::Logs(a) => cc::logs(&c()?, &a),
+        Command::Exec(a) => cc::exec(&c()?, &a),
+        Command::Attach(a) => cc::attach(&c()?, &a),
+        Command::Inspect(a) => cc::inspect(&c()?, &a),
+        Command::Stats(a) => cc::stats(&c()?, &a),
+        Command::Top { container, ps_args } => cc::top(&c()?, &container, &ps_args),
+        Command::Wait { containers } => cc::wait(&c()?, &containers),
+        Command::Pause { containers } => cc::pause(&c()?, &containers, true),
+        Command::Unpause { containers } => cc::pause(&c()?, &containers, false),
+        Command::Cp { src, dst } => cc::cp(&c()?, &src, &dst),
+        Command::Rename {
+            container,
+            new_name,
+        } => cc::rename(&c()?, &container, &new_name),
+        Command::Update(a) => cc::update(&c()?, &a),
+        Command::Events(a) => cc::events(&c()?, &a),
+        Command::Volume(v) => cc::volume(&c()?, &v),
+        Command::Container(ContainerCmd::Prune { force: _ }) => cc::container_prune(&c()?),
+        Command::System(SystemCmd::Df) => {
+            let v = c()?.json("GET", "/system/df", None).map_err(fail1)?;
+            let images = v["Images"].as_array().cloned().unwrap_or_default();
+            let ctrs = v["Containers"].as_array().cloned().unwrap_or_default();
+            let vols = v["Volumes"].as_array().cloned().unwrap_or_default();
+            let sum = |a: &[serde_json::Value], k: &str| {
+                a.iter().map(|x| x[k].as_u64().unwrap_or(0)).sum::<u64>()
+            };
+            let active_i = images
+                .iter()
+                .filter(|i| i["Containers"].as_u64().unwrap_or(0) > 0)
+                .count();
+            let active_c = ctrs.iter().filter(|c| c["State"] == "running").count();
+            let active_v = vols
+                .iter()
+                .filter(|v| v["RefCount"].as_u64().unwrap_or(0) > 0)
+                .count();
+            let table = vec![
+                ["TYPE", "TOTAL", "ACTIVE", "SIZE"]
+                    .map(String::from)
+                    .to_vec(),
+                vec![
+                    "Images".into(),
+                    images.len().to_string(),
+                    active_i.to_string(),
+                    util::human_size(sum(&images, "Size")),
+                ],
+                vec![
+                    "Containers".into(),
+                    ctrs.len().to_string(),
+                    active_c.to_string(),
+                    util::human_size(sum(&ctrs, "SizeRw")),
+                ],
+                vec![
+                    "Local Volumes".into(),
+                    vols.len().to_string(),
+                    active_v.to_string(),
+                    util::human_size(sum(&vols, "Size")),
+                ],
+            ];
+            util::print_table(&mut std::io::stdout().lock(), &table)?;
+            Ok(0)
+        }
+        Command::System(SystemCmd::Prune {
+            all,
+            volumes,
+            force: _,
+        }) => {
+            let v = c()?
+                .json(
+                    "POST",
+                    &format!(
+                        "/system/prune?all={}&volumes={}",
+                        u8::from(all),
+                        u8::from(volumes)
+                    ),
+                    None,
+                )
+                .map_err(fail1)?;
+            for (k, title) in [
+                ("ContainersDeleted", "Deleted Containers:"),
+                ("ImagesDeleted", "Deleted Images:"),
+                ("VolumesDeleted", "Deleted Volumes:"),
+            ] {
+                let items = v[k].as_array().cloned().unwrap_or_default();
+                if !items.is_empty() {
+                    println!("{title}");
+                    for i in items {
+                        println!("{}", i.as_str().unwrap_or(""));
+                    }
+                    println!();
+                }
+            }
+            Ok(0)
+        }
+        Command::System(SystemCmd::Info) => {
+            show(&c()?.json("GET", "/info", None).map_err(fail1)?, None)
+        }
+        Command::Info { format } => show(
+            &c()?.json("GET", "/info", None).map_err(fail1)?,
+            format.as_deref(),
+        ),
+        Command::Version { format } => {
+            let server = c()?.json("GET", "/version", None).map_err(fail1)?;
+            let v = serde_json::json!({
+                "Client": {"Version": env!("CARGO_PKG_VERSION"), "ApiVersion": api::API_VERSION, "Os": "linux", "Arch": std::env::consts::ARCH},
+                "Server": server,
+            });
+            show(&v, format.as_deref())
+        }
+        Command::Runtime(args) => Ok(runtime_cmd::main(*args)),
+        Command::Image(cmd) => image(cmd),
+        Command::Images(args) => image(image_cmd::ImageCmd::Ls(args)),
+        Command::Tag { source, target } => image(image_cmd::ImageCmd::Tag { source, target }),
+        Command::Save {
+            output,
+            format,
+            names,
+        } => image(image_cmd::ImageCmd::Save {
+            output,
+            format,
+            names,
+        }),
+        Command::Load { input, quiet } => image(image_cmd::ImageCmd::Load { input, quiet }),
+        Command::Rmi { force, names } => image(image_cmd::ImageCmd::Rm { force, names }),
+        Command::Commit {
+            change,
+            message,
+            container,
+            reference,
+        } => image(image_cmd::ImageCmd::Commit {
+            change,
+            message,
+            container,
+            reference,
+        }),
+    }
+}
+
 fn main() {
-    let invoked_as = std::env::args_os()
-        .next()
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The monitor must start before anything else (it forks and needs a single thread).
+    if args.len() == 3 && args[1] == "shim" {
+        engine::shim::main(std::path::Path::new(&args[2]));
+    }
+    let invoked_as = args
+        .first()
         .and_then(|a| {
-            std::path::Path::new(&a)
+            std::path::Path::new(a)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
         })
@@ -86,39 +374,10 @@ fn main() {
         runtime_cmd::main(RuntimeCli::parse().args)
     } else {
         let cli = Cli::parse();
-        let root = cli.data_root;
-        let result = match cli.command {
-            Command::Runtime(args) => Ok(runtime_cmd::main(*args)),
-            Command::Image(cmd) => image_cmd::main(&root, cmd).map(|()| 0),
-            Command::Images(args) => {
-                image_cmd::main(&root, image_cmd::ImageCmd::Ls(args)).map(|()| 0)
-            }
-            Command::Tag { source, target } => {
-                image_cmd::main(&root, image_cmd::ImageCmd::Tag { source, target }).map(|()| 0)
-            }
-            Command::Save {
-                output,
-                format,
-                names,
-            } => image_cmd::main(
-                &root,
-                image_cmd::ImageCmd::Save {
-                    output,
-                    format,
-                    names,
-                },
-            )
-            .map(|()| 0),
-            Command::Load { input, quiet } => {
-                image_cmd::main(&root, image_cmd::ImageCmd::Load { input, quiet }).map(|()| 0)
-            }
-            Command::Rmi { force, names } => {
-                image_cmd::main(&root, image_cmd::ImageCmd::Rm { force, names }).map(|()| 0)
-            }
-        };
-        result.unwrap_or_else(|e| {
+        dispatch(cli).unwrap_or_else(|e| {
+            let code = e.downcast_ref::<util::Failure>().map_or(1, |f| f.code);
             eprintln!("berth: {e:#}");
-            1
+            code
         })
     };
     std::process::exit(code);

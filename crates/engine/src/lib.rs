@@ -1,11 +1,24 @@
-//! berth's engine: containers as users of Docker mean them. So far: what `docker run` turns
-//! into an OCI runtime spec, with Docker's default security profile (capabilities, seccomp,
-//! masked and read-only paths, device rules). The daemon and the cluster's node agent will
+//! berth's engine: containers as users of Docker mean them. `spec` turns `docker run` options
+//! into an OCI runtime spec with Docker's default security profile; `engine` manages
+//! containers (create, start, stop, logs, exec, restart policies, health checks, volumes)
+//! under per-container monitor processes (`shim`). The daemon and the cluster's node agent
 //! drive containers through this crate.
 
 pub mod defaults;
+pub mod engine;
+pub mod events;
+pub mod fsutil;
+pub mod health;
+pub mod init;
+pub mod logfile;
+pub mod netns;
+pub mod shim;
 pub mod spec;
+pub mod volumes;
 
+pub use engine::{
+    Config, CreateRequest, Engine, EngineError, ExecRequest, RestartPolicy, UpdateRequest,
+};
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

@@ -14,7 +14,7 @@ use oci_spec::runtime::{
 use crate::defaults;
 
 /// What the image says (the OCI/Docker image config's `config` object).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ImageConfig {
     /// `Entrypoint`.
@@ -38,10 +38,14 @@ pub struct ImageConfig {
     /// `Labels`.
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
+    /// `Healthcheck`: the image's HEALTHCHECK.
+    #[serde(default)]
+    pub healthcheck: Option<crate::health::HealthConfig>,
 }
 
 /// The `docker run` flags that shape the spec.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RunOptions {
     /// The command line after the image name (replaces the image's `Cmd`).
     pub args: Vec<String>,
@@ -87,6 +91,10 @@ pub struct RunOptions {
     pub mounts: Vec<MountSpec>,
     /// `--network`.
     pub network: Network,
+    /// `--ipc`.
+    pub ipc: Ipc,
+    /// The UTS namespace to join (set by the engine for `--network container:<name>`).
+    pub uts_join: Option<PathBuf>,
     /// `-l, --label` (not part of the runtime spec).
     pub labels: BTreeMap<String, String>,
     /// `--stop-signal` (not part of the runtime spec).
@@ -94,7 +102,8 @@ pub struct RunOptions {
 }
 
 /// A mount the user asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum MountSpec {
     /// `-v /src:/dst[:ro]` or `--mount type=bind,…`.
     Bind {
@@ -103,6 +112,19 @@ pub enum MountSpec {
         /// Path in the container (absolute).
         target: String,
         /// Mount read-only.
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// `-v name:/dst[:ro]` or `--mount type=volume,…`: a named volume (the engine resolves it
+    /// to a bind mount of the volume's directory before generating the spec).
+    Volume {
+        /// The volume's name; empty for an anonymous volume.
+        #[serde(default)]
+        name: String,
+        /// Path in the container (absolute).
+        target: String,
+        /// Mount read-only.
+        #[serde(default)]
         read_only: bool,
     },
     /// `--tmpfs /dst[:size=…,mode=…]`.
@@ -110,22 +132,71 @@ pub enum MountSpec {
         /// Path in the container (absolute).
         target: String,
         /// Size in bytes.
+        #[serde(default)]
         size: Option<u64>,
         /// Permission bits of the root directory.
+        #[serde(default)]
         mode: Option<u32>,
     },
 }
 
 /// `--network`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Network {
     /// `none`: an own, empty network namespace.
     #[default]
     None,
     /// `host`: the host's network namespace.
     Host,
-    /// `container:<name>`, resolved by the caller to `/proc/<pid>/ns/net`.
+    /// `container:<name>`: another container's network (and UTS) namespace; the engine
+    /// resolves it to `Join`.
+    Container(String),
+    /// A network namespace file to join, such as `/proc/<pid>/ns/net` or a pinned sandbox's.
     Join(PathBuf),
+}
+
+/// `--ipc`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipc {
+    /// `private` (and Docker's `shareable`): an own IPC namespace.
+    #[default]
+    Private,
+    /// `host`: the host's IPC namespace.
+    Host,
+    /// `container:<name>`: another container's; the engine resolves it to `Join`.
+    Container(String),
+    /// An IPC namespace file to join.
+    Join(PathBuf),
+}
+
+impl Network {
+    /// Parses `--network`: `none`, `host`, `container:<name>`.
+    pub fn parse(s: &str) -> Result<Network, RunSpecError> {
+        match s {
+            "" | "none" | "default" => Ok(Network::None),
+            "host" => Ok(Network::Host),
+            _ => match s.strip_prefix("container:") {
+                Some(c) if !c.is_empty() => Ok(Network::Container(c.to_string())),
+                _ => Err(RunSpecError::UnknownNetwork(s.to_string())),
+            },
+        }
+    }
+}
+
+impl Ipc {
+    /// Parses `--ipc`: `private`, `shareable`, `host`, `container:<name>`.
+    pub fn parse(s: &str) -> Result<Ipc, RunSpecError> {
+        match s {
+            "" | "private" | "shareable" => Ok(Ipc::Private),
+            "host" => Ok(Ipc::Host),
+            _ => match s.strip_prefix("container:") {
+                Some(c) if !c.is_empty() => Ok(Ipc::Container(c.to_string())),
+                _ => Err(RunSpecError::InvalidIpc(s.to_string())),
+            },
+        }
+    }
 }
 
 /// Why the flags cannot be turned into a spec. Messages name the flag and use Docker's wording
@@ -206,6 +277,15 @@ pub enum RunSpecError {
     /// The seccomp profile file is not a valid profile.
     #[error("decoding seccomp profile failed: {0}")]
     InvalidSeccompProfile(serde_json::Error),
+    /// `--network` names no network berth knows.
+    #[error("network {0} not found")]
+    UnknownNetwork(String),
+    /// `--ipc` is not a mode.
+    #[error("invalid IPC mode: {0}")]
+    InvalidIpc(String),
+    /// A volume or `container:` reference reached `generate` unresolved (an engine bug).
+    #[error("unresolved {0}: the engine resolves it before generating the spec")]
+    Unresolved(&'static str),
 }
 
 const KIB: f64 = 1024.0;
@@ -255,6 +335,11 @@ fn num_times(num: &str, mult: f64) -> Option<i64> {
     let n: f64 = num.parse().ok()?;
     let v = n * mult;
     (v.is_finite() && v < i64::MAX as f64).then_some(v as i64)
+}
+
+/// Parses a size in Docker's units without the memory minimum (`--log-opt max-size`).
+pub fn parse_memory_unchecked(s: &str) -> Result<i64, RunSpecError> {
+    parse_size("size", s)
 }
 
 /// Parses `-m, --memory` (Docker's units), refusing limits below Docker's minimum of 6 MiB.
@@ -723,6 +808,7 @@ fn user_mount(m: &MountSpec) -> Result<Mount, RunSpecError> {
             let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
             Ok(mount(target, "tmpfs", "tmpfs", &opts))
         }
+        MountSpec::Volume { .. } => Err(RunSpecError::Unresolved("volume")),
     }
 }
 
@@ -733,7 +819,7 @@ fn namespace(typ: LinuxNamespaceType, path: Option<PathBuf>) -> LinuxNamespace {
     ns
 }
 
-fn resources(opts: &RunOptions) -> Result<LinuxResources, RunSpecError> {
+pub fn resources(opts: &RunOptions) -> Result<LinuxResources, RunSpecError> {
     let mut r = LinuxResources::default();
     r.set_devices(Some(if opts.privileged {
         defaults::privileged_device_rules()
@@ -791,6 +877,7 @@ pub fn generate(
     // With the host's network (and so its UTS view as Docker has it) the hostname is the host's.
     let hostname = match opts.network {
         Network::Host => None,
+        _ if opts.uts_join.is_some() => None,
         _ => opts.hostname.clone().filter(|h| !h.is_empty()),
     };
     let env = environment(image, opts, hostname.as_deref(), host_env)?;
@@ -864,13 +951,16 @@ pub fn generate(
             namespaces.push(namespace(LinuxNamespaceType::Network, Some(p.clone())))
         }
         Network::Host => {}
+        Network::Container(_) => return Err(RunSpecError::Unresolved("--network container:")),
     }
-    for t in [
-        LinuxNamespaceType::Ipc,
-        LinuxNamespaceType::Uts,
-        LinuxNamespaceType::Mount,
-        LinuxNamespaceType::Cgroup,
-    ] {
+    match &opts.ipc {
+        Ipc::Private => namespaces.push(namespace(LinuxNamespaceType::Ipc, None)),
+        Ipc::Join(p) => namespaces.push(namespace(LinuxNamespaceType::Ipc, Some(p.clone()))),
+        Ipc::Host => {}
+        Ipc::Container(_) => return Err(RunSpecError::Unresolved("--ipc container:")),
+    }
+    namespaces.push(namespace(LinuxNamespaceType::Uts, opts.uts_join.clone()));
+    for t in [LinuxNamespaceType::Mount, LinuxNamespaceType::Cgroup] {
         namespaces.push(namespace(t, None));
     }
 

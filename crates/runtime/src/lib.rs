@@ -5,7 +5,7 @@
 //! in-process through [`Runtime`]; `berth runtime …` is a thin command line over the same API.
 
 pub mod cgroups;
-mod console;
+pub mod console;
 mod container;
 pub mod hooks;
 mod init;

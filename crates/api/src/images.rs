@@ -1,0 +1,200 @@
+//! `/images/…`: the image store through the daemon (the CLI's image commands).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use engine::engine::Engine;
+use image::reference::Reference;
+use serde_json::{json, Value};
+
+use crate::http::{self, Chunked, Head};
+use crate::server::{bad_request, container_id, failure, parse_ref, Failure, Handled, Output};
+
+fn names(head: &Head, key: &str) -> Vec<String> {
+    head.query.get(key).cloned().unwrap_or_default()
+}
+
+fn one<'a>(head: &'a Head, key: &str) -> Result<&'a str, Failure> {
+    head.q(key)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| bad_request(format!("missing parameter {key}")))
+}
+
+/// Routes `/images/<rest>`.
+pub fn route(
+    engine: &Arc<Engine>,
+    method: &str,
+    rest: &[&str],
+    head: &Head,
+    body: &mut impl Read,
+    w: &mut UnixStream,
+) -> Handled {
+    let images = &engine.images;
+    match (method, rest) {
+        ("GET", []) => Ok(Output::Json(
+            200,
+            serde_json::to_value(images.list()?).unwrap_or_default(),
+        )),
+        ("GET", ["inspect"]) => {
+            let r = images.resolve(one(head, "name")?)?;
+            let config = images.config(&r)?;
+            let tags = images.names_of(&r.id)?;
+            Ok(Output::Json(
+                200,
+                json!({"record": r, "config": config, "names": tags}),
+            ))
+        }
+        ("GET", ["history"]) => {
+            let r = images.resolve(one(head, "name")?)?;
+            let config = images.config(&r)?;
+            let chains = image::model::chain_ids(&r.diff_ids);
+            let sizes: Vec<u64> = chains
+                .iter()
+                .map(|c| images.snapshots().size(c).unwrap_or(0))
+                .collect();
+            Ok(Output::Json(
+                200,
+                json!({"id": r.id.to_string(), "history": config["history"], "layer_sizes": sizes}),
+            ))
+        }
+        ("GET", ["versions"]) => {
+            let name = one(head, "name")?;
+            let tag = parse_ref(name)?;
+            let current = images.resolve(name).ok();
+            let mut rows = Vec::new();
+            for (id, until) in images.tag_history(&tag)?.iter().rev() {
+                let manifest = images
+                    .resolve(&id.to_string())
+                    .map(|r| r.manifest.to_string())
+                    .ok();
+                rows.push(json!({"id": id.to_string(), "manifest": manifest, "until": until}));
+            }
+            Ok(Output::Json(
+                200,
+                json!({"current": current, "history": rows}),
+            ))
+        }
+        ("POST", ["tag"]) => {
+            let t = parse_ref(one(head, "target")?)?;
+            if t.digest().is_some() {
+                return Err(bad_request(format!(
+                    "tag {}: a tag cannot contain a digest",
+                    t.familiar()
+                )));
+            }
+            images.tag(one(head, "source")?, &t)?;
+            engine
+                .events
+                .emit("image", "tag", one(head, "source")?, Default::default());
+            Ok(Output::Empty(201))
+        }
+        ("DELETE", []) => {
+            let name = one(head, "name")?;
+            let (untagged, deleted) = images.remove(name, head.flag("force"))?;
+            images.gc()?;
+            engine
+                .events
+                .emit("image", "delete", name, Default::default());
+            Ok(Output::Json(
+                200,
+                json!({"untagged": untagged, "deleted": deleted.map(|d| d.to_string())}),
+            ))
+        }
+        ("POST", ["prune"]) => {
+            let removed = images.prune(head.flag("all"))?;
+            Ok(Output::Json(
+                200,
+                json!(removed.iter().map(|d| d.to_string()).collect::<Vec<_>>()),
+            ))
+        }
+        ("POST", ["import"]) => {
+            let tag = head
+                .q("tag")
+                .filter(|t| !t.is_empty())
+                .map(parse_ref)
+                .transpose()?;
+            let r = images.import(
+                body,
+                &names(head, "change"),
+                head.q("message").unwrap_or(""),
+                tag.as_ref(),
+            )?;
+            engine
+                .events
+                .emit("image", "import", &r.id.to_string(), Default::default());
+            Ok(Output::Json(200, json!({"id": r.id.to_string()})))
+        }
+        ("POST", ["load"]) => {
+            let loaded = images.load(std::io::BufReader::new(body))?;
+            let v: Vec<Value> = loaded
+                .into_iter()
+                .map(|(name, id)| json!({"name": name, "id": id.to_string()}))
+                .collect();
+            engine.events.emit("image", "load", "", Default::default());
+            Ok(Output::Json(200, Value::Array(v)))
+        }
+        ("GET", ["save"]) => {
+            let list = names(head, "name");
+            if list.is_empty() {
+                return Err(bad_request("save: name at least one image"));
+            }
+            let format = match head.q("format").unwrap_or("docker") {
+                "docker" => image::archive::Format::Docker,
+                "oci" => image::archive::Format::Oci,
+                f => return Err(bad_request(format!("format {f:?}: expected docker or oci"))),
+            };
+            for n in &list {
+                images.resolve(n)?;
+            }
+            http::respond_stream_head(w, 200, "application/x-tar")
+                .map_err(|e| failure(500, e.to_string()))?;
+            let mut out = Chunked(std::io::BufWriter::with_capacity(
+                256 * 1024,
+                w.try_clone().map_err(|e| failure(500, e.to_string()))?,
+            ));
+            // A failure midway leaves the stream unterminated: the client sees a truncated body.
+            if images.save(&list, format, &mut out).is_ok() && out.flush().is_ok() {
+                let _ = out.finish();
+            }
+            Ok(Output::Done)
+        }
+        ("POST", ["commit"]) => {
+            let container = container_id(engine, one(head, "container")?);
+            let tag = head
+                .q("tag")
+                .filter(|t| !t.is_empty())
+                .map(parse_ref)
+                .transpose()?;
+            let r = images.commit(
+                &container,
+                &names(head, "change"),
+                head.q("message").unwrap_or(""),
+                tag.as_ref(),
+            )?;
+            Ok(Output::Json(201, json!({"id": r.id.to_string()})))
+        }
+        ("POST", ["mount"]) => {
+            let (_, path) = images.mount_container(one(head, "container")?, one(head, "image")?)?;
+            Ok(Output::Json(200, json!({"path": path})))
+        }
+        ("POST", ["umount"]) => {
+            let c = one(head, "container")?;
+            if engine.record(c).is_ok() {
+                return Err(failure(
+                    409,
+                    format!("{c} is a container of the engine: remove it with rm"),
+                ));
+            }
+            images.remove_container(c)?;
+            Ok(Output::Empty(204))
+        }
+        _ => {
+            let _ = Reference::parse;
+            Err(failure(
+                404,
+                format!("page not found: {method} {}", head.path),
+            ))
+        }
+    }
+}

@@ -1,0 +1,652 @@
+//! The daemon's HTTP server: berth's own JSON API (documented in docs/api.md) under `/berth/v1`
+//! on a unix socket, one thread per connection, every route a call into the engine.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::engine::{Engine, EngineError};
+use image::reference::Reference;
+use serde_json::{json, Value};
+
+use crate::http::{self, Body, Chunked, Head, ReadError};
+
+/// The prefix of berth's API.
+pub const PREFIX: &str = "/berth/v1";
+
+/// Largest JSON body accepted.
+const MAX_JSON: usize = 4 * 1024 * 1024;
+
+/// An error answer: status and message.
+pub(crate) struct Fail(u16, String, Option<i32>);
+
+impl From<EngineError> for Fail {
+    fn from(e: EngineError) -> Fail {
+        let code = match &e {
+            EngineError::Command { code, .. } => Some(*code),
+            _ => None,
+        };
+        Fail(e.status(), e.to_string(), code)
+    }
+}
+
+impl From<image::images::ImageError> for Fail {
+    fn from(e: image::images::ImageError) -> Fail {
+        EngineError::from(e).into()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> Fail {
+    Fail(400, msg.into(), None)
+}
+
+type Reply = Result<Out, Fail>;
+
+/// What a handler answers.
+pub(crate) enum Out {
+    Json(u16, Value),
+    Empty(u16),
+    /// The handler wrote the response itself (streams, hijacks); the connection closes.
+    Done,
+}
+
+/// Serves `listener` until the process ends.
+pub fn serve(listener: UnixListener, engine: Arc<Engine>) {
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else { continue };
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            let _ = connection(stream, &engine);
+        });
+    }
+}
+
+fn error_body(msg: &str, exit_code: Option<i32>) -> Vec<u8> {
+    let v = match exit_code {
+        Some(c) => json!({ "message": msg, "exit_code": c }),
+        None => json!({ "message": msg }),
+    };
+    let mut b = serde_json::to_vec(&v).unwrap_or_default();
+    b.push(b'\n');
+    b
+}
+
+fn connection(stream: UnixStream, engine: &Arc<Engine>) -> io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        // An idle keep-alive connection is closed after a while; a request in progress has
+        // no deadline (uploads may be large).
+        reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(300)))?;
+        let head = match http::read_head(&mut reader) {
+            Ok(h) => h,
+            Err(ReadError::Closed) | Err(ReadError::Io(_)) => return Ok(()),
+            Err(ReadError::Bad(m)) => {
+                http::respond(&mut writer, 400, "application/json", &error_body(&m, None))?;
+                return Ok(());
+            }
+        };
+        reader.get_ref().set_read_timeout(None)?;
+        let mut body = match Body::new(&head, &mut reader) {
+            Ok(b) => b,
+            Err(ReadError::Bad(m)) => {
+                http::respond(&mut writer, 400, "application/json", &error_body(&m, None))?;
+                return Ok(());
+            }
+            Err(_) => return Ok(()),
+        };
+        let reply = route(engine, &head, &mut body, &mut writer);
+        // Whatever the handler did not read of the body is drained so the next request parses.
+        let drained = io::copy(&mut body, &mut io::sink());
+        match reply {
+            Ok(Out::Json(code, v)) => {
+                let mut b = serde_json::to_vec(&v).unwrap_or_default();
+                b.push(b'\n');
+                http::respond(&mut writer, code, "application/json", &b)?;
+            }
+            Ok(Out::Empty(code)) => http::respond(&mut writer, code, "text/plain", b"")?,
+            Ok(Out::Done) => return Ok(()),
+            Err(Fail(code, msg, exit)) => http::respond(
+                &mut writer,
+                code,
+                "application/json",
+                &error_body(&msg, exit),
+            )?,
+        }
+        if drained.is_err()
+            || head
+                .header("connection")
+                .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+        {
+            return Ok(());
+        }
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &mut impl Read) -> Result<T, Fail> {
+    let mut v = Vec::new();
+    body.take(MAX_JSON as u64 + 1)
+        .read_to_end(&mut v)
+        .map_err(|e| bad(format!("reading the request body: {e}")))?;
+    if v.len() > MAX_JSON {
+        return Err(Fail(413, "request body too large".into(), None));
+    }
+    if v.iter().all(u8::is_ascii_whitespace) {
+        v = b"{}".to_vec();
+    }
+    let de = &mut serde_json::Deserializer::from_slice(&v);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let at = e.path().to_string();
+        if at == "." {
+            bad(format!("invalid request body: {}", e.inner()))
+        } else {
+            bad(format!("invalid request body: {at}: {}", e.inner()))
+        }
+    })
+}
+
+fn num<T: std::str::FromStr>(head: &Head, key: &str) -> Result<Option<T>, Fail> {
+    match head.q(key).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| bad(format!("invalid value for {key}: {v:?}"))),
+    }
+}
+
+fn route(
+    engine: &Arc<Engine>,
+    head: &Head,
+    body: &mut Body<&mut BufReader<UnixStream>>,
+    w: &mut UnixStream,
+) -> Reply {
+    let m = head.method.as_str();
+    if head.path == "/_ping" {
+        return match m {
+            "GET" | "HEAD" => {
+                http::respond(w, 200, "text/plain", b"OK")
+                    .map_err(|e| Fail(500, e.to_string(), None))?;
+                Ok(Out::Done)
+            }
+            _ => Err(Fail(405, "method not allowed".into(), None)),
+        };
+    }
+    let Some(path) = head.path.strip_prefix(PREFIX) else {
+        return Err(Fail(404, format!("page not found: {}", head.path), None));
+    };
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    match (m, parts.as_slice()) {
+        ("GET", ["version"]) => Ok(Out::Json(200, version())),
+        ("GET", ["info"]) => Ok(Out::Json(200, engine.info())),
+        ("GET", ["system", "df"]) => Ok(Out::Json(200, engine.disk_usage())),
+        ("POST", ["system", "prune"]) => system_prune(engine, head),
+        ("GET", ["events"]) => events(engine, head, w),
+
+        ("POST", ["containers", "create"]) => {
+            let req: engine::CreateRequest = json_body(body)?;
+            let rec = engine.create(req)?;
+            Ok(Out::Json(201, json!({"Id": rec.id, "Name": rec.name})))
+        }
+        ("GET", ["containers"]) => {
+            let list = engine.list(head.flag("all"), head.flag("size"));
+            Ok(Out::Json(
+                200,
+                serde_json::to_value(list).unwrap_or_default(),
+            ))
+        }
+        ("POST", ["containers", "prune"]) => Ok(Out::Json(
+            200,
+            json!({"ContainersDeleted": engine.container_prune()}),
+        )),
+        ("GET", ["containers", id]) => Ok(Out::Json(200, engine.inspect(id)?)),
+        ("DELETE", ["containers", id]) => {
+            engine.remove(id, head.flag("force"), head.flag("volumes"))?;
+            Ok(Out::Empty(204))
+        }
+        ("POST", ["containers", id, "start"]) => {
+            engine.start(id)?;
+            Ok(Out::Empty(204))
+        }
+        ("POST", ["containers", id, "stop"]) => {
+            engine.stop(id, num(head, "t")?)?;
+            Ok(Out::Empty(204))
+        }
+        ("POST", ["containers", id, "restart"]) => {
+            engine.restart(id, num(head, "t")?)?;
+            Ok(Out::Empty(204))
+        }
+        ("POST", ["containers", id, "kill"]) => {
+            engine.kill(id, head.q("signal").unwrap_or(""))?;
+            Ok(Out::Empty(204))
+        }
+        ("POST", ["containers", id, "pause"]) => {
+            engine.pause(id, true)?;
+            Ok(Out::Empty(204))
+        }
+        ("POST", ["containers", id, "unpause"]) => {
+            engine.pause(id, false)?;
+            Ok(Out::Empty(204))
+        }
+        ("POST", ["containers", id, "rename"]) => {
+            engine.rename(id, head.q("name").unwrap_or(""))?;
+            Ok(Out::Empty(204))
+        }
+        ("POST", ["containers", id, "update"]) => {
+            let u: engine::UpdateRequest = json_body(body)?;
+            engine.update_resources(id, &u)?;
+            Ok(Out::Json(200, json!({"Warnings": []})))
+        }
+        ("POST", ["containers", id, "wait"]) => {
+            let next = head.q("condition") == Some("next-exit");
+            let code = engine.wait(id, next)?;
+            Ok(Out::Json(200, json!({"StatusCode": code})))
+        }
+        ("GET", ["containers", id, "logs"]) => logs(engine, id, head, w),
+        ("POST", ["containers", id, "attach"]) => attach(engine, id, head, w),
+        ("POST", ["containers", id, "resize"]) => {
+            engine.resize(
+                id,
+                num(head, "h")?.unwrap_or(24),
+                num(head, "w")?.unwrap_or(80),
+            )?;
+            Ok(Out::Empty(200))
+        }
+        ("GET", ["containers", id, "stats"]) => stats(engine, id, head, w),
+        ("GET", ["containers", id, "top"]) => {
+            let (titles, rows) = engine.top(id, head.q("ps_args").unwrap_or(""))?;
+            Ok(Out::Json(200, json!({"Titles": titles, "Processes": rows})))
+        }
+        ("GET" | "HEAD", ["containers", id, "archive"]) => crate::archive::get(engine, id, head, w),
+        ("PUT", ["containers", id, "archive"]) => crate::archive::put(engine, id, head, body),
+        ("POST", ["containers", id, "exec"]) => {
+            let req: engine::ExecRequest = json_body(body)?;
+            let exec_id = engine.exec_create(id, req)?;
+            Ok(Out::Json(201, json!({"Id": exec_id})))
+        }
+        ("POST", ["exec", id, "start"]) => exec_start(engine, id, head, w),
+        ("POST", ["exec", id, "resize"]) => {
+            engine.exec_resize(
+                id,
+                num(head, "h")?.unwrap_or(24),
+                num(head, "w")?.unwrap_or(80),
+            )?;
+            Ok(Out::Empty(200))
+        }
+        ("GET", ["exec", id]) => {
+            let info = engine.exec_inspect(id, Duration::ZERO)?;
+            Ok(Out::Json(
+                200,
+                serde_json::to_value(info).unwrap_or_default(),
+            ))
+        }
+
+        ("POST", ["volumes", "create"]) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Req {
+                #[serde(rename = "Name", default)]
+                name: String,
+                #[serde(rename = "Labels", default)]
+                labels: BTreeMap<String, String>,
+            }
+            let r: Req = json_body(body)?;
+            let (v, created) = engine
+                .volumes
+                .create((!r.name.is_empty()).then_some(r.name.as_str()), r.labels)
+                .map_err(EngineError::from)?;
+            if created {
+                engine
+                    .events
+                    .emit("volume", "create", &v.name, BTreeMap::new());
+            }
+            Ok(Out::Json(201, serde_json::to_value(v).unwrap_or_default()))
+        }
+        ("GET", ["volumes"]) => Ok(Out::Json(200, json!({"Volumes": engine.volumes.list()}))),
+        ("POST", ["volumes", "prune"]) => {
+            let (gone, bytes) = engine.volume_prune(head.flag("all"));
+            Ok(Out::Json(
+                200,
+                json!({"VolumesDeleted": gone, "SpaceReclaimed": bytes}),
+            ))
+        }
+        ("GET", ["volumes", name]) => {
+            let v = engine.volumes.inspect(name).map_err(EngineError::from)?;
+            Ok(Out::Json(200, serde_json::to_value(v).unwrap_or_default()))
+        }
+        ("DELETE", ["volumes", name]) => {
+            engine.volume_remove(name, head.flag("force"))?;
+            Ok(Out::Empty(204))
+        }
+
+        (_, ["images", ..]) => crate::images::route(engine, m, &parts[1..], head, body, w),
+        _ => Err(Fail(
+            404,
+            format!("page not found: {} {}", m, head.path),
+            None,
+        )),
+    }
+}
+
+pub(crate) fn version() -> Value {
+    let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({
+        "Version": env!("CARGO_PKG_VERSION"),
+        "ApiVersion": crate::API_VERSION,
+        "Os": "linux",
+        "Arch": std::env::consts::ARCH,
+        "KernelVersion": uname.trim(),
+        "Components": [{"Name": "berth", "Version": env!("CARGO_PKG_VERSION")}],
+    })
+}
+
+fn system_prune(engine: &Arc<Engine>, head: &Head) -> Reply {
+    let containers = engine.container_prune();
+    let images = engine.images.prune(head.flag("all"))?;
+    let volumes = if head.flag("volumes") {
+        engine.volume_prune(false).0
+    } else {
+        Vec::new()
+    };
+    Ok(Out::Json(
+        200,
+        json!({
+            "ContainersDeleted": containers,
+            "ImagesDeleted": images.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            "VolumesDeleted": volumes,
+        }),
+    ))
+}
+
+fn events(engine: &Arc<Engine>, head: &Head, w: &mut UnixStream) -> Reply {
+    let now = timefmt::now_nanos();
+    let since = match head.q("since") {
+        Some(s) if !s.is_empty() => Some(
+            timefmt::parse_time_arg(s, now).ok_or_else(|| bad(format!("invalid since: {s}")))?,
+        ),
+        _ => None,
+    };
+    let until = match head.q("until") {
+        Some(s) if !s.is_empty() => Some(
+            timefmt::parse_time_arg(s, now).ok_or_else(|| bad(format!("invalid until: {s}")))?,
+        ),
+        _ => None,
+    };
+    let filters: Vec<String> = head.query.get("filter").cloned().unwrap_or_default();
+    let filter = engine::events::Filter::parse(&filters).map_err(bad)?;
+    let (past, rx) = engine.events.subscribe(since);
+    http::respond_stream_head(w, 200, "application/x-ndjson")
+        .map_err(|e| Fail(500, e.to_string(), None))?;
+    let mut out = Chunked(w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?);
+    let send = |out: &mut Chunked<UnixStream>, e: &engine::events::Event| -> io::Result<()> {
+        let mut line = serde_json::to_vec(e).unwrap_or_default();
+        line.push(b'\n');
+        out.write_all(&line)
+    };
+    for e in past.iter().filter(|e| filter.matches(e)) {
+        if until.is_some_and(|u| e.time_nano >= u) {
+            let _ = out.finish();
+            return Ok(Out::Done);
+        }
+        if send(&mut out, e).is_err() {
+            return Ok(Out::Done);
+        }
+    }
+    loop {
+        let wait = match until {
+            Some(u) => {
+                let left = u - timefmt::now_nanos();
+                if left <= 0 {
+                    break;
+                }
+                Duration::from_nanos(left as u64).min(Duration::from_secs(1))
+            }
+            None => Duration::from_secs(1),
+        };
+        match rx.recv_timeout(wait) {
+            Ok(e) => {
+                if filter.matches(&e) && send(&mut out, &e).is_err() {
+                    return Ok(Out::Done);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // Notice a client that went away.
+                if peer_closed(w) {
+                    return Ok(Out::Done);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = out.finish();
+    Ok(Out::Done)
+}
+
+/// Whether the peer closed its side (a poll for readability that reads EOF).
+fn peer_closed(s: &UnixStream) -> bool {
+    let _ = s.set_nonblocking(true);
+    let mut b = [0u8; 1];
+    let closed = matches!(s.peek_like(&mut b), Ok(0));
+    let _ = s.set_nonblocking(false);
+    closed
+}
+
+trait PeekLike {
+    fn peek_like(&self, b: &mut [u8]) -> io::Result<usize>;
+}
+
+impl PeekLike for UnixStream {
+    fn peek_like(&self, b: &mut [u8]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: recv into a valid buffer of b.len() bytes.
+        let n = unsafe {
+            libc::recv(
+                self.as_raw_fd(),
+                b.as_mut_ptr().cast(),
+                b.len(),
+                libc::MSG_PEEK,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+fn frame(stream: u8, data: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(8 + data.len());
+    f.extend_from_slice(&[stream, 0, 0, 0]);
+    f.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    f.extend_from_slice(data);
+    f
+}
+
+fn logs(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Reply {
+    let now = timefmt::now_nanos();
+    let time = |k: &str| -> Result<Option<i128>, Fail> {
+        match head.q(k).filter(|s| !s.is_empty() && *s != "0") {
+            None => Ok(None),
+            Some(s) => timefmt::parse_time_arg(s, now)
+                .map(Some)
+                .ok_or_else(|| bad(format!("invalid value for \"{k}\": {s:?}"))),
+        }
+    };
+    let tail = match head.q("tail").filter(|t| !t.is_empty() && *t != "all") {
+        None => None,
+        Some(t) => Some(
+            t.parse::<usize>()
+                .map_err(|_| bad(format!("invalid tail: {t:?}")))?,
+        ),
+    };
+    let (out_flag, err_flag) = (head.flag("stdout"), head.flag("stderr"));
+    let q = engine::logfile::Query {
+        since: time("since")?,
+        until: time("until")?,
+        tail,
+        follow: head.flag("follow"),
+        stdout: out_flag || !err_flag,
+        stderr: err_flag || !out_flag,
+    };
+    let tty = engine.record(id)?.config.run.tty;
+    let timestamps = head.flag("timestamps");
+    http::respond_stream_head(
+        w,
+        200,
+        if tty {
+            "application/vnd.docker.raw-stream"
+        } else {
+            "application/vnd.docker.multiplexed-stream"
+        },
+    )
+    .map_err(|e| Fail(500, e.to_string(), None))?;
+    let mut out = Chunked(w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?);
+    let r = engine.logs(id, &q, &mut |e| {
+        let mut text = Vec::new();
+        if timestamps {
+            text.extend_from_slice(e.time.as_bytes());
+            text.push(b' ');
+        }
+        text.extend_from_slice(e.log.as_bytes());
+        if tty {
+            out.write_all(&text)
+        } else {
+            out.write_all(&frame(if e.stream == "stderr" { 2 } else { 1 }, &text))
+        }
+    });
+    if r.is_ok() {
+        let _ = out.finish();
+    }
+    Ok(Out::Done)
+}
+
+/// Copies between the client's connection and the monitor's attach stream until both sides
+/// are done; a half-close from the client reaches the container's stdin.
+pub(crate) fn pump(client: UnixStream, shim: UnixStream) {
+    let (Ok(mut c_in), Ok(mut s_out)) = (client.try_clone(), shim.try_clone()) else {
+        return;
+    };
+    let input = std::thread::spawn(move || {
+        let _ = io::copy(&mut c_in, &mut s_out);
+        let _ = s_out.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut s_in, mut c_out) = (shim, client);
+    let _ = io::copy(&mut s_in, &mut c_out);
+    let _ = c_out.shutdown(std::net::Shutdown::Both);
+    let _ = s_in.shutdown(std::net::Shutdown::Both);
+    let _ = input.join();
+}
+
+fn attach(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Reply {
+    if !head.wants_upgrade() {
+        return Err(bad(
+            "attach needs a connection upgrade (Connection: Upgrade, Upgrade: tcp)",
+        ));
+    }
+    let (a, tty) = engine.attach(
+        id,
+        head.flag("stdin"),
+        head.flag("stdout"),
+        head.flag("stderr"),
+    )?;
+    http::respond_upgrade(
+        w,
+        if tty {
+            "application/vnd.docker.raw-stream"
+        } else {
+            "application/vnd.docker.multiplexed-stream"
+        },
+    )
+    .map_err(|e| Fail(500, e.to_string(), None))?;
+    let client = w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?;
+    match a.wait() {
+        Ok(s) => pump(client, s),
+        Err(e) => {
+            let mut c = client;
+            if !tty {
+                let _ = c.write_all(&frame(2, format!("berth: {e}\n").as_bytes()));
+            }
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+    Ok(Out::Done)
+}
+
+fn exec_start(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Reply {
+    let detach = head.flag("detach");
+    if detach {
+        engine.exec_start(id, true)?;
+        return Ok(Out::Empty(204));
+    }
+    if !head.wants_upgrade() {
+        return Err(bad("exec start needs a connection upgrade (Connection: Upgrade, Upgrade: tcp) unless detached"));
+    }
+    let (stream, tty) = engine
+        .exec_start(id, false)?
+        .ok_or_else(|| Fail(500, "no stream".into(), None))?;
+    http::respond_upgrade(
+        w,
+        if tty {
+            "application/vnd.docker.raw-stream"
+        } else {
+            "application/vnd.docker.multiplexed-stream"
+        },
+    )
+    .map_err(|e| Fail(500, e.to_string(), None))?;
+    let client = w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?;
+    pump(client, stream);
+    Ok(Out::Done)
+}
+
+fn stats(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Reply {
+    let stream = head.q("stream").is_none_or(|s| s == "1" || s == "true");
+    if !stream {
+        return Ok(Out::Json(
+            200,
+            serde_json::to_value(engine.stats(id)?).unwrap_or_default(),
+        ));
+    }
+    engine.stats(id)?;
+    http::respond_stream_head(w, 200, "application/x-ndjson")
+        .map_err(|e| Fail(500, e.to_string(), None))?;
+    let mut out = Chunked(w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?);
+    while let Ok(s) = engine.stats(id) {
+        let mut line = serde_json::to_vec(&s).unwrap_or_default();
+        line.push(b'\n');
+        if out.write_all(&line).is_err() {
+            return Ok(Out::Done);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let _ = out.finish();
+    Ok(Out::Done)
+}
+
+/// Resolves a container reference for image commands (commit): an engine container's ID,
+/// or the name as given (containers mounted with `image mount`).
+pub(crate) fn container_id(engine: &Arc<Engine>, name: &str) -> String {
+    engine
+        .record(name)
+        .map(|r| r.id)
+        .unwrap_or_else(|_| name.to_string())
+}
+
+/// Parses a tag for image commands.
+pub(crate) fn parse_ref(s: &str) -> Result<Reference, Fail> {
+    Reference::parse(s).map_err(|e| bad(e.to_string()))
+}
+
+pub(crate) use Fail as Failure;
+pub(crate) use Out as Output;
+pub(crate) type Handled = Reply;
+pub(crate) fn bad_request(msg: impl Into<String>) -> Fail {
+    bad(msg)
+}
+pub(crate) fn failure(code: u16, msg: impl Into<String>) -> Fail {
+    Fail(code, msg.into(), None)
+}

@@ -1,0 +1,98 @@
+//! `berth daemon`: the engine behind berth's API on a unix socket.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// The socket to listen on (unix:///path).
+    #[arg(short = 'H', long, default_value = "unix:///run/berth/berth.sock")]
+    host: String,
+    /// Persistent state: images, containers, volumes.
+    #[arg(long, alias = "data-root", default_value = "/var/lib/berth")]
+    root: PathBuf,
+    /// Runtime state: monitors, the runtime's container state.
+    #[arg(long = "exec-root", default_value = "/run/berth")]
+    exec_root: PathBuf,
+}
+
+pub fn run(a: &DaemonArgs) -> Result<i32> {
+    let socket = PathBuf::from(a.host.strip_prefix("unix://").unwrap_or(&a.host));
+    if !socket.is_absolute() {
+        bail!("--host {}: expected unix:///absolute/path", a.host);
+    }
+    std::fs::create_dir_all(&a.exec_root)
+        .with_context(|| format!("creating {}", a.exec_root.display()))?;
+    std::fs::set_permissions(&a.exec_root, std::fs::Permissions::from_mode(0o711))?;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // One daemon per exec root: the pid file stays locked while this one runs.
+    let pid_path = a.exec_root.join("berth.pid");
+    let pid_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&pid_path)
+        .with_context(|| format!("opening {}", pid_path.display()))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&pid_file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } != 0
+    {
+        bail!(
+            "another berth daemon is running with exec root {} (see {})",
+            a.exec_root.display(),
+            pid_path.display()
+        );
+    }
+    pid_file.set_len(0)?;
+    std::fs::write(&pid_path, format!("{}\n", std::process::id()))?;
+    if socket.exists() {
+        if UnixStream::connect(&socket).is_ok() {
+            bail!("another daemon is listening on {}", socket.display());
+        }
+        std::fs::remove_file(&socket)
+            .with_context(|| format!("removing the stale socket {}", socket.display()))?;
+    }
+    // Signals are taken by one thread; every other thread (and so every monitor process the
+    // engine starts, which resets its mask) runs with them blocked.
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGTERM);
+    set.add(nix::sys::signal::Signal::SIGINT);
+    set.thread_block()?;
+    let exe = std::env::current_exe().context("finding the berth binary")?;
+    let engine = engine::Engine::open(engine::Config {
+        root: a.root.clone(),
+        exec_root: a.exec_root.clone(),
+        exe,
+    })?;
+    let listener =
+        UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
+    {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let sig = set.wait();
+            eprintln!("berth daemon: {sig:?}: shutting down (containers keep running)");
+            let _ = std::fs::remove_file(&socket);
+            std::process::exit(0);
+        });
+    }
+    eprintln!(
+        "berth daemon: listening on unix://{} (root {}, exec root {})",
+        socket.display(),
+        a.root.display(),
+        a.exec_root.display()
+    );
+    api::server::serve(listener, engine);
+    drop(pid_file);
+    Ok(0)
+}

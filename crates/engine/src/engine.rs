@@ -1,0 +1,2464 @@
+//! The engine: containers with names, logs, restart policies, health checks, exec and
+//! volumes, over the image store and the runtime. The daemon and the node agent drive it
+//! in-process; every container runs under its own monitor process (`shim`), so containers
+//! outlive the engine and are found again when it starts (live restore).
+//!
+//! State: one `container.json` per container under `<root>/containers/<id>/`, replaced
+//! atomically on every change, written before an operation is acknowledged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use image::images::{ImageError, Images};
+use oci_spec::runtime::{Mount, Spec};
+use serde::{Deserialize, Serialize};
+
+use crate::events::Events;
+use crate::fsutil;
+use crate::health::{Health, HealthConfig, Probe};
+use crate::logfile::Rotation;
+use crate::shim::{self, ExitInfo, ShimConfig};
+use crate::spec::{
+    self as runspec, ImageConfig, Ipc, MountSpec, Network, RunOptions, RunSpecError,
+};
+use crate::volumes::{valid_name, VolumeError, Volumes};
+
+/// Where the engine keeps things.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Persistent state: images, containers, volumes (`/var/lib/berth`).
+    pub root: PathBuf,
+    /// Runtime state: monitors' sockets, the runtime's state (`/run/berth`).
+    pub exec_root: PathBuf,
+    /// The berth binary, run as `berth shim DIR` for each monitor.
+    pub exe: PathBuf,
+}
+
+/// Why an engine operation failed. `status()` gives the HTTP status the API answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No container by that name or ID.
+    #[error("No such container: {0}")]
+    NoSuchContainer(String),
+    /// No image by that reference.
+    #[error("No such image: {0}")]
+    NoSuchImage(String),
+    /// No exec by that ID.
+    #[error("No such exec instance: {0}")]
+    NoSuchExec(String),
+    /// The operation conflicts with the container's state or another object.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The container's command could not be run: `code` is 126 (cannot execute) or 127 (not
+    /// found), as Docker's `run` exits.
+    #[error("{message}")]
+    Command {
+        /// 126 or 127.
+        code: i32,
+        /// What the runtime said.
+        message: String,
+    },
+    /// The image store failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// A volume operation failed.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// The run options are invalid.
+    #[error(transparent)]
+    Spec(#[from] RunSpecError),
+    /// Something on the host failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// The HTTP status for this error, as Docker's API uses them.
+    pub fn status(&self) -> u16 {
+        match self {
+            EngineError::NoSuchContainer(_)
+            | EngineError::NoSuchImage(_)
+            | EngineError::NoSuchExec(_) => 404,
+            EngineError::Volume(VolumeError::NotFound(_)) => 404,
+            EngineError::Image(ImageError::NotFound(_)) => 404,
+            EngineError::Conflict(_) | EngineError::Volume(VolumeError::InUse { .. }) => 409,
+            EngineError::Invalid(_)
+            | EngineError::Spec(_)
+            | EngineError::Volume(VolumeError::InvalidName(_))
+            | EngineError::Image(ImageError::Invalid(_)) => 400,
+            _ => 500,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+fn internal(what: impl std::fmt::Display) -> EngineError {
+    EngineError::Internal(what.to_string())
+}
+
+/// `--restart`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// `no`, `always`, `unless-stopped`, `on-failure`.
+    #[serde(rename = "Name", default)]
+    pub name: String,
+    /// For `on-failure`: give up after this many restarts (0 = never give up).
+    #[serde(rename = "MaximumRetryCount", default)]
+    pub max_retries: u32,
+}
+
+impl RestartPolicy {
+    /// Parses `no`, `always`, `unless-stopped`, `on-failure[:N]`.
+    pub fn parse(s: &str) -> std::result::Result<RestartPolicy, String> {
+        let (name, count) = match s.split_once(':') {
+            Some((n, c)) => (n, Some(c)),
+            None => (s, None),
+        };
+        let max_retries = match (name, count) {
+            ("on-failure", Some(c)) => c
+                .parse()
+                .map_err(|_| format!("invalid restart policy format: maximum retry count must be an integer: {c}"))?,
+            (_, Some(_)) => {
+                return Err(format!(
+                    "invalid restart policy format: maximum retry count can only be used with 'on-failure': {s}"
+                ))
+            }
+            _ => 0,
+        };
+        match name {
+            "" | "no" | "always" | "unless-stopped" | "on-failure" => Ok(RestartPolicy {
+                name: if name.is_empty() { "no" } else { name }.into(),
+                max_retries,
+            }),
+            _ => Err(format!("invalid restart policy '{name}'")),
+        }
+    }
+
+    fn wants_restart(&self, code: i32, manually_stopped: bool, restarts: u32) -> bool {
+        if manually_stopped {
+            return false;
+        }
+        match self.name.as_str() {
+            "always" | "unless-stopped" => true,
+            "on-failure" => code != 0 && (self.max_retries == 0 || restarts < self.max_retries),
+            _ => false,
+        }
+    }
+}
+
+/// What `create` is given: berth's API body for `POST /containers/create`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CreateRequest {
+    /// The image reference.
+    pub image: String,
+    /// `--name`.
+    pub name: Option<String>,
+    /// The flags that shape the runtime spec.
+    pub run: RunOptions,
+    /// `-i`: keep stdin open.
+    pub open_stdin: bool,
+    /// Close stdin after the first attached client detaches (`run -i`).
+    pub stdin_once: bool,
+    /// `--restart`.
+    pub restart: RestartPolicy,
+    /// `--health-*` (over the image's HEALTHCHECK).
+    pub health: Option<HealthConfig>,
+    /// `--init`.
+    pub init: bool,
+    /// `--rm`.
+    pub auto_remove: bool,
+    /// `--log-opt`: `max-size`, `max-file`.
+    pub log_opts: BTreeMap<String, String>,
+    /// `--stop-timeout`, seconds.
+    pub stop_timeout: Option<i64>,
+}
+
+/// `State` in `inspect`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    /// `created`, `running`, `paused`, `restarting`, `exited`, `dead`.
+    pub status: String,
+    /// The init's pid on the host (0 when not running).
+    pub pid: i32,
+    /// The monitor's pid.
+    pub shim_pid: i32,
+    /// The last exit code.
+    pub exit_code: i32,
+    /// The last run was ended by the OOM killer.
+    pub oom_killed: bool,
+    /// Why the last start failed.
+    pub error: String,
+    /// RFC 3339, empty before the first start.
+    pub started_at: String,
+    /// RFC 3339, empty before the first exit.
+    pub finished_at: String,
+    /// Restarts by the restart policy.
+    pub restart_count: u32,
+    /// Stopped by the user: restart policies leave it stopped.
+    pub manually_stopped: bool,
+    /// Health, when a check is configured.
+    pub health: Option<Health>,
+}
+
+/// A mount as `inspect` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountPoint {
+    /// `bind`, `volume`, `tmpfs`.
+    #[serde(rename = "Type")]
+    pub typ: String,
+    /// The volume's name.
+    #[serde(rename = "Name", default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Host path.
+    #[serde(rename = "Source")]
+    pub source: String,
+    /// Path in the container.
+    #[serde(rename = "Destination")]
+    pub destination: String,
+    /// Writable.
+    #[serde(rename = "RW")]
+    pub rw: bool,
+}
+
+/// A container's persistent record (`container.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// 64 hex digits.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// RFC 3339.
+    pub created: String,
+    /// The image as asked for.
+    pub image: String,
+    /// The image's ID (config digest).
+    pub image_id: String,
+    /// The image's config at create time.
+    pub image_config: ImageConfig,
+    /// What the user asked for.
+    pub config: CreateRequest,
+    /// The command, environment, working directory and user the process gets.
+    pub process: ProcessSummary,
+    /// The mounted root file system.
+    pub rootfs: PathBuf,
+    /// Mounts, resolved.
+    pub mounts: Vec<MountPoint>,
+    /// Lifecycle state.
+    pub state: State,
+}
+
+/// The effective process (for `inspect`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProcessSummary {
+    /// argv.
+    pub args: Vec<String>,
+    /// Environment.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub cwd: String,
+    /// `-u` or the image's user.
+    pub user: String,
+}
+
+/// `exec` options.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The command.
+    pub cmd: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<String>,
+    /// `-u`.
+    pub user: Option<String>,
+    /// `-w`.
+    pub workdir: Option<String>,
+    /// `-t`.
+    pub tty: bool,
+    /// `-i`.
+    pub stdin: bool,
+    /// `--privileged`.
+    pub privileged: bool,
+}
+
+/// `exec inspect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecInfo {
+    /// The exec's ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// The container's ID.
+    #[serde(rename = "ContainerID")]
+    pub container_id: String,
+    /// Still running.
+    #[serde(rename = "Running")]
+    pub running: bool,
+    /// Exit code once it ended.
+    #[serde(rename = "ExitCode")]
+    pub exit_code: Option<i32>,
+    /// The process's pid on the host.
+    #[serde(rename = "Pid")]
+    pub pid: i32,
+    /// What runs.
+    #[serde(rename = "ProcessConfig")]
+    pub process: ExecRequest,
+}
+
+/// An attach request waiting for the container's start, and where its stream goes.
+type PendingAttach = (
+    shim::Request,
+    Sender<std::result::Result<UnixStream, String>>,
+);
+
+/// A container in memory: its record and what waits on it.
+struct Ctr {
+    id: String,
+    rec: Mutex<Record>,
+    changed: Condvar,
+    /// One lifecycle operation at a time.
+    op: Mutex<()>,
+    /// Exits seen, for `wait` on the next exit.
+    exits: AtomicU64,
+    /// Attach requests made before the container started.
+    attach_queue: Mutex<Vec<PendingAttach>>,
+    /// Bumped by every start; a health checker of an older run stops.
+    run_gen: AtomicU64,
+}
+
+struct Exec {
+    info: Mutex<ExecInfo>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Table {
+    by_id: HashMap<String, Arc<Ctr>>,
+    names: HashMap<String, String>,
+}
+
+/// An attach stream now, or once the container starts.
+pub enum Attach {
+    /// Connected to the running container.
+    Ready(UnixStream),
+    /// Connected when the container starts.
+    Pending(Receiver<std::result::Result<UnixStream, String>>),
+}
+
+impl Attach {
+    /// The stream, waiting for the start if need be.
+    pub fn wait(self) -> std::result::Result<UnixStream, String> {
+        match self {
+            Attach::Ready(s) => Ok(s),
+            Attach::Pending(rx) => rx
+                .recv()
+                .map_err(|_| "the container did not start".to_string())
+                .and_then(|r| r),
+        }
+    }
+}
+
+/// `ps` row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    /// Container ID.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Image as asked for.
+    pub image: String,
+    /// Image ID.
+    pub image_id: String,
+    /// The command line.
+    pub command: String,
+    /// RFC 3339.
+    pub created: String,
+    /// `running`, `exited`, …
+    pub state: String,
+    /// Docker's phrase: `Up 5 minutes (healthy)`, `Exited (0) 2 hours ago`, …
+    pub status: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Bytes written to the container's layer (with `size`).
+    pub size_rw: Option<u64>,
+    /// Exit code.
+    pub exit_code: i32,
+    /// Health status, if checked.
+    pub health: Option<String>,
+    /// Mount destinations and volume names.
+    pub mounts: Vec<MountPoint>,
+}
+
+/// One stats sample.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatsSample {
+    /// RFC 3339.
+    pub read: String,
+    /// Container ID.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// CPU time used by the container, ns.
+    pub cpu_total_ns: u64,
+    /// CPU time used by the whole host, ns (for the percentage).
+    pub system_cpu_ns: u64,
+    /// CPUs online.
+    pub online_cpus: u32,
+    /// Memory in use (without page cache, as Docker shows it), bytes.
+    pub memory_usage: u64,
+    /// Memory limit (the host's memory when unlimited), bytes.
+    pub memory_limit: u64,
+    /// Processes and threads.
+    pub pids: u64,
+}
+
+const CONTAINERS: &str = "containers";
+const RECORD: &str = "container.json";
+
+/// The engine.
+pub struct Engine {
+    cfg: Config,
+    /// The image store.
+    pub images: Images,
+    runtime: runtime::Runtime,
+    /// Named volumes.
+    pub volumes: Volumes,
+    /// The event stream.
+    pub events: Events,
+    table: Mutex<Table>,
+    execs: Mutex<HashMap<String, Arc<Exec>>>,
+    /// Serialises create/rename against each other (names).
+    naming: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn attrs(rec: &Record) -> BTreeMap<String, String> {
+    let mut a: BTreeMap<String, String> = rec.config.run.labels.clone();
+    a.insert("name".into(), rec.name.clone());
+    a.insert("image".into(), rec.image.clone());
+    a
+}
+
+impl Engine {
+    /// Opens the engine's state and re-attaches to the containers whose monitors still run.
+    pub fn open(cfg: Config) -> Result<Arc<Engine>> {
+        use std::os::unix::fs::PermissionsExt;
+        let io = |what: &Path| {
+            let what = what.display().to_string();
+            move |e: std::io::Error| internal(format!("{what}: {e}"))
+        };
+        let images = Images::open(&cfg.root)?;
+        let cdir = cfg.root.join(CONTAINERS);
+        fs::create_dir_all(&cdir).map_err(io(&cdir))?;
+        fs::set_permissions(&cdir, fs::Permissions::from_mode(0o700)).map_err(io(&cdir))?;
+        for d in [cfg.exec_root.join("shims"), cfg.exec_root.join("runtime")] {
+            fs::create_dir_all(&d).map_err(io(&d))?;
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).map_err(io(&d))?;
+        }
+        let volumes = Volumes::open(&cfg.root).map_err(io(&cfg.root))?;
+        let runtime = runtime::Runtime::new(cfg.exec_root.join("runtime"));
+        let engine = Arc::new(Engine {
+            cfg,
+            images,
+            runtime,
+            volumes,
+            events: Events::default(),
+            table: Mutex::new(Table::default()),
+            execs: Mutex::new(HashMap::new()),
+            naming: Mutex::new(()),
+        });
+        let mut restore = Vec::new();
+        for e in fs::read_dir(&cdir).map_err(io(&cdir))?.flatten() {
+            let path = e.path().join(RECORD);
+            let Ok(bytes) = fs::read(&path) else {
+                // A create that died before it recorded anything: nothing refers to it.
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = engine.images.remove_container(&id);
+                let _ = fs::remove_dir_all(e.path());
+                continue;
+            };
+            let rec: Record = serde_json::from_slice(&bytes)
+                .map_err(|err| internal(format!("{}: {err}", path.display())))?;
+            let ctr = Arc::new(Ctr {
+                id: rec.id.clone(),
+                rec: Mutex::new(rec.clone()),
+                changed: Condvar::new(),
+                op: Mutex::new(()),
+                exits: AtomicU64::new(0),
+                attach_queue: Mutex::new(Vec::new()),
+                run_gen: AtomicU64::new(0),
+            });
+            let mut t = lock(&engine.table);
+            t.names.insert(rec.name.clone(), rec.id.clone());
+            t.by_id.insert(rec.id.clone(), ctr.clone());
+            drop(t);
+            restore.push(ctr);
+        }
+        for ctr in restore {
+            engine.restore(ctr);
+        }
+        Ok(engine)
+    }
+
+    /// Live restore of one container: re-attach to its monitor, or record how it ended.
+    fn restore(self: &Arc<Self>, ctr: Arc<Ctr>) {
+        let status = lock(&ctr.rec).state.status.clone();
+        let dir = self.shim_dir(&ctr.id);
+        match status.as_str() {
+            "running" | "paused" | "restarting" if shim::alive(&dir) => {
+                self.spawn_monitor(ctr.clone(), dir);
+                self.spawn_health(ctr);
+            }
+            "running" | "paused" => {
+                let info = shim::read_exit(&dir).unwrap_or(ExitInfo {
+                    code: 255,
+                    oom_killed: false,
+                    finished_at: timefmt::now(),
+                });
+                let _ = self.runtime.delete(&ctr.id, true);
+                let engine = self.clone();
+                std::thread::spawn(move || engine.on_exit(ctr, info));
+            }
+            "restarting" => {
+                // The daemon died during the back-off: carry on with the policy.
+                let engine = self.clone();
+                std::thread::spawn(move || {
+                    let _ = engine.start_locked(&ctr, true);
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn shim_dir(&self, id: &str) -> PathBuf {
+        self.cfg
+            .exec_root
+            .join("shims")
+            .join(&id[..id.len().min(16)])
+    }
+
+    fn exec_dir(&self, exec_id: &str) -> PathBuf {
+        self.cfg
+            .exec_root
+            .join("shims")
+            .join(format!("x{}", &exec_id[..exec_id.len().min(16)]))
+    }
+
+    fn container_dir(&self, id: &str) -> PathBuf {
+        self.cfg.root.join(CONTAINERS).join(id)
+    }
+
+    /// The json-file log of a container.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join(format!("{id}-json.log"))
+    }
+
+    fn save(&self, rec: &Record) -> Result<()> {
+        let json = serde_json::to_vec_pretty(rec).map_err(internal)?;
+        let path = self.container_dir(&rec.id).join(RECORD);
+        fsutil::write_atomic(&path, &json, 0o600)
+            .map_err(|e| internal(format!("writing {}: {e}", path.display())))
+    }
+
+    /// Updates a container's record, saves it and wakes its waiters.
+    fn update(&self, ctr: &Ctr, f: impl FnOnce(&mut Record)) -> Result<Record> {
+        let mut rec = lock(&ctr.rec);
+        let mut next = rec.clone();
+        f(&mut next);
+        self.save(&next)?;
+        *rec = next.clone();
+        ctr.changed.notify_all();
+        Ok(next)
+    }
+
+    fn emit(&self, rec: &Record, action: &str, extra: &[(&str, String)]) {
+        let mut a = attrs(rec);
+        for (k, v) in extra {
+            a.insert((*k).into(), v.clone());
+        }
+        self.events.emit("container", action, &rec.id, a);
+    }
+
+    fn find(&self, name_or_id: &str) -> Result<Arc<Ctr>> {
+        let t = lock(&self.table);
+        let key = name_or_id.strip_prefix('/').unwrap_or(name_or_id);
+        if let Some(id) = t.names.get(key) {
+            return Ok(t.by_id[id].clone());
+        }
+        if let Some(c) = t.by_id.get(key) {
+            return Ok(c.clone());
+        }
+        let hits: Vec<&Arc<Ctr>> = if key.is_empty() {
+            Vec::new()
+        } else {
+            t.by_id
+                .iter()
+                .filter(|(id, _)| id.starts_with(key))
+                .map(|(_, c)| c)
+                .collect()
+        };
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(EngineError::NoSuchContainer(name_or_id.into())),
+            _ => Err(EngineError::Invalid(format!(
+                "multiple IDs found with provided prefix: {name_or_id}"
+            ))),
+        }
+    }
+
+    /// The record of a container.
+    pub fn record(&self, name_or_id: &str) -> Result<Record> {
+        Ok(lock(&self.find(name_or_id)?.rec).clone())
+    }
+
+    // ----- create ---------------------------------------------------------------------
+
+    /// `create`: records a container, mounts its root file system and checks its options.
+    pub fn create(&self, req: CreateRequest) -> Result<Record> {
+        if req.image.is_empty() {
+            return Err(EngineError::Invalid("an image is required".into()));
+        }
+        let rotation = rotation(&req.log_opts)?;
+        let _ = rotation;
+        if let Some(h) = &req.health {
+            if !h.test.is_empty() && h.test[0] != "NONE" {
+                h.command().map_err(EngineError::Invalid)?;
+            }
+        }
+        let image = match self.images.resolve(&req.image) {
+            Ok(i) => i,
+            Err(ImageError::NotFound(_)) => {
+                return Err(EngineError::NoSuchImage(req.image.clone()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let config = self.images.config(&image)?;
+        let image_config: ImageConfig =
+            serde_json::from_value(config["config"].clone()).unwrap_or_default();
+        let id = fsutil::random_hex(32);
+        let _naming = lock(&self.naming);
+        let name = match &req.name {
+            Some(n) if !n.is_empty() => {
+                let n = n.strip_prefix('/').unwrap_or(n).to_string();
+                if !valid_name(&n) {
+                    return Err(EngineError::Invalid(format!(
+                        "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                    )));
+                }
+                n
+            }
+            _ => self.generate_name(),
+        };
+        if let Some(other) = lock(&self.table).names.get(&name) {
+            return Err(EngineError::Conflict(format!(
+                "Conflict. The container name \"/{name}\" is already in use by container \"{other}\". You have to remove (or rename) that container to be able to reuse that name."
+            )));
+        }
+        // Everything from here is undone on error.
+        let dir = self.container_dir(&id);
+        let mut made_volumes = Vec::new();
+        let result = (|| -> Result<Record> {
+            fs::create_dir_all(&dir).map_err(|e| internal(format!("{}: {e}", dir.display())))?;
+            let mut run = req.run.clone();
+            let mounts = self.resolve_mounts(&mut run, &mut made_volumes)?;
+            match &run.network {
+                Network::Container(c) => {
+                    self.find(c)?;
+                }
+                Network::Join(_) => {
+                    return Err(EngineError::Invalid(
+                        "--network: a namespace path is not an option of the API".into(),
+                    ))
+                }
+                _ => {}
+            }
+            if let Ipc::Container(c) = &run.ipc {
+                self.find(c)?;
+            }
+            if run.uts_join.is_some() {
+                return Err(EngineError::Invalid("uts_join is set by the engine".into()));
+            }
+            let (_, rootfs) = self.images.mount_container(&id, &image.id.to_string())?;
+            let mut check = run.clone();
+            if let Network::Container(_) = check.network {
+                check.network = Network::Join("/proc/self/ns/net".into());
+                check.uts_join = Some("/proc/self/ns/uts".into());
+            }
+            if let Ipc::Container(_) = check.ipc {
+                check.ipc = Ipc::Join("/proc/self/ns/ipc".into());
+            }
+            if check.hostname.is_none() {
+                check.hostname = Some(id[..12].to_string());
+            }
+            let spec = runspec::generate(&image_config, &check, &rootfs, &|_| None)?;
+            let process = spec.process().clone().unwrap_or_default();
+            let user = run
+                .user
+                .clone()
+                .or(image_config.user.clone())
+                .unwrap_or_default();
+            let rec = Record {
+                id: id.clone(),
+                name: name.clone(),
+                created: timefmt::now(),
+                image: req.image.clone(),
+                image_id: image.id.to_string(),
+                image_config: image_config.clone(),
+                config: CreateRequest {
+                    run: req.run.clone(),
+                    name: Some(name.clone()),
+                    ..req.clone()
+                },
+                process: ProcessSummary {
+                    args: process.args().clone().unwrap_or_default(),
+                    env: process.env().clone().unwrap_or_default(),
+                    cwd: process.cwd().display().to_string(),
+                    user,
+                },
+                rootfs,
+                mounts,
+                state: State {
+                    status: "created".into(),
+                    ..Default::default()
+                },
+            };
+            self.write_etc_files(&rec)?;
+            self.save(&rec)?;
+            Ok(rec)
+        })();
+        match result {
+            Ok(rec) => {
+                let ctr = Arc::new(Ctr {
+                    id: id.clone(),
+                    rec: Mutex::new(rec.clone()),
+                    changed: Condvar::new(),
+                    op: Mutex::new(()),
+                    exits: AtomicU64::new(0),
+                    attach_queue: Mutex::new(Vec::new()),
+                    run_gen: AtomicU64::new(0),
+                });
+                let mut t = lock(&self.table);
+                t.names.insert(name, id.clone());
+                t.by_id.insert(id, ctr);
+                drop(t);
+                self.emit(&rec, "create", &[]);
+                Ok(rec)
+            }
+            Err(e) => {
+                let _ = self.images.remove_container(&id);
+                let _ = fs::remove_dir_all(&dir);
+                for v in made_volumes {
+                    let _ = self.volumes.remove(&v, &[]);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn generate_name(&self) -> String {
+        const LEFT: [&str; 16] = [
+            "brave", "calm", "eager", "fervent", "gallant", "happy", "jolly", "keen", "lucid",
+            "nifty", "quirky", "serene", "sharp", "stoic", "vibrant", "zen",
+        ];
+        const RIGHT: [&str; 16] = [
+            "anchor", "beacon", "buoy", "cove", "dock", "ferry", "harbor", "jetty", "keel",
+            "lagoon", "marina", "pier", "quay", "skiff", "tug", "wharf",
+        ];
+        let t = lock(&self.table);
+        loop {
+            let r = fsutil::random_hex(3);
+            let n = u32::from_str_radix(&r, 16).unwrap_or(0);
+            let name = format!(
+                "{}_{}{}",
+                LEFT[(n & 15) as usize],
+                RIGHT[((n >> 4) & 15) as usize],
+                n >> 8
+            );
+            if !t.names.contains_key(&name) {
+                return name;
+            }
+        }
+    }
+
+    /// Turns volume mounts into binds of the volumes' directories (creating named volumes on
+    /// first use) and checks bind sources.
+    fn resolve_mounts(
+        &self,
+        run: &mut RunOptions,
+        made: &mut Vec<String>,
+    ) -> Result<Vec<MountPoint>> {
+        let mut points = Vec::new();
+        for m in run.mounts.iter_mut() {
+            match m.clone() {
+                MountSpec::Bind {
+                    source,
+                    target,
+                    read_only,
+                } => {
+                    if !source.exists() {
+                        return Err(EngineError::Invalid(format!(
+                            "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                            source.display()
+                        )));
+                    }
+                    points.push(MountPoint {
+                        typ: "bind".into(),
+                        name: String::new(),
+                        source: source.display().to_string(),
+                        destination: target,
+                        rw: !read_only,
+                    });
+                }
+                MountSpec::Volume {
+                    name,
+                    target,
+                    read_only,
+                } => {
+                    let (v, created) = self
+                        .volumes
+                        .create((!name.is_empty()).then_some(name.as_str()), BTreeMap::new())?;
+                    if created {
+                        made.push(v.name.clone());
+                        self.events
+                            .emit("volume", "create", &v.name, BTreeMap::new());
+                    }
+                    points.push(MountPoint {
+                        typ: "volume".into(),
+                        name: v.name.clone(),
+                        source: v.mountpoint.display().to_string(),
+                        destination: target.clone(),
+                        rw: !read_only,
+                    });
+                    *m = MountSpec::Volume {
+                        name: v.name,
+                        target,
+                        read_only,
+                    };
+                }
+                MountSpec::Tmpfs { target, .. } => points.push(MountPoint {
+                    typ: "tmpfs".into(),
+                    name: String::new(),
+                    source: String::new(),
+                    destination: target,
+                    rw: true,
+                }),
+            }
+        }
+        Ok(points)
+    }
+
+    fn write_etc_files(&self, rec: &Record) -> Result<()> {
+        let dir = self.container_dir(&rec.id);
+        let host = matches!(rec.config.run.network, Network::Host);
+        let hostname = if host {
+            fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        } else {
+            rec.config
+                .run
+                .hostname
+                .clone()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| rec.id[..12].to_string())
+        };
+        let hosts = if host {
+            fs::read_to_string("/etc/hosts").unwrap_or_default()
+        } else {
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+                 fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
+                 ff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+            )
+        };
+        let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        for (name, content) in [
+            ("hostname", format!("{hostname}\n")),
+            ("hosts", hosts),
+            ("resolv.conf", resolv),
+        ] {
+            let p = dir.join(name);
+            fsutil::write_atomic(&p, content.as_bytes(), 0o644)
+                .map_err(|e| internal(format!("writing {}: {e}", p.display())))?;
+        }
+        Ok(())
+    }
+
+    // ----- start ----------------------------------------------------------------------
+
+    /// The runtime spec for a start: options resolved against live containers and volumes.
+    fn build_spec(&self, rec: &Record) -> Result<Spec> {
+        let mut run = rec.config.run.clone();
+        for m in run.mounts.iter_mut() {
+            if let MountSpec::Volume {
+                name,
+                target,
+                read_only,
+            } = m.clone()
+            {
+                let v = self.volumes.inspect(&name)?;
+                *m = MountSpec::Bind {
+                    source: v.mountpoint,
+                    target,
+                    read_only,
+                };
+            }
+        }
+        let ns_of = |c: &str, ns: &str| -> Result<PathBuf> {
+            let other = self.record(c)?;
+            if other.state.status != "running" && other.state.status != "paused" {
+                return Err(EngineError::Conflict(format!(
+                    "cannot join network of a non running container: {}",
+                    other.name
+                )));
+            }
+            Ok(PathBuf::from(format!("/proc/{}/ns/{ns}", other.state.pid)))
+        };
+        if let Network::Container(c) = run.network.clone() {
+            run.network = Network::Join(ns_of(&c, "net")?);
+            run.uts_join = Some(ns_of(&c, "uts")?);
+        }
+        if let Ipc::Container(c) = run.ipc.clone() {
+            run.ipc = Ipc::Join(ns_of(&c, "ipc")?);
+        }
+        if run.hostname.is_none() {
+            run.hostname = Some(rec.id[..12].to_string());
+        }
+        let mut spec = runspec::generate(&rec.image_config, &run, &rec.rootfs, &|_| None)?;
+        let dir = self.container_dir(&rec.id);
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        for name in ["hostname", "hosts", "resolv.conf"] {
+            let dest = format!("/etc/{name}");
+            if mounts.iter().any(|m| m.destination() == Path::new(&dest)) {
+                continue;
+            }
+            let mut m = Mount::default();
+            m.set_destination(dest.into());
+            m.set_typ(Some("bind".into()));
+            m.set_source(Some(dir.join(name)));
+            m.set_options(Some(vec!["rbind".into(), "rprivate".into()]));
+            mounts.push(m);
+        }
+        if rec.config.init {
+            let mut m = Mount::default();
+            m.set_destination(crate::init::PATH_IN_CONTAINER.into());
+            m.set_typ(Some("bind".into()));
+            m.set_source(Some(
+                crate::init::install(&self.cfg.exec_root).map_err(internal)?,
+            ));
+            m.set_options(Some(vec!["bind".into(), "ro".into()]));
+            mounts.push(m);
+            if let Some(p) = spec.process_mut() {
+                let mut args = vec![crate::init::PATH_IN_CONTAINER.to_string(), "--".into()];
+                args.extend(p.args().clone().unwrap_or_default());
+                p.set_args(Some(args));
+            }
+        }
+        spec.set_mounts(Some(mounts));
+        if let Some(linux) = spec.linux_mut() {
+            linux.set_cgroups_path(Some(format!("/berth/{}", rec.id).into()));
+        }
+        Ok(spec)
+    }
+
+    /// `start`. Starting a running container is not an error (nothing changes).
+    pub fn start(self: &Arc<Self>, name_or_id: &str) -> Result<()> {
+        let ctr = self.find(name_or_id)?;
+        {
+            let mut rec = lock(&ctr.rec);
+            if rec.state.status == "running" || rec.state.status == "paused" {
+                return Ok(());
+            }
+            rec.state.manually_stopped = false;
+        }
+        self.start_locked(&ctr, false)
+    }
+
+    fn start_locked(self: &Arc<Self>, ctr: &Arc<Ctr>, by_policy: bool) -> Result<()> {
+        let _op = lock(&ctr.op);
+        let rec = lock(&ctr.rec).clone();
+        if rec.state.status == "running" || rec.state.status == "paused" {
+            return Ok(());
+        }
+        if by_policy && rec.state.manually_stopped {
+            return Ok(());
+        }
+        match self.launch(ctr, &rec) {
+            Ok((pid, shim_pid)) => {
+                let rec = self.update(ctr, |r| {
+                    r.state.status = "running".into();
+                    r.state.pid = pid;
+                    r.state.shim_pid = shim_pid;
+                    r.state.error.clear();
+                    r.state.started_at = timefmt::now();
+                    r.state.oom_killed = false;
+                    r.state.health = HealthConfig::merge(
+                        r.image_config.healthcheck.as_ref(),
+                        r.config.health.as_ref(),
+                    )
+                    .map(|_| Health::default());
+                    if by_policy {
+                        r.state.restart_count += 1;
+                    }
+                })?;
+                self.emit(&rec, "start", &[]);
+                self.spawn_monitor(ctr.clone(), self.shim_dir(&ctr.id));
+                self.spawn_health(ctr.clone());
+                Ok(())
+            }
+            Err(e) => {
+                let code = match &e {
+                    EngineError::Command { code, .. } => *code,
+                    _ => 128,
+                };
+                let msg = e.to_string();
+                let _ = self.update(ctr, |r| {
+                    r.state.error = msg.clone();
+                    if r.state.status == "restarting" || code != 128 {
+                        r.state.status = if r.state.started_at.is_empty() && !by_policy {
+                            "created".into()
+                        } else {
+                            "exited".into()
+                        };
+                        r.state.exit_code = code;
+                    }
+                });
+                for (_, tx) in lock(&ctr.attach_queue).drain(..) {
+                    let _ = tx.send(Err(msg.clone()));
+                }
+                ctr.exits.fetch_add(1, Ordering::SeqCst);
+                ctr.changed.notify_all();
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the bundle, starts the monitor, connects early attach clients, starts the process.
+    fn launch(&self, ctr: &Ctr, rec: &Record) -> Result<(i32, i32)> {
+        let spec = self.build_spec(rec)?;
+        let bundle = self.container_dir(&rec.id);
+        let json = serde_json::to_vec(&spec).map_err(internal)?;
+        fsutil::write_atomic(&bundle.join("config.json"), &json, 0o600)
+            .map_err(|e| internal(format!("writing the bundle: {e}")))?;
+        let dir = self.shim_dir(&rec.id);
+        let _ = fs::remove_dir_all(&dir);
+        let _ = self.runtime.delete(&rec.id, true);
+        let cfg = ShimConfig {
+            id: rec.id.clone(),
+            runtime_root: self.runtime.root().to_path_buf(),
+            bundle,
+            exec: None,
+            tty: rec.config.run.tty,
+            stdin: rec.config.open_stdin,
+            stdin_once: rec.config.stdin_once,
+            log: Some(self.log_path(&rec.id)),
+            rotation: rotation(&rec.config.log_opts)?,
+        };
+        let shim_pid = shim::spawn(&self.cfg.exe, &dir, &cfg).map_err(command_error)?;
+        let pid = self.runtime.state(&rec.id).map(|s| s.pid).unwrap_or(0);
+        if rec.config.run.network == Network::None && pid > 0 {
+            if let Err(e) = crate::netns::loopback_up(pid) {
+                let _ = self.runtime.delete(&rec.id, true);
+                return Err(internal(format!("setting up the loopback interface: {e}")));
+            }
+        }
+        for (req, tx) in lock(&ctr.attach_queue).drain(..) {
+            let _ = tx.send(shim::request(&dir, &req));
+        }
+        shim::request(&dir, &shim::Request::Start).map_err(command_error)?;
+        Ok((pid, shim_pid))
+    }
+
+    fn spawn_monitor(self: &Arc<Self>, ctr: Arc<Ctr>, dir: PathBuf) {
+        let engine = self.clone();
+        std::thread::spawn(move || {
+            let info = shim::wait(&dir).unwrap_or(ExitInfo {
+                code: 255,
+                oom_killed: false,
+                finished_at: timefmt::now(),
+            });
+            engine.on_exit(ctr, info);
+        });
+    }
+
+    /// Records an exit and applies the restart policy (and `--rm`).
+    fn on_exit(self: Arc<Self>, ctr: Arc<Ctr>, info: ExitInfo) {
+        ctr.run_gen.fetch_add(1, Ordering::SeqCst);
+        let _ = fs::remove_dir_all(self.shim_dir(&ctr.id));
+        let before = lock(&ctr.rec).clone();
+        let ran = timefmt::parse_rfc3339(&before.state.started_at)
+            .map(|s| (timefmt::now_nanos() - s) / 1_000_000_000)
+            .unwrap_or(0);
+        let restart = before.config.restart.wants_restart(
+            info.code,
+            before.state.manually_stopped,
+            before.state.restart_count,
+        ) && before.state.status != "removing";
+        let rec = match self.update(&ctr, |r| {
+            r.state.status = if restart { "restarting" } else { "exited" }.into();
+            r.state.pid = 0;
+            r.state.shim_pid = 0;
+            r.state.exit_code = info.code;
+            r.state.oom_killed = info.oom_killed;
+            r.state.finished_at = info.finished_at.clone();
+            if let Some(h) = r.state.health.as_mut() {
+                h.status = "unhealthy".into();
+            }
+        }) {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        if info.oom_killed {
+            self.emit(&rec, "oom", &[]);
+        }
+        self.emit(&rec, "die", &[("exitCode", info.code.to_string())]);
+        ctr.exits.fetch_add(1, Ordering::SeqCst);
+        ctr.changed.notify_all();
+        if restart {
+            // Docker's back-off: 100 ms doubling per restart, at most a minute, reset after
+            // a run of 10 s or more.
+            let n = if ran >= 10 {
+                0
+            } else {
+                rec.state.restart_count.min(10)
+            };
+            let delay = Duration::from_millis((100u64 << n).min(60_000));
+            let deadline = Instant::now() + delay;
+            let mut g = lock(&ctr.rec);
+            while g.state.status == "restarting" && !g.state.manually_stopped {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                g = ctr
+                    .changed
+                    .wait_timeout(g, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            let go = g.state.status == "restarting" && !g.state.manually_stopped;
+            drop(g);
+            if go {
+                if self.start_locked(&ctr, true).is_err() {
+                    // The failure is recorded in the state; try again by the policy.
+                    let rec = lock(&ctr.rec).clone();
+                    if rec.config.restart.wants_restart(
+                        rec.state.exit_code,
+                        false,
+                        rec.state.restart_count,
+                    ) {
+                        let engine = self.clone();
+                        let _ = self.update(&ctr, |r| {
+                            r.state.status = "restarting".into();
+                            r.state.restart_count += 1;
+                        });
+                        std::thread::spawn(move || {
+                            engine.on_exit(ctr, info);
+                        });
+                    }
+                }
+            } else {
+                let _ = self.update(&ctr, |r| {
+                    if r.state.status == "restarting" {
+                        r.state.status = "exited".into();
+                    }
+                });
+            }
+        } else if rec.config.auto_remove {
+            let _ = self.remove(&rec.id, true, true);
+        }
+    }
+
+    // ----- stop, kill, restart, remove ------------------------------------------------
+
+    fn stop_signal(rec: &Record) -> i32 {
+        rec.config
+            .run
+            .stop_signal
+            .as_deref()
+            .or(rec.image_config.stop_signal.as_deref())
+            .and_then(|s| runtime::signal::parse(s).ok())
+            .unwrap_or(libc::SIGTERM)
+    }
+
+    /// Waits until the container is not running, up to `timeout`. True if it stopped.
+    fn wait_stopped(ctr: &Ctr, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = lock(&ctr.rec);
+        while matches!(g.state.status.as_str(), "running" | "paused") {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = ctr
+                .changed
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// `stop`: the stop signal, then SIGKILL after `timeout` seconds (default: the
+    /// container's `--stop-timeout`, else 10).
+    pub fn stop(&self, name_or_id: &str, timeout: Option<i64>) -> Result<()> {
+        let ctr = self.find(name_or_id)?;
+        let _op = lock(&ctr.op);
+        let rec = self.update(&ctr, |r| {
+            r.state.manually_stopped = true;
+            if r.state.status == "restarting" {
+                r.state.status = "exited".into();
+            }
+        })?;
+        if !matches!(rec.state.status.as_str(), "running" | "paused") {
+            return Ok(());
+        }
+        let secs = timeout.or(rec.config.stop_timeout).unwrap_or(10);
+        let sig = Self::stop_signal(&rec);
+        if rec.state.status == "paused" {
+            let _ = self.runtime.resume(&rec.id);
+        }
+        if secs != 0 {
+            let _ = self.runtime.kill(&rec.id, sig, false);
+        }
+        if secs < 0 || !Self::wait_stopped(&ctr, Duration::from_secs(secs.max(0) as u64)) {
+            let _ = self.runtime.kill(&rec.id, libc::SIGKILL, true);
+            if !Self::wait_stopped(&ctr, Duration::from_secs(30)) {
+                return Err(internal(format!(
+                    "container {} did not stop after SIGKILL",
+                    rec.name
+                )));
+            }
+        }
+        self.emit(&rec, "stop", &[]);
+        Ok(())
+    }
+
+    /// `kill -s SIGNAL`.
+    pub fn kill(&self, name_or_id: &str, signal: &str) -> Result<()> {
+        let sig = if signal.is_empty() {
+            libc::SIGKILL
+        } else {
+            runtime::signal::parse(signal)
+                .map_err(|_| EngineError::Invalid(format!("invalid signal: {signal}")))?
+        };
+        let ctr = self.find(name_or_id)?;
+        let _op = lock(&ctr.op);
+        let rec = lock(&ctr.rec).clone();
+        if rec.state.status != "running" && rec.state.status != "paused" {
+            return Err(EngineError::Conflict(format!(
+                "Cannot kill container: {}: container {} is not running",
+                name_or_id, rec.id
+            )));
+        }
+        if sig == libc::SIGKILL || sig == Self::stop_signal(&rec) {
+            self.update(&ctr, |r| r.state.manually_stopped = true)?;
+        }
+        self.runtime
+            .kill(&rec.id, sig, false)
+            .map_err(|e| internal(format!("killing {}: {e}", rec.name)))?;
+        self.emit(&rec, "kill", &[("signal", sig.to_string())]);
+        if sig == libc::SIGKILL {
+            Self::wait_stopped(&ctr, Duration::from_secs(10));
+        }
+        Ok(())
+    }
+
+    /// `restart`: stop (if running) and start.
+    pub fn restart(self: &Arc<Self>, name_or_id: &str, timeout: Option<i64>) -> Result<()> {
+        self.stop(name_or_id, timeout)?;
+        self.start(name_or_id)?;
+        let rec = self.record(name_or_id)?;
+        self.emit(&rec, "restart", &[]);
+        Ok(())
+    }
+
+    /// `rm`: refuses a running container unless `force` (which kills it); `volumes` also
+    /// removes its anonymous volumes.
+    pub fn remove(&self, name_or_id: &str, force: bool, volumes: bool) -> Result<()> {
+        let ctr = self.find(name_or_id)?;
+        let _op = lock(&ctr.op);
+        let rec = lock(&ctr.rec).clone();
+        let live = matches!(
+            rec.state.status.as_str(),
+            "running" | "paused" | "restarting"
+        );
+        if live && !force {
+            return Err(EngineError::Conflict(format!(
+                "You cannot remove a {} container {}. Stop the container before attempting removal or force remove",
+                rec.state.status, rec.id
+            )));
+        }
+        if rec.state.status == "removing" {
+            return Err(EngineError::Conflict(format!(
+                "removal of container {} is already in progress",
+                rec.name
+            )));
+        }
+        let rec = self.update(&ctr, |r| {
+            r.state.manually_stopped = true;
+            if r.state.status == "restarting" {
+                r.state.status = "exited".into();
+            }
+        })?;
+        if matches!(rec.state.status.as_str(), "running" | "paused") {
+            let _ = self.runtime.resume(&rec.id);
+            let _ = self.runtime.kill(&rec.id, libc::SIGKILL, true);
+            if !Self::wait_stopped(&ctr, Duration::from_secs(30)) {
+                return Err(internal(format!("container {} did not die", rec.name)));
+            }
+        }
+        self.update(&ctr, |r| r.state.status = "removing".into())?;
+        let _ = self.runtime.delete(&rec.id, true);
+        self.images
+            .remove_container(&rec.id)
+            .map_err(|e| internal(format!("removing the root file system: {e}")))?;
+        let _ = fs::remove_dir_all(self.shim_dir(&rec.id));
+        fs::remove_dir_all(self.container_dir(&rec.id))
+            .map_err(|e| internal(format!("removing the container's state: {e}")))?;
+        {
+            let mut t = lock(&self.table);
+            t.by_id.remove(&rec.id);
+            if t.names.get(&rec.name) == Some(&rec.id) {
+                t.names.remove(&rec.name);
+            }
+        }
+        if volumes {
+            for m in &rec.mounts {
+                if m.typ == "volume" {
+                    if let Ok(v) = self.volumes.inspect(&m.name) {
+                        if v.anonymous && self.volume_users(&m.name).is_empty() {
+                            let _ = self.volumes.remove(&m.name, &[]);
+                            self.events
+                                .emit("volume", "destroy", &m.name, BTreeMap::new());
+                        }
+                    }
+                }
+            }
+        }
+        self.emit(&rec, "destroy", &[]);
+        ctr.changed.notify_all();
+        Ok(())
+    }
+
+    /// The containers using a volume.
+    pub fn volume_users(&self, name: &str) -> Vec<String> {
+        let t = lock(&self.table);
+        let mut v: Vec<String> = t
+            .by_id
+            .values()
+            .filter_map(|c| {
+                let r = lock(&c.rec);
+                r.mounts
+                    .iter()
+                    .any(|m| m.typ == "volume" && m.name == name)
+                    .then(|| r.name.clone())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    // ----- pause, rename, update, wait -------------------------------------------------
+
+    /// `pause` / `unpause` (the freezer).
+    pub fn pause(&self, name_or_id: &str, pause: bool) -> Result<()> {
+        let ctr = self.find(name_or_id)?;
+        let _op = lock(&ctr.op);
+        let rec = lock(&ctr.rec).clone();
+        let want = if pause { "running" } else { "paused" };
+        if rec.state.status != want {
+            return Err(EngineError::Conflict(if pause {
+                format!("Container {} is not running", rec.id)
+            } else {
+                format!("Container {} is not paused", rec.id)
+            }));
+        }
+        let r = if pause {
+            self.runtime.pause(&rec.id)
+        } else {
+            self.runtime.resume(&rec.id)
+        };
+        r.map_err(|e| internal(format!("{}: {e}", rec.name)))?;
+        let rec = self.update(&ctr, |r| {
+            r.state.status = if pause { "paused" } else { "running" }.into()
+        })?;
+        self.emit(&rec, if pause { "pause" } else { "unpause" }, &[]);
+        Ok(())
+    }
+
+    /// `rename`.
+    pub fn rename(&self, name_or_id: &str, new: &str) -> Result<()> {
+        let new = new.strip_prefix('/').unwrap_or(new);
+        if !valid_name(new) {
+            return Err(EngineError::Invalid(format!(
+                "Invalid container name ({new}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )));
+        }
+        let _naming = lock(&self.naming);
+        let ctr = self.find(name_or_id)?;
+        let old = lock(&ctr.rec).name.clone();
+        if old == new {
+            return Err(EngineError::Conflict(format!(
+                "Renaming a container with the same name as its current name: {new}"
+            )));
+        }
+        if lock(&self.table).names.contains_key(new) {
+            return Err(EngineError::Conflict(format!(
+                "Conflict. The container name \"/{new}\" is already in use"
+            )));
+        }
+        let rec = self.update(&ctr, |r| r.name = new.to_string())?;
+        {
+            let mut t = lock(&self.table);
+            t.names.remove(&old);
+            t.names.insert(new.to_string(), ctr.id.clone());
+        }
+        self.emit(&rec, "rename", &[("oldName", format!("/{old}"))]);
+        Ok(())
+    }
+
+    /// `update`: new resource limits (applied at once to a running container) and restart
+    /// policy.
+    pub fn update_resources(&self, name_or_id: &str, u: &UpdateRequest) -> Result<()> {
+        let ctr = self.find(name_or_id)?;
+        let _op = lock(&ctr.op);
+        let rec = lock(&ctr.rec).clone();
+        let mut run = rec.config.run.clone();
+        if u.memory.is_some() {
+            run.memory = u.memory.clone();
+        }
+        if u.memory_swap.is_some() {
+            run.memory_swap = u.memory_swap.clone();
+        }
+        if u.cpus.is_some() {
+            run.cpus = u.cpus.clone();
+        }
+        if u.cpu_shares.is_some() {
+            run.cpu_shares = u.cpu_shares;
+        }
+        if u.pids_limit.is_some() {
+            run.pids_limit = u.pids_limit;
+        }
+        let restart = match &u.restart {
+            Some(p) => RestartPolicy::parse(p).map_err(EngineError::Invalid)?,
+            None => rec.config.restart.clone(),
+        };
+        let resources = runspec::resources(&run)?;
+        if matches!(rec.state.status.as_str(), "running" | "paused") {
+            self.runtime
+                .update(&rec.id, &resources)
+                .map_err(|e| internal(format!("Cannot update container {}: {e}", rec.name)))?;
+        }
+        let rec = self.update(&ctr, |r| {
+            r.config.run = run;
+            r.config.restart = restart;
+        })?;
+        self.emit(&rec, "update", &[]);
+        Ok(())
+    }
+
+    /// `wait`: blocks until the container is not running (`next_exit`: until its next exit)
+    /// and returns the exit code. A container that is removed meanwhile ends the wait too.
+    pub fn wait(&self, name_or_id: &str, next_exit: bool) -> Result<i32> {
+        let ctr = self.find(name_or_id)?;
+        let seen = ctr.exits.load(Ordering::SeqCst);
+        let mut g = lock(&ctr.rec);
+        loop {
+            let exited = ctr.exits.load(Ordering::SeqCst) > seen;
+            let gone = !lock(&self.table).by_id.contains_key(&ctr.id);
+            let idle = !matches!(
+                g.state.status.as_str(),
+                "running" | "paused" | "restarting" | "removing"
+            );
+            if exited || gone || (!next_exit && idle) {
+                return Ok(g.state.exit_code);
+            }
+            g = ctr
+                .changed
+                .wait_timeout(g, Duration::from_secs(1))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    // ----- listing and inspection -----------------------------------------------------
+
+    /// `ps`.
+    pub fn list(&self, all: bool, size: bool) -> Vec<Summary> {
+        let ctrs: Vec<Arc<Ctr>> = lock(&self.table).by_id.values().cloned().collect();
+        let mut out: Vec<Summary> = ctrs
+            .iter()
+            .map(|c| lock(&c.rec).clone())
+            .filter(|r| {
+                all || matches!(r.state.status.as_str(), "running" | "paused" | "restarting")
+            })
+            .map(|r| {
+                let size_rw = size.then(|| {
+                    self.images
+                        .snapshots()
+                        .container_upper(&r.id)
+                        .map(|p| fsutil::dir_size(&p))
+                        .unwrap_or(0)
+                });
+                Summary {
+                    status: status_phrase(&r.state),
+                    id: r.id.clone(),
+                    name: r.name.clone(),
+                    image: r.image.clone(),
+                    image_id: r.image_id.clone(),
+                    command: r.process.args.join(" "),
+                    created: r.created.clone(),
+                    state: r.state.status.clone(),
+                    labels: r.config.run.labels.clone(),
+                    size_rw,
+                    exit_code: r.state.exit_code,
+                    health: r.state.health.as_ref().map(|h| h.status.clone()),
+                    mounts: r.mounts.clone(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| b.created.cmp(&a.created));
+        out
+    }
+
+    /// `inspect`, shaped like `docker inspect`.
+    pub fn inspect(&self, name_or_id: &str) -> Result<serde_json::Value> {
+        let r = self.record(name_or_id)?;
+        Ok(inspect_json(
+            &r,
+            &self.log_path(&r.id),
+            &self.container_dir(&r.id),
+        ))
+    }
+
+    /// Whether the container is running (for following logs).
+    pub fn is_running(&self, id: &str) -> bool {
+        self.find(id)
+            .map(|c| {
+                matches!(
+                    lock(&c.rec).state.status.as_str(),
+                    "running" | "paused" | "restarting"
+                )
+            })
+            .unwrap_or(false)
+    }
+
+    /// Reads a container's logs (see [`crate::logfile::read`]).
+    pub fn logs(
+        &self,
+        name_or_id: &str,
+        q: &crate::logfile::Query,
+        out: &mut dyn FnMut(&crate::logfile::Entry) -> std::io::Result<()>,
+    ) -> Result<bool> {
+        let rec = self.record(name_or_id)?;
+        let max_file = rotation(&rec.config.log_opts)?.max_file;
+        let id = rec.id.clone();
+        crate::logfile::read(
+            &self.log_path(&id),
+            max_file,
+            q,
+            &|| self.is_running(&id),
+            out,
+        )
+        .map_err(|e| internal(format!("reading logs: {e}")))?;
+        Ok(rec.config.run.tty)
+    }
+
+    /// `attach`: a stream to the container's stdio now, or once it starts (for `run`).
+    pub fn attach(
+        &self,
+        name_or_id: &str,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Result<(Attach, bool)> {
+        let ctr = self.find(name_or_id)?;
+        let rec = lock(&ctr.rec).clone();
+        let req = shim::Request::Attach {
+            stdin: stdin && rec.config.open_stdin,
+            stdout,
+            stderr,
+        };
+        let tty = rec.config.run.tty;
+        match rec.state.status.as_str() {
+            "running" | "paused" => {
+                let s = shim::request(&self.shim_dir(&rec.id), &req).map_err(internal)?;
+                Ok((Attach::Ready(s), tty))
+            }
+            "created" | "restarting" => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                lock(&ctr.attach_queue).push((req, tx));
+                Ok((Attach::Pending(rx), tty))
+            }
+            _ => Err(EngineError::Conflict(
+                "You cannot attach to a stopped container, start it first".into(),
+            )),
+        }
+    }
+
+    /// Sets the terminal size of a container.
+    pub fn resize(&self, name_or_id: &str, height: u16, width: u16) -> Result<()> {
+        let rec = self.record(name_or_id)?;
+        if rec.state.status != "running" {
+            return Err(EngineError::Conflict(format!(
+                "Container {} is not running",
+                rec.id
+            )));
+        }
+        shim::request(
+            &self.shim_dir(&rec.id),
+            &shim::Request::Resize { height, width },
+        )
+        .map(drop)
+        .map_err(EngineError::Invalid)
+    }
+
+    /// `stats`: one sample.
+    pub fn stats(&self, name_or_id: &str) -> Result<StatsSample> {
+        let rec = self.record(name_or_id)?;
+        let mut s = StatsSample {
+            read: timefmt::now(),
+            id: rec.id.clone(),
+            name: rec.name.clone(),
+            system_cpu_ns: system_cpu_ns(),
+            online_cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            memory_limit: host_memory(),
+            ..Default::default()
+        };
+        if matches!(rec.state.status.as_str(), "running" | "paused") {
+            if let Ok(st) = self.runtime.stats(&rec.id) {
+                s.cpu_total_ns = st.cpu_usage_ns.unwrap_or(0);
+                s.memory_usage = st
+                    .memory_usage
+                    .unwrap_or(0)
+                    .saturating_sub(st.memory_file.unwrap_or(0));
+                if let Some(l) = st.memory_limit {
+                    s.memory_limit = s.memory_limit.min(l);
+                }
+                s.pids = st.pids_current.unwrap_or(0);
+            }
+        }
+        Ok(s)
+    }
+
+    /// `top`: `ps` output for the container's processes.
+    pub fn top(&self, name_or_id: &str, ps_args: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+        let rec = self.record(name_or_id)?;
+        if !matches!(rec.state.status.as_str(), "running" | "paused") {
+            return Err(EngineError::Conflict(format!(
+                "Container {} is not running",
+                rec.id
+            )));
+        }
+        let pids = self
+            .runtime
+            .pids(&rec.id)
+            .map_err(|e| internal(format!("listing processes: {e}")))?;
+        let args: Vec<&str> = if ps_args.trim().is_empty() {
+            vec!["-ef"]
+        } else {
+            ps_args.split_whitespace().collect()
+        };
+        let out = std::process::Command::new("ps")
+            .args(&args)
+            .output()
+            .map_err(|e| internal(format!("running ps (install procps): {e}")))?;
+        if !out.status.success() {
+            return Err(EngineError::Invalid(format!(
+                "ps {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        parse_ps(&String::from_utf8_lossy(&out.stdout), &pids).map_err(EngineError::Invalid)
+    }
+
+    /// The path of the container's root file system (for `cp`).
+    pub fn rootfs(&self, name_or_id: &str) -> Result<PathBuf> {
+        Ok(self.record(name_or_id)?.rootfs)
+    }
+
+    // ----- exec -----------------------------------------------------------------------
+
+    /// `exec` create: checks the container runs and records the process.
+    pub fn exec_create(&self, name_or_id: &str, req: ExecRequest) -> Result<String> {
+        let rec = self.record(name_or_id)?;
+        if rec.state.status == "paused" {
+            return Err(EngineError::Conflict(format!(
+                "Container {} is paused, unpause the container before exec",
+                rec.id
+            )));
+        }
+        if rec.state.status != "running" {
+            return Err(EngineError::Conflict(format!(
+                "Container {} is not running",
+                rec.id
+            )));
+        }
+        if req.cmd.is_empty() {
+            return Err(EngineError::Invalid("No exec command specified".into()));
+        }
+        let id = fsutil::random_hex(32);
+        let info = ExecInfo {
+            id: id.clone(),
+            container_id: rec.id.clone(),
+            running: false,
+            exit_code: None,
+            pid: 0,
+            process: req,
+        };
+        lock(&self.execs).insert(
+            id.clone(),
+            Arc::new(Exec {
+                info: Mutex::new(info),
+                changed: Condvar::new(),
+            }),
+        );
+        self.emit(&rec, "exec_create", &[]);
+        Ok(id)
+    }
+
+    /// `exec` start: runs the process under its own monitor; without `detach`, returns the
+    /// stream of its stdio (and whether it is a TTY).
+    pub fn exec_start(
+        self: &Arc<Self>,
+        exec_id: &str,
+        detach: bool,
+    ) -> Result<Option<(UnixStream, bool)>> {
+        let exec = lock(&self.execs)
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| EngineError::NoSuchExec(exec_id.into()))?;
+        let info = lock(&exec.info).clone();
+        if info.running || info.exit_code.is_some() {
+            return Err(EngineError::Conflict(format!(
+                "Error: Exec command {exec_id} has already run"
+            )));
+        }
+        let rec = self.record(&info.container_id)?;
+        if rec.state.status != "running" {
+            return Err(EngineError::Conflict(format!(
+                "Container {} is not running",
+                rec.id
+            )));
+        }
+        let process = self.exec_process(&rec, &info.process)?;
+        let dir = self.exec_dir(exec_id);
+        let cfg = ShimConfig {
+            id: rec.id.clone(),
+            runtime_root: self.runtime.root().to_path_buf(),
+            bundle: self.container_dir(&rec.id),
+            exec: Some(process),
+            tty: info.process.tty,
+            stdin: info.process.stdin,
+            stdin_once: true,
+            log: None,
+            rotation: Rotation::default(),
+        };
+        shim::spawn(&self.cfg.exe, &dir, &cfg).map_err(command_error)?;
+        let stream = if detach {
+            None
+        } else {
+            let req = shim::Request::Attach {
+                stdin: info.process.stdin,
+                stdout: true,
+                stderr: true,
+            };
+            Some(shim::request(&dir, &req).map_err(internal)?)
+        };
+        if let Err(e) = shim::request(&dir, &shim::Request::Start) {
+            let _ = fs::remove_dir_all(&dir);
+            let err = command_error(e);
+            let code = match &err {
+                EngineError::Command { code, .. } => *code,
+                _ => 126,
+            };
+            let mut i = lock(&exec.info);
+            i.exit_code = Some(code);
+            exec.changed.notify_all();
+            return Err(err);
+        }
+        let pid = fs::read_to_string(dir.join("process.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0);
+        {
+            let mut i = lock(&exec.info);
+            i.running = true;
+            i.pid = pid;
+        }
+        self.emit(&rec, "exec_start", &[("execID", exec_id.to_string())]);
+        let engine = self.clone();
+        let exec2 = exec.clone();
+        let exec_id = exec_id.to_string();
+        std::thread::spawn(move || {
+            let code = shim::wait(&dir).map(|e| e.code).unwrap_or(255);
+            let _ = fs::remove_dir_all(&dir);
+            {
+                let mut i = lock(&exec2.info);
+                i.running = false;
+                i.exit_code = Some(code);
+            }
+            exec2.changed.notify_all();
+            engine.emit(
+                &rec,
+                "exec_die",
+                &[("execID", exec_id), ("exitCode", code.to_string())],
+            );
+        });
+        Ok(stream.map(|s| (s, info.process.tty)))
+    }
+
+    /// `exec inspect`; waits up to `wait` for a running exec to end (so a client that saw its
+    /// stream close gets the exit code).
+    pub fn exec_inspect(&self, exec_id: &str, wait: Duration) -> Result<ExecInfo> {
+        let exec = lock(&self.execs)
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| EngineError::NoSuchExec(exec_id.into()))?;
+        let deadline = Instant::now() + wait;
+        let mut g = lock(&exec.info);
+        if g.running {
+            // The monitor records the exit before it closes the streams.
+            if let Some(e) = shim::read_exit(&self.exec_dir(exec_id)) {
+                g.running = false;
+                g.exit_code = Some(e.code);
+            }
+        }
+        while g.running {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            g = exec
+                .changed
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(g.clone())
+    }
+
+    /// Resizes an exec's terminal.
+    pub fn exec_resize(&self, exec_id: &str, height: u16, width: u16) -> Result<()> {
+        let dir = self.exec_dir(exec_id);
+        if !lock(&self.execs).contains_key(exec_id) {
+            return Err(EngineError::NoSuchExec(exec_id.into()));
+        }
+        shim::request(&dir, &shim::Request::Resize { height, width })
+            .map(drop)
+            .map_err(EngineError::Invalid)
+    }
+
+    /// The process of an exec: the container's, with the exec's command and overrides.
+    fn exec_process(&self, rec: &Record, req: &ExecRequest) -> Result<oci_spec::runtime::Process> {
+        let spec: Spec = serde_json::from_slice(
+            &fs::read(self.container_dir(&rec.id).join("config.json"))
+                .map_err(|e| internal(format!("reading the container's bundle: {e}")))?,
+        )
+        .map_err(internal)?;
+        let mut p = spec.process().clone().unwrap_or_default();
+        p.set_args(Some(req.cmd.clone()));
+        p.set_terminal(Some(req.tty));
+        p.set_console_size(None);
+        let mut env = p.env().clone().unwrap_or_default();
+        for e in &req.env {
+            let key = e.split('=').next().unwrap_or("");
+            if key.is_empty() {
+                return Err(EngineError::Invalid(format!(
+                    "invalid environment variable: {e}"
+                )));
+            }
+            env.retain(|x| x.split('=').next() != Some(key));
+            env.push(e.clone());
+        }
+        p.set_env(Some(env));
+        if let Some(w) = req.workdir.as_deref().filter(|w| !w.is_empty()) {
+            if !w.starts_with('/') {
+                return Err(EngineError::Invalid(format!(
+                    "the working directory '{w}' is invalid, it needs to be an absolute path"
+                )));
+            }
+            p.set_cwd(w.into());
+        }
+        if let Some(u) = req.user.as_deref().filter(|u| !u.is_empty()) {
+            p.set_user(runspec::resolve_user(u, &rec.rootfs)?);
+        }
+        if req.privileged {
+            let all = crate::defaults::all_capabilities();
+            if let Some(mut caps) = p.capabilities().clone() {
+                caps.set_bounding(Some(all.clone()));
+                caps.set_effective(Some(all.clone()));
+                caps.set_permitted(Some(all));
+                p.set_capabilities(Some(caps));
+            }
+        }
+        Ok(p)
+    }
+
+    // ----- health checks ----------------------------------------------------------------
+
+    fn spawn_health(self: &Arc<Self>, ctr: Arc<Ctr>) {
+        let rec = lock(&ctr.rec).clone();
+        let Some(cfg) = HealthConfig::merge(
+            rec.image_config.healthcheck.as_ref(),
+            rec.config.health.as_ref(),
+        ) else {
+            return;
+        };
+        let Ok(cmd) = cfg.command() else { return };
+        let gen = ctr.run_gen.fetch_add(1, Ordering::SeqCst) + 1;
+        let engine = self.clone();
+        std::thread::spawn(move || {
+            let (interval, timeout, retries) = cfg.effective();
+            let started = Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_nanos(interval));
+                if ctr.run_gen.load(Ordering::SeqCst) != gen {
+                    return;
+                }
+                let start = timefmt::now();
+                let (code, output) = engine.probe(&ctr.id, &cmd, Duration::from_nanos(timeout));
+                if ctr.run_gen.load(Ordering::SeqCst) != gen {
+                    return;
+                }
+                let probe = Probe {
+                    start,
+                    end: timefmt::now(),
+                    exit_code: code,
+                    output,
+                };
+                let in_start = started.elapsed() < Duration::from_nanos(cfg.start_period);
+                let mut changed = None;
+                let rec = engine.update(&ctr, |r| {
+                    if let Some(h) = r.state.health.as_mut() {
+                        changed = h.record(probe, retries, in_start);
+                    }
+                });
+                if let (Ok(rec), Some(status)) = (rec, changed) {
+                    engine.emit(&rec, &format!("health_status: {status}"), &[]);
+                }
+            }
+        });
+    }
+
+    /// Runs a health check command in the container; (exit code, output).
+    fn probe(self: &Arc<Self>, id: &str, cmd: &[String], timeout: Duration) -> (i64, String) {
+        let req = ExecRequest {
+            cmd: cmd.to_vec(),
+            ..Default::default()
+        };
+        let exec_id = match self.exec_create(id, req) {
+            Ok(e) => e,
+            Err(e) => return (-1, e.to_string()),
+        };
+        let stream = match self.exec_start(&exec_id, false) {
+            Ok(Some((s, _))) => s,
+            Ok(None) => return (-1, String::new()),
+            Err(e) => {
+                lock(&self.execs).remove(&exec_id);
+                return (-1, e.to_string());
+            }
+        };
+        let _ = stream.set_read_timeout(Some(timeout));
+        let output = demux_to_string(stream, 4096);
+        let info = self.exec_inspect(&exec_id, timeout);
+        lock(&self.execs).remove(&exec_id);
+        match info {
+            Ok(i) if !i.running => (i64::from(i.exit_code.unwrap_or(-1)), output),
+            Ok(i) => {
+                // SAFETY: kill of the probe's pid, which its monitor still holds unreaped.
+                unsafe { libc::kill(i.pid, libc::SIGKILL) };
+                (-1, format!("Health check exceeded timeout ({timeout:?})"))
+            }
+            Err(e) => (-1, e.to_string()),
+        }
+    }
+
+    // ----- volumes, system ------------------------------------------------------------
+
+    /// `volume rm`.
+    pub fn volume_remove(&self, name: &str, force: bool) -> Result<()> {
+        let users = self.volume_users(name);
+        match self.volumes.remove(name, &users) {
+            Err(VolumeError::NotFound(_)) if force => Ok(()),
+            Err(e) => Err(e.into()),
+            Ok(()) => {
+                self.events.emit("volume", "destroy", name, BTreeMap::new());
+                Ok(())
+            }
+        }
+    }
+
+    /// `volume prune`: removes volumes no container uses (only anonymous ones unless `all`).
+    /// Returns their names and the bytes freed.
+    pub fn volume_prune(&self, all: bool) -> (Vec<String>, u64) {
+        let mut gone = Vec::new();
+        let mut bytes = 0;
+        for v in self.volumes.list() {
+            if (all || v.anonymous) && self.volume_users(&v.name).is_empty() {
+                let size = self.volumes.size(&v.name);
+                if self.volume_remove(&v.name, false).is_ok() {
+                    bytes += size;
+                    gone.push(v.name);
+                }
+            }
+        }
+        (gone, bytes)
+    }
+
+    /// `container prune`: removes stopped containers; returns their IDs.
+    pub fn container_prune(&self) -> Vec<String> {
+        let ids: Vec<String> = self
+            .list(true, false)
+            .into_iter()
+            .filter(|s| matches!(s.state.as_str(), "exited" | "created" | "dead"))
+            .map(|s| s.id)
+            .collect();
+        ids.into_iter()
+            .filter(|id| self.remove(id, false, false).is_ok())
+            .collect()
+    }
+
+    /// `info`.
+    pub fn info(&self) -> serde_json::Value {
+        let list = self.list(true, false);
+        let count = |s: &str| list.iter().filter(|c| c.state == s).count();
+        let images = self.images.list().map(|l| l.len()).unwrap_or(0);
+        let cgroup_version = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            "2"
+        } else {
+            "1"
+        };
+        let uname = nix::sys::utsname::uname().ok();
+        serde_json::json!({
+            "ID": fs::read_to_string("/etc/machine-id").unwrap_or_default().trim(),
+            "Containers": list.len(),
+            "ContainersRunning": count("running"),
+            "ContainersPaused": count("paused"),
+            "ContainersStopped": list.len() - count("running") - count("paused"),
+            "Images": images,
+            "Driver": "overlay2",
+            "LoggingDriver": "json-file",
+            "CgroupDriver": "cgroupfs",
+            "CgroupVersion": cgroup_version,
+            "KernelVersion": uname.as_ref().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+            "OperatingSystem": os_name(),
+            "OSType": "linux",
+            "Architecture": uname.as_ref().map(|u| u.machine().to_string_lossy().into_owned()).unwrap_or_default(),
+            "NCPU": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "MemTotal": host_memory(),
+            "DockerRootDir": self.cfg.root,
+            "ExecRoot": self.cfg.exec_root,
+            "Name": fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim(),
+            "ServerVersion": env!("CARGO_PKG_VERSION"),
+            "Runtimes": {"berth": {"path": self.cfg.exe}},
+            "DefaultRuntime": "berth",
+            "SecurityOptions": ["name=seccomp,profile=builtin"],
+            "Volumes": self.volumes.list().len(),
+        })
+    }
+
+    /// `system df`: (images, containers, volumes) with sizes.
+    pub fn disk_usage(&self) -> serde_json::Value {
+        let images = self.images.list().unwrap_or_default();
+        let containers = self.list(true, true);
+        let volumes: Vec<serde_json::Value> = self
+            .volumes
+            .list()
+            .into_iter()
+            .map(|v| {
+                let users = self.volume_users(&v.name).len();
+                serde_json::json!({"Name": v.name, "Size": self.volumes.size(&v.name), "RefCount": users})
+            })
+            .collect();
+        let used: std::collections::HashSet<&str> =
+            containers.iter().map(|c| c.image_id.as_str()).collect();
+        serde_json::json!({
+            "Images": images.iter().map(|i| serde_json::json!({
+                "Id": i.id.to_string(), "Size": i.size, "RepoTags": i.names,
+                "Containers": if used.contains(i.id.to_string().as_str()) { 1 } else { 0 },
+            })).collect::<Vec<_>>(),
+            "Containers": containers.iter().map(|c| serde_json::json!({
+                "Id": c.id, "Names": [format!("/{}", c.name)], "SizeRw": c.size_rw, "State": c.state,
+            })).collect::<Vec<_>>(),
+            "Volumes": volumes,
+        })
+    }
+
+    /// Stops watching containers (their monitors keep them running): for a daemon shutdown.
+    pub fn shutdown(&self) {}
+}
+
+/// `update` options.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpdateRequest {
+    /// `-m`.
+    pub memory: Option<String>,
+    /// `--memory-swap`.
+    pub memory_swap: Option<String>,
+    /// `--cpus`.
+    pub cpus: Option<String>,
+    /// `--cpu-shares`.
+    pub cpu_shares: Option<u64>,
+    /// `--pids-limit`.
+    pub pids_limit: Option<i64>,
+    /// `--restart`.
+    pub restart: Option<String>,
+}
+
+/// Reads a demultiplexed stream's payloads (both streams) into a string, at most `max` bytes.
+fn demux_to_string(mut s: UnixStream, max: usize) -> String {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut hdr = [0u8; 8];
+    while s.read_exact(&mut hdr).is_ok() {
+        let n = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as usize;
+        let mut buf = vec![0u8; n];
+        if s.read_exact(&mut buf).is_err() {
+            break;
+        }
+        if out.len() < max {
+            out.extend_from_slice(&buf[..n.min(max - out.len())]);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn command_error(msg: String) -> EngineError {
+    let lower = msg.to_ascii_lowercase();
+    if lower.contains("not found in $path") || lower.contains("no such file or directory") {
+        EngineError::Command {
+            code: 127,
+            message: msg,
+        }
+    } else if lower.contains("permission denied")
+        || lower.contains("exec format error")
+        || lower.contains("is a directory")
+    {
+        EngineError::Command {
+            code: 126,
+            message: msg,
+        }
+    } else {
+        EngineError::Internal(msg)
+    }
+}
+
+fn rotation(opts: &BTreeMap<String, String>) -> Result<Rotation> {
+    let mut r = Rotation::default();
+    for (k, v) in opts {
+        match k.as_str() {
+            "max-size" => {
+                let n = runspec::parse_memory_unchecked(v).map_err(|_| {
+                    EngineError::Invalid(format!("invalid value for log opt max-size: {v}"))
+                })?;
+                r.max_size = n.max(0) as u64;
+            }
+            "max-file" => {
+                r.max_file = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    EngineError::Invalid(format!("invalid value for log opt max-file: {v}"))
+                })?;
+            }
+            _ => {
+                return Err(EngineError::Invalid(format!(
+                    "unknown log opt '{k}' for json-file log driver"
+                )))
+            }
+        }
+    }
+    if r.max_file > 1 && r.max_size == 0 {
+        return Err(EngineError::Invalid(
+            "max-file cannot be set without max-size".into(),
+        ));
+    }
+    Ok(r)
+}
+
+fn status_phrase(s: &State) -> String {
+    let ago = |t: &str| {
+        timefmt::parse_rfc3339(t)
+            .map(|t| timefmt::human_duration(((timefmt::now_nanos() - t) / 1_000_000_000) as i64))
+            .unwrap_or_default()
+    };
+    match s.status.as_str() {
+        "running" | "paused" => {
+            let mut p = format!("Up {}", ago(&s.started_at));
+            if s.status == "paused" {
+                p.push_str(" (Paused)");
+            }
+            if let Some(h) = &s.health {
+                let hs = if h.status == "starting" {
+                    "health: starting"
+                } else {
+                    &h.status
+                };
+                p.push_str(&format!(" ({hs})"));
+            }
+            p
+        }
+        "restarting" => format!("Restarting ({}) {} ago", s.exit_code, ago(&s.finished_at)),
+        "exited" if !s.finished_at.is_empty() => {
+            format!("Exited ({}) {} ago", s.exit_code, ago(&s.finished_at))
+        }
+        "removing" => "Removal In Progress".into(),
+        _ => "Created".into(),
+    }
+}
+
+fn inspect_json(r: &Record, log: &Path, dir: &Path) -> serde_json::Value {
+    use serde_json::json;
+    let run = &r.config.run;
+    let (path, args) = match r.process.args.split_first() {
+        Some((p, a)) => (p.clone(), a.to_vec()),
+        None => (String::new(), Vec::new()),
+    };
+    let memory = run
+        .memory
+        .as_deref()
+        .and_then(|m| runspec::parse_memory(m).ok())
+        .unwrap_or(0);
+    let nano_cpus = run
+        .cpus
+        .as_deref()
+        .and_then(|c| c.parse::<f64>().ok())
+        .map(|c| (c * 1e9) as i64)
+        .unwrap_or(0);
+    let network_mode = match &run.network {
+        Network::None => "none".to_string(),
+        Network::Host => "host".to_string(),
+        Network::Container(c) => format!("container:{c}"),
+        Network::Join(p) => p.display().to_string(),
+    };
+    let health = HealthConfig::merge(
+        r.image_config.healthcheck.as_ref(),
+        r.config.health.as_ref(),
+    );
+    let mut state = json!({
+        "Status": r.state.status,
+        "Running": matches!(r.state.status.as_str(), "running" | "paused"),
+        "Paused": r.state.status == "paused",
+        "Restarting": r.state.status == "restarting",
+        "OOMKilled": r.state.oom_killed,
+        "Dead": r.state.status == "dead",
+        "Pid": r.state.pid,
+        "ExitCode": r.state.exit_code,
+        "Error": r.state.error,
+        "StartedAt": if r.state.started_at.is_empty() { "0001-01-01T00:00:00Z" } else { &r.state.started_at },
+        "FinishedAt": if r.state.finished_at.is_empty() { "0001-01-01T00:00:00Z" } else { &r.state.finished_at },
+    });
+    if let Some(h) = &r.state.health {
+        state["Health"] = serde_json::to_value(h).unwrap_or_default();
+    }
+    let env = r.process.env.clone();
+    json!({
+        "Id": r.id,
+        "Created": r.created,
+        "Path": path,
+        "Args": args,
+        "State": state,
+        "Image": r.image_id,
+        "ResolvConfPath": dir.join("resolv.conf"),
+        "HostnamePath": dir.join("hostname"),
+        "HostsPath": dir.join("hosts"),
+        "LogPath": log,
+        "Name": format!("/{}", r.name),
+        "RestartCount": r.state.restart_count,
+        "Driver": "overlay2",
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "HostConfig": {
+            "LogConfig": {"Type": "json-file", "Config": r.config.log_opts},
+            "NetworkMode": network_mode,
+            "RestartPolicy": r.config.restart,
+            "AutoRemove": r.config.auto_remove,
+            "CapAdd": run.cap_add,
+            "CapDrop": run.cap_drop,
+            "IpcMode": match &run.ipc { Ipc::Host => "host".to_string(), Ipc::Container(c) => format!("container:{c}"), _ => "private".to_string() },
+            "Privileged": run.privileged,
+            "ReadonlyRootfs": run.read_only,
+            "SecurityOpt": run.security_opt,
+            "Memory": memory,
+            "MemorySwap": run.memory_swap.as_deref().and_then(|m| if m == "-1" { Some(-1) } else { runspec::parse_memory_unchecked(m).ok() }).unwrap_or(0),
+            "NanoCpus": nano_cpus,
+            "CpuShares": run.cpu_shares.unwrap_or(0),
+            "PidsLimit": run.pids_limit,
+            "Ulimits": run.ulimits,
+            "Init": r.config.init,
+        },
+        "Mounts": r.mounts,
+        "Config": {
+            "Hostname": run.hostname.clone().unwrap_or_else(|| r.id[..12].to_string()),
+            "User": r.process.user,
+            "Tty": run.tty,
+            "OpenStdin": r.config.open_stdin,
+            "StdinOnce": r.config.stdin_once,
+            "Env": env,
+            "Cmd": if run.args.is_empty() { r.image_config.cmd.clone() } else { Some(run.args.clone()) },
+            "Image": r.image,
+            "WorkingDir": r.process.cwd,
+            "Entrypoint": match &run.entrypoint { Some(e) => Some(vec![e.clone()]), None => r.image_config.entrypoint.clone() },
+            "Labels": run.labels,
+            "StopSignal": run.stop_signal.clone().or(r.image_config.stop_signal.clone()),
+            "StopTimeout": r.config.stop_timeout,
+            "Healthcheck": health,
+        },
+        "NetworkSettings": {"Networks": {}},
+    })
+}
+
+/// Parses `ps` output and keeps the rows of `pids` (the PID column found by its title).
+pub fn parse_ps(
+    out: &str,
+    pids: &[i32],
+) -> std::result::Result<(Vec<String>, Vec<Vec<String>>), String> {
+    let mut lines = out.lines();
+    let header = lines.next().ok_or("ps printed nothing")?;
+    let titles: Vec<String> = header.split_whitespace().map(String::from).collect();
+    let pid_col = titles
+        .iter()
+        .position(|t| t == "PID")
+        .ok_or("couldn't find PID field in ps output")?;
+    let mut rows = Vec::new();
+    for line in lines {
+        let mut fields: Vec<String> = Vec::new();
+        let mut rest = line.trim_start();
+        for _ in 0..titles.len().saturating_sub(1) {
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            fields.push(rest[..end].to_string());
+            rest = rest[end..].trim_start();
+        }
+        fields.push(rest.to_string());
+        let Some(pid) = fields.get(pid_col).and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pids.contains(&pid) {
+            rows.push(fields);
+        }
+    }
+    Ok((titles, rows))
+}
+
+fn system_cpu_ns() -> u64 {
+    // The first line of /proc/stat: jiffies per state; USER_HZ is 100 on Linux.
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let jiffies: u64 = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    jiffies * 10_000_000
+}
+
+fn host_memory() -> u64 {
+    fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn os_name() -> String {
+    fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "Linux".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies() {
+        let p = |s: &str| RestartPolicy::parse(s).unwrap();
+        assert_eq!(p("on-failure:3").max_retries, 3);
+        assert_eq!(p("").name, "no");
+        assert!(RestartPolicy::parse("sometimes").is_err());
+        assert!(RestartPolicy::parse("always:3").is_err());
+        assert!(RestartPolicy::parse("on-failure:x").is_err());
+        assert!(!p("no").wants_restart(1, false, 0));
+        assert!(p("always").wants_restart(0, false, 50));
+        assert!(!p("always").wants_restart(0, true, 0));
+        assert!(p("on-failure").wants_restart(1, false, 100));
+        assert!(!p("on-failure").wants_restart(0, false, 0));
+        assert!(p("on-failure:2").wants_restart(1, false, 1));
+        assert!(!p("on-failure:2").wants_restart(1, false, 2));
+    }
+
+    #[test]
+    fn log_options() {
+        let o = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert_eq!(rotation(&o("max-size", "1k")).unwrap().max_size, 1024);
+        let mut both = o("max-size", "10m");
+        both.insert("max-file".into(), "3".into());
+        assert_eq!(rotation(&both).unwrap().max_file, 3);
+        assert!(rotation(&o("max-file", "3")).is_err());
+        assert!(rotation(&o("max-size", "lots")).is_err());
+        assert!(rotation(&o("compress", "true")).is_err());
+    }
+
+    #[test]
+    fn ps_rows_by_pid() {
+        let out = "UID   PID  PPID  C STIME TTY          TIME CMD\n\
+                   root    1     0  0 10:00 ?        00:00:01 /sbin/init splash\n\
+                   root  4242     1  0 10:01 ?        00:00:00 sleep 100\n";
+        let (titles, rows) = parse_ps(out, &[4242]).unwrap();
+        assert_eq!(titles.len(), 8);
+        assert_eq!(
+            rows,
+            vec![vec![
+                "root",
+                "4242",
+                "1",
+                "0",
+                "10:01",
+                "?",
+                "00:00:00",
+                "sleep 100"
+            ]]
+        );
+        assert!(parse_ps("USER COMMAND\n", &[1]).is_err());
+    }
+
+    #[test]
+    fn command_errors_map_to_docker_exit_codes() {
+        let code = |m: &str| match command_error(m.into()) {
+            EngineError::Command { code, .. } => code,
+            _ => 125,
+        };
+        assert_eq!(
+            code("container setup: \"nope\": executable file not found in $PATH"),
+            127
+        );
+        assert_eq!(code("exec /etc/passwd: permission denied"), 126);
+        assert_eq!(code("cgroup trouble"), 125);
+    }
+}
