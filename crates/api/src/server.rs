@@ -242,8 +242,13 @@ fn route(
             Ok(Out::Json(200, json!({"Warnings": []})))
         }
         ("POST", ["containers", id, "wait"]) => {
-            let next = head.q("condition") == Some("next-exit");
-            let code = engine.wait(id, next)?;
+            let condition = match head.q("condition").unwrap_or("not-running") {
+                "" | "not-running" => engine::engine::WaitCondition::NotRunning,
+                "next-exit" => engine::engine::WaitCondition::NextExit,
+                "removed" => engine::engine::WaitCondition::Removed,
+                c => return Err(bad(format!("invalid condition: {c:?}"))),
+            };
+            let code = engine.wait(id, condition)?;
             Ok(Out::Json(200, json!({"StatusCode": code})))
         }
         ("GET", ["containers", id, "logs"]) => logs(engine, id, head, w),

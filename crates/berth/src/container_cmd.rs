@@ -602,14 +602,16 @@ pub fn run(c: &Client, a: &RunArgs) -> Result<i32> {
         println!("{id}");
         return Ok(0);
     }
-    // Wait for the next exit before starting, so a quick exit (and --rm) is not missed.
+    // Wait for the next exit (or the removal, with --rm) before starting, so a quick exit is
+    // not missed.
+    let condition = if a.create.rm { "removed" } else { "next-exit" };
     let waiter = {
         let c = c.clone();
         let id = id.clone();
         std::thread::spawn(move || {
             c.json(
                 "POST",
-                &format!("/containers/{}/wait?condition=next-exit", path_id(&id)),
+                &format!("/containers/{}/wait?condition={condition}", path_id(&id)),
                 None,
             )
         })
@@ -1419,11 +1421,18 @@ fn human_bin(b: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 {
-        format!("{b}B")
-    } else {
-        format!("{v:.2}{}", units[i])
+    // Go's %.4g, as docker's units.BytesSize prints.
+    let digits = match v {
+        x if x >= 1000.0 => 0,
+        x if x >= 100.0 => 1,
+        x if x >= 10.0 => 2,
+        _ => 3,
+    };
+    let mut n = format!("{v:.digits$}");
+    if n.contains('.') {
+        n = n.trim_end_matches('0').trim_end_matches('.').to_string();
     }
+    format!("{n}{}", units[i])
 }
 
 /// `top`.

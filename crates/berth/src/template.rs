@@ -72,7 +72,10 @@ pub fn render(tmpl: &str, v: &Value) -> Result<String, String> {
 /// For a `table …` format: the header (field names upper-cased with spaces), and the row
 /// template.
 pub fn table_header(tmpl: &str) -> Option<(String, String)> {
-    let body = tmpl.strip_prefix("table")?.trim_start().to_string();
+    let body = tmpl
+        .strip_prefix("table")?
+        .trim_start()
+        .replace("\\t", "\t");
     let mut header = String::new();
     let mut rest = body.replace("\\t", "\t");
     let owned = rest.clone();

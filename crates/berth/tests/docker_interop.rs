@@ -105,22 +105,11 @@ impl Drop for Dockerd {
     }
 }
 
-fn berth(root: &Path, args: &[&str]) -> String {
-    let out = Command::new(BERTH)
-        .arg("--data-root")
-        .arg(root)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    common::stdout_of(out, &format!("berth {args:?}"))
-}
-
 #[test]
 fn docker_save_loads_into_berth_and_berth_save_loads_into_docker() {
     let d = Dockerd::start();
     let work = d.dir.path();
-    let root = work.join("berth");
+    let b = common::Daemon::start(&work.join("berth"));
 
     // docker → berth
     let tar = rootfs_tar(work, "from-docker", "made by docker\n");
@@ -138,11 +127,11 @@ fn docker_save_loads_into_berth_and_berth_save_loads_into_docker() {
     let archive = work.join("docker-saved.tar");
     d.ok(&["save", "-o", archive.to_str().unwrap(), "fromdocker:1"]);
     assert_eq!(
-        berth(&root, &["load", "-i", archive.to_str().unwrap()]).trim(),
+        b.ok(&["load", "-i", archive.to_str().unwrap()]).trim(),
         "Loaded image: fromdocker:1"
     );
     let inspect: serde_json::Value =
-        serde_json::from_str(&berth(&root, &["image", "inspect", "fromdocker:1"])).unwrap();
+        serde_json::from_str(&b.ok(&["image", "inspect", "fromdocker:1"])).unwrap();
     assert_eq!(
         inspect[0]["Id"],
         docker_id.as_str(),
@@ -152,7 +141,7 @@ fn docker_save_loads_into_berth_and_berth_save_loads_into_docker() {
         inspect[0]["Config"]["Cmd"],
         serde_json::json!(["cat", "/etc/version"])
     );
-    let merged = PathBuf::from(berth(&root, &["image", "mount", "c1", "fromdocker:1"]).trim());
+    let merged = PathBuf::from(b.ok(&["image", "mount", "c1", "fromdocker:1"]).trim());
     let run = work.join("run");
     busybox_bundle(&run, &["cat", "/etc/version"]);
     let cfg = run.join("config.json");
@@ -175,28 +164,23 @@ fn docker_save_loads_into_berth_and_berth_save_loads_into_docker() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    berth(&root, &["image", "umount", "c1"]);
+    b.ok(&["image", "umount", "c1"]);
 
     // berth → docker
     let tar = rootfs_tar(work, "from-berth", "made by berth\n");
-    let berth_id = berth(
-        &root,
-        &[
+    let berth_id = b
+        .ok(&[
             "image",
             "import",
             "-c",
             "CMD [\"cat\", \"/etc/version\"]",
             tar.to_str().unwrap(),
             "fromberth:1",
-        ],
-    )
-    .trim()
-    .to_string();
+        ])
+        .trim()
+        .to_string();
     let archive = work.join("berth-saved.tar");
-    berth(
-        &root,
-        &["save", "-o", archive.to_str().unwrap(), "fromberth:1"],
-    );
+    b.ok(&["save", "-o", archive.to_str().unwrap(), "fromberth:1"]);
     let loaded = d.ok(&["load", "-i", archive.to_str().unwrap()]);
     assert!(loaded.contains("fromberth:1"), "{loaded}");
     assert_eq!(

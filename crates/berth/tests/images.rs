@@ -12,17 +12,20 @@ use common::{busybox_bundle, require_root, BERTH};
 use serde_json::Value;
 
 struct Env {
+    daemon: common::Daemon,
     dir: tempfile::TempDir,
 }
 
 impl Env {
     fn new() -> Env {
         require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("berth-images-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
         Env {
-            dir: tempfile::Builder::new()
-                .prefix("berth-images-")
-                .tempdir_in("/var/tmp")
-                .unwrap(),
+            daemon: common::Daemon::start(&dir.path().join("data")),
+            dir,
         }
     }
 
@@ -31,13 +34,7 @@ impl Env {
     }
 
     fn berth(&self, args: &[&str]) -> Output {
-        Command::new(BERTH)
-            .arg("--data-root")
-            .arg(self.root())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        self.daemon.berth(args)
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -195,9 +192,9 @@ fn import_list_inspect_history_and_versions() {
     assert_eq!(dangling.trim(), id2, "the replaced version is dangling");
 
     // `-` reads the tarball from stdin, as docker import does.
-    let piped = Command::new(BERTH)
-        .arg("--data-root")
-        .arg(e.root())
+    let piped = e
+        .daemon
+        .cmd()
         .args(["image", "import", "-", "piped:1"])
         .stdin(fs::File::open(&v1).unwrap())
         .output()

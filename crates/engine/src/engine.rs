@@ -692,6 +692,7 @@ impl Engine {
             }
             let (_, rootfs) = self.images.mount_container(&id, &image.id.to_string())?;
             let mut check = run.clone();
+            self.bind_volumes(&mut check)?;
             if let Network::Container(_) = check.network {
                 check.network = Network::Join("/proc/self/ns/net".into());
                 check.uts_join = Some("/proc/self/ns/uts".into());
@@ -717,7 +718,7 @@ impl Engine {
                 image_id: image.id.to_string(),
                 image_config: image_config.clone(),
                 config: CreateRequest {
-                    run: req.run.clone(),
+                    run: run.clone(),
                     name: Some(name.clone()),
                     ..req.clone()
                 },
@@ -859,6 +860,26 @@ impl Engine {
         Ok(points)
     }
 
+    /// Volume mounts as bind mounts of the volumes' directories.
+    fn bind_volumes(&self, run: &mut RunOptions) -> Result<()> {
+        for m in run.mounts.iter_mut() {
+            if let MountSpec::Volume {
+                name,
+                target,
+                read_only,
+            } = m.clone()
+            {
+                let v = self.volumes.inspect(&name)?;
+                *m = MountSpec::Bind {
+                    source: v.mountpoint,
+                    target,
+                    read_only,
+                };
+            }
+        }
+        Ok(())
+    }
+
     fn write_etc_files(&self, rec: &Record) -> Result<()> {
         let dir = self.container_dir(&rec.id);
         let host = matches!(rec.config.run.network, Network::Host);
@@ -902,21 +923,7 @@ impl Engine {
     /// The runtime spec for a start: options resolved against live containers and volumes.
     fn build_spec(&self, rec: &Record) -> Result<Spec> {
         let mut run = rec.config.run.clone();
-        for m in run.mounts.iter_mut() {
-            if let MountSpec::Volume {
-                name,
-                target,
-                read_only,
-            } = m.clone()
-            {
-                let v = self.volumes.inspect(&name)?;
-                *m = MountSpec::Bind {
-                    source: v.mountpoint,
-                    target,
-                    read_only,
-                };
-            }
-        }
+        self.bind_volumes(&mut run)?;
         let ns_of = |c: &str, ns: &str| -> Result<PathBuf> {
             let other = self.record(c)?;
             if other.state.status != "running" && other.state.status != "paused" {
@@ -1231,8 +1238,8 @@ impl Engine {
         if rec.state.status == "paused" {
             let _ = self.runtime.resume(&rec.id);
         }
-        if secs != 0 {
-            let _ = self.runtime.kill(&rec.id, sig, false);
+        if secs != 0 && self.runtime.kill(&rec.id, sig, false).is_ok() {
+            self.emit(&rec, "kill", &[("signal", sig.to_string())]);
         }
         if secs < 0 || !Self::wait_stopped(&ctr, Duration::from_secs(secs.max(0) as u64)) {
             let _ = self.runtime.kill(&rec.id, libc::SIGKILL, true);
@@ -1473,19 +1480,28 @@ impl Engine {
 
     /// `wait`: blocks until the container is not running (`next_exit`: until its next exit)
     /// and returns the exit code. A container that is removed meanwhile ends the wait too.
-    pub fn wait(&self, name_or_id: &str, next_exit: bool) -> Result<i32> {
+    pub fn wait(&self, name_or_id: &str, condition: WaitCondition) -> Result<i32> {
         let ctr = self.find(name_or_id)?;
         let seen = ctr.exits.load(Ordering::SeqCst);
         let mut g = lock(&ctr.rec);
+        let mut code = None;
         loop {
             let exited = ctr.exits.load(Ordering::SeqCst) > seen;
+            if exited && code.is_none() {
+                code = Some(g.state.exit_code);
+            }
             let gone = !lock(&self.table).by_id.contains_key(&ctr.id);
             let idle = !matches!(
                 g.state.status.as_str(),
                 "running" | "paused" | "restarting" | "removing"
             );
-            if exited || gone || (!next_exit && idle) {
-                return Ok(g.state.exit_code);
+            let done = match condition {
+                WaitCondition::NotRunning => exited || gone || idle,
+                WaitCondition::NextExit => exited || gone,
+                WaitCondition::Removed => gone,
+            };
+            if done {
+                return Ok(code.unwrap_or(g.state.exit_code));
             }
             g = ctr
                 .changed
@@ -1809,12 +1825,14 @@ impl Engine {
         let exec_id = exec_id.to_string();
         std::thread::spawn(move || {
             let code = shim::wait(&dir).map(|e| e.code).unwrap_or(255);
-            let _ = fs::remove_dir_all(&dir);
+            // Recorded before the directory (and its exit file) goes: an inspect in between
+            // finds one or the other.
             {
                 let mut i = lock(&exec2.info);
                 i.running = false;
                 i.exit_code = Some(code);
             }
+            let _ = fs::remove_dir_all(&dir);
             exec2.changed.notify_all();
             engine.emit(
                 &rec,
@@ -2104,6 +2122,17 @@ impl Engine {
 
     /// Stops watching containers (their monitors keep them running): for a daemon shutdown.
     pub fn shutdown(&self) {}
+}
+
+/// What `wait` waits for (Docker's `condition`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitCondition {
+    /// The container is not running (at once if it is not).
+    NotRunning,
+    /// The container's next exit.
+    NextExit,
+    /// The container is removed (`run --rm`).
+    Removed,
 }
 
 /// `update` options.

@@ -272,7 +272,18 @@ pub fn read(
             if let Some((r, _)) = current.as_mut() {
                 drain(r, &mut line)?;
             }
-            if let Ok(f) = File::open(path) {
+            // The file after ours: one step newer than where ours went, or, when ours is gone
+            // (rotated out), the oldest one left.
+            let old = current.as_ref().map(|(_, ino)| *ino);
+            let ino_at = |n: u32| fs::metadata(rotated(path, n)).ok().map(|m| m.ino());
+            let next = match (1..max_file.max(1)).find(|&n| old.is_some() && ino_at(n) == old) {
+                Some(k) => k - 1,
+                None => (0..max_file.max(1))
+                    .rev()
+                    .find(|&n| ino_at(n).is_some())
+                    .unwrap_or(0),
+            };
+            if let Ok(f) = File::open(rotated(path, next)) {
                 let ino = f.metadata()?.ino();
                 current = Some((BufReader::new(f), ino));
                 line.clear();
@@ -389,7 +400,7 @@ mod tests {
         let p = dir.path().join("c-json.log");
         let rot = Rotation {
             max_size: 300,
-            max_file: 2,
+            max_file: 3,
         };
         let mut w = Writer::open(&p, rot).unwrap();
         w.write(1, b"first\n").unwrap();
@@ -399,7 +410,7 @@ mod tests {
             std::thread::spawn(move || {
                 for i in 0..30 {
                     w.write(1, format!("more {i}\n").as_bytes()).unwrap();
-                    std::thread::sleep(Duration::from_millis(5));
+                    std::thread::sleep(Duration::from_millis(25));
                 }
                 done.store(true, std::sync::atomic::Ordering::SeqCst);
             })
@@ -411,7 +422,7 @@ mod tests {
         };
         read(
             &p,
-            2,
+            3,
             &q,
             &|| !done.load(std::sync::atomic::Ordering::SeqCst),
             &mut |e| {

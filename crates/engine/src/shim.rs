@@ -506,9 +506,11 @@ pub fn main(dir: &Path) -> ! {
             }
             Ok(Request::Start) => {
                 let started = match &cfg.exec {
+                    // The pid from before the start: a process that ends at once has none in
+                    // its state afterwards.
                     None => rt
                         .start(&cfg.id)
-                        .map(|_| rt.state(&cfg.id).map(|st| st.pid).unwrap_or(0))
+                        .map(|_| created_pid)
                         .map_err(|e| e.to_string()),
                     Some(process) => {
                         let pid_file = dir.join(PID);

@@ -275,14 +275,32 @@ impl Prepared {
         };
         // Resolved inside the (pivoted) root without magic links: a path through
         // /proc/self/fd/<n> or /proc/self/exe must not lead to a host file (CVE-2024-21626).
+        let explicit = candidates.len() == 1 && arg0.as_os_str().as_bytes().contains(&b'/');
         for c in &candidates {
             let Ok(fd) = crate::syscall::open_in_root(Path::new("/"), c) else {
+                if explicit {
+                    return Err(invalid(
+                        "process.args[0]",
+                        format!(
+                            "{:?}: stat {}: no such file or directory",
+                            arg0.display().to_string(),
+                            c.display()
+                        ),
+                    ));
+                }
                 continue;
             };
             if let Ok(m) = File::from(fd).metadata() {
                 if m.is_file() && m.permissions().mode() & 0o111 != 0 {
                     return CString::new(c.as_os_str().as_bytes())
                         .map_err(|_| invalid("process.args[0]", "contains a NUL byte"));
+                }
+                if explicit {
+                    // As Go's exec (and so runc and docker) says it: exit status 126.
+                    return Err(invalid(
+                        "process.args[0]",
+                        format!("{:?}: permission denied", arg0.display().to_string()),
+                    ));
                 }
             }
         }

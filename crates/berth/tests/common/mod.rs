@@ -60,3 +60,129 @@ pub fn stdout_of(out: Output, what: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A `berth daemon` of the test's own: data root under `root`, exec root and socket in a
+/// short directory under /run (socket paths are limited to 108 bytes). Dropping it removes
+/// every container it still has and stops it.
+pub struct Daemon {
+    pub root: std::path::PathBuf,
+    pub exec_root: std::path::PathBuf,
+    pub socket: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+static DAEMONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Daemon {
+    /// Starts a daemon whose data root is `root` and waits until it answers.
+    pub fn start(root: &Path) -> Daemon {
+        require_root();
+        let n = DAEMONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let exec_root = std::path::PathBuf::from(format!("/run/bt-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&exec_root);
+        let socket = exec_root.join("berth.sock");
+        let mut d = Daemon {
+            root: root.to_path_buf(),
+            exec_root,
+            socket,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.exec_root).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.exec_root.with_extension("log"))
+            .unwrap();
+        let child = Command::new(BERTH)
+            .arg("daemon")
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--exec-root")
+            .arg(&self.exec_root)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("the daemon did not come up: {}", self.log());
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.exec_root.with_extension("log")).unwrap_or_default()
+    }
+
+    /// A `berth` command aimed at this daemon.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BERTH);
+        c.env("BERTH_HOST", format!("unix://{}", self.socket.display()));
+        c.stdin(std::process::Stdio::null());
+        c
+    }
+
+    /// Runs `berth args…`.
+    pub fn berth(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Runs `berth args…`, which must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        stdout_of(self.berth(args), &format!("berth {args:?}"))
+    }
+
+    /// Runs `berth args…`, which must fail; its exit code and stderr.
+    pub fn err(&self, args: &[&str]) -> (i32, String) {
+        let out = self.berth(args);
+        assert!(
+            !out.status.success(),
+            "berth {args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Kills the daemon with SIGKILL (its containers keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the daemon again on the same state.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let ids = self.berth(&["ps", "-aq", "--no-trunc"]).stdout;
+            for id in String::from_utf8_lossy(&ids).split_whitespace() {
+                let _ = self.berth(&["rm", "-f", "-v", id]);
+            }
+        }
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.exec_root);
+        let _ = std::fs::remove_file(self.exec_root.with_extension("log"));
+    }
+}

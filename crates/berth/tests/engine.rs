@@ -1,0 +1,941 @@
+//! The engine as a user of Docker drives it: a private `berth daemon` per test and the
+//! `berth` CLI — lifecycle, logs and rotation, exec and TTYs, restart policies, health checks,
+//! volumes, cp, update, live restore after SIGKILL, and no residue. Needs root.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use serde_json::Value;
+
+struct Env {
+    d: Daemon,
+    dir: tempfile::TempDir,
+}
+
+/// A daemon with a busybox image (`busybox:latest`, CMD sh).
+fn env() -> Env {
+    common::require_root();
+    let dir = tempfile::Builder::new()
+        .prefix("berth-engine-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let d = Daemon::start(&dir.path().join("data"));
+    let tar = common::rootfs_tar(dir.path(), "bb", "busybox\n");
+    d.ok(&[
+        "image",
+        "import",
+        "-c",
+        "CMD [\"sh\"]",
+        tar.to_str().unwrap(),
+        "busybox:latest",
+    ]);
+    Env { d, dir }
+}
+
+impl Env {
+    fn inspect(&self, name: &str) -> Value {
+        let v: Value = serde_json::from_str(&self.d.ok(&["inspect", name])).unwrap();
+        v[0].clone()
+    }
+
+    fn status(&self, name: &str) -> String {
+        self.d
+            .ok(&["inspect", "-f", "{{.State.Status}}", name])
+            .trim()
+            .to_string()
+    }
+
+    /// Polls (no timing assertion: the deadline only bounds a hang) until `f` holds.
+    fn until(&self, what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn lifecycle_and_docker_errors() {
+    let e = env();
+    let d = &e.d;
+    // Foreground run: output and exit code.
+    let out = d.berth(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err\n"));
+    assert_eq!(d.ok(&["ps", "-aq"]), "", "--rm removed it");
+
+    let id = d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-m",
+        "64m",
+        "-l",
+        "tier=front",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+    ]);
+    let id = id.trim();
+    assert_eq!(id.len(), 64);
+    let ps = d.ok(&["ps"]);
+    assert!(ps.contains("web") && ps.contains("Up "), "{ps}");
+    let i = e.inspect("web");
+    assert_eq!(i["Id"], id);
+    assert_eq!(i["Name"], "/web");
+    assert_eq!(i["State"]["Running"], true);
+    assert_eq!(i["HostConfig"]["Memory"], 64 << 20);
+    assert_eq!(i["Config"]["Labels"]["tier"], "front");
+    assert_eq!(i["Path"], "httpd");
+    // The none network has a working loopback; the server answers inside.
+    let page = d.berth(&["exec", "web", "wget", "-q", "-O-", "http://127.0.0.1:8080/"]);
+    assert!(
+        String::from_utf8_lossy(&page.stderr).contains("404"),
+        "{page:?}"
+    );
+    assert_eq!(d.ok(&["exec", "web", "hostname"]).trim(), &id[..12]);
+    assert_eq!(
+        d.ok(&[
+            "exec",
+            "-e",
+            "X=1",
+            "-w",
+            "/etc",
+            "web",
+            "sh",
+            "-c",
+            "echo $X $(pwd)"
+        ]),
+        "1 /etc\n"
+    );
+    assert_eq!(
+        d.berth(&["exec", "web", "sh", "-c", "exit 7"])
+            .status
+            .code(),
+        Some(7)
+    );
+    let top = d.ok(&["top", "web"]);
+    assert!(
+        top.contains("PID") && top.contains("httpd -f -p 8080"),
+        "{top}"
+    );
+    // The memory limit is the container's cgroup's.
+    assert_eq!(
+        d.ok(&[
+            "exec",
+            "web",
+            "cat",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+        ])
+        .trim(),
+        (64u64 << 20).to_string()
+    );
+    d.ok(&["update", "-m", "96m", "web"]);
+    assert_eq!(
+        d.ok(&[
+            "exec",
+            "web",
+            "cat",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+        ])
+        .trim(),
+        (96u64 << 20).to_string()
+    );
+    assert_eq!(e.inspect("web")["HostConfig"]["Memory"], 96 << 20);
+    let stats = d.ok(&["stats", "--no-stream", "web"]);
+    assert!(stats.contains("96MiB") && stats.contains("web"), "{stats}");
+
+    d.ok(&["pause", "web"]);
+    assert_eq!(e.status("web"), "paused");
+    assert!(d.ok(&["ps"]).contains("(Paused)"));
+    d.ok(&["unpause", "web"]);
+    d.ok(&["rename", "web", "site"]);
+    assert_eq!(e.inspect("site")["Name"], "/site");
+    // Removing a running container needs -f.
+    let (code, msg) = d.err(&["rm", "site"]);
+    assert_eq!(code, 1);
+    assert!(
+        msg.contains("Stop the container before attempting removal or force remove"),
+        "{msg}"
+    );
+    // httpd as pid 1 ignores SIGTERM: stop kills it after the timeout.
+    d.ok(&["stop", "-t", "1", "site"]);
+    assert_eq!(e.status("site"), "exited");
+    assert_eq!(e.inspect("site")["State"]["ExitCode"], 137);
+    let (code, msg) = d.err(&["exec", "site", "true"]);
+    assert_eq!(code, 1);
+    assert!(msg.contains("is not running"), "{msg}");
+    d.ok(&["start", "site"]);
+    assert_eq!(e.status("site"), "running");
+    d.ok(&["restart", "-t", "0", "site"]);
+    assert_eq!(e.status("site"), "running");
+    d.ok(&["kill", "-s", "KILL", "site"]);
+    assert_eq!(d.ok(&["wait", "site"]).trim(), "137");
+    d.ok(&["rm", "site"]);
+
+    // Bad input: Docker's messages and exit codes, nothing left behind.
+    let (code, msg) = d.err(&["run", "nosuch:image"]);
+    assert_eq!(code, 125);
+    assert!(msg.contains("Unable to find image 'nosuch:image'"), "{msg}");
+    d.ok(&["create", "--name", "taken", "busybox"]);
+    let (code, msg) = d.err(&["run", "--name", "taken", "busybox", "true"]);
+    assert_eq!(code, 125);
+    assert!(msg.contains("is already in use"), "{msg}");
+    let (code, msg) = d.err(&["run", "-m", "lots", "busybox", "true"]);
+    assert_eq!(code, 125);
+    assert!(msg.contains("invalid memory"), "{msg}");
+    let (code, msg) = d.err(&["run", "--cpus", "lots", "busybox", "true"]);
+    assert_eq!(code, 125, "{msg}");
+    let (code, msg) = d.err(&["run", "-v", "/no/such/dir:/x", "busybox", "true"]);
+    assert_eq!(code, 125);
+    assert!(
+        msg.contains("bind source path does not exist: /no/such/dir"),
+        "{msg}"
+    );
+    let (code, msg) = d.err(&["run", "--rm", "busybox", "no-such-command"]);
+    assert_eq!(code, 127, "{msg}");
+    assert!(msg.contains("executable file not found"), "{msg}");
+    let (code, msg) = d.err(&["run", "--rm", "busybox", "/etc/passwd"]);
+    assert_eq!(code, 126, "{msg}");
+    let names = d.ok(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert_eq!(
+        names.trim(),
+        "taken",
+        "failed runs left containers: {names}"
+    );
+    d.ok(&["rm", "taken"]);
+    assert!(fs::read_dir(e.dir.path().join("data/containers"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[test]
+fn logs_rotate_and_follow() {
+    let e = env();
+    let d = &e.d;
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "chatty",
+        "--log-opt",
+        "max-size=2k",
+        "--log-opt",
+        "max-file=3",
+        "busybox",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 300 ]; do echo line $i; i=$((i+1)); done; sleep 0.3; echo bye >&2",
+    ]);
+    assert_eq!(d.ok(&["wait", "chatty"]).trim(), "0");
+    let id = e.inspect("chatty")["Id"].as_str().unwrap().to_string();
+    let log = e
+        .dir
+        .path()
+        .join(format!("data/containers/{id}/{id}-json.log"));
+    assert_eq!(e.inspect("chatty")["LogPath"], log.to_str().unwrap());
+    assert!(
+        Path::new(&format!("{}.2", log.display())).exists(),
+        "rotated"
+    );
+    assert!(
+        !Path::new(&format!("{}.3", log.display())).exists(),
+        "max-file=3"
+    );
+    for n in ["", ".1", ".2"] {
+        let f = format!("{}{n}", log.display());
+        assert!(fs::metadata(&f).unwrap().len() <= 2048, "{f}");
+        let first: Value =
+            serde_json::from_str(fs::read_to_string(&f).unwrap().lines().next().unwrap()).unwrap();
+        assert!(
+            first["log"].is_string() && first["time"].is_string() && first["stream"].is_string()
+        );
+    }
+    let out = d.berth(&["logs", "chatty"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let nums: Vec<u32> = text
+        .lines()
+        .map(|l| l.strip_prefix("line ").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(*nums.last().unwrap(), 299);
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order, nothing lost within what is kept"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "bye\n");
+    assert_eq!(
+        d.ok(&["logs", "--tail", "3", "chatty"]),
+        "line 298\nline 299\n"
+    );
+    let stamped = d.ok(&["logs", "-t", "--tail", "2", "chatty"]);
+    assert!(
+        stamped.ends_with(" line 299\n") && stamped.starts_with("20"),
+        "{stamped}"
+    );
+    assert_eq!(
+        d.ok(&["logs", "--since", "2999-01-01T00:00:00Z", "chatty"]),
+        ""
+    );
+    assert_eq!(d.ok(&["logs", "--until", "1", "chatty"]), "");
+
+    // Following: lines written later arrive, across a rotation, and the stream ends with
+    // the container.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "slow",
+        "--log-opt",
+        "max-size=1k",
+        "--log-opt",
+        "max-file=2",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 0.5; i=0; while [ $i -lt 100 ]; do echo later $i; i=$((i+1)); done",
+    ]);
+    let followed = d.ok(&["logs", "-f", "slow"]);
+    assert!(followed.ends_with("later 99\n"), "{followed}");
+}
+
+/// A pseudo-terminal pair for a test: (master, slave).
+fn openpty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
+    let (mut m, mut s) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty with valid out pointers and a winsize.
+    let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    assert_eq!(r, 0);
+    // SAFETY: fresh fds from openpty.
+    unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
+}
+
+/// Runs `berth args` on a terminal, types `input`, and returns (exit code, what it printed).
+fn on_tty(d: &Daemon, args: &[&str], input: &str) -> (i32, String) {
+    let (master, slave) = openpty(30, 100);
+    let mut cmd = d.cmd();
+    cmd.args(args)
+        .stdin(std::fs::File::from(slave.try_clone().unwrap()))
+        .stdout(std::fs::File::from(slave.try_clone().unwrap()))
+        .stderr(std::fs::File::from(slave));
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let mut m = std::fs::File::from(master);
+    std::thread::sleep(Duration::from_millis(700));
+    m.write_all(input.as_bytes()).unwrap();
+    let reader = {
+        let mut m = m.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = m.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            out
+        })
+    };
+    let status = child.wait().unwrap();
+    drop(m);
+    let out = reader.join().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out).into_owned(),
+    )
+}
+
+#[test]
+fn interactive_terminals_for_run_and_exec() {
+    let e = env();
+    let d = &e.d;
+    let (code, out) = on_tty(
+        d,
+        &["run", "-it", "--rm", "busybox", "sh"],
+        "stty size; tty; echo $((6*7)); exit 3\r",
+    );
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("30 100"),
+        "the terminal's size reached the container: {out}"
+    );
+    assert!(out.contains("/dev/pts/0") && out.contains("42"), "{out}");
+
+    d.ok(&["run", "-d", "--name", "box", "-i", "busybox", "sh"]);
+    let (code, out) = on_tty(
+        d,
+        &["exec", "-it", "box", "sh"],
+        "stty size; echo in-exec; exit 5\r",
+    );
+    assert_eq!(code, 5, "{out}");
+    assert!(out.contains("30 100") && out.contains("in-exec"), "{out}");
+    // Without a TTY, stdin is a pipe and EOF ends it.
+    let mut child = d
+        .cmd()
+        .args(["exec", "-i", "box", "sh", "-c", "cat; echo done"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped text\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "piped text\ndone\n");
+    // run -i without a TTY: stdin reaches the container and its closing ends it.
+    let mut child = d
+        .cmd()
+        .args(["run", "--rm", "-i", "busybox", "sh", "-c", "tr a-z A-Z"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"shout\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SHOUT\n");
+    assert!(out.status.success());
+}
+
+fn starts(events: &str) -> Vec<i128> {
+    events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["Action"] == "start")
+        .map(|e| e["timeNano"].as_i64().unwrap() as i128)
+        .collect()
+}
+
+#[test]
+fn restart_policies_back_off_and_survive_stop() {
+    let e = env();
+    let d = &e.d;
+    let out = d.berth(&[
+        "run",
+        "--name",
+        "crash",
+        "--restart",
+        "on-failure:3",
+        "busybox",
+        "sh",
+        "-c",
+        "echo crashing; exit 2",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    e.until("three restarts", || {
+        e.inspect("crash")["RestartCount"] == 3 && e.status("crash") == "exited"
+    });
+    assert_eq!(d.ok(&["logs", "crash"]).matches("crashing").count(), 4);
+    let events = d.ok(&[
+        "events",
+        "--since",
+        "1h",
+        "--until",
+        "0s",
+        "--filter",
+        "container=crash",
+        "--format",
+        "json",
+    ]);
+    let t = starts(&events);
+    assert_eq!(t.len(), 4, "{events}");
+    // Docker's back-off: at least 100 ms, 200 ms, 400 ms between the starts.
+    for (i, w) in t.windows(2).enumerate() {
+        let min = 100_000_000i128 << i;
+        assert!(
+            w[1] - w[0] >= min,
+            "restart {i} came after {} ns",
+            w[1] - w[0]
+        );
+    }
+    // `always` restarts a clean exit too, and `stop` ends that.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "loop",
+        "--restart",
+        "always",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 0.2",
+    ]);
+    e.until("a restart", || {
+        e.inspect("loop")["RestartCount"].as_u64().unwrap_or(0) >= 2
+    });
+    d.ok(&["stop", "-t", "1", "loop"]);
+    let count = e.inspect("loop")["RestartCount"].clone();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(e.status("loop"), "exited");
+    assert_eq!(
+        e.inspect("loop")["RestartCount"],
+        count,
+        "stopped stays stopped"
+    );
+}
+
+#[test]
+fn health_checks_move_between_states() {
+    let e = env();
+    let d = &e.d;
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "hc",
+        "--health-cmd",
+        "test -f /tmp/ok",
+        "--health-interval",
+        "100ms",
+        "--health-retries",
+        "2",
+        "busybox",
+        "sleep",
+        "300",
+    ]);
+    assert!(
+        d.ok(&["ps"]).contains("(health: starting)")
+            || e.inspect("hc")["State"]["Health"]["Status"] != "starting"
+    );
+    e.until("unhealthy", || {
+        e.inspect("hc")["State"]["Health"]["Status"] == "unhealthy"
+    });
+    assert!(
+        e.inspect("hc")["State"]["Health"]["FailingStreak"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+    d.ok(&["exec", "hc", "touch", "/tmp/ok"]);
+    e.until("healthy", || {
+        e.inspect("hc")["State"]["Health"]["Status"] == "healthy"
+    });
+    assert!(d.ok(&["ps", "--filter", "health=healthy"]).contains(" hc"));
+    assert!(d.ok(&["ps"]).contains("(healthy)"));
+    let events = d.ok(&[
+        "events",
+        "--since",
+        "1h",
+        "--until",
+        "0s",
+        "--filter",
+        "event=health_status",
+        "--format",
+        "{{.Action}}",
+    ]);
+    assert!(
+        events.contains("health_status: unhealthy") && events.contains("health_status: healthy"),
+        "{events}"
+    );
+}
+
+#[test]
+fn volumes_persist_and_cp_stays_inside() {
+    let e = env();
+    let d = &e.d;
+    d.ok(&["volume", "create", "data"]);
+    d.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data",
+        "busybox",
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ]);
+    assert_eq!(
+        d.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "data:/data:ro",
+            "busybox",
+            "cat",
+            "/data/f"
+        ]),
+        "kept\n"
+    );
+    let (code, _) = d.err(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data:ro",
+        "busybox",
+        "touch",
+        "/data/g",
+    ]);
+    assert_eq!(code, 1);
+    // In use: rm refuses; anonymous volumes go with `rm -v`.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "user",
+        "-v",
+        "data:/data",
+        "-v",
+        "/scratch",
+        "busybox",
+        "sleep",
+        "300",
+    ]);
+    let (_, msg) = d.err(&["volume", "rm", "data"]);
+    assert!(msg.contains("volume is in use"), "{msg}");
+    assert_eq!(d.ok(&["volume", "ls", "-q"]).lines().count(), 2);
+    let mp: Value = serde_json::from_str(&d.ok(&["volume", "inspect", "data"])).unwrap();
+    assert_eq!(
+        fs::read_to_string(Path::new(mp[0]["Mountpoint"].as_str().unwrap()).join("f")).unwrap(),
+        "kept\n"
+    );
+
+    // cp in both directions.
+    let host = e.dir.path().join("host");
+    fs::create_dir(&host).unwrap();
+    fs::write(host.join("in.txt"), "to the container\n").unwrap();
+    d.ok(&["cp", host.join("in.txt").to_str().unwrap(), "user:/tmp/"]);
+    assert_eq!(
+        d.ok(&["exec", "user", "cat", "/tmp/in.txt"]),
+        "to the container\n"
+    );
+    d.ok(&[
+        "cp",
+        host.join("in.txt").to_str().unwrap(),
+        "user:/tmp/renamed.txt",
+    ]);
+    assert_eq!(
+        d.ok(&["exec", "user", "cat", "/tmp/renamed.txt"]),
+        "to the container\n"
+    );
+    d.ok(&["exec", "user", "sh", "-c", "mkdir -p /out/sub && echo x > /out/sub/f && ln -s /etc/shadow /out/link && ln -s / /escape"]);
+    d.ok(&["cp", "user:/out", host.to_str().unwrap()]);
+    assert_eq!(fs::read_to_string(host.join("out/sub/f")).unwrap(), "x\n");
+    // A symlink is copied as a symlink, never followed to the host's file.
+    assert_eq!(
+        fs::read_link(host.join("out/link")).unwrap(),
+        Path::new("/etc/shadow")
+    );
+    // Paths through a symlink to / resolve inside the container, not on the host.
+    let marker = e.dir.path().join("host-only");
+    fs::write(&marker, "host secret").unwrap();
+    let (code, _) = d.err(&[
+        "cp",
+        &format!("user:/escape{}", marker.display()),
+        host.join("stolen").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(!host.join("stolen").exists());
+    let target_dir = e.dir.path().join("target");
+    fs::create_dir(&target_dir).unwrap();
+    d.ok(&[
+        "exec",
+        "user",
+        "sh",
+        "-c",
+        &format!(
+            "mkdir -p {0} && rmdir {0} && ln -s {0} /planted",
+            target_dir.display()
+        ),
+    ]);
+    d.ok(&[
+        "cp",
+        host.join("in.txt").to_str().unwrap(),
+        "user:/planted/",
+    ]);
+    assert!(
+        !target_dir.join("in.txt").exists(),
+        "a write through a container symlink reached the host"
+    );
+
+    d.ok(&["rm", "-f", "-v", "user"]);
+    assert_eq!(
+        d.ok(&["volume", "ls", "-q"]).trim(),
+        "data",
+        "the anonymous volume went with -v"
+    );
+    d.ok(&["volume", "rm", "data"]);
+    assert_eq!(d.ok(&["volume", "ls", "-q"]), "");
+}
+
+#[test]
+fn containers_survive_a_daemon_sigkill() {
+    let mut e = env();
+    e.d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ticker",
+        "busybox",
+        "sh",
+        "-c",
+        "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+    ]);
+    e.d.ok(&["run", "-d", "--name", "other", "busybox", "sleep", "300"]);
+    let pid = e.inspect("ticker")["State"]["Pid"].as_i64().unwrap();
+    e.until("some output", || {
+        e.d.ok(&["logs", "ticker"]).lines().count() >= 3
+    });
+    e.d.kill9();
+    // The container runs on without its daemon, and its monitor keeps logging.
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    let id = {
+        let dir = e.dir.path().join("data/containers");
+        fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|d| d.path())
+            .find(|p| {
+                fs::read_to_string(p.join("container.json"))
+                    .unwrap()
+                    .contains("\"ticker\"")
+            })
+            .unwrap()
+    };
+    let log = fs::read_dir(&id)
+        .unwrap()
+        .flatten()
+        .map(|d| d.path())
+        .find(|p| p.to_string_lossy().ends_with("-json.log"))
+        .unwrap();
+    let before = fs::metadata(&log).unwrap().len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        fs::metadata(&log).unwrap().len() > before,
+        "the log grows while the daemon is down"
+    );
+    e.d.restart();
+    let ps = e.d.ok(&["ps"]);
+    assert!(ps.contains("ticker") && ps.contains("other"), "{ps}");
+    assert_eq!(e.inspect("ticker")["State"]["Pid"], pid);
+    assert!(e
+        .d
+        .ok(&["logs", "--tail", "1", "ticker"])
+        .starts_with("tick "));
+    e.d.ok(&["exec", "other", "true"]);
+    e.d.ok(&["stop", "-t", "1", "ticker"]);
+    assert_eq!(e.status("ticker"), "exited");
+    // An exit while the daemon is down is found at its restart.
+    e.d.kill9();
+    let other_pid = e.inspect_offline_pid("other");
+    // SAFETY: kill of the container's init we started.
+    unsafe { libc::kill(other_pid, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(300));
+    e.d.restart();
+    e.until("the exit recorded", || e.status("other") == "exited");
+    assert_eq!(e.inspect("other")["State"]["ExitCode"], 137);
+    e.d.ok(&["rm", "ticker", "other"]);
+    assert_eq!(e.d.ok(&["ps", "-aq"]), "");
+}
+
+impl Env {
+    /// The pid recorded for a container, read from its record on disk (the daemon is down).
+    fn inspect_offline_pid(&self, name: &str) -> i32 {
+        let dir = self.dir.path().join("data/containers");
+        for d in fs::read_dir(dir).unwrap().flatten() {
+            let v: Value =
+                serde_json::from_str(&fs::read_to_string(d.path().join("container.json")).unwrap())
+                    .unwrap();
+            if v["name"] == name {
+                return v["state"]["pid"].as_i64().unwrap() as i32;
+            }
+        }
+        panic!("no container {name}");
+    }
+}
+
+#[test]
+fn shared_namespaces_init_and_events() {
+    let e = env();
+    let d = &e.d;
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "net",
+        "--hostname",
+        "podhost",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+    ]);
+    // A container on another's network sees its server on loopback, and its hostname.
+    d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "container:net",
+        "busybox",
+        "sh",
+        "-c",
+        "wget -q -O- http://127.0.0.1:8080/ 2>&1 | grep -q 404",
+    ]);
+    assert_eq!(
+        d.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "container:net",
+            "busybox",
+            "hostname"
+        ]),
+        "podhost\n"
+    );
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ipc",
+        "--ipc",
+        "container:net",
+        "busybox",
+        "sleep",
+        "300",
+    ]);
+    let ns = |c: &str, n: &str| d.ok(&["exec", c, "readlink", &format!("/proc/self/ns/{n}")]);
+    assert_eq!(ns("ipc", "ipc"), ns("net", "ipc"));
+    assert_ne!(ns("ipc", "net"), ns("net", "net"));
+    let (code, msg) = d.err(&["run", "--network", "container:nosuch", "busybox", "true"]);
+    assert_eq!(code, 125);
+    assert!(msg.contains("No such container: nosuch"), "{msg}");
+    // --init: pid 1 is berth-init, which reaps orphans and passes the exit code on.
+    let out = d.berth(&[
+        "run",
+        "--rm",
+        "--init",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /proc/1/cmdline | tr '\\0' ' '; (sleep 0.1 &); exit 9",
+    ]);
+    assert_eq!(out.status.code(), Some(9));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("/sbin/berth-init -- sh"));
+    // With --init, SIGTERM from `stop` reaches the command (pid 1 would ignore it).
+    d.ok(&[
+        "run", "-d", "--name", "term", "--init", "busybox", "sleep", "300",
+    ]);
+    d.ok(&["stop", "-t", "20", "term"]);
+    assert_eq!(e.inspect("term")["State"]["ExitCode"], 143);
+    let events = d.ok(&[
+        "events",
+        "--since",
+        "1h",
+        "--until",
+        "0s",
+        "--filter",
+        "container=term",
+    ]);
+    for action in ["create", "start", "kill", "die", "stop"] {
+        assert!(
+            events.contains(&format!("container {action} ")),
+            "{action}: {events}"
+        );
+    }
+    let info: Value = serde_json::from_str(&d.ok(&["info"])).unwrap();
+    assert_eq!(info["ContainersRunning"], 2);
+    assert!(d.ok(&["version", "-f", "{{.Server.Version}}"]).trim().len() >= 5);
+    let df = d.ok(&["system", "df"]);
+    assert!(
+        df.contains("Images") && df.contains("Local Volumes"),
+        "{df}"
+    );
+}
+
+#[test]
+fn fifty_containers_leave_nothing_behind() {
+    let e = env();
+    let d = &e.d;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let id = d.ok(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("c{i}"),
+            "-m",
+            "32m",
+            "busybox",
+            "sleep",
+            "300",
+        ]);
+        ids.push(id.trim().to_string());
+    }
+    assert_eq!(d.ok(&["ps", "-q"]).lines().count(), 50);
+    for chunk in ids.chunks(10) {
+        let mut args = vec!["rm", "-f"];
+        args.extend(chunk.iter().map(String::as_str));
+        d.ok(&args);
+    }
+    assert_eq!(d.ok(&["ps", "-aq"]), "");
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let cgroups: Vec<String> = fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|c| c.path().join("berth"))
+        .filter(|p| p.is_dir())
+        .flat_map(|p| {
+            fs::read_dir(p)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let procs = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| fs::read(p.path().join("cmdline")).ok())
+        .filter(|c| {
+            let c = String::from_utf8_lossy(c);
+            c.contains("shim") && c.contains(d.exec_root.to_str().unwrap())
+        })
+        .count();
+    for id in &ids {
+        assert!(!mounts.contains(id.as_str()), "a mount of {id} is left");
+        assert!(!cgroups.iter().any(|c| c == id), "a cgroup of {id} is left");
+    }
+    assert_eq!(procs, 0, "monitor processes are left");
+    for dir in ["shims", "runtime"] {
+        let left: Vec<_> = fs::read_dir(d.exec_root.join(dir))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "{dir}: {left:?}");
+    }
+    assert!(fs::read_dir(e.dir.path().join("data/containers"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert!(fs::read_dir(e.dir.path().join("data/snapshots/containers"))
+        .map(|mut r| r.next().is_none())
+        .unwrap_or(true));
+}
