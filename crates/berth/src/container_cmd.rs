@@ -616,7 +616,6 @@ pub fn run(c: &Client, a: &RunArgs) -> Result<i32> {
             )
         })
     };
-    std::thread::sleep(std::time::Duration::from_millis(1));
     let streamed = attach_and_stream(c, &id, a.create.interactive, a.create.tty, true);
     if let Err(e) = streamed {
         if a.create.rm {

@@ -538,6 +538,11 @@ impl Engine {
                     let _ = engine.start_locked(&ctr, true);
                 });
             }
+            "removing" => {
+                // The daemon died while removing it: finish the job.
+                let _ = self.update(&ctr, |r| r.state.status = "exited".into());
+                let _ = self.remove(&ctr.id, true, false);
+            }
             _ => {}
         }
     }
@@ -912,7 +917,7 @@ impl Engine {
             ("resolv.conf", resolv),
         ] {
             let p = dir.join(name);
-            fsutil::write_atomic(&p, content.as_bytes(), 0o644)
+            fsutil::write_replace(&p, content.as_bytes(), 0o644)
                 .map_err(|e| internal(format!("writing {}: {e}", p.display())))?;
         }
         Ok(())
@@ -1058,7 +1063,8 @@ impl Engine {
         let spec = self.build_spec(rec)?;
         let bundle = self.container_dir(&rec.id);
         let json = serde_json::to_vec(&spec).map_err(internal)?;
-        fsutil::write_atomic(&bundle.join("config.json"), &json, 0o600)
+        // Regenerated at every start: it need not reach the disk before the container runs.
+        fsutil::write_replace(&bundle.join("config.json"), &json, 0o600)
             .map_err(|e| internal(format!("writing the bundle: {e}")))?;
         let dir = self.shim_dir(&rec.id);
         let _ = fs::remove_dir_all(&dir);
@@ -1315,20 +1321,26 @@ impl Engine {
                 rec.name
             )));
         }
-        let rec = self.update(&ctr, |r| {
-            r.state.manually_stopped = true;
-            if r.state.status == "restarting" {
-                r.state.status = "exited".into();
-            }
-        })?;
-        if matches!(rec.state.status.as_str(), "running" | "paused") {
-            let _ = self.runtime.resume(&rec.id);
-            let _ = self.runtime.kill(&rec.id, libc::SIGKILL, true);
-            if !Self::wait_stopped(&ctr, Duration::from_secs(30)) {
-                return Err(internal(format!("container {} did not die", rec.name)));
+        if live {
+            let rec = self.update(&ctr, |r| {
+                r.state.manually_stopped = true;
+                if r.state.status == "restarting" {
+                    r.state.status = "exited".into();
+                }
+            })?;
+            if matches!(rec.state.status.as_str(), "running" | "paused") {
+                let _ = self.runtime.resume(&rec.id);
+                let _ = self.runtime.kill(&rec.id, libc::SIGKILL, true);
+                if !Self::wait_stopped(&ctr, Duration::from_secs(30)) {
+                    return Err(internal(format!("container {} did not die", rec.name)));
+                }
             }
         }
-        self.update(&ctr, |r| r.state.status = "removing".into())?;
+        // Recorded first, so that a daemon that dies from here on finishes the removal.
+        self.update(&ctr, |r| {
+            r.state.manually_stopped = true;
+            r.state.status = "removing".into();
+        })?;
         let _ = self.runtime.delete(&rec.id, true);
         self.images
             .remove_container(&rec.id)

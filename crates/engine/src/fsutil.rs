@@ -30,6 +30,28 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Replaces `path` with `data` atomically (readers see the old or the new file) but without
+/// waiting for the disk: for files that are regenerated from durable state after a crash.
+pub fn write_replace(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// `n` random bytes as lower-case hex (from the kernel's random pool).
 pub fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];

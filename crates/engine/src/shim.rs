@@ -90,7 +90,7 @@ pub fn spawn(exe: &Path, dir: &Path, config: &ShimConfig) -> Result<i32, String>
     fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let _ = fs::remove_file(dir.join(EXIT));
     let json = serde_json::to_vec(config).map_err(|e| e.to_string())?;
-    crate::fsutil::write_atomic(&dir.join(CONFIG), &json, 0o600)
+    crate::fsutil::write_replace(&dir.join(CONFIG), &json, 0o600)
         .map_err(|e| format!("writing {}: {e}", dir.join(CONFIG).display()))?;
     let log = OpenOptions::new()
         .create(true)
@@ -619,6 +619,9 @@ pub fn main(dir: &Path) -> ! {
         let shared = shared.clone();
         std::thread::spawn(move || serve(listener, shared));
     }
+    // The monitor idles from here on: what it ran to create and start the container need
+    // not stay resident.
+    trim_resident();
     let status = reap(pid);
     // Output still in the pipes belongs to the log; an exec's children may hold the pipes
     // open, so do not wait for them forever.
@@ -678,7 +681,8 @@ fn finish(dir: &Path, waiters: &[UnixStream], info: ExitInfo) -> ! {
 
 fn record_exit(dir: &Path, info: &ExitInfo) {
     let json = serde_json::to_string(info).unwrap_or_default();
-    if let Err(e) = crate::fsutil::write_atomic(&dir.join(EXIT), json.as_bytes(), 0o600) {
+    // The exec root does not outlive a reboot (it is /run): no need to wait for the disk.
+    if let Err(e) = crate::fsutil::write_replace(&dir.join(EXIT), json.as_bytes(), 0o600) {
         eprintln!("berth shim: writing the exit file: {e}");
     }
 }
@@ -771,6 +775,51 @@ fn serve(listener: UnixListener, shared: Arc<Shared>) {
             }
         });
     }
+}
+
+/// Drops the resident pages of read-only file mappings (program text and constants of berth
+/// and libc) that were never written: they stay in the page cache and come back on use, so
+/// an idle monitor holds only what its loops touch. Mappings with private (copied) pages, such
+/// as relocated data, are left alone.
+pub fn trim_resident() {
+    let Ok(smaps) = fs::read_to_string("/proc/self/smaps") else {
+        return;
+    };
+    let mut current: Option<(usize, usize, bool)> = None;
+    let flush = |m: Option<(usize, usize, bool)>| {
+        if let Some((start, end, true)) = m {
+            // SAFETY: the range is a whole read-only, file-backed mapping of this process with
+            // no private pages: dropping its pages only makes later reads fault them in again.
+            // Random access: a later fault brings back its page, not the 64 KiB around it.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_RANDOM);
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    };
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(start), Ok(end)) =
+                (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            {
+                flush(current.take());
+                let perms = words.next().unwrap_or("");
+                let path = words.nth(3).unwrap_or("");
+                let eligible =
+                    !perms.contains('w') && perms.ends_with('p') && path.starts_with('/');
+                current = Some((start, end, eligible));
+                continue;
+            }
+        }
+        if first == "Anonymous:" && words.next() != Some("0") {
+            if let Some(c) = current.as_mut() {
+                c.2 = false;
+            }
+        }
+    }
+    flush(current);
 }
 
 /// Reaps children (we are a subreaper) until `pid` ends; returns its exit code.
