@@ -328,6 +328,37 @@ fn route(
             Ok(Out::Empty(204))
         }
 
+        ("POST", ["sandboxes", "create"]) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Req {
+                #[serde(rename = "Name")]
+                name: String,
+                #[serde(rename = "Hostname", default)]
+                hostname: String,
+            }
+            let r: Req = json_body(body)?;
+            let s = engine.sandbox_create(&r.name, &r.hostname)?;
+            Ok(Out::Json(201, serde_json::to_value(s).unwrap_or_default()))
+        }
+        ("GET", ["sandboxes"]) => {
+            let list: Vec<Value> = engine
+                .sandboxes
+                .list()
+                .into_iter()
+                .map(|s| {
+                    let users = engine.sandbox_users(&s.name);
+                    let mut v = serde_json::to_value(s).unwrap_or_default();
+                    v["Containers"] = json!(users);
+                    v
+                })
+                .collect();
+            Ok(Out::Json(200, Value::Array(list)))
+        }
+        ("DELETE", ["sandboxes", name]) => {
+            engine.sandbox_remove(name, head.flag("force"))?;
+            Ok(Out::Empty(204))
+        }
         (_, ["images", ..]) => crate::images::route(engine, m, &parts[1..], head, body, w),
         _ => Err(Fail(
             404,

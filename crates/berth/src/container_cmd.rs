@@ -136,6 +136,9 @@ pub struct CreateArgs {
     /// Automatically remove the container when it exits.
     #[arg(long)]
     rm: bool,
+    /// Join a sandbox's network, IPC and UTS namespaces (`berth sandbox create`).
+    #[arg(long)]
+    sandbox: Option<String>,
     /// The image.
     image: String,
     /// The command and its arguments.
@@ -421,6 +424,7 @@ fn create_request(a: &CreateArgs) -> Result<Value> {
         "auto_remove": a.rm,
         "log_opts": log_opts,
         "stop_timeout": a.stop_timeout,
+        "sandbox": a.sandbox,
     }))
 }
 
@@ -1986,5 +1990,73 @@ mod tests {
         demux(&mut &s[..], &mut o, &mut e).unwrap();
         assert_eq!(o, b"out\nmore");
         assert_eq!(e, b"err\n");
+    }
+}
+
+/// `sandbox …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum SandboxCmd {
+    /// Create a sandbox: network (with loopback), IPC and UTS namespaces that outlive their containers.
+    Create {
+        /// The hostname of its UTS namespace (default: its name).
+        #[arg(long)]
+        hostname: Option<String>,
+        name: String,
+    },
+    /// List sandboxes and the containers in them.
+    #[command(alias = "list")]
+    Ls,
+    /// Remove sandboxes (with -f, and the containers in them).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(short = 'f', long)]
+        force: bool,
+        names: Vec<String>,
+    },
+}
+
+pub fn sandbox(c: &Client, cmd: &SandboxCmd) -> Result<i32> {
+    match cmd {
+        SandboxCmd::Create { hostname, name } => {
+            c.json(
+                "POST",
+                "/sandboxes/create",
+                Some(&json!({"Name": name, "Hostname": hostname.clone().unwrap_or_default()})),
+            )
+            .map_err(daemon_err1)?;
+            println!("{name}");
+            Ok(0)
+        }
+        SandboxCmd::Ls => {
+            let v = c.json("GET", "/sandboxes", None).map_err(daemon_err1)?;
+            let mut table = vec![["NAME", "HOSTNAME", "CREATED", "CONTAINERS"]
+                .map(String::from)
+                .to_vec()];
+            for s in v.as_array().cloned().unwrap_or_default() {
+                let users: Vec<String> = s["Containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|u| u.as_str().map(String::from))
+                    .collect();
+                table.push(vec![
+                    s["Name"].as_str().unwrap_or("").into(),
+                    s["Hostname"].as_str().unwrap_or("").into(),
+                    ago(s["Created"].as_str().unwrap_or("")),
+                    users.join(","),
+                ]);
+            }
+            print_table(&mut std::io::stdout().lock(), &table)?;
+            Ok(0)
+        }
+        SandboxCmd::Rm { force, names } => each(names, |n| {
+            c.call(
+                "DELETE",
+                &format!("/sandboxes/{}?force={}", path_id(n), u8::from(*force)),
+                Send::Nothing,
+            )?;
+            println!("{n}");
+            Ok(())
+        }),
     }
 }

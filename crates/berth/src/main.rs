@@ -88,6 +88,9 @@ enum Command {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(cc::VolumeCmd),
+    /// Manage sandboxes (pinned namespaces containers share, as in a pod).
+    #[command(subcommand)]
+    Sandbox(cc::SandboxCmd),
     /// Manage containers.
     #[command(subcommand)]
     Container(ContainerCmd),
@@ -236,6 +239,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Update(a) => cc::update(&c()?, &a),
         Command::Events(a) => cc::events(&c()?, &a),
         Command::Volume(v) => cc::volume(&c()?, &v),
+        Command::Sandbox(s) => cc::sandbox(&c()?, &s),
         Command::Container(ContainerCmd::Prune { force: _ }) => cc::container_prune(&c()?),
         Command::System(SystemCmd::Df) => {
             let v = c()?.json("GET", "/system/df", None).map_err(fail1)?;

@@ -870,6 +870,159 @@ fn shared_namespaces_init_and_events() {
 }
 
 #[test]
+fn security_flags_reach_the_container() {
+    let e = env();
+    let d = &e.d;
+    let status = |flags: &[&str], field: &str| -> String {
+        let mut args = vec!["run", "--rm"];
+        args.extend(flags);
+        args.extend(["busybox", "grep", field, "/proc/self/status"]);
+        d.ok(&args)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(
+        status(&[], "CapEff:"),
+        "00000000a80425fb",
+        "Docker's default capabilities"
+    );
+    assert_eq!(status(&[], "Seccomp:"), "2", "the default seccomp profile");
+    assert_eq!(status(&[], "NoNewPrivs:"), "0");
+    assert_eq!(
+        status(&["--cap-drop", "ALL"], "CapEff:"),
+        "0000000000000000"
+    );
+    assert_eq!(
+        status(&["--cap-add", "NET_ADMIN"], "CapEff:"),
+        "00000000a80435fb"
+    );
+    assert_eq!(
+        status(&["--security-opt", "no-new-privileges"], "NoNewPrivs:"),
+        "1"
+    );
+    assert_eq!(
+        status(&["--security-opt", "seccomp=unconfined"], "Seccomp:"),
+        "0"
+    );
+    assert_eq!(status(&["--privileged"], "Seccomp:"), "0");
+    assert_ne!(status(&["--privileged"], "CapEff:"), "00000000a80425fb");
+    assert_eq!(
+        d.ok(&["run", "--rm", "-u", "1000:1000", "busybox", "id", "-u"]),
+        "1000\n"
+    );
+    let (code, _) = d.err(&["run", "--rm", "--read-only", "busybox", "touch", "/x"]);
+    assert_eq!(code, 1);
+    d.ok(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "--tmpfs",
+        "/scratch",
+        "busybox",
+        "touch",
+        "/scratch/x",
+    ]);
+    let (code, msg) = d.err(&[
+        "run",
+        "--rm",
+        "--security-opt",
+        "seccomp=/no/such/profile.json",
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(code, 125);
+    assert!(msg.contains("/no/such/profile.json"), "{msg}");
+    let (code, msg) = d.err(&["run", "--rm", "--cap-add", "NOT_A_CAP", "busybox", "true"]);
+    assert_eq!(code, 125);
+    assert!(msg.contains("NOT_A_CAP"), "{msg}");
+}
+
+#[test]
+fn sandboxes_outlive_their_containers() {
+    let e = env();
+    let d = &e.d;
+    d.ok(&["sandbox", "create", "--hostname", "pod-a", "pod"]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "server",
+        "--sandbox",
+        "pod",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+    ]);
+    let (code, msg) = d.err(&[
+        "run",
+        "--rm",
+        "--sandbox",
+        "pod",
+        "--network",
+        "host",
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(code, 125, "{msg}");
+    let probe = [
+        "run", "--rm", "--sandbox", "pod", "busybox", "sh", "-c",
+        "hostname; readlink /proc/self/ns/net; wget -q -O- http://127.0.0.1:8080/ 2>&1 | grep -c 404",
+    ];
+    let first = d.ok(&probe);
+    let lines: Vec<&str> = first.lines().collect();
+    assert_eq!(lines[0], "pod-a");
+    assert_eq!(
+        lines[2], "1",
+        "the server in the same sandbox answers on loopback: {first}"
+    );
+    assert_eq!(
+        d.ok(&["exec", "server", "readlink", "/proc/self/ns/net"])
+            .trim(),
+        lines[1]
+    );
+    let (_, msg) = d.err(&["sandbox", "rm", "pod"]);
+    assert!(msg.contains("in use by containers: server"), "{msg}");
+    // Without any container, the namespaces stay: the next container finds the same ones.
+    d.ok(&["rm", "-f", "server"]);
+    let again = d.ok(&[
+        "run",
+        "--rm",
+        "--sandbox",
+        "pod",
+        "busybox",
+        "sh",
+        "-c",
+        "hostname; readlink /proc/self/ns/net",
+    ]);
+    assert_eq!(again.lines().collect::<Vec<_>>(), lines[..2]);
+    assert!(d.ok(&["sandbox", "ls"]).contains("pod-a"));
+    let (code, _) = d.err(&["run", "--rm", "--sandbox", "nosuch", "busybox", "true"]);
+    assert_eq!(code, 125);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "again",
+        "--sandbox",
+        "pod",
+        "busybox",
+        "sleep",
+        "300",
+    ]);
+    d.ok(&["sandbox", "rm", "-f", "pod"]);
+    assert_eq!(d.ok(&["ps", "-aq"]), "", "-f removed the container in it");
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&format!("{}/sandboxes/pod", d.exec_root.display())),
+        "the pins are gone"
+    );
+}
+
+#[test]
 fn fifty_containers_leave_nothing_behind() {
     let e = env();
     let d = &e.d;

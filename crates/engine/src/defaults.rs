@@ -137,6 +137,28 @@ pub fn all_capabilities() -> HashSet<Capability> {
     caps(&ALL_CAPABILITIES)
 }
 
+/// Every capability this process may grant: those in its bounding set (`--privileged` and
+/// `--cap-add ALL` cannot give a container what the engine itself lacks, as on hosts that run
+/// it without CAP_SYS_RESOURCE). `ALL_CAPABILITIES` is in the kernel's order, so a name's
+/// index is its number.
+pub fn grantable_capabilities() -> HashSet<Capability> {
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
+    let names: Vec<&str> = ALL_CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bounding & (1u64 << i) != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    caps(&names)
+}
+
 fn dev(
     allow: bool,
     typ: LinuxDeviceType,

@@ -182,6 +182,8 @@ pub struct CreateRequest {
     pub log_opts: BTreeMap<String, String>,
     /// `--stop-timeout`, seconds.
     pub stop_timeout: Option<i64>,
+    /// Join this sandbox's network, IPC and UTS namespaces.
+    pub sandbox: Option<String>,
 }
 
 /// `State` in `inspect`.
@@ -434,6 +436,8 @@ pub struct Engine {
     pub volumes: Volumes,
     /// The event stream.
     pub events: Events,
+    /// Pinned namespaces that containers join (pods).
+    pub sandboxes: crate::sandbox::Sandboxes,
     table: Mutex<Table>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
     /// Serialises create/rename against each other (names).
@@ -469,12 +473,15 @@ impl Engine {
         }
         let volumes = Volumes::open(&cfg.root).map_err(io(&cfg.root))?;
         let runtime = runtime::Runtime::new(cfg.exec_root.join("runtime"));
+        let sandboxes = crate::sandbox::Sandboxes::open(&cfg.root, &cfg.exec_root)
+            .map_err(io(&cfg.exec_root))?;
         let engine = Arc::new(Engine {
             cfg,
             images,
             runtime,
             volumes,
             events: Events::default(),
+            sandboxes,
             table: Mutex::new(Table::default()),
             execs: Mutex::new(HashMap::new()),
             naming: Mutex::new(()),
@@ -692,6 +699,16 @@ impl Engine {
             if let Ipc::Container(c) = &run.ipc {
                 self.find(c)?;
             }
+            if let Some(s) = &req.sandbox {
+                if run.network != Network::None || run.ipc != Ipc::Private {
+                    return Err(EngineError::Invalid(
+                        "conflicting options: a container in a sandbox takes its network and IPC namespaces from it".into(),
+                    ));
+                }
+                self.sandboxes
+                    .get(s)
+                    .map_err(|e| EngineError::NoSuchContainer(format!("sandbox {s}: {e}")))?;
+            }
             if run.uts_join.is_some() {
                 return Err(EngineError::Invalid("uts_join is set by the engine".into()));
             }
@@ -704,6 +721,11 @@ impl Engine {
             }
             if let Ipc::Container(_) = check.ipc {
                 check.ipc = Ipc::Join("/proc/self/ns/ipc".into());
+            }
+            if req.sandbox.is_some() {
+                check.network = Network::Join("/proc/self/ns/net".into());
+                check.ipc = Ipc::Join("/proc/self/ns/ipc".into());
+                check.uts_join = Some("/proc/self/ns/uts".into());
             }
             if check.hostname.is_none() {
                 check.hostname = Some(id[..12].to_string());
@@ -888,11 +910,18 @@ impl Engine {
     fn write_etc_files(&self, rec: &Record) -> Result<()> {
         let dir = self.container_dir(&rec.id);
         let host = matches!(rec.config.run.network, Network::Host);
+        let sandbox = rec
+            .config
+            .sandbox
+            .as_ref()
+            .and_then(|s| self.sandboxes.get(s).ok());
         let hostname = if host {
             fs::read_to_string("/proc/sys/kernel/hostname")
                 .unwrap_or_default()
                 .trim()
                 .to_string()
+        } else if let Some(s) = &sandbox {
+            s.hostname.clone()
         } else {
             rec.config
                 .run
@@ -945,6 +974,15 @@ impl Engine {
         }
         if let Ipc::Container(c) = run.ipc.clone() {
             run.ipc = Ipc::Join(ns_of(&c, "ipc")?);
+        }
+        if let Some(name) = &rec.config.sandbox {
+            let s = self
+                .sandboxes
+                .get(name)
+                .map_err(|e| EngineError::Conflict(format!("sandbox {name}: {e}")))?;
+            run.network = Network::Join(s.path.join("net"));
+            run.ipc = Ipc::Join(s.path.join("ipc"));
+            run.uts_join = Some(s.path.join("uts"));
         }
         if run.hostname.is_none() {
             run.hostname = Some(rec.id[..12].to_string());
@@ -1082,7 +1120,7 @@ impl Engine {
         };
         let shim_pid = shim::spawn(&self.cfg.exe, &dir, &cfg).map_err(command_error)?;
         let pid = self.runtime.state(&rec.id).map(|s| s.pid).unwrap_or(0);
-        if rec.config.run.network == Network::None && pid > 0 {
+        if rec.config.run.network == Network::None && rec.config.sandbox.is_none() && pid > 0 {
             if let Err(e) = crate::netns::loopback_up(pid) {
                 let _ = self.runtime.delete(&rec.id, true);
                 return Err(internal(format!("setting up the loopback interface: {e}")));
@@ -2053,6 +2091,58 @@ impl Engine {
         (gone, bytes)
     }
 
+    /// `sandbox create`.
+    pub fn sandbox_create(&self, name: &str, hostname: &str) -> Result<crate::sandbox::Sandbox> {
+        let s = self
+            .sandboxes
+            .create(name, hostname)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => EngineError::Conflict(e.to_string()),
+                std::io::ErrorKind::InvalidInput => EngineError::Invalid(e.to_string()),
+                _ => internal(e),
+            })?;
+        self.events.emit("sandbox", "create", name, BTreeMap::new());
+        Ok(s)
+    }
+
+    /// The containers in a sandbox.
+    pub fn sandbox_users(&self, name: &str) -> Vec<String> {
+        let t = lock(&self.table);
+        let mut v: Vec<String> = t
+            .by_id
+            .values()
+            .filter_map(|c| {
+                let r = lock(&c.rec);
+                (r.config.sandbox.as_deref() == Some(name)).then(|| r.name.clone())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `sandbox rm`: refused while containers use it, unless `force` (which removes them).
+    pub fn sandbox_remove(&self, name: &str, force: bool) -> Result<()> {
+        let users = self.sandbox_users(name);
+        if !users.is_empty() {
+            if !force {
+                return Err(EngineError::Conflict(format!(
+                    "sandbox {name} is in use by containers: {}",
+                    users.join(", ")
+                )));
+            }
+            for u in users {
+                self.remove(&u, true, true)?;
+            }
+        }
+        self.sandboxes.remove(name).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => EngineError::Invalid(e.to_string()),
+            _ => internal(e),
+        })?;
+        self.events
+            .emit("sandbox", "destroy", name, BTreeMap::new());
+        Ok(())
+    }
+
     /// `container prune`: removes stopped containers; returns their IDs.
     pub fn container_prune(&self) -> Vec<String> {
         let ids: Vec<String> = self
@@ -2283,6 +2373,9 @@ fn inspect_json(r: &Record, log: &Path, dir: &Path) -> serde_json::Value {
         .map(|c| (c * 1e9) as i64)
         .unwrap_or(0);
     let network_mode = match &run.network {
+        _ if r.config.sandbox.is_some() => {
+            format!("sandbox:{}", r.config.sandbox.as_deref().unwrap_or(""))
+        }
         Network::None => "none".to_string(),
         Network::Host => "host".to_string(),
         Network::Container(c) => format!("container:{c}"),

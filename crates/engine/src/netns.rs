@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 /// Sets `lo` up in the network namespace of `pid`. Runs on a thread of its own, which enters
 /// the namespace (setns of a network namespace is per thread) and ends.
@@ -21,23 +21,33 @@ pub fn loopback_up(pid: i32) -> io::Result<()> {
         }
         // SAFETY: the kernel just returned fd, nothing else owns it.
         let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: an all-zero ifreq is valid storage.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
-            *d = *s as libc::c_char;
-        }
-        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we pass.
-        unsafe {
-            if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
+        set_up(&sock, "lo")
     })
     .join()
     .map_err(|_| io::Error::other("the namespace thread panicked"))?
+}
+
+/// Sets the interface `name` up, through `sock` (a socket in the namespace concerned).
+pub fn set_up(sock: &impl AsFd, name: &str) -> io::Result<()> {
+    // SAFETY: an all-zero ifreq is valid storage.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req
+        .ifr_name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *d = s as libc::c_char;
+    }
+    let fd = sock.as_fd().as_raw_fd();
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we pass.
+    unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

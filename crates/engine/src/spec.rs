@@ -643,12 +643,12 @@ pub fn capabilities(opts: &RunOptions) -> Result<HashSet<Capability>, RunSpecErr
         .map(|c| normalize_cap(c))
         .collect::<Result<_, _>>()?;
     if opts.privileged {
-        return Ok(defaults::all_capabilities());
+        return Ok(defaults::grantable_capabilities());
     }
     let dropped: HashSet<Capability> = drops.iter().flatten().copied().collect();
     let added: HashSet<Capability> = adds.iter().flatten().copied().collect();
     let caps = if adds.contains(&None) {
-        defaults::all_capabilities()
+        defaults::grantable_capabilities()
             .difference(&dropped)
             .copied()
             .collect()
@@ -1333,10 +1333,15 @@ mod tests {
         names
     }
 
+    /// Every capability this test process may grant (its bounding set), but `except`.
     fn all_but(except: &[&str]) -> Vec<String> {
+        let grantable: Vec<String> = defaults::grantable_capabilities()
+            .iter()
+            .map(|c| format!("CAP_{c}"))
+            .collect();
         let mut v: Vec<String> = defaults::ALL_CAPABILITIES
             .iter()
-            .filter(|c| !except.contains(c))
+            .filter(|c| !except.contains(c) && grantable.iter().any(|g| g == *c))
             .map(|c| c.to_string())
             .collect();
         v.sort();
