@@ -559,7 +559,10 @@ fn attach_and_stream(c: &Client, id: &str, stdin: bool, tty: bool, start: bool) 
         path_id(id),
         u8::from(stdin)
     );
-    let (s, leftover) = c.upgrade("POST", &target, None).map_err(daemon_err)?;
+    // `run` reports a daemon's refusal as 125; `attach` and `start -a` as 1, as docker does.
+    let (s, leftover) = c
+        .upgrade("POST", &target, None)
+        .map_err(|e| if start { daemon_err(e) } else { daemon_err1(e) })?;
     if start {
         c.call(
             "POST",

@@ -433,6 +433,111 @@ fn starts(events: &str) -> Vec<i128> {
 }
 
 #[test]
+fn attach_and_detached_exec() {
+    let e = env();
+    let d = &e.d;
+    d.ok(&["run", "-d", "-i", "--name", "shell", "busybox", "sh"]);
+    d.ok(&[
+        "exec",
+        "-d",
+        "shell",
+        "sh",
+        "-c",
+        "echo from-exec > /tmp/mark",
+    ]);
+    e.until("the detached exec", || {
+        d.berth(&["exec", "shell", "cat", "/tmp/mark"])
+            .status
+            .success()
+    });
+    let mut child = d
+        .cmd()
+        .args(["attach", "shell"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"cat /tmp/mark; exit 4\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-exec\n");
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(e.status("shell"), "exited");
+    let (code, msg) = d.err(&["attach", "shell"]);
+    assert_eq!(code, 1);
+    assert!(
+        msg.contains("cannot attach to a stopped container"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn the_api_refuses_bad_requests_and_stays_up() {
+    let e = env();
+    let d = &e.d;
+    let ask = |raw: &[u8]| -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(raw).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let post = |path: &str, body: &str| {
+        ask(format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes())
+    };
+    assert!(ask(b"\x00\x01garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
+    let r = post(
+        "/berth/v1/containers/create",
+        "{\"image\": \"busybox\", \"colour\": 1}",
+    );
+    assert!(r.starts_with("HTTP/1.1 400") && r.contains("colour"), "{r}");
+    let r = post("/berth/v1/containers/create", "{\"image\": 5}");
+    assert!(r.starts_with("HTTP/1.1 400") && r.contains("image"), "{r}");
+    let r = post("/berth/v1/containers/create", "{not json");
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let r = post(
+        "/berth/v1/containers/create",
+        "{\"image\": \"busybox\", \"run\": {\"memory\": \"1k\"}}",
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("Minimum memory limit"),
+        "{r}"
+    );
+    let r = post("/berth/v1/containers/nosuch/start", "");
+    assert!(
+        r.starts_with("HTTP/1.1 404") && r.contains("No such container: nosuch"),
+        "{r}"
+    );
+    let r = post("/berth/v1/containers/nosuch/attach", "");
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("upgrade"),
+        "{r}"
+    );
+    let r = ask(b"GET /berth/v1/nothing HTTP/1.1\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    let r =
+        ask(b"POST /berth/v1/containers/create HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n{}");
+    assert!(r.starts_with("HTTP/1.1 4"), "{r}");
+    // Half a request, then the client goes: the daemon carries on.
+    let _ = ask(b"POST /berth/v1/containers/create HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"im");
+    assert_eq!(d.ok(&["ps", "-aq"]), "", "nothing was created");
+    assert_eq!(
+        ask(b"GET /_ping HTTP/1.1\r\n\r\n").lines().last(),
+        Some("OK")
+    );
+}
+
+#[test]
 fn restart_policies_back_off_and_survive_stop() {
     let e = env();
     let d = &e.d;
@@ -752,6 +857,30 @@ fn containers_survive_a_daemon_sigkill() {
     assert_eq!(e.inspect("other")["State"]["ExitCode"], 137);
     e.d.ok(&["rm", "ticker", "other"]);
     assert_eq!(e.d.ok(&["ps", "-aq"]), "");
+
+    // A restart policy holds across the daemon's absence: an exit while it is down is
+    // restarted when it is back.
+    e.d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "phoenix",
+        "--restart",
+        "always",
+        "busybox",
+        "sleep",
+        "300",
+    ]);
+    e.d.kill9();
+    let pid = e.inspect_offline_pid("phoenix");
+    // SAFETY: kill of the container's init we started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(300));
+    e.d.restart();
+    e.until("the restart", || {
+        e.inspect("phoenix")["RestartCount"] == 1 && e.status("phoenix") == "running"
+    });
+    assert_ne!(e.inspect("phoenix")["State"]["Pid"], pid);
 }
 
 impl Env {
