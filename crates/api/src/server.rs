@@ -531,16 +531,8 @@ fn logs(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Repl
     };
     let tty = engine.record(id)?.config.run.tty;
     let timestamps = head.flag("timestamps");
-    http::respond_stream_head(
-        w,
-        200,
-        if tty {
-            "application/vnd.docker.raw-stream"
-        } else {
-            "application/vnd.docker.multiplexed-stream"
-        },
-    )
-    .map_err(|e| Fail(500, e.to_string(), None))?;
+    http::respond_stream_head(w, 200, stream_type(tty))
+        .map_err(|e| Fail(500, e.to_string(), None))?;
     let mut out = Chunked(w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?);
     let r = engine.logs(id, &q, &mut |e| {
         let mut text = Vec::new();
@@ -590,16 +582,7 @@ fn attach(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Re
         head.flag("stdout"),
         head.flag("stderr"),
     )?;
-    http::respond_upgrade(
-        w,
-        if tty {
-            "application/vnd.docker.raw-stream"
-        } else {
-            "application/vnd.docker.multiplexed-stream"
-        },
-    )
-    .map_err(|e| Fail(500, e.to_string(), None))?;
-    let client = w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?;
+    let client = upgrade(w, tty)?;
     match a.wait() {
         Ok(s) => pump(client, s),
         Err(e) => {
@@ -625,18 +608,23 @@ fn exec_start(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -
     let (stream, tty) = engine
         .exec_start(id, false)?
         .ok_or_else(|| Fail(500, "no stream".into(), None))?;
-    http::respond_upgrade(
-        w,
-        if tty {
-            "application/vnd.docker.raw-stream"
-        } else {
-            "application/vnd.docker.multiplexed-stream"
-        },
-    )
-    .map_err(|e| Fail(500, e.to_string(), None))?;
-    let client = w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?;
-    pump(client, stream);
+    pump(upgrade(w, tty)?, stream);
     Ok(Out::Done)
+}
+
+/// The stream's content type: raw with a TTY, Docker's multiplexed frames without.
+fn stream_type(tty: bool) -> &'static str {
+    if tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    }
+}
+
+/// Answers 101 and returns the connection, now a raw stream.
+fn upgrade(w: &mut UnixStream, tty: bool) -> Result<UnixStream, Fail> {
+    http::respond_upgrade(w, stream_type(tty)).map_err(|e| Fail(500, e.to_string(), None))?;
+    w.try_clone().map_err(|e| Fail(500, e.to_string(), None))
 }
 
 fn stats(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Reply {

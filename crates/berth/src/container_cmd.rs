@@ -16,6 +16,26 @@ use serde_json::{json, Value};
 use crate::template;
 use crate::util::{human_size, print_table, Failure};
 
+/// Resource limits, as `run`, `create` and `update` take them.
+#[derive(Args, Debug, Default)]
+pub struct ResourceArgs {
+    /// Memory limit.
+    #[arg(short = 'm', long)]
+    memory: Option<String>,
+    /// Swap limit equal to memory plus swap: -1 to enable unlimited swap.
+    #[arg(long = "memory-swap")]
+    memory_swap: Option<String>,
+    /// Number of CPUs.
+    #[arg(long)]
+    cpus: Option<String>,
+    /// CPU shares (relative weight).
+    #[arg(short = 'c', long = "cpu-shares")]
+    cpu_shares: Option<u64>,
+    /// Tune container pids limit (-1 for unlimited).
+    #[arg(long = "pids-limit", allow_negative_numbers = true)]
+    pids_limit: Option<i64>,
+}
+
 /// Flags shared by `run` and `create`.
 #[derive(Args, Debug, Default)]
 pub struct CreateArgs {
@@ -55,21 +75,8 @@ pub struct CreateArgs {
     /// Mount a tmpfs directory (dst[:size=…,mode=…]).
     #[arg(long)]
     tmpfs: Vec<String>,
-    /// Memory limit.
-    #[arg(short = 'm', long)]
-    memory: Option<String>,
-    /// Swap limit equal to memory plus swap: -1 to enable unlimited swap.
-    #[arg(long = "memory-swap")]
-    memory_swap: Option<String>,
-    /// Number of CPUs.
-    #[arg(long)]
-    cpus: Option<String>,
-    /// CPU shares (relative weight).
-    #[arg(short = 'c', long = "cpu-shares")]
-    cpu_shares: Option<u64>,
-    /// Tune container pids limit (-1 for unlimited).
-    #[arg(long = "pids-limit", allow_negative_numbers = true)]
-    pids_limit: Option<i64>,
+    #[command(flatten)]
+    res: ResourceArgs,
     /// Mount the container's root filesystem as read only.
     #[arg(long = "read-only")]
     read_only: bool,
@@ -370,11 +377,11 @@ fn create_request(a: &CreateArgs) -> Result<Value> {
         cap_drop: a.cap_drop.clone(),
         security_opt: a.security_opt.clone(),
         seccomp_profile,
-        memory: a.memory.clone(),
-        memory_swap: a.memory_swap.clone(),
-        cpus: a.cpus.clone(),
-        cpu_shares: a.cpu_shares,
-        pids_limit: a.pids_limit,
+        memory: a.res.memory.clone(),
+        memory_swap: a.res.memory_swap.clone(),
+        cpus: a.res.cpus.clone(),
+        cpu_shares: a.res.cpu_shares,
+        pids_limit: a.res.pids_limit,
         ulimits: a.ulimit.clone(),
         mounts,
         network: Network::parse(&a.network)?,
@@ -384,10 +391,10 @@ fn create_request(a: &CreateArgs) -> Result<Value> {
         stop_signal: a.stop_signal.clone(),
     };
     // Fail fast on values the daemon would refuse anyway, with Docker's messages.
-    if let Some(m) = &a.memory {
+    if let Some(m) = &a.res.memory {
         engine::spec::parse_memory(m)?;
     }
-    if let Some(c) = &a.cpus {
+    if let Some(c) = &a.res.cpus {
         engine::spec::parse_cpus(c)?;
     }
     let restart = engine::RestartPolicy::parse(&a.restart).map_err(|e| anyhow!(e))?;
@@ -560,9 +567,13 @@ fn attach_and_stream(c: &Client, id: &str, stdin: bool, tty: bool, start: bool) 
         u8::from(stdin)
     );
     // `run` reports a daemon's refusal as 125; `attach` and `start -a` as 1, as docker does.
-    let (s, leftover) = c
-        .upgrade("POST", &target, None)
-        .map_err(|e| if start { daemon_err(e) } else { daemon_err1(e) })?;
+    let (s, leftover) = c.upgrade("POST", &target, None).map_err(|e| {
+        if start {
+            daemon_err(e)
+        } else {
+            daemon_err1(e)
+        }
+    })?;
     if start {
         c.call(
             "POST",
@@ -1512,21 +1523,8 @@ pub fn rename(c: &Client, old: &str, new: &str) -> Result<i32> {
 /// `update`.
 #[derive(Args, Debug)]
 pub struct UpdateArgs {
-    /// Memory limit.
-    #[arg(short = 'm', long)]
-    memory: Option<String>,
-    /// Swap limit equal to memory plus swap: -1 to enable unlimited swap.
-    #[arg(long = "memory-swap")]
-    memory_swap: Option<String>,
-    /// Number of CPUs.
-    #[arg(long)]
-    cpus: Option<String>,
-    /// CPU shares (relative weight).
-    #[arg(short = 'c', long = "cpu-shares")]
-    cpu_shares: Option<u64>,
-    /// Tune container pids limit (-1 for unlimited).
-    #[arg(long = "pids-limit", allow_negative_numbers = true)]
-    pids_limit: Option<i64>,
+    #[command(flatten)]
+    res: ResourceArgs,
     /// Restart policy to apply when a container exits.
     #[arg(long)]
     restart: Option<String>,
@@ -1534,12 +1532,13 @@ pub struct UpdateArgs {
 }
 
 pub fn update(c: &Client, a: &UpdateArgs) -> Result<i32> {
-    if let Some(m) = &a.memory {
+    let r = &a.res;
+    if let Some(m) = &r.memory {
         engine::spec::parse_memory(m)?;
     }
     let body = json!({
-        "memory": a.memory, "memory_swap": a.memory_swap, "cpus": a.cpus,
-        "cpu_shares": a.cpu_shares, "pids_limit": a.pids_limit, "restart": a.restart,
+        "memory": r.memory, "memory_swap": r.memory_swap, "cpus": r.cpus,
+        "cpu_shares": r.cpu_shares, "pids_limit": r.pids_limit, "restart": a.restart,
     });
     each(&a.containers, |id| {
         c.json(

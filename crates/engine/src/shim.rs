@@ -482,12 +482,10 @@ pub fn main(dir: &Path) -> ! {
         let Ok((mut s, _)) = listener.accept() else {
             continue;
         };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        let Ok(line) = read_line(&mut s) else {
+        let Some(request) = read_request(&mut s) else {
             continue;
         };
-        let _ = s.set_read_timeout(None);
-        match serde_json::from_str::<Request>(&line) {
+        match request {
             Ok(Request::Attach {
                 stdin,
                 stdout,
@@ -679,6 +677,14 @@ fn finish(dir: &Path, waiters: &[UnixStream], info: ExitInfo) -> ! {
     std::process::exit(0)
 }
 
+/// Reads a client's request line (a client that says nothing for 10 s is dropped).
+fn read_request(s: &mut UnixStream) -> Option<serde_json::Result<Request>> {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let line = read_line(s).ok()?;
+    let _ = s.set_read_timeout(None);
+    Some(serde_json::from_str(&line))
+}
+
 fn record_exit(dir: &Path, info: &ExitInfo) {
     let json = serde_json::to_string(info).unwrap_or_default();
     // The exec root does not outlive a reboot (it is /run): no need to wait for the disk.
@@ -736,10 +742,10 @@ fn serve(listener: UnixListener, shared: Arc<Shared>) {
         let Ok(mut s) = conn else { continue };
         let shared = shared.clone();
         std::thread::spawn(move || {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-            let Ok(line) = read_line(&mut s) else { return };
-            let _ = s.set_read_timeout(None);
-            match serde_json::from_str::<Request>(&line) {
+            let Some(request) = read_request(&mut s) else {
+                return;
+            };
+            match request {
                 Ok(Request::Attach {
                     stdin,
                     stdout,
