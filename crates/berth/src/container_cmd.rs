@@ -559,6 +559,38 @@ fn path_id(id: &str) -> String {
     encode(id)
 }
 
+/// `--sig-proxy` (docker's default without a TTY): signals sent to the CLI go to the
+/// container. Call before the command starts any other thread, so that every thread leaves
+/// these signals to the proxy's.
+fn proxy_signals(c: &Client, id: &str) {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        set.add(s);
+    }
+    if set.thread_block().is_err() {
+        return;
+    }
+    let c = c.clone();
+    let id = id.to_string();
+    std::thread::spawn(move || {
+        while let Ok(sig) = set.wait() {
+            let _ = c.call(
+                "POST",
+                &format!("/containers/{}/kill?signal={}", path_id(&id), sig as i32),
+                Send::Nothing,
+            );
+        }
+    });
+}
+
 /// Attaches (before or after start) and streams; returns once the output ends.
 fn attach_and_stream(c: &Client, id: &str, stdin: bool, tty: bool, start: bool) -> Result<()> {
     let target = format!(
@@ -620,6 +652,9 @@ pub fn run(c: &Client, a: &RunArgs) -> Result<i32> {
         println!("{id}");
         return Ok(0);
     }
+    if !a.create.tty {
+        proxy_signals(c, &id);
+    }
     // Wait for the next exit (or the removal, with --rm) before starting, so a quick exit is
     // not missed.
     let condition = if a.create.rm { "removed" } else { "next-exit" };
@@ -673,6 +708,9 @@ pub fn start(c: &Client, a: &StartArgs) -> Result<i32> {
             .json("GET", &format!("/containers/{}", path_id(id)), None)
             .map_err(daemon_err1)?;
         let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
+        if !tty {
+            proxy_signals(c, id);
+        }
         let waiter = {
             let c = c.clone();
             let id = id.clone();
@@ -1236,6 +1274,9 @@ pub fn attach(c: &Client, a: &AttachArgs) -> Result<i32> {
         )
         .map_err(daemon_err1)?;
     let tty = info["Config"]["Tty"].as_bool().unwrap_or(false);
+    if !tty {
+        proxy_signals(c, &a.container);
+    }
     let stdin = !a.no_stdin && info["Config"]["OpenStdin"].as_bool().unwrap_or(false);
     attach_and_stream(c, &a.container, stdin, tty, false)?;
     let code = c

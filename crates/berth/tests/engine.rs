@@ -473,6 +473,30 @@ fn attach_and_detached_exec() {
         msg.contains("cannot attach to a stopped container"),
         "{msg}"
     );
+
+    // Without a TTY, a signal to the client reaches the container (docker's --sig-proxy).
+    let child = d
+        .cmd()
+        .args([
+            "run",
+            "--name",
+            "trapper",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 5' TERM; echo ready; while true; do sleep 0.1; done",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    e.until("the container to run", || {
+        d.berth(&["logs", "trapper"]).stdout.starts_with(b"ready")
+    });
+    // SAFETY: kill of the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("got TERM"));
 }
 
 #[test]
@@ -881,6 +905,13 @@ fn containers_survive_a_daemon_sigkill() {
         e.inspect("phoenix")["RestartCount"] == 1 && e.status("phoenix") == "running"
     });
     assert_ne!(e.inspect("phoenix")["State"]["Pid"], pid);
+    // Docker's `always`: stopped by hand, it stays stopped until the daemon restarts.
+    e.d.ok(&["stop", "-t", "1", "phoenix"]);
+    assert_eq!(e.status("phoenix"), "exited");
+    e.d.restart();
+    e.until("always to bring it back", || {
+        e.status("phoenix") == "running"
+    });
 }
 
 impl Env {

@@ -545,6 +545,17 @@ impl Engine {
                     let _ = engine.start_locked(&ctr, true);
                 });
             }
+            "exited"
+                if lock(&ctr.rec).config.restart.name == "always"
+                    && !lock(&ctr.rec).state.started_at.is_empty() =>
+            {
+                // Docker's `always`: a container stopped by hand comes back when the daemon
+                // does.
+                let engine = self.clone();
+                std::thread::spawn(move || {
+                    let _ = engine.start(&ctr.id);
+                });
+            }
             "removing" => {
                 // The daemon died while removing it: finish the job.
                 let _ = self.update(&ctr, |r| r.state.status = "exited".into());
