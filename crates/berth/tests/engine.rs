@@ -1183,6 +1183,77 @@ fn sandboxes_outlive_their_containers() {
 }
 
 #[test]
+fn a_daemon_killed_mid_operation_restarts_consistent() {
+    let mut e = env();
+    // Create, start and remove containers in a loop, and kill the daemon in the middle of it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let socket = e.d.socket.clone();
+    let worker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let berth = |args: &[&str]| {
+                std::process::Command::new(common::BERTH)
+                    .env("BERTH_HOST", format!("unix://{}", socket.display()))
+                    .args(args)
+                    .output()
+                    .unwrap()
+            };
+            let (mut created, mut removed) = (Vec::new(), Vec::new());
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let name = format!("k{i}");
+                let out = berth(&["run", "-d", "--name", &name, "busybox", "sleep", "300"]);
+                if out.status.success() {
+                    created.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+                }
+                if i % 2 == 1 && created.len() >= 2 {
+                    let victim = created[created.len() - 2].clone();
+                    // A removal cut short by the kill may or may not have happened.
+                    let done = berth(&["rm", "-f", &victim]).status.success();
+                    removed.push((victim, done));
+                }
+                i += 1;
+            }
+            (created, removed)
+        })
+    };
+    e.until("a few containers", || {
+        e.d.ok(&["ps", "-aq"]).lines().count() >= 3
+    });
+    // A different instant on every run.
+    std::thread::sleep(Duration::from_millis(
+        20 + u64::from(std::process::id() % 300),
+    ));
+    e.d.kill9();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (created, removed) = worker.join().unwrap();
+    e.d.restart();
+    // What the daemon acknowledged holds: created containers exist whole, removed ones stay
+    // removed.
+    let listed = e.d.ok(&["ps", "-aq", "--no-trunc"]);
+    for id in &created {
+        let removal = removed.iter().find(|(v, _)| v == id).map(|(_, done)| *done);
+        if removal == Some(true) {
+            assert!(!listed.contains(id.as_str()), "{id} came back");
+        } else if removal.is_none() {
+            let status = e.status(id);
+            assert!(
+                ["created", "running", "exited"].contains(&status.as_str()),
+                "{id}: {status}"
+            );
+        }
+    }
+    let ids: Vec<String> = listed.lines().map(String::from).collect();
+    for id in &ids {
+        e.d.ok(&["rm", "-f", id]);
+    }
+    assert_eq!(e.d.ok(&["ps", "-aq"]), "");
+    let mut all = ids;
+    all.extend(created);
+    assert_no_residue(&e, &all);
+}
+
+#[test]
 fn fifty_containers_leave_nothing_behind() {
     let e = env();
     let d = &e.d;
@@ -1207,6 +1278,13 @@ fn fifty_containers_leave_nothing_behind() {
         args.extend(chunk.iter().map(String::as_str));
         d.ok(&args);
     }
+    assert_no_residue(&e, &ids);
+}
+
+/// Nothing of the containers `ids` (all removed) is left: no mount, cgroup, monitor process,
+/// runtime state or file.
+fn assert_no_residue(e: &Env, ids: &[String]) {
+    let d = &e.d;
     assert_eq!(d.ok(&["ps", "-aq"]), "");
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let cgroups: Vec<String> = fs::read_dir("/sys/fs/cgroup")
@@ -1231,7 +1309,7 @@ fn fifty_containers_leave_nothing_behind() {
             c.contains("shim") && c.contains(d.exec_root.to_str().unwrap())
         })
         .count();
-    for id in &ids {
+    for id in ids {
         assert!(!mounts.contains(id.as_str()), "a mount of {id} is left");
         assert!(!cgroups.iter().any(|c| c == id), "a cgroup of {id} is left");
     }

@@ -524,7 +524,48 @@ impl Engine {
         let status = lock(&ctr.rec).state.status.clone();
         let dir = self.shim_dir(&ctr.id);
         match status.as_str() {
-            "running" | "paused" | "restarting" if shim::alive(&dir) => {
+            "running" | "paused" | "restarting" | "created" if shim::alive(&dir) => {
+                // A start the daemon died in the middle of: adopt the container if it runs,
+                // else undo the half-made start.
+                let started = self
+                    .runtime
+                    .state(&ctr.id)
+                    .map(|s| {
+                        matches!(
+                            s.status,
+                            runtime::Status::Running
+                                | runtime::Status::Paused
+                                | runtime::Status::Stopped
+                        )
+                    })
+                    .unwrap_or(false);
+                if status == "created" || status == "restarting" {
+                    if !started {
+                        // Its monitor notices its container is gone and ends (within a second).
+                        let _ = self.runtime.delete(&ctr.id, true);
+                        for _ in 0..60 {
+                            if !shim::alive(&dir) {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        if status == "restarting" {
+                            let engine = self.clone();
+                            std::thread::spawn(move || {
+                                let _ = engine.start_locked(&ctr, true);
+                            });
+                        }
+                        return;
+                    }
+                    let pid = self.runtime.state(&ctr.id).map(|s| s.pid).unwrap_or(0);
+                    let _ = self.update(&ctr, |r| {
+                        r.state.status = "running".into();
+                        r.state.pid = pid;
+                        if r.state.started_at.is_empty() {
+                            r.state.started_at = timefmt::now();
+                        }
+                    });
+                }
                 self.spawn_monitor(ctr.clone(), dir);
                 self.spawn_health(ctr);
             }

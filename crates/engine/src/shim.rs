@@ -430,8 +430,14 @@ pub fn main(dir: &Path) -> ! {
             );
         }
     };
+    // A daemon that died while we were creating cannot take the answer (EPIPE): nobody will
+    // start this container, so undo it.
     if let Some(r) = ready.as_mut() {
-        let _ = writeln!(r, "ok {}", std::process::id());
+        if writeln!(r, "ok {}", std::process::id()).is_err() {
+            let _ = rt.delete(&cfg.id, true);
+            let _ = fs::remove_file(dir.join(SOCKET));
+            std::process::exit(1);
+        }
     }
     drop(ready);
 
