@@ -6,8 +6,8 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
@@ -49,18 +49,87 @@ fn base_name(path: &str) -> String {
     }
 }
 
+/// The target of the symlink open (O_PATH | O_NOFOLLOW) as `fd`.
+fn link_target(fd: &File) -> std::io::Result<std::path::PathBuf> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: readlinkat with an empty path reads the link `fd` refers to, into `buf`.
+    let n = unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(std::path::PathBuf::from(std::ffi::OsString::from_vec(buf)))
+}
+
+/// Appends `rel` (a path inside `root`) to the archive as `name`, and what is below it. Every
+/// entry is opened afresh with openat2(RESOLVE_IN_ROOT) and O_NOFOLLOW: a symlink is archived
+/// as a link, a device or FIFO as its header only (never read), and a symlink swapped into
+/// the tree meanwhile still resolves inside the container.
+fn append_tree<W: Write>(
+    b: &mut tar::Builder<W>,
+    root: &File,
+    rel: &Path,
+    name: &Path,
+) -> std::io::Result<()> {
+    let open = |flags: i32| -> std::io::Result<File> {
+        let c = CString::new(rel.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("a path contains a NUL byte"))?;
+        inroot::openat2_in_root(root.as_fd(), &c, flags | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .map(File::from)
+    };
+    let node = open(libc::O_PATH)?;
+    let md = node.metadata()?;
+    let mut h = tar::Header::new_gnu();
+    h.set_metadata(&md);
+    let ft = md.file_type();
+    if ft.is_file() {
+        let f = open(libc::O_RDONLY)?;
+        return b.append_data(&mut h, name, f.take(md.len()));
+    }
+    h.set_size(0);
+    if ft.is_symlink() {
+        let target = link_target(&node)?;
+        return b.append_link(&mut h, name, target);
+    }
+    if !ft.is_dir() {
+        // Devices and FIFOs as headers; sockets are not archivable.
+        if ft.is_socket() {
+            return Ok(());
+        }
+        return b.append_data(&mut h, name, std::io::empty());
+    }
+    b.append_data(&mut h, name, std::io::empty())?;
+    let dir = open(libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let mut children: Vec<std::ffi::OsString> =
+        std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+    children.sort();
+    for c in children {
+        append_tree(b, root, &rel.join(&c), &name.join(&c))?;
+    }
+    Ok(())
+}
+
 /// `GET` (a tar of the path) and `HEAD` (its stat only).
 pub(crate) fn get(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Handled {
     let path = head.q("path").unwrap_or("").to_string();
-    // A trailing "/." means the directory's content (docker cp's rule); otherwise the item.
+    let root = File::open(engine.rootfs(id)?)
+        .map_err(|e| failure(500, format!("opening the root file system: {e}")))?;
     let fd = open_in(engine, id, &path, libc::O_PATH | libc::O_NOFOLLOW)?;
-    let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
     let file = File::from(fd);
     let md = file
         .metadata()
         .map_err(|e| failure(500, format!("stat {path}: {e}")))?;
     let link = if md.file_type().is_symlink() {
-        std::fs::read_link(&proc_path).ok()
+        link_target(&file).ok()
     } else {
         None
     };
@@ -87,20 +156,15 @@ pub(crate) fn get(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStrea
         .map_err(|e| failure(500, e.to_string()))?;
     let out = Chunked(w.try_clone().map_err(|e| failure(500, e.to_string()))?);
     let mut b = tar::Builder::new(out);
-    b.follow_symlinks(false);
-    let contents_only = path.ends_with("/.");
-    let r = if md.is_dir() {
-        let base = if contents_only { "." } else { name.as_str() };
-        b.append_dir_all(base, &proc_path)
-    } else if let Some(target) = &link {
-        let mut h = tar::Header::new_gnu();
-        h.set_metadata(&md);
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        b.append_link(&mut h, &name, target)
+    // A trailing "/." means the directory's content (docker cp's rule); otherwise the item.
+    let base = if path.ends_with("/.") && md.is_dir() {
+        "."
     } else {
-        File::open(&proc_path).and_then(|mut f| b.append_file(&name, &mut f))
+        name.as_str()
     };
+    let rel = Path::new("/").join(path.trim_start_matches('/'));
+    let r = append_tree(&mut b, &root, &rel, Path::new(base));
+    // A failure midway leaves the stream unterminated: the client sees a broken archive.
     if r.is_ok() {
         if let Ok(out) = b.into_inner() {
             let _ = out.finish();

@@ -19,6 +19,8 @@ pub struct Head {
     pub query: BTreeMap<String, Vec<String>>,
     /// Header names lower-cased.
     pub headers: BTreeMap<String, String>,
+    /// Content-Length came more than once.
+    pub duplicate_length: bool,
 }
 
 impl Head {
@@ -113,7 +115,16 @@ pub fn read_head(r: &mut BufReader<impl Read>) -> Result<Head, ReadError> {
     let mut buf = Vec::new();
     loop {
         let before = buf.len();
-        let n = r.read_until(b'\n', &mut buf).map_err(ReadError::Io)?;
+        // Bounded: a line that never ends must not fill the memory.
+        let room = (MAX_HEAD + 1 - buf.len().min(MAX_HEAD)) as u64;
+        let n = r
+            .by_ref()
+            .take(room)
+            .read_until(b'\n', &mut buf)
+            .map_err(ReadError::Io)?;
+        if buf.len() > MAX_HEAD {
+            return Err(ReadError::Bad("request head too large".into()));
+        }
         if n == 0 {
             return if buf.is_empty() {
                 Err(ReadError::Closed)
@@ -122,9 +133,6 @@ pub fn read_head(r: &mut BufReader<impl Read>) -> Result<Head, ReadError> {
                     "connection closed inside the request head".into(),
                 ))
             };
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(ReadError::Bad("request head too large".into()));
         }
         let line = &buf[before..];
         if line == b"\r\n" || line == b"\n" {
@@ -148,13 +156,17 @@ pub fn read_head(r: &mut BufReader<impl Read>) -> Result<Head, ReadError> {
     let target = req.path.unwrap_or("/");
     let (path, query) = split_target(target);
     let mut h = BTreeMap::new();
+    let mut duplicate_length = false;
     for hd in req.headers.iter() {
-        h.insert(
-            hd.name.to_ascii_lowercase(),
-            String::from_utf8_lossy(hd.value).into_owned(),
-        );
+        let name = hd.name.to_ascii_lowercase();
+        let value = String::from_utf8_lossy(hd.value).into_owned();
+        if let Some(old) = h.insert(name.clone(), value) {
+            duplicate_length |= name == "content-length" || name == "transfer-encoding";
+            let _ = old;
+        }
     }
     Ok(Head {
+        duplicate_length,
         method: req.method.unwrap_or("GET").to_string(),
         path,
         query,
@@ -206,9 +218,27 @@ impl<R: BufRead> Body<R> {
 
     /// The body of the request with `head`, read from `inner`.
     pub fn new(head: &Head, inner: R) -> Result<Body<R>, ReadError> {
-        let chunked = head
+        // Only what cannot be read two ways (request smuggling): chunked alone, or one length.
+        let te = head
             .header("transfer-encoding")
-            .is_some_and(|t| t.to_ascii_lowercase().contains("chunked"));
+            .map(|t| t.trim().to_ascii_lowercase());
+        let chunked = match te.as_deref() {
+            None => false,
+            Some("chunked") => true,
+            Some(t) => {
+                return Err(ReadError::Bad(format!(
+                    "unsupported Transfer-Encoding {t:?}"
+                )))
+            }
+        };
+        if chunked && head.header("content-length").is_some() {
+            return Err(ReadError::Bad(
+                "both Transfer-Encoding and Content-Length given".into(),
+            ));
+        }
+        if head.duplicate_length {
+            return Err(ReadError::Bad("more than one Content-Length".into()));
+        }
         let kind = if chunked {
             BodyKind::Chunked {
                 left: 0,
@@ -267,7 +297,7 @@ impl<R: BufRead> Read for Body<R> {
                 }
                 if *left == 0 {
                     let mut line = String::new();
-                    self.inner.read_line(&mut line)?;
+                    (&mut self.inner).take(1024).read_line(&mut line)?;
                     let size = line.trim().split(';').next().unwrap_or("");
                     let size = u64::from_str_radix(size, 16).map_err(|_| {
                         io::Error::new(
@@ -277,9 +307,10 @@ impl<R: BufRead> Read for Body<R> {
                     })?;
                     if size == 0 {
                         // Trailers, then the blank line.
-                        loop {
+                        for _ in 0..64 {
                             line.clear();
-                            if self.inner.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                            let n = (&mut self.inner).take(4096).read_line(&mut line)?;
+                            if n == 0 || line.trim().is_empty() {
                                 break;
                             }
                         }
@@ -298,8 +329,14 @@ impl<R: BufRead> Read for Body<R> {
                 }
                 *left -= n as u64;
                 if *left == 0 {
-                    let mut crlf = String::new();
-                    self.inner.read_line(&mut crlf)?;
+                    let mut crlf = [0u8; 2];
+                    self.inner.read_exact(&mut crlf)?;
+                    if &crlf != b"\r\n" {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "a chunk does not end with CRLF",
+                        ));
+                    }
                 }
                 Ok(n)
             }
@@ -493,6 +530,25 @@ mod tests {
         let mut r = BufReader::new(&raw[..]);
         let h = read_head(&mut r).unwrap();
         assert!(Body::new(&h, &mut r).is_err());
+        // Bodies that could be read two ways (request smuggling) are refused.
+        for raw in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\n",
+        ] {
+            let mut r = BufReader::new(raw);
+            let h = read_head(&mut r).unwrap();
+            assert!(Body::new(&h, &mut r).is_err(), "{raw:?}");
+        }
+        let raw = b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXX0\r\n\r\n";
+        let mut r = BufReader::new(&raw[..]);
+        let h = read_head(&mut r).unwrap();
+        assert!(Body::new(&h, &mut r).unwrap().read_all(100).is_err());
+        // A head line that never ends is cut off at the limit.
+        let mut long = b"GET /".to_vec();
+        long.extend(std::iter::repeat_n(b'a', MAX_HEAD * 2));
+        let mut r = BufReader::new(&long[..]);
+        assert!(matches!(read_head(&mut r), Err(ReadError::Bad(_))));
     }
 
     #[test]

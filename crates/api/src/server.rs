@@ -90,7 +90,18 @@ fn connection(stream: UnixStream, engine: &Arc<Engine>) -> io::Result<()> {
                 return Ok(());
             }
         };
-        reader.get_ref().set_read_timeout(None)?;
+        // A body has as long as it needs, as long as it keeps coming.
+        reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(300)))?;
+        // What a client sent right after an upgrade request belongs to the stream.
+        let early = if head.wants_upgrade() {
+            let b = reader.buffer().to_vec();
+            std::io::BufRead::consume(&mut reader, b.len());
+            b
+        } else {
+            Vec::new()
+        };
         let mut body = match Body::new(&head, &mut reader) {
             Ok(b) => b,
             Err(ReadError::Bad(m)) => {
@@ -99,7 +110,7 @@ fn connection(stream: UnixStream, engine: &Arc<Engine>) -> io::Result<()> {
             }
             Err(_) => return Ok(()),
         };
-        let reply = route(engine, &head, &mut body, &mut writer);
+        let reply = route(engine, &head, &mut body, &mut writer, &early);
         // Whatever the handler did not read of the body is drained so the next request parses.
         let drained = io::copy(&mut body, &mut io::sink());
         match reply {
@@ -164,6 +175,7 @@ fn route(
     head: &Head,
     body: &mut Body<&mut BufReader<UnixStream>>,
     w: &mut UnixStream,
+    early: &[u8],
 ) -> Reply {
     let m = head.method.as_str();
     if head.path == "/_ping" {
@@ -252,7 +264,7 @@ fn route(
             Ok(Out::Json(200, json!({"StatusCode": code})))
         }
         ("GET", ["containers", id, "logs"]) => logs(engine, id, head, w),
-        ("POST", ["containers", id, "attach"]) => attach(engine, id, head, w),
+        ("POST", ["containers", id, "attach"]) => attach(engine, id, head, w, early),
         ("POST", ["containers", id, "resize"]) => {
             engine.resize(
                 id,
@@ -273,7 +285,7 @@ fn route(
             let exec_id = engine.exec_create(id, req)?;
             Ok(Out::Json(201, json!({"Id": exec_id})))
         }
-        ("POST", ["exec", id, "start"]) => exec_start(engine, id, head, w),
+        ("POST", ["exec", id, "start"]) => exec_start(engine, id, head, w, early),
         ("POST", ["exec", id, "resize"]) => {
             engine.exec_resize(
                 id,
@@ -464,11 +476,8 @@ fn events(engine: &Arc<Engine>, head: &Head, w: &mut UnixStream) -> Reply {
 
 /// Whether the peer closed its side (a poll for readability that reads EOF).
 fn peer_closed(s: &UnixStream) -> bool {
-    let _ = s.set_nonblocking(true);
     let mut b = [0u8; 1];
-    let closed = matches!(s.peek_like(&mut b), Ok(0));
-    let _ = s.set_nonblocking(false);
-    closed
+    matches!(s.peek_like(&mut b), Ok(0))
 }
 
 trait PeekLike {
@@ -484,7 +493,7 @@ impl PeekLike for UnixStream {
                 self.as_raw_fd(),
                 b.as_mut_ptr().cast(),
                 b.len(),
-                libc::MSG_PEEK,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
             )
         };
         if n < 0 {
@@ -534,7 +543,8 @@ fn logs(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Repl
     http::respond_stream_head(w, 200, stream_type(tty))
         .map_err(|e| Fail(500, e.to_string(), None))?;
     let mut out = Chunked(w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?);
-    let r = engine.logs(id, &q, &mut |e| {
+    let conn = w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?;
+    let r = engine.logs(id, &q, &|| peer_closed(&conn), &mut |e| {
         let mut text = Vec::new();
         if timestamps {
             text.extend_from_slice(e.time.as_bytes());
@@ -555,11 +565,15 @@ fn logs(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Repl
 
 /// Copies between the client's connection and the monitor's attach stream until both sides
 /// are done; a half-close from the client reaches the container's stdin.
-pub(crate) fn pump(client: UnixStream, shim: UnixStream) {
+pub(crate) fn pump(client: UnixStream, shim: UnixStream, early: &[u8]) {
     let (Ok(mut c_in), Ok(mut s_out)) = (client.try_clone(), shim.try_clone()) else {
         return;
     };
+    // A hijacked stream waits for the client for as long as it stays connected.
+    let _ = client.set_read_timeout(None);
+    let early = early.to_vec();
     let input = std::thread::spawn(move || {
+        let _ = s_out.write_all(&early);
         let _ = io::copy(&mut c_in, &mut s_out);
         let _ = s_out.shutdown(std::net::Shutdown::Write);
     });
@@ -570,7 +584,7 @@ pub(crate) fn pump(client: UnixStream, shim: UnixStream) {
     let _ = input.join();
 }
 
-fn attach(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Reply {
+fn attach(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream, early: &[u8]) -> Reply {
     if !head.wants_upgrade() {
         return Err(bad(
             "attach needs a connection upgrade (Connection: Upgrade, Upgrade: tcp)",
@@ -584,7 +598,7 @@ fn attach(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Re
     )?;
     let client = upgrade(w, tty)?;
     match a.wait() {
-        Ok(s) => pump(client, s),
+        Ok(s) => pump(client, s, early),
         Err(e) => {
             let mut c = client;
             if !tty {
@@ -596,7 +610,13 @@ fn attach(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Re
     Ok(Out::Done)
 }
 
-fn exec_start(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Reply {
+fn exec_start(
+    engine: &Arc<Engine>,
+    id: &str,
+    head: &Head,
+    w: &mut UnixStream,
+    early: &[u8],
+) -> Reply {
     let detach = head.flag("detach");
     if detach {
         engine.exec_start(id, true)?;
@@ -608,7 +628,7 @@ fn exec_start(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -
     let (stream, tty) = engine
         .exec_start(id, false)?
         .ok_or_else(|| Fail(500, "no stream".into(), None))?;
-    pump(upgrade(w, tty)?, stream);
+    pump(upgrade(w, tty)?, stream, early);
     Ok(Out::Done)
 }
 

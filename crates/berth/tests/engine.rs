@@ -763,12 +763,23 @@ fn volumes_persist_and_cp_stays_inside() {
         d.ok(&["exec", "user", "cat", "/tmp/renamed.txt"]),
         "to the container\n"
     );
-    d.ok(&["exec", "user", "sh", "-c", "mkdir -p /out/sub && echo x > /out/sub/f && ln -s /etc/shadow /out/link && ln -s / /escape"]);
+    d.ok(&["exec", "user", "sh", "-c", "mkdir -p /out/sub && echo x > /out/sub/f && ln -s /etc/shadow /out/link && ln -s / /escape && mkfifo /out/fifo"]);
     d.ok(&["cp", "user:/out", host.to_str().unwrap()]);
     assert_eq!(fs::read_to_string(host.join("out/sub/f")).unwrap(), "x\n");
     // A symlink is copied as a symlink, never followed to the host's file.
     assert_eq!(
         fs::read_link(host.join("out/link")).unwrap(),
+        Path::new("/etc/shadow")
+    );
+    // A FIFO is copied as a FIFO, never opened (which would block).
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::symlink_metadata(host.join("out/fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    d.ok(&["cp", "user:/out/link", host.join("link2").to_str().unwrap()]);
+    assert_eq!(
+        fs::read_link(host.join("link2")).unwrap(),
         Path::new("/etc/shadow")
     );
     // Paths through a symlink to / resolve inside the container, not on the host.

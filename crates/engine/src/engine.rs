@@ -314,6 +314,9 @@ pub struct ExecInfo {
     /// What runs.
     #[serde(rename = "ProcessConfig")]
     pub process: ExecRequest,
+    /// A start is under way.
+    #[serde(skip)]
+    pub starting: bool,
 }
 
 /// An attach request waiting for the container's start, and where its stream goes.
@@ -335,6 +338,8 @@ struct Ctr {
     attach_queue: Mutex<Vec<PendingAttach>>,
     /// Bumped by every start; a health checker of an older run stops.
     run_gen: AtomicU64,
+    /// Removed from the engine.
+    removed: std::sync::atomic::AtomicBool,
 }
 
 struct Exec {
@@ -506,6 +511,7 @@ impl Engine {
                 exits: AtomicU64::new(0),
                 attach_queue: Mutex::new(Vec::new()),
                 run_gen: AtomicU64::new(0),
+                removed: Default::default(),
             });
             let mut t = lock(&engine.table);
             t.names.insert(rec.name.clone(), rec.id.clone());
@@ -586,6 +592,10 @@ impl Engine {
                     let _ = engine.start_locked(&ctr, true);
                 });
             }
+            "exited" | "dead" if lock(&ctr.rec).config.auto_remove => {
+                // The daemon died between the exit and the removal `--rm` asks for.
+                let _ = self.remove(&ctr.id, true, true);
+            }
             "exited"
                 if lock(&ctr.rec).config.restart.name == "always"
                     && !lock(&ctr.rec).state.started_at.is_empty() =>
@@ -613,11 +623,10 @@ impl Engine {
             .join(&id[..id.len().min(16)])
     }
 
+    /// An exec's monitor directory (`exec_id` is one of ours: 64 hex digits).
     fn exec_dir(&self, exec_id: &str) -> PathBuf {
-        self.cfg
-            .exec_root
-            .join("shims")
-            .join(format!("x{}", &exec_id[..exec_id.len().min(16)]))
+        let short: String = exec_id.chars().take(16).collect();
+        self.cfg.exec_root.join("shims").join(format!("x{short}"))
     }
 
     fn container_dir(&self, id: &str) -> PathBuf {
@@ -658,8 +667,8 @@ impl Engine {
     fn find(&self, name_or_id: &str) -> Result<Arc<Ctr>> {
         let t = lock(&self.table);
         let key = name_or_id.strip_prefix('/').unwrap_or(name_or_id);
-        if let Some(id) = t.names.get(key) {
-            return Ok(t.by_id[id].clone());
+        if let Some(c) = t.names.get(key).and_then(|id| t.by_id.get(id)) {
+            return Ok(c.clone());
         }
         if let Some(c) = t.by_id.get(key) {
             return Ok(c.clone());
@@ -680,6 +689,12 @@ impl Engine {
                 "multiple IDs found with provided prefix: {name_or_id}"
             ))),
         }
+    }
+
+    /// Every container. (The table's lock is never held while a record's is taken: `wait`
+    /// holds a record's and then looks at the table.)
+    fn all(&self) -> Vec<Arc<Ctr>> {
+        lock(&self.table).by_id.values().cloned().collect()
     }
 
     /// The record of a container.
@@ -828,6 +843,7 @@ impl Engine {
                     exits: AtomicU64::new(0),
                     attach_queue: Mutex::new(Vec::new()),
                     run_gen: AtomicU64::new(0),
+                    removed: Default::default(),
                 });
                 let mut t = lock(&self.table);
                 t.names.insert(name, id.clone());
@@ -1299,7 +1315,8 @@ impl Engine {
 
     /// Waits until the container is not running, up to `timeout`. True if it stopped.
     fn wait_stopped(ctr: &Ctr, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        // At most a day: any longer is "forever" in practice, and cannot overflow.
+        let deadline = Instant::now() + timeout.min(Duration::from_secs(86_400));
         let mut g = lock(&ctr.rec);
         while matches!(g.state.status.as_str(), "running" | "paused") {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -1329,7 +1346,10 @@ impl Engine {
         if !matches!(rec.state.status.as_str(), "running" | "paused") {
             return Ok(());
         }
-        let secs = timeout.or(rec.config.stop_timeout).unwrap_or(10);
+        let secs = timeout
+            .or(rec.config.stop_timeout)
+            .unwrap_or(10)
+            .min(86_400);
         let sig = Self::stop_signal(&rec);
         if rec.state.status == "paused" {
             let _ = self.runtime.resume(&rec.id);
@@ -1432,19 +1452,32 @@ impl Engine {
             r.state.status = "removing".into();
         })?;
         let _ = self.runtime.delete(&rec.id, true);
-        self.images
+        let removed = self
+            .images
             .remove_container(&rec.id)
-            .map_err(|e| internal(format!("removing the root file system: {e}")))?;
-        let _ = fs::remove_dir_all(self.shim_dir(&rec.id));
-        fs::remove_dir_all(self.container_dir(&rec.id))
-            .map_err(|e| internal(format!("removing the container's state: {e}")))?;
+            .map_err(|e| internal(format!("removing the root file system: {e}")))
+            .and_then(|()| {
+                let _ = fs::remove_dir_all(self.shim_dir(&rec.id));
+                fs::remove_dir_all(self.container_dir(&rec.id))
+                    .map_err(|e| internal(format!("removing the container's state: {e}")))
+            });
+        if let Err(e) = removed {
+            // Docker's `dead`: what could not be removed stays listed; `rm` tries again.
+            if self
+                .update(&ctr, |r| r.state.status = "dead".into())
+                .is_err()
+            {
+                lock(&ctr.rec).state.status = "dead".into();
+            }
+            return Err(e);
+        }
         {
             let mut t = lock(&self.table);
             t.by_id.remove(&rec.id);
-            if t.names.get(&rec.name) == Some(&rec.id) {
-                t.names.remove(&rec.name);
-            }
+            t.names.retain(|_, id| *id != rec.id);
         }
+        ctr.removed.store(true, Ordering::SeqCst);
+        lock(&self.execs).retain(|_, x| lock(&x.info).container_id != rec.id);
         if volumes {
             for m in &rec.mounts {
                 if m.typ == "volume" {
@@ -1465,10 +1498,9 @@ impl Engine {
 
     /// The containers using a volume.
     pub fn volume_users(&self, name: &str) -> Vec<String> {
-        let t = lock(&self.table);
-        let mut v: Vec<String> = t
-            .by_id
-            .values()
+        let mut v: Vec<String> = self
+            .all()
+            .iter()
             .filter_map(|c| {
                 let r = lock(&c.rec);
                 r.mounts
@@ -1519,6 +1551,10 @@ impl Engine {
         }
         let _naming = lock(&self.naming);
         let ctr = self.find(name_or_id)?;
+        let _op = lock(&ctr.op);
+        if ctr.removed.load(Ordering::SeqCst) || lock(&ctr.rec).state.status == "removing" {
+            return Err(EngineError::NoSuchContainer(name_or_id.into()));
+        }
         let old = lock(&ctr.rec).name.clone();
         if old == new {
             return Err(EngineError::Conflict(format!(
@@ -1592,7 +1628,7 @@ impl Engine {
             if exited && code.is_none() {
                 code = Some(g.state.exit_code);
             }
-            let gone = !lock(&self.table).by_id.contains_key(&ctr.id);
+            let gone = ctr.removed.load(Ordering::SeqCst);
             let idle = !matches!(
                 g.state.status.as_str(),
                 "running" | "paused" | "restarting" | "removing"
@@ -1676,10 +1712,12 @@ impl Engine {
     }
 
     /// Reads a container's logs (see [`crate::logfile::read`]).
+    /// Following stops when the container stops or `cancelled()` (the reader went away).
     pub fn logs(
         &self,
         name_or_id: &str,
         q: &crate::logfile::Query,
+        cancelled: &dyn Fn() -> bool,
         out: &mut dyn FnMut(&crate::logfile::Entry) -> std::io::Result<()>,
     ) -> Result<bool> {
         let rec = self.record(name_or_id)?;
@@ -1689,7 +1727,7 @@ impl Engine {
             &self.log_path(&id),
             max_file,
             q,
-            &|| self.is_running(&id),
+            &|| self.is_running(&id) && !cancelled(),
             out,
         )
         .map_err(|e| internal(format!("reading logs: {e}")))?;
@@ -1840,6 +1878,7 @@ impl Engine {
             exit_code: None,
             pid: 0,
             process: req,
+            starting: false,
         };
         lock(&self.execs).insert(
             id.clone(),
@@ -1863,12 +1902,34 @@ impl Engine {
             .get(exec_id)
             .cloned()
             .ok_or_else(|| EngineError::NoSuchExec(exec_id.into()))?;
-        let info = lock(&exec.info).clone();
-        if info.running || info.exit_code.is_some() {
-            return Err(EngineError::Conflict(format!(
-                "Error: Exec command {exec_id} has already run"
-            )));
+        // Claimed under the lock: two starts of one exec cannot both get past here.
+        let info = {
+            let mut i = lock(&exec.info);
+            if i.running || i.exit_code.is_some() || i.starting {
+                return Err(EngineError::Conflict(format!(
+                    "Error: Exec command {exec_id} has already run"
+                )));
+            }
+            i.starting = true;
+            i.clone()
+        };
+        let r = self.exec_launch(exec_id, &exec, &info, detach);
+        if r.is_err() {
+            let mut i = lock(&exec.info);
+            i.starting = false;
+            i.exit_code.get_or_insert(126);
+            exec.changed.notify_all();
         }
+        r
+    }
+
+    fn exec_launch(
+        self: &Arc<Self>,
+        exec_id: &str,
+        exec: &Arc<Exec>,
+        info: &ExecInfo,
+        detach: bool,
+    ) -> Result<Option<(UnixStream, bool)>> {
         let rec = self.record(&info.container_id)?;
         if rec.state.status != "running" {
             return Err(EngineError::Conflict(format!(
@@ -1889,7 +1950,14 @@ impl Engine {
             log: None,
             rotation: Rotation::default(),
         };
-        shim::spawn(&self.cfg.exe, &dir, &cfg).map_err(command_error)?;
+        let shim_pid = shim::spawn(&self.cfg.exe, &dir, &cfg).map_err(command_error)?;
+        let abandon = |e: EngineError| {
+            // Nothing runs yet: the monitor waits for a start that will not come.
+            // SAFETY: kill of the monitor we just started (it has not exec'd anything).
+            unsafe { libc::kill(shim_pid, libc::SIGKILL) };
+            let _ = fs::remove_dir_all(&dir);
+            e
+        };
         let stream = if detach {
             None
         } else {
@@ -1898,7 +1966,7 @@ impl Engine {
                 stdout: true,
                 stderr: true,
             };
-            Some(shim::request(&dir, &req).map_err(internal)?)
+            Some(shim::request(&dir, &req).map_err(|e| abandon(internal(e)))?)
         };
         if let Err(e) = shim::request(&dir, &shim::Request::Start) {
             let _ = fs::remove_dir_all(&dir);
@@ -1919,6 +1987,7 @@ impl Engine {
         {
             let mut i = lock(&exec.info);
             i.running = true;
+            i.starting = false;
             i.pid = pid;
         }
         self.emit(&rec, "exec_start", &[("execID", exec_id.to_string())]);
@@ -1977,10 +2046,10 @@ impl Engine {
 
     /// Resizes an exec's terminal.
     pub fn exec_resize(&self, exec_id: &str, height: u16, width: u16) -> Result<()> {
-        let dir = self.exec_dir(exec_id);
         if !lock(&self.execs).contains_key(exec_id) {
             return Err(EngineError::NoSuchExec(exec_id.into()));
         }
+        let dir = self.exec_dir(exec_id);
         shim::request(&dir, &shim::Request::Resize { height, width })
             .map(drop)
             .map_err(EngineError::Invalid)
@@ -2159,10 +2228,9 @@ impl Engine {
 
     /// The containers in a sandbox.
     pub fn sandbox_users(&self, name: &str) -> Vec<String> {
-        let t = lock(&self.table);
-        let mut v: Vec<String> = t
-            .by_id
-            .values()
+        let mut v: Vec<String> = self
+            .all()
+            .iter()
             .filter_map(|c| {
                 let r = lock(&c.rec);
                 (r.config.sandbox.as_deref() == Some(name)).then(|| r.name.clone())

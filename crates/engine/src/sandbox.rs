@@ -74,6 +74,7 @@ impl Sandboxes {
 
     /// One sandbox, with its pins in place.
     pub fn get(&self, name: &str) -> io::Result<Sandbox> {
+        check_name(name)?;
         let bytes = fs::read(self.records.join(format!("{name}.json"))).map_err(|_| {
             io::Error::new(io::ErrorKind::NotFound, format!("no such sandbox: {name}"))
         })?;
@@ -97,14 +98,7 @@ impl Sandboxes {
     /// Creates a sandbox: new network (loopback up), IPC and UTS (`hostname`) namespaces,
     /// pinned. Nothing is left behind on failure.
     pub fn create(&self, name: &str, hostname: &str) -> io::Result<Sandbox> {
-        if !crate::volumes::valid_name(name) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "invalid sandbox name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
-                ),
-            ));
-        }
+        check_name(name)?;
         let record = self.records.join(format!("{name}.json"));
         if record.exists() {
             return Err(io::Error::new(
@@ -210,10 +204,23 @@ impl Sandboxes {
     }
 
     fn get_record(&self, name: &str) -> io::Result<Sandbox> {
+        check_name(name)?;
         let bytes = fs::read(self.records.join(format!("{name}.json"))).map_err(|_| {
             io::Error::new(io::ErrorKind::NotFound, format!("no such sandbox: {name}"))
         })?;
         serde_json::from_slice(&bytes).map_err(io::Error::other)
+    }
+}
+
+/// A sandbox name is a path component of the engine's own choosing: never `..` or a path.
+fn check_name(name: &str) -> io::Result<()> {
+    if crate::volumes::valid_name(name) {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid sandbox name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"),
+        ))
     }
 }
 

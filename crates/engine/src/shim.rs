@@ -464,13 +464,19 @@ pub fn main(dir: &Path) -> ! {
             events: libc::POLLIN,
             revents: 0,
         }];
-        // SAFETY: poll on one valid pollfd.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, 1000) };
+        let mut status = 0;
+        // Checked on every pass, not only when idle: a client connecting often must not hide
+        // that the container went (its engine removed it before it started).
+        // SAFETY: waitpid with a valid out pointer, without blocking.
+        let gone = created_pid > 0
+            && unsafe { libc::waitpid(created_pid, &mut status, libc::WNOHANG) } == created_pid;
+        let ready = if gone {
+            0
+        } else {
+            // SAFETY: poll on one valid pollfd.
+            unsafe { libc::poll(fds.as_mut_ptr(), 1, 1000) }
+        };
         if ready <= 0 {
-            let mut status = 0;
-            // SAFETY: waitpid with a valid out pointer, without blocking.
-            let gone = created_pid > 0
-                && unsafe { libc::waitpid(created_pid, &mut status, libc::WNOHANG) } == created_pid;
             if gone || std::time::Instant::now() > deadline {
                 let _ = rt.delete(&cfg.id, true);
                 finish(
@@ -700,6 +706,8 @@ fn record_exit(dir: &Path, info: &ExitInfo) {
 }
 
 fn add_client(shared: &Arc<Shared>, s: UnixStream, stdin: bool, stdout: bool, stderr: bool) {
+    // A client that stops reading is dropped rather than stalling the container's output.
+    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
     if stdin {
         if let Ok(mut input) = s.try_clone() {
             let shared = shared.clone();
