@@ -521,23 +521,29 @@ impl Runtime {
             drop(channel);
             // A host directory must not stay open in the container (CVE-2024-21626).
             drop(unified_dir);
-            Init {
-                channel: &child_channel,
-                ns: &ns,
-                rootfs,
-                ops,
-                after_pivot,
-                hostname: spec.hostname().clone(),
-                domainname: spec.domainname().clone(),
-                sysctl: linux.sysctl().clone().unwrap_or_default(),
-                hooks: spec.hooks().clone(),
-                process: &prepared,
-                start,
-                console,
-                sigmask,
-                join_cgroup: v1_self.then_some(&cgroup),
-            }
-            .run(two_stage);
+            // A panic in the child must not unwind into the caller's frames, whose
+            // destructors would undo the parent's work: the child ends here.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Init {
+                    channel: &child_channel,
+                    ns: &ns,
+                    rootfs,
+                    ops,
+                    after_pivot,
+                    hostname: spec.hostname().clone(),
+                    domainname: spec.domainname().clone(),
+                    sysctl: linux.sysctl().clone().unwrap_or_default(),
+                    hooks: spec.hooks().clone(),
+                    process: &prepared,
+                    start,
+                    console,
+                    sigmask,
+                    join_cgroup: v1_self.then_some(&cgroup),
+                }
+                .run(two_stage)
+            }));
+            // SAFETY: _exit ends the child without running any destructor.
+            unsafe { libc::_exit(255) };
         }
         drop(child_channel);
         drop(start);
@@ -958,14 +964,19 @@ impl Runtime {
             drop(channel);
             // A host directory must not stay open in the container (CVE-2024-21626).
             drop(unified_dir);
-            exec_child(
-                &child_channel,
-                &ns,
-                &record.cgroup,
-                &prepared,
-                console,
-                &sigmask,
-            );
+            // As in `launch`: a panic ends the child, never unwinds into the caller.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                exec_child(
+                    &child_channel,
+                    &ns,
+                    &record.cgroup,
+                    &prepared,
+                    console,
+                    &sigmask,
+                )
+            }));
+            // SAFETY: _exit ends the child without running any destructor.
+            unsafe { libc::_exit(255) };
         }
         drop(child_channel);
         drop(console);
