@@ -1095,6 +1095,36 @@ fn security_flags_reach_the_container() {
         "touch",
         "/scratch/x",
     ]);
+    // A profile in Docker's own format (archMap, includes) works as Docker's does.
+    let profile = e.dir.path().join("no-mkdir.json");
+    fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86"]}],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                          "includes": {"arches": ["amd64"]}, "comment": "no new directories"}]}"#,
+    )
+    .unwrap();
+    let opt = format!("seccomp={}", profile.display());
+    let out = d.berth(&[
+        "run",
+        "--rm",
+        "--security-opt",
+        &opt,
+        "busybox",
+        "mkdir",
+        "/newdir",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    d.ok(&[
+        "run",
+        "--rm",
+        "--security-opt",
+        &opt,
+        "busybox",
+        "touch",
+        "/newfile",
+    ]);
     let (code, msg) = d.err(&[
         "run",
         "--rm",

@@ -700,7 +700,11 @@ fn security(opts: &RunOptions, caps: &HashSet<Capability>) -> Result<Security, R
                 .seccomp_profile
                 .as_deref()
                 .ok_or(RunSpecError::SeccompProfileMissing)?;
-            Some(serde_json::from_str(text).map_err(RunSpecError::InvalidSeccompProfile)?)
+            let v: serde_json::Value =
+                serde_json::from_str(text).map_err(RunSpecError::InvalidSeccompProfile)?;
+            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+            let oci = docker_seccomp_to_oci(v, caps, std::env::consts::ARCH, release.trim());
+            Some(serde_json::from_value(oci).map_err(RunSpecError::InvalidSeccompProfile)?)
         }
         None => Some(defaults::default_seccomp(caps)),
     };
@@ -708,6 +712,95 @@ fn security(opts: &RunOptions, caps: &HashSet<Capability>) -> Result<Security, R
         no_new_privileges: nnp,
         seccomp,
     })
+}
+
+/// Turns a seccomp profile in Docker's format (`archMap`, rules with `includes`/`excludes` by
+/// capability, architecture and kernel version, `name` or `names`) into the OCI runtime's
+/// format for this container: only the rules that apply to its capabilities, `arch` (Rust's
+/// name) and kernel `release`. A profile already in the OCI format passes unchanged.
+pub fn docker_seccomp_to_oci(
+    mut v: serde_json::Value,
+    caps: &HashSet<Capability>,
+    arch: &str,
+    release: &str,
+) -> serde_json::Value {
+    use serde_json::Value;
+    let (go_arch, scmp_arch) = match arch {
+        "x86_64" => ("amd64", "SCMP_ARCH_X86_64"),
+        "x86" => ("386", "SCMP_ARCH_X86"),
+        "aarch64" => ("arm64", "SCMP_ARCH_AARCH64"),
+        other => (other, ""),
+    };
+    let has_cap = |name: &str| {
+        let bare = name.trim_start_matches("CAP_");
+        caps.iter()
+            .any(|c| c.to_string().trim_start_matches("CAP_") == bare)
+    };
+    let version = |s: &str| -> Vec<u64> {
+        s.split(|c: char| !c.is_ascii_digit())
+            .filter(|p| !p.is_empty())
+            .take(2)
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    let applies = |cond: &Value, include: bool| -> bool {
+        let list = |k: &str| -> Vec<String> {
+            cond[k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        };
+        let caps_l = list("caps");
+        let arches = list("arches");
+        if include {
+            caps_l.iter().all(|c| has_cap(c))
+                && (arches.is_empty() || arches.iter().any(|a| a == go_arch))
+                && cond["minKernel"]
+                    .as_str()
+                    .is_none_or(|min| version(release) >= version(min))
+        } else {
+            caps_l.iter().any(|c| has_cap(c)) || arches.iter().any(|a| a == go_arch)
+        }
+    };
+    if let Some(map) = v.get("archMap").and_then(Value::as_array).cloned() {
+        if v.get("architectures").is_none() {
+            let arches: Vec<Value> = map
+                .iter()
+                .filter(|m| m["architecture"] == scmp_arch)
+                .flat_map(|m| {
+                    std::iter::once(m["architecture"].clone()).chain(
+                        m["subArchitectures"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect();
+            v["architectures"] = Value::Array(arches);
+        }
+    }
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("archMap");
+    }
+    if let Some(rules) = v.get_mut("syscalls").and_then(Value::as_array_mut) {
+        rules.retain(|r| {
+            r.get("includes").is_none_or(|c| applies(c, true))
+                && r.get("excludes").is_none_or(|c| !applies(c, false))
+        });
+        for r in rules.iter_mut() {
+            if let Some(o) = r.as_object_mut() {
+                o.remove("includes");
+                o.remove("excludes");
+                o.remove("comment");
+                if let Some(name) = o.remove("name") {
+                    o.entry("names").or_insert_with(|| Value::Array(vec![name]));
+                }
+            }
+        }
+    }
+    v
 }
 
 fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
@@ -1461,6 +1554,65 @@ mod tests {
             ..Default::default()
         };
         assert!(gen(&image, &opts)["linux"].get("seccomp").is_none());
+    }
+
+    #[test]
+    fn docker_seccomp_profiles_become_oci_ones() {
+        let profile = json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "defaultErrnoRet": 1,
+            "archMap": [
+                {"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]},
+                {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": ["SCMP_ARCH_ARM"]}
+            ],
+            "syscalls": [
+                {"names": ["read", "write"], "action": "SCMP_ACT_ALLOW", "comment": "always"},
+                {"names": ["mount"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_ADMIN"]}},
+                {"names": ["arch_prctl"], "action": "SCMP_ACT_ALLOW", "includes": {"arches": ["amd64", "x32"]}},
+                {"names": ["arm_fadvise64_64"], "action": "SCMP_ACT_ALLOW", "includes": {"arches": ["arm", "arm64"]}},
+                {"names": ["clone"], "action": "SCMP_ACT_ALLOW", "excludes": {"caps": ["CAP_SYS_ADMIN"]},
+                 "args": [{"index": 0, "value": 2114060288, "op": "SCMP_CMP_MASKED_EQ"}]},
+                {"name": "io_uring_setup", "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "5.1"}},
+                {"names": ["landlock_create_ruleset"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "99.0"}}
+            ]
+        });
+        let names = |v: &Value| -> Vec<String> {
+            v["syscalls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| {
+                    r["names"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|n| n.as_str().unwrap().to_string())
+                })
+                .collect()
+        };
+        let plain = defaults::default_capabilities();
+        let out = docker_seccomp_to_oci(profile.clone(), &plain, "x86_64", "6.1.0-18-amd64");
+        assert_eq!(
+            names(&out),
+            ["read", "write", "arch_prctl", "clone", "io_uring_setup"]
+        );
+        assert_eq!(
+            out["architectures"],
+            json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"])
+        );
+        assert!(out.get("archMap").is_none() && out["syscalls"][0].get("comment").is_none());
+        let spec: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(out).unwrap();
+        assert!(runtime::seccomp::compile(&spec).is_ok());
+        let mut admin = plain.clone();
+        admin.insert(Capability::SysAdmin);
+        let out = docker_seccomp_to_oci(profile, &admin, "x86_64", "4.19.0");
+        assert_eq!(names(&out), ["read", "write", "mount", "arch_prctl"]);
+        // An OCI profile passes through as it is.
+        let oci = json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"], "syscalls": [{"names": ["kill"], "action": "SCMP_ACT_ERRNO"}]});
+        assert_eq!(
+            docker_seccomp_to_oci(oci.clone(), &plain, "x86_64", "6.1"),
+            oci
+        );
     }
 
     #[test]
