@@ -340,6 +340,81 @@ fn route(
             Ok(Out::Empty(204))
         }
 
+        ("POST", ["networks", "create"]) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Req {
+                #[serde(rename = "Name")]
+                name: String,
+                #[serde(rename = "Subnet", default)]
+                subnet: Option<String>,
+                #[serde(rename = "Gateway", default)]
+                gateway: Option<String>,
+                #[serde(rename = "Internal", default)]
+                internal: bool,
+                #[serde(rename = "Labels", default)]
+                labels: BTreeMap<String, String>,
+            }
+            let r: Req = json_body(body)?;
+            let n = engine.network_create(
+                &r.name,
+                r.subnet.as_deref().filter(|s| !s.is_empty()),
+                r.gateway.as_deref().filter(|s| !s.is_empty()),
+                r.internal,
+                r.labels,
+            )?;
+            Ok(Out::Json(201, serde_json::to_value(n).unwrap_or_default()))
+        }
+        ("GET", ["networks"]) => Ok(Out::Json(
+            200,
+            serde_json::to_value(engine.networks.list()).unwrap_or_default(),
+        )),
+        ("POST", ["networks", "prune"]) => Ok(Out::Json(
+            200,
+            json!({"NetworksDeleted": engine.network_prune()}),
+        )),
+        ("GET", ["networks", name]) => Ok(Out::Json(200, engine.network_inspect(name)?)),
+        ("DELETE", ["networks", name]) => {
+            engine.network_remove(name)?;
+            Ok(Out::Empty(204))
+        }
+        ("POST", ["networks", name, "connect"]) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Req {
+                #[serde(rename = "Container")]
+                container: String,
+                #[serde(rename = "Aliases", default)]
+                aliases: Vec<String>,
+                #[serde(rename = "IP", default)]
+                ip: Option<String>,
+            }
+            let r: Req = json_body(body)?;
+            engine.network_connect(
+                name,
+                &r.container,
+                engine::engine::EndpointRequest {
+                    name: String::new(),
+                    aliases: r.aliases,
+                    ip: r.ip.filter(|i| !i.is_empty()),
+                },
+            )?;
+            Ok(Out::Empty(200))
+        }
+        ("POST", ["networks", name, "disconnect"]) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Req {
+                #[serde(rename = "Container")]
+                container: String,
+                #[serde(rename = "Force", default)]
+                force: bool,
+            }
+            let r: Req = json_body(body)?;
+            let _ = r.force;
+            engine.network_disconnect(name, &r.container)?;
+            Ok(Out::Empty(200))
+        }
         ("POST", ["sandboxes", "create"]) => {
             #[derive(serde::Deserialize)]
             #[serde(deny_unknown_fields)]

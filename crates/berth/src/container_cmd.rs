@@ -119,9 +119,22 @@ pub struct CreateArgs {
     /// Ulimit options.
     #[arg(long)]
     ulimit: Vec<String>,
-    /// Connect a container to a network: none, host, container:<name|id>.
-    #[arg(long, alias = "net", default_value = "none")]
+    /// Connect a container to a network: a network's name (default: bridge), none, host,
+    /// container:<name|id>.
+    #[arg(long, alias = "net", default_value = "bridge")]
     network: String,
+    /// Add a network-scoped alias for the container.
+    #[arg(long = "network-alias", alias = "net-alias")]
+    network_alias: Vec<String>,
+    /// IPv4 address (e.g., 172.30.100.104).
+    #[arg(long)]
+    ip: Option<String>,
+    /// Publish a container's port(s) to the host: [ip:][hostPort:]containerPort[/proto].
+    #[arg(short = 'p', long)]
+    publish: Vec<String>,
+    /// Publish all exposed ports to random ports.
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
     /// IPC mode: private, shareable, host, container:<name|id>.
     #[arg(long, default_value = "private")]
     ipc: String,
@@ -384,7 +397,11 @@ fn create_request(a: &CreateArgs) -> Result<Value> {
         pids_limit: a.res.pids_limit,
         ulimits: a.ulimit.clone(),
         mounts,
-        network: Network::parse(&a.network)?,
+        network: match a.network.as_str() {
+            "none" | "host" => Network::parse(&a.network)?,
+            n if n.starts_with("container:") => Network::parse(n)?,
+            _ => Network::None,
+        },
         ipc: Ipc::parse(&a.ipc)?,
         uts_join: None,
         labels,
@@ -398,6 +415,21 @@ fn create_request(a: &CreateArgs) -> Result<Value> {
         engine::spec::parse_cpus(c)?;
     }
     let restart = engine::RestartPolicy::parse(&a.restart).map_err(|e| anyhow!(e))?;
+    let bridge = !matches!(a.network.as_str(), "none" | "host")
+        && !a.network.starts_with("container:")
+        && a.sandbox.is_none();
+    let networks: Vec<Value> = if bridge {
+        vec![json!({"name": a.network, "aliases": a.network_alias, "ip": a.ip})]
+    } else {
+        if !a.network_alias.is_empty() || a.ip.is_some() {
+            bail!("--network-alias and --ip need a bridge network");
+        }
+        Vec::new()
+    };
+    let mut publish = Vec::new();
+    for p in &a.publish {
+        publish.extend(engine::network::parse_publish(p).map_err(|e| anyhow!(e))?);
+    }
     if a.rm && restart.name != "no" {
         bail!("conflicting options: cannot specify both --restart and --rm");
     }
@@ -432,6 +464,9 @@ fn create_request(a: &CreateArgs) -> Result<Value> {
         "log_opts": log_opts,
         "stop_timeout": a.stop_timeout,
         "sandbox": a.sandbox,
+        "networks": networks,
+        "publish": publish,
+        "publish_all": a.publish_all,
     }))
 }
 
@@ -1019,12 +1054,12 @@ pub fn ps(c: &Client, a: &PsArgs) -> Result<i32> {
             "RunningFor": ago(s["created"].as_str().unwrap_or("")),
             "Status": s["status"],
             "State": s["state"],
-            "Ports": "",
+            "Ports": port_lines(&s["ports"]).into_iter().map(|(c, h)| format!("{h}->{c}")).collect::<Vec<_>>().join(", "),
             "Names": s["name"],
             "Labels": labels,
             "Size": size,
             "Mounts": mounts,
-            "Networks": "",
+            "Networks": s["networks"].as_array().map(|n| n.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default(),
         })
     };
     let mut out = std::io::stdout().lock();
@@ -2102,4 +2137,275 @@ pub fn sandbox(c: &Client, cmd: &SandboxCmd) -> Result<i32> {
             Ok(())
         }),
     }
+}
+
+/// `network …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum NetworkCmd {
+    /// Create a bridge network.
+    Create {
+        /// Subnet in CIDR format (default: the next free 10.89.N.0/24).
+        #[arg(long)]
+        subnet: Option<String>,
+        /// IPv4 gateway for the subnet.
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Restrict external access to the network.
+        #[arg(long)]
+        internal: bool,
+        /// Set metadata on a network.
+        #[arg(short = 'l', long = "label")]
+        label: Vec<String>,
+        /// Driver to manage the network (bridge only).
+        #[arg(short = 'd', long, default_value = "bridge")]
+        driver: String,
+        name: String,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Display detailed information on one or more networks.
+    Inspect {
+        #[arg(short = 'f', long)]
+        format: Option<String>,
+        names: Vec<String>,
+    },
+    /// Remove one or more networks.
+    #[command(alias = "remove")]
+    Rm { names: Vec<String> },
+    /// Remove all unused user-defined networks.
+    Prune {
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// Connect a container to a network.
+    Connect {
+        #[arg(long)]
+        alias: Vec<String>,
+        #[arg(long)]
+        ip: Option<String>,
+        network: String,
+        container: String,
+    },
+    /// Disconnect a container from a network.
+    Disconnect {
+        #[arg(short = 'f', long)]
+        force: bool,
+        network: String,
+        container: String,
+    },
+}
+
+pub fn network(c: &Client, cmd: &NetworkCmd) -> Result<i32> {
+    match cmd {
+        NetworkCmd::Create {
+            subnet,
+            gateway,
+            internal,
+            label,
+            driver,
+            name,
+        } => {
+            if driver != "bridge" {
+                bail!("plugin \"{driver}\" not found: berth networks are CNI bridge networks");
+            }
+            let labels: BTreeMap<String, String> = label
+                .iter()
+                .map(|l| {
+                    let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect();
+            let v = c
+                .json(
+                    "POST",
+                    "/networks/create",
+                    Some(&json!({"Name": name, "Subnet": subnet, "Gateway": gateway, "Internal": internal, "Labels": labels})),
+                )
+                .map_err(daemon_err1)?;
+            println!("{}", v["Id"].as_str().unwrap_or(""));
+            Ok(0)
+        }
+        NetworkCmd::Ls { quiet, format } => {
+            let v = c.json("GET", "/networks", None).map_err(daemon_err1)?;
+            let nets = v.as_array().cloned().unwrap_or_default();
+            let mut out = std::io::stdout().lock();
+            if *quiet {
+                for n in &nets {
+                    writeln!(
+                        out,
+                        "{}",
+                        n["Id"]
+                            .as_str()
+                            .unwrap_or("")
+                            .chars()
+                            .take(12)
+                            .collect::<String>()
+                    )?;
+                }
+            } else if let Some(f) = format {
+                for n in &nets {
+                    writeln!(out, "{}", template::render(f, n).map_err(|e| anyhow!(e))?)?;
+                }
+            } else {
+                let mut table = vec![[
+                    "NETWORK ID",
+                    "NAME",
+                    "DRIVER",
+                    "SCOPE",
+                    "SUBNET",
+                    "INTERNAL",
+                ]
+                .map(String::from)
+                .to_vec()];
+                for n in &nets {
+                    table.push(vec![
+                        n["Id"].as_str().unwrap_or("").chars().take(12).collect(),
+                        n["Name"].as_str().unwrap_or("").into(),
+                        n["Driver"].as_str().unwrap_or("").into(),
+                        "local".into(),
+                        n["Subnet"].as_str().unwrap_or("").into(),
+                        n["Internal"].as_bool().unwrap_or(false).to_string(),
+                    ]);
+                }
+                print_table(&mut out, &table)?;
+            }
+            Ok(0)
+        }
+        NetworkCmd::Inspect { format, names } => {
+            let mut docs = Vec::new();
+            let mut code = 0;
+            for n in names {
+                match c.json("GET", &format!("/networks/{}", path_id(n)), None) {
+                    Ok(d) => docs.push(d),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        code = 1;
+                    }
+                }
+            }
+            print_docs(&docs, format.as_deref())?;
+            Ok(code)
+        }
+        NetworkCmd::Rm { names } => each(names, |n| {
+            c.call(
+                "DELETE",
+                &format!("/networks/{}", path_id(n)),
+                Send::Nothing,
+            )?;
+            println!("{n}");
+            Ok(())
+        }),
+        NetworkCmd::Prune { force: _ } => {
+            let v = c
+                .json("POST", "/networks/prune", None)
+                .map_err(daemon_err1)?;
+            let gone = v["NetworksDeleted"].as_array().cloned().unwrap_or_default();
+            if !gone.is_empty() {
+                println!("Deleted Networks:");
+                for g in gone {
+                    println!("{}", g.as_str().unwrap_or(""));
+                }
+            }
+            Ok(0)
+        }
+        NetworkCmd::Connect {
+            alias,
+            ip,
+            network,
+            container,
+        } => {
+            c.json(
+                "POST",
+                &format!("/networks/{}/connect", path_id(network)),
+                Some(&json!({"Container": container, "Aliases": alias, "IP": ip})),
+            )
+            .map_err(daemon_err1)?;
+            Ok(0)
+        }
+        NetworkCmd::Disconnect {
+            force,
+            network,
+            container,
+        } => {
+            c.json(
+                "POST",
+                &format!("/networks/{}/disconnect", path_id(network)),
+                Some(&json!({"Container": container, "Force": force})),
+            )
+            .map_err(daemon_err1)?;
+            Ok(0)
+        }
+    }
+}
+
+/// Docker's PORTS column / `port` lines: `0.0.0.0:8080->80/tcp`.
+fn port_lines(ports: &Value) -> Vec<(String, String)> {
+    ports
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let ip = m["hostIP"]
+                .as_str()
+                .filter(|i| !i.is_empty())
+                .unwrap_or("0.0.0.0");
+            (
+                format!(
+                    "{}/{}",
+                    m["containerPort"],
+                    m["protocol"].as_str().unwrap_or("tcp")
+                ),
+                format!("{ip}:{}", m["hostPort"]),
+            )
+        })
+        .collect()
+}
+
+/// `port CONTAINER [PRIVATE_PORT[/PROTO]]`.
+pub fn port(c: &Client, container: &str, private: Option<&str>) -> Result<i32> {
+    let list = c
+        .json("GET", "/containers?all=1", None)
+        .map_err(daemon_err1)?;
+    let info = c
+        .json("GET", &format!("/containers/{}", path_id(container)), None)
+        .map_err(daemon_err1)?;
+    let id = info["Id"].as_str().unwrap_or("");
+    let row = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["id"] == id)
+        .cloned()
+        .unwrap_or(Value::Null);
+    let want = private.map(|p| {
+        if p.contains('/') {
+            p.to_string()
+        } else {
+            format!("{p}/tcp")
+        }
+    });
+    let mut found = false;
+    for (ctr, host) in port_lines(&row["ports"]) {
+        match &want {
+            Some(w) if *w != ctr => {}
+            Some(_) => {
+                println!("{host}");
+                found = true;
+            }
+            None => {
+                println!("{ctr} -> {host}");
+                found = true;
+            }
+        }
+    }
+    if let (Some(w), false) = (&want, found) {
+        bail!("No public port '{w}' published for {container}");
+    }
+    Ok(0)
 }

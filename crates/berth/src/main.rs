@@ -88,6 +88,14 @@ enum Command {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(cc::VolumeCmd),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(cc::NetworkCmd),
+    /// List port mappings of a container.
+    Port {
+        container: String,
+        private_port: Option<String>,
+    },
     /// Manage sandboxes (pinned namespaces containers share, as in a pod).
     #[command(subcommand)]
     Sandbox(cc::SandboxCmd),
@@ -240,6 +248,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Events(a) => cc::events(&c()?, &a),
         Command::Volume(v) => cc::volume(&c()?, &v),
         Command::Sandbox(s) => cc::sandbox(&c()?, &s),
+        Command::Network(n) => cc::network(&c()?, &n),
+        Command::Port {
+            container,
+            private_port,
+        } => cc::port(&c()?, &container, private_port.as_deref()),
         Command::Container(ContainerCmd::Prune { force: _ }) => cc::container_prune(&c()?),
         Command::System(SystemCmd::Df) => {
             let v = c()?.json("GET", "/system/df", None).map_err(fail1)?;

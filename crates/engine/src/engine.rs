@@ -49,6 +49,9 @@ pub enum EngineError {
     /// No image by that reference.
     #[error("No such image: {0}")]
     NoSuchImage(String),
+    /// No network by that name.
+    #[error("{0}")]
+    NoSuchNetwork(String),
     /// No exec by that ID.
     #[error("No such exec instance: {0}")]
     NoSuchExec(String),
@@ -87,6 +90,7 @@ impl EngineError {
         match self {
             EngineError::NoSuchContainer(_)
             | EngineError::NoSuchImage(_)
+            | EngineError::NoSuchNetwork(_)
             | EngineError::NoSuchExec(_) => 404,
             EngineError::Volume(VolumeError::NotFound(_)) => 404,
             EngineError::Image(ImageError::NotFound(_)) => 404,
@@ -184,6 +188,46 @@ pub struct CreateRequest {
     pub stop_timeout: Option<i64>,
     /// Join this sandbox's network, IPC and UTS namespaces.
     pub sandbox: Option<String>,
+    /// Networks to attach to (`--network <name>`, `network connect`), in order: the first
+    /// is `eth0`, and carries the published ports.
+    pub networks: Vec<EndpointRequest>,
+    /// `-p`.
+    pub publish: Vec<crate::network::PortMapping>,
+    /// `-P`: publish the image's exposed ports on free host ports.
+    pub publish_all: bool,
+}
+
+/// An attachment asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EndpointRequest {
+    /// The network.
+    pub name: String,
+    /// `--network-alias`: more names on that network.
+    pub aliases: Vec<String>,
+    /// `--ip`.
+    pub ip: Option<String>,
+}
+
+/// An attachment made (for one run of the container).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The network's name.
+    pub network: String,
+    /// The interface in the container.
+    pub ifname: String,
+    /// IPv4 address.
+    pub ip: String,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Gateway.
+    pub gateway: String,
+    /// MAC address.
+    pub mac: String,
+    /// Names on this network.
+    pub aliases: Vec<String>,
+    /// The CNI result of the ADD, for the DEL.
+    pub result: serde_json::Value,
 }
 
 /// `State` in `inspect`.
@@ -211,6 +255,12 @@ pub struct State {
     pub manually_stopped: bool,
     /// Health, when a check is configured.
     pub health: Option<Health>,
+    /// Network attachments of the current run.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// Ports published for the current run (host ports chosen).
+    #[serde(default)]
+    pub ports: Vec<crate::network::PortMapping>,
 }
 
 /// A mount as `inspect` lists it.
@@ -353,6 +403,14 @@ struct Table {
     names: HashMap<String, String>,
 }
 
+/// A started container.
+struct Launched {
+    pid: i32,
+    shim_pid: i32,
+    endpoints: Vec<Endpoint>,
+    ports: Vec<crate::network::PortMapping>,
+}
+
 /// An attach stream now, or once the container starts.
 pub enum Attach {
     /// Connected to the running container.
@@ -403,6 +461,12 @@ pub struct Summary {
     pub health: Option<String>,
     /// Mount destinations and volume names.
     pub mounts: Vec<MountPoint>,
+    /// Published ports.
+    #[serde(default)]
+    pub ports: Vec<crate::network::PortMapping>,
+    /// Networks.
+    #[serde(default)]
+    pub networks: Vec<String>,
 }
 
 /// One stats sample.
@@ -443,6 +507,10 @@ pub struct Engine {
     pub events: Events,
     /// Pinned namespaces that containers join (pods).
     pub sandboxes: crate::sandbox::Sandboxes,
+    /// Bridge networks (CNI).
+    pub networks: crate::network::Networks,
+    /// IPv4 forwarding and bridge netfilter, as the host has them (for `info`).
+    host_net: (bool, bool),
     table: Mutex<Table>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
     /// Serialises create/rename against each other (names).
@@ -480,6 +548,9 @@ impl Engine {
         let runtime = runtime::Runtime::new(cfg.exec_root.join("runtime"));
         let sandboxes = crate::sandbox::Sandboxes::open(&cfg.root, &cfg.exec_root)
             .map_err(io(&cfg.exec_root))?;
+        let networks = crate::network::Networks::open(&cfg.root, true).map_err(io(&cfg.root))?;
+        let host_net = crate::network::prepare_host();
+        networks.isolate();
         let engine = Arc::new(Engine {
             cfg,
             images,
@@ -487,6 +558,8 @@ impl Engine {
             volumes,
             events: Events::default(),
             sandboxes,
+            networks,
+            host_net,
             table: Mutex::new(Table::default()),
             execs: Mutex::new(HashMap::new()),
             naming: Mutex::new(()),
@@ -529,6 +602,25 @@ impl Engine {
     fn restore(self: &Arc<Self>, ctr: Arc<Ctr>) {
         let status = lock(&ctr.rec).state.status.clone();
         let dir = self.shim_dir(&ctr.id);
+        if !matches!(status.as_str(), "running" | "paused" | "restarting")
+            && self.netns_dir(&ctr.id).exists()
+        {
+            // The daemon died while attaching or detaching it: detach from every network it
+            // asks for (DEL is idempotent and works without the ADD's result).
+            let rec = lock(&ctr.rec).clone();
+            let endpoints: Vec<Endpoint> = rec
+                .config
+                .networks
+                .iter()
+                .enumerate()
+                .map(|(i, n)| Endpoint {
+                    network: n.name.clone(),
+                    ifname: format!("eth{i}"),
+                    ..Default::default()
+                })
+                .collect();
+            self.net_down(&rec.id, &endpoints, &rec.config.publish);
+        }
         match status.as_str() {
             "running" | "paused" | "restarting" | "created" if shim::alive(&dir) => {
                 // A start the daemon died in the middle of: adopt the container if it runs,
@@ -766,6 +858,46 @@ impl Engine {
             if let Ipc::Container(c) = &run.ipc {
                 self.find(c)?;
             }
+            if !req.networks.is_empty() && (run.network != Network::None || req.sandbox.is_some()) {
+                return Err(EngineError::Invalid(
+                    "conflicting options: a bridge network and --network none|host|container: or --sandbox".into(),
+                ));
+            }
+            if req.networks.is_empty()
+                && (!req.publish.is_empty() || req.publish_all)
+                && run.network != Network::Host
+            {
+                return Err(EngineError::Invalid(
+                    "conflicting options: port publishing and the container type network mode"
+                        .into(),
+                ));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for ep in &req.networks {
+                let net = self
+                    .networks
+                    .get(&ep.name)
+                    .map_err(|e| EngineError::NoSuchNetwork(e.to_string()))?;
+                if !seen.insert(net.name.clone()) {
+                    return Err(EngineError::Invalid(format!(
+                        "container cannot be connected to network {} more than once",
+                        net.name
+                    )));
+                }
+                if net.is_default() && (!ep.aliases.is_empty() || ep.ip.is_some()) {
+                    return Err(EngineError::Invalid(
+                        "network-scoped aliases and user specified IP addresses are supported only on user defined networks".into(),
+                    ));
+                }
+                if let Some(ip) = &ep.ip {
+                    if !crate::network::contains(&net.subnet, ip) {
+                        return Err(EngineError::Invalid(format!(
+                            "invalid --ip {ip}: not in network {}'s subnet {}",
+                            net.name, net.subnet
+                        )));
+                    }
+                }
+            }
             if let Some(s) = &req.sandbox {
                 if run.network != Network::None || run.ipc != Ipc::Private {
                     return Err(EngineError::Invalid(
@@ -788,6 +920,9 @@ impl Engine {
             }
             if let Ipc::Container(_) = check.ipc {
                 check.ipc = Ipc::Join("/proc/self/ns/ipc".into());
+            }
+            if !req.networks.is_empty() {
+                check.network = Network::Join("/proc/self/ns/net".into());
             }
             if req.sandbox.is_some() {
                 check.network = Network::Join("/proc/self/ns/net".into());
@@ -998,26 +1133,46 @@ impl Engine {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| rec.id[..12].to_string())
         };
-        let hosts = if host {
-            fs::read_to_string("/etc/hosts").unwrap_or_default()
-        } else {
-            format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
-                 fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
-                 ff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
-            )
-        };
         let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         for (name, content) in [
             ("hostname", format!("{hostname}\n")),
-            ("hosts", hosts),
             ("resolv.conf", resolv),
         ] {
             let p = dir.join(name);
             fsutil::write_replace(&p, content.as_bytes(), 0o644)
                 .map_err(|e| internal(format!("writing {}: {e}", p.display())))?;
         }
-        Ok(())
+        self.write_hosts(rec, None)
+    }
+
+    /// `/etc/hosts` as Docker writes it: localhost, and the container's address on its first
+    /// network with its hostname and aliases.
+    fn write_hosts(&self, rec: &Record, endpoint: Option<&Endpoint>) -> Result<()> {
+        let dir = self.container_dir(&rec.id);
+        let hostname = fs::read_to_string(dir.join("hostname"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let hosts = if matches!(rec.config.run.network, Network::Host) {
+            fs::read_to_string("/etc/hosts").unwrap_or_default()
+        } else {
+            let me = match endpoint {
+                Some(ep) => {
+                    let mut names = vec![hostname.clone()];
+                    names.extend(ep.aliases.iter().cloned());
+                    format!("{}\t{}\n", ep.ip, names.join(" "))
+                }
+                None => format!("127.0.1.1\t{hostname}\n"),
+            };
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+                 fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
+                 ff02::2\tip6-allrouters\n{me}"
+            )
+        };
+        let p = dir.join("hosts");
+        fsutil::write_replace(&p, hosts.as_bytes(), 0o644)
+            .map_err(|e| internal(format!("writing {}: {e}", p.display())))
     }
 
     // ----- start ----------------------------------------------------------------------
@@ -1042,6 +1197,9 @@ impl Engine {
         }
         if let Ipc::Container(c) = run.ipc.clone() {
             run.ipc = Ipc::Join(ns_of(&c, "ipc")?);
+        }
+        if !rec.config.networks.is_empty() {
+            run.network = Network::Join(self.netns_dir(&rec.id).join("net"));
         }
         if let Some(name) = &rec.config.sandbox {
             let s = self
@@ -1115,11 +1273,18 @@ impl Engine {
             return Ok(());
         }
         match self.launch(ctr, &rec) {
-            Ok((pid, shim_pid)) => {
+            Ok(Launched {
+                pid,
+                shim_pid,
+                endpoints,
+                ports,
+            }) => {
                 let rec = self.update(ctr, |r| {
                     r.state.status = "running".into();
                     r.state.pid = pid;
                     r.state.shim_pid = shim_pid;
+                    r.state.endpoints = endpoints;
+                    r.state.ports = ports;
                     r.state.error.clear();
                     r.state.started_at = timefmt::now();
                     r.state.oom_killed = false;
@@ -1165,7 +1330,161 @@ impl Engine {
     }
 
     /// Writes the bundle, starts the monitor, connects early attach clients, starts the process.
-    fn launch(&self, ctr: &Ctr, rec: &Record) -> Result<(i32, i32)> {
+    fn launch(&self, ctr: &Ctr, rec: &Record) -> Result<Launched> {
+        let (endpoints, ports) = if rec.config.networks.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            self.net_up(rec)?
+        };
+        match self.launch_process(ctr, rec, &endpoints) {
+            Ok((pid, shim_pid)) => Ok(Launched {
+                pid,
+                shim_pid,
+                endpoints,
+                ports,
+            }),
+            Err(e) => {
+                self.net_down(&rec.id, &endpoints, &ports);
+                Err(e)
+            }
+        }
+    }
+
+    /// Attaches a container's pinned network namespace to its networks (CNI ADD), with its
+    /// published ports on the first. Undone whole on any failure.
+    fn net_up(&self, rec: &Record) -> Result<(Vec<Endpoint>, Vec<crate::network::PortMapping>)> {
+        let mut ports = rec.config.publish.clone();
+        if rec.config.publish_all {
+            for key in rec.image_config.exposed_ports.iter().flat_map(|m| m.keys()) {
+                let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+                if let Ok(p) = port.parse::<u16>() {
+                    if !ports
+                        .iter()
+                        .any(|m| m.container_port == p && m.protocol == proto)
+                    {
+                        ports.push(crate::network::PortMapping {
+                            host_port: 0,
+                            container_port: p,
+                            protocol: proto.to_string(),
+                            host_ip: String::new(),
+                        });
+                    }
+                }
+            }
+        }
+        for m in ports.iter_mut() {
+            crate::network::claim_port(m).map_err(EngineError::Conflict)?;
+        }
+        let dir = self.netns_dir(&rec.id);
+        crate::sandbox::pin(&dir, &["net"], None)
+            .map_err(|e| internal(format!("creating the network namespace: {e}")))?;
+        let mut endpoints: Vec<Endpoint> = Vec::new();
+        for (i, req) in rec.config.networks.iter().enumerate() {
+            let attached = (|| -> Result<Endpoint> {
+                let net = self
+                    .networks
+                    .get(&req.name)
+                    .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                let list = self.networks.conflist(&net).map_err(internal)?;
+                let att = self.attachment(&rec.id, i, req.ip.as_deref(), &ports);
+                let result = self
+                    .networks
+                    .cni
+                    .add(&list, &att)
+                    .map_err(|e| internal(e.to_string()))?;
+                let (ip, prefix, gateway) = cni::ipv4(&result).ok_or_else(|| {
+                    internal(format!(
+                        "network {}: the plugins gave no IPv4 address",
+                        net.name
+                    ))
+                })?;
+                Ok(Endpoint {
+                    network: net.name.clone(),
+                    ifname: att.ifname.clone(),
+                    ip,
+                    prefix,
+                    gateway: gateway.unwrap_or(net.gateway.clone()),
+                    mac: cni::mac(&result, &att.ifname).unwrap_or_default(),
+                    aliases: req.aliases.clone(),
+                    result,
+                })
+            })();
+            match attached {
+                Ok(ep) => endpoints.push(ep),
+                Err(e) => {
+                    self.net_down(&rec.id, &endpoints, &ports);
+                    return Err(e);
+                }
+            }
+        }
+        Ok((endpoints, ports))
+    }
+
+    fn attachment(
+        &self,
+        id: &str,
+        index: usize,
+        ip: Option<&str>,
+        ports: &[crate::network::PortMapping],
+    ) -> cni::Attachment {
+        let mut att = cni::Attachment {
+            container_id: id.to_string(),
+            netns: self.netns_dir(id).join("net"),
+            ifname: format!("eth{index}"),
+            args: vec![("IgnoreUnknown".into(), "1".into())],
+            ..Default::default()
+        };
+        if let Some(ip) = ip {
+            att.args.push(("IP".into(), ip.to_string()));
+        }
+        if index == 0 && !ports.is_empty() {
+            att.capabilities.insert(
+                "portMappings".into(),
+                serde_json::to_value(ports).unwrap_or_default(),
+            );
+        }
+        att
+    }
+
+    /// Detaches a container from its networks (CNI DEL with the ADD's results) and removes
+    /// its network namespace. Best effort: what fails is logged, the rest still goes.
+    fn net_down(&self, id: &str, endpoints: &[Endpoint], ports: &[crate::network::PortMapping]) {
+        for (i, ep) in endpoints.iter().enumerate().rev() {
+            let Ok(net) = self.networks.get(&ep.network) else {
+                continue;
+            };
+            let Ok(list) = self.networks.conflist(&net) else {
+                continue;
+            };
+            let index = ep
+                .ifname
+                .strip_prefix("eth")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(i);
+            let att = self.attachment(id, index, None, ports);
+            if let Err(e) = self.networks.cni.del(&list, &att, Some(&ep.result)) {
+                eprintln!("berth daemon: container {id}: {e}");
+            }
+        }
+        let _ = crate::sandbox::unpin(&self.netns_dir(id));
+    }
+
+    fn netns_dir(&self, id: &str) -> PathBuf {
+        self.cfg
+            .exec_root
+            .join("netns")
+            .join(&id[..id.len().min(16)])
+    }
+
+    fn launch_process(
+        &self,
+        ctr: &Ctr,
+        rec: &Record,
+        endpoints: &[Endpoint],
+    ) -> Result<(i32, i32)> {
+        if let Some(ep) = endpoints.first() {
+            self.write_hosts(rec, Some(ep))?;
+        }
         let spec = self.build_spec(rec)?;
         let bundle = self.container_dir(&rec.id);
         let json = serde_json::to_vec(&spec).map_err(internal)?;
@@ -1188,7 +1507,11 @@ impl Engine {
         };
         let shim_pid = shim::spawn(&self.cfg.exe, &dir, &cfg).map_err(command_error)?;
         let pid = self.runtime.state(&rec.id).map(|s| s.pid).unwrap_or(0);
-        if rec.config.run.network == Network::None && rec.config.sandbox.is_none() && pid > 0 {
+        if rec.config.run.network == Network::None
+            && rec.config.sandbox.is_none()
+            && rec.config.networks.is_empty()
+            && pid > 0
+        {
             if let Err(e) = crate::netns::loopback_up(pid) {
                 let _ = self.runtime.delete(&rec.id, true);
                 return Err(internal(format!("setting up the loopback interface: {e}")));
@@ -1218,6 +1541,8 @@ impl Engine {
         ctr.run_gen.fetch_add(1, Ordering::SeqCst);
         let _ = fs::remove_dir_all(self.shim_dir(&ctr.id));
         let before = lock(&ctr.rec).clone();
+        // Its addresses, ports and namespace go with the run.
+        self.net_down(&before.id, &before.state.endpoints, &before.state.ports);
         let ran = timefmt::parse_rfc3339(&before.state.started_at)
             .map(|s| (timefmt::now_nanos() - s) / 1_000_000_000)
             .unwrap_or(0);
@@ -1228,6 +1553,8 @@ impl Engine {
         ) && before.state.status != "removing";
         let rec = match self.update(&ctr, |r| {
             r.state.status = if restart { "restarting" } else { "exited" }.into();
+            r.state.endpoints.clear();
+            r.state.ports.clear();
             r.state.pid = 0;
             r.state.shim_pid = 0;
             r.state.exit_code = info.code;
@@ -1452,6 +1779,10 @@ impl Engine {
             r.state.status = "removing".into();
         })?;
         let _ = self.runtime.delete(&rec.id, true);
+        let rec = lock(&ctr.rec).clone();
+        if !rec.state.endpoints.is_empty() || self.netns_dir(&rec.id).exists() {
+            self.net_down(&rec.id, &rec.state.endpoints, &rec.state.ports);
+        }
         let removed = self
             .images
             .remove_container(&rec.id)
@@ -1682,6 +2013,8 @@ impl Engine {
                     exit_code: r.state.exit_code,
                     health: r.state.health.as_ref().map(|h| h.status.clone()),
                     mounts: r.mounts.clone(),
+                    ports: r.state.ports.clone(),
+                    networks: r.config.networks.iter().map(|n| n.name.clone()).collect(),
                 }
             })
             .collect();
@@ -2212,6 +2545,255 @@ impl Engine {
         (gone, bytes)
     }
 
+    // ----- networks -------------------------------------------------------------------
+
+    fn net_err(e: crate::network::NetworkError) -> EngineError {
+        use crate::network::NetworkError as N;
+        match e {
+            N::NotFound(_) => EngineError::NoSuchNetwork(e.to_string()),
+            N::Exists(_) | N::InUse { .. } => EngineError::Conflict(e.to_string()),
+            N::Invalid(_) => EngineError::Invalid(e.to_string()),
+            N::Io { .. } => internal(e),
+        }
+    }
+
+    /// `network create`.
+    pub fn network_create(
+        &self,
+        name: &str,
+        subnet: Option<&str>,
+        gateway: Option<&str>,
+        internal: bool,
+        labels: BTreeMap<String, String>,
+    ) -> Result<crate::network::Network> {
+        let _naming = lock(&self.naming);
+        let n = self
+            .networks
+            .create(name, subnet, gateway, internal, labels)
+            .map_err(Self::net_err)?;
+        self.events.emit(
+            "network",
+            "create",
+            &n.id,
+            BTreeMap::from([("name".into(), n.name.clone())]),
+        );
+        Ok(n)
+    }
+
+    /// The containers configured on a network: (name, ID, endpoint if running).
+    fn network_users(&self, network: &str) -> Vec<(String, String, Option<Endpoint>)> {
+        let mut v: Vec<_> = self
+            .all()
+            .iter()
+            .filter_map(|c| {
+                let r = lock(&c.rec);
+                r.config
+                    .networks
+                    .iter()
+                    .any(|n| n.name == network)
+                    .then(|| {
+                        (
+                            r.name.clone(),
+                            r.id.clone(),
+                            r.state
+                                .endpoints
+                                .iter()
+                                .find(|e| e.network == network)
+                                .cloned(),
+                        )
+                    })
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// `network inspect`: the record and its containers.
+    pub fn network_inspect(&self, name_or_id: &str) -> Result<serde_json::Value> {
+        let n = self.networks.get(name_or_id).map_err(Self::net_err)?;
+        let mut v = serde_json::to_value(&n).map_err(internal)?;
+        let mut ctrs = serde_json::Map::new();
+        for (name, id, ep) in self.network_users(&n.name) {
+            ctrs.insert(
+                id,
+                serde_json::json!({
+                    "Name": name,
+                    "IPv4Address": ep.as_ref().map(|e| format!("{}/{}", e.ip, e.prefix)).unwrap_or_default(),
+                    "MacAddress": ep.as_ref().map(|e| e.mac.clone()).unwrap_or_default(),
+                }),
+            );
+        }
+        v["Containers"] = serde_json::Value::Object(ctrs);
+        v["IPAM"] = serde_json::json!({"Driver": "host-local", "Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]});
+        v["Scope"] = "local".into();
+        Ok(v)
+    }
+
+    /// `network rm`: refused while a container (running or not) is configured on it.
+    pub fn network_remove(&self, name_or_id: &str) -> Result<()> {
+        let n = self.networks.get(name_or_id).map_err(Self::net_err)?;
+        let users = self.network_users(&n.name);
+        if !users.is_empty() {
+            return Err(Self::net_err(crate::network::NetworkError::InUse {
+                name: n.name.clone(),
+                containers: users
+                    .into_iter()
+                    .map(|u| u.0)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }));
+        }
+        self.networks.remove(&n).map_err(Self::net_err)?;
+        self.events.emit(
+            "network",
+            "destroy",
+            &n.id,
+            BTreeMap::from([("name".into(), n.name.clone())]),
+        );
+        Ok(())
+    }
+
+    /// `network prune`: user-defined networks no container is configured on.
+    pub fn network_prune(&self) -> Vec<String> {
+        self.networks
+            .list()
+            .into_iter()
+            .filter(|n| !n.is_default() && self.network_users(&n.name).is_empty())
+            .filter(|n| self.network_remove(&n.name).is_ok())
+            .map(|n| n.name)
+            .collect()
+    }
+
+    /// `network connect`: configures the container on the network, and attaches it at once
+    /// when it runs.
+    pub fn network_connect(
+        &self,
+        network: &str,
+        container: &str,
+        ep: EndpointRequest,
+    ) -> Result<()> {
+        let net = self.networks.get(network).map_err(Self::net_err)?;
+        let ctr = self.find(container)?;
+        let _op = lock(&ctr.op);
+        let rec = lock(&ctr.rec).clone();
+        if rec.config.networks.iter().any(|n| n.name == net.name) {
+            return Err(EngineError::Conflict(format!(
+                "endpoint with name {} already exists in network {}",
+                rec.name, net.name
+            )));
+        }
+        if rec.config.networks.is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "container {} is not on a bridge network (its network mode cannot be combined with {})",
+                rec.name, net.name
+            )));
+        }
+        if net.is_default() && (!ep.aliases.is_empty() || ep.ip.is_some()) {
+            return Err(EngineError::Invalid(
+                "network-scoped aliases and user specified IP addresses are supported only on user defined networks".into(),
+            ));
+        }
+        let req = EndpointRequest {
+            name: net.name.clone(),
+            ..ep
+        };
+        let mut endpoint = None;
+        if matches!(rec.state.status.as_str(), "running" | "paused") {
+            let index = rec
+                .state
+                .endpoints
+                .iter()
+                .filter_map(|e| e.ifname.strip_prefix("eth")?.parse::<usize>().ok())
+                .max()
+                .map_or(0, |m| m + 1);
+            let list = self.networks.conflist(&net).map_err(internal)?;
+            let att = self.attachment(&rec.id, index, req.ip.as_deref(), &[]);
+            let result = self
+                .networks
+                .cni
+                .add(&list, &att)
+                .map_err(|e| internal(e.to_string()))?;
+            let (ip, prefix, gateway) = cni::ipv4(&result).unwrap_or_default();
+            endpoint = Some(Endpoint {
+                network: net.name.clone(),
+                ifname: att.ifname.clone(),
+                ip,
+                prefix,
+                gateway: gateway.unwrap_or(net.gateway.clone()),
+                mac: cni::mac(&result, &att.ifname).unwrap_or_default(),
+                aliases: req.aliases.clone(),
+                result,
+            });
+        }
+        let rec = self.update(&ctr, |r| {
+            r.config.networks.push(req);
+            if let Some(e) = endpoint {
+                r.state.endpoints.push(e);
+            }
+        })?;
+        self.events.emit(
+            "network",
+            "connect",
+            &net.id,
+            BTreeMap::from([
+                ("name".into(), net.name.clone()),
+                ("container".into(), rec.id),
+            ]),
+        );
+        Ok(())
+    }
+
+    /// `network disconnect`: detaches a running container and drops the network from its
+    /// configuration.
+    pub fn network_disconnect(&self, network: &str, container: &str) -> Result<()> {
+        let net = self.networks.get(network).map_err(Self::net_err)?;
+        let ctr = self.find(container)?;
+        let _op = lock(&ctr.op);
+        let rec = lock(&ctr.rec).clone();
+        if !rec.config.networks.iter().any(|n| n.name == net.name) {
+            return Err(EngineError::Conflict(format!(
+                "container {} is not connected to network {}",
+                rec.name, net.name
+            )));
+        }
+        if rec.config.networks.len() == 1
+            && matches!(rec.state.status.as_str(), "running" | "paused")
+        {
+            return Err(EngineError::Conflict(format!(
+                "container {} would be left without a network: stop it first",
+                rec.name
+            )));
+        }
+        if let Some(ep) = rec.state.endpoints.iter().find(|e| e.network == net.name) {
+            if let Ok(list) = self.networks.conflist(&net) {
+                let index = ep
+                    .ifname
+                    .strip_prefix("eth")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let att = self.attachment(&rec.id, index, None, &[]);
+                self.networks
+                    .cni
+                    .del(&list, &att, Some(&ep.result))
+                    .map_err(|e| internal(e.to_string()))?;
+            }
+        }
+        let rec = self.update(&ctr, |r| {
+            r.config.networks.retain(|n| n.name != net.name);
+            r.state.endpoints.retain(|e| e.network != net.name);
+        })?;
+        self.events.emit(
+            "network",
+            "disconnect",
+            &net.id,
+            BTreeMap::from([
+                ("name".into(), net.name.clone()),
+                ("container".into(), rec.id),
+            ]),
+        );
+        Ok(())
+    }
+
     /// `sandbox create`.
     pub fn sandbox_create(&self, name: &str, hostname: &str) -> Result<crate::sandbox::Sandbox> {
         let s = self
@@ -2311,6 +2893,10 @@ impl Engine {
             "Runtimes": {"berth": {"path": self.cfg.exe}},
             "DefaultRuntime": "berth",
             "SecurityOptions": ["name=seccomp,profile=builtin"],
+            "IPv4Forwarding": self.host_net.0,
+            "BridgeNfIptables": self.host_net.1,
+            "Networks": self.networks.list().len(),
+            "CNIPluginPaths": cni::DEFAULT_PATHS,
             "Volumes": self.volumes.list().len(),
         })
     }
@@ -2474,6 +3060,46 @@ fn status_phrase(s: &State) -> String {
     }
 }
 
+/// `NetworkSettings` of `inspect`: Docker's shape.
+fn network_settings(r: &Record) -> serde_json::Value {
+    use serde_json::json;
+    let mut nets = serde_json::Map::new();
+    for req in &r.config.networks {
+        let ep = r.state.endpoints.iter().find(|e| e.network == req.name);
+        nets.insert(
+            req.name.clone(),
+            json!({
+                "Aliases": req.aliases,
+                "IPAddress": ep.map(|e| e.ip.as_str()).unwrap_or(""),
+                "IPPrefixLen": ep.map(|e| e.prefix).unwrap_or(0),
+                "Gateway": ep.map(|e| e.gateway.as_str()).unwrap_or(""),
+                "MacAddress": ep.map(|e| e.mac.as_str()).unwrap_or(""),
+                "IPAMConfig": req.ip.as_ref().map(|ip| json!({"IPv4Address": ip})),
+            }),
+        );
+    }
+    let mut ports = serde_json::Map::new();
+    for m in &r.state.ports {
+        let key = format!("{}/{}", m.container_port, m.protocol);
+        let entry = ports.entry(key).or_insert_with(|| json!([]));
+        if let Some(a) = entry.as_array_mut() {
+            a.push(json!({
+                "HostIp": if m.host_ip.is_empty() { "0.0.0.0" } else { &m.host_ip },
+                "HostPort": m.host_port.to_string(),
+            }));
+        }
+    }
+    let first = r.state.endpoints.first();
+    json!({
+        "Networks": nets,
+        "Ports": ports,
+        "IPAddress": first.map(|e| e.ip.as_str()).unwrap_or(""),
+        "Gateway": first.map(|e| e.gateway.as_str()).unwrap_or(""),
+        "MacAddress": first.map(|e| e.mac.as_str()).unwrap_or(""),
+        "SandboxKey": if r.state.endpoints.is_empty() { String::new() } else { format!("/proc/{}/ns/net", r.state.pid) },
+    })
+}
+
 fn inspect_json(r: &Record, log: &Path, dir: &Path) -> serde_json::Value {
     use serde_json::json;
     let run = &r.config.run;
@@ -2576,7 +3202,7 @@ fn inspect_json(r: &Record, log: &Path, dir: &Path) -> serde_json::Value {
             "StopTimeout": r.config.stop_timeout,
             "Healthcheck": health,
         },
-        "NetworkSettings": {"Networks": {}},
+        "NetworkSettings": network_settings(r),
     })
 }
 

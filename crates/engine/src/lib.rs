@@ -12,6 +12,7 @@ pub mod health;
 pub mod init;
 pub mod logfile;
 pub mod netns;
+pub mod network;
 pub mod sandbox;
 pub mod shim;
 pub mod spec;

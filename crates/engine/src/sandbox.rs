@@ -129,71 +129,11 @@ impl Sandboxes {
     /// Makes the namespaces on a thread of their own (unshare of these three is per thread)
     /// and bind-mounts them onto `<dir>/{net,ipc,uts}`.
     fn pin(&self, dir: &Path, hostname: &str) -> io::Result<()> {
-        let _ = Self::unpin(dir);
-        fs::create_dir_all(dir)?;
-        for k in KINDS {
-            fs::File::create(dir.join(k))?;
-        }
-        let dir2 = dir.to_path_buf();
-        let hostname = hostname.to_string();
-        let r = std::thread::spawn(move || -> io::Result<()> {
-            // SAFETY: unshare affects only this thread for these namespace kinds.
-            if unsafe {
-                libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS)
-            } != 0
-            {
-                return last_err("unshare");
-            }
-            let h = hostname.as_bytes();
-            // SAFETY: a valid buffer and its length.
-            if unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) } != 0 {
-                return last_err("sethostname");
-            }
-            loopback_up_here()?;
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::syscall(libc::SYS_gettid) };
-            for k in KINDS {
-                let src = cpath(Path::new(&format!(
-                    "/proc/{}/task/{tid}/ns/{k}",
-                    std::process::id()
-                )))?;
-                let dst = cpath(&dir2.join(k))?;
-                // SAFETY: mount with valid C strings.
-                if unsafe {
-                    libc::mount(
-                        src.as_ptr(),
-                        dst.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND,
-                        std::ptr::null(),
-                    )
-                } != 0
-                {
-                    return last_err(&format!("pinning the {k} namespace"));
-                }
-            }
-            Ok(())
-        })
-        .join()
-        .map_err(|_| io::Error::other("the namespace thread panicked"))?;
-        if r.is_err() {
-            let _ = Self::unpin(dir);
-        }
-        r
+        pin(dir, &KINDS, Some(hostname))
     }
 
     fn unpin(dir: &Path) -> io::Result<()> {
-        for k in KINDS {
-            let p = dir.join(k);
-            if let Ok(c) = cpath(&p) {
-                // SAFETY: umount2 with a valid C string.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
-        match fs::remove_dir_all(dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        unpin(dir)
     }
 
     /// Removes a sandbox (the engine checks that no container uses it).
@@ -209,6 +149,92 @@ impl Sandboxes {
             io::Error::new(io::ErrorKind::NotFound, format!("no such sandbox: {name}"))
         })?;
         serde_json::from_slice(&bytes).map_err(io::Error::other)
+    }
+}
+
+/// Makes new namespaces of `kinds` (of net, ipc, uts) on a thread of its own (unshare of
+/// these is per thread), sets the hostname (uts) and brings loopback up (net), and
+/// bind-mounts each onto `<dir>/<kind>`, where they stay without any process. Nothing is left
+/// on failure.
+pub fn pin(dir: &Path, kinds: &[&'static str], hostname: Option<&str>) -> io::Result<()> {
+    let _ = unpin(dir);
+    fs::create_dir_all(dir)?;
+    for k in kinds {
+        fs::File::create(dir.join(k))?;
+    }
+    let dir2 = dir.to_path_buf();
+    let hostname = hostname.map(String::from);
+    let kinds2: Vec<&'static str> = kinds.to_vec();
+    let r = std::thread::spawn(move || -> io::Result<()> {
+        let mut flags = 0;
+        for k in &kinds2 {
+            flags |= match *k {
+                "net" => libc::CLONE_NEWNET,
+                "ipc" => libc::CLONE_NEWIPC,
+                "uts" => libc::CLONE_NEWUTS,
+                _ => return Err(io::Error::other(format!("cannot pin a {k} namespace"))),
+            };
+        }
+        // SAFETY: unshare of net, ipc and uts namespaces affects only this thread.
+        if unsafe { libc::unshare(flags) } != 0 {
+            return last_err("unshare");
+        }
+        if let (Some(h), true) = (&hostname, kinds2.contains(&"uts")) {
+            // SAFETY: a valid buffer and its length.
+            if unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) } != 0 {
+                return last_err("sethostname");
+            }
+        }
+        if kinds2.contains(&"net") {
+            loopback_up_here()?;
+        }
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+        for k in &kinds2 {
+            let src = cpath(Path::new(&format!(
+                "/proc/{}/task/{tid}/ns/{k}",
+                std::process::id()
+            )))?;
+            let dst = cpath(&dir2.join(k))?;
+            // SAFETY: mount with valid C strings.
+            if unsafe {
+                libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            } != 0
+            {
+                return last_err(&format!("pinning the {k} namespace"));
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| io::Error::other("the namespace thread panicked"))?;
+    if r.is_err() {
+        let _ = unpin(dir);
+    }
+    r
+}
+
+/// Unmounts what `pin` mounted under `dir` and removes it (missing is fine).
+pub fn unpin(dir: &Path) -> io::Result<()> {
+    for k in KINDS {
+        let p = dir.join(k);
+        if !p.exists() {
+            continue;
+        }
+        if let Ok(c) = cpath(&p) {
+            // SAFETY: umount2 with a valid C string.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -41,6 +41,9 @@ pub struct ImageConfig {
     /// `Healthcheck`: the image's HEALTHCHECK.
     #[serde(default)]
     pub healthcheck: Option<crate::health::HealthConfig>,
+    /// `ExposedPorts`: `{"80/tcp": {}}`.
+    #[serde(default)]
+    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// The `docker run` flags that shape the spec.
@@ -2078,6 +2081,10 @@ mod tests {
             err.starts_with("decoding seccomp profile failed: unknown variant `SCMP_ACT_NOPE`"),
             "{err}"
         );
+        // A syntax error says where.
+        let err = run(&["seccomp=/etc/p.json"], Some("{\"defaultAction\": }"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 1 column"), "{err}");
         assert!(matches!(
             run(&["seccomp=/etc/p.json"], None),

@@ -1,0 +1,643 @@
+//! Networks: bridge networks set up through CNI (the reference `bridge`, `host-local`,
+//! `portmap` and `firewall` plugins), the default `bridge` network (`berth0`, 10.88.0.0/16),
+//! user-defined ones, isolation between them, and the host settings they need.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::fsutil;
+
+/// The default network's name, as Docker calls it.
+pub const DEFAULT_NETWORK: &str = "bridge";
+/// The default network's bridge interface.
+pub const DEFAULT_BRIDGE: &str = "berth0";
+/// The default network's subnet.
+pub const DEFAULT_SUBNET: &str = "10.88.0.0/16";
+
+/// A network's record (`<root>/networks/<name>.json`), shaped for `network inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// Its name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// 64 hex digits.
+    #[serde(rename = "Id")]
+    pub id: String,
+    /// RFC 3339.
+    #[serde(rename = "Created")]
+    pub created: String,
+    /// Always `bridge`.
+    #[serde(rename = "Driver")]
+    pub driver: String,
+    /// CIDR.
+    #[serde(rename = "Subnet")]
+    pub subnet: String,
+    /// The bridge's address, the containers' gateway.
+    #[serde(rename = "Gateway")]
+    pub gateway: String,
+    /// No route out (and no masquerading).
+    #[serde(rename = "Internal")]
+    pub internal: bool,
+    /// User labels.
+    #[serde(rename = "Labels")]
+    pub labels: BTreeMap<String, String>,
+    /// The bridge interface on the host.
+    #[serde(rename = "Bridge")]
+    pub bridge: String,
+}
+
+impl Network {
+    /// Docker's default network has no name resolution; user-defined ones do.
+    pub fn is_default(&self) -> bool {
+        self.name == DEFAULT_NETWORK
+    }
+
+    /// The CNI configuration list of this network.
+    pub fn conflist(&self, ipam_dir: &Path) -> Value {
+        let mut ipam = json!({
+            "type": "host-local",
+            "ranges": [[{"subnet": self.subnet, "gateway": self.gateway}]],
+            "dataDir": ipam_dir,
+        });
+        if !self.internal {
+            ipam["routes"] = json!([{"dst": "0.0.0.0/0"}]);
+        }
+        json!({
+            "cniVersion": cni::CNI_VERSION,
+            "name": self.name,
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": self.bridge,
+                    "isGateway": true,
+                    "ipMasq": !self.internal,
+                    "hairpinMode": true,
+                    "ipam": ipam,
+                },
+                {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
+                {"type": "firewall", "backend": "iptables"},
+            ],
+        })
+    }
+}
+
+/// Why a network operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// No such network.
+    #[error("network {0} not found")]
+    NotFound(String),
+    /// The name is taken.
+    #[error("network with name {0} already exists")]
+    Exists(String),
+    /// A bad option, named.
+    #[error("{0}")]
+    Invalid(String),
+    /// Containers still use it.
+    #[error("error while removing network: network {name} has active endpoints ({containers})")]
+    InUse {
+        /// The network.
+        name: String,
+        /// Its containers.
+        containers: String,
+    },
+    /// The host said no.
+    #[error("network {name}: {source}")]
+    Io {
+        /// The network.
+        name: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// Parses `a.b.c.d/len` into (network address, prefix length).
+pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (a, l) = s.split_once('/')?;
+    let addr: Ipv4Addr = a.parse().ok()?;
+    let len: u8 = l.parse().ok().filter(|l| *l <= 30)?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Some((Ipv4Addr::from(u32::from(addr) & mask), len))
+}
+
+fn range(cidr: &str) -> Option<(u32, u32)> {
+    let (a, len) = parse_cidr(cidr)?;
+    let start = u32::from(a);
+    let size = if len == 0 {
+        u32::MAX
+    } else {
+        (1u32 << (32 - len)) - 1
+    };
+    Some((start, start.saturating_add(size)))
+}
+
+/// Whether two subnets overlap.
+pub fn overlaps(a: &str, b: &str) -> bool {
+    match (range(a), range(b)) {
+        (Some((a0, a1)), Some((b0, b1))) => a0 <= b1 && b0 <= a1,
+        _ => false,
+    }
+}
+
+/// Whether `ip` is inside `cidr`.
+pub fn contains(cidr: &str, ip: &str) -> bool {
+    match (range(cidr), ip.parse::<Ipv4Addr>()) {
+        (Some((a, b)), Ok(ip)) => (a..=b).contains(&u32::from(ip)),
+        _ => false,
+    }
+}
+
+/// The networks of one engine.
+pub struct Networks {
+    dir: PathBuf,
+    /// host-local's leases.
+    pub ipam_dir: PathBuf,
+    /// The plugin runner.
+    pub cni: cni::Cni,
+    /// Program the host's firewall (isolation rules); off for unit tests.
+    firewall: bool,
+}
+
+fn run(cmd: &str, args: &[&str]) -> io::Result<std::process::Output> {
+    Command::new(cmd).args(args).output()
+}
+
+impl Networks {
+    /// Opens `<root>/networks`, creating the default network the first time.
+    pub fn open(root: &Path, firewall: bool) -> io::Result<Networks> {
+        let dir = root.join("networks");
+        let ipam_dir = dir.join("ipam");
+        fs::create_dir_all(&ipam_dir)?;
+        let n = Networks {
+            dir,
+            ipam_dir,
+            cni: cni::Cni::default(),
+            firewall,
+        };
+        if n.get(DEFAULT_NETWORK).is_err() {
+            let def = Network {
+                name: DEFAULT_NETWORK.into(),
+                id: fsutil::random_hex(32),
+                created: timefmt::now(),
+                driver: "bridge".into(),
+                subnet: DEFAULT_SUBNET.into(),
+                gateway: "10.88.0.1".into(),
+                internal: false,
+                labels: BTreeMap::new(),
+                bridge: DEFAULT_BRIDGE.into(),
+            };
+            n.save(&def)?;
+        }
+        Ok(n)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    fn save(&self, n: &Network) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(n).map_err(io::Error::other)?;
+        fsutil::write_atomic(&self.path(&n.name), &json, 0o600)
+    }
+
+    /// Every network, the default first.
+    pub fn list(&self) -> Vec<Network> {
+        let mut v: Vec<Network> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| serde_json::from_slice(&fs::read(e.path()).ok()?).ok())
+            .collect();
+        v.sort_by(|a, b| (!a.is_default(), &a.name).cmp(&(!b.is_default(), &b.name)));
+        v
+    }
+
+    /// A network by name, full ID or ID prefix.
+    pub fn get(&self, name_or_id: &str) -> Result<Network, NetworkError> {
+        if crate::volumes::valid_name(name_or_id) {
+            if let Ok(b) = fs::read(self.path(name_or_id)) {
+                if let Ok(n) = serde_json::from_slice(&b) {
+                    return Ok(n);
+                }
+            }
+        }
+        let hits: Vec<Network> = self
+            .list()
+            .into_iter()
+            .filter(|n| !name_or_id.is_empty() && n.id.starts_with(name_or_id))
+            .collect();
+        match hits.len() {
+            1 => Ok(hits.into_iter().next().unwrap_or_else(|| unreachable!())),
+            _ => Err(NetworkError::NotFound(name_or_id.into())),
+        }
+    }
+
+    /// `network create`: a bridge network with `subnet` (or the next free 10.89.N.0/24).
+    pub fn create(
+        &self,
+        name: &str,
+        subnet: Option<&str>,
+        gateway: Option<&str>,
+        internal: bool,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Network, NetworkError> {
+        if !crate::volumes::valid_name(name) || name == "host" || name == "none" {
+            return Err(NetworkError::Invalid(format!(
+                "invalid network name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed (and not host or none)"
+            )));
+        }
+        if self.path(name).exists() {
+            return Err(NetworkError::Exists(name.into()));
+        }
+        let existing = self.list();
+        let subnet = match subnet {
+            Some(s) => {
+                let (addr, len) = parse_cidr(s).ok_or_else(|| {
+                    NetworkError::Invalid(format!("invalid subnet {s:?}: expected an IPv4 CIDR like 10.90.0.0/24, at most /30"))
+                })?;
+                let s = format!("{addr}/{len}");
+                if let Some(o) = existing.iter().find(|n| overlaps(&n.subnet, &s)) {
+                    return Err(NetworkError::Invalid(format!(
+                        "invalid pool request: Pool overlaps with other one on this address space: {s} overlaps with network {} ({})",
+                        o.name, o.subnet
+                    )));
+                }
+                s
+            }
+            None => (0..=255)
+                .map(|n| format!("10.89.{n}.0/24"))
+                .find(|s| !existing.iter().any(|n| overlaps(&n.subnet, s)))
+                .ok_or_else(|| {
+                    NetworkError::Invalid("no free subnet left in 10.89.0.0/16".into())
+                })?,
+        };
+        let (base, _) = parse_cidr(&subnet).unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
+        let gateway = match gateway {
+            Some(g) => {
+                if !contains(&subnet, g) {
+                    return Err(NetworkError::Invalid(format!(
+                        "invalid gateway {g:?}: not in subnet {subnet}"
+                    )));
+                }
+                g.to_string()
+            }
+            None => Ipv4Addr::from(u32::from(base) + 1).to_string(),
+        };
+        let id = fsutil::random_hex(32);
+        let n = Network {
+            name: name.into(),
+            bridge: format!("br-{}", &id[..12]),
+            id,
+            created: timefmt::now(),
+            driver: "bridge".into(),
+            subnet,
+            gateway,
+            internal,
+            labels,
+        };
+        self.save(&n).map_err(|source| NetworkError::Io {
+            name: name.into(),
+            source,
+        })?;
+        self.isolate();
+        Ok(n)
+    }
+
+    /// `network rm` (the engine checks for endpoints first): the record, the bridge, its
+    /// leases and its isolation rules.
+    pub fn remove(&self, n: &Network) -> Result<(), NetworkError> {
+        if n.is_default() {
+            return Err(NetworkError::Invalid(format!(
+                "{} is a pre-defined network and cannot be removed",
+                n.name
+            )));
+        }
+        fs::remove_file(self.path(&n.name)).map_err(|source| NetworkError::Io {
+            name: n.name.clone(),
+            source,
+        })?;
+        let _ = run("ip", &["link", "delete", &n.bridge, "type", "bridge"]);
+        let _ = fs::remove_dir_all(self.ipam_dir.join(&n.name));
+        self.isolate();
+        Ok(())
+    }
+
+    /// Docker's isolation between bridge networks, in two iptables chains: traffic from one
+    /// berth bridge to another is dropped (stage 1 picks what leaves a bridge for another
+    /// interface, stage 2 drops it if that interface is a berth bridge); an internal network's
+    /// bridge talks to nothing but itself. Rebuilt whole from the records (idempotent).
+    pub fn isolate(&self) {
+        if !self.firewall {
+            return;
+        }
+        let nets = self.list();
+        let ipt = |args: &[&str]| {
+            let _ = run(
+                "iptables",
+                &["-w", "5"].iter().chain(args).copied().collect::<Vec<_>>(),
+            );
+        };
+        for chain in ["BERTH-ISOLATION-1", "BERTH-ISOLATION-2"] {
+            ipt(&["-N", chain]);
+            ipt(&["-F", chain]);
+        }
+        // Jump from FORWARD once, first.
+        if run(
+            "iptables",
+            &["-w", "5", "-C", "FORWARD", "-j", "BERTH-ISOLATION-1"],
+        )
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+        {
+            ipt(&["-I", "FORWARD", "1", "-j", "BERTH-ISOLATION-1"]);
+        }
+        for n in &nets {
+            let b = n.bridge.as_str();
+            if n.internal {
+                ipt(&[
+                    "-A",
+                    "BERTH-ISOLATION-1",
+                    "-i",
+                    b,
+                    "!",
+                    "-o",
+                    b,
+                    "-j",
+                    "DROP",
+                ]);
+                ipt(&[
+                    "-A",
+                    "BERTH-ISOLATION-1",
+                    "!",
+                    "-i",
+                    b,
+                    "-o",
+                    b,
+                    "-j",
+                    "DROP",
+                ]);
+            }
+            ipt(&[
+                "-A",
+                "BERTH-ISOLATION-1",
+                "-i",
+                b,
+                "!",
+                "-o",
+                b,
+                "-j",
+                "BERTH-ISOLATION-2",
+            ]);
+            ipt(&["-A", "BERTH-ISOLATION-2", "-o", b, "-j", "DROP"]);
+        }
+        ipt(&["-A", "BERTH-ISOLATION-1", "-j", "RETURN"]);
+        ipt(&["-A", "BERTH-ISOLATION-2", "-j", "RETURN"]);
+    }
+
+    /// The CNI list of a network.
+    pub fn conflist(&self, n: &Network) -> Result<cni::ConfList, cni::CniError> {
+        cni::ConfList::parse(&n.conflist(&self.ipam_dir))
+    }
+}
+
+/// What the host needs for bridge networks: IPv4 forwarding, and bridged traffic through
+/// iptables when the br_netfilter module is there. Returns (forwarding, bridge-nf) for `info`.
+pub fn prepare_host() -> (bool, bool) {
+    let _ = fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+    let forwarding =
+        fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1");
+    let nf = Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables");
+    if nf.exists() {
+        let _ = fs::write(nf, "1");
+    }
+    let bridge_nf = fs::read_to_string(nf).is_ok_and(|v| v.trim() == "1");
+    (forwarding, bridge_nf)
+}
+
+/// A published port: `-p [ip:]hostPort:containerPort[/proto]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// Host port (0: pick a free one).
+    #[serde(rename = "hostPort")]
+    pub host_port: u16,
+    /// Container port.
+    #[serde(rename = "containerPort")]
+    pub container_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Host address ("" = all).
+    #[serde(rename = "hostIP", default)]
+    pub host_ip: String,
+}
+
+/// Parses `-p`: `[ip:][hostPort[-end]:]containerPort[-end][/tcp|udp]`; ranges expand.
+pub fn parse_publish(s: &str) -> Result<Vec<PortMapping>, String> {
+    let bad =
+        || format!("invalid publish spec {s:?}: expected [ip:][hostPort:]containerPort[/tcp|udp]");
+    let (spec, proto) = match s.rsplit_once('/') {
+        Some((a, p)) => (a, p.to_ascii_lowercase()),
+        None => (s, "tcp".to_string()),
+    };
+    if proto != "tcp" && proto != "udp" {
+        return Err(format!(
+            "invalid publish spec {s:?}: unknown protocol {proto:?}"
+        ));
+    }
+    let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
+    let (ip, host, ctr) = match parts.as_slice() {
+        [c] => ("", "", *c),
+        [c, h] => ("", *h, *c),
+        [c, h, ip] => (*ip, *h, *c),
+        _ => return Err(bad()),
+    };
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    if !ip.is_empty() && ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(format!(
+            "invalid publish spec {s:?}: invalid IP address {ip:?}"
+        ));
+    }
+    let ports = |p: &str| -> Result<(u16, u16), String> {
+        let (a, b) = p.split_once('-').unwrap_or((p, p));
+        let a: u16 = a.parse().map_err(|_| bad())?;
+        let b: u16 = b.parse().map_err(|_| bad())?;
+        if a == 0 || b < a {
+            return Err(bad());
+        }
+        Ok((a, b))
+    };
+    let (c0, c1) = ports(ctr)?;
+    let host_range = if host.is_empty() {
+        None
+    } else {
+        Some(ports(host)?)
+    };
+    if let Some((h0, h1)) = host_range {
+        if h1 - h0 != c1 - c0 && h0 != h1 {
+            return Err(format!(
+                "invalid publish spec {s:?}: host and container port ranges differ in size"
+            ));
+        }
+    }
+    Ok((c0..=c1)
+        .enumerate()
+        .map(|(i, c)| PortMapping {
+            host_port: match host_range {
+                None => 0,
+                Some((h0, h1)) if h0 == h1 => h0,
+                Some((h0, _)) => h0 + i as u16,
+            },
+            container_port: c,
+            protocol: proto.clone(),
+            host_ip: ip.to_string(),
+        })
+        .collect())
+}
+
+/// Checks a host port is free (and, for 0, picks one), by binding it as a listener would.
+pub fn claim_port(m: &mut PortMapping) -> Result<(), String> {
+    let ip: std::net::IpAddr = if m.host_ip.is_empty() {
+        std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        m.host_ip
+            .parse()
+            .map_err(|_| format!("invalid host IP {:?}", m.host_ip))?
+    };
+    let addr = std::net::SocketAddr::new(ip, m.host_port);
+    let port = if m.protocol == "udp" {
+        std::net::UdpSocket::bind(addr).and_then(|s| s.local_addr())
+    } else {
+        std::net::TcpListener::bind(addr).and_then(|s| s.local_addr())
+    }
+    .map_err(|e| {
+        format!(
+            "Bind for {}:{} failed: port is already allocated ({e})",
+            if m.host_ip.is_empty() {
+                "0.0.0.0"
+            } else {
+                &m.host_ip
+            },
+            m.host_port
+        )
+    })?
+    .port();
+    m.host_port = port;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(
+            parse_cidr("10.88.3.7/16"),
+            Some((Ipv4Addr::new(10, 88, 0, 0), 16))
+        );
+        assert_eq!(parse_cidr("10.88.0.0/31"), None);
+        assert_eq!(parse_cidr("10.88.0.0"), None);
+        assert!(overlaps("10.88.0.0/16", "10.88.5.0/24"));
+        assert!(!overlaps("10.88.0.0/16", "10.89.0.0/24"));
+        assert!(contains("10.89.1.0/24", "10.89.1.200"));
+        assert!(!contains("10.89.1.0/24", "10.89.2.1"));
+    }
+
+    #[test]
+    fn publish_specs() {
+        let p = |s: &str| parse_publish(s).unwrap();
+        assert_eq!(
+            p("8080:80")[0],
+            PortMapping {
+                host_port: 8080,
+                container_port: 80,
+                protocol: "tcp".into(),
+                host_ip: String::new()
+            }
+        );
+        assert_eq!(p("127.0.0.1:8080:80/udp")[0].host_ip, "127.0.0.1");
+        assert_eq!(p("127.0.0.1:8080:80/udp")[0].protocol, "udp");
+        assert_eq!(p("80")[0].host_port, 0);
+        assert_eq!(p("127.0.0.1::80")[0].host_port, 0);
+        let r = p("9000-9002:8000-8002");
+        assert_eq!(r.len(), 3);
+        assert_eq!((r[2].host_port, r[2].container_port), (9002, 8002));
+        for bad in [
+            "",
+            "x:80",
+            "80/sctp",
+            "9000-9001:80-82",
+            "0",
+            "1.2.3:80:80",
+            "70000",
+        ] {
+            assert!(parse_publish(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn networks_allocate_subnets_refuse_overlaps_and_make_conflists() {
+        let root = tempfile::tempdir().unwrap();
+        let nets = Networks::open(root.path(), false).unwrap();
+        assert_eq!(nets.list()[0].bridge, DEFAULT_BRIDGE);
+        // Isolation rules need iptables; these checks are about the records.
+        let a = nets
+            .create("front", None, None, false, BTreeMap::new())
+            .unwrap();
+        assert_eq!(
+            (a.subnet.as_str(), a.gateway.as_str()),
+            ("10.89.0.0/24", "10.89.0.1")
+        );
+        let b = nets
+            .create(
+                "back",
+                Some("10.90.0.0/24"),
+                Some("10.90.0.254"),
+                true,
+                BTreeMap::new(),
+            )
+            .unwrap();
+        assert_eq!(b.gateway, "10.90.0.254");
+        assert!(matches!(
+            nets.create("front", None, None, false, BTreeMap::new()),
+            Err(NetworkError::Exists(_))
+        ));
+        let e = nets
+            .create("clash", Some("10.88.1.0/24"), None, false, BTreeMap::new())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("overlaps with network bridge"),
+            "{e}"
+        );
+        assert!(nets
+            .create(
+                "g",
+                Some("10.91.0.0/24"),
+                Some("10.92.0.1"),
+                false,
+                BTreeMap::new()
+            )
+            .is_err());
+        assert!(nets
+            .create("host", None, None, false, BTreeMap::new())
+            .is_err());
+        let c = nets.conflist(&b).unwrap();
+        assert_eq!(c.plugins[0]["type"], "bridge");
+        assert_eq!(c.plugins[0]["ipMasq"], false);
+        assert!(
+            c.plugins[0]["ipam"].get("routes").is_none(),
+            "internal: no default route"
+        );
+        assert_eq!(nets.get(&a.id[..8]).unwrap().name, "front");
+        assert!(nets.remove(&nets.get("bridge").unwrap()).is_err());
+        nets.remove(&a).unwrap();
+        assert!(matches!(nets.get("front"), Err(NetworkError::NotFound(_))));
+    }
+}
