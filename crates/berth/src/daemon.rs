@@ -18,6 +18,12 @@ pub struct DaemonArgs {
     /// Runtime state: monitors, the runtime's container state.
     #[arg(long = "exec-root", default_value = "/run/berth")]
     exec_root: PathBuf,
+    /// The default network's bridge interface (when the network is first made).
+    #[arg(long = "bridge-name", default_value = engine::network::DEFAULT_BRIDGE)]
+    bridge_name: String,
+    /// The default network's subnet (when the network is first made).
+    #[arg(long = "bridge-subnet", default_value = engine::network::DEFAULT_SUBNET)]
+    bridge_subnet: String,
 }
 
 pub fn run(a: &DaemonArgs) -> Result<i32> {
@@ -73,6 +79,10 @@ pub fn run(a: &DaemonArgs) -> Result<i32> {
         root: a.root.clone(),
         exec_root: a.exec_root.clone(),
         exe,
+        default_bridge: engine::network::DefaultBridge {
+            name: a.bridge_name.clone(),
+            subnet: a.bridge_subnet.clone(),
+        },
     })?;
     let listener =
         UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +39,8 @@ pub struct Config {
     pub exec_root: PathBuf,
     /// The berth binary, run as `berth shim DIR` for each monitor.
     pub exe: PathBuf,
+    /// The default network's bridge and subnet.
+    pub default_bridge: crate::network::DefaultBridge,
 }
 
 /// Why an engine operation failed. `status()` gives the HTTP status the API answers with.
@@ -511,6 +514,8 @@ pub struct Engine {
     pub networks: crate::network::Networks,
     /// IPv4 forwarding and bridge netfilter, as the host has them (for `info`).
     host_net: (bool, bool),
+    /// The embedded DNS servers, by container.
+    dns: Mutex<HashMap<String, crate::dns::Server>>,
     table: Mutex<Table>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
     /// Serialises create/rename against each other (names).
@@ -548,7 +553,8 @@ impl Engine {
         let runtime = runtime::Runtime::new(cfg.exec_root.join("runtime"));
         let sandboxes = crate::sandbox::Sandboxes::open(&cfg.root, &cfg.exec_root)
             .map_err(io(&cfg.exec_root))?;
-        let networks = crate::network::Networks::open(&cfg.root, true).map_err(io(&cfg.root))?;
+        let networks = crate::network::Networks::open(&cfg.root, true, &cfg.default_bridge)
+            .map_err(io(&cfg.root))?;
         let host_net = crate::network::prepare_host();
         networks.isolate();
         let engine = Arc::new(Engine {
@@ -560,6 +566,7 @@ impl Engine {
             sandboxes,
             networks,
             host_net,
+            dns: Mutex::new(HashMap::new()),
             table: Mutex::new(Table::default()),
             execs: Mutex::new(HashMap::new()),
             naming: Mutex::new(()),
@@ -663,6 +670,12 @@ impl Engine {
                             r.state.started_at = timefmt::now();
                         }
                     });
+                }
+                let rec = lock(&ctr.rec).clone();
+                if self.uses_dns(&rec) && !rec.state.endpoints.is_empty() {
+                    if let Err(e) = self.start_dns(&rec.id) {
+                        eprintln!("berth daemon: container {}: {e}", rec.name);
+                    }
                 }
                 self.spawn_monitor(ctr.clone(), dir);
                 self.spawn_health(ctr);
@@ -1133,7 +1146,21 @@ impl Engine {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| rec.id[..12].to_string())
         };
-        let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let resolv = if self.uses_dns(rec) {
+            // Docker's way: the embedded server, the host's search domains and options.
+            let mut r = format!("nameserver {}\n", crate::dns::ADDRESS);
+            for l in host_resolv.lines() {
+                if l.starts_with("search") || l.starts_with("domain") {
+                    r.push_str(l);
+                    r.push('\n');
+                }
+            }
+            r.push_str("options ndots:0\n");
+            r
+        } else {
+            host_resolv
+        };
         for (name, content) in [
             ("hostname", format!("{hostname}\n")),
             ("resolv.conf", resolv),
@@ -1330,12 +1357,18 @@ impl Engine {
     }
 
     /// Writes the bundle, starts the monitor, connects early attach clients, starts the process.
-    fn launch(&self, ctr: &Ctr, rec: &Record) -> Result<Launched> {
+    fn launch(self: &Arc<Self>, ctr: &Ctr, rec: &Record) -> Result<Launched> {
         let (endpoints, ports) = if rec.config.networks.is_empty() {
             (Vec::new(), Vec::new())
         } else {
             self.net_up(rec)?
         };
+        if self.uses_dns(rec) {
+            if let Err(e) = self.start_dns(&rec.id) {
+                self.net_down(&rec.id, &endpoints, &ports);
+                return Err(e);
+            }
+        }
         match self.launch_process(ctr, rec, &endpoints) {
             Ok((pid, shim_pid)) => Ok(Launched {
                 pid,
@@ -1372,7 +1405,31 @@ impl Engine {
                 }
             }
         }
+        // A port another container publishes is taken even though no socket holds it (the
+        // kernel forwards it); one a host process listens on is found by binding it.
+        let taken: Vec<crate::network::PortMapping> = self
+            .all()
+            .iter()
+            .filter(|c| c.id != rec.id)
+            .flat_map(|c| lock(&c.rec).state.ports.clone())
+            .collect();
         for m in ports.iter_mut() {
+            if let Some(t) = taken.iter().find(|t| {
+                m.host_port != 0
+                    && t.host_port == m.host_port
+                    && t.protocol == m.protocol
+                    && (t.host_ip.is_empty() || m.host_ip.is_empty() || t.host_ip == m.host_ip)
+            }) {
+                return Err(EngineError::Conflict(format!(
+                    "Bind for {}:{} failed: port is already allocated",
+                    if m.host_ip.is_empty() {
+                        "0.0.0.0"
+                    } else {
+                        &m.host_ip
+                    },
+                    t.host_port
+                )));
+            }
             crate::network::claim_port(m).map_err(EngineError::Conflict)?;
         }
         let dir = self.netns_dir(&rec.id);
@@ -1448,7 +1505,65 @@ impl Engine {
 
     /// Detaches a container from its networks (CNI DEL with the ADD's results) and removes
     /// its network namespace. Best effort: what fails is logged, the rest still goes.
+    /// Whether a container is on a user-defined network (which has name resolution).
+    fn uses_dns(&self, rec: &Record) -> bool {
+        rec.config
+            .networks
+            .iter()
+            .any(|n| n.name != crate::network::DEFAULT_NETWORK)
+    }
+
+    /// Serves 127.0.0.11 in the container's network namespace.
+    fn start_dns(self: &Arc<Self>, id: &str) -> Result<()> {
+        let weak = Arc::downgrade(self);
+        let me = id.to_string();
+        let lookup: crate::dns::Lookup =
+            Arc::new(move |name: &str| weak.upgrade().and_then(|e| e.resolve(&me, name)));
+        let server = crate::dns::Server::start(
+            &self.netns_dir(id).join("net"),
+            lookup,
+            crate::dns::host_resolvers(),
+        )
+        .map_err(|e| internal(format!("starting the embedded DNS server: {e}")))?;
+        lock(&self.dns).insert(id.to_string(), server);
+        Ok(())
+    }
+
+    /// What a container's `name` lookup finds: the addresses, on the user-defined networks
+    /// it shares with them, of the running containers that have that name, alias, hostname
+    /// or short ID. `None` when there is no such container (the name goes upstream).
+    fn resolve(&self, asking: &str, name: &str) -> Option<Vec<Ipv4Addr>> {
+        let me = self.find(asking).ok()?;
+        let mine: Vec<String> = lock(&me.rec)
+            .state
+            .endpoints
+            .iter()
+            .filter(|e| e.network != crate::network::DEFAULT_NETWORK)
+            .map(|e| e.network.clone())
+            .collect();
+        let mut found = Vec::new();
+        for c in self.all() {
+            let r = lock(&c.rec);
+            let hostname = r.config.run.hostname.clone().unwrap_or_default();
+            let named = r.name.eq_ignore_ascii_case(name)
+                || (name.len() >= 12 && r.id.starts_with(name))
+                || (!hostname.is_empty() && hostname.eq_ignore_ascii_case(name));
+            for e in &r.state.endpoints {
+                if !mine.contains(&e.network) {
+                    continue;
+                }
+                if named || e.aliases.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+                    if let Ok(ip) = e.ip.parse() {
+                        found.push(ip);
+                    }
+                }
+            }
+        }
+        (!found.is_empty()).then_some(found)
+    }
+
     fn net_down(&self, id: &str, endpoints: &[Endpoint], ports: &[crate::network::PortMapping]) {
+        lock(&self.dns).remove(id);
         for (i, ep) in endpoints.iter().enumerate().rev() {
             let Ok(net) = self.networks.get(&ep.network) else {
                 continue;

@@ -62,6 +62,16 @@ pub fn random_hex(n: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// 8 hex digits naming `s` (FNV-1a), for names that must be short and stable.
+pub fn short_hash(s: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
 /// The bytes used by the regular files under `dir`, each inode counted once, not following
 /// symlinks and not crossing into other file systems.
 pub fn dir_size(dir: &Path) -> u64 {

@@ -5,6 +5,7 @@
 //! drive containers through this crate.
 
 pub mod defaults;
+pub mod dns;
 pub mod engine;
 pub mod events;
 pub mod fsutil;

@@ -161,8 +161,50 @@ pub struct Networks {
     pub ipam_dir: PathBuf,
     /// The plugin runner.
     pub cni: cni::Cni,
-    /// Program the host's firewall (isolation rules); off for unit tests.
+    /// Work with the host: program its firewall (isolation rules) and keep clear of its
+    /// routes when choosing subnets. Off for unit tests.
     firewall: bool,
+    /// This engine's two isolation chains.
+    chains: [String; 2],
+}
+
+/// The default network's bridge and subnet (`berth daemon --bridge-name --bridge-subnet`).
+#[derive(Debug, Clone)]
+pub struct DefaultBridge {
+    /// Interface name.
+    pub name: String,
+    /// CIDR.
+    pub subnet: String,
+}
+
+impl Default for DefaultBridge {
+    fn default() -> Self {
+        DefaultBridge {
+            name: DEFAULT_BRIDGE.into(),
+            subnet: DEFAULT_SUBNET.into(),
+        }
+    }
+}
+
+/// The destinations of the host's IPv4 routes (other than the default route), as CIDRs.
+pub fn host_routes() -> Vec<(String, String)> {
+    fs::read_to_string("/proc/net/route")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dest = u32::from_str_radix(f.get(1)?, 16).ok()?;
+            let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
+            if mask == 0 {
+                return None;
+            }
+            // The file has them in the host's (little-endian) byte order.
+            let dest = Ipv4Addr::from(u32::from_be(dest));
+            let len = u32::from_be(mask).leading_ones();
+            Some((f[0].to_string(), format!("{dest}/{len}")))
+        })
+        .collect()
 }
 
 fn run(cmd: &str, args: &[&str]) -> io::Result<std::process::Output> {
@@ -171,27 +213,36 @@ fn run(cmd: &str, args: &[&str]) -> io::Result<std::process::Output> {
 
 impl Networks {
     /// Opens `<root>/networks`, creating the default network the first time.
-    pub fn open(root: &Path, firewall: bool) -> io::Result<Networks> {
+    pub fn open(root: &Path, firewall: bool, default: &DefaultBridge) -> io::Result<Networks> {
         let dir = root.join("networks");
         let ipam_dir = dir.join("ipam");
         fs::create_dir_all(&ipam_dir)?;
+        // Each engine's isolation chains are its own (several daemons may share a host).
+        let tag = fsutil::short_hash(&root.display().to_string());
         let n = Networks {
             dir,
             ipam_dir,
             cni: cni::Cni::default(),
             firewall,
+            chains: [format!("BERTH-ISO1-{tag}"), format!("BERTH-ISO2-{tag}")],
         };
         if n.get(DEFAULT_NETWORK).is_err() {
+            let (base, _) = parse_cidr(&default.subnet).ok_or_else(|| {
+                io::Error::other(format!(
+                    "invalid default bridge subnet {:?}",
+                    default.subnet
+                ))
+            })?;
             let def = Network {
                 name: DEFAULT_NETWORK.into(),
                 id: fsutil::random_hex(32),
                 created: timefmt::now(),
                 driver: "bridge".into(),
-                subnet: DEFAULT_SUBNET.into(),
-                gateway: "10.88.0.1".into(),
+                subnet: default.subnet.clone(),
+                gateway: Ipv4Addr::from(u32::from(base) + 1).to_string(),
                 internal: false,
                 labels: BTreeMap::new(),
-                bridge: DEFAULT_BRIDGE.into(),
+                bridge: default.name.clone(),
             };
             n.save(&def)?;
         }
@@ -274,7 +325,10 @@ impl Networks {
             }
             None => (0..=255)
                 .map(|n| format!("10.89.{n}.0/24"))
-                .find(|s| !existing.iter().any(|n| overlaps(&n.subnet, s)))
+                .find(|s| {
+                    !existing.iter().any(|n| overlaps(&n.subnet, s))
+                        && !(self.firewall && host_routes().iter().any(|(_, r)| overlaps(r, s)))
+                })
                 .ok_or_else(|| {
                     NetworkError::Invalid("no free subnet left in 10.89.0.0/16".into())
                 })?,
@@ -333,7 +387,9 @@ impl Networks {
     /// Docker's isolation between bridge networks, in two iptables chains: traffic from one
     /// berth bridge to another is dropped (stage 1 picks what leaves a bridge for another
     /// interface, stage 2 drops it if that interface is a berth bridge); an internal network's
-    /// bridge talks to nothing but itself. Rebuilt whole from the records (idempotent).
+    /// bridge talks to nothing but itself. The chains hang off the mangle table's FORWARD,
+    /// which the kernel runs before the filter table, where the CNI firewall plugin accepts
+    /// its containers' traffic. Rebuilt whole from the records (idempotent).
     pub fn isolate(&self) {
         if !self.firewall {
             return;
@@ -342,64 +398,39 @@ impl Networks {
         let ipt = |args: &[&str]| {
             let _ = run(
                 "iptables",
-                &["-w", "5"].iter().chain(args).copied().collect::<Vec<_>>(),
+                &["-w", "5", "-t", "mangle"]
+                    .iter()
+                    .chain(args)
+                    .copied()
+                    .collect::<Vec<_>>(),
             );
         };
-        for chain in ["BERTH-ISOLATION-1", "BERTH-ISOLATION-2"] {
+        let [c1, c2] = [self.chains[0].as_str(), self.chains[1].as_str()];
+        for chain in [c1, c2] {
             ipt(&["-N", chain]);
             ipt(&["-F", chain]);
         }
         // Jump from FORWARD once, first.
         if run(
             "iptables",
-            &["-w", "5", "-C", "FORWARD", "-j", "BERTH-ISOLATION-1"],
+            &["-w", "5", "-t", "mangle", "-C", "FORWARD", "-j", c1],
         )
         .map(|o| !o.status.success())
         .unwrap_or(true)
         {
-            ipt(&["-I", "FORWARD", "1", "-j", "BERTH-ISOLATION-1"]);
+            ipt(&["-I", "FORWARD", "1", "-j", c1]);
         }
         for n in &nets {
             let b = n.bridge.as_str();
             if n.internal {
-                ipt(&[
-                    "-A",
-                    "BERTH-ISOLATION-1",
-                    "-i",
-                    b,
-                    "!",
-                    "-o",
-                    b,
-                    "-j",
-                    "DROP",
-                ]);
-                ipt(&[
-                    "-A",
-                    "BERTH-ISOLATION-1",
-                    "!",
-                    "-i",
-                    b,
-                    "-o",
-                    b,
-                    "-j",
-                    "DROP",
-                ]);
+                ipt(&["-A", c1, "-i", b, "!", "-o", b, "-j", "DROP"]);
+                ipt(&["-A", c1, "!", "-i", b, "-o", b, "-j", "DROP"]);
             }
-            ipt(&[
-                "-A",
-                "BERTH-ISOLATION-1",
-                "-i",
-                b,
-                "!",
-                "-o",
-                b,
-                "-j",
-                "BERTH-ISOLATION-2",
-            ]);
-            ipt(&["-A", "BERTH-ISOLATION-2", "-o", b, "-j", "DROP"]);
+            ipt(&["-A", c1, "-i", b, "!", "-o", b, "-j", c2]);
+            ipt(&["-A", c2, "-o", b, "-j", "DROP"]);
         }
-        ipt(&["-A", "BERTH-ISOLATION-1", "-j", "RETURN"]);
-        ipt(&["-A", "BERTH-ISOLATION-2", "-j", "RETURN"]);
+        ipt(&["-A", c1, "-j", "RETURN"]);
+        ipt(&["-A", c2, "-j", "RETURN"]);
     }
 
     /// The CNI list of a network.
@@ -433,8 +464,8 @@ pub struct PortMapping {
     pub container_port: u16,
     /// `tcp` or `udp`.
     pub protocol: String,
-    /// Host address ("" = all).
-    #[serde(rename = "hostIP", default)]
+    /// Host address ("" = all; left out of the plugin's configuration then).
+    #[serde(rename = "hostIP", default, skip_serializing_if = "String::is_empty")]
     pub host_ip: String,
 }
 
@@ -585,7 +616,7 @@ mod tests {
     #[test]
     fn networks_allocate_subnets_refuse_overlaps_and_make_conflists() {
         let root = tempfile::tempdir().unwrap();
-        let nets = Networks::open(root.path(), false).unwrap();
+        let nets = Networks::open(root.path(), false, &DefaultBridge::default()).unwrap();
         assert_eq!(nets.list()[0].bridge, DEFAULT_BRIDGE);
         // Isolation rules need iptables; these checks are about the records.
         let a = nets

@@ -98,6 +98,14 @@ impl Daemon {
             .append(true)
             .open(self.exec_root.with_extension("log"))
             .unwrap();
+        // Daemons side by side each get their own default bridge and subnet.
+        let n = self
+            .exec_root
+            .to_string_lossy()
+            .rsplit('-')
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0);
         let child = Command::new(BERTH)
             .arg("daemon")
             .arg("-H")
@@ -106,6 +114,10 @@ impl Daemon {
             .arg(&self.root)
             .arg("--exec-root")
             .arg(&self.exec_root)
+            .arg("--bridge-name")
+            .arg(format!("bt{}x{n}", std::process::id()))
+            .arg("--bridge-subnet")
+            .arg(format!("10.{}.0.0/16", 100 + n % 100))
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -182,6 +194,47 @@ impl Drop for Daemon {
             }
         }
         self.kill9();
+        // Its bridges and isolation chains (a real daemon keeps them, as dockerd keeps docker0).
+        for e in std::fs::read_dir(self.root.join("networks"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            if let Some(b) = v["Bridge"].as_str() {
+                let _ = Command::new("ip").args(["link", "delete", b]).output();
+            }
+        }
+        let mut h: u32 = 0x811c_9dc5;
+        for b in self.root.display().to_string().bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        for (i, chain) in [format!("BERTH-ISO1-{h:08x}"), format!("BERTH-ISO2-{h:08x}")]
+            .iter()
+            .enumerate()
+        {
+            let ipt = |args: &[&str]| {
+                let _ = Command::new("iptables")
+                    .args(["-w", "5", "-t", "mangle"])
+                    .args(args)
+                    .output();
+            };
+            if i == 0 {
+                ipt(&["-D", "FORWARD", "-j", chain]);
+            }
+            ipt(&["-F", chain]);
+        }
+        for chain in [format!("BERTH-ISO1-{h:08x}"), format!("BERTH-ISO2-{h:08x}")] {
+            let _ = Command::new("iptables")
+                .args(["-w", "5", "-t", "mangle", "-X", &chain])
+                .output();
+        }
         let _ = std::fs::remove_dir_all(&self.exec_root);
         let _ = std::fs::remove_file(self.exec_root.with_extension("log"));
     }
