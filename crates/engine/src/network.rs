@@ -326,8 +326,9 @@ impl Networks {
             None => (0..=255)
                 .map(|n| format!("10.89.{n}.0/24"))
                 .find(|s| {
-                    !existing.iter().any(|n| overlaps(&n.subnet, s))
-                        && !(self.firewall && host_routes().iter().any(|(_, r)| overlaps(r, s)))
+                    let ours = existing.iter().any(|n| overlaps(&n.subnet, s));
+                    let hosts = self.firewall && host_routes().iter().any(|(_, r)| overlaps(r, s));
+                    !ours && !hosts
                 })
                 .ok_or_else(|| {
                     NetworkError::Invalid("no free subnet left in 10.89.0.0/16".into())
