@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The engine against Docker, side by side in one run, on the same busybox image:
-#  1. `berth run --rm busybox true` vs `docker run --rm --network none busybox true`
-#     (hyperfine medians and ratio; target berth <= 0.1x docker). Both without networking:
-#     berth's default network until bridge networks land is `none`.
+#  1. `berth run --rm --network none busybox true` vs `docker run --rm --network none busybox
+#     true` (hyperfine medians and ratio; target berth <= 0.1x docker): the engine alone,
+#     without networking on either side (bench/network.sh compares the bridge networks).
 #  2. Idle memory with 10 running containers: `berth daemon` plus its 10 monitors against
 #     dockerd + containerd + their 10 shims (summed RSS; target berth <= 0.2x).
 # dockerd (Debian's docker.io) is started here with its own data root, exec root and socket.
@@ -30,14 +30,16 @@ cleanup() {
   set +e
   [[ -S $bsock ]] && "$berth" -H "unix://$bsock" rm -f $("$berth" -H "unix://$bsock" ps -aq) >/dev/null 2>&1
   [[ -S $dsock ]] && docker -H "unix://$dsock" rm -f $(docker -H "unix://$dsock" ps -aq) >/dev/null 2>&1
-  [[ -n ${bpid:-} ]] && kill "$bpid" 2>/dev/null
+  [[ -n ${bpid:-} ]] && kill "$bpid" 2>/dev/null && sleep 0.5
   [[ -n ${dpid:-} ]] && kill "$dpid" 2>/dev/null && wait "$dpid" 2>/dev/null
-  grep -o " $work[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  grep -o " \($work\|$bexec\)[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  ip link delete "bb$$" 2>/dev/null
   rm -rf "$work" "$bexec"
 }
 trap cleanup EXIT
 
-"$berth" daemon -H "unix://$bsock" --root "$work/berth" --exec-root "$bexec" >"$work/berth.log" 2>&1 &
+"$berth" daemon -H "unix://$bsock" --root "$work/berth" --exec-root "$bexec" \
+  --bridge-name "bb$$" --bridge-subnet 10.233.0.0/16 >"$work/berth.log" 2>&1 &
 bpid=$!
 dockerd --data-root "$work/docker" --exec-root "$work/dexec" --pidfile "$work/dockerd.pid" \
   -H "unix://$dsock" --bridge none --iptables=false --ip-forward=false --ip-masq=false \
@@ -59,7 +61,7 @@ echo "berth: $("$berth" --version)"
 echo "docker: $(D version --format '{{.Server.Version}}')"
 
 hyperfine --runs "$runs" --warmup 3 -N --export-json "$work/h.json" \
-  -n "berth run --rm" "$berth -H unix://$bsock run --rm busybox true" \
+  -n "berth run --rm" "$berth -H unix://$bsock run --rm --network none busybox true" \
   -n "docker run --rm" "docker -H unix://$dsock run --rm --network none busybox true" >"$work/hyperfine.txt"
 cat "$work/hyperfine.txt"
 python3 - "$work/h.json" <<'PY'
@@ -72,7 +74,7 @@ PY
 
 # Idle memory with ten running containers.
 for i in $(seq 10); do
-  B run -d --name "idle$i" busybox sleep 3600 >/dev/null
+  B run -d --network none --name "idle$i" busybox sleep 3600 >/dev/null
   D run -d --network none --name "idle$i" busybox sleep 3600 >/dev/null
 done
 sleep 2

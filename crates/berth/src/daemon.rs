@@ -89,10 +89,12 @@ pub fn run(a: &DaemonArgs) -> Result<i32> {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
     {
         let socket = socket.clone();
+        let engine = engine.clone();
         std::thread::spawn(move || {
             let sig = set.wait();
             eprintln!("berth daemon: {sig:?}: shutting down (containers keep running)");
             let _ = std::fs::remove_file(&socket);
+            engine.shutdown();
             std::process::exit(0);
         });
     }

@@ -229,6 +229,9 @@ pub struct Endpoint {
     pub mac: String,
     /// Names on this network.
     pub aliases: Vec<String>,
+    /// The chain had the portmap plugin (published ports).
+    #[serde(default)]
+    pub with_ports: bool,
     /// The CNI result of the ADD, for the DEL.
     pub result: serde_json::Value,
 }
@@ -258,12 +261,73 @@ pub struct State {
     pub manually_stopped: bool,
     /// Health, when a check is configured.
     pub health: Option<Health>,
-    /// Network attachments of the current run.
+    /// The current run's network namespace and attachments.
     #[serde(default)]
+    pub net: Option<RunNet>,
+}
+
+impl State {
+    /// The current run's network attachments.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        self.net.as_ref().map_or(&[], |n| &n.endpoints)
+    }
+
+    /// The current run's published ports.
+    pub fn ports(&self) -> &[crate::network::PortMapping] {
+        self.net.as_ref().map_or(&[], |n| &n.ports)
+    }
+}
+
+/// How many ready network namespaces on the default network the engine keeps.
+const POOL: usize = 2;
+
+/// One run's network namespace: pinned at `dir/net`, attached under `cni_id`. Its
+/// `owner.json` (this, written as it is built) lets a daemon that died detach it later.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunNet {
+    /// The pin directory.
+    pub dir: PathBuf,
+    /// `CNI_CONTAINERID` for this run (a container's runs each get their own, so that one
+    /// run's late detach never touches the next run's addresses).
+    pub cni_id: String,
+    /// The container ("" while in the pool).
+    pub owner: String,
+    /// Attachments, in order (`eth0` first).
     pub endpoints: Vec<Endpoint>,
-    /// Ports published for the current run (host ports chosen).
-    #[serde(default)]
+    /// Published ports (host ports chosen).
     pub ports: Vec<crate::network::PortMapping>,
+}
+
+impl RunNet {
+    fn save(&self) -> std::io::Result<()> {
+        let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        fsutil::write_replace(&self.dir.join("owner.json"), &json, 0o600)
+    }
+
+    fn load(dir: &Path) -> Option<RunNet> {
+        serde_json::from_slice(&fs::read(dir.join("owner.json")).ok()?).ok()
+    }
+
+    /// The CNI attachment of interface `eth<index>`.
+    fn attachment(&self, index: usize, ip: Option<&str>) -> cni::Attachment {
+        let mut att = cni::Attachment {
+            container_id: self.cni_id.clone(),
+            netns: self.dir.join("net"),
+            ifname: format!("eth{index}"),
+            args: vec![("IgnoreUnknown".into(), "1".into())],
+            ..Default::default()
+        };
+        if let Some(ip) = ip {
+            att.args.push(("IP".into(), ip.to_string()));
+        }
+        if index == 0 && !self.ports.is_empty() {
+            att.capabilities.insert(
+                "portMappings".into(),
+                serde_json::to_value(&self.ports).unwrap_or_default(),
+            );
+        }
+        att
+    }
 }
 
 /// A mount as `inspect` lists it.
@@ -391,6 +455,8 @@ struct Ctr {
     attach_queue: Mutex<Vec<PendingAttach>>,
     /// Bumped by every start; a health checker of an older run stops.
     run_gen: AtomicU64,
+    /// The detaching of the last run's network, under way.
+    teardown: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Removed from the engine.
     removed: std::sync::atomic::AtomicBool,
 }
@@ -410,8 +476,7 @@ struct Table {
 struct Launched {
     pid: i32,
     shim_pid: i32,
-    endpoints: Vec<Endpoint>,
-    ports: Vec<crate::network::PortMapping>,
+    net: Option<RunNet>,
 }
 
 /// An attach stream now, or once the container starts.
@@ -516,6 +581,10 @@ pub struct Engine {
     host_net: (bool, bool),
     /// The embedded DNS servers, by container.
     dns: Mutex<HashMap<String, crate::dns::Server>>,
+    /// Ready network namespaces on the default network.
+    pool: Mutex<Vec<RunNet>>,
+    /// Held by the one thread filling the pool.
+    pool_filling: Mutex<()>,
     table: Mutex<Table>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
     /// Serialises create/rename against each other (names).
@@ -567,6 +636,8 @@ impl Engine {
             networks,
             host_net,
             dns: Mutex::new(HashMap::new()),
+            pool: Mutex::new(Vec::new()),
+            pool_filling: Mutex::new(()),
             table: Mutex::new(Table::default()),
             execs: Mutex::new(HashMap::new()),
             naming: Mutex::new(()),
@@ -592,6 +663,7 @@ impl Engine {
                 attach_queue: Mutex::new(Vec::new()),
                 run_gen: AtomicU64::new(0),
                 removed: Default::default(),
+                teardown: Mutex::new(None),
             });
             let mut t = lock(&engine.table);
             t.names.insert(rec.name.clone(), rec.id.clone());
@@ -602,6 +674,8 @@ impl Engine {
         for ctr in restore {
             engine.restore(ctr);
         }
+        engine.sweep_netns();
+        engine.pool_fill();
         Ok(engine)
     }
 
@@ -609,25 +683,6 @@ impl Engine {
     fn restore(self: &Arc<Self>, ctr: Arc<Ctr>) {
         let status = lock(&ctr.rec).state.status.clone();
         let dir = self.shim_dir(&ctr.id);
-        if !matches!(status.as_str(), "running" | "paused" | "restarting")
-            && self.netns_dir(&ctr.id).exists()
-        {
-            // The daemon died while attaching or detaching it: detach from every network it
-            // asks for (DEL is idempotent and works without the ADD's result).
-            let rec = lock(&ctr.rec).clone();
-            let endpoints: Vec<Endpoint> = rec
-                .config
-                .networks
-                .iter()
-                .enumerate()
-                .map(|(i, n)| Endpoint {
-                    network: n.name.clone(),
-                    ifname: format!("eth{i}"),
-                    ..Default::default()
-                })
-                .collect();
-            self.net_down(&rec.id, &endpoints, &rec.config.publish);
-        }
         match status.as_str() {
             "running" | "paused" | "restarting" | "created" if shim::alive(&dir) => {
                 // A start the daemon died in the middle of: adopt the container if it runs,
@@ -672,8 +727,8 @@ impl Engine {
                     });
                 }
                 let rec = lock(&ctr.rec).clone();
-                if self.uses_dns(&rec) && !rec.state.endpoints.is_empty() {
-                    if let Err(e) = self.start_dns(&rec.id) {
+                if let (true, Some(n)) = (self.uses_dns(&rec), &rec.state.net) {
+                    if let Err(e) = self.start_dns(&rec.id, &n.dir) {
                         eprintln!("berth daemon: container {}: {e}", rec.name);
                     }
                 }
@@ -992,6 +1047,7 @@ impl Engine {
                     attach_queue: Mutex::new(Vec::new()),
                     run_gen: AtomicU64::new(0),
                     removed: Default::default(),
+                    teardown: Mutex::new(None),
                 });
                 let mut t = lock(&self.table);
                 t.names.insert(name, id.clone());
@@ -1205,7 +1261,7 @@ impl Engine {
     // ----- start ----------------------------------------------------------------------
 
     /// The runtime spec for a start: options resolved against live containers and volumes.
-    fn build_spec(&self, rec: &Record) -> Result<Spec> {
+    fn build_spec(&self, rec: &Record, netns: Option<&Path>) -> Result<Spec> {
         let mut run = rec.config.run.clone();
         self.bind_volumes(&mut run)?;
         let ns_of = |c: &str, ns: &str| -> Result<PathBuf> {
@@ -1225,8 +1281,8 @@ impl Engine {
         if let Ipc::Container(c) = run.ipc.clone() {
             run.ipc = Ipc::Join(ns_of(&c, "ipc")?);
         }
-        if !rec.config.networks.is_empty() {
-            run.network = Network::Join(self.netns_dir(&rec.id).join("net"));
+        if let Some(dir) = netns {
+            run.network = Network::Join(dir.join("net"));
         }
         if let Some(name) = &rec.config.sandbox {
             let s = self
@@ -1300,18 +1356,12 @@ impl Engine {
             return Ok(());
         }
         match self.launch(ctr, &rec) {
-            Ok(Launched {
-                pid,
-                shim_pid,
-                endpoints,
-                ports,
-            }) => {
+            Ok(Launched { pid, shim_pid, net }) => {
                 let rec = self.update(ctr, |r| {
                     r.state.status = "running".into();
                     r.state.pid = pid;
                     r.state.shim_pid = shim_pid;
-                    r.state.endpoints = endpoints;
-                    r.state.ports = ports;
+                    r.state.net = net;
                     r.state.error.clear();
                     r.state.started_at = timefmt::now();
                     r.state.oom_killed = false;
@@ -1358,34 +1408,30 @@ impl Engine {
 
     /// Writes the bundle, starts the monitor, connects early attach clients, starts the process.
     fn launch(self: &Arc<Self>, ctr: &Ctr, rec: &Record) -> Result<Launched> {
-        let (endpoints, ports) = if rec.config.networks.is_empty() {
-            (Vec::new(), Vec::new())
+        let net = if rec.config.networks.is_empty() {
+            None
         } else {
-            self.net_up(rec)?
+            Some(self.net_up(rec)?)
         };
-        if self.uses_dns(rec) {
-            if let Err(e) = self.start_dns(&rec.id) {
-                self.net_down(&rec.id, &endpoints, &ports);
+        if let (Some(n), true) = (&net, self.uses_dns(rec)) {
+            if let Err(e) = self.start_dns(&rec.id, &n.dir) {
+                self.net_down(&rec.id, n);
                 return Err(e);
             }
         }
-        match self.launch_process(ctr, rec, &endpoints) {
-            Ok((pid, shim_pid)) => Ok(Launched {
-                pid,
-                shim_pid,
-                endpoints,
-                ports,
-            }),
+        match self.launch_process(ctr, rec, net.as_ref()) {
+            Ok((pid, shim_pid)) => Ok(Launched { pid, shim_pid, net }),
             Err(e) => {
-                self.net_down(&rec.id, &endpoints, &ports);
+                if let Some(n) = &net {
+                    self.net_down(&rec.id, n);
+                }
                 Err(e)
             }
         }
     }
 
-    /// Attaches a container's pinned network namespace to its networks (CNI ADD), with its
-    /// published ports on the first. Undone whole on any failure.
-    fn net_up(&self, rec: &Record) -> Result<(Vec<Endpoint>, Vec<crate::network::PortMapping>)> {
+    /// The ports a container publishes, `-P` expanded, host ports checked and chosen.
+    fn claim_ports(&self, rec: &Record) -> Result<Vec<crate::network::PortMapping>> {
         let mut ports = rec.config.publish.clone();
         if rec.config.publish_all {
             for key in rec.image_config.exposed_ports.iter().flat_map(|m| m.keys()) {
@@ -1411,7 +1457,7 @@ impl Engine {
             .all()
             .iter()
             .filter(|c| c.id != rec.id)
-            .flat_map(|c| lock(&c.rec).state.ports.clone())
+            .flat_map(|c| lock(&c.rec).state.ports().to_vec())
             .collect();
         for m in ports.iter_mut() {
             if let Some(t) = taken.iter().find(|t| {
@@ -1432,24 +1478,75 @@ impl Engine {
             }
             crate::network::claim_port(m).map_err(EngineError::Conflict)?;
         }
-        let dir = self.netns_dir(&rec.id);
-        crate::sandbox::pin(&dir, &["net"], None)
+        Ok(ports)
+    }
+
+    /// A network namespace for one run of a container, attached to its networks (CNI ADD),
+    /// with its published ports on the first: taken ready-made from the pool when the
+    /// container asks for nothing but the default network, made here otherwise. Undone whole
+    /// on any failure.
+    fn net_up(self: &Arc<Self>, rec: &Record) -> Result<RunNet> {
+        let ports = self.claim_ports(rec)?;
+        let plain = ports.is_empty()
+            && rec.config.networks.len() == 1
+            && rec.config.networks[0].name == crate::network::DEFAULT_NETWORK;
+        if plain {
+            if let Some(mut n) = self.pool_take() {
+                n.owner = rec.id.clone();
+                let _ = n.save();
+                self.pool_fill();
+                return Ok(n);
+            }
+        }
+        let requests: Vec<(String, Vec<String>, Option<String>)> = rec
+            .config
+            .networks
+            .iter()
+            .map(|r| (r.name.clone(), r.aliases.clone(), r.ip.clone()))
+            .collect();
+        self.make_net(&rec.id, &requests, ports)
+    }
+
+    /// Pins a network namespace and attaches it (see `net_up`).
+    fn make_net(
+        &self,
+        owner: &str,
+        requests: &[(String, Vec<String>, Option<String>)],
+        ports: Vec<crate::network::PortMapping>,
+    ) -> Result<RunNet> {
+        let key = fsutil::random_hex(8);
+        let mut n = RunNet {
+            dir: self.cfg.exec_root.join("netns").join(&key),
+            cni_id: format!(
+                "{}-{key}",
+                if owner.is_empty() {
+                    "pool"
+                } else {
+                    &owner[..owner.len().min(16)]
+                }
+            ),
+            owner: owner.to_string(),
+            endpoints: Vec::new(),
+            ports,
+        };
+        crate::sandbox::pin(&n.dir, &["net"], None)
             .map_err(|e| internal(format!("creating the network namespace: {e}")))?;
-        let mut endpoints: Vec<Endpoint> = Vec::new();
-        for (i, req) in rec.config.networks.iter().enumerate() {
+        let _ = n.save();
+        for (i, (name, aliases, ip)) in requests.iter().enumerate() {
             let attached = (|| -> Result<Endpoint> {
                 let net = self
                     .networks
-                    .get(&req.name)
+                    .get(name)
                     .map_err(|e| EngineError::Invalid(e.to_string()))?;
-                let list = self.networks.conflist(&net).map_err(internal)?;
-                let att = self.attachment(&rec.id, i, req.ip.as_deref(), &ports);
+                let with_ports = i == 0 && !n.ports.is_empty();
+                let list = self.networks.conflist(&net, with_ports).map_err(internal)?;
+                let att = n.attachment(i, ip.as_deref());
                 let result = self
                     .networks
                     .cni
                     .add(&list, &att)
                     .map_err(|e| internal(e.to_string()))?;
-                let (ip, prefix, gateway) = cni::ipv4(&result).ok_or_else(|| {
+                let (addr, prefix, gateway) = cni::ipv4(&result).ok_or_else(|| {
                     internal(format!(
                         "network {}: the plugins gave no IPv4 address",
                         net.name
@@ -1458,53 +1555,109 @@ impl Engine {
                 Ok(Endpoint {
                     network: net.name.clone(),
                     ifname: att.ifname.clone(),
-                    ip,
+                    ip: addr,
                     prefix,
                     gateway: gateway.unwrap_or(net.gateway.clone()),
                     mac: cni::mac(&result, &att.ifname).unwrap_or_default(),
-                    aliases: req.aliases.clone(),
+                    aliases: aliases.clone(),
+                    with_ports,
                     result,
                 })
             })();
             match attached {
-                Ok(ep) => endpoints.push(ep),
+                Ok(ep) => {
+                    n.endpoints.push(ep);
+                    let _ = n.save();
+                }
                 Err(e) => {
-                    self.net_down(&rec.id, &endpoints, &ports);
+                    self.net_down(owner, &n);
                     return Err(e);
                 }
             }
         }
-        Ok((endpoints, ports))
+        Ok(n)
     }
 
-    fn attachment(
-        &self,
-        id: &str,
-        index: usize,
-        ip: Option<&str>,
-        ports: &[crate::network::PortMapping],
-    ) -> cni::Attachment {
-        let mut att = cni::Attachment {
-            container_id: id.to_string(),
-            netns: self.netns_dir(id).join("net"),
-            ifname: format!("eth{index}"),
-            args: vec![("IgnoreUnknown".into(), "1".into())],
-            ..Default::default()
-        };
-        if let Some(ip) = ip {
-            att.args.push(("IP".into(), ip.to_string()));
+    /// Detaches a run's namespace from its networks (CNI DEL with the ADD's results) and
+    /// removes it. Best effort: what fails is logged, the rest still goes.
+    fn net_down(&self, id: &str, n: &RunNet) {
+        if !id.is_empty() {
+            lock(&self.dns).remove(id);
         }
-        if index == 0 && !ports.is_empty() {
-            att.capabilities.insert(
-                "portMappings".into(),
-                serde_json::to_value(ports).unwrap_or_default(),
-            );
+        for (i, ep) in n.endpoints.iter().enumerate().rev() {
+            let Ok(net) = self.networks.get(&ep.network) else {
+                continue;
+            };
+            let Ok(list) = self.networks.conflist(&net, ep.with_ports) else {
+                continue;
+            };
+            let index = ep
+                .ifname
+                .strip_prefix("eth")
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(i);
+            let att = n.attachment(index, None);
+            if let Err(e) = self.networks.cni.del(&list, &att, Some(&ep.result)) {
+                eprintln!("berth daemon: container {id}: {e}");
+            }
         }
-        att
+        let _ = crate::sandbox::unpin(&n.dir);
     }
 
-    /// Detaches a container from its networks (CNI DEL with the ADD's results) and removes
-    /// its network namespace. Best effort: what fails is logged, the rest still goes.
+    /// A ready-made namespace on the default network, if the pool has one.
+    fn pool_take(&self) -> Option<RunNet> {
+        lock(&self.pool).pop()
+    }
+
+    /// Tops the pool up to `POOL` namespaces on the default network, in the background:
+    /// making one (pin, CNI ADD) is most of a container start on a bridge network.
+    fn pool_fill(self: &Arc<Self>) {
+        let engine = self.clone();
+        std::thread::spawn(move || {
+            let _one = lock(&engine.pool_filling);
+            while lock(&engine.pool).len() < POOL {
+                let req = [(
+                    crate::network::DEFAULT_NETWORK.to_string(),
+                    Vec::new(),
+                    None,
+                )];
+                match engine.make_net("", &req, Vec::new()) {
+                    Ok(n) => lock(&engine.pool).push(n),
+                    Err(e) => {
+                        eprintln!("berth daemon: preparing a network namespace: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// At start: the namespaces no running container owns (left by a daemon that died, and
+    /// the old pool) are detached and removed.
+    fn sweep_netns(&self) {
+        let owned: Vec<PathBuf> = self
+            .all()
+            .iter()
+            .filter_map(|c| lock(&c.rec).state.net.as_ref().map(|n| n.dir.clone()))
+            .collect();
+        for e in fs::read_dir(self.cfg.exec_root.join("netns"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let dir = e.path();
+            if owned.contains(&dir) {
+                continue;
+            }
+            match RunNet::load(&dir) {
+                Some(n) => self.net_down(&n.owner, &n),
+                None => {
+                    let _ = crate::sandbox::unpin(&dir);
+                }
+            }
+        }
+    }
+
     /// Whether a container is on a user-defined network (which has name resolution).
     fn uses_dns(&self, rec: &Record) -> bool {
         rec.config
@@ -1514,17 +1667,14 @@ impl Engine {
     }
 
     /// Serves 127.0.0.11 in the container's network namespace.
-    fn start_dns(self: &Arc<Self>, id: &str) -> Result<()> {
+    fn start_dns(self: &Arc<Self>, id: &str, netns: &Path) -> Result<()> {
         let weak = Arc::downgrade(self);
         let me = id.to_string();
         let lookup: crate::dns::Lookup =
             Arc::new(move |name: &str| weak.upgrade().and_then(|e| e.resolve(&me, name)));
-        let server = crate::dns::Server::start(
-            &self.netns_dir(id).join("net"),
-            lookup,
-            crate::dns::host_resolvers(),
-        )
-        .map_err(|e| internal(format!("starting the embedded DNS server: {e}")))?;
+        let server =
+            crate::dns::Server::start(&netns.join("net"), lookup, crate::dns::host_resolvers())
+                .map_err(|e| internal(format!("starting the embedded DNS server: {e}")))?;
         lock(&self.dns).insert(id.to_string(), server);
         Ok(())
     }
@@ -1536,7 +1686,7 @@ impl Engine {
         let me = self.find(asking).ok()?;
         let mine: Vec<String> = lock(&me.rec)
             .state
-            .endpoints
+            .endpoints()
             .iter()
             .filter(|e| e.network != crate::network::DEFAULT_NETWORK)
             .map(|e| e.network.clone())
@@ -1548,7 +1698,7 @@ impl Engine {
             let named = r.name.eq_ignore_ascii_case(name)
                 || (name.len() >= 12 && r.id.starts_with(name))
                 || (!hostname.is_empty() && hostname.eq_ignore_ascii_case(name));
-            for e in &r.state.endpoints {
+            for e in r.state.endpoints() {
                 if !mine.contains(&e.network) {
                     continue;
                 }
@@ -1562,45 +1712,11 @@ impl Engine {
         (!found.is_empty()).then_some(found)
     }
 
-    fn net_down(&self, id: &str, endpoints: &[Endpoint], ports: &[crate::network::PortMapping]) {
-        lock(&self.dns).remove(id);
-        for (i, ep) in endpoints.iter().enumerate().rev() {
-            let Ok(net) = self.networks.get(&ep.network) else {
-                continue;
-            };
-            let Ok(list) = self.networks.conflist(&net) else {
-                continue;
-            };
-            let index = ep
-                .ifname
-                .strip_prefix("eth")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(i);
-            let att = self.attachment(id, index, None, ports);
-            if let Err(e) = self.networks.cni.del(&list, &att, Some(&ep.result)) {
-                eprintln!("berth daemon: container {id}: {e}");
-            }
-        }
-        let _ = crate::sandbox::unpin(&self.netns_dir(id));
-    }
-
-    fn netns_dir(&self, id: &str) -> PathBuf {
-        self.cfg
-            .exec_root
-            .join("netns")
-            .join(&id[..id.len().min(16)])
-    }
-
-    fn launch_process(
-        &self,
-        ctr: &Ctr,
-        rec: &Record,
-        endpoints: &[Endpoint],
-    ) -> Result<(i32, i32)> {
-        if let Some(ep) = endpoints.first() {
+    fn launch_process(&self, ctr: &Ctr, rec: &Record, net: Option<&RunNet>) -> Result<(i32, i32)> {
+        if let Some(ep) = net.and_then(|n| n.endpoints.first()) {
             self.write_hosts(rec, Some(ep))?;
         }
-        let spec = self.build_spec(rec)?;
+        let spec = self.build_spec(rec, net.map(|n| n.dir.as_path()))?;
         let bundle = self.container_dir(&rec.id);
         let json = serde_json::to_vec(&spec).map_err(internal)?;
         // Regenerated at every start: it need not reach the disk before the container runs.
@@ -1656,8 +1772,15 @@ impl Engine {
         ctr.run_gen.fetch_add(1, Ordering::SeqCst);
         let _ = fs::remove_dir_all(self.shim_dir(&ctr.id));
         let before = lock(&ctr.rec).clone();
-        // Its addresses, ports and namespace go with the run.
-        self.net_down(&before.id, &before.state.endpoints, &before.state.ports);
+        // Its addresses, ports and namespace go with the run, in the background: detaching
+        // (the kernel retiring a veth) is slow, and nothing waits for it but `rm` (which
+        // joins it) — the next run has its own namespace and CNI ID.
+        if let Some(n) = before.state.net.clone() {
+            lock(&self.dns).remove(&before.id);
+            let engine = self.clone();
+            let id = before.id.clone();
+            *lock(&ctr.teardown) = Some(std::thread::spawn(move || engine.net_down(&id, &n)));
+        }
         let ran = timefmt::parse_rfc3339(&before.state.started_at)
             .map(|s| (timefmt::now_nanos() - s) / 1_000_000_000)
             .unwrap_or(0);
@@ -1668,8 +1791,7 @@ impl Engine {
         ) && before.state.status != "removing";
         let rec = match self.update(&ctr, |r| {
             r.state.status = if restart { "restarting" } else { "exited" }.into();
-            r.state.endpoints.clear();
-            r.state.ports.clear();
+            r.state.net = None;
             r.state.pid = 0;
             r.state.shim_pid = 0;
             r.state.exit_code = info.code;
@@ -1739,7 +1861,7 @@ impl Engine {
                 });
             }
         } else if rec.config.auto_remove {
-            let _ = self.remove(&rec.id, true, true);
+            let _ = self.remove_inner(&rec.id, true, true, false);
         }
     }
 
@@ -1854,6 +1976,18 @@ impl Engine {
     /// `rm`: refuses a running container unless `force` (which kills it); `volumes` also
     /// removes its anonymous volumes.
     pub fn remove(&self, name_or_id: &str, force: bool, volumes: bool) -> Result<()> {
+        self.remove_inner(name_or_id, force, volumes, true)
+    }
+
+    /// `remove`; `wait_net`: also wait for the last run's network to be detached (`--rm`
+    /// does not: the CLI is waiting).
+    fn remove_inner(
+        &self,
+        name_or_id: &str,
+        force: bool,
+        volumes: bool,
+        wait_net: bool,
+    ) -> Result<()> {
         let ctr = self.find(name_or_id)?;
         let _op = lock(&ctr.op);
         let rec = lock(&ctr.rec).clone();
@@ -1895,8 +2029,13 @@ impl Engine {
         })?;
         let _ = self.runtime.delete(&rec.id, true);
         let rec = lock(&ctr.rec).clone();
-        if !rec.state.endpoints.is_empty() || self.netns_dir(&rec.id).exists() {
-            self.net_down(&rec.id, &rec.state.endpoints, &rec.state.ports);
+        if let Some(n) = &rec.state.net {
+            self.net_down(&rec.id, n);
+        }
+        if wait_net {
+            if let Some(t) = lock(&ctr.teardown).take() {
+                let _ = t.join();
+            }
         }
         let removed = self
             .images
@@ -2128,7 +2267,7 @@ impl Engine {
                     exit_code: r.state.exit_code,
                     health: r.state.health.as_ref().map(|h| h.status.clone()),
                     mounts: r.mounts.clone(),
-                    ports: r.state.ports.clone(),
+                    ports: r.state.ports().to_vec(),
                     networks: r.config.networks.iter().map(|n| n.name.clone()).collect(),
                 }
             })
@@ -2711,7 +2850,7 @@ impl Engine {
                             r.name.clone(),
                             r.id.clone(),
                             r.state
-                                .endpoints
+                                .endpoints()
                                 .iter()
                                 .find(|e| e.network == network)
                                 .cloned(),
@@ -2813,16 +2952,20 @@ impl Engine {
             ..ep
         };
         let mut endpoint = None;
-        if matches!(rec.state.status.as_str(), "running" | "paused") {
-            let index = rec
-                .state
+        if let (true, Some(run)) = (
+            matches!(rec.state.status.as_str(), "running" | "paused"),
+            &rec.state.net,
+        ) {
+            let index = run
                 .endpoints
                 .iter()
                 .filter_map(|e| e.ifname.strip_prefix("eth")?.parse::<usize>().ok())
                 .max()
                 .map_or(0, |m| m + 1);
-            let list = self.networks.conflist(&net).map_err(internal)?;
-            let att = self.attachment(&rec.id, index, req.ip.as_deref(), &[]);
+            let list = self.networks.conflist(&net, false).map_err(internal)?;
+            let mut plain = run.clone();
+            plain.ports.clear();
+            let att = plain.attachment(index, req.ip.as_deref());
             let result = self
                 .networks
                 .cni
@@ -2837,13 +2980,15 @@ impl Engine {
                 gateway: gateway.unwrap_or(net.gateway.clone()),
                 mac: cni::mac(&result, &att.ifname).unwrap_or_default(),
                 aliases: req.aliases.clone(),
+                with_ports: false,
                 result,
             });
         }
         let rec = self.update(&ctr, |r| {
             r.config.networks.push(req);
-            if let Some(e) = endpoint {
-                r.state.endpoints.push(e);
+            if let (Some(e), Some(n)) = (endpoint, r.state.net.as_mut()) {
+                n.endpoints.push(e);
+                let _ = n.save();
             }
         })?;
         self.events.emit(
@@ -2879,14 +3024,17 @@ impl Engine {
                 rec.name
             )));
         }
-        if let Some(ep) = rec.state.endpoints.iter().find(|e| e.network == net.name) {
-            if let Ok(list) = self.networks.conflist(&net) {
+        if let (Some(run), Some(ep)) = (
+            &rec.state.net,
+            rec.state.endpoints().iter().find(|e| e.network == net.name),
+        ) {
+            if let Ok(list) = self.networks.conflist(&net, ep.with_ports) {
                 let index = ep
                     .ifname
                     .strip_prefix("eth")
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(0);
-                let att = self.attachment(&rec.id, index, None, &[]);
+                let att = run.attachment(index, None);
                 self.networks
                     .cni
                     .del(&list, &att, Some(&ep.result))
@@ -2895,7 +3043,10 @@ impl Engine {
         }
         let rec = self.update(&ctr, |r| {
             r.config.networks.retain(|n| n.name != net.name);
-            r.state.endpoints.retain(|e| e.network != net.name);
+            if let Some(n) = r.state.net.as_mut() {
+                n.endpoints.retain(|e| e.network != net.name);
+                let _ = n.save();
+            }
         })?;
         self.events.emit(
             "network",
@@ -3043,8 +3194,14 @@ impl Engine {
         })
     }
 
-    /// Stops watching containers (their monitors keep them running): for a daemon shutdown.
-    pub fn shutdown(&self) {}
+    /// For a daemon shutdown: containers keep running under their monitors; the pool of
+    /// ready network namespaces is released (nothing would own it).
+    pub fn shutdown(&self) {
+        let pool = std::mem::take(&mut *lock(&self.pool));
+        for n in pool {
+            self.net_down("", &n);
+        }
+    }
 }
 
 /// What `wait` waits for (Docker's `condition`).
@@ -3180,7 +3337,7 @@ fn network_settings(r: &Record) -> serde_json::Value {
     use serde_json::json;
     let mut nets = serde_json::Map::new();
     for req in &r.config.networks {
-        let ep = r.state.endpoints.iter().find(|e| e.network == req.name);
+        let ep = r.state.endpoints().iter().find(|e| e.network == req.name);
         nets.insert(
             req.name.clone(),
             json!({
@@ -3194,7 +3351,7 @@ fn network_settings(r: &Record) -> serde_json::Value {
         );
     }
     let mut ports = serde_json::Map::new();
-    for m in &r.state.ports {
+    for m in r.state.ports() {
         let key = format!("{}/{}", m.container_port, m.protocol);
         let entry = ports.entry(key).or_insert_with(|| json!([]));
         if let Some(a) = entry.as_array_mut() {
@@ -3204,14 +3361,14 @@ fn network_settings(r: &Record) -> serde_json::Value {
             }));
         }
     }
-    let first = r.state.endpoints.first();
+    let first = r.state.endpoints().first();
     json!({
         "Networks": nets,
         "Ports": ports,
         "IPAddress": first.map(|e| e.ip.as_str()).unwrap_or(""),
         "Gateway": first.map(|e| e.gateway.as_str()).unwrap_or(""),
         "MacAddress": first.map(|e| e.mac.as_str()).unwrap_or(""),
-        "SandboxKey": if r.state.endpoints.is_empty() { String::new() } else { format!("/proc/{}/ns/net", r.state.pid) },
+        "SandboxKey": if r.state.endpoints().is_empty() { String::new() } else { format!("/proc/{}/ns/net", r.state.pid) },
     })
 }
 

@@ -59,8 +59,11 @@ impl Network {
         self.name == DEFAULT_NETWORK
     }
 
-    /// The CNI configuration list of this network.
-    pub fn conflist(&self, ipam_dir: &Path) -> Value {
+    /// The CNI configuration list of this network, for a container that publishes ports or
+    /// not. Masquerading and forwarding are the engine's, once per network (see
+    /// `Networks::isolate`), not per container: the bridge plugin's per-container NAT chains
+    /// and the firewall plugin cost iptables runs on every start and stop.
+    pub fn conflist(&self, ipam_dir: &Path, ports: bool) -> Value {
         let mut ipam = json!({
             "type": "host-local",
             "ranges": [[{"subnet": self.subnet, "gateway": self.gateway}]],
@@ -69,7 +72,7 @@ impl Network {
         if !self.internal {
             ipam["routes"] = json!([{"dst": "0.0.0.0/0"}]);
         }
-        json!({
+        let mut list = json!({
             "cniVersion": cni::CNI_VERSION,
             "name": self.name,
             "plugins": [
@@ -77,14 +80,18 @@ impl Network {
                     "type": "bridge",
                     "bridge": self.bridge,
                     "isGateway": true,
-                    "ipMasq": !self.internal,
+                    "ipMasq": false,
                     "hairpinMode": true,
                     "ipam": ipam,
                 },
-                {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
-                {"type": "firewall", "backend": "iptables"},
             ],
-        })
+        });
+        if ports {
+            if let Some(p) = list["plugins"].as_array_mut() {
+                p.push(json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}));
+            }
+        }
+        list
     }
 }
 
@@ -164,8 +171,9 @@ pub struct Networks {
     /// Work with the host: program its firewall (isolation rules) and keep clear of its
     /// routes when choosing subnets. Off for unit tests.
     firewall: bool,
-    /// This engine's two isolation chains.
-    chains: [String; 2],
+    /// This engine's chains: isolation (mangle, two stages), masquerading (nat), forwarding
+    /// (filter).
+    chains: [String; 4],
 }
 
 /// The default network's bridge and subnet (`berth daemon --bridge-name --bridge-subnet`).
@@ -224,7 +232,12 @@ impl Networks {
             ipam_dir,
             cni: cni::Cni::default(),
             firewall,
-            chains: [format!("BERTH-ISO1-{tag}"), format!("BERTH-ISO2-{tag}")],
+            chains: [
+                format!("BERTH-ISO1-{tag}"),
+                format!("BERTH-ISO2-{tag}"),
+                format!("BERTH-NAT-{tag}"),
+                format!("BERTH-FWD-{tag}"),
+            ],
         };
         if n.get(DEFAULT_NETWORK).is_err() {
             let (base, _) = parse_cidr(&default.subnet).ok_or_else(|| {
@@ -432,11 +445,50 @@ impl Networks {
         }
         ipt(&["-A", c1, "-j", "RETURN"]);
         ipt(&["-A", c2, "-j", "RETURN"]);
+        // Per network, once: masquerading out of a non-internal network, and forwarding
+        // to and from its bridge accepted (hosts with a DROP policy, as Docker leaves them).
+        let (nat, fwd) = (self.chains[2].as_str(), self.chains[3].as_str());
+        let table = |t: &'static str| {
+            move |args: &[&str]| {
+                let _ = run(
+                    "iptables",
+                    &["-w", "5", "-t", t]
+                        .iter()
+                        .chain(args)
+                        .copied()
+                        .collect::<Vec<_>>(),
+                );
+            }
+        };
+        let (natt, filt) = (table("nat"), table("filter"));
+        natt(&["-N", nat]);
+        natt(&["-F", nat]);
+        filt(&["-N", fwd]);
+        filt(&["-F", fwd]);
+        for (t, hook, chain) in [("nat", "POSTROUTING", nat), ("filter", "FORWARD", fwd)] {
+            let present = run("iptables", &["-w", "5", "-t", t, "-C", hook, "-j", chain])
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if !present {
+                let _ = run(
+                    "iptables",
+                    &["-w", "5", "-t", t, "-I", hook, "1", "-j", chain],
+                );
+            }
+        }
+        for n in &nets {
+            let b = n.bridge.as_str();
+            if !n.internal {
+                natt(&["-A", nat, "-s", &n.subnet, "!", "-o", b, "-j", "MASQUERADE"]);
+            }
+            filt(&["-A", fwd, "-i", b, "-j", "ACCEPT"]);
+            filt(&["-A", fwd, "-o", b, "-j", "ACCEPT"]);
+        }
     }
 
     /// The CNI list of a network.
-    pub fn conflist(&self, n: &Network) -> Result<cni::ConfList, cni::CniError> {
-        cni::ConfList::parse(&n.conflist(&self.ipam_dir))
+    pub fn conflist(&self, n: &Network, ports: bool) -> Result<cni::ConfList, cni::CniError> {
+        cni::ConfList::parse(&n.conflist(&self.ipam_dir, ports))
     }
 }
 
@@ -660,9 +712,13 @@ mod tests {
         assert!(nets
             .create("host", None, None, false, BTreeMap::new())
             .is_err());
-        let c = nets.conflist(&b).unwrap();
+        let c = nets.conflist(&b, false).unwrap();
         assert_eq!(c.plugins[0]["type"], "bridge");
-        assert_eq!(c.plugins[0]["ipMasq"], false);
+        assert_eq!(c.plugins.len(), 1);
+        assert_eq!(
+            nets.conflist(&b, true).unwrap().plugins[1]["type"],
+            "portmap"
+        );
         assert!(
             c.plugins[0]["ipam"].get("routes").is_none(),
             "internal: no default route"

@@ -193,7 +193,30 @@ impl Drop for Daemon {
                 let _ = self.berth(&["rm", "-f", "-v", id]);
             }
         }
-        self.kill9();
+        // A clean stop releases the daemon's pool of ready network namespaces.
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill of our own child process.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            for _ in 0..100 {
+                if c.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Whatever a killed daemon left pinned.
+        for e in std::fs::read_dir(self.exec_root.join("netns"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(e.path().join("net"))
+                .output();
+        }
         // Its bridges and isolation chains (a real daemon keeps them, as dockerd keeps docker0).
         for e in std::fs::read_dir(self.root.join("networks"))
             .into_iter()
