@@ -33,7 +33,7 @@ cleanup() {
   [[ -n ${bpid:-} ]] && kill "$bpid" 2>/dev/null && sleep 0.5
   [[ -n ${dpid:-} ]] && kill "$dpid" 2>/dev/null && wait "$dpid" 2>/dev/null
   grep -o " \($work\|$bexec\)[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
-  ip link delete "bb$$" 2>/dev/null
+  "$berth" daemon --remove-host-setup --root "$work/berth" >/dev/null 2>&1
   rm -rf "$work" "$bexec"
 }
 trap cleanup EXIT

@@ -37,7 +37,7 @@ cleanup() {
   [[ -S $dsock ]] && docker -H "unix://$dsock" rm -f $(docker -H "unix://$dsock" ps -aq) >/dev/null 2>&1
   [[ -n ${bpid:-} ]] && kill "$bpid" 2>/dev/null && sleep 0.5
   [[ -n ${dpid:-} ]] && kill "$dpid" 2>/dev/null && wait "$dpid" 2>/dev/null
-  ip link delete "$bbridge" 2>/dev/null
+  "$berth" daemon --remove-host-setup --root "$work/berth" >/dev/null 2>&1
   ip link delete bdocker0 2>/dev/null
   grep -o " \($work\|$bexec\)[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
   rm -rf "$work" "$bexec"

@@ -24,9 +24,26 @@ pub struct DaemonArgs {
     /// The default network's subnet (when the network is first made).
     #[arg(long = "bridge-subnet", default_value = engine::network::DEFAULT_SUBNET)]
     bridge_subnet: String,
+    /// Do not serve: remove what a daemon with this --root set up on the host (its iptables
+    /// chains and network bridges), then exit. For uninstalling, tests and benchmarks.
+    #[arg(long = "remove-host-setup")]
+    remove_host_setup: bool,
 }
 
 pub fn run(a: &DaemonArgs) -> Result<i32> {
+    if a.remove_host_setup {
+        let nets = engine::network::Networks::open(
+            &a.root,
+            true,
+            &engine::network::DefaultBridge {
+                name: a.bridge_name.clone(),
+                subnet: a.bridge_subnet.clone(),
+            },
+        )
+        .with_context(|| format!("opening the networks under {}", a.root.display()))?;
+        nets.remove_host_setup();
+        return Ok(0);
+    }
     let socket = PathBuf::from(a.host.strip_prefix("unix://").unwrap_or(&a.host));
     if !socket.is_absolute() {
         bail!("--host {}: expected unix:///absolute/path", a.host);

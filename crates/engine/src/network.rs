@@ -486,6 +486,28 @@ impl Networks {
         }
     }
 
+    /// Undoes what this engine set up on the host: its four chains and their jumps, and the
+    /// bridges of its networks (for tests, benchmarks and uninstalling; a running engine
+    /// keeps them, as dockerd keeps docker0).
+    pub fn remove_host_setup(&self) {
+        let hooks = [
+            ("mangle", "FORWARD", &self.chains[0]),
+            ("mangle", "FORWARD", &self.chains[1]),
+            ("nat", "POSTROUTING", &self.chains[2]),
+            ("filter", "FORWARD", &self.chains[3]),
+        ];
+        for (table, hook, chain) in hooks {
+            let _ = run("iptables", &["-w", "5", "-t", table, "-D", hook, "-j", chain]);
+            let _ = run("iptables", &["-w", "5", "-t", table, "-F", chain]);
+        }
+        for (table, _, chain) in hooks {
+            let _ = run("iptables", &["-w", "5", "-t", table, "-X", chain]);
+        }
+        for n in self.list() {
+            let _ = run("ip", &["link", "delete", &n.bridge, "type", "bridge"]);
+        }
+    }
+
     /// The CNI list of a network.
     pub fn conflist(&self, n: &Network, ports: bool) -> Result<cni::ConfList, cni::CniError> {
         cni::ConfList::parse(&n.conflist(&self.ipam_dir, ports))

@@ -217,47 +217,11 @@ impl Drop for Daemon {
                 .arg(e.path().join("net"))
                 .output();
         }
-        // Its bridges and isolation chains (a real daemon keeps them, as dockerd keeps docker0).
-        for e in std::fs::read_dir(self.root.join("networks"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let Ok(text) = std::fs::read_to_string(e.path()) else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-                continue;
-            };
-            if let Some(b) = v["Bridge"].as_str() {
-                let _ = Command::new("ip").args(["link", "delete", b]).output();
-            }
-        }
-        let mut h: u32 = 0x811c_9dc5;
-        for b in self.root.display().to_string().bytes() {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-        for (i, chain) in [format!("BERTH-ISO1-{h:08x}"), format!("BERTH-ISO2-{h:08x}")]
-            .iter()
-            .enumerate()
-        {
-            let ipt = |args: &[&str]| {
-                let _ = Command::new("iptables")
-                    .args(["-w", "5", "-t", "mangle"])
-                    .args(args)
-                    .output();
-            };
-            if i == 0 {
-                ipt(&["-D", "FORWARD", "-j", chain]);
-            }
-            ipt(&["-F", chain]);
-        }
-        for chain in [format!("BERTH-ISO1-{h:08x}"), format!("BERTH-ISO2-{h:08x}")] {
-            let _ = Command::new("iptables")
-                .args(["-w", "5", "-t", "mangle", "-X", &chain])
-                .output();
-        }
+        // Its bridges and chains (a real daemon keeps them, as dockerd keeps docker0).
+        let _ = Command::new(BERTH)
+            .args(["daemon", "--remove-host-setup", "--root"])
+            .arg(&self.root)
+            .output();
         let _ = std::fs::remove_dir_all(&self.exec_root);
         let _ = std::fs::remove_file(self.exec_root.with_extension("log"));
     }
