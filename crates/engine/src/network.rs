@@ -497,7 +497,10 @@ impl Networks {
             ("filter", "FORWARD", &self.chains[3]),
         ];
         for (table, hook, chain) in hooks {
-            let _ = run("iptables", &["-w", "5", "-t", table, "-D", hook, "-j", chain]);
+            let _ = run(
+                "iptables",
+                &["-w", "5", "-t", table, "-D", hook, "-j", chain],
+            );
             let _ = run("iptables", &["-w", "5", "-t", table, "-F", chain]);
         }
         for (table, _, chain) in hooks {
