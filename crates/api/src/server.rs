@@ -423,9 +423,13 @@ fn route(
                 name: String,
                 #[serde(rename = "Hostname", default)]
                 hostname: String,
+                #[serde(rename = "Networks", default)]
+                networks: Vec<String>,
+                #[serde(rename = "Ports", default)]
+                ports: Vec<engine::network::PortMapping>,
             }
             let r: Req = json_body(body)?;
-            let s = engine.sandbox_create(&r.name, &r.hostname)?;
+            let s = engine.sandbox_create(&r.name, &r.hostname, &r.networks, r.ports)?;
             Ok(Out::Json(201, serde_json::to_value(s).unwrap_or_default()))
         }
         ("GET", ["sandboxes"]) => {

@@ -2079,6 +2079,12 @@ pub enum SandboxCmd {
         /// The hostname of its UTS namespace (default: its name).
         #[arg(long)]
         hostname: Option<String>,
+        /// Attach it to a network (repeatable; none by default, as a pod before its CNI ADD).
+        #[arg(long)]
+        network: Vec<String>,
+        /// Publish a port on its first network: [ip:][hostPort:]containerPort[/proto].
+        #[arg(short = 'p', long)]
+        publish: Vec<String>,
         name: String,
     },
     /// List sandboxes and the containers in them.
@@ -2095,11 +2101,23 @@ pub enum SandboxCmd {
 
 pub fn sandbox(c: &Client, cmd: &SandboxCmd) -> Result<i32> {
     match cmd {
-        SandboxCmd::Create { hostname, name } => {
+        SandboxCmd::Create {
+            hostname,
+            network,
+            publish,
+            name,
+        } => {
+            let mut ports = Vec::new();
+            for p in publish {
+                ports.extend(engine::network::parse_publish(p).map_err(|e| anyhow!(e))?);
+            }
             c.json(
                 "POST",
                 "/sandboxes/create",
-                Some(&json!({"Name": name, "Hostname": hostname.clone().unwrap_or_default()})),
+                Some(&json!({
+                    "Name": name, "Hostname": hostname.clone().unwrap_or_default(),
+                    "Networks": network, "Ports": ports,
+                })),
             )
             .map_err(daemon_err1)?;
             println!("{name}");

@@ -1203,6 +1203,56 @@ fn sandboxes_outlive_their_containers() {
     assert!(d.ok(&["sandbox", "ls"]).contains("pod-a"));
     let (code, _) = d.err(&["run", "--rm", "--sandbox", "nosuch", "busybox", "true"]);
     assert_eq!(code, 125);
+    // A sandbox on a network, as a pod: its containers share its address; its port answers.
+    d.ok(&[
+        "sandbox",
+        "create",
+        "--network",
+        "bridge",
+        "-p",
+        "127.0.0.1::80",
+        "netpod",
+    ]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "podweb",
+        "--sandbox",
+        "netpod",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+    ]);
+    let addr = d.ok(&[
+        "run",
+        "--rm",
+        "--sandbox",
+        "netpod",
+        "busybox",
+        "ip",
+        "-o",
+        "-4",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    assert!(addr.contains("inet "), "{addr}");
+    let hosts = d.ok(&["exec", "podweb", "cat", "/etc/hosts"]);
+    let ip = addr
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(hosts.contains(&ip), "{hosts}");
+    assert!(d.ok(&["sandbox", "ls"]).contains("netpod"));
+    d.ok(&["sandbox", "rm", "-f", "netpod"]);
+    assert!(!d.ok(&["ps", "-a"]).contains("podweb"));
     d.ok(&[
         "run",
         "-d",

@@ -1531,6 +1531,18 @@ impl Engine {
         };
         crate::sandbox::pin(&n.dir, &["net"], None)
             .map_err(|e| internal(format!("creating the network namespace: {e}")))?;
+        self.attach_all(&mut n, requests)?;
+        Ok(n)
+    }
+
+    /// Attaches the pinned namespace of `n` to the networks asked for, in order; on failure
+    /// detaches what was attached and removes the pin.
+    fn attach_all(
+        &self,
+        n: &mut RunNet,
+        requests: &[(String, Vec<String>, Option<String>)],
+    ) -> Result<()> {
+        let owner = n.owner.clone();
         let _ = n.save();
         for (i, (name, aliases, ip)) in requests.iter().enumerate() {
             let attached = (|| -> Result<Endpoint> {
@@ -1570,12 +1582,12 @@ impl Engine {
                     let _ = n.save();
                 }
                 Err(e) => {
-                    self.net_down(owner, &n);
+                    self.net_down(&owner, n);
                     return Err(e);
                 }
             }
         }
-        Ok(n)
+        Ok(())
     }
 
     /// Detaches a run's namespace from its networks (CNI DEL with the ADD's results) and
@@ -1713,7 +1725,17 @@ impl Engine {
     }
 
     fn launch_process(&self, ctr: &Ctr, rec: &Record, net: Option<&RunNet>) -> Result<(i32, i32)> {
-        if let Some(ep) = net.and_then(|n| n.endpoints.first()) {
+        let sandbox_net = rec
+            .config
+            .sandbox
+            .as_ref()
+            .and_then(|s| self.sandboxes.get(s).ok())
+            .and_then(|s| s.net)
+            .and_then(|v| serde_json::from_value::<RunNet>(v).ok());
+        if let Some(ep) = net
+            .or(sandbox_net.as_ref())
+            .and_then(|n| n.endpoints.first())
+        {
             self.write_hosts(rec, Some(ep))?;
         }
         let spec = self.build_spec(rec, net.map(|n| n.dir.as_path()))?;
@@ -3061,8 +3083,28 @@ impl Engine {
     }
 
     /// `sandbox create`.
-    pub fn sandbox_create(&self, name: &str, hostname: &str) -> Result<crate::sandbox::Sandbox> {
-        let s = self
+    /// `sandbox create`: pinned namespaces, attached to `networks` (the first with the
+    /// published `ports`) as a pod's are.
+    pub fn sandbox_create(
+        &self,
+        name: &str,
+        hostname: &str,
+        networks: &[String],
+        ports: Vec<crate::network::PortMapping>,
+    ) -> Result<crate::sandbox::Sandbox> {
+        for n in networks {
+            self.networks.get(n).map_err(Self::net_err)?;
+        }
+        if networks.is_empty() && !ports.is_empty() {
+            return Err(EngineError::Invalid(
+                "published ports need a network".into(),
+            ));
+        }
+        let mut ports = ports;
+        for m in ports.iter_mut() {
+            crate::network::claim_port(m).map_err(EngineError::Conflict)?;
+        }
+        let mut s = self
             .sandboxes
             .create(name, hostname)
             .map_err(|e| match e.kind() {
@@ -3070,6 +3112,29 @@ impl Engine {
                 std::io::ErrorKind::InvalidInput => EngineError::Invalid(e.to_string()),
                 _ => internal(e),
             })?;
+        if !networks.is_empty() {
+            let mut n = RunNet {
+                dir: s.path.clone(),
+                cni_id: format!("sandbox-{name}"),
+                owner: format!("sandbox:{name}"),
+                endpoints: Vec::new(),
+                ports,
+            };
+            let requests: Vec<(String, Vec<String>, Option<String>)> = networks
+                .iter()
+                .map(|n| (n.clone(), Vec::new(), None))
+                .collect();
+            if let Err(e) = self.attach_all(&mut n, &requests) {
+                let _ = self.sandboxes.remove(name);
+                return Err(e);
+            }
+            s.net = Some(serde_json::to_value(&n).map_err(internal)?);
+            if let Err(e) = self.sandboxes.save(&s) {
+                self.net_down(&n.owner, &n);
+                let _ = self.sandboxes.remove(name);
+                return Err(internal(e));
+            }
+        }
         self.events.emit("sandbox", "create", name, BTreeMap::new());
         Ok(s)
     }
@@ -3100,6 +3165,11 @@ impl Engine {
             }
             for u in users {
                 self.remove(&u, true, true)?;
+            }
+        }
+        if let Ok(s) = self.sandboxes.get(name) {
+            if let Some(n) = s.net.and_then(|v| serde_json::from_value::<RunNet>(v).ok()) {
+                self.net_down(&n.owner, &n);
             }
         }
         self.sandboxes.remove(name).map_err(|e| match e.kind() {

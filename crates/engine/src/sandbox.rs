@@ -31,6 +31,9 @@ pub struct Sandbox {
     /// Where its namespaces are pinned: `<dir>/net`, `<dir>/ipc`, `<dir>/uts`.
     #[serde(rename = "Path")]
     pub path: PathBuf,
+    /// Its network attachments (the engine's record of them), when it is on networks.
+    #[serde(rename = "Network", default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<serde_json::Value>,
 }
 
 /// The sandboxes of one engine.
@@ -116,6 +119,7 @@ impl Sandboxes {
             },
             created: timefmt::now(),
             path: dir.clone(),
+            net: None,
         };
         self.pin(&dir, &s.hostname)?;
         let json = serde_json::to_vec_pretty(&s).map_err(io::Error::other)?;
@@ -134,6 +138,12 @@ impl Sandboxes {
 
     fn unpin(dir: &Path) -> io::Result<()> {
         unpin(dir)
+    }
+
+    /// Records a sandbox again (after the engine attached it).
+    pub fn save(&self, s: &Sandbox) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(s).map_err(io::Error::other)?;
+        fsutil::write_atomic(&self.records.join(format!("{}.json", s.name)), &json, 0o600)
     }
 
     /// Removes a sandbox (the engine checks that no container uses it).
