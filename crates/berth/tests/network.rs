@@ -235,6 +235,53 @@ fn user_networks_resolve_names_and_stay_apart() {
         "addr",
     ]);
     assert!(shared.contains(&web), "{shared}");
+    // An internal network: its containers reach each other, nothing else.
+    d.ok(&["network", "create", "--internal", "sealed"]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "inside",
+        "--network",
+        "sealed",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+    ]);
+    let inside = e.ip("inside");
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "sealed",
+        "busybox",
+        "sh",
+        "-c",
+        &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {inside} 80; ip route"),
+    ]);
+    assert!(out.contains("404"), "{out}");
+    assert!(
+        !out.contains("default"),
+        "an internal network has no default route: {out}"
+    );
+    let host = host_address();
+    let out = d.berth(&[
+        "run",
+        "--rm",
+        "--network",
+        "sealed",
+        "busybox",
+        "ping",
+        "-c1",
+        "-W1",
+        &host,
+    ]);
+    assert!(
+        !out.status.success(),
+        "the host was reachable from an internal network: {out:?}"
+    );
     // Bad input, named.
     let (code, msg) = d.err(&["run", "--network", "nosuch", "busybox", "true"]);
     assert_eq!(code, 125);

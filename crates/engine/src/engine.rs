@@ -727,6 +727,29 @@ impl Engine {
                     });
                 }
                 let rec = lock(&ctr.rec).clone();
+                // The spec's CHECK: is what the plugins set up for it still there?
+                if let Some(n) = &rec.state.net {
+                    for (i, ep) in n.endpoints.iter().enumerate() {
+                        let checked = self
+                            .networks
+                            .get(&ep.network)
+                            .map_err(|e| e.to_string())
+                            .and_then(|net| {
+                                self.networks
+                                    .conflist(&net, ep.with_ports)
+                                    .map_err(|e| e.to_string())
+                            })
+                            .and_then(|list| {
+                                self.networks
+                                    .cni
+                                    .check(&list, &n.attachment(i, None), &ep.result)
+                                    .map_err(|e| e.to_string())
+                            });
+                        if let Err(e) = checked {
+                            eprintln!("berth daemon: container {}: {e}", rec.name);
+                        }
+                    }
+                }
                 if let (true, Some(n)) = (self.uses_dns(&rec), &rec.state.net) {
                     if let Err(e) = self.start_dns(&rec.id, &n.dir) {
                         eprintln!("berth daemon: container {}: {e}", rec.name);
@@ -3233,6 +3256,7 @@ impl Engine {
             "BridgeNfIptables": self.host_net.1,
             "Networks": self.networks.list().len(),
             "CNIPluginPaths": cni::DEFAULT_PATHS,
+            "CNIVersions": self.networks.cni.versions("bridge").unwrap_or_default(),
             "Volumes": self.volumes.list().len(),
         })
     }
