@@ -34,6 +34,7 @@ pub fn run(a: &DaemonArgs) -> Result<i32> {
     if a.remove_host_setup {
         let nets = engine::network::Networks::open(
             &a.root,
+            &a.exec_root.join("ipam"),
             true,
             &engine::network::DefaultBridge {
                 name: a.bridge_name.clone(),

@@ -515,7 +515,7 @@ fn cycles_and_a_daemon_sigkill_leave_no_interface_rule_lease_or_namespace() {
         pooled.len(),
         "veth interfaces are left: {left:?}"
     );
-    let ipam = e.dir.path().join("data/networks/ipam");
+    let ipam = e.d.exec_root.join("ipam");
     for net in ["bridge", "cyc"] {
         let leases: Vec<String> = fs::read_dir(ipam.join(net))
             .map(|r| {

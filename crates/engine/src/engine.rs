@@ -232,6 +232,10 @@ pub struct Endpoint {
     /// The chain had the portmap plugin (published ports).
     #[serde(default)]
     pub with_ports: bool,
+    /// The configuration list it was attached with (DEL uses the same, even if the
+    /// network is gone by then).
+    #[serde(default)]
+    pub conf: serde_json::Value,
     /// The CNI result of the ADD, for the DEL.
     pub result: serde_json::Value,
 }
@@ -583,6 +587,9 @@ pub struct Engine {
     dns: Mutex<HashMap<String, crate::dns::Server>>,
     /// Ready network namespaces on the default network.
     pool: Mutex<Vec<RunNet>>,
+    /// Host ports published, by owner (container ID or `sandbox:<name>`), from their claim
+    /// until their run's network is detached.
+    reserved: Mutex<HashMap<String, Vec<crate::network::PortMapping>>>,
     /// Held by the one thread filling the pool.
     pool_filling: Mutex<()>,
     table: Mutex<Table>,
@@ -622,8 +629,13 @@ impl Engine {
         let runtime = runtime::Runtime::new(cfg.exec_root.join("runtime"));
         let sandboxes = crate::sandbox::Sandboxes::open(&cfg.root, &cfg.exec_root)
             .map_err(io(&cfg.exec_root))?;
-        let networks = crate::network::Networks::open(&cfg.root, true, &cfg.default_bridge)
-            .map_err(io(&cfg.root))?;
+        let networks = crate::network::Networks::open(
+            &cfg.root,
+            &cfg.exec_root.join("ipam"),
+            true,
+            &cfg.default_bridge,
+        )
+        .map_err(io(&cfg.root))?;
         let host_net = crate::network::prepare_host();
         networks.isolate();
         let engine = Arc::new(Engine {
@@ -637,6 +649,7 @@ impl Engine {
             host_net,
             dns: Mutex::new(HashMap::new()),
             pool: Mutex::new(Vec::new()),
+            reserved: Mutex::new(HashMap::new()),
             pool_filling: Mutex::new(()),
             table: Mutex::new(Table::default()),
             execs: Mutex::new(HashMap::new()),
@@ -671,10 +684,12 @@ impl Engine {
             drop(t);
             restore.push(ctr);
         }
+        // Before anything starts a run: namespaces no record owns are adopted by their
+        // container if it runs, else detached.
+        engine.sweep_netns();
         for ctr in restore {
             engine.restore(ctr);
         }
-        engine.sweep_netns();
         engine.pool_fill();
         Ok(engine)
     }
@@ -751,7 +766,7 @@ impl Engine {
                     }
                 }
                 if let (true, Some(n)) = (self.uses_dns(&rec), &rec.state.net) {
-                    if let Err(e) = self.start_dns(&rec.id, &n.dir) {
+                    if let Err(e) = self.start_dns(&rec, &n.dir) {
                         eprintln!("berth daemon: container {}: {e}", rec.name);
                     }
                 }
@@ -1431,13 +1446,17 @@ impl Engine {
 
     /// Writes the bundle, starts the monitor, connects early attach clients, starts the process.
     fn launch(self: &Arc<Self>, ctr: &Ctr, rec: &Record) -> Result<Launched> {
+        // The last run's detach first: its address and ports may be asked for again.
+        if let Some(t) = lock(&ctr.teardown).take() {
+            let _ = t.join();
+        }
         let net = if rec.config.networks.is_empty() {
             None
         } else {
             Some(self.net_up(rec)?)
         };
         if let (Some(n), true) = (&net, self.uses_dns(rec)) {
-            if let Err(e) = self.start_dns(&rec.id, &n.dir) {
+            if let Err(e) = self.start_dns(rec, &n.dir) {
                 self.net_down(&rec.id, n);
                 return Err(e);
             }
@@ -1445,6 +1464,7 @@ impl Engine {
         match self.launch_process(ctr, rec, net.as_ref()) {
             Ok((pid, shim_pid)) => Ok(Launched { pid, shim_pid, net }),
             Err(e) => {
+                lock(&self.dns).remove(&rec.id);
                 if let Some(n) = &net {
                     self.net_down(&rec.id, n);
                 }
@@ -1474,21 +1494,28 @@ impl Engine {
                 }
             }
         }
-        // A port another container publishes is taken even though no socket holds it (the
-        // kernel forwards it); one a host process listens on is found by binding it.
-        let taken: Vec<crate::network::PortMapping> = self
-            .all()
+        self.reserve_ports(&rec.id, &mut ports)?;
+        Ok(ports)
+    }
+
+    /// Claims host ports for `owner`: a port another container or sandbox publishes is taken
+    /// even though no socket holds it (the kernel forwards it); one a host process listens
+    /// on is found by binding it; port 0 gets a free one. Held until `release_ports`.
+    fn reserve_ports(&self, owner: &str, ports: &mut [crate::network::PortMapping]) -> Result<()> {
+        let mut reserved = lock(&self.reserved);
+        let mut taken: Vec<crate::network::PortMapping> = reserved
             .iter()
-            .filter(|c| c.id != rec.id)
-            .flat_map(|c| lock(&c.rec).state.ports().to_vec())
+            .filter(|(o, _)| o.as_str() != owner)
+            .flat_map(|(_, p)| p.clone())
             .collect();
         for m in ports.iter_mut() {
-            if let Some(t) = taken.iter().find(|t| {
+            let clash = |t: &crate::network::PortMapping| {
                 m.host_port != 0
                     && t.host_port == m.host_port
                     && t.protocol == m.protocol
                     && (t.host_ip.is_empty() || m.host_ip.is_empty() || t.host_ip == m.host_ip)
-            }) {
+            };
+            if let Some(t) = taken.iter().find(|t| clash(t)) {
                 return Err(EngineError::Conflict(format!(
                     "Bind for {}:{} failed: port is already allocated",
                     if m.host_ip.is_empty() {
@@ -1500,8 +1527,15 @@ impl Engine {
                 )));
             }
             crate::network::claim_port(m).map_err(EngineError::Conflict)?;
+            taken.push(m.clone());
         }
-        Ok(ports)
+        reserved.insert(owner.to_string(), ports.to_vec());
+        Ok(())
+    }
+
+    /// Gives back what `reserve_ports` claimed for `owner`.
+    fn release_ports(&self, owner: &str) {
+        lock(&self.reserved).remove(owner);
     }
 
     /// A network namespace for one run of a container, attached to its networks (CNI ADD),
@@ -1568,14 +1602,26 @@ impl Engine {
         let owner = n.owner.clone();
         let _ = n.save();
         for (i, (name, aliases, ip)) in requests.iter().enumerate() {
-            let attached = (|| -> Result<Endpoint> {
+            let attached = (|| -> Result<()> {
                 let net = self
                     .networks
                     .get(name)
                     .map_err(|e| EngineError::Invalid(e.to_string()))?;
                 let with_ports = i == 0 && !n.ports.is_empty();
-                let list = self.networks.conflist(&net, with_ports).map_err(internal)?;
+                let conf = net.conflist(&self.networks.ipam_dir, with_ports);
+                let list = cni::ConfList::parse(&conf).map_err(internal)?;
                 let att = n.attachment(i, ip.as_deref());
+                // Recorded before the ADD: a daemon that dies during it still detaches it.
+                n.endpoints.push(Endpoint {
+                    network: net.name.clone(),
+                    ifname: att.ifname.clone(),
+                    gateway: net.gateway.clone(),
+                    aliases: aliases.clone(),
+                    with_ports,
+                    conf,
+                    ..Default::default()
+                });
+                let _ = n.save();
                 let result = self
                     .networks
                     .cni
@@ -1587,27 +1633,21 @@ impl Engine {
                         net.name
                     ))
                 })?;
-                Ok(Endpoint {
-                    network: net.name.clone(),
-                    ifname: att.ifname.clone(),
-                    ip: addr,
-                    prefix,
-                    gateway: gateway.unwrap_or(net.gateway.clone()),
-                    mac: cni::mac(&result, &att.ifname).unwrap_or_default(),
-                    aliases: aliases.clone(),
-                    with_ports,
-                    result,
-                })
+                if let Some(ep) = n.endpoints.last_mut() {
+                    ep.ip = addr;
+                    ep.prefix = prefix;
+                    if let Some(g) = gateway {
+                        ep.gateway = g;
+                    }
+                    ep.mac = cni::mac(&result, &att.ifname).unwrap_or_default();
+                    ep.result = result;
+                }
+                let _ = n.save();
+                Ok(())
             })();
-            match attached {
-                Ok(ep) => {
-                    n.endpoints.push(ep);
-                    let _ = n.save();
-                }
-                Err(e) => {
-                    self.net_down(&owner, n);
-                    return Err(e);
-                }
+            if let Err(e) = attached {
+                self.net_down(&owner, n);
+                return Err(e);
             }
         }
         Ok(())
@@ -1616,15 +1656,20 @@ impl Engine {
     /// Detaches a run's namespace from its networks (CNI DEL with the ADD's results) and
     /// removes it. Best effort: what fails is logged, the rest still goes.
     fn net_down(&self, id: &str, n: &RunNet) {
-        if !id.is_empty() {
-            lock(&self.dns).remove(id);
-        }
         for (i, ep) in n.endpoints.iter().enumerate().rev() {
-            let Ok(net) = self.networks.get(&ep.network) else {
-                continue;
-            };
-            let Ok(list) = self.networks.conflist(&net, ep.with_ports) else {
-                continue;
+            // The list it was attached with; for records from before it was kept, the
+            // network's current one.
+            let list = match cni::ConfList::parse(&ep.conf) {
+                Ok(l) => l,
+                Err(_) => match self
+                    .networks
+                    .get(&ep.network)
+                    .ok()
+                    .and_then(|net| self.networks.conflist(&net, ep.with_ports).ok())
+                {
+                    Some(l) => l,
+                    None => continue,
+                },
             };
             let index = ep
                 .ifname
@@ -1632,11 +1677,14 @@ impl Engine {
                 .and_then(|x| x.parse().ok())
                 .unwrap_or(i);
             let att = n.attachment(index, None);
-            if let Err(e) = self.networks.cni.del(&list, &att, Some(&ep.result)) {
+            // An ADD cut short has no result: DEL without one (the spec allows it).
+            let prev = (!ep.result.is_null()).then_some(&ep.result);
+            if let Err(e) = self.networks.cni.del(&list, &att, prev) {
                 eprintln!("berth daemon: container {id}: {e}");
             }
         }
         let _ = crate::sandbox::unpin(&n.dir);
+        self.release_ports(id);
     }
 
     /// A ready-made namespace on the default network, if the pool has one.
@@ -1673,7 +1721,15 @@ impl Engine {
         let owned: Vec<PathBuf> = self
             .all()
             .iter()
-            .filter_map(|c| lock(&c.rec).state.net.as_ref().map(|n| n.dir.clone()))
+            .filter_map(|c| {
+                let r = lock(&c.rec);
+                let n = r.state.net.as_ref()?;
+                // Its published ports are still its own.
+                if !n.ports.is_empty() {
+                    lock(&self.reserved).insert(r.id.clone(), n.ports.clone());
+                }
+                Some(n.dir.clone())
+            })
             .collect();
         for e in fs::read_dir(self.cfg.exec_root.join("netns"))
             .into_iter()
@@ -1685,7 +1741,28 @@ impl Engine {
                 continue;
             }
             match RunNet::load(&dir) {
-                Some(n) => self.net_down(&n.owner, &n),
+                Some(n) => {
+                    // A run whose record the daemon did not get to write before it died.
+                    let live = self.find(&n.owner).ok().filter(|c| {
+                        self.runtime.state(&c.id).is_ok_and(|s| {
+                            matches!(
+                                s.status,
+                                runtime::Status::Running
+                                    | runtime::Status::Paused
+                                    | runtime::Status::Created
+                            )
+                        })
+                    });
+                    match live {
+                        Some(c) if lock(&c.rec).state.net.is_none() => {
+                            let _ = self.update(&c, |r| r.state.net = Some(n));
+                        }
+                        _ => {
+                            self.release_ports(&n.owner);
+                            self.net_down(&n.owner, &n)
+                        }
+                    }
+                }
                 None => {
                     let _ = crate::sandbox::unpin(&dir);
                 }
@@ -1702,15 +1779,25 @@ impl Engine {
     }
 
     /// Serves 127.0.0.11 in the container's network namespace.
-    fn start_dns(self: &Arc<Self>, id: &str, netns: &Path) -> Result<()> {
+    fn start_dns(self: &Arc<Self>, rec: &Record, netns: &Path) -> Result<()> {
         let weak = Arc::downgrade(self);
-        let me = id.to_string();
+        let me = rec.id.clone();
         let lookup: crate::dns::Lookup =
             Arc::new(move |name: &str| weak.upgrade().and_then(|e| e.resolve(&me, name)));
-        let server =
-            crate::dns::Server::start(&netns.join("net"), lookup, crate::dns::host_resolvers())
-                .map_err(|e| internal(format!("starting the embedded DNS server: {e}")))?;
-        lock(&self.dns).insert(id.to_string(), server);
+        // A container only on internal networks gets no way out through its resolver.
+        let outside = rec
+            .config
+            .networks
+            .iter()
+            .any(|n| self.networks.get(&n.name).is_ok_and(|net| !net.internal));
+        let upstream = if outside {
+            crate::dns::host_resolvers()
+        } else {
+            Vec::new()
+        };
+        let server = crate::dns::Server::start(&netns.join("net"), lookup, upstream)
+            .map_err(|e| internal(format!("starting the embedded DNS server: {e}")))?;
+        lock(&self.dns).insert(rec.id.clone(), server);
         Ok(())
     }
 
@@ -2074,6 +2161,7 @@ impl Engine {
         })?;
         let _ = self.runtime.delete(&rec.id, true);
         let rec = lock(&ctr.rec).clone();
+        lock(&self.dns).remove(&rec.id);
         if let Some(n) = &rec.state.net {
             self.net_down(&rec.id, n);
         }
@@ -2966,7 +3054,7 @@ impl Engine {
     /// `network connect`: configures the container on the network, and attaches it at once
     /// when it runs.
     pub fn network_connect(
-        &self,
+        self: &Arc<Self>,
         network: &str,
         container: &str,
         ep: EndpointRequest,
@@ -2992,6 +3080,14 @@ impl Engine {
                 "network-scoped aliases and user specified IP addresses are supported only on user defined networks".into(),
             ));
         }
+        if let Some(ip) = &ep.ip {
+            if !crate::network::contains(&net.subnet, ip) {
+                return Err(EngineError::Invalid(format!(
+                    "invalid IP {ip}: not in network {}'s subnet {}",
+                    net.name, net.subnet
+                )));
+            }
+        }
         let req = EndpointRequest {
             name: net.name.clone(),
             ..ep
@@ -3007,7 +3103,8 @@ impl Engine {
                 .filter_map(|e| e.ifname.strip_prefix("eth")?.parse::<usize>().ok())
                 .max()
                 .map_or(0, |m| m + 1);
-            let list = self.networks.conflist(&net, false).map_err(internal)?;
+            let conf = net.conflist(&self.networks.ipam_dir, false);
+            let list = cni::ConfList::parse(&conf).map_err(internal)?;
             let mut plain = run.clone();
             plain.ports.clear();
             let att = plain.attachment(index, req.ip.as_deref());
@@ -3026,6 +3123,7 @@ impl Engine {
                 mac: cni::mac(&result, &att.ifname).unwrap_or_default(),
                 aliases: req.aliases.clone(),
                 with_ports: false,
+                conf,
                 result,
             });
         }
@@ -3036,6 +3134,13 @@ impl Engine {
                 let _ = n.save();
             }
         })?;
+        if let (true, Some(n)) = (self.uses_dns(&rec), &rec.state.net) {
+            if !lock(&self.dns).contains_key(&rec.id) {
+                if let Err(e) = self.start_dns(&rec, &n.dir) {
+                    eprintln!("berth daemon: container {}: {e}", rec.name);
+                }
+            }
+        }
         self.events.emit(
             "network",
             "connect",
@@ -3123,23 +3228,23 @@ impl Engine {
                 "published ports need a network".into(),
             ));
         }
+        let owner = format!("sandbox:{name}");
         let mut ports = ports;
-        for m in ports.iter_mut() {
-            crate::network::claim_port(m).map_err(EngineError::Conflict)?;
+        self.reserve_ports(&owner, &mut ports)?;
+        let made = self.sandboxes.create(name, hostname);
+        if made.is_err() {
+            self.release_ports(&owner);
         }
-        let mut s = self
-            .sandboxes
-            .create(name, hostname)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => EngineError::Conflict(e.to_string()),
-                std::io::ErrorKind::InvalidInput => EngineError::Invalid(e.to_string()),
-                _ => internal(e),
-            })?;
+        let mut s = made.map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => EngineError::Conflict(e.to_string()),
+            std::io::ErrorKind::InvalidInput => EngineError::Invalid(e.to_string()),
+            _ => internal(e),
+        })?;
         if !networks.is_empty() {
             let mut n = RunNet {
                 dir: s.path.clone(),
                 cni_id: format!("sandbox-{name}"),
-                owner: format!("sandbox:{name}"),
+                owner: owner.clone(),
                 endpoints: Vec::new(),
                 ports,
             };
@@ -3149,6 +3254,7 @@ impl Engine {
                 .collect();
             if let Err(e) = self.attach_all(&mut n, &requests) {
                 let _ = self.sandboxes.remove(name);
+                self.release_ports(&owner);
                 return Err(e);
             }
             s.net = Some(serde_json::to_value(&n).map_err(internal)?);

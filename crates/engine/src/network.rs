@@ -174,6 +174,8 @@ pub struct Networks {
     /// This engine's chains: isolation (mangle, two stages), masquerading (nat), forwarding
     /// (filter).
     chains: [String; 4],
+    /// Serialises rebuilds of the chains.
+    rebuilding: std::sync::Mutex<()>,
 }
 
 /// The default network's bridge and subnet (`berth daemon --bridge-name --bridge-subnet`).
@@ -221,9 +223,17 @@ fn run(cmd: &str, args: &[&str]) -> io::Result<std::process::Output> {
 
 impl Networks {
     /// Opens `<root>/networks`, creating the default network the first time.
-    pub fn open(root: &Path, firewall: bool, default: &DefaultBridge) -> io::Result<Networks> {
+    /// `ipam_dir` holds host-local's leases: it belongs with the namespaces (the exec root,
+    /// cleared by a reboot), so that no lease outlives its namespace.
+    pub fn open(
+        root: &Path,
+        ipam_dir: &Path,
+        firewall: bool,
+        default: &DefaultBridge,
+    ) -> io::Result<Networks> {
         let dir = root.join("networks");
-        let ipam_dir = dir.join("ipam");
+        let ipam_dir = ipam_dir.to_path_buf();
+        fs::create_dir_all(&dir)?;
         fs::create_dir_all(&ipam_dir)?;
         // Each engine's isolation chains are its own (several daemons may share a host).
         let tag = fsutil::short_hash(&root.display().to_string());
@@ -232,6 +242,7 @@ impl Networks {
             ipam_dir,
             cni: cni::Cni::default(),
             firewall,
+            rebuilding: std::sync::Mutex::new(()),
             chains: [
                 format!("BERTH-ISO1-{tag}"),
                 format!("BERTH-ISO2-{tag}"),
@@ -408,6 +419,8 @@ impl Networks {
         if !self.firewall {
             return;
         }
+        // One rebuild at a time.
+        let _one = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
         let nets = self.list();
         let ipt = |args: &[&str]| {
             let _ = run(
@@ -481,8 +494,20 @@ impl Networks {
             if !n.internal {
                 natt(&["-A", nat, "-s", &n.subnet, "!", "-o", b, "-j", "MASQUERADE"]);
             }
+            // Out of the bridge: anything; into it: replies and published (DNAT) ports only.
             filt(&["-A", fwd, "-i", b, "-j", "ACCEPT"]);
-            filt(&["-A", fwd, "-o", b, "-j", "ACCEPT"]);
+            filt(&[
+                "-A",
+                fwd,
+                "-o",
+                b,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED,DNAT",
+                "-j",
+                "ACCEPT",
+            ]);
         }
     }
 
@@ -589,7 +614,7 @@ pub fn parse_publish(s: &str) -> Result<Vec<PortMapping>, String> {
         Some(ports(host)?)
     };
     if let Some((h0, h1)) = host_range {
-        if h1 - h0 != c1 - c0 && h0 != h1 {
+        if h1 - h0 != c1 - c0 {
             return Err(format!(
                 "invalid publish spec {s:?}: host and container port ranges differ in size"
             ));
@@ -600,7 +625,6 @@ pub fn parse_publish(s: &str) -> Result<Vec<PortMapping>, String> {
         .map(|(i, c)| PortMapping {
             host_port: match host_range {
                 None => 0,
-                Some((h0, h1)) if h0 == h1 => h0,
                 Some((h0, _)) => h0 + i as u16,
             },
             container_port: c,
@@ -694,7 +718,13 @@ mod tests {
     #[test]
     fn networks_allocate_subnets_refuse_overlaps_and_make_conflists() {
         let root = tempfile::tempdir().unwrap();
-        let nets = Networks::open(root.path(), false, &DefaultBridge::default()).unwrap();
+        let nets = Networks::open(
+            root.path(),
+            &root.path().join("ipam"),
+            false,
+            &DefaultBridge::default(),
+        )
+        .unwrap();
         assert_eq!(nets.list()[0].bridge, DEFAULT_BRIDGE);
         // Isolation rules need iptables; these checks are about the records.
         let a = nets
