@@ -1373,6 +1373,24 @@ pub fn inspect(c: &Client, a: &InspectArgs) -> Result<i32> {
     Ok(code)
 }
 
+/// `volume inspect`, `network inspect`: each named object of `kind`; a missing one is an
+/// error on stderr and exit status 1, the others are still shown.
+fn inspect_each(c: &Client, kind: &str, names: &[String], format: Option<&str>) -> Result<i32> {
+    let mut docs = Vec::new();
+    let mut code = 0;
+    for n in names {
+        match c.json("GET", &format!("/{kind}/{}", path_id(n)), None) {
+            Ok(d) => docs.push(d),
+            Err(e) => {
+                eprintln!("{e}");
+                code = 1;
+            }
+        }
+    }
+    print_docs(&docs, format)?;
+    Ok(code)
+}
+
 /// Prints inspect documents as a JSON array, or each through a template.
 pub fn print_docs(docs: &[Value], format: Option<&str>) -> Result<()> {
     let mut out = std::io::stdout().lock();
@@ -1927,19 +1945,7 @@ pub fn volume(c: &Client, cmd: &VolumeCmd) -> Result<i32> {
             Ok(0)
         }
         VolumeCmd::Inspect { format, names } => {
-            let mut docs = Vec::new();
-            let mut code = 0;
-            for n in names {
-                match c.json("GET", &format!("/volumes/{}", path_id(n)), None) {
-                    Ok(d) => docs.push(d),
-                    Err(e) => {
-                        eprintln!("{e}");
-                        code = 1;
-                    }
-                }
-            }
-            print_docs(&docs, format.as_deref())?;
-            Ok(code)
+            inspect_each(c, "volumes", names, format.as_deref())
         }
         VolumeCmd::Rm { force, names } => each(names, |n| {
             c.call(
@@ -2296,19 +2302,7 @@ pub fn network(c: &Client, cmd: &NetworkCmd) -> Result<i32> {
             Ok(0)
         }
         NetworkCmd::Inspect { format, names } => {
-            let mut docs = Vec::new();
-            let mut code = 0;
-            for n in names {
-                match c.json("GET", &format!("/networks/{}", path_id(n)), None) {
-                    Ok(d) => docs.push(d),
-                    Err(e) => {
-                        eprintln!("{e}");
-                        code = 1;
-                    }
-                }
-            }
-            print_docs(&docs, format.as_deref())?;
-            Ok(code)
+            inspect_each(c, "networks", names, format.as_deref())
         }
         NetworkCmd::Rm { names } => each(names, |n| {
             c.call(

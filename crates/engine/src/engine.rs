@@ -990,19 +990,7 @@ impl Engine {
                         net.name
                     )));
                 }
-                if net.is_default() && (!ep.aliases.is_empty() || ep.ip.is_some()) {
-                    return Err(EngineError::Invalid(
-                        "network-scoped aliases and user specified IP addresses are supported only on user defined networks".into(),
-                    ));
-                }
-                if let Some(ip) = &ep.ip {
-                    if !crate::network::contains(&net.subnet, ip) {
-                        return Err(EngineError::Invalid(format!(
-                            "invalid --ip {ip}: not in network {}'s subnet {}",
-                            net.name, net.subnet
-                        )));
-                    }
-                }
+                check_endpoint(&net, ep)?;
             }
             if let Some(s) = &req.sandbox {
                 if run.network != Network::None || run.ipc != Ipc::Private {
@@ -3075,19 +3063,7 @@ impl Engine {
                 rec.name, net.name
             )));
         }
-        if net.is_default() && (!ep.aliases.is_empty() || ep.ip.is_some()) {
-            return Err(EngineError::Invalid(
-                "network-scoped aliases and user specified IP addresses are supported only on user defined networks".into(),
-            ));
-        }
-        if let Some(ip) = &ep.ip {
-            if !crate::network::contains(&net.subnet, ip) {
-                return Err(EngineError::Invalid(format!(
-                    "invalid IP {ip}: not in network {}'s subnet {}",
-                    net.name, net.subnet
-                )));
-            }
-        }
+        check_endpoint(&net, &ep)?;
         let req = EndpointRequest {
             name: net.name.clone(),
             ..ep
@@ -3449,6 +3425,25 @@ fn demux_to_string(mut s: UnixStream, max: usize) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What an attachment may ask of a network: aliases and a fixed address only on a
+/// user-defined one, the address inside its subnet.
+fn check_endpoint(net: &crate::network::Network, ep: &EndpointRequest) -> Result<()> {
+    if net.is_default() && (!ep.aliases.is_empty() || ep.ip.is_some()) {
+        return Err(EngineError::Invalid(
+            "network-scoped aliases and user specified IP addresses are supported only on user defined networks".into(),
+        ));
+    }
+    if let Some(ip) = &ep.ip {
+        if !crate::network::contains(&net.subnet, ip) {
+            return Err(EngineError::Invalid(format!(
+                "invalid --ip {ip}: not in network {}'s subnet {}",
+                net.name, net.subnet
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn command_error(msg: String) -> EngineError {
