@@ -6,6 +6,7 @@
 //! line exactly — what containerd, conmon/podman and dockerd expect to call — and
 //! `berth-runtime create …` is `berth runtime create …`.
 
+mod build_cmd;
 mod container_cmd;
 mod daemon;
 mod image_cmd;
@@ -37,6 +38,8 @@ struct Cli {
 enum Command {
     /// Run the daemon (the engine behind the API).
     Daemon(daemon::DaemonArgs),
+    /// Check a Dockerfile (building images from it comes next).
+    Build(build_cmd::BuildArgs),
     /// Create and run a new container from an image.
     #[command(disable_help_flag = true)]
     Run(cc::RunArgs),
@@ -222,6 +225,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         |cmd: image_cmd::ImageCmd| -> Result<i32> { image_cmd::main(&c()?, cmd).map(|()| 0) };
     match cli.command {
         Command::Daemon(a) => daemon::run(&a),
+        Command::Build(a) => build_cmd::run(&a),
         Command::Run(a) => cc::run(&c()?, &a),
         Command::Create(a) => cc::create_cmd(&c()?, &a),
         Command::Start(a) => cc::start(&c()?, &a),
