@@ -22,8 +22,12 @@ pub struct BuildArgs {
 /// when there is any, as `docker build --check`.
 pub fn run(a: &BuildArgs) -> Result<i32> {
     let _ = a.check;
-    let file = a.file.clone().unwrap_or_else(|| a.context.join("Dockerfile"));
-    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let file = a
+        .file
+        .clone()
+        .unwrap_or_else(|| a.context.join("Dockerfile"));
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let (_, problems) = build::lint::check(&text);
     for p in &problems {
         println!(

@@ -14,13 +14,20 @@ fn check(name: &str) -> (i32, String) {
         .arg(&dir)
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
 fn a_dockerfile_using_every_instruction_checks_clean() {
     let (code, out) = check("good.Dockerfile");
-    assert_eq!((code, out.trim()), (0, "Check complete, no warnings found."), "{out}");
+    assert_eq!(
+        (code, out.trim()),
+        (0, "Check complete, no warnings found."),
+        "{out}"
+    );
 }
 
 #[test]
@@ -39,8 +46,17 @@ fn every_problem_is_reported_with_its_place() {
         ":9:7: error: SHELL requires the arguments to be in JSON form",
     ];
     for e in expect {
-        assert!(lines.iter().any(|l| l.contains(e)), "missing {e:?} in:\n{out}");
+        assert!(
+            lines.iter().any(|l| l.contains(e)),
+            "missing {e:?} in:\n{out}"
+        );
     }
     assert!(out.contains("bad.Dockerfile:"));
-    assert!(lines.last().unwrap().starts_with("Check complete, 6 error(s) and 2 warning(s)"), "{out}");
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with("Check complete, 6 error(s) and 2 warning(s)"),
+        "{out}"
+    );
 }

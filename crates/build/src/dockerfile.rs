@@ -43,19 +43,29 @@ pub struct Problem {
 }
 
 impl Problem {
+    fn new(
+        line: usize,
+        column: usize,
+        rule: &'static str,
+        message: String,
+        error: bool,
+    ) -> Problem {
+        Problem {
+            line,
+            column,
+            rule,
+            message,
+            error,
+        }
+    }
+
     pub(crate) fn error(
         line: usize,
         column: usize,
         rule: &'static str,
         message: impl Into<String>,
     ) -> Problem {
-        Problem {
-            line,
-            column,
-            rule,
-            message: message.into(),
-            error: true,
-        }
+        Problem::new(line, column, rule, message.into(), true)
     }
 
     pub(crate) fn warning(
@@ -64,13 +74,7 @@ impl Problem {
         rule: &'static str,
         message: impl Into<String>,
     ) -> Problem {
-        Problem {
-            line,
-            column,
-            rule,
-            message: message.into(),
-            error: false,
-        }
+        Problem::new(line, column, rule, message.into(), false)
     }
 }
 
