@@ -419,96 +419,92 @@ impl Networks {
         if !self.firewall {
             return;
         }
-        // One rebuild at a time.
+        // One rebuild at a time; each table's chains are replaced in one transaction
+        // (iptables-restore --noflush: a declared chain is emptied and refilled atomically,
+        // the rest of the table is left alone), so isolation never has a gap.
         let _one = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
-        let nets = self.list();
-        let ipt = |args: &[&str]| {
-            let _ = run(
+        for (table, rules) in self.ruleset(&self.list()) {
+            let applied = Command::new("iptables-restore")
+                .args(["-w", "5", "--noflush"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .and_then(|mut c| {
+                    use std::io::Write;
+                    if let Some(mut i) = c.stdin.take() {
+                        i.write_all(rules.as_bytes())?;
+                    }
+                    c.wait_with_output()
+                });
+            match applied {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => eprintln!(
+                    "berth daemon: iptables-restore ({table}): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => eprintln!("berth daemon: iptables-restore ({table}): {e}"),
+            }
+        }
+        // The jumps into the chains, once, first in their hooks.
+        for (table, hook, chain) in [
+            ("mangle", "FORWARD", &self.chains[0]),
+            ("nat", "POSTROUTING", &self.chains[2]),
+            ("filter", "FORWARD", &self.chains[3]),
+        ] {
+            let present = run(
                 "iptables",
-                &["-w", "5", "-t", "mangle"]
-                    .iter()
-                    .chain(args)
-                    .copied()
-                    .collect::<Vec<_>>(),
-            );
-        };
-        let [c1, c2] = [self.chains[0].as_str(), self.chains[1].as_str()];
-        for chain in [c1, c2] {
-            ipt(&["-N", chain]);
-            ipt(&["-F", chain]);
-        }
-        // Jump from FORWARD once, first.
-        if run(
-            "iptables",
-            &["-w", "5", "-t", "mangle", "-C", "FORWARD", "-j", c1],
-        )
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-        {
-            ipt(&["-I", "FORWARD", "1", "-j", c1]);
-        }
-        for n in &nets {
-            let b = n.bridge.as_str();
-            if n.internal {
-                ipt(&["-A", c1, "-i", b, "!", "-o", b, "-j", "DROP"]);
-                ipt(&["-A", c1, "!", "-i", b, "-o", b, "-j", "DROP"]);
-            }
-            ipt(&["-A", c1, "-i", b, "!", "-o", b, "-j", c2]);
-            ipt(&["-A", c2, "-o", b, "-j", "DROP"]);
-        }
-        ipt(&["-A", c1, "-j", "RETURN"]);
-        ipt(&["-A", c2, "-j", "RETURN"]);
-        // Per network, once: masquerading out of a non-internal network, and forwarding
-        // to and from its bridge accepted (hosts with a DROP policy, as Docker leaves them).
-        let (nat, fwd) = (self.chains[2].as_str(), self.chains[3].as_str());
-        let table = |t: &'static str| {
-            move |args: &[&str]| {
-                let _ = run(
-                    "iptables",
-                    &["-w", "5", "-t", t]
-                        .iter()
-                        .chain(args)
-                        .copied()
-                        .collect::<Vec<_>>(),
-                );
-            }
-        };
-        let (natt, filt) = (table("nat"), table("filter"));
-        natt(&["-N", nat]);
-        natt(&["-F", nat]);
-        filt(&["-N", fwd]);
-        filt(&["-F", fwd]);
-        for (t, hook, chain) in [("nat", "POSTROUTING", nat), ("filter", "FORWARD", fwd)] {
-            let present = run("iptables", &["-w", "5", "-t", t, "-C", hook, "-j", chain])
-                .map(|o| o.status.success())
-                .unwrap_or(false);
+                &["-w", "5", "-t", table, "-C", hook, "-j", chain],
+            )
+            .map(|o| o.status.success())
+            .unwrap_or(false);
             if !present {
                 let _ = run(
                     "iptables",
-                    &["-w", "5", "-t", t, "-I", hook, "1", "-j", chain],
+                    &["-w", "5", "-t", table, "-I", hook, "1", "-j", chain],
                 );
             }
         }
-        for n in &nets {
-            let b = n.bridge.as_str();
-            if !n.internal {
-                natt(&["-A", nat, "-s", &n.subnet, "!", "-o", b, "-j", "MASQUERADE"]);
+    }
+
+    /// The engine's chains for `nets`, per table, in iptables-restore's format:
+    /// - mangle: Docker's two-stage isolation (traffic leaving one berth bridge for another
+    ///   is dropped; an internal network's bridge talks only to itself);
+    /// - nat: masquerading out of each non-internal network;
+    /// - filter: forwarding out of a bridge accepted, into it only replies and published
+    ///   (DNAT) ports (hosts with a DROP policy, as Docker leaves them).
+    pub fn ruleset(&self, nets: &[Network]) -> Vec<(&'static str, String)> {
+        let [c1, c2, nat, fwd] = [
+            &self.chains[0],
+            &self.chains[1],
+            &self.chains[2],
+            &self.chains[3],
+        ];
+        let mut mangle = format!("*mangle\n:{c1} - [0:0]\n:{c2} - [0:0]\n");
+        let mut natr = format!("*nat\n:{nat} - [0:0]\n");
+        let mut filter = format!("*filter\n:{fwd} - [0:0]\n");
+        for n in nets {
+            let b = &n.bridge;
+            if n.internal {
+                mangle.push_str(&format!("-A {c1} -i {b} ! -o {b} -j DROP\n"));
+                mangle.push_str(&format!("-A {c1} ! -i {b} -o {b} -j DROP\n"));
+            } else {
+                natr.push_str(&format!(
+                    "-A {nat} -s {} ! -o {b} -j MASQUERADE\n",
+                    n.subnet
+                ));
             }
-            // Out of the bridge: anything; into it: replies and published (DNAT) ports only.
-            filt(&["-A", fwd, "-i", b, "-j", "ACCEPT"]);
-            filt(&[
-                "-A",
-                fwd,
-                "-o",
-                b,
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "RELATED,ESTABLISHED,DNAT",
-                "-j",
-                "ACCEPT",
-            ]);
+            mangle.push_str(&format!("-A {c1} -i {b} ! -o {b} -j {c2}\n"));
+            mangle.push_str(&format!("-A {c2} -o {b} -j DROP\n"));
+            filter.push_str(&format!("-A {fwd} -i {b} -j ACCEPT\n"));
+            filter.push_str(&format!(
+                "-A {fwd} -o {b} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT -j ACCEPT\n"
+            ));
         }
+        mangle.push_str(&format!("-A {c1} -j RETURN\n-A {c2} -j RETURN\nCOMMIT\n"));
+        natr.push_str("COMMIT\n");
+        filter.push_str("COMMIT\n");
+        vec![("mangle", mangle), ("nat", natr), ("filter", filter)]
     }
 
     /// Undoes what this engine set up on the host: its four chains and their jumps, and the
@@ -779,6 +775,25 @@ mod tests {
             "internal: no default route"
         );
         assert_eq!(nets.get(&a.id[..8]).unwrap().name, "front");
+        // The firewall rules, as iptables-restore takes them.
+        let rules = nets.ruleset(&nets.list());
+        let mangle = &rules[0].1;
+        assert!(mangle.starts_with("*mangle\n:BERTH-ISO1-") && mangle.ends_with("COMMIT\n"));
+        assert!(
+            mangle.contains(&format!("-i {0} ! -o {0} -j DROP", b.bridge)),
+            "internal: {mangle}"
+        );
+        assert!(mangle.contains(&format!("-A {} -o {} -j DROP", nets.chains[1], a.bridge)));
+        assert!(rules[1]
+            .1
+            .contains(&format!("-s {} ! -o {} -j MASQUERADE", a.subnet, a.bridge)));
+        assert!(
+            !rules[1].1.contains(&b.subnet),
+            "no masquerading out of an internal network"
+        );
+        assert!(rules[2]
+            .1
+            .contains("--ctstate RELATED,ESTABLISHED,DNAT -j ACCEPT"));
         assert!(nets.remove(&nets.get("bridge").unwrap()).is_err());
         nets.remove(&a).unwrap();
         assert!(matches!(nets.get("front"), Err(NetworkError::NotFound(_))));
