@@ -703,54 +703,110 @@ impl Images {
         let base = self.resolve(&base_id.to_string())?;
         let mut config = self.config(&base)?;
         let upper = self.snapshots.container_upper(container)?;
-        // The layer streams from the diff (on a thread) through gzip into the store.
-        let (reader, writer) = io::pipe().map_err(io_err("creating a pipe for", &upper))?;
-        let walker = {
-            let upper = upper.clone();
-            std::thread::spawn(move || -> Result<Digest, ImageError> {
-                let mut gz = flate2::write::GzEncoder::new(writer, flate2::Compression::fast());
-                let (diff_id, _) = layer::diff(&upper, &mut gz)?;
-                gz.finish().map_err(io_err("compressing", &upper))?;
-                Ok(diff_id)
-            })
-        };
-        let stored = self.store.write(None, reader);
-        let walked = walker
-            .join()
-            .map_err(|_| ImageError::Invalid("the layer writer panicked".into()))
-            .and_then(|r| r);
-        let (blob, _) = stored?;
-        // A failed walk still ends the gzip stream cleanly: that blob is not the layer.
-        let diff_id = walked
-            .inspect_err(|_| self.forget_unreferenced(std::slice::from_ref(&blob), &[], &lease))?;
         if !config["config"].is_object() {
             config["config"] = json!({});
         }
         for c in changes {
             apply_change(&mut config["config"], c)?;
         }
+        drop(lease);
+        self.derive(
+            Some(&base),
+            config,
+            Some(&upper),
+            "berth commit",
+            message,
+            tag,
+        )
+    }
+
+    /// The config of an image with nothing in it (`FROM scratch`).
+    pub fn scratch_config() -> Value {
+        json!({
+            "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            "os": "linux",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "history": [],
+        })
+    }
+
+    /// A new image on top of `base` (`None`: from scratch) with `config` (the caller's edit
+    /// of the base's config document), one more layer made from `layer` (an overlay upper
+    /// directory, whiteouts included) or none, and one more history entry (`empty_layer`
+    /// without a layer, as docker build writes them).
+    pub fn derive(
+        &self,
+        base: Option<&ImageRecord>,
+        mut config: Value,
+        layer: Option<&Path>,
+        created_by: &str,
+        comment: &str,
+        tag: Option<&Reference>,
+    ) -> Result<ImageRecord, ImageError> {
+        let lease = self.lease(libc::LOCK_SH)?;
+        let mut new_layer = None;
+        if let Some(upper) = layer {
+            // The layer streams from the diff (on a thread) through gzip into the store.
+            let (reader, writer) = io::pipe().map_err(io_err("creating a pipe for", upper))?;
+            let walker = {
+                let upper = upper.to_path_buf();
+                std::thread::spawn(move || -> Result<Digest, ImageError> {
+                    let mut gz = flate2::write::GzEncoder::new(writer, flate2::Compression::fast());
+                    let (diff_id, _) = layer::diff(&upper, &mut gz)?;
+                    gz.finish().map_err(io_err("compressing", &upper))?;
+                    Ok(diff_id)
+                })
+            };
+            let stored = self.store.write(None, reader);
+            let walked = walker
+                .join()
+                .map_err(|_| ImageError::Invalid("the layer writer panicked".into()))
+                .and_then(|r| r);
+            let (blob, _) = stored?;
+            // A failed walk still ends the gzip stream cleanly: that blob is not the layer.
+            let diff_id = walked.inspect_err(|_| {
+                self.forget_unreferenced(std::slice::from_ref(&blob), &[], &lease)
+            })?;
+            new_layer = Some((blob, diff_id));
+        }
         let now = now();
         config["created"] = json!(now);
-        match config["rootfs"]["diff_ids"].as_array_mut() {
-            Some(ids) => ids.push(json!(diff_id.to_string())),
-            None => config["rootfs"] = json!({"type": "layers", "diff_ids": [diff_id.to_string()]}),
+        if !config["rootfs"]["diff_ids"].is_array() {
+            config["rootfs"] = json!({"type": "layers", "diff_ids": []});
         }
-        let entry = json!({"created": now, "created_by": "berth commit", "comment": message});
+        let mut entry = json!({"created": now, "created_by": created_by});
+        if !comment.is_empty() {
+            entry["comment"] = json!(comment);
+        }
+        match &new_layer {
+            Some((_, diff_id)) => {
+                if let Some(ids) = config["rootfs"]["diff_ids"].as_array_mut() {
+                    ids.push(json!(diff_id.to_string()));
+                }
+            }
+            None => entry["empty_layer"] = json!(true),
+        }
         match config["history"].as_array_mut() {
             Some(h) => h.push(entry),
             None => config["history"] = json!([entry]),
         }
-        let manifest = self.store.read(&base.manifest)?;
-        let media: Vec<String> = match model::parse_document(None, &manifest)? {
-            model::Document::Manifest(m) => m
-                .layers()
-                .iter()
-                .map(|l| l.media_type().to_string())
-                .collect(),
-            model::Document::Index(_) => Vec::new(),
-        };
-        let mut layers: Vec<(Digest, String)> = base.layers.iter().cloned().zip(media).collect();
-        layers.push((blob.clone(), MEDIA_LAYER_GZIP.to_string()));
+        let mut layers: Vec<(Digest, String)> = Vec::new();
+        if let Some(base) = base {
+            let manifest = self.store.read(&base.manifest)?;
+            let media: Vec<String> = match model::parse_document(None, &manifest)? {
+                model::Document::Manifest(m) => m
+                    .layers()
+                    .iter()
+                    .map(|l| l.media_type().to_string())
+                    .collect(),
+                model::Document::Index(_) => Vec::new(),
+            };
+            layers = base.layers.iter().cloned().zip(media).collect();
+        }
+        if let Some((blob, _)) = new_layer {
+            layers.push((blob, MEDIA_LAYER_GZIP.to_string()));
+        }
         self.finish_image(config, layers, tag, &lease)
             .map(|(record, _)| record)
     }
