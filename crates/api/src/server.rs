@@ -195,6 +195,7 @@ fn route(
     match (m, parts.as_slice()) {
         ("GET", ["version"]) => Ok(Out::Json(200, version())),
         ("GET", ["info"]) => Ok(Out::Json(200, engine.info())),
+        ("POST", ["build"]) => build(engine, head, body, w),
         ("GET", ["system", "df"]) => Ok(Out::Json(200, engine.disk_usage())),
         ("POST", ["system", "prune"]) => system_prune(engine, head),
         ("GET", ["events"]) => events(engine, head, w),
@@ -457,6 +458,74 @@ fn route(
             None,
         )),
     }
+}
+
+/// `POST /build`: the body is a tar of the context; the answer streams JSON lines
+/// (`{"stream"}` progress, then `{"aux": {"ID"}}` or `{"error"}`).
+fn build(engine: &Arc<Engine>, head: &Head, body: &mut impl Read, w: &mut UnixStream) -> Reply {
+    let list = |k: &str| head.query.get(k).cloned().unwrap_or_default();
+    let kv = |k: &str| -> Result<BTreeMap<String, String>, Fail> {
+        list(k)
+            .into_iter()
+            .map(|p| {
+                p.split_once('=')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| bad(format!("{k}: expected KEY=VALUE, got {p:?}")))
+            })
+            .collect()
+    };
+    let build_args = kv("buildarg")?;
+    let labels = kv("label")?;
+    let dockerfile = head
+        .q("f")
+        .filter(|f| !f.is_empty())
+        .unwrap_or("Dockerfile")
+        .to_string();
+    let dir = engine
+        .data_root()
+        .join("builder")
+        .join(format!("context-{}", engine::fsutil::random_hex(8)));
+    std::fs::create_dir_all(&dir).map_err(|e| Fail(500, e.to_string(), None))?;
+    let result = (|| -> Result<String, Fail> {
+        image::layer::apply(body, image::Compression::None, &dir)
+            .map_err(|e| bad(format!("reading the build context: {e}")))?;
+        let text = std::fs::read_to_string(dir.join(engine::builder::clean_rel(&dockerfile)))
+            .map_err(|e| bad(format!("reading {dockerfile} from the context: {e}")))?;
+        Ok(text)
+    })();
+    let text = match result {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
+    http::respond_stream_head(w, 200, "application/json")
+        .map_err(|e| Fail(500, e.to_string(), None))?;
+    let mut out = Chunked(w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?);
+    let opts = engine::builder::BuildOptions {
+        dockerfile: text,
+        tags: list("t"),
+        build_args,
+        target: head.q("target").filter(|t| !t.is_empty()).map(String::from),
+        no_cache: head.flag("nocache"),
+        labels,
+    };
+    let mut send = |v: Value| {
+        let mut line = serde_json::to_vec(&v).unwrap_or_default();
+        line.push(b'\n');
+        let _ = out.write_all(&line);
+    };
+    let r = engine.build(&dir, &opts, &mut |line| {
+        send(json!({"stream": format!("{line}\n")}))
+    });
+    match r {
+        Ok(id) => send(json!({"aux": {"ID": id}})),
+        Err(e) => send(json!({"error": e.to_string()})),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = out.finish();
+    Ok(Out::Done)
 }
 
 pub(crate) fn version() -> Value {

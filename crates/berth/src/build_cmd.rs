@@ -1,34 +1,150 @@
-//! `berth build`: so far its `--check` (parse and lint the Dockerfile, no build).
+//! `berth build`: the context (through its .dockerignore) sent to the daemon as a tar, the
+//! progress printed; and `--check` (parse and lint the Dockerfile only, no build).
 
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
+use api::client::{Client, Send};
+use api::http::encode;
 use clap::Args;
+
+use crate::util::Failure;
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
-    /// Parse and lint the Dockerfile only, reporting every problem (building images is not in
-    /// this version yet, so the flag is required).
-    #[arg(long, required = true)]
+    /// Parse and lint the Dockerfile only, reporting every problem.
+    #[arg(long)]
     check: bool,
     /// The Dockerfile (default: CONTEXT/Dockerfile).
     #[arg(short = 'f', long = "file")]
     file: Option<PathBuf>,
+    /// Name and optionally a tag (name:tag); repeatable.
+    #[arg(short = 't', long = "tag")]
+    tag: Vec<String>,
+    /// Set build-time variables.
+    #[arg(long = "build-arg")]
+    build_arg: Vec<String>,
+    /// Set the target build stage to build.
+    #[arg(long)]
+    target: Option<String>,
+    /// Do not use cache when building the image.
+    #[arg(long = "no-cache")]
+    no_cache: bool,
+    /// Set metadata for an image.
+    #[arg(long = "label")]
+    label: Vec<String>,
+    /// Write the image ID to the file.
+    #[arg(long)]
+    iidfile: Option<PathBuf>,
+    /// Suppress the build output and print image ID on success.
+    #[arg(short = 'q', long)]
+    quiet: bool,
     /// The build context.
     context: PathBuf,
 }
 
-/// Prints `file:line:column: error|warning: message (Rule)` for each problem; exit status 1
-/// when there is any, as `docker build --check`.
-pub fn run(a: &BuildArgs) -> Result<i32> {
-    let _ = a.check;
+pub fn run(c: Option<&Client>, a: &BuildArgs) -> Result<i32> {
     let file = a
         .file
         .clone()
         .unwrap_or_else(|| a.context.join("Dockerfile"));
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let (_, problems) = build::lint::check(&text);
+    if a.check {
+        return check(&file, &text);
+    }
+    let c = c.ok_or_else(|| anyhow!("no daemon to build with"))?;
+    // The context as a tar: what .dockerignore leaves, and the Dockerfile (under a name of
+    // its own when it lives outside the context).
+    let ctx =
+        build::context::Context::open(&a.context, a.file.as_deref()).map_err(|e| anyhow!("{e}"))?;
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    for p in ctx.paths().map_err(|e| anyhow!("{e}"))? {
+        let full = a.context.join(&p);
+        let md = std::fs::symlink_metadata(&full)?;
+        if md.is_dir() {
+            let mut h = tar::Header::new_gnu();
+            h.set_metadata(&md);
+            h.set_size(0);
+            tar.append_data(&mut h, &p, std::io::empty())?;
+        } else {
+            tar.append_path_with_name(&full, &p)?;
+        }
+    }
+    let dockerfile_name = ".berth-build.Dockerfile";
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o600);
+    h.set_size(text.len() as u64);
+    tar.append_data(&mut h, dockerfile_name, text.as_bytes())?;
+    let bytes = tar.into_inner()?;
+    let mut target = format!(
+        "/build?f={dockerfile_name}&nocache={}",
+        u8::from(a.no_cache)
+    );
+    for t in &a.tag {
+        target.push_str(&format!("&t={}", encode(t)));
+    }
+    for b in &a.build_arg {
+        let b = if b.contains('=') {
+            b.clone()
+        } else {
+            format!("{b}={}", std::env::var(b).unwrap_or_default())
+        };
+        target.push_str(&format!("&buildarg={}", encode(&b)));
+    }
+    for l in &a.label {
+        target.push_str(&format!("&label={}", encode(l)));
+    }
+    if let Some(t) = &a.target {
+        target.push_str(&format!("&target={}", encode(t)));
+    }
+    let mut reader = std::io::Cursor::new(bytes);
+    let resp = c
+        .call(
+            "POST",
+            &target,
+            Send::Stream(&mut reader, "application/x-tar"),
+        )
+        .map_err(|e| Failure::new(1, e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    for line in std::io::BufReader::new(resp).lines() {
+        let line = line?;
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if let Some(s) = v["stream"].as_str() {
+            if !a.quiet {
+                write!(out, "{s}")?;
+                out.flush()?;
+            }
+        } else if let Some(id) = v["aux"]["ID"].as_str() {
+            if a.quiet {
+                writeln!(out, "{id}")?;
+            } else {
+                writeln!(
+                    out,
+                    "Successfully built {}",
+                    &id.trim_start_matches("sha256:")[..12]
+                )?;
+                for t in &a.tag {
+                    writeln!(out, "Successfully tagged {t}")?;
+                }
+            }
+            if let Some(f) = &a.iidfile {
+                std::fs::write(f, id).with_context(|| format!("writing {}", f.display()))?;
+            }
+            return Ok(0);
+        } else if let Some(e) = v["error"].as_str() {
+            bail!(Failure::new(1, e.to_string()));
+        }
+    }
+    bail!(Failure::new(1, "the build ended without a result"))
+}
+
+/// Prints `file:line:column: error|warning: message (Rule)` for each problem; exit status 1
+/// when there is any, as `docker build --check`.
+fn check(file: &std::path::Path, text: &str) -> Result<i32> {
+    let (_, problems) = build::lint::check(text);
     for p in &problems {
         println!(
             "{}:{}:{}: {}: {} ({})",

@@ -38,7 +38,7 @@ struct Cli {
 enum Command {
     /// Run the daemon (the engine behind the API).
     Daemon(daemon::DaemonArgs),
-    /// Check a Dockerfile (building images from it comes next).
+    /// Build an image from a Dockerfile (or check one with --check).
     Build(build_cmd::BuildArgs),
     /// Create and run a new container from an image.
     #[command(disable_help_flag = true)]
@@ -127,6 +127,12 @@ enum Command {
     Images(image_cmd::ListArgs),
     /// Give an image another name.
     Tag { source: String, target: String },
+    /// Show how an image was made.
+    History {
+        #[arg(long = "no-trunc")]
+        no_trunc: bool,
+        name: String,
+    },
     /// Write images to a tar archive.
     Save {
         #[arg(long, short = 'o')]
@@ -225,7 +231,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         |cmd: image_cmd::ImageCmd| -> Result<i32> { image_cmd::main(&c()?, cmd).map(|()| 0) };
     match cli.command {
         Command::Daemon(a) => daemon::run(&a),
-        Command::Build(a) => build_cmd::run(&a),
+        Command::Build(a) => build_cmd::run(c().ok().as_ref(), &a),
         Command::Run(a) => cc::run(&c()?, &a),
         Command::Create(a) => cc::create_cmd(&c()?, &a),
         Command::Start(a) => cc::start(&c()?, &a),
@@ -352,6 +358,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Image(cmd) => image(cmd),
         Command::Images(args) => image(image_cmd::ImageCmd::Ls(args)),
         Command::Tag { source, target } => image(image_cmd::ImageCmd::Tag { source, target }),
+        Command::History { no_trunc, name } => {
+            image(image_cmd::ImageCmd::History { no_trunc, name })
+        }
         Command::Save {
             output,
             format,

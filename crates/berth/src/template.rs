@@ -47,6 +47,13 @@ fn action(expr: &str, v: &Value) -> Result<String, String> {
         }
         ["upper", p] => Ok(lookup(v, p).map(plain).unwrap_or_default().to_uppercase()),
         ["lower", p] => Ok(lookup(v, p).map(plain).unwrap_or_default().to_lowercase()),
+        ["len", p] if p.starts_with('.') => match lookup(v, p) {
+            Some(Value::Array(a)) => Ok(a.len().to_string()),
+            Some(Value::Object(m)) => Ok(m.len().to_string()),
+            Some(Value::String(s)) => Ok(s.len().to_string()),
+            Some(Value::Null) | None => Ok("0".into()),
+            Some(x) => Err(format!("template: len of {x}")),
+        },
         _ => Err(format!("template: unsupported action {{{{{expr}}}}}")),
     }
 }
@@ -124,6 +131,7 @@ mod tests {
         );
         assert_eq!(super::render("{{index .Labels \"a\"}}", &v).unwrap(), "b");
         assert_eq!(super::render("{{.Missing}}", &v).unwrap(), "<no value>");
+        assert_eq!(super::render("{{len .Labels}}", &v).unwrap(), "1");
         assert!(super::render("{{if .ID}}x{{end}}", &v).is_err());
         assert!(super::render("{{.ID", &v).is_err());
         let (h, row) = super::table_header("table {{.ID}}\\t{{.CreatedAt}}").unwrap();

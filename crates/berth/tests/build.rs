@@ -60,3 +60,357 @@ fn every_problem_is_reported_with_its_place() {
         "{out}"
     );
 }
+
+// ---- Builds, through a daemon of the test's own. ----
+
+mod common;
+
+use common::Daemon;
+use serde_json::{json, Value};
+use std::fs;
+
+struct Env {
+    d: Daemon,
+    dir: tempfile::TempDir,
+}
+
+/// A daemon with a busybox image (`busybox:latest`) and an empty context directory.
+fn env() -> Env {
+    common::require_root();
+    let dir = tempfile::Builder::new()
+        .prefix("berth-build-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let d = Daemon::start(&dir.path().join("data"));
+    let tar = common::rootfs_tar(dir.path(), "bb", "busybox\n");
+    d.ok(&[
+        "image",
+        "import",
+        "-c",
+        "CMD [\"sh\"]",
+        tar.to_str().unwrap(),
+        "busybox:latest",
+    ]);
+    fs::create_dir(dir.path().join("ctx")).unwrap();
+    Env { d, dir }
+}
+
+impl Env {
+    fn ctx(&self) -> std::path::PathBuf {
+        self.dir.path().join("ctx")
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        let p = self.ctx().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+
+    /// `berth build` of the context with `args`: (exit code, stdout + stderr).
+    fn build(&self, args: &[&str]) -> (i32, String) {
+        let ctx = self.ctx();
+        let out = self
+            .d
+            .cmd()
+            .arg("build")
+            .args(args)
+            .arg(&ctx)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    fn build_ok(&self, args: &[&str]) -> String {
+        let (code, out) = self.build(args);
+        assert_eq!(code, 0, "build failed:\n{out}\n{}", self.d.log());
+        out
+    }
+
+    fn image_id(&self, name: &str) -> String {
+        self.d
+            .ok(&["image", "inspect", "-f", "{{.Id}}", name])
+            .trim()
+            .to_string()
+    }
+
+    fn config(&self, name: &str) -> Value {
+        let v: Value = serde_json::from_str(&self.d.ok(&["image", "inspect", name])).unwrap();
+        v[0]["Config"].clone()
+    }
+
+    /// Nothing of a failed build is left: no container, no tag.
+    fn assert_clean_failure(&self, tag: &str) {
+        assert!(
+            self.d.err(&["image", "inspect", tag]).0 != 0,
+            "{tag} was tagged"
+        );
+        assert_eq!(
+            self.d.ok(&["ps", "-aq"]).trim(),
+            "",
+            "a build container is left"
+        );
+    }
+}
+
+const MULTI_STAGE: &str = r#"# syntax=docker/dockerfile:1
+ARG BASE=busybox
+FROM $BASE AS builder
+ARG GREETING=hello
+ENV APP=/app
+WORKDIR $APP
+COPY src/ ./src/
+RUN echo "$GREETING from $(cat src/name.txt)" > out.txt && echo run-$((1+1))-output
+RUN <<EOT
+mkdir -p /app/bin
+cp /bin/busybox /app/bin/busybox
+EOT
+
+FROM scratch
+COPY --from=builder /app/bin/busybox /bin/busybox
+COPY --from=builder /app/out.txt /out.txt
+CMD ["/bin/busybox", "cat", "/out.txt"]
+"#;
+
+#[test]
+fn a_multi_stage_build_runs_and_rebuilds_from_the_cache() {
+    let e = env();
+    e.write("Dockerfile", MULTI_STAGE);
+    e.write("src/name.txt", "berth\n");
+    e.write("junk/big.bin", "ignored");
+    e.write(".dockerignore", "junk\n");
+    let iid = e.dir.path().join("iid");
+    let out = e.build_ok(&[
+        "-t",
+        "app:1",
+        "--build-arg",
+        "GREETING=hi",
+        "--iidfile",
+        iid.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("run-2-output"),
+        "RUN output not streamed:\n{out}"
+    );
+    assert!(out.contains("Successfully tagged app:1"), "{out}");
+    let id = e.image_id("app:1");
+    assert_eq!(fs::read_to_string(&iid).unwrap(), id);
+    let ran = e.d.ok(&["run", "--rm", "app:1"]);
+    assert_eq!(ran, "hi from berth\n");
+    // The final stage has only what it copied: two layers, not the builder's.
+    let layers =
+        e.d.ok(&["image", "inspect", "-f", "{{len .RootFS.Layers}}", "app:1"]);
+    assert_eq!(layers.trim(), "2");
+
+    // An unchanged rebuild: every step from the cache, the same image.
+    let out = e.build_ok(&["-t", "app:2", "--build-arg", "GREETING=hi"]);
+    let steps = out.lines().filter(|l| l.starts_with("Step ")).count();
+    let hits = out.matches(" ---> Using cache").count();
+    assert_eq!(hits, steps - 2, "all but the two FROMs cached:\n{out}");
+    assert!(!out.contains("run-2-output"), "{out}");
+    assert_eq!(e.image_id("app:2"), id);
+
+    // Another build arg value changes the ARG step and everything after it.
+    let out = e.build_ok(&["-t", "app:3", "--build-arg", "GREETING=hey"]);
+    assert!(out.contains("run-2-output"), "{out}");
+    assert_eq!(e.d.ok(&["run", "--rm", "app:3"]), "hey from berth\n");
+
+    // --target builds the stage asked for, and tags it.
+    e.build_ok(&["-t", "app:builder", "--target", "builder"]);
+    let out =
+        e.d.ok(&["run", "--rm", "app:builder", "cat", "/app/out.txt"]);
+    assert_eq!(out, "hello from berth\n");
+    // .dockerignore kept junk/ out of the context.
+    let (code, _) = e.d.err(&["run", "--rm", "app:builder", "ls", "/app/junk"]);
+    assert_ne!(code, 0);
+}
+
+#[test]
+fn the_cache_follows_content_not_modification_times() {
+    let e = env();
+    e.write(
+        "Dockerfile",
+        "FROM busybox\nCOPY a.txt /a.txt\nRUN echo step3\nCOPY b.txt /b.txt\nRUN cat /a.txt /b.txt > /ab.txt\n",
+    );
+    e.write("a.txt", "alpha\n");
+    e.write("b.txt", "beta\n");
+    let hits = |out: &str| out.matches(" ---> Using cache").count();
+    let out = e.build_ok(&["-t", "c:1"]);
+    assert_eq!(hits(&out), 0, "{out}");
+    let first = e.image_id("c:1");
+
+    // A new modification time alone: every step from the cache.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    fs::File::options()
+        .write(true)
+        .open(e.ctx().join("a.txt"))
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let out = e.build_ok(&["-t", "c:2"]);
+    assert_eq!(hits(&out), 4, "{out}");
+    assert_eq!(e.image_id("c:2"), first);
+
+    // One byte of b.txt changed: the steps before its COPY hit, it and the ones after miss.
+    e.write("b.txt", "betA\n");
+    let out = e.build_ok(&["-t", "c:3"]);
+    assert_eq!(hits(&out), 2, "{out}");
+    let steps: Vec<&str> = out.split("Step ").skip(1).collect();
+    assert!(steps[1].contains("Using cache") && steps[2].contains("Using cache"));
+    assert!(!steps[3].contains("Using cache") && !steps[4].contains("Using cache"));
+    assert_ne!(e.image_id("c:3"), first);
+    assert_eq!(
+        e.d.ok(&["run", "--rm", "c:3", "cat", "/ab.txt"]),
+        "alpha\nbetA\n"
+    );
+
+    // A mode change is metadata that counts.
+    let p = e.ctx().join("a.txt");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    let out = e.build_ok(&["-t", "c:4"]);
+    assert_eq!(hits(&out), 0, "{out}");
+
+    // --no-cache runs everything again.
+    let out = e.build_ok(&["-t", "c:5", "--no-cache"]);
+    assert_eq!(hits(&out), 0, "{out}");
+    assert!(out.contains("step3"));
+}
+
+#[test]
+fn the_config_is_what_docker_build_makes() {
+    let e = env();
+    e.write(
+        "Dockerfile",
+        r#"FROM busybox
+MAINTAINER someone@example.com
+ENV A=1 B="two words"
+ENV C $A-x
+LABEL org.example.name="web app" version=1
+EXPOSE 80 53/udp
+WORKDIR /srv
+WORKDIR www
+USER 1000:1000
+STOPSIGNAL SIGQUIT
+VOLUME ["/data", "/logs"]
+HEALTHCHECK --interval=5s --timeout=2s --retries=4 CMD wget -q -O- http://localhost/ || exit 1
+ONBUILD RUN echo child
+SHELL ["/bin/sh", "-ec"]
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD echo hello
+"#,
+    );
+    e.build_ok(&["-t", "cfg:1", "--label", "built-by=test"]);
+    let c = e.config("cfg:1");
+    let expect = json!({
+        "Env": ["A=1", "B=two words", "C=1-x"],
+        "Labels": {"org.example.name": "web app", "version": "1", "built-by": "test"},
+        "ExposedPorts": {"80/tcp": {}, "53/udp": {}},
+        "WorkingDir": "/srv/www",
+        "User": "1000:1000",
+        "StopSignal": "SIGQUIT",
+        "Volumes": {"/data": {}, "/logs": {}},
+        "Healthcheck": {
+            "Test": ["CMD-SHELL", "wget -q -O- http://localhost/ || exit 1"],
+            "Interval": 5_000_000_000u64,
+            "Timeout": 2_000_000_000u64,
+            "Retries": 4
+        },
+        "OnBuild": ["RUN echo child"],
+        "Shell": ["/bin/sh", "-ec"],
+        "Entrypoint": ["/bin/sh", "-c"],
+        "Cmd": ["/bin/sh", "-ec", "echo hello"],
+    });
+    for (field, want) in expect.as_object().unwrap() {
+        let mut got = c[field].clone();
+        if field == "Env" {
+            // The base image's PATH aside, in order.
+            got = json!(got
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|v| !v.as_str().unwrap().starts_with("PATH="))
+                .collect::<Vec<_>>());
+        }
+        assert_eq!(&got, want, "{field}");
+    }
+    let author = e.d.ok(&["image", "inspect", "-f", "{{.Author}}", "cfg:1"]);
+    assert_eq!(author.trim(), "someone@example.com");
+    // Config steps but the two WORKDIRs, which made their directories (busybox has no
+    // /srv): two layers; one history entry per step.
+    let layers = |i: &str| -> usize {
+        let n =
+            e.d.ok(&["image", "inspect", "-f", "{{len .RootFS.Layers}}", i]);
+        n.trim().parse().unwrap()
+    };
+    assert_eq!(layers("cfg:1"), layers("busybox") + 2);
+    let history = e.d.ok(&["history", "--no-trunc", "cfg:1"]);
+    let base = e.d.ok(&["history", "--no-trunc", "busybox"]);
+    // 15 instructions after FROM and the --label.
+    assert_eq!(
+        history.lines().count(),
+        base.lines().count() + 16,
+        "{history}"
+    );
+    for by in [
+        "#(nop) ENV C $A-x",
+        "#(nop) EXPOSE 80 53/udp",
+        "LABEL (--label)",
+    ] {
+        assert!(history.contains(by), "{by:?} not in\n{history}");
+    }
+    // The image runs as the config says.
+    let out =
+        e.d.ok(&["run", "--rm", "--user", "0", "cfg:1", "echo $A $C; pwd"]);
+    assert_eq!(out, "1 1-x\n/srv/www\n");
+}
+
+#[test]
+fn a_failing_run_shows_its_output_and_code_and_tags_nothing() {
+    let e = env();
+    e.write(
+        "Dockerfile",
+        "FROM busybox\nRUN echo before-failure && exit 3\nRUN echo never\n",
+    );
+    let (code, out) = e.build(&["-t", "bad:1"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("before-failure"), "{out}");
+    assert!(out.contains("returned a non-zero code: 3"), "{out}");
+    assert!(!out.contains("never"), "{out}");
+    e.assert_clean_failure("bad:1");
+}
+
+#[test]
+fn bad_sources_and_stages_fail_the_build_by_name() {
+    let e = env();
+    e.write("present.txt", "x");
+    let cases: &[(&str, &str)] = &[
+        ("FROM busybox\nCOPY missing.txt /x\n", "missing.txt"),
+        ("FROM busybox\nCOPY ../outside /x\n", "outside"),
+        ("FROM busybox\nCOPY --from=nowhere /a /b\n", "nowhere"),
+        ("FROM busybox\nFORM x\n", ":2:1"),
+        ("FROM busybox\nRUN [\"sh\", \n", ""),
+        ("FROM no-such-image\n", "no-such-image"),
+        (
+            "FROM busybox\nADD http://192.0.2.1/x.tgz /x\n",
+            "http://192.0.2.1/x.tgz",
+        ),
+    ];
+    for (i, (dockerfile, names)) in cases.iter().enumerate() {
+        e.write("Dockerfile", dockerfile);
+        let tag = format!("bad:{i}");
+        let (code, out) = e.build(&["-t", &tag]);
+        assert_ne!(code, 0, "{dockerfile} built:\n{out}");
+        assert!(
+            out.contains(names),
+            "{dockerfile}: {names:?} not named in:\n{out}"
+        );
+        e.assert_clean_failure(&tag);
+    }
+}

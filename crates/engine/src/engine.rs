@@ -831,6 +831,11 @@ impl Engine {
         self.cfg.root.join(CONTAINERS).join(id)
     }
 
+    /// The data root.
+    pub fn data_root(&self) -> &Path {
+        &self.cfg.root
+    }
+
     /// The json-file log of a container.
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.container_dir(id).join(format!("{id}-json.log"))

@@ -4,6 +4,7 @@
 //! under per-container monitor processes (`shim`). The daemon and the cluster's node agent
 //! drive containers through this crate.
 
+pub mod builder;
 pub mod defaults;
 pub mod dns;
 pub mod engine;
