@@ -485,18 +485,35 @@ fn build(engine: &Arc<Engine>, head: &Head, body: &mut impl Read, w: &mut UnixSt
         .data_root()
         .join("builder")
         .join(format!("context-{}", engine::fsutil::random_hex(8)));
+    let secrets_dir = dir.with_extension("secrets");
     std::fs::create_dir_all(&dir).map_err(|e| Fail(500, e.to_string(), None))?;
-    let result = (|| -> Result<String, Fail> {
+    let result = (|| -> Result<(String, BTreeMap<String, std::path::PathBuf>), Fail> {
         image::layer::apply(body, image::Compression::None, &dir)
             .map_err(|e| bad(format!("reading the build context: {e}")))?;
-        let text = std::fs::read_to_string(dir.join(engine::builder::clean_rel(&dockerfile)))
+        let df_path = dir.join(engine::builder::clean_rel(&dockerfile));
+        let text = std::fs::read_to_string(&df_path)
             .map_err(|e| bad(format!("reading {dockerfile} from the context: {e}")))?;
-        Ok(text)
+        // berth build's own files are not part of the context: the Dockerfile from outside
+        // it, and the secrets, moved where no COPY reaches them.
+        if dockerfile == engine::builder::CLI_DOCKERFILE {
+            let _ = std::fs::remove_file(&df_path);
+        }
+        let mut secrets = BTreeMap::new();
+        let sent = dir.join(engine::builder::CLI_SECRETS);
+        if sent.is_dir() {
+            std::fs::rename(&sent, &secrets_dir).map_err(|e| Fail(500, e.to_string(), None))?;
+            for e in std::fs::read_dir(&secrets_dir).map_err(|e| Fail(500, e.to_string(), None))? {
+                let e = e.map_err(|e| Fail(500, e.to_string(), None))?;
+                secrets.insert(e.file_name().to_string_lossy().into_owned(), e.path());
+            }
+        }
+        Ok((text, secrets))
     })();
-    let text = match result {
+    let (text, secrets) = match result {
         Ok(t) => t,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(&secrets_dir);
             return Err(e);
         }
     };
@@ -510,6 +527,11 @@ fn build(engine: &Arc<Engine>, head: &Head, body: &mut impl Read, w: &mut UnixSt
         target: head.q("target").filter(|t| !t.is_empty()).map(String::from),
         no_cache: head.flag("nocache"),
         labels,
+        platform: head
+            .q("platform")
+            .filter(|p| !p.is_empty())
+            .map(String::from),
+        secrets,
     };
     let mut send = |v: Value| {
         let mut line = serde_json::to_vec(&v).unwrap_or_default();
@@ -524,6 +546,7 @@ fn build(engine: &Arc<Engine>, head: &Head, body: &mut impl Read, w: &mut UnixSt
         Err(e) => send(json!({"error": e.to_string()})),
     }
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&secrets_dir);
     let _ = out.finish();
     Ok(Out::Done)
 }

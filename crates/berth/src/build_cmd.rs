@@ -40,28 +40,105 @@ pub struct BuildArgs {
     /// Suppress the build output and print image ID on success.
     #[arg(short = 'q', long)]
     quiet: bool,
-    /// The build context.
+    /// Set the target platform (this machine's, linux/amd64 here).
+    #[arg(long)]
+    platform: Option<String>,
+    /// Type of progress output: auto, plain or tty.
+    #[arg(long, default_value = "auto")]
+    progress: String,
+    /// A secret for RUN --mount=type=secret: id=NAME,src=FILE.
+    #[arg(long)]
+    secret: Vec<String>,
+    /// The build context: a directory, or - for a Dockerfile or a context tar on stdin.
     context: PathBuf,
 }
 
+/// `id=NAME,src=FILE` (also `source=`, `type=file`) → (NAME, FILE).
+fn parse_secret(s: &str) -> Result<(String, PathBuf)> {
+    let (mut id, mut src) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_string()),
+            Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+            Some(("type", "file")) => {}
+            _ => bail!("--secret {s}: expected id=NAME,src=FILE, not {part:?}"),
+        }
+    }
+    let id = id.ok_or_else(|| anyhow!("--secret {s}: id= is missing"))?;
+    if id.is_empty() || id.contains(['/', '\0']) || id.starts_with('.') {
+        bail!("--secret {s}: {id:?} is not a usable id");
+    }
+    let src = src.unwrap_or_else(|| PathBuf::from(&id));
+    Ok((id, src))
+}
+
+/// Whether `b` starts like a tar archive (ustar magic) or a gzip stream.
+fn looks_like_archive(b: &[u8]) -> bool {
+    b.starts_with(&[0x1f, 0x8b]) || b.get(257..262) == Some(b"ustar")
+}
+
 pub fn run(c: Option<&Client>, a: &BuildArgs) -> Result<i32> {
+    if !matches!(a.progress.as_str(), "auto" | "plain" | "tty" | "quiet") {
+        bail!(Failure::new(
+            125,
+            format!(
+                "--progress {}: expected auto, plain, tty or quiet",
+                a.progress
+            )
+        ));
+    }
+    let stdin = a.context.as_os_str() == "-";
+    let mut input = Vec::new();
+    if stdin {
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)?;
+    }
+    let archive = stdin && looks_like_archive(&input);
     let file = a
         .file
         .clone()
         .unwrap_or_else(|| a.context.join("Dockerfile"));
-    let text =
-        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let text = if archive {
+        String::new()
+    } else if stdin {
+        String::from_utf8(input.clone()).context("the Dockerfile on stdin is not UTF-8")?
+    } else {
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+    };
     if a.check {
+        if archive {
+            bail!("--check reads a Dockerfile, not a context archive");
+        }
         return check(&file, &text);
     }
+    let secrets = a
+        .secret
+        .iter()
+        .map(|s| parse_secret(s))
+        .collect::<Result<Vec<_>>>()?;
     let c = c.ok_or_else(|| anyhow!("no daemon to build with"))?;
+    let quiet = a.quiet || a.progress == "quiet";
+    if archive {
+        // A context archive as it is; its Dockerfile is -f's path in it.
+        let f = a
+            .file
+            .as_ref()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".into());
+        return send(c, a, input, &f, quiet);
+    }
     // The context as a tar: what .dockerignore leaves, and the Dockerfile (under a name of
     // its own when it lives outside the context).
-    let ctx =
-        build::context::Context::open(&a.context, a.file.as_deref()).map_err(|e| anyhow!("{e}"))?;
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
-    for p in ctx.paths().map_err(|e| anyhow!("{e}"))? {
+    let paths = if stdin {
+        Vec::new() // a Dockerfile on stdin: no context
+    } else {
+        build::context::Context::open(&a.context, a.file.as_deref())
+            .map_err(|e| anyhow!("{e}"))?
+            .paths()
+            .map_err(|e| anyhow!("{e}"))?
+    };
+    for p in paths {
         let full = a.context.join(&p);
         let md = std::fs::symlink_metadata(&full)?;
         if md.is_dir() {
@@ -73,16 +150,40 @@ pub fn run(c: Option<&Client>, a: &BuildArgs) -> Result<i32> {
             tar.append_path_with_name(&full, &p)?;
         }
     }
-    let dockerfile_name = ".berth-build.Dockerfile";
+    let dockerfile_name = engine::builder::CLI_DOCKERFILE;
     let mut h = tar::Header::new_gnu();
     h.set_mode(0o600);
     h.set_size(text.len() as u64);
     tar.append_data(&mut h, dockerfile_name, text.as_bytes())?;
+    for (id, src) in &secrets {
+        let data = std::fs::read(src)
+            .with_context(|| format!("--secret id={id}: reading {}", src.display()))?;
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o600);
+        h.set_size(data.len() as u64);
+        let name = format!("{}/{id}", engine::builder::CLI_SECRETS);
+        tar.append_data(&mut h, name, &data[..])?;
+    }
     let bytes = tar.into_inner()?;
+    send(c, a, bytes, dockerfile_name, quiet)
+}
+
+/// Sends the context tar to the daemon's build and prints its progress.
+fn send(
+    c: &Client,
+    a: &BuildArgs,
+    bytes: Vec<u8>,
+    dockerfile_name: &str,
+    quiet: bool,
+) -> Result<i32> {
     let mut target = format!(
-        "/build?f={dockerfile_name}&nocache={}",
+        "/build?f={}&nocache={}",
+        encode(dockerfile_name),
         u8::from(a.no_cache)
     );
+    if let Some(p) = &a.platform {
+        target.push_str(&format!("&platform={}", encode(p)));
+    }
     for t in &a.tag {
         target.push_str(&format!("&t={}", encode(t)));
     }
@@ -113,12 +214,12 @@ pub fn run(c: Option<&Client>, a: &BuildArgs) -> Result<i32> {
         let line = line?;
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         if let Some(s) = v["stream"].as_str() {
-            if !a.quiet {
+            if !quiet {
                 write!(out, "{s}")?;
                 out.flush()?;
             }
         } else if let Some(id) = v["aux"]["ID"].as_str() {
-            if a.quiet {
+            if quiet {
                 writeln!(out, "{id}")?;
             } else {
                 writeln!(

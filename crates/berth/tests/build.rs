@@ -414,3 +414,205 @@ fn bad_sources_and_stages_fail_the_build_by_name() {
         e.assert_clean_failure(&tag);
     }
 }
+
+#[test]
+fn independent_stages_build_in_parallel_and_unneeded_ones_not_at_all() {
+    let e = env();
+    // Each of a and b waits for the other to have started (through a shared cache mount):
+    // the build only finishes when they run at the same time. c would fail, but nothing
+    // needs it.
+    let wait_for = |me: &str, other: &str| {
+        format!(
+            "RUN --mount=type=cache,id=rendezvous,target=/sync touch /sync/{me} && \
+             i=0; while [ ! -e /sync/{other} ]; do i=$((i+1)); [ $i -gt 600 ] && exit 7; sleep 0.1; done; \
+             echo {me} > /{me}"
+        )
+    };
+    e.write(
+        "Dockerfile",
+        &format!(
+            "FROM busybox AS a\n{}\nFROM busybox AS b\n{}\nFROM busybox AS c\nRUN exit 1\n\
+             FROM busybox\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n",
+            wait_for("a", "b"),
+            wait_for("b", "a")
+        ),
+    );
+    let out = e.build_ok(&["-t", "par:1"]);
+    assert!(!out.contains("RUN exit 1"), "stage c was built:\n{out}");
+    assert_eq!(
+        e.d.ok(&["run", "--rm", "par:1", "cat", "/a", "/b"]),
+        "a\nb\n"
+    );
+    // --target c needs c alone, and fails in it.
+    let (code, out) = e.build(&["-t", "par:c", "--target", "c"]);
+    assert_ne!(code, 0);
+    assert!(!out.contains("wait"), "{out}");
+    assert!(out.contains("returned a non-zero code: 1"), "{out}");
+}
+
+#[test]
+fn run_mounts_cache_bind_tmpfs_and_secret() {
+    let e = env();
+    e.write("data.txt", "from the context\n");
+    let secret = e.dir.path().join("token");
+    fs::write(&secret, "s3cret-value").unwrap();
+    e.write(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN --mount=type=cache,target=/cache echo x >> /cache/log && wc -l < /cache/log > /count\n\
+         RUN --mount=type=bind,source=data.txt,target=/mnt/in/data.txt cat /mnt/in/data.txt > /copied\n\
+         RUN --mount=type=tmpfs,target=/scratch grep ' /scratch tmpfs ' /proc/mounts && touch /scratch/x\n\
+         RUN --mount=type=secret,id=token,required=true grep -qx s3cret-valu. /run/secrets/token && touch /secret-seen\n",
+    );
+    let src = format!("id=token,src={}", secret.display());
+    e.build_ok(&["-t", "m:1", "--secret", &src]);
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "--rm", "m:1"];
+        all.extend(args);
+        e.d.ok(&all)
+    };
+    assert_eq!(run(&["cat", "/count"]).trim(), "1");
+    assert_eq!(run(&["cat", "/copied"]), "from the context\n");
+    run(&["test", "-e", "/secret-seen"]);
+    // Mount targets the image did not have are not in it.
+    for gone in ["/mnt/in", "/scratch", "/run/secrets", "/cache"] {
+        let (code, _) = e.d.err(&["run", "--rm", "m:1", "test", "-e", gone]);
+        assert_ne!(code, 0, "{gone} was left in the image");
+    }
+    // The secret is in no layer.
+    let saved = e.dir.path().join("m.tar");
+    e.d.ok(&["save", "-o", saved.to_str().unwrap(), "m:1"]);
+    let bytes = fs::read(&saved).unwrap();
+    assert!(!bytes.windows(12).any(|w| w == b"s3cret-value"));
+    // The cache mount outlives the build: a rebuild without the step cache sees it.
+    e.build_ok(&["-t", "m:2", "--no-cache", "--secret", &src]);
+    let count = e.d.ok(&["run", "--rm", "m:2", "cat", "/count"]);
+    assert_eq!(count.trim(), "2");
+    // A required secret not given, an unknown mount type: the build fails, naming it.
+    let (code, out) = e.build(&["-t", "m:3", "--no-cache"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("secret token is required"), "{out}");
+    e.assert_clean_failure("m:3");
+    e.write(
+        "Dockerfile",
+        "FROM busybox\nRUN --mount=type=nfs,target=/x true\n",
+    );
+    let (code, out) = e.build(&["-t", "m:4"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("unknown mount type \"nfs\""), "{out}");
+    e.assert_clean_failure("m:4");
+}
+
+#[test]
+fn onbuild_heredocs_exclude_chown_archives_urls_and_stdin() {
+    let e = env();
+    // A parent image with triggers.
+    e.write(
+        "Dockerfile",
+        "FROM busybox\nONBUILD COPY marker.txt /marker.txt\nONBUILD RUN echo triggered > /triggered\n",
+    );
+    e.write("marker.txt", "marker\n");
+    e.build_ok(&["-t", "parent:1"]);
+    assert_eq!(
+        e.config("parent:1")["OnBuild"],
+        json!([
+            "COPY marker.txt /marker.txt",
+            "RUN echo triggered > /triggered"
+        ])
+    );
+    // A local archive to ADD, a file to fetch over loopback.
+    let staging = e.dir.path().join("staging");
+    fs::create_dir_all(staging.join("pkg")).unwrap();
+    fs::write(staging.join("pkg/inside.txt"), "unpacked\n").unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&staging)
+        .arg("-czf")
+        .arg(e.ctx().join("pkg.tgz"))
+        .arg("pkg")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in listener.incoming().flatten().take(4) {
+            let mut s = s;
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let req = String::from_utf8_lossy(&req).to_string();
+            let reply = if req.starts_with("GET /file.txt ") {
+                "HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nfetched!\n".to_string()
+            } else {
+                "HTTP/1.0 404 Not Found\r\n\r\n".to_string()
+            };
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+    e.write("dir/keep.txt", "keep\n");
+    e.write("dir/drop.log", "drop\n");
+    e.write(
+        "Dockerfile",
+        &format!(
+            "FROM parent:1\nENV NAME=world\n\
+             COPY <<EOF /etc/greeting\nhello $NAME\nEOF\n\
+             COPY --exclude=*.log dir/ /dir/\n\
+             COPY --chown=nobody:nogroup --chmod=640 marker.txt /owned\n\
+             ADD pkg.tgz /opt/\n\
+             ADD http://127.0.0.1:{port}/file.txt /downloaded.txt\n"
+        ),
+    );
+    e.build_ok(&["-t", "child:1"]);
+    let run = |cmd: &str| e.d.ok(&["run", "--rm", "child:1", "sh", "-c", cmd]);
+    assert_eq!(run("cat /marker.txt /triggered"), "marker\ntriggered\n");
+    assert_eq!(
+        e.config("child:1")["OnBuild"],
+        Value::Null,
+        "triggers are not inherited"
+    );
+    assert_eq!(run("cat /etc/greeting"), "hello world\n");
+    assert_eq!(run("ls /dir"), "keep.txt\n");
+    assert_eq!(run("stat -c '%u:%g %a' /owned"), "65534:65534 640\n");
+    assert_eq!(run("cat /opt/pkg/inside.txt"), "unpacked\n");
+    assert_eq!(
+        run("cat /downloaded.txt; stat -c %a /downloaded.txt"),
+        "fetched!\n600\n"
+    );
+    // A URL that answers 404: the build fails naming it.
+    e.write(
+        "Dockerfile",
+        &format!("FROM busybox\nADD http://127.0.0.1:{port}/missing /m\n"),
+    );
+    let (code, out) = e.build(&["-t", "child:2"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("cannot be fetched: HTTP 404"), "{out}");
+    e.assert_clean_failure("child:2");
+
+    // A Dockerfile on stdin: no context.
+    let mut child =
+        e.d.cmd()
+            .args(["build", "-t", "stdin:1", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"FROM busybox\nRUN echo from-stdin > /s\n")
+        .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    assert_eq!(
+        e.d.ok(&["run", "--rm", "stdin:1", "cat", "/s"]),
+        "from-stdin\n"
+    );
+}

@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::engine::{CreateRequest, Engine, EngineError, WaitCondition};
 use crate::fsutil;
-use crate::spec::{Network, RunOptions};
+use crate::spec::{MountSpec, Network, RunOptions};
 
 type Result<T> = std::result::Result<T, EngineError>;
 
@@ -28,6 +28,11 @@ fn invalid(msg: impl Into<String>) -> EngineError {
 fn internal(msg: impl std::fmt::Display) -> EngineError {
     EngineError::Internal(msg.to_string())
 }
+
+/// The name `berth build` gives a Dockerfile from outside the context in the context tar.
+pub const CLI_DOCKERFILE: &str = ".berth-build.Dockerfile";
+/// The directory of the context tar that carries `berth build --secret` files.
+pub const CLI_SECRETS: &str = ".berth-build-secrets";
 
 /// What `build` is asked.
 #[derive(Debug, Clone, Default)]
@@ -44,11 +49,16 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// `--label`.
     pub labels: BTreeMap<String, String>,
+    /// `--platform` (this machine's only).
+    pub platform: Option<String>,
+    /// `--secret id=…,src=…`: id → a file of the daemon's.
+    pub secrets: BTreeMap<String, PathBuf>,
 }
 
 /// A stage being built.
 struct Stage {
-    name: Option<String>,
+    /// Its place among the Dockerfile's stages.
+    index: usize,
     image: Option<ImageRecord>,
     config: Value,
     args: BTreeMap<String, String>,
@@ -166,9 +176,62 @@ fn duration_ns(s: &str) -> Result<u64> {
         .ok_or_else(|| invalid(format!("HEALTHCHECK: invalid duration {s:?}")))
 }
 
+/// A stage of the Dockerfile: its FROM, its instructions, the earlier stages it needs.
+struct StagePlan {
+    name: Option<String>,
+    from: Instruction,
+    base: String,
+    body: Vec<Instruction>,
+    deps: Vec<usize>,
+}
+
+/// What every step of one build shares.
+struct Job<'a> {
+    opts: &'a BuildOptions,
+    ctx: &'a Path,
+    context: build::context::Context,
+    names: Vec<Option<String>>,
+    esc: char,
+    global: BTreeMap<String, String>,
+    total: usize,
+    cache: std::sync::Mutex<Cache>,
+    fetched: std::sync::Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+impl Job<'_> {
+    /// The stage a `--from` or `FROM` word names among the stages before `before`.
+    fn stage_ref(&self, word: &str, before: usize) -> Option<usize> {
+        stage_ref(&self.names, word, before)
+    }
+}
+
+fn stage_ref(names: &[Option<String>], word: &str, before: usize) -> Option<usize> {
+    let lower = word.to_ascii_lowercase();
+    word.parse::<usize>()
+        .ok()
+        .filter(|i| *i < before)
+        .or_else(|| {
+            names[..before]
+                .iter()
+                .position(|n| n.as_deref() == Some(lower.as_str()))
+        })
+}
+
+/// The `from=` of each `--mount` of a RUN.
+fn mount_froms(ins: &Instruction) -> Vec<String> {
+    ins.flags
+        .iter()
+        .filter(|f| f.name == "mount")
+        .filter_map(|f| f.value.as_deref())
+        .flat_map(|v| v.split(','))
+        .filter_map(|kv| kv.strip_prefix("from=").map(String::from))
+        .collect()
+}
+
 impl Engine {
     /// Builds `opts.dockerfile` against the context directory `ctx`; `out` gets the progress
-    /// lines. Returns the image ID. Nothing is tagged unless every step succeeded.
+    /// lines. Returns the image ID. Only the stages the target needs are built, those that do
+    /// not need each other in parallel. Nothing is tagged unless every step succeeded.
     pub fn build(
         self: &Arc<Self>,
         ctx: &Path,
@@ -182,6 +245,14 @@ impl Engine {
                 p.line, p.column, p.message
             )));
         }
+        if let Some(p) = &opts.platform {
+            let host = format!("linux/{}", host_arch());
+            if p.trim_end_matches('/') != host {
+                return Err(invalid(format!(
+                    "--platform {p}: this machine builds {host} only"
+                )));
+            }
+        }
         let tags = opts
             .tags
             .iter()
@@ -191,16 +262,24 @@ impl Engine {
             })
             .collect::<Result<Vec<_>>>()?;
         let esc = df.escape;
-        let context =
-            build::context::Context::open(ctx, None).map_err(|e| invalid(e.to_string()))?;
         // Global ARGs (before the first FROM), and the stages.
         let mut global: BTreeMap<String, String> = BTreeMap::new();
-        let mut stages: Vec<(String, Vec<Instruction>)> = Vec::new();
+        let mut plans: Vec<StagePlan> = Vec::new();
         for ins in &df.instructions {
             if ins.keyword == "FROM" {
-                stages.push((ins.text(), vec![ins.clone()]));
-            } else if let Some(s) = stages.last_mut() {
-                s.1.push(ins.clone());
+                let words = build::shell::expand_words(&ins.text(), &global, esc)
+                    .map_err(|e| invalid(format!("FROM: {e}")))?;
+                let base = words.first().cloned().unwrap_or_default();
+                let name = (words.len() == 3).then(|| words[2].to_ascii_lowercase());
+                plans.push(StagePlan {
+                    name,
+                    from: ins.clone(),
+                    base,
+                    body: Vec::new(),
+                    deps: Vec::new(),
+                });
+            } else if let Some(s) = plans.last_mut() {
+                s.body.push(ins.clone());
             } else if ins.keyword == "ARG" {
                 for (k, v) in arg_decls(&ins.text()) {
                     let v = opts.build_args.get(&k).cloned().or(v).unwrap_or_default();
@@ -208,86 +287,103 @@ impl Engine {
                 }
             }
         }
-        let names: Vec<Option<String>> = stages
-            .iter()
-            .map(|(from, _)| {
-                let w: Vec<&str> = from.split_whitespace().collect();
-                (w.len() == 3).then(|| w[2].to_ascii_lowercase())
-            })
-            .collect();
+        let names: Vec<Option<String>> = plans.iter().map(|p| p.name.clone()).collect();
+        for (si, plan) in plans.iter_mut().enumerate() {
+            let mut deps: Vec<usize> = Vec::new();
+            if let Some(i) =
+                stage_ref(&names, &plan.base, si).filter(|_| plan.base.parse::<usize>().is_err())
+            {
+                deps.push(i);
+            }
+            for ins in &plan.body {
+                let froms: Vec<String> = match ins.keyword.as_str() {
+                    "COPY" | "ADD" => ins.flag("from").map(String::from).into_iter().collect(),
+                    "RUN" => mount_froms(ins),
+                    _ => Vec::new(),
+                };
+                deps.extend(froms.iter().filter_map(|f| stage_ref(&names, f, si)));
+            }
+            deps.sort_unstable();
+            deps.dedup();
+            plan.deps = deps;
+        }
         let target = match &opts.target {
             Some(t) => names
                 .iter()
                 .position(|n| n.as_deref() == Some(&t.to_ascii_lowercase()))
                 .ok_or_else(|| invalid(format!("target stage {t:?} could not be found")))?,
-            None => stages.len() - 1,
+            None => plans.len() - 1,
         };
-        let mut cache = Cache::open(&self.cfg_root());
-        let mut built: Vec<Option<Stage>> = (0..stages.len()).map(|_| None).collect();
-        let total: usize = stages[..=target].iter().map(|s| s.1.len()).sum();
-        let mut step = 0;
-        for (si, (_, instructions)) in stages.iter().enumerate().take(target + 1) {
-            let mut stage: Option<Stage> = None;
-            for ins in instructions {
-                step += 1;
-                let flags: String = ins
-                    .flags
+        // The stages the target needs, and where each one's steps are numbered from.
+        let mut needed = vec![false; plans.len()];
+        let mut todo = vec![target];
+        while let Some(i) = todo.pop() {
+            if !std::mem::replace(&mut needed[i], true) {
+                todo.extend(&plans[i].deps);
+            }
+        }
+        let mut first_step = vec![0; plans.len()];
+        let mut total = 0;
+        for (i, p) in plans.iter().enumerate().filter(|(i, _)| needed[*i]) {
+            first_step[i] = total + 1;
+            total += 1 + p.body.len();
+        }
+        let job = Job {
+            opts,
+            ctx,
+            context: build::context::Context::open(ctx, None)
+                .map_err(|e| invalid(e.to_string()))?,
+            names,
+            esc,
+            global,
+            total,
+            cache: std::sync::Mutex::new(Cache::open(self.data_root())),
+            fetched: Default::default(),
+        };
+        let mut built: Vec<Option<Stage>> = (0..plans.len()).map(|_| None).collect();
+        let mut left: Vec<usize> = (0..plans.len()).filter(|i| needed[*i]).collect();
+        while !left.is_empty() {
+            let ready: Vec<usize> = left
+                .iter()
+                .copied()
+                .filter(|&i| plans[i].deps.iter().all(|d| built[*d].is_some()))
+                .collect();
+            let (tx, rx) = std::sync::mpsc::channel::<String>();
+            let results: Vec<(usize, Result<Stage>)> = std::thread::scope(|s| {
+                let handles: Vec<_> = ready
                     .iter()
-                    .map(|f| match &f.value {
-                        Some(v) => format!("--{}={v} ", f.name),
-                        None => format!("--{} ", f.name),
+                    .map(|&si| {
+                        let tx = tx.clone();
+                        let (job, built, plan) = (&job, &built, &plans[si]);
+                        let step = first_step[si];
+                        s.spawn(move || {
+                            let mut send = |l: &str| {
+                                let _ = tx.send(l.to_string());
+                            };
+                            self.build_stage(job, si, plan, step, built, &mut send)
+                        })
                     })
                     .collect();
-                let line = format!(
-                    "Step {step}/{total} : {} {flags}{}",
-                    ins.keyword,
-                    shown(ins)
-                );
-                out(&line);
-                if ins.keyword == "FROM" {
-                    let words: Vec<String> = build::shell::expand_words(&ins.text(), &global, esc)
-                        .map_err(|e| invalid(format!("FROM: {e}")))?;
-                    let base = words.first().cloned().unwrap_or_default();
-                    let from_stage = names[..si]
-                        .iter()
-                        .position(|n| n.as_deref() == Some(&base.to_ascii_lowercase()));
-                    let (image, config) = if base == "scratch" {
-                        (None, Images::scratch_config())
-                    } else if let Some(i) = from_stage {
-                        let s = built[i]
-                            .as_ref()
-                            .ok_or_else(|| internal("stage not built"))?;
-                        (s.image.clone(), s.config.clone())
-                    } else {
-                        let img = self.images.resolve(&base).map_err(|_| {
-                            invalid(format!("FROM {base}: no such image here (berth build does not pull images yet)"))
-                        })?;
-                        let cfg = self.images.config(&img)?;
-                        (Some(img), cfg)
-                    };
-                    let shell = config["config"]["Shell"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|x| x.as_str().map(String::from))
-                                .collect()
-                        })
-                        .unwrap_or_else(|| vec!["/bin/sh".to_string(), "-c".to_string()]);
-                    stage = Some(Stage {
-                        name: names[si].clone(),
-                        image,
-                        config,
-                        args: global.clone(),
-                        shell,
-                    });
-                    continue;
+                drop(tx);
+                for line in rx {
+                    out(&line);
                 }
-                let st = stage.as_mut().ok_or_else(|| internal("no stage"))?;
-                self.step(
-                    st, ins, &context, ctx, &built, &names, esc, opts, &mut cache, out,
-                )?;
+                ready
+                    .iter()
+                    .zip(handles)
+                    .map(|(&si, h)| {
+                        (
+                            si,
+                            h.join()
+                                .unwrap_or_else(|_| Err(internal("a build thread panicked"))),
+                        )
+                    })
+                    .collect()
+            });
+            for (si, r) in results {
+                built[si] = Some(r?);
             }
-            built[si] = stage;
+            left.retain(|i| !ready.contains(i));
         }
         let mut last = built[target]
             .take()
@@ -310,29 +406,133 @@ impl Engine {
         for t in &tags {
             self.images.tag(&img.id.to_string(), t)?;
         }
-        let _ = last.name;
         Ok(img.id.to_string())
     }
 
-    fn cfg_root(&self) -> PathBuf {
-        self.data_root().to_path_buf()
+    /// One stage: its base, the base's ONBUILD triggers, then its instructions.
+    fn build_stage(
+        self: &Arc<Self>,
+        job: &Job,
+        si: usize,
+        plan: &StagePlan,
+        first_step: usize,
+        built: &[Option<Stage>],
+        out: &mut dyn FnMut(&str),
+    ) -> Result<Stage> {
+        out(&format!(
+            "Step {first_step}/{} : FROM {}",
+            job.total,
+            shown(&plan.from)
+        ));
+        let base = &plan.base;
+        let from_stage = job
+            .stage_ref(base, si)
+            .filter(|_| base.parse::<usize>().is_err());
+        let (image, mut config) = if base == "scratch" {
+            (None, Images::scratch_config())
+        } else if let Some(i) = from_stage {
+            let s = built[i]
+                .as_ref()
+                .ok_or_else(|| internal("stage not built"))?;
+            (s.image.clone(), s.config.clone())
+        } else {
+            let img = self.images.resolve(base).map_err(|_| {
+                invalid(format!(
+                    "FROM {base}: no such image here (berth build does not pull images yet)"
+                ))
+            })?;
+            let cfg = self.images.config(&img)?;
+            (Some(img), cfg)
+        };
+        if let Some(id) = image.as_ref().filter(|_| from_stage.is_none()) {
+            out(&format!(
+                " ---> {}",
+                &id.id.to_string().trim_start_matches("sha256:")[..12]
+            ));
+        }
+        let shell = config["config"]["Shell"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_else(|| vec!["/bin/sh".to_string(), "-c".to_string()]);
+        // The base image's ONBUILD triggers run first, and are not inherited further.
+        let triggers: Vec<String> = config["config"]["OnBuild"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut pre: Vec<Instruction> = Vec::new();
+        if !triggers.is_empty() {
+            config["config"]["OnBuild"] = Value::Null;
+            out(&format!(
+                "# Executing {} build trigger{}",
+                triggers.len(),
+                if triggers.len() == 1 { "" } else { "s" }
+            ));
+            for t in &triggers {
+                let (df, problems) = build::dockerfile::parse(t);
+                if let Some(p) = problems.iter().find(|p| p.error) {
+                    return Err(invalid(format!(
+                        "ONBUILD trigger {t:?} of {base}: {}",
+                        p.message
+                    )));
+                }
+                pre.extend(df.instructions);
+            }
+        }
+        let mut st = Stage {
+            index: si,
+            image,
+            config,
+            args: job.global.clone(),
+            shell,
+        };
+        for ins in &pre {
+            out(&format!(
+                " ---> Running in trigger: {} {}",
+                ins.keyword,
+                shown(ins)
+            ));
+            self.step(job, &mut st, ins, built, out)?;
+        }
+        for (n, ins) in plan.body.iter().enumerate() {
+            let flags: String = ins
+                .flags
+                .iter()
+                .map(|f| match &f.value {
+                    Some(v) => format!("--{}={v} ", f.name),
+                    None => format!("--{} ", f.name),
+                })
+                .collect();
+            out(&format!(
+                "Step {}/{} : {} {flags}{}",
+                first_step + 1 + n,
+                job.total,
+                ins.keyword,
+                shown(ins)
+            ));
+            self.step(job, &mut st, ins, built, out)?;
+        }
+        Ok(st)
     }
 
     /// One instruction of a stage: from the cache, or run.
-    #[allow(clippy::too_many_arguments)]
     fn step(
         self: &Arc<Self>,
+        job: &Job,
         st: &mut Stage,
         ins: &Instruction,
-        context: &build::context::Context,
-        ctx: &Path,
         built: &[Option<Stage>],
-        names: &[Option<String>],
-        esc: char,
-        opts: &BuildOptions,
-        cache: &mut Cache,
         out: &mut dyn FnMut(&str),
     ) -> Result<()> {
+        let started = std::time::Instant::now();
+        let (esc, opts) = (job.esc, job.opts);
         let env = st.env();
         let kw = ins.keyword.as_str();
         // What makes this step this step.
@@ -340,25 +540,49 @@ impl Engine {
         if matches!(kw, "COPY" | "ADD") && ins.flag("from").is_none() {
             let srcs = copy_sources(ins, &env, esc)?;
             let mut resolved = Vec::new();
-            for s in &srcs.0 {
+            for s in srcs.0.iter().filter(|s| !s.starts_with("<<") && !is_url(s)) {
                 resolved.extend(
-                    context
+                    job.context
                         .resolve(s)
                         .map_err(|e| invalid(format!("{kw}: {e}")))?,
                 );
             }
-            extra = context
+            extra = job
+                .context
                 .digest(&resolved)
                 .map_err(|e| invalid(e.to_string()))?;
         }
-        if let Some(from) = ins.flag("from") {
-            let idx = from.parse::<usize>().ok().or_else(|| {
-                names
-                    .iter()
-                    .position(|n| n.as_deref() == Some(&from.to_ascii_lowercase()))
-            });
-            if let Some(s) = idx.and_then(|i| built.get(i)).and_then(|s| s.as_ref()) {
-                extra = s.parent_id();
+        let mut froms: Vec<String> = ins.flag("from").map(String::from).into_iter().collect();
+        if kw == "RUN" {
+            froms.extend(mount_froms(ins));
+            // A bind mount of the context: its content is part of what the step is.
+            if ins
+                .flags
+                .iter()
+                .any(|f| f.name == "mount" && f.value.as_deref().is_some_and(is_context_bind))
+            {
+                let all = job.context.paths().map_err(|e| invalid(e.to_string()))?;
+                let top: Vec<String> = all.into_iter().filter(|p| !p.contains('/')).collect();
+                extra.push_str(
+                    &job.context
+                        .digest(&top)
+                        .map_err(|e| invalid(e.to_string()))?,
+                );
+            }
+            for (id, path) in &opts.secrets {
+                // Which secrets are there, never their content.
+                extra.push_str(&format!(" secret:{id}:{}", path.exists()));
+            }
+        }
+        for from in &froms {
+            let current = st.index;
+            if let Some(s) = job
+                .stage_ref(from, current)
+                .and_then(|i| built.get(i))
+                .and_then(|s| s.as_ref())
+            {
+                extra.push(' ');
+                extra.push_str(&s.parent_id());
             }
         }
         let mut text = format!("{kw} {:?} {}", ins.flags, ins.text());
@@ -372,24 +596,31 @@ impl Engine {
         let heredocs = serde_json::to_string(&ins.heredocs).unwrap_or_default();
         let envs = serde_json::to_string(&env).unwrap_or_default();
         let k = key(&[&st.parent_id(), &text, &heredocs, &envs, &extra]);
-        if !opts.no_cache {
-            if let Some(id) = cache.map.get(&k) {
-                if let Ok(img) = self.images.resolve(id) {
-                    out(" ---> Using cache");
-                    st.config = self.images.config(&img)?;
-                    st.image = Some(img);
-                    self.stage_locals(st, ins, &env, esc, &opts.build_args)?;
-                    out(&format!(
-                        " ---> {}",
-                        &id.trim_start_matches("sha256:")[..12]
-                    ));
-                    return Ok(());
-                }
-            }
+        let cached = (!opts.no_cache)
+            .then(|| {
+                job.cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .map
+                    .get(&k)
+                    .cloned()
+            })
+            .flatten();
+        if let Some(img) = cached.and_then(|id| self.images.resolve(&id).ok()) {
+            out(" ---> Using cache");
+            st.config = self.images.config(&img)?;
+            let id = img.id.to_string();
+            st.image = Some(img);
+            self.stage_locals(st, ins, &env, esc, &opts.build_args)?;
+            out(&format!(
+                " ---> {}",
+                &id.trim_start_matches("sha256:")[..12]
+            ));
+            return Ok(());
         }
         let image = match kw {
-            "RUN" => self.run_step(st, ins, &env, esc, out)?,
-            "COPY" | "ADD" => self.copy_step(st, ins, &env, esc, ctx, built, names)?,
+            "RUN" => self.run_step(job, st, ins, &env, built, out)?,
+            "COPY" | "ADD" => self.copy_step(job, st, ins, &env, built)?,
             "WORKDIR" => {
                 self.config_step(st, ins, &env, esc)?;
                 self.workdir_step(st)?
@@ -400,7 +631,7 @@ impl Engine {
                     st.image.as_ref(),
                     st.config.clone(),
                     None,
-                    &format!("/bin/sh -c #(nop) {kw} {}", ins.text()),
+                    &format!("/bin/sh -c #(nop) {kw} {}", shown(ins)),
                     "",
                     None,
                 )?
@@ -410,11 +641,15 @@ impl Engine {
         st.config = self.images.config(&image)?;
         st.image = Some(image);
         self.stage_locals(st, ins, &env, esc, &opts.build_args)?;
-        cache.map.insert(k, id.clone());
-        cache.save();
+        {
+            let mut cache = job.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.map.insert(k, id.clone());
+            cache.save();
+        }
         out(&format!(
-            " ---> {}",
-            &id.trim_start_matches("sha256:")[..12]
+            " ---> {} ({:.1}s)",
+            &id.trim_start_matches("sha256:")[..12],
+            started.elapsed().as_secs_f64()
         ));
         Ok(())
     }
@@ -573,18 +808,18 @@ impl Engine {
         Ok(())
     }
 
-    /// RUN: a container of the stage's image with its environment, user and working
-    /// directory; its output streamed; a non-zero exit fails the build; its changes are the
-    /// layer.
+    /// RUN: a container of the stage's image with its environment, user, working directory
+    /// and `--mount`s; its output streamed; a non-zero exit fails the build; its changes (the
+    /// mounts' stub targets taken out) are the layer.
     fn run_step(
         self: &Arc<Self>,
+        job: &Job,
         st: &Stage,
         ins: &Instruction,
         env: &BTreeMap<String, String>,
-        esc: char,
+        built: &[Option<Stage>],
         out: &mut dyn FnMut(&str),
     ) -> Result<ImageRecord> {
-        let _ = esc;
         let image = st
             .image
             .as_ref()
@@ -603,36 +838,72 @@ impl Engine {
         if args.is_empty() {
             args.push("true".into());
         }
-        let env_list: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let none = ins.flag("network") == Some("none");
-        let req = CreateRequest {
-            image: image.id.to_string(),
-            run: RunOptions {
-                args,
-                entrypoint: Some(String::new()),
-                env: env_list,
-                workdir: Some(st.workdir()),
-                user: st.config["config"]["User"]
-                    .as_str()
-                    .filter(|u| !u.is_empty())
-                    .map(String::from),
-                network: Network::None,
-                ..Default::default()
-            },
-            networks: if none {
-                Vec::new()
-            } else {
-                vec![crate::engine::EndpointRequest {
-                    name: crate::network::DEFAULT_NETWORK.into(),
-                    ..Default::default()
-                }]
-            },
-            ..Default::default()
+        let network = match ins.flag("network") {
+            None | Some("default") => true,
+            Some("none") => false,
+            Some(n) => {
+                return Err(invalid(format!(
+                    "RUN --network={n}: expected default or none"
+                )))
+            }
         };
-        let rec = self.create(req)?;
-        let id = rec.id.clone();
+        if let Some(s) = ins.flag("security").filter(|s| *s != "sandbox") {
+            return Err(invalid(format!(
+                "RUN --security={s}: only sandbox is allowed (no insecure builds)"
+            )));
+        }
+        let mut held = Held::default();
         let result = (|| -> Result<ImageRecord> {
+            let mut mounts = Vec::new();
+            for f in ins.flags.iter().filter(|f| f.name == "mount") {
+                let spec = f.value.as_deref().unwrap_or_default();
+                if let Some(m) = self.run_mount(job, st, spec, built, &mut held)? {
+                    mounts.push(m);
+                }
+            }
+            let env_list: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let req = CreateRequest {
+                image: image.id.to_string(),
+                run: RunOptions {
+                    args,
+                    entrypoint: Some(String::new()),
+                    env: env_list,
+                    workdir: Some(st.workdir()),
+                    user: st.config["config"]["User"]
+                        .as_str()
+                        .filter(|u| !u.is_empty())
+                        .map(String::from),
+                    network: Network::None,
+                    mounts: mounts.clone(),
+                    ..Default::default()
+                },
+                networks: if network {
+                    vec![crate::engine::EndpointRequest {
+                        name: crate::network::DEFAULT_NETWORK.into(),
+                        ..Default::default()
+                    }]
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            };
+            let rec = self.create(req)?;
+            let id = rec.id.clone();
+            held.container = Some(id.clone());
             ensure_dir(&rec.rootfs, &st.workdir())?;
+            // The mount targets the image lacks: the runtime makes stubs for them, which are
+            // not part of the layer.
+            let mut stubs: Vec<String> = Vec::new();
+            for m in &mounts {
+                let target = mount_target(m);
+                let mut prefix = String::new();
+                for part in target.split('/').filter(|p| !p.is_empty()) {
+                    prefix = format!("{prefix}/{part}");
+                    if !exists_in_root(&rec.rootfs, &prefix)? {
+                        stubs.push(prefix.clone());
+                    }
+                }
+            }
             let (attach, _) = self.attach(&id, false, true, true)?;
             self.start(&id)?;
             let mut stream = attach.wait().map_err(internal)?;
@@ -657,7 +928,7 @@ impl Engine {
             if code != 0 {
                 return Err(invalid(format!(
                     "The command '{}' returned a non-zero code: {code}",
-                    ins.text()
+                    shown(ins)
                 )));
             }
             let upper = self
@@ -665,164 +936,494 @@ impl Engine {
                 .snapshots()
                 .container_upper(&id)
                 .map_err(internal)?;
+            stubs.sort_by_key(|s| std::cmp::Reverse(s.len()));
+            for s in &stubs {
+                remove_stub(&upper, s);
+            }
             let mut config = st.config.clone();
             config["container_config"] = json!({"Cmd": ["/bin/sh", "-c", ins.text()]});
             Ok(self.images.derive(
                 Some(image),
                 config,
                 Some(&upper),
-                &format!("/bin/sh -c {}", ins.text()),
+                &format!("RUN {}", shown(ins)),
                 "",
                 None,
             )?)
         })();
-        let _ = self.remove(&id, true, true);
+        if let Some(id) = held.container.take() {
+            let _ = self.remove(&id, true, true);
+        }
+        for tmp in held.mounted.drain(..) {
+            let _ = self.images.remove_container(&tmp);
+        }
+        for dir in held.dirs.drain(..) {
+            let _ = fs::remove_dir_all(&dir);
+        }
         result
     }
 
-    /// COPY/ADD: the sources as a tar applied inside the root (every path resolved in it).
-    #[allow(clippy::too_many_arguments)]
+    /// One `RUN --mount=…`: bind (the context or a stage, read-only unless `rw`, whose
+    /// writes are then discarded), cache (a directory of the builder's kept across builds),
+    /// tmpfs, secret (`berth build --secret`). None for an absent optional secret.
+    fn run_mount(
+        self: &Arc<Self>,
+        job: &Job,
+        st: &Stage,
+        spec: &str,
+        built: &[Option<Stage>],
+        held: &mut Held,
+    ) -> Result<Option<MountSpec>> {
+        let bad = |m: String| invalid(format!("RUN --mount={spec}: {m}"));
+        let mut kv: BTreeMap<&str, &str> = BTreeMap::new();
+        for part in spec.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').unwrap_or((part, "true"));
+            let k = match k {
+                "dst" | "destination" => "target",
+                "src" => "source",
+                "readonly" => "ro",
+                k => k,
+            };
+            kv.insert(k, v);
+        }
+        let kind = kv.get("type").copied().unwrap_or("bind");
+        let flag = |k: &str| kv.get(k).is_some_and(|v| *v == "true" || *v == "1");
+        let octal = |k: &str, default: u32| -> Result<u32> {
+            kv.get(k).map_or(Ok(default), |v| {
+                u32::from_str_radix(v, 8).map_err(|_| bad(format!("{k}={v} is not an octal mode")))
+            })
+        };
+        let number = |k: &str| -> Result<u32> {
+            kv.get(k).map_or(Ok(0), |v| {
+                v.parse()
+                    .map_err(|_| bad(format!("{k}={v} is not a number")))
+            })
+        };
+        let absolute = |t: &str| -> String {
+            if t.starts_with('/') {
+                t.to_string()
+            } else {
+                format!("{}/{t}", st.workdir().trim_end_matches('/'))
+            }
+        };
+        for k in kv.keys() {
+            let known: &[&str] = match kind {
+                "bind" => &["type", "target", "source", "from", "rw", "ro"],
+                "cache" => &[
+                    "type", "target", "id", "sharing", "mode", "uid", "gid", "ro",
+                ],
+                "tmpfs" => &["type", "target", "size"],
+                "secret" => &[
+                    "type", "target", "id", "required", "mode", "uid", "gid", "env",
+                ],
+                "ssh" => {
+                    return Err(bad(
+                        "ssh mounts need an SSH agent, which berth build does not forward".into(),
+                    ))
+                }
+                t => {
+                    return Err(bad(format!(
+                        "unknown mount type {t:?} (bind, cache, tmpfs or secret)"
+                    )))
+                }
+            };
+            if !known.contains(k) {
+                return Err(bad(format!("unknown option {k:?} for a {kind} mount")));
+            }
+        }
+        match kind {
+            "bind" => {
+                let target = absolute(
+                    kv.get("target")
+                        .ok_or_else(|| bad("target is required".into()))?,
+                );
+                let source = kv.get("source").copied().unwrap_or(".");
+                let root: PathBuf = match kv.get("from") {
+                    None => job.ctx.to_path_buf(),
+                    Some(from) => {
+                        let current = st.index;
+                        let img = match job
+                            .stage_ref(from, current)
+                            .and_then(|i| built.get(i))
+                            .and_then(|s| s.as_ref())
+                        {
+                            Some(s) => s
+                                .image
+                                .clone()
+                                .ok_or_else(|| bad(format!("stage {from} is empty")))?,
+                            None => self
+                                .images
+                                .resolve(from)
+                                .map_err(|_| bad(format!("from={from}: no such stage or image")))?,
+                        };
+                        let tmp = format!("build-from-{}", fsutil::random_hex(8));
+                        let (_, merged) = self.images.mount_container(&tmp, &img.id.to_string())?;
+                        held.mounted.push(tmp);
+                        merged
+                    }
+                };
+                if !kv.contains_key("from") {
+                    job.context
+                        .resolve(source)
+                        .map_err(|e| bad(e.to_string()))?;
+                }
+                let mut path = resolve_in_root(&root, source)
+                    .map_err(|e| bad(format!("source {source}: {e}")))?;
+                let rw = flag("rw");
+                if rw {
+                    // Writes go to a copy that is thrown away.
+                    let dir = tempfile_dir(&self.data_root().join("builder"))?;
+                    held.dirs.push(dir.clone());
+                    let copy = dir.join("src");
+                    let st = std::process::Command::new("cp")
+                        .arg("-a")
+                        .arg("--")
+                        .arg(&path)
+                        .arg(&copy)
+                        .status()
+                        .map_err(internal)?;
+                    if !st.success() {
+                        return Err(bad(format!(
+                            "copying {source} for a writable bind mount failed"
+                        )));
+                    }
+                    path = copy;
+                }
+                Ok(Some(MountSpec::Bind {
+                    source: path,
+                    target,
+                    read_only: !rw,
+                }))
+            }
+            "cache" => {
+                let target = absolute(
+                    kv.get("target")
+                        .ok_or_else(|| bad("target is required".into()))?,
+                );
+                let id = kv.get("id").map_or(target.clone(), |s| s.to_string());
+                let dir = self
+                    .data_root()
+                    .join("builder")
+                    .join("cache-mounts")
+                    .join(&key(&[&id])[..32]);
+                if !dir.exists() {
+                    let parent = dir
+                        .parent()
+                        .ok_or_else(|| internal("cache mount directory"))?;
+                    fs::create_dir_all(parent).map_err(internal)?;
+                    let tmp = tempfile_dir(parent)?;
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&tmp, fs::Permissions::from_mode(octal("mode", 0o755)?))
+                        .map_err(internal)?;
+                    std::os::unix::fs::chown(&tmp, Some(number("uid")?), Some(number("gid")?))
+                        .map_err(internal)?;
+                    if fs::rename(&tmp, &dir).is_err() {
+                        let _ = fs::remove_dir_all(&tmp); // another build made it first
+                    }
+                }
+                Ok(Some(MountSpec::Bind {
+                    source: dir,
+                    target,
+                    read_only: flag("ro"),
+                }))
+            }
+            "tmpfs" => {
+                let target = absolute(
+                    kv.get("target")
+                        .ok_or_else(|| bad("target is required".into()))?,
+                );
+                let size = kv
+                    .get("size")
+                    .map(|s| parse_size(s).ok_or_else(|| bad(format!("size={s} is not a size"))))
+                    .transpose()?;
+                Ok(Some(MountSpec::Tmpfs {
+                    target,
+                    size,
+                    mode: None,
+                }))
+            }
+            "secret" => {
+                let id = match (kv.get("id"), kv.get("target")) {
+                    (Some(id), _) => id.to_string(),
+                    (None, Some(t)) => t.rsplit('/').next().unwrap_or(t).to_string(),
+                    (None, None) => {
+                        return Err(bad("a secret mount needs an id or a target".into()))
+                    }
+                };
+                if kv.contains_key("env") {
+                    return Err(bad(
+                        "env= secrets are not supported; mount the secret as a file".into(),
+                    ));
+                }
+                let target = absolute(
+                    kv.get("target")
+                        .map_or(format!("/run/secrets/{id}"), |t| t.to_string())
+                        .as_str(),
+                );
+                let Some(src) = job.opts.secrets.get(&id) else {
+                    if flag("required") {
+                        return Err(bad(format!("secret {id} is required but was not given (berth build --secret id={id},src=…)")));
+                    }
+                    return Ok(None);
+                };
+                // A private copy with the mount's owner and mode; the secret never enters a layer.
+                let dir = tempfile_dir(&self.data_root().join("builder"))?;
+                held.dirs.push(dir.clone());
+                let copy = dir.join("secret");
+                fs::copy(src, &copy).map_err(internal)?;
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&copy, fs::Permissions::from_mode(octal("mode", 0o400)?))
+                    .map_err(internal)?;
+                std::os::unix::fs::chown(&copy, Some(number("uid")?), Some(number("gid")?))
+                    .map_err(internal)?;
+                Ok(Some(MountSpec::Bind {
+                    source: copy,
+                    target,
+                    read_only: true,
+                }))
+            }
+            _ => Err(bad(format!("unknown mount type {kind:?}"))),
+        }
+    }
+
+    /// COPY/ADD: the sources (context, stage or image paths, heredocs, for ADD fetched URLs
+    /// and local archives extracted) as one tar applied inside the root, every path resolved
+    /// in it.
     fn copy_step(
         self: &Arc<Self>,
+        job: &Job,
         st: &Stage,
         ins: &Instruction,
         env: &BTreeMap<String, String>,
-        esc: char,
-        ctx: &Path,
         built: &[Option<Stage>],
-        names: &[Option<String>],
     ) -> Result<ImageRecord> {
         let kw = ins.keyword.as_str();
-        let (srcs, dest) = copy_sources(ins, env, esc)?;
+        let (srcs, dest) = copy_sources(ins, env, job.esc)?;
         let dest = if dest.starts_with('/') {
             dest
         } else {
             format!("{}/{dest}", st.workdir().trim_end_matches('/'))
         };
-        // Where the sources are: the context, or another stage's root file system.
-        let mut from_mount: Option<String> = None;
-        let src_root: PathBuf = match ins.flag("from") {
-            None => ctx.to_path_buf(),
-            Some(from) => {
-                let idx = from.parse::<usize>().ok().or_else(|| {
-                    names
-                        .iter()
-                        .position(|n| n.as_deref() == Some(&from.to_ascii_lowercase()))
-                });
-                let image = match idx.and_then(|i| built.get(i)).and_then(|s| s.as_ref()) {
-                    Some(s) => s.image.clone(),
-                    None => Some(self.images.resolve(from).map_err(|_| {
-                        invalid(format!("{kw} --from={from}: no such stage or image"))
-                    })?),
-                };
-                match image {
-                    Some(img) => {
-                        let tmp = format!("build-from-{}", fsutil::random_hex(8));
-                        let (_, merged) = self.images.mount_container(&tmp, &img.id.to_string())?;
-                        from_mount = Some(tmp);
-                        merged
-                    }
-                    None => {
-                        return Err(invalid(format!("{kw} --from={from}: that stage is empty")))
-                    }
-                }
-            }
-        };
+        let from = ins.flag("from");
+        let mut held = Held::default();
         let result = (|| -> Result<ImageRecord> {
-            let context = build::context::Context::open(&src_root, None)
-                .map_err(|e| invalid(e.to_string()))?;
-            let mut resolved = Vec::new();
-            for s in &srcs {
-                if s.starts_with("http://") || s.starts_with("https://") {
-                    return Err(invalid(format!(
-                        "{kw} {s}: fetching remote sources is not supported"
-                    )));
+            // Where the sources are: the context, or another stage's or image's root.
+            let src_root = match from {
+                None => job.ctx.to_path_buf(),
+                Some(from) => {
+                    let current = st.index;
+                    let img = match job
+                        .stage_ref(from, current)
+                        .and_then(|i| built.get(i))
+                        .and_then(|s| s.as_ref())
+                    {
+                        Some(s) => s.image.clone().ok_or_else(|| {
+                            invalid(format!("{kw} --from={from}: that stage is empty"))
+                        })?,
+                        None => self.images.resolve(from).map_err(|_| {
+                            invalid(format!("{kw} --from={from}: no such stage or image"))
+                        })?,
+                    };
+                    let tmp = format!("build-from-{}", fsutil::random_hex(8));
+                    let (_, merged) = self.images.mount_container(&tmp, &img.id.to_string())?;
+                    held.mounted.push(tmp);
+                    merged
                 }
-                if ins.flag("from").is_some() {
+            };
+            let excludes: Vec<&str> = ins
+                .flags
+                .iter()
+                .filter(|f| f.name == "exclude")
+                .filter_map(|f| f.value.as_deref())
+                .collect();
+            let excludes = build::ignore::Ignore::parse(&excludes.join("\n"))
+                .map_err(|e| invalid(format!("{kw} --exclude: {e}")))?;
+            let chown = match ins.flag("chown") {
+                Some(c) => Some(
+                    self.owner_ids(
+                        st,
+                        &build::shell::expand(c, env, job.esc)
+                            .map_err(|e| invalid(format!("{kw} --chown: {e}")))?,
+                        &mut held,
+                    )?,
+                ),
+                None => None,
+            };
+            let chmod = match ins.flag("chmod") {
+                Some(m) => Some(
+                    u32::from_str_radix(m, 8)
+                        .ok()
+                        .filter(|m| *m <= 0o7777)
+                        .ok_or_else(|| invalid(format!("{kw} --chmod={m}: not an octal mode")))?,
+                ),
+                None => None,
+            };
+            let parents = ins
+                .flags
+                .iter()
+                .any(|f| f.name == "parents" && f.value.as_deref() != Some("false"));
+            let mut resolved: Vec<(String, String)> = Vec::new(); // (source word, path)
+            for s in srcs.iter().filter(|s| !s.starts_with("<<") && !is_url(s)) {
+                if from.is_some() {
                     let p = build::ignore::clean(s);
-                    if !src_root.join(&p).exists()
-                        && fs::symlink_metadata(src_root.join(&p)).is_err()
+                    if s.contains(['*', '?', '[']) {
+                        return Err(invalid(format!(
+                            "{kw} --from: wildcards are matched in the context only: {s}"
+                        )));
+                    }
+                    if fs::symlink_metadata(src_root.join(&p)).is_err()
+                        && resolve_in_root(&src_root, &p).is_err()
                     {
                         return Err(invalid(format!("{kw}: {s}: not found in the stage")));
                     }
-                    resolved.push(p);
+                    resolved.push((s.clone(), p));
                 } else {
-                    resolved.extend(
-                        context
-                            .resolve(s)
-                            .map_err(|e| invalid(format!("{kw}: {e}")))?,
-                    );
+                    for p in job
+                        .context
+                        .resolve(s)
+                        .map_err(|e| invalid(format!("{kw}: {e}")))?
+                    {
+                        if !excludes.excluded(&p) {
+                            resolved.push((s.clone(), p));
+                        }
+                    }
                 }
             }
-            let several = resolved.len() > 1 || srcs.len() > 1;
+            let several = srcs.len() > 1 || resolved.len() > 1;
             let mut tar = tar::Builder::new(Vec::new());
             tar.follow_symlinks(false);
-            let chown = ins.flag("chown").map(|c| {
-                let (u, g) = c.split_once(':').unwrap_or((c, c));
-                (u.parse::<u64>().unwrap_or(0), g.parse::<u64>().unwrap_or(0))
-            });
-            let chmod = ins
-                .flag("chmod")
-                .and_then(|m| u32::from_str_radix(m, 8).ok());
-            for rel in &resolved {
-                let path = src_root.join(rel);
-                let md =
-                    fs::symlink_metadata(&path).map_err(|e| invalid(format!("{kw} {rel}: {e}")))?;
+            let header = |m: Option<&fs::Metadata>, size: u64, mode: u32| {
+                let mut h = tar::Header::new_gnu();
+                match m {
+                    Some(m) => h.set_metadata(m),
+                    None => {
+                        h.set_mode(mode);
+                        h.set_mtime(0);
+                    }
+                }
+                h.set_size(size);
+                if let Some((u, g)) = chown {
+                    h.set_uid(u);
+                    h.set_gid(g);
+                }
+                if let (Some(mode), false) = (chmod, m.is_some_and(|m| m.file_type().is_symlink()))
+                {
+                    h.set_mode(mode);
+                }
+                h
+            };
+            for s in &srcs {
+                if let Some(name) = s.strip_prefix("<<") {
+                    let name = name.trim_start_matches('-').trim_matches(['"', '\'']);
+                    let doc = ins
+                        .heredocs
+                        .iter()
+                        .find(|h| h.name == name)
+                        .ok_or_else(|| invalid(format!("{kw}: no heredoc {name}")))?;
+                    let body = if doc.expand {
+                        build::shell::expand(&doc.body, env, job.esc)
+                            .unwrap_or_else(|_| doc.body.clone())
+                    } else {
+                        doc.body.clone()
+                    };
+                    let target = build::context::target(&dest, name, false, several)
+                        .map_err(|e| invalid(format!("{kw}: {e}")))?;
+                    let mut h = header(None, body.len() as u64, 0o644);
+                    tar.append_data(&mut h, target.trim_start_matches('/'), body.as_bytes())
+                        .map_err(internal)?;
+                } else if is_url(s) {
+                    if kw != "ADD" {
+                        return Err(invalid(format!(
+                            "COPY {s}: COPY takes no URLs; ADD fetches them"
+                        )));
+                    }
+                    let data = job.fetch(s)?;
+                    let name = s
+                        .split(['?', '#'])
+                        .next()
+                        .unwrap_or(s)
+                        .rsplit('/')
+                        .next()
+                        .filter(|n| !n.is_empty())
+                        .unwrap_or("download");
+                    let target = build::context::target(&dest, name, false, several)
+                        .map_err(|e| invalid(format!("{kw}: {e}")))?;
+                    let mut h = header(None, data.len() as u64, 0o600);
+                    tar.append_data(&mut h, target.trim_start_matches('/'), &data[..])
+                        .map_err(internal)?;
+                }
+            }
+            for (word, rel) in &resolved {
+                let path = if from.is_some() {
+                    resolve_in_root(&src_root, rel)
+                        .map_err(|e| invalid(format!("{kw} {word}: {e}")))?
+                } else {
+                    src_root.join(rel)
+                };
+                let md = fs::symlink_metadata(&path)
+                    .map_err(|e| invalid(format!("{kw} {word}: {e}")))?;
                 let name = Path::new(rel)
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let target = build::context::target(&dest, &name, md.is_dir(), several)
-                    .map_err(|e| invalid(format!("{kw}: {e}")))?;
-                // ADD extracts a local tar archive into the destination.
+                let target = if parents && rel != "." {
+                    format!("{}/{rel}", dest.trim_end_matches('/'))
+                } else {
+                    build::context::target(&dest, &name, md.is_dir(), several)
+                        .map_err(|e| invalid(format!("{kw}: {e}")))?
+                };
+                // ADD extracts a local tar archive into the destination directory.
                 if kw == "ADD" && md.is_file() && is_archive(&name) {
-                    return self.add_archive(st, &path, &target);
+                    append_archive(&mut tar, &path, &dest)?;
+                    continue;
                 }
                 let mut add = |p: &Path, n: &str| -> std::io::Result<()> {
                     let m = fs::symlink_metadata(p)?;
-                    let mut h = tar::Header::new_gnu();
-                    h.set_metadata(&m);
-                    if let Some((u, g)) = chown {
-                        h.set_uid(u);
-                        h.set_gid(g);
-                    }
-                    if let (Some(mode), false) = (chmod, m.file_type().is_symlink()) {
-                        h.set_mode(mode);
-                    }
+                    let size = if m.is_file() { m.len() } else { 0 };
+                    let mut h = header(Some(&m), size, 0);
                     let n = n.trim_start_matches('/');
                     if m.file_type().is_symlink() {
-                        h.set_size(0);
                         tar.append_link(&mut h, n, fs::read_link(p)?)
                     } else if m.is_dir() {
-                        h.set_size(0);
                         tar.append_data(&mut h, n, std::io::empty())
-                    } else {
+                    } else if m.is_file() {
                         tar.append_data(&mut h, n, fs::File::open(p)?)
+                    } else {
+                        Ok(()) // sockets, fifos and devices are not copied
                     }
                 };
                 if md.is_dir() {
                     let base = target.trim_end_matches('/').to_string();
-                    let mut stack = vec![(path.clone(), base.clone())];
+                    let mut stack = vec![(path.clone(), base.clone(), rel.clone())];
                     if !base.is_empty() {
                         add(&path, &base).map_err(internal)?;
                     }
-                    while let Some((dir, into)) = stack.pop() {
+                    while let Some((dir, into, rel_dir)) = stack.pop() {
                         let mut entries: Vec<_> =
                             fs::read_dir(&dir).map_err(internal)?.flatten().collect();
                         entries.sort_by_key(|e| e.file_name());
                         for e in entries {
-                            let rel_child = format!(
-                                "{}/{}",
-                                rel.trim_end_matches('/'),
-                                e.file_name().to_string_lossy()
-                            );
-                            if ins.flag("from").is_none() && context.resolve(&rel_child).is_err() {
+                            let fname = e.file_name().to_string_lossy().into_owned();
+                            let rel_child = if rel_dir == "." {
+                                fname.clone()
+                            } else {
+                                format!("{rel_dir}/{fname}")
+                            };
+                            // --exclude matches from the context's root and from the
+                            // source directory's.
+                            let in_source = rel_child
+                                .strip_prefix(rel.as_str())
+                                .map_or(rel_child.as_str(), |r| r.trim_start_matches('/'));
+                            if excludes.excluded(&rel_child) || excludes.excluded(in_source) {
+                                continue;
+                            }
+                            if from.is_none() && job.context.resolve(&rel_child).is_err() {
                                 continue; // excluded by .dockerignore
                             }
-                            let n = format!("{into}/{}", e.file_name().to_string_lossy());
+                            let n = format!("{into}/{fname}");
                             add(&e.path(), &n).map_err(internal)?;
                             if e.file_type().is_ok_and(|t| t.is_dir()) {
-                                stack.push((e.path(), n));
+                                stack.push((e.path(), n, rel_child));
                             }
                         }
                     }
@@ -831,12 +1432,78 @@ impl Engine {
                 }
             }
             let bytes = tar.into_inner().map_err(internal)?;
-            self.apply_layer(st, &bytes, &format!("{kw} {}", ins.text()))
+            self.apply_layer(st, &bytes, &format!("{kw} {}", shown(ins)))
         })();
-        if let Some(tmp) = from_mount {
+        for tmp in held.mounted.drain(..) {
             let _ = self.images.remove_container(&tmp);
         }
         result
+    }
+
+    /// `--chown` as numeric IDs: numbers as they are, names looked up in the stage's
+    /// /etc/passwd and /etc/group.
+    fn owner_ids(&self, st: &Stage, spec: &str, held: &mut Held) -> Result<(u64, u64)> {
+        let (user, group) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        let numeric = |s: &str| s.parse::<u64>().ok();
+        if numeric(user).is_some() && group.is_none_or(|g| numeric(g).is_some()) {
+            let u = numeric(user).unwrap_or(0);
+            return Ok((u, group.and_then(numeric).unwrap_or(u)));
+        }
+        let img = st.image.as_ref().ok_or_else(|| {
+            invalid(format!(
+                "--chown={spec}: names need an /etc/passwd (the stage is FROM scratch)"
+            ))
+        })?;
+        let tmp = format!("build-{}", fsutil::random_hex(8));
+        let (_, merged) = self.images.mount_container(&tmp, &img.id.to_string())?;
+        held.mounted.push(tmp);
+        let table = |file: &str| -> Vec<Vec<String>> {
+            resolve_in_root(&merged, file)
+                .ok()
+                .and_then(|p| fs::read_to_string(p).ok())
+                .unwrap_or_default()
+                .lines()
+                .map(|l| l.split(':').map(String::from).collect())
+                .collect()
+        };
+        let passwd = table("etc/passwd");
+        let groups = table("etc/group");
+        let (uid, primary) = match numeric(user) {
+            Some(u) => (u, u),
+            None => {
+                let row = passwd
+                    .iter()
+                    .find(|r| r.first().is_some_and(|n| n == user))
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "--chown={spec}: no user {user} in the stage's /etc/passwd"
+                        ))
+                    })?;
+                (
+                    row.get(2).and_then(|v| v.parse().ok()).unwrap_or(0),
+                    row.get(3).and_then(|v| v.parse().ok()).unwrap_or(0),
+                )
+            }
+        };
+        let gid = match group {
+            None => primary,
+            Some(g) => match numeric(g) {
+                Some(g) => g,
+                None => groups
+                    .iter()
+                    .find(|r| r.first().is_some_and(|n| n == g))
+                    .and_then(|r| r.get(2)?.parse().ok())
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "--chown={spec}: no group {g} in the stage's /etc/group"
+                        ))
+                    })?,
+            },
+        };
+        Ok((uid, gid))
     }
 
     /// WORKDIR: the directory made (owned by root, as docker build's) when the image does not
@@ -921,46 +1588,246 @@ impl Engine {
             }
         }
     }
+}
 
-    fn add_archive(&self, st: &Stage, archive: &Path, target: &str) -> Result<ImageRecord> {
-        // The archive's entries under the target directory: re-rooted through a tar of them.
-        let f = fs::File::open(archive).map_err(internal)?;
-        let name = archive
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let reader: Box<dyn Read> = if name.ends_with(".gz") || name.ends_with(".tgz") {
-            Box::new(flate2::read::MultiGzDecoder::new(f))
-        } else {
-            Box::new(f)
+/// What a step holds until it ends: a build container, mounted images, scratch directories.
+#[derive(Default)]
+struct Held {
+    container: Option<String>,
+    mounted: Vec<String>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Job<'_> {
+    /// The body of an http:// URL (ADD), fetched once per build.
+    fn fetch(&self, url: &str) -> Result<Vec<u8>> {
+        let mut fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = fetched.get(url) {
+            return Ok(d.clone());
+        }
+        let data =
+            fetch_http(url).map_err(|e| invalid(format!("ADD {url}: cannot be fetched: {e}")))?;
+        fetched.insert(url.to_string(), data.clone());
+        Ok(data)
+    }
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@")
+}
+
+/// `GET` over plain HTTP/1.0, following up to five redirects.
+fn fetch_http(url: &str) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Write;
+    use std::net::ToSocketAddrs;
+    let mut url = url.to_string();
+    for _ in 0..6 {
+        let Some(rest) = url.strip_prefix("http://") else {
+            return Err(if url.starts_with("https://") {
+                "https URLs need TLS, which berth build has no client for; fetch it and COPY it"
+                    .into()
+            } else {
+                "only http:// URLs can be fetched".into()
+            });
         };
-        let mut input = tar::Archive::new(reader);
-        let mut outp = tar::Builder::new(Vec::new());
-        let base = target
-            .trim_end_matches('/')
-            .trim_start_matches('/')
-            .to_string();
-        for e in input.entries().map_err(internal)? {
-            let mut e = e.map_err(internal)?;
-            let path = e.path().map_err(internal)?.to_string_lossy().into_owned();
-            let mut h = e.header().clone();
-            let n = format!("{base}/{}", path.trim_start_matches("./"));
+        let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = if path.is_empty() { "/" } else { path };
+        let path = path.split('#').next().unwrap_or(path);
+        let addr_str = if hostport.contains(':') && !hostport.ends_with(']') {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:80")
+        };
+        let addr = addr_str
+            .to_socket_addrs()
+            .map_err(|e| format!("{hostport}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{hostport}: no address"))?;
+        let timeout = std::time::Duration::from_secs(30);
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| format!("{hostport}: {e}"))?;
+        s.set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        let req = format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: berth-build\r\nAccept: */*\r\n\r\n");
+        s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).map_err(|e| e.to_string())?;
+        let end = resp
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or("a malformed HTTP response")?;
+        let head = String::from_utf8_lossy(&resp[..end]).into_owned();
+        let mut lines = head.lines();
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .ok_or("a malformed HTTP status line")?;
+        let header = |name: &str| {
+            head.lines().skip(1).find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+        };
+        match status {
+            200 => return Ok(resp[end + 4..].to_vec()),
+            301 | 302 | 303 | 307 | 308 => {
+                let loc = header("location").ok_or("a redirect without Location")?;
+                url = if loc.starts_with('/') {
+                    format!("http://{hostport}{loc}")
+                } else {
+                    loc
+                };
+            }
+            code => return Err(format!("HTTP {code}")),
+        }
+    }
+    Err("too many redirects".into())
+}
+
+/// Whether a `--mount` spec binds the context (a bind mount without `from=`).
+fn is_context_bind(spec: &str) -> bool {
+    let parts: Vec<&str> = spec.split(',').collect();
+    let kind = parts
+        .iter()
+        .find_map(|p| p.strip_prefix("type="))
+        .unwrap_or("bind");
+    kind == "bind" && !parts.iter().any(|p| p.starts_with("from="))
+}
+
+fn mount_target(m: &MountSpec) -> String {
+    match m {
+        MountSpec::Bind { target, .. }
+        | MountSpec::Volume { target, .. }
+        | MountSpec::Tmpfs { target, .. } => target.clone(),
+    }
+}
+
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    }
+}
+
+/// `1g`, `64m`, `512k` or bytes.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.trim_end_matches('b');
+    let (num, mult) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' => (&s[..s.len() - 1], 1 << 20),
+        'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// The path of `rel` inside `root`, resolved inside it (symlinks cannot leave it).
+fn resolve_in_root(root: &Path, rel: &str) -> std::io::Result<PathBuf> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let root_fd = fs::File::open(root)?;
+    let rel = rel.trim_start_matches('/');
+    let c = std::ffi::CString::new(if rel.is_empty() { "." } else { rel }).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL byte in the path")
+    })?;
+    let fd = inroot::openat2_in_root(root_fd.as_fd(), &c, libc::O_PATH)?;
+    fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Whether `path` exists inside the root at `rootfs` (resolved inside it).
+fn exists_in_root(rootfs: &Path, path: &str) -> Result<bool> {
+    match resolve_in_root(rootfs, path) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => Ok(false),
+        Err(e) => Err(internal(format!("{path}: {e}"))),
+    }
+}
+
+/// Takes a mount-target stub (an empty file or directory the runtime made) out of an upper
+/// directory; anything else, or a path through a symbolic link, stays.
+fn remove_stub(upper: &Path, path: &str) {
+    let mut p = upper.to_path_buf();
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        p.push(part);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if i + 1 < parts.len() && m.is_dir() => {}
+            Ok(m) if i + 1 == parts.len() => {
+                let _ = if m.is_dir() {
+                    fs::remove_dir(&p) // only when empty
+                } else if m.is_file() && m.len() == 0 {
+                    fs::remove_file(&p)
+                } else {
+                    Ok(())
+                };
+            }
+            _ => return,
+        }
+    }
+}
+
+/// The entries of a local tar archive (plain or gzip) re-rooted under `into`.
+fn append_archive(tar: &mut tar::Builder<Vec<u8>>, archive: &Path, into: &str) -> Result<()> {
+    let mut f = fs::File::open(archive).map_err(internal)?;
+    let mut magic = [0u8; 2];
+    let gz = f.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+    drop(f);
+    let f = fs::File::open(archive).map_err(internal)?;
+    let reader: Box<dyn Read> = if gz {
+        Box::new(flate2::read::MultiGzDecoder::new(f))
+    } else {
+        Box::new(f)
+    };
+    let mut input = tar::Archive::new(reader);
+    let base = into.trim_end_matches('/').trim_start_matches('/');
+    let name = archive.display();
+    for e in input
+        .entries()
+        .map_err(|e| invalid(format!("ADD {name}: {e}")))?
+    {
+        let mut e = e.map_err(|e| invalid(format!("ADD {name}: {e}")))?;
+        let path = e.path().map_err(internal)?.to_string_lossy().into_owned();
+        let rel = path.trim_start_matches("./").trim_start_matches('/');
+        if rel.is_empty() {
+            continue;
+        }
+        let n = if base.is_empty() {
+            rel.to_string()
+        } else {
+            format!("{base}/{rel}")
+        };
+        let mut h = e.header().clone();
+        let kind = h.entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            let link = e
+                .link_name()
+                .map_err(internal)?
+                .map(|l| l.into_owned())
+                .unwrap_or_default();
+            // A hard link names another entry of the archive: re-rooted with it.
+            let link = if kind.is_hard_link() {
+                let l = link.to_string_lossy();
+                let l = l.trim_start_matches("./").trim_start_matches('/');
+                PathBuf::from(if base.is_empty() {
+                    l.to_string()
+                } else {
+                    format!("{base}/{l}")
+                })
+            } else {
+                link
+            };
+            h.set_size(0);
+            tar.append_link(&mut h, &n, link).map_err(internal)?;
+        } else {
             let mut data = Vec::new();
             e.read_to_end(&mut data).map_err(internal)?;
-            if h.entry_type().is_symlink() || h.entry_type().is_hard_link() {
-                let link = e
-                    .link_name()
-                    .map_err(internal)?
-                    .map(|l| l.into_owned())
-                    .unwrap_or_default();
-                outp.append_link(&mut h, &n, link).map_err(internal)?;
-            } else {
-                outp.append_data(&mut h, &n, &data[..]).map_err(internal)?;
-            }
+            tar.append_data(&mut h, &n, &data[..]).map_err(internal)?;
         }
-        let bytes = outp.into_inner().map_err(internal)?;
-        self.apply_layer(st, &bytes, &format!("ADD {name} {target}"))
     }
+    Ok(())
 }
 
 /// An instruction's arguments as written: the shell form's text, the exec form as JSON.
