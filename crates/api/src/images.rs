@@ -32,10 +32,18 @@ pub fn route(
 ) -> Handled {
     let images = &engine.images;
     match (method, rest) {
-        ("GET", []) => Ok(Output::Json(
-            200,
-            serde_json::to_value(images.list()?).unwrap_or_default(),
-        )),
+        ("GET", []) => {
+            // The build cache's intermediate images only with all=1, as docker images -a.
+            let mut list = images.list()?;
+            if !head.flag("all") {
+                let cache = engine.build_cache_images();
+                list.retain(|s| !s.names.is_empty() || !cache.contains(&s.id));
+            }
+            Ok(Output::Json(
+                200,
+                serde_json::to_value(list).unwrap_or_default(),
+            ))
+        }
         ("GET", ["inspect"]) => {
             let r = images.resolve(one(head, "name")?)?;
             let config = images.config(&r)?;
@@ -102,7 +110,8 @@ pub fn route(
             ))
         }
         ("POST", ["prune"]) => {
-            let removed = images.prune(head.flag("all"))?;
+            // The build cache is not dangling: `builder prune` removes it.
+            let removed = images.prune_except(head.flag("all"), &engine.build_cache_images())?;
             Ok(Output::Json(
                 200,
                 json!(removed.iter().map(|d| d.to_string()).collect::<Vec<_>>()),

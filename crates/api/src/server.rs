@@ -196,6 +196,7 @@ fn route(
         ("GET", ["version"]) => Ok(Out::Json(200, version())),
         ("GET", ["info"]) => Ok(Out::Json(200, engine.info())),
         ("POST", ["build"]) => build(engine, head, body, w),
+        ("POST", ["builder", "prune"]) => Ok(Out::Json(200, json!(engine.builder_prune()?))),
         ("GET", ["system", "df"]) => Ok(Out::Json(200, engine.disk_usage())),
         ("POST", ["system", "prune"]) => system_prune(engine, head),
         ("GET", ["events"]) => events(engine, head, w),
@@ -565,6 +566,7 @@ pub(crate) fn version() -> Value {
 
 fn system_prune(engine: &Arc<Engine>, head: &Head) -> Reply {
     let containers = engine.container_prune();
+    let cache = engine.builder_prune()?;
     let images = engine.images.prune(head.flag("all"))?;
     let volumes = if head.flag("volumes") {
         engine.volume_prune(false).0
@@ -577,6 +579,7 @@ fn system_prune(engine: &Arc<Engine>, head: &Head) -> Reply {
             "ContainersDeleted": containers,
             "ImagesDeleted": images.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
             "VolumesDeleted": volumes,
+            "BuildCache": cache,
         }),
     ))
 }

@@ -15,6 +15,9 @@ use crate::util::{human_size, print_table, Failure};
 
 #[derive(Args)]
 pub struct ListArgs {
+    /// Show all images (the build cache's intermediate images are hidden by default).
+    #[arg(long, short = 'a')]
+    all: bool,
     /// Only image ids.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -191,8 +194,10 @@ fn glob(pattern: &str, s: &str) -> bool {
 }
 
 pub fn list(c: &Client, a: &ListArgs) -> Result<()> {
-    let summaries: Vec<Summary> =
-        serde_json::from_value(c.json("GET", "/images", None).map_err(fail)?)?;
+    let summaries: Vec<Summary> = serde_json::from_value(
+        c.json("GET", &format!("/images?all={}", u8::from(a.all)), None)
+            .map_err(fail)?,
+    )?;
     let mut out = std::io::stdout().lock();
     let mut shown = Vec::new();
     for (repo, tag, s) in rows(&summaries) {

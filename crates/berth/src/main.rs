@@ -108,6 +108,9 @@ enum Command {
     /// Manage berth.
     #[command(subcommand)]
     System(SystemCmd),
+    /// Manage the build cache.
+    #[command(subcommand)]
+    Builder(BuilderCmd),
     /// Display system-wide information.
     Info {
         #[arg(short = 'f', long)]
@@ -181,8 +184,8 @@ enum ContainerCmd {
 enum SystemCmd {
     /// Show disk usage.
     Df,
-    /// Remove stopped containers, unused images (dangling; all with -a) and, with --volumes,
-    /// unused anonymous volumes.
+    /// Remove stopped containers, the build cache, unused images (dangling; all with -a)
+    /// and, with --volumes, unused anonymous volumes.
     Prune {
         #[arg(short = 'a', long)]
         all: bool,
@@ -193,6 +196,20 @@ enum SystemCmd {
     },
     /// Display system-wide information.
     Info,
+}
+
+#[derive(Subcommand)]
+enum BuilderCmd {
+    /// Remove the build cache: cached steps, their images no tag or container uses, and the
+    /// RUN cache mounts.
+    Prune {
+        /// Accepted for docker's command line: the whole cache goes either way.
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Do not prompt for confirmation (berth never prompts).
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
 }
 
 /// The runtime command line as the top level, for `berth-runtime`.
@@ -307,6 +324,20 @@ fn dispatch(cli: Cli) -> Result<i32> {
             util::print_table(&mut std::io::stdout().lock(), &table)?;
             Ok(0)
         }
+        Command::Builder(BuilderCmd::Prune { all: _, force: _ }) => {
+            let v = c()?.json("POST", "/builder/prune", None).map_err(fail1)?;
+            println!(
+                "Deleted build cache objects: {}\nDeleted cache mounts: {}\nDeleted images: {}",
+                v["CachesDeleted"],
+                v["CacheMountsDeleted"],
+                v["ImagesDeleted"].as_array().map_or(0, |a| a.len())
+            );
+            println!(
+                "\nTotal reclaimed space: {}",
+                util::human_size(v["SpaceReclaimed"].as_u64().unwrap_or(0))
+            );
+            Ok(0)
+        }
         Command::System(SystemCmd::Prune {
             all,
             volumes,
@@ -323,6 +354,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     None,
                 )
                 .map_err(fail1)?;
+            let cache = &v["BuildCache"];
+            if cache["CachesDeleted"].as_u64().unwrap_or(0) > 0 {
+                println!("Deleted build cache objects: {}\n", cache["CachesDeleted"]);
+            }
             for (k, title) in [
                 ("ContainersDeleted", "Deleted Containers:"),
                 ("ImagesDeleted", "Deleted Images:"),

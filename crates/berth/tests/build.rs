@@ -616,3 +616,39 @@ fn onbuild_heredocs_exclude_chown_archives_urls_and_stdin() {
         "from-stdin\n"
     );
 }
+
+#[test]
+fn the_cache_outlives_restarts_and_image_prune_and_goes_with_builder_prune() {
+    let mut e = env();
+    e.write("a.txt", "alpha\n");
+    e.write(
+        "Dockerfile",
+        "FROM busybox\nCOPY a.txt /a.txt\n\
+         RUN --mount=type=cache,target=/c echo x >> /c/n && wc -l < /c/n > /count\nCMD cat /count\n",
+    );
+    let hits = |out: &str| out.matches(" ---> Using cache").count();
+    e.build_ok(&["-t", "keep:1"]);
+    // The daemon killed and started again, dangling images pruned: still every step cached.
+    e.d.kill9();
+    e.d.restart();
+    e.d.ok(&["image", "prune", "-f"]);
+    let out = e.build_ok(&["-t", "keep:2"]);
+    assert_eq!(hits(&out), 3, "{out}");
+    assert_eq!(e.image_id("keep:1"), e.image_id("keep:2"));
+    // The intermediate images are listed with -a only.
+    assert!(!e.d.ok(&["images"]).contains("<none>"));
+    assert_eq!(e.d.ok(&["images", "-a"]).matches("<none>").count(), 4); // 2 per row
+                                                                        // builder prune: the steps, the cache mount and the intermediate images go; tags stay.
+    let out = e.d.ok(&["builder", "prune", "-f"]);
+    assert!(out.contains("Deleted build cache objects: 3"), "{out}");
+    assert!(out.contains("Deleted cache mounts: 1"), "{out}");
+    assert!(out.contains("Deleted images: 2"), "{out}");
+    assert_eq!(e.d.ok(&["run", "--rm", "keep:1"]), "1\n");
+    let out = e.build_ok(&["-t", "keep:3"]);
+    assert_eq!(hits(&out), 0, "{out}");
+    assert_eq!(
+        e.d.ok(&["run", "--rm", "keep:3"]),
+        "1\n",
+        "the cache mount was emptied"
+    );
+}

@@ -95,29 +95,106 @@ impl Stage {
     }
 }
 
-/// The build cache: step key → image ID, under the data root.
+/// The build cache: step key → image ID, in `<root>/builder/cache.json`. A build reads it
+/// once; each new entry is merged into the file under `CACHE_FILE` (builds run side by
+/// side, and `builder prune` empties it).
 struct Cache {
     path: PathBuf,
     map: BTreeMap<String, String>,
 }
 
+static CACHE_FILE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn read_cache(path: &Path) -> BTreeMap<String, String> {
+    fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
 impl Cache {
+    fn path(root: &Path) -> PathBuf {
+        root.join("builder").join("cache.json")
+    }
+
     fn open(root: &Path) -> Cache {
-        let path = root.join("builder").join("cache.json");
-        let map = fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let path = Cache::path(root);
+        let _file = CACHE_FILE.lock().unwrap_or_else(|e| e.into_inner());
+        let map = read_cache(&path);
         Cache { path, map }
     }
 
-    fn save(&self) {
+    fn insert(&mut self, k: String, id: String) -> Result<()> {
+        self.map.insert(k.clone(), id.clone());
+        let _file = CACHE_FILE.lock().unwrap_or_else(|e| e.into_inner());
+        let mut on_disk = read_cache(&self.path);
+        on_disk.insert(k, id);
         if let Some(d) = self.path.parent() {
-            let _ = fs::create_dir_all(d);
+            fs::create_dir_all(d).map_err(internal)?;
         }
-        if let Ok(json) = serde_json::to_vec(&self.map) {
-            let _ = fsutil::write_atomic(&self.path, &json, 0o600);
+        let json = serde_json::to_vec(&on_disk).map_err(internal)?;
+        fsutil::write_atomic(&self.path, &json, 0o600).map_err(internal)
+    }
+}
+
+/// What `builder prune` removed.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct BuilderPruned {
+    /// Cached steps forgotten.
+    #[serde(rename = "CachesDeleted")]
+    pub steps: usize,
+    /// Cache mounts removed.
+    #[serde(rename = "CacheMountsDeleted")]
+    pub mounts: usize,
+    /// Images removed (intermediate images no tag or container uses).
+    #[serde(rename = "ImagesDeleted")]
+    pub images: Vec<String>,
+    /// Bytes freed under the data root.
+    #[serde(rename = "SpaceReclaimed")]
+    pub bytes: u64,
+}
+
+impl Engine {
+    /// The images the build cache refers to: kept by `image prune`, as docker keeps its
+    /// build cache apart from dangling images.
+    pub fn build_cache_images(&self) -> std::collections::BTreeSet<image::digest::Digest> {
+        let _file = CACHE_FILE.lock().unwrap_or_else(|e| e.into_inner());
+        read_cache(&Cache::path(self.data_root()))
+            .values()
+            .filter_map(|id| id.parse().ok())
+            .collect()
+    }
+
+    /// `berth builder prune`: the whole build cache — cached steps, their images unless a tag
+    /// or a container uses them, and the RUN cache mounts.
+    pub fn builder_prune(&self) -> Result<BuilderPruned> {
+        let root = self.data_root();
+        let before = fsutil::dir_size(root);
+        let mut pruned = BuilderPruned::default();
+        {
+            let _file = CACHE_FILE.lock().unwrap_or_else(|e| e.into_inner());
+            let path = Cache::path(root);
+            pruned.steps = read_cache(&path).len();
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(internal(format!("{}: {e}", path.display()))),
+            }
         }
+        let mounts = root.join("builder").join("cache-mounts");
+        for e in fs::read_dir(&mounts).into_iter().flatten().flatten() {
+            fs::remove_dir_all(e.path())
+                .map_err(|err| internal(format!("{}: {err}", e.path().display())))?;
+            pruned.mounts += 1;
+        }
+        pruned.images = self
+            .images
+            .prune(false)?
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        pruned.bytes = before.saturating_sub(fsutil::dir_size(root));
+        Ok(pruned)
     }
 }
 
@@ -641,11 +718,10 @@ impl Engine {
         st.config = self.images.config(&image)?;
         st.image = Some(image);
         self.stage_locals(st, ins, &env, esc, &opts.build_args)?;
-        {
-            let mut cache = job.cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache.map.insert(k, id.clone());
-            cache.save();
-        }
+        job.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(k, id.clone())?;
         out(&format!(
             " ---> {} ({:.1}s)",
             &id.trim_start_matches("sha256:")[..12],

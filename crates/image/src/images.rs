@@ -860,6 +860,15 @@ impl Images {
 
     /// `image prune`: removes images without a name (all unused ones with `all`), then collects garbage.
     pub fn prune(&self, all: bool) -> Result<Vec<Digest>, ImageError> {
+        self.prune_except(all, &BTreeSet::new())
+    }
+
+    /// `prune`, keeping the images of `keep` too (the build cache's).
+    pub fn prune_except(
+        &self,
+        all: bool,
+        keep: &BTreeSet<Digest>,
+    ) -> Result<Vec<Digest>, ImageError> {
         let removed = self.with_names(|names| {
             let tagged: BTreeSet<Digest> = names
                 .tags
@@ -867,6 +876,7 @@ impl Images {
                 .filter_map(|t| t.image.clone())
                 .collect();
             let mut used: BTreeSet<Digest> = names.containers.values().cloned().collect();
+            used.extend(keep.iter().cloned());
             // Earlier versions of a tag are versions, not garbage: only --all removes them.
             if !all {
                 used.extend(
