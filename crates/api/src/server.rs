@@ -482,38 +482,50 @@ fn build(engine: &Arc<Engine>, head: &Head, body: &mut impl Read, w: &mut UnixSt
         .filter(|f| !f.is_empty())
         .unwrap_or("Dockerfile")
         .to_string();
-    let dir = engine
-        .data_root()
-        .join("builder")
-        .join(format!("context-{}", engine::fsutil::random_hex(8)));
-    let secrets_dir = dir.with_extension("secrets");
-    std::fs::create_dir_all(&dir).map_err(|e| Fail(500, e.to_string(), None))?;
-    let result = (|| -> Result<(String, BTreeMap<String, std::path::PathBuf>), Fail> {
-        image::layer::apply(body, image::Compression::None, &dir)
+    // The context is kept as the tar it came in: indexed, and extracted only if a step
+    // needs its files (an unchanged rebuild never does).
+    let builder_dir = engine.data_root().join("builder");
+    let stem = format!("context-{}", engine::fsutil::random_hex(8));
+    let tar_file = builder_dir.join(format!("{stem}.tar"));
+    let secrets_dir = builder_dir.join(format!("{stem}.secrets"));
+    let internal = |e: std::io::Error| Fail(500, e.to_string(), None);
+    let result = (|| -> Result<_, Fail> {
+        std::fs::create_dir_all(&builder_dir).map_err(internal)?;
+        let mut f = std::fs::File::create(&tar_file).map_err(internal)?;
+        std::io::copy(body, &mut f).map_err(|e| bad(format!("reading the build context: {e}")))?;
+        drop(f);
+        let context = build::context::Context::from_tar(&tar_file, &engine::builder::HIDDEN)
             .map_err(|e| bad(format!("reading the build context: {e}")))?;
-        let df_path = dir.join(engine::builder::clean_rel(&dockerfile));
-        let text = std::fs::read_to_string(&df_path)
+        let text = context
+            .read(&dockerfile)
             .map_err(|e| bad(format!("reading {dockerfile} from the context: {e}")))?;
-        // berth build's own files are not part of the context: the Dockerfile from outside
-        // it, and the secrets, moved where no COPY reaches them.
-        if dockerfile == engine::builder::CLI_DOCKERFILE {
-            let _ = std::fs::remove_file(&df_path);
-        }
+        let text =
+            String::from_utf8(text).map_err(|_| bad(format!("{dockerfile}: not UTF-8 text")))?;
+        // berth build --secret files: out of the context, into a directory of their own.
         let mut secrets = BTreeMap::new();
-        let sent = dir.join(engine::builder::CLI_SECRETS);
-        if sent.is_dir() {
-            std::fs::rename(&sent, &secrets_dir).map_err(|e| Fail(500, e.to_string(), None))?;
-            for e in std::fs::read_dir(&secrets_dir).map_err(|e| Fail(500, e.to_string(), None))? {
-                let e = e.map_err(|e| Fail(500, e.to_string(), None))?;
-                secrets.insert(e.file_name().to_string_lossy().into_owned(), e.path());
+        for id in context.files_under(engine::builder::CLI_SECRETS) {
+            if id.contains('/') {
+                return Err(bad(format!("secret {id:?}: not a usable id")));
             }
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(&secrets_dir)
+                .map_err(internal)?;
+            let data = context
+                .read(&format!("{}/{id}", engine::builder::CLI_SECRETS))
+                .map_err(|e| bad(e.to_string()))?;
+            let path = secrets_dir.join(&id);
+            engine::fsutil::write_atomic(&path, &data, 0o600).map_err(internal)?;
+            secrets.insert(id, path);
         }
-        Ok((text, secrets))
+        Ok((text, secrets, context))
     })();
-    let (text, secrets) = match result {
+    let (text, secrets, context) = match result {
         Ok(t) => t,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_file(&tar_file);
             let _ = std::fs::remove_dir_all(&secrets_dir);
             return Err(e);
         }
@@ -532,6 +544,10 @@ fn build(engine: &Arc<Engine>, head: &Head, body: &mut impl Read, w: &mut UnixSt
             .q("platform")
             .filter(|p| !p.is_empty())
             .map(String::from),
+        network: head
+            .q("networkmode")
+            .filter(|p| !p.is_empty())
+            .map(String::from),
         secrets,
     };
     let mut send = |v: Value| {
@@ -539,15 +555,20 @@ fn build(engine: &Arc<Engine>, head: &Head, body: &mut impl Read, w: &mut UnixSt
         line.push(b'\n');
         let _ = out.write_all(&line);
     };
-    let r = engine.build(&dir, &opts, &mut |line| {
+    let source = engine::builder::BuildContext::Tar {
+        file: tar_file.clone(),
+        context,
+    };
+    let r = engine.build(source, &opts, &mut |line| {
         send(json!({"stream": format!("{line}\n")}))
     });
+    // Nothing of the build is left once its result is out.
+    let _ = std::fs::remove_file(&tar_file);
+    let _ = std::fs::remove_dir_all(&secrets_dir);
     match r {
         Ok(id) => send(json!({"aux": {"ID": id}})),
         Err(e) => send(json!({"error": e.to_string()})),
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&secrets_dir);
     let _ = out.finish();
     Ok(Out::Done)
 }

@@ -43,6 +43,9 @@ pub struct BuildArgs {
     /// Set the target platform (this machine's, linux/amd64 here).
     #[arg(long)]
     platform: Option<String>,
+    /// The network of the RUN steps: default (the default bridge), none or host.
+    #[arg(long)]
+    network: Option<String>,
     /// Type of progress output: auto, plain or tty.
     #[arg(long, default_value = "auto")]
     progress: String,
@@ -153,6 +156,9 @@ pub fn run(c: Option<&Client>, a: &BuildArgs) -> Result<i32> {
     let dockerfile_name = engine::builder::CLI_DOCKERFILE;
     let mut h = tar::Header::new_gnu();
     h.set_mode(0o600);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
     h.set_size(text.len() as u64);
     tar.append_data(&mut h, dockerfile_name, text.as_bytes())?;
     for (id, src) in &secrets {
@@ -160,6 +166,9 @@ pub fn run(c: Option<&Client>, a: &BuildArgs) -> Result<i32> {
             .with_context(|| format!("--secret id={id}: reading {}", src.display()))?;
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o600);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         h.set_size(data.len() as u64);
         let name = format!("{}/{id}", engine::builder::CLI_SECRETS);
         tar.append_data(&mut h, name, &data[..])?;
@@ -183,6 +192,9 @@ fn send(
     );
     if let Some(p) = &a.platform {
         target.push_str(&format!("&platform={}", encode(p)));
+    }
+    if let Some(n) = &a.network {
+        target.push_str(&format!("&networkmode={}", encode(n)));
     }
     for t in &a.tag {
         target.push_str(&format!("&t={}", encode(t)));

@@ -145,8 +145,22 @@ impl Env {
         v[0]["Config"].clone()
     }
 
+    /// No context, extracted files or secrets of a finished build are left in the data root.
+    fn assert_no_leftovers(&self) {
+        let dir = self.dir.path().join("data/builder");
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                name == "cache.json" || name == "cache-mounts",
+                "{name} is left in {}",
+                dir.display()
+            );
+        }
+    }
+
     /// Nothing of a failed build is left: no container, no tag.
     fn assert_clean_failure(&self, tag: &str) {
+        self.assert_no_leftovers();
         assert!(
             self.d.err(&["image", "inspect", tag]).0 != 0,
             "{tag} was tagged"
@@ -226,6 +240,7 @@ fn a_multi_stage_build_runs_and_rebuilds_from_the_cache() {
     let out =
         e.d.ok(&["run", "--rm", "app:builder", "cat", "/app/out.txt"]);
     assert_eq!(out, "hello from berth\n");
+    e.assert_no_leftovers();
     // .dockerignore kept junk/ out of the context.
     let (code, _) = e.d.err(&["run", "--rm", "app:builder", "ls", "/app/junk"]);
     assert_ne!(code, 0);
@@ -484,6 +499,7 @@ fn run_mounts_cache_bind_tmpfs_and_secret() {
     e.d.ok(&["save", "-o", saved.to_str().unwrap(), "m:1"]);
     let bytes = fs::read(&saved).unwrap();
     assert!(!bytes.windows(12).any(|w| w == b"s3cret-value"));
+    e.assert_no_leftovers();
     // The cache mount outlives the build: a rebuild without the step cache sees it.
     e.build_ok(&["-t", "m:2", "--no-cache", "--secret", &src]);
     let count = e.d.ok(&["run", "--rm", "m:2", "cat", "/count"]);
@@ -651,4 +667,85 @@ fn the_cache_outlives_restarts_and_image_prune_and_goes_with_builder_prune() {
         "1\n",
         "the cache mount was emptied"
     );
+}
+
+#[test]
+fn run_steps_are_on_the_default_bridge_unless_told_otherwise() {
+    let e = env();
+    e.write(
+        "Dockerfile",
+        "FROM busybox\nRUN grep -c : /proc/net/dev > /default\n\
+         RUN --network=none grep -c : /proc/net/dev > /none\n",
+    );
+    e.build_ok(&["-t", "net:1"]);
+    let out =
+        e.d.ok(&["run", "--rm", "net:1", "cat", "/default", "/none"]);
+    assert_eq!(
+        out, "2\n1\n",
+        "lo and eth0 by default, lo alone with --network=none"
+    );
+    // The files the engine bind-mounts into a RUN container are not in the layer.
+    let root = e.d.ok(&["image", "mount", "look", "net:1"]);
+    for f in ["etc/hostname", "etc/hosts", "etc/resolv.conf"] {
+        assert!(
+            !Path::new(root.trim()).join(f).exists(),
+            "{f} is in the image"
+        );
+    }
+    e.d.ok(&["image", "umount", "look"]);
+    e.build_ok(&["-t", "net:2", "--no-cache", "--network", "none"]);
+    let out =
+        e.d.ok(&["run", "--rm", "net:2", "cat", "/default", "/none"]);
+    assert_eq!(out, "1\n1\n");
+    e.write("Dockerfile", "FROM busybox\nRUN --network=host true\n");
+    let (code, out) = e.build(&["-t", "net:3"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("RUN --network=host"), "{out}");
+}
+
+#[test]
+fn a_daemon_killed_mid_build_restarts_with_nothing_of_it_left() {
+    let mut e = env();
+    e.write("data.txt", "x");
+    e.write(
+        "Dockerfile",
+        "FROM busybox\nCOPY data.txt /data.txt\nRUN sleep 600\n",
+    );
+    let mut build =
+        e.d.cmd()
+            .args(["build", "-t", "never:1"])
+            .arg(e.ctx())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while e
+        .d
+        .ok(&["ps", "-q", "--filter", "label=berth.build.step"])
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the RUN step never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    e.d.kill9();
+    let _ = build.wait();
+    e.d.restart();
+    assert_eq!(
+        e.d.ok(&["ps", "-aq"]).trim(),
+        "",
+        "the RUN container is left"
+    );
+    e.assert_no_leftovers();
+    let data = e.dir.path().join("data");
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(data.to_str().unwrap()),
+        "a mount of the build is left:\n{mounts}"
+    );
+    assert!(e.d.err(&["image", "inspect", "never:1"]).0 != 0);
 }

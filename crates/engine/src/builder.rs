@@ -51,6 +51,8 @@ pub struct BuildOptions {
     pub labels: BTreeMap<String, String>,
     /// `--platform` (this machine's only).
     pub platform: Option<String>,
+    /// `--network`: the RUN steps' network (default, none or host).
+    pub network: Option<String>,
     /// `--secret id=…,src=…`: id → a file of the daemon's.
     pub secrets: BTreeMap<String, PathBuf>,
 }
@@ -262,10 +264,64 @@ struct StagePlan {
     deps: Vec<usize>,
 }
 
+/// Where the context is: a directory, or a tar a client sent (indexed; extracted only when
+/// a step needs its files).
+pub enum BuildContext {
+    /// A directory.
+    Dir(PathBuf),
+    /// A tar file and its index (`build::context::Context::from_tar` with `HIDDEN`).
+    Tar {
+        /// The tar file.
+        file: PathBuf,
+        /// Its index.
+        context: build::context::Context,
+    },
+}
+
+/// The label of the containers RUN steps run in.
+pub const BUILD_LABEL: &str = "berth.build.step";
+/// The prefix of the image-store mounts (COPY --from, WORKDIR, layers) of a build.
+const MOUNT_PREFIX: &str = "berth-build-";
+
+impl Engine {
+    /// At start: what builds in flight when the daemon died left — their contexts and
+    /// scratch directories, RUN containers and mounts.
+    pub(crate) fn sweep_builds(self: &Arc<Self>) {
+        let dir = self.data_root().join("builder");
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("context-") || name.starts_with("scratch-") {
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+            }
+        }
+        for c in self.list(true, false) {
+            if c.labels.contains_key(BUILD_LABEL) {
+                let _ = self.remove(&c.id, true, true);
+            }
+        }
+        for name in self.images.container_names().unwrap_or_default() {
+            if name.starts_with(MOUNT_PREFIX) {
+                let _ = self.images.remove_container(&name);
+            }
+        }
+    }
+}
+
+/// What `berth build` puts in the context tar that is not the context.
+pub const HIDDEN: [&str; 2] = [CLI_DOCKERFILE, CLI_SECRETS];
+
 /// What every step of one build shares.
 struct Job<'a> {
     opts: &'a BuildOptions,
-    ctx: &'a Path,
+    /// The context directory, or the context tar.
+    source: std::result::Result<PathBuf, PathBuf>,
+    /// A context tar's files, once a step needed them.
+    extracted: std::sync::Mutex<Option<PathBuf>>,
     context: build::context::Context,
     names: Vec<Option<String>>,
     esc: char,
@@ -276,6 +332,48 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
+    /// The context's files in a directory: extracted from the tar the first time.
+    fn dir(&self, engine: &Engine) -> Result<PathBuf> {
+        let file = match &self.source {
+            Ok(d) => return Ok(d.clone()),
+            Err(file) => file,
+        };
+        let mut extracted = self.extracted.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = extracted.as_ref() {
+            return Ok(d.clone());
+        }
+        let dir = tempfile_dir(&engine.data_root().join("builder"))?;
+        let applied = fs::File::open(file)
+            .map_err(internal)
+            .and_then(|f| {
+                image::layer::apply(std::io::BufReader::new(f), image::Compression::None, &dir)
+                    .map_err(|e| invalid(format!("the build context: {e}")))
+            })
+            .and_then(|_| {
+                for h in HIDDEN {
+                    let p = dir.join(h);
+                    let r = if p.is_dir() {
+                        fs::remove_dir_all(&p)
+                    } else {
+                        fs::remove_file(&p)
+                    };
+                    match r {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(internal(e))
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            });
+        if let Err(e) = applied {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        *extracted = Some(dir.clone());
+        Ok(dir)
+    }
+
     /// The stage a `--from` or `FROM` word names among the stages before `before`.
     fn stage_ref(&self, word: &str, before: usize) -> Option<usize> {
         stage_ref(&self.names, word, before)
@@ -311,7 +409,7 @@ impl Engine {
     /// not need each other in parallel. Nothing is tagged unless every step succeeded.
     pub fn build(
         self: &Arc<Self>,
-        ctx: &Path,
+        ctx: BuildContext,
         opts: &BuildOptions,
         out: &mut dyn FnMut(&str),
     ) -> Result<String> {
@@ -405,11 +503,19 @@ impl Engine {
             first_step[i] = total + 1;
             total += 1 + p.body.len();
         }
+        let (source, context) = match ctx {
+            BuildContext::Dir(d) => {
+                let c =
+                    build::context::Context::open(&d, None).map_err(|e| invalid(e.to_string()))?;
+                (Ok(d), c)
+            }
+            BuildContext::Tar { file, context } => (Err(file), context),
+        };
         let job = Job {
             opts,
-            ctx,
-            context: build::context::Context::open(ctx, None)
-                .map_err(|e| invalid(e.to_string()))?,
+            source,
+            extracted: Default::default(),
+            context,
             names,
             esc,
             global,
@@ -417,6 +523,31 @@ impl Engine {
             cache: std::sync::Mutex::new(Cache::open(self.data_root())),
             fetched: Default::default(),
         };
+        let result = self.run_job(&job, &plans, &needed, &first_step, target, &tags, out);
+        if let Some(d) = job
+            .extracted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = fs::remove_dir_all(d);
+        }
+        result
+    }
+
+    /// The stages the target needs, in waves, and the tags.
+    #[allow(clippy::too_many_arguments)]
+    fn run_job(
+        self: &Arc<Self>,
+        job: &Job,
+        plans: &[StagePlan],
+        needed: &[bool],
+        first_step: &[usize],
+        target: usize,
+        tags: &[image::reference::Reference],
+        out: &mut dyn FnMut(&str),
+    ) -> Result<String> {
+        let opts = job.opts;
         let mut built: Vec<Option<Stage>> = (0..plans.len()).map(|_| None).collect();
         let mut left: Vec<usize> = (0..plans.len()).filter(|i| needed[*i]).collect();
         while !left.is_empty() {
@@ -480,7 +611,7 @@ impl Engine {
             last.image = Some(img);
         }
         let img = last.image.ok_or_else(|| internal("no image"))?;
-        for t in &tags {
+        for t in tags {
             self.images.tag(&img.id.to_string(), t)?;
         }
         Ok(img.id.to_string())
@@ -914,12 +1045,30 @@ impl Engine {
         if args.is_empty() {
             args.push("true".into());
         }
-        let network = match ins.flag("network") {
-            None | Some("default") => true,
-            Some("none") => false,
+        // RUN --network, else the build's --network; default: the default bridge.
+        let build_net = job.opts.network.as_deref().unwrap_or("default");
+        let mode = match ins.flag("network") {
+            None | Some("default") => build_net,
+            Some("none") => "none",
+            Some("host") if build_net == "host" => "host",
+            Some("host") => {
+                return Err(invalid(
+                    "RUN --network=host: allowed only in a build run with --network host",
+                ))
+            }
             Some(n) => {
                 return Err(invalid(format!(
-                    "RUN --network={n}: expected default or none"
+                    "RUN --network={n}: expected default, none or host"
+                )))
+            }
+        };
+        let (network, run_net) = match mode {
+            "default" | "bridge" => (true, Network::None),
+            "none" => (false, Network::None),
+            "host" => (false, Network::Host),
+            n => {
+                return Err(invalid(format!(
+                    "--network {n}: expected default, bridge, none or host"
                 )))
             }
         };
@@ -949,8 +1098,9 @@ impl Engine {
                         .as_str()
                         .filter(|u| !u.is_empty())
                         .map(String::from),
-                    network: Network::None,
+                    network: run_net,
                     mounts: mounts.clone(),
+                    labels: [(BUILD_LABEL.to_string(), String::new())].into(),
                     ..Default::default()
                 },
                 networks: if network {
@@ -970,8 +1120,19 @@ impl Engine {
             // The mount targets the image lacks: the runtime makes stubs for them, which are
             // not part of the layer.
             let mut stubs: Vec<String> = Vec::new();
-            for m in &mounts {
-                let target = mount_target(m);
+            // The engine's own mounts (as docker's init layer holds them) and the step's.
+            let targets = [
+                "/proc",
+                "/sys",
+                "/dev",
+                "/etc/hostname",
+                "/etc/hosts",
+                "/etc/resolv.conf",
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain(mounts.iter().map(mount_target));
+            for target in targets {
                 let mut prefix = String::new();
                 for part in target.split('/').filter(|p| !p.is_empty()) {
                     prefix = format!("{prefix}/{part}");
@@ -1115,7 +1276,7 @@ impl Engine {
                 );
                 let source = kv.get("source").copied().unwrap_or(".");
                 let root: PathBuf = match kv.get("from") {
-                    None => job.ctx.to_path_buf(),
+                    None => job.dir(self)?,
                     Some(from) => {
                         let current = st.index;
                         let img = match job
@@ -1132,7 +1293,7 @@ impl Engine {
                                 .resolve(from)
                                 .map_err(|_| bad(format!("from={from}: no such stage or image")))?,
                         };
-                        let tmp = format!("build-from-{}", fsutil::random_hex(8));
+                        let tmp = format!("{MOUNT_PREFIX}from-{}", fsutil::random_hex(8));
                         let (_, merged) = self.images.mount_container(&tmp, &img.id.to_string())?;
                         held.mounted.push(tmp);
                         merged
@@ -1285,7 +1446,7 @@ impl Engine {
         let result = (|| -> Result<ImageRecord> {
             // Where the sources are: the context, or another stage's or image's root.
             let src_root = match from {
-                None => job.ctx.to_path_buf(),
+                None => PathBuf::new(), // context sources are read through the context
                 Some(from) => {
                     let current = st.index;
                     let img = match job
@@ -1300,7 +1461,7 @@ impl Engine {
                             invalid(format!("{kw} --from={from}: no such stage or image"))
                         })?,
                     };
-                    let tmp = format!("build-from-{}", fsutil::random_hex(8));
+                    let tmp = format!("{MOUNT_PREFIX}from-{}", fsutil::random_hex(8));
                     let (_, merged) = self.images.mount_container(&tmp, &img.id.to_string())?;
                     held.mounted.push(tmp);
                     merged
@@ -1429,13 +1590,96 @@ impl Engine {
                         .map_err(internal)?;
                 }
             }
+            // Context sources: read through the context (a tar is never extracted for them).
+            if from.is_none() {
+                let ctx = &job.context;
+                let cerr = |e: build::context::ContextError| invalid(format!("{kw}: {e}"));
+                let all = ctx.paths().map_err(cerr)?;
+                for (_, rel) in &resolved {
+                    let info = ctx.entry(rel).map_err(cerr)?;
+                    let name = Path::new(rel)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let target = if parents && rel != "." {
+                        format!("{}/{rel}", dest.trim_end_matches('/'))
+                    } else {
+                        build::context::target(&dest, &name, info.is_dir(), several)
+                            .map_err(cerr)?
+                    };
+                    if kw == "ADD" && info.is_file() && is_archive(&name) {
+                        append_archive(&mut tar, ctx.open_file(rel).map_err(cerr)?, &dest, &name)?;
+                        continue;
+                    }
+                    let mut add =
+                        |info: &build::context::EntryInfo, rel: &str, n: &str| -> Result<()> {
+                            let mut h = tar::Header::new_gnu();
+                            h.set_mode(info.mode & 0o7777);
+                            h.set_uid(info.uid);
+                            h.set_gid(info.gid);
+                            h.set_mtime(info.mtime);
+                            if let Some((u, g)) = chown {
+                                h.set_uid(u);
+                                h.set_gid(g);
+                            }
+                            if let (Some(mode), None) = (chmod, &info.symlink) {
+                                h.set_mode(mode);
+                            }
+                            let n = n.trim_start_matches('/');
+                            if let Some(link) = &info.symlink {
+                                h.set_entry_type(tar::EntryType::Symlink);
+                                h.set_size(0);
+                                tar.append_link(&mut h, n, link).map_err(internal)
+                            } else if info.is_dir() {
+                                h.set_entry_type(tar::EntryType::Directory);
+                                h.set_size(0);
+                                tar.append_data(&mut h, n, std::io::empty())
+                                    .map_err(internal)
+                            } else if info.is_file() {
+                                h.set_entry_type(tar::EntryType::Regular);
+                                h.set_size(info.size);
+                                tar.append_data(&mut h, n, ctx.open_file(rel).map_err(cerr)?)
+                                    .map_err(internal)
+                            } else {
+                                Ok(()) // sockets, fifos and devices are not copied
+                            }
+                        };
+                    if !info.is_dir() {
+                        add(&info, rel, &target)?;
+                        continue;
+                    }
+                    let base = target.trim_end_matches('/').to_string();
+                    if !base.is_empty() {
+                        add(&info, rel, &base)?;
+                    }
+                    let prefix = if rel == "." {
+                        String::new()
+                    } else {
+                        format!("{rel}/")
+                    };
+                    // --exclude matches from the context's root and from the source
+                    // directory's; an excluded directory takes what is under it along.
+                    let mut excluded_dirs: Vec<String> = Vec::new();
+                    for child in all.iter().filter(|p| p.starts_with(&prefix)) {
+                        let suffix = &child[prefix.len()..];
+                        if excluded_dirs.iter().any(|d| child.starts_with(d.as_str())) {
+                            continue;
+                        }
+                        if excludes.excluded(child) || excludes.excluded(suffix) {
+                            excluded_dirs.push(format!("{child}/"));
+                            continue;
+                        }
+                        let info = ctx.entry(child).map_err(cerr)?;
+                        add(&info, child, &format!("{base}/{suffix}"))?;
+                    }
+                }
+                let bytes = tar.into_inner().map_err(internal)?;
+                return self.apply_layer(st, &bytes, &format!("{kw} {}", shown(ins)));
+            }
+            // A stage's or image's files, every path resolved inside its root.
             for (word, rel) in &resolved {
-                let path = if from.is_some() {
-                    resolve_in_root(&src_root, rel)
-                        .map_err(|e| invalid(format!("{kw} {word}: {e}")))?
-                } else {
-                    src_root.join(rel)
-                };
+                let path = resolve_in_root(&src_root, rel)
+                    .map_err(|e| invalid(format!("{kw} {word}: {e}")))?;
                 let md = fs::symlink_metadata(&path)
                     .map_err(|e| invalid(format!("{kw} {word}: {e}")))?;
                 let name = Path::new(rel)
@@ -1450,7 +1694,8 @@ impl Engine {
                 };
                 // ADD extracts a local tar archive into the destination directory.
                 if kw == "ADD" && md.is_file() && is_archive(&name) {
-                    append_archive(&mut tar, &path, &dest)?;
+                    let f = fs::File::open(&path).map_err(internal)?;
+                    append_archive(&mut tar, Box::new(f), &dest, &name)?;
                     continue;
                 }
                 let mut add = |p: &Path, n: &str| -> std::io::Result<()> {
@@ -1493,9 +1738,6 @@ impl Engine {
                             if excludes.excluded(&rel_child) || excludes.excluded(in_source) {
                                 continue;
                             }
-                            if from.is_none() && job.context.resolve(&rel_child).is_err() {
-                                continue; // excluded by .dockerignore
-                            }
                             let n = format!("{into}/{fname}");
                             add(&e.path(), &n).map_err(internal)?;
                             if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -1533,7 +1775,7 @@ impl Engine {
                 "--chown={spec}: names need an /etc/passwd (the stage is FROM scratch)"
             ))
         })?;
-        let tmp = format!("build-{}", fsutil::random_hex(8));
+        let tmp = format!("{MOUNT_PREFIX}{}", fsutil::random_hex(8));
         let (_, merged) = self.images.mount_container(&tmp, &img.id.to_string())?;
         held.mounted.push(tmp);
         let table = |file: &str| -> Vec<Vec<String>> {
@@ -1590,7 +1832,7 @@ impl Engine {
         let exists = match &st.image {
             None => dir == "/",
             Some(img) => {
-                let tmp = format!("build-{}", fsutil::random_hex(8));
+                let tmp = format!("{MOUNT_PREFIX}{}", fsutil::random_hex(8));
                 let (_, merged) = self.images.mount_container(&tmp, &img.id.to_string())?;
                 let found = dir_in_root(&merged, &dir);
                 let _ = self.images.remove_container(&tmp);
@@ -1623,7 +1865,7 @@ impl Engine {
     fn apply_layer(&self, st: &Stage, tar: &[u8], created_by: &str) -> Result<ImageRecord> {
         match &st.image {
             Some(img) => {
-                let tmp = format!("build-{}", fsutil::random_hex(8));
+                let tmp = format!("{MOUNT_PREFIX}{}", fsutil::random_hex(8));
                 let (_, merged) = self.images.mount_container(&tmp, &img.id.to_string())?;
                 let r = image::layer::apply(tar, image::Compression::None, &merged)
                     .map_err(|e| invalid(e.to_string()))
@@ -1846,20 +2088,25 @@ fn remove_stub(upper: &Path, path: &str) {
 }
 
 /// The entries of a local tar archive (plain or gzip) re-rooted under `into`.
-fn append_archive(tar: &mut tar::Builder<Vec<u8>>, archive: &Path, into: &str) -> Result<()> {
-    let mut f = fs::File::open(archive).map_err(internal)?;
-    let mut magic = [0u8; 2];
-    let gz = f.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
-    drop(f);
-    let f = fs::File::open(archive).map_err(internal)?;
+fn append_archive(
+    tar: &mut tar::Builder<Vec<u8>>,
+    archive: Box<dyn Read + Send>,
+    into: &str,
+    name: &str,
+) -> Result<()> {
+    use std::io::BufRead;
+    let mut buffered = std::io::BufReader::new(archive);
+    let gz = buffered
+        .fill_buf()
+        .map_err(internal)?
+        .starts_with(&[0x1f, 0x8b]);
     let reader: Box<dyn Read> = if gz {
-        Box::new(flate2::read::MultiGzDecoder::new(f))
+        Box::new(flate2::read::MultiGzDecoder::new(buffered))
     } else {
-        Box::new(f)
+        Box::new(buffered)
     };
     let mut input = tar::Archive::new(reader);
     let base = into.trim_end_matches('/').trim_start_matches('/');
-    let name = archive.display();
     for e in input
         .entries()
         .map_err(|e| invalid(format!("ADD {name}: {e}")))?

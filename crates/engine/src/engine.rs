@@ -690,6 +690,7 @@ impl Engine {
         for ctr in restore {
             engine.restore(ctr);
         }
+        engine.sweep_builds();
         engine.pool_fill();
         Ok(engine)
     }

@@ -811,6 +811,11 @@ impl Images {
             .map(|(record, _)| record)
     }
 
+    /// The containers that have a root file system here.
+    pub fn container_names(&self) -> Result<Vec<String>, ImageError> {
+        self.with_names(|names| Ok(names.containers.keys().cloned().collect()))
+    }
+
     /// Unmounts and forgets a container's root file system.
     pub fn remove_container(&self, container: &str) -> Result<(), ImageError> {
         self.snapshots.remove_container(container)?;
