@@ -113,6 +113,31 @@ pub fn run(c: Option<&Client>, a: &BuildArgs) -> Result<i32> {
         }
         return check(&file, &text);
     }
+    if !archive {
+        // A Dockerfile that cannot build fails here, named as the user knows it, each error
+        // with its place and its line.
+        let (_, problems) = build::lint::check(&text);
+        let shown = if stdin {
+            "<stdin>".to_string()
+        } else {
+            file.display().to_string()
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let mut errors = 0;
+        for p in problems.iter().filter(|p| p.error) {
+            errors += 1;
+            eprintln!("{shown}:{}:{}: error: {}", p.line, p.column, p.message);
+            if let Some(l) = lines.get(p.line.saturating_sub(1)) {
+                eprintln!("{:>5} | {l}", p.line);
+            }
+        }
+        if errors > 0 {
+            bail!(Failure::new(
+                1,
+                format!("{shown}: {errors} error(s); nothing was built")
+            ));
+        }
+    }
     let secrets = a
         .secret
         .iter()

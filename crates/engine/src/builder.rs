@@ -63,7 +63,10 @@ struct Stage {
     index: usize,
     image: Option<ImageRecord>,
     config: Value,
+    /// The ARGs declared in the stage, with their values.
     args: BTreeMap<String, String>,
+    /// The global ARGs (a stage sees one only when it declares it again).
+    global: BTreeMap<String, String>,
     shell: Vec<String>,
 }
 
@@ -278,6 +281,20 @@ pub enum BuildContext {
     },
 }
 
+/// Docker's predefined ARGs: given with --build-arg, RUN sees them undeclared.
+const PROXY_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
 /// The label of the containers RUN steps run in.
 pub const BUILD_LABEL: &str = "berth.build.step";
 /// The prefix of the image-store mounts (COPY --from, WORKDIR, layers) of a build.
@@ -437,8 +454,16 @@ impl Engine {
             })
             .collect::<Result<Vec<_>>>()?;
         let esc = df.escape;
-        // Global ARGs (before the first FROM), and the stages.
+        // Global ARGs (before the first FROM, BuildKit's platform ones predefined), and the
+        // stages.
+        let platform = format!("linux/{}", host_arch());
         let mut global: BTreeMap<String, String> = BTreeMap::new();
+        for prefix in ["TARGET", "BUILD"] {
+            global.insert(format!("{prefix}PLATFORM"), platform.clone());
+            global.insert(format!("{prefix}OS"), "linux".into());
+            global.insert(format!("{prefix}ARCH"), host_arch().into());
+            global.insert(format!("{prefix}VARIANT"), String::new());
+        }
         let mut plans: Vec<StagePlan> = Vec::new();
         for ins in &df.instructions {
             if ins.keyword == "FROM" {
@@ -457,8 +482,10 @@ impl Engine {
                 s.body.push(ins.clone());
             } else if ins.keyword == "ARG" {
                 for (k, v) in arg_decls(&ins.text()) {
-                    let v = opts.build_args.get(&k).cloned().or(v).unwrap_or_default();
-                    global.insert(k, v);
+                    let v = v.map(|v| build::shell::expand(&v, &global, esc).unwrap_or(v));
+                    if let Some(v) = opts.build_args.get(&k).cloned().or(v) {
+                        global.insert(k, v);
+                    }
                 }
             }
         }
@@ -633,6 +660,16 @@ impl Engine {
             shown(&plan.from)
         ));
         let base = &plan.base;
+        if let Some(p) = plan.from.flag("platform") {
+            let p = build::shell::expand(p, &job.global, job.esc)
+                .map_err(|e| invalid(format!("FROM --platform: {e}")))?;
+            let host = format!("linux/{}", host_arch());
+            if p.trim_end_matches('/') != host {
+                return Err(invalid(format!(
+                    "FROM --platform={p}: this machine builds {host} only"
+                )));
+            }
+        }
         let from_stage = job
             .stage_ref(base, si)
             .filter(|_| base.parse::<usize>().is_err());
@@ -698,7 +735,8 @@ impl Engine {
             index: si,
             image,
             config,
-            args: job.global.clone(),
+            args: BTreeMap::new(),
+            global: job.global.clone(),
             shell,
         };
         for ins in &pre {
@@ -872,16 +910,17 @@ impl Engine {
     ) -> Result<()> {
         match ins.keyword.as_str() {
             "ARG" => {
-                // --build-arg, else the default, else the global ARG's value.
+                // --build-arg, else the default, else the global ARG's value; else unset.
                 for (k, v) in arg_decls(&ins.text()) {
                     let v = v.map(|v| build::shell::expand(&v, env, esc).unwrap_or(v));
                     let val = build_args
                         .get(&k)
                         .cloned()
                         .or(v)
-                        .or_else(|| st.args.get(&k).cloned())
-                        .unwrap_or_default();
-                    st.args.insert(k, val);
+                        .or_else(|| st.global.get(&k).cloned());
+                    if let Some(val) = val {
+                        st.args.insert(k, val);
+                    }
                 }
             }
             "SHELL" => {
@@ -1086,7 +1125,14 @@ impl Engine {
                     mounts.push(m);
                 }
             }
-            let env_list: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let mut env_list: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            // The predefined proxy ARGs reach RUN without being declared (and, as docker's,
+            // without being part of the cache key).
+            for k in PROXY_ARGS {
+                if let (Some(v), false) = (job.opts.build_args.get(k), env.contains_key(k)) {
+                    env_list.push(format!("{k}={v}"));
+                }
+            }
             let req = CreateRequest {
                 image: image.id.to_string(),
                 run: RunOptions {
