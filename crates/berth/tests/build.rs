@@ -570,7 +570,7 @@ fn onbuild_heredocs_exclude_chown_archives_urls_and_stdin() {
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         use std::io::{Read, Write};
-        for s in listener.incoming().flatten().take(4) {
+        for s in listener.incoming().flatten() {
             let mut s = s;
             let mut req = Vec::new();
             let mut buf = [0u8; 1024];
@@ -617,6 +617,42 @@ fn onbuild_heredocs_exclude_chown_archives_urls_and_stdin() {
     assert_eq!(
         run("cat /downloaded.txt; stat -c %a /downloaded.txt"),
         "fetched!\n600\n"
+    );
+    // --checksum: the right one builds, a wrong one fails naming both.
+    let sum = "sha256:5c25c8b4dc1e2e4d8fa0c7a0b6b0e06a01b5ab25cd3a7bdef4b8b59c33fc8bc9";
+    let right = {
+        use sha2::Digest as _;
+        format!("sha256:{:x}", sha2::Sha256::digest(b"fetched!\n"))
+    };
+    for (checksum, ok) in [(right.as_str(), true), (sum, false)] {
+        e.write(
+            "Dockerfile",
+            &format!(
+                "FROM busybox\nADD --checksum={checksum} http://127.0.0.1:{port}/file.txt /f\n"
+            ),
+        );
+        let (code, out) = e.build(&["-t", "sum:1"]);
+        assert_eq!(code == 0, ok, "{out}");
+        if !ok {
+            assert!(
+                out.contains(&format!("checksum mismatch: expected {sum}, got {right}")),
+                "{out}"
+            );
+        }
+    }
+    // A RUN whose heredoc is a command's input; EXPOSE of a range.
+    e.write(
+        "Dockerfile",
+        "FROM busybox\nRUN cat <<EOF > /from-heredoc\nline one\nline two\nEOF\nEXPOSE 7000-7002/udp\n",
+    );
+    e.build_ok(&["-t", "hd:1"]);
+    assert_eq!(
+        e.d.ok(&["run", "--rm", "hd:1", "cat", "/from-heredoc"]),
+        "line one\nline two\n"
+    );
+    assert_eq!(
+        e.config("hd:1")["ExposedPorts"],
+        json!({"7000/udp": {}, "7001/udp": {}, "7002/udp": {}})
     );
     // A URL that answers 404: the build fails naming it.
     e.write(

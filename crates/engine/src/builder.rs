@@ -797,6 +797,12 @@ impl Engine {
                 .context
                 .digest(&resolved)
                 .map_err(|e| invalid(e.to_string()))?;
+            // A URL's content, fetched on every build (as docker build does), is part of it.
+            if kw == "ADD" {
+                for s in srcs.0.iter().filter(|s| is_url(s)) {
+                    extra.push_str(&format!(" {s}={:x}", Sha256::digest(job.fetch(s)?)));
+                }
+            }
         }
         let mut froms: Vec<String> = ins.flag("from").map(String::from).into_iter().collect();
         if kw == "RUN" {
@@ -973,12 +979,23 @@ impl Engine {
                 for p in build::shell::expand_words(&ins.text(), env, esc)
                     .map_err(|e| invalid(format!("EXPOSE: {e}")))?
                 {
-                    let p = if p.contains('/') {
-                        p
-                    } else {
-                        format!("{p}/tcp")
-                    };
-                    st.config["config"]["ExposedPorts"][p] = json!({});
+                    let (ports, proto) = p.split_once('/').unwrap_or((&p, "tcp"));
+                    let proto = proto.to_ascii_lowercase();
+                    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+                        return Err(invalid(format!("EXPOSE {p}: unknown protocol {proto}")));
+                    }
+                    let bad = || invalid(format!("EXPOSE {p}: not a port or a port range"));
+                    let (lo, hi) = ports.split_once('-').unwrap_or((ports, ports));
+                    let (lo, hi): (u16, u16) = (
+                        lo.parse().map_err(|_| bad())?,
+                        hi.parse().map_err(|_| bad())?,
+                    );
+                    if lo == 0 || hi < lo {
+                        return Err(bad());
+                    }
+                    for port in lo..=hi {
+                        st.config["config"]["ExposedPorts"][format!("{port}/{proto}")] = json!({});
+                    }
                 }
             }
             "USER" => st.config["config"]["User"] = json!(word(&ins.text())?),
@@ -1074,9 +1091,29 @@ impl Engine {
             Args::Exec(v) => v.clone(),
             Args::Shell(s) => {
                 let mut v = st.shell.clone();
-                match ins.heredocs.first() {
-                    Some(h) if s.trim().starts_with("<<") => v.push(h.body.clone()),
-                    _ => v.push(s.clone()),
+                let only_heredoc = ins.heredocs.len() == 1
+                    && s.trim()
+                        .trim_start_matches("<<")
+                        .trim_start_matches('-')
+                        .trim_matches(['"', '\''])
+                        == ins.heredocs[0].name;
+                if only_heredoc {
+                    // `RUN <<EOF`: the heredoc is the script.
+                    v.push(ins.heredocs[0].body.clone());
+                } else if ins.heredocs.is_empty() {
+                    v.push(s.clone());
+                } else {
+                    // `RUN cat <<EOF > f`: the shell reads the heredocs, as written.
+                    let mut script = s.clone();
+                    for h in &ins.heredocs {
+                        script.push('\n');
+                        script.push_str(&h.body);
+                        if !h.body.ends_with('\n') && !h.body.is_empty() {
+                            script.push('\n');
+                        }
+                        script.push_str(&h.name);
+                    }
+                    v.push(script);
                 }
                 v
             }
@@ -1621,6 +1658,19 @@ impl Engine {
                         )));
                     }
                     let data = job.fetch(s)?;
+                    if let Some(want) = ins.flag("checksum") {
+                        let got = format!("sha256:{:x}", Sha256::digest(&data));
+                        if !want.starts_with("sha256:") {
+                            return Err(invalid(format!(
+                                "ADD --checksum={want}: expected sha256:<hex>"
+                            )));
+                        }
+                        if got != want {
+                            return Err(invalid(format!(
+                                "ADD {s}: checksum mismatch: expected {want}, got {got}"
+                            )));
+                        }
+                    }
                     let name = s
                         .split(['?', '#'])
                         .next()
