@@ -750,6 +750,15 @@ fn run_steps_are_on_the_default_bridge_unless_told_otherwise() {
     let out =
         e.d.ok(&["run", "--rm", "net:2", "cat", "/default", "/none"]);
     assert_eq!(out, "1\n1\n");
+    // RUN as the stage's USER, in its WORKDIR, through its SHELL.
+    e.write(
+        "Dockerfile",
+        "FROM busybox\nWORKDIR /tmp\nUSER 65534:65534\nSHELL [\"/bin/sh\", \"-xc\"]\n\
+         RUN echo \"uid=$(id -u) gid=$(id -g) pwd=$(pwd)\"\n",
+    );
+    let out = e.build_ok(&["-t", "user:1"]);
+    assert!(out.contains("uid=65534 gid=65534 pwd=/tmp"), "{out}");
+    assert!(out.contains("+ id -u"), "SHELL's -x not used:\n{out}");
     e.write("Dockerfile", "FROM busybox\nRUN --network=host true\n");
     let (code, out) = e.build(&["-t", "net:3"]);
     assert_ne!(code, 0);
