@@ -10,6 +10,7 @@ mod build_cmd;
 mod container_cmd;
 mod daemon;
 mod image_cmd;
+mod registry_cmd;
 mod runtime_cmd;
 mod template;
 mod util;
@@ -40,6 +41,9 @@ enum Command {
     Daemon(daemon::DaemonArgs),
     /// Build an image from a Dockerfile (or check one with --check).
     Build(build_cmd::BuildArgs),
+    /// The registry: an OCI distribution server.
+    #[command(subcommand)]
+    Registry(registry_cmd::RegistryCmd),
     /// Create and run a new container from an image.
     #[command(disable_help_flag = true)]
     Run(cc::RunArgs),
@@ -249,6 +253,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Daemon(a) => daemon::run(&a),
         Command::Build(a) => build_cmd::run(c().ok().as_ref(), &a),
+        Command::Registry(cmd) => registry_cmd::run(cmd),
         Command::Run(a) => cc::run(&c()?, &a),
         Command::Create(a) => cc::create_cmd(&c()?, &a),
         Command::Start(a) => cc::start(&c()?, &a),

@@ -81,16 +81,7 @@ fn env() -> Env {
         .prefix("berth-build-")
         .tempdir_in("/var/tmp")
         .unwrap();
-    let d = Daemon::start(&dir.path().join("data"));
-    let tar = common::rootfs_tar(dir.path(), "bb", "busybox\n");
-    d.ok(&[
-        "image",
-        "import",
-        "-c",
-        "CMD [\"sh\"]",
-        tar.to_str().unwrap(),
-        "busybox:latest",
-    ]);
+    let d = common::daemon_with_busybox(dir.path());
     fs::create_dir(dir.path().join("ctx")).unwrap();
     Env { d, dir }
 }

@@ -25,16 +25,7 @@ fn env() -> Env {
         .prefix("berth-engine-")
         .tempdir_in("/var/tmp")
         .unwrap();
-    let d = Daemon::start(&dir.path().join("data"));
-    let tar = common::rootfs_tar(dir.path(), "bb", "busybox\n");
-    d.ok(&[
-        "image",
-        "import",
-        "-c",
-        "CMD [\"sh\"]",
-        tar.to_str().unwrap(),
-        "busybox:latest",
-    ]);
+    let d = common::daemon_with_busybox(dir.path());
     Env { d, dir }
 }
 

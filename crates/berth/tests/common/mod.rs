@@ -50,6 +50,21 @@ pub fn rootfs_tar(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     tar
 }
 
+/// A daemon of the test's own (data root `dir/data`) with `busybox:latest` (CMD sh) imported.
+pub fn daemon_with_busybox(dir: &Path) -> Daemon {
+    let d = Daemon::start(&dir.join("data"));
+    let tar = rootfs_tar(dir, "bb", "busybox\n");
+    d.ok(&[
+        "image",
+        "import",
+        "-c",
+        "CMD [\"sh\"]",
+        tar.to_str().unwrap(),
+        "busybox:latest",
+    ]);
+    d
+}
+
 /// The stdout of a command that must have succeeded (`what` names it in the failure).
 pub fn stdout_of(out: Output, what: &str) -> String {
     assert!(

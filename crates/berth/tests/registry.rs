@@ -1,0 +1,1026 @@
+//! `berth registry serve` through HTTP as the OCI distribution spec has it — every endpoint
+//! and error path — and with clients nobody here wrote (skopeo), with no auth, htpasswd,
+//! bearer tokens and TLS. All traffic stays on loopback.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+/// A `berth registry serve` of the test's own on a free loopback port.
+struct Reg {
+    child: Child,
+    addr: String,
+    root: PathBuf,
+    args: Vec<String>,
+}
+
+impl Reg {
+    fn start(root: &Path, args: &[&str]) -> Reg {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, addr) = Reg::spawn(root, &args, "127.0.0.1:0");
+        Reg {
+            child,
+            addr,
+            root: root.to_path_buf(),
+            args,
+        }
+    }
+
+    fn spawn(root: &Path, args: &[String], addr: &str) -> (Child, String) {
+        let mut child = Command::new(BERTH)
+            .args(["registry", "serve", "-q", "--addr", addr, "--root"])
+            .arg(root)
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        let addr = line
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = err.read_to_string(&mut sink);
+        });
+        (child, addr)
+    }
+
+    /// SIGKILL, then the same registry again on the same address.
+    fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, addr) = Reg::spawn(&self.root, &self.args, &self.addr);
+        assert_eq!(addr, self.addr);
+        self.child = child;
+    }
+
+    fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        request(&self.addr, method, path, headers, body)
+    }
+}
+
+impl Drop for Reg {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Resp {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    fn h(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or("")
+    }
+
+    /// The spec's error code.
+    fn code(&self) -> String {
+        self.json()["errors"][0]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let chunked = headers.iter().any(|(k, _)| *k == "Transfer-Encoding");
+    if !chunked {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    if chunked {
+        for part in body.chunks(7) {
+            write!(s, "{:x}\r\n", part.len()).unwrap();
+            s.write_all(part).unwrap();
+            s.write_all(b"\r\n").unwrap();
+        }
+        s.write_all(b"0\r\n\r\n").unwrap();
+    } else {
+        s.write_all(body).unwrap();
+    }
+    let mut r = BufReader::new(s);
+    let (status, headers) = httpwire::read_response_head(&mut r).unwrap();
+    let mut out = Vec::new();
+    if method != "HEAD" {
+        httpwire::Body::for_response(&headers, status, &mut r)
+            .read_to_end(&mut out)
+            .unwrap();
+    }
+    Resp {
+        status,
+        headers,
+        body: out,
+    }
+}
+
+fn sha(data: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(data))
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("berth-registry-")
+        .tempdir_in("/var/tmp")
+        .unwrap()
+}
+
+/// Uploads `data` monolithically to `repo`.
+fn put_blob(reg: &Reg, repo: &str, data: &[u8]) -> String {
+    let d = sha(data);
+    let r = reg.req(
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+        &[],
+        data,
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    d
+}
+
+/// An image manifest of a config and layers already in `repo`.
+fn manifest(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
+    let desc = |media: &str, data: &[u8]| json!({"mediaType": media, "digest": sha(data), "size": data.len()});
+    serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": desc("application/vnd.oci.image.config.v1+json", config),
+        "layers": layers.iter().map(|l| desc("application/vnd.oci.image.layer.v1.tar+gzip", l)).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+#[test]
+fn blobs_and_uploads_as_the_spec_says() {
+    let dir = tempdir();
+    let reg = Reg::start(dir.path(), &["--max-blob-size", "4096"]);
+    let r = reg.req("GET", "/v2/", &[], b"");
+    assert_eq!(
+        (r.status, r.h("docker-distribution-api-version")),
+        (200, "registry/2.0")
+    );
+    // Names the spec does not allow.
+    for bad in [
+        "/v2/UPPER/tags/list",
+        "/v2/a//b/tags/list",
+        "/v2/a-/blobs/uploads/",
+    ] {
+        let r = reg.req("GET", bad, &[], b"");
+        assert_eq!((r.status, r.code()), (400, "NAME_INVALID".into()), "{bad}");
+    }
+    // Monolithic upload; HEAD and GET with ranges.
+    let data: Vec<u8> = (0..200u8).collect();
+    let d = put_blob(&reg, "lib/a", &data);
+    let r = reg.req("HEAD", &format!("/v2/lib/a/blobs/{d}"), &[], b"");
+    assert_eq!(
+        (
+            r.status,
+            r.h("content-length"),
+            r.h("docker-content-digest")
+        ),
+        (200, "200", d.as_str())
+    );
+    let r = reg.req(
+        "GET",
+        &format!("/v2/lib/a/blobs/{d}"),
+        &[("Range", "bytes=10-19")],
+        b"",
+    );
+    assert_eq!((r.status, r.h("content-range")), (206, "bytes 10-19/200"));
+    assert_eq!(r.body, &data[10..20]);
+    let r = reg.req(
+        "GET",
+        &format!("/v2/lib/a/blobs/{d}"),
+        &[("Range", "bytes=300-")],
+        b"",
+    );
+    assert_eq!(r.status, 416);
+    // Another repository does not see it until it mounts it.
+    let r = reg.req("GET", &format!("/v2/lib/b/blobs/{d}"), &[], b"");
+    assert_eq!((r.status, r.code()), (404, "BLOB_UNKNOWN".into()));
+    let r = reg.req(
+        "POST",
+        &format!("/v2/lib/b/blobs/uploads/?mount={d}&from=lib/a"),
+        &[],
+        b"",
+    );
+    assert_eq!(
+        (r.status, r.h("location")),
+        (201, format!("/v2/lib/b/blobs/{d}").as_str())
+    );
+    let r = reg.req(
+        "POST",
+        &format!("/v2/lib/c/blobs/uploads/?mount={d}&from=lib/nothing"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 202, "an impossible mount starts an upload");
+
+    // Chunked upload: in order, a chunk out of order refused with the range so far.
+    let data2: Vec<u8> = (0..100u8).rev().collect();
+    let d2 = sha(&data2);
+    let r = reg.req("POST", "/v2/lib/a/blobs/uploads/", &[], b"");
+    assert_eq!((r.status, r.h("range")), (202, "0-0"));
+    let loc = r.h("location").to_string();
+    assert!(loc.starts_with("/v2/lib/a/blobs/uploads/") && !r.h("docker-upload-uuid").is_empty());
+    let r = reg.req(
+        "PATCH",
+        &loc,
+        &[
+            ("Content-Range", "0-49"),
+            ("Content-Type", "application/octet-stream"),
+        ],
+        &data2[..50],
+    );
+    assert_eq!((r.status, r.h("range")), (202, "0-49"));
+    let r = reg.req("PATCH", &loc, &[("Content-Range", "60-69")], &data2[60..70]);
+    assert_eq!((r.status, r.h("range")), (416, "0-49"));
+    let r = reg.req("GET", &loc, &[], b"");
+    assert_eq!((r.status, r.h("range")), (204, "0-49"));
+    // A streamed (chunked-encoding) PATCH without Content-Range.
+    let r = reg.req(
+        "PATCH",
+        &loc,
+        &[("Transfer-Encoding", "chunked")],
+        &data2[50..90],
+    );
+    assert_eq!((r.status, r.h("range")), (202, "0-89"));
+    // The wrong digest: refused, nothing stored; then the right one with the last bytes.
+    let r = reg.req("PUT", &format!("{loc}?digest={d}"), &[], &data2[90..]);
+    assert_eq!((r.status, r.code()), (400, "DIGEST_INVALID".into()));
+    assert_eq!(
+        reg.req("HEAD", &format!("/v2/lib/a/blobs/{d2}"), &[], b"")
+            .status,
+        404
+    );
+    let r = reg.req("PUT", &format!("{loc}?digest={d2}"), &[], b"");
+    assert_eq!((r.status, r.h("docker-content-digest")), (201, d2.as_str()));
+    assert_eq!(
+        reg.req("GET", &format!("/v2/lib/a/blobs/{d2}"), &[], b"")
+            .body,
+        data2
+    );
+    assert_eq!(reg.req("GET", &loc, &[], b"").code(), "BLOB_UPLOAD_UNKNOWN");
+
+    // Cancel.
+    let r = reg.req("POST", "/v2/lib/a/blobs/uploads/", &[], b"");
+    let loc = r.h("location").to_string();
+    assert_eq!(reg.req("DELETE", &loc, &[], b"").status, 204);
+    let r = reg.req("PATCH", &loc, &[], b"x");
+    assert_eq!((r.status, r.code()), (404, "BLOB_UPLOAD_UNKNOWN".into()));
+    // An upload of another repository's is not this one's.
+    let r = reg.req("POST", "/v2/lib/a/blobs/uploads/", &[], b"");
+    let uuid = r.h("docker-upload-uuid").to_string();
+    assert_eq!(
+        reg.req("GET", &format!("/v2/lib/b/blobs/uploads/{uuid}"), &[], b"")
+            .status,
+        404
+    );
+    assert_eq!(
+        reg.req("GET", "/v2/lib/a/blobs/uploads/..%2F..%2Fetc", &[], b"")
+            .status,
+        404
+    );
+
+    // Over the size limit: SIZE_INVALID, and nothing stored.
+    let big = vec![7u8; 5000];
+    let r = reg.req(
+        "POST",
+        &format!("/v2/lib/a/blobs/uploads/?digest={}", sha(&big)),
+        &[],
+        &big,
+    );
+    assert_eq!((r.status, r.code()), (413, "SIZE_INVALID".into()));
+    assert_eq!(
+        reg.req("HEAD", &format!("/v2/lib/a/blobs/{}", sha(&big)), &[], b"")
+            .status,
+        404
+    );
+    // A malformed digest.
+    let r = reg.req("GET", "/v2/lib/a/blobs/sha256:xyz", &[], b"");
+    assert_eq!((r.status, r.code()), (400, "DIGEST_INVALID".into()));
+
+    // DELETE of a blob.
+    assert_eq!(
+        reg.req("DELETE", &format!("/v2/lib/b/blobs/{d}"), &[], b"")
+            .status,
+        202
+    );
+    assert_eq!(
+        reg.req("HEAD", &format!("/v2/lib/b/blobs/{d}"), &[], b"")
+            .status,
+        404
+    );
+    assert_eq!(
+        reg.req("HEAD", &format!("/v2/lib/a/blobs/{d}"), &[], b"")
+            .status,
+        200
+    );
+    let r = reg.req("GET", "/metrics", &[], b"");
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(
+        text.contains("registry_http_requests_total{method=\"PATCH\",code=\"202\"} 2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn manifests_tags_catalog_and_referrers() {
+    let dir = tempdir();
+    let reg = Reg::start(dir.path(), &[]);
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let layer = b"not really a tarball";
+    // A manifest whose blobs are not there.
+    let m = manifest(config, &[layer]);
+    let r = reg.req(
+        "PUT",
+        "/v2/app/manifests/v1",
+        &[("Content-Type", OCI_MANIFEST)],
+        &m,
+    );
+    assert_eq!((r.status, r.code()), (400, "MANIFEST_BLOB_UNKNOWN".into()));
+    put_blob(&reg, "app", config);
+    put_blob(&reg, "app", layer);
+    for (body, code) in [
+        (&b"{not json"[..], "MANIFEST_INVALID"),
+        (br#"{"schemaVersion":1}"#, "MANIFEST_INVALID"),
+    ] {
+        let r = reg.req(
+            "PUT",
+            "/v2/app/manifests/v1",
+            &[("Content-Type", OCI_MANIFEST)],
+            body,
+        );
+        assert_eq!((r.status, r.code()), (400, code.to_string()));
+    }
+    let r = reg.req(
+        "PUT",
+        "/v2/app/manifests/bad:tag",
+        &[("Content-Type", OCI_MANIFEST)],
+        &m,
+    );
+    assert_eq!(r.status, 400);
+    let r = reg.req(
+        "PUT",
+        &format!("/v2/app/manifests/{}", sha(b"other")),
+        &[("Content-Type", OCI_MANIFEST)],
+        &m,
+    );
+    assert_eq!((r.status, r.code()), (400, "DIGEST_INVALID".into()));
+    let md = sha(&m);
+    for tag in ["v1", "v2", "v3", "latest"] {
+        let r = reg.req(
+            "PUT",
+            &format!("/v2/app/manifests/{tag}"),
+            &[("Content-Type", OCI_MANIFEST)],
+            &m,
+        );
+        assert_eq!((r.status, r.h("docker-content-digest")), (201, md.as_str()));
+        assert_eq!(r.h("location"), format!("/v2/app/manifests/{md}"));
+    }
+    for reference in ["v1", md.as_str()] {
+        let r = reg.req(
+            "GET",
+            &format!("/v2/app/manifests/{reference}"),
+            &[("Accept", OCI_MANIFEST)],
+            b"",
+        );
+        assert_eq!(
+            (r.status, r.h("content-type"), r.h("docker-content-digest")),
+            (200, OCI_MANIFEST, md.as_str())
+        );
+        assert_eq!(r.body, m);
+        let r = reg.req("HEAD", &format!("/v2/app/manifests/{reference}"), &[], b"");
+        assert_eq!(
+            (r.status, r.h("content-length")),
+            (200, m.len().to_string().as_str())
+        );
+    }
+    let r = reg.req("GET", "/v2/app/manifests/nope", &[], b"");
+    assert_eq!((r.status, r.code()), (404, "MANIFEST_UNKNOWN".into()));
+    // Tags, paginated with Link.
+    let r = reg.req("GET", "/v2/app/tags/list", &[], b"");
+    assert_eq!(
+        r.json(),
+        json!({"name": "app", "tags": ["latest", "v1", "v2", "v3"]})
+    );
+    let r = reg.req("GET", "/v2/app/tags/list?n=2", &[], b"");
+    assert_eq!(r.json()["tags"], json!(["latest", "v1"]));
+    assert_eq!(r.h("link"), "</v2/app/tags/list?n=2&last=v1>; rel=\"next\"");
+    let r = reg.req("GET", "/v2/app/tags/list?n=2&last=v1", &[], b"");
+    assert_eq!(
+        (r.json()["tags"].clone(), r.h("link")),
+        (json!(["v2", "v3"]), "")
+    );
+    let r = reg.req("GET", "/v2/nothing/tags/list", &[], b"");
+    assert_eq!((r.status, r.code()), (404, "NAME_UNKNOWN".into()));
+    // The catalog.
+    put_blob(&reg, "zz/last", b"x");
+    let r = reg.req("GET", "/v2/_catalog?n=1", &[], b"");
+    assert_eq!(r.json(), json!({"repositories": ["app"]}));
+    assert!(r.h("link").contains("last=app"));
+    let r = reg.req("GET", "/v2/_catalog", &[], b"");
+    assert_eq!(r.json(), json!({"repositories": ["app", "zz/last"]}));
+
+    // An index of the manifest; one referencing a manifest that is not there.
+    let index = |digests: &[&str]| {
+        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": digests.iter().map(|d| json!({"mediaType": OCI_MANIFEST, "digest": d, "size": m.len(),
+                "platform": {"architecture": "amd64", "os": "linux"}})).collect::<Vec<_>>()})).unwrap()
+    };
+    let missing = sha(b"missing");
+    let r = reg.req(
+        "PUT",
+        "/v2/app/manifests/multi",
+        &[("Content-Type", "application/vnd.oci.image.index.v1+json")],
+        &index(&[&missing]),
+    );
+    assert_eq!((r.status, r.code()), (400, "MANIFEST_BLOB_UNKNOWN".into()));
+    let r = reg.req(
+        "PUT",
+        "/v2/app/manifests/multi",
+        &[("Content-Type", "application/vnd.oci.image.index.v1+json")],
+        &index(&[&md]),
+    );
+    assert_eq!(r.status, 201);
+
+    // Referrers: an artifact whose subject is the manifest.
+    let empty = b"{}";
+    put_blob(&reg, "app", empty);
+    let sig = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.signature",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(empty), "size": 2},
+        "layers": [], "subject": {"mediaType": OCI_MANIFEST, "digest": md, "size": m.len()},
+        "annotations": {"org.example.signed-by": "test"}})).unwrap();
+    let r = reg.req(
+        "PUT",
+        &format!("/v2/app/manifests/{}", sha(&sig)),
+        &[("Content-Type", OCI_MANIFEST)],
+        &sig,
+    );
+    assert_eq!((r.status, r.h("oci-subject")), (201, md.as_str()));
+    let r = reg.req("GET", &format!("/v2/app/referrers/{md}"), &[], b"");
+    assert_eq!(
+        (r.status, r.h("content-type")),
+        (200, "application/vnd.oci.image.index.v1+json")
+    );
+    assert_eq!(
+        r.json()["manifests"],
+        json!([{"mediaType": OCI_MANIFEST, "digest": sha(&sig), "size": sig.len(),
+            "artifactType": "application/vnd.example.signature", "annotations": {"org.example.signed-by": "test"}}])
+    );
+    let r = reg.req(
+        "GET",
+        &format!("/v2/app/referrers/{md}?artifactType=application/vnd.example.sbom"),
+        &[],
+        b"",
+    );
+    assert_eq!(
+        (r.json()["manifests"].clone(), r.h("oci-filters-applied")),
+        (json!([]), "artifactType")
+    );
+    let r = reg.req(
+        "GET",
+        &format!("/v2/app/referrers/{}", sha(b"none")),
+        &[],
+        b"",
+    );
+    assert_eq!((r.status, r.json()["manifests"].clone()), (200, json!([])));
+
+    // DELETE by tag removes the tag; by digest the manifest and its tags.
+    assert_eq!(
+        reg.req("DELETE", "/v2/app/manifests/v3", &[], b"").status,
+        202
+    );
+    assert_eq!(reg.req("GET", "/v2/app/manifests/v3", &[], b"").status, 404);
+    assert_eq!(reg.req("GET", "/v2/app/manifests/v2", &[], b"").status, 200);
+    assert_eq!(
+        reg.req(
+            "DELETE",
+            &format!("/v2/app/manifests/{}", sha(&sig)),
+            &[],
+            b""
+        )
+        .status,
+        202
+    );
+    assert_eq!(
+        reg.req("GET", &format!("/v2/app/referrers/{md}"), &[], b"")
+            .json()["manifests"],
+        json!([])
+    );
+    assert_eq!(
+        reg.req("DELETE", &format!("/v2/app/manifests/{md}"), &[], b"")
+            .status,
+        202
+    );
+    assert_eq!(reg.req("GET", "/v2/app/manifests/v1", &[], b"").status, 404);
+    assert_eq!(
+        reg.req("GET", "/v2/app/tags/list", &[], b"").json()["tags"],
+        json!(["multi"])
+    );
+}
+
+#[test]
+fn a_registry_killed_mid_upload_restarts_without_a_corrupt_blob_and_gc_keeps_what_is_referenced() {
+    let dir = tempdir();
+    let mut reg = Reg::start(dir.path(), &[]);
+    let data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    let d = sha(&data);
+    let r = reg.req("POST", "/v2/up/blobs/uploads/", &[], b"");
+    let loc = r.h("location").to_string();
+    assert_eq!(
+        reg.req(
+            "PATCH",
+            &loc,
+            &[("Content-Range", "0-99999")],
+            &data[..100_000]
+        )
+        .status,
+        202
+    );
+    // Killed in the middle of a chunk: the connection dies with half of it sent.
+    let mut s = TcpStream::connect(&reg.addr).unwrap();
+    write!(s, "PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nContent-Range: 100000-199999\r\n\r\n").unwrap();
+    s.write_all(&data[100_000..150_000]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    reg.kill_and_restart();
+    drop(s);
+    assert_eq!(
+        reg.req("HEAD", &format!("/v2/up/blobs/{d}"), &[], b"")
+            .status,
+        404
+    );
+    // The upload resumes from what it has (whole chunks only, or the bytes that arrived).
+    let r = reg.req("GET", &loc, &[], b"");
+    assert_eq!(r.status, 204);
+    let have: usize = r
+        .h("range")
+        .split('-')
+        .nth(1)
+        .unwrap()
+        .parse::<usize>()
+        .unwrap()
+        + 1;
+    assert!(have == 100_000 || have == 150_000, "{have}");
+    let r = reg.req("PUT", &format!("{loc}?digest={d}"), &[], &data[have..]);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        reg.req("GET", &format!("/v2/up/blobs/{d}"), &[], b"").body,
+        data
+    );
+
+    // GC while pushes go on: nothing a stored manifest references is lost; an orphan goes.
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    put_blob(&reg, "up", config);
+    let m = manifest(config, &[&data]);
+    assert_eq!(
+        reg.req(
+            "PUT",
+            "/v2/up/manifests/keep",
+            &[("Content-Type", OCI_MANIFEST)],
+            &m
+        )
+        .status,
+        201
+    );
+    let orphan = put_blob(&reg, "up", b"orphan blob");
+    let addr = reg.addr.clone();
+    let pusher = std::thread::spawn(move || {
+        let mut pushed = Vec::new();
+        for i in 0..40 {
+            let layer = format!("layer {i}").into_bytes();
+            let ld = sha(&layer);
+            let r = request(
+                &addr,
+                "POST",
+                &format!("/v2/busy/blobs/uploads/?digest={ld}"),
+                &[],
+                &layer,
+            );
+            assert_eq!(r.status, 201);
+            let cfg = format!(r#"{{"n":{i}}}"#).into_bytes();
+            let cd = sha(&cfg);
+            assert_eq!(
+                request(
+                    &addr,
+                    "POST",
+                    &format!("/v2/busy/blobs/uploads/?digest={cd}"),
+                    &[],
+                    &cfg
+                )
+                .status,
+                201
+            );
+            let m = manifest(&cfg, &[&layer]);
+            let r = request(
+                &addr,
+                "PUT",
+                &format!("/v2/busy/manifests/t{i}"),
+                &[("Content-Type", OCI_MANIFEST)],
+                &m,
+            );
+            // A manifest whose blobs a sweep took first is refused, never stored half-made.
+            if r.status == 201 {
+                pushed.push((format!("t{i}"), ld, cd));
+            } else {
+                assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+            }
+        }
+        pushed
+    });
+    let out = Command::new(BERTH)
+        .args(["registry", "gc", "--grace", "0s", "--root"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let report = common::stdout_of(out, "berth registry gc");
+    let pushed = pusher.join().unwrap();
+    assert!(report.contains(&format!("deleted {orphan}")), "{report}");
+    assert_eq!(
+        reg.req("HEAD", &format!("/v2/up/blobs/{orphan}"), &[], b"")
+            .status,
+        404
+    );
+    assert_eq!(
+        reg.req("GET", &format!("/v2/up/blobs/{d}"), &[], b"").body,
+        data
+    );
+    assert_eq!(
+        reg.req("GET", "/v2/up/manifests/keep", &[], b"").status,
+        200
+    );
+    for (tag, ld, cd) in &pushed {
+        assert_eq!(
+            reg.req("GET", &format!("/v2/busy/manifests/{tag}"), &[], b"")
+                .status,
+            200
+        );
+        for b in [ld, cd] {
+            assert_eq!(
+                reg.req("HEAD", &format!("/v2/busy/blobs/{b}"), &[], b"")
+                    .status,
+                200,
+                "{tag}: {b} lost"
+            );
+        }
+    }
+}
+
+/// An htpasswd file of `users` (bcrypt).
+fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+    let p = dir.join("htpasswd");
+    let text: String = users
+        .iter()
+        .map(|(u, pw)| format!("{u}:{}\n", bcrypt::hash(pw, 4).unwrap()))
+        .collect();
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn basic(user: &str, pw: &str) -> String {
+    use std::fmt::Write as _;
+    let raw = format!("{user}:{pw}");
+    let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::from("Basic ");
+    for c in raw.as_bytes().chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(table[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                let _ = out.write_char('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn tokens_and_permissions() {
+    let dir = tempdir();
+    let pw = htpasswd(dir.path(), &[("alice", "wonder"), ("bob", "builder")]);
+    let access = dir.path().join("access.json");
+    std::fs::write(
+        &access,
+        r#"{"access": [{"user": "alice", "repository": "*", "actions": ["pull", "push", "delete"]},
+                       {"user": "bob", "repository": "team/*", "actions": ["pull"]},
+                       {"user": "", "repository": "public/*", "actions": ["pull"]}]}"#,
+    )
+    .unwrap();
+    let reg = Reg::start(
+        &dir.path().join("data"),
+        &[
+            "--htpasswd",
+            pw.to_str().unwrap(),
+            "--access",
+            access.to_str().unwrap(),
+        ],
+    );
+    // The challenge.
+    let r = reg.req("GET", "/v2/", &[], b"");
+    assert_eq!((r.status, r.code()), (401, "UNAUTHORIZED".into()));
+    assert_eq!(
+        r.h("www-authenticate"),
+        format!(
+            "Bearer realm=\"http://{}/token\",service=\"berth-registry\"",
+            reg.addr
+        )
+    );
+    let r = reg.req("POST", "/v2/team/app/blobs/uploads/", &[], b"");
+    assert!(
+        r.h("www-authenticate")
+            .ends_with(",scope=\"repository:team/app:pull,push\""),
+        "{}",
+        r.h("www-authenticate")
+    );
+    // Tokens: wrong password refused; scopes cut to what the user may.
+    let token = |auth: Option<&str>, scope: &str| {
+        let hdr: Vec<(&str, &str)> = auth.map(|a| vec![("Authorization", a)]).unwrap_or_default();
+        reg.req(
+            "GET",
+            &format!("/token?service=berth-registry&scope={scope}"),
+            &hdr,
+            b"",
+        )
+    };
+    assert_eq!(
+        token(Some(&basic("alice", "wrong")), "repository:team/app:pull").status,
+        401
+    );
+    let alice = token(
+        Some(&basic("alice", "wonder")),
+        "repository:team/app:pull,push",
+    );
+    assert_eq!(alice.status, 200);
+    let at = format!("Bearer {}", alice.json()["token"].as_str().unwrap());
+    assert!(alice.json()["expires_in"].as_u64().unwrap() > 0);
+    let bob = token(
+        Some(&basic("bob", "builder")),
+        "repository:team/app:pull,push",
+    );
+    let bt = format!("Bearer {}", bob.json()["token"].as_str().unwrap());
+    // alice pushes; bob may pull but not push; a token for team/app is no good on other/x.
+    let data = b"some layer";
+    let d = sha(data);
+    let r = reg.req(
+        "POST",
+        &format!("/v2/team/app/blobs/uploads/?digest={d}"),
+        &[("Authorization", &at)],
+        data,
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        reg.req(
+            "GET",
+            &format!("/v2/team/app/blobs/{d}"),
+            &[("Authorization", &bt)],
+            b""
+        )
+        .status,
+        200
+    );
+    let r = reg.req(
+        "POST",
+        "/v2/team/app/blobs/uploads/",
+        &[("Authorization", &bt)],
+        b"",
+    );
+    assert_eq!((r.status, r.code()), (401, "UNAUTHORIZED".into()));
+    let r = reg.req(
+        "GET",
+        &format!("/v2/other/x/blobs/{d}"),
+        &[("Authorization", &at)],
+        b"",
+    );
+    assert_eq!(r.status, 401);
+    // A forged or garbled token.
+    let forged = format!("{}x", &at);
+    assert_eq!(
+        reg.req(
+            "GET",
+            &format!("/v2/team/app/blobs/{d}"),
+            &[("Authorization", &forged)],
+            b""
+        )
+        .status,
+        401
+    );
+    // The anonymous: public/* only.
+    let anon = token(
+        None,
+        "repository:public/x:pull&scope=repository:team/app:pull",
+    );
+    let grants = &anon.json();
+    assert_eq!(grants["token"].as_str().map(|t| !t.is_empty()), Some(true));
+    let ant = format!("Bearer {}", anon.json()["token"].as_str().unwrap());
+    assert_eq!(
+        reg.req(
+            "GET",
+            &format!("/v2/team/app/blobs/{d}"),
+            &[("Authorization", &ant)],
+            b""
+        )
+        .status,
+        401
+    );
+    assert_eq!(
+        reg.req(
+            "GET",
+            "/v2/public/x/tags/list",
+            &[("Authorization", &ant)],
+            b""
+        )
+        .code(),
+        "NAME_UNKNOWN"
+    );
+    // Storage unchanged by refused requests: bob's upload never started.
+    assert_eq!(
+        reg.req("GET", "/v2/_catalog", &[("Authorization", &at)], b"")
+            .status,
+        401
+    );
+    let cat = token(Some(&basic("alice", "wonder")), "registry:catalog:*");
+    let ct = format!("Bearer {}", cat.json()["token"].as_str().unwrap());
+    assert_eq!(
+        reg.req("GET", "/v2/_catalog", &[("Authorization", &ct)], b"")
+            .json(),
+        json!({"repositories": ["team/app"]})
+    );
+}
+
+/// An image in a docker-archive, saved from a daemon of the test's own.
+fn image_archive(dir: &Path) -> PathBuf {
+    let d = common::daemon_with_busybox(dir);
+    let out = dir.join("busybox.tar");
+    d.ok(&["save", "-o", out.to_str().unwrap(), "busybox:latest"]);
+    out
+}
+
+fn skopeo(args: &[&str]) -> (bool, String) {
+    let out = Command::new("skopeo").args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn skopeo_pushes_and_pulls_unchanged_with_every_kind_of_auth_and_tls() {
+    common::require_root();
+    let dir = tempdir();
+    let archive = image_archive(dir.path());
+    let pw = htpasswd(dir.path(), &[("alice", "wonder")]);
+    // A certificate for 127.0.0.1, its own CA.
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(dir.path().join("key.pem"))
+        .arg("-out")
+        .arg(certs.join("ca.crt"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let cert = certs.join("ca.crt");
+    let key = dir.path().join("key.pem");
+    let pw_s = pw.to_str().unwrap().to_string();
+    let cases: Vec<(&str, Vec<String>, Vec<String>)> = vec![
+        ("none", vec![], vec!["--tls-verify=false".into()]),
+        (
+            "htpasswd",
+            vec![
+                "--htpasswd".into(),
+                pw_s.clone(),
+                "--auth".into(),
+                "basic".into(),
+            ],
+            vec![
+                "--tls-verify=false".into(),
+                "--creds".into(),
+                "alice:wonder".into(),
+            ],
+        ),
+        (
+            "token",
+            vec!["--htpasswd".into(), pw_s.clone()],
+            vec![
+                "--tls-verify=false".into(),
+                "--creds".into(),
+                "alice:wonder".into(),
+            ],
+        ),
+        (
+            "tls",
+            vec![
+                "--htpasswd".into(),
+                pw_s.clone(),
+                "--tls-cert".into(),
+                cert.to_str().unwrap().into(),
+                "--tls-key".into(),
+                key.to_str().unwrap().into(),
+            ],
+            vec![
+                "--tls-verify=true".into(),
+                "--cert-dir".into(),
+                certs.to_str().unwrap().into(),
+                "--creds".into(),
+                "alice:wonder".into(),
+            ],
+        ),
+    ];
+    for (name, serve, client) in cases {
+        let root = dir.path().join(format!("reg-{name}"));
+        let args: Vec<&str> = serve.iter().map(String::as_str).collect();
+        let reg = Reg::start(&root, &args);
+        let digest_file = dir.path().join(format!("{name}.digest"));
+        let dest = format!("docker://{}/lib/busybox:1", reg.addr);
+        let with = |prefix: &str| -> Vec<String> {
+            client
+                .iter()
+                .map(|c| c.replacen("--", &format!("--{prefix}"), 1))
+                .collect()
+        };
+        let mut push: Vec<String> = vec![
+            "copy".into(),
+            "--digestfile".into(),
+            digest_file.to_str().unwrap().into(),
+        ];
+        push.extend(with("dest-"));
+        push.push(format!("docker-archive:{}", archive.display()));
+        push.push(dest.clone());
+        let (ok, out) = skopeo(&push.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(ok, "{name}: push failed: {out}");
+        let pushed = std::fs::read_to_string(&digest_file).unwrap();
+        // Pull it back: the same manifest, byte for byte.
+        let back = dir.path().join(format!("back-{name}"));
+        let mut pull: Vec<String> = vec!["copy".into()];
+        pull.extend(with("src-"));
+        pull.push(dest.clone());
+        pull.push(format!("dir:{}", back.display()));
+        let (ok, out) = skopeo(&pull.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(ok, "{name}: pull failed: {out}");
+        let manifest = std::fs::read(back.join("manifest.json")).unwrap();
+        assert_eq!(sha(&manifest), pushed.trim(), "{name}");
+        // Without credentials, an authenticated registry says no.
+        if name != "none" {
+            let mut anon: Vec<String> = vec!["inspect".into()];
+            anon.extend(
+                with("")
+                    .into_iter()
+                    .filter(|a| !a.starts_with("--creds") && a != "alice:wonder"),
+            );
+            anon.push(dest.clone());
+            let (ok, out) = skopeo(&anon.iter().map(String::as_str).collect::<Vec<_>>());
+            assert!(!ok, "{name}: anonymous inspect worked: {out}");
+        }
+    }
+}
