@@ -133,12 +133,16 @@ impl Client {
         target: &str,
         body: Send<'_>,
         upgrade: bool,
+        extra: &[(&str, &str)],
     ) -> Result<(UnixStream, BufReader<UnixStream>), ApiError> {
         let mut s = self.connect()?;
         let mut head = format!(
             "{method} {PREFIX}{target} HTTP/1.1\r\nHost: berth\r\nUser-Agent: berth-cli/{}\r\n",
             env!("CARGO_PKG_VERSION")
         );
+        for (k, v) in extra {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
         if upgrade {
             head.push_str("Connection: Upgrade\r\nUpgrade: tcp\r\n");
         } else {
@@ -187,7 +191,18 @@ impl Client {
 
     /// Sends a request; an error status becomes `ApiError::Status` with the daemon's message.
     pub fn call(&self, method: &str, target: &str, body: Send<'_>) -> Result<Response, ApiError> {
-        let (_s, mut reader) = self.send(method, target, body, false)?;
+        self.call_with(method, target, &[], body)
+    }
+
+    /// `call` with extra request headers.
+    pub fn call_with(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Send<'_>,
+    ) -> Result<Response, ApiError> {
+        let (_s, mut reader) = self.send(method, target, body, false, headers)?;
         let (status, headers) = http::read_response_head(&mut reader)?;
         Response {
             status,
@@ -222,7 +237,7 @@ impl Client {
             Some(v) => Send::Json(v),
             None => Send::Nothing,
         };
-        let (s, mut reader) = self.send(method, target, send, true)?;
+        let (s, mut reader) = self.send(method, target, send, true, &[])?;
         let (status, headers) = http::read_response_head(&mut reader)?;
         if status != 101 {
             let resp = Response {

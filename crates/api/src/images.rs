@@ -21,6 +21,44 @@ fn one<'a>(head: &'a Head, key: &str) -> Result<&'a str, Failure> {
         .ok_or_else(|| bad_request(format!("missing parameter {key}")))
 }
 
+/// `X-Registry-Auth`: base64url JSON `{"username", "password"}` (Docker's), if given.
+pub fn registry_auth(head: &Head) -> Result<Option<engine::distribution::Credentials>, Failure> {
+    let Some(h) = head
+        .header("x-registry-auth")
+        .filter(|h| !h.trim().is_empty())
+    else {
+        return Ok(None);
+    };
+    let raw = base64_any(h.trim()).ok_or_else(|| bad_request("X-Registry-Auth: not base64"))?;
+    let creds: engine::distribution::Credentials =
+        serde_json::from_slice(&raw).map_err(|e| bad_request(format!("X-Registry-Auth: {e}")))?;
+    Ok((!creds.username.is_empty()).then_some(creds))
+}
+
+/// Base64 in either alphabet, padded or not.
+fn base64_any(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
 /// Routes `/images/<rest>`.
 pub fn route(
     engine: &Arc<Engine>,
@@ -197,6 +235,42 @@ pub fn route(
             }
             images.remove_container(c)?;
             Ok(Output::Empty(204))
+        }
+        ("POST", ["pull"]) | ("POST", ["push"]) => {
+            let name = one(head, "ref")?.to_string();
+            let creds = registry_auth(head)?;
+            http::respond_stream_head(w, 200, "application/json")
+                .map_err(|e| failure(500, e.to_string()))?;
+            let mut out = Chunked(w.try_clone().map_err(|e| failure(500, e.to_string()))?);
+            let mut send = |v: Value| {
+                let mut line = serde_json::to_vec(&v).unwrap_or_default();
+                line.push(b'\n');
+                let _ = out.write_all(&line);
+            };
+            let all = head.flag("all");
+            let result = if rest == ["pull"] {
+                engine
+                    .pull(
+                        &name,
+                        head.q("platform").filter(|p| !p.is_empty()),
+                        all,
+                        creds,
+                        &mut send,
+                    )
+                    .map(|ids| json!({"aux": {"ids": ids}}))
+            } else {
+                engine
+                    .push(&name, all, creds, &mut send)
+                    .map(|_| json!({"aux": {}}))
+            };
+            match result {
+                Ok(v) => send(v),
+                Err(e) => {
+                    send(json!({"error": e.to_string(), "errorDetail": {"message": e.to_string()}}))
+                }
+            }
+            let _ = out.finish();
+            Ok(Output::Done)
         }
         _ => {
             let _ = Reference::parse;

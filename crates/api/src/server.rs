@@ -197,6 +197,24 @@ fn route(
         ("GET", ["info"]) => Ok(Out::Json(200, engine.info())),
         ("POST", ["build"]) => build(engine, head, body, w),
         ("POST", ["builder", "prune"]) => Ok(Out::Json(200, json!(engine.builder_prune()?))),
+        ("POST", ["auth"]) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Login {
+                username: String,
+                password: String,
+                serveraddress: String,
+            }
+            let l: Login = json_body(body)?;
+            engine.login(
+                &l.serveraddress,
+                engine::distribution::Credentials {
+                    username: l.username,
+                    password: l.password,
+                },
+            )?;
+            Ok(Out::Json(200, json!({"Status": "Login Succeeded"})))
+        }
         ("GET", ["system", "df"]) => Ok(Out::Json(200, engine.disk_usage())),
         ("POST", ["system", "prune"]) => system_prune(engine, head),
         ("GET", ["events"]) => events(engine, head, w),

@@ -472,18 +472,23 @@ fn create_request(a: &CreateArgs) -> Result<Value> {
 
 fn create(c: &Client, a: &CreateArgs) -> Result<String> {
     let req = create_request(a).map_err(|e| Failure::new(125, format!("{e:#}")))?;
-    let v = c
-        .json("POST", "/containers/create", Some(&req))
-        .map_err(|e| match e {
-            ApiError::Status(404, m, _) if m.starts_with("No such image") => Failure::new(
-                125,
-                format!(
-                    "Unable to find image '{}' locally\nError response from daemon: {m}",
-                    a.image
-                ),
-            ),
-            e => daemon_err(e),
-        })?;
+    let v = match c.json("POST", "/containers/create", Some(&req)) {
+        // Not here: pulled, as docker run does, then created.
+        Err(ApiError::Status(404, m, _)) if m.starts_with("No such image") => {
+            eprintln!("Unable to find image '{}' locally", a.image);
+            crate::registry_client_cmd::pull_for_run(c, &a.image, None).map_err(|e| {
+                let m = e.to_string();
+                Failure::new(
+                    125,
+                    m.trim_start_matches("Error response from daemon: ")
+                        .to_string(),
+                )
+            })?;
+            c.json("POST", "/containers/create", Some(&req))
+                .map_err(daemon_err)?
+        }
+        r => r.map_err(daemon_err)?,
+    };
     Ok(v["Id"].as_str().unwrap_or_default().to_string())
 }
 

@@ -24,6 +24,12 @@ pub struct DaemonArgs {
     /// The default network's subnet (when the network is first made).
     #[arg(long = "bridge-subnet", default_value = engine::network::DEFAULT_SUBNET)]
     bridge_subnet: String,
+    /// A registry (host[:port]) that may be reached over plain http; repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registry: Vec<String>,
+    /// CA certificates per registry: DIR/<host[:port]>/*.crt (besides /etc/docker/certs.d).
+    #[arg(long = "registry-certs")]
+    registry_certs: Option<std::path::PathBuf>,
     /// Do not serve: remove what a daemon with this --root set up on the host (its iptables
     /// chains and network bridges), then exit. For uninstalling, tests and benchmarks.
     #[arg(long = "remove-host-setup")]
@@ -100,6 +106,10 @@ pub fn run(a: &DaemonArgs) -> Result<i32> {
         default_bridge: engine::network::DefaultBridge {
             name: a.bridge_name.clone(),
             subnet: a.bridge_subnet.clone(),
+        },
+        registries: engine::distribution::RegistryOptions {
+            insecure: a.insecure_registry.clone(),
+            certs_dir: a.registry_certs.clone(),
         },
     })?;
     let listener =

@@ -10,6 +10,7 @@ mod build_cmd;
 mod container_cmd;
 mod daemon;
 mod image_cmd;
+mod registry_client_cmd;
 mod registry_cmd;
 mod runtime_cmd;
 mod template;
@@ -41,6 +42,36 @@ enum Command {
     Daemon(daemon::DaemonArgs),
     /// Build an image from a Dockerfile (or check one with --check).
     Build(build_cmd::BuildArgs),
+    /// Download an image from a registry.
+    Pull {
+        #[arg(short = 'a', long = "all-tags")]
+        all_tags: bool,
+        #[arg(long)]
+        platform: Option<String>,
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        name: String,
+    },
+    /// Upload an image to a registry.
+    Push {
+        #[arg(short = 'a', long = "all-tags")]
+        all_tags: bool,
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        name: String,
+    },
+    /// Log in to a registry (credentials kept in Docker's config.json, mode 0600).
+    Login {
+        #[arg(short = 'u', long)]
+        username: Option<String>,
+        #[arg(short = 'p', long)]
+        password: Option<String>,
+        #[arg(long = "password-stdin")]
+        password_stdin: bool,
+        server: Option<String>,
+    },
+    /// Log out from a registry.
+    Logout { server: Option<String> },
     /// The registry: an OCI distribution server.
     #[command(subcommand)]
     Registry(registry_cmd::RegistryCmd),
@@ -254,6 +285,30 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Daemon(a) => daemon::run(&a),
         Command::Build(a) => build_cmd::run(c().ok().as_ref(), &a),
         Command::Registry(cmd) => registry_cmd::run(cmd),
+        Command::Pull {
+            all_tags,
+            platform,
+            quiet,
+            name,
+        } => registry_client_cmd::pull(&c()?, &name, platform.as_deref(), all_tags, quiet),
+        Command::Push {
+            all_tags,
+            quiet,
+            name,
+        } => registry_client_cmd::push(&c()?, &name, all_tags, quiet),
+        Command::Login {
+            username,
+            password,
+            password_stdin,
+            server,
+        } => registry_client_cmd::login(
+            &c()?,
+            server.as_deref(),
+            username.as_deref(),
+            password.as_deref(),
+            password_stdin,
+        ),
+        Command::Logout { server } => registry_client_cmd::logout(server.as_deref()),
         Command::Run(a) => cc::run(&c()?, &a),
         Command::Create(a) => cc::create_cmd(&c()?, &a),
         Command::Start(a) => cc::start(&c()?, &a),

@@ -183,9 +183,24 @@ fn lifecycle_and_docker_errors() {
     d.ok(&["rm", "site"]);
 
     // Bad input: Docker's messages and exit codes, nothing left behind.
-    let (code, msg) = d.err(&["run", "nosuch:image"]);
+    // An image that is not here is pulled; from a loopback registry that is not there, it
+    // fails naming it (no traffic leaves the machine).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let missing = format!("127.0.0.1:{closed}/nosuch:image");
+    let (code, msg) = d.err(&["run", &missing]);
     assert_eq!(code, 125);
-    assert!(msg.contains("Unable to find image 'nosuch:image'"), "{msg}");
+    assert!(
+        msg.contains(&format!("Unable to find image '{missing}'")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("127.0.0.1:{closed}")) && msg.contains("refused"),
+        "{msg}"
+    );
     d.ok(&["create", "--name", "taken", "busybox"]);
     let (code, msg) = d.err(&["run", "--name", "taken", "busybox", "true"]);
     assert_eq!(code, 125);

@@ -1024,3 +1024,177 @@ fn skopeo_pushes_and_pulls_unchanged_with_every_kind_of_auth_and_tls() {
         }
     }
 }
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Debian's docker-registry (distribution) on a loopback port of its own.
+struct Distribution {
+    child: Child,
+    addr: String,
+}
+
+impl Distribution {
+    fn start(dir: &Path) -> Distribution {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let cfg = dir.join("distribution.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                dir.join("distribution").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian's distribution) is installed by scripts/test");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while TcpStream::connect(&addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "docker-registry did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Distribution { child, addr }
+    }
+}
+
+impl Drop for Distribution {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn berth_pushes_and_pulls_with_its_own_registry_and_with_distribution() {
+    common::require_root();
+    let dir = tempdir();
+    let d = common::daemon_with_busybox(dir.path());
+    let docker_config = dir.path().join("docker-config");
+    let berth = |args: &[&str]| -> (i32, String) {
+        let out = d
+            .cmd()
+            .env("DOCKER_CONFIG", &docker_config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let ok = |args: &[&str]| -> String {
+        let (code, out) = berth(args);
+        assert_eq!(code, 0, "berth {args:?}: {out}\n{}", d.log());
+        out
+    };
+    // berth's registry, with tokens: login, push, remove, pull, run.
+    let pw = htpasswd(dir.path(), &[("alice", "wonder")]);
+    let reg = Reg::start(
+        &dir.path().join("reg"),
+        &["--htpasswd", pw.to_str().unwrap()],
+    );
+    let (code, out) = berth(&["login", "-u", "alice", "-p", "wrong", &reg.addr]);
+    assert_ne!(code, 0);
+    assert!(out.contains("unauthorized"), "{out}");
+    assert!(!docker_config.join("config.json").exists());
+    let (code, out) = berth(&["push", &format!("{}/lib/bb:1", reg.addr)]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("No such image") || out.contains("authentication"),
+        "{out}"
+    );
+    assert!(ok(&["login", "-u", "alice", "-p", "wonder", &reg.addr]).contains("Login Succeeded"));
+    use std::os::unix::fs::PermissionsExt;
+    let cfg = docker_config.join("config.json");
+    assert_eq!(
+        std::fs::metadata(&cfg).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let v: Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    assert!(v["auths"][&reg.addr]["auth"].is_string(), "{v}");
+
+    let name = format!("{}/lib/bb:1", reg.addr);
+    ok(&["tag", "busybox:latest", &name]);
+    let out = ok(&["push", &name]);
+    assert!(
+        out.contains("Pushed") && out.contains("1: digest: sha256:"),
+        "{out}"
+    );
+    let out = ok(&["push", &name]);
+    assert!(
+        out.contains("Layer already exists") && !out.contains("Pushed"),
+        "{out}"
+    );
+    let id = d.ok(&["image", "inspect", "-f", "{{.Id}}", &name]);
+    ok(&["rmi", &name, "busybox:latest"]);
+    let out = ok(&["pull", &name]);
+    assert!(
+        out.contains("Download complete") && out.contains("Status: Downloaded newer image"),
+        "{out}"
+    );
+    assert_eq!(
+        d.ok(&["image", "inspect", "-f", "{{.Id}}", &name]),
+        id,
+        "the same image back"
+    );
+    assert_eq!(
+        ok(&["run", "--rm", &name, "cat", "/etc/version"]),
+        "busybox\n"
+    );
+    // Pulled again: nothing is fetched.
+    let out = ok(&["pull", &name]);
+    assert!(
+        out.contains("Already exists") && !out.contains("Download complete"),
+        "{out}"
+    );
+    // run pulls what is not here.
+    ok(&["rmi", &name]);
+    let (code, out) = berth(&["run", "--rm", &name, "cat", "/etc/version"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("Unable to find image") && out.starts_with("busybox\n"),
+        "{out}"
+    );
+    assert!(ok(&["logout", &reg.addr]).contains("Removing login credentials"));
+    let (code, out) = berth(&["pull", &name]);
+    assert_ne!(code, 0, "pulled without credentials: {out}");
+
+    // Debian's docker-registry (distribution), no auth.
+    let dist = Distribution::start(dir.path());
+    let other = format!("{}/team/busybox:v2", dist.addr);
+    ok(&["tag", &name, &other]);
+    let out = ok(&["push", &other]);
+    assert!(out.contains("v2: digest: sha256:"), "{out}");
+    ok(&["rmi", &other, &name]);
+    ok(&["pull", &other]);
+    assert_eq!(
+        ok(&["run", "--rm", &other, "cat", "/etc/version"]),
+        "busybox\n"
+    );
+    // skopeo sees there what berth pushed.
+    let (okk, out) = skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{other}"),
+    ]);
+    assert!(okk, "{out}");
+    assert!(out.contains("\"Architecture\""), "{out}");
+}

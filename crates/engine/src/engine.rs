@@ -41,6 +41,8 @@ pub struct Config {
     pub exe: PathBuf,
     /// The default network's bridge and subnet.
     pub default_bridge: crate::network::DefaultBridge,
+    /// How registries are reached (insecure ones, CA certificates).
+    pub registries: crate::distribution::RegistryOptions,
 }
 
 /// Why an engine operation failed. `status()` gives the HTTP status the API answers with.
@@ -835,6 +837,11 @@ impl Engine {
     /// The data root.
     pub fn data_root(&self) -> &Path {
         &self.cfg.root
+    }
+
+    /// How registries are reached.
+    pub fn registry_options(&self) -> crate::distribution::RegistryOptions {
+        self.cfg.registries.clone()
     }
 
     /// The json-file log of a container.

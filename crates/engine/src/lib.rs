@@ -6,6 +6,7 @@
 
 pub mod builder;
 pub mod defaults;
+pub mod distribution;
 pub mod dns;
 pub mod engine;
 pub mod events;

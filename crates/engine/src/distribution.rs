@@ -1,0 +1,879 @@
+//! The registry client: `pull` and `push` over the OCI distribution API, with Docker's token
+//! authentication (realm/service/scope), Basic auth, manifest lists and OCI indexes with
+//! platform selection, blob redirects, layers in parallel with retries and digests
+//! verified, and https — or plain http for the registries configured insecure and for
+//! loopback, as Docker allows.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use image::digest::Digest;
+use image::reference::Reference;
+use rustls_pki_types::pem::PemObject;
+use serde_json::{json, Value};
+
+use crate::engine::{Engine, EngineError};
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+fn failed(msg: impl Into<String>) -> EngineError {
+    EngineError::Invalid(msg.into())
+}
+
+const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// How the engine reaches registries.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// `host[:port]` reachable over plain http (`--insecure-registry`).
+    pub insecure: Vec<String>,
+    /// Per-registry CA certificates: `<dir>/<host[:port]>/*.crt` (as /etc/docker/certs.d).
+    pub certs_dir: Option<PathBuf>,
+}
+
+/// Credentials for a registry.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+pub struct Credentials {
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: String,
+}
+
+/// A response: status, headers (lower-case names), the body.
+struct Response {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Box<dyn Read + Send>,
+}
+
+impl Response {
+    fn text(mut self, max: usize) -> String {
+        let mut b = Vec::new();
+        let _ = (&mut self.body).take(max as u64).read_to_end(&mut b);
+        String::from_utf8_lossy(&b).into_owned()
+    }
+
+    /// The registry's error message, or the status.
+    fn error(self, what: &str) -> EngineError {
+        let status = self.status;
+        let text = self.text(64 * 1024);
+        let v: Value = serde_json::from_str(&text).unwrap_or_default();
+        let msg = match v["errors"][0]["message"].as_str() {
+            Some(m) => format!("{} ({})", m, v["errors"][0]["code"].as_str().unwrap_or("")),
+            None => format!("HTTP {status}"),
+        };
+        match status {
+            401 | 403 => failed(format!(
+                "{what}: {msg}: authentication required or access denied"
+            )),
+            404 => EngineError::NoSuchImage(format!("{what}: {msg}")),
+            _ => failed(format!("{what}: {msg}")),
+        }
+    }
+}
+
+/// Makes a request's body (and its length) afresh for each try.
+type BodyFn<'a> = dyn FnMut() -> io::Result<Option<(Box<dyn Read>, u64)>> + 'a;
+
+/// A connection to one registry for one repository: its scheme, credentials and token.
+pub struct Session {
+    host: String,
+    scheme: Mutex<&'static str>,
+    insecure: bool,
+    creds: Option<Credentials>,
+    auth: Mutex<Option<String>>,
+    tls: Arc<rustls::ClientConfig>,
+    repo: String,
+}
+
+/// The TLS client: the system's roots, and the registry's own CA when it has one.
+fn tls_config(host: &str, opts: &RegistryOptions) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for bundle in [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ] {
+        if let Ok(iter) = rustls_pki_types::CertificateDer::pem_file_iter(bundle) {
+            for c in iter.flatten() {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let mut dirs: Vec<PathBuf> = vec![
+        Path::new("/etc/berth/certs.d").join(host),
+        Path::new("/etc/docker/certs.d").join(host),
+    ];
+    if let Some(d) = &opts.certs_dir {
+        dirs.insert(0, d.join(host));
+    }
+    for dir in dirs {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.path().extension().is_some_and(|x| x == "crt") {
+                if let Ok(iter) = rustls_pki_types::CertificateDer::pem_file_iter(e.path()) {
+                    for c in iter.flatten() {
+                        let _ = roots.add(c);
+                    }
+                }
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("rustls default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(cfg)
+}
+
+/// `scheme://host[:port]/path` → (scheme, host[:port], path).
+fn split_url(url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    Some((scheme, host, path))
+}
+
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// One request on a new connection.
+fn send(
+    tls: &Arc<rustls::ClientConfig>,
+    url: &str,
+    method: &str,
+    headers: &[(&str, String)],
+    body: Option<(&mut dyn Read, u64)>,
+) -> io::Result<Response> {
+    let (scheme, hostport, path) =
+        split_url(url).ok_or_else(|| io::Error::other(format!("bad URL {url}")))?;
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
+            (h.trim_matches(['[', ']']), p.parse().unwrap_or(443))
+        }
+        _ => (hostport, if scheme == "https" { 443 } else { 80 }),
+    };
+    use std::net::ToSocketAddrs;
+    let addr = (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::other(format!("{host}: no address")))?;
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(30))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(120)))?;
+    tcp.set_nodelay(true)?;
+    let mut stream: Box<dyn Stream> = if scheme == "https" {
+        let name =
+            rustls_pki_types::ServerName::try_from(host.to_string()).map_err(io::Error::other)?;
+        let conn = rustls::ClientConnection::new(tls.clone(), name).map_err(io::Error::other)?;
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        // Handshake now, so that a plain-http server is found out here.
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock)?;
+        }
+        Box::new(s)
+    } else {
+        Box::new(tcp)
+    };
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nUser-Agent: berth/{}\r\nConnection: close\r\n", env!("CARGO_PKG_VERSION"));
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    match &body {
+        Some((_, len)) => head.push_str(&format!("Content-Length: {len}\r\n")),
+        None if matches!(method, "POST" | "PUT" | "PATCH") => {
+            head.push_str("Content-Length: 0\r\n")
+        }
+        None => {}
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    if let Some((r, _)) = body {
+        io::copy(r, &mut stream)?;
+    }
+    stream.flush()?;
+    let mut r = BufReader::with_capacity(256 * 1024, stream);
+    let (status, headers) = httpwire::read_response_head(&mut r)?;
+    let body: Box<dyn Read + Send> = if method == "HEAD" {
+        Box::new(io::empty())
+    } else {
+        Box::new(httpwire::Body::for_response(&headers, status, r))
+    };
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// `key="value",…` of a `WWW-Authenticate` header.
+fn challenge_params(h: &str) -> (String, BTreeMap<String, String>) {
+    let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
+    let mut out = BTreeMap::new();
+    let mut rest = rest.trim();
+    while let Some((k, after)) = rest.split_once('=') {
+        let k = k.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let after = after.trim_start();
+        let (v, next) = if let Some(q) = after.strip_prefix('"') {
+            let end = q.find('"').unwrap_or(q.len());
+            (&q[..end], q.get(end + 1..).unwrap_or(""))
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        out.insert(k, v.to_string());
+        rest = next.trim_start_matches(',').trim();
+    }
+    (scheme.to_ascii_lowercase(), out)
+}
+
+impl Session {
+    /// A session with `repo` on the registry `host` (Docker Hub's name resolved).
+    pub fn new(
+        host: &str,
+        repo: &str,
+        creds: Option<Credentials>,
+        opts: &RegistryOptions,
+    ) -> Session {
+        let host = if host == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            host
+        };
+        let bare = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        let insecure = opts.insecure.iter().any(|i| i == host)
+            || matches!(bare, "localhost" | "127.0.0.1" | "[::1]" | "::1")
+            || bare.starts_with("127.");
+        Session {
+            host: host.to_string(),
+            scheme: Mutex::new("https"),
+            insecure,
+            creds,
+            auth: Mutex::new(None),
+            tls: tls_config(host, opts),
+            repo: repo.to_string(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            return path.to_string();
+        }
+        format!(
+            "{}://{}{path}",
+            self.scheme.lock().unwrap_or_else(|e| e.into_inner()),
+            self.host
+        )
+    }
+
+    /// A request with the session's auth; a 401 gets a token (or Basic) and one retry. `body`
+    /// makes the body afresh for each try.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &mut BodyFn,
+    ) -> Result<Response> {
+        for attempt in 0..3 {
+            let url = self.url(path);
+            let mut hs: Vec<(&str, String)> = headers.to_vec();
+            let same_host = split_url(&url).is_some_and(|(_, h, _)| h == self.host);
+            if let (Some(a), true) = (
+                self.auth.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                same_host,
+            ) {
+                hs.push(("Authorization", a));
+            }
+            let mut b = body().map_err(|e| failed(e.to_string()))?;
+            let sent = send(
+                &self.tls,
+                &url,
+                method,
+                &hs,
+                b.as_mut().map(|(r, n)| (r.as_mut() as &mut dyn Read, *n)),
+            );
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    // An insecure registry that does not speak TLS: plain http.
+                    let mut scheme = self.scheme.lock().unwrap_or_else(|e| e.into_inner());
+                    if self.insecure && *scheme == "https" {
+                        *scheme = "http";
+                        continue;
+                    }
+                    return Err(failed(format!("{} {}: {e}", method, url)));
+                }
+            };
+            if resp.status == 401 && attempt < 2 {
+                let Some(ch) = resp.headers.get("www-authenticate").cloned() else {
+                    return Ok(resp);
+                };
+                self.authenticate(&ch)?;
+                continue;
+            }
+            return Ok(resp);
+        }
+        Err(failed(format!("{method} {path}: authentication failed")))
+    }
+
+    /// Answers a challenge: Basic credentials, or a bearer token from the realm.
+    fn authenticate(&self, challenge: &str) -> Result<()> {
+        let (scheme, p) = challenge_params(challenge);
+        let basic = self.creds.as_ref().map(|c| {
+            format!(
+                "Basic {}",
+                base64(format!("{}:{}", c.username, c.password).as_bytes())
+            )
+        });
+        let auth = match scheme.as_str() {
+            "basic" => basic.ok_or_else(|| {
+                failed(format!(
+                    "{}: authentication required (berth login {})",
+                    self.host, self.host
+                ))
+            })?,
+            "bearer" => {
+                let realm = p
+                    .get("realm")
+                    .ok_or_else(|| failed("a bearer challenge without a realm"))?;
+                let mut url = format!("{realm}?");
+                if let Some(s) = p.get("service") {
+                    url.push_str(&format!("service={}&", httpwire::encode(s)));
+                }
+                let scope = p.get("scope").cloned().unwrap_or_else(|| {
+                    if self.repo.is_empty() {
+                        String::new() // login: no repository
+                    } else {
+                        format!("repository:{}:pull", self.repo)
+                    }
+                });
+                for s in scope.split(' ').filter(|s| !s.is_empty()) {
+                    url.push_str(&format!("scope={}&", httpwire::encode(s)));
+                }
+                let mut hs = Vec::new();
+                if let Some(b) = basic {
+                    hs.push(("Authorization", b));
+                }
+                let resp = send(&self.tls, &url, "GET", &hs, None)
+                    .map_err(|e| failed(format!("the token from {realm}: {e}")))?;
+                if matches!(resp.status, 401 | 403) {
+                    return Err(failed(format!(
+                        "{}: unauthorized: incorrect username or password",
+                        self.host
+                    )));
+                }
+                if resp.status != 200 {
+                    let status = resp.status;
+                    return Err(failed(format!(
+                        "{}: the token service answered {status}: {}",
+                        self.host,
+                        resp.text(4096)
+                    )));
+                }
+                let v: Value = serde_json::from_str(&resp.text(1 << 20))
+                    .map_err(|e| failed(format!("the token from {realm}: {e}")))?;
+                let t = v["token"]
+                    .as_str()
+                    .or_else(|| v["access_token"].as_str())
+                    .ok_or_else(|| failed(format!("no token from {realm}")))?;
+                format!("Bearer {t}")
+            }
+            s => {
+                return Err(failed(format!(
+                    "{}: unsupported authentication scheme {s}",
+                    self.host
+                )))
+            }
+        };
+        *self.auth.lock().unwrap_or_else(|e| e.into_inner()) = Some(auth);
+        Ok(())
+    }
+
+    /// For push: the token must cover pull and push.
+    fn want_push(&self) -> Result<()> {
+        let resp = self.request(
+            "POST",
+            &format!("/v2/{}/blobs/uploads/", self.repo),
+            &[],
+            &mut || Ok(None),
+        )?;
+        match resp.status {
+            202 => {
+                // An upload we do not need: cancel it.
+                if let Some(loc) = resp.headers.get("location").cloned() {
+                    let _ = self.request("DELETE", &loc, &[], &mut || Ok(None));
+                }
+                Ok(())
+            }
+            _ => Err(resp.error(&format!("push to {}/{}", self.host, self.repo))),
+        }
+    }
+
+    /// GET of a manifest: media type, digest, bytes (verified against a digest reference).
+    fn manifest(&self, reference: &str) -> Result<(String, Digest, Vec<u8>)> {
+        let resp = self.request(
+            "GET",
+            &format!("/v2/{}/manifests/{reference}", self.repo),
+            &[("Accept", ACCEPT.to_string())],
+            &mut || Ok(None),
+        )?;
+        if resp.status != 200 {
+            return Err(resp.error(&format!("{}/{}:{reference}", self.host, self.repo)));
+        }
+        let media = resp
+            .headers
+            .get("content-type")
+            .cloned()
+            .unwrap_or_default();
+        let text = {
+            let mut b = Vec::new();
+            let mut body = resp.body;
+            body.by_ref()
+                .take(4 << 20)
+                .read_to_end(&mut b)
+                .map_err(|e| failed(e.to_string()))?;
+            b
+        };
+        let d = Digest::of(&text);
+        if let Ok(want) = reference.parse::<Digest>() {
+            if want != d {
+                return Err(failed(format!(
+                    "manifest {reference}: the registry sent {d}"
+                )));
+            }
+        }
+        Ok((media, d, text))
+    }
+
+    /// A blob into the store (verified), with retries; redirects followed.
+    fn fetch_blob(&self, images: &image::images::Images, d: &Digest) -> Result<u64> {
+        let mut last = String::new();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(500 * attempt));
+            }
+            let mut path = format!("/v2/{}/blobs/{d}", self.repo);
+            let mut resp = match self.request("GET", &path, &[], &mut || Ok(None)) {
+                Ok(r) => r,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            for _ in 0..5 {
+                if !matches!(resp.status, 301 | 302 | 303 | 307 | 308) {
+                    break;
+                }
+                let Some(loc) = resp.headers.get("location").cloned() else {
+                    break;
+                };
+                path = loc;
+                resp = self.request("GET", &path, &[], &mut || Ok(None))?;
+            }
+            if resp.status != 200 {
+                let transient = resp.status >= 500 || resp.status == 429;
+                let e = resp.error(&format!("blob {d}"));
+                if transient {
+                    last = e.to_string();
+                    continue;
+                }
+                return Err(e);
+            }
+            match images.store().write(Some(d), resp.body) {
+                Ok((_, n)) => return Ok(n),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(failed(format!("blob {d}: {last}")))
+    }
+
+    /// A blob from the store into the repository, unless it is there already.
+    fn push_blob(&self, images: &image::images::Images, d: &Digest) -> Result<bool> {
+        let head = self.request(
+            "HEAD",
+            &format!("/v2/{}/blobs/{d}", self.repo),
+            &[],
+            &mut || Ok(None),
+        )?;
+        if head.status == 200 {
+            return Ok(false);
+        }
+        let resp = self.request(
+            "POST",
+            &format!("/v2/{}/blobs/uploads/", self.repo),
+            &[],
+            &mut || Ok(None),
+        )?;
+        if resp.status != 202 {
+            return Err(resp.error(&format!("upload of {d}")));
+        }
+        let loc = resp
+            .headers
+            .get("location")
+            .cloned()
+            .ok_or_else(|| failed("an upload without a Location"))?;
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let put = format!("{loc}{sep}digest={d}");
+        let size = images.store().size(d).map_err(|e| failed(e.to_string()))?;
+        let path = images.store().path(d);
+        let resp = self.request(
+            "PUT",
+            &put,
+            &[("Content-Type", "application/octet-stream".to_string())],
+            &mut || {
+                let f = std::fs::File::open(&path)?;
+                Ok(Some((Box::new(f) as Box<dyn Read>, size)))
+            },
+        )?;
+        if resp.status != 201 {
+            return Err(resp.error(&format!("upload of {d}")));
+        }
+        Ok(true)
+    }
+
+    fn put_manifest(&self, reference: &str, media: &str, bytes: &[u8]) -> Result<()> {
+        let resp = self.request(
+            "PUT",
+            &format!("/v2/{}/manifests/{reference}", self.repo),
+            &[("Content-Type", media.to_string())],
+            &mut || {
+                Ok(Some((
+                    Box::new(io::Cursor::new(bytes.to_vec())) as Box<dyn Read>,
+                    bytes.len() as u64,
+                )))
+            },
+        )?;
+        if resp.status != 201 {
+            return Err(resp.error(&format!("manifest {reference}")));
+        }
+        Ok(())
+    }
+
+    /// The repository's tags.
+    fn tags(&self) -> Result<Vec<String>> {
+        let resp = self.request(
+            "GET",
+            &format!("/v2/{}/tags/list", self.repo),
+            &[],
+            &mut || Ok(None),
+        )?;
+        if resp.status != 200 {
+            return Err(resp.error(&format!("tags of {}/{}", self.host, self.repo)));
+        }
+        let v: Value =
+            serde_json::from_str(&resp.text(16 << 20)).map_err(|e| failed(e.to_string()))?;
+        Ok(v["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(String::from))
+            .collect())
+    }
+
+    /// `/v2/` with the credentials: what `login` checks.
+    pub fn check(&self) -> Result<()> {
+        let resp = self.request("GET", "/v2/", &[], &mut || Ok(None))?;
+        match resp.status {
+            200 => Ok(()),
+            401 | 403 => Err(failed(format!(
+                "login to {}: unauthorized: incorrect username or password",
+                self.host
+            ))),
+            _ => Err(resp.error(&format!("login to {}", self.host))),
+        }
+    }
+}
+
+/// Standard base64 with padding.
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                T[(n >> (18 - 6 * i)) as usize & 63] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+impl Engine {
+    fn session(&self, r: &Reference, creds: Option<Credentials>) -> Session {
+        Session::new(r.domain(), r.path(), creds, &self.registry_options())
+    }
+
+    /// `pull`: the image (or, with `all_tags`, every tag of the repository) into the store;
+    /// progress as Docker's JSON messages. Returns the image IDs.
+    pub fn pull(
+        &self,
+        name: &str,
+        platform: Option<&str>,
+        all_tags: bool,
+        creds: Option<Credentials>,
+        out: &mut dyn FnMut(Value),
+    ) -> Result<Vec<String>> {
+        let r =
+            Reference::parse(name).map_err(|e| failed(format!("invalid reference format: {e}")))?;
+        let want = match platform {
+            Some(p) => image::model::Platform::parse(p).map_err(|e| failed(e.to_string()))?,
+            None => image::model::Platform::host(),
+        };
+        let session = self.session(&r, creds);
+        let refs: Vec<Reference> = if all_tags {
+            session
+                .tags()?
+                .iter()
+                .filter_map(|t| r.with_tag(t).ok())
+                .collect()
+        } else if r.tag().is_none() && r.digest().is_none() {
+            vec![r.with_tag("latest").map_err(|e| failed(e.to_string()))?]
+        } else {
+            vec![r.clone()]
+        };
+        let mut ids = Vec::new();
+        for r in refs {
+            ids.push(self.pull_one(&session, &r, &want, out)?);
+        }
+        Ok(ids)
+    }
+
+    fn pull_one(
+        &self,
+        s: &Session,
+        r: &Reference,
+        want: &image::model::Platform,
+        out: &mut dyn FnMut(Value),
+    ) -> Result<String> {
+        let reference = match (r.digest(), r.tag()) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.to_string(),
+            (None, None) => "latest".to_string(),
+        };
+        out(
+            json!({"status": format!("Pulling from {}", r.familiar_repository()), "id": reference}),
+        );
+        let (media, mut digest, mut bytes) = s.manifest(&reference)?;
+        let store = self.images.store();
+        let mut index_bytes = None;
+        if let image::model::Document::Index(index) =
+            image::model::parse_document(Some(&media), &bytes)
+                .map_err(|e| failed(format!("{r}: {e}")))?
+        {
+            let desc = image::model::select_platform(&index, want)
+                .map_err(|e| failed(format!("{r}: {e}")))?;
+            index_bytes = Some(bytes.clone());
+            let (_, d, b) = s.manifest(desc.digest().as_ref())?;
+            digest = d;
+            bytes = b;
+        }
+        let image::model::Document::Manifest(m) =
+            image::model::parse_document(None, &bytes).map_err(|e| failed(format!("{r}: {e}")))?
+        else {
+            return Err(failed(format!("{r}: an index inside an index")));
+        };
+        let config: Digest = m
+            .config()
+            .digest()
+            .to_string()
+            .parse()
+            .map_err(|e: image::digest::InvalidDigest| failed(e.to_string()))?;
+        let mut blobs: Vec<(Digest, u64)> = vec![(config, m.config().size())];
+        for l in m.layers() {
+            let d: Digest = l
+                .digest()
+                .to_string()
+                .parse()
+                .map_err(|e: image::digest::InvalidDigest| failed(e.to_string()))?;
+            blobs.push((d, l.size()));
+        }
+        // The layers in parallel (three at a time); what the store has is not fetched again.
+        let todo: Vec<(Digest, u64)> = blobs
+            .iter()
+            .filter(|(d, _)| !store.contains(d))
+            .cloned()
+            .collect();
+        for (d, _) in blobs.iter().filter(|(d, _)| store.contains(d)) {
+            out(json!({"status": "Already exists", "id": short(d)}));
+        }
+        let queue = Mutex::new(todo.into_iter());
+        let (tx, rx) = std::sync::mpsc::channel::<Value>();
+        let errors: Mutex<Vec<EngineError>> = Mutex::new(Vec::new());
+        std::thread::scope(|sc| {
+            for _ in 0..3 {
+                let tx = tx.clone();
+                let (queue, errors) = (&queue, &errors);
+                sc.spawn(move || loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let Some((d, size)) = next else { break };
+                    let _ = tx.send(json!({"status": "Downloading", "id": short(&d), "progressDetail": {"current": 0, "total": size}}));
+                    match s.fetch_blob(&self.images, &d) {
+                        Ok(n) => {
+                            let _ = tx.send(json!({"status": "Download complete", "id": short(&d), "progressDetail": {"current": n, "total": size}}));
+                        }
+                        Err(e) => errors.lock().unwrap_or_else(|e| e.into_inner()).push(e),
+                    }
+                });
+            }
+            drop(tx);
+            for v in rx {
+                out(v);
+            }
+        });
+        if let Some(e) = errors
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .into_iter()
+            .next()
+        {
+            return Err(e);
+        }
+        store
+            .write(Some(&digest), &bytes[..])
+            .map_err(|e| failed(e.to_string()))?;
+        if let Some(ib) = index_bytes {
+            let _ = store.write(None, &ib[..]);
+        }
+        let tag = r.tag().map(|_| r.clone());
+        let (record, _) = self.images.register(&digest, tag.as_ref())?;
+        for (d, _) in &blobs[1..] {
+            out(json!({"status": "Pull complete", "id": short(d)}));
+        }
+        out(json!({"status": format!("Digest: {digest}")}));
+        out(json!({"status": format!("Status: Downloaded newer image for {}", r.familiar())}));
+        self.events
+            .emit("image", "pull", &r.familiar(), Default::default());
+        Ok(record.id.to_string())
+    }
+
+    /// `push`: the local image `name` (every tag of its repository with `all_tags`) to its
+    /// registry; blobs the registry has are not sent again.
+    pub fn push(
+        &self,
+        name: &str,
+        all_tags: bool,
+        creds: Option<Credentials>,
+        out: &mut dyn FnMut(Value),
+    ) -> Result<()> {
+        let r =
+            Reference::parse(name).map_err(|e| failed(format!("invalid reference format: {e}")))?;
+        let session = self.session(&r, creds);
+        session.want_push()?;
+        let refs: Vec<Reference> = if all_tags || (r.tag().is_none() && r.digest().is_none()) {
+            if all_tags {
+                self.images
+                    .list()?
+                    .iter()
+                    .flat_map(|s| s.names.clone())
+                    .filter_map(|n| Reference::parse(&n).ok())
+                    .filter(|n| n.repository() == r.repository())
+                    .collect()
+            } else {
+                vec![r.with_tag("latest").map_err(|e| failed(e.to_string()))?]
+            }
+        } else {
+            vec![r.clone()]
+        };
+        out(json!({"status": format!("The push refers to repository [{}]", r.repository())}));
+        for t in refs {
+            let img = self
+                .images
+                .resolve(&t.to_string())
+                .map_err(|_| EngineError::NoSuchImage(t.familiar()))?;
+            let manifest = self
+                .images
+                .store()
+                .read(&img.manifest)
+                .map_err(|e| failed(e.to_string()))?;
+            let v: Value = serde_json::from_slice(&manifest).map_err(|e| failed(e.to_string()))?;
+            let media = v["mediaType"]
+                .as_str()
+                .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+                .to_string();
+            let mut blobs: Vec<Digest> = img.layers.clone();
+            blobs.push(img.id.clone());
+            let queue = Mutex::new(blobs.into_iter());
+            let (tx, rx) = std::sync::mpsc::channel::<Value>();
+            let errors: Mutex<Vec<EngineError>> = Mutex::new(Vec::new());
+            std::thread::scope(|sc| {
+                for _ in 0..3 {
+                    let tx = tx.clone();
+                    let (queue, errors, session) = (&queue, &errors, &session);
+                    sc.spawn(move || loop {
+                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                        let Some(d) = next else { break };
+                        let _ = tx.send(json!({"status": "Preparing", "id": short(&d)}));
+                        match session.push_blob(&self.images, &d) {
+                            Ok(true) => {
+                                let _ = tx.send(json!({"status": "Pushed", "id": short(&d)}));
+                            }
+                            Ok(false) => {
+                                let _ = tx.send(
+                                    json!({"status": "Layer already exists", "id": short(&d)}),
+                                );
+                            }
+                            Err(e) => errors.lock().unwrap_or_else(|e| e.into_inner()).push(e),
+                        }
+                    });
+                }
+                drop(tx);
+                for v in rx {
+                    out(v);
+                }
+            });
+            if let Some(e) = errors
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .into_iter()
+                .next()
+            {
+                return Err(e);
+            }
+            let tag = t.tag().unwrap_or("latest").to_string();
+            session.put_manifest(&tag, &media, &manifest)?;
+            out(
+                json!({"status": format!("{tag}: digest: {} size: {}", img.manifest, manifest.len())}),
+            );
+            self.events
+                .emit("image", "push", &t.familiar(), Default::default());
+        }
+        Ok(())
+    }
+
+    /// `login`: the credentials work against `server`.
+    pub fn login(&self, server: &str, creds: Credentials) -> Result<()> {
+        Session::new(server, "", Some(creds), &self.registry_options()).check()
+    }
+}
+
+fn short(d: &Digest) -> String {
+    d.hex()[..12].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn challenges() {
+        let (s, p) = super::challenge_params(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(s, "bearer");
+        assert_eq!(p["realm"], "https://auth.example/token");
+        assert_eq!(p["service"], "registry.example");
+        assert_eq!(p["scope"], "repository:a/b:pull,push");
+        let (s, p) = super::challenge_params(r#"Basic realm="x""#);
+        assert_eq!((s.as_str(), p["realm"].as_str()), ("basic", "x"));
+        assert_eq!(super::base64(b"alice:wonder"), "YWxpY2U6d29uZGVy");
+    }
+}
