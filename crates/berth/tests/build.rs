@@ -7,7 +7,7 @@ use std::process::Command;
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
 fn check(name: &str) -> (i32, String) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dockerfiles");
+    let dir = common::manifest_dir().join("tests/dockerfiles");
     let out = Command::new(BERTH)
         .args(["build", "--check", "-f"])
         .arg(dir.join(name))

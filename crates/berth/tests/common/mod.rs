@@ -15,9 +15,18 @@ pub fn require_root() {
     assert_eq!(euid, 0, "the integration tests need root (CI runs as root)");
 }
 
+/// This package's source directory, as `cargo test` says it when the test runs. Not the
+/// compile-time `env!`: a target directory shared between clones (CI keeps one outside the
+/// clone) may hold test binaries compiled from a clone at another path.
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
+
 /// Makes a busybox bundle at `dir` (scripts/busybox-bundle) whose process runs `args`.
 pub fn busybox_bundle(dir: &Path, args: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/busybox-bundle");
+    let script = manifest_dir().join("../../scripts/busybox-bundle");
     let out = Command::new(&script)
         .arg(dir)
         .arg(BERTH)
