@@ -110,6 +110,7 @@ fn connection(stream: UnixStream, engine: &Arc<Engine>) -> io::Result<()> {
             }
             Err(_) => return Ok(()),
         };
+        head.send_continue(&mut writer)?;
         let reply = route(engine, &head, &mut body, &mut writer, &early);
         // Whatever the handler did not read of the body is drained so the next request parses.
         let drained = io::copy(&mut body, &mut io::sink());

@@ -354,6 +354,58 @@ fn blobs_and_uploads_as_the_spec_says() {
 }
 
 #[test]
+fn a_client_waiting_for_100_continue_gets_it_and_a_blob_pushed_twice_is_stored_once() {
+    let dir = tempdir();
+    let reg = Reg::start(dir.path(), &[]);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let d = sha(&data);
+    // curl's way with a large body: the head, then the body only after `100 Continue`
+    // (curl gives up waiting after a second; a client may wait for ever).
+    let mut s = TcpStream::connect(&reg.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        s,
+        "POST /v2/lib/c/blobs/uploads/?digest={d} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        data.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let (status, _) = httpwire::read_response_head(&mut r).unwrap();
+    assert_eq!(status, 100, "the server must ask for the body");
+    s.write_all(&data).unwrap();
+    let (status, headers) = httpwire::read_response_head(&mut r).unwrap();
+    assert_eq!(status, 201);
+    assert_eq!(headers.get("docker-content-digest"), Some(&d));
+
+    // The same blob into another repository: a second copy is not kept, both can read it,
+    // and the stored file is the one blob.
+    assert_eq!(put_blob(&reg, "lib/d", &data), d);
+    for repo in ["lib/c", "lib/d"] {
+        let r = reg.req("GET", &format!("/v2/{repo}/blobs/{d}"), &[], b"");
+        assert_eq!((r.status, sha(&r.body)), (200, d.clone()));
+        // A range of it too, through the same kernel path as the whole.
+        let r = reg.req(
+            "GET",
+            &format!("/v2/{repo}/blobs/{d}"),
+            &[("Range", "bytes=1000-1999")],
+            b"",
+        );
+        assert_eq!((r.status, &r.body[..]), (206, &data[1000..2000]));
+    }
+    let stored: Vec<_> = std::fs::read_dir(dir.path().join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(stored, vec![d[7..].to_string()]);
+    let uploads = std::fs::read_dir(dir.path().join("uploads"))
+        .unwrap()
+        .count();
+    assert_eq!(uploads, 0, "finished uploads leave nothing behind");
+}
+
+#[test]
 fn manifests_tags_catalog_and_referrers() {
     let dir = tempdir();
     let reg = Reg::start(dir.path(), &[]);
@@ -1197,4 +1249,235 @@ fn berth_pushes_and_pulls_with_its_own_registry_and_with_distribution() {
     ]);
     assert!(okk, "{out}");
     assert!(out.contains("\"Architecture\""), "{out}");
+}
+
+/// How the fake registry below answers for one blob.
+#[derive(Clone, Copy, PartialEq)]
+enum Serve {
+    Whole,
+    /// Half the body, then the connection closes (a transfer cut off).
+    CutOff,
+    /// Other bytes of the same length (a lying or corrupted server).
+    Wrong,
+}
+
+/// A registry of the test's own on loopback serving one image, `t/img:1`, blob by blob as
+/// `behaviour` says, counting each path's GETs.
+struct FakeRegistry {
+    addr: String,
+    behaviour: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Serve>>>,
+    gets: std::sync::Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+}
+
+impl FakeRegistry {
+    fn start(manifest: Vec<u8>, blobs: BTreeMap<String, Vec<u8>>) -> FakeRegistry {
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let behaviour = Arc::new(Mutex::new(BTreeMap::new()));
+        let gets = Arc::new(Mutex::new(BTreeMap::new()));
+        let (b, g) = (behaviour.clone(), gets.clone());
+        let manifest = Arc::new(manifest);
+        let blobs = Arc::new(blobs);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (b, g, manifest, blobs) =
+                    (b.clone(), g.clone(), manifest.clone(), blobs.clone());
+                std::thread::spawn(move || {
+                    let mut w = conn.try_clone().unwrap();
+                    let mut r = BufReader::new(conn);
+                    // A client trying TLS first is told this is plain HTTP.
+                    if matches!(r.fill_buf(), Ok(b) if b.first() == Some(&0x16)) {
+                        let _ = w.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n");
+                        return;
+                    }
+                    while let Ok(head) = httpwire::read_head(&mut r) {
+                        *g.lock().unwrap().entry(head.path.clone()).or_default() +=
+                            usize::from(head.method == "GET");
+                        let (status, ctype, body, serve) = if head.path == "/v2/" {
+                            (200, "application/json", b"{}".to_vec(), Serve::Whole)
+                        } else if head.path == "/v2/t/img/manifests/1" {
+                            (200, OCI_MANIFEST, (*manifest).clone(), Serve::Whole)
+                        } else if let Some(d) = head.path.strip_prefix("/v2/t/img/blobs/") {
+                            match blobs.get(d) {
+                                Some(data) => {
+                                    let serve = b.lock().unwrap().get(d).copied().unwrap_or(Serve::Whole);
+                                    (200, "application/octet-stream", data.clone(), serve)
+                                }
+                                None => (404, "application/json", br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}"#.to_vec(), Serve::Whole),
+                            }
+                        } else {
+                            (
+                                404,
+                                "application/json",
+                                br#"{"errors":[{"code":"NAME_UNKNOWN","message":"unknown"}]}"#
+                                    .to_vec(),
+                                Serve::Whole,
+                            )
+                        };
+                        let digest = if head.path.contains("/manifests/") {
+                            sha(&body)
+                        } else {
+                            String::new()
+                        };
+                        let _ = write!(
+                            w,
+                            "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nDocker-Content-Digest: {digest}\r\n\r\n",
+                            body.len()
+                        );
+                        if head.method == "HEAD" {
+                            continue;
+                        }
+                        match serve {
+                            Serve::Whole => {
+                                let _ = w.write_all(&body);
+                            }
+                            Serve::CutOff => {
+                                let _ = w.write_all(&body[..body.len() / 2]);
+                                return;
+                            }
+                            Serve::Wrong => {
+                                let bad: Vec<u8> = body.iter().map(|b| b ^ 0x5a).collect();
+                                let _ = w.write_all(&bad);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        FakeRegistry {
+            addr,
+            behaviour,
+            gets,
+        }
+    }
+
+    fn serve(&self, digest: &str, how: Serve) {
+        self.behaviour
+            .lock()
+            .unwrap()
+            .insert(digest.to_string(), how);
+    }
+
+    fn gets(&self, digest: &str) -> usize {
+        let path = format!("/v2/t/img/blobs/{digest}");
+        self.gets.lock().unwrap().get(&path).copied().unwrap_or(0)
+    }
+}
+
+/// Every file under `dir` (relative paths).
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            }
+            out.push(
+                e.path()
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_pull_cut_off_or_lied_to_keeps_nothing_wrong_and_the_next_fetches_only_what_is_missing() {
+    common::require_root();
+    let dir = tempdir();
+    let d = common::Daemon::start(&dir.path().join("data"));
+    // The image: a busybox root (gzip) and a layer with a message (plain tar).
+    let base = std::fs::read(common::rootfs_tar(dir.path(), "base", "fetched\n")).unwrap();
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(files.join("etc")).unwrap();
+    std::fs::write(files.join("etc/message"), "the second layer\n").unwrap();
+    let top = Command::new("tar")
+        .args(["--owner=0", "--group=0", "-C"])
+        .arg(&files)
+        .args(["-cf", "-", "etc"])
+        .output()
+        .unwrap()
+        .stdout;
+    let mut gunzipped = Vec::new();
+    flate2::read::GzDecoder::new(&base[..])
+        .read_to_end(&mut gunzipped)
+        .unwrap();
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["cat", "/etc/message", "/etc/version"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha(&gunzipped), sha(&top)]},
+    }))
+    .unwrap();
+    let desc = |media: &str, data: &[u8]| json!({"mediaType": media, "digest": sha(data), "size": data.len()});
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": desc("application/vnd.oci.image.config.v1+json", &config),
+        "layers": [
+            desc("application/vnd.oci.image.layer.v1.tar+gzip", &base),
+            desc("application/vnd.oci.image.layer.v1.tar", &top),
+        ],
+    }))
+    .unwrap();
+    let (cd, bd, td) = (sha(&config), sha(&base), sha(&top));
+    let blobs: BTreeMap<String, Vec<u8>> =
+        [(cd.clone(), config), (bd.clone(), base), (td.clone(), top)]
+            .into_iter()
+            .collect();
+    let fake = FakeRegistry::start(manifest, blobs);
+    let image = format!("{}/t/img:1", fake.addr);
+    let store = || -> (Vec<String>, Vec<String>) {
+        let all = files_under(&dir.path().join("data"));
+        let blobs = all
+            .iter()
+            .filter(|p| p.contains("blobs/sha256/"))
+            .map(|p| p.rsplit('/').next().unwrap().to_string())
+            .collect();
+        let temps = all
+            .into_iter()
+            .filter(|p| p.rsplit('/').next().unwrap().starts_with(".tmp-"))
+            .collect();
+        (blobs, temps)
+    };
+    let (before, _) = store();
+
+    // The top layer lies: the pull fails naming it, and nothing is stored under the digest
+    // the bytes really have; no half-made snapshot or temporary file stays.
+    fake.serve(&td, Serve::Wrong);
+    let out = d.berth(&["pull", &image]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&td[7..19]) || err.contains(&td), "{err}");
+    let (blobs, temps) = store();
+    assert!(temps.is_empty(), "{temps:?}");
+    for b in &blobs {
+        assert!(
+            before.contains(b) || [&cd, &bd].iter().any(|d| d.ends_with(b.as_str())),
+            "a blob the image does not have was stored: {b}"
+        );
+    }
+
+    // The top layer is cut off each time: the pull fails; what did arrive stays.
+    fake.serve(&td, Serve::CutOff);
+    let out = d.berth(&["pull", &image]);
+    assert!(!out.status.success());
+    assert!(store().1.is_empty());
+    let base_gets = fake.gets(&bd);
+    assert_eq!(base_gets, 1, "the base layer arrived whole the first time");
+
+    // Served whole: the pull fetches only the missing layer, and the image runs.
+    fake.serve(&td, Serve::Whole);
+    d.ok(&["pull", &image]);
+    assert_eq!(fake.gets(&bd), 1, "the base layer was fetched again");
+    assert_eq!(fake.gets(&cd), 1, "the config was fetched again");
+    let out = d.ok(&["run", "--rm", "--network", "none", &image]);
+    assert_eq!(out, "the second layer\nfetched\n");
+    assert!(store().1.is_empty());
 }

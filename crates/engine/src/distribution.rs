@@ -452,8 +452,9 @@ impl Session {
         Ok((media, d, text))
     }
 
-    /// A blob into the store (verified), with retries; redirects followed.
-    fn fetch_blob(&self, images: &image::images::Images, d: &Digest) -> Result<u64> {
+    /// A blob into the store (verified; a layer extracted on the way), with retries;
+    /// redirects followed.
+    fn fetch_blob(&self, fetch: &image::images::Fetch, d: &Digest, media: &str) -> Result<u64> {
         let mut last = String::new();
         for attempt in 0..3 {
             if attempt > 0 {
@@ -486,8 +487,8 @@ impl Session {
                 }
                 return Err(e);
             }
-            match images.store().write(Some(d), resp.body) {
-                Ok((_, n)) => return Ok(n),
+            match fetch.blob(d, media, resp.body) {
+                Ok(n) => return Ok(n),
                 Err(e) => last = e.to_string(),
             }
         }
@@ -689,22 +690,28 @@ impl Engine {
             .to_string()
             .parse()
             .map_err(|e: image::digest::InvalidDigest| failed(e.to_string()))?;
-        let mut blobs: Vec<(Digest, u64)> = vec![(config, m.config().size())];
+        let mut blobs: Vec<(Digest, u64, String)> = vec![(
+            config,
+            m.config().size(),
+            m.config().media_type().to_string(),
+        )];
         for l in m.layers() {
             let d: Digest = l
                 .digest()
                 .to_string()
                 .parse()
                 .map_err(|e: image::digest::InvalidDigest| failed(e.to_string()))?;
-            blobs.push((d, l.size()));
+            blobs.push((d, l.size(), l.media_type().to_string()));
         }
-        // The layers in parallel (three at a time); what the store has is not fetched again.
-        let todo: Vec<(Digest, u64)> = blobs
+        // The layers in parallel (three at a time), each extracted as it streams in; what the
+        // store has is not fetched again.
+        let fetch = self.images.fetch()?;
+        let todo: Vec<(Digest, u64, String)> = blobs
             .iter()
-            .filter(|(d, _)| !store.contains(d))
+            .filter(|(d, ..)| !store.contains(d))
             .cloned()
             .collect();
-        for (d, _) in blobs.iter().filter(|(d, _)| store.contains(d)) {
+        for (d, ..) in blobs.iter().filter(|(d, ..)| store.contains(d)) {
             out(json!({"status": "Already exists", "id": short(d)}));
         }
         let queue = Mutex::new(todo.into_iter());
@@ -713,12 +720,12 @@ impl Engine {
         std::thread::scope(|sc| {
             for _ in 0..3 {
                 let tx = tx.clone();
-                let (queue, errors) = (&queue, &errors);
+                let (queue, errors, fetch) = (&queue, &errors, &fetch);
                 sc.spawn(move || loop {
                     let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                    let Some((d, size)) = next else { break };
+                    let Some((d, size, media)) = next else { break };
                     let _ = tx.send(json!({"status": "Downloading", "id": short(&d), "progressDetail": {"current": 0, "total": size}}));
-                    match s.fetch_blob(&self.images, &d) {
+                    match s.fetch_blob(fetch, &d, &media) {
                         Ok(n) => {
                             let _ = tx.send(json!({"status": "Download complete", "id": short(&d), "progressDetail": {"current": n, "total": size}}));
                         }
@@ -746,8 +753,8 @@ impl Engine {
             let _ = store.write(None, &ib[..]);
         }
         let tag = r.tag().map(|_| r.clone());
-        let (record, _) = self.images.register(&digest, tag.as_ref())?;
-        for (d, _) in &blobs[1..] {
+        let (record, _) = fetch.register(&digest, tag.as_ref())?;
+        for (d, ..) in &blobs[1..] {
             out(json!({"status": "Pull complete", "id": short(d)}));
         }
         out(json!({"status": format!("Digest: {digest}")}));

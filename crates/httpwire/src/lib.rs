@@ -21,6 +21,8 @@ pub struct Head {
     pub headers: BTreeMap<String, String>,
     /// Content-Length came more than once.
     pub duplicate_length: bool,
+    /// HTTP/1.1 (else 1.0).
+    pub http11: bool,
 }
 
 impl Head {
@@ -40,6 +42,25 @@ impl Head {
     /// A header.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
+    }
+
+    /// Whether the client waits for `100 Continue` before it sends the body (RFC 9110
+    /// 10.1.1): curl does for bodies over 1 MiB, and waits a second without it.
+    pub fn expects_continue(&self) -> bool {
+        self.http11
+            && self
+                .header("expect")
+                .is_some_and(|e| e.trim().eq_ignore_ascii_case("100-continue"))
+    }
+
+    /// Answers `100 Continue` when the client waits for it: called by a server that will
+    /// read the body.
+    pub fn send_continue(&self, w: &mut impl Write) -> io::Result<()> {
+        if self.expects_continue() {
+            w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            w.flush()?;
+        }
+        Ok(())
     }
 
     /// Whether the client asks to upgrade the connection (hijack).
@@ -167,6 +188,7 @@ pub fn read_head(r: &mut BufReader<impl Read>) -> Result<Head, ReadError> {
     }
     Ok(Head {
         duplicate_length,
+        http11: req.version == Some(1),
         method: req.method.unwrap_or("GET").to_string(),
         path,
         query,
@@ -209,6 +231,11 @@ impl<R: BufRead> Body<R> {
             BodyKind::UntilClose
         };
         Body { inner, kind }
+    }
+
+    /// The reader under the body, borrowed (to answer `100 Continue` on its connection).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
     }
 
     /// The reader under the body (for a connection that was upgraded).
@@ -516,6 +543,27 @@ mod tests {
         assert!(h.wants_upgrade());
         let mut body = Body::new(&h, &mut r).unwrap();
         assert_eq!(body.read_all(100).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn a_client_waiting_for_100_continue_is_answered_and_others_are_not() {
+        let cases: [(&[u8], &[u8]); 3] = [
+            (
+                b"PUT /x HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n",
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+            ),
+            (
+                b"PUT /x HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+                b"",
+            ),
+            (b"PUT /x HTTP/1.1\r\nContent-Length: 1\r\n\r\n", b""),
+        ];
+        for (raw, answer) in cases {
+            let h = read_head(&mut BufReader::new(raw)).unwrap();
+            let mut out = Vec::new();
+            h.send_continue(&mut out).unwrap();
+            assert_eq!(out, answer, "{}", String::from_utf8_lossy(raw));
+        }
     }
 
     #[test]

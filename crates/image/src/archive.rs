@@ -242,7 +242,7 @@ impl Images {
                 // Probably a layer: store it and extract it in the same pass; the snapshot waits
                 // for its chain id until an image claims the blob.
                 Some(compression) => {
-                    let (stored, applied) = self.store_and_apply(&mut entry, compression)?;
+                    let (stored, applied) = self.store_and_apply(&mut entry, None, compression)?;
                     let (digest, size) =
                         stored.map_err(|e| bad(format!("archive entry {path}: {e}")))?;
                     preapplied.insert(digest.clone(), applied.map(|(p, a)| (p, a, compression)));

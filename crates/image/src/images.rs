@@ -226,7 +226,7 @@ impl Images {
         // same stream is decompressed, hashed (the diff id) and extracted into a snapshot.
         let mut input = io::BufReader::new(input);
         let compression = sniff(&mut input).map_err(io_err("reading", Path::new("-")))?;
-        let (stored, applied) = self.store_and_apply(input, compression)?;
+        let (stored, applied) = self.store_and_apply(input, None, compression)?;
         let (pending, applied) = match applied {
             Ok(a) => a,
             Err(e) => {
@@ -273,6 +273,7 @@ impl Images {
     pub(crate) fn store_and_apply(
         &self,
         input: impl Read,
+        expected: Option<&Digest>,
         compression: Compression,
     ) -> Result<
         (
@@ -289,7 +290,7 @@ impl Images {
         };
         let store = &self.store;
         let (stored, applied) = std::thread::scope(|s| {
-            let storer = s.spawn(move || store.write(None, pipe_in));
+            let storer = s.spawn(move || store.write(expected, pipe_in));
             let applied = layer::apply(&mut tee, compression, &pending.diff_dir());
             // Whatever the extraction left unread (padding, or all of it after an error) still
             // belongs to the blob.
@@ -299,6 +300,16 @@ impl Images {
         });
         let stored = stored.map_err(|_| ImageError::Invalid("the blob writer panicked".into()))?;
         Ok((stored, applied.map(|a| (pending, a))))
+    }
+
+    /// A pull begins: blobs go into the store, and layers are extracted while they arrive
+    /// (see [`Fetch`]), under a lease against garbage collection until the image is recorded.
+    pub fn fetch(&self) -> Result<Fetch<'_>, ImageError> {
+        Ok(Fetch {
+            images: self,
+            lease: self.lease(libc::LOCK_SH)?,
+            applied: std::sync::Mutex::new(Preapplied::new()),
+        })
     }
 
     /// Undoes what a failed import, load or commit stored: the `blobs` and snapshot `chains`
@@ -982,6 +993,56 @@ pub(crate) type Preapplied = BTreeMap<
     Digest,
     Result<(crate::snapshot::Pending, layer::Applied, Compression), layer::LayerError>,
 >;
+
+/// Blobs of one image arriving from elsewhere (a registry), any number at once from several
+/// threads: each layer is stored and extracted in the same pass, so that recording the image
+/// at the end has nothing left to unpack.
+pub struct Fetch<'a> {
+    images: &'a Images,
+    lease: Lease,
+    applied: std::sync::Mutex<Preapplied>,
+}
+
+impl Fetch<'_> {
+    /// Streams a blob that must have `digest` into the store; a layer (by its `media_type`)
+    /// is extracted meanwhile. Nothing is stored if the content is not `digest`. Returns the
+    /// size.
+    pub fn blob(
+        &self,
+        digest: &Digest,
+        media_type: &str,
+        input: impl Read,
+    ) -> Result<u64, ImageError> {
+        let Ok(compression) = model::layer_compression(media_type) else {
+            return Ok(self.images.store.write(Some(digest), input)?.1);
+        };
+        let (stored, applied) = self
+            .images
+            .store_and_apply(input, Some(digest), compression)?;
+        let (_, size) = stored?;
+        // An extraction that failed is not kept: recording the image extracts the stored
+        // blob again and reports the failure there, as for a blob that was already stored.
+        if let Ok((pending, applied)) = applied {
+            self.applied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(digest.clone(), Ok((pending, applied, compression)));
+        }
+        Ok(size)
+    }
+
+    /// Records the image whose manifest (in the store) is `manifest`, as
+    /// [`Images::register`] does, with the layers extracted on the way.
+    pub fn register(
+        self,
+        manifest: &Digest,
+        tag: Option<&Reference>,
+    ) -> Result<(ImageRecord, bool), ImageError> {
+        let mut applied = self.applied.into_inner().unwrap_or_else(|e| e.into_inner());
+        self.images
+            .register_with(manifest, tag, &mut applied, &self.lease)
+    }
+}
 
 /// A lease against garbage collection (see [`Images::lease`]).
 #[derive(Debug)]

@@ -358,20 +358,28 @@ impl Storage {
                 "the upload's digest is {got}, not {digest}"
             )));
         }
-        // Synced, and dated now: a blob just committed is young for the collector.
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|f| {
-                f.set_modified(SystemTime::now())?;
-                f.sync_all()
-            })
-            .map_err(io_err)?;
         let _gc = self.lock(libc::LOCK_SH)?;
         let dest = self.blob_path(digest);
         if dest.exists() {
+            // Stored already (another repository, or a client pushing twice): kept, and
+            // dated now as a new blob would be, so the collector leaves it to the manifest
+            // that the client is about to push.
             let _ = fs::remove_file(&path);
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&dest)
+                .and_then(|f| f.set_modified(SystemTime::now()))
+                .map_err(io_err)?;
         } else {
+            // Synced, and dated now: a blob just committed is young for the collector.
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| {
+                    f.set_modified(SystemTime::now())?;
+                    f.sync_all()
+                })
+                .map_err(io_err)?;
             fs::rename(&path, &dest).map_err(io_err)?;
             sync_dir(dest.parent().unwrap_or(&self.root)).map_err(io_err)?;
         }
