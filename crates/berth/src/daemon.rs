@@ -30,6 +30,10 @@ pub struct DaemonArgs {
     /// CA certificates per registry: DIR/<host[:port]>/*.crt (besides /etc/docker/certs.d).
     #[arg(long = "registry-certs")]
     registry_certs: Option<std::path::PathBuf>,
+    /// Push blobs larger than this in chunks of this many bytes (PATCH with Content-Range,
+    /// resumed after a failure); smaller ones in one request.
+    #[arg(long = "upload-chunk-size", default_value_t = engine::distribution::DEFAULT_CHUNK)]
+    upload_chunk_size: u64,
     /// Do not serve: remove what a daemon with this --root set up on the host (its iptables
     /// chains and network bridges), then exit. For uninstalling, tests and benchmarks.
     #[arg(long = "remove-host-setup")]
@@ -110,6 +114,7 @@ pub fn run(a: &DaemonArgs) -> Result<i32> {
         registries: engine::distribution::RegistryOptions {
             insecure: a.insecure_registry.clone(),
             certs_dir: a.registry_certs.clone(),
+            chunk_size: a.upload_chunk_size,
         },
     })?;
     let listener =

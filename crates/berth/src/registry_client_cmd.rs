@@ -1,6 +1,7 @@
 //! `berth pull`, `push`, `login` and `logout`: credentials in Docker's config.json (so
 //! existing ones work), sent to the daemon as `X-Registry-Auth`; progress as lines.
 
+use std::io::IsTerminal;
 use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
 
@@ -121,6 +122,46 @@ fn auth_header(image: &str) -> Result<Option<String>> {
     Ok(Some(b64(v.to_string().as_bytes())))
 }
 
+/// Progress as Docker's CLI shows it: on a terminal one line per layer, rewritten in place
+/// with its bar; elsewhere a line per change of status, without the bars.
+#[derive(Default)]
+struct Bars {
+    ids: Vec<String>,
+}
+
+impl Bars {
+    fn show(&mut self, out: &mut dyn Write, v: &Value, terminal: bool) -> std::io::Result<()> {
+        let Some(status) = v["status"].as_str() else {
+            return Ok(());
+        };
+        let progress = v["progress"].as_str();
+        let Some(id) = v["id"].as_str() else {
+            return writeln!(out, "{status}");
+        };
+        if !terminal {
+            return match progress {
+                Some(_) => Ok(()),
+                None => writeln!(out, "{id}: {status}"),
+            };
+        }
+        let text = match progress {
+            Some(p) => format!("{id}: {status} {p}"),
+            None => format!("{id}: {status}"),
+        };
+        match self.ids.iter().position(|i| i == id) {
+            None => {
+                self.ids.push(id.to_string());
+                writeln!(out, "\x1b[2K{text}")?;
+            }
+            Some(at) => {
+                let up = self.ids.len() - at;
+                write!(out, "\x1b[{up}A\r\x1b[2K{text}\x1b[{up}B\r")?;
+            }
+        }
+        out.flush()
+    }
+}
+
 /// Streams a pull or push, printing its progress; the final message.
 fn stream(c: &Client, target: &str, image: &str, quiet: bool, to_stderr: bool) -> Result<Value> {
     let auth = auth_header(image)?;
@@ -136,6 +177,12 @@ fn stream(c: &Client, target: &str, image: &str, quiet: bool, to_stderr: bool) -
     } else {
         Box::new(std::io::stdout().lock())
     };
+    let terminal = if to_stderr {
+        std::io::stderr().is_terminal()
+    } else {
+        std::io::stdout().is_terminal()
+    };
+    let mut bars = Bars::default();
     for line in std::io::BufReader::new(resp).lines() {
         let v: Value = serde_json::from_str(&line?).unwrap_or_default();
         if let Some(e) = v["error"].as_str() {
@@ -147,11 +194,7 @@ fn stream(c: &Client, target: &str, image: &str, quiet: bool, to_stderr: bool) -
         if quiet {
             continue;
         }
-        match (v["id"].as_str(), v["status"].as_str()) {
-            (Some(id), Some(s)) => writeln!(out, "{id}: {s}")?,
-            (None, Some(s)) => writeln!(out, "{s}")?,
-            _ => {}
-        }
+        bars.show(&mut out, &v, terminal)?;
     }
     bail!(Failure::new(
         1,

@@ -1134,7 +1134,8 @@ impl Drop for Distribution {
 fn berth_pushes_and_pulls_with_its_own_registry_and_with_distribution() {
     common::require_root();
     let dir = tempdir();
-    let d = common::daemon_with_busybox(dir.path());
+    // Small upload chunks, so that even busybox goes up in many PATCHes.
+    let d = common::daemon_with_busybox_and(dir.path(), &["--upload-chunk-size", "65536"]);
     let docker_config = dir.path().join("docker-config");
     let berth = |args: &[&str]| -> (i32, String) {
         let out = d
@@ -1190,11 +1191,47 @@ fn berth_pushes_and_pulls_with_its_own_registry_and_with_distribution() {
         out.contains("Pushed") && out.contains("1: digest: sha256:"),
         "{out}"
     );
+    let patches = |reg: &Reg| -> u64 {
+        let r = reg.req("GET", "/metrics", &[], b"");
+        String::from_utf8_lossy(&r.body)
+            .lines()
+            .find(|l| l.starts_with("registry_http_requests_total{method=\"PATCH\",code=\"202\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let layer_size: u64 = d
+        .ok(&["image", "inspect", "-f", "{{.Size}}", &name])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(layer_size > 4 * 65536);
+    assert!(patches(&reg) >= 4, "the layer did not go up in chunks");
     let out = ok(&["push", &name]);
     assert!(
         out.contains("Layer already exists") && !out.contains("Pushed"),
         "{out}"
     );
+    // Into another repository of the same registry: mounted from the first (the token
+    // covers pulling from it), not sent again.
+    let blobs = || {
+        std::fs::read_dir(dir.path().join("reg/blobs/sha256"))
+            .unwrap()
+            .count()
+    };
+    let before = (blobs(), patches(&reg));
+    let copy = format!("{}/team/copy:1", reg.addr);
+    ok(&["tag", &name, &copy]);
+    let out = ok(&["push", &copy]);
+    assert!(
+        out.contains("Mounted from lib/bb") && !out.contains("Pushed"),
+        "{out}"
+    );
+    assert_eq!(
+        (blobs(), patches(&reg)),
+        before,
+        "nothing new is stored: the manifest too is the same blob"
+    );
+    ok(&["rmi", &copy]);
     let id = d.ok(&["image", "inspect", "-f", "{{.Id}}", &name]);
     ok(&["rmi", &name, "busybox:latest"]);
     let out = ok(&["pull", &name]);
@@ -1480,4 +1517,105 @@ fn a_pull_cut_off_or_lied_to_keeps_nothing_wrong_and_the_next_fetches_only_what_
     let out = d.ok(&["run", "--rm", "--network", "none", &image]);
     assert_eq!(out, "the second layer\nfetched\n");
     assert!(store().1.is_empty());
+}
+
+/// A loopback TCP proxy to `upstream` that cuts off, once, the `nth` connection whose
+/// client sends more than 32 KiB: after 32 KiB, both sides are closed. Returns its address
+/// and whether it has cut.
+fn cutting_proxy(
+    upstream: String,
+    nth: usize,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let cut = Arc::new(AtomicBool::new(false));
+    let big = Arc::new(AtomicUsize::new(0));
+    let c = cut.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let (c, big) = (c.clone(), big.clone());
+            let (mut from_server, mut to_client) =
+                (server.try_clone().unwrap(), client.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from_server, &mut to_client);
+                let _ = to_client.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let (mut from_client, mut to_server) = (client, server);
+                let mut buf = [0u8; 4096];
+                let mut sent = 0usize;
+                let mut counted = false;
+                loop {
+                    let n = match from_client.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if sent + n > 32 << 10 && !counted {
+                        counted = true;
+                        if big.fetch_add(1, Ordering::SeqCst) + 1 == nth
+                            && !c.load(Ordering::SeqCst)
+                        {
+                            let _ = to_server.write_all(&buf[..(32 << 10) - sent]);
+                            c.store(true, Ordering::SeqCst);
+                            let _ = to_server.shutdown(std::net::Shutdown::Both);
+                            let _ = from_client.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                    }
+                    if to_server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    sent += n;
+                }
+                let _ = to_server.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (addr, cut)
+}
+
+#[test]
+fn a_push_cut_off_inside_a_chunk_goes_on_where_the_registry_stands() {
+    common::require_root();
+    let dir = tempdir();
+    let d = common::daemon_with_busybox_and(dir.path(), &["--upload-chunk-size", "65536"]);
+    let reg = Reg::start(&dir.path().join("reg"), &[]);
+    // The third chunk of 64 KiB is cut off halfway: the registry keeps two, and says so.
+    let (proxy, cut) = cutting_proxy(reg.addr.clone(), 3);
+    let name = format!("{proxy}/lib/cut:1");
+    d.ok(&["tag", "busybox:latest", &name]);
+    let out = d.ok(&["push", &name]);
+    assert!(
+        cut.load(std::sync::atomic::Ordering::SeqCst),
+        "nothing was cut off"
+    );
+    assert!(
+        out.contains("Pushed") && out.contains("1: digest: sha256:"),
+        "{out}"
+    );
+    // The registry verified every blob against its digest when the upload closed; the image
+    // comes back whole and runs.
+    d.ok(&["rmi", &name, "busybox:latest"]);
+    d.ok(&["pull", &name]);
+    assert_eq!(
+        d.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &name,
+            "cat",
+            "/etc/version"
+        ]),
+        "busybox\n"
+    );
+    let left = std::fs::read_dir(dir.path().join("reg/uploads"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "the upload was finished, not abandoned");
 }

@@ -33,7 +33,14 @@ pub struct RegistryOptions {
     pub insecure: Vec<String>,
     /// Per-registry CA certificates: `<dir>/<host[:port]>/*.crt` (as /etc/docker/certs.d).
     pub certs_dir: Option<PathBuf>,
+    /// Blobs larger than this go up in chunks of this size (PATCH with Content-Range), a
+    /// chunk that fails resumed where the registry says the upload stands; smaller ones in
+    /// one request. 0: [`DEFAULT_CHUNK`].
+    pub chunk_size: u64,
 }
+
+/// The upload chunk when none is configured.
+pub const DEFAULT_CHUNK: u64 = 32 << 20;
 
 /// Credentials for a registry.
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
@@ -89,6 +96,115 @@ pub struct Session {
     auth: Mutex<Option<String>>,
     tls: Arc<rustls::ClientConfig>,
     repo: String,
+    /// Scopes a token asks for besides the challenge's: `pull` on the repositories a push
+    /// mounts blobs from.
+    extra_scopes: Mutex<Vec<String>>,
+    chunk: u64,
+}
+
+/// What became of a blob pushed.
+#[derive(Debug, PartialEq)]
+enum Pushed {
+    Sent,
+    Exists,
+    Mounted(String),
+}
+
+/// Progress messages for one blob as Docker's JSON stream has them, at most every 100 ms.
+struct Progress<'a> {
+    tx: &'a std::sync::mpsc::Sender<Value>,
+    id: String,
+    status: &'static str,
+    total: u64,
+    current: u64,
+    last: std::time::Instant,
+}
+
+impl Progress<'_> {
+    fn new<'a>(
+        tx: &'a std::sync::mpsc::Sender<Value>,
+        d: &Digest,
+        status: &'static str,
+        total: u64,
+    ) -> Progress<'a> {
+        Progress {
+            tx,
+            id: short(d),
+            status,
+            total,
+            current: 0,
+            // The first report goes out at once.
+            last: std::time::Instant::now()
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or_else(std::time::Instant::now),
+        }
+    }
+
+    /// Where the transfer stands now (it may go back, when a try starts over).
+    fn at(&mut self, current: u64) {
+        self.current = current;
+        if self.last.elapsed() >= Duration::from_millis(100) || current == self.total {
+            self.last = std::time::Instant::now();
+            let _ = self.tx.send(json!({
+                "status": self.status,
+                "id": self.id,
+                "progressDetail": {"current": current, "total": self.total},
+                "progress": progress_bar(current, self.total),
+            }));
+        }
+    }
+}
+
+/// Docker's progress text: `[=====>      ]  12.5MB/50MB`.
+fn progress_bar(current: u64, total: u64) -> String {
+    let width = 50;
+    let filled = (current.min(total) * width).checked_div(total).unwrap_or(0) as usize;
+    let mut bar = "=".repeat(filled);
+    if filled < width as usize {
+        bar.push('>');
+        bar.push_str(&" ".repeat(width as usize - filled - 1));
+    }
+    format!("[{bar}] {}/{}", human_bytes(current), human_bytes(total))
+}
+
+fn human_bytes(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.3}GB", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.1}MB", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.1}kB", n / 1e3)
+    } else {
+        format!("{n}B")
+    }
+}
+
+/// A reader that reports how far it has got.
+struct Counting<'a, 'b, R> {
+    inner: R,
+    n: u64,
+    progress: &'a mut Progress<'b>,
+}
+
+impl<R: Read> Read for Counting<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        self.progress.at(self.n);
+        Ok(n)
+    }
+}
+
+/// Where blobs are known to be (see [`Engine::blob_sources`]), in the data root.
+const SOURCES: &str = "distribution-sources.json";
+static SOURCES_LOCK: Mutex<()> = Mutex::new(());
+
+fn read_sources(path: &Path) -> BTreeMap<String, Vec<String>> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 /// The TLS client: the system's roots, and the registry's own CA when it has one.
@@ -258,6 +374,12 @@ impl Session {
             auth: Mutex::new(None),
             tls: tls_config(host, opts),
             repo: repo.to_string(),
+            extra_scopes: Mutex::new(Vec::new()),
+            chunk: if opts.chunk_size == 0 {
+                DEFAULT_CHUNK
+            } else {
+                opts.chunk_size
+            },
         }
     }
 
@@ -354,7 +476,16 @@ impl Session {
                         format!("repository:{}:pull", self.repo)
                     }
                 });
-                for s in scope.split(' ').filter(|s| !s.is_empty()) {
+                let extra = self
+                    .extra_scopes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                for s in scope
+                    .split(' ')
+                    .chain(extra.iter().map(String::as_str))
+                    .filter(|s| !s.is_empty())
+                {
                     url.push_str(&format!("scope={}&", httpwire::encode(s)));
                 }
                 let mut hs = Vec::new();
@@ -454,7 +585,13 @@ impl Session {
 
     /// A blob into the store (verified; a layer extracted on the way), with retries;
     /// redirects followed.
-    fn fetch_blob(&self, fetch: &image::images::Fetch, d: &Digest, media: &str) -> Result<u64> {
+    fn fetch_blob(
+        &self,
+        fetch: &image::images::Fetch,
+        d: &Digest,
+        media: &str,
+        progress: &mut Progress,
+    ) -> Result<u64> {
         let mut last = String::new();
         for attempt in 0..3 {
             if attempt > 0 {
@@ -487,7 +624,12 @@ impl Session {
                 }
                 return Err(e);
             }
-            match fetch.blob(d, media, resp.body) {
+            let body = Counting {
+                inner: resp.body,
+                n: 0,
+                progress: &mut *progress,
+            };
+            match fetch.blob(d, media, body) {
                 Ok(n) => return Ok(n),
                 Err(e) => last = e.to_string(),
             }
@@ -495,8 +637,16 @@ impl Session {
         Err(failed(format!("blob {d}: {last}")))
     }
 
-    /// A blob from the store into the repository, unless it is there already.
-    fn push_blob(&self, images: &image::images::Images, d: &Digest) -> Result<bool> {
+    /// A blob from the store into the repository, unless it is there already: mounted from
+    /// another repository of the registry known to hold it (`sources`) when the registry
+    /// lets us, else uploaded.
+    fn push_blob(
+        &self,
+        images: &image::images::Images,
+        d: &Digest,
+        sources: &[String],
+        progress: &mut Progress,
+    ) -> Result<Pushed> {
         let head = self.request(
             "HEAD",
             &format!("/v2/{}/blobs/{d}", self.repo),
@@ -504,39 +654,141 @@ impl Session {
             &mut || Ok(None),
         )?;
         if head.status == 200 {
-            return Ok(false);
+            return Ok(Pushed::Exists);
         }
-        let resp = self.request(
-            "POST",
-            &format!("/v2/{}/blobs/uploads/", self.repo),
-            &[],
-            &mut || Ok(None),
-        )?;
-        if resp.status != 202 {
-            return Err(resp.error(&format!("upload of {d}")));
+        let mut started = None;
+        for from in sources.iter().filter(|f| **f != self.repo).take(3) {
+            let resp = self.request(
+                "POST",
+                &format!(
+                    "/v2/{}/blobs/uploads/?mount={d}&from={}",
+                    self.repo,
+                    httpwire::encode(from)
+                ),
+                &[],
+                &mut || Ok(None),
+            )?;
+            match resp.status {
+                201 => return Ok(Pushed::Mounted(from.clone())),
+                // Not mounted: the registry began an upload instead, which serves as well.
+                202 => {
+                    started = resp.headers.get("location").cloned();
+                    break;
+                }
+                _ => {}
+            }
         }
-        let loc = resp
-            .headers
-            .get("location")
-            .cloned()
-            .ok_or_else(|| failed("an upload without a Location"))?;
-        let sep = if loc.contains('?') { '&' } else { '?' };
-        let put = format!("{loc}{sep}digest={d}");
+        let loc = match started {
+            Some(l) => l,
+            None => {
+                let resp = self.request(
+                    "POST",
+                    &format!("/v2/{}/blobs/uploads/", self.repo),
+                    &[],
+                    &mut || Ok(None),
+                )?;
+                if resp.status != 202 {
+                    return Err(resp.error(&format!("upload of {d}")));
+                }
+                resp.headers
+                    .get("location")
+                    .cloned()
+                    .ok_or_else(|| failed("an upload without a Location"))?
+            }
+        };
         let size = images.store().size(d).map_err(|e| failed(e.to_string()))?;
         let path = images.store().path(d);
+        let section = |offset: u64, len: u64| -> io::Result<Option<(Box<dyn Read>, u64)>> {
+            let mut f = std::fs::File::open(&path)?;
+            io::Seek::seek(&mut f, io::SeekFrom::Start(offset))?;
+            Ok(Some((Box::new(f.take(len)) as Box<dyn Read>, len)))
+        };
+        let (loc, body) = if size <= self.chunk {
+            (loc, size)
+        } else {
+            (self.upload_chunks(d, loc, size, &section, progress)?, 0)
+        };
+        // The closing PUT: the whole blob (monolithic), or nothing after the chunks.
+        let sep = if loc.contains('?') { '&' } else { '?' };
         let resp = self.request(
             "PUT",
-            &put,
+            &format!("{loc}{sep}digest={d}"),
             &[("Content-Type", "application/octet-stream".to_string())],
-            &mut || {
-                let f = std::fs::File::open(&path)?;
-                Ok(Some((Box::new(f) as Box<dyn Read>, size)))
-            },
+            &mut || section(0, body),
         )?;
         if resp.status != 201 {
             return Err(resp.error(&format!("upload of {d}")));
         }
-        Ok(true)
+        progress.at(size);
+        Ok(Pushed::Sent)
+    }
+
+    /// PATCHes `size` bytes to the upload at `loc` in chunks; after a chunk fails, asks the
+    /// registry how much it has and goes on from there (three tries in a row at most).
+    /// Returns the upload's last location.
+    #[allow(clippy::type_complexity)]
+    fn upload_chunks(
+        &self,
+        d: &Digest,
+        mut loc: String,
+        size: u64,
+        section: &dyn Fn(u64, u64) -> io::Result<Option<(Box<dyn Read>, u64)>>,
+        progress: &mut Progress,
+    ) -> Result<String> {
+        let mut offset = 0;
+        let mut failures = 0;
+        while offset < size {
+            let len = self.chunk.min(size - offset);
+            let sent = self.request(
+                "PATCH",
+                &loc,
+                &[
+                    ("Content-Type", "application/octet-stream".to_string()),
+                    ("Content-Range", format!("{offset}-{}", offset + len - 1)),
+                ],
+                &mut || section(offset, len),
+            );
+            match sent {
+                Ok(resp) if resp.status == 202 => {
+                    if let Some(l) = resp.headers.get("location") {
+                        loc = l.clone();
+                    }
+                    offset += len;
+                    failures = 0;
+                    progress.at(offset);
+                    continue;
+                }
+                Ok(resp) if resp.status < 500 && resp.status != 416 => {
+                    return Err(resp.error(&format!("upload of {d}")));
+                }
+                Ok(_) | Err(_) => {}
+            }
+            failures += 1;
+            if failures >= 3 {
+                return Err(failed(format!(
+                    "upload of {d}: a chunk at {offset} failed three times"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200 * failures));
+            // Where does the upload stand? `Range: 0-<last byte>`.
+            let status = match self.request("GET", &loc, &[], &mut || Ok(None)) {
+                Ok(s) if s.status == 204 => s,
+                Ok(s) if s.status < 500 => return Err(s.error(&format!("upload of {d}"))),
+                _ => continue, // unreachable for now: another try
+            };
+            if let Some(l) = status.headers.get("location") {
+                loc = l.clone();
+            }
+            offset = status
+                .headers
+                .get("range")
+                .and_then(|r| r.rsplit('-').next())
+                .and_then(|e| e.trim().parse::<u64>().ok())
+                // "0-0" is also what an empty upload says.
+                .map_or(0, |end| if end == 0 { 0 } else { end + 1 })
+                .min(size);
+        }
+        Ok(loc)
     }
 
     fn put_manifest(&self, reference: &str, media: &str, bytes: &[u8]) -> Result<()> {
@@ -611,6 +863,39 @@ fn base64(data: &[u8]) -> String {
 }
 
 impl Engine {
+    /// The repositories of registry `host` known to hold blob `d` (pulled from or pushed
+    /// to), newest first: where a push may mount it from.
+    fn blob_sources(&self, host: &str, d: &Digest) -> Vec<String> {
+        let _g = SOURCES_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let all = read_sources(&self.data_root().join(SOURCES));
+        let prefix = format!("{host}/");
+        all.get(&d.to_string())
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    }
+
+    /// Records that `host/repo` holds `blobs`. Entries of blobs the store no longer has go;
+    /// a failure only costs later pushes their mounts.
+    fn note_sources(&self, host: &str, repo: &str, blobs: &[Digest]) {
+        let _g = SOURCES_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.data_root().join(SOURCES);
+        let mut all = read_sources(&path);
+        let place = format!("{host}/{repo}");
+        for d in blobs {
+            let list = all.entry(d.to_string()).or_default();
+            list.retain(|p| *p != place);
+            list.insert(0, place.clone());
+            list.truncate(5);
+        }
+        let store = self.images.store();
+        all.retain(|d, _| d.parse::<Digest>().is_ok_and(|d| store.contains(&d)));
+        if let Ok(bytes) = serde_json::to_vec(&all) {
+            let _ = crate::fsutil::write_atomic(&path, &bytes, 0o600);
+        }
+    }
+
     fn session(&self, r: &Reference, creds: Option<Credentials>) -> Session {
         Session::new(r.domain(), r.path(), creds, &self.registry_options())
     }
@@ -724,8 +1009,9 @@ impl Engine {
                 sc.spawn(move || loop {
                     let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
                     let Some((d, size, media)) = next else { break };
-                    let _ = tx.send(json!({"status": "Downloading", "id": short(&d), "progressDetail": {"current": 0, "total": size}}));
-                    match s.fetch_blob(fetch, &d, &media) {
+                    let mut progress = Progress::new(&tx, &d, "Downloading", size);
+                    progress.at(0);
+                    match s.fetch_blob(fetch, &d, &media, &mut progress) {
                         Ok(n) => {
                             let _ = tx.send(json!({"status": "Download complete", "id": short(&d), "progressDetail": {"current": n, "total": size}}));
                         }
@@ -754,6 +1040,8 @@ impl Engine {
         }
         let tag = r.tag().map(|_| r.clone());
         let (record, _) = fetch.register(&digest, tag.as_ref())?;
+        let all: Vec<Digest> = blobs.iter().map(|(d, ..)| d.clone()).collect();
+        self.note_sources(&s.host, &s.repo, &all);
         for (d, ..) in &blobs[1..] {
             out(json!({"status": "Pull complete", "id": short(d)}));
         }
@@ -776,7 +1064,6 @@ impl Engine {
         let r =
             Reference::parse(name).map_err(|e| failed(format!("invalid reference format: {e}")))?;
         let session = self.session(&r, creds);
-        session.want_push()?;
         let refs: Vec<Reference> = if all_tags || (r.tag().is_none() && r.digest().is_none()) {
             if all_tags {
                 self.images
@@ -792,12 +1079,45 @@ impl Engine {
         } else {
             vec![r.clone()]
         };
+        let images: Vec<(Reference, image::images::ImageRecord)> = refs
+            .into_iter()
+            .map(|t| {
+                let img = self
+                    .images
+                    .resolve(&t.to_string())
+                    .map_err(|_| EngineError::NoSuchImage(t.familiar()))?;
+                Ok((t, img))
+            })
+            .collect::<Result<_>>()?;
+        // Blobs this registry holds in other repositories are mounted, not sent: the token
+        // must cover pulling from those too.
+        let mut sources: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
+        for (_, img) in &images {
+            for d in img.layers.iter().chain(std::iter::once(&img.id)) {
+                let from = self.blob_sources(&session.host, d);
+                if !from.is_empty() {
+                    sources.insert(d.clone(), from);
+                }
+            }
+        }
+        {
+            let mut scopes: Vec<String> = sources
+                .values()
+                .flat_map(|f| f.iter().take(3))
+                .filter(|f| **f != session.repo)
+                .map(|f| format!("repository:{f}:pull"))
+                .collect();
+            scopes.sort();
+            scopes.dedup();
+            scopes.truncate(10);
+            *session
+                .extra_scopes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = scopes;
+        }
+        session.want_push()?;
         out(json!({"status": format!("The push refers to repository [{}]", r.repository())}));
-        for t in refs {
-            let img = self
-                .images
-                .resolve(&t.to_string())
-                .map_err(|_| EngineError::NoSuchImage(t.familiar()))?;
+        for (t, img) in images {
             let manifest = self
                 .images
                 .store()
@@ -816,18 +1136,26 @@ impl Engine {
             std::thread::scope(|sc| {
                 for _ in 0..3 {
                     let tx = tx.clone();
-                    let (queue, errors, session) = (&queue, &errors, &session);
+                    let (queue, errors, session, sources) = (&queue, &errors, &session, &sources);
                     sc.spawn(move || loop {
                         let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
                         let Some(d) = next else { break };
                         let _ = tx.send(json!({"status": "Preparing", "id": short(&d)}));
-                        match session.push_blob(&self.images, &d) {
-                            Ok(true) => {
+                        let size = self.images.store().size(&d).unwrap_or(0);
+                        let mut progress = Progress::new(&tx, &d, "Pushing", size);
+                        let from = sources.get(&d).map(Vec::as_slice).unwrap_or_default();
+                        match session.push_blob(&self.images, &d, from, &mut progress) {
+                            Ok(Pushed::Sent) => {
                                 let _ = tx.send(json!({"status": "Pushed", "id": short(&d)}));
                             }
-                            Ok(false) => {
+                            Ok(Pushed::Exists) => {
                                 let _ = tx.send(
                                     json!({"status": "Layer already exists", "id": short(&d)}),
+                                );
+                            }
+                            Ok(Pushed::Mounted(from)) => {
+                                let _ = tx.send(
+                                    json!({"status": format!("Mounted from {from}"), "id": short(&d)}),
                                 );
                             }
                             Err(e) => errors.lock().unwrap_or_else(|e| e.into_inner()).push(e),
@@ -849,6 +1177,13 @@ impl Engine {
             }
             let tag = t.tag().unwrap_or("latest").to_string();
             session.put_manifest(&tag, &media, &manifest)?;
+            let pushed: Vec<Digest> = img
+                .layers
+                .iter()
+                .chain(std::iter::once(&img.id))
+                .cloned()
+                .collect();
+            self.note_sources(&session.host, &session.repo, &pushed);
             out(
                 json!({"status": format!("{tag}: digest: {} size: {}", img.manifest, manifest.len())}),
             );

@@ -61,7 +61,12 @@ pub fn rootfs_tar(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 
 /// A daemon of the test's own (data root `dir/data`) with `busybox:latest` (CMD sh) imported.
 pub fn daemon_with_busybox(dir: &Path) -> Daemon {
-    let d = Daemon::start(&dir.join("data"));
+    daemon_with_busybox_and(dir, &[])
+}
+
+/// [`daemon_with_busybox`] with more daemon flags.
+pub fn daemon_with_busybox_and(dir: &Path, flags: &[&str]) -> Daemon {
+    let d = Daemon::start_with(&dir.join("data"), flags);
     let tar = rootfs_tar(dir, "bb", "busybox\n");
     d.ok(&[
         "image",
@@ -93,6 +98,7 @@ pub struct Daemon {
     pub exec_root: std::path::PathBuf,
     pub socket: std::path::PathBuf,
     child: Option<std::process::Child>,
+    flags: Vec<String>,
 }
 
 static DAEMONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -100,6 +106,11 @@ static DAEMONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize:
 impl Daemon {
     /// Starts a daemon whose data root is `root` and waits until it answers.
     pub fn start(root: &Path) -> Daemon {
+        Daemon::start_with(root, &[])
+    }
+
+    /// [`Daemon::start`] with more daemon flags (kept for restarts).
+    pub fn start_with(root: &Path, flags: &[&str]) -> Daemon {
         require_root();
         let n = DAEMONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let exec_root = std::path::PathBuf::from(format!("/run/bt-{}-{n}", std::process::id()));
@@ -110,6 +121,7 @@ impl Daemon {
             exec_root,
             socket,
             child: None,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
         };
         d.spawn();
         d
@@ -142,6 +154,7 @@ impl Daemon {
             .arg(format!("bt{}x{n}", std::process::id()))
             .arg("--bridge-subnet")
             .arg(format!("10.{}.0.0/16", 100 + n % 100))
+            .args(&self.flags)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
