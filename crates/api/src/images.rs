@@ -1,5 +1,6 @@
 //! `/images/…`: the image store through the daemon (the CLI's image commands).
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -33,6 +34,21 @@ pub fn registry_auth(head: &Head) -> Result<Option<engine::distribution::Credent
     let creds: engine::distribution::Credentials =
         serde_json::from_slice(&raw).map_err(|e| bad_request(format!("X-Registry-Auth: {e}")))?;
     Ok((!creds.username.is_empty()).then_some(creds))
+}
+
+/// `X-Registry-Config`: base64 JSON of registry → `{"username", "password"}` (what docker
+/// build sends), if given.
+pub fn registry_config(
+    head: &Head,
+) -> Result<BTreeMap<String, engine::distribution::Credentials>, Failure> {
+    let Some(h) = head
+        .header("x-registry-config")
+        .filter(|h| !h.trim().is_empty())
+    else {
+        return Ok(BTreeMap::new());
+    };
+    let raw = base64_any(h.trim()).ok_or_else(|| bad_request("X-Registry-Config: not base64"))?;
+    serde_json::from_slice(&raw).map_err(|e| bad_request(format!("X-Registry-Config: {e}")))
 }
 
 /// Base64 in either alphabet, padded or not.

@@ -496,6 +496,7 @@ fn build(engine: &Arc<Engine>, head: &Head, body: &mut impl Read, w: &mut UnixSt
     };
     let build_args = kv("buildarg")?;
     let labels = kv("label")?;
+    let registry_auth = crate::images::registry_config(head)?;
     let dockerfile = head
         .q("f")
         .filter(|f| !f.is_empty())
@@ -568,6 +569,7 @@ fn build(engine: &Arc<Engine>, head: &Head, body: &mut impl Read, w: &mut UnixSt
             .filter(|p| !p.is_empty())
             .map(String::from),
         secrets,
+        registry_auth,
     };
     let mut send = |v: Value| {
         let mut line = serde_json::to_vec(&v).unwrap_or_default();

@@ -239,10 +239,17 @@ fn send(
         target.push_str(&format!("&target={}", encode(t)));
     }
     let mut reader = std::io::Cursor::new(bytes);
+    // The credentials a FROM of a registry's image may need, as docker build sends them.
+    let auth = crate::registry_client_cmd::registry_config_header()?;
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("X-Registry-Config", a)])
+        .unwrap_or_default();
     let resp = c
-        .call(
+        .call_with(
             "POST",
             &target,
+            &headers,
             Send::Stream(&mut reader, "application/x-tar"),
         )
         .map_err(|e| Failure::new(1, e.to_string()))?;

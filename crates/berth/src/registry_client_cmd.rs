@@ -122,6 +122,25 @@ fn auth_header(image: &str) -> Result<Option<String>> {
     Ok(Some(b64(v.to_string().as_bytes())))
 }
 
+/// Every stored credential as Docker's `X-Registry-Config` (base64 JSON: registry →
+/// `{"username", "password"}`), for a build that may pull its bases; None when there are none.
+pub fn registry_config_header() -> Result<Option<String>> {
+    let cfg = read_config()?;
+    let mut all = serde_json::Map::new();
+    for (server, entry) in cfg["auths"].as_object().into_iter().flatten() {
+        let Some(raw) = entry["auth"].as_str().and_then(unb64) else {
+            continue;
+        };
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        let (u, p) = raw.split_once(':').unwrap_or((&raw, ""));
+        all.insert(
+            server.clone(),
+            json!({"username": u, "password": p, "serveraddress": server}),
+        );
+    }
+    Ok((!all.is_empty()).then(|| b64(Value::Object(all).to_string().as_bytes())))
+}
+
 /// Progress as Docker's CLI shows it: on a terminal one line per layer, rewritten in place
 /// with its bar; elsewhere a line per change of status, without the bars.
 #[derive(Default)]

@@ -407,7 +407,11 @@ fn bad_sources_and_stages_fail_the_build_by_name() {
     let cases: &[(&str, &str)] = &[
         ("FROM busybox\nCOPY missing.txt /x\n", "missing.txt"),
         ("FROM busybox\nCOPY ../outside /x\n", "outside"),
-        ("FROM busybox\nCOPY --from=nowhere /a /b\n", "nowhere"),
+        // Not a stage: an image, which is pulled (from a closed port on loopback here).
+        (
+            "FROM busybox\nCOPY --from=127.0.0.1:1/nowhere /a /b\n",
+            "--from=127.0.0.1:1/nowhere: no such stage, and the image",
+        ),
         (
             "FROM busybox\nFORM x\n",
             "Dockerfile:2:1: error: unknown instruction: FORM\n    2 | FORM x",
@@ -417,7 +421,10 @@ fn bad_sources_and_stages_fail_the_build_by_name() {
             "FROM busybox\nRUN [\"sh\", \n",
             "returned a non-zero code: 127",
         ),
-        ("FROM no-such-image\n", "no-such-image"),
+        (
+            "FROM 127.0.0.1:1/no-such-image\n",
+            "FROM 127.0.0.1:1/no-such-image: ",
+        ),
         ("FROM --platform=linux/s390x busybox\n", "linux/s390x"),
         (&refused, &refused_url),
         (

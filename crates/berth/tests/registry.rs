@@ -952,38 +952,91 @@ fn skopeo(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// A CA (`certs/ca.crt`, what clients trust) and a certificate for 127.0.0.1 it signed
+/// (`dir/server.crt`, the leaf then the CA) with its key (`dir/key.pem`). Returns the chain and
+/// the key. (rustls, rightly, refuses a CA certificate as a server's own.)
+fn self_signed(dir: &Path, certs: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(certs).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ca = certs.join("ca.crt");
+    let ca = ca.to_str().unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=berth test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        ca,
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        ca,
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "leaf.crt",
+    ]);
+    let chain = [
+        std::fs::read(dir.join("leaf.crt")).unwrap(),
+        std::fs::read(certs.join("ca.crt")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(dir.join("server.crt"), chain).unwrap();
+    (dir.join("server.crt"), dir.join("key.pem"))
+}
+
 #[test]
 fn skopeo_pushes_and_pulls_unchanged_with_every_kind_of_auth_and_tls() {
     common::require_root();
     let dir = tempdir();
     let archive = image_archive(dir.path());
     let pw = htpasswd(dir.path(), &[("alice", "wonder")]);
-    // A certificate for 127.0.0.1, its own CA.
     let certs = dir.path().join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(dir.path().join("key.pem"))
-        .arg("-out")
-        .arg(certs.join("ca.crt"))
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let cert = certs.join("ca.crt");
-    let key = dir.path().join("key.pem");
+    let (cert, key) = self_signed(dir.path(), &certs);
     let pw_s = pw.to_str().unwrap().to_string();
     let cases: Vec<(&str, Vec<String>, Vec<String>)> = vec![
         ("none", vec![], vec!["--tls-verify=false".into()]),
@@ -1135,7 +1188,16 @@ fn berth_pushes_and_pulls_with_its_own_registry_and_with_distribution() {
     common::require_root();
     let dir = tempdir();
     // Small upload chunks, so that even busybox goes up in many PATCHes.
-    let d = common::daemon_with_busybox_and(dir.path(), &["--upload-chunk-size", "65536"]);
+    let certs_d = dir.path().join("certs.d");
+    let d = common::daemon_with_busybox_and(
+        dir.path(),
+        &[
+            "--upload-chunk-size",
+            "65536",
+            "--registry-certs",
+            certs_d.to_str().unwrap(),
+        ],
+    );
     let docker_config = dir.path().join("docker-config");
     let berth = |args: &[&str]| -> (i32, String) {
         let out = d
@@ -1278,6 +1340,56 @@ fn berth_pushes_and_pulls_with_its_own_registry_and_with_distribution() {
         ok(&["run", "--rm", &other, "cat", "/etc/version"]),
         "busybox\n"
     );
+    // A build whose base is not here pulls it, as docker build does.
+    ok(&["rmi", &other]);
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {other}\nRUN cat /etc/version > /seen\n"),
+    )
+    .unwrap();
+    let out = ok(&["build", "-t", "built:1", ctx.to_str().unwrap()]);
+    assert!(out.contains("Downloaded newer image"), "{out}");
+    assert_eq!(ok(&["run", "--rm", "built:1", "cat", "/seen"]), "busybox\n");
+    // Over TLS, trusting the registry's own CA from certs.d (a fallback to plain http would
+    // fail against a TLS port); and ADD of an https URL through the same trust.
+    let (cert, key) = self_signed(dir.path(), &dir.path().join("tls"));
+    let treg = Reg::start(
+        &dir.path().join("reg-tls"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    // Plain HTTP on its port is told so at once, not left waiting for a TLS record.
+    let plain = treg.req("GET", "/v2/", &[], b"");
+    assert_eq!(plain.status, 400);
+    assert!(String::from_utf8_lossy(&plain.body).contains("HTTPS server"));
+    std::fs::create_dir_all(certs_d.join(&treg.addr)).unwrap();
+    std::fs::copy(&cert, certs_d.join(&treg.addr).join("ca.crt")).unwrap();
+    let secure = format!("{}/lib/tls:1", treg.addr);
+    ok(&["tag", "built:1", &secure]);
+    ok(&["push", &secure]);
+    ok(&["rmi", &secure]);
+    ok(&["pull", &secure]);
+    assert_eq!(ok(&["run", "--rm", &secure, "cat", "/seen"]), "busybox\n");
+    let config = d.ok(&["image", "inspect", "-f", "{{.Id}}", &secure]);
+    let config = config.trim();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM busybox:latest\nADD --checksum={config} https://{}/v2/lib/tls/blobs/{config} /config.json\n",
+            treg.addr
+        ),
+    )
+    .unwrap();
+    ok(&["tag", &secure, "busybox:latest"]);
+    ok(&["build", "-t", "fetched:1", ctx.to_str().unwrap()]);
+    let got = ok(&["run", "--rm", "fetched:1", "cat", "/config.json"]);
+    assert_eq!(sha(got.as_bytes()), config);
     // skopeo sees there what berth pushed.
     let (okk, out) = skopeo(&[
         "inspect",

@@ -55,6 +55,8 @@ pub struct BuildOptions {
     pub network: Option<String>,
     /// `--secret id=…,src=…`: id → a file of the daemon's.
     pub secrets: BTreeMap<String, PathBuf>,
+    /// Credentials per registry (config.json keys) for the images the build pulls.
+    pub registry_auth: BTreeMap<String, crate::distribution::Credentials>,
 }
 
 /// A stage being built.
@@ -644,6 +646,37 @@ impl Engine {
         Ok(img.id.to_string())
     }
 
+    /// An image a build names (FROM, COPY --from, RUN --mount from=): the one here, else
+    /// pulled as docker build pulls it, with the credentials the client sent.
+    fn build_image(&self, job: &Job, name: &str, out: &mut dyn FnMut(&str)) -> Result<ImageRecord> {
+        if let Ok(img) = self.images.resolve(name) {
+            return Ok(img);
+        }
+        let r = image::reference::Reference::parse(name)
+            .map_err(|e| invalid(format!("{name}: invalid reference format: {e}")))?;
+        let creds = if r.domain() == "docker.io" {
+            job.opts
+                .registry_auth
+                .get("https://index.docker.io/v1/")
+                .or_else(|| job.opts.registry_auth.get("docker.io"))
+        } else {
+            job.opts.registry_auth.get(r.domain())
+        }
+        .cloned();
+        self.pull(name, job.opts.platform.as_deref(), false, creds, &mut |v| {
+            // Status changes only: the bars are for terminals.
+            if v.get("progress").is_some() {
+                return;
+            }
+            match (v["id"].as_str(), v["status"].as_str()) {
+                (Some(id), Some(s)) => out(&format!("{id}: {s}")),
+                (None, Some(s)) => out(s),
+                _ => {}
+            }
+        })?;
+        Ok(self.images.resolve(name)?)
+    }
+
     /// One stage: its base, the base's ONBUILD triggers, then its instructions.
     fn build_stage(
         self: &Arc<Self>,
@@ -681,11 +714,9 @@ impl Engine {
                 .ok_or_else(|| internal("stage not built"))?;
             (s.image.clone(), s.config.clone())
         } else {
-            let img = self.images.resolve(base).map_err(|_| {
-                invalid(format!(
-                    "FROM {base}: no such image here (berth build does not pull images yet)"
-                ))
-            })?;
+            let img = self
+                .build_image(job, base, out)
+                .map_err(|e| invalid(format!("FROM {base}: {e}")))?;
             let cfg = self.images.config(&img)?;
             (Some(img), cfg)
         };
@@ -800,7 +831,7 @@ impl Engine {
             // A URL's content, fetched on every build (as docker build does), is part of it.
             if kw == "ADD" {
                 for s in srcs.0.iter().filter(|s| is_url(s)) {
-                    extra.push_str(&format!(" {s}={:x}", Sha256::digest(job.fetch(s)?)));
+                    extra.push_str(&format!(" {s}={:x}", Sha256::digest(job.fetch(self, s)?)));
                 }
             }
         }
@@ -835,6 +866,20 @@ impl Engine {
             {
                 extra.push(' ');
                 extra.push_str(&s.parent_id());
+            } else if job.stage_ref(from, current).is_none() {
+                // An image: which one the name means now (pulled if it is not here).
+                let kind = if kw == "RUN" {
+                    "RUN --mount from"
+                } else {
+                    "--from"
+                };
+                let img = self.build_image(job, from, out).map_err(|e| {
+                    invalid(format!(
+                        "{kw} {kind}={from}: no such stage, and the image: {e}"
+                    ))
+                })?;
+                extra.push(' ');
+                extra.push_str(&img.id.to_string());
             }
         }
         let mut text = format!("{kw} {:?} {}", ins.flags, ins.text());
@@ -1371,10 +1416,9 @@ impl Engine {
                                 .image
                                 .clone()
                                 .ok_or_else(|| bad(format!("stage {from} is empty")))?,
-                            None => self
-                                .images
-                                .resolve(from)
-                                .map_err(|_| bad(format!("from={from}: no such stage or image")))?,
+                            None => self.build_image(job, from, &mut |_| {}).map_err(|e| {
+                                bad(format!("from={from}: no such stage, and the image: {e}"))
+                            })?,
                         };
                         let tmp = format!("{MOUNT_PREFIX}from-{}", fsutil::random_hex(8));
                         let (_, merged) = self.images.mount_container(&tmp, &img.id.to_string())?;
@@ -1540,8 +1584,10 @@ impl Engine {
                         Some(s) => s.image.clone().ok_or_else(|| {
                             invalid(format!("{kw} --from={from}: that stage is empty"))
                         })?,
-                        None => self.images.resolve(from).map_err(|_| {
-                            invalid(format!("{kw} --from={from}: no such stage or image"))
+                        None => self.build_image(job, from, &mut |_| {}).map_err(|e| {
+                            invalid(format!(
+                                "{kw} --from={from}: no such stage, and the image: {e}"
+                            ))
                         })?,
                     };
                     let tmp = format!("{MOUNT_PREFIX}from-{}", fsutil::random_hex(8));
@@ -1657,7 +1703,7 @@ impl Engine {
                             "COPY {s}: COPY takes no URLs; ADD fetches them"
                         )));
                     }
-                    let data = job.fetch(s)?;
+                    let data = job.fetch(self, s)?;
                     if let Some(want) = ins.flag("checksum") {
                         let got = format!("sha256:{:x}", Sha256::digest(&data));
                         if !want.starts_with("sha256:") {
@@ -2013,14 +2059,14 @@ struct Held {
 }
 
 impl Job<'_> {
-    /// The body of an http:// URL (ADD), fetched once per build.
-    fn fetch(&self, url: &str) -> Result<Vec<u8>> {
+    /// The body of an http:// or https:// URL (ADD), fetched once per build.
+    fn fetch(&self, engine: &Engine, url: &str) -> Result<Vec<u8>> {
         let mut fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(d) = fetched.get(url) {
             return Ok(d.clone());
         }
-        let data =
-            fetch_http(url).map_err(|e| invalid(format!("ADD {url}: cannot be fetched: {e}")))?;
+        let data = crate::distribution::fetch_url(url, &engine.registry_options())
+            .map_err(|e| invalid(format!("ADD {url}: cannot be fetched: {e}")))?;
         fetched.insert(url.to_string(), data.clone());
         Ok(data)
     }
@@ -2028,76 +2074,6 @@ impl Job<'_> {
 
 fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@")
-}
-
-/// `GET` over plain HTTP/1.0, following up to five redirects.
-fn fetch_http(url: &str) -> std::result::Result<Vec<u8>, String> {
-    use std::io::Write;
-    use std::net::ToSocketAddrs;
-    let mut url = url.to_string();
-    for _ in 0..6 {
-        let Some(rest) = url.strip_prefix("http://") else {
-            return Err(if url.starts_with("https://") {
-                "https URLs need TLS, which berth build has no client for; fetch it and COPY it"
-                    .into()
-            } else {
-                "only http:// URLs can be fetched".into()
-            });
-        };
-        let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let path = if path.is_empty() { "/" } else { path };
-        let path = path.split('#').next().unwrap_or(path);
-        let addr_str = if hostport.contains(':') && !hostport.ends_with(']') {
-            hostport.to_string()
-        } else {
-            format!("{hostport}:80")
-        };
-        let addr = addr_str
-            .to_socket_addrs()
-            .map_err(|e| format!("{hostport}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{hostport}: no address"))?;
-        let timeout = std::time::Duration::from_secs(30);
-        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
-            .map_err(|e| format!("{hostport}: {e}"))?;
-        s.set_read_timeout(Some(timeout))
-            .map_err(|e| e.to_string())?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: berth-build\r\nAccept: */*\r\n\r\n");
-        s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).map_err(|e| e.to_string())?;
-        let end = resp
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or("a malformed HTTP response")?;
-        let head = String::from_utf8_lossy(&resp[..end]).into_owned();
-        let mut lines = head.lines();
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|c| c.parse().ok())
-            .ok_or("a malformed HTTP status line")?;
-        let header = |name: &str| {
-            head.lines().skip(1).find_map(|l| {
-                l.split_once(':')
-                    .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.trim().to_string())
-            })
-        };
-        match status {
-            200 => return Ok(resp[end + 4..].to_vec()),
-            301 | 302 | 303 | 307 | 308 => {
-                let loc = header("location").ok_or("a redirect without Location")?;
-                url = if loc.starts_with('/') {
-                    format!("http://{hostport}{loc}")
-                } else {
-                    loc
-                };
-            }
-            code => return Err(format!("HTTP {code}")),
-        }
-    }
-    Err("too many redirects".into())
 }
 
 /// Whether a `--mount` spec binds the context (a bind mount without `from=`).

@@ -208,7 +208,9 @@ fn read_sources(path: &Path) -> BTreeMap<String, Vec<String>> {
 }
 
 /// The TLS client: the system's roots, and the registry's own CA when it has one.
-fn tls_config(host: &str, opts: &RegistryOptions) -> Arc<rustls::ClientConfig> {
+/// With `verify` false (an insecure registry, as Docker treats one), any certificate is
+/// accepted; the handshake's signatures are still checked.
+fn tls_config(host: &str, opts: &RegistryOptions, verify: bool) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for bundle in [
         "/etc/ssl/certs/ca-certificates.crt",
@@ -239,12 +241,67 @@ fn tls_config(host: &str, opts: &RegistryOptions) -> Arc<rustls::ClientConfig> {
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .expect("rustls default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .expect("rustls default protocol versions");
+    let cfg = if verify {
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth()
+    };
     Arc::new(cfg)
+}
+
+/// The verifier for insecure registries: every certificate goes; signatures are checked.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// `scheme://host[:port]/path` → (scheme, host[:port], path).
@@ -255,6 +312,45 @@ fn split_url(url: &str) -> Option<(&str, &str, &str)> {
         None => (rest, "/"),
     };
     Some((scheme, host, path))
+}
+
+/// `GET url` (http or https, the TLS trust as for registries), following up to five
+/// redirects: the body (ADD of a URL).
+pub fn fetch_url(url: &str, opts: &RegistryOptions) -> std::result::Result<Vec<u8>, String> {
+    let mut url = url.to_string();
+    for _ in 0..6 {
+        let Some((scheme, host, _)) = split_url(&url) else {
+            return Err(format!("bad URL {url}"));
+        };
+        if !matches!(scheme, "http" | "https") {
+            return Err("only http:// and https:// URLs can be fetched".into());
+        }
+        let host = host.to_string();
+        let tls = tls_config(&host, opts, true);
+        let mut resp = send(&tls, &url, "GET", &[("Accept", "*/*".into())], None)
+            .map_err(|e| e.to_string())?;
+        match resp.status {
+            200 => {
+                let mut b = Vec::new();
+                resp.body.read_to_end(&mut b).map_err(|e| e.to_string())?;
+                return Ok(b);
+            }
+            301 | 302 | 303 | 307 | 308 => {
+                let loc = resp
+                    .headers
+                    .get("location")
+                    .cloned()
+                    .ok_or("a redirect without Location")?;
+                url = if loc.starts_with('/') {
+                    format!("{scheme}://{host}{loc}")
+                } else {
+                    loc
+                };
+            }
+            code => return Err(format!("HTTP {code}")),
+        }
+    }
+    Err("too many redirects".into())
 }
 
 trait Stream: Read + Write + Send {}
@@ -372,7 +468,7 @@ impl Session {
             insecure,
             creds,
             auth: Mutex::new(None),
-            tls: tls_config(host, opts),
+            tls: tls_config(host, opts, !insecure),
             repo: repo.to_string(),
             extra_scopes: Mutex::new(Vec::new()),
             chunk: if opts.chunk_size == 0 {

@@ -774,6 +774,23 @@ pub fn serve(
             match tls {
                 None => reg.serve_conn(stream, &peer),
                 Some(cfg) => {
+                    // Plain HTTP on the TLS port: told so at once, as Go's servers do (else
+                    // the TLS layer would wait for a record the client never sends).
+                    let mut first = [0u8; 1];
+                    match stream.peek(&mut first) {
+                        Ok(1) if first[0] != 0x16 => {
+                            let _ = (&stream).write_all(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n");
+                            // Closed for writing, then what the client sent is read, so the
+                            // close does not reset the answer away.
+                            let _ = stream.shutdown(std::net::Shutdown::Write);
+                            let _ =
+                                stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                            let _ = io::copy(&mut (&stream).take(1 << 20), &mut io::sink());
+                            return;
+                        }
+                        Ok(1) => {}
+                        _ => return,
+                    }
                     if let Ok(conn) = crate::tls::accept(cfg, stream) {
                         reg.serve_conn(conn, &peer);
                     }
