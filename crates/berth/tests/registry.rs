@@ -406,6 +406,75 @@ fn a_client_waiting_for_100_continue_gets_it_and_a_blob_pushed_twice_is_stored_o
 }
 
 #[test]
+fn edge_cases_a_conformance_suite_and_real_clients_hit() {
+    let dir = tempdir();
+    let reg = Reg::start(dir.path(), &[]);
+    let data = b"some blob".to_vec();
+    let d = put_blob(&reg, "lib/e", &data);
+    // A reference that cannot be a tag names no manifest: 404, for GET, HEAD and DELETE.
+    for m in ["GET", "HEAD", "DELETE"] {
+        let r = reg.req(m, "/v2/lib/e/manifests/.INVALID_MANIFEST_NAME", &[], b"");
+        assert_eq!(r.status, 404, "{m}");
+    }
+    // Ranges: another unit or several ranges are ignored; one past the end is 416 with the
+    // size.
+    let r = reg.req(
+        "GET",
+        &format!("/v2/lib/e/blobs/{d}"),
+        &[("Range", "items=0-1")],
+        b"",
+    );
+    assert_eq!((r.status, r.body.clone()), (200, data.clone()));
+    let r = reg.req(
+        "GET",
+        &format!("/v2/lib/e/blobs/{d}"),
+        &[("Range", "bytes=0-1,3-4")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let r = reg.req(
+        "GET",
+        &format!("/v2/lib/e/blobs/{d}"),
+        &[("Range", "bytes=100-")],
+        b"",
+    );
+    assert_eq!((r.status, r.h("content-range")), (416, "bytes */9"));
+    // A monolithic upload with a malformed digest leaves no upload behind.
+    let r = reg.req(
+        "POST",
+        "/v2/lib/e/blobs/uploads/?digest=sha256:nothex",
+        &[],
+        b"x",
+    );
+    assert_eq!((r.status, r.code()), (400, "DIGEST_INVALID".into()));
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("uploads"))
+            .unwrap()
+            .count(),
+        0
+    );
+    // A 204 carries no Content-Length.
+    let r = reg.req("POST", "/v2/lib/e/blobs/uploads/", &[], b"");
+    let loc = r.h("location").to_string();
+    let r = reg.req("GET", &loc, &[], b"");
+    assert_eq!((r.status, r.headers.get("content-length")), (204, None));
+    assert_eq!(reg.req("DELETE", &loc, &[], b"").status, 204);
+    // An error decided before the body is read goes out without `100 Continue`, and the
+    // connection closes without resetting it away.
+    let mut s = TcpStream::connect(&reg.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        s,
+        "PUT /v2/lib/e/blobs/uploads/no-such-upload?digest={d} HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\nExpect: 100-continue\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let (status, _) = httpwire::read_response_head(&mut r).unwrap();
+    assert_eq!(status, 404);
+}
+
+#[test]
 fn manifests_tags_catalog_and_referrers() {
     let dir = tempdir();
     let reg = Reg::start(dir.path(), &[]);
@@ -869,14 +938,30 @@ fn tokens_and_permissions() {
         &[("Authorization", &bt)],
         b"",
     );
-    assert_eq!((r.status, r.code()), (401, "UNAUTHORIZED".into()));
+    // bob may never push there: no token could help, so 403.
+    assert_eq!((r.status, r.code()), (403, "DENIED".into()));
     let r = reg.req(
         "GET",
         &format!("/v2/other/x/blobs/{d}"),
         &[("Authorization", &at)],
         b"",
     );
+    // A token for another repository: 401, asking for the scope that is missing.
     assert_eq!(r.status, 401);
+    let challenge = r.h("www-authenticate");
+    assert!(
+        challenge.contains("scope=\"repository:other/x:pull\"")
+            && challenge.contains("error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    // Writes ask for push, deletes for delete.
+    let r = reg.req("DELETE", &format!("/v2/team/app/manifests/{d}"), &[], b"");
+    assert!(
+        r.h("www-authenticate")
+            .contains("repository:team/app:delete"),
+        "{}",
+        r.h("www-authenticate")
+    );
     // A forged or garbled token.
     let forged = format!("{}x", &at);
     assert_eq!(

@@ -129,7 +129,7 @@ impl Auth {
     }
 
     /// The `WWW-Authenticate` value of a 401.
-    pub fn challenge(&self, host: &str, scope: Option<String>) -> String {
+    pub fn challenge(&self, host: &str, scope: Option<String>, insufficient: bool) -> String {
         match &self.mode {
             Mode::Basic => "Basic realm=\"berth-registry\"".to_string(),
             Mode::Token { service, .. } => {
@@ -139,6 +139,9 @@ impl Auth {
                 );
                 if let Some(s) = scope {
                     c.push_str(&format!(",scope=\"{s}\""));
+                }
+                if insufficient {
+                    c.push_str(",error=\"insufficient_scope\"");
                 }
                 c
             }
@@ -204,7 +207,10 @@ impl Auth {
             Mode::Basic => self.basic(header)?,
             Mode::Token { .. } => self.verify_token(header)?.0,
         };
-        if who == Identity::Anonymous {
+        // Anonymous without anything: asked to authenticate. A valid token, even an
+        // anonymous one, is enough to know the API.
+        let token = matches!(self.mode, Mode::Token { .. }) && header.is_some();
+        if who == Identity::Anonymous && !token {
             return Err(RegError::unauthorized("authentication required"));
         }
         Ok(who)
@@ -244,6 +250,14 @@ impl Auth {
                     Ok(())
                 } else if who == Identity::Anonymous && header.is_none() {
                     Err(RegError::unauthorized("authentication required"))
+                } else if who != Identity::Anonymous
+                    && !self.allowed(&who, repo).contains(&access.name())
+                {
+                    // No token could grant it: the permissions deny this user.
+                    Err(RegError::denied(format!(
+                        "{} on {repo} is not allowed",
+                        access.name()
+                    )))
                 } else {
                     // A token without the scope: 401, so the client asks for one that has it
                     // (the token endpoint grants no more than the permissions allow).

@@ -19,7 +19,7 @@ pub struct RegError {
 }
 
 impl RegError {
-    fn new(status: u16, code: &'static str, message: impl Into<String>) -> RegError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> RegError {
         RegError {
             status,
             code,

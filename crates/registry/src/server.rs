@@ -157,9 +157,13 @@ fn paginate(
     max: usize,
 ) -> Result<(Vec<String>, Option<String>), RegError> {
     let n = match head.q("n") {
-        Some(n) => n
-            .parse::<usize>()
-            .map_err(|_| RegError::bad_request(format!("n={n}: not a number")))?,
+        Some(n) => n.parse::<usize>().map_err(|_| {
+            RegError::new(
+                400,
+                "PAGINATION_NUMBER_INVALID",
+                format!("n={n}: not a number"),
+            )
+        })?,
         None => max,
     }
     .min(max);
@@ -186,15 +190,29 @@ pub trait Conn: Read + Write {
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+
+    /// Ends the sending side (the peer reads the end); reads time out after two seconds.
+    fn shutdown_write(&mut self);
 }
 
 impl Conn for std::net::TcpStream {
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(std::os::fd::AsRawFd::as_raw_fd(self))
     }
+
+    fn shutdown_write(&mut self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+        let _ = self.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    }
 }
 
-impl Conn for rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream> {}
+impl Conn for rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream> {
+    fn shutdown_write(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush();
+        self.sock.shutdown_write();
+    }
+}
 
 /// `len` bytes of `file` from `offset` to the socket `fd`, by sendfile(2).
 fn send_file(
@@ -266,11 +284,13 @@ impl Registry {
                     return;
                 }
             };
-            if head.send_continue(body.get_mut().get_mut()).is_err() {
-                return;
-            }
+            // `100 Continue` only when the handler reads the body: an answer decided before
+            // (401, 404, 413, …) goes out without inviting a body it would not read.
             let mut counted = Counted {
-                inner: &mut body,
+                inner: &mut Continue {
+                    body: &mut body,
+                    pending: head.expects_continue(),
+                },
                 n: 0,
             };
             let reply = match self.handle(&head, &mut counted) {
@@ -278,9 +298,12 @@ impl Registry {
                 Err(e) => error_reply(&e, self.challenge(&head, &e)),
             };
             let received = counted.n;
+            let waiting = counted.inner.pending;
             // The rest of the body, if the handler left some: drained when small, else the
-            // connection closes after the answer.
-            let keep = io::copy(&mut (&mut body).take(1 << 20), &mut io::sink()).is_ok()
+            // connection closes after the answer. A client still waiting for `100 Continue`
+            // sends nothing more: that connection closes too.
+            let keep = !waiting
+                && io::copy(&mut (&mut body).take(1 << 20), &mut io::sink()).is_ok()
                 && matches!(body.read(&mut [0u8; 1]), Ok(0));
             let status = match &reply {
                 Reply::Full { status, .. } | Reply::File { status, .. } => *status,
@@ -307,10 +330,16 @@ impl Registry {
                     started.elapsed().as_secs_f64() * 1000.0
                 );
             }
-            if !keep
-                || head
-                    .header("connection")
-                    .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+            if !keep {
+                // Closed for writing first, then what the client still sends is read (for
+                // a while): a close with unread data would reset the answer away.
+                r.get_mut().shutdown_write();
+                let _ = io::copy(&mut (&mut r).take(64 << 20), &mut io::sink());
+                return;
+            }
+            if head
+                .header("connection")
+                .is_some_and(|c| c.eq_ignore_ascii_case("close"))
             {
                 return;
             }
@@ -340,9 +369,13 @@ impl Registry {
             } => (*status, headers, "application/octet-stream", *len),
         };
         let mut head = format!(
-            "HTTP/1.1 {status} {}\r\nDocker-Distribution-API-Version: registry/2.0\r\nContent-Length: {len}\r\n",
+            "HTTP/1.1 {status} {}\r\nDocker-Distribution-API-Version: registry/2.0\r\n",
             httpwire::reason(status)
         );
+        // A 204 has no body, and so no length (RFC 9110 8.6).
+        if status != 204 {
+            head.push_str(&format!("Content-Length: {len}\r\n"));
+        }
         if len > 0 || matches!(reply, Reply::File { .. }) {
             head.push_str(&format!("Content-Type: {content_type}\r\n"));
         }
@@ -404,7 +437,14 @@ impl Registry {
         }
         let auth = self.cfg.auth.as_ref()?;
         let host = head.header("host").unwrap_or("localhost");
-        Some(auth.challenge(host, route(&head.path).as_ref().and_then(scope_of)))
+        // A bearer token that was sent but lacks the scope: Docker's `insufficient_scope`.
+        let insufficient = head
+            .header("authorization")
+            .is_some_and(|a| a.len() > 7 && a[..7].eq_ignore_ascii_case("bearer "));
+        let scope = route(&head.path)
+            .as_ref()
+            .and_then(|r| scope_of(r, &head.method));
+        Some(auth.challenge(host, scope, insufficient))
     }
 
     fn authorize(&self, head: &Head, repo: &str, access: Access) -> Result<(), RegError> {
@@ -486,7 +526,11 @@ impl Registry {
                     ("Accept-Ranges", "bytes".to_string()),
                     ("Etag", format!("\"{d}\"")),
                 ];
-                match head.header("range").filter(|_| m == "GET") {
+                // A range in another unit, or several ranges: ignored (RFC 9110), the whole.
+                let range = head
+                    .header("range")
+                    .filter(|r| m == "GET" && r.trim().starts_with("bytes=") && !r.contains(','));
+                match range {
                     None => Ok(Reply::File {
                         status: 200,
                         headers,
@@ -495,13 +539,14 @@ impl Registry {
                         len: size,
                     }),
                     Some(r) => {
-                        let (start, end) = parse_range(r, size).ok_or_else(|| {
-                            let mut e =
-                                RegError::bad_request(format!("range {r:?} not satisfiable"));
-                            e.status = 416;
-                            e.code = "BLOB_UNKNOWN";
-                            e
-                        })?;
+                        let Some((start, end)) = parse_range(r, size) else {
+                            return Ok(Reply::Full {
+                                status: 416,
+                                headers: vec![("Content-Range", format!("bytes */{size}"))],
+                                content_type: "text/plain",
+                                body: Vec::new(),
+                            });
+                        };
                         headers.push(("Content-Range", format!("bytes {start}-{end}/{size}")));
                         Ok(Reply::File {
                             status: 206,
@@ -533,10 +578,11 @@ impl Registry {
                         ));
                     }
                 }
+                // A bad digest is refused before an upload exists.
+                let monolithic = head.q("digest").map(parse_digest).transpose()?;
                 let uuid = st.start_upload(&repo)?;
-                if let Some(d) = head.q("digest") {
+                if let Some(d) = monolithic {
                     // Monolithic: the body is the blob.
-                    let d = parse_digest(d)?;
                     let done = st
                         .upload_append(&repo, &uuid, None, body, self.cfg.max_blob)
                         .and_then(|_| st.upload_finish(&repo, &uuid, &d));
@@ -565,15 +611,15 @@ impl Registry {
                             .trim()
                             .trim_start_matches("bytes")
                             .trim_start_matches([' ', '=']);
-                        let (s, e) = r
-                            .split_once('-')
-                            .ok_or_else(|| RegError::bad_request(format!("Content-Range {r:?}")))?;
-                        let s: u64 = s
-                            .parse()
-                            .map_err(|_| RegError::bad_request(format!("Content-Range {r:?}")))?;
-                        let e: u64 = e
-                            .parse()
-                            .map_err(|_| RegError::bad_request(format!("Content-Range {r:?}")))?;
+                        let (s, e) = r.split_once('-').ok_or_else(|| {
+                            RegError::upload_invalid(format!("Content-Range {r:?}"))
+                        })?;
+                        let s: u64 = s.parse().map_err(|_| {
+                            RegError::upload_invalid(format!("Content-Range {r:?}"))
+                        })?;
+                        let e: u64 = e.parse().map_err(|_| {
+                            RegError::upload_invalid(format!("Content-Range {r:?}"))
+                        })?;
                         if e < s {
                             return Err(RegError::range_invalid(st.upload_status(&repo, uuid)?));
                         }
@@ -692,12 +738,15 @@ impl Registry {
     }
 }
 
-/// The token scope a route needs (for the challenge).
-fn scope_of(r: &Route) -> Option<String> {
+/// The token scope a request needs (for the challenge): what the method does to the route.
+fn scope_of(r: &Route, method: &str) -> Option<String> {
     match r {
-        Route::Blob(n, _) | Route::Manifest(n, _) | Route::Tags(n) | Route::Referrers(n, _) => {
-            Some(format!("repository:{n}:pull"))
-        }
+        Route::Blob(n, _) | Route::Manifest(n, _) => Some(match method {
+            "GET" | "HEAD" => format!("repository:{n}:pull"),
+            "DELETE" => format!("repository:{n}:delete"),
+            _ => format!("repository:{n}:pull,push"),
+        }),
+        Route::Tags(n) | Route::Referrers(n, _) => Some(format!("repository:{n}:pull")),
         Route::Uploads(n) | Route::Upload(n, _) => Some(format!("repository:{n}:pull,push")),
         Route::Catalog => Some("registry:catalog:*".into()),
         _ => None,
@@ -739,6 +788,24 @@ fn parse_range(r: &str, size: u64) -> Option<(u64, u64)> {
         (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.min(size - 1)),
     };
     (start <= end && start < size).then_some((start, end))
+}
+
+/// A request body that answers `100 Continue` when it is first read.
+struct Continue<'a, 'b, S: Conn> {
+    body: &'a mut Body<&'b mut BufReader<S>>,
+    pending: bool,
+}
+
+impl<S: Conn> Read for Continue<'_, '_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pending {
+            self.pending = false;
+            let s = self.body.get_mut().get_mut();
+            s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            s.flush()?;
+        }
+        self.body.read(buf)
+    }
 }
 
 /// A reader that counts.

@@ -72,6 +72,22 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+/// Removes temporary files a crash left: only those an hour old, since a registry serving
+/// next to this one (`gc` opens the storage too) may be writing the young ones.
+fn sweep_temps(dir: &Path) -> io::Result<()> {
+    let cutoff = SystemTime::now() - std::time::Duration::from_secs(3600);
+    for e in fs::read_dir(dir)?.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < cutoff);
+        if old && e.file_name().to_string_lossy().starts_with(".tmp-") {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    Ok(())
+}
+
 /// Writes `data` to `path` through a synced temporary file and a rename.
 fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = path.parent().ok_or_else(|| io::Error::other("no parent"))?;
@@ -106,12 +122,7 @@ impl Storage {
         for d in ["blobs/sha256", "uploads", "repos"] {
             fs::create_dir_all(root.join(d))?;
         }
-        let blobs = root.join("blobs/sha256");
-        for e in fs::read_dir(&blobs)?.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".tmp-") {
-                let _ = fs::remove_file(e.path());
-            }
-        }
+        sweep_temps(&root.join("blobs/sha256"))?;
         Ok(Storage {
             root: root.to_path_buf(),
             uploads: Mutex::new(HashMap::new()),
@@ -194,6 +205,12 @@ impl Storage {
         if self.blob_size(d).is_none() {
             return Ok(false);
         }
+        // Dated now, as a blob uploaded again is: the collector leaves it to the manifest the
+        // client is about to push.
+        let _ = fs::OpenOptions::new()
+            .write(true)
+            .open(self.blob_path(d))
+            .and_then(|f| f.set_modified(SystemTime::now()));
         self.link_blob(repo, d)?;
         Ok(true)
     }
@@ -266,11 +283,26 @@ impl Storage {
             }
         }
         let mut hasher = self.take_upload(uuid, &path, len)?;
-        let mut f = fs::OpenOptions::new()
+        let opened = fs::OpenOptions::new()
             .write(true)
             .open(&path)
-            .map_err(io_err)?;
-        f.seek(SeekFrom::Start(len)).map_err(io_err)?;
+            .and_then(|mut f| f.seek(SeekFrom::Start(len)).map(|_| f));
+        let mut f = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                // Not busy any more: the next request hashes the file afresh.
+                self.uploads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(uuid);
+                return Err(io_err(e));
+            }
+        };
+        // A long upload stays known: its marker is as young as its data.
+        let _ = fs::OpenOptions::new()
+            .write(true)
+            .open(path.with_extension("repo"))
+            .and_then(|m| m.set_modified(SystemTime::now()));
         let mut buf = vec![0u8; 1 << 20];
         let mut total = len;
         let result = loop {
@@ -346,13 +378,26 @@ impl Storage {
                 digest.algorithm_name()
             )));
         }
+        // Busy until the blob is in place: a PATCH in between would write into it.
         let got = self.take_upload(uuid, &path, len)?.finish();
+        let result = self.commit_upload(repo, &path, &got, digest);
         // Done with the hash state: a failed finish re-hashes if the client goes on.
         self.uploads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(uuid);
-        if &got != digest {
+        result
+    }
+
+    /// The rest of [`Storage::upload_finish`], with the upload held busy.
+    fn commit_upload(
+        &self,
+        repo: &str,
+        path: &Path,
+        got: &Digest,
+        digest: &Digest,
+    ) -> Result<(), RegError> {
+        if got != digest {
             // The upload stays, as the spec lets a client go on with it.
             return Err(RegError::digest_invalid(format!(
                 "the upload's digest is {got}, not {digest}"
@@ -364,7 +409,7 @@ impl Storage {
             // Stored already (another repository, or a client pushing twice): kept, and
             // dated now as a new blob would be, so the collector leaves it to the manifest
             // that the client is about to push.
-            let _ = fs::remove_file(&path);
+            let _ = fs::remove_file(path);
             fs::OpenOptions::new()
                 .write(true)
                 .open(&dest)
@@ -374,13 +419,13 @@ impl Storage {
             // Synced, and dated now: a blob just committed is young for the collector.
             fs::OpenOptions::new()
                 .write(true)
-                .open(&path)
+                .open(path)
                 .and_then(|f| {
                     f.set_modified(SystemTime::now())?;
                     f.sync_all()
                 })
                 .map_err(io_err)?;
-            fs::rename(&path, &dest).map_err(io_err)?;
+            fs::rename(path, &dest).map_err(io_err)?;
             sync_dir(dest.parent().unwrap_or(&self.root)).map_err(io_err)?;
         }
         let _ = fs::remove_file(path.with_extension("repo"));
@@ -514,8 +559,10 @@ impl Storage {
         write_durable(&dir.join("_manifests").join(d.hex()), media.as_bytes()).map_err(io_err)?;
         if let Some(s) = &subject {
             let mut desc = json!({"mediaType": media, "digest": d.to_string(), "size": body.len()});
+            // Empty or missing: the config's media type, as the spec says.
             let artifact = v["artifactType"]
                 .as_str()
+                .filter(|a| !a.is_empty())
                 .or_else(|| v["config"]["mediaType"].as_str());
             if let Some(a) = artifact {
                 desc["artifactType"] = json!(a);
@@ -541,7 +588,9 @@ impl Storage {
                 .parse()
                 .map_err(|e: image::digest::InvalidDigest| RegError::digest_invalid(e.to_string()))
         } else {
-            names::validate_tag(reference)?;
+            // A name that cannot be a tag names no manifest (404, as the conformance suite
+            // expects), and never reaches the file system.
+            names::validate_tag(reference).map_err(|_| RegError::manifest_unknown(reference))?;
             let t = fs::read_to_string(self.repo_dir(repo).join("_tags").join(reference))
                 .map_err(|_| RegError::manifest_unknown(reference))?;
             t.trim()
@@ -568,7 +617,7 @@ impl Storage {
     pub fn delete_manifest(&self, repo: &str, reference: &str) -> Result<(), RegError> {
         let dir = self.repo_dir(repo);
         if !reference.contains(':') {
-            names::validate_tag(reference)?;
+            names::validate_tag(reference).map_err(|_| RegError::manifest_unknown(reference))?;
             return fs::remove_file(dir.join("_tags").join(reference))
                 .map_err(|_| RegError::manifest_unknown(reference));
         }
@@ -674,6 +723,7 @@ impl Storage {
         let mut marked = self.mark(None)?;
         let _sweep = self.lock(libc::LOCK_EX)?;
         marked.extend(self.mark(Some(started))?);
+        sweep_temps(&self.root.join("blobs/sha256")).map_err(io_err)?;
         let mut report = GcReport::default();
         let cutoff = started.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
         let blobs = self.root.join("blobs/sha256");
