@@ -141,8 +141,20 @@ pub(crate) fn get(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStrea
         "mtime": md.mtime(),
         "linkTarget": link.as_ref().map(|l| l.display().to_string()).unwrap_or_default(),
     });
+    // The docker CLI's form of the same: base64 JSON, Go's FileMode, an RFC 3339 time.
+    let docker_stat = crate::docker::base64(
+        json!({
+            "name": stat["name"],
+            "size": md.len(),
+            "mode": crate::docker::go_file_mode(md.mode()),
+            "mtime": timefmt::rfc3339(md.mtime(), 0),
+            "linkTarget": stat["linkTarget"],
+        })
+        .to_string()
+        .as_bytes(),
+    );
     let mut hdr = format!(
-        "HTTP/1.1 200 OK\r\n{STAT_HEADER}: {stat}\r\nApi-Version: {}\r\nContent-Type: application/x-tar\r\n",
+        "HTTP/1.1 200 OK\r\n{STAT_HEADER}: {stat}\r\nX-Docker-Container-Path-Stat: {docker_stat}\r\nApi-Version: {}\r\nContent-Type: application/x-tar\r\n",
         crate::API_VERSION
     );
     if head.method == "HEAD" {
@@ -174,7 +186,12 @@ pub(crate) fn get(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStrea
 }
 
 /// `PUT`: extracts a tar into the directory at `path` (which must exist).
-pub(crate) fn put(engine: &Arc<Engine>, id: &str, head: &Head, body: &mut impl Read) -> Handled {
+pub(crate) fn put(
+    engine: &Arc<Engine>,
+    id: &str,
+    head: &Head,
+    body: &mut (impl Read + ?Sized),
+) -> Handled {
     let path = head.q("path").unwrap_or("").to_string();
     let fd = open_in(engine, id, &path, libc::O_PATH | libc::O_DIRECTORY)?;
     let dest = format!("/proc/self/fd/{}", fd.as_raw_fd());

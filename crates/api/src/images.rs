@@ -81,7 +81,7 @@ pub fn route(
     method: &str,
     rest: &[&str],
     head: &Head,
-    body: &mut impl Read,
+    body: &mut (impl Read + ?Sized),
     w: &mut UnixStream,
 ) -> Handled {
     let images = &engine.images;

@@ -4,6 +4,7 @@
 
 mod archive;
 pub mod client;
+mod docker;
 pub mod http;
 mod images;
 pub mod server;

@@ -38,6 +38,14 @@ impl From<image::images::ImageError> for Fail {
     }
 }
 
+impl Fail {
+    /// The message answered.
+    #[cfg(test)]
+    pub(crate) fn message(&self) -> &str {
+        &self.1
+    }
+}
+
 fn bad(msg: impl Into<String>) -> Fail {
     Fail(400, msg.into(), None)
 }
@@ -50,6 +58,8 @@ pub(crate) enum Out {
     Empty(u16),
     /// The handler wrote the response itself (streams, hijacks); the connection closes.
     Done,
+    /// The handler wrote a complete response with its length; the connection stays.
+    Wrote,
 }
 
 /// Serves `listener` until the process ends.
@@ -94,14 +104,6 @@ fn connection(stream: UnixStream, engine: &Arc<Engine>) -> io::Result<()> {
         reader
             .get_ref()
             .set_read_timeout(Some(Duration::from_secs(300)))?;
-        // What a client sent right after an upgrade request belongs to the stream.
-        let early = if head.wants_upgrade() {
-            let b = reader.buffer().to_vec();
-            std::io::BufRead::consume(&mut reader, b.len());
-            b
-        } else {
-            Vec::new()
-        };
         let mut body = match Body::new(&head, &mut reader) {
             Ok(b) => b,
             Err(ReadError::Bad(m)) => {
@@ -111,7 +113,25 @@ fn connection(stream: UnixStream, engine: &Arc<Engine>) -> io::Result<()> {
             Err(_) => return Ok(()),
         };
         head.send_continue(&mut writer)?;
-        let reply = route(engine, &head, &mut body, &mut writer, &early);
+        // An upgrade request's own body (Docker's exec start sends JSON) is read first; what
+        // the client sent after it belongs to the stream.
+        let reply = if head.wants_upgrade() {
+            let mut own = Vec::new();
+            (&mut body).take(MAX_JSON as u64).read_to_end(&mut own)?;
+            // Only what is buffered already: the client may send nothing before the 101.
+            let inner = body.get_mut();
+            let early = inner.buffer().to_vec();
+            io::BufRead::consume(inner, early.len());
+            route(
+                engine,
+                &head,
+                &mut io::Cursor::new(own),
+                &mut writer,
+                &early,
+            )
+        } else {
+            route(engine, &head, &mut body, &mut writer, &[])
+        };
         // Whatever the handler did not read of the body is drained so the next request parses.
         let drained = io::copy(&mut body, &mut io::sink());
         match reply {
@@ -122,6 +142,7 @@ fn connection(stream: UnixStream, engine: &Arc<Engine>) -> io::Result<()> {
             }
             Ok(Out::Empty(code)) => http::respond(&mut writer, code, "text/plain", b"")?,
             Ok(Out::Done) => return Ok(()),
+            Ok(Out::Wrote) => {}
             Err(Fail(code, msg, exit)) => http::respond(
                 &mut writer,
                 code,
@@ -139,7 +160,9 @@ fn connection(stream: UnixStream, engine: &Arc<Engine>) -> io::Result<()> {
     }
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &mut impl Read) -> Result<T, Fail> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    body: &mut (impl Read + ?Sized),
+) -> Result<T, Fail> {
     let mut v = Vec::new();
     body.take(MAX_JSON as u64 + 1)
         .read_to_end(&mut v)
@@ -174,25 +197,85 @@ fn num<T: std::str::FromStr>(head: &Head, key: &str) -> Result<Option<T>, Fail> 
 fn route(
     engine: &Arc<Engine>,
     head: &Head,
-    body: &mut Body<&mut BufReader<UnixStream>>,
+    body: &mut dyn Read,
     w: &mut UnixStream,
     early: &[u8],
 ) -> Reply {
     let m = head.method.as_str();
-    if head.path == "/_ping" {
+    let (docker, path) = crate::docker::split(&head.path)?;
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    if parts == ["_ping"] {
         return match m {
             "GET" | "HEAD" => {
-                http::respond(w, 200, "text/plain", b"OK")
-                    .map_err(|e| Fail(500, e.to_string(), None))?;
-                Ok(Out::Done)
+                crate::docker::ping(w, m == "HEAD").map_err(|e| Fail(500, e.to_string(), None))?;
+                Ok(Out::Wrote)
             }
             _ => Err(Fail(405, "method not allowed".into(), None)),
         };
     }
-    let Some(path) = head.path.strip_prefix(PREFIX) else {
-        return Err(Fail(404, format!("page not found: {}", head.path), None));
-    };
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    // Docker's shapes where they differ from berth's own.
+    if docker {
+        match (m, parts.as_slice()) {
+            ("GET", ["version"]) => return Ok(Out::Json(200, crate::docker::version())),
+            ("GET", ["info"]) => return Ok(Out::Json(200, crate::docker::info(engine))),
+            ("POST", ["containers", "create"]) => return crate::docker::create(engine, head, body),
+            ("GET", ["containers", "json"]) => return crate::docker::list_containers(engine, head),
+            ("POST", ["containers", id, "wait"]) => {
+                return crate::docker::wait(engine, id, head, w)
+            }
+            ("GET", ["containers", id, "json"]) => {
+                return Ok(Out::Json(200, engine.inspect(id)?));
+            }
+            ("GET", ["containers", id, "stats"]) => {
+                return crate::docker::stats(engine, id, head, w)
+            }
+            ("POST", ["containers", id, "exec"]) => {
+                return crate::docker::exec_create(engine, id, body)
+            }
+            ("POST", ["exec", id, "start"]) => {
+                #[derive(serde::Deserialize, Default)]
+                #[serde(default, rename_all = "PascalCase")]
+                struct Start {
+                    detach: bool,
+                }
+                let s: Start = json_body(body)?;
+                return exec_start(engine, id, head, s.detach, w, early);
+            }
+            ("GET", ["exec", id, "json"]) => {
+                let info = engine.exec_inspect(id, Duration::ZERO)?;
+                return Ok(Out::Json(
+                    200,
+                    serde_json::to_value(info).unwrap_or_default(),
+                ));
+            }
+            (_, ["networks", rest @ ..]) => {
+                return crate::docker::networks(engine, m, rest, head, body)
+            }
+            ("POST", ["volumes", "create"]) => return crate::docker::volume_create(engine, body),
+            ("POST", ["commit"]) => return crate::docker::commit(engine, head),
+            ("POST", ["build", "prune"]) => {
+                let p = engine.builder_prune()?;
+                return Ok(Out::Json(
+                    200,
+                    json!({"CachesDeleted": [], "SpaceReclaimed": p.bytes}),
+                ));
+            }
+            ("POST", ["containers", "prune"]) => {
+                return Ok(Out::Json(
+                    200,
+                    json!({"ContainersDeleted": engine.container_prune(), "SpaceReclaimed": 0}),
+                ))
+            }
+            ("GET", ["system", "df"]) => {
+                return Ok(Out::Json(200, crate::docker::disk_usage(engine)))
+            }
+            (_, ["images", ..]) => {
+                let rest = path.trim_start_matches('/').trim_start_matches("images");
+                return crate::docker::images(engine, m, rest, head, body, w);
+            }
+            _ => {}
+        }
+    }
     match (m, parts.as_slice()) {
         ("GET", ["version"]) => Ok(Out::Json(200, version())),
         ("GET", ["info"]) => Ok(Out::Json(200, engine.info())),
@@ -306,7 +389,9 @@ fn route(
             let exec_id = engine.exec_create(id, req)?;
             Ok(Out::Json(201, json!({"Id": exec_id})))
         }
-        ("POST", ["exec", id, "start"]) => exec_start(engine, id, head, w, early),
+        ("POST", ["exec", id, "start"]) => {
+            exec_start(engine, id, head, head.flag("detach"), w, early)
+        }
         ("POST", ["exec", id, "resize"]) => {
             engine.exec_resize(
                 id,
@@ -482,7 +567,12 @@ fn route(
 
 /// `POST /build`: the body is a tar of the context; the answer streams JSON lines
 /// (`{"stream"}` progress, then `{"aux": {"ID"}}` or `{"error"}`).
-fn build(engine: &Arc<Engine>, head: &Head, body: &mut impl Read, w: &mut UnixStream) -> Reply {
+fn build(
+    engine: &Arc<Engine>,
+    head: &Head,
+    body: &mut (impl Read + ?Sized),
+    w: &mut UnixStream,
+) -> Reply {
     let list = |k: &str| head.query.get(k).cloned().unwrap_or_default();
     let kv = |k: &str| -> Result<BTreeMap<String, String>, Fail> {
         list(k)
@@ -826,14 +916,14 @@ fn attach(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream, early
     Ok(Out::Done)
 }
 
-fn exec_start(
+pub(crate) fn exec_start(
     engine: &Arc<Engine>,
     id: &str,
     head: &Head,
+    detach: bool,
     w: &mut UnixStream,
     early: &[u8],
 ) -> Reply {
-    let detach = head.flag("detach");
     if detach {
         engine.exec_start(id, true)?;
         return Ok(Out::Empty(204));

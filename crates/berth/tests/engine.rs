@@ -6,7 +6,6 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -323,56 +322,11 @@ fn logs_rotate_and_follow() {
     assert!(followed.ends_with("later 99\n"), "{followed}");
 }
 
-/// A pseudo-terminal pair for a test: (master, slave).
-fn openpty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
-    let (mut m, mut s) = (0, 0);
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: openpty with valid out pointers and a winsize.
-    let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
-    assert_eq!(r, 0);
-    // SAFETY: fresh fds from openpty.
-    unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
-}
-
 /// Runs `berth args` on a terminal, types `input`, and returns (exit code, what it printed).
 fn on_tty(d: &Daemon, args: &[&str], input: &str) -> (i32, String) {
-    let (master, slave) = openpty(30, 100);
     let mut cmd = d.cmd();
-    cmd.args(args)
-        .stdin(std::fs::File::from(slave.try_clone().unwrap()))
-        .stdout(std::fs::File::from(slave.try_clone().unwrap()))
-        .stderr(std::fs::File::from(slave));
-    let mut child = cmd.spawn().unwrap();
-    drop(cmd);
-    let mut m = std::fs::File::from(master);
-    std::thread::sleep(Duration::from_millis(700));
-    m.write_all(input.as_bytes()).unwrap();
-    let reader = {
-        let mut m = m.try_clone().unwrap();
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = m.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                out.extend_from_slice(&buf[..n]);
-            }
-            out
-        })
-    };
-    let status = child.wait().unwrap();
-    drop(m);
-    let out = reader.join().unwrap();
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out).into_owned(),
-    )
+    cmd.args(args);
+    common::on_tty(cmd, input)
 }
 
 #[test]

@@ -1382,7 +1382,14 @@ impl Engine {
             }
             rec.state.manually_stopped = false;
         }
-        self.start_locked(&ctr, false)
+        let started = self.start_locked(&ctr, false);
+        // A `--rm` container that cannot start goes at once, as dockerd removes it: a client
+        // waiting for its removal is not left waiting.
+        if started.is_err() && lock(&ctr.rec).config.auto_remove {
+            let id = lock(&ctr.rec).id.clone();
+            let _ = self.remove(&id, true, true);
+        }
+        started
     }
 
     fn start_locked(self: &Arc<Self>, ctr: &Arc<Ctr>, by_policy: bool) -> Result<()> {

@@ -263,3 +263,61 @@ impl Drop for Daemon {
         let _ = std::fs::remove_file(self.exec_root.with_extension("log"));
     }
 }
+
+/// A pseudo-terminal pair for a test: (master, slave).
+pub fn openpty(rows: u16, cols: u16) -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty with valid out pointers and a winsize.
+    let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    assert_eq!(r, 0);
+    // SAFETY: fresh fds from openpty.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(m),
+            std::os::fd::OwnedFd::from_raw_fd(s),
+        )
+    }
+}
+
+/// Runs `cmd` on a 30x100 terminal, types `input` after a moment, and returns (exit code,
+/// what it printed).
+pub fn on_tty(mut cmd: Command, input: &str) -> (i32, String) {
+    use std::io::{Read, Write};
+    let (master, slave) = openpty(30, 100);
+    cmd.stdin(std::fs::File::from(slave.try_clone().unwrap()))
+        .stdout(std::fs::File::from(slave.try_clone().unwrap()))
+        .stderr(std::fs::File::from(slave));
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let mut m = std::fs::File::from(master);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    m.write_all(input.as_bytes()).unwrap();
+    let reader = {
+        let mut m = m.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = m.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            out
+        })
+    };
+    let status = child.wait().unwrap();
+    drop(m);
+    let out = reader.join().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out).into_owned(),
+    )
+}

@@ -1,0 +1,391 @@
+//! The installed docker CLI (28.x) driven against berth's daemon through a realistic
+//! session, its outputs checked: berth serves the Docker Engine API on its socket. All
+//! traffic stays on loopback and in the test's own namespaces.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::Daemon;
+use serde_json::Value;
+
+/// A docker command aimed at `d`, with a configuration directory of the test's own.
+fn docker_cmd(d: &Daemon, config: &Path) -> Command {
+    let mut c = Command::new("docker");
+    c.env("DOCKER_HOST", format!("unix://{}", d.socket.display()))
+        .env("DOCKER_CONFIG", config)
+        .env("DOCKER_BUILDKIT", "0")
+        .env("DOCKER_CLI_HINTS", "false")
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+struct Session<'a> {
+    d: &'a Daemon,
+    config: std::path::PathBuf,
+}
+
+impl Session<'_> {
+    /// `docker args…`: (exit code, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        eprintln!("+ docker {}", args.join(" "));
+        // A hang is a failure that names the command, not a stuck test.
+        let child = docker_cmd(self.d, &self.config)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            if rx
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .is_err()
+            {
+                // SAFETY: kill of our own child process.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+        let out = child.wait_with_output().unwrap();
+        let _ = tx.send(());
+        assert!(
+            out.status.code().is_some(),
+            "docker {args:?} hung (killed after 120 s)"
+        );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `docker args…`, which must succeed: its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(
+            code,
+            0,
+            "docker {args:?}:\n{out}{err}\ndaemon log:\n{}",
+            self.d.log()
+        );
+        out
+    }
+
+    /// `docker args…`, which must fail: (code, stderr).
+    fn err(&self, args: &[&str]) -> (i32, String) {
+        let (code, out, err) = self.run(args);
+        assert_ne!(code, 0, "docker {args:?} succeeded:\n{out}");
+        (code, err)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn the_docker_cli_runs_a_realistic_session_against_berth() {
+    common::require_root();
+    let dir = tempfile::Builder::new()
+        .prefix("berth-docker-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let d = Daemon::start(&dir.path().join("data"));
+    let s = Session {
+        d: &d,
+        config: dir.path().join("docker-config"),
+    };
+
+    // version and info name the server.
+    let v = s.ok(&[
+        "version",
+        "--format",
+        "{{.Server.APIVersion}} {{.Server.Os}}",
+    ]);
+    assert_eq!(v.trim(), "1.50 linux");
+    let info = s.ok(&["info", "--format", "{{.OSType}} {{.Driver}}"]);
+    assert_eq!(info.trim(), "linux overlay2");
+
+    // import: a busybox root file system becomes busybox:latest.
+    let tar = common::rootfs_tar(dir.path(), "bb", "busybox\n");
+    let id = s.ok(&[
+        "import",
+        "-c",
+        "CMD [\"sh\"]",
+        tar.to_str().unwrap(),
+        "busybox:latest",
+    ]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    let images = s.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert_eq!(images.trim(), "busybox:latest");
+
+    // run: output, exit codes, --rm leaving nothing.
+    assert_eq!(
+        s.ok(&["run", "--rm", "busybox", "echo", "hello"]),
+        "hello\n"
+    );
+    let (code, _) = s.err(&["run", "--rm", "busybox", "sh", "-c", "exit 7"]);
+    assert_eq!(code, 7);
+    let (code, err) = s.err(&["run", "--rm", "busybox", "no-such-command"]);
+    assert_eq!(code, 127, "{err}");
+    assert_eq!(s.ok(&["ps", "-aq"]), "");
+    let both = s.run(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; echo err >&2",
+    ]);
+    assert_eq!(
+        (both.0, both.1.as_str(), both.2.as_str()),
+        (0, "out\n", "err\n")
+    );
+
+    // A detached server with a published port, a bind mount, env, memory and restart policy.
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("index.html"), "served by berth\n").unwrap();
+    let port = free_port();
+    let web = s.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        &format!("127.0.0.1:{port}:80"),
+        "-v",
+        &format!("{}:/www:ro", site.display()),
+        "-e",
+        "GREETING=hi",
+        "-m",
+        "64m",
+        "--restart",
+        "on-failure:2",
+        "busybox",
+        "sh",
+        "-c",
+        "echo starting; exec httpd -f -p 80 -h /www",
+    ]);
+    let web = web.trim().to_string();
+    assert_eq!(web.len(), 64, "{web}");
+    let ps = s.ok(&["ps", "--format", "{{.Names}}|{{.Image}}|{{.Ports}}"]);
+    assert_eq!(
+        ps.trim(),
+        format!("web|busybox|127.0.0.1:{port}->80/tcp"),
+        "{ps}"
+    );
+    let inspect: Value = serde_json::from_str(&s.ok(&["inspect", "web"])).unwrap();
+    let c = &inspect[0];
+    assert_eq!(c["Id"], web.as_str());
+    assert_eq!(c["State"]["Status"], "running");
+    assert_eq!(c["HostConfig"]["Memory"], 64 << 20);
+    assert_eq!(c["HostConfig"]["RestartPolicy"]["Name"], "on-failure");
+    assert!(c["Config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e == "GREETING=hi"));
+    // The published port answers, from the host.
+    let mut body = String::new();
+    for _ in 0..50 {
+        if let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            conn.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+            body.clear();
+            let _ = conn.read_to_string(&mut body);
+            if body.contains("served by berth") {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(body.contains("served by berth"), "{body}");
+    assert_eq!(
+        s.ok(&["port", "web", "80"]).trim(),
+        format!("127.0.0.1:{port}")
+    );
+    assert!(s.ok(&["logs", "web"]).starts_with("starting"));
+    assert_eq!(s.ok(&["exec", "web", "sh", "-c", "echo $GREETING"]), "hi\n");
+    let (code, _) = s.err(&["exec", "web", "sh", "-c", "exit 4"]);
+    assert_eq!(code, 4);
+    let top = s.ok(&["top", "web"]);
+    assert!(top.contains("httpd"), "{top}");
+    let stats = s.ok(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.Name}} {{.MemUsage}}",
+        "web",
+    ]);
+    assert!(
+        stats.starts_with("web ") && stats.contains("64MiB"),
+        "{stats}"
+    );
+    // cp both ways.
+    std::fs::write(dir.path().join("in.txt"), "copied in\n").unwrap();
+    s.ok(&[
+        "cp",
+        dir.path().join("in.txt").to_str().unwrap(),
+        "web:/tmp/",
+    ]);
+    assert_eq!(s.ok(&["exec", "web", "cat", "/tmp/in.txt"]), "copied in\n");
+    s.ok(&[
+        "cp",
+        "web:/tmp/in.txt",
+        dir.path().join("out.txt").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "copied in\n"
+    );
+    // rename, pause, unpause, restart, stop, kill, wait, rm.
+    s.ok(&["rename", "web", "site"]);
+    s.ok(&["pause", "site"]);
+    assert_eq!(
+        s.ok(&["inspect", "-f", "{{.State.Status}}", "site"]).trim(),
+        "paused"
+    );
+    s.ok(&["unpause", "site"]);
+    s.ok(&["restart", "-t", "1", "site"]);
+    assert_eq!(
+        s.ok(&["inspect", "-f", "{{.State.Status}}", "site"]).trim(),
+        "running"
+    );
+    s.ok(&["stop", "-t", "1", "site"]);
+    assert_eq!(s.ok(&["wait", "site"]).trim(), "137");
+    s.ok(&["start", "site"]);
+    s.ok(&["kill", "site"]);
+    assert_eq!(s.ok(&["wait", "site"]).trim(), "137");
+    s.ok(&["rm", "site"]);
+    let (_, err) = s.err(&["inspect", "site"]);
+    assert!(err.contains("No such object: site"), "{err}");
+
+    // Interactive: run -it and exec -it through a pseudo-terminal.
+    let mut cmd = docker_cmd(&d, &s.config);
+    cmd.args(["run", "-it", "--rm", "busybox", "sh"]);
+    let (code, out) = common::on_tty(cmd, "stty size; echo $((6*7)); exit 3\r");
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("30 100") && out.contains("42"), "{out}");
+    s.ok(&["run", "-d", "--name", "box", "busybox", "sleep", "1000"]);
+    let mut cmd = docker_cmd(&d, &s.config);
+    cmd.args(["exec", "-it", "box", "sh"]);
+    let (code, out) = common::on_tty(cmd, "stty size; echo in-exec; exit 5\r");
+    assert_eq!(code, 5, "{out}");
+    assert!(out.contains("30 100") && out.contains("in-exec"), "{out}");
+    // Piped stdin ends at EOF.
+    let mut child = docker_cmd(&d, &s.config)
+        .args(["exec", "-i", "box", "sh", "-c", "cat; echo done"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"piped\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "piped\ndone\n");
+
+    // Images: tag, history, commit, build, save, load, rmi.
+    s.ok(&["tag", "busybox:latest", "mine/bb:1"]);
+    let history = s.ok(&["history", "--format", "{{.CreatedBy}}", "mine/bb:1"]);
+    assert!(history.contains("import"), "{history}");
+    s.ok(&["exec", "box", "touch", "/made-in-box"]);
+    s.ok(&["commit", "box", "committed:1"]);
+    assert_eq!(
+        s.ok(&["run", "--rm", "committed:1", "ls", "/made-in-box"]),
+        "/made-in-box\n"
+    );
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN echo built > /b\nCMD [\"cat\", \"/b\"]\n",
+    )
+    .unwrap();
+    s.ok(&["build", "-t", "built:1", ctx.to_str().unwrap()]);
+    assert_eq!(s.ok(&["run", "--rm", "built:1"]), "built\n");
+    let archive = dir.path().join("saved.tar");
+    s.ok(&["save", "-o", archive.to_str().unwrap(), "built:1"]);
+    s.ok(&["rmi", "built:1"]);
+    let (_, err) = s.err(&["image", "inspect", "built:1"]);
+    assert!(err.contains("No such image"), "{err}");
+    let loaded = s.ok(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(loaded.contains("Loaded image: built:1"), "{loaded}");
+    assert_eq!(s.ok(&["run", "--rm", "built:1"]), "built\n");
+    let untagged = s.ok(&["rmi", "mine/bb:1"]);
+    assert!(untagged.contains("Untagged: mine/bb:1"), "{untagged}");
+
+    // Networks and volumes.
+    s.ok(&["network", "create", "--subnet", "10.239.7.0/24", "backend"]);
+    let nets = s.ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
+    for n in ["backend bridge", "bridge bridge", "host host", "none null"] {
+        assert!(nets.contains(n), "{n} in {nets}");
+    }
+    let subnet = s.ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+        "backend",
+    ]);
+    assert_eq!(subnet.trim(), "10.239.7.0/24");
+    s.ok(&["network", "connect", "--alias", "db", "backend", "box"]);
+    let ip = s.ok(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"backend\").IPAddress}}",
+        "box",
+    ]);
+    assert!(ip.trim().starts_with("10.239.7."), "{ip}");
+    s.ok(&["network", "disconnect", "backend", "box"]);
+    s.ok(&["volume", "create", "data"]);
+    assert!(s.ok(&["volume", "ls", "-q"]).lines().any(|l| l == "data"));
+    s.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data",
+        "busybox",
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ]);
+    assert_eq!(
+        s.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "data:/data",
+            "busybox",
+            "cat",
+            "/data/f"
+        ]),
+        "kept\n"
+    );
+    let mp = s.ok(&["volume", "inspect", "-f", "{{.Mountpoint}}", "data"]);
+    assert!(Path::new(mp.trim()).join("f").exists(), "{mp}");
+
+    // events and system df / prune.
+    let events = s.ok(&[
+        "events",
+        "--since",
+        "5m",
+        "--until",
+        "0s",
+        "--format",
+        "{{.Type}} {{.Action}}",
+    ]);
+    assert!(events.contains("container start"), "{events}");
+    let df = s.ok(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]);
+    assert!(df.contains("Images "), "{df}");
+    s.ok(&["rm", "-f", "box"]);
+    s.ok(&["volume", "rm", "data"]);
+    s.ok(&["network", "rm", "backend"]);
+    s.ok(&["system", "prune", "-f"]);
+    assert_eq!(s.ok(&["ps", "-aq"]), "");
+}
