@@ -154,7 +154,7 @@ pub(crate) fn get(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStrea
         .as_bytes(),
     );
     let mut hdr = format!(
-        "HTTP/1.1 200 OK\r\n{STAT_HEADER}: {stat}\r\nX-Docker-Container-Path-Stat: {docker_stat}\r\nApi-Version: {}\r\nContent-Type: application/x-tar\r\n",
+        "HTTP/1.1 200 OK\r\n{STAT_HEADER}: {stat}\r\nX-Docker-Container-Path-Stat: {docker_stat}\r\nApi-Version: {}\r\nConnection: close\r\nContent-Type: application/x-tar\r\n",
         crate::API_VERSION
     );
     if head.method == "HEAD" {

@@ -15,13 +15,14 @@ pub fn respond(w: &mut impl Write, code: u16, content_type: &str, body: &[u8]) -
     )
 }
 
-/// Writes the head of a streamed (chunked) response.
+/// Writes the head of a streamed (chunked) response. The server closes the connection after
+/// a stream, and says so: a client must not send its next request on it.
 pub fn respond_stream_head(w: &mut impl Write, code: u16, content_type: &str) -> io::Result<()> {
     respond_stream_head_with(
         w,
         code,
         content_type,
-        &[("Api-Version", crate::API_VERSION)],
+        &[("Api-Version", crate::API_VERSION), ("Connection", "close")],
     )
 }
 

@@ -891,10 +891,31 @@ pub(crate) fn pump(client: UnixStream, shim: UnixStream, early: &[u8]) {
 }
 
 fn attach(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream, early: &[u8]) -> Reply {
-    if !head.wants_upgrade() {
-        return Err(bad(
-            "attach needs a connection upgrade (Connection: Upgrade, Upgrade: tcp)",
-        ));
+    // Docker's `stream=0`: the logs so far (with `logs=1`), then the end; no attachment.
+    if head.q("stream").is_some_and(|s| s == "0" || s == "false") {
+        let tty = engine.record(id)?.config.run.tty;
+        let mut client = upgrade(w, head, tty)?;
+        if head.flag("logs") {
+            let (o, e) = (head.flag("stdout"), head.flag("stderr"));
+            let q = engine::logfile::Query {
+                since: None,
+                until: None,
+                tail: None,
+                follow: false,
+                stdout: o,
+                stderr: e,
+            };
+            let _ = engine.logs(id, &q, &|| false, &mut |e| {
+                if tty {
+                    client.write_all(e.log.as_bytes())
+                } else {
+                    let n = if e.stream == "stderr" { 2 } else { 1 };
+                    client.write_all(&frame(n, e.log.as_bytes()))
+                }
+            });
+        }
+        let _ = client.shutdown(std::net::Shutdown::Both);
+        return Ok(Out::Done);
     }
     let (a, tty) = engine.attach(
         id,
@@ -902,7 +923,7 @@ fn attach(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream, early
         head.flag("stdout"),
         head.flag("stderr"),
     )?;
-    let client = upgrade(w, tty)?;
+    let client = upgrade(w, head, tty)?;
     match a.wait() {
         Ok(s) => pump(client, s, early),
         Err(e) => {
@@ -928,13 +949,10 @@ pub(crate) fn exec_start(
         engine.exec_start(id, true)?;
         return Ok(Out::Empty(204));
     }
-    if !head.wants_upgrade() {
-        return Err(bad("exec start needs a connection upgrade (Connection: Upgrade, Upgrade: tcp) unless detached"));
-    }
     let (stream, tty) = engine
         .exec_start(id, false)?
         .ok_or_else(|| Fail(500, "no stream".into(), None))?;
-    pump(upgrade(w, tty)?, stream, early);
+    pump(upgrade(w, head, tty)?, stream, early);
     Ok(Out::Done)
 }
 
@@ -947,9 +965,20 @@ fn stream_type(tty: bool) -> &'static str {
     }
 }
 
-/// Answers 101 and returns the connection, now a raw stream.
-fn upgrade(w: &mut UnixStream, tty: bool) -> Result<UnixStream, Fail> {
-    http::respond_upgrade(w, stream_type(tty)).map_err(|e| Fail(500, e.to_string(), None))?;
+/// Answers 101 (or, to a request that did not ask for the upgrade, 200 as dockerd does) and
+/// returns the connection, now a raw stream that ends with the connection.
+fn upgrade(w: &mut UnixStream, head: &Head, tty: bool) -> Result<UnixStream, Fail> {
+    if head.wants_upgrade() {
+        http::respond_upgrade(w, stream_type(tty)).map_err(|e| Fail(500, e.to_string(), None))?;
+    } else {
+        let h = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nApi-Version: {}\r\nConnection: close\r\n\r\n",
+            stream_type(tty),
+            crate::API_VERSION
+        );
+        w.write_all(h.as_bytes())
+            .map_err(|e| Fail(500, e.to_string(), None))?;
+    }
     w.try_clone().map_err(|e| Fail(500, e.to_string(), None))
 }
 

@@ -320,6 +320,53 @@ fn the_docker_cli_runs_a_realistic_session_against_berth() {
     let untagged = s.ok(&["rmi", "mine/bb:1"]);
     assert!(untagged.contains("Untagged: mine/bb:1"), "{untagged}");
 
+    // login, push, pull and run-pulls against berth's registry (bearer tokens).
+    let reg_root = dir.path().join("registry");
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("alice:{}\n", bcrypt::hash("wonder", 4).unwrap()),
+    )
+    .unwrap();
+    let mut reg = Command::new(common::BERTH)
+        .args(["registry", "serve", "-q", "--addr", "127.0.0.1:0", "--root"])
+        .arg(&reg_root)
+        .arg("--htpasswd")
+        .arg(&htpasswd)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(reg.stderr.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let addr = first
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let (_, err) = s.err(&["login", "-u", "alice", "-p", "wrong", &addr]);
+    assert!(err.contains("unauthorized"), "{err}");
+    let out = s.ok(&["login", "-u", "alice", "-p", "wonder", &addr]);
+    assert!(out.contains("Login Succeeded"), "{out}");
+    let remote = format!("{addr}/lib/built:1");
+    s.ok(&["tag", "built:1", &remote]);
+    let pushed = s.ok(&["push", &remote]);
+    assert!(pushed.contains("1: digest: sha256:"), "{pushed}");
+    s.ok(&["rmi", &remote, "built:1"]);
+    let pulled = s.ok(&["pull", &remote]);
+    assert!(pulled.contains("Downloaded newer image"), "{pulled}");
+    s.ok(&["rmi", &remote]);
+    // run pulls what is not here.
+    let (code, out, err) = s.run(&["run", "--rm", &remote]);
+    assert_eq!((code, out.as_str()), (0, "built\n"), "{err}");
+    assert!(err.contains("Unable to find image"), "{err}");
+    let _ = reg.kill();
+    let _ = reg.wait();
+
     // Networks and volumes.
     s.ok(&["network", "create", "--subnet", "10.239.7.0/24", "backend"]);
     let nets = s.ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
@@ -388,4 +435,154 @@ fn the_docker_cli_runs_a_realistic_session_against_berth() {
     s.ok(&["network", "rm", "backend"]);
     s.ok(&["system", "prune", "-f"]);
     assert_eq!(s.ok(&["ps", "-aq"]), "");
+}
+
+/// One raw request on the daemon's socket: (status, body).
+fn raw(d: &Daemon, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
+fn post_json(path: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn bad_requests_get_docker_s_errors_and_the_daemon_lives_on() {
+    common::require_root();
+    let dir = tempfile::Builder::new()
+        .prefix("berth-docker-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let d = common::daemon_with_busybox(dir.path());
+    let cases: Vec<(String, u16, &str)> = vec![
+        (
+            post_json("/v1.50/containers/create", "{\"Image\": \"busybox\", "),
+            400,
+            "invalid request body",
+        ),
+        (
+            post_json(
+                "/v1.50/containers/create",
+                "{\"Image\": \"busybox\", \"HostConfig\": {\"Memory\": \"lots\"}}",
+            ),
+            400,
+            "Memory",
+        ),
+        (
+            post_json("/v1.50/containers/create", "{\"Image\": 5}"),
+            400,
+            "Image",
+        ),
+        (
+            post_json("/v1.50/containers/create", "{}"),
+            400,
+            "config cannot be empty",
+        ),
+        (
+            post_json(
+                "/v1.50/containers/create",
+                "{\"Image\": \"busybox\", \"HostConfig\": {\"Binds\": [\"relative:/x:ro:extra\"]}}",
+            ),
+            400,
+            "invalid volume specification",
+        ),
+        (
+            post_json(
+                "/v1.50/containers/create",
+                "{\"Image\": \"busybox\", \"HostConfig\": {\"LogConfig\": {\"Type\": \"syslog\"}}}",
+            ),
+            400,
+            "logging driver",
+        ),
+        (
+            post_json("/v1.50/networks/create", "{\"Name\": \"n\", \"Driver\": \"overlay\"}"),
+            404,
+            "plugin \"overlay\" not found",
+        ),
+        (
+            "GET /v1.99/info HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".into(),
+            400,
+            "client version 1.99 is too new. Maximum supported API version is 1.50",
+        ),
+        (
+            "GET /v1.12/info HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".into(),
+            400,
+            "client version 1.12 is too old",
+        ),
+        (
+            "GET /v1.50/containers/nothing/json HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"
+                .into(),
+            404,
+            "No such container: nothing",
+        ),
+        (
+            "GET /v1.50/no/such/route HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".into(),
+            404,
+            "page not found",
+        ),
+        (
+            post_json("/v1.50/containers/create?name=a%2Fb", "{\"Image\": \"busybox\"}"),
+            400,
+            "Invalid container name",
+        ),
+        (
+            post_json("/v1.50/containers/create", "{\"Image\": \"127.0.0.1:1/none\"}"),
+            404,
+            "No such image: 127.0.0.1:1/none:latest",
+        ),
+    ];
+    for (req, status, says) in &cases {
+        let (got, body) = raw(&d, req);
+        assert_eq!(got, *status, "{req}\n{body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        let msg = v["message"].as_str().unwrap_or("");
+        assert!(msg.contains(says), "{req}: {says:?} not in {body}");
+    }
+    // Nothing was made by any of them.
+    let list = raw(
+        &d,
+        "GET /v1.50/containers/json?all=1 HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(list.1.trim(), "[]");
+    // attach without the upgrade headers streams anyway (200, raw), as dockerd does; a
+    // stopped container's attach ends at once instead of hanging.
+    let created = raw(
+        &d,
+        &post_json(
+            "/v1.50/containers/create",
+            "{\"Image\": \"busybox\", \"Cmd\": [\"echo\", \"attached\"]}",
+        ),
+    );
+    let id = serde_json::from_str::<Value>(&created.1).unwrap()["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = raw(
+        &d,
+        &format!("POST /v1.50/containers/{id}/attach?stream=0&stdout=1&logs=1 HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(matches!(status, 200 | 409), "{status}");
+    // The daemon still answers.
+    let (status, body) = raw(
+        &d,
+        "GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!((status, body.as_str()), (200, "OK"));
 }
