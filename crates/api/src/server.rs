@@ -677,8 +677,20 @@ fn build(
     let _ = std::fs::remove_file(&tar_file);
     let _ = std::fs::remove_dir_all(&secrets_dir);
     match r {
-        Ok(id) => send(json!({"aux": {"ID": id}})),
-        Err(e) => send(json!({"error": e.to_string()})),
+        Ok(id) => {
+            send(json!({"aux": {"ID": id}}));
+            // The classic builder's last lines, which clients (the Python SDK) read the
+            // image from.
+            let short = id.trim_start_matches("sha256:").get(..12).unwrap_or(&id);
+            send(json!({"stream": format!("Successfully built {short}\n")}));
+            for t in &opts.tags {
+                let shown = Reference::parse(t)
+                    .map(|r| r.familiar())
+                    .unwrap_or_else(|_| t.clone());
+                send(json!({"stream": format!("Successfully tagged {shown}\n")}));
+            }
+        }
+        Err(e) => send(json!({"error": e.to_string(), "errorDetail": {"message": e.to_string()}})),
     }
     let _ = out.finish();
     Ok(Out::Done)
@@ -949,11 +961,36 @@ pub(crate) fn exec_start(
         engine.exec_start(id, true)?;
         return Ok(Out::Empty(204));
     }
-    let (stream, tty) = engine
-        .exec_start(id, false)?
-        .ok_or_else(|| Fail(500, "no stream".into(), None))?;
-    pump(upgrade(w, head, tty)?, stream, early);
-    Ok(Out::Done)
+    // The answer goes out before the process starts: a client reading the answer's head
+    // through a buffer must not find output in it (the Python SDK loses it there).
+    let mut upgraded = None;
+    let started = engine.exec_start_then(id, false, &mut |tty| {
+        upgraded = Some(tty);
+        upgrade(w, head, tty)
+            .map(|_| ())
+            .map_err(|f| std::io::Error::other(f.1))
+    });
+    match (started, upgraded) {
+        (Ok(Some((stream, _))), Some(_)) => {
+            let client = w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?;
+            pump(client, stream, early);
+            Ok(Out::Done)
+        }
+        (Ok(_), _) => Err(Fail(500, "no stream".into(), None)),
+        // Failed after the answer: said in the stream, as dockerd says it.
+        (Err(e), Some(tty)) => {
+            let mut c = w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?;
+            let text = format!("{e}\n");
+            let _ = if tty {
+                c.write_all(text.as_bytes())
+            } else {
+                c.write_all(&frame(2, text.as_bytes()))
+            };
+            let _ = c.shutdown(std::net::Shutdown::Both);
+            Ok(Out::Done)
+        }
+        (Err(e), None) => Err(e.into()),
+    }
 }
 
 /// The stream's content type: raw with a TTY, Docker's multiplexed frames without.

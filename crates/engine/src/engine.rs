@@ -2626,6 +2626,18 @@ impl Engine {
         exec_id: &str,
         detach: bool,
     ) -> Result<Option<(UnixStream, bool)>> {
+        self.exec_start_then(exec_id, detach, &mut |_| Ok(()))
+    }
+
+    /// [`Engine::exec_start`], calling `attached(tty)` once the output is attached and before
+    /// the process starts: an API answers its upgrade there, so that no output can reach the
+    /// client ahead of the answer.
+    pub fn exec_start_then(
+        self: &Arc<Self>,
+        exec_id: &str,
+        detach: bool,
+        attached: &mut dyn FnMut(bool) -> std::io::Result<()>,
+    ) -> Result<Option<(UnixStream, bool)>> {
         let exec = lock(&self.execs)
             .get(exec_id)
             .cloned()
@@ -2641,7 +2653,7 @@ impl Engine {
             i.starting = true;
             i.clone()
         };
-        let r = self.exec_launch(exec_id, &exec, &info, detach);
+        let r = self.exec_launch(exec_id, &exec, &info, detach, attached);
         if r.is_err() {
             let mut i = lock(&exec.info);
             i.starting = false;
@@ -2657,6 +2669,7 @@ impl Engine {
         exec: &Arc<Exec>,
         info: &ExecInfo,
         detach: bool,
+        attached: &mut dyn FnMut(bool) -> std::io::Result<()>,
     ) -> Result<Option<(UnixStream, bool)>> {
         let rec = self.record(&info.container_id)?;
         if rec.state.status != "running" {
@@ -2694,7 +2707,9 @@ impl Engine {
                 stdout: true,
                 stderr: true,
             };
-            Some(shim::request(&dir, &req).map_err(|e| abandon(internal(e)))?)
+            let s = shim::request(&dir, &req).map_err(|e| abandon(internal(e)))?;
+            attached(info.process.tty).map_err(|e| abandon(internal(e)))?;
+            Some(s)
         };
         if let Err(e) = shim::request(&dir, &shim::Request::Start) {
             let _ = fs::remove_dir_all(&dir);
