@@ -1234,7 +1234,7 @@ pub(crate) fn images(
                     "Size": r.size,
                     "GraphDriver": {"Name": "overlay2", "Data": {}},
                     "RootFS": {"Type": "layers", "Layers": r.diff_ids.iter().map(|d| d.to_string()).collect::<Vec<_>>()},
-                    "Metadata": {"LastTagTime": ""},
+                    "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
                 }),
             ))
         }

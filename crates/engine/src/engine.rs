@@ -3719,7 +3719,7 @@ pub fn parse_ps(
     let pid_col = titles
         .iter()
         .position(|t| t == "PID")
-        .ok_or("couldn't find PID field in ps output")?;
+        .ok_or("Couldn't find PID field in ps output")?;
     let mut rows = Vec::new();
     for line in lines {
         let mut fields: Vec<String> = Vec::new();
