@@ -289,6 +289,29 @@ fn the_docker_cli_runs_a_realistic_session_against_berth() {
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"piped\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "piped\ndone\n");
+    // attach to a running container: its stdin from ours, its output to ours, its exit code.
+    s.ok(&[
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        "att",
+        "busybox",
+        "sh",
+        "-c",
+        "read x; echo got $x; exit 6",
+    ]);
+    let mut child = docker_cmd(&d, &s.config)
+        .args(["attach", "att"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got hello\n");
+    assert_eq!(out.status.code(), Some(6));
+    s.ok(&["rm", "att"]);
 
     // Images: tag, history, commit, build, save, load, rmi.
     s.ok(&["tag", "busybox:latest", "mine/bb:1"]);
