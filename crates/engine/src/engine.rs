@@ -850,18 +850,33 @@ impl Engine {
     }
 
     fn save(&self, rec: &Record) -> Result<()> {
+        self.save_as(rec, true)
+    }
+
+    /// Saves the record, synced to the disk unless `durable` is false (for a state that a
+    /// restart after a crash recomputes anyway).
+    fn save_as(&self, rec: &Record, durable: bool) -> Result<()> {
         let json = serde_json::to_vec_pretty(rec).map_err(internal)?;
         let path = self.container_dir(&rec.id).join(RECORD);
-        fsutil::write_atomic(&path, &json, 0o600)
-            .map_err(|e| internal(format!("writing {}: {e}", path.display())))
+        let written = if durable {
+            fsutil::write_atomic(&path, &json, 0o600)
+        } else {
+            fsutil::write_replace(&path, &json, 0o600)
+        };
+        written.map_err(|e| internal(format!("writing {}: {e}", path.display())))
     }
 
     /// Updates a container's record, saves it and wakes its waiters.
     fn update(&self, ctr: &Ctr, f: impl FnOnce(&mut Record)) -> Result<Record> {
+        self.update_as(ctr, true, f)
+    }
+
+    /// [`Engine::update`], synced or not (see [`Engine::save_as`]).
+    fn update_as(&self, ctr: &Ctr, durable: bool, f: impl FnOnce(&mut Record)) -> Result<Record> {
         let mut rec = lock(&ctr.rec);
         let mut next = rec.clone();
         f(&mut next);
-        self.save(&next)?;
+        self.save_as(&next, durable)?;
         *rec = next.clone();
         ctr.changed.notify_all();
         Ok(next)
@@ -1929,7 +1944,11 @@ impl Engine {
             before.state.manually_stopped,
             before.state.restart_count,
         ) && before.state.status != "removing";
-        let rec = match self.update(&ctr, |r| {
+        // A `--rm` container's exit is not synced: it is removed next, and a daemon that
+        // crashed in between finds a record whose monitor is gone, takes it as exited and
+        // removes it all the same.
+        let durable = restart || !before.config.auto_remove;
+        let rec = match self.update_as(&ctr, durable, |r| {
             r.state.status = if restart { "restarting" } else { "exited" }.into();
             r.state.net = None;
             r.state.pid = 0;
