@@ -584,6 +584,21 @@ fn bad_requests_get_docker_s_errors_and_the_daemon_lives_on() {
         "GET /v1.50/containers/json?all=1 HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(list.1.trim(), "[]");
+    // Unknown fields are ignored, as dockerd (Go's JSON decoding) ignores them: a newer
+    // client's body still creates.
+    let (status, body) = raw(
+        &d,
+        &post_json(
+            "/v1.50/containers/create?name=newer",
+            "{\"Image\": \"busybox\", \"SomeFutureField\": {\"x\": 1}}",
+        ),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = raw(
+        &d,
+        "DELETE /v1.50/containers/newer HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 204);
     // attach without the upgrade headers streams anyway (200, raw), as dockerd does; a
     // stopped container's attach ends at once instead of hanging.
     let created = raw(
