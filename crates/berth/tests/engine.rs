@@ -800,6 +800,11 @@ fn containers_survive_a_daemon_sigkill() {
         "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
     ]);
     e.d.ok(&["run", "-d", "--name", "other", "busybox", "sleep", "300"]);
+    // A --rm container that ends while the daemon is down: its exit is never recorded (as
+    // when a daemon dies right after one, whose exit record is not synced).
+    e.d.ok(&[
+        "run", "-d", "--rm", "--name", "brief", "busybox", "sleep", "1",
+    ]);
     let pid = e.inspect("ticker")["State"]["Pid"].as_i64().unwrap();
     e.until("some output", || {
         e.d.ok(&["logs", "ticker"]).lines().count() >= 3
@@ -832,7 +837,12 @@ fn containers_survive_a_daemon_sigkill() {
         fs::metadata(&log).unwrap().len() > before,
         "the log grows while the daemon is down"
     );
+    std::thread::sleep(Duration::from_millis(1000));
     e.d.restart();
+    e.until("the --rm container that ended meanwhile is removed", || {
+        !e.d.ok(&["ps", "-a", "--format", "{{.Names}}"])
+            .contains("brief")
+    });
     let ps = e.d.ok(&["ps"]);
     assert!(ps.contains("ticker") && ps.contains("other"), "{ps}");
     assert_eq!(e.inspect("ticker")["State"]["Pid"], pid);

@@ -2181,8 +2181,10 @@ impl Engine {
                 }
             }
         }
-        // Recorded first, so that a daemon that dies from here on finishes the removal.
-        self.update(&ctr, |r| {
+        // Recorded first, so that a daemon that dies from here on finishes the removal. (Not
+        // synced for a `--rm` container going after its exit, `wait_net` false: a daemon
+        // restarted after a crash removes such a container whatever its record says.)
+        self.update_as(&ctr, wait_net, |r| {
             r.state.manually_stopped = true;
             r.state.status = "removing".into();
         })?;
