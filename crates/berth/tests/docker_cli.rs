@@ -245,6 +245,19 @@ fn the_docker_cli_runs_a_realistic_session_against_berth() {
         std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
         "copied in\n"
     );
+    // logs -f follows until the container ends.
+    s.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "talker",
+        "busybox",
+        "sh",
+        "-c",
+        "echo first; sleep 0.5; echo second",
+    ]);
+    assert_eq!(s.ok(&["logs", "-f", "talker"]), "first\nsecond\n");
+    s.ok(&["rm", "talker"]);
     // rename, pause, unpause, restart, stop, kill, wait, rm.
     s.ok(&["rename", "web", "site"]);
     s.ok(&["pause", "site"]);
