@@ -137,6 +137,15 @@ pub(crate) fn info(engine: &Arc<Engine>) -> Value {
     v
 }
 
+/// A field a Go client may send as `null` (a nil map or slice): its default then.
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// Docker's `POST /containers/create` body. Fields berth has no use for are accepted and
 /// ignored, as dockerd ignores what a platform lacks; wrong types are refused.
 #[derive(Debug, Default, Deserialize)]
@@ -223,8 +232,9 @@ struct Ulimit {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "PascalCase")]
 struct LogConfig {
-    #[serde(rename = "Type")]
+    #[serde(rename = "Type", deserialize_with = "null_default")]
     kind: String,
+    #[serde(deserialize_with = "null_default")]
     config: BTreeMap<String, String>,
 }
 
@@ -249,6 +259,7 @@ struct TmpfsOptions {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "PascalCase")]
 struct NetworkingConfig {
+    #[serde(deserialize_with = "null_default")]
     endpoints_config: BTreeMap<String, EndpointBody>,
 }
 
@@ -263,7 +274,7 @@ struct EndpointBody {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct IpamBody {
-    #[serde(rename = "IPv4Address")]
+    #[serde(rename = "IPv4Address", deserialize_with = "null_default")]
     ipv4: String,
 }
 
@@ -401,16 +412,27 @@ fn create_request(head: &Head, b: CreateBody) -> Result<engine::CreateRequest, F
         .networking_config
         .map(|n| n.endpoints_config)
         .unwrap_or_default();
-    let networks = if bridge {
-        let ep = endpoints.get(mode);
-        vec![engine::engine::EndpointRequest {
-            name: mode.to_string(),
+    let endpoint = |name: &str| {
+        let ep = endpoints.get(name);
+        engine::engine::EndpointRequest {
+            name: name.to_string(),
             aliases: ep.and_then(|e| e.aliases.clone()).unwrap_or_default(),
             ip: ep
                 .and_then(|e| e.ipam_config.as_ref())
                 .map(|i| i.ipv4.clone())
                 .filter(|i| !i.is_empty()),
-        }]
+        }
+    };
+    // NetworkMode's network first (eth0), then the others EndpointsConfig names (API 1.44+
+    // clients, compose among them, attach them all at create).
+    let networks = if bridge {
+        let mut v = vec![endpoint(mode)];
+        // The CLI names NetworkMode's own endpoint as it wrote the mode (`default`).
+        let own = |n: &str| n == mode || n == h.network_mode || n == "default";
+        for name in endpoints.keys().filter(|n| !own(n)) {
+            v.push(endpoint(name));
+        }
+        v
     } else {
         Vec::new()
     };
@@ -563,6 +585,20 @@ fn filters(head: &Head) -> Result<BTreeMap<String, Vec<String>>, Failure> {
         out.insert(k.clone(), vals);
     }
     Ok(out)
+}
+
+/// The keys of `filters=`.
+pub(crate) fn filter_keys(head: &Head) -> Result<Vec<String>, Failure> {
+    Ok(filters(head)?.into_keys().collect())
+}
+
+/// Refuses filter keys outside `known`: a client filtering a prune or a list must not have
+/// its filter dropped (ignoring a `label` filter on a prune would remove what it keeps).
+fn only_filters(f: &BTreeMap<String, Vec<String>>, known: &[&str]) -> Result<(), Failure> {
+    match f.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(bad_request(format!("invalid filter '{k}'"))),
+        None => Ok(()),
+    }
 }
 
 /// `GET /containers/json`: Docker's container summaries.
@@ -779,7 +815,7 @@ fn network_doc(engine: &Arc<Engine>, name: &str) -> Result<Value, Failure> {
 fn builtin_network(name: &str) -> Value {
     let driver = if name == "host" { "host" } else { "null" };
     json!({
-        "Name": name, "Id": format!("{:0>64}", name.len()), "Created": "0001-01-01T00:00:00Z",
+        "Name": name, "Id": image::digest::Digest::of(name.as_bytes()).hex(), "Created": "0001-01-01T00:00:00Z",
         "Scope": "local", "Driver": driver, "EnableIPv6": false, "Internal": false,
         "Attachable": false, "Ingress": false, "ConfigOnly": false,
         "IPAM": {"Driver": "default", "Config": []}, "Containers": {}, "Options": {}, "Labels": {},
@@ -797,6 +833,7 @@ pub(crate) fn networks(
     match (method, parts) {
         ("GET", []) => {
             let f = filters(head)?;
+            only_filters(&f, &["name", "driver"])?;
             let mut out: Vec<Value> = Vec::new();
             for n in engine.networks.list() {
                 out.push(network_doc(engine, &n.name)?);
@@ -822,8 +859,10 @@ pub(crate) fn networks(
             #[serde(default, rename_all = "PascalCase")]
             struct Req {
                 name: String,
+                #[serde(deserialize_with = "null_default")]
                 driver: String,
                 internal: bool,
+                #[serde(deserialize_with = "null_default")]
                 labels: BTreeMap<String, String>,
                 #[serde(rename = "IPAM")]
                 ipam: Option<Ipam>,
@@ -904,10 +943,13 @@ pub(crate) fn networks(
             engine.network_remove(name)?;
             Ok(Output::Empty(204))
         }
-        ("POST", ["prune"]) => Ok(Output::Json(
-            200,
-            json!({"NetworksDeleted": engine.network_prune()}),
-        )),
+        ("POST", ["prune"]) => {
+            only_filters(&filters(head)?, &[])?;
+            Ok(Output::Json(
+                200,
+                json!({"NetworksDeleted": engine.network_prune()}),
+            ))
+        }
         _ => Err(failure(
             404,
             format!("page not found: {method} {}", head.path),
@@ -942,9 +984,13 @@ pub(crate) fn volume_create(engine: &Arc<Engine>, body: &mut (impl Read + ?Sized
     #[derive(Deserialize, Default)]
     #[serde(default, rename_all = "PascalCase")]
     struct Req {
+        #[serde(deserialize_with = "null_default")]
         name: String,
+        #[serde(deserialize_with = "null_default")]
         driver: String,
+        #[serde(deserialize_with = "null_default")]
         driver_opts: BTreeMap<String, String>,
+        #[serde(deserialize_with = "null_default")]
         labels: BTreeMap<String, String>,
     }
     let r: Req = crate::server::json_body(body)?;
@@ -1056,7 +1102,9 @@ fn stats_doc(s: &engine::engine::StatsSample, pre: Option<&engine::engine::Stats
 /// `GET /containers/{id}/stats`: a document a second (`stream=1`, the default), or one
 /// (`stream=0`) after a second's sampling, as dockerd does, so that its CPU share is real.
 pub(crate) fn stats(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Handled {
-    let stream = head.q("stream").is_none_or(|s| s == "1" || s == "true");
+    let stream = head
+        .q("stream")
+        .is_none_or(|s| !matches!(s.to_ascii_lowercase().as_str(), "0" | "false" | "no"));
     let one_shot = head.flag("one-shot");
     let mut pre = engine.stats(id)?;
     if !stream {
@@ -1113,6 +1161,7 @@ pub(crate) fn images(
             let cache = engine.build_cache_images();
             let all = head.flag("all");
             let f = filters(head)?;
+            only_filters(&f, &["dangling", "reference"])?;
             let dangling = f
                 .get("dangling")
                 .and_then(|v| v.first())
@@ -1128,11 +1177,24 @@ pub(crate) fn images(
                     }
                 }
                 if let Some(refs) = f.get("reference") {
-                    if !refs.iter().any(|r| {
-                        s.names
+                    // Full and familiar forms: `busybox`, `busybox:latest`,
+                    // `docker.io/library/busybox:latest`.
+                    let forms: Vec<String> = s
+                        .names
+                        .iter()
+                        .flat_map(|n| {
+                            let familiar = image::reference::Reference::parse(n)
+                                .map(|r| r.familiar())
+                                .unwrap_or_default();
+                            [n.clone(), familiar]
+                        })
+                        .collect();
+                    let hit = refs.iter().any(|r| {
+                        forms
                             .iter()
                             .any(|n| n == r || n.starts_with(&format!("{r}:")))
-                    }) {
+                    });
+                    if !hit {
                         continue;
                     }
                 }
@@ -1164,6 +1226,7 @@ pub(crate) fn images(
         }
         ("POST", "prune", "") => {
             let f = filters(head)?;
+            only_filters(&f, &["dangling"])?;
             let all = f
                 .get("dangling")
                 .and_then(|v| v.first())

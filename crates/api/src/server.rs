@@ -260,11 +260,48 @@ fn route(
                     json!({"CachesDeleted": [], "SpaceReclaimed": p.bytes}),
                 ));
             }
+            ("DELETE", ["containers", id]) => {
+                engine.remove(
+                    id,
+                    head.flag("force"),
+                    head.flag("v") || head.flag("volumes"),
+                )?;
+                return Ok(Out::Empty(204));
+            }
+            ("GET", ["volumes"]) => {
+                let f = crate::docker::filter_keys(head)?;
+                if let Some(k) = f.first() {
+                    return Err(bad(format!("invalid filter '{k}'")));
+                }
+                return Ok(Out::Json(
+                    200,
+                    json!({"Volumes": engine.volumes.list(), "Warnings": []}),
+                ));
+            }
+            ("POST", ["volumes", "prune"]) => {
+                // Docker's `all` is a filter; any other filter is refused, not ignored.
+                let f = crate::docker::filter_keys(head)?;
+                if let Some(k) = f.iter().find(|k| k.as_str() != "all") {
+                    return Err(bad(format!("invalid filter '{k}'")));
+                }
+                let all = head
+                    .q("filters")
+                    .is_some_and(|f| f.contains("\"all\"") && f.contains("true"));
+                let (gone, bytes) = engine.volume_prune(all);
+                return Ok(Out::Json(
+                    200,
+                    json!({"VolumesDeleted": gone, "SpaceReclaimed": bytes}),
+                ));
+            }
             ("POST", ["containers", "prune"]) => {
+                let f = crate::docker::filter_keys(head)?;
+                if let Some(k) = f.first() {
+                    return Err(bad(format!("invalid filter '{k}'")));
+                }
                 return Ok(Out::Json(
                     200,
                     json!({"ContainersDeleted": engine.container_prune(), "SpaceReclaimed": 0}),
-                ))
+                ));
             }
             ("GET", ["system", "df"]) => {
                 return Ok(Out::Json(200, crate::docker::disk_usage(engine)))
@@ -584,11 +621,27 @@ fn build(
             })
             .collect()
     };
-    let build_args = kv("buildarg")?;
-    let labels = kv("label")?;
+    let mut build_args = kv("buildarg")?;
+    let mut labels = kv("label")?;
+    // Docker's forms: `buildargs` and `labels` as JSON objects, `dockerfile=`.
+    let object = |k: &str| -> Result<BTreeMap<String, String>, Fail> {
+        match head.q(k).filter(|v| !v.is_empty()) {
+            None => Ok(BTreeMap::new()),
+            Some(v) => {
+                let m: BTreeMap<String, Option<String>> = serde_json::from_str(v)
+                    .map_err(|e| bad(format!("{k}: not a JSON object of strings: {e}")))?;
+                Ok(m.into_iter()
+                    .filter_map(|(k, v)| v.map(|v| (k, v)))
+                    .collect())
+            }
+        }
+    };
+    build_args.extend(object("buildargs")?);
+    labels.extend(object("labels")?);
     let registry_auth = crate::images::registry_config(head)?;
     let dockerfile = head
         .q("f")
+        .or(head.q("dockerfile"))
         .filter(|f| !f.is_empty())
         .unwrap_or("Dockerfile")
         .to_string();

@@ -124,6 +124,8 @@ fn the_docker_cli_runs_a_realistic_session_against_berth() {
     assert!(id.trim().starts_with("sha256:"), "{id}");
     let images = s.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert_eq!(images.trim(), "busybox:latest");
+    let named = s.ok(&["images", "busybox", "--format", "{{.Repository}}"]);
+    assert_eq!(named.trim(), "busybox");
 
     // run: output, exit codes, --rm leaving nothing.
     assert_eq!(
@@ -597,6 +599,31 @@ fn bad_requests_get_docker_s_errors_and_the_daemon_lives_on() {
         "GET /v1.50/containers/json?all=1 HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(list.1.trim(), "[]");
+    // Go clients send nil maps as null (compose's LogConfig, testcontainers' EndpointsConfig).
+    let (status, body) = raw(
+        &d,
+        &post_json(
+            "/v1.50/containers/create?name=nulls",
+            "{\"Image\": \"busybox\", \"HostConfig\": {\"LogConfig\": {\"Type\": \"\", \"Config\": null}}, \"NetworkingConfig\": {\"EndpointsConfig\": null}}",
+        ),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = raw(
+        &d,
+        "DELETE /v1.50/containers/nulls?v=1 HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 204);
+    // A filter berth does not apply is refused, never dropped: a prune must not remove what
+    // the filter meant to keep.
+    for path in [
+        "/v1.50/containers/prune?filters=%7B%22label%22%3A%5B%22keep%22%5D%7D",
+        "/v1.50/volumes/prune?filters=%7B%22label%22%3A%5B%22keep%22%5D%7D",
+        "/v1.50/networks/prune?filters=%7B%22until%22%3A%5B%221h%22%5D%7D",
+    ] {
+        let (status, body) = raw(&d, &post_json(path, ""));
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("invalid filter"), "{body}");
+    }
     // Unknown fields are ignored, as dockerd (Go's JSON decoding) ignores them: a newer
     // client's body still creates.
     let (status, body) = raw(

@@ -99,7 +99,10 @@ impl EngineError {
             | EngineError::NoSuchExec(_) => 404,
             EngineError::Volume(VolumeError::NotFound(_)) => 404,
             EngineError::Image(ImageError::NotFound(_)) => 404,
-            EngineError::Conflict(_) | EngineError::Volume(VolumeError::InUse { .. }) => 409,
+            EngineError::Conflict(_)
+            | EngineError::Volume(VolumeError::InUse { .. })
+            | EngineError::Image(ImageError::InUse { .. })
+            | EngineError::Image(ImageError::Tagged { .. }) => 409,
             EngineError::Invalid(_)
             | EngineError::Spec(_)
             | EngineError::Volume(VolumeError::InvalidName(_))
