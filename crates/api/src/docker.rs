@@ -587,6 +587,14 @@ fn filters(head: &Head) -> Result<BTreeMap<String, Vec<String>>, Failure> {
     Ok(out)
 }
 
+/// `filters=` as `key=value` pairs (events).
+pub(crate) fn filter_pairs(head: &Head) -> Result<Vec<String>, Failure> {
+    Ok(filters(head)?
+        .into_iter()
+        .flat_map(|(k, vs)| vs.into_iter().map(move |v| format!("{k}={v}")))
+        .collect())
+}
+
 /// The keys of `filters=`.
 pub(crate) fn filter_keys(head: &Head) -> Result<Vec<String>, Failure> {
     Ok(filters(head)?.into_keys().collect())

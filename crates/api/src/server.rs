@@ -253,6 +253,15 @@ fn route(
             }
             ("POST", ["volumes", "create"]) => return crate::docker::volume_create(engine, body),
             ("POST", ["commit"]) => return crate::docker::commit(engine, head),
+            ("GET", ["events"]) => {
+                // Docker's JSON `filters` as berth's `filter=key=value` list.
+                let mut h = head.clone();
+                let pairs: Vec<String> = crate::docker::filter_pairs(head)?;
+                if !pairs.is_empty() {
+                    h.query.insert("filter".into(), pairs);
+                }
+                return events(engine, &h, w);
+            }
             ("POST", ["build", "prune"]) => {
                 let p = engine.builder_prune()?;
                 return Ok(Out::Json(

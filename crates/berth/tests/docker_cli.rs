@@ -466,6 +466,24 @@ fn the_docker_cli_runs_a_realistic_session_against_berth() {
         "{{.Type}} {{.Action}}",
     ]);
     assert!(events.contains("container start"), "{events}");
+    // Docker's JSON filters reach the event stream.
+    let filtered = s.ok(&[
+        "events",
+        "--since",
+        "5m",
+        "--until",
+        "0s",
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=destroy",
+        "--format",
+        "{{.Type}} {{.Action}}",
+    ]);
+    assert!(
+        !filtered.is_empty() && filtered.lines().all(|l| l == "container destroy"),
+        "{filtered}"
+    );
     let df = s.ok(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]);
     assert!(df.contains("Images "), "{df}");
     s.ok(&["rm", "-f", "box"]);
