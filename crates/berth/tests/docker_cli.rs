@@ -366,7 +366,7 @@ fn the_docker_cli_runs_a_realistic_session_against_berth() {
         format!("alice:{}\n", bcrypt::hash("wonder", 4).unwrap()),
     )
     .unwrap();
-    let mut reg = Command::new(common::BERTH)
+    let reg = Command::new(common::BERTH)
         .args(["registry", "serve", "-q", "--addr", "127.0.0.1:0", "--root"])
         .arg(&reg_root)
         .arg("--htpasswd")
@@ -374,9 +374,18 @@ fn the_docker_cli_runs_a_realistic_session_against_berth() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Killed when the test ends, whether it passes or not.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut reg = Killed(reg);
     let mut first = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(reg.stderr.take().unwrap()),
+        &mut std::io::BufReader::new(reg.0.stderr.take().unwrap()),
         &mut first,
     )
     .unwrap();
@@ -402,8 +411,7 @@ fn the_docker_cli_runs_a_realistic_session_against_berth() {
     let (code, out, err) = s.run(&["run", "--rm", &remote]);
     assert_eq!((code, out.as_str()), (0, "built\n"), "{err}");
     assert!(err.contains("Unable to find image"), "{err}");
-    let _ = reg.kill();
-    let _ = reg.wait();
+    drop(reg);
 
     // Networks and volumes.
     s.ok(&["network", "create", "--subnet", "10.239.7.0/24", "backend"]);
