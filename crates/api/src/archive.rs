@@ -142,7 +142,7 @@ pub(crate) fn get(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStrea
         "linkTarget": link.as_ref().map(|l| l.display().to_string()).unwrap_or_default(),
     });
     // The docker CLI's form of the same: base64 JSON, Go's FileMode, an RFC 3339 time.
-    let docker_stat = crate::docker::base64(
+    let docker_stat = engine::distribution::base64(
         json!({
             "name": stat["name"],
             "size": md.len(),

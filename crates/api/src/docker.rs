@@ -700,12 +700,7 @@ fn unix(t: &str) -> i64 {
 /// `POST /containers/{id}/wait`: the headers at once (a client that waits before it starts
 /// the container knows it is waiting), the status at exit.
 pub(crate) fn wait(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Handled {
-    let condition = match head.q("condition").unwrap_or("not-running") {
-        "" | "not-running" => engine::engine::WaitCondition::NotRunning,
-        "next-exit" => engine::engine::WaitCondition::NextExit,
-        "removed" => engine::engine::WaitCondition::Removed,
-        c => return Err(bad_request(format!("invalid condition: {c:?}"))),
-    };
+    let condition = crate::server::wait_condition(head)?;
     // A container that does not exist is an error answer, not a stream.
     engine.record(id)?;
     http::respond_stream_head(w, 200, "application/json")
@@ -720,25 +715,6 @@ pub(crate) fn wait(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStre
     let _ = out.write_all(&line);
     let _ = out.finish();
     Ok(Output::Done)
-}
-
-/// Standard base64, padded.
-pub(crate) fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// A Unix mode as Go's `os.FileMode` (what the docker CLI decodes).

@@ -404,12 +404,7 @@ fn route(
             Ok(Out::Json(200, json!({"Warnings": []})))
         }
         ("POST", ["containers", id, "wait"]) => {
-            let condition = match head.q("condition").unwrap_or("not-running") {
-                "" | "not-running" => engine::engine::WaitCondition::NotRunning,
-                "next-exit" => engine::engine::WaitCondition::NextExit,
-                "removed" => engine::engine::WaitCondition::Removed,
-                c => return Err(bad(format!("invalid condition: {c:?}"))),
-            };
+            let condition = wait_condition(head)?;
             let code = engine.wait(id, condition)?;
             Ok(Out::Json(200, json!({"StatusCode": code})))
         }
@@ -1117,6 +1112,16 @@ pub(crate) fn container_id(engine: &Arc<Engine>, name: &str) -> String {
 /// Parses a tag for image commands.
 pub(crate) fn parse_ref(s: &str) -> Result<Reference, Fail> {
     Reference::parse(s).map_err(|e| bad(e.to_string()))
+}
+
+/// `wait`'s `condition=`: `not-running` (the default), `next-exit` or `removed`.
+pub(crate) fn wait_condition(head: &Head) -> Result<engine::engine::WaitCondition, Fail> {
+    match head.q("condition").unwrap_or("not-running") {
+        "" | "not-running" => Ok(engine::engine::WaitCondition::NotRunning),
+        "next-exit" => Ok(engine::engine::WaitCondition::NextExit),
+        "removed" => Ok(engine::engine::WaitCondition::Removed),
+        c => Err(bad(format!("invalid condition: {c:?}"))),
+    }
 }
 
 pub(crate) use Fail as Failure;

@@ -366,35 +366,8 @@ fn the_docker_cli_runs_a_realistic_session_against_berth() {
         format!("alice:{}\n", bcrypt::hash("wonder", 4).unwrap()),
     )
     .unwrap();
-    let reg = Command::new(common::BERTH)
-        .args(["registry", "serve", "-q", "--addr", "127.0.0.1:0", "--root"])
-        .arg(&reg_root)
-        .arg("--htpasswd")
-        .arg(&htpasswd)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Killed when the test ends, whether it passes or not.
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut reg = Killed(reg);
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(reg.0.stderr.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    let addr = first
-        .split("://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let reg = common::Registry::start(&reg_root, &["--htpasswd", htpasswd.to_str().unwrap()]);
+    let addr = reg.addr.clone();
     let (_, err) = s.err(&["login", "-u", "alice", "-p", "wrong", &addr]);
     assert!(err.contains("unauthorized"), "{err}");
     let out = s.ok(&["login", "-u", "alice", "-p", "wonder", &addr]);

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 #[test]
 fn the_python_docker_sdk_runs_its_session_against_berth() {
@@ -25,22 +24,8 @@ fn the_python_docker_sdk_runs_its_session_against_berth() {
         .tempdir_in("/var/tmp")
         .unwrap();
     let d = common::daemon_with_busybox(dir.path());
-    let mut reg = Command::new(common::BERTH)
-        .args(["registry", "serve", "-q", "--addr", "127.0.0.1:0", "--root"])
-        .arg(dir.path().join("registry"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufReader::new(reg.stderr.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let addr = first
-        .split("://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .to_string();
+    let reg = common::Registry::start(&dir.path().join("registry"), &[]);
+    let addr = reg.addr.clone();
     let script = common::manifest_dir().join("tests/sdk/session.py");
     let out = Command::new(&python)
         .arg(&script)
@@ -48,8 +33,7 @@ fn the_python_docker_sdk_runs_its_session_against_berth() {
         .env("REGISTRY", &addr)
         .output()
         .unwrap();
-    let _ = reg.kill();
-    let _ = reg.wait();
+    drop(reg);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.trim_end().ends_with("ok"),

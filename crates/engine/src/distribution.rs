@@ -940,8 +940,46 @@ impl Session {
     }
 }
 
-/// Standard base64 with padding.
-fn base64(data: &[u8]) -> String {
+/// Runs `work` on `items`, three at a time (blob transfers); the messages it sends reach
+/// `out` as they come. After all are done, the first error.
+fn three_at_a_time<T: Send>(
+    items: Vec<T>,
+    out: &mut dyn FnMut(Value),
+    work: &(dyn Fn(T, &std::sync::mpsc::Sender<Value>) -> Result<()> + Sync),
+) -> Result<()> {
+    let queue = Mutex::new(items.into_iter());
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let errors: Mutex<Vec<EngineError>> = Mutex::new(Vec::new());
+    std::thread::scope(|sc| {
+        for _ in 0..3 {
+            let tx = tx.clone();
+            let (queue, errors) = (&queue, &errors);
+            sc.spawn(move || loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some(item) = next else { break };
+                if let Err(e) = work(item, &tx) {
+                    errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
+                }
+            });
+        }
+        drop(tx);
+        for v in rx {
+            out(v);
+        }
+    });
+    match errors
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .next()
+    {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Standard base64 with padding (also the Docker API's path-stat header).
+pub fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in data.chunks(3) {
@@ -1095,39 +1133,13 @@ impl Engine {
         for (d, ..) in blobs.iter().filter(|(d, ..)| store.contains(d)) {
             out(json!({"status": "Already exists", "id": short(d)}));
         }
-        let queue = Mutex::new(todo.into_iter());
-        let (tx, rx) = std::sync::mpsc::channel::<Value>();
-        let errors: Mutex<Vec<EngineError>> = Mutex::new(Vec::new());
-        std::thread::scope(|sc| {
-            for _ in 0..3 {
-                let tx = tx.clone();
-                let (queue, errors, fetch) = (&queue, &errors, &fetch);
-                sc.spawn(move || loop {
-                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                    let Some((d, size, media)) = next else { break };
-                    let mut progress = Progress::new(&tx, &d, "Downloading", size);
-                    progress.at(0);
-                    match s.fetch_blob(fetch, &d, &media, &mut progress) {
-                        Ok(n) => {
-                            let _ = tx.send(json!({"status": "Download complete", "id": short(&d), "progressDetail": {"current": n, "total": size}}));
-                        }
-                        Err(e) => errors.lock().unwrap_or_else(|e| e.into_inner()).push(e),
-                    }
-                });
-            }
-            drop(tx);
-            for v in rx {
-                out(v);
-            }
-        });
-        if let Some(e) = errors
-            .into_inner()
-            .unwrap_or_else(|e| e.into_inner())
-            .into_iter()
-            .next()
-        {
-            return Err(e);
-        }
+        three_at_a_time(todo, out, &|(d, size, media), tx| {
+            let mut progress = Progress::new(tx, &d, "Downloading", size);
+            progress.at(0);
+            let n = s.fetch_blob(&fetch, &d, &media, &mut progress)?;
+            let _ = tx.send(json!({"status": "Download complete", "id": short(&d), "progressDetail": {"current": n, "total": size}}));
+            Ok(())
+        })?;
         store
             .write(Some(&digest), &bytes[..])
             .map_err(|e| failed(e.to_string()))?;
@@ -1226,51 +1238,19 @@ impl Engine {
                 .to_string();
             let mut blobs: Vec<Digest> = img.layers.clone();
             blobs.push(img.id.clone());
-            let queue = Mutex::new(blobs.into_iter());
-            let (tx, rx) = std::sync::mpsc::channel::<Value>();
-            let errors: Mutex<Vec<EngineError>> = Mutex::new(Vec::new());
-            std::thread::scope(|sc| {
-                for _ in 0..3 {
-                    let tx = tx.clone();
-                    let (queue, errors, session, sources) = (&queue, &errors, &session, &sources);
-                    sc.spawn(move || loop {
-                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                        let Some(d) = next else { break };
-                        let _ = tx.send(json!({"status": "Preparing", "id": short(&d)}));
-                        let size = self.images.store().size(&d).unwrap_or(0);
-                        let mut progress = Progress::new(&tx, &d, "Pushing", size);
-                        let from = sources.get(&d).map(Vec::as_slice).unwrap_or_default();
-                        match session.push_blob(&self.images, &d, from, &mut progress) {
-                            Ok(Pushed::Sent) => {
-                                let _ = tx.send(json!({"status": "Pushed", "id": short(&d)}));
-                            }
-                            Ok(Pushed::Exists) => {
-                                let _ = tx.send(
-                                    json!({"status": "Layer already exists", "id": short(&d)}),
-                                );
-                            }
-                            Ok(Pushed::Mounted(from)) => {
-                                let _ = tx.send(
-                                    json!({"status": format!("Mounted from {from}"), "id": short(&d)}),
-                                );
-                            }
-                            Err(e) => errors.lock().unwrap_or_else(|e| e.into_inner()).push(e),
-                        }
-                    });
-                }
-                drop(tx);
-                for v in rx {
-                    out(v);
-                }
-            });
-            if let Some(e) = errors
-                .into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .into_iter()
-                .next()
-            {
-                return Err(e);
-            }
+            three_at_a_time(blobs, out, &|d, tx| {
+                let _ = tx.send(json!({"status": "Preparing", "id": short(&d)}));
+                let size = self.images.store().size(&d).unwrap_or(0);
+                let mut progress = Progress::new(tx, &d, "Pushing", size);
+                let from = sources.get(&d).map(Vec::as_slice).unwrap_or_default();
+                let status = match session.push_blob(&self.images, &d, from, &mut progress)? {
+                    Pushed::Sent => "Pushed".to_string(),
+                    Pushed::Exists => "Layer already exists".to_string(),
+                    Pushed::Mounted(from) => format!("Mounted from {from}"),
+                };
+                let _ = tx.send(json!({"status": status, "id": short(&d)}));
+                Ok(())
+            })?;
             let tag = t.tag().unwrap_or("latest").to_string();
             session.put_manifest(&tag, &media, &manifest)?;
             let pushed: Vec<Digest> = img

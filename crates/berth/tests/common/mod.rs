@@ -321,3 +321,42 @@ pub fn on_tty(mut cmd: Command, input: &str) -> (i32, String) {
         String::from_utf8_lossy(&out).into_owned(),
     )
 }
+
+/// A `berth registry serve` on a free loopback port, killed when dropped.
+pub struct Registry {
+    child: std::process::Child,
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+}
+
+impl Registry {
+    /// Serves `root` with the extra `args` (`--htpasswd …`).
+    pub fn start(root: &Path, args: &[&str]) -> Registry {
+        use std::io::BufRead;
+        let mut child = Command::new(BERTH)
+            .args(["registry", "serve", "-q", "--addr", "127.0.0.1:0", "--root"])
+            .arg(root)
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let addr = first
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_string();
+        Registry { child, addr }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
