@@ -13,6 +13,7 @@ mod image_cmd;
 mod registry_client_cmd;
 mod registry_cmd;
 mod runtime_cmd;
+mod server_cmd;
 mod template;
 mod util;
 
@@ -75,6 +76,8 @@ enum Command {
     /// The registry: an OCI distribution server.
     #[command(subcommand)]
     Registry(registry_cmd::RegistryCmd),
+    /// Run the cluster's control plane: the store and the Kubernetes API.
+    Server(server_cmd::ServerArgs),
     /// Create and run a new container from an image.
     #[command(disable_help_flag = true)]
     Run(cc::RunArgs),
@@ -285,6 +288,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Daemon(a) => daemon::run(&a),
         Command::Build(a) => build_cmd::run(c().ok().as_ref(), &a),
         Command::Registry(cmd) => registry_cmd::run(cmd),
+        Command::Server(a) => server_cmd::run(a),
         Command::Pull {
             all_tags,
             platform,

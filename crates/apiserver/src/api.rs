@@ -1,0 +1,1731 @@
+//! The resource verbs: get, list, watch, create, update, patch (four types), delete and
+//! deletecollection, with their subresources (status, scale, binding), over the store and
+//! the watch cache.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use crate::apply;
+use crate::cache::{Cache, CacheEvent};
+use crate::convert;
+use crate::kinds::{self, Kind, Registry};
+use crate::patch;
+use crate::rules;
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::status::{ApiError, ApiResult, FieldError};
+use crate::table;
+
+/// A reply body: whole, or a stream of chunks (watches).
+pub enum Body {
+    Full(Bytes),
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Body,
+    pub warnings: Vec<String>,
+}
+
+impl Reply {
+    pub fn json(status: u16, v: &Value) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json".into(),
+            body: Body::Full(Bytes::from(serde_json::to_vec(v).unwrap_or_default())),
+            warnings: Vec::new(),
+        }
+    }
+    pub fn error(e: &ApiError) -> Reply {
+        Reply::json(e.code, &e.to_status())
+    }
+}
+
+/// What a request asks for, parsed from its path and query.
+pub struct Target {
+    pub kind: Arc<Kind>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<String>,
+}
+
+/// How the client wants objects back.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Output {
+    Object,
+    Table,
+    Metadata,
+}
+
+pub struct Ctx<'a> {
+    pub query: &'a [(String, String)],
+    pub output: Output,
+    pub user_agent: &'a str,
+    pub content_type: &'a str,
+    pub body: Bytes,
+}
+
+impl Ctx<'_> {
+    pub fn q(&self, k: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    }
+    fn flag(&self, k: &str) -> bool {
+        matches!(self.q(k), Some("true") | Some("1") | Some(""))
+    }
+    fn dry_run(&self) -> bool {
+        self.query.iter().any(|(k, v)| k == "dryRun" && v == "All")
+    }
+    fn manager(&self) -> String {
+        match self.q("fieldManager") {
+            Some(m) if !m.is_empty() => m.to_string(),
+            _ => {
+                let ua = self.user_agent.split('/').next().unwrap_or_default();
+                if ua.is_empty() {
+                    "unknown".into()
+                } else {
+                    ua.to_string()
+                }
+            }
+        }
+    }
+}
+
+pub struct Api {
+    pub store: Arc<dyn store::Store>,
+    pub registry: Arc<Registry>,
+    pub cache: Arc<Cache>,
+}
+
+fn now() -> String {
+    crate::now()
+}
+
+fn random_suffix(n: usize) -> String {
+    const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut b = vec![0u8; n];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b.iter()
+        .map(|x| ALPHA[*x as usize % ALPHA.len()] as char)
+        .collect()
+}
+
+pub fn new_uid() -> String {
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn meta(v: &Value) -> &Value {
+    v.get("metadata").unwrap_or(&Value::Null)
+}
+fn meta_mut(v: &mut Value) -> &mut Map<String, Value> {
+    if !v.get("metadata").is_some_and(Value::is_object) {
+        v["metadata"] = json!({});
+    }
+    v["metadata"].as_object_mut().unwrap()
+}
+fn name_of(v: &Value) -> &str {
+    meta(v)
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// Decodes a request body (JSON or YAML) into a value.
+pub fn decode_body(ct: &str, body: &[u8]) -> ApiResult<Value> {
+    let base = ct.split(';').next().unwrap_or_default().trim();
+    let v: Value = match base {
+        "application/yaml" | "application/apply-patch+yaml" => serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
+        ""
+        | "application/json"
+        | "application/merge-patch+json"
+        | "application/strategic-merge-patch+json"
+        | "application/json-patch+json"
+        | "*/*" => serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
+        })?,
+        "application/vnd.kubernetes.protobuf" => crate::proto::decode(body).map_err(|e| {
+            ApiError::bad_request(format!("the protobuf body could not be decoded: {e}"))
+        })?,
+        other => {
+            return Err(ApiError::unsupported_media(
+                other,
+                &[
+                    "application/json",
+                    "application/yaml",
+                    "application/vnd.kubernetes.protobuf",
+                ],
+            ))
+        }
+    };
+    Ok(v)
+}
+
+impl Api {
+    /// Sets the resourceVersion and converts a stored object to what `kind` serves.
+    fn out(&self, kind: &Kind, mut v: Value, rev: i64) -> Value {
+        if v.is_object() {
+            meta_mut(&mut v).insert("resourceVersion".into(), json!(rev.to_string()));
+        }
+        if kind.storage_version != kind.version || kind.storage_group != kind.group {
+            v = convert::to_served(kind, v);
+        }
+        v
+    }
+
+    fn render_one(&self, kind: &Kind, ctx: &Ctx, obj: Value) -> Value {
+        match ctx.output {
+            Output::Object => obj,
+            Output::Table => table::table(kind, &[obj], ctx.q("includeObject"), None),
+            Output::Metadata => partial(&obj),
+        }
+    }
+
+    async fn get_stored(
+        &self,
+        kind: &Kind,
+        ns: Option<&str>,
+        name: &str,
+    ) -> ApiResult<(Value, i64)> {
+        match self.store.get(&kind.key(ns, name), 0).await? {
+            Some(kv) => Ok((
+                serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(e.to_string()))?,
+                kv.mod_revision,
+            )),
+            None => Err(ApiError::not_found(kind, name)),
+        }
+    }
+
+    // === get ===
+
+    pub async fn get(&self, t: &Target, ctx: &Ctx<'_>) -> ApiResult<Reply> {
+        let name = t.name.as_deref().unwrap();
+        let (obj, rev) = self
+            .get_stored(&t.kind, t.namespace.as_deref(), name)
+            .await?;
+        let obj = self.out(&t.kind, obj, rev);
+        match t.sub.as_deref() {
+            Some("scale") => Ok(Reply::json(200, &scale_of(&t.kind, &obj)?)),
+            _ => Ok(Reply::json(200, &self.render_one(&t.kind, ctx, obj))),
+        }
+    }
+
+    // === list ===
+
+    pub async fn list(&self, t: &Target, ctx: &Ctx<'_>) -> ApiResult<Reply> {
+        let labels = LabelSelector::parse(ctx.q("labelSelector").unwrap_or_default())
+            .map_err(ApiError::bad_request)?;
+        let fields = FieldSelector::parse(ctx.q("fieldSelector").unwrap_or_default(), &t.kind)
+            .map_err(ApiError::bad_request)?;
+        let limit: usize = ctx.q("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+        let prefix = match fields.name() {
+            Some(n) if t.namespace.is_some() || !t.kind.namespaced => {
+                t.kind.key(t.namespace.as_deref(), n)
+            }
+            _ => t.kind.prefix(t.namespace.as_deref()),
+        };
+        let exact_prefix = fields.name().is_some() && (t.namespace.is_some() || !t.kind.namespaced);
+        let matches = |v: &Value| {
+            labels.matches(meta(v).get("labels").and_then(Value::as_object)) && fields.matches(v)
+        };
+        let mut items = Vec::new();
+        let (revision, cont, remaining);
+        let rv = ctx.q("resourceVersion").unwrap_or_default();
+        let rv_match = ctx.q("resourceVersionMatch").unwrap_or_default();
+        if let Some(token) = ctx.q("continue").filter(|c| !c.is_empty()) {
+            let (rev, start) = decode_continue(token)?;
+            let page = self
+                .store_page(&prefix, exact_prefix, Some(&start), rev, limit, &matches)
+                .await?;
+            (items, revision, cont, remaining) = (page.0, rev, page.1, page.2);
+        } else if limit > 0 || (!rv.is_empty() && rv != "0" && rv_match == "Exact") {
+            let rev = if rv.is_empty() || rv == "0" || rv_match == "NotOlderThan" {
+                0
+            } else {
+                parse_rv(rv)?
+            };
+            let rev = if rev == 0 {
+                self.store.current_revision().await?
+            } else {
+                rev
+            };
+            let page = self
+                .store_page(&prefix, exact_prefix, None, rev, limit, &matches)
+                .await?;
+            (items, revision, cont, remaining) = (page.0, rev, page.1, page.2);
+        } else {
+            // Served from the watch cache; consistent with the store unless RV=0 (any).
+            if rv != "0" {
+                let current = self.store.current_revision().await?;
+                self.cache.wait_for(current).await;
+            }
+            let (rev, objs) = self.cache.list(&prefix);
+            for (k, r, v) in objs {
+                if exact_prefix && k != prefix {
+                    continue;
+                }
+                let v: Value =
+                    serde_json::from_slice(&v).map_err(|e| ApiError::internal(e.to_string()))?;
+                if matches(&v) {
+                    items.push((v, r));
+                }
+            }
+            (revision, cont, remaining) = (rev, None, 0);
+        }
+        let items: Vec<Value> = items
+            .into_iter()
+            .map(|(v, r)| self.out(&t.kind, v, r))
+            .collect();
+        let mut list_meta = json!({"resourceVersion": revision.to_string()});
+        if let Some(c) = &cont {
+            list_meta["continue"] = json!(c);
+            if remaining > 0 && labels.is_empty() && fields.is_empty() {
+                list_meta["remainingItemCount"] = json!(remaining);
+            }
+        }
+        let body = match ctx.output {
+            Output::Table => table::table(&t.kind, &items, ctx.q("includeObject"), Some(list_meta)),
+            Output::Metadata => json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": list_meta,
+                "items": items.iter().map(partial).collect::<Vec<_>>(),
+            }),
+            Output::Object => json!({
+                "kind": t.kind.list_kind,
+                "apiVersion": t.kind.api_version(),
+                "metadata": list_meta,
+                "items": items,
+            }),
+        };
+        Ok(Reply::json(200, &body))
+    }
+
+    /// One page from the store at `rev`, filtered; returns items, continue token, remaining.
+    async fn store_page(
+        &self,
+        prefix: &str,
+        exact: bool,
+        start: Option<&str>,
+        rev: i64,
+        limit: usize,
+        matches: &(dyn Fn(&Value) -> bool + Sync),
+    ) -> ApiResult<(Vec<(Value, i64)>, Option<String>, i64)> {
+        let mut out = Vec::new();
+        let mut after = start.map(String::from);
+        loop {
+            let want = if limit == 0 {
+                0
+            } else {
+                (limit - out.len()).max(1)
+            };
+            let page = self
+                .store
+                .list(store::ListOptions {
+                    prefix,
+                    start_after: after.as_deref(),
+                    revision: rev,
+                    limit: want,
+                })
+                .await?;
+            for kv in &page.kvs {
+                after = Some(kv.key.clone());
+                if exact && kv.key != prefix {
+                    continue;
+                }
+                let v: Value = serde_json::from_slice(&kv.value)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                if matches(&v) {
+                    out.push((v, kv.mod_revision));
+                }
+            }
+            if !page.more {
+                return Ok((out, None, 0));
+            }
+            if limit > 0 && out.len() >= limit {
+                let token = encode_continue(rev, after.as_deref().unwrap_or_default());
+                return Ok((out, Some(token), page.remaining));
+            }
+        }
+    }
+
+    // === watch ===
+
+    pub async fn watch(&self, t: &Target, ctx: &Ctx<'_>) -> ApiResult<Reply> {
+        let labels = LabelSelector::parse(ctx.q("labelSelector").unwrap_or_default())
+            .map_err(ApiError::bad_request)?;
+        let fields = FieldSelector::parse(ctx.q("fieldSelector").unwrap_or_default(), &t.kind)
+            .map_err(ApiError::bad_request)?;
+        let prefix = match (&t.name, fields.name()) {
+            (Some(n), _) => t.kind.key(t.namespace.as_deref(), n),
+            (None, Some(n)) if t.namespace.is_some() || !t.kind.namespaced => {
+                t.kind.key(t.namespace.as_deref(), n)
+            }
+            _ => t.kind.prefix(t.namespace.as_deref()),
+        };
+        let exact = t.name.is_some()
+            || (fields.name().is_some() && (t.namespace.is_some() || !t.kind.namespaced));
+        let rv = ctx.q("resourceVersion").unwrap_or_default();
+        let send_initial = ctx.flag("sendInitialEvents");
+        let bookmarks = ctx.flag("allowWatchBookmarks");
+        let from = if rv.is_empty() || rv == "0" || send_initial {
+            let current = self.store.current_revision().await?;
+            if rv.is_empty() || send_initial {
+                self.cache.wait_for(current).await;
+            }
+            None
+        } else {
+            let r = parse_rv(rv)?;
+            self.cache.wait_for(r).await;
+            Some(r)
+        };
+        let timeout = ctx
+            .q("timeoutSeconds")
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(1800 + (rand_u64() % 1800));
+        let (tx, rx) = mpsc::channel::<Bytes>(256);
+        let kind = t.kind.clone();
+        let output = ctx.output;
+        let include = ctx.q("includeObject").map(String::from);
+        let encode = move |ty: &str, obj: Value| -> Bytes {
+            let obj = match output {
+                Output::Table => table::table(&kind, &[obj], include.as_deref(), None),
+                Output::Metadata => partial(&obj),
+                Output::Object => obj,
+            };
+            let mut b = serde_json::to_vec(&json!({"type": ty, "object": obj})).unwrap_or_default();
+            b.push(b'\n');
+            Bytes::from(b)
+        };
+        let sub = match self.cache.subscribe(&prefix, from) {
+            Ok(s) => s,
+            Err(oldest) => {
+                // The window no longer holds `from`: an ERROR event with 410, as Kubernetes sends.
+                let e = ApiError::expired(format!(
+                    "too old resource version: {} ({})",
+                    from.unwrap_or(0),
+                    oldest + 1
+                ));
+                let _ = tx.try_send(encode_status(&e));
+                return Ok(stream_reply(rx));
+            }
+        };
+        let kind = t.kind.clone();
+        let me = self.clone_handle();
+        let in_scope = move |e: &CacheEvent| !exact || e.key == prefix;
+        let prefix2 = match (&t.name, fields.name()) {
+            (Some(n), _) => t.kind.key(t.namespace.as_deref(), n),
+            (None, Some(n)) if t.namespace.is_some() || !t.kind.namespaced => {
+                t.kind.key(t.namespace.as_deref(), n)
+            }
+            _ => t.kind.prefix(t.namespace.as_deref()),
+        };
+        tokio::spawn(async move {
+            let matches = |v: &Value| {
+                labels.matches(meta(v).get("labels").and_then(Value::as_object))
+                    && fields.matches(v)
+            };
+            let deadline = tokio::time::sleep(std::time::Duration::from_secs(timeout));
+            tokio::pin!(deadline);
+            let mut last = sub.revision;
+            let send_event = |e: &CacheEvent| -> Option<Bytes> {
+                if !in_scope(e) {
+                    return None;
+                }
+                let now_match = e.kind != "DELETED" && matches(&e.object);
+                let was_match = e.prev.as_ref().is_some_and(|p| matches(p));
+                let ty = match (e.kind, was_match, now_match) {
+                    ("DELETED", true, _) => "DELETED",
+                    ("DELETED", false, _) | (_, false, false) => return None,
+                    (_, false, true) => "ADDED",
+                    (kind, true, true) => {
+                        if kind == "ADDED" {
+                            "ADDED"
+                        } else {
+                            "MODIFIED"
+                        }
+                    }
+                    (_, true, false) => "DELETED",
+                };
+                let obj = me.out(&kind, (*e.object).clone(), e.revision);
+                Some(encode(ty, obj))
+            };
+            for e in &sub.initial {
+                if let Some(b) = send_event(e) {
+                    if tx.send(b).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if send_initial && bookmarks {
+                let mut bm = json!({"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": {"resourceVersion": sub.revision.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+                if output == Output::Table {
+                    bm = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": sub.revision.to_string()}, "columnDefinitions": [], "rows": []});
+                }
+                let mut b = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": bm}))
+                    .unwrap_or_default();
+                b.push(b'\n');
+                if tx.send(Bytes::from(b)).await.is_err() {
+                    return;
+                }
+            }
+            let mut rx = sub.rx;
+            let mut bookmark_tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            bookmark_tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = &mut deadline => return,
+                    _ = tx.closed() => return,
+                    _ = bookmark_tick.tick(), if bookmarks => {
+                        let bm = json!({"type": "BOOKMARK", "object": {"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": {"resourceVersion": me.cache.revision().max(last).to_string()}}});
+                        let mut b = serde_json::to_vec(&bm).unwrap_or_default();
+                        b.push(b'\n');
+                        if tx.send(Bytes::from(b)).await.is_err() { return; }
+                    }
+                    r = rx.recv() => {
+                        let events: Vec<Arc<CacheEvent>> = match r {
+                            Ok(e) => vec![e],
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => match me.cache.since(&prefix2, last) {
+                                Some(evs) => evs,
+                                None => {
+                                    let _ = tx.send(encode_status(&ApiError::expired("too old resource version"))).await;
+                                    return;
+                                }
+                            },
+                            Err(_) => return,
+                        };
+                        for e in events {
+                            if e.revision <= last || !e.key.starts_with(&prefix2) {
+                                continue;
+                            }
+                            last = e.revision;
+                            if let Some(b) = send_event(&e) {
+                                if tx.send(b).await.is_err() { return; }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(stream_reply(rx))
+    }
+
+    fn clone_handle(&self) -> Arc<Api> {
+        Arc::new(Api {
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            cache: self.cache.clone(),
+        })
+    }
+
+    // === create ===
+
+    /// Decodes an object for `kind`, checking its apiVersion/kind and unknown fields.
+    fn decode_object(
+        &self,
+        kind: &Kind,
+        ctx: &Ctx,
+        v: Value,
+        warnings: &mut Vec<String>,
+    ) -> ApiResult<Value> {
+        if !v.is_object() {
+            return Err(ApiError::bad_request(format!(
+                "Object 'Kind' is missing in '{v}'"
+            )));
+        }
+        let k = v.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let av = v
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if k.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "Object 'Kind' is missing in '{}'",
+                truncate(&v.to_string())
+            )));
+        }
+        if av.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "Object 'apiVersion' is missing in '{}'",
+                truncate(&v.to_string())
+            )));
+        }
+        if k != kind.kind || av != kind.api_version() {
+            if k != kind.kind {
+                return Err(ApiError::bad_request(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({}) for resource {}",
+                    kind.kind,
+                    kind.qualified()
+                )));
+            }
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({})",
+                kind.api_version()
+            )));
+        }
+        let (mut out, unknown) = kind.codec.decode(v.clone()).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                kind.kind, kind.version, kind.kind
+            ))
+        })?;
+        let mode = ctx.q("fieldValidation").unwrap_or("Warn");
+        if !unknown.is_empty() {
+            match mode {
+                "Strict" => {
+                    let list: Vec<String> = unknown
+                        .iter()
+                        .map(|u| format!("unknown field \"{u}\""))
+                        .collect();
+                    return Err(ApiError::bad_request(format!(
+                        "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                        kind.kind,
+                        kind.version,
+                        kind.kind,
+                        list.join(", ")
+                    )));
+                }
+                "Ignore" => {}
+                _ => warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\""))),
+            }
+        }
+        // Typed round trips drop `metadata.managedFields` no more than Kubernetes; keep
+        // custom resources' status/metadata as decoded.
+        if kind.storage_version != kind.version || kind.storage_group != kind.group {
+            out = convert::to_storage(kind, out);
+        }
+        Ok(out)
+    }
+
+    async fn check_namespace(&self, kind: &Kind, ns: Option<&str>) -> ApiResult<()> {
+        let Some(ns) = ns.filter(|_| kind.namespaced) else {
+            return Ok(());
+        };
+        match self
+            .store
+            .get(&format!("/registry/core/namespaces/{ns}"), 0)
+            .await?
+        {
+            None => Err(ApiError::not_found_gr("", "namespaces", ns)),
+            Some(kv) => {
+                let v: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+                if meta(&v).get("deletionTimestamp").is_some() {
+                    return Err(ApiError::forbidden(format!(
+                        "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                        kind.qualified(),
+                        "",
+                    ))
+                    .with_ns_terminating(ns));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn create(&self, t: &Target, ctx: &Ctx<'_>) -> ApiResult<Reply> {
+        let mut warnings = Vec::new();
+        let v = decode_body(ctx.content_type, &ctx.body)?;
+        let mut obj = self.decode_object(&t.kind, ctx, v, &mut warnings)?;
+        let ns = t.namespace.clone();
+        self.prepare_create(&t.kind, ns.as_deref(), &mut obj)?;
+        let name = name_of(&obj).to_string();
+        rules::default(&t.kind, &mut obj);
+        crate::crd::default_and_prune(&t.kind, &mut obj);
+        let errs = self.validate(&t.kind, &obj, None);
+        if !errs.is_empty() {
+            return Err(ApiError::invalid(&t.kind, &name, errs));
+        }
+        self.check_namespace(&t.kind, ns.as_deref()).await?;
+        self.admit_create(&t.kind, &mut obj).await?;
+        apply::record_update(
+            None,
+            &mut obj,
+            &ctx.manager(),
+            &t.kind.api_version(),
+            None,
+            &now(),
+        );
+        let key = t.kind.key(ns.as_deref(), &name);
+        let rev = if ctx.dry_run() {
+            0
+        } else {
+            match self
+                .store
+                .create(&key, serde_json::to_vec(&obj).unwrap())
+                .await
+            {
+                Ok(r) => r,
+                Err(store::StoreError::AlreadyExists(_)) => {
+                    return Err(ApiError::already_exists(&t.kind, &name))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let out = self.out(&t.kind, obj, rev);
+        let mut r = Reply::json(201, &self.render_one(&t.kind, ctx, out));
+        r.warnings = warnings;
+        Ok(r)
+    }
+
+    fn prepare_create(&self, kind: &Kind, ns: Option<&str>, obj: &mut Value) -> ApiResult<()> {
+        let m = meta_mut(obj);
+        match (ns, m.get("namespace").and_then(Value::as_str)) {
+            (Some(u), Some(b)) if kind.namespaced && !b.is_empty() && u != b => {
+                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+            }
+            _ => {}
+        }
+        if kind.namespaced {
+            if let Some(ns) = ns {
+                m.insert("namespace".into(), json!(ns));
+            }
+        } else {
+            m.remove("namespace");
+        }
+        let has_name = m
+            .get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        if !has_name {
+            if let Some(g) = m
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|g| !g.is_empty())
+            {
+                let base: String = g.chars().take(58).collect();
+                m.insert("name".into(), json!(format!("{base}{}", random_suffix(5))));
+            }
+        }
+        m.insert("uid".into(), json!(new_uid()));
+        m.insert("creationTimestamp".into(), json!(now()));
+        m.remove("resourceVersion");
+        m.remove("deletionTimestamp");
+        m.remove("deletionGracePeriodSeconds");
+        m.remove("managedFields");
+        m.remove("selfLink");
+        if has_generation(kind) {
+            m.insert("generation".into(), json!(1));
+        } else {
+            m.remove("generation");
+        }
+        if kind.status
+            && kind.kind != "Pod"
+            && kind.kind != "Namespace"
+            && kind.kind != "Service"
+            && kind.crd_schema.is_none()
+        {
+            if let Some(o) = obj.as_object_mut() {
+                o.remove("status");
+            }
+        }
+        if kind.kind == "Pod" && kind.group.is_empty() {
+            if let Some(o) = obj.as_object_mut() {
+                o.remove("status");
+            }
+        }
+        if kind.kind == "Job" && kind.group == "batch" {
+            default_job_selector(obj);
+        }
+        Ok(())
+    }
+
+    fn validate(&self, kind: &Kind, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
+        let mut errs = rules::validate(kind, obj, old);
+        errs.extend(crate::crd::validate(kind, obj));
+        if let Some(o) = old {
+            if meta(o).get("uid") != meta(obj).get("uid") && meta(obj).get("uid").is_some() {
+                errs.push(FieldError::invalid_raw(
+                    "metadata.uid",
+                    meta(obj)["uid"].to_string(),
+                    "field is immutable",
+                ));
+            }
+        }
+        errs
+    }
+
+    /// What the API server itself fills in on create (Service cluster IPs).
+    async fn admit_create(&self, kind: &Kind, obj: &mut Value) -> ApiResult<()> {
+        if kind.group.is_empty() && kind.kind == "Service" {
+            crate::services::allocate(self, obj).await?;
+        }
+        Ok(())
+    }
+
+    // === update, patch ===
+
+    pub async fn update(&self, t: &Target, ctx: &Ctx<'_>) -> ApiResult<Reply> {
+        let mut warnings = Vec::new();
+        let v = decode_body(ctx.content_type, &ctx.body)?;
+        let name = t.name.clone().unwrap();
+        if t.sub.as_deref() == Some("scale") {
+            return self.update_scale(t, ctx, ScaleChange::Replace(v)).await;
+        }
+        let new = self.decode_object(&t.kind, ctx, v, &mut warnings)?;
+        let body_name = name_of(&new).to_string();
+        if !body_name.is_empty() && body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let precondition = meta(&new)
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from);
+        let mut r = self
+            .write(
+                t,
+                ctx,
+                precondition.as_deref(),
+                |_cur| Ok(new.clone()),
+                false,
+            )
+            .await?;
+        r.warnings.extend(warnings);
+        Ok(r)
+    }
+
+    pub async fn patch(&self, t: &Target, ctx: &Ctx<'_>) -> ApiResult<Reply> {
+        let ct = ctx
+            .content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let allowed = [
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json",
+            "application/apply-patch+yaml",
+            "application/apply-patch+cbor",
+        ];
+        if !allowed.contains(&ct.as_str()) {
+            return Err(ApiError::unsupported_media(&ct, &allowed));
+        }
+        if ct == "application/strategic-merge-patch+json" && t.kind.crd_schema.is_some() {
+            return Err(ApiError::unsupported_media(
+                &ct,
+                &[
+                    "application/json-patch+json",
+                    "application/merge-patch+json",
+                    "application/apply-patch+yaml",
+                ],
+            ));
+        }
+        let patch_v = decode_body(&ct, &ctx.body)?;
+        if ct != "application/json-patch+json" && !patch_v.is_object() {
+            return Err(ApiError::bad_request(format!("couldn't get version/kind; json parse error: json: cannot unmarshal {} into Go value of type struct {{ APIVersion string \"json:\\\"apiVersion,omitempty\\\"\"; Kind string \"json:\\\"kind,omitempty\\\"\" }}", json_type(&patch_v))));
+        }
+        if t.sub.as_deref() == Some("scale") {
+            return self
+                .update_scale(t, ctx, ScaleChange::Patch(ct, patch_v))
+                .await;
+        }
+        let precondition = if ct == "application/apply-patch+yaml" {
+            None
+        } else {
+            patch_v
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .map(String::from)
+        };
+        let apply_mode = ct == "application/apply-patch+yaml";
+        let mut warnings = Vec::new();
+        if apply_mode {
+            if ctx.q("fieldManager").is_none_or(str::is_empty) {
+                return Err(ApiError::bad_request(
+                    "PATCH, application/apply-patch+yaml requires fieldManager to be set",
+                ));
+            }
+            // Unknown fields are reported on the applied configuration.
+            let _ = self.decode_object(&t.kind, ctx, patch_v.clone(), &mut warnings)?;
+        }
+        let kind = t.kind.clone();
+        let force = ctx.flag("force");
+        let manager = ctx.manager();
+        let mut r = self
+            .write(
+                t,
+                ctx,
+                precondition.as_deref(),
+                |cur| {
+                    let mut base = cur.cloned().unwrap_or(Value::Null);
+                    match ct.as_str() {
+                        "application/json-patch+json" => {
+                            patch::json_patch(&mut base, &patch_v).map_err(json_patch_error)?;
+                        }
+                        "application/merge-patch+json" => patch::merge_patch(&mut base, &patch_v),
+                        "application/strategic-merge-patch+json" => {
+                            patch::strategic_merge(&mut base, &patch_v)
+                                .map_err(ApiError::bad_request)?
+                        }
+                        _ => {
+                            let served = cur.map(|c| self.out(&kind, c.clone(), 0));
+                            let applied = apply::apply(
+                                served.as_ref(),
+                                &patch_v,
+                                &manager,
+                                &kind.api_version(),
+                                force,
+                                &now(),
+                            )
+                            .map_err(|cs| conflict_error(&kind, name_of(&patch_v), cs))?;
+                            return Ok(applied);
+                        }
+                    }
+                    Ok(self.out(&kind, base, 0))
+                },
+                apply_mode,
+            )
+            .await?;
+        r.warnings.extend(warnings);
+        Ok(r)
+    }
+
+    /// The read-modify-write behind update and patch: `change` gets the current object in
+    /// the served version (None if it does not exist; only apply creates) and returns the
+    /// new one. Retries on a lost compare-and-swap unless the client gave a precondition.
+    async fn write(
+        &self,
+        t: &Target,
+        ctx: &Ctx<'_>,
+        precondition: Option<&str>,
+        change: impl Fn(Option<&Value>) -> ApiResult<Value>,
+        may_create: bool,
+    ) -> ApiResult<Reply> {
+        let kind = &t.kind;
+        let name = t.name.clone().unwrap();
+        let ns = t.namespace.as_deref();
+        let key = kind.key(ns, &name);
+        let sub = t.sub.as_deref();
+        for _attempt in 0..8 {
+            let cur = self.store.get(&key, 0).await?;
+            let Some(cur) = cur else {
+                if !may_create {
+                    return Err(ApiError::not_found(kind, &name));
+                }
+                let mut new = change(None)?;
+                let managed = meta(&new).get("managedFields").cloned();
+                if kind.storage_version != kind.version || kind.storage_group != kind.group {
+                    new = convert::to_storage(kind, new);
+                }
+                self.prepare_create(kind, ns, &mut new)?;
+                meta_mut(&mut new).insert("name".into(), json!(name));
+                if let Some(mf) = managed {
+                    meta_mut(&mut new).insert("managedFields".into(), mf);
+                }
+                rules::default(kind, &mut new);
+                crate::crd::default_and_prune(kind, &mut new);
+                let errs = self.validate(kind, &new, None);
+                if !errs.is_empty() {
+                    return Err(ApiError::invalid(kind, &name, errs));
+                }
+                self.check_namespace(kind, ns).await?;
+                self.admit_create(kind, &mut new).await?;
+                let rev = if ctx.dry_run() {
+                    0
+                } else {
+                    match self
+                        .store
+                        .create(&key, serde_json::to_vec(&new).unwrap())
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(store::StoreError::AlreadyExists(_)) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                let out = self.out(kind, new, rev);
+                return Ok(Reply::json(201, &self.render_one(kind, ctx, out)));
+            };
+            let old: Value = serde_json::from_slice(&cur.value)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            if let Some(p) = precondition {
+                if p != cur.mod_revision.to_string() {
+                    return Err(ApiError::conflict(kind, &name));
+                }
+            }
+            let served_old = self.out(kind, old.clone(), cur.mod_revision);
+            let new_served = change(Some(&served_old))?;
+            let mut new =
+                if kind.storage_version != kind.version || kind.storage_group != kind.group {
+                    convert::to_storage(kind, new_served)
+                } else {
+                    new_served
+                };
+            // Round-trip patched objects through the codec: types are checked, unknown fields dropped.
+            let (decoded, _) = kind.codec.decode(new.clone()).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: {e}",
+                    kind.kind, kind.version, kind.kind
+                ))
+            })?;
+            if kind.crd_schema.is_none() {
+                new = decoded;
+            }
+            let mut new = self.merge_update(kind, sub, &old, new)?;
+            rules::default(kind, &mut new);
+            crate::crd::default_and_prune(kind, &mut new);
+            let errs = self.validate(kind, &new, Some(&old));
+            if !errs.is_empty() {
+                return Err(ApiError::invalid(kind, &name, errs));
+            }
+            if ctx
+                .content_type
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                != "application/apply-patch+yaml"
+            {
+                apply::record_update(
+                    Some(&old),
+                    &mut new,
+                    &ctx.manager(),
+                    &kind.api_version(),
+                    sub,
+                    &now(),
+                );
+            }
+            if new == old {
+                let out = self.out(kind, old, cur.mod_revision);
+                return Ok(Reply::json(200, &self.render_one(kind, ctx, out)));
+            }
+            // An object being deleted goes once its last finalizer is removed.
+            let finalizers_empty = meta(&new)
+                .get("finalizers")
+                .and_then(Value::as_array)
+                .is_none_or(|f| f.is_empty());
+            if meta(&new).get("deletionTimestamp").is_some()
+                && finalizers_empty
+                && !(kind.kind == "Pod" && kind.group.is_empty())
+            {
+                if ctx.dry_run() {
+                    return Ok(Reply::json(200, &self.out(kind, new, cur.mod_revision)));
+                }
+                match self.store.delete(&key, Some(cur.mod_revision)).await {
+                    Ok((rev, _)) => {
+                        let out = self.out(kind, new, rev);
+                        return Ok(Reply::json(200, &self.render_one(kind, ctx, out)));
+                    }
+                    Err(store::StoreError::Conflict { .. }) if precondition.is_none() => continue,
+                    Err(store::StoreError::Conflict { .. }) => {
+                        return Err(ApiError::conflict(kind, &name))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if ctx.dry_run() {
+                let out = self.out(kind, new, cur.mod_revision);
+                return Ok(Reply::json(200, &self.render_one(kind, ctx, out)));
+            }
+            match self
+                .store
+                .update(&key, serde_json::to_vec(&new).unwrap(), cur.mod_revision)
+                .await
+            {
+                Ok(rev) => {
+                    let out = self.out(kind, new, rev);
+                    return Ok(Reply::json(200, &self.render_one(kind, ctx, out)));
+                }
+                Err(store::StoreError::Conflict { .. }) if precondition.is_none() => continue,
+                Err(store::StoreError::Conflict { .. }) => {
+                    return Err(ApiError::conflict(kind, &name))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::conflict(kind, &name))
+    }
+
+    /// Keeps what a write may not change: identity, timestamps, and (main resource vs
+    /// status subresource) the other half; bumps the generation when the spec changed.
+    fn merge_update(
+        &self,
+        kind: &Kind,
+        sub: Option<&str>,
+        old: &Value,
+        mut new: Value,
+    ) -> ApiResult<Value> {
+        if sub == Some("status") {
+            let mut out = old.clone();
+            match new.get("status") {
+                Some(s) => out["status"] = s.clone(),
+                None => {
+                    if let Some(o) = out.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
+            // Kubernetes lets status writes change nothing else but metadata's managedFields.
+            return Ok(out);
+        }
+        if !new.is_object() {
+            return Err(ApiError::bad_request("the object is not a JSON object"));
+        }
+        let om = meta(old).clone();
+        let nm = meta_mut(&mut new);
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "namespace",
+        ] {
+            match om.get(k) {
+                Some(v) => nm.insert(k.into(), v.clone()),
+                None => nm.remove(k),
+            };
+        }
+        nm.insert(
+            "name".into(),
+            om.get("name").cloned().unwrap_or(Value::Null),
+        );
+        nm.remove("resourceVersion");
+        nm.remove("selfLink");
+        if !nm.contains_key("managedFields") {
+            if let Some(mf) = om.get("managedFields") {
+                nm.insert("managedFields".into(), mf.clone());
+            }
+        }
+        if kind.status {
+            match old.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    new.as_object_mut().unwrap().remove("status");
+                }
+            }
+        }
+        if has_generation(kind) {
+            let strip = |v: &Value| {
+                let mut c = v.clone();
+                if let Some(o) = c.as_object_mut() {
+                    o.remove("metadata");
+                    o.remove("status");
+                }
+                c
+            };
+            if strip(old) != strip(&new) {
+                let g = om.get("generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+                meta_mut(&mut new).insert("generation".into(), json!(g));
+            }
+        }
+        Ok(new)
+    }
+
+    async fn update_scale(
+        &self,
+        t: &Target,
+        ctx: &Ctx<'_>,
+        change: ScaleChange,
+    ) -> ApiResult<Reply> {
+        let kind = t.kind.clone();
+        let paths = kind
+            .scale
+            .clone()
+            .ok_or_else(|| ApiError::not_found(&kind, t.name.as_deref().unwrap_or_default()))?;
+        let inner = Target {
+            kind: kind.clone(),
+            namespace: t.namespace.clone(),
+            name: t.name.clone(),
+            sub: None,
+        };
+        let precondition = match &change {
+            ScaleChange::Replace(v) => v
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .map(String::from),
+            ScaleChange::Patch(..) => None,
+        };
+        let reply = self
+            .write(
+                &inner,
+                ctx,
+                precondition.as_deref(),
+                |cur| {
+                    let cur = cur.unwrap();
+                    let mut scale = scale_of(&kind, cur)?;
+                    match &change {
+                        ScaleChange::Replace(v) => scale = v.clone(),
+                        ScaleChange::Patch(ct, p) => match ct.as_str() {
+                            "application/json-patch+json" => {
+                                patch::json_patch(&mut scale, p).map_err(json_patch_error)?
+                            }
+                            "application/strategic-merge-patch+json" => {
+                                patch::strategic_merge(&mut scale, p)
+                                    .map_err(ApiError::bad_request)?
+                            }
+                            _ => patch::merge_patch(&mut scale, p),
+                        },
+                    }
+                    let replicas = scale
+                        .pointer("/spec/replicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0);
+                    if replicas < 0 {
+                        return Err(ApiError::invalid(
+                            &kind,
+                            t.name.as_deref().unwrap_or_default(),
+                            vec![FieldError::invalid_raw(
+                                "spec.replicas",
+                                replicas.to_string(),
+                                "must be greater than or equal to 0",
+                            )],
+                        ));
+                    }
+                    let mut new = cur.clone();
+                    kinds::set_json_path(&mut new, &paths.spec_replicas, json!(replicas));
+                    Ok(new)
+                },
+                false,
+            )
+            .await?;
+        let obj = match reply.body {
+            Body::Full(b) => serde_json::from_slice::<Value>(&b).unwrap_or_default(),
+            Body::Stream(_) => Value::Null,
+        };
+        Ok(Reply::json(200, &scale_of(&kind, &obj)?))
+    }
+
+    // === delete ===
+
+    pub async fn delete(&self, t: &Target, ctx: &Ctx<'_>) -> ApiResult<Reply> {
+        let opts = delete_options(ctx)?;
+        let name = t.name.clone().unwrap();
+        let (reply, _) = self
+            .delete_one(&t.kind, t.namespace.as_deref(), &name, &opts, ctx)
+            .await?;
+        Ok(reply)
+    }
+
+    async fn delete_one(
+        &self,
+        kind: &Arc<Kind>,
+        ns: Option<&str>,
+        name: &str,
+        opts: &Value,
+        ctx: &Ctx<'_>,
+    ) -> ApiResult<(Reply, Value)> {
+        let key = kind.key(ns, name);
+        for _ in 0..8 {
+            let Some(cur) = self.store.get(&key, 0).await? else {
+                return Err(ApiError::not_found(kind, name));
+            };
+            let mut obj: Value = serde_json::from_slice(&cur.value)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
+                let actual = meta(&obj)
+                    .get("uid")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if uid != actual {
+                    return Err(ApiError::conflict_msg(kind, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}")));
+                }
+            }
+            if let Some(rv) = opts
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+            {
+                if rv != cur.mod_revision.to_string() {
+                    return Err(ApiError::conflict_msg(kind, name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", cur.mod_revision)));
+                }
+            }
+            let policy = opts
+                .get("propagationPolicy")
+                .and_then(Value::as_str)
+                .map(String::from)
+                .or_else(
+                    || match opts.get("orphanDependents").and_then(Value::as_bool) {
+                        Some(true) => Some("Orphan".into()),
+                        Some(false) => Some("Background".into()),
+                        None => None,
+                    },
+                );
+            if let Some(p) = &policy {
+                if !["Orphan", "Background", "Foreground"].contains(&p.as_str()) {
+                    return Err(ApiError::invalid(
+                        kind,
+                        name,
+                        vec![FieldError::not_supported(
+                            "propagationPolicy",
+                            p,
+                            &["Foreground", "Background", "Orphan", "nil"],
+                        )],
+                    ));
+                }
+            }
+            let is_pod = kind.kind == "Pod" && kind.group.is_empty();
+            let is_ns = kind.kind == "Namespace" && kind.group.is_empty();
+            let grace = opts.get("gracePeriodSeconds").and_then(Value::as_i64);
+            let m = meta_mut(&mut obj);
+            let mut finalizers: Vec<Value> = m
+                .get("finalizers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let mut changed = false;
+            match policy.as_deref() {
+                Some("Orphan") if !finalizers.contains(&json!("orphan")) => {
+                    finalizers.push(json!("orphan"));
+                    changed = true;
+                }
+                Some("Foreground") if !finalizers.contains(&json!("foregroundDeletion")) => {
+                    finalizers.push(json!("foregroundDeletion"));
+                    changed = true;
+                }
+                _ => {}
+            }
+            let bound_pod = is_pod
+                && obj
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| !n.is_empty())
+                && obj
+                    .pointer("/status/phase")
+                    .and_then(Value::as_str)
+                    .is_none_or(|p| p != "Succeeded" && p != "Failed");
+            let pod_grace = if bound_pod {
+                let g = grace
+                    .or_else(|| {
+                        obj.pointer("/spec/terminationGracePeriodSeconds")
+                            .and_then(Value::as_i64)
+                    })
+                    .unwrap_or(30);
+                Some(g.max(0))
+            } else {
+                None
+            };
+            let graceful = pod_grace.is_some_and(|g| g > 0);
+            let m = meta_mut(&mut obj);
+            if changed {
+                m.insert("finalizers".into(), Value::Array(finalizers.clone()));
+            }
+            if !finalizers.is_empty() || graceful || is_ns {
+                // Marked for deletion; finalizers (or the node, or the namespace cleaner) finish it.
+                let already = m.contains_key("deletionTimestamp");
+                let g = pod_grace.unwrap_or(0);
+                if !already
+                    || (graceful
+                        && m.get("deletionGracePeriodSeconds")
+                            .and_then(Value::as_i64)
+                            .is_some_and(|old| g < old))
+                {
+                    let when = now_plus(if graceful { g } else { 0 });
+                    m.insert("deletionTimestamp".into(), json!(when));
+                    m.insert("deletionGracePeriodSeconds".into(), json!(g));
+                    changed = true;
+                }
+                if is_ns && obj.pointer("/status/phase") != Some(&json!("Terminating")) {
+                    obj["status"]["phase"] = json!("Terminating");
+                    changed = true;
+                }
+                let rev = if changed && !ctx.dry_run() {
+                    match self
+                        .store
+                        .update(&key, serde_json::to_vec(&obj).unwrap(), cur.mod_revision)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(store::StoreError::Conflict { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                } else {
+                    cur.mod_revision
+                };
+                if is_ns && !ctx.dry_run() {
+                    crate::namespaces::finalize_later(self.clone_handle(), name.to_string());
+                }
+                let out = self.out(kind, obj, rev);
+                return Ok((Reply::json(200, &out), out));
+            }
+            if ctx.dry_run() {
+                let out = self.out(kind, obj, cur.mod_revision);
+                return Ok((Reply::json(200, &out), out));
+            }
+            match self.store.delete(&key, Some(cur.mod_revision)).await {
+                Ok((rev, _)) => {
+                    let out = self.out(kind, obj, rev);
+                    return Ok((Reply::json(200, &out), out));
+                }
+                Err(store::StoreError::Conflict { .. }) => continue,
+                Err(store::StoreError::NotFound(_)) => return Err(ApiError::not_found(kind, name)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::conflict(kind, name))
+    }
+
+    pub async fn delete_collection(&self, t: &Target, ctx: &Ctx<'_>) -> ApiResult<Reply> {
+        let opts = delete_options(ctx)?;
+        let labels = LabelSelector::parse(ctx.q("labelSelector").unwrap_or_default())
+            .map_err(ApiError::bad_request)?;
+        let fields = FieldSelector::parse(ctx.q("fieldSelector").unwrap_or_default(), &t.kind)
+            .map_err(ApiError::bad_request)?;
+        let list = self
+            .store
+            .list(store::ListOptions {
+                prefix: &t.kind.prefix(t.namespace.as_deref()),
+                ..Default::default()
+            })
+            .await?;
+        let mut items = Vec::new();
+        for kv in list.kvs {
+            let v: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+            if !(labels.matches(meta(&v).get("labels").and_then(Value::as_object))
+                && fields.matches(&v))
+            {
+                continue;
+            }
+            let ns = meta(&v)
+                .get("namespace")
+                .and_then(Value::as_str)
+                .map(String::from);
+            match self
+                .delete_one(&t.kind, ns.as_deref(), name_of(&v), &opts, ctx)
+                .await
+            {
+                Ok((_, out)) => items.push(out),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let rev = self.store.current_revision().await?;
+        Ok(Reply::json(
+            200,
+            &json!({"kind": t.kind.list_kind, "apiVersion": t.kind.api_version(), "metadata": {"resourceVersion": rev.to_string()}, "items": items}),
+        ))
+    }
+
+    /// pods/binding: sets the pod's node, once.
+    pub async fn bind(&self, t: &Target, ctx: &Ctx<'_>) -> ApiResult<Reply> {
+        let b = decode_body(ctx.content_type, &ctx.body)?;
+        let node = b
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if node.is_empty() {
+            return Err(ApiError::invalid(
+                &t.kind,
+                t.name.as_deref().unwrap_or_default(),
+                vec![FieldError::required("target.name", "")],
+            ));
+        }
+        let inner = Target {
+            kind: t.kind.clone(),
+            namespace: t.namespace.clone(),
+            name: t.name.clone(),
+            sub: None,
+        };
+        let name = t.name.clone().unwrap_or_default();
+        let kind = t.kind.clone();
+        self.write(
+            &inner,
+            ctx,
+            None,
+            |cur| {
+                let mut v = cur.unwrap().clone();
+                if v.pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| !n.is_empty())
+                {
+                    return Err(ApiError::conflict_msg(
+                        &kind,
+                        &name,
+                        &format!(
+                            "pod {name} is already assigned to node {:?}",
+                            v["spec"]["nodeName"].as_str().unwrap_or_default()
+                        ),
+                    ));
+                }
+                v["spec"]["nodeName"] = json!(node);
+                Ok(v)
+            },
+            false,
+        )
+        .await?;
+        Ok(Reply::json(
+            201,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        ))
+    }
+}
+
+enum ScaleChange {
+    Replace(Value),
+    Patch(String, Value),
+}
+
+fn has_generation(kind: &Kind) -> bool {
+    kind.crd_schema.is_some()
+        || matches!(
+            kind.group.as_str(),
+            "apps"
+                | "batch"
+                | "autoscaling"
+                | "policy"
+                | "networking.k8s.io"
+                | "apiextensions.k8s.io"
+        )
+        || (kind.group.is_empty() && (kind.kind == "ReplicationController" || kind.kind == "Pod"))
+}
+
+fn default_job_selector(obj: &mut Value) {
+    let uid = meta(obj).get("uid").cloned().unwrap_or_default();
+    if obj.pointer("/spec/manualSelector") == Some(&json!(true)) {
+        return;
+    }
+    if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.insert(
+            "selector".into(),
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+        );
+    }
+    let name = meta(obj).get("name").cloned().unwrap_or_default();
+    if let Some(t) = obj.pointer_mut("/spec/template") {
+        if !t.get("metadata").is_some_and(Value::is_object) {
+            t["metadata"] = json!({});
+        }
+        let labels = t["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .entry("labels")
+            .or_insert(json!({}));
+        if let Some(l) = labels.as_object_mut() {
+            l.insert("batch.kubernetes.io/controller-uid".into(), uid.clone());
+            l.insert("batch.kubernetes.io/job-name".into(), name.clone());
+            l.insert("controller-uid".into(), uid);
+            l.insert("job-name".into(), name);
+        }
+    }
+}
+
+fn delete_options(ctx: &Ctx) -> ApiResult<Value> {
+    let mut opts = if ctx.body.iter().any(|b| !b.is_ascii_whitespace()) {
+        decode_body(ctx.content_type, &ctx.body)?
+    } else {
+        json!({})
+    };
+    if !opts.is_object() {
+        return Err(ApiError::bad_request("DeleteOptions must be an object"));
+    }
+    for k in ["gracePeriodSeconds"] {
+        if let Some(v) = ctx.q(k).and_then(|s| s.parse::<i64>().ok()) {
+            opts[k] = json!(v);
+        }
+    }
+    if let Some(p) = ctx.q("propagationPolicy") {
+        opts["propagationPolicy"] = json!(p);
+    }
+    if let Some(o) = ctx.q("orphanDependents") {
+        opts["orphanDependents"] = json!(o == "true");
+    }
+    Ok(opts)
+}
+
+fn now_plus(secs: i64) -> String {
+    let n = timefmt::now_nanos();
+    let t = n + secs as i128 * 1_000_000_000;
+    crate::time_secs((t / 1_000_000_000) as i64)
+}
+
+/// A JSON patch that cannot be applied: 422 as Kubernetes' generic server response.
+fn json_patch_error(e: String) -> ApiError {
+    let mut err = ApiError::new(
+        422,
+        "Invalid",
+        "the server rejected our request due to an error in our request",
+    );
+    err.details = Some(json!({"causes": [{"reason": "UnexpectedServerResponse", "message": e}]}));
+    err
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Array(_) => "array",
+        Value::String(_) => "string",
+        Value::Number(_) => "number",
+        Value::Bool(_) => "bool",
+        _ => "null",
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+fn conflict_error(kind: &Kind, name: &str, cs: Vec<apply::Conflict>) -> ApiError {
+    let n = cs.len();
+    let mut by_manager: Vec<(String, String, Vec<String>)> = Vec::new();
+    for c in &cs {
+        match by_manager.iter_mut().find(|(m, _, _)| *m == c.manager) {
+            Some(e) => e.2.push(c.field.clone()),
+            None => by_manager.push((
+                c.manager.clone(),
+                c.api_version.clone(),
+                vec![c.field.clone()],
+            )),
+        }
+    }
+    let msg = if n == 1 {
+        format!(
+            "Apply failed with 1 conflict: conflict with \"{}\" using {}: {}",
+            cs[0].manager, cs[0].api_version, cs[0].field
+        )
+    } else {
+        let mut s = format!("Apply failed with {n} conflicts: ");
+        let parts: Vec<String> = by_manager
+            .iter()
+            .map(|(m, av, fs)| format!("conflicts with \"{m}\" using {av}:\n- {}", fs.join("\n- ")))
+            .collect();
+        s.push_str(&parts.join("\n"));
+        s
+    };
+    let mut e = ApiError::new(409, "Conflict", msg);
+    e.details = Some(json!({
+        "name": name,
+        "group": kind.group,
+        "kind": kind.plural,
+        "causes": cs.iter().map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\" using {}", c.manager, c.api_version), "field": c.field})).collect::<Vec<_>>(),
+    }));
+    e
+}
+
+pub fn parse_rv(rv: &str) -> ApiResult<i64> {
+    rv.parse::<i64>()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))
+}
+
+fn encode_continue(rev: i64, start: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"v": "meta.k8s.io/v1", "rv": rev, "start": start}).to_string())
+}
+
+fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
+    use base64::Engine as _;
+    let bad = || {
+        ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    Ok((
+        v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?,
+        v.get("start")
+            .and_then(Value::as_str)
+            .ok_or_else(bad)?
+            .to_string(),
+    ))
+}
+
+fn encode_status(e: &ApiError) -> Bytes {
+    let mut b =
+        serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).unwrap_or_default();
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+fn stream_reply(rx: mpsc::Receiver<Bytes>) -> Reply {
+    Reply {
+        status: 200,
+        content_type: "application/json".into(),
+        body: Body::Stream(rx),
+        warnings: Vec::new(),
+    }
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u64::from_le_bytes(b)
+}
+
+/// PartialObjectMetadata of an object.
+pub fn partial(v: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": meta(v),
+    })
+}
+
+/// The autoscaling/v1 Scale of an object with a scale subresource.
+pub fn scale_of(kind: &Kind, obj: &Value) -> ApiResult<Value> {
+    let Some(p) = &kind.scale else {
+        return Err(ApiError::not_found(kind, name_of(obj)));
+    };
+    let m = meta(obj);
+    let selector = p
+        .label_selector
+        .as_deref()
+        .and_then(|path| kinds::json_path(obj, path))
+        .map(|s| {
+            if s.get("matchLabels").is_some() || s.get("matchExpressions").is_some() {
+                LabelSelector::from_object(s)
+                    .map(|l| l.to_string_form())
+                    .unwrap_or_default()
+            } else if let Some(o) = s.as_object() {
+                let mut parts: Vec<String> = o
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect();
+                parts.sort();
+                parts.join(",")
+            } else {
+                s.as_str().unwrap_or_default().to_string()
+            }
+        });
+    let mut status = json!({"replicas": kinds::json_path(obj, &p.status_replicas).and_then(Value::as_i64).unwrap_or(0)});
+    if let Some(s) = selector {
+        status["selector"] = json!(s);
+    }
+    let mut md = json!({"name": m.get("name"), "uid": m.get("uid"), "resourceVersion": m.get("resourceVersion"), "creationTimestamp": m.get("creationTimestamp")});
+    if let Some(ns) = m.get("namespace") {
+        md["namespace"] = ns.clone();
+    }
+    Ok(json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": md,
+        "spec": {"replicas": kinds::json_path(obj, &p.spec_replicas).and_then(Value::as_i64).unwrap_or(0)},
+        "status": status,
+    }))
+}
+
+trait NsTerminating {
+    fn with_ns_terminating(self, ns: &str) -> Self;
+}
+
+impl NsTerminating for ApiError {
+    fn with_ns_terminating(mut self, ns: &str) -> Self {
+        self.message = format!(
+            "unable to create new content in namespace {ns} because it is being terminated"
+        );
+        self.details = Some(
+            json!({"causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}),
+        );
+        self
+    }
+}

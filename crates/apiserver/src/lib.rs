@@ -1,0 +1,196 @@
+//! berth's Kubernetes API server: the cluster's state in a [`store::Store`] behind the
+//! Kubernetes API, served over HTTPS so that kubectl and client libraries work unmodified.
+//!
+//! Data flow: request → [`server`] (TLS, authn, authz, routing) → [`api`] (verbs over the
+//! store, with [`rules`] for defaults and validation, [`patch`]/[`apply`] for patches) →
+//! store; the [`cache`] follows the store with one watch and serves watchers and lists.
+
+pub mod api;
+pub mod apply;
+pub mod auth;
+pub mod cache;
+pub mod convert;
+pub mod crd;
+pub mod discovery;
+pub mod kinds;
+pub mod metrics;
+pub mod namespaces;
+pub mod openapi;
+pub mod patch;
+pub mod pki;
+pub mod proto;
+pub mod rules;
+pub mod selector;
+pub mod server;
+pub mod services;
+pub mod status;
+pub mod table;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+/// The Kubernetes version berth's API speaks (the `k8s-openapi` feature it is built with).
+pub const VERSION: &str = "v1.32.0";
+
+pub fn version_info() -> Value {
+    json!({
+        "major": "1",
+        "minor": "32",
+        "gitVersion": format!("{VERSION}+berth"),
+        "gitCommit": "berth",
+        "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z",
+        "goVersion": "go1.23.0",
+        "compiler": "rustc",
+        "platform": format!("linux/{}", if cfg!(target_arch = "x86_64") { "amd64" } else if cfg!(target_arch = "aarch64") { "arm64" } else { std::env::consts::ARCH }),
+    })
+}
+
+/// A metav1.Time: RFC 3339 in UTC with second precision, as Kubernetes writes it.
+pub fn time_secs(secs: i64) -> String {
+    let full = timefmt::rfc3339(secs, 0);
+    match full.split_once('.') {
+        Some((head, _)) => format!("{head}Z"),
+        None => full,
+    }
+}
+
+/// Now, as a metav1.Time.
+pub fn now() -> String {
+    time_secs((timefmt::now_nanos() / 1_000_000_000) as i64)
+}
+
+/// How `berth server` runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub bind_address: IpAddr,
+    pub https_port: u16,
+    pub datastore_endpoint: Option<String>,
+    pub write_kubeconfig: PathBuf,
+    pub tls_sans: Vec<String>,
+    pub token_auth_file: Option<PathBuf>,
+    /// Keep this many recent revisions when compacting (SQLite).
+    pub watch_cache_events: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cluster certificates")]
+    Pki(#[from] pki::PkiError),
+    #[error("open the store")]
+    Store(#[from] store::OpenError),
+    #[error("the store")]
+    StoreOp(#[from] store::StoreError),
+    #[error("token file")]
+    Tokens(#[from] auth::TokenFileError),
+    #[error("TLS configuration")]
+    Tls(#[from] rustls::Error),
+    #[error("listen on {0}")]
+    Listen(SocketAddr, #[source] std::io::Error),
+    #[error("the certificates under {0} are unreadable")]
+    BadPem(PathBuf),
+}
+
+/// A started server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub api: Arc<api::Api>,
+    pub pki: pki::Pki,
+}
+
+fn pem_certs(pem: &str) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect()
+}
+
+/// Starts the API server: PKI, store, watch cache, controllers of the API's own objects
+/// (namespaces, CRDs), then the listener. Returns once it accepts connections.
+pub async fn start(cfg: Config) -> Result<Running, StartError> {
+    use rustls_pki_types::pem::PemObject;
+    let tls_dir = cfg.data_dir.join("tls");
+    let mut sans = cfg.tls_sans.clone();
+    if !cfg.bind_address.is_unspecified() {
+        sans.push(cfg.bind_address.to_string());
+    }
+    let pki = pki::Pki::load_or_create(&tls_dir, &pki::serving_sans(&sans))?;
+    let host = if cfg.bind_address.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        cfg.bind_address.to_string()
+    };
+    let url_host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+
+    let metrics = Arc::new(metrics::Metrics::default());
+    let raw = store::open(cfg.datastore_endpoint.as_deref(), &cfg.data_dir).await?;
+    let store: Arc<dyn store::Store> = Arc::new(metrics::TimedStore {
+        inner: raw,
+        metrics: metrics.clone(),
+    });
+    let cache = cache::Cache::start(store.clone(), cfg.watch_cache_events).await?;
+    let registry = Arc::new(kinds::Registry::default());
+    let api = Arc::new(api::Api {
+        store,
+        registry,
+        cache,
+    });
+    namespaces::ensure_defaults(&api).await?;
+    crd::run_controller(api.clone());
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pem_certs(&pki.ca_cert_pem) {
+        roots.add(c)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(pki.serving_key_pem.as_bytes())
+        .map_err(|_| StartError::BadPem(tls_dir.clone()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(pem_certs(&pki.serving_cert_pem), key)?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+
+    let tokens = match &cfg.token_auth_file {
+        Some(p) => auth::Tokens::load(p)?,
+        None => auth::Tokens::default(),
+    };
+    let addr = SocketAddr::new(cfg.bind_address, cfg.https_port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Listen(addr, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Listen(addr, e))?;
+    // Written once the port is known (`--https-listen-port 0` picks a free one).
+    let server_url = format!("https://{url_host}:{}", addr.port());
+    pki::write_secret(
+        &cfg.write_kubeconfig,
+        pki.admin_kubeconfig(&server_url).as_bytes(),
+        0o600,
+    )?;
+    let srv = Arc::new(server::Server {
+        api: api.clone(),
+        metrics,
+        tokens,
+        authorizer: Box::new(auth::AdminOnly),
+        host: format!("{url_host}:{}", addr.port()),
+    });
+    tokio::spawn(server::serve(srv, listener, Arc::new(tls)));
+    Ok(Running { addr, api, pki })
+}

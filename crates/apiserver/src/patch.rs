@@ -1,0 +1,224 @@
+//! The patch types: JSON patch (RFC 6902), JSON merge patch (RFC 7386) and Kubernetes'
+//! strategic merge patch with the built-in types' merge keys and `$patch` directives.
+
+use serde_json::{Map, Value};
+
+/// The merge key of a list field in the built-in types (`patchMergeKey`), if it is merged
+/// by key; `items` tells `ports` of containers from `ports` of services.
+pub fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
+    Some(match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "schedulingGates" => "name",
+        "volumeMounts" => "mountPath",
+        "volumeDevices" => "devicePath",
+        "hostAliases" => "ip",
+        "conditions" => "type",
+        "ownerReferences" => "uid",
+        "topologySpreadConstraints" => "topologyKey",
+        "taints" => "key",
+        "addresses" if items.iter().any(|i| i.get("type").is_some()) => "type",
+        "ports" => {
+            if items.iter().any(|i| i.get("containerPort").is_some()) {
+                "containerPort"
+            } else {
+                "port"
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// Lists of primitives merged as sets (`patchStrategy:"merge"` on a []string).
+fn is_merged_primitive_list(field: &str) -> bool {
+    field == "finalizers"
+}
+
+/// RFC 7386.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = Value::Object(Map::new());
+            }
+            let t = target.as_object_mut().unwrap();
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// Applies a strategic merge patch to `target`.
+pub fn strategic_merge(target: &mut Value, patch: &Value) -> Result<(), String> {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return Ok(());
+    };
+    if p.get("$patch").and_then(Value::as_str) == Some("replace") {
+        let mut clean = p.clone();
+        clean.remove("$patch");
+        *target = Value::Object(clean);
+        return Ok(());
+    }
+    if p.get("$patch").and_then(Value::as_str) == Some("delete") {
+        *target = Value::Object(Map::new());
+        return Ok(());
+    }
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let t = target.as_object_mut().unwrap();
+    if let Some(retain) = p.get("$retainKeys").and_then(Value::as_array) {
+        let keep: Vec<&str> = retain.iter().filter_map(Value::as_str).collect();
+        t.retain(|k, _| keep.contains(&k.as_str()));
+    }
+    for (k, v) in p {
+        if k == "$patch" || k == "$retainKeys" || k.starts_with("$setElementOrder/") {
+            continue;
+        }
+        if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
+            if let (Some(list), Some(del)) =
+                (t.get_mut(field).and_then(Value::as_array_mut), v.as_array())
+            {
+                list.retain(|x| !del.contains(x));
+            }
+            continue;
+        }
+        if v.is_null() {
+            t.remove(k);
+            continue;
+        }
+        match v {
+            Value::Array(items) => {
+                let existing = t.get(k).and_then(Value::as_array).cloned();
+                let replace = items
+                    .iter()
+                    .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"));
+                let merged = match existing {
+                    Some(cur) if !replace => merge_list(k, cur, items)?,
+                    _ => items
+                        .iter()
+                        .filter(|i| i.get("$patch").is_none())
+                        .cloned()
+                        .collect(),
+                };
+                t.insert(k.clone(), Value::Array(merged));
+            }
+            Value::Object(_) => {
+                let entry = t.entry(k.clone()).or_insert(Value::Null);
+                strategic_merge(entry, v)?;
+            }
+            other => {
+                t.insert(k.clone(), other.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn merge_list(field: &str, mut cur: Vec<Value>, patch: &[Value]) -> Result<Vec<Value>, String> {
+    if is_merged_primitive_list(field) {
+        for v in patch {
+            if !cur.contains(v) {
+                cur.push(v.clone());
+            }
+        }
+        return Ok(cur);
+    }
+    let Some(key) = merge_key(field, patch).or_else(|| merge_key(field, &cur)) else {
+        return Ok(patch.to_vec());
+    };
+    for item in patch {
+        let Some(kv) = item.get(key) else {
+            return Err(format!(
+                "map: {item} does not contain declared merge key: {key}"
+            ));
+        };
+        let pos = cur.iter().position(|c| c.get(key) == Some(kv));
+        if item.get("$patch").and_then(Value::as_str) == Some("delete") {
+            if let Some(i) = pos {
+                cur.remove(i);
+            }
+            continue;
+        }
+        match pos {
+            Some(i) => strategic_merge(&mut cur[i], item)?,
+            None => {
+                let mut v = Value::Null;
+                strategic_merge(&mut v, item)?;
+                cur.push(v);
+            }
+        }
+    }
+    Ok(cur)
+}
+
+/// Applies an RFC 6902 JSON patch.
+pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
+    let p: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| e.to_string())?;
+    json_patch::patch(target, &p).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn strategic_merge_by_key_and_directives() {
+        let cases = [
+            (
+                json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}}),
+                json!({"spec": {"containers": [{"name": "b", "image": "z"}, {"name": "c", "image": "w"}]}}),
+                json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "z"}, {"name": "c", "image": "w"}]}}),
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}}),
+                json!({"spec": {"containers": [{"name": "a", "$patch": "delete"}]}}),
+                json!({"spec": {"containers": [{"name": "b"}]}}),
+            ),
+            (
+                json!({"metadata": {"labels": {"a": "1", "b": "2"}}}),
+                json!({"metadata": {"labels": {"a": null, "c": "3"}}}),
+                json!({"metadata": {"labels": {"b": "2", "c": "3"}}}),
+            ),
+            (
+                json!({"spec": {"args": ["a", "b"]}}),
+                json!({"spec": {"args": ["c"]}}),
+                json!({"spec": {"args": ["c"]}}),
+            ),
+            (
+                json!({"metadata": {"finalizers": ["a"]}}),
+                json!({"metadata": {"finalizers": ["b"]}}),
+                json!({"metadata": {"finalizers": ["a", "b"]}}),
+            ),
+            (
+                json!({"spec": {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}}}),
+                json!({"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate"}}}),
+                json!({"spec": {"strategy": {"type": "Recreate"}}}),
+            ),
+        ];
+        for (mut target, patch, want) in cases {
+            strategic_merge(&mut target, &patch).unwrap();
+            assert_eq!(target, want, "patch {patch}");
+        }
+    }
+
+    #[test]
+    fn merge_patch_rfc7386() {
+        let mut t = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge_patch(&mut t, &json!({"a": "z", "c": {"f": null}}));
+        assert_eq!(t, json!({"a": "z", "c": {"d": "e"}}));
+    }
+}

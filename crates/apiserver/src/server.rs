@@ -1,0 +1,632 @@
+//! The HTTPS front: rustls with ALPN (h2, http/1.1) on tokio/hyper, authentication,
+//! authorization, routing to discovery, OpenAPI and the resource verbs, and metrics.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+
+use crate::api::{self, Api, Body, Ctx, Output, Reply, Target};
+use crate::auth::{Attributes, Authorizer, Tokens, UserInfo};
+use crate::discovery;
+use crate::metrics::Metrics;
+use crate::openapi;
+use crate::status::ApiError;
+
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+pub struct Server {
+    pub api: Arc<Api>,
+    pub metrics: Arc<Metrics>,
+    pub tokens: Tokens,
+    pub authorizer: Box<dyn Authorizer>,
+    pub host: String,
+}
+
+type ResBody = BoxBody<Bytes, Infallible>;
+
+fn full(status: u16, ct: &str, body: impl Into<Bytes>) -> Response<ResBody> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("application/json")),
+    );
+    r
+}
+
+fn to_response(reply: Reply, yaml: bool) -> Response<ResBody> {
+    let mut resp = match reply.body {
+        Body::Full(b) => {
+            if yaml && reply.content_type == "application/json" {
+                let v: Value = serde_json::from_slice(&b).unwrap_or_default();
+                full(
+                    reply.status,
+                    "application/yaml",
+                    serde_yaml::to_string(&v).unwrap_or_default(),
+                )
+            } else {
+                full(reply.status, &reply.content_type, b)
+            }
+        }
+        Body::Stream(rx) => {
+            let stream = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+            });
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_str(&reply.content_type).unwrap(),
+            );
+            r
+        }
+    };
+    for w in reply.warnings {
+        let v = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
+        if let Ok(h) = HeaderValue::from_str(&v) {
+            resp.headers_mut().append("warning", h);
+        }
+    }
+    resp
+}
+
+fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
+    q.unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (pct_decode(k), pct_decode(v))
+        })
+        .collect()
+}
+
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(x) => {
+                        out.push(x);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn output_of(accept: &str) -> Result<(Output, bool), ApiError> {
+    if accept.is_empty() {
+        return Ok((Output::Object, false));
+    }
+    for a in accept.split(',') {
+        let a = a.trim();
+        let base = a.split(';').next().unwrap_or_default().trim();
+        if base == "application/json"
+            || base == "*/*"
+            || base == "application/*"
+            || base == "application/yaml"
+        {
+            if a.contains("as=Table") {
+                return Ok((Output::Table, false));
+            }
+            if a.contains("as=PartialObjectMetadata") {
+                return Ok((Output::Metadata, false));
+            }
+            if a.contains("as=") {
+                continue;
+            }
+            return Ok((Output::Object, base == "application/yaml"));
+        }
+    }
+    Err(ApiError::not_acceptable(
+        "application/json, application/yaml, application/vnd.kubernetes.protobuf",
+    ))
+}
+
+impl Server {
+    fn authenticate(
+        &self,
+        req: &Request<Incoming>,
+        cert_user: Option<&UserInfo>,
+    ) -> Option<UserInfo> {
+        if let Some(h) = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+        {
+            if let Some(t) = h.strip_prefix("Bearer ") {
+                return self.tokens.lookup(t.trim());
+            }
+            return None;
+        }
+        cert_user.cloned()
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        cert_user: Option<UserInfo>,
+    ) -> Response<ResBody> {
+        let start = Instant::now();
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        let anonymous_ok = matches!(
+            path.as_str(),
+            "/healthz" | "/livez" | "/readyz" | "/version"
+        ) || path.starts_with("/healthz/")
+            || path.starts_with("/livez/")
+            || path.starts_with("/readyz/");
+        let user = self.authenticate(&req, cert_user.as_ref());
+        let bad_token = user.is_none() && req.headers().contains_key(http::header::AUTHORIZATION);
+        if user.is_none() && (!anonymous_ok || bad_token) {
+            return to_response(Reply::error(&ApiError::unauthorized()), false);
+        }
+        let (resp, verb, resource) = self.route(req, user).await;
+        let took = start.elapsed();
+        self.metrics
+            .request(&verb, &resource, resp.status().as_u16(), took);
+        let _ = method;
+        resp
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        user: Option<UserInfo>,
+    ) -> (Response<ResBody>, String, String) {
+        let path = req.uri().path().trim_end_matches('/').to_string();
+        let path = if path.is_empty() {
+            "/".to_string()
+        } else {
+            path
+        };
+        let query = query_pairs(req.uri().query());
+        let accept = req
+            .headers()
+            .get(http::header::ACCEPT)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let method = req.method().as_str().to_string();
+        let reg = &self.api.registry;
+        let nonresource = |status: u16, ct: &str, body: Bytes| {
+            (full(status, ct, body), method.clone(), String::new())
+        };
+        let js = |v: &Value| Bytes::from(serde_json::to_vec(v).unwrap_or_default());
+        match path.as_str() {
+            "/healthz" | "/livez" | "/readyz" => {
+                return nonresource(200, "text/plain; charset=utf-8", Bytes::from_static(b"ok"))
+            }
+            "/version" => return nonresource(200, "application/json", js(&crate::version_info())),
+            _ => {}
+        }
+        let user = user.unwrap();
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let plain_get = method == "GET";
+        // Non-resource paths.
+        let nr_attrs = Attributes {
+            verb: "get",
+            group: "",
+            resource: "",
+            subresource: "",
+            namespace: "",
+            name: "",
+            path: &path,
+        };
+        let forbidden_nr = || {
+            let e = ApiError::forbidden(format!(
+                "forbidden: User \"{}\" cannot get path \"{}\"",
+                user.name, path
+            ));
+            (
+                to_response(Reply::error(&e), false),
+                method.clone(),
+                String::new(),
+            )
+        };
+        let is_resource_path =
+            (segs.len() >= 3 && segs[0] == "api") || (segs.len() >= 4 && segs[0] == "apis");
+        if !is_resource_path {
+            if !self.authorizer.authorize(&user, &nr_attrs) {
+                return forbidden_nr();
+            }
+            if !plain_get {
+                let e = ApiError::method_not_allowed(
+                    "the server does not allow this method on the requested resource",
+                );
+                return (
+                    to_response(Reply::error(&e), false),
+                    method.clone(),
+                    String::new(),
+                );
+            }
+            match segs.as_slice() {
+                ["metrics"] => {
+                    return nonresource(
+                        200,
+                        "text/plain; version=0.0.4",
+                        Bytes::from(self.metrics.render()),
+                    )
+                }
+                ["api"] => {
+                    if discovery::wants_aggregated(&accept) {
+                        return nonresource(
+                            200,
+                            discovery::AGGREGATED_CT,
+                            js(&discovery::aggregated(reg, true)),
+                        );
+                    }
+                    return nonresource(
+                        200,
+                        "application/json",
+                        js(&discovery::api_versions(&self.host)),
+                    );
+                }
+                ["apis"] => {
+                    if discovery::wants_aggregated(&accept) {
+                        return nonresource(
+                            200,
+                            discovery::AGGREGATED_CT,
+                            js(&discovery::aggregated(reg, false)),
+                        );
+                    }
+                    return nonresource(200, "application/json", js(&discovery::group_list(reg)));
+                }
+                ["api", v] => {
+                    if let Some(l) = discovery::resource_list(reg, "", v) {
+                        return nonresource(200, "application/json", js(&l));
+                    }
+                }
+                ["apis", g] => {
+                    if let Some(l) = discovery::group(reg, g) {
+                        return nonresource(200, "application/json", js(&l));
+                    }
+                }
+                ["apis", g, v] => {
+                    if let Some(l) = discovery::resource_list(reg, g, v) {
+                        return nonresource(200, "application/json", js(&l));
+                    }
+                }
+                ["openapi", "v2"] => {
+                    return nonresource(200, "application/json", js(&openapi::v2(reg)))
+                }
+                ["openapi", "v3"] => {
+                    return nonresource(200, "application/json", js(&openapi::v3_index(reg)))
+                }
+                ["openapi", "v3", "api", v] => {
+                    if let Some(d) = openapi::v3_doc(reg, "", v) {
+                        return nonresource(200, "application/json", js(&d));
+                    }
+                }
+                ["openapi", "v3", "apis", g, v] => {
+                    if let Some(d) = openapi::v3_doc(reg, g, v) {
+                        return nonresource(200, "application/json", js(&d));
+                    }
+                }
+                _ => {}
+            }
+            let e = ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+            return (
+                to_response(Reply::error(&e), false),
+                method.clone(),
+                String::new(),
+            );
+        }
+        // Resource paths: /api/v1/... or /apis/G/V/...
+        let (group, version, rest) = if segs[0] == "api" {
+            ("", segs[1], &segs[2..])
+        } else {
+            (segs[1], segs[2], &segs[3..])
+        };
+        let (ns, plural, name, sub) = if rest.len() >= 3
+            && rest[0] == "namespaces"
+            && reg
+                .find(group, version, rest[2])
+                .is_some_and(|k| k.namespaced)
+        {
+            (
+                Some(rest[1].to_string()),
+                rest[2],
+                rest.get(3).map(|s| s.to_string()),
+                rest.get(4).map(|s| s.to_string()),
+            )
+        } else {
+            (
+                None,
+                rest[0],
+                rest.get(1).map(|s| s.to_string()),
+                rest.get(2).map(|s| s.to_string()),
+            )
+        };
+        let resource_label = if group.is_empty() {
+            plural.to_string()
+        } else {
+            format!("{plural}.{group}")
+        };
+        let not_found = || {
+            let e = ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+            (
+                to_response(Reply::error(&e), false),
+                method.clone(),
+                resource_label.clone(),
+            )
+        };
+        let Some(kind) = reg.find(group, version, plural) else {
+            return not_found();
+        };
+        if rest.len() > 5 || (ns.is_none() && rest.len() > 3) {
+            return not_found();
+        }
+        if let Some(s) = &sub {
+            let ok = (s == "status" && kind.status)
+                || (s == "scale" && kind.scale.is_some())
+                || kind.node_subresources.contains(&s.as_str())
+                || (s == "finalize" && kind.kind == "Namespace" && kind.group.is_empty());
+            if !ok {
+                return not_found();
+            }
+        }
+        let watch = matches!(
+            query
+                .iter()
+                .find(|(k, _)| k == "watch")
+                .map(|(_, v)| v.as_str()),
+            Some("true") | Some("1")
+        );
+        let verb = match (method.as_str(), name.is_some()) {
+            ("GET", false) if watch => "watch",
+            ("GET", false) => "list",
+            ("GET", true) if watch => "watch",
+            ("GET", true) => "get",
+            ("POST", false) => "create",
+            ("POST", true) if sub.is_some() => "create",
+            ("PUT", true) => "update",
+            ("PATCH", true) => "patch",
+            ("DELETE", true) => "delete",
+            ("DELETE", false) => "deletecollection",
+            _ => {
+                let e = ApiError::method_not_allowed(
+                    "the server does not allow this method on the requested resource",
+                );
+                return (
+                    to_response(Reply::error(&e), false),
+                    method.clone(),
+                    resource_label,
+                );
+            }
+        };
+        let attrs = Attributes {
+            verb,
+            group,
+            resource: plural,
+            subresource: sub.as_deref().unwrap_or_default(),
+            namespace: ns.as_deref().unwrap_or_default(),
+            name: name.as_deref().unwrap_or_default(),
+            path: &path,
+        };
+        let metric_verb = verb.to_uppercase();
+        if !self.authorizer.authorize(&user, &attrs) {
+            let scope = match &ns {
+                Some(n) => format!(" in the namespace \"{n}\""),
+                None => " at the cluster scope".into(),
+            };
+            let e = ApiError::forbidden(format!("{} is forbidden: User \"{}\" cannot {verb} resource \"{plural}\" in API group \"{group}\"{scope}", kind.qualified(), user.name));
+            return (
+                to_response(Reply::error(&e), false),
+                metric_verb,
+                resource_label,
+            );
+        }
+        let (output, yaml) = match output_of(&accept) {
+            Ok(o) => o,
+            Err(e) => {
+                return (
+                    to_response(Reply::error(&e), false),
+                    metric_verb,
+                    resource_label,
+                )
+            }
+        };
+        let content_type = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let user_agent = req
+            .headers()
+            .get(http::header::USER_AGENT)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return (
+                    to_response(Reply::error(&ApiError::too_large()), false),
+                    metric_verb,
+                    resource_label,
+                )
+            }
+        };
+        let ctx = Ctx {
+            query: &query,
+            output,
+            user_agent: &user_agent,
+            content_type: &content_type,
+            body,
+        };
+        let target = Target {
+            kind: kind.clone(),
+            namespace: ns.clone(),
+            name: name.clone(),
+            sub: sub.clone(),
+        };
+        if kind.namespaced && ns.is_none() && !matches!(verb, "list" | "watch") {
+            let e = ApiError::not_found(&kind, name.as_deref().unwrap_or_default());
+            return (
+                to_response(Reply::error(&e), false),
+                metric_verb,
+                resource_label,
+            );
+        }
+        let result = match (verb, sub.as_deref()) {
+            (_, Some(s)) if kind.node_subresources.contains(&s) && s != "binding" && s != "eviction" => self.node_subresource(&target, s).await,
+            ("create", Some("binding")) => self.api.bind(&target, &ctx).await,
+            ("create", Some("eviction")) => {
+                self.api.delete(&Target { sub: None, ..target }, &Ctx { body: Bytes::new(), ..ctx }).await.map(|_| {
+                    Reply::json(201, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))
+                })
+            }
+            ("get", _) => self.api.get(&target, &ctx).await,
+            ("list", _) => self.api.list(&target, &ctx).await,
+            ("watch", _) => {
+                self.metrics.watches.fetch_add(1, Ordering::Relaxed);
+                let r = self.api.watch(&target, &ctx).await;
+                if let Ok(Reply { body: Body::Stream(_), .. }) = &r {
+                } else {
+                    self.metrics.watches.fetch_sub(1, Ordering::Relaxed);
+                }
+                r.map(|mut reply| {
+                    if let Body::Stream(rx) = reply.body {
+                        reply.body = Body::Stream(watch_guard(rx, self.metrics.clone()));
+                    }
+                    reply
+                })
+            }
+            ("create", Some(_)) => Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
+            ("create", None) => self.api.create(&target, &ctx).await,
+            ("update", Some("finalize")) => self.api.update(&Target { sub: Some("status".into()), ..target }, &ctx).await,
+            ("update", _) => self.api.update(&target, &ctx).await,
+            ("patch", _) => self.api.patch(&target, &ctx).await,
+            ("delete", _) => self.api.delete(&target, &ctx).await,
+            ("deletecollection", _) => self.api.delete_collection(&target, &ctx).await,
+            _ => Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
+        };
+        let reply = result.unwrap_or_else(|e| Reply::error(&e));
+        (to_response(reply, yaml), metric_verb, resource_label)
+    }
+
+    /// The subresources a node serves (logs, exec, attach, port-forward, proxy): answered
+    /// by the node agent once one runs the pod; until then, a clear error.
+    async fn node_subresource(&self, t: &Target, sub: &str) -> Result<Reply, ApiError> {
+        let name = t.name.as_deref().unwrap_or_default();
+        let v = self
+            .api
+            .store
+            .get(&t.kind.key(t.namespace.as_deref(), name), 0)
+            .await?;
+        let Some(kv) = v else {
+            return Err(ApiError::not_found(&t.kind, name));
+        };
+        let obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+        if t.kind.kind == "Pod"
+            && obj
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+        {
+            return Err(ApiError::bad_request(format!(
+                "pod {name} does not have a host assigned"
+            )));
+        }
+        Err(ApiError::unavailable(format!("{}/{sub} needs the node agent, which this server does not run: no node serves {} \"{name}\"", t.kind.plural, t.kind.qualified())))
+    }
+}
+
+/// Counts a watch as open until its stream ends.
+fn watch_guard(
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+    metrics: Arc<Metrics>,
+) -> tokio::sync::mpsc::Receiver<Bytes> {
+    let (tx, out) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if tx.send(b).await.is_err() {
+                break;
+            }
+        }
+        metrics.watches.fetch_sub(1, Ordering::Relaxed);
+    });
+    out
+}
+
+/// Accepts TLS connections and serves each with HTTP/2 or HTTP/1.1 as ALPN chose.
+pub async fn serve(
+    server: Arc<Server>,
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, _peer): (tokio::net::TcpStream, SocketAddr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let server = server.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+            else {
+                return;
+            };
+            let cert_user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::auth::user_from_cert(c));
+            let svc = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                let cu = cert_user.clone();
+                async move { Ok::<_, Infallible>(server.handle(req, cu).await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http2().max_concurrent_streams(1000);
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+pub fn json_body(v: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+pub use api::decode_body;

@@ -1,0 +1,167 @@
+//! What the API server allocates for Services: cluster IPs from the service CIDR
+//! (10.43.0.0/16) and node ports from 30000–32767.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use serde_json::{json, Value};
+
+use crate::api::Api;
+use crate::status::{ApiError, ApiResult, FieldError};
+
+static ALLOC: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 43, 0, 0), 16);
+
+fn in_cidr(ip: Ipv4Addr) -> bool {
+    let mask = u32::MAX << (32 - SERVICE_CIDR.1);
+    (u32::from(ip) & mask) == u32::from(SERVICE_CIDR.0)
+}
+
+/// Fills `spec.clusterIP(s)` and node ports of a new Service.
+pub async fn allocate(api: &Api, svc: &mut Value) -> ApiResult<()> {
+    let _guard = ALLOC.lock().await;
+    let list = api
+        .store
+        .list(store::ListOptions {
+            prefix: "/registry/core/services/",
+            ..Default::default()
+        })
+        .await?;
+    let mut used_ips = HashSet::new();
+    let mut used_ports = HashSet::new();
+    for kv in &list.kvs {
+        let v: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+        if let Some(ip) = v
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<Ipv4Addr>().ok())
+        {
+            used_ips.insert(ip);
+        }
+        for p in v
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(n) = p.get("nodePort").and_then(Value::as_i64) {
+                used_ports.insert(n);
+            }
+        }
+    }
+    let name = svc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let kind = api
+        .registry
+        .find("", "v1", "services")
+        .expect("services are served");
+    let ty = svc
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    if ty != "ExternalName" {
+        match svc
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .map(String::from)
+        {
+            Some(ip) if ip == "None" => {
+                svc["spec"]["clusterIPs"] = json!(["None"]);
+            }
+            Some(ip) if !ip.is_empty() => {
+                let parsed: Ipv4Addr = ip.parse().map_err(|_| {
+                    ApiError::invalid(
+                        &kind,
+                        &name,
+                        vec![FieldError::invalid(
+                            "spec.clusterIPs[0]",
+                            ip.as_str(),
+                            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                        )],
+                    )
+                })?;
+                if !in_cidr(parsed) {
+                    return Err(ApiError::invalid(&kind, &name, vec![FieldError::invalid_raw("spec.clusterIPs", format!("[]string{{\"{ip}\"}}"), format!("failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is 10.43.0.0/16"))]));
+                }
+                if used_ips.contains(&parsed) {
+                    return Err(ApiError::invalid(
+                        &kind,
+                        &name,
+                        vec![FieldError::invalid_raw(
+                            "spec.clusterIPs",
+                            format!("[]string{{\"{ip}\"}}"),
+                            format!("failed to allocate IP {ip}: provided IP is already allocated"),
+                        )],
+                    ));
+                }
+                svc["spec"]["clusterIPs"] = json!([ip]);
+            }
+            _ => {
+                let base = u32::from(SERVICE_CIDR.0);
+                let size = 1u32 << (32 - SERVICE_CIDR.1);
+                let mut r = [0u8; 4];
+                let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r);
+                let start = u32::from_le_bytes(r) % size;
+                let ip = (0..size)
+                    .map(|i| Ipv4Addr::from(base + (start + i) % size))
+                    .find(|ip| {
+                        let o = u32::from(*ip) - base;
+                        // .0 is the network, the last is broadcast; .1 is the kubernetes Service, .10 cluster DNS.
+                        o > 10 && o < size - 1 && !used_ips.contains(ip)
+                    })
+                    .ok_or_else(|| {
+                        ApiError::internal("failed to allocate a serviceIP: range is full")
+                    })?;
+                svc["spec"]["clusterIP"] = json!(ip.to_string());
+                svc["spec"]["clusterIPs"] = json!([ip.to_string()]);
+            }
+        }
+    }
+    let needs_ports = ty == "NodePort"
+        || (ty == "LoadBalancer"
+            && svc.pointer("/spec/allocateLoadBalancerNodePorts") != Some(&json!(false)));
+    if needs_ports {
+        let mut next = 30000 + (u32::from_le_bytes([1, 2, 3, 4]) % 2768) as i64;
+        for (i, p) in svc
+            .pointer_mut("/spec/ports")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            match p.get("nodePort").and_then(Value::as_i64) {
+                Some(n) => {
+                    if !(30000..=32767).contains(&n) {
+                        return Err(ApiError::invalid(&kind, &name, vec![FieldError::invalid_raw(format!("spec.ports[{i}].nodePort"), n.to_string(), "provided port is not in the valid range. The range of valid ports is 30000-32767")]));
+                    }
+                    if !used_ports.insert(n) {
+                        return Err(ApiError::invalid(
+                            &kind,
+                            &name,
+                            vec![FieldError::invalid_raw(
+                                format!("spec.ports[{i}].nodePort"),
+                                n.to_string(),
+                                "provided port is already allocated",
+                            )],
+                        ));
+                    }
+                }
+                None => {
+                    let mut tries = 0;
+                    while used_ports.contains(&next) && tries < 2768 {
+                        next = if next >= 32767 { 30000 } else { next + 1 };
+                        tries += 1;
+                    }
+                    used_ports.insert(next);
+                    p["nodePort"] = json!(next);
+                }
+            }
+        }
+    }
+    Ok(())
+}

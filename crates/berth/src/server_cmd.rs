@@ -1,0 +1,64 @@
+//! `berth server`: the cluster's control plane (today: the store and the Kubernetes API).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Where the server keeps its state (store, certificates, join token).
+    #[arg(long, default_value = "/var/lib/berth/server")]
+    data_dir: PathBuf,
+    /// The address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// The HTTPS port of the Kubernetes API.
+    #[arg(long, default_value_t = 6443)]
+    https_listen_port: u16,
+    /// The store: unset or sqlite://PATH for embedded SQLite; etcd://HOST:PORT[,HOST:PORT]
+    /// or https://HOST:PORT[,…] for etcd.
+    #[arg(long)]
+    datastore_endpoint: Option<String>,
+    /// Where to write the admin kubeconfig (mode 0600).
+    #[arg(long, default_value = "/etc/berth/kubeconfig.yaml")]
+    write_kubeconfig: PathBuf,
+    /// Extra names or addresses for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    tls_san: Vec<String>,
+    /// Static bearer tokens: lines of token,user,uid,"group1,group2".
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+}
+
+pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    rt.block_on(async move {
+        let cfg = apiserver::Config {
+            data_dir: a.data_dir,
+            bind_address: a.bind_address,
+            https_port: a.https_listen_port,
+            datastore_endpoint: a.datastore_endpoint,
+            write_kubeconfig: a.write_kubeconfig.clone(),
+            tls_sans: a.tls_san,
+            token_auth_file: a.token_auth_file,
+            watch_cache_events: 10_000,
+        };
+        let running = apiserver::start(cfg).await.context("start the server")?;
+        eprintln!(
+            "berth server: Kubernetes API on https://{}; kubeconfig {}",
+            running.addr,
+            a.write_kubeconfig.display()
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("signal handler")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        Ok(0)
+    })
+}

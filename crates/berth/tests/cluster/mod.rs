@@ -1,0 +1,291 @@
+//! A cluster harness for tests: `berth server` processes on loopback (SQLite or a real etcd
+//! from Debian's `etcd-server`), and `kubectl` pointed at them.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// A running `berth server`.
+pub struct Server {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub url: String,
+    pub pid: u32,
+    _etcd: Option<u32>,
+}
+
+/// Children die with the thread that started them (PR_SET_PDEATHSIG): shared servers are
+/// started from a thread that lives as long as the test process, so nothing outlives it.
+fn spawn_tied(mut cmd: Command) -> Child {
+    // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag of the calling (child) process;
+    // it is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn")
+}
+
+/// What a spawned process hands back: its pid and its stderr.
+pub struct Spawned {
+    pub pid: u32,
+    pub stderr: Option<std::process::ChildStderr>,
+}
+
+type Request = (Command, std::sync::mpsc::Sender<Spawned>);
+
+fn keeper() -> &'static std::sync::Mutex<std::sync::mpsc::Sender<Request>> {
+    static K: OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Request>>> = OnceLock::new();
+    K.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Request>();
+        std::thread::spawn(move || {
+            // The children are kept (and reaped) here. The sender lives in a static, so
+            // this thread lives as long as the test process, and its children die with it.
+            let mut children: Vec<Child> = Vec::new();
+            for (cmd, back) in rx {
+                let mut child = spawn_tied(cmd);
+                let _ = back.send(Spawned {
+                    pid: child.id(),
+                    stderr: child.stderr.take(),
+                });
+                children.push(child);
+                children.retain_mut(|c| c.try_wait().ok().flatten().is_none());
+            }
+        });
+        std::sync::Mutex::new(tx)
+    })
+}
+
+/// Spawns a process that lives until the test process ends.
+pub fn spawn_for_process(cmd: Command) -> Spawned {
+    let (tx, rx) = std::sync::mpsc::channel();
+    keeper().lock().unwrap().send((cmd, tx)).unwrap();
+    rx.recv().unwrap()
+}
+
+fn base_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("berth-cluster-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Starts Debian's etcd on free loopback ports; returns its client URL and pid.
+pub fn start_etcd(dir: &Path) -> (String, u32) {
+    assert!(
+        Path::new("/usr/bin/etcd").exists(),
+        "the etcd tests need /usr/bin/etcd: install Debian's etcd-server package"
+    );
+    let client = free_port();
+    let peer = free_port();
+    let mut cmd = Command::new("/usr/bin/etcd");
+    cmd.args([
+        "--name",
+        "t",
+        "--data-dir",
+        dir.join("etcd").to_str().unwrap(),
+        "--listen-client-urls",
+        &format!("http://127.0.0.1:{client}"),
+        "--advertise-client-urls",
+        &format!("http://127.0.0.1:{client}"),
+        "--listen-peer-urls",
+        &format!("http://127.0.0.1:{peer}"),
+        "--initial-advertise-peer-urls",
+        &format!("http://127.0.0.1:{peer}"),
+        "--initial-cluster",
+        &format!("t=http://127.0.0.1:{peer}"),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let child = spawn_for_process(cmd);
+    // etcd logs "ready to serve client requests" once it answers.
+    let err = child.stderr.unwrap();
+    let mut lines = BufReader::new(err).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("ready to serve client requests") => break,
+            Some(Ok(_)) => {}
+            _ => panic!("etcd exited before it was ready"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (format!("etcd://127.0.0.1:{client}"), child.pid)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// Starts a server with its own data dir; `etcd` puts its store in a new etcd.
+    pub fn start(name: &str, etcd: bool) -> Server {
+        let dir = base_dir(name);
+        let kubeconfig = dir.join("kubeconfig.yaml");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.args([
+            "server",
+            "--bind-address",
+            "127.0.0.1",
+            "--https-listen-port",
+            "0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--write-kubeconfig")
+        .arg(&kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let mut etcd_pid = None;
+        if etcd {
+            let (url, pid) = start_etcd(&dir);
+            cmd.args(["--datastore-endpoint", &url]);
+            etcd_pid = Some(pid);
+        }
+        let child = spawn_for_process(cmd);
+        let err = child.stderr.unwrap();
+        let mut lines = BufReader::new(err).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if let Some(rest) = l.split("Kubernetes API on ").nth(1) {
+                        break rest.split(';').next().unwrap().to_string();
+                    }
+                }
+                _ => panic!("berth server exited before it served"),
+            }
+        };
+        let log = dir.join("server.log");
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::create(log).unwrap();
+            for l in lines.map_while(Result::ok) {
+                let _ = writeln!(f, "{l}");
+            }
+        });
+        Server {
+            dir,
+            kubeconfig,
+            url,
+            pid: child.pid,
+            _etcd: etcd_pid,
+        }
+    }
+
+    pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        c.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", &self.dir)
+            .env_remove("KUBECTL_EXTERNAL_DIFF");
+        c
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_cmd(args)
+            .output()
+            .expect("run kubectl (installed at /usr/local/bin or /usr/bin)")
+    }
+
+    pub fn kubectl_in(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut c = self.kubectl_cmd(args);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// kubectl that must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.kubectl(args);
+        assert!(
+            o.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn ok_in(&self, args: &[&str], stdin: &str) -> String {
+        let o = self.kubectl_in(args, stdin);
+        assert!(
+            o.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// kubectl that must fail; its stderr.
+    pub fn err(&self, args: &[&str]) -> String {
+        let o = self.kubectl(args);
+        assert!(
+            !o.status.success(),
+            "kubectl {args:?} should have failed: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    pub fn err_in(&self, args: &[&str], stdin: &str) -> String {
+        let o = self.kubectl_in(args, stdin);
+        assert!(
+            !o.status.success(),
+            "kubectl {args:?} should have failed: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    /// A fresh namespace for one test.
+    pub fn namespace(&self, name: &str) -> String {
+        self.ok(&["create", "namespace", name]);
+        name.to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+/// Replaces AGE cells (`0s`, `12s`, `3m2s`) so tables compare exactly.
+pub fn mask_ages(table: &str) -> String {
+    table
+        .lines()
+        .map(|l| {
+            l.split_inclusive(' ')
+                .map(|w| {
+                    let t = w.trim_end();
+                    let is_age = !t.is_empty()
+                        && t.chars().next().unwrap().is_ascii_digit()
+                        && (t.ends_with('s') || t.ends_with('m') || t.ends_with('h'))
+                        && t.chars().all(|c| c.is_ascii_digit() || "smhd".contains(c));
+                    if is_age {
+                        format!("{:<width$}", "AGE", width = w.len())
+                    } else {
+                        w.to_string()
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,1260 @@
+//! kubectl 1.32 against `berth server`, on both store backends (SQLite and a real etcd):
+//! discovery, CRUD with kubectl's tables and output formats, the three patch types,
+//! client- and server-side apply, kustomize, diff, scale, edit, wait, watch, deletion,
+//! custom resources, and bad input answered with Kubernetes' Status.
+
+mod cluster;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use cluster::{mask_ages, Server};
+
+fn sqlite() -> &'static Server {
+    static S: OnceLock<Server> = OnceLock::new();
+    S.get_or_init(|| Server::start("kubectl-sqlite", false))
+}
+
+fn etcd() -> &'static Server {
+    static S: OnceLock<Server> = OnceLock::new();
+    S.get_or_init(|| Server::start("kubectl-etcd", true))
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name(super::sqlite())
+            }
+            #[test]
+            fn etcd() {
+                super::$name(super::etcd())
+            }
+        })*
+    };
+}
+
+on_both_backends!(
+    discovery_and_explain,
+    create_get_describe_and_output_formats,
+    patch_label_annotate,
+    client_side_apply_three_times,
+    server_side_apply_conflicts,
+    kustomize_diff_and_scale,
+    edit_wait_and_watch,
+    delete_cascade_and_finalizers,
+    custom_resources_with_printer_columns,
+    bad_input_is_refused_and_nothing_stored,
+    namespace_deletion_empties_it,
+    paging_and_selectors,
+);
+
+const DEPLOY: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        ports:
+        - containerPort: 80
+        env:
+        - {name: A, value: \"1\"}
+        - {name: B, value: \"2\"}
+";
+
+fn discovery_and_explain(s: &Server) {
+    let v = s.ok(&["version", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(v["serverVersion"]["major"], "1");
+    assert_eq!(v["serverVersion"]["minor"], "32");
+    let r = s.ok(&["api-resources"]);
+    let head = r.lines().next().unwrap();
+    assert_eq!(
+        head.split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]
+    );
+    for line in [
+        "pods po v1 true Pod",
+        "deployments deploy apps/v1 true Deployment",
+        "customresourcedefinitions crd,crds apiextensions.k8s.io/v1 false CustomResourceDefinition",
+        "horizontalpodautoscalers hpa autoscaling/v2 true HorizontalPodAutoscaler",
+        "leases coordination.k8s.io/v1 true Lease",
+        "priorityclasses pc scheduling.k8s.io/v1 false PriorityClass",
+        "clusterroles rbac.authorization.k8s.io/v1 false ClusterRole",
+    ] {
+        let want: Vec<&str> = line.split(' ').collect();
+        assert!(
+            r.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == want),
+            "api-resources lacks {line}:\n{r}"
+        );
+    }
+    let versions = s.ok(&["api-versions"]);
+    for gv in [
+        "v1",
+        "apps/v1",
+        "autoscaling/v1",
+        "autoscaling/v2",
+        "batch/v1",
+        "events.k8s.io/v1",
+        "policy/v1",
+        "discovery.k8s.io/v1",
+        "networking.k8s.io/v1",
+    ] {
+        assert!(
+            versions.lines().any(|l| l == gv),
+            "api-versions lacks {gv}:\n{versions}"
+        );
+    }
+    let e = s.ok(&["explain", "deployment.spec.strategy"]);
+    assert!(e.contains("KIND:       Deployment"), "{e}");
+    assert!(e.contains("FIELD: strategy <DeploymentStrategy>"), "{e}");
+    assert!(
+        e.contains("rollingUpdate\t<RollingUpdateDeployment>"),
+        "{e}"
+    );
+    assert!(e.contains("type\t<string>"), "{e}");
+}
+
+fn create_get_describe_and_output_formats(s: &Server) {
+    let ns = s.namespace("crud");
+    assert_eq!(
+        s.ok_in(&["create", "-n", &ns, "-f", "-"], DEPLOY),
+        "deployment.apps/web created\n"
+    );
+    s.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "-n",
+        &ns,
+        "--from-literal=a=1",
+        "--from-literal=b=2",
+    ]);
+    s.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "svc",
+        "-n",
+        &ns,
+        "--tcp=80:8080",
+    ]);
+    let t = mask_ages(&s.ok(&["get", "deploy", "-n", &ns]));
+    assert_eq!(
+        t,
+        "NAME   READY   UP-TO-DATE   AVAILABLE   AGE\nweb    0/2     0            0           AGE"
+    );
+    let t = mask_ages(&s.ok(&["get", "deploy", "-n", &ns, "-o", "wide"]));
+    assert_eq!(t, "NAME   READY   UP-TO-DATE   AVAILABLE   AGE   CONTAINERS   IMAGES         SELECTOR\nweb    0/2     0            0           AGE   web          busybox:1.36   app=web");
+    let t = mask_ages(&s.ok(&["get", "configmaps", "-n", &ns]));
+    assert_eq!(t, "NAME   DATA   AGE\ncfg    2      AGE");
+    let svc = s.ok(&[
+        "get",
+        "svc",
+        "svc",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert!(svc.starts_with("10.43."), "cluster IP {svc}");
+    let t = mask_ages(&s.ok(&["get", "svc", "-n", &ns]));
+    let w = svc.len().max("CLUSTER-IP".len()) + 3;
+    let want = format!("NAME   TYPE        {:<w$}EXTERNAL-IP   PORT(S)   AGE\nsvc    ClusterIP   {svc:<w$}<none>        80/TCP    AGE", "CLUSTER-IP");
+    assert_eq!(t, want);
+    assert_eq!(
+        s.ok(&["get", "deploy,cm", "-n", &ns, "-o", "name"]),
+        "deployment.apps/web\nconfigmap/cfg\n"
+    );
+    assert_eq!(s.ok(&["get", "deploy", "web", "-n", &ns, "-o", "jsonpath={.spec.template.spec.containers[0].image} {.spec.strategy.type} {.spec.template.spec.restartPolicy}"]), "busybox:1.36 RollingUpdate Always");
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "deploy",
+            "-n",
+            &ns,
+            "-o",
+            "custom-columns=NAME:.metadata.name,REPLICAS:.spec.replicas"
+        ]),
+        "NAME   REPLICAS\nweb    2\n"
+    );
+    let y = s.ok(&["get", "deploy", "web", "-n", &ns, "-o", "yaml"]);
+    assert!(
+        y.contains("  generation: 1\n")
+            && y.contains("imagePullPolicy: IfNotPresent")
+            && y.contains("revisionHistoryLimit: 10"),
+        "{y}"
+    );
+    let j: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        &ns,
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]))
+    .unwrap();
+    assert_eq!(j["metadata"]["uid"].as_str().unwrap().len(), 36);
+    assert_eq!(j["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+    assert_eq!(
+        j["metadata"]["managedFields"][0]["manager"],
+        "kubectl-create"
+    );
+    let all = mask_ages(&s.ok(&[
+        "get",
+        "cm",
+        "-A",
+        "--field-selector",
+        &format!("metadata.namespace={ns}"),
+    ]));
+    assert_eq!(
+        all,
+        format!("NAMESPACE   NAME   DATA   AGE\n{ns:<11} cfg    2      AGE")
+    );
+    let d = s.ok(&["describe", "deploy", "web", "-n", &ns]);
+    for want in [
+        "Name:                   web",
+        &format!("Namespace:              {ns}"),
+        "Selector:               app=web",
+        "Replicas:               2 desired | 0 updated | 0 total | 0 available | 0 unavailable",
+        "StrategyType:           RollingUpdate",
+        "RollingUpdateStrategy:  25% max unavailable, 25% max surge",
+        "    Image:      busybox:1.36",
+    ] {
+        assert!(d.contains(want), "describe lacks {want:?}:\n{d}");
+    }
+    assert!(
+        d.lines()
+            .any(|l| l.starts_with("Events:") && l.ends_with("<none>")),
+        "{d}"
+    );
+    let e = s.err(&["get", "pods", "nothere", "-n", &ns]);
+    assert_eq!(
+        e,
+        "Error from server (NotFound): pods \"nothere\" not found\n"
+    );
+    let e = s.err_in(&["create", "-n", &ns, "-f", "-"], DEPLOY);
+    assert_eq!(e, "Error from server (AlreadyExists): error when creating \"STDIN\": deployments.apps \"web\" already exists\n");
+}
+
+fn patch_label_annotate(s: &Server) {
+    let ns = s.namespace("patch");
+    s.ok_in(&["create", "-n", &ns, "-f", "-"], DEPLOY);
+    assert_eq!(s.ok(&["patch", "deploy", "web", "-n", &ns, "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"busybox:1.37"}]}}}}"#]), "deployment.apps/web patched\n");
+    assert_eq!(
+        s.ok(&[
+            "patch",
+            "deploy",
+            "web",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":4}}"#
+        ]),
+        "deployment.apps/web patched\n"
+    );
+    assert_eq!(
+        s.ok(&[
+            "patch",
+            "deploy",
+            "web",
+            "-n",
+            &ns,
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/revisionHistoryLimit","value":3}]"#
+        ]),
+        "deployment.apps/web patched\n"
+    );
+    let got = s.ok(&["get", "deploy", "web", "-n", &ns, "-o", "jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort} {.spec.replicas} {.spec.revisionHistoryLimit} {.metadata.generation}"]);
+    assert_eq!(
+        got, "busybox:1.37 80 4 3 4",
+        "the strategic merge patch kept the container's other fields"
+    );
+    assert_eq!(
+        s.ok(&[
+            "patch",
+            "deploy",
+            "web",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":4}}"#
+        ]),
+        "deployment.apps/web patched (no change)\n"
+    );
+    s.ok(&["label", "deploy", "web", "-n", &ns, "tier=fe"]);
+    s.ok(&["annotate", "deploy", "web", "-n", &ns, "note=hello"]);
+    assert_eq!(
+        s.ok(&["get", "deploy", "-n", &ns, "-l", "tier=fe", "-o", "name"]),
+        "deployment.apps/web\n"
+    );
+    assert_eq!(
+        s.ok(&["get", "deploy", "-n", &ns, "-l", "tier!=fe", "-o", "name"]),
+        ""
+    );
+    s.ok(&["label", "deploy", "web", "-n", &ns, "tier-"]);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.metadata.labels} {.metadata.annotations.note}"
+        ]),
+        r#"{"app":"web"} hello"#
+    );
+    let e = s.err(&["label", "deploy", "web", "-n", &ns, "app=other"]);
+    assert!(
+        e.contains("'app' already has a value (web), and --overwrite is false"),
+        "{e}"
+    );
+    let e = s.err(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        &ns,
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/nothere/x","value":3}]"#,
+    ]);
+    assert!(
+        e.starts_with("The request is invalid: ") && e.contains("/spec/nothere/x"),
+        "{e}"
+    );
+    let e = s.err(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"selector":{"matchLabels":{"app":"other"}}}}"#,
+    ]);
+    assert!(
+        e.contains("The Deployment \"web\" is invalid")
+            && e.contains("spec.selector: Invalid value")
+            && e.contains("field is immutable"),
+        "{e}"
+    );
+}
+
+fn client_side_apply_three_times(s: &Server) {
+    let ns = s.namespace("csa");
+    assert_eq!(
+        s.ok_in(&["apply", "-n", &ns, "-f", "-"], DEPLOY),
+        "deployment.apps/web created\n"
+    );
+    // Change a field, add a field and a list element merged by key.
+    let second = DEPLOY
+        .replace("replicas: 2", "replicas: 3")
+        .replace(
+            "{name: B, value: \"2\"}",
+            "{name: B, value: \"20\"}\n        - {name: C, value: \"3\"}",
+        )
+        .replace(
+            "    spec:\n      containers:",
+            "    spec:\n      terminationGracePeriodSeconds: 5\n      containers:",
+        );
+    assert_eq!(
+        s.ok_in(&["apply", "-n", &ns, "-f", "-"], &second),
+        "deployment.apps/web configured\n"
+    );
+    assert_eq!(
+        s.ok(&["get", "deploy", "web", "-n", &ns, "-o", "jsonpath={.spec.replicas} {.spec.template.spec.terminationGracePeriodSeconds} {.spec.template.spec.containers[0].env}"]),
+        r#"3 5 [{"name":"A","value":"1"},{"name":"B","value":"20"},{"name":"C","value":"3"}]"#
+    );
+    // A field set by someone else survives the next apply; fields removed from the file go.
+    s.ok(&["annotate", "deploy", "web", "-n", &ns, "other=kept"]);
+    let third = second
+        .replace("        - {name: A, value: \"1\"}\n", "")
+        .replace("      terminationGracePeriodSeconds: 5\n", "");
+    assert_eq!(
+        s.ok_in(&["apply", "-n", &ns, "-f", "-"], &third),
+        "deployment.apps/web configured\n"
+    );
+    assert_eq!(
+        s.ok(&["get", "deploy", "web", "-n", &ns, "-o", "jsonpath={.spec.template.spec.terminationGracePeriodSeconds} {.spec.template.spec.containers[0].env} {.metadata.annotations.other}"]),
+        r#"30 [{"name":"B","value":"20"},{"name":"C","value":"3"}] kept"#
+    );
+    assert_eq!(
+        s.ok_in(&["apply", "-n", &ns, "-f", "-"], &third),
+        "deployment.apps/web unchanged\n"
+    );
+}
+
+fn server_side_apply_conflicts(s: &Server) {
+    let ns = s.namespace("ssa");
+    assert_eq!(
+        s.ok_in(&["apply", "--server-side", "-n", &ns, "-f", "-"], DEPLOY),
+        "deployment.apps/web serverside-applied\n"
+    );
+    let mf = s.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}:{.metadata.managedFields[*].operation}",
+    ]);
+    assert_eq!(mf, "kubectl:Apply");
+    s.ok(&["scale", "deploy", "web", "-n", &ns, "--replicas=5"]);
+    let e = s.err_in(&["apply", "--server-side", "-n", &ns, "-f", "-"], DEPLOY);
+    assert!(e.starts_with("error: Apply failed with 1 conflict: conflict with \"kubectl\" using apps/v1: .spec.replicas") || e.contains("conflict with \"kubectl-scale\""), "{e}");
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "5",
+        "a conflicting apply changes nothing"
+    );
+    assert_eq!(
+        s.ok_in(
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "-n",
+                &ns,
+                "-f",
+                "-"
+            ],
+            DEPLOY
+        ),
+        "deployment.apps/web serverside-applied\n"
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "2"
+    );
+    // Fields dropped from the applied configuration are removed.
+    let fewer = DEPLOY.replace("        - {name: B, value: \"2\"}\n", "");
+    s.ok_in(&["apply", "--server-side", "-n", &ns, "-f", "-"], &fewer);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].env}"
+        ]),
+        r#"[{"name":"A","value":"1"}]"#
+    );
+}
+
+fn kustomize_diff_and_scale(s: &Server) {
+    let ns = s.namespace("kust");
+    let dir = s.dir.join(format!("kustomize-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("deploy.yaml"), DEPLOY).unwrap();
+    std::fs::write(dir.join("kustomization.yaml"), format!("namespace: {ns}\nnamePrefix: k-\ncommonLabels:\n  team: blue\nresources:\n- deploy.yaml\nconfigMapGenerator:\n- name: settings\n  literals: [mode=fast]\n")).unwrap();
+    let out = s.ok(&["apply", "-k", dir.to_str().unwrap()]);
+    assert!(
+        out.contains("deployment.apps/k-web created") && out.contains("configmap/k-settings-"),
+        "{out}"
+    );
+    assert_eq!(
+        s.ok(&["get", "deploy", "-n", &ns, "-l", "team=blue", "-o", "name"]),
+        "deployment.apps/k-web\n"
+    );
+    // diff: nothing for the same files, a unified diff (exit 1) for a change.
+    let same = s.kubectl(&["diff", "-k", dir.to_str().unwrap()]);
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+    std::fs::write(
+        dir.join("deploy.yaml"),
+        DEPLOY.replace("busybox:1.36", "busybox:1.37"),
+    )
+    .unwrap();
+    let changed = s.kubectl(&["diff", "-k", dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&changed.stdout);
+    assert_eq!(
+        changed.status.code(),
+        Some(1),
+        "{text}{}",
+        String::from_utf8_lossy(&changed.stderr)
+    );
+    assert!(
+        text.contains("-        image: busybox:1.36")
+            && text.contains("+        image: busybox:1.37"),
+        "{text}"
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "deploy",
+            "k-web",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}"
+        ]),
+        "busybox:1.36",
+        "diff is a dry run"
+    );
+    // scale goes through the scale subresource; no controller exists to act on it.
+    assert_eq!(
+        s.ok(&["scale", "deploy", "k-web", "-n", &ns, "--replicas=7"]),
+        "deployment.apps/k-web scaled\n"
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "deploy",
+            "k-web",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "7"
+    );
+    let e = s.err(&[
+        "scale",
+        "deploy",
+        "k-web",
+        "-n",
+        &ns,
+        "--replicas=3",
+        "--current-replicas=2",
+    ]);
+    assert!(e.contains("Expected replicas to be 2, was 7"), "{e}");
+}
+
+fn edit_wait_and_watch(s: &Server) {
+    let ns = s.namespace("edit");
+    s.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "-n",
+        &ns,
+        "--from-literal=mode=slow",
+    ]);
+    let o = s
+        .kubectl_cmd(&["edit", "configmap", "cfg", "-n", &ns])
+        .env("EDITOR", "sed -i s/mode:\\ slow/mode:\\ fast/")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "configmap/cfg edited\n");
+    assert_eq!(
+        s.ok(&["get", "cm", "cfg", "-n", &ns, "-o", "jsonpath={.data.mode}"]),
+        "fast"
+    );
+
+    // get -w sees every change, in order.
+    let mut watch = s
+        .kubectl_cmd(&[
+            "get",
+            "configmaps",
+            "-n",
+            &ns,
+            "-w",
+            "--output-watch-events",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("a watch line")
+    };
+    let next3 = || {
+        next()
+            .split_whitespace()
+            .take(3)
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(next3(), ["EVENT", "NAME", "DATA"]);
+    assert_eq!(next3(), ["ADDED", "cfg", "1"]);
+    s.ok(&[
+        "patch",
+        "cm",
+        "cfg",
+        "-n",
+        &ns,
+        "-p",
+        r#"{"data":{"more":"yes"}}"#,
+    ]);
+    assert_eq!(next3(), ["MODIFIED", "cfg", "2"]);
+    s.ok(&[
+        "create",
+        "configmap",
+        "two",
+        "-n",
+        &ns,
+        "--from-literal=mode=x",
+    ]);
+    assert_eq!(next3(), ["ADDED", "two", "1"]);
+    s.ok(&["delete", "cm", "two", "-n", &ns]);
+    assert_eq!(next3(), ["DELETED", "two", "1"]);
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    // wait --for=delete returns once the object is gone; --for=condition on a status condition.
+    s.ok(&[
+        "patch",
+        "cm",
+        "cfg",
+        "-n",
+        &ns,
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ]);
+    s.ok(&["delete", "cm", "cfg", "-n", &ns, "--wait=false"]);
+    let watches_before = open_watches(s);
+    let mut waiter = s
+        .kubectl_cmd(&[
+            "wait",
+            "--for=delete",
+            "configmap/cfg",
+            "-n",
+            &ns,
+            "--timeout=30s",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while open_watches(s) <= watches_before {
+        assert!(
+            waiter.try_wait().unwrap().is_none(),
+            "kubectl wait ended while the object was held"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.ok(&[
+        "patch",
+        "cm",
+        "cfg",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    let o = waiter.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "configmap/cfg condition met\n"
+    );
+    s.ok_in(&["create", "-n", &ns, "-f", "-"], DEPLOY);
+    let status = r#"{"status":{"conditions":[{"type":"Available","status":"True","reason":"MinimumReplicasAvailable","message":"ok"}]}}"#;
+    s.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        status,
+    ]);
+    assert_eq!(
+        s.ok(&[
+            "wait",
+            "--for=condition=Available",
+            "deploy/web",
+            "-n",
+            &ns,
+            "--timeout=10s"
+        ]),
+        "deployment.apps/web condition met\n"
+    );
+}
+
+/// The server's count of open watches (its metrics).
+fn open_watches(s: &Server) -> i64 {
+    let m = s.ok(&["get", "--raw", "/metrics"]);
+    m.lines()
+        .find_map(|l| l.strip_prefix("apiserver_longrunning_requests{verb=\"WATCH\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the metrics count watches")
+}
+
+fn delete_cascade_and_finalizers(s: &Server) {
+    let ns = s.namespace("del");
+    for n in ["a", "b", "c"] {
+        s.ok(&["create", "configmap", n, "-n", &ns]);
+    }
+    assert_eq!(
+        s.ok(&["delete", "cm", "a", "-n", &ns, "--cascade=background"]),
+        "configmap \"a\" deleted\n"
+    );
+    // Orphan and foreground are recorded as the finalizers the collector acts on.
+    assert_eq!(
+        s.ok(&[
+            "delete",
+            "cm",
+            "b",
+            "-n",
+            &ns,
+            "--cascade=orphan",
+            "--wait=false"
+        ]),
+        "configmap \"b\" deleted\n"
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "cm",
+            "b",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.metadata.finalizers}"
+        ]),
+        r#"["orphan"]"#
+    );
+    assert!(!s
+        .ok(&[
+            "get",
+            "cm",
+            "b",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}"
+        ])
+        .is_empty());
+    s.ok(&[
+        "delete",
+        "cm",
+        "c",
+        "-n",
+        &ns,
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "cm",
+            "c",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.metadata.finalizers}"
+        ]),
+        r#"["foregroundDeletion"]"#
+    );
+    // Removing the last finalizer lets the object go.
+    s.ok(&[
+        "patch",
+        "cm",
+        "b",
+        "-n",
+        &ns,
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    s.ok(&[
+        "patch",
+        "cm",
+        "c",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    assert_eq!(s.ok(&["get", "cm", "-n", &ns, "-o", "name"]), "");
+    // A finalizer of one's own holds the object until it is removed; kubectl delete --wait waits.
+    s.ok_in(
+        &["create", "-n", &ns, "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, finalizers: [example.com/hold]}\n",
+    );
+    let deleter = s
+        .kubectl_cmd(&["delete", "cm", "held", "-n", &ns, "--timeout=30s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut tries = 0;
+    while s
+        .ok(&[
+            "get",
+            "cm",
+            "held",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ])
+        .is_empty()
+    {
+        tries += 1;
+        assert!(tries < 200, "the delete never marked the object");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.ok(&[
+        "patch",
+        "cm",
+        "held",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":[]}}"#,
+    ]);
+    let o = deleter.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "configmap \"held\" deleted\n"
+    );
+    // deletecollection with a selector.
+    for n in ["x1", "x2", "y1"] {
+        s.ok(&["create", "configmap", n, "-n", &ns]);
+    }
+    s.ok(&["label", "cm", "x1", "x2", "-n", &ns, "group=x"]);
+    s.ok(&["delete", "cm", "-n", &ns, "-l", "group=x"]);
+    assert_eq!(
+        s.ok(&["get", "cm", "-n", &ns, "-o", "name"]),
+        "configmap/y1\n"
+    );
+}
+
+const CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wg]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+      scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas}
+    additionalPrinterColumns:
+    - {name: Size, type: string, jsonPath: .spec.size}
+    - {name: Replicas, type: integer, jsonPath: .spec.replicas}
+    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: {type: string, enum: [small, large]}
+              replicas: {type: integer, default: 1, minimum: 0}
+          status:
+            type: object
+            properties:
+              replicas: {type: integer}
+";
+
+fn custom_resources_with_printer_columns(s: &Server) {
+    let ns = s.namespace("crd");
+    // One CRD per server; the etcd and SQLite servers each get theirs.
+    let o = s.kubectl_in(&["apply", "-f", "-"], CRD);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    s.ok(&[
+        "wait",
+        "--for=condition=established",
+        "crd/widgets.example.com",
+        "--timeout=20s",
+    ]);
+    let cr =
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: small}\n";
+    assert_eq!(
+        s.ok_in(&["apply", "-n", &ns, "-f", "-"], cr),
+        "widget.example.com/w1 created\n"
+    );
+    let t = mask_ages(&s.ok(&["get", "widgets", "-n", &ns]));
+    assert_eq!(
+        t, "NAME   SIZE    REPLICAS   AGE\nw1     small   1          AGE",
+        "the default for replicas is applied"
+    );
+    assert_eq!(
+        s.ok(&["scale", "wg", "w1", "-n", &ns, "--replicas=3"]),
+        "widget.example.com/w1 scaled\n"
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "wg",
+            "w1",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "3"
+    );
+    let e = s.err_in(&["create", "-n", &ns, "-f", "-"], "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w2}\nspec: {size: huge, replicas: -1}\n");
+    assert!(e.contains("The Widget \"w2\" is invalid") && e.contains("spec.size: Unsupported value: \"huge\": supported values: \"small\", \"large\"") && e.contains("spec.replicas: Invalid value: -1: spec.replicas in body should be greater than or equal to 0"), "{e}");
+    let e = s.err_in(&["create", "-n", &ns, "-f", "-"], "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w3}\nspec: {size: small, colour: red}\n");
+    assert_eq!(e, "Error from server (BadRequest): error when creating \"STDIN\": Widget in version \"v1\" cannot be handled as a Widget: strict decoding error: unknown field \"spec.colour\"\n");
+    // Unknown fields are pruned (with a warning) when validation is off.
+    let o = s.kubectl_in(&["create", "--validate=false", "-n", &ns, "-f", "-"], "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w4}\nspec: {size: large, colour: red}\n");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        s.ok(&["get", "wg", "w4", "-n", &ns, "-o", "jsonpath={.spec}"]),
+        r#"{"replicas":1,"size":"large"}"#
+    );
+    let e = s.err_in(
+        &["create", "-n", &ns, "-f", "-"],
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w5}\nspec: {replicas: 2}\n",
+    );
+    assert!(e.contains("spec.size: Required value"), "{e}");
+    s.ok(&[
+        "patch",
+        "wg",
+        "w1",
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":3}}"#,
+    ]);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "wg",
+            "w1",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.status.replicas} {.metadata.generation}"
+        ]),
+        "3 2"
+    );
+}
+
+fn bad_input_is_refused_and_nothing_stored(s: &Server) {
+    let ns = s.namespace("bad");
+    let post = |body: &str, ct: &str| {
+        let path = s
+            .dir
+            .join(format!("body-{}-{}.bin", std::process::id(), body.len()));
+        std::fs::write(&path, body).unwrap();
+        let o = s.kubectl(&[
+            "create",
+            "--raw",
+            &format!("/api/v1/namespaces/{ns}/configmaps"),
+            "-f",
+            path.to_str().unwrap(),
+        ]);
+        let _ = ct;
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (ok, e) = post("{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",", "");
+    assert!(!ok);
+    assert!(e.starts_with("Error from server (BadRequest)"), "{e}");
+    let (ok, e) = post(
+        r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"s"}}"#,
+        "",
+    );
+    assert!(!ok && e.contains("BadRequest"), "{e}");
+    let (ok, e) = post(
+        r#"{"apiVersion":"v2","kind":"ConfigMap","metadata":{"name":"s"}}"#,
+        "",
+    );
+    assert!(!ok && e.contains("BadRequest"), "{e}");
+    let big = format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"big"}},"data":{{"a":"{}"}}}}"#,
+        "x".repeat(3 * 1024 * 1024 + 10)
+    );
+    let (ok, e) = post(&big, "");
+    assert!(
+        !ok && e.contains("Request entity too large: limit is 3145728"),
+        "{e}"
+    );
+    let e = s.err_in(
+        &["create", "-n", &ns, "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad_Name}\n",
+    );
+    assert!(e.contains("The ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"), "{e}");
+    let e = s.err_in(&["create", "-n", &ns, "-f", "-"], "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    imagePullPolicy: Sometimes\n");
+    assert!(e.contains("The Pod \"p\" is invalid: spec.containers[0].imagePullPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"IfNotPresent\", \"Never\""), "{e}");
+    let e = s.err_in(
+        &["create", "-n", &ns, "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containerz: []\n",
+    );
+    assert_eq!(e, "Error from server (BadRequest): error when creating \"STDIN\": Pod in version \"v1\" cannot be handled as a Pod: strict decoding error: unknown field \"spec.containerz\"\n");
+    let e = s.err_in(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: nowhere}\n",
+    );
+    assert_eq!(e, "Error from server (NotFound): error when creating \"STDIN\": namespaces \"nowhere\" not found\n");
+    // A stale resourceVersion: 409 Conflict, and the object keeps its value.
+    s.ok(&["create", "configmap", "c", "-n", &ns, "--from-literal=k=v1"]);
+    let rv = s.ok(&[
+        "get",
+        "cm",
+        "c",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ]);
+    s.ok(&[
+        "patch",
+        "cm",
+        "c",
+        "-n",
+        &ns,
+        "-p",
+        r#"{"data":{"k":"v2"}}"#,
+    ]);
+    let stale = format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c, resourceVersion: \"{rv}\"}}\ndata: {{k: v3}}\n");
+    let e = s.err_in(&["replace", "-n", &ns, "-f", "-"], &stale);
+    assert_eq!(e, "Error from server (Conflict): error when replacing \"STDIN\": Operation cannot be fulfilled on configmaps \"c\": the object has been modified; please apply your changes to the latest version and try again\n");
+    assert_eq!(
+        s.ok(&["get", "cm", "c", "-n", &ns, "-o", "jsonpath={.data.k}"]),
+        "v2"
+    );
+    // Nothing half-made: only the one good object exists.
+    assert_eq!(
+        s.ok(&["get", "cm", "-n", &ns, "-o", "name"]),
+        "configmap/c\n"
+    );
+    assert_eq!(s.ok(&["get", "pods", "-n", &ns, "-o", "name"]), "");
+    // The server kept serving throughout.
+    assert_eq!(s.ok(&["get", "--raw", "/readyz"]), "ok");
+    // A wrong token gets 401, on every path.
+    let anon_config = s.dir.join("anonymous.kubeconfig");
+    std::fs::write(&anon_config, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{}\", insecure-skip-tls-verify: true}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: nobody}}\ncurrent-context: c\nusers:\n- name: nobody\n  user: {{token: wrong}}\n", s.url)).unwrap();
+    let anon = |p: &str| {
+        let o = std::process::Command::new("kubectl")
+            .args(["get", "--raw", p])
+            .env("KUBECONFIG", &anon_config)
+            .env("HOME", &s.dir)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    for p in ["/api/v1/namespaces", "/version"] {
+        let (ok, e) = anon(p);
+        assert!(
+            !ok && e == "error: You must be logged in to the server (Unauthorized)\n",
+            "{p}: {e}"
+        );
+    }
+}
+
+fn namespace_deletion_empties_it(s: &Server) {
+    let ns = s.namespace("gone");
+    s.ok(&["create", "configmap", "c", "-n", &ns]);
+    s.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "x",
+        "-n",
+        &ns,
+        "--from-literal=a=b",
+    ]);
+    s.ok_in(&["create", "-n", &ns, "-f", "-"], DEPLOY);
+    assert_eq!(
+        s.ok(&["delete", "namespace", &ns, "--timeout=60s"]),
+        format!("namespace \"{ns}\" deleted\n")
+    );
+    let e = s.err(&["get", "namespace", &ns]);
+    assert_eq!(
+        e,
+        format!("Error from server (NotFound): namespaces \"{ns}\" not found\n")
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "cm,secret,deploy",
+            "-A",
+            "--field-selector",
+            &format!("metadata.namespace={ns}"),
+            "-o",
+            "name"
+        ]),
+        ""
+    );
+    // A namespace being deleted takes nothing new.
+    let ns2 = s.namespace("going");
+    s.ok_in(
+        &["create", "-n", &ns2, "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, finalizers: [example.com/hold]}\n",
+    );
+    s.ok(&["delete", "namespace", &ns2, "--wait=false"]);
+    let e = s.err(&["create", "configmap", "late", "-n", &ns2]);
+    assert!(
+        e.contains(
+            "unable to create new content in namespace going because it is being terminated"
+        ),
+        "{e}"
+    );
+    s.ok(&[
+        "patch",
+        "cm",
+        "held",
+        "-n",
+        &ns2,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    s.ok(&[
+        "wait",
+        "--for=delete",
+        &format!("namespace/{ns2}"),
+        "--timeout=60s",
+    ]);
+}
+
+fn paging_and_selectors(s: &Server) {
+    let ns = s.namespace("pages");
+    for i in 0..25 {
+        let body = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c{i:02}\n  labels: {{parity: {}}}\n", if i % 2 == 0 { "even" } else { "odd" });
+        s.ok_in(&["create", "-n", &ns, "-f", "-"], &body);
+    }
+    // kubectl pages with limit/continue; the pages join to the whole list.
+    let names = s.ok(&["get", "cm", "-n", &ns, "--chunk-size=4", "-o", "name"]);
+    assert_eq!(names.lines().count(), 25);
+    let raw: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{ns}/configmaps?limit=10"),
+    ]))
+    .unwrap();
+    assert_eq!(raw["items"].as_array().unwrap().len(), 10);
+    assert_eq!(raw["metadata"]["remainingItemCount"], 15);
+    let token = raw["metadata"]["continue"].as_str().unwrap();
+    let next: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{ns}/configmaps?limit=10&continue={token}"),
+    ]))
+    .unwrap();
+    assert_eq!(next["items"][0]["metadata"]["name"], "c10");
+    assert_eq!(
+        next["metadata"]["resourceVersion"], raw["metadata"]["resourceVersion"],
+        "pages are read at one revision"
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "cm",
+            "-n",
+            &ns,
+            "-l",
+            "parity=odd",
+            "--chunk-size=3",
+            "-o",
+            "name"
+        ])
+        .lines()
+        .count(),
+        12
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "cm",
+            "-n",
+            &ns,
+            "-l",
+            "parity in (even),parity notin (odd)",
+            "-o",
+            "name"
+        ])
+        .lines()
+        .count(),
+        13
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "cm",
+            "-n",
+            &ns,
+            "--field-selector",
+            "metadata.name!=c00,metadata.name!=c01",
+            "-o",
+            "name"
+        ])
+        .lines()
+        .count(),
+        23
+    );
+    let e = s.err(&[
+        "get",
+        "cm",
+        "-n",
+        &ns,
+        "--field-selector",
+        "spec.nodeName=x",
+    ]);
+    assert!(
+        e.contains("field label not supported: spec.nodeName"),
+        "{e}"
+    );
+}

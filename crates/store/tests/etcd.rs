@@ -1,0 +1,245 @@
+//! The etcd backend against a real etcd: Debian's `/usr/bin/etcd` (package `etcd-server`),
+//! one server per test on free loopback ports with a data directory of its own, killed when
+//! the test ends. Without the binary the tests fail: they never skip.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use store::conformance;
+use store::{EtcdStore, Store, StoreError, TlsFiles};
+use tempfile::TempDir;
+
+const ETCD: &str = "/usr/bin/etcd";
+
+/// A running etcd, killed on drop.
+struct Etcd {
+    child: Child,
+    dir: TempDir,
+    /// `HOST:PORT` of its client URL.
+    endpoint: String,
+}
+
+/// `N` distinct loopback ports free a moment ago (the listeners are held until all are
+/// picked, so the kernel cannot give one twice).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+}
+
+/// The client and peer TLS flags of a server using `tls`'s files.
+struct ServerTls {
+    files: TlsFiles,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+impl Etcd {
+    fn start(tls: Option<&ServerTls>) -> Etcd {
+        assert!(
+            Path::new(ETCD).exists(),
+            "{ETCD} is missing: install Debian's etcd-server package (apt-get install etcd-server)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let [client_port, peer_port] = free_ports();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let mut command = Command::new(ETCD);
+        command
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=test={peer_url}"))
+            .arg("--logger=zap")
+            .arg("--log-outputs=stderr");
+        if let Some(tls) = tls {
+            command
+                .arg(format!("--cert-file={}", tls.server_cert.display()))
+                .arg(format!("--key-file={}", tls.server_key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.files.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {ETCD}: {e}"));
+        Etcd {
+            child,
+            dir,
+            endpoint: format!("127.0.0.1:{client_port}"),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    /// Connects once etcd answers (polling, bounded; fails if etcd exits).
+    async fn connect(&mut self, tls: Option<TlsFiles>) -> Arc<dyn Store> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match EtcdStore::connect(std::slice::from_ref(&self.endpoint), tls.clone()).await {
+                Ok(store) => return Arc::new(store),
+                Err(e) => {
+                    if let Some(status) = self.child.try_wait().unwrap() {
+                        panic!("etcd exited ({status}):\n{}", self.log());
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "etcd never answered: {e:?}\n{}",
+                        self.log()
+                    );
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh etcd and a store on it.
+async fn fresh() -> (Etcd, Arc<dyn Store>) {
+    let mut etcd = Etcd::start(None);
+    let store = etcd.connect(None).await;
+    (etcd, store)
+}
+
+macro_rules! conformance_tests {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let (_etcd, store) = fresh().await;
+            conformance::$name(store, concat!("/registry/", stringify!($name), "/")).await;
+        }
+    )*};
+}
+
+conformance_tests!(
+    crud,
+    compare_and_swap,
+    paging,
+    prefix_isolation,
+    watch_from_every_revision,
+    watch_during_writes,
+    list_and_watch_rebuild,
+    compaction,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_watcher() {
+    let (_etcd, store) = fresh().await;
+    conformance::slow_watcher(store, "/registry/slow/", 300).await;
+}
+
+/// The suite's checks in sequence on one server, under prefixes of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_on_one_server() {
+    let (_etcd, store) = fresh().await;
+    conformance::all(store, "/registry/all/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_by_endpoint() {
+    let mut etcd = Etcd::start(None);
+    etcd.connect(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store::open(Some(&format!("etcd://{}", etcd.endpoint)), dir.path())
+        .await
+        .unwrap();
+    let rev = store.create("/open", b"1".to_vec()).await.unwrap();
+    assert_eq!(
+        store.get("/open", 0).await.unwrap().unwrap().mod_revision,
+        rev
+    );
+    assert!(!dir.path().join("db").exists(), "etcd made a SQLite file");
+
+    // Nothing listens on a port just freed: a clear error, not a hang.
+    let [port] = free_ports();
+    let nowhere = format!("etcd://127.0.0.1:{port}");
+    let e = store::open(Some(&nowhere), dir.path()).await.err().unwrap();
+    assert!(e.to_string().contains("127.0.0.1"), "{e}");
+}
+
+/// Over TLS with client certificates (etcd's `--client-cert-auth`), via an `https://`
+/// endpoint carrying the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    let certs = tempfile::tempdir().unwrap();
+    let tls = make_certs(certs.path());
+    let mut etcd = Etcd::start(Some(&tls));
+    etcd.connect(Some(tls.files.clone())).await;
+
+    let endpoint = format!(
+        "https://{}?cacert={}&cert={}&key={}",
+        etcd.endpoint,
+        tls.files.ca.display(),
+        tls.files.cert.as_ref().unwrap().display(),
+        tls.files.key.as_ref().unwrap().display()
+    );
+    let store = store::open(Some(&endpoint), certs.path()).await.unwrap();
+    conformance::crud(store.clone(), "/registry/tls/").await;
+
+    // Without a client certificate etcd refuses the connection.
+    let anonymous = TlsFiles {
+        ca: tls.files.ca.clone(),
+        cert: None,
+        key: None,
+    };
+    match EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), Some(anonymous)).await {
+        Err(StoreError::Backend(_)) => {}
+        Err(e) => panic!("connect without a client certificate: {e:?}"),
+        Ok(_) => panic!("etcd took a client without a certificate"),
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
+fn make_certs(dir: &Path) -> ServerTls {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["client".to_owned()])
+        .unwrap()
+        .signed_by(&client_key, &issuer)
+        .unwrap();
+    ServerTls {
+        files: TlsFiles {
+            ca: write("ca.pem", ca_cert.pem()),
+            cert: Some(write("client.pem", client.pem())),
+            key: Some(write("client-key.pem", client_key.serialize_pem())),
+        },
+        server_cert: write("server.pem", server.pem()),
+        server_key: write("server-key.pem", server_key.serialize_pem()),
+    }
+}
