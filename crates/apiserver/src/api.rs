@@ -732,8 +732,9 @@ impl Api {
             && kind.kind != "Service"
             && kind.crd_schema.is_none()
         {
+            // Status is the system's to write; built-in kinds show it empty until then.
             if let Some(o) = obj.as_object_mut() {
-                o.remove("status");
+                o.insert("status".into(), json!({}));
             }
         }
         if kind.kind == "Pod" && kind.group.is_empty() {

@@ -110,6 +110,62 @@ fn tables() -> &'static Tables {
     })
 }
 
+/// Fields whose zero is a value (Go pointers, or fields without `omitempty`).
+const MEANINGFUL_ZERO: &[&str] = &[
+    "replicas",
+    "minReplicas",
+    "maxReplicas",
+    "parallelism",
+    "completions",
+    "backoffLimit",
+    "backoffLimitPerIndex",
+    "maxFailedIndexes",
+    "activeDeadlineSeconds",
+    "terminationGracePeriodSeconds",
+    "suspend",
+    "automountServiceAccountToken",
+    "runAsUser",
+    "runAsGroup",
+    "runAsNonRoot",
+    "readOnlyRootFilesystem",
+    "allowPrivilegeEscalation",
+    "privileged",
+    "fsGroup",
+    "optional",
+    "defaultMode",
+    "mode",
+    "ttlSecondsAfterFinished",
+    "startingDeadlineSeconds",
+    "successfulJobsHistoryLimit",
+    "failedJobsHistoryLimit",
+    "revisionHistoryLimit",
+    "progressDeadlineSeconds",
+    "immutable",
+    "enableServiceLinks",
+    "hostUsers",
+    "shareProcessNamespace",
+    "setHostnameAsFQDN",
+    "priority",
+    "value",
+    "port",
+    "containerPort",
+    "tolerationSeconds",
+    "expirationSeconds",
+    "partition",
+    "allocateLoadBalancerNodePorts",
+    "leaseDurationSeconds",
+    "leaseTransitions",
+    "maxSkew",
+    "weight",
+    "minAvailable",
+    "currentReplicas",
+    "desiredReplicas",
+    "exitCode",
+    "restartCount",
+    "ready",
+    "started",
+];
+
 struct Reader<'a> {
     b: &'a [u8],
     i: usize,
@@ -255,6 +311,8 @@ fn special(name: &str, raw: &[u8]) -> Result<Option<Value>, String> {
         _ => &[][..],
     };
     Ok(Some(match short {
+        // Go marshals a zero Time that JSON shows as null.
+        "Time" if int(1) == 0 && int(2) == 0 => Value::Null,
         "Time" => json!(crate::time_secs(int(1))),
         "MicroTime" => {
             let full = timefmt::rfc3339(int(1), int(2) as u32);
@@ -342,6 +400,9 @@ fn message(name: &str, raw: &[u8], depth: usize) -> Result<Value, String> {
             let target = f.target.as_deref().unwrap_or_default();
             let v = message(target, b, depth + 1)?;
             // A Go struct embedded inline has no JSON property of its own: merge its fields.
+            if v.is_null() {
+                continue;
+            }
             if json_name.is_none() {
                 if let Value::Object(m) = v {
                     out.extend(m);
@@ -372,6 +433,21 @@ fn message(name: &str, raw: &[u8], depth: usize) -> Result<Value, String> {
         } else {
             scalar(&f.kind, &w)?
         };
+        // Go writes value (non-pointer) fields even when zero, and its JSON omits them;
+        // pointer fields are written only when set, and there a zero means zero.
+        let zero = value.is_null()
+            || value.as_str() == Some("")
+            || value.as_bool() == Some(false)
+            || value.as_i64() == Some(0)
+            || value.as_f64() == Some(0.0);
+        if zero
+            && !f.repeated
+            && !json_name
+                .as_deref()
+                .is_some_and(|n| MEANINGFUL_ZERO.contains(&n))
+        {
+            continue;
+        }
         let key = json_name.unwrap_or_else(|| f.key.clone());
         if f.repeated {
             let e = out.entry(key).or_insert_with(|| json!([]));

@@ -29,6 +29,10 @@ pub struct ServerArgs {
     /// Static bearer tokens: lines of token,user,uid,"group1,group2".
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// How many recent events the watch cache keeps for watches that resume from a
+    /// resourceVersion (older ones get 410 Expired and relist).
+    #[arg(long, default_value_t = 10_000)]
+    default_watch_cache_size: usize,
 }
 
 pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
@@ -45,7 +49,7 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
             write_kubeconfig: a.write_kubeconfig.clone(),
             tls_sans: a.tls_san,
             token_auth_file: a.token_auth_file,
-            watch_cache_events: 10_000,
+            watch_cache_events: a.default_watch_cache_size,
         };
         let running = apiserver::start(cfg).await.context("start the server")?;
         eprintln!(

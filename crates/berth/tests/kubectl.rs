@@ -244,6 +244,31 @@ fn create_get_describe_and_output_formats(s: &Server) {
             .any(|l| l.starts_with("Events:") && l.ends_with("<none>")),
         "{d}"
     );
+    // kubectl's generators send protobuf; zero values of pointer fields survive, Go's
+    // zero value fields do not appear.
+    s.ok(&[
+        "create",
+        "deployment",
+        "zero",
+        "-n",
+        &ns,
+        "--image=busybox:1.36",
+        "--replicas=0",
+        "--port=80",
+        "--",
+        "sleep",
+        "1",
+    ]);
+    let y = s.ok(&["get", "deploy", "zero", "-n", &ns, "-o", "yaml"]);
+    assert!(
+        y.contains("  replicas: 0\n")
+            && y.contains("        - containerPort: 80\n          protocol: TCP\n")
+            && y.contains("        - sleep\n"),
+        "{y}"
+    );
+    for absent in ["hostPort", "stdin", "paused", "generation: 0", "1970"] {
+        assert!(!y.contains(absent), "{absent} in {y}");
+    }
     let e = s.err(&["get", "pods", "nothere", "-n", &ns]);
     assert_eq!(
         e,

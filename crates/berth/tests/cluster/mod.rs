@@ -128,6 +128,11 @@ fn free_port() -> u16 {
 impl Server {
     /// Starts a server with its own data dir; `etcd` puts its store in a new etcd.
     pub fn start(name: &str, etcd: bool) -> Server {
+        Server::start_with(name, etcd, &[])
+    }
+
+    /// Starts a server with extra flags.
+    pub fn start_with(name: &str, etcd: bool, extra: &[&str]) -> Server {
         let dir = base_dir(name);
         let kubeconfig = dir.join("kubeconfig.yaml");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
@@ -142,6 +147,7 @@ impl Server {
         .arg(dir.join("data"))
         .arg("--write-kubeconfig")
         .arg(&kubeconfig)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
         let mut etcd_pid = None;

@@ -1,0 +1,285 @@
+//! kube-rs (the `kube` crate) against `berth server`: typed CRUD with Kubernetes' errors and
+//! defaults, server-side apply with conflicts, a watcher and reflector that survive a 410
+//! relist, and what an unauthenticated client may reach.
+
+mod cluster;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use cluster::Server;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Client, Config};
+use serde_json::json;
+
+/// One server for this binary, with a watch cache of 5 events so that a watch resuming
+/// from an older resourceVersion gets 410 Expired.
+fn server() -> &'static Server {
+    static S: OnceLock<Server> = OnceLock::new();
+    S.get_or_init(|| Server::start_with("kube-rs", false, &["--default-watch-cache-size", "5"]))
+}
+
+async fn client() -> Client {
+    let kc = kube::config::Kubeconfig::read_from(&server().kubeconfig).unwrap();
+    let cfg = Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    Client::try_from(cfg).unwrap()
+}
+
+async fn namespace(c: &Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(c.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
+fn api_error(e: kube::Error) -> (u16, String, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason.clone(), s.message.clone()),
+        other => panic!("not an API error: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_crud_with_kubernetes_errors_and_defaults() {
+    let c = client().await;
+    namespace(&c, "typed").await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "typed");
+    let cm: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "a", "labels": {"k": "v"}}, "data": {"x": "1"}}),
+    )
+    .unwrap();
+    let created = cms.create(&PostParams::default(), &cm).await.unwrap();
+    let rv = created.metadata.resource_version.clone().unwrap();
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+    let (code, reason, msg) = api_error(cms.create(&PostParams::default(), &cm).await.unwrap_err());
+    assert_eq!(
+        (code, reason.as_str(), msg.as_str()),
+        (409, "AlreadyExists", "configmaps \"a\" already exists")
+    );
+    let got = cms.get("a").await.unwrap();
+    assert_eq!(got.data.as_ref().unwrap()["x"], "1");
+    let listed = cms
+        .list(&ListParams::default().labels("k=v"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert!(cms
+        .list(&ListParams::default().labels("k=w"))
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    let mut changed = got.clone();
+    changed.data = Some([("x".to_string(), "2".to_string())].into());
+    let replaced = cms
+        .replace("a", &PostParams::default(), &changed)
+        .await
+        .unwrap();
+    assert_ne!(
+        replaced.metadata.resource_version.as_deref(),
+        Some(rv.as_str())
+    );
+    // The stale copy loses.
+    let (code, reason, _) = api_error(
+        cms.replace("a", &PostParams::default(), &changed)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    let patched = cms
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"y": "3"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.data.unwrap().len(), 2);
+    cms.delete("a", &DeleteParams::default()).await.unwrap();
+    let (code, reason, msg) = api_error(cms.get("a").await.unwrap_err());
+    assert_eq!(
+        (code, reason.as_str(), msg.as_str()),
+        (404, "NotFound", "configmaps \"a\" not found")
+    );
+
+    // Defaults as Kubernetes fills them.
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "typed");
+    let pod: Pod =
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [
+        {"name": "a", "image": "busybox:1.36"}, {"name": "b", "image": "busybox"}]}}))
+        .unwrap();
+    let p = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let spec = p.spec.unwrap();
+    assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirst"));
+    assert_eq!(spec.termination_grace_period_seconds, Some(30));
+    assert_eq!(
+        spec.containers[0].image_pull_policy.as_deref(),
+        Some("IfNotPresent")
+    );
+    assert_eq!(
+        spec.containers[1].image_pull_policy.as_deref(),
+        Some("Always")
+    );
+    assert_eq!(p.status.unwrap().phase.as_deref(), Some("Pending"));
+    let deploys: Api<Deployment> = Api::namespaced(c.clone(), "typed");
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "d"}, "spec": {
+        "selector": {"matchLabels": {"app": "d"}},
+        "template": {"metadata": {"labels": {"app": "other"}}, "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}}})).unwrap();
+    let (code, reason, msg) = api_error(
+        deploys
+            .create(&PostParams::default(), &d)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+    assert!(
+        msg.contains("spec.template.metadata.labels: Invalid value")
+            && msg.contains("`selector` does not match template `labels`"),
+        "{msg}"
+    );
+    let (code, _, _) = api_error(deploys.get("d").await.unwrap_err());
+    assert_eq!(code, 404, "an invalid object is not stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_with_conflicts() {
+    let c = client().await;
+    namespace(&c, "ssa").await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "ssa");
+    let mine = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "data": {"a": "1", "b": "2"}});
+    let applied = cms
+        .patch("s", &PatchParams::apply("me"), &Patch::Apply(&mine))
+        .await
+        .unwrap();
+    let mf = applied.metadata.managed_fields.unwrap();
+    assert_eq!(mf.len(), 1);
+    assert_eq!(mf[0].manager.as_deref(), Some("me"));
+    assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
+    let theirs = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "data": {"a": "9"}});
+    let (code, reason, msg) = api_error(
+        cms.patch("s", &PatchParams::apply("them"), &Patch::Apply(&theirs))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        msg,
+        "Apply failed with 1 conflict: conflict with \"me\" using v1: .data.a"
+    );
+    let forced = cms
+        .patch(
+            "s",
+            &PatchParams::apply("them").force(),
+            &Patch::Apply(&theirs),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.data.as_ref().unwrap()["a"], "9");
+    // "me" no longer owns .data.a; applying without it removes only what "me" alone owned.
+    let mine2 =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "data": {}});
+    let after = cms
+        .patch("s", &PatchParams::apply("me"), &Patch::Apply(&mine2))
+        .await
+        .unwrap();
+    assert_eq!(
+        after.data.unwrap(),
+        [("a".to_string(), "9".to_string())].into()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_and_reflector_survive_a_410_relist() {
+    let c = client().await;
+    namespace(&c, "watched").await;
+    namespace(&c, "noise").await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "watched");
+    let noise: Api<ConfigMap> = Api::namespaced(c.clone(), "noise");
+    let pp = PostParams::default();
+    let cm = |n: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": n}})).unwrap()
+    };
+    cms.create(&pp, &cm("first")).await.unwrap();
+    let (reader, writer) = reflector::store();
+    // A 1 s server timeout: each watch ends and resumes from the last resourceVersion seen.
+    let cfg = watcher::Config::default().timeout(1);
+    let mut events = watcher(cms.clone(), cfg).reflect(writer).boxed();
+    let mut inits = 0;
+    macro_rules! next {
+        () => {
+            tokio::time::timeout(Duration::from_secs(30), events.next())
+                .await
+                .expect("a watcher event")
+                .unwrap()
+        };
+    }
+    loop {
+        if let Ok(watcher::Event::InitDone) = next!() {
+            inits += 1;
+            break;
+        }
+    }
+    assert_eq!(reader.state().len(), 1);
+    // Writes elsewhere push this watch's resourceVersion out of the 5-event window.
+    for i in 0..20 {
+        noise.create(&pp, &cm(&format!("n{i}"))).await.unwrap();
+    }
+    // The resumed watch gets 410 Expired, and the watcher relists.
+    let mut expired = false;
+    loop {
+        match next!() {
+            Err(watcher::Error::WatchError(e)) => {
+                assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
+                expired = true;
+            }
+            Ok(watcher::Event::InitDone) => {
+                inits += 1;
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("unexpected watcher error: {e}"),
+        }
+    }
+    assert!(expired && inits == 2);
+    cms.create(&pp, &cm("second")).await.unwrap();
+    loop {
+        if let Ok(watcher::Event::Apply(o)) = next!() {
+            if o.metadata.name.as_deref() == Some("second") {
+                break;
+            }
+        }
+    }
+    let mut names: Vec<String> = reader
+        .state()
+        .iter()
+        .filter_map(|o| o.metadata.name.clone())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["first", "second"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_clients_reach_only_health_and_version() {
+    let mut cfg = Config::new(server().url.parse().unwrap());
+    cfg.accept_invalid_certs = true;
+    let anon = Client::try_from(cfg).unwrap();
+    let v = anon.apiserver_version().await.unwrap();
+    assert_eq!((v.major.as_str(), v.minor.as_str()), ("1", "32"));
+    let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+    assert_eq!(anon.request_text(req).await.unwrap(), "ok");
+    let (code, reason, _) = api_error(
+        Api::<Namespace>::all(anon)
+            .list(&ListParams::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (401, "Unauthorized"));
+}
