@@ -20,7 +20,49 @@ use serde_json::json;
 /// from an older resourceVersion gets 410 Expired.
 fn server() -> &'static Server {
     static S: OnceLock<Server> = OnceLock::new();
-    S.get_or_init(|| Server::start_with("kube-rs", false, &["--default-watch-cache-size", "5"]))
+    S.get_or_init(|| {
+        let tokens =
+            std::env::temp_dir().join(format!("berth-kube-rs-tokens-{}.csv", std::process::id()));
+        std::fs::write(
+            &tokens,
+            "admintoken,alice,1,\"system:masters\"\nplaintoken,bob,2,\"developers\"\n",
+        )
+        .unwrap();
+        Server::start_with(
+            "kube-rs",
+            false,
+            &[
+                "--default-watch-cache-size",
+                "5",
+                "--token-auth-file",
+                tokens.to_str().unwrap(),
+            ],
+        )
+    })
+}
+
+/// A client with a bearer token instead of the admin certificate.
+fn token_client(token: &str) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(&server().kubeconfig).unwrap();
+    let cluster = kc.clusters[0].cluster.clone().unwrap();
+    let mut cfg = Config::new(server().url.parse().unwrap());
+    cfg.root_cert = Some(vec![base64_decode_pem(
+        cluster.certificate_authority_data.as_deref().unwrap(),
+    )]);
+    cfg.auth_info.token = Some(token.to_string().into());
+    Client::try_from(cfg).unwrap()
+}
+
+fn base64_decode_pem(data: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .unwrap();
+    let text = String::from_utf8(pem).unwrap();
+    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
 }
 
 async fn client() -> Client {
@@ -282,4 +324,74 @@ async fn anonymous_clients_reach_only_health_and_version() {
             .unwrap_err(),
     );
     assert_eq!((code, reason.as_str()), (401, "Unauthorized"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_and_the_authorizer() {
+    let admin = token_client("admintoken");
+    namespace(&admin, "tokens").await;
+    let cms: Api<ConfigMap> = Api::namespaced(admin, "tokens");
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "t"}, "data": {"k": "v"}})).unwrap();
+    let made = cms.create(&PostParams::default(), &cm).await.unwrap();
+    assert_eq!(made.data.unwrap()["k"], "v");
+    // An authenticated user outside system:masters may discover, not read or write.
+    let bob = token_client("plaintoken");
+    let v = bob.apiserver_version().await.unwrap();
+    assert_eq!(v.minor, "32");
+    let (code, reason, msg) = api_error(
+        Api::<ConfigMap>::namespaced(bob, "tokens")
+            .get("t")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (403, "Forbidden"));
+    assert_eq!(msg, "configmaps is forbidden: User \"bob\" cannot get resource \"configmaps\" in API group \"\" in the namespace \"tokens\"");
+    let (code, _, _) = api_error(
+        Api::<ConfigMap>::namespaced(token_client("nosuchtoken"), "tokens")
+            .get("t")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_list_watcher() {
+    let c = client().await;
+    namespace(&c, "streamed").await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "streamed");
+    for n in ["a", "b"] {
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": n}})).unwrap();
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    // sendInitialEvents: the state as ADDED events, then a bookmark marking its end.
+    let (reader, writer) = reflector::store();
+    let mut events = watcher(cms.clone(), watcher::Config::default().streaming_lists())
+        .reflect(writer)
+        .boxed();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await
+            .expect("an event")
+            .unwrap()
+            .unwrap();
+        if let watcher::Event::InitDone = e {
+            break;
+        }
+    }
+    assert_eq!(reader.state().len(), 2);
+    cms.delete("a", &DeleteParams::default()).await.unwrap();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await
+            .expect("an event")
+            .unwrap()
+            .unwrap();
+        if let watcher::Event::Delete(o) = e {
+            assert_eq!(o.metadata.name.as_deref(), Some("a"));
+            break;
+        }
+    }
+    assert_eq!(reader.state().len(), 1);
 }

@@ -50,6 +50,8 @@ on_both_backends!(
     bad_input_is_refused_and_nothing_stored,
     namespace_deletion_empties_it,
     paging_and_selectors,
+    dry_run_warnings_and_versions,
+    node_subresources_answer_clearly,
 );
 
 const DEPLOY: &str = "apiVersion: apps/v1
@@ -1282,4 +1284,171 @@ fn paging_and_selectors(s: &Server) {
         e.contains("field label not supported: spec.nodeName"),
         "{e}"
     );
+}
+
+fn dry_run_warnings_and_versions(s: &Server) {
+    let ns = s.namespace("dry");
+    // Server-side dry runs answer as a create would and store nothing.
+    assert_eq!(
+        s.ok_in(
+            &["create", "--dry-run=server", "-n", &ns, "-f", "-"],
+            DEPLOY
+        ),
+        "deployment.apps/web created (server dry run)\n"
+    );
+    assert_eq!(
+        s.ok_in(&["apply", "--dry-run=server", "-n", &ns, "-f", "-"], DEPLOY),
+        "deployment.apps/web created (server dry run)\n"
+    );
+    assert_eq!(s.ok(&["get", "deploy", "-n", &ns, "-o", "name"]), "");
+    let e = s.err_in(
+        &["create", "--dry-run=server", "-n", &ns, "-f", "-"],
+        &DEPLOY.replace("name: web\n", "name: Web\n"),
+    );
+    assert!(e.contains("The Deployment \"Web\" is invalid"), "{e}");
+    // fieldValidation=Warn: stored, with the server's warning shown by kubectl.
+    let o = s.kubectl_in(
+        &["create", "--validate=warn", "-n", &ns, "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: w}\ndata: {a: b}\nextra: 1\n",
+    );
+    assert!(o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Warning: unknown field \"extra\""),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        s.ok(&["get", "cm", "w", "-n", &ns, "-o", "jsonpath={.data.a}"]),
+        "b"
+    );
+    // One object, two versions: an autoscaling/v1 HPA read as v2, a core/v1 Event read as
+    // events.k8s.io/v1.
+    s.ok_in(&["create", "-n", &ns, "-f", "-"], "apiVersion: autoscaling/v1\nkind: HorizontalPodAutoscaler\nmetadata: {name: h}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n  minReplicas: 2\n  maxReplicas: 5\n  targetCPUUtilizationPercentage: 70\n");
+    let v2: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "get",
+        "horizontalpodautoscalers.v2.autoscaling",
+        "h",
+        "-n",
+        &ns,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(v2["apiVersion"], "autoscaling/v2");
+    assert_eq!(
+        v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        70
+    );
+    let v1: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "get",
+        "horizontalpodautoscalers.v1.autoscaling",
+        "h",
+        "-n",
+        &ns,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (
+            v1["spec"]["targetCPUUtilizationPercentage"].as_i64(),
+            v1["spec"]["minReplicas"].as_i64()
+        ),
+        (Some(70), Some(2))
+    );
+    let t = mask_ages(&s.ok(&["get", "hpa", "-n", &ns]));
+    assert_eq!(t, "NAME   REFERENCE        TARGETS              MINPODS   MAXPODS   REPLICAS   AGE\nh      Deployment/web   cpu: <unknown>/70%   2         5         0          AGE");
+    let uid = s.ok(&[
+        "get",
+        "cm",
+        "w",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    s.ok_in(&["create", "-n", &ns, "-f", "-"], &format!("apiVersion: v1\nkind: Event\nmetadata: {{name: e1}}\ninvolvedObject: {{kind: ConfigMap, name: w, namespace: dry, uid: {uid}}}\nreason: Tested\nmessage: hello\ntype: Normal\n"));
+    let ev: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "get",
+        "events.v1.events.k8s.io",
+        "e1",
+        "-n",
+        &ns,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (
+            ev["note"].as_str(),
+            ev["regarding"]["name"].as_str(),
+            ev["reason"].as_str()
+        ),
+        (Some("hello"), Some("w"), Some("Tested"))
+    );
+    let d = s.ok(&["describe", "cm", "w", "-n", &ns]);
+    assert!(
+        d.contains("Normal  Tested") && d.contains("hello"),
+        "describe shows the object's events:\n{d}"
+    );
+}
+
+fn node_subresources_answer_clearly(s: &Server) {
+    let ns = s.namespace("nodesub");
+    s.ok_in(&["create", "-n", &ns, "-f", "-"], "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: c, image: busybox}\n");
+    let e = s.err(&["logs", "p", "-n", &ns]);
+    assert_eq!(
+        e,
+        "Error from server (BadRequest): pod p does not have a host assigned\n"
+    );
+    // Bound through pods/binding (as the scheduler will); no agent serves the node yet.
+    let binding = r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p"},"target":{"kind":"Node","name":"n1"}}"#;
+    let path = s.dir.join(format!("binding-{ns}.json"));
+    std::fs::write(&path, binding).unwrap();
+    s.ok(&[
+        "create",
+        "--raw",
+        &format!("/api/v1/namespaces/{ns}/pods/p/binding"),
+        "-f",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "pod",
+            "p",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.nodeName}"
+        ]),
+        "n1"
+    );
+    let e = s.err(&["logs", "p", "-n", &ns]);
+    assert!(
+        e.starts_with("Error from server (ServiceUnavailable): pods/log needs the node agent"),
+        "{e}"
+    );
+    // A bound pod is deleted gracefully: marked, and left for its node to finish.
+    s.ok(&["delete", "pod", "p", "-n", &ns, "--wait=false"]);
+    let grace = s.ok(&[
+        "get",
+        "pod",
+        "p",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.metadata.deletionGracePeriodSeconds}",
+    ]);
+    assert_eq!(grace, "30");
+    s.ok(&[
+        "delete",
+        "pod",
+        "p",
+        "-n",
+        &ns,
+        "--grace-period=0",
+        "--force",
+    ]);
+    assert_eq!(s.ok(&["get", "pods", "-n", &ns, "-o", "name"]), "");
 }

@@ -267,6 +267,46 @@ impl EtcdStore {
     }
 }
 
+/// Keys per request when a caller asks for a whole range.
+const WHOLE_LIST_PAGE: usize = 1000;
+
+impl EtcdStore {
+    /// One range request: at most `opts.limit` keys (all when 0).
+    async fn list_page(&self, opts: ListOptions<'_>) -> Result<ListResult> {
+        let (prefix_key, end) = range_of(opts.prefix);
+        let start = match opts.start_after {
+            Some(after) if after.as_bytes() >= prefix_key.as_slice() => {
+                let mut key = after.as_bytes().to_vec();
+                key.push(0);
+                key
+            }
+            _ => prefix_key,
+        };
+        let mut options = GetOptions::new()
+            .with_range(end)
+            .with_revision(opts.revision);
+        if opts.limit > 0 {
+            options = options.with_limit(opts.limit as i64);
+        }
+        let resp = match self.client.kv_client().get(start, Some(options)).await {
+            Ok(resp) => resp,
+            Err(e) => return Err(self.map_read_err(e, opts.revision).await),
+        };
+        let kvs = resp.kvs().iter().map(convert).collect::<Result<Vec<_>>>()?;
+        let revision = match opts.revision {
+            0 => resp.header().ok_or(EtcdError::NoHeader)?.revision(),
+            r => r,
+        };
+        let remaining = (resp.count() - kvs.len() as i64).max(0);
+        Ok(ListResult {
+            kvs,
+            revision,
+            more: remaining > 0,
+            remaining,
+        })
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn current_revision(&self) -> Result<i64> {
@@ -309,37 +349,31 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, opts: ListOptions<'_>) -> Result<ListResult> {
-        let (prefix_key, end) = range_of(opts.prefix);
-        let start = match opts.start_after {
-            Some(after) if after.as_bytes() >= prefix_key.as_slice() => {
-                let mut key = after.as_bytes().to_vec();
-                key.push(0);
-                key
-            }
-            _ => prefix_key,
-        };
-        let mut options = GetOptions::new()
-            .with_range(end)
-            .with_revision(opts.revision);
         if opts.limit > 0 {
-            options = options.with_limit(opts.limit as i64);
+            return self.list_page(opts).await;
         }
-        let resp = match self.client.kv_client().get(start, Some(options)).await {
-            Ok(resp) => resp,
-            Err(e) => return Err(self.map_read_err(e, opts.revision).await),
-        };
-        let kvs = resp.kvs().iter().map(convert).collect::<Result<Vec<_>>>()?;
-        let revision = match opts.revision {
-            0 => resp.header().ok_or(EtcdError::NoHeader)?.revision(),
-            r => r,
-        };
-        let remaining = (resp.count() - kvs.len() as i64).max(0);
-        Ok(ListResult {
-            kvs,
-            revision,
-            more: remaining > 0,
-            remaining,
-        })
+        // A whole range can exceed a gRPC message (4 MiB): read it in pages at one revision.
+        let mut out = self
+            .list_page(ListOptions {
+                limit: WHOLE_LIST_PAGE,
+                ..opts.clone()
+            })
+            .await?;
+        while out.more {
+            let last = out.kvs.last().map(|kv| kv.key.clone()).unwrap_or_default();
+            let page = self
+                .list_page(ListOptions {
+                    prefix: opts.prefix,
+                    start_after: Some(&last),
+                    revision: out.revision,
+                    limit: WHOLE_LIST_PAGE,
+                })
+                .await?;
+            out.kvs.extend(page.kvs);
+            out.more = page.more;
+        }
+        out.remaining = 0;
+        Ok(out)
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<i64> {
