@@ -341,6 +341,10 @@ async fn ready(url: &str) {
                 }
             }
         }
+        if t0.elapsed() > Duration::from_secs(30) {
+            eprintln!("apiload: {url} was not ready within 30 s");
+            std::process::exit(1);
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

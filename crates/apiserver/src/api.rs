@@ -243,10 +243,18 @@ impl Api {
             _ => t.kind.prefix(t.namespace.as_deref()),
         };
         let exact_prefix = fields.name().is_some() && (t.namespace.is_some() || !t.kind.namespaced);
-        let matches = |v: &Value| {
-            labels.matches(meta(v).get("labels").and_then(Value::as_object)) && fields.matches(v)
+        // Objects are parsed only when a selector needs to look inside them.
+        let selective = !labels.is_empty() || !fields.is_empty();
+        let matches = |raw: &[u8]| -> bool {
+            if !selective {
+                return true;
+            }
+            let Ok(v) = serde_json::from_slice::<Value>(raw) else {
+                return false;
+            };
+            labels.matches(meta(&v).get("labels").and_then(Value::as_object)) && fields.matches(&v)
         };
-        let mut items = Vec::new();
+        let mut items: Vec<(Arc<[u8]>, i64)> = Vec::new();
         let (revision, cont, remaining);
         let rv = ctx.q("resourceVersion").unwrap_or_default();
         let rv_match = ctx.q("resourceVersionMatch").unwrap_or_default();
@@ -279,28 +287,60 @@ impl Api {
             }
             let (rev, objs) = self.cache.list(&prefix);
             for (k, r, v) in objs {
-                if exact_prefix && k != prefix {
+                if (exact_prefix && k != prefix) || !matches(&v) {
                     continue;
                 }
-                let v: Value =
-                    serde_json::from_slice(&v).map_err(|e| ApiError::internal(e.to_string()))?;
-                if matches(&v) {
-                    items.push((v, r));
-                }
+                items.push((v, r));
             }
             (revision, cont, remaining) = (rev, None, 0);
         }
-        let items: Vec<Value> = items
-            .into_iter()
-            .map(|(v, r)| self.out(&t.kind, v, r))
-            .collect();
         let mut list_meta = json!({"resourceVersion": revision.to_string()});
         if let Some(c) = &cont {
             list_meta["continue"] = json!(c);
-            if remaining > 0 && labels.is_empty() && fields.is_empty() {
+            if remaining > 0 && !selective {
                 list_meta["remainingItemCount"] = json!(remaining);
             }
         }
+        let converted =
+            t.kind.storage_version != t.kind.version || t.kind.storage_group != t.kind.group;
+        if ctx.output == Output::Object && !converted {
+            // The common case, without parsing: each stored object with its resourceVersion
+            // spliced into its metadata.
+            let mut body =
+                Vec::with_capacity(items.iter().map(|(v, _)| v.len() + 32).sum::<usize>() + 256);
+            body.extend_from_slice(
+                format!(
+                    "{{\"apiVersion\":{},\"items\":[",
+                    json!(t.kind.api_version())
+                )
+                .as_bytes(),
+            );
+            for (n, (raw, rev)) in items.iter().enumerate() {
+                if n > 0 {
+                    body.push(b',');
+                }
+                splice_resource_version(raw, *rev, &mut body);
+            }
+            body.extend_from_slice(
+                format!(
+                    "],\"kind\":{},\"metadata\":{}}}",
+                    json!(t.kind.list_kind),
+                    list_meta
+                )
+                .as_bytes(),
+            );
+            return Ok(Reply {
+                status: 200,
+                content_type: "application/json".into(),
+                body: Body::Full(Bytes::from(body)),
+                warnings: Vec::new(),
+            });
+        }
+        let items: Vec<Value> = items
+            .into_iter()
+            .map(|(raw, r)| serde_json::from_slice(&raw).map(|v| self.out(&t.kind, v, r)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         let body = match ctx.output {
             Output::Table => table::table(&t.kind, &items, ctx.q("includeObject"), Some(list_meta)),
             Output::Metadata => json!({
@@ -327,8 +367,8 @@ impl Api {
         start: Option<&str>,
         rev: i64,
         limit: usize,
-        matches: &(dyn Fn(&Value) -> bool + Sync),
-    ) -> ApiResult<(Vec<(Value, i64)>, Option<String>, i64)> {
+        matches: &(dyn Fn(&[u8]) -> bool + Sync),
+    ) -> ApiResult<(Vec<(Arc<[u8]>, i64)>, Option<String>, i64)> {
         let mut out = Vec::new();
         let mut after = start.map(String::from);
         loop {
@@ -346,16 +386,12 @@ impl Api {
                     limit: want,
                 })
                 .await?;
-            for kv in &page.kvs {
+            for kv in page.kvs {
                 after = Some(kv.key.clone());
-                if exact && kv.key != prefix {
+                if (exact && kv.key != prefix) || !matches(&kv.value) {
                     continue;
                 }
-                let v: Value = serde_json::from_slice(&kv.value)
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
-                if matches(&v) {
-                    out.push((v, kv.mod_revision));
-                }
+                out.push((Arc::from(kv.value), kv.mod_revision));
             }
             if !page.more {
                 return Ok((out, None, 0));
@@ -1663,6 +1699,62 @@ fn rand_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// The offset just after the `{` that opens the top-level `"metadata"` object of a JSON
+/// object, found by a scan that tracks strings and nesting (no parsing, no allocation).
+fn top_level_metadata(raw: &[u8]) -> Option<usize> {
+    const KEY: &[u8] = b"\"metadata\"";
+    let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' => {
+                if depth == 1 && raw[i..].starts_with(KEY) {
+                    let mut k = i + KEY.len();
+                    while raw
+                        .get(k)
+                        .is_some_and(|c| c.is_ascii_whitespace() || *c == b':')
+                    {
+                        k += 1;
+                    }
+                    return (raw.get(k) == Some(&b'{')).then_some(k + 1);
+                }
+                in_str = true;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Writes a stored object with `metadata.resourceVersion` set, without parsing it.
+fn splice_resource_version(raw: &[u8], rev: i64, out: &mut Vec<u8>) {
+    match top_level_metadata(raw) {
+        Some(cut) => {
+            out.extend_from_slice(&raw[..cut]);
+            out.extend_from_slice(format!("\"resourceVersion\":\"{rev}\"").as_bytes());
+            if raw[cut..].iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'}') {
+                out.push(b',');
+            }
+            out.extend_from_slice(&raw[cut..]);
+        }
+        None => out.extend_from_slice(raw),
+    }
+}
+
 /// PartialObjectMetadata of an object.
 pub fn partial(v: &Value) -> Value {
     json!({
@@ -1728,5 +1820,38 @@ impl NsTerminating for ApiError {
             json!({"causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}),
         );
         self
+    }
+}
+
+#[cfg(test)]
+mod splice_tests {
+    use super::*;
+
+    #[test]
+    fn resource_version_goes_into_the_top_level_metadata() {
+        let cases = [
+            (
+                r#"{"apiVersion":"v1","metadata":{"name":"a"}}"#,
+                r#"{"apiVersion":"v1","metadata":{"resourceVersion":"7","name":"a"}}"#,
+            ),
+            (
+                r#"{"metadata":{}}"#,
+                r#"{"metadata":{"resourceVersion":"7"}}"#,
+            ),
+            (
+                r#"{"data":{"spec":{"metadata":{"x":1}}},"kind":"K","metadata":{"name":"b"}}"#,
+                r#"{"data":{"spec":{"metadata":{"x":1}}},"kind":"K","metadata":{"resourceVersion":"7","name":"b"}}"#,
+            ),
+            (
+                r#"{"a":"\"metadata\":{","metadata":{"n":1}}"#,
+                r#"{"a":"\"metadata\":{","metadata":{"resourceVersion":"7","n":1}}"#,
+            ),
+        ];
+        for (raw, want) in cases {
+            let mut out = Vec::new();
+            splice_resource_version(raw.as_bytes(), 7, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+            let _: Value = serde_json::from_str(want).unwrap();
+        }
     }
 }

@@ -359,12 +359,15 @@ pub fn builtins() -> Vec<Kind> {
 /// The kinds served now: the built-ins plus the custom resources of established CRDs.
 pub struct Registry {
     kinds: RwLock<Arc<Vec<Arc<Kind>>>>,
+    /// Bumped whenever the served kinds change (documents generated from them are stale).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Registry {
     fn default() -> Self {
         Registry {
             kinds: RwLock::new(Arc::new(builtins().into_iter().map(Arc::new).collect())),
+            generation: Default::default(),
         }
     }
 }
@@ -403,7 +406,24 @@ impl Registry {
             .cloned()
             .collect();
         v.extend(custom.into_iter().map(Arc::new));
-        *self.kinds.write().unwrap() = Arc::new(v);
+        let mut kinds = self.kinds.write().unwrap();
+        let same = kinds.len() == v.len()
+            && kinds.iter().zip(&v).all(|(a, b)| {
+                a.api_version() == b.api_version()
+                    && a.plural == b.plural
+                    && a.crd_schema == b.crd_schema
+                    && a.printer_columns.len() == b.printer_columns.len()
+            });
+        *kinds = Arc::new(v);
+        if !same {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Changes whenever the served kinds change.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
     /// The groups served, each with its versions in preference order.
     pub fn groups(&self) -> Vec<(String, Vec<String>)> {

@@ -190,6 +190,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         tokens,
         authorizer: Box::new(auth::AdminOnly),
         host: format!("{url_host}:{}", addr.port()),
+        documents: Default::default(),
     });
     tokio::spawn(server::serve(srv, listener, Arc::new(tls)));
     Ok(Running { addr, api, pki })

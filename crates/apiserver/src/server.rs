@@ -29,6 +29,8 @@ pub struct Server {
     pub tokens: Tokens,
     pub authorizer: Box<dyn Authorizer>,
     pub host: String,
+    /// Generated documents (OpenAPI) by path, with the registry generation they were made at.
+    pub documents: std::sync::Mutex<std::collections::HashMap<String, (u64, Bytes)>>,
 }
 
 type ResBody = BoxBody<Bytes, Infallible>;
@@ -145,6 +147,22 @@ fn output_of(accept: &str) -> Result<(Output, bool), ApiError> {
 }
 
 impl Server {
+    /// A generated document, made once per registry generation.
+    fn document(&self, path: &str, make: impl FnOnce() -> Option<Value>) -> Option<Bytes> {
+        let generation = self.api.registry.generation();
+        if let Some((g, b)) = self.documents.lock().unwrap().get(path) {
+            if *g == generation {
+                return Some(b.clone());
+            }
+        }
+        let b = Bytes::from(serde_json::to_vec(&make()?).unwrap_or_default());
+        self.documents
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (generation, b.clone()));
+        Some(b)
+    }
+
     fn authenticate(
         &self,
         req: &Request<Incoming>,
@@ -315,13 +333,13 @@ impl Server {
                     return nonresource(200, "application/json", js(&openapi::v3_index(reg)))
                 }
                 ["openapi", "v3", "api", v] => {
-                    if let Some(d) = openapi::v3_doc(reg, "", v) {
-                        return nonresource(200, "application/json", js(&d));
+                    if let Some(d) = self.document(&path, || openapi::v3_doc(reg, "", v)) {
+                        return nonresource(200, "application/json", d);
                     }
                 }
                 ["openapi", "v3", "apis", g, v] => {
-                    if let Some(d) = openapi::v3_doc(reg, g, v) {
-                        return nonresource(200, "application/json", js(&d));
+                    if let Some(d) = self.document(&path, || openapi::v3_doc(reg, g, v)) {
+                        return nonresource(200, "application/json", d);
                     }
                 }
                 _ => {}

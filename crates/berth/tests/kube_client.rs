@@ -395,3 +395,161 @@ async fn streaming_list_watcher() {
     }
     assert_eq!(reader.state().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_are_statuses() {
+    let c = client().await;
+    namespace(&c, "proto").await;
+    let send = |method: &str, path: &str, ct: &str, accept: &str, body: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", ct)
+            .header("accept", accept)
+            .body(body.as_bytes().to_vec())
+            .unwrap()
+    };
+    let cases = [
+        (
+            send(
+                "GET",
+                "/api/v1/namespaces/proto/configmaps",
+                "",
+                "application/vnd.kubernetes.protobuf",
+                "",
+            ),
+            406,
+            "NotAcceptable",
+        ),
+        (
+            send(
+                "POST",
+                "/api/v1/namespaces/proto/configmaps",
+                "text/plain",
+                "application/json",
+                "x",
+            ),
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            send(
+                "PUT",
+                "/api/v1/namespaces/proto/configmaps",
+                "application/json",
+                "application/json",
+                "{}",
+            ),
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            send(
+                "POST",
+                "/api/v1/namespaces/proto/configmaps",
+                "application/json",
+                "application/json",
+                "{\"apiVersion\":",
+            ),
+            400,
+            "BadRequest",
+        ),
+        (
+            send(
+                "POST",
+                "/api/v1/namespaces/proto/configmaps",
+                "application/yaml",
+                "application/json",
+                "a: [b",
+            ),
+            400,
+            "BadRequest",
+        ),
+        (
+            send(
+                "GET",
+                "/api/v1/namespaces/proto/configmaps?watch=true&resourceVersion=notanumber",
+                "",
+                "application/json",
+                "",
+            ),
+            400,
+            "BadRequest",
+        ),
+        (
+            send(
+                "GET",
+                "/apis/nothere.example.com/v1/things",
+                "",
+                "application/json",
+                "",
+            ),
+            404,
+            "NotFound",
+        ),
+    ];
+    for (req, code, reason) in cases {
+        let what = format!("{} {}", req.method(), req.uri());
+        let text = c.request_text(req).await;
+        let (got_code, got_reason, _) = api_error(text.unwrap_err());
+        assert_eq!((got_code, got_reason.as_str()), (code, reason), "{what}");
+    }
+    // DeleteOptions preconditions.
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "proto");
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "p"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some("not-the-uid".into()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    let (code, reason, msg) = api_error(cms.delete("p", &dp).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    assert!(
+        msg.contains("Precondition failed: UID in precondition: not-the-uid"),
+        "{msg}"
+    );
+    assert!(
+        cms.get("p").await.is_ok(),
+        "a failed precondition deletes nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_keeps_its_certificates_and_state() {
+    let s = Server::start("restart", false);
+    let tls = s.dir.join("data/tls");
+    let read = |f: &str| std::fs::read(tls.join(f)).unwrap();
+    let (ca, admin, token) = (read("ca.crt"), read("admin.crt"), read("token"));
+    let token_text = String::from_utf8(token.clone()).unwrap();
+    assert!(
+        token_text.starts_with("K10") && token_text.contains("::server:"),
+        "{token_text}"
+    );
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&s.kubeconfig), 0o600);
+    assert_eq!(mode(&tls.join("ca.key")), 0o600);
+    s.ok(&["create", "configmap", "kept", "--from-literal=a=b"]);
+    // SIGKILL, then start again on the same data dir with another SAN.
+    // SAFETY: kill(2) on the pid of a child this test started; no memory is involved.
+    unsafe { libc::kill(s.pid as i32, libc::SIGKILL) };
+    let s2 = Server::start_reusing(&s, &["--tls-san", "berth.example"]);
+    assert_eq!(
+        (read("ca.crt"), read("admin.crt"), read("token")),
+        (ca, admin, token),
+        "the CA, admin certificate and token are reused"
+    );
+    assert!(std::fs::read_to_string(tls.join("serving.sans"))
+        .unwrap()
+        .lines()
+        .any(|l| l == "berth.example"));
+    assert_eq!(
+        s2.ok(&["get", "configmap", "kept", "-o", "jsonpath={.data.a}"]),
+        "b"
+    );
+}

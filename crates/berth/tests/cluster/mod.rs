@@ -133,7 +133,15 @@ impl Server {
 
     /// Starts a server with extra flags.
     pub fn start_with(name: &str, etcd: bool, extra: &[&str]) -> Server {
-        let dir = base_dir(name);
+        Server::launch(base_dir(name), etcd, extra)
+    }
+
+    /// Starts a server again on the data dir of `old` (which must have stopped).
+    pub fn start_reusing(old: &Server, extra: &[&str]) -> Server {
+        Server::launch(old.dir.clone(), false, extra)
+    }
+
+    fn launch(dir: PathBuf, etcd: bool, extra: &[&str]) -> Server {
         let kubeconfig = dir.join("kubeconfig.yaml");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
         cmd.args([
