@@ -301,62 +301,55 @@ impl Api {
                 list_meta["remainingItemCount"] = json!(remaining);
             }
         }
+        // The list is written item by item: a 10,000-object Table never exists as one tree.
         let converted =
             t.kind.storage_version != t.kind.version || t.kind.storage_group != t.kind.group;
-        if ctx.output == Output::Object && !converted {
-            // The common case, without parsing: each stored object with its resourceVersion
-            // spliced into its metadata.
-            let mut body =
-                Vec::with_capacity(items.iter().map(|(v, _)| v.len() + 32).sum::<usize>() + 256);
-            body.extend_from_slice(
-                format!(
-                    "{{\"apiVersion\":{},\"items\":[",
-                    json!(t.kind.api_version())
-                )
-                .as_bytes(),
-            );
-            for (n, (raw, rev)) in items.iter().enumerate() {
-                if n > 0 {
-                    body.push(b',');
-                }
-                splice_resource_version(raw, *rev, &mut body);
-            }
-            body.extend_from_slice(
-                format!(
-                    "],\"kind\":{},\"metadata\":{}}}",
-                    json!(t.kind.list_kind),
-                    list_meta
-                )
-                .as_bytes(),
-            );
-            return Ok(Reply {
-                status: 200,
-                content_type: "application/json".into(),
-                body: Body::Full(Bytes::from(body)),
-                warnings: Vec::new(),
-            });
-        }
-        let items: Vec<Value> = items
-            .into_iter()
-            .map(|(raw, r)| serde_json::from_slice(&raw).map(|v| self.out(&t.kind, v, r)))
-            .collect::<Result<_, _>>()
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let body = match ctx.output {
-            Output::Table => table::table(&t.kind, &items, ctx.q("includeObject"), Some(list_meta)),
-            Output::Metadata => json!({
-                "kind": "PartialObjectMetadataList",
-                "apiVersion": "meta.k8s.io/v1",
-                "metadata": list_meta,
-                "items": items.iter().map(partial).collect::<Vec<_>>(),
-            }),
-            Output::Object => json!({
-                "kind": t.kind.list_kind,
-                "apiVersion": t.kind.api_version(),
-                "metadata": list_meta,
-                "items": items,
-            }),
+        let include = ctx.q("includeObject");
+        let mut body =
+            Vec::with_capacity(items.iter().map(|(v, _)| v.len() + 32).sum::<usize>() + 256);
+        let (head, tail) = match ctx.output {
+            Output::Table => (
+                format!("{{\"apiVersion\":\"meta.k8s.io/v1\",\"columnDefinitions\":{},\"kind\":\"Table\",\"metadata\":{list_meta},\"rows\":[", Value::Array(table::column_definitions(&t.kind))),
+                "]}".to_string(),
+            ),
+            Output::Metadata => (
+                "{\"apiVersion\":\"meta.k8s.io/v1\",\"items\":[".to_string(),
+                format!("],\"kind\":\"PartialObjectMetadataList\",\"metadata\":{list_meta}}}"),
+            ),
+            Output::Object => (
+                format!("{{\"apiVersion\":{},\"items\":[", json!(t.kind.api_version())),
+                format!("],\"kind\":{},\"metadata\":{list_meta}}}", json!(t.kind.list_kind)),
+            ),
         };
-        Ok(Reply::json(200, &body))
+        body.extend_from_slice(head.as_bytes());
+        for (n, (raw, rev)) in items.iter().enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            if ctx.output == Output::Object && !converted {
+                // The common case, without parsing: the stored bytes with the resourceVersion
+                // spliced into their metadata.
+                splice_resource_version(raw, *rev, &mut body);
+                continue;
+            }
+            let v: Value =
+                serde_json::from_slice(raw).map_err(|e| ApiError::internal(e.to_string()))?;
+            let v = self.out(&t.kind, v, *rev);
+            let item = match ctx.output {
+                Output::Table => table::row(&t.kind, &v, include),
+                Output::Metadata => partial(&v),
+                Output::Object => v,
+            };
+            serde_json::to_writer(&mut body, &item)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+        }
+        body.extend_from_slice(tail.as_bytes());
+        Ok(Reply {
+            status: 200,
+            content_type: "application/json".into(),
+            body: Body::Full(Bytes::from(body)),
+            warnings: Vec::new(),
+        })
     }
 
     /// One page from the store at `rev`, filtered; returns items, continue token, remaining.
@@ -465,6 +458,11 @@ impl Api {
             }
         };
         let kind = t.kind.clone();
+        let plain = output == Output::Object
+            && labels.is_empty()
+            && fields.is_empty()
+            && kind.storage_version == kind.version
+            && kind.storage_group == kind.group;
         let me = self.clone_handle();
         let in_scope = move |e: &CacheEvent| !exact || e.key == prefix;
         let prefix2 = match (&t.name, fields.name()) {
@@ -486,8 +484,22 @@ impl Api {
                 if !in_scope(e) {
                     return None;
                 }
-                let now_match = e.kind != "DELETED" && matches(&e.object);
-                let was_match = e.prev.as_ref().is_some_and(|p| matches(p));
+                if plain {
+                    // Every watcher of the stored version without selectors gets the same line.
+                    return Some(
+                        e.line
+                            .get_or_init(|| {
+                                let mut b =
+                                    format!("{{\"type\":\"{}\",\"object\":", e.kind).into_bytes();
+                                splice_resource_version(&e.raw, e.revision, &mut b);
+                                b.extend_from_slice(b"}\n");
+                                Bytes::from(b)
+                            })
+                            .clone(),
+                    );
+                }
+                let now_match = e.kind != "DELETED" && matches(e.object());
+                let was_match = e.prev().is_some_and(|p| matches(p));
                 let ty = match (e.kind, was_match, now_match) {
                     ("DELETED", true, _) => "DELETED",
                     ("DELETED", false, _) | (_, false, false) => return None,
@@ -501,7 +513,7 @@ impl Api {
                     }
                     (_, true, false) => "DELETED",
                 };
-                let obj = me.out(&kind, (*e.object).clone(), e.revision);
+                let obj = me.out(&kind, (**e.object()).clone(), e.revision);
                 Some(encode(ty, obj))
             };
             for e in &sub.initial {
@@ -531,7 +543,7 @@ impl Api {
                     _ = &mut deadline => return,
                     _ = tx.closed() => return,
                     _ = bookmark_tick.tick(), if bookmarks => {
-                        let bm = json!({"type": "BOOKMARK", "object": {"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": {"resourceVersion": me.cache.revision().max(last).to_string()}}});
+                        let bm = json!({"type": "BOOKMARK", "object": {"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": {"resourceVersion": last.to_string()}}});
                         let mut b = serde_json::to_vec(&bm).unwrap_or_default();
                         b.push(b'\n');
                         if tx.send(Bytes::from(b)).await.is_err() { return; }
@@ -549,10 +561,14 @@ impl Api {
                             Err(_) => return,
                         };
                         for e in events {
-                            if e.revision <= last || !e.key.starts_with(&prefix2) {
+                            if e.revision <= last {
                                 continue;
                             }
+                            // Bookmarks may claim every revision read so far, whatever its key.
                             last = e.revision;
+                            if !e.key.starts_with(&prefix2) {
+                                continue;
+                            }
                             if let Some(b) = send_event(&e) {
                                 if tx.send(b).await.is_err() { return; }
                             }
@@ -690,7 +706,7 @@ impl Api {
             return Err(ApiError::invalid(&t.kind, &name, errs));
         }
         self.check_namespace(&t.kind, ns.as_deref()).await?;
-        self.admit_create(&t.kind, &mut obj).await?;
+        let _allocated = self.admit_create(&t.kind, &mut obj).await?;
         apply::record_update(
             None,
             &mut obj,
@@ -773,7 +789,11 @@ impl Api {
                 o.insert("status".into(), json!({}));
             }
         }
-        if kind.kind == "Pod" && kind.group.is_empty() {
+        // A pod's status, and a custom resource's with a status subresource, are the
+        // system's to write.
+        if (kind.kind == "Pod" && kind.group.is_empty())
+            || (kind.status && kind.crd_schema.is_some())
+        {
             if let Some(o) = obj.as_object_mut() {
                 o.remove("status");
             }
@@ -800,11 +820,16 @@ impl Api {
     }
 
     /// What the API server itself fills in on create (Service cluster IPs).
-    async fn admit_create(&self, kind: &Kind, obj: &mut Value) -> ApiResult<()> {
+    /// Returns the allocation lock when it holds one, to be kept until the object is stored.
+    async fn admit_create(
+        &self,
+        kind: &Kind,
+        obj: &mut Value,
+    ) -> ApiResult<Option<tokio::sync::MutexGuard<'static, ()>>> {
         if kind.group.is_empty() && kind.kind == "Service" {
-            crate::services::allocate(self, obj).await?;
+            return crate::services::allocate(self, obj).await.map(Some);
         }
-        Ok(())
+        Ok(None)
     }
 
     // === update, patch ===
@@ -826,6 +851,7 @@ impl Api {
         let precondition = meta(&new)
             .get("resourceVersion")
             .and_then(Value::as_str)
+            .filter(|r| !r.is_empty())
             .map(String::from);
         let mut r = self
             .write(
@@ -883,6 +909,7 @@ impl Api {
             patch_v
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
+                .filter(|r| !r.is_empty())
                 .map(String::from)
         };
         let apply_mode = ct == "application/apply-patch+yaml";
@@ -898,6 +925,11 @@ impl Api {
         }
         let kind = t.kind.clone();
         let force = ctx.flag("force");
+        let part = if t.sub.as_deref() == Some("status") {
+            apply::Part::Status
+        } else {
+            apply::Part::Main
+        };
         let manager = ctx.manager();
         let mut r = self
             .write(
@@ -917,13 +949,14 @@ impl Api {
                         }
                         _ => {
                             let served = cur.map(|c| self.out(&kind, c.clone(), 0));
-                            let applied = apply::apply(
+                            let applied = apply::apply_part(
                                 served.as_ref(),
                                 &patch_v,
                                 &manager,
                                 &kind.api_version(),
                                 force,
                                 &now(),
+                                part,
                             )
                             .map_err(|cs| conflict_error(&kind, name_of(&patch_v), cs))?;
                             return Ok(applied);
@@ -931,7 +964,7 @@ impl Api {
                     }
                     Ok(self.out(&kind, base, 0))
                 },
-                apply_mode,
+                apply_mode && part == apply::Part::Main,
             )
             .await?;
         r.warnings.extend(warnings);
@@ -954,6 +987,7 @@ impl Api {
         let ns = t.namespace.as_deref();
         let key = kind.key(ns, &name);
         let sub = t.sub.as_deref();
+        let mut warnings: Vec<String> = Vec::new();
         for _attempt in 0..8 {
             let cur = self.store.get(&key, 0).await?;
             let Some(cur) = cur else {
@@ -977,7 +1011,7 @@ impl Api {
                     return Err(ApiError::invalid(kind, &name, errs));
                 }
                 self.check_namespace(kind, ns).await?;
-                self.admit_create(kind, &mut new).await?;
+                let _allocated = self.admit_create(kind, &mut new).await?;
                 let rev = if ctx.dry_run() {
                     0
                 } else {
@@ -1003,22 +1037,51 @@ impl Api {
             }
             let served_old = self.out(kind, old.clone(), cur.mod_revision);
             let new_served = change(Some(&served_old))?;
-            let mut new =
-                if kind.storage_version != kind.version || kind.storage_group != kind.group {
-                    convert::to_storage(kind, new_served)
-                } else {
-                    new_served
-                };
-            // Round-trip patched objects through the codec: types are checked, unknown fields dropped.
-            let (decoded, _) = kind.codec.decode(new.clone()).map_err(|e| {
+            if !new_served.is_object() {
+                return Err(ApiError::invalid(
+                    kind,
+                    &name,
+                    vec![FieldError::invalid_raw(
+                        "",
+                        new_served.to_string(),
+                        "the object must be a JSON object",
+                    )],
+                ));
+            }
+            // The result goes through the codec of the served version: types checked, unknown
+            // fields pruned and reported as fieldValidation asks (apply reported them already).
+            let (decoded, unknown) = kind.codec.decode(new_served).map_err(|e| {
                 ApiError::bad_request(format!(
                     "{} in version \"{}\" cannot be handled as a {}: {e}",
                     kind.kind, kind.version, kind.kind
                 ))
             })?;
-            if kind.crd_schema.is_none() {
-                new = decoded;
+            if !unknown.is_empty()
+                && ctx
+                    .content_type
+                    .split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    != "application/apply-patch+yaml"
+            {
+                match ctx.q("fieldValidation").unwrap_or("Warn") {
+                    "Strict" => {
+                        let list: Vec<String> = unknown
+                            .iter()
+                            .map(|u| format!("unknown field \"{u}\""))
+                            .collect();
+                        return Err(ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}", kind.kind, kind.version, kind.kind, list.join(", "))));
+                    }
+                    "Ignore" => {}
+                    _ => warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\""))),
+                }
             }
+            let new = if kind.storage_version != kind.version || kind.storage_group != kind.group {
+                convert::to_storage(kind, decoded)
+            } else {
+                decoded
+            };
             let mut new = self.merge_update(kind, sub, &old, new)?;
             rules::default(kind, &mut new);
             crate::crd::default_and_prune(kind, &mut new);
@@ -1043,26 +1106,48 @@ impl Api {
                     &now(),
                 );
             }
-            if new == old {
+            if apply::same_ignoring_times(&new, &old) {
+                // Nothing changed but managedFields timestamps: no new revision, no event.
                 let out = self.out(kind, old, cur.mod_revision);
-                return Ok(Reply::json(200, &self.render_one(kind, ctx, out)));
+                let mut r = Reply::json(200, &self.render_one(kind, ctx, out));
+                r.warnings = warnings;
+                return Ok(r);
             }
-            // An object being deleted goes once its last finalizer is removed.
+            // An object being deleted goes once its last finalizer is removed and its grace
+            // period is over (Kubernetes' shouldDeleteDuringUpdate); a namespace also waits
+            // for its spec.finalizers.
             let finalizers_empty = meta(&new)
                 .get("finalizers")
                 .and_then(Value::as_array)
                 .is_none_or(|f| f.is_empty());
+            let grace_over = meta(&old)
+                .get("deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                == 0;
+            let ns_done = !(kind.kind == "Namespace" && kind.group.is_empty())
+                || new
+                    .pointer("/spec/finalizers")
+                    .and_then(Value::as_array)
+                    .is_none_or(|f| f.is_empty());
             if meta(&new).get("deletionTimestamp").is_some()
                 && finalizers_empty
-                && !(kind.kind == "Pod" && kind.group.is_empty())
+                && grace_over
+                && ns_done
             {
                 if ctx.dry_run() {
-                    return Ok(Reply::json(200, &self.out(kind, new, cur.mod_revision)));
+                    return Ok(with_warnings(
+                        &warnings,
+                        Reply::json(200, &self.out(kind, new, cur.mod_revision)),
+                    ));
                 }
                 match self.store.delete(&key, Some(cur.mod_revision)).await {
                     Ok((rev, _)) => {
                         let out = self.out(kind, new, rev);
-                        return Ok(Reply::json(200, &self.render_one(kind, ctx, out)));
+                        return Ok(with_warnings(
+                            &warnings,
+                            Reply::json(200, &self.render_one(kind, ctx, out)),
+                        ));
                     }
                     Err(store::StoreError::Conflict { .. }) if precondition.is_none() => continue,
                     Err(store::StoreError::Conflict { .. }) => {
@@ -1073,7 +1158,10 @@ impl Api {
             }
             if ctx.dry_run() {
                 let out = self.out(kind, new, cur.mod_revision);
-                return Ok(Reply::json(200, &self.render_one(kind, ctx, out)));
+                return Ok(with_warnings(
+                    &warnings,
+                    Reply::json(200, &self.render_one(kind, ctx, out)),
+                ));
             }
             match self
                 .store
@@ -1082,7 +1170,10 @@ impl Api {
             {
                 Ok(rev) => {
                     let out = self.out(kind, new, rev);
-                    return Ok(Reply::json(200, &self.render_one(kind, ctx, out)));
+                    return Ok(with_warnings(
+                        &warnings,
+                        Reply::json(200, &self.render_one(kind, ctx, out)),
+                    ));
                 }
                 Err(store::StoreError::Conflict { .. }) if precondition.is_none() => continue,
                 Err(store::StoreError::Conflict { .. }) => {
@@ -1114,6 +1205,22 @@ impl Api {
                 }
             }
             // Kubernetes lets status writes change nothing else but metadata's managedFields.
+            if let Some(mf) = meta(&new).get("managedFields").cloned() {
+                meta_mut(&mut out).insert("managedFields".into(), mf);
+            }
+            return Ok(out);
+        }
+        if sub == Some("finalize") {
+            // namespaces/finalize changes spec.finalizers and nothing else.
+            let mut out = old.clone();
+            let f = new
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or(json!([]));
+            if !out.get("spec").is_some_and(Value::is_object) {
+                out["spec"] = json!({});
+            }
+            out["spec"]["finalizers"] = f;
             return Ok(out);
         }
         if !new.is_object() {
@@ -1153,6 +1260,9 @@ impl Api {
                 }
             }
         }
+        if kind.group.is_empty() && kind.kind == "Service" {
+            crate::services::keep_allocations(old, &mut new);
+        }
         if has_generation(kind) {
             let strip = |v: &Value| {
                 let mut c = v.clone();
@@ -1191,6 +1301,7 @@ impl Api {
             ScaleChange::Replace(v) => v
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
+                .filter(|r| !r.is_empty())
                 .map(String::from),
             ScaleChange::Patch(..) => None,
         };
@@ -1264,6 +1375,12 @@ impl Api {
         ctx: &Ctx<'_>,
     ) -> ApiResult<(Reply, Value)> {
         let key = kind.key(ns, name);
+        // kubectl sends dryRun in the DeleteOptions body, not the query.
+        let dry = ctx.dry_run()
+            || opts
+                .get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|d| d.iter().any(|x| x == "All"));
         for _ in 0..8 {
             let Some(cur) = self.store.get(&key, 0).await? else {
                 return Err(ApiError::not_found(kind, name));
@@ -1362,10 +1479,9 @@ impl Api {
                 let already = m.contains_key("deletionTimestamp");
                 let g = pod_grace.unwrap_or(0);
                 if !already
-                    || (graceful
-                        && m.get("deletionGracePeriodSeconds")
-                            .and_then(Value::as_i64)
-                            .is_some_and(|old| g < old))
+                    || m.get("deletionGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                        .is_some_and(|old| g < old)
                 {
                     let when = now_plus(if graceful { g } else { 0 });
                     m.insert("deletionTimestamp".into(), json!(when));
@@ -1376,7 +1492,7 @@ impl Api {
                     obj["status"]["phase"] = json!("Terminating");
                     changed = true;
                 }
-                let rev = if changed && !ctx.dry_run() {
+                let rev = if changed && !dry {
                     match self
                         .store
                         .update(&key, serde_json::to_vec(&obj).unwrap(), cur.mod_revision)
@@ -1389,13 +1505,13 @@ impl Api {
                 } else {
                     cur.mod_revision
                 };
-                if is_ns && !ctx.dry_run() {
+                if is_ns && !dry {
                     crate::namespaces::finalize_later(self.clone_handle(), name.to_string());
                 }
                 let out = self.out(kind, obj, rev);
                 return Ok((Reply::json(200, &out), out));
             }
-            if ctx.dry_run() {
+            if dry {
                 let out = self.out(kind, obj, cur.mod_revision);
                 return Ok((Reply::json(200, &out), out));
             }
@@ -1584,6 +1700,11 @@ fn now_plus(secs: i64) -> String {
     let n = timefmt::now_nanos();
     let t = n + secs as i128 * 1_000_000_000;
     crate::time_secs((t / 1_000_000_000) as i64)
+}
+
+fn with_warnings(warnings: &[String], mut r: Reply) -> Reply {
+    r.warnings.extend_from_slice(warnings);
+    r
 }
 
 /// A JSON patch that cannot be applied: 422 as Kubernetes' generic server response.

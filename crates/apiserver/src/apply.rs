@@ -1,7 +1,7 @@
 //! Server-side apply and managedFields: field sets in the FieldsV1 format, ownership per
 //! manager, conflicts (and `force`), and removal of fields a manager stopped applying.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde_json::{json, Map, Value};
 
@@ -25,22 +25,45 @@ const IGNORED_META: &[&str] = &[
     "deletionGracePeriodSeconds",
 ];
 
-fn walk(v: &Value, field: Option<&str>, path: &mut FieldPath, out: &mut FieldSet) {
+/// Which part of an object a field set covers: the main resource (not status) or the
+/// status subresource (status only).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Main,
+    Status,
+}
+
+/// `field` is the key `v` sits under; `ctx` names the object holding it (for merge keys).
+fn walk(
+    v: &Value,
+    field: Option<&str>,
+    ctx: &str,
+    part: Part,
+    path: &mut FieldPath,
+    out: &mut FieldSet,
+) {
     match v {
         Value::Object(m) if !m.is_empty() => {
+            let inner = field.unwrap_or(ctx);
             for (k, child) in m {
                 if k.starts_with('$') {
                     continue;
                 }
-                if path.is_empty() && IGNORED_TOP.contains(&k.as_str()) {
-                    continue;
+                if path.is_empty() {
+                    let skip = match part {
+                        Part::Main => IGNORED_TOP.contains(&k.as_str()),
+                        Part::Status => k != "status",
+                    };
+                    if skip {
+                        continue;
+                    }
                 }
                 if path.len() == 1 && path[0] == "f:metadata" && IGNORED_META.contains(&k.as_str())
                 {
                     continue;
                 }
                 path.push(format!("f:{k}"));
-                walk(child, Some(k), path, out);
+                walk(child, Some(k), inner, part, path, out);
                 path.pop();
             }
         }
@@ -53,7 +76,7 @@ fn walk(v: &Value, field: Option<&str>, path: &mut FieldPath, out: &mut FieldSet
                     path.pop();
                 }
             } else if let Some(key) =
-                merge_key(f, items).filter(|_| items.iter().all(Value::is_object))
+                merge_key(ctx, f, items).filter(|_| items.iter().all(Value::is_object))
             {
                 for i in items {
                     let mut kv = Map::new();
@@ -64,7 +87,7 @@ fn walk(v: &Value, field: Option<&str>, path: &mut FieldPath, out: &mut FieldSet
                     path.push(".".into());
                     out.insert(path.clone());
                     path.pop();
-                    walk(i, None, path, out);
+                    walk(i, None, f, part, path, out);
                     path.pop();
                 }
             } else {
@@ -77,12 +100,38 @@ fn walk(v: &Value, field: Option<&str>, path: &mut FieldPath, out: &mut FieldSet
     }
 }
 
-/// The fields an object sets.
+/// The fields an object sets (outside status).
 pub fn field_set(v: &Value) -> FieldSet {
+    field_set_of(v, Part::Main)
+}
+
+/// The fields an object sets in one part.
+pub fn field_set_of(v: &Value, part: Part) -> FieldSet {
     let mut out = FieldSet::new();
-    walk(v, None, &mut Vec::new(), &mut out);
+    walk(v, None, "", part, &mut Vec::new(), &mut out);
     out.retain(|p| !p.is_empty());
     out
+}
+
+/// Whether two objects are the same but for the times in their managedFields (an apply
+/// that changes nothing must not write a new revision).
+pub fn same_ignoring_times(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut c = v.clone();
+        if let Some(list) = c
+            .pointer_mut("/metadata/managedFields")
+            .and_then(Value::as_array_mut)
+        {
+            for e in list.iter_mut() {
+                if let Some(o) = e.as_object_mut() {
+                    o.remove("time");
+                }
+            }
+            list.sort_by_key(|e| e.to_string());
+        }
+        c
+    };
+    a == b || strip(a) == strip(b)
 }
 
 /// FieldsV1 JSON from a set.
@@ -358,14 +407,31 @@ pub fn apply(
     force: bool,
     now: &str,
 ) -> Result<Value, Vec<Conflict>> {
+    apply_part(live, config, manager, api_version, force, now, Part::Main)
+}
+
+/// Server-side apply of one part of an object (the main resource or its status).
+pub fn apply_part(
+    live: Option<&Value>,
+    config: &Value,
+    manager: &str,
+    api_version: &str,
+    force: bool,
+    now: &str,
+    part: Part,
+) -> Result<Value, Vec<Conflict>> {
+    let subresource = (part == Part::Status).then(|| "status".to_string());
+    let mine = |m: &Managed| {
+        m.manager == manager && m.operation == "Apply" && m.subresource == subresource
+    };
     let mut managed = live.map(read_managed).unwrap_or_default();
-    let new_set = field_set(config);
+    let new_set = field_set_of(config, part);
     let base = live.cloned().unwrap_or_else(|| json!({}));
     // Conflicts: fields others own whose value the config changes.
     let mut conflicts = Vec::new();
     let mut forced = FieldSet::new();
     for m in managed.iter() {
-        if m.manager == manager && m.operation == "Apply" {
+        if mine(m) {
             continue;
         }
         for p in m.fields.intersection(&new_set) {
@@ -388,7 +454,7 @@ pub fn apply(
     // Fields this manager applied before and no longer applies: removed unless others own them.
     let previous: FieldSet = managed
         .iter()
-        .filter(|m| m.manager == manager && m.operation == "Apply")
+        .filter(|m| mine(m))
         .flat_map(|m| m.fields.iter().cloned())
         .collect();
     let mut result = base.clone();
@@ -400,19 +466,25 @@ pub fn apply(
         } else {
             p
         };
-        let owned_by_other = managed.iter().any(|m| {
-            !(m.manager == manager && m.operation == "Apply")
-                && m.fields.iter().any(|q| is_prefix(item_prefix, q))
-        });
+        let owned_by_other = managed
+            .iter()
+            .any(|m| !mine(m) && m.fields.iter().any(|q| is_prefix(item_prefix, q)));
         let still_applied = new_set.iter().any(|q| is_prefix(item_prefix, q));
         if !owned_by_other && !still_applied {
             remove_path(&mut result, p);
         }
     }
-    let mut cfg = config.clone();
-    if let Some(m) = cfg.as_object_mut() {
-        m.remove("status");
-    }
+    // Only the part applied is merged in.
+    let cfg = match part {
+        Part::Main => {
+            let mut c = config.clone();
+            if let Some(m) = c.as_object_mut() {
+                m.remove("status");
+            }
+            c
+        }
+        Part::Status => json!({"status": config.get("status").cloned().unwrap_or(json!({}))}),
+    };
     crate::patch::strategic_merge(&mut result, &cfg).map_err(|e| {
         vec![Conflict {
             field: e,
@@ -421,25 +493,30 @@ pub fn apply(
         }]
     })?;
     for m in managed.iter_mut() {
-        if !(m.manager == manager && m.operation == "Apply") {
+        if !mine(m) {
             m.fields.retain(|p| !forced.contains(p));
         }
     }
-    managed.retain(|m| !(m.manager == manager && m.operation == "Apply"));
-    let mut entries: BTreeMap<usize, Managed> = managed.into_iter().enumerate().collect();
-    let n = entries.len();
-    entries.insert(
-        n,
-        Managed {
-            manager: manager.into(),
-            operation: "Apply".into(),
-            api_version: api_version.into(),
-            time: now.into(),
-            subresource: None,
-            fields: new_set,
-        },
-    );
-    let list: Vec<Managed> = entries.into_values().collect();
+    // The manager's entry keeps its place; a new one goes last.
+    let entry = Managed {
+        manager: manager.into(),
+        operation: "Apply".into(),
+        api_version: api_version.into(),
+        time: now.into(),
+        subresource: subresource.clone(),
+        fields: new_set,
+    };
+    let list: Vec<Managed> = match managed.iter().position(&mine) {
+        Some(at) => {
+            managed[at] = entry;
+            managed
+        }
+        None => {
+            managed.push(entry);
+            managed
+        }
+    };
+
     write_managed(&mut result, &list);
     Ok(result)
 }

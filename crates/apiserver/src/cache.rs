@@ -6,7 +6,7 @@
 //! every event after `history_start` (the revision just before its first event) in order.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::StreamExt;
 use serde_json::Value;
@@ -14,7 +14,9 @@ use tokio::sync::{broadcast, watch};
 
 use store::{Event, Store};
 
-/// An event as watchers see it: the object parsed once for all of them.
+/// An event as watchers see it. The object stays in its stored bytes; it is parsed once,
+/// by the first watcher that needs to look inside it, and the plain JSON watch line is
+/// made once for every watcher that takes it as it is.
 #[derive(Debug)]
 pub struct CacheEvent {
     pub revision: i64,
@@ -22,9 +24,49 @@ pub struct CacheEvent {
     /// "ADDED", "MODIFIED" or "DELETED".
     pub kind: &'static str,
     /// The object (for DELETED, the last state), without its resourceVersion set.
-    pub object: Arc<Value>,
+    pub raw: Arc<[u8]>,
     /// The object before (MODIFIED/DELETED), for selectors that stop matching.
-    pub prev: Option<Arc<Value>>,
+    pub prev_raw: Option<Arc<[u8]>>,
+    parsed: OnceLock<Arc<Value>>,
+    prev_parsed: OnceLock<Option<Arc<Value>>>,
+    /// The watch line `{"type":…,"object":…}` of the stored version.
+    pub line: OnceLock<bytes::Bytes>,
+}
+
+impl CacheEvent {
+    fn new(
+        revision: i64,
+        key: String,
+        kind: &'static str,
+        raw: Arc<[u8]>,
+        prev_raw: Option<Arc<[u8]>>,
+    ) -> CacheEvent {
+        CacheEvent {
+            revision,
+            key,
+            kind,
+            raw,
+            prev_raw,
+            parsed: OnceLock::new(),
+            prev_parsed: OnceLock::new(),
+            line: OnceLock::new(),
+        }
+    }
+    /// The object, parsed.
+    pub fn object(&self) -> &Arc<Value> {
+        self.parsed
+            .get_or_init(|| Arc::new(serde_json::from_slice(&self.raw).unwrap_or(Value::Null)))
+    }
+    /// The object before the change, parsed.
+    pub fn prev(&self) -> Option<&Arc<Value>> {
+        self.prev_parsed
+            .get_or_init(|| {
+                self.prev_raw
+                    .as_ref()
+                    .map(|p| Arc::new(serde_json::from_slice(p).unwrap_or(Value::Null)))
+            })
+            .as_ref()
+    }
 }
 
 struct Inner {
@@ -39,7 +81,9 @@ pub type Entry = (String, i64, Arc<[u8]>);
 
 pub struct Cache {
     inner: Mutex<Inner>,
-    tx: broadcast::Sender<Arc<CacheEvent>>,
+    /// Replaced when the cache relists, which ends every open watch (clients then resume,
+    /// get 410 for the lost window, and relist).
+    tx: Mutex<broadcast::Sender<Arc<CacheEvent>>>,
     rev_tx: watch::Sender<i64>,
     capacity: usize,
 }
@@ -77,7 +121,7 @@ impl Cache {
                 history: VecDeque::new(),
                 history_start: list.revision,
             }),
-            tx,
+            tx: Mutex::new(tx),
             rev_tx,
             capacity,
         });
@@ -130,41 +174,32 @@ impl Cache {
         inner.revision = list.revision;
         inner.history.clear();
         inner.history_start = list.revision;
+        *self.tx.lock().unwrap() = broadcast::channel(self.capacity.max(16)).0;
         self.rev_tx.send_replace(list.revision);
     }
 
     fn apply(&self, e: Event) {
-        let parse = |b: &[u8]| Arc::new(serde_json::from_slice::<Value>(b).unwrap_or(Value::Null));
         let mut inner = self.inner.lock().unwrap();
         let ev = match e {
             Event::Put { kv, prev } => {
-                let object = parse(&kv.value);
-                let existed = inner
+                let raw: Arc<[u8]> = Arc::from(kv.value);
+                // The cache's own previous copy serves when the store gives none.
+                let before = inner
                     .objects
-                    .insert(kv.key.clone(), (kv.mod_revision, Arc::from(kv.value)))
-                    .is_some();
-                CacheEvent {
-                    revision: kv.mod_revision,
-                    key: kv.key,
-                    kind: if existed || prev.is_some() {
-                        "MODIFIED"
-                    } else {
-                        "ADDED"
-                    },
-                    object,
-                    prev: prev.map(|p| parse(&p.value)),
-                }
+                    .insert(kv.key.clone(), (kv.mod_revision, raw.clone()))
+                    .map(|(_, b)| b);
+                let prev_raw = prev.map(|p| Arc::from(p.value)).or(before);
+                let kind = if prev_raw.is_some() {
+                    "MODIFIED"
+                } else {
+                    "ADDED"
+                };
+                CacheEvent::new(kv.mod_revision, kv.key, kind, raw, prev_raw)
             }
             Event::Delete { revision, prev } => {
                 inner.objects.remove(&prev.key);
-                let object = parse(&prev.value);
-                CacheEvent {
-                    revision,
-                    key: prev.key,
-                    kind: "DELETED",
-                    object: object.clone(),
-                    prev: Some(object),
-                }
+                let raw: Arc<[u8]> = Arc::from(prev.value);
+                CacheEvent::new(revision, prev.key, "DELETED", raw.clone(), Some(raw))
             }
         };
         let ev = Arc::new(ev);
@@ -175,7 +210,7 @@ impl Cache {
                 inner.history_start = old.revision;
             }
         }
-        let _ = self.tx.send(ev);
+        let _ = self.tx.lock().unwrap().send(ev);
         drop(inner);
         self.rev_tx.send_replace(self.revision());
     }
@@ -211,20 +246,14 @@ impl Cache {
     /// oldest revision still available when `from` is too old.
     pub fn subscribe(&self, prefix: &str, from: Option<i64>) -> Result<Subscription, i64> {
         let inner = self.inner.lock().unwrap();
-        let rx = self.tx.subscribe();
+        let rx = self.tx.lock().unwrap().subscribe();
         let initial = match from {
             None => inner
                 .objects
                 .range(prefix.to_string()..)
                 .take_while(|(k, _)| k.starts_with(prefix))
                 .map(|(k, (r, v))| {
-                    Arc::new(CacheEvent {
-                        revision: *r,
-                        key: k.clone(),
-                        kind: "ADDED",
-                        object: Arc::new(serde_json::from_slice(v).unwrap_or(Value::Null)),
-                        prev: None,
-                    })
+                    Arc::new(CacheEvent::new(*r, k.clone(), "ADDED", v.clone(), None))
                 })
                 .collect(),
             Some(r) => {

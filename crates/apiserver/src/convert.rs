@@ -12,6 +12,9 @@ fn take(m: &mut Map<String, Value>, k: &str) -> Option<Value> {
 
 /// From the stored version to the version `kind` serves.
 pub fn to_served(kind: &Kind, mut v: Value) -> Value {
+    if !v.is_object() {
+        return v;
+    }
     match (
         kind.group.as_str(),
         kind.version.as_str(),
@@ -113,6 +116,9 @@ pub fn to_served(kind: &Kind, mut v: Value) -> Value {
 
 /// From the version `kind` serves to the stored version.
 pub fn to_storage(kind: &Kind, mut v: Value) -> Value {
+    if !v.is_object() {
+        return v;
+    }
     match (
         kind.group.as_str(),
         kind.version.as_str(),

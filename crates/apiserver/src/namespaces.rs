@@ -51,7 +51,28 @@ pub async fn ensure_defaults(api: &Arc<Api>) -> Result<(), store::StoreError> {
 /// Deletes everything in namespace `ns`, then the namespace.
 pub fn finalize_later(api: Arc<Api>, ns: String) {
     tokio::spawn(async move {
-        for _ in 0..600 {
+        let key = format!("/registry/core/namespaces/{ns}");
+        let uid_of = |v: &Value| {
+            v.pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .map(String::from)
+        };
+        let Ok(Some(first)) = api.store.get(&key, 0).await else {
+            return;
+        };
+        let uid = uid_of(&serde_json::from_slice(&first.value).unwrap_or_default());
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            // Another finisher may have removed it, or a namespace of the same name exists now.
+            match api.store.get(&key, 0).await {
+                Ok(Some(kv))
+                    if uid_of(&serde_json::from_slice(&kv.value).unwrap_or_default()) == uid => {}
+                Ok(_) => return,
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            }
             let mut left = 0;
             let mut prefixes: Vec<String> = api
                 .registry
@@ -125,7 +146,8 @@ pub fn finalize_later(api: Arc<Api>, ns: String) {
                 }
                 return;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(2));
         }
     });
 }

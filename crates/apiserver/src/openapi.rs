@@ -54,7 +54,7 @@ fn add_merge_keys(defs: &mut Map<String, Value>, refs_prefix: &str) {
                 ("ports", _) => None,
                 ("addresses", "NodeAddress") => Some("type"),
                 ("addresses", _) => None,
-                (name, _) if !item_ref.is_empty() => crate::patch::merge_key(name, &[]),
+                (name, _) if !item_ref.is_empty() => crate::patch::merge_key("", name, &[]),
                 _ => None,
             };
             if let Some(k) = key {

@@ -4,8 +4,10 @@
 use serde_json::{Map, Value};
 
 /// The merge key of a list field in the built-in types (`patchMergeKey`), if it is merged
-/// by key; `items` tells `ports` of containers from `ports` of services.
-pub fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
+/// by key. `parent` names the object that holds the list (the key it sits under, or the
+/// list it is an item of): `ports` of a container merge by `containerPort`, of a Service's
+/// spec by `port`, and elsewhere (NetworkPolicy rules, EndpointSlices) are atomic.
+pub fn merge_key(parent: &str, field: &str, items: &[Value]) -> Option<&'static str> {
     Some(match field {
         "containers"
         | "initContainers"
@@ -21,15 +23,12 @@ pub fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
         "conditions" => "type",
         "ownerReferences" => "uid",
         "topologySpreadConstraints" => "topologyKey",
-        "taints" => "key",
-        "addresses" if items.iter().any(|i| i.get("type").is_some()) => "type",
-        "ports" => {
-            if items.iter().any(|i| i.get("containerPort").is_some()) {
-                "containerPort"
-            } else {
-                "port"
-            }
-        }
+        "addresses" if parent == "status" => "type",
+        "ports" => match parent {
+            "containers" | "initContainers" | "ephemeralContainers" => "containerPort",
+            "spec" if !items.iter().any(|i| i.get("containerPort").is_some()) => "port",
+            _ => return None,
+        },
         _ => return None,
     })
 }
@@ -61,6 +60,11 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 
 /// Applies a strategic merge patch to `target`.
 pub fn strategic_merge(target: &mut Value, patch: &Value) -> Result<(), String> {
+    merge_object(target, patch, "")
+}
+
+/// `name` is the key the object sits under (or the list it is an item of).
+fn merge_object(target: &mut Value, patch: &Value, name: &str) -> Result<(), String> {
     let Value::Object(p) = patch else {
         *target = patch.clone();
         return Ok(());
@@ -106,7 +110,7 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) -> Result<(), String> 
                     .iter()
                     .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"));
                 let merged = match existing {
-                    Some(cur) if !replace => merge_list(k, cur, items)?,
+                    Some(cur) if !replace => merge_list(name, k, cur, items)?,
                     _ => items
                         .iter()
                         .filter(|i| i.get("$patch").is_none())
@@ -117,7 +121,7 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) -> Result<(), String> 
             }
             Value::Object(_) => {
                 let entry = t.entry(k.clone()).or_insert(Value::Null);
-                strategic_merge(entry, v)?;
+                merge_object(entry, v, k)?;
             }
             other => {
                 t.insert(k.clone(), other.clone());
@@ -127,7 +131,12 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) -> Result<(), String> 
     Ok(())
 }
 
-fn merge_list(field: &str, mut cur: Vec<Value>, patch: &[Value]) -> Result<Vec<Value>, String> {
+fn merge_list(
+    parent: &str,
+    field: &str,
+    mut cur: Vec<Value>,
+    patch: &[Value],
+) -> Result<Vec<Value>, String> {
     if is_merged_primitive_list(field) {
         for v in patch {
             if !cur.contains(v) {
@@ -136,7 +145,8 @@ fn merge_list(field: &str, mut cur: Vec<Value>, patch: &[Value]) -> Result<Vec<V
         }
         return Ok(cur);
     }
-    let Some(key) = merge_key(field, patch).or_else(|| merge_key(field, &cur)) else {
+    let Some(key) = merge_key(parent, field, patch).or_else(|| merge_key(parent, field, &cur))
+    else {
         return Ok(patch.to_vec());
     };
     for item in patch {
@@ -153,10 +163,10 @@ fn merge_list(field: &str, mut cur: Vec<Value>, patch: &[Value]) -> Result<Vec<V
             continue;
         }
         match pos {
-            Some(i) => strategic_merge(&mut cur[i], item)?,
+            Some(i) => merge_object(&mut cur[i], item, field)?,
             None => {
                 let mut v = Value::Null;
-                strategic_merge(&mut v, item)?;
+                merge_object(&mut v, item, field)?;
                 cur.push(v);
             }
         }
@@ -197,6 +207,21 @@ mod tests {
                 json!({"spec": {"args": ["a", "b"]}}),
                 json!({"spec": {"args": ["c"]}}),
                 json!({"spec": {"args": ["c"]}}),
+            ),
+            (
+                json!({"spec": {"ports": [{"port": 80, "name": "a"}, {"port": 81, "name": "b"}]}}),
+                json!({"spec": {"ports": [{"port": 81, "name": "bb"}]}}),
+                json!({"spec": {"ports": [{"port": 80, "name": "a"}, {"port": 81, "name": "bb"}]}}),
+            ),
+            (
+                json!({"spec": {"ingress": [{"ports": [{"port": 80}, {"port": 81}]}]}}),
+                json!({"spec": {"ingress": [{"ports": [{"port": 81}]}]}}),
+                json!({"spec": {"ingress": [{"ports": [{"port": 81}]}]}}),
+            ),
+            (
+                json!({"spec": {"taints": [{"key": "a", "effect": "NoSchedule"}, {"key": "b", "effect": "NoSchedule"}]}}),
+                json!({"spec": {"taints": [{"key": "b", "effect": "NoSchedule"}]}}),
+                json!({"spec": {"taints": [{"key": "b", "effect": "NoSchedule"}]}}),
             ),
             (
                 json!({"metadata": {"finalizers": ["a"]}}),

@@ -442,6 +442,25 @@ impl Server {
                 );
             }
         };
+        if let Some(sr) = sub.as_deref() {
+            let allowed: &[&str] = match sr {
+                "status" | "scale" => &["get", "update", "patch"],
+                "finalize" => &["update"],
+                "binding" | "eviction" => &["create"],
+                "log" => &["get"],
+                _ => &["get", "create", "update", "patch", "delete"],
+            };
+            if !allowed.contains(&verb) {
+                let e = ApiError::method_not_allowed(
+                    "the server does not allow this method on the requested resource",
+                );
+                return (
+                    to_response(Reply::error(&e), false),
+                    verb.to_uppercase(),
+                    resource_label,
+                );
+            }
+        }
         let attrs = Attributes {
             verb,
             group,
@@ -518,19 +537,36 @@ impl Server {
             );
         }
         let result = match (verb, sub.as_deref()) {
-            (_, Some(s)) if kind.node_subresources.contains(&s) && s != "binding" && s != "eviction" => self.node_subresource(&target, s).await,
+            (_, Some(s))
+                if kind.node_subresources.contains(&s) && s != "binding" && s != "eviction" =>
+            {
+                self.node_subresource(&target, s).await
+            }
             ("create", Some("binding")) => self.api.bind(&target, &ctx).await,
             ("create", Some("eviction")) => {
-                self.api.delete(&Target { sub: None, ..target }, &Ctx { body: Bytes::new(), ..ctx }).await.map(|_| {
-                    Reply::json(201, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))
-                })
+                // An Eviction carries the DeleteOptions to delete the pod with (dryRun too).
+                let opts = api::decode_body(&content_type, &ctx.body)
+                    .map(|e| e.get("deleteOptions").cloned().unwrap_or(json!({})))
+                    .map(|o| Bytes::from(serde_json::to_vec(&o).unwrap_or_default()));
+                match opts {
+                    Ok(body) => self
+                        .api
+                        .delete(&Target { sub: None, ..target }, &Ctx { body, content_type: "application/json", ..ctx })
+                        .await
+                        .map(|_| Reply::json(201, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))),
+                    Err(e) => Err(e),
+                }
             }
             ("get", _) => self.api.get(&target, &ctx).await,
             ("list", _) => self.api.list(&target, &ctx).await,
             ("watch", _) => {
                 self.metrics.watches.fetch_add(1, Ordering::Relaxed);
                 let r = self.api.watch(&target, &ctx).await;
-                if let Ok(Reply { body: Body::Stream(_), .. }) = &r {
+                if let Ok(Reply {
+                    body: Body::Stream(_),
+                    ..
+                }) = &r
+                {
                 } else {
                     self.metrics.watches.fetch_sub(1, Ordering::Relaxed);
                 }
@@ -541,14 +577,18 @@ impl Server {
                     reply
                 })
             }
-            ("create", Some(_)) => Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
+            ("create", Some(_)) => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
             ("create", None) => self.api.create(&target, &ctx).await,
-            ("update", Some("finalize")) => self.api.update(&Target { sub: Some("status".into()), ..target }, &ctx).await,
+            ("update", Some("finalize")) => self.api.update(&target, &ctx).await,
             ("update", _) => self.api.update(&target, &ctx).await,
             ("patch", _) => self.api.patch(&target, &ctx).await,
             ("delete", _) => self.api.delete(&target, &ctx).await,
             ("deletecollection", _) => self.api.delete_collection(&target, &ctx).await,
-            _ => Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
         };
         let reply = result.unwrap_or_else(|e| Reply::error(&e));
         (to_response(reply, yaml), metric_verb, resource_label)

@@ -19,8 +19,13 @@ fn in_cidr(ip: Ipv4Addr) -> bool {
 }
 
 /// Fills `spec.clusterIP(s)` and node ports of a new Service.
-pub async fn allocate(api: &Api, svc: &mut Value) -> ApiResult<()> {
-    let _guard = ALLOC.lock().await;
+/// The allocation lock is returned held: the caller keeps it until the Service is stored,
+/// so two creates never take the same address or port.
+pub async fn allocate(
+    api: &Api,
+    svc: &mut Value,
+) -> ApiResult<tokio::sync::MutexGuard<'static, ()>> {
+    let guard = ALLOC.lock().await;
     let list = api
         .store
         .list(store::ListOptions {
@@ -163,5 +168,56 @@ pub async fn allocate(api: &Api, svc: &mut Value) -> ApiResult<()> {
             }
         }
     }
-    Ok(())
+    Ok(guard)
+}
+
+/// An update keeps what was allocated when the new object leaves it out (as Kubernetes'
+/// `patchAllocatedValues`): the cluster IPs, and the node ports of ports that stay.
+pub fn keep_allocations(old: &Value, new: &mut Value) {
+    let ty = new
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    if ty == "ExternalName" {
+        return;
+    }
+    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for k in ["clusterIP", "clusterIPs"] {
+        let missing = spec.get(k).is_none_or(|v| {
+            v.is_null() || v.as_str() == Some("") || v.as_array().is_some_and(|a| a.is_empty())
+        });
+        if missing {
+            if let Some(v) = old.pointer(&format!("/spec/{k}")) {
+                spec.insert(k.into(), v.clone());
+            }
+        }
+    }
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        let old_ports = old
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for p in spec
+            .get_mut("ports")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if p.get("nodePort").is_some() {
+                continue;
+            }
+            let same = old_ports.iter().find(|o| {
+                o.get("port") == p.get("port")
+                    && o.get("protocol").or(Some(&json!("TCP")))
+                        == p.get("protocol").or(Some(&json!("TCP")))
+            });
+            if let Some(n) = same.and_then(|o| o.get("nodePort")) {
+                p["nodePort"] = n.clone();
+            }
+        }
+    }
 }

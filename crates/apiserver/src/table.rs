@@ -1165,6 +1165,70 @@ fn describe(name: &str) -> String {
     }
 }
 
+/// The column definitions of `kind`'s Table.
+pub fn column_definitions(kind: &Kind) -> Vec<Value> {
+    let def = |name: &str, ty: &str, format: &str, description: &str, priority: i32| json!({"name": name, "type": ty, "format": format, "description": description, "priority": priority});
+    if kind.crd_schema.is_some() {
+        let mut defs = vec![def("Name", "string", "name", &describe("Name"), 0)];
+        for c in &kind.printer_columns {
+            defs.push(def(
+                &c.name,
+                &c.type_,
+                &c.format,
+                &c.description,
+                c.priority,
+            ));
+        }
+        if kind.printer_columns.is_empty() {
+            defs.push(def("Age", "date", "", &describe("Age"), 0));
+        }
+        defs
+    } else {
+        let (cols, _) = columns(kind);
+        cols.iter()
+            .map(|c| {
+                def(
+                    c.0,
+                    c.1,
+                    if c.0 == "Name" { "name" } else { "" },
+                    &describe(c.0),
+                    c.2,
+                )
+            })
+            .collect()
+    }
+}
+
+/// One object's row: its cells and, per `include` (`includeObject`), the object or its
+/// metadata.
+pub fn row(kind: &Kind, o: &Value, include: Option<&str>) -> Value {
+    let cells = if kind.crd_schema.is_some() {
+        let mut r = vec![json!(s(o, "/metadata/name"))];
+        for c in &kind.printer_columns {
+            let v = json_path(o, &c.json_path).cloned().unwrap_or(Value::Null);
+            let v = if c.type_ == "date" {
+                v.as_str().map(|t| json!(age(t))).unwrap_or(Value::Null)
+            } else {
+                v
+            };
+            r.push(v);
+        }
+        if kind.printer_columns.is_empty() {
+            r.push(json!(age(&s(o, "/metadata/creationTimestamp"))));
+        }
+        r
+    } else {
+        (columns(kind).1)(o)
+    };
+    let mut r = json!({"cells": cells});
+    match include.unwrap_or("Metadata") {
+        "None" => {}
+        "Object" => r["object"] = o.clone(),
+        _ => r["object"] = crate::api::partial(o),
+    }
+    r
+}
+
 /// A Table of `objects` of `kind`; `include` is the `includeObject` parameter.
 pub fn table(
     kind: &Kind,
@@ -1172,66 +1236,12 @@ pub fn table(
     include: Option<&str>,
     list_meta: Option<Value>,
 ) -> Value {
-    let (defs, rows): (Vec<Value>, Vec<Vec<Value>>) = if kind.crd_schema.is_some() {
-        let mut defs = vec![
-            json!({"name": "Name", "type": "string", "format": "name", "description": describe("Name"), "priority": 0}),
-        ];
-        for c in &kind.printer_columns {
-            defs.push(json!({"name": c.name, "type": c.type_, "format": c.format, "description": c.description, "priority": c.priority}));
-        }
-        let has_age = kind
-            .printer_columns
-            .iter()
-            .any(|c| c.json_path == ".metadata.creationTimestamp");
-        if kind.printer_columns.is_empty() || !has_age && kind.printer_columns.is_empty() {
-            defs.push(json!({"name": "Age", "type": "date", "format": "", "description": describe("Age"), "priority": 0}));
-        }
-        let rows = objects
-            .iter()
-            .map(|o| {
-                let mut r = vec![json!(s(o, "/metadata/name"))];
-                for c in &kind.printer_columns {
-                    let v = json_path(o, &c.json_path).cloned().unwrap_or(Value::Null);
-                    let v = if c.type_ == "date" {
-                        v.as_str().map(|t| json!(age(t))).unwrap_or(Value::Null)
-                    } else {
-                        v
-                    };
-                    r.push(v);
-                }
-                if kind.printer_columns.is_empty() {
-                    r.push(json!(age(&s(o, "/metadata/creationTimestamp"))));
-                }
-                r
-            })
-            .collect();
-        (defs, rows)
-    } else {
-        let (cols, row) = columns(kind);
-        let defs = cols
-            .iter()
-            .map(|c| json!({"name": c.0, "type": c.1, "format": if c.0 == "Name" { "name" } else { "" }, "description": describe(c.0), "priority": c.2}))
-            .collect();
-        (defs, objects.iter().map(row).collect())
-    };
-    let rows: Vec<Value> = objects
-        .iter()
-        .zip(rows)
-        .map(|(o, cells)| {
-            let mut r = json!({"cells": cells});
-            match include.unwrap_or("Metadata") {
-                "None" => {}
-                "Object" => r["object"] = o.clone(),
-                _ => r["object"] = crate::api::partial(o),
-            }
-            r
-        })
-        .collect();
+    let rows: Vec<Value> = objects.iter().map(|o| row(kind, o, include)).collect();
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": list_meta.unwrap_or_else(|| json!({"resourceVersion": objects.first().and_then(|o| o.pointer("/metadata/resourceVersion")).cloned().unwrap_or(json!(""))})),
-        "columnDefinitions": defs,
+        "columnDefinitions": column_definitions(kind),
         "rows": rows,
     })
 }
