@@ -633,32 +633,7 @@ impl Api {
                 kind.api_version()
             )));
         }
-        let (mut out, unknown) = kind.codec.decode(v.clone()).map_err(|e| {
-            ApiError::bad_request(format!(
-                "{} in version \"{}\" cannot be handled as a {}: {e}",
-                kind.kind, kind.version, kind.kind
-            ))
-        })?;
-        let mode = ctx.q("fieldValidation").unwrap_or("Warn");
-        if !unknown.is_empty() {
-            match mode {
-                "Strict" => {
-                    let list: Vec<String> = unknown
-                        .iter()
-                        .map(|u| format!("unknown field \"{u}\""))
-                        .collect();
-                    return Err(ApiError::bad_request(format!(
-                        "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
-                        kind.kind,
-                        kind.version,
-                        kind.kind,
-                        list.join(", ")
-                    )));
-                }
-                "Ignore" => {}
-                _ => warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\""))),
-            }
-        }
+        let mut out = decode_checked(kind, ctx, v, warnings)?;
         // Typed round trips drop `metadata.managedFields` no more than Kubernetes; keep
         // custom resources' status/metadata as decoded.
         if kind.storage_version != kind.version || kind.storage_group != kind.group {
@@ -1050,33 +1025,24 @@ impl Api {
             }
             // The result goes through the codec of the served version: types checked, unknown
             // fields pruned and reported as fieldValidation asks (apply reported them already).
-            let (decoded, unknown) = kind.codec.decode(new_served).map_err(|e| {
-                ApiError::bad_request(format!(
-                    "{} in version \"{}\" cannot be handled as a {}: {e}",
-                    kind.kind, kind.version, kind.kind
-                ))
-            })?;
-            if !unknown.is_empty()
-                && ctx
-                    .content_type
-                    .split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    != "application/apply-patch+yaml"
-            {
-                match ctx.q("fieldValidation").unwrap_or("Warn") {
-                    "Strict" => {
-                        let list: Vec<String> = unknown
-                            .iter()
-                            .map(|u| format!("unknown field \"{u}\""))
-                            .collect();
-                        return Err(ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}", kind.kind, kind.version, kind.kind, list.join(", "))));
-                    }
-                    "Ignore" => {}
-                    _ => warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\""))),
-                }
-            }
+            let mut ignored = Vec::new();
+            let apply_mode = ctx
+                .content_type
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                == "application/apply-patch+yaml";
+            let decoded = decode_checked(
+                kind,
+                ctx,
+                new_served,
+                if apply_mode {
+                    &mut ignored
+                } else {
+                    &mut warnings
+                },
+            )?;
             let new = if kind.storage_version != kind.version || kind.storage_group != kind.group {
                 convert::to_storage(kind, decoded)
             } else {
@@ -1700,6 +1666,41 @@ fn now_plus(secs: i64) -> String {
     let n = timefmt::now_nanos();
     let t = n + secs as i128 * 1_000_000_000;
     crate::time_secs((t / 1_000_000_000) as i64)
+}
+
+/// Decodes an object through `kind`'s codec (types checked, unknown fields pruned) and
+/// handles the unknown fields as `fieldValidation` asks: 400 with Strict, a warning with
+/// Warn (the default), nothing with Ignore.
+fn decode_checked(
+    kind: &Kind,
+    ctx: &Ctx,
+    v: Value,
+    warnings: &mut Vec<String>,
+) -> ApiResult<Value> {
+    let cannot = |why: String| {
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {why}",
+            kind.kind, kind.version, kind.kind
+        ))
+    };
+    let (out, unknown) = kind.codec.decode(v).map_err(cannot)?;
+    if !unknown.is_empty() {
+        let list: Vec<String> = unknown
+            .iter()
+            .map(|u| format!("unknown field \"{u}\""))
+            .collect();
+        match ctx.q("fieldValidation").unwrap_or("Warn") {
+            "Strict" => {
+                return Err(cannot(format!(
+                    "strict decoding error: {}",
+                    list.join(", ")
+                )))
+            }
+            "Ignore" => {}
+            _ => warnings.extend(list),
+        }
+    }
+    Ok(out)
 }
 
 fn with_warnings(warnings: &[String], mut r: Reply) -> Reply {
