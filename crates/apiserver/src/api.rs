@@ -258,7 +258,19 @@ impl Api {
         let (revision, cont, remaining);
         let rv = ctx.q("resourceVersion").unwrap_or_default();
         let rv_match = ctx.q("resourceVersionMatch").unwrap_or_default();
-        if let Some(token) = ctx.q("continue").filter(|c| !c.is_empty()) {
+        let token = ctx.q("continue").filter(|c| !c.is_empty());
+        if token.is_some() && !rv.is_empty() && rv != "0" {
+            return Err(ApiError::bad_request(
+                "specifying resource version is not allowed when using continue",
+            ));
+        }
+        if !rv_match.is_empty() && rv.is_empty() {
+            return Err(ApiError::bad_request("resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"));
+        }
+        if !["", "Exact", "NotOlderThan"].contains(&rv_match) {
+            return Err(ApiError::bad_request(format!("resourceVersionMatch: Unsupported value: \"{rv_match}\": supported values: \"Exact\", \"NotOlderThan\"")));
+        }
+        if let Some(token) = token {
             let (rev, start) = decode_continue(token)?;
             let page = self
                 .store_page(&prefix, exact_prefix, Some(&start), rev, limit, &matches)
@@ -580,7 +592,26 @@ impl Api {
         Ok(stream_reply(rx))
     }
 
-    fn clone_handle(&self) -> Arc<Api> {
+    /// Deletes an object with default options, as a client that sent no body would.
+    pub async fn delete_default(
+        &self,
+        kind: &Arc<Kind>,
+        ns: Option<&str>,
+        name: &str,
+    ) -> ApiResult<()> {
+        let ctx = Ctx {
+            query: &[],
+            output: Output::Object,
+            user_agent: "berth",
+            content_type: "",
+            body: Bytes::new(),
+        };
+        self.delete_one(kind, ns, name, &json!({}), &ctx)
+            .await
+            .map(|_| ())
+    }
+
+    pub fn clone_handle(&self) -> Arc<Api> {
         Arc::new(Api {
             store: self.store.clone(),
             registry: self.registry.clone(),

@@ -574,6 +574,23 @@ pub fn run_controller(api: Arc<Api>) {
     });
 }
 
+/// Reconciles again in a while (a CRD waiting for its custom resources to go), once per CRD.
+fn retry_later(api: &Api, key: &str) {
+    static WAITING: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut waiting = WAITING.lock().unwrap();
+    if waiting.iter().any(|k| k == key) {
+        return;
+    }
+    waiting.push(key.to_string());
+    let api = api.clone_handle();
+    let key = key.to_string();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        WAITING.lock().unwrap().retain(|k| *k != key);
+        reconcile(&api).await;
+    });
+}
+
 async fn reconcile(api: &Api) {
     let prefix = "/registry/apiextensions.k8s.io/customresourcedefinitions/";
     let Ok(list) = api
@@ -606,8 +623,10 @@ async fn reconcile(api: &Api) {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
+            // Custom resources go through the API's delete (their own finalizers hold them);
+            // the CRD goes once none is left.
             let cr_prefix = format!("/registry/{group}/{plural}/");
-            if let Ok(crs) = api
+            let left = match api
                 .store
                 .list(store::ListOptions {
                     prefix: &cr_prefix,
@@ -615,9 +634,23 @@ async fn reconcile(api: &Api) {
                 })
                 .await
             {
-                for cr in crs.kvs {
-                    let _ = api.store.delete(&cr.key, None).await;
+                Ok(crs) => crs.kvs,
+                Err(_) => continue,
+            };
+            if !left.is_empty() {
+                if let Some(kind) = api.registry.any_version(&group, &plural) {
+                    for cr in &left {
+                        let v: Value = serde_json::from_slice(&cr.value).unwrap_or_default();
+                        let name = v
+                            .pointer("/metadata/name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        let ns = v.pointer("/metadata/namespace").and_then(Value::as_str);
+                        let _ = api.delete_default(&kind, ns, name).await;
+                    }
                 }
+                retry_later(api, &key);
+                continue;
             }
             if let Some(f) = crd
                 .pointer_mut("/metadata/finalizers")
