@@ -292,10 +292,16 @@ impl Api {
                 .await?;
             (items, revision, cont, remaining) = (page.0, rev, page.1, page.2);
         } else {
-            // Served from the watch cache; consistent with the store unless RV=0 (any).
+            // Served from the watch cache; consistent with the store unless RV=0 (any), and
+            // not older than a resourceVersion given (waited for, as Kubernetes waits, up to 3 s).
             if rv != "0" {
                 let current = self.store.current_revision().await?;
-                self.cache.wait_for(current).await;
+                let wanted = if rv.is_empty() { 0 } else { parse_rv(rv)? };
+                self.cache.wait_for(current.max(wanted)).await;
+                let have = self.cache.revision();
+                if have < wanted {
+                    return Err(too_large_rv(wanted, have));
+                }
             }
             let (rev, objs) = self.cache.list(&prefix);
             for (k, r, v) in objs {
@@ -436,6 +442,9 @@ impl Api {
         } else {
             let r = parse_rv(rv)?;
             self.cache.wait_for(r).await;
+            if self.cache.revision() < r {
+                return Err(too_large_rv(r, self.cache.revision()));
+            }
             Some(r)
         };
         let timeout = ctx
@@ -1737,6 +1746,19 @@ fn decode_checked(
 fn with_warnings(warnings: &[String], mut r: Reply) -> Reply {
     r.warnings.extend_from_slice(warnings);
     r
+}
+
+/// 504 for a resourceVersion the server has not reached within the wait.
+fn too_large_rv(wanted: i64, have: i64) -> ApiError {
+    let mut e = ApiError::new(
+        504,
+        "Timeout",
+        format!("Too large resource version: {wanted}, current: {have}"),
+    );
+    e.details = Some(
+        json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}),
+    );
+    e
 }
 
 /// A JSON patch that cannot be applied: 422 as Kubernetes' generic server response.

@@ -487,6 +487,17 @@ async fn protocol_errors_are_statuses() {
             404,
             "NotFound",
         ),
+        (
+            send(
+                "GET",
+                "/api/v1/namespaces/proto/configmaps?resourceVersion=1&continue=abc",
+                "",
+                "application/json",
+                "",
+            ),
+            400,
+            "BadRequest",
+        ),
     ];
     for (req, code, reason) in cases {
         let what = format!("{} {}", req.method(), req.uri());

@@ -1105,6 +1105,18 @@ fn bad_input_is_refused_and_nothing_stored(s: &Server) {
         "configmap/c\n"
     );
     assert_eq!(s.ok(&["get", "pods", "-n", &ns, "-o", "name"]), "");
+    // A resourceVersion the server never reaches: waited for (3 s), then 504 as Kubernetes does.
+    let e = s.err(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{ns}/configmaps?resourceVersion=999999999"),
+    ]);
+    assert!(
+        e.starts_with(
+            "Error from server (Timeout): Too large resource version: 999999999, current: "
+        ),
+        "{e}"
+    );
     // The server kept serving throughout.
     assert_eq!(s.ok(&["get", "--raw", "/readyz"]), "ok");
     // A wrong token gets 401, on every path.
