@@ -103,6 +103,17 @@ fn selector_string(sel: Option<&Value>) -> String {
     or_none(l)
 }
 
+/// A LabelSelector (`matchLabels`/`matchExpressions`) or a plain map (a
+/// ReplicationController's), as kubectl shows either.
+fn any_selector(sel: Option<&Value>) -> String {
+    match sel {
+        Some(v) if v.get("matchLabels").is_some() || v.get("matchExpressions").is_some() => {
+            selector_string(sel)
+        }
+        _ => map_selector(sel),
+    }
+}
+
 fn map_selector(sel: Option<&Value>) -> String {
     let Some(o) = sel.and_then(Value::as_object) else {
         return "<none>".into();
@@ -237,7 +248,7 @@ fn columns(kind: &Kind) -> (Vec<Col>, RowFn) {
                 ]
             },
         ),
-        ("apps", "replicasets") => (
+        ("apps", "replicasets") | ("", "replicationcontrollers") => (
             cols![
                 name,
                 Col("Desired", "integer", 0),
@@ -258,32 +269,7 @@ fn columns(kind: &Kind) -> (Vec<Col>, RowFn) {
                     json!(age(&s(o, "/metadata/creationTimestamp"))),
                     json!(c),
                     json!(im),
-                    json!(selector_string(o.pointer("/spec/selector"))),
-                ]
-            },
-        ),
-        ("", "replicationcontrollers") => (
-            cols![
-                name,
-                Col("Desired", "integer", 0),
-                Col("Current", "integer", 0),
-                Col("Ready", "integer", 0),
-                age_c,
-                Col("Containers", "string", 1),
-                Col("Images", "string", 1),
-                Col("Selector", "string", 1)
-            ],
-            |o| {
-                let (c, im) = containers_images(o, "/spec/template/spec");
-                vec![
-                    json!(s(o, "/metadata/name")),
-                    json!(i(o, "/spec/replicas")),
-                    json!(i(o, "/status/replicas")),
-                    json!(i(o, "/status/readyReplicas")),
-                    json!(age(&s(o, "/metadata/creationTimestamp"))),
-                    json!(c),
-                    json!(im),
-                    json!(map_selector(o.pointer("/spec/selector"))),
+                    json!(any_selector(o.pointer("/spec/selector"))),
                 ]
             },
         ),

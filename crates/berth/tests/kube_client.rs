@@ -233,9 +233,57 @@ async fn server_side_apply_with_conflicts() {
         .await
         .unwrap();
     assert_eq!(
-        after.data.unwrap(),
+        after.data.clone().unwrap(),
         [("a".to_string(), "9".to_string())].into()
     );
+    // Applying the same again writes nothing: no new resourceVersion (no event for watchers).
+    let again = cms
+        .patch("s", &PatchParams::apply("me"), &Patch::Apply(&mine2))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.metadata.resource_version,
+        after.metadata.resource_version
+    );
+
+    // Status through server-side apply, as controllers write it.
+    let deploys: Api<Deployment> = Api::namespaced(c.clone(), "ssa");
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {
+        "selector": {"matchLabels": {"app": "d"}},
+        "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}}});
+    deploys
+        .patch("d", &PatchParams::apply("me"), &Patch::Apply(&d))
+        .await
+        .unwrap();
+    let status = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "status": {"replicas": 3, "readyReplicas": 2}});
+    let got = deploys
+        .patch_status(
+            "d",
+            &PatchParams::apply("controller"),
+            &Patch::Apply(&status),
+        )
+        .await
+        .unwrap();
+    let st = got.status.unwrap();
+    assert_eq!((st.replicas, st.ready_replicas), (Some(3), Some(2)));
+    assert_eq!(
+        got.spec.unwrap().replicas,
+        Some(1),
+        "a status apply leaves the spec"
+    );
+    let mf = got.metadata.managed_fields.unwrap();
+    let entry = mf
+        .iter()
+        .find(|m| m.manager.as_deref() == Some("controller"))
+        .expect("the controller's entry");
+    assert_eq!(entry.subresource.as_deref(), Some("status"));
+    // DELETE is not a verb of the status subresource.
+    let req = http::Request::delete("/apis/apps/v1/namespaces/ssa/deployments/d/status")
+        .body(Vec::new())
+        .unwrap();
+    let (code, reason, _) = api_error(c.request_text(req).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (405, "MethodNotAllowed"));
+    assert!(deploys.get("d").await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -182,6 +182,25 @@ fn create_get_describe_and_output_formats(s: &Server) {
         s.ok(&["get", "deploy,cm", "-n", &ns, "-o", "name"]),
         "deployment.apps/web\nconfigmap/cfg\n"
     );
+    // A replace that leaves the cluster IP out keeps the one allocated.
+    let svc_yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: svc, labels: {changed: \"yes\"}}\nspec:\n  ports: [{name: 80-8080, port: 80, targetPort: 8080}]\n";
+    s.ok_in(&["replace", "-n", &ns, "-f", "-"], svc_yaml);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "svc",
+            "svc",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.clusterIP} {.metadata.labels.changed}"
+        ]),
+        format!("{svc} yes")
+    );
+    // A ReplicationController's selector is a plain map; its table shows it as one.
+    s.ok_in(&["create", "-n", &ns, "-f", "-"], "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: rc}\nspec:\n  template:\n    metadata: {labels: {app: rc}}\n    spec: {containers: [{name: c, image: busybox:1.36}]}\n");
+    let t = mask_ages(&s.ok(&["get", "rc", "-n", &ns, "-o", "wide"]));
+    assert_eq!(t, "NAME   DESIRED   CURRENT   READY   AGE   CONTAINERS   IMAGES         SELECTOR\nrc     1         0         0       AGE   c            busybox:1.36   app=rc");
     assert_eq!(s.ok(&["get", "deploy", "web", "-n", &ns, "-o", "jsonpath={.spec.template.spec.containers[0].image} {.spec.strategy.type} {.spec.template.spec.restartPolicy}"]), "busybox:1.36 RollingUpdate Always");
     assert_eq!(
         s.ok(&[
@@ -1313,6 +1332,17 @@ fn dry_run_warnings_and_versions(s: &Server) {
         "deployment.apps/web created (server dry run)\n"
     );
     assert_eq!(s.ok(&["get", "deploy", "-n", &ns, "-o", "name"]), "");
+    s.ok_in(&["create", "-n", &ns, "-f", "-"], DEPLOY);
+    assert_eq!(
+        s.ok(&["delete", "deploy", "web", "-n", &ns, "--dry-run=server"]),
+        "deployment.apps \"web\" deleted (server dry run)\n"
+    );
+    assert_eq!(
+        s.ok(&["get", "deploy", "-n", &ns, "-o", "name"]),
+        "deployment.apps/web\n",
+        "a dry-run delete deletes nothing"
+    );
+    s.ok(&["delete", "deploy", "web", "-n", &ns]);
     let e = s.err_in(
         &["create", "--dry-run=server", "-n", &ns, "-f", "-"],
         &DEPLOY.replace("name: web\n", "name: Web\n"),
