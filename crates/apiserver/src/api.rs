@@ -1724,6 +1724,9 @@ fn decode_checked(
         ))
     };
     let (out, unknown) = kind.codec.decode(v).map_err(cannot)?;
+    if kind.crd_schema.is_none() && rules::bad_quantity(&out).is_some() {
+        return Err(cannot("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'".into()));
+    }
     if !unknown.is_empty() {
         let list: Vec<String> = unknown
             .iter()

@@ -36,6 +36,86 @@ fn is_qualified_name_part(s: &str) -> bool {
         && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
 }
 
+/// Why a port name is not an IANA service name (RFC 6335), if it is not.
+fn port_name_error(n: &str) -> Option<&'static str> {
+    if n.len() > 15 {
+        return Some("must be no more than 15 characters");
+    }
+    if !n
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Some("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)");
+    }
+    if n.contains("--") {
+        return Some("must not contain consecutive hyphens");
+    }
+    if !n.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Some("must contain at least one letter (a-z)");
+    }
+    if n.starts_with('-') || n.ends_with('-') {
+        return Some("must not begin or end with a hyphen");
+    }
+    None
+}
+
+/// Whether a string is a Kubernetes resource quantity (`500m`, `1Gi`, `2e3`, `0.5`).
+pub fn is_quantity(q: &str) -> bool {
+    let q = q.strip_prefix(['+', '-']).unwrap_or(q);
+    let digits = q
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b'.')
+        .count();
+    if digits == 0 || q[..digits].matches('.').count() > 1 || q[..digits] == *"." {
+        return false;
+    }
+    let suffix = &q[digits..];
+    const SUFFIXES: &[&str] = &[
+        "", "n", "u", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    ];
+    if SUFFIXES.contains(&suffix) {
+        return true;
+    }
+    // Decimal exponents: e3, E-2.
+    let Some(exp) = suffix.strip_prefix(['e', 'E']) else {
+        return false;
+    };
+    let exp = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+    !exp.is_empty() && exp.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The first resource quantity in an object that is not one, where Kubernetes reads them
+/// (containers' requests and limits, claims' requests, quotas and limit ranges).
+pub fn bad_quantity(obj: &Value) -> Option<String> {
+    fn scan(v: &Value, in_quantities: bool) -> Option<String> {
+        match v {
+            Value::Object(m) => m.iter().find_map(|(k, x)| {
+                if let (true, Value::String(q)) = (in_quantities, x) {
+                    return (!is_quantity(q)).then(|| q.clone());
+                }
+                let quantities = matches!(
+                    k.as_str(),
+                    "requests"
+                        | "limits"
+                        | "hard"
+                        | "capacity"
+                        | "default"
+                        | "defaultRequest"
+                        | "max"
+                        | "min"
+                        | "maxLimitRequestRatio"
+                        | "allocatable"
+                );
+                scan(x, quantities)
+            }),
+            Value::Array(a) => a.iter().find_map(|x| scan(x, false)),
+            Value::String(q) if in_quantities && !is_quantity(q) => Some(q.clone()),
+            _ => None,
+        }
+    }
+    scan(obj, false)
+}
+
 /// Why a label (or annotation) key is invalid, if it is.
 pub fn label_key_error(k: &str) -> Option<String> {
     let (prefix, name) = match k.rsplit_once('/') {
@@ -224,6 +304,25 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, errs: &mut Vec<FieldError
                         cp.to_string(),
                         "must be between 1 and 65535, inclusive",
                     ));
+                }
+                if let Some(n) = port.get("name").and_then(Value::as_str) {
+                    if let Some(why) = port_name_error(n) {
+                        errs.push(FieldError::invalid(format!("{p}.ports[{j}].name"), n, why));
+                    }
+                }
+            }
+            for (j, e) in c
+                .get("env")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let n = e.get("name").and_then(Value::as_str).unwrap_or_default();
+                if n.is_empty() {
+                    errs.push(FieldError::required(format!("{p}.env[{j}].name"), ""));
+                } else if !n.bytes().all(|b| b.is_ascii_graphic() && b != b'=') {
+                    errs.push(FieldError::invalid(format!("{p}.env[{j}].name"), n, "a valid environment variable name must consist only of printable ASCII characters other than '='"));
                 }
             }
         }
@@ -888,5 +987,24 @@ pub fn qos_class(spec: &Value) -> &'static str {
         "Guaranteed"
     } else {
         "Burstable"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        for ok in [
+            "1", "500m", "1Gi", "0.5", "2e3", "1E-2", "+1", "100Mi", "1.5G",
+        ] {
+            assert!(is_quantity(ok), "{ok}");
+        }
+        for bad in ["", "abc", "1GB", "Gi", "1.2.3", "5 m", ".", "1e"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+        let pod = serde_json::json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "lots"}}}]}});
+        assert_eq!(bad_quantity(&pod).as_deref(), Some("lots"));
     }
 }

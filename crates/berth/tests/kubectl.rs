@@ -1091,6 +1091,10 @@ fn bad_input_is_refused_and_nothing_stored(s: &Server) {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: nowhere}\n",
     );
     assert_eq!(e, "Error from server (NotFound): error when creating \"STDIN\": namespaces \"nowhere\" not found\n");
+    let e = s.err_in(&["create", "-n", &ns, "-f", "-"], "apiVersion: v1\nkind: Pod\nmetadata: {name: q}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    resources: {requests: {cpu: lots}}\n");
+    assert_eq!(e, "Error from server (BadRequest): error when creating \"STDIN\": Pod in version \"v1\" cannot be handled as a Pod: quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'\n");
+    let e = s.err_in(&["create", "-n", &ns, "-f", "-"], "apiVersion: v1\nkind: Pod\nmetadata: {name: q}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    env: [{name: A=B, value: x}]\n    ports: [{name: a-very-long-port-name, containerPort: 80}]\n");
+    assert!(e.contains("spec.containers[0].ports[0].name: Invalid value: \"a-very-long-port-name\": must be no more than 15 characters") && e.contains("spec.containers[0].env[0].name: Invalid value: \"A=B\""), "{e}");
     // A stale resourceVersion: 409 Conflict, and the object keeps its value.
     s.ok(&["create", "configmap", "c", "-n", &ns, "--from-literal=k=v1"]);
     let rv = s.ok(&[
