@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-50}
 if [[ $(id -u) != 0 ]]; then echo "run as root" >&2; exit 1; fi
 need=()
+command -v protoc >/dev/null || need+=(protobuf-compiler)   # builds the etcd client
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v hyperfine >/dev/null || need+=(hyperfine)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)

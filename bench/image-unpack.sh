@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-5}
 if [[ $(id -u) != 0 ]]; then echo "run as root" >&2; exit 1; fi
 command -v hyperfine >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null; }
+command -v protoc >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq protobuf-compiler >/dev/null; }   # builds the etcd client
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/berth-target}
 cargo build --release --locked -q -p berth
 berth=$CARGO_TARGET_DIR/release/berth

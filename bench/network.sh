@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-40}
 if [[ $(id -u) != 0 ]]; then echo "run as root" >&2; exit 1; fi
 need=()
+command -v protoc >/dev/null || need+=(protobuf-compiler)   # builds the etcd client
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v hyperfine >/dev/null || need+=(hyperfine)
 command -v wrk >/dev/null || need+=(wrk)

@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-3}
 if [[ $(id -u) != 0 ]]; then echo "run as root" >&2; exit 1; fi
 need=()
+command -v protoc >/dev/null || need+=(protobuf-compiler)   # builds the etcd client
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v curl >/dev/null || need+=(curl)

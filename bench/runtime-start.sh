@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-200}
 if [[ $(id -u) != 0 ]]; then echo "run as root" >&2; exit 1; fi
 need=()
+command -v protoc >/dev/null || need+=(protobuf-compiler)   # builds the etcd client
 command -v runc >/dev/null || need+=(runc)
 command -v hyperfine >/dev/null || need+=(hyperfine)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
