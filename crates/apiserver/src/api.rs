@@ -1136,32 +1136,10 @@ impl Api {
                     .pointer("/spec/finalizers")
                     .and_then(Value::as_array)
                     .is_none_or(|f| f.is_empty());
-            if meta(&new).get("deletionTimestamp").is_some()
+            let deleting = meta(&new).get("deletionTimestamp").is_some()
                 && finalizers_empty
                 && grace_over
-                && ns_done
-            {
-                if ctx.dry_run() {
-                    return Ok(with_warnings(
-                        &warnings,
-                        Reply::json(200, &self.out(kind, new, cur.mod_revision)),
-                    ));
-                }
-                match self.store.delete(&key, Some(cur.mod_revision)).await {
-                    Ok((rev, _)) => {
-                        let out = self.out(kind, new, rev);
-                        return Ok(with_warnings(
-                            &warnings,
-                            Reply::json(200, &self.render_one(kind, ctx, out)),
-                        ));
-                    }
-                    Err(store::StoreError::Conflict { .. }) if precondition.is_none() => continue,
-                    Err(store::StoreError::Conflict { .. }) => {
-                        return Err(ApiError::conflict(kind, &name))
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+                && ns_done;
             if ctx.dry_run() {
                 let out = self.out(kind, new, cur.mod_revision);
                 return Ok(with_warnings(
@@ -1169,11 +1147,17 @@ impl Api {
                     Reply::json(200, &self.render_one(kind, ctx, out)),
                 ));
             }
-            match self
-                .store
-                .update(&key, serde_json::to_vec(&new).unwrap(), cur.mod_revision)
-                .await
-            {
+            let written = if deleting {
+                self.store
+                    .delete(&key, Some(cur.mod_revision))
+                    .await
+                    .map(|(rev, _)| rev)
+            } else {
+                self.store
+                    .update(&key, serde_json::to_vec(&new).unwrap(), cur.mod_revision)
+                    .await
+            };
+            match written {
                 Ok(rev) => {
                     let out = self.out(kind, new, rev);
                     return Ok(with_warnings(
