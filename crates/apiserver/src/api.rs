@@ -276,17 +276,12 @@ impl Api {
                 .store_page(&prefix, exact_prefix, Some(&start), rev, limit, &matches)
                 .await?;
             (items, revision, cont, remaining) = (page.0, rev, page.1, page.2);
-        } else if limit > 0 || (!rv.is_empty() && rv != "0" && rv_match == "Exact") {
-            let rev = if rv.is_empty() || rv == "0" || rv_match == "NotOlderThan" {
-                0
-            } else {
-                parse_rv(rv)?
-            };
-            let rev = if rev == 0 {
-                self.store.current_revision().await?
-            } else {
-                rev
-            };
+        } else if !rv.is_empty()
+            && rv != "0"
+            && (rv_match == "Exact" || (limit > 0 && rv_match != "NotOlderThan"))
+        {
+            // An exact revision: read from the store at it.
+            let rev = parse_rv(rv)?;
             let page = self
                 .store_page(&prefix, exact_prefix, None, rev, limit, &matches)
                 .await?;
@@ -294,6 +289,8 @@ impl Api {
         } else {
             // Served from the watch cache; consistent with the store unless RV=0 (any), and
             // not older than a resourceVersion given (waited for, as Kubernetes waits, up to 3 s).
+            // A first page comes from the cache too; the pages after it from the store at the
+            // cache's revision.
             if rv != "0" {
                 let current = self.store.current_revision().await?;
                 let wanted = if rv.is_empty() { 0 } else { parse_rv(rv)? };
@@ -304,13 +301,19 @@ impl Api {
                 }
             }
             let (rev, objs) = self.cache.list(&prefix);
-            for (k, r, v) in objs {
-                if (exact_prefix && k != prefix) || !matches(&v) {
+            let (mut next, mut left) = (None, 0);
+            for (n, (k, r, v)) in objs.iter().enumerate() {
+                if (exact_prefix && *k != prefix) || !matches(v) {
                     continue;
                 }
-                items.push((v, r));
+                if limit > 0 && items.len() == limit {
+                    next = Some(encode_continue(rev, &objs[n - 1].0));
+                    left = (objs.len() - n) as i64;
+                    break;
+                }
+                items.push((v.clone(), *r));
             }
-            (revision, cont, remaining) = (rev, None, 0);
+            (revision, cont, remaining) = (rev, next, left);
         }
         let mut list_meta = json!({"resourceVersion": revision.to_string()});
         if let Some(c) = &cont {
