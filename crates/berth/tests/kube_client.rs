@@ -16,36 +16,69 @@ use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, Config};
 use serde_json::json;
 
-/// One server for this binary, with a watch cache of 5 events so that a watch resuming
-/// from an older resourceVersion gets 410 Expired.
-fn server() -> &'static Server {
-    static S: OnceLock<Server> = OnceLock::new();
-    S.get_or_init(|| {
-        let tokens =
-            std::env::temp_dir().join(format!("berth-kube-rs-tokens-{}.csv", std::process::id()));
-        std::fs::write(
-            &tokens,
-            "admintoken,alice,1,\"system:masters\"\nplaintoken,bob,2,\"developers\"\n",
-        )
-        .unwrap();
-        Server::start_with(
-            "kube-rs",
-            false,
-            &[
-                "--default-watch-cache-size",
-                "5",
-                "--token-auth-file",
-                tokens.to_str().unwrap(),
-            ],
-        )
-    })
+/// A server with a watch cache of 5 events (a watch resuming from an older
+/// resourceVersion gets 410 Expired) and a static token file.
+fn start(name: &str, etcd: bool) -> Server {
+    let tokens =
+        std::env::temp_dir().join(format!("berth-{name}-tokens-{}.csv", std::process::id()));
+    std::fs::write(
+        &tokens,
+        "admintoken,alice,1,\"system:masters\"\nplaintoken,bob,2,\"developers\"\n",
+    )
+    .unwrap();
+    Server::start_with(
+        name,
+        etcd,
+        &[
+            "--default-watch-cache-size",
+            "5",
+            "--token-auth-file",
+            tokens.to_str().unwrap(),
+        ],
+    )
 }
 
+fn sqlite() -> &'static Server {
+    static S: OnceLock<Server> = OnceLock::new();
+    S.get_or_init(|| start("kube-rs-sqlite", false))
+}
+
+fn etcd() -> &'static Server {
+    static S: OnceLock<Server> = OnceLock::new();
+    S.get_or_init(|| start("kube-rs-etcd", true))
+}
+
+/// Each scenario runs against the server on SQLite and the one on etcd.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::sqlite()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn etcd() {
+                super::$name(super::etcd()).await
+            }
+        })*
+    };
+}
+
+on_both_backends!(
+    typed_crud_with_kubernetes_errors_and_defaults,
+    server_side_apply_with_conflicts,
+    watcher_and_reflector_survive_a_410_relist,
+    anonymous_clients_reach_only_health_and_version,
+    bearer_tokens_and_the_authorizer,
+    streaming_list_watcher,
+    protocol_errors_are_statuses,
+);
+
 /// A client with a bearer token instead of the admin certificate.
-fn token_client(token: &str) -> Client {
-    let kc = kube::config::Kubeconfig::read_from(&server().kubeconfig).unwrap();
+fn token_client(s: &Server, token: &str) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(&s.kubeconfig).unwrap();
     let cluster = kc.clusters[0].cluster.clone().unwrap();
-    let mut cfg = Config::new(server().url.parse().unwrap());
+    let mut cfg = Config::new(s.url.parse().unwrap());
     cfg.root_cert = Some(vec![base64_decode_pem(
         cluster.certificate_authority_data.as_deref().unwrap(),
     )]);
@@ -65,8 +98,8 @@ fn base64_decode_pem(data: &str) -> Vec<u8> {
         .unwrap()
 }
 
-async fn client() -> Client {
-    let kc = kube::config::Kubeconfig::read_from(&server().kubeconfig).unwrap();
+async fn client(s: &Server) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(&s.kubeconfig).unwrap();
     let cfg = Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .unwrap();
@@ -88,9 +121,8 @@ fn api_error(e: kube::Error) -> (u16, String, String) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typed_crud_with_kubernetes_errors_and_defaults() {
-    let c = client().await;
+async fn typed_crud_with_kubernetes_errors_and_defaults(s: &Server) {
+    let c = client(s).await;
     namespace(&c, "typed").await;
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "typed");
     let cm: ConfigMap = serde_json::from_value(
@@ -191,9 +223,8 @@ async fn typed_crud_with_kubernetes_errors_and_defaults() {
     assert_eq!(code, 404, "an invalid object is not stored");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_side_apply_with_conflicts() {
-    let c = client().await;
+async fn server_side_apply_with_conflicts(s: &Server) {
+    let c = client(s).await;
     namespace(&c, "ssa").await;
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "ssa");
     let mine = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "data": {"a": "1", "b": "2"}});
@@ -286,9 +317,8 @@ async fn server_side_apply_with_conflicts() {
     assert!(deploys.get("d").await.is_ok());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watcher_and_reflector_survive_a_410_relist() {
-    let c = client().await;
+async fn watcher_and_reflector_survive_a_410_relist(s: &Server) {
+    let c = client(s).await;
     namespace(&c, "watched").await;
     namespace(&c, "noise").await;
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "watched");
@@ -356,9 +386,8 @@ async fn watcher_and_reflector_survive_a_410_relist() {
     assert_eq!(names, ["first", "second"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anonymous_clients_reach_only_health_and_version() {
-    let mut cfg = Config::new(server().url.parse().unwrap());
+async fn anonymous_clients_reach_only_health_and_version(s: &Server) {
+    let mut cfg = Config::new(s.url.parse().unwrap());
     cfg.accept_invalid_certs = true;
     let anon = Client::try_from(cfg).unwrap();
     let v = anon.apiserver_version().await.unwrap();
@@ -374,9 +403,8 @@ async fn anonymous_clients_reach_only_health_and_version() {
     assert_eq!((code, reason.as_str()), (401, "Unauthorized"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bearer_tokens_and_the_authorizer() {
-    let admin = token_client("admintoken");
+async fn bearer_tokens_and_the_authorizer(s: &Server) {
+    let admin = token_client(s, "admintoken");
     namespace(&admin, "tokens").await;
     let cms: Api<ConfigMap> = Api::namespaced(admin, "tokens");
     let cm: ConfigMap =
@@ -384,7 +412,7 @@ async fn bearer_tokens_and_the_authorizer() {
     let made = cms.create(&PostParams::default(), &cm).await.unwrap();
     assert_eq!(made.data.unwrap()["k"], "v");
     // An authenticated user outside system:masters may discover, not read or write.
-    let bob = token_client("plaintoken");
+    let bob = token_client(s, "plaintoken");
     let v = bob.apiserver_version().await.unwrap();
     assert_eq!(v.minor, "32");
     let (code, reason, msg) = api_error(
@@ -396,7 +424,7 @@ async fn bearer_tokens_and_the_authorizer() {
     assert_eq!((code, reason.as_str()), (403, "Forbidden"));
     assert_eq!(msg, "configmaps is forbidden: User \"bob\" cannot get resource \"configmaps\" in API group \"\" in the namespace \"tokens\"");
     let (code, _, _) = api_error(
-        Api::<ConfigMap>::namespaced(token_client("nosuchtoken"), "tokens")
+        Api::<ConfigMap>::namespaced(token_client(s, "nosuchtoken"), "tokens")
             .get("t")
             .await
             .unwrap_err(),
@@ -404,9 +432,8 @@ async fn bearer_tokens_and_the_authorizer() {
     assert_eq!(code, 401);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streaming_list_watcher() {
-    let c = client().await;
+async fn streaming_list_watcher(s: &Server) {
+    let c = client(s).await;
     namespace(&c, "streamed").await;
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "streamed");
     for n in ["a", "b"] {
@@ -444,9 +471,8 @@ async fn streaming_list_watcher() {
     assert_eq!(reader.state().len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn protocol_errors_are_statuses() {
-    let c = client().await;
+async fn protocol_errors_are_statuses(s: &Server) {
+    let c = client(s).await;
     namespace(&c, "proto").await;
     let send = |method: &str, path: &str, ct: &str, accept: &str, body: &str| {
         http::Request::builder()
