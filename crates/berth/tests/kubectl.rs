@@ -121,6 +121,12 @@ fn discovery_and_explain(s: &Server) {
             "api-versions lacks {gv}:\n{versions}"
         );
     }
+    // Prometheus metrics: requests by verb, resource and code; open watches; store latencies.
+    s.ok(&["get", "namespaces"]);
+    let m = s.ok(&["get", "--raw", "/metrics"]);
+    for want in ["apiserver_request_total{verb=\"LIST\",resource=\"namespaces\",code=\"200\"}", "apiserver_request_duration_seconds_bucket{verb=\"LIST\",resource=\"namespaces\",le=\"0.005\"}", "apiserver_longrunning_requests{verb=\"WATCH\"}", "berth_store_request_duration_seconds_count{operation=\"create\"}"] {
+        assert!(m.contains(want), "/metrics lacks {want}");
+    }
     let e = s.ok(&["explain", "deployment.spec.strategy"]);
     assert!(e.contains("KIND:       Deployment"), "{e}");
     assert!(e.contains("FIELD: strategy <DeploymentStrategy>"), "{e}");
@@ -703,7 +709,7 @@ fn edit_wait_and_watch(s: &Server) {
         r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
     ]);
     s.ok(&["delete", "cm", "cfg", "-n", &ns, "--wait=false"]);
-    let watches_before = open_watches(s);
+    // kubectl's own log (-v=6) says when its watch is established; the finalizer goes then.
     let mut waiter = s
         .kubectl_cmd(&[
             "wait",
@@ -712,17 +718,28 @@ fn edit_wait_and_watch(s: &Server) {
             "-n",
             &ns,
             "--timeout=30s",
+            "-v=6",
         ])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    while open_watches(s) <= watches_before {
-        assert!(
-            waiter.try_wait().unwrap().is_none(),
-            "kubectl wait ended while the object was held"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (watching_tx, watching) = std::sync::mpsc::channel();
+    let log = waiter.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(log).lines().map_while(Result::ok) {
+            if l.contains("watch=true") && l.contains("200 OK") {
+                let _ = watching_tx.send(());
+            }
+        }
+    });
+    watching
+        .recv_timeout(Duration::from_secs(20))
+        .expect("kubectl wait watches the object");
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "kubectl wait ended while the object was held"
+    );
     s.ok(&[
         "patch",
         "cm",
@@ -763,15 +780,6 @@ fn edit_wait_and_watch(s: &Server) {
         ]),
         "deployment.apps/web condition met\n"
     );
-}
-
-/// The server's count of open watches (its metrics).
-fn open_watches(s: &Server) -> i64 {
-    let m = s.ok(&["get", "--raw", "/metrics"]);
-    m.lines()
-        .find_map(|l| l.strip_prefix("apiserver_longrunning_requests{verb=\"WATCH\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("the metrics count watches")
 }
 
 fn delete_cascade_and_finalizers(s: &Server) {
