@@ -19,8 +19,7 @@ use serde_json::json;
 /// A server with a watch cache of 5 events (a watch resuming from an older
 /// resourceVersion gets 410 Expired) and a static token file.
 fn start(name: &str, etcd: bool) -> Server {
-    let tokens =
-        std::env::temp_dir().join(format!("berth-{name}-tokens-{}.csv", std::process::id()));
+    let tokens = cluster::base_dir(&format!("{name}-tokens")).join("tokens.csv");
     std::fs::write(
         &tokens,
         "admintoken,alice,1,\"system:masters\"\nplaintoken,bob,2,\"developers\"\n",

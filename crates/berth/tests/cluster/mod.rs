@@ -68,10 +68,30 @@ pub fn spawn_for_process(cmd: Command) -> Spawned {
     rx.recv().unwrap()
 }
 
-fn base_dir(name: &str) -> PathBuf {
+/// Directories the servers of this test process use, removed when it exits.
+static DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn remove_dirs() {
+    if let Ok(dirs) = DIRS.lock() {
+        for d in dirs.iter() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// A directory for one server (its data, logs, kubeconfig), removed at exit: the test
+/// harness exits the process through `exit`, which runs `atexit` handlers.
+pub fn base_dir(name: &str) -> PathBuf {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    // SAFETY: atexit registers a plain function without captured state; it runs once at
+    // exit, after the tests, and only removes directories.
+    REGISTERED.call_once(|| unsafe {
+        libc::atexit(remove_dirs);
+    });
     let d = std::env::temp_dir().join(format!("berth-cluster-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
+    DIRS.lock().unwrap().push(d.clone());
     d
 }
 
