@@ -92,14 +92,15 @@ fn tables() -> &'static Tables {
         let mut array_defs = std::collections::HashSet::new();
         for (name, d) in defs {
             if d.get("type") == Some(&json!("array")) {
-                array_defs.insert(name.clone());
+                array_defs.insert(name.to_lowercase());
             }
             let m: HashMap<String, String> = d
                 .get("properties")
                 .and_then(Value::as_object)
                 .map(|p| p.keys().map(|k| (k.to_lowercase(), k.clone())).collect())
                 .unwrap_or_default();
-            props.insert(name, m);
+            // k8s-pb names some messages in Rust's case (HttpIngressRuleValue): match any case.
+            props.insert(name.to_lowercase(), m);
         }
         Tables {
             messages,
@@ -339,7 +340,14 @@ fn special(name: &str, raw: &[u8]) -> Result<Option<Value>, String> {
     }))
 }
 
-fn message(name: &str, raw: &[u8], depth: usize) -> Result<Value, String> {
+/// Decodes one message. `outer` names the JSON properties to use when the message has no
+/// definition of its own: a Go struct inlined into its parent (IngressRuleValue).
+fn message(
+    name: &str,
+    raw: &[u8],
+    depth: usize,
+    outer: Option<&HashMap<String, String>>,
+) -> Result<Value, String> {
     if depth > 64 {
         return Err("nested too deeply".into());
     }
@@ -351,7 +359,7 @@ fn message(name: &str, raw: &[u8], depth: usize) -> Result<Value, String> {
         .messages
         .get(name)
         .ok_or_else(|| format!("unknown protobuf message {name}"))?;
-    let props = t.props.get(name);
+    let props = t.props.get(&name.to_lowercase()).or(outer);
     let mut out = Map::new();
     let mut r = Reader { b: raw, i: 0 };
     while let Some((tag, w)) = r.next()? {
@@ -372,7 +380,7 @@ fn message(name: &str, raw: &[u8], depth: usize) -> Result<Value, String> {
                 match (et, &ew) {
                     (1, Wire::Bytes(b)) => k = String::from_utf8_lossy(b).into_owned(),
                     (2, Wire::Bytes(b)) if v == "message" => {
-                        val = message(f.target.as_deref().unwrap_or_default(), b, depth + 1)?
+                        val = message(f.target.as_deref().unwrap_or_default(), b, depth + 1, None)?
                     }
                     (2, _) => val = scalar(v, &ew)?,
                     _ => {}
@@ -398,7 +406,13 @@ fn message(name: &str, raw: &[u8], depth: usize) -> Result<Value, String> {
                 ));
             };
             let target = f.target.as_deref().unwrap_or_default();
-            let v = message(target, b, depth + 1)?;
+            // An inlined struct's fields are named by this message's properties.
+            let v = message(
+                target,
+                b,
+                depth + 1,
+                if json_name.is_none() { props } else { None },
+            )?;
             // A Go struct embedded inline has no JSON property of its own: merge its fields.
             if v.is_null() {
                 continue;
@@ -410,7 +424,7 @@ fn message(name: &str, raw: &[u8], depth: usize) -> Result<Value, String> {
                 continue;
             }
             // Wrappers such as ExtraValue are arrays in JSON.
-            if t.array_defs.contains(target) {
+            if t.array_defs.contains(&target.to_lowercase()) {
                 v.get("items").cloned().unwrap_or(json!([]))
             } else {
                 v
@@ -490,7 +504,7 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
         .gvk
         .get(&(api_version.clone(), kind.clone()))
         .ok_or_else(|| format!("no kind \"{kind}\" is registered for version \"{api_version}\""))?;
-    let mut v = message(def, raw, 0)?;
+    let mut v = message(def, raw, 0, None)?;
     if let Some(m) = v.as_object_mut() {
         m.insert("apiVersion".into(), json!(api_version));
         m.insert("kind".into(), json!(kind));

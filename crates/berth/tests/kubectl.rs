@@ -203,6 +203,20 @@ fn create_get_describe_and_output_formats(s: &Server) {
         ]),
         format!("{svc} yes")
     );
+    // Protobuf of a Go struct inlined in its parent (IngressRule's IngressRuleValue).
+    s.ok(&[
+        "create",
+        "ingress",
+        "ing",
+        "-n",
+        &ns,
+        "--rule=foo.com/=svc:80",
+        "--class=nginx",
+    ]);
+    assert_eq!(
+        s.ok(&["get", "ingress", "ing", "-n", &ns, "-o", "jsonpath={.spec}"]),
+        r#"{"ingressClassName":"nginx","rules":[{"host":"foo.com","http":{"paths":[{"backend":{"service":{"name":"svc","port":{"number":80}}},"path":"/","pathType":"Exact"}]}}]}"#
+    );
     // A ReplicationController's selector is a plain map; its table shows it as one.
     s.ok_in(&["create", "-n", &ns, "-f", "-"], "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: rc}\nspec:\n  template:\n    metadata: {labels: {app: rc}}\n    spec: {containers: [{name: c, image: busybox:1.36}]}\n");
     let t = mask_ages(&s.ok(&["get", "rc", "-n", &ns, "-o", "wide"]));
