@@ -55,7 +55,7 @@ fn tables() -> &'static Tables {
                     target: (p[3] != "-").then(|| p[3].to_string()),
                 });
             } else {
-                current = line.trim().to_string();
+                current = line.trim().to_lowercase();
                 messages.entry(current.clone()).or_default();
             }
         }
@@ -355,9 +355,10 @@ fn message(
         return Ok(v);
     }
     let t = tables();
+    // Names compare in any case: k8s-pb spells CSIDriver as CsiDriver.
     let fields = t
         .messages
-        .get(name)
+        .get(&name.to_lowercase())
         .ok_or_else(|| format!("unknown protobuf message {name}"))?;
     let props = t.props.get(&name.to_lowercase()).or(outer);
     let mut out = Map::new();
