@@ -215,7 +215,31 @@ impl Server {
             "/version" => return nonresource(200, "application/json", js(&crate::version_info())),
             _ => {}
         }
-        let user = user.unwrap();
+        // The individual checks Kubernetes lists under the health endpoints.
+        for (base, checks) in [
+            ("/healthz/", &["ping", "etcd", "log"][..]),
+            ("/livez/", &["ping", "etcd", "log"][..]),
+            ("/readyz/", &["ping", "etcd", "log", "informer-sync"][..]),
+        ] {
+            if let Some(check) = path.strip_prefix(base) {
+                return if checks.contains(&check) {
+                    nonresource(200, "text/plain; charset=utf-8", Bytes::from_static(b"ok"))
+                } else {
+                    nonresource(
+                        404,
+                        "text/plain; charset=utf-8",
+                        Bytes::from_static(b"404 page not found\n"),
+                    )
+                };
+            }
+        }
+        let Some(user) = user else {
+            return (
+                to_response(Reply::error(&ApiError::unauthorized()), false),
+                method.clone(),
+                String::new(),
+            );
+        };
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let plain_get = method == "GET";
         // Non-resource paths.

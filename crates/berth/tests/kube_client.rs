@@ -391,8 +391,15 @@ async fn anonymous_clients_reach_only_health_and_version(s: &Server) {
     let anon = Client::try_from(cfg).unwrap();
     let v = anon.apiserver_version().await.unwrap();
     assert_eq!((v.major.as_str(), v.minor.as_str()), ("1", "32"));
-    let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
-    assert_eq!(anon.request_text(req).await.unwrap(), "ok");
+    for path in ["/readyz", "/livez/ping", "/healthz/etcd"] {
+        let req = http::Request::get(path).body(Vec::new()).unwrap();
+        assert_eq!(anon.request_text(req).await.unwrap(), "ok", "{path}");
+    }
+    // A health check that does not exist is not found.
+    let req = http::Request::get("/livez/nothing/else")
+        .body(Vec::new())
+        .unwrap();
+    assert!(anon.request_text(req).await.is_err());
     let (code, reason, _) = api_error(
         Api::<Namespace>::all(anon)
             .list(&ListParams::default())
