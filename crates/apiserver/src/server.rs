@@ -176,7 +176,22 @@ impl Server {
         if user.is_none() && (!anonymous_ok || bad_token) {
             return to_response(Reply::error(&ApiError::unauthorized()), false);
         }
-        let (resp, verb, resource) = self.route(req, user).await;
+        // A bug that panics answers 500 for this request alone; the connection's other
+        // streams and the server go on.
+        let routed = std::panic::AssertUnwindSafe(self.route(req, user));
+        let (resp, verb, resource) = match futures::FutureExt::catch_unwind(routed).await {
+            Ok(r) => r,
+            Err(_) => (
+                to_response(
+                    Reply::error(&ApiError::internal(
+                        "the server could not handle the request",
+                    )),
+                    false,
+                ),
+                "UNKNOWN".to_string(),
+                String::new(),
+            ),
+        };
         let took = start.elapsed();
         self.metrics
             .request(&verb, &resource, resp.status().as_u16(), took);
