@@ -148,8 +148,17 @@ fn convert_hpa(mut v: Value, to_v1: bool) -> Value {
     v
 }
 
-fn convert(kind: &Kind, v: Value, to_served: bool) -> Value {
+fn convert(kind: &Kind, mut v: Value, to_served: bool) -> Value {
     if !v.is_object() {
+        return v;
+    }
+    if kind.crd_schema.is_some() {
+        // Custom resources convert with strategy None: only the apiVersion changes.
+        v["apiVersion"] = json!(if to_served {
+            kind.api_version()
+        } else {
+            format!("{}/{}", kind.group, kind.storage_version)
+        });
         return v;
     }
     match (

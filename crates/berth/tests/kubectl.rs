@@ -1029,6 +1029,44 @@ fn custom_resources_with_printer_columns(s: &Server) {
         "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w5}\nspec: {replicas: 2}\n",
     );
     assert!(e.contains("spec.size: Required value"), "{e}");
+    // A second served version (conversion None): the same objects, with its apiVersion.
+    let two = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: gadgets.example.com}\nspec:\n  group: example.com\n  scope: Namespaced\n  names: {plural: gadgets, kind: Gadget}\n  versions:\n  - {name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}\n  - {name: v2, served: true, storage: false, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}\n";
+    let o = s.kubectl_in(&["apply", "-f", "-"], two);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    s.ok(&[
+        "wait",
+        "--for=condition=established",
+        "crd/gadgets.example.com",
+        "--timeout=20s",
+    ]);
+    s.ok_in(
+        &["create", "-n", &ns, "-f", "-"],
+        "apiVersion: example.com/v2\nkind: Gadget\nmetadata: {name: g}\nspec: {x: 1}\n",
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "gadgets.v1.example.com",
+            "g",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.apiVersion} {.spec.x}"
+        ]),
+        "example.com/v1 1"
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "gadgets.v2.example.com",
+            "g",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.apiVersion} {.spec.x}"
+        ]),
+        "example.com/v2 1"
+    );
     s.ok(&[
         "patch",
         "wg",
