@@ -79,6 +79,14 @@ impl Ctx<'_> {
     fn flag(&self, k: &str) -> bool {
         matches!(self.q(k), Some("true") | Some("1") | Some(""))
     }
+    /// The request body's media type, without parameters.
+    fn media_type(&self) -> &str {
+        self.content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+    }
     fn dry_run(&self) -> bool {
         self.query.iter().any(|(k, v)| k == "dryRun" && v == "All")
     }
@@ -96,6 +104,8 @@ impl Ctx<'_> {
         }
     }
 }
+
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
 
 pub struct Api {
     pub store: Arc<dyn store::Store>,
@@ -185,10 +195,7 @@ impl Api {
         if v.is_object() {
             meta_mut(&mut v).insert("resourceVersion".into(), json!(rev.to_string()));
         }
-        if kind.storage_version != kind.version || kind.storage_group != kind.group {
-            v = convert::to_served(kind, v);
-        }
-        v
+        convert::to_served(kind, v)
     }
 
     fn render_one(&self, kind: &Kind, ctx: &Ctx, obj: Value) -> Value {
@@ -323,8 +330,7 @@ impl Api {
             }
         }
         // The list is written item by item: a 10,000-object Table never exists as one tree.
-        let converted =
-            t.kind.storage_version != t.kind.version || t.kind.storage_group != t.kind.group;
+        let converted = t.kind.is_converted();
         let include = ctx.q("includeObject");
         let mut body =
             Vec::with_capacity(items.iter().map(|(v, _)| v.len() + 32).sum::<usize>() + 256);
@@ -485,8 +491,7 @@ impl Api {
         let plain = output == Output::Object
             && labels.is_empty()
             && fields.is_empty()
-            && kind.storage_version == kind.version
-            && kind.storage_group == kind.group;
+            && !kind.is_converted();
         let me = self.clone_handle();
         let in_scope = move |e: &CacheEvent| !exact || e.key == prefix;
         let prefix2 = match (&t.name, fields.name()) {
@@ -676,13 +681,8 @@ impl Api {
                 kind.api_version()
             )));
         }
-        let mut out = decode_checked(kind, ctx, v, warnings)?;
-        // Typed round trips drop `metadata.managedFields` no more than Kubernetes; keep
-        // custom resources' status/metadata as decoded.
-        if kind.storage_version != kind.version || kind.storage_group != kind.group {
-            out = convert::to_storage(kind, out);
-        }
-        Ok(out)
+        let out = decode_checked(kind, ctx, v, warnings)?;
+        Ok(convert::to_storage(kind, out))
     }
 
     async fn check_namespace(&self, kind: &Kind, ns: Option<&str>) -> ApiResult<()> {
@@ -885,13 +885,7 @@ impl Api {
     }
 
     pub async fn patch(&self, t: &Target, ctx: &Ctx<'_>) -> ApiResult<Reply> {
-        let ct = ctx
-            .content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
+        let ct = ctx.media_type().to_string();
         let allowed = [
             "application/json-patch+json",
             "application/merge-patch+json",
@@ -921,7 +915,7 @@ impl Api {
                 .update_scale(t, ctx, ScaleChange::Patch(ct, patch_v))
                 .await;
         }
-        let precondition = if ct == "application/apply-patch+yaml" {
+        let precondition = if ct == APPLY_PATCH {
             None
         } else {
             patch_v
@@ -930,7 +924,7 @@ impl Api {
                 .filter(|r| !r.is_empty())
                 .map(String::from)
         };
-        let apply_mode = ct == "application/apply-patch+yaml";
+        let apply_mode = ct == APPLY_PATCH;
         let mut warnings = Vec::new();
         if apply_mode {
             if ctx.q("fieldManager").is_none_or(str::is_empty) {
@@ -1014,9 +1008,7 @@ impl Api {
                 }
                 let mut new = change(None)?;
                 let managed = meta(&new).get("managedFields").cloned();
-                if kind.storage_version != kind.version || kind.storage_group != kind.group {
-                    new = convert::to_storage(kind, new);
-                }
+                new = convert::to_storage(kind, new);
                 self.prepare_create(kind, ns, &mut new)?;
                 meta_mut(&mut new).insert("name".into(), json!(name));
                 if let Some(mf) = managed {
@@ -1069,13 +1061,7 @@ impl Api {
             // The result goes through the codec of the served version: types checked, unknown
             // fields pruned and reported as fieldValidation asks (apply reported them already).
             let mut ignored = Vec::new();
-            let apply_mode = ctx
-                .content_type
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                == "application/apply-patch+yaml";
+            let apply_mode = ctx.media_type() == APPLY_PATCH;
             let decoded = decode_checked(
                 kind,
                 ctx,
@@ -1086,11 +1072,7 @@ impl Api {
                     &mut warnings
                 },
             )?;
-            let new = if kind.storage_version != kind.version || kind.storage_group != kind.group {
-                convert::to_storage(kind, decoded)
-            } else {
-                decoded
-            };
+            let new = convert::to_storage(kind, decoded);
             let mut new = self.merge_update(kind, sub, &old, new)?;
             rules::default(kind, &mut new);
             crate::crd::default_and_prune(kind, &mut new);
@@ -1098,14 +1080,7 @@ impl Api {
             if !errs.is_empty() {
                 return Err(ApiError::invalid(kind, &name, errs));
             }
-            if ctx
-                .content_type
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                != "application/apply-patch+yaml"
-            {
+            if ctx.media_type() != APPLY_PATCH {
                 apply::record_update(
                     Some(&old),
                     &mut new,

@@ -192,24 +192,33 @@ pub fn display(p: &FieldPath) -> String {
 }
 
 /// The value at a path in an object.
+/// Whether a list item is the one a path element names.
+type ItemMatcher = Box<dyn Fn(&Value) -> bool>;
+
+/// For a path element naming a list item (`k:{"name":"a"}` by key, `v:"x"` by value), what
+/// the item must match; None for a field (`f:x`) or the item itself (`.`).
+fn item_matcher(el: &str) -> Option<ItemMatcher> {
+    if let Some(k) = el.strip_prefix("k:") {
+        let kv: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
+        return Some(Box::new(move |i: &Value| {
+            kv.iter().all(|(k, v)| i.get(k) == Some(v))
+        }));
+    }
+    let want: Value = serde_json::from_str(el.strip_prefix("v:")?).unwrap_or(Value::Null);
+    Some(Box::new(move |i: &Value| *i == want))
+}
+
+/// The value at a path in an object.
 pub fn lookup<'a>(v: &'a Value, p: &[String]) -> Option<&'a Value> {
     let mut cur = v;
-    for el in p {
-        if el == "." {
-            continue;
-        }
-        if let Some(f) = el.strip_prefix("f:") {
-            cur = cur.get(f)?;
-        } else if let Some(k) = el.strip_prefix("k:") {
-            let kv: Map<String, Value> = serde_json::from_str(k).ok()?;
-            cur = cur
-                .as_array()?
-                .iter()
-                .find(|i| kv.iter().all(|(k, v)| i.get(k) == Some(v)))?;
-        } else if let Some(x) = el.strip_prefix("v:") {
-            let want: Value = serde_json::from_str(x).ok()?;
-            cur = cur.as_array()?.iter().find(|i| **i == want)?;
-        }
+    for el in p.iter().filter(|el| *el != ".") {
+        cur = match el.strip_prefix("f:") {
+            Some(f) => cur.get(f)?,
+            None => {
+                let m = item_matcher(el)?;
+                cur.as_array()?.iter().find(|i| m(i))?
+            }
+        };
     }
     Some(cur)
 }
@@ -222,40 +231,29 @@ fn remove_path(v: &mut Value, p: &[String]) {
         return remove_path(v, parent);
     }
     let mut cur = v;
-    for el in parent {
-        if el == "." {
-            continue;
-        }
-        let next = if let Some(f) = el.strip_prefix("f:") {
-            cur.get_mut(f)
-        } else if let Some(k) = el.strip_prefix("k:") {
-            let kv: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
-            cur.as_array_mut().and_then(|a| {
-                a.iter_mut()
-                    .find(|i| kv.iter().all(|(k, v)| i.get(k) == Some(v)))
-            })
-        } else {
-            None
+    for el in parent.iter().filter(|el| *el != ".") {
+        let next = match (el.strip_prefix("f:"), item_matcher(el)) {
+            (Some(f), _) => cur.get_mut(f),
+            (None, Some(m)) => cur.as_array_mut().and_then(|a| a.iter_mut().find(|i| m(i))),
+            (None, None) => None,
         };
         match next {
             Some(n) => cur = n,
             None => return,
         }
     }
-    if let Some(f) = last.strip_prefix("f:") {
-        if let Some(m) = cur.as_object_mut() {
-            m.remove(f);
+    match (last.strip_prefix("f:"), item_matcher(last)) {
+        (Some(f), _) => {
+            if let Some(m) = cur.as_object_mut() {
+                m.remove(f);
+            }
         }
-    } else if let Some(k) = last.strip_prefix("k:") {
-        let kv: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
-        if let Some(a) = cur.as_array_mut() {
-            a.retain(|i| !kv.iter().all(|(k, v)| i.get(k) == Some(v)));
+        (None, Some(m)) => {
+            if let Some(a) = cur.as_array_mut() {
+                a.retain(|i| !m(i));
+            }
         }
-    } else if let Some(x) = last.strip_prefix("v:") {
-        let want: Value = serde_json::from_str(x).unwrap_or(Value::Null);
-        if let Some(a) = cur.as_array_mut() {
-            a.retain(|i| *i != want);
-        }
+        (None, None) => {}
     }
 }
 
@@ -271,31 +269,21 @@ pub struct Managed {
 }
 
 pub fn read_managed(obj: &Value) -> Vec<Managed> {
+    let text = |e: &Value, k: &str| {
+        e.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     obj.pointer("/metadata/managedFields")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .map(|e| Managed {
-            manager: e
-                .get("manager")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .into(),
-            operation: e
-                .get("operation")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .into(),
-            api_version: e
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .into(),
-            time: e
-                .get("time")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .into(),
+            manager: text(e, "manager"),
+            operation: text(e, "operation"),
+            api_version: text(e, "apiVersion"),
+            time: text(e, "time"),
             subresource: e
                 .get("subresource")
                 .and_then(Value::as_str)

@@ -160,6 +160,10 @@ impl Kind {
             "watch",
         ]
     }
+    /// Whether objects are stored in another group or version than this one serves.
+    pub fn is_converted(&self) -> bool {
+        self.storage_version != self.version || self.storage_group != self.group
+    }
     fn is_builtin(&self) -> bool {
         self.crd_schema.is_none()
     }

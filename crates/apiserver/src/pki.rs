@@ -138,19 +138,10 @@ fn random_hex(n: usize) -> Result<String, PkiError> {
 
 /// The SHA-256 of the CA certificate's DER, as hex (the pin in join tokens).
 pub fn ca_hash(ca_pem: &str) -> Option<String> {
-    let der = pem_to_der(ca_pem)?;
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).ok()?;
     let d = ring::digest::digest(&ring::digest::SHA256, &der);
     Some(d.as_ref().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
-    let body: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    base64::engine::general_purpose::STANDARD.decode(body).ok()
 }
 
 /// The SANs a serving certificate carries: what it must always carry plus the user's.
