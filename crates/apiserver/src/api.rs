@@ -685,29 +685,31 @@ impl Api {
         Ok(convert::to_storage(kind, out))
     }
 
+    /// The namespace of a new object must exist and not be terminating. Read from the watch
+    /// cache, and from the store only when the cache has not seen it yet (just created).
     async fn check_namespace(&self, kind: &Kind, ns: Option<&str>) -> ApiResult<()> {
         let Some(ns) = ns.filter(|_| kind.namespaced) else {
             return Ok(());
         };
-        match self
-            .store
-            .get(&format!("/registry/core/namespaces/{ns}"), 0)
-            .await?
-        {
-            None => Err(ApiError::not_found_gr("", "namespaces", ns)),
-            Some(kv) => {
-                let v: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
-                if meta(&v).get("deletionTimestamp").is_some() {
-                    return Err(ApiError::forbidden(format!(
-                        "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                        kind.qualified(),
-                        "",
-                    ))
-                    .with_ns_terminating(ns));
-                }
-                Ok(())
-            }
+        let key = format!("/registry/core/namespaces/{ns}");
+        let raw = match self.cache.get(&key) {
+            Some(raw) => raw,
+            None => match self.store.get(&key, 0).await? {
+                Some(kv) => Arc::from(kv.value),
+                None => return Err(ApiError::not_found_gr("", "namespaces", ns)),
+            },
+        };
+        let v: Value = serde_json::from_slice(&raw).unwrap_or_default();
+        if meta(&v).get("deletionTimestamp").is_some() {
+            let mut e = ApiError::forbidden(format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ));
+            e.details = Some(
+                json!({"causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}),
+            );
+            return Err(e);
         }
+        Ok(())
     }
 
     pub async fn create(&self, t: &Target, ctx: &Ctx<'_>) -> ApiResult<Reply> {
@@ -1945,22 +1947,6 @@ pub fn scale_of(kind: &Kind, obj: &Value) -> ApiResult<Value> {
         "spec": {"replicas": kinds::json_path(obj, &p.spec_replicas).and_then(Value::as_i64).unwrap_or(0)},
         "status": status,
     }))
-}
-
-trait NsTerminating {
-    fn with_ns_terminating(self, ns: &str) -> Self;
-}
-
-impl NsTerminating for ApiError {
-    fn with_ns_terminating(mut self, ns: &str) -> Self {
-        self.message = format!(
-            "unable to create new content in namespace {ns} because it is being terminated"
-        );
-        self.details = Some(
-            json!({"causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}),
-        );
-        self
-    }
 }
 
 #[cfg(test)]

@@ -230,6 +230,16 @@ impl Cache {
     }
 
     /// The objects under `prefix` now, with their revisions, and the cache revision.
+    /// One object's stored bytes, if the cache holds it.
+    pub fn get(&self, key: &str) -> Option<Arc<[u8]>> {
+        self.inner
+            .lock()
+            .unwrap()
+            .objects
+            .get(key)
+            .map(|(_, v)| v.clone())
+    }
+
     pub fn list(&self, prefix: &str) -> (i64, Vec<Entry>) {
         let inner = self.inner.lock().unwrap();
         let items = inner
