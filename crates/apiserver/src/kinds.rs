@@ -1,7 +1,6 @@
 //! The resource kinds the API server serves: their names, scope, subresources and codec,
 //! built-in ones from the `k8s-openapi` types and custom ones from CustomResourceDefinitions.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
@@ -394,13 +393,6 @@ impl Registry {
             .find(|k| k.group == group && k.plural == plural)
             .cloned()
     }
-    /// The kind served for `apiVersion`+`kind` (as an object names itself).
-    pub fn by_gvk(&self, api_version: &str, kind: &str) -> Option<Arc<Kind>> {
-        self.all()
-            .iter()
-            .find(|k| k.api_version() == api_version && k.kind == kind)
-            .cloned()
-    }
     /// Replaces the custom kinds with `custom` (from the CRDs now established).
     pub fn set_custom(&self, custom: Vec<Kind>) {
         let mut v: Vec<Arc<Kind>> = self
@@ -509,5 +501,3 @@ pub fn set_json_path(v: &mut Value, path: &str, new: Value) {
             .or_insert_with(|| Value::Object(Default::default()));
     }
 }
-
-pub type Labels = BTreeMap<String, String>;

@@ -697,9 +697,3 @@ pub async fn serve(
         });
     }
 }
-
-pub fn json_body(v: &Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
-}
-
-pub use api::decode_body;

@@ -121,9 +121,6 @@ impl ApiError {
     pub fn expired(msg: impl Into<String>) -> ApiError {
         ApiError::new(410, "Expired", msg)
     }
-    pub fn gone(msg: impl Into<String>) -> ApiError {
-        ApiError::new(410, "Gone", msg)
-    }
     pub fn internal(msg: impl Into<String>) -> ApiError {
         ApiError::new(
             500,
@@ -147,16 +144,12 @@ impl ApiError {
             "Request entity too large: limit is 3145728",
         )
     }
-    pub fn unsupported_media(ct: &str, allowed: &[&str]) -> ApiError {
+    pub fn unsupported_media(allowed: &[&str]) -> ApiError {
         ApiError::new(
             415,
             "UnsupportedMediaType",
             format!("the body of the request was in an unknown format - accepted media types include: {}", allowed.join(", ")),
         )
-        .with_ct(ct)
-    }
-    fn with_ct(self, _ct: &str) -> ApiError {
-        self
     }
     pub fn not_acceptable(allowed: &str) -> ApiError {
         ApiError::new(
