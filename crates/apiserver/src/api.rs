@@ -240,13 +240,7 @@ impl Api {
         let fields = FieldSelector::parse(ctx.q("fieldSelector").unwrap_or_default(), &t.kind)
             .map_err(ApiError::bad_request)?;
         let limit: usize = ctx.q("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
-        let prefix = match fields.name() {
-            Some(n) if t.namespace.is_some() || !t.kind.namespaced => {
-                t.kind.key(t.namespace.as_deref(), n)
-            }
-            _ => t.kind.prefix(t.namespace.as_deref()),
-        };
-        let exact_prefix = fields.name().is_some() && (t.namespace.is_some() || !t.kind.namespaced);
+        let (prefix, exact_prefix) = scope(t, &fields);
         // Objects are parsed only when a selector needs to look inside them.
         let selective = !labels.is_empty() || !fields.is_empty();
         let matches = |raw: &[u8]| -> bool {
@@ -427,15 +421,7 @@ impl Api {
             .map_err(ApiError::bad_request)?;
         let fields = FieldSelector::parse(ctx.q("fieldSelector").unwrap_or_default(), &t.kind)
             .map_err(ApiError::bad_request)?;
-        let prefix = match (&t.name, fields.name()) {
-            (Some(n), _) => t.kind.key(t.namespace.as_deref(), n),
-            (None, Some(n)) if t.namespace.is_some() || !t.kind.namespaced => {
-                t.kind.key(t.namespace.as_deref(), n)
-            }
-            _ => t.kind.prefix(t.namespace.as_deref()),
-        };
-        let exact = t.name.is_some()
-            || (fields.name().is_some() && (t.namespace.is_some() || !t.kind.namespaced));
+        let (prefix, exact) = scope(t, &fields);
         let rv = ctx.q("resourceVersion").unwrap_or_default();
         let send_initial = ctx.flag("sendInitialEvents");
         let bookmarks = ctx.flag("allowWatchBookmarks");
@@ -490,14 +476,8 @@ impl Api {
             && fields.is_empty()
             && !kind.is_converted();
         let me = self.clone_handle();
+        let prefix2 = prefix.clone();
         let in_scope = move |e: &CacheEvent| !exact || e.key == prefix;
-        let prefix2 = match (&t.name, fields.name()) {
-            (Some(n), _) => t.kind.key(t.namespace.as_deref(), n),
-            (None, Some(n)) if t.namespace.is_some() || !t.kind.namespaced => {
-                t.kind.key(t.namespace.as_deref(), n)
-            }
-            _ => t.kind.prefix(t.namespace.as_deref()),
-        };
         tokio::spawn(async move {
             let matches = |v: &Value| {
                 labels.matches(meta(v).get("labels").and_then(Value::as_object))
@@ -1874,6 +1854,18 @@ fn top_level_metadata(raw: &[u8]) -> Option<usize> {
         i += 1;
     }
     None
+}
+
+/// The key prefix a list or watch reads, and whether it names one object exactly (a name
+/// in the path, or a `metadata.name` field selector where the namespace is known).
+fn scope(t: &Target, fields: &FieldSelector) -> (String, bool) {
+    let name = t.name.as_deref().or(fields
+        .name()
+        .filter(|_| t.namespace.is_some() || !t.kind.namespaced));
+    match name {
+        Some(n) => (t.kind.key(t.namespace.as_deref(), n), true),
+        None => (t.kind.prefix(t.namespace.as_deref()), false),
+    }
 }
 
 /// Writes a stored object with `metadata.resourceVersion` set, without parsing it.
