@@ -81,14 +81,6 @@ impl Session<'_> {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn the_docker_cli_runs_a_realistic_session_against_berth() {
     common::require_root();
@@ -154,7 +146,7 @@ fn the_docker_cli_runs_a_realistic_session_against_berth() {
     let site = dir.path().join("site");
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("index.html"), "served by berth\n").unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let web = s.ok(&[
         "run",
         "-d",

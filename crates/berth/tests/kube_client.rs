@@ -3,6 +3,7 @@
 //! relist, and what an unauthenticated client may reach.
 
 mod cluster;
+mod common;
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 //! custom resources, and bad input answered with Kubernetes' Status.
 
 mod cluster;
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;

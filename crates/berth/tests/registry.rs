@@ -1215,15 +1215,6 @@ fn skopeo_pushes_and_pulls_unchanged_with_every_kind_of_auth_and_tls() {
     }
 }
 
-/// A free loopback port (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Debian's docker-registry (distribution) on a loopback port of its own.
 struct Distribution {
     child: Child,
@@ -1232,7 +1223,7 @@ struct Distribution {
 
 impl Distribution {
     fn start(dir: &Path) -> Distribution {
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = format!("127.0.0.1:{}", common::free_port());
         let cfg = dir.join("distribution.yml");
         std::fs::write(
             &cfg,

@@ -101,8 +101,8 @@ pub fn start_etcd(dir: &Path) -> (String, u32) {
         Path::new("/usr/bin/etcd").exists(),
         "the etcd tests need /usr/bin/etcd: install Debian's etcd-server package"
     );
-    let client = free_port();
-    let peer = free_port();
+    let client = crate::common::free_port();
+    let peer = crate::common::free_port();
     let mut cmd = Command::new("/usr/bin/etcd");
     cmd.args([
         "--name",
@@ -137,14 +137,6 @@ pub fn start_etcd(dir: &Path) -> (String, u32) {
     (format!("etcd://127.0.0.1:{client}"), child.pid)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Server {
     /// Starts a server with its own data dir; `etcd` puts its store in a new etcd.
     pub fn start(name: &str, etcd: bool) -> Server {
@@ -163,7 +155,7 @@ impl Server {
 
     fn launch(dir: PathBuf, etcd: bool, extra: &[&str]) -> Server {
         let kubeconfig = dir.join("kubeconfig.yaml");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        let mut cmd = Command::new(crate::common::BERTH);
         cmd.args([
             "server",
             "--bind-address",

@@ -8,6 +8,15 @@ use std::process::{Command, Output};
 
 pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Fails (never skips) a test that needs root when not run as root.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
