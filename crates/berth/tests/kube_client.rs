@@ -645,3 +645,49 @@ async fn a_restarted_server_keeps_its_certificates_and_state() {
         "b"
     );
 }
+
+/// The API server negotiates HTTP/2 through ALPN, and HTTP/1.1 with a client that offers
+/// only that.
+#[test]
+fn alpn_chooses_http2_or_http1() {
+    use rustls_pki_types::pem::PemObject;
+    let s = sqlite();
+    let kc = kube::config::Kubeconfig::read_from(&s.kubeconfig).unwrap();
+    let ca = kc.clusters[0]
+        .cluster
+        .clone()
+        .unwrap()
+        .certificate_authority_data
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    {
+        use base64::Engine as _;
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(ca)
+            .unwrap();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let negotiate = |offer: &[&[u8]]| -> Option<Vec<u8>> {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        cfg.alpn_protocols = offer.iter().map(|p| p.to_vec()).collect();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+        let mut tcp = std::net::TcpStream::connect(s.url.trim_start_matches("https://")).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp).unwrap();
+        }
+        conn.alpn_protocol().map(|p| p.to_vec())
+    };
+    assert_eq!(
+        negotiate(&[b"h2", b"http/1.1"]).as_deref(),
+        Some(&b"h2"[..])
+    );
+    assert_eq!(negotiate(&[b"http/1.1"]).as_deref(), Some(&b"http/1.1"[..]));
+}
