@@ -489,6 +489,7 @@ fn create_request(head: &Head, b: CreateBody) -> Result<engine::CreateRequest, F
         uts_join: None,
         labels: b.labels.unwrap_or_default(),
         stop_signal: Some(b.stop_signal).filter(|s| !s.is_empty()),
+        cgroup_parent: None,
     };
     if let Some(m) = &run.memory {
         engine::spec::parse_memory(m).map_err(|e| bad_request(e.to_string()))?;

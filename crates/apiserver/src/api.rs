@@ -826,6 +826,11 @@ impl Api {
         if kind.group.is_empty() && kind.kind == "Service" {
             return crate::services::allocate(self, obj).await.map(Some);
         }
+        if kind.group.is_empty() && kind.kind == "Node" {
+            return crate::services::allocate_pod_cidr(self, obj)
+                .await
+                .map(Some);
+        }
         Ok(None)
     }
 

@@ -37,6 +37,9 @@ impl Authorizer for AdminOnly {
         if user.groups.iter().any(|g| g == "system:masters") {
             return true;
         }
+        if user.groups.iter().any(|g| g == "system:nodes") && node_may(attrs) {
+            return true;
+        }
         let discovery = attrs.resource.is_empty()
             && (attrs.path == "/api"
                 || attrs.path.starts_with("/api/") && attrs.path.matches('/').count() <= 2
@@ -44,6 +47,36 @@ impl Authorizer for AdminOnly {
                 || attrs.path.starts_with("/openapi")
                 || attrs.path == "/version");
         discovery && attrs.verb == "get"
+    }
+}
+
+/// What a node's agent needs: its Node and Lease, the pods bound to it and their status,
+/// the objects their volumes and environment name, events, and mirror pods. (The Node
+/// authorizer's narrowing to the node's own objects comes with RBAC.)
+fn node_may(a: &Attributes) -> bool {
+    let read = matches!(a.verb, "get" | "list" | "watch");
+    let write = matches!(a.verb, "create" | "update" | "patch" | "delete");
+    match (a.group, a.resource, a.subresource) {
+        ("", "nodes", "" | "status") => read || write,
+        ("coordination.k8s.io", "leases", "") => {
+            a.namespace == "kube-node-lease" && (read || write)
+        }
+        ("", "pods", "") => read || matches!(a.verb, "create" | "delete"),
+        ("", "pods", "status") => read || write,
+        ("", "events", "") | ("events.k8s.io", "events", "") => read || write,
+        (
+            "",
+            "configmaps"
+            | "secrets"
+            | "services"
+            | "endpoints"
+            | "persistentvolumeclaims"
+            | "persistentvolumes"
+            | "namespaces",
+            "",
+        ) => read,
+        ("discovery.k8s.io", "endpointslices", "") => read,
+        _ => false,
     }
 }
 

@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod kinds;
 pub mod metrics;
 pub mod namespaces;
+pub mod nodes;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
@@ -102,7 +103,7 @@ pub struct Running {
     pub pki: pki::Pki,
 }
 
-fn pem_certs(pem: &str) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+pub(crate) fn pem_certs(pem: &str) -> Vec<rustls_pki_types::CertificateDer<'static>> {
     use rustls_pki_types::pem::PemObject;
     rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
         .filter_map(Result::ok)
@@ -191,6 +192,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         authorizer: Box::new(auth::AdminOnly),
         host: format!("{url_host}:{}", addr.port()),
         documents: Default::default(),
+        nodes: Arc::new(nodes::Nodes::new(Arc::new(pki.clone()))?),
     });
     tokio::spawn(server::serve(srv, listener, Arc::new(tls)));
     Ok(Running { addr, api, pki })

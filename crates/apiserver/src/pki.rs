@@ -36,6 +36,7 @@ pub enum PkiError {
 }
 
 /// Everything the server needs from its PKI, in PEM.
+#[derive(Clone)]
 pub struct Pki {
     pub dir: PathBuf,
     pub ca_cert_pem: String,
@@ -90,7 +91,7 @@ fn now_offset(days: i64) -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc() + time::Duration::days(days)
 }
 
-fn leaf_params(
+pub(crate) fn leaf_params(
     cn: &str,
     orgs: &[&str],
     sans: &[String],
@@ -263,6 +264,41 @@ impl Pki {
             admin_key_pem,
             token,
         })
+    }
+
+    /// The secret part of the join token (after `::server:`).
+    pub fn join_secret(&self) -> &str {
+        self.token
+            .split_once("::server:")
+            .map_or(self.token.as_str(), |(_, s)| s)
+    }
+
+    /// Signs the public key of a PEM certificate signing request as a leaf of the cluster
+    /// CA. The subject, SANs and usages are the CA's choice (`cn`, `orgs`, `sans`,
+    /// `server`), never the request's: only its key is taken.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        cn: &str,
+        orgs: &[&str],
+        sans: &[String],
+        server: bool,
+    ) -> Result<String, PkiError> {
+        let cert_err = |what| move |source| PkiError::Cert { what, source };
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(cert_err("certificate signing request"))?;
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(|_| PkiError::Unreadable {
+            path: self.dir.join("ca.key"),
+        })?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_cert_pem, &ca_key).map_err(|_| {
+            PkiError::Unreadable {
+                path: self.dir.join("ca.crt"),
+            }
+        })?;
+        let cert = leaf_params(cn, orgs, sans, server)?
+            .signed_by(&csr.public_key, &issuer)
+            .map_err(cert_err("signing"))?;
+        Ok(cert.pem())
     }
 
     /// The admin kubeconfig for a server at `server_url`.

@@ -31,6 +31,8 @@ pub struct Server {
     pub host: String,
     /// Generated documents (OpenAPI) by path, with the registry generation they were made at.
     pub documents: std::sync::Mutex<std::collections::HashMap<String, (u64, Bytes)>>,
+    /// Joining nodes and the proxy to their kubelets.
+    pub nodes: Arc<crate::nodes::Nodes>,
 }
 
 type ResBody = BoxBody<Bytes, Infallible>;
@@ -165,6 +167,13 @@ impl Server {
         let start = Instant::now();
         let path = req.uri().path().to_string();
         let method = req.method().clone();
+        // A joining agent has no credentials yet: it checks the CA against its token's
+        // hash, then authenticates with the token's secret.
+        match path.as_str() {
+            "/cacerts" => return self.nodes.cacerts(),
+            "/v1-berth/node-certificates" => return self.nodes.join(req).await,
+            _ => {}
+        }
         let anonymous_ok = matches!(
             path.as_str(),
             "/healthz" | "/livez" | "/readyz" | "/version"
@@ -416,9 +425,17 @@ impl Server {
         let Some(kind) = reg.find(group, version, plural) else {
             return not_found();
         };
-        if rest.len() > 5 || (ns.is_none() && rest.len() > 3) {
+        let proxy_sub = sub.as_deref() == Some("proxy");
+        if !proxy_sub && (rest.len() > 5 || (ns.is_none() && rest.len() > 3)) {
             return not_found();
         }
+        // `nodes/NAME/proxy/<path on the kubelet>`.
+        let proxy_rest = if proxy_sub {
+            let skip = if ns.is_some() { 5 } else { 3 };
+            rest.get(skip..).map(|r| r.join("/")).unwrap_or_default()
+        } else {
+            String::new()
+        };
         if let Some(s) = &sub {
             let ok = (s == "status" && kind.status)
                 || (s == "scale" && kind.scale.is_some())
@@ -498,6 +515,23 @@ impl Server {
                 resource_label,
             );
         }
+        if let Some(s) = sub.as_deref() {
+            if kind.node_subresources.contains(&s) && s != "binding" && s != "eviction" {
+                let resp = self
+                    .nodes
+                    .proxy(
+                        &self.api,
+                        req,
+                        &kind,
+                        ns.as_deref(),
+                        name.as_deref().unwrap_or_default(),
+                        s,
+                        &proxy_rest,
+                    )
+                    .await;
+                return (resp, metric_verb, resource_label);
+            }
+        }
         let (output, yaml) = match output_of(&accept) {
             Ok(o) => o,
             Err(e) => {
@@ -552,11 +586,6 @@ impl Server {
             );
         }
         let result = match (verb, sub.as_deref()) {
-            (_, Some(s))
-                if kind.node_subresources.contains(&s) && s != "binding" && s != "eviction" =>
-            {
-                self.node_subresource(&target, s).await
-            }
             ("create", Some("binding")) => self.api.bind(&target, &ctx).await,
             ("create", Some("eviction")) => {
                 // An Eviction carries the DeleteOptions to delete the pod with (dryRun too).
@@ -607,32 +636,6 @@ impl Server {
         };
         let reply = result.unwrap_or_else(|e| Reply::error(&e));
         (to_response(reply, yaml), metric_verb, resource_label)
-    }
-
-    /// The subresources a node serves (logs, exec, attach, port-forward, proxy): answered
-    /// by the node agent once one runs the pod; until then, a clear error.
-    async fn node_subresource(&self, t: &Target, sub: &str) -> Result<Reply, ApiError> {
-        let name = t.name.as_deref().unwrap_or_default();
-        let v = self
-            .api
-            .store
-            .get(&t.kind.key(t.namespace.as_deref(), name), 0)
-            .await?;
-        let Some(kv) = v else {
-            return Err(ApiError::not_found(&t.kind, name));
-        };
-        let obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
-        if t.kind.kind == "Pod"
-            && obj
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
-        {
-            return Err(ApiError::bad_request(format!(
-                "pod {name} does not have a host assigned"
-            )));
-        }
-        Err(ApiError::unavailable(format!("{}/{sub} needs the node agent, which this server does not run: no node serves {} \"{name}\"", t.kind.plural, t.kind.qualified())))
     }
 }
 

@@ -1,5 +1,6 @@
-//! What the API server allocates for Services: cluster IPs from the service CIDR
-//! (10.43.0.0/16) and node ports from 30000–32767.
+//! What the API server allocates: for Services, cluster IPs from the service CIDR
+//! (10.43.0.0/16) and node ports from 30000–32767; for Nodes, a pod CIDR (a /24 of the
+//! cluster CIDR 10.42.0.0/16), as Kubernetes' node IPAM controller does.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -12,6 +13,57 @@ use crate::status::{ApiError, ApiResult, FieldError};
 static ALLOC: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 43, 0, 0), 16);
+
+/// The cluster CIDR pods take their addresses from, a /24 per node.
+pub const CLUSTER_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 42, 0, 0), 16);
+
+/// Gives a new Node without `spec.podCIDR` the lowest /24 of the cluster CIDR no other
+/// Node holds. The lock is returned held until the Node is stored.
+pub async fn allocate_pod_cidr(
+    api: &Api,
+    node: &mut Value,
+) -> ApiResult<tokio::sync::MutexGuard<'static, ()>> {
+    static NODES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let guard = NODES.lock().await;
+    if node
+        .pointer("/spec/podCIDR")
+        .and_then(Value::as_str)
+        .is_some_and(|s| !s.is_empty())
+    {
+        return Ok(guard);
+    }
+    let list = api
+        .store
+        .list(store::ListOptions {
+            prefix: "/registry/core/nodes/",
+            ..Default::default()
+        })
+        .await?;
+    let used: HashSet<String> = list
+        .kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+        .filter_map(|v| v.pointer("/spec/podCIDR")?.as_str().map(str::to_string))
+        .collect();
+    let base = u32::from(CLUSTER_CIDR.0);
+    let count = 1u32 << (24 - CLUSTER_CIDR.1);
+    let free = (0..count)
+        .map(|i| format!("{}/24", Ipv4Addr::from(base + (i << 8))))
+        .find(|c| !used.contains(c))
+        .ok_or_else(|| {
+            ApiError::new(
+                500,
+                "InternalError",
+                format!(
+                    "no pod CIDR is left: all {count} /24 blocks of {}/{} are taken",
+                    CLUSTER_CIDR.0, CLUSTER_CIDR.1
+                ),
+            )
+        })?;
+    node["spec"]["podCIDR"] = json!(free);
+    node["spec"]["podCIDRs"] = json!([free]);
+    Ok(guard)
+}
 
 fn in_cidr(ip: Ipv4Addr) -> bool {
     let mask = u32::MAX << (32 - SERVICE_CIDR.1);

@@ -406,6 +406,7 @@ fn create_request(a: &CreateArgs) -> Result<Value> {
         uts_join: None,
         labels,
         stop_signal: a.stop_signal.clone(),
+        cgroup_parent: None,
     };
     // Fail fast on values the daemon would refuse anyway, with Docker's messages.
     if let Some(m) = &a.res.memory {

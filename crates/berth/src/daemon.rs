@@ -59,67 +59,26 @@ pub fn run(a: &DaemonArgs) -> Result<i32> {
     if !socket.is_absolute() {
         bail!("--host {}: expected unix:///absolute/path", a.host);
     }
-    std::fs::create_dir_all(&a.exec_root)
-        .with_context(|| format!("creating {}", a.exec_root.display()))?;
-    std::fs::set_permissions(&a.exec_root, std::fs::Permissions::from_mode(0o711))?;
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // One daemon per exec root: the pid file stays locked while this one runs.
-    let pid_path = a.exec_root.join("berth.pid");
-    let pid_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&pid_path)
-        .with_context(|| format!("opening {}", pid_path.display()))?;
-    // SAFETY: flock on an fd we own.
-    if unsafe {
-        libc::flock(
-            std::os::fd::AsRawFd::as_raw_fd(&pid_file),
-            libc::LOCK_EX | libc::LOCK_NB,
-        )
-    } != 0
-    {
-        bail!(
-            "another berth daemon is running with exec root {} (see {})",
-            a.exec_root.display(),
-            pid_path.display()
-        );
-    }
-    pid_file.set_len(0)?;
-    std::fs::write(&pid_path, format!("{}\n", std::process::id()))?;
-    if socket.exists() {
-        if UnixStream::connect(&socket).is_ok() {
-            bail!("another daemon is listening on {}", socket.display());
-        }
-        std::fs::remove_file(&socket)
-            .with_context(|| format!("removing the stale socket {}", socket.display()))?;
-    }
     // Signals are taken by one thread; every other thread (and so every monitor process the
     // engine starts, which resets its mask) runs with them blocked.
     let mut set = nix::sys::signal::SigSet::empty();
     set.add(nix::sys::signal::Signal::SIGTERM);
     set.add(nix::sys::signal::Signal::SIGINT);
     set.thread_block()?;
-    let exe = std::env::current_exe().context("finding the berth binary")?;
-    let engine = engine::Engine::open(engine::Config {
-        root: a.root.clone(),
-        exec_root: a.exec_root.clone(),
-        exe,
-        default_bridge: engine::network::DefaultBridge {
+    let (engine, listener, pid_file) = open_engine(
+        &socket,
+        &a.root,
+        &a.exec_root,
+        engine::network::DefaultBridge {
             name: a.bridge_name.clone(),
             subnet: a.bridge_subnet.clone(),
         },
-        registries: engine::distribution::RegistryOptions {
+        engine::distribution::RegistryOptions {
             insecure: a.insecure_registry.clone(),
             certs_dir: a.registry_certs.clone(),
             chunk_size: a.upload_chunk_size,
         },
-    })?;
-    let listener =
-        UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))?;
+    )?;
     {
         let socket = socket.clone();
         let engine = engine.clone();
@@ -140,4 +99,71 @@ pub fn run(a: &DaemonArgs) -> Result<i32> {
     api::server::serve(listener, engine);
     drop(pid_file);
     Ok(0)
+}
+
+/// Takes the exec root (one daemon or agent per exec root: its pid file stays locked),
+/// opens the engine and binds its API socket. Shared by `berth daemon` and the node agent.
+pub fn open_engine(
+    socket: &std::path::Path,
+    root: &std::path::Path,
+    exec_root: &std::path::Path,
+    default_bridge: engine::network::DefaultBridge,
+    registries: engine::distribution::RegistryOptions,
+) -> Result<(std::sync::Arc<engine::Engine>, UnixListener, std::fs::File)> {
+    let a_exec_root = exec_root;
+    if !socket.is_absolute() {
+        bail!(
+            "{}: the engine socket must be an absolute path",
+            socket.display()
+        );
+    }
+    std::fs::create_dir_all(a_exec_root)
+        .with_context(|| format!("creating {}", a_exec_root.display()))?;
+    std::fs::set_permissions(a_exec_root, std::fs::Permissions::from_mode(0o711))?;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // One daemon per exec root: the pid file stays locked while this one runs.
+    let pid_path = a_exec_root.join("berth.pid");
+    let pid_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&pid_path)
+        .with_context(|| format!("opening {}", pid_path.display()))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&pid_file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } != 0
+    {
+        bail!(
+            "another berth daemon is running with exec root {} (see {})",
+            a_exec_root.display(),
+            pid_path.display()
+        );
+    }
+    pid_file.set_len(0)?;
+    std::fs::write(&pid_path, format!("{}\n", std::process::id()))?;
+    if socket.exists() {
+        if UnixStream::connect(socket).is_ok() {
+            bail!("another daemon is listening on {}", socket.display());
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("removing the stale socket {}", socket.display()))?;
+    }
+    let exe = std::env::current_exe().context("finding the berth binary")?;
+    let engine = engine::Engine::open(engine::Config {
+        root: root.to_path_buf(),
+        exec_root: a_exec_root.to_path_buf(),
+        exe,
+        default_bridge,
+        registries,
+    })?;
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
+    Ok((engine, listener, pid_file))
 }

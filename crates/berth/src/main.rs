@@ -6,6 +6,7 @@
 //! line exactly — what containerd, conmon/podman and dockerd expect to call — and
 //! `berth-runtime create …` is `berth runtime create …`.
 
+mod agent_cmd;
 mod build_cmd;
 mod container_cmd;
 mod daemon;
@@ -78,6 +79,8 @@ enum Command {
     Registry(registry_cmd::RegistryCmd),
     /// Run the cluster's control plane: the store and the Kubernetes API.
     Server(server_cmd::ServerArgs),
+    /// Join a cluster as a node: run its pods on this machine's engine.
+    Agent(agent_cmd::AgentArgs),
     /// Create and run a new container from an image.
     #[command(disable_help_flag = true)]
     Run(cc::RunArgs),
@@ -289,6 +292,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Build(a) => build_cmd::run(c().ok().as_ref(), &a),
         Command::Registry(cmd) => registry_cmd::run(cmd),
         Command::Server(a) => server_cmd::run(a),
+        Command::Agent(a) => agent_cmd::run(a),
         Command::Pull {
             all_tags,
             platform,

@@ -33,9 +33,29 @@ pub struct ServerArgs {
     /// resourceVersion (older ones get 410 Expired and relist).
     #[arg(long, default_value_t = 10_000)]
     default_watch_cache_size: usize,
+    /// Do not run an agent for this machine's node (a control plane only).
+    #[arg(long)]
+    disable_agent: bool,
+    #[command(flatten)]
+    node: crate::agent_cmd::NodeArgs,
 }
 
 pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
+    // The node's engine is opened before any async thread exists.
+    let node = if a.disable_agent {
+        None
+    } else {
+        // The token is read once the PKI exists; a placeholder until then.
+        let cfg = crate::agent_cmd::config(
+            String::new(),
+            String::new(),
+            &a.data_dir.join("agent"),
+            &a.node,
+            true,
+        )?;
+        let engine = crate::agent_cmd::start_engine(&cfg)?;
+        Some((cfg, engine))
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -57,6 +77,27 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
             running.addr,
             a.write_kubeconfig.display()
         );
+        let agent = node.map(|(mut cfg, engine)| {
+            let host = if running.addr.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                running.addr.ip()
+            };
+            cfg.server = format!(
+                "https://{}",
+                std::net::SocketAddr::new(host, running.addr.port())
+            );
+            cfg.token = running.pki.token.clone();
+            if cfg.node_ip.is_none() && host.is_loopback() {
+                cfg.node_ip = crate::agent_cmd::default_node_ip();
+            }
+            tokio::spawn(async move {
+                if let Err(e) = agent::run(cfg, engine).await {
+                    eprintln!("berth server: the node agent stopped: {e:#}");
+                }
+            })
+        });
+        let _ = &agent;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("signal handler")?;
         tokio::select! {

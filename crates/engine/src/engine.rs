@@ -1385,7 +1385,10 @@ impl Engine {
         }
         spec.set_mounts(Some(mounts));
         if let Some(linux) = spec.linux_mut() {
-            linux.set_cgroups_path(Some(format!("/berth/{}", rec.id).into()));
+            let parent = rec.config.run.cgroup_parent.as_deref().unwrap_or("/berth");
+            linux.set_cgroups_path(Some(
+                format!("/{}/{}", parent.trim_matches('/'), rec.id).into(),
+            ));
         }
         Ok(spec)
     }

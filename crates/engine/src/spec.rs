@@ -102,6 +102,10 @@ pub struct RunOptions {
     pub labels: BTreeMap<String, String>,
     /// `--stop-signal` (not part of the runtime spec).
     pub stop_signal: Option<String>,
+    /// The cgroup the container's own goes under (`--cgroup-parent`; a pod's cgroup for the
+    /// node agent's containers). Default `/berth`.
+    #[serde(default)]
+    pub cgroup_parent: Option<String>,
 }
 
 /// A mount the user asked for.

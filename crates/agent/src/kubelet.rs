@@ -1,0 +1,535 @@
+//! The kubelet's API on the node (port 10250, TLS from the cluster CA; clients must present
+//! a certificate of the CA in `system:masters`, as the API server's is): `/healthz`,
+//! `/containerLogs`, and `/exec` and `/attach` over WebSocket with the
+//! `v5.channel.k8s.io`/`v4.channel.k8s.io` subprotocols (channel 0 stdin, 1 stdout,
+//! 2 stderr, 3 the error channel's Status, 4 terminal resize, 255 close). A request it
+//! cannot serve gets a non-101 answer with a Status, so a client can fall back.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::join::Credentials;
+use crate::pods::Manager;
+use crate::ws;
+
+type ResBody = BoxBody<Bytes, Infallible>;
+
+pub fn tls_config(c: &Credentials) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(c.ca.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()?;
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(c.serving_cert.as_bytes())
+        .collect::<Result<_, _>>()?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(c.serving_key.as_bytes())?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Whether a client certificate is in `system:masters` (the organization).
+fn is_master(der: &[u8]) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let master = cert
+        .subject()
+        .iter_organization()
+        .any(|o| o.as_str().ok() == Some("system:masters"));
+    master
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    pods: Arc<Manager>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, pods) = (acceptor.clone(), pods.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(s)) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+            else {
+                return;
+            };
+            let master = s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .is_some_and(|c| is_master(c));
+            let svc = hyper::service::service_fn(move |req| {
+                let pods = pods.clone();
+                async move {
+                    if !master {
+                        return Ok::<_, Infallible>(status(
+                            403,
+                            "Forbidden",
+                            "only the API server may use the kubelet's API",
+                        ));
+                    }
+                    Ok(handle(req, pods).await)
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .http1_only()
+                .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                .await;
+        });
+    }
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response<ResBody> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code});
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (httpwire::decode(k), httpwire::decode(v))
+        })
+        .collect()
+}
+
+fn flag(q: &[(String, String)], k: &str) -> bool {
+    q.iter()
+        .any(|(n, v)| n == k && matches!(v.as_str(), "1" | "true" | "True" | ""))
+}
+
+fn get<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
+async fn handle(req: Request<Incoming>, pods: Arc<Manager>) -> Response<ResBody> {
+    let path = req.uri().path().to_string();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["healthz"] => Response::new(Full::new(Bytes::from_static(b"ok")).boxed()),
+        ["containerLogs", ns, pod, container] => logs(&req, &pods, ns, pod, container).await,
+        ["exec", ns, pod, container] | ["exec", ns, pod, _, container] => {
+            stream(
+                req,
+                pods.clone(),
+                ns.to_string(),
+                pod.to_string(),
+                container.to_string(),
+                false,
+            )
+            .await
+        }
+        ["attach", ns, pod, container] | ["attach", ns, pod, _, container] => {
+            stream(
+                req,
+                pods.clone(),
+                ns.to_string(),
+                pod.to_string(),
+                container.to_string(),
+                true,
+            )
+            .await
+        }
+        ["portForward", ..] => status(
+            400,
+            "BadRequest",
+            "port forwarding is not served by berth's node agent: use a Service, or kubectl exec",
+        ),
+        _ => status(404, "NotFound", &format!("the kubelet has no {path}")),
+    }
+}
+
+async fn logs(
+    req: &Request<Incoming>,
+    pods: &Arc<Manager>,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Response<ResBody> {
+    let q = query(req);
+    let previous = flag(&q, "previous");
+    let Some(id) = pods.container_id(ns, pod, container, previous) else {
+        let msg = if previous {
+            format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
+        } else {
+            format!(
+                "container \"{container}\" in pod \"{pod}\" is waiting to start: ContainerCreating"
+            )
+        };
+        return status(400, "BadRequest", &msg);
+    };
+    let num = |k: &str| get(&q, k).and_then(|v| v.parse::<i64>().ok());
+    let follow = flag(&q, "follow");
+    let timestamps = flag(&q, "timestamps");
+    let mut limit = num("limitBytes").map(|n| n.max(0) as u64);
+    let since = num("sinceSeconds")
+        .map(|s| timefmt::now_nanos() - i128::from(s) * 1_000_000_000)
+        .or_else(|| get(&q, "sinceTime").and_then(timefmt::parse_rfc3339));
+    let query = engine::logfile::Query {
+        since,
+        until: None,
+        tail: num("tailLines").map(|n| n.max(0) as usize),
+        follow,
+        stdout: true,
+        stderr: true,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let engine = pods.engine.clone();
+    tokio::task::spawn_blocking(move || {
+        let tx2 = tx.clone();
+        let _ = engine.logs(&id, &query, &|| tx2.is_closed(), &mut |e| {
+            let mut line = if timestamps {
+                format!("{} {}", e.time, e.log).into_bytes()
+            } else {
+                e.log.clone().into_bytes()
+            };
+            if let Some(l) = limit.as_mut() {
+                if *l == 0 {
+                    return Err(std::io::Error::other("limit reached"));
+                }
+                line.truncate((*l).min(line.len() as u64) as usize);
+                *l -= line.len() as u64;
+            }
+            tx.blocking_send(Bytes::from(line))
+                .map_err(|_| std::io::Error::other("the reader went away"))
+        });
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+fn exit_status(code: i32, cmd: &[String]) -> Value {
+    if code == 0 {
+        return json!({"metadata": {}, "status": "Success"});
+    }
+    json!({"metadata": {}, "status": "Failure",
+        "message": format!("command terminated with non-zero exit code: error executing command [{}], exit code {code}", cmd.join(" ")),
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}})
+}
+
+/// `exec` and `attach` over WebSocket.
+async fn stream(
+    mut req: Request<Incoming>,
+    pods: Arc<Manager>,
+    ns: String,
+    pod: String,
+    container: String,
+    attach: bool,
+) -> Response<ResBody> {
+    let h = req.headers();
+    let is_ws = h
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !is_ws {
+        return status(
+            400,
+            "BadRequest",
+            "berth's node agent streams over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only; SPDY is not served",
+        );
+    }
+    let offered: Vec<String> = h
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .collect();
+    let Some(proto) = ["v5.channel.k8s.io", "v4.channel.k8s.io"]
+        .into_iter()
+        .find(|p| offered.iter().any(|o| o == p))
+    else {
+        return status(
+            400,
+            "BadRequest",
+            &format!("none of the offered subprotocols {offered:?} is served: v5.channel.k8s.io, v4.channel.k8s.io"),
+        );
+    };
+    let Some(key) = h
+        .get("sec-websocket-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    else {
+        return status(400, "BadRequest", "missing Sec-WebSocket-Key");
+    };
+    let q = query(&req);
+    let cmd: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let (stdin, stdout, stderr, tty) = (
+        flag(&q, "stdin"),
+        flag(&q, "stdout"),
+        flag(&q, "stderr"),
+        flag(&q, "tty"),
+    );
+    let Some(id) = pods.container_id(&ns, &pod, &container, false) else {
+        return status(
+            400,
+            "BadRequest",
+            &format!("container {container} is not valid for pod {pod}"),
+        );
+    };
+    if !pods.engine.is_running(&id) {
+        return status(
+            400,
+            "BadRequest",
+            &format!("unable to upgrade connection: container not found (\"{container}\")"),
+        );
+    }
+    let engine = pods.engine.clone();
+    // Made before the upgrade, so a refusal is an ordinary answer.
+    let exec_id = if attach {
+        None
+    } else {
+        if cmd.is_empty() {
+            return status(400, "BadRequest", "you must specify at least 1 command");
+        }
+        let r = engine.exec_create(
+            &id,
+            engine::engine::ExecRequest {
+                cmd: cmd.clone(),
+                tty,
+                stdin,
+                ..Default::default()
+            },
+        );
+        match r {
+            Ok(e) => Some(e),
+            Err(e) => return status(500, "InternalError", &e.to_string()),
+        }
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(up) = upgrade.await else { return };
+        let io = TokioIo::new(up);
+        if let Err(e) = bridge(
+            io,
+            engine,
+            id,
+            exec_id,
+            cmd,
+            proto == "v5.channel.k8s.io",
+            (stdin, stdout, stderr, tty),
+        )
+        .await
+        {
+            eprintln!("berth agent: stream of {ns}/{pod}/{container}: {e}");
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let hs = r.headers_mut();
+    hs.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+    hs.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    hs.insert(
+        "sec-websocket-accept",
+        HeaderValue::from_str(&ws::accept_key(&key)).expect("base64"),
+    );
+    hs.insert("sec-websocket-protocol", HeaderValue::from_static(proto));
+    r
+}
+
+async fn bridge<S>(
+    io: S,
+    engine: Arc<engine::Engine>,
+    id: String,
+    exec_id: Option<String>,
+    cmd: Vec<String>,
+    v5: bool,
+    (stdin, stdout, stderr, tty): (bool, bool, bool, bool),
+) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(io);
+    let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    // The process's stream.
+    let s = {
+        let (engine, id, exec_id) = (engine.clone(), id.clone(), exec_id.clone());
+        tokio::task::spawn_blocking(
+            move || -> Result<(std::os::unix::net::UnixStream, bool), String> {
+                match exec_id {
+                    Some(x) => match engine.exec_start(&x, false) {
+                        Ok(Some(s)) => Ok(s),
+                        Ok(None) => Err("the exec has no stream".into()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    None => {
+                        let (a, tty) = engine
+                            .attach(&id, stdin, stdout, stderr)
+                            .map_err(|e| e.to_string())?;
+                        Ok((a.wait()?, tty))
+                    }
+                }
+            },
+        )
+        .await
+        .map_err(std::io::Error::other)?
+    };
+    let (s, is_tty) = match s {
+        Ok(s) => s,
+        Err(e) => {
+            let st = json!({"metadata": {}, "status": "Failure", "message": e, "reason": "InternalError"});
+            let mut m = vec![3u8];
+            m.extend_from_slice(st.to_string().as_bytes());
+            let mut w = wr.lock().await;
+            ws::write_frame(&mut *w, ws::BINARY, &m).await?;
+            ws::write_frame(&mut *w, ws::CLOSE, &[3, 232]).await?;
+            return Ok(());
+        }
+    };
+    s.set_nonblocking(true)?;
+    let s = tokio::net::UnixStream::from_std(s)?;
+    let (mut out, mut inp) = s.into_split();
+    // Client → process: stdin, resize, close.
+    let input = {
+        let (engine, exec_id, id, wr) = (engine.clone(), exec_id.clone(), id.clone(), wr.clone());
+        tokio::spawn(async move {
+            while let Ok(Some((op, data))) = ws::read_message(&mut rd).await {
+                match op {
+                    ws::CLOSE => break,
+                    ws::PING => {
+                        let mut w = wr.lock().await;
+                        let _ = ws::write_frame(&mut *w, ws::PONG, &data).await;
+                    }
+                    ws::BINARY | 1 if !data.is_empty() => match data[0] {
+                        0 if stdin => {
+                            if inp.write_all(&data[1..]).await.is_err() {
+                                break;
+                            }
+                        }
+                        4 => {
+                            let v: Value = serde_json::from_slice(&data[1..]).unwrap_or_default();
+                            let (w, h) = (
+                                v["Width"].as_u64().unwrap_or(0) as u16,
+                                v["Height"].as_u64().unwrap_or(0) as u16,
+                            );
+                            if w > 0 && h > 0 {
+                                let (e, x, i) = (engine.clone(), exec_id.clone(), id.clone());
+                                let _ = tokio::task::spawn_blocking(move || match x {
+                                    Some(x) => e.exec_resize(&x, h, w),
+                                    None => e.resize(&i, h, w),
+                                })
+                                .await;
+                            }
+                        }
+                        255 if v5 && data.get(1) == Some(&0) => {
+                            let _ = inp.shutdown().await;
+                        }
+                        _ => {}
+                    },
+                    _ => {}
+                }
+            }
+        })
+    };
+    // Process → client.
+    let mut buf = vec![0u8; 32 * 1024];
+    if is_tty || tty {
+        loop {
+            let n = out.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            let mut m = Vec::with_capacity(n + 1);
+            m.push(1u8);
+            m.extend_from_slice(&buf[..n]);
+            let mut w = wr.lock().await;
+            if ws::write_frame(&mut *w, ws::BINARY, &m).await.is_err() {
+                break;
+            }
+        }
+    } else {
+        loop {
+            let mut h = [0u8; 8];
+            if out.read_exact(&mut h).await.is_err() {
+                break;
+            }
+            let n = u32::from_be_bytes([h[4], h[5], h[6], h[7]]) as usize;
+            let mut payload = vec![0u8; n + 1];
+            payload[0] = if h[0] == 2 { 2 } else { 1 };
+            if out.read_exact(&mut payload[1..]).await.is_err() {
+                break;
+            }
+            let mut w = wr.lock().await;
+            if ws::write_frame(&mut *w, ws::BINARY, &payload)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+    input.abort();
+    let code = match &exec_id {
+        Some(x) => {
+            let (e, x) = (engine.clone(), x.clone());
+            tokio::task::spawn_blocking(move || {
+                e.exec_inspect(&x, std::time::Duration::from_secs(10))
+            })
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .and_then(|i| i.exit_code)
+            .unwrap_or(0)
+        }
+        None => 0,
+    };
+    let mut m = vec![3u8];
+    m.extend_from_slice(exit_status(code, &cmd).to_string().as_bytes());
+    let mut w = wr.lock().await;
+    ws::write_frame(&mut *w, ws::BINARY, &m).await?;
+    ws::write_frame(&mut *w, ws::CLOSE, &[3, 232]).await?;
+    let _ = w.shutdown().await;
+    Ok(())
+}

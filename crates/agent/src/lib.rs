@@ -1,0 +1,131 @@
+//! berth's node agent (`berth agent`, and the agent `berth server` runs for its own node):
+//! the kubelet's job on berth's engine, driven in-process. It joins the cluster with the
+//! token (`join`), registers its Node and renews its Lease (`node`), runs the pods bound
+//! to it — one worker per pod UID, each seeing only the latest desired state (`pods`,
+//! `podspec`, `volumes`, `probes`) — and serves the kubelet's API for logs and exec
+//! (`kubelet`, `ws`). The engine it embeds also serves berth's and Docker's API on the
+//! node's engine socket.
+
+pub mod join;
+pub mod kubelet;
+pub mod node;
+pub mod pods;
+pub mod podspec;
+pub mod probes;
+pub mod volumes;
+pub mod ws;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// The runtime version the Node reports (`containerRuntimeVersion`, container IDs).
+pub const RUNTIME: &str = "berth";
+
+/// What `berth agent` is told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `https://HOST:PORT` of the API server.
+    pub server: String,
+    /// The join token.
+    pub token: String,
+    pub node_name: String,
+    pub node_ip: Option<IpAddr>,
+    /// Node state: credentials, the engine's root (`engine/`), pods' volumes.
+    pub data_dir: PathBuf,
+    /// The engine's runtime state (monitors, the runtime's state).
+    pub exec_root: PathBuf,
+    /// The engine's API socket.
+    pub engine_socket: PathBuf,
+    /// The cgroup every pod's goes under.
+    pub cgroup_root: String,
+    pub labels: Vec<(String, String)>,
+    /// `key[=value]:Effect`.
+    pub taints: Vec<String>,
+    pub kubelet_port: u16,
+    /// How long the Node's Lease lasts; it is renewed every quarter of it.
+    pub lease_duration: Duration,
+    /// CPU (millicores) and memory (bytes) kept for the system, off allocatable.
+    pub reserved_cpu_milli: u64,
+    pub reserved_memory: u64,
+    /// The maximum number of pods.
+    pub max_pods: u32,
+    /// The default bridge of the embedded engine (`berth daemon`'s `--bridge-*`).
+    pub default_bridge: engine::network::DefaultBridge,
+    pub registries: engine::distribution::RegistryOptions,
+    /// This is the server's own node (labelled as a control-plane node).
+    pub control_plane: bool,
+}
+
+/// The source address the kernel would use to reach `server`: the node's address when
+/// none is given. (A UDP connect sends nothing.)
+pub fn address_towards(server: &str) -> Result<IpAddr> {
+    let (host, port) = join::host_port(server)?;
+    let target = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    let any: IpAddr = if target.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let s = std::net::UdpSocket::bind((any, 0))?;
+    s.connect(target)?;
+    Ok(s.local_addr()?.ip())
+}
+
+/// Joins, opens the engine (already opened by the caller, who serves its socket), and runs
+/// until the process ends.
+pub async fn run(cfg: Config, engine: Arc<engine::Engine>) -> Result<()> {
+    let token = join::Token::parse(&cfg.token)?;
+    let node_ip = match cfg.node_ip {
+        Some(ip) => ip,
+        None => address_towards(&cfg.server)?,
+    };
+    let addresses = vec![node_ip.to_string(), cfg.node_name.clone()];
+    let creds = join::join(
+        &cfg.server,
+        &token,
+        &cfg.node_name,
+        &addresses,
+        &cfg.data_dir.join("tls"),
+    )
+    .await?;
+    let kubeconfig = join::kubeconfig(&cfg.server, &creds);
+    std::fs::write(cfg.data_dir.join("kubelet.kubeconfig"), &kubeconfig)?;
+    let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig)?;
+    let kconf =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    let client = kube::Client::try_from(kconf)?;
+
+    let node = Arc::new(node::NodeAgent::new(
+        cfg.clone(),
+        node_ip,
+        client.clone(),
+        engine.clone(),
+    ));
+    let pod_cidr = node.register().await?;
+    let pods = pods::Manager::new(
+        cfg.clone(),
+        node_ip,
+        client.clone(),
+        engine.clone(),
+        &pod_cidr,
+    )?;
+    let kubelet_tls = kubelet::tls_config(&creds)?;
+    let listener = tokio::net::TcpListener::bind((node_ip, cfg.kubelet_port))
+        .await
+        .with_context(|| format!("binding the kubelet API on {node_ip}:{}", cfg.kubelet_port))?;
+    tokio::spawn(kubelet::serve(listener, kubelet_tls, pods.clone()));
+    tokio::spawn(node.clone().heartbeat());
+    eprintln!(
+        "berth agent: node {} ({node_ip}, pod CIDR {pod_cidr}) joined {}",
+        cfg.node_name, cfg.server
+    );
+    pods.run().await
+}

@@ -1,0 +1,533 @@
+//! A pod's container as an engine container: command and args over the image's
+//! entrypoint and cmd (Kubernetes' rules), the environment with `valueFrom`/`envFrom` and
+//! `$(VAR)` references, resources as cgroup limits, the securityContext, mounts of the
+//! pod's volumes, and the labels the kubelet puts on its containers.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use serde_json::Value;
+
+/// Why a container could not be configured: becomes `CreateContainerConfigError`.
+#[derive(Debug, Clone)]
+pub struct ConfigError(pub String);
+
+pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
+pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+pub const LABEL_ATTEMPT: &str = "io.kubernetes.container.attempt";
+
+/// Kubernetes' `$(VAR)` expansion: defined names are replaced, `$$` escapes, anything
+/// else is left as written.
+pub fn expand(s: &str, env: &BTreeMap<String, String>) -> String {
+    let b = s.as_bytes();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() {
+            if b[i + 1] == b'$' {
+                out.push('$');
+                i += 2;
+                continue;
+            }
+            if b[i + 1] == b'(' {
+                if let Some(end) = s[i + 2..].find(')') {
+                    let name = &s[i + 2..i + 2 + end];
+                    if let Some(v) = env.get(name) {
+                        out.push_str(v);
+                        i += 3 + end;
+                        continue;
+                    }
+                }
+            }
+        }
+        let ch = s[i..].chars().next().unwrap_or('\0');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+/// A quantity in millicores (`500m`, `2`, `1.5`).
+pub fn cpu_milli(q: &str) -> Option<u64> {
+    if let Some(m) = q.strip_suffix('m') {
+        return m.parse().ok();
+    }
+    q.parse::<f64>().ok().map(|v| (v * 1000.0).ceil() as u64)
+}
+
+/// A quantity in bytes (`64Mi`, `1G`, `1e3`, `128974848`).
+pub fn bytes(q: &str) -> Option<u64> {
+    let suffixes: [(&str, f64); 12] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("Pi", 1125899906842624.0),
+        ("Ei", 1152921504606846976.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    for (s, m) in suffixes {
+        if let Some(n) = q.strip_suffix(s) {
+            return n.parse::<f64>().ok().map(|v| (v * m).ceil() as u64);
+        }
+    }
+    if let Some(n) = q.strip_suffix('m') {
+        return n.parse::<f64>().ok().map(|v| (v / 1000.0).ceil() as u64);
+    }
+    q.parse::<f64>().ok().map(|v| v.ceil() as u64)
+}
+
+fn quantity(c: &Container, which: &str, res: &str) -> Option<String> {
+    let r = c.resources.as_ref()?;
+    let m = if which == "limits" {
+        r.limits.as_ref()?
+    } else {
+        r.requests.as_ref()?
+    };
+    m.get(res).map(|q| q.0.clone())
+}
+
+/// A container's request, defaulting to its limit as Kubernetes does.
+pub fn request(c: &Container, res: &str) -> Option<String> {
+    quantity(c, "requests", res).or_else(|| quantity(c, "limits", res))
+}
+
+pub fn limit(c: &Container, res: &str) -> Option<String> {
+    quantity(c, "limits", res)
+}
+
+/// The pod's QoS class (Kubernetes' rules).
+pub fn qos_class(pod: &Pod) -> &'static str {
+    let spec = pod.spec.as_ref();
+    let all: Vec<&Container> = spec
+        .map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &all {
+        for res in ["cpu", "memory"] {
+            let req = request(c, res);
+            let lim = limit(c, res);
+            if req.is_some() || lim.is_some() {
+                any = true;
+            }
+            match (&req, &lim) {
+                (Some(r), Some(l)) => {
+                    let same = if res == "cpu" {
+                        cpu_milli(r) == cpu_milli(l)
+                    } else {
+                        bytes(r) == bytes(l)
+                    };
+                    if !same {
+                        guaranteed = false;
+                    }
+                }
+                _ => guaranteed = false,
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// What the API gives a container's environment: ConfigMaps and Secrets by name.
+pub trait Lookup {
+    fn config_map(&self, name: &str) -> Option<ConfigMap>;
+    fn secret(&self, name: &str) -> Option<Secret>;
+}
+
+fn secret_value(s: &Secret, key: &str) -> Option<String> {
+    if let Some(v) = s.data.as_ref().and_then(|d| d.get(key)) {
+        return Some(String::from_utf8_lossy(&v.0).into_owned());
+    }
+    s.string_data.as_ref().and_then(|d| d.get(key)).cloned()
+}
+
+fn cm_value(c: &ConfigMap, key: &str) -> Option<String> {
+    if let Some(v) = c.data.as_ref().and_then(|d| d.get(key)) {
+        return Some(v.clone());
+    }
+    c.binary_data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+}
+
+/// `fieldRef` paths the kubelet resolves.
+pub fn field_ref(
+    pod: &Pod,
+    path: &str,
+    pod_ip: &str,
+    host_ip: &str,
+) -> Result<String, ConfigError> {
+    let md = &pod.metadata;
+    let spec = pod.spec.as_ref();
+    let v = match path {
+        "metadata.name" => md.name.clone().unwrap_or_default(),
+        "metadata.namespace" => md.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => md.uid.clone().unwrap_or_default(),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
+        "status.podIP" | "status.podIPs" => pod_ip.to_string(),
+        "status.hostIP" | "status.hostIPs" => host_ip.to_string(),
+        p => {
+            let lookup = |prefix: &str, m: Option<&BTreeMap<String, String>>| {
+                p.strip_prefix(prefix).map(|k| {
+                    let k = k.trim_start_matches("['").trim_end_matches("']");
+                    m.and_then(|m| m.get(k)).cloned().unwrap_or_default()
+                })
+            };
+            if let Some(v) = lookup("metadata.labels", md.labels.as_ref()) {
+                if p == "metadata.labels" {
+                    return Ok(format_map(md.labels.as_ref()));
+                }
+                v
+            } else if let Some(v) = lookup("metadata.annotations", md.annotations.as_ref()) {
+                if p == "metadata.annotations" {
+                    return Ok(format_map(md.annotations.as_ref()));
+                }
+                v
+            } else {
+                return Err(ConfigError(format!("unsupported fieldRef path {p:?}")));
+            }
+        }
+    };
+    Ok(v)
+}
+
+fn format_map(m: Option<&BTreeMap<String, String>>) -> String {
+    m.map(|m| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+    .unwrap_or_default()
+}
+
+/// `resourceFieldRef`: the container's limit or request in the divisor's unit (limits fall
+/// back to the node's allocatable, as Kubernetes does).
+pub fn resource_field(
+    c: &Container,
+    resource: &str,
+    divisor: Option<&str>,
+    node_alloc: (u64, u64),
+) -> Result<String, ConfigError> {
+    let (which, res) = resource
+        .split_once('.')
+        .ok_or_else(|| ConfigError(format!("unsupported resource {resource:?}")))?;
+    let raw = match which {
+        "limits" => limit(c, res),
+        "requests" => request(c, res),
+        _ => None,
+    };
+    match res {
+        "cpu" => {
+            let m = raw
+                .as_deref()
+                .and_then(cpu_milli)
+                .unwrap_or(if which == "limits" { node_alloc.0 } else { 0 });
+            let d = divisor.and_then(cpu_milli).unwrap_or(1000).max(1);
+            Ok(m.div_ceil(d).to_string())
+        }
+        "memory" | "ephemeral-storage" => {
+            let b = raw
+                .as_deref()
+                .and_then(bytes)
+                .unwrap_or(if which == "limits" { node_alloc.1 } else { 0 });
+            let d = divisor.and_then(bytes).unwrap_or(1).max(1);
+            Ok(b.div_ceil(d).to_string())
+        }
+        _ => Err(ConfigError(format!("unsupported resource {resource:?}"))),
+    }
+}
+
+/// The container's environment, in order, with `$(VAR)` references resolved.
+pub fn environment(
+    pod: &Pod,
+    c: &Container,
+    api: &dyn Lookup,
+    pod_ip: &str,
+    host_ip: &str,
+    node_alloc: (u64, u64),
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let mut out: Vec<(String, String)> = Vec::new();
+    let set = |out: &mut Vec<(String, String)>, k: String, v: String| {
+        if let Some(e) = out.iter_mut().find(|(n, _)| *n == k) {
+            e.1 = v;
+        } else {
+            out.push((k, v));
+        }
+    };
+    for from in c.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        if let Some(r) = &from.config_map_ref {
+            match api.config_map(&r.name) {
+                Some(cm) => {
+                    for (k, v) in cm.data.iter().flatten() {
+                        set(&mut out, format!("{prefix}{k}"), v.clone());
+                    }
+                }
+                None if r.optional == Some(true) => {}
+                None => return Err(ConfigError(format!("configmap \"{}\" not found", r.name))),
+            }
+        }
+        if let Some(r) = &from.secret_ref {
+            match api.secret(&r.name) {
+                Some(s) => {
+                    for (k, v) in s.data.iter().flatten() {
+                        set(
+                            &mut out,
+                            format!("{prefix}{k}"),
+                            String::from_utf8_lossy(&v.0).into_owned(),
+                        );
+                    }
+                }
+                None if r.optional == Some(true) => {}
+                None => return Err(ConfigError(format!("secret \"{}\" not found", r.name))),
+            }
+        }
+    }
+    for e in c.env.iter().flatten() {
+        let value = if let Some(src) = &e.value_from {
+            if let Some(r) = &src.config_map_key_ref {
+                match api.config_map(&r.name) {
+                    Some(cm) => match cm_value(&cm, &r.key) {
+                        Some(v) => v,
+                        None if r.optional == Some(true) => continue,
+                        None => {
+                            return Err(ConfigError(format!(
+                                "couldn't find key {} in ConfigMap {ns}/{}",
+                                r.key, r.name
+                            )))
+                        }
+                    },
+                    None if r.optional == Some(true) => continue,
+                    None => return Err(ConfigError(format!("configmap \"{}\" not found", r.name))),
+                }
+            } else if let Some(r) = &src.secret_key_ref {
+                match api.secret(&r.name) {
+                    Some(s) => match secret_value(&s, &r.key) {
+                        Some(v) => v,
+                        None if r.optional == Some(true) => continue,
+                        None => {
+                            return Err(ConfigError(format!(
+                                "couldn't find key {} in Secret {ns}/{}",
+                                r.key, r.name
+                            )))
+                        }
+                    },
+                    None if r.optional == Some(true) => continue,
+                    None => return Err(ConfigError(format!("secret \"{}\" not found", r.name))),
+                }
+            } else if let Some(r) = &src.field_ref {
+                field_ref(pod, &r.field_path, pod_ip, host_ip)?
+            } else if let Some(r) = &src.resource_field_ref {
+                let target = match r.container_name.as_deref() {
+                    Some(n) if !n.is_empty() && n != c.name => pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.containers.iter().find(|x| x.name == n))
+                        .ok_or_else(|| ConfigError(format!("container {n} not found")))?,
+                    _ => c,
+                };
+                resource_field(
+                    target,
+                    &r.resource,
+                    r.divisor.as_ref().map(|d| d.0.as_str()),
+                    node_alloc,
+                )?
+            } else {
+                String::new()
+            }
+        } else {
+            let map: BTreeMap<String, String> = out.iter().cloned().collect();
+            expand(e.value.as_deref().unwrap_or_default(), &map)
+        };
+        set(&mut out, e.name.clone(), value);
+    }
+    Ok(out)
+}
+
+/// `--user` for the securityContext (the container's over the pod's).
+pub fn user(pod: &Pod, c: &Container) -> Option<String> {
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let csc = c.security_context.as_ref();
+    let uid = csc
+        .and_then(|s| s.run_as_user)
+        .or_else(|| psc.and_then(|s| s.run_as_user));
+    let gid = csc
+        .and_then(|s| s.run_as_group)
+        .or_else(|| psc.and_then(|s| s.run_as_group));
+    match (uid, gid) {
+        (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+        (Some(u), None) => Some(u.to_string()),
+        (None, Some(g)) => Some(format!("0:{g}")),
+        (None, None) => None,
+    }
+}
+
+pub fn run_as_non_root(pod: &Pod, c: &Container) -> bool {
+    c.security_context
+        .as_ref()
+        .and_then(|s| s.run_as_non_root)
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.security_context.as_ref())
+                .and_then(|s| s.run_as_non_root)
+        })
+        .unwrap_or(false)
+}
+
+/// Security options as the engine takes them (`--security-opt`, capabilities, privileged,
+/// read-only root).
+pub struct Security {
+    pub privileged: bool,
+    pub read_only: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub security_opt: Vec<String>,
+}
+
+pub fn security(pod: &Pod, c: &Container) -> Result<Security, ConfigError> {
+    let sc = c.security_context.as_ref();
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let caps = |l: Option<&Vec<String>>| -> Vec<String> {
+        l.into_iter()
+            .flatten()
+            .map(|c| c.trim_start_matches("CAP_").to_ascii_uppercase())
+            .collect()
+    };
+    let mut opts = Vec::new();
+    if sc.and_then(|s| s.allow_privilege_escalation) == Some(false) {
+        opts.push("no-new-privileges".to_string());
+    }
+    let seccomp = sc
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .or_else(|| psc.and_then(|s| s.seccomp_profile.as_ref()));
+    if let Some(p) = seccomp {
+        match p.type_.as_str() {
+            "RuntimeDefault" => {}
+            "Unconfined" => opts.push("seccomp=unconfined".into()),
+            "Localhost" => {
+                let path = p.localhost_profile.clone().unwrap_or_default();
+                if path.is_empty() || path.contains("..") {
+                    return Err(ConfigError(format!(
+                        "invalid localhostProfile {path:?} for seccompProfile type Localhost"
+                    )));
+                }
+                opts.push(format!("seccomp=/var/lib/kubelet/seccomp/{path}"));
+            }
+            t => return Err(ConfigError(format!("unknown seccompProfile type {t:?}"))),
+        }
+    }
+    Ok(Security {
+        privileged: sc.and_then(|s| s.privileged).unwrap_or(false),
+        read_only: sc
+            .and_then(|s| s.read_only_root_filesystem)
+            .unwrap_or(false),
+        cap_add: caps(
+            sc.and_then(|s| s.capabilities.as_ref())
+                .and_then(|c| c.add.as_ref()),
+        ),
+        cap_drop: caps(
+            sc.and_then(|s| s.capabilities.as_ref())
+                .and_then(|c| c.drop.as_ref()),
+        ),
+        security_opt: opts,
+    })
+}
+
+/// The engine's `(memory, cpus, cpu_shares)` for a container's resources.
+pub fn limits(c: &Container) -> (Option<String>, Option<String>, Option<u64>) {
+    let memory = limit(c, "memory")
+        .and_then(|q| bytes(&q))
+        .map(|b| b.to_string());
+    let cpus = limit(c, "cpu")
+        .and_then(|q| cpu_milli(&q))
+        .map(|m| format!("{}", m as f64 / 1000.0));
+    // The kubelet's shares: milli * 1024 / 1000, at least 2.
+    let shares = request(c, "cpu")
+        .and_then(|q| cpu_milli(&q))
+        .map(|m| (m * 1024 / 1000).max(2))
+        .or(Some(2));
+    (memory, cpus, shares)
+}
+
+/// The labels the kubelet puts on a container (`crictl`'s view).
+pub fn labels(pod: &Pod, container: &str, attempt: u32) -> BTreeMap<String, String> {
+    let md = &pod.metadata;
+    BTreeMap::from([
+        (LABEL_POD_NAME.into(), md.name.clone().unwrap_or_default()),
+        (
+            LABEL_POD_NAMESPACE.into(),
+            md.namespace.clone().unwrap_or_default(),
+        ),
+        (LABEL_POD_UID.into(), md.uid.clone().unwrap_or_default()),
+        (LABEL_CONTAINER_NAME.into(), container.to_string()),
+        (LABEL_ATTEMPT.into(), attempt.to_string()),
+    ])
+}
+
+/// Stable engine names: `k8s_<container>_<pod>_<namespace>_<uid>_<attempt>`, as the
+/// kubelet's Docker integration named them.
+pub fn container_name(pod: &Pod, container: &str, attempt: u32) -> String {
+    let md = &pod.metadata;
+    format!(
+        "k8s_{container}_{}_{}_{}_{attempt}",
+        md.name.as_deref().unwrap_or_default(),
+        md.namespace.as_deref().unwrap_or_default(),
+        md.uid.as_deref().unwrap_or_default()
+    )
+}
+
+pub fn sandbox_name(uid: &str) -> String {
+    format!("k8s_POD_{uid}")
+}
+
+/// A Value's string at `ptr`.
+pub fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
+    v.pointer(ptr).and_then(Value::as_str).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expansion() {
+        let env = BTreeMap::from([("A".to_string(), "x".to_string())]);
+        assert_eq!(expand("$(A)-$(B)-$$(A)-$", &env), "x-$(B)-$(A)-$");
+        assert_eq!(expand("é$(A", &env), "é$(A");
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(cpu_milli("500m"), Some(500));
+        assert_eq!(cpu_milli("1.5"), Some(1500));
+        assert_eq!(bytes("64Mi"), Some(64 << 20));
+        assert_eq!(bytes("1G"), Some(1_000_000_000));
+        assert_eq!(bytes("100"), Some(100));
+    }
+}

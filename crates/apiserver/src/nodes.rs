@@ -1,0 +1,426 @@
+//! What the server does for nodes besides storing their objects: hands out the cluster CA
+//! (`/cacerts`, which a joining agent checks against the hash its token pins), signs a
+//! joining node's certificates for the join secret (`/v1-berth/node-certificates`), and
+//! proxies the subresources a node serves (`pods/log`, `exec`, `attach`, `portforward`,
+//! `nodes/proxy`) to that node's kubelet API, as Kubernetes' API server does: the request
+//! is forwarded over TLS from the cluster CA with the server's client certificate, and an
+//! upgraded connection (WebSocket or SPDY) is spliced both ways.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+use crate::api::Api;
+use crate::kinds::Kind;
+use crate::pki::Pki;
+use crate::status::ApiError;
+
+type ResBody = BoxBody<Bytes, Infallible>;
+
+/// The kubelet port when a Node does not say (`status.daemonEndpoints`).
+pub const KUBELET_PORT: u16 = 10250;
+
+pub struct Nodes {
+    pki: Arc<Pki>,
+    kubelet_tls: Arc<rustls::ClientConfig>,
+}
+
+/// What a joining agent sends to `/v1-berth/node-certificates`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JoinRequest {
+    node_name: String,
+    /// The node's addresses, for its serving certificate.
+    #[serde(default)]
+    addresses: Vec<String>,
+    client_csr: String,
+    serving_csr: String,
+}
+
+fn error(e: &ApiError) -> Response<ResBody> {
+    json_response(e.code, &e.to_status())
+}
+
+fn json_response(status: u16, v: &Value) -> Response<ResBody> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Nodes {
+    pub fn new(pki: Arc<Pki>) -> Result<Nodes, rustls::Error> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in crate::pem_certs(&pki.ca_cert_pem) {
+            roots.add(c)?;
+        }
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(pki.admin_key_pem.as_bytes())
+            .map_err(|e| rustls::Error::General(format!("the admin key: {e}")))?;
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(crate::pem_certs(&pki.admin_cert_pem), key)?;
+        Ok(Nodes {
+            pki,
+            kubelet_tls: Arc::new(tls),
+        })
+    }
+
+    /// `GET /cacerts`: the cluster CA, which an agent hashes and compares with its token
+    /// before it trusts anything this server says.
+    pub fn cacerts(&self) -> Response<ResBody> {
+        let mut r = Response::new(Full::new(Bytes::from(self.pki.ca_cert_pem.clone())).boxed());
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-pem-file"),
+        );
+        r
+    }
+
+    /// `POST /v1-berth/node-certificates` with `Authorization: Basic node:<join secret>`:
+    /// signs the node's client certificate (`system:node:<name>` in `system:nodes`) and its
+    /// kubelet serving certificate from the requests' keys.
+    pub async fn join(&self, req: Request<Incoming>) -> Response<ResBody> {
+        let authorized = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Basic "))
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.split_once(':').map(|(_, p)| p.to_string()))
+            .is_some_and(|p| same_secret(p.as_bytes(), self.pki.join_secret().as_bytes()));
+        if !authorized {
+            return error(&ApiError::unauthorized());
+        }
+        if req.method() != http::Method::POST {
+            return error(&ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            ));
+        }
+        let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return error(&ApiError::too_large()),
+        };
+        let j: JoinRequest = match serde_json::from_slice(&body) {
+            Ok(j) => j,
+            Err(e) => return error(&ApiError::bad_request(format!("join request: {e}"))),
+        };
+        if !crate::rules::is_dns1123_subdomain(&j.node_name) {
+            return error(&ApiError::bad_request(format!(
+                "node name \"{}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+                j.node_name
+            )));
+        }
+        let mut sans = vec![j.node_name.clone()];
+        for a in &j.addresses {
+            if a.parse::<std::net::IpAddr>().is_err() && !crate::rules::is_dns1123_subdomain(a) {
+                return error(&ApiError::bad_request(format!(
+                    "node address \"{a}\" is neither an IP address nor a DNS name"
+                )));
+            }
+            if !sans.contains(a) {
+                sans.push(a.clone());
+            }
+        }
+        let cn = format!("system:node:{}", j.node_name);
+        let signed = self
+            .pki
+            .sign_csr(&j.client_csr, &cn, &["system:nodes"], &[], false)
+            .and_then(|client| {
+                self.pki
+                    .sign_csr(&j.serving_csr, &cn, &["system:nodes"], &sans, true)
+                    .map(|serving| (client, serving))
+            });
+        match signed {
+            Ok((client, serving)) => json_response(
+                200,
+                &json!({"clientCertificate": client, "servingCertificate": serving, "ca": self.pki.ca_cert_pem}),
+            ),
+            Err(e) => {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                error(&ApiError::bad_request(msg))
+            }
+        }
+    }
+
+    /// Forwards a node subresource to the kubelet of the node that serves it.
+    pub async fn proxy(
+        &self,
+        api: &Api,
+        mut req: Request<Incoming>,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+        sub: &str,
+        rest: &str,
+    ) -> Response<ResBody> {
+        let target = match self
+            .kubelet_path(api, &req, kind, namespace, name, sub, rest)
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => return error(&e),
+        };
+        let (host, port, path) = target;
+        let tcp = match tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                return error(&ApiError::new(
+                    502,
+                    "InternalError",
+                    format!("error dialing backend: dial tcp {host}:{port}: {e}"),
+                ))
+            }
+            Err(_) => {
+                return error(&ApiError::new(
+                    502,
+                    "InternalError",
+                    format!("error dialing backend: dial tcp {host}:{port}: i/o timeout"),
+                ))
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let server_name = match rustls_pki_types::ServerName::try_from(host.clone()) {
+            Ok(n) => n,
+            Err(_) => return error(&ApiError::internal(format!("kubelet address {host}"))),
+        };
+        let tls = match tokio_rustls::TlsConnector::from(self.kubelet_tls.clone())
+            .connect(server_name, tcp)
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                return error(&ApiError::new(
+                    502,
+                    "InternalError",
+                    format!("error dialing backend: tls: {e}"),
+                ))
+            }
+        };
+        let (mut send, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tls)).await
+        {
+            Ok(c) => c,
+            Err(e) => return error(&ApiError::internal(format!("kubelet connection: {e}"))),
+        };
+        tokio::spawn(conn.with_upgrades());
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let client_headers = req.headers().clone();
+        let mut out = Request::builder()
+            .method(req.method().clone())
+            .uri(path)
+            .body(req.into_body())
+            .expect("a request of parts that were valid");
+        // The client's headers (the upgrade and its subprotocols), never its credentials;
+        // the request is HTTP/1.1 to the kubelet even when the client spoke HTTP/2.
+        for (k, v) in client_headers.iter() {
+            if k == http::header::AUTHORIZATION || k == http::header::HOST {
+                continue;
+            }
+            out.headers_mut().append(k.clone(), v.clone());
+        }
+        out.headers_mut().insert(
+            http::header::HOST,
+            HeaderValue::from_str(&format!("{host}:{port}"))
+                .unwrap_or(HeaderValue::from_static("kubelet")),
+        );
+        let mut resp = match send.send_request(out).await {
+            Ok(r) => r,
+            Err(e) => return error(&ApiError::internal(format!("kubelet request: {e}"))),
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let backend_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let (Ok(backend), Ok(client)) = tokio::join!(backend_upgrade, client_upgrade)
+                else {
+                    return;
+                };
+                let mut backend = TokioIo::new(backend);
+                let mut client = TokioIo::new(client);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+            });
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(parts, Full::new(Bytes::new()).boxed());
+        }
+        // Streamed through (`logs -f`); an error from the kubelet ends the stream.
+        let (parts, body) = resp.into_parts();
+        let stream = futures::stream::unfold(body, |mut b| async move {
+            match b.frame().await {
+                Some(Ok(f)) => Some((Ok::<_, Infallible>(f), b)),
+                _ => None,
+            }
+        });
+        Response::from_parts(
+            parts,
+            BodyExt::boxed(http_body_util::StreamBody::new(stream)),
+        )
+    }
+
+    /// Where on which kubelet a subresource is served: (host, port, path with query).
+    #[allow(clippy::too_many_arguments)]
+    async fn kubelet_path(
+        &self,
+        api: &Api,
+        req: &Request<Incoming>,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+        sub: &str,
+        rest: &str,
+    ) -> Result<(String, u16, String), ApiError> {
+        let query = req.uri().query().unwrap_or_default();
+        let obj = api
+            .cache
+            .get(&kind.key(namespace, name))
+            .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
+            .ok_or_else(|| ApiError::not_found(kind, name))?;
+        let (node, path) = match kind.kind.as_str() {
+            "Node" => (name.to_string(), format!("/{rest}")),
+            "Pod" => {
+                let node = obj
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("pod {name} does not have a host assigned"))
+                    })?
+                    .to_string();
+                let ns = namespace.unwrap_or_default();
+                let path = match sub {
+                    "portforward" => format!("/portForward/{ns}/{name}"),
+                    _ => {
+                        let container = pick_container(&obj, name, query)?;
+                        let base = match sub {
+                            "log" => "containerLogs",
+                            "exec" => "exec",
+                            "attach" => "attach",
+                            other => {
+                                return Err(ApiError::not_found_gr("", "pods", other));
+                            }
+                        };
+                        format!("/{base}/{ns}/{name}/{container}")
+                    }
+                };
+                (node, path)
+            }
+            _ => {
+                return Err(ApiError::method_not_allowed(format!(
+                    "{} does not serve {sub}",
+                    kind.plural
+                )))
+            }
+        };
+        let node_obj = api
+            .cache
+            .get(&format!("/registry/core/nodes/{node}"))
+            .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
+            .ok_or_else(|| ApiError::not_found_gr("", "nodes", &node))?;
+        let host = node_obj
+            .pointer("/status/addresses")
+            .and_then(Value::as_array)
+            .and_then(|a| {
+                a.iter()
+                    .find(|x| x["type"] == "InternalIP")
+                    .or_else(|| a.iter().find(|x| x["type"] == "Hostname"))
+            })
+            .and_then(|x| x["address"].as_str())
+            .ok_or_else(|| {
+                ApiError::unavailable(format!(
+                    "node \"{node}\" has no address to reach its kubelet"
+                ))
+            })?
+            .to_string();
+        let port = node_obj
+            .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+            .unwrap_or(KUBELET_PORT);
+        let path = if query.is_empty() {
+            path
+        } else {
+            format!("{path}?{query}")
+        };
+        Ok((host, port, path))
+    }
+}
+
+/// The container a pod subresource names, or the pod's only one (Kubernetes' messages
+/// when it is ambiguous or unknown).
+fn pick_container(pod: &Value, name: &str, query: &str) -> Result<String, ApiError> {
+    let asked = query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == "container")
+        .map(|(_, v)| httpwire::decode(v))
+        .filter(|v| !v.is_empty());
+    let names = |path: &str| -> Vec<String> {
+        pod.pointer(path)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let containers = names("/spec/containers");
+    let init = names("/spec/initContainers");
+    let ephemeral = names("/spec/ephemeralContainers");
+    match asked {
+        Some(c) => {
+            if containers.contains(&c) || init.contains(&c) || ephemeral.contains(&c) {
+                Ok(c)
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "container {c} is not valid for pod {name}"
+                )))
+            }
+        }
+        None if containers.len() == 1 => Ok(containers[0].clone()),
+        None => {
+            let mut msg = format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            );
+            if !init.is_empty() {
+                msg.push_str(&format!(
+                    " or one of the init containers: [{}]",
+                    init.join(" ")
+                ));
+            }
+            Err(ApiError::bad_request(msg))
+        }
+    }
+}
