@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
+pub mod nodes;
+
 /// A running `berth server`.
 pub struct Server {
     pub dir: PathBuf,
@@ -156,20 +158,19 @@ impl Server {
     fn launch(dir: PathBuf, etcd: bool, extra: &[&str]) -> Server {
         let kubeconfig = dir.join("kubeconfig.yaml");
         let mut cmd = Command::new(crate::common::BERTH);
-        cmd.args([
-            "server",
-            "--bind-address",
-            "127.0.0.1",
-            "--https-listen-port",
-            "0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--write-kubeconfig")
-        .arg(&kubeconfig)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        cmd.arg("server");
+        if !extra.contains(&"--bind-address") {
+            cmd.args(["--bind-address", "127.0.0.1"]);
+        }
+        // API-only servers run no node agent; clusters with nodes start agents of their own.
+        cmd.args(["--https-listen-port", "0", "--disable-agent"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--write-kubeconfig")
+            .arg(&kubeconfig)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut etcd_pid = None;
         if etcd {
             let (url, pid) = start_etcd(&dir);

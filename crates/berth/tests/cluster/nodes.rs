@@ -1,0 +1,358 @@
+//! A cluster with nodes on one machine: `berth server` on a test bridge, and N agents each
+//! in a network namespace of its own ("a host") joined to that bridge by a veth, with its
+//! own data dir, exec root, engine socket and cgroup root. Hosts can be killed, restarted,
+//! cut off and brought back. Dropping the cluster removes every container, mount, cgroup,
+//! namespace and interface it made.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::{base_dir, spawn_for_process, Server};
+use crate::common::BERTH;
+
+static CLUSTERS: AtomicU32 = AtomicU32::new(0);
+
+/// One node: an agent in its own network namespace.
+pub struct Host {
+    pub name: String,
+    pub netns: String,
+    pub ip: String,
+    pub data_dir: PathBuf,
+    pub exec_root: PathBuf,
+    pub socket: PathBuf,
+    pub cgroup_root: String,
+    pub pid: AtomicU32,
+    veth: String,
+    server_url: String,
+    token: String,
+    log: PathBuf,
+}
+
+pub struct Cluster {
+    pub server: Server,
+    pub hosts: Vec<Host>,
+    bridge: String,
+    subnet_prefix: String,
+}
+
+fn sh(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect(args[0])
+}
+
+fn must(args: &[&str]) {
+    let o = sh(args);
+    assert!(
+        o.status.success(),
+        "{}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Kills every process of a cgroup v1/v2 subtree and removes it.
+fn remove_cgroups(root: &str) {
+    let rel = root.trim_start_matches('/');
+    let mut bases = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.flatten() {
+            bases.push(e.path().join(rel));
+        }
+    }
+    bases.push(PathBuf::from("/sys/fs/cgroup").join(rel));
+    for b in &bases {
+        kill_tree(b);
+    }
+    for b in &bases {
+        remove_tree(b);
+    }
+}
+
+fn kill_tree(dir: &std::path::Path) {
+    if let Ok(p) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in p.split_whitespace().filter_map(|x| x.parse::<i32>().ok()) {
+            // SAFETY: kill(2) with a pid read from the cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                kill_tree(&e.path());
+            }
+        }
+    }
+}
+
+fn remove_tree(dir: &std::path::Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Unmounts everything mounted at or under `dir`, deepest first.
+pub fn unmount_under(dir: &std::path::Path) {
+    let prefix = dir.to_string_lossy().to_string();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m == &prefix || m.starts_with(&format!("{prefix}/")))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = sh(&["umount", "-l", &p]);
+    }
+}
+
+impl Cluster {
+    /// A server (no agent of its own) and `n` agents, each in its own network namespace.
+    pub fn start(name: &str, n: usize) -> Cluster {
+        crate::common::require_root();
+        let k = CLUSTERS.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}{k}", std::process::id() % 100_000);
+        let bridge = format!("bcb{id}");
+        // A /24 of 10.240.0.0/12 per cluster.
+        let third = (std::process::id() as usize * 7 + k as usize) % 250;
+        let subnet_prefix = format!("10.241.{third}");
+        let _ = sh(&["ip", "link", "del", &bridge]);
+        must(&["ip", "link", "add", &bridge, "type", "bridge"]);
+        must(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{subnet_prefix}.1/24"),
+            "dev",
+            &bridge,
+        ]);
+        must(&["ip", "link", "set", &bridge, "up"]);
+        let server_ip = format!("{subnet_prefix}.1");
+        let server = Server::start_with(
+            name,
+            false,
+            &["--bind-address", &server_ip, "--tls-san", &server_ip],
+        );
+        let token = std::fs::read_to_string(server.dir.join("data/tls/token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let mut c = Cluster {
+            server,
+            hosts: Vec::new(),
+            bridge,
+            subnet_prefix,
+        };
+        let dir = base_dir(&format!("{name}-nodes"));
+        for i in 0..n {
+            let netns = format!("bcn{id}x{i}");
+            let veth = format!("bcv{id}x{i}");
+            let ip = format!("{}.{}", c.subnet_prefix, 10 + i);
+            let _ = sh(&["ip", "netns", "del", &netns]);
+            must(&["ip", "netns", "add", &netns]);
+            must(&[
+                "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+            ]);
+            must(&["ip", "link", "set", &veth, "master", &c.bridge, "up"]);
+            let ns = |args: &[&str]| {
+                let mut v = vec!["ip", "netns", "exec", &netns];
+                v.extend_from_slice(args);
+                must(&v);
+            };
+            ns(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            ns(&["ip", "link", "set", "eth0", "up"]);
+            ns(&["ip", "link", "set", "lo", "up"]);
+            ns(&["ip", "route", "add", "default", "via", &server_ip]);
+            ns(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+            let exec_root = PathBuf::from(format!("/run/bcx{id}x{i}"));
+            let _ = std::fs::remove_dir_all(&exec_root);
+            let host = Host {
+                name: format!("node-{i}"),
+                netns,
+                ip,
+                data_dir: dir.join(format!("node-{i}")),
+                socket: exec_root.join("berth.sock"),
+                exec_root,
+                cgroup_root: format!("/bc{id}x{i}"),
+                pid: AtomicU32::new(0),
+                veth,
+                server_url: c.server.url.clone(),
+                token: token.clone(),
+                log: dir.join(format!("node-{i}.log")),
+            };
+            c.hosts.push(host);
+        }
+        for h in &c.hosts {
+            h.spawn();
+        }
+        for h in &c.hosts {
+            c.wait_ready(h);
+        }
+        c
+    }
+
+    fn wait_ready(&self, h: &Host) {
+        let out = self.server.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("node/{}", h.name),
+            "--timeout=60s",
+        ]);
+        assert!(
+            out.status.success(),
+            "node {} did not become Ready: {}\n{}",
+            h.name,
+            String::from_utf8_lossy(&out.stderr),
+            h.log()
+        );
+    }
+
+    /// SIGKILLs a host's agent (its pods keep running) and starts it again.
+    pub fn restart_agent(&self, i: usize) {
+        self.hosts[i].kill9();
+        self.hosts[i].spawn();
+        let h = &self.hosts[i];
+        self.wait_ready(h);
+    }
+
+    /// Cuts a host off the network (its link goes down) or brings it back.
+    pub fn set_connected(&self, i: usize, up: bool) {
+        must(&[
+            "ip",
+            "link",
+            "set",
+            &self.hosts[i].veth,
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Host {
+    fn spawn(&self) {
+        std::fs::create_dir_all(&self.data_dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        // nsenter enters the network namespace only (`ip netns exec` would also remount
+        // /sys, hiding the cgroup file systems).
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", self.netns))
+            .args([BERTH, "agent"])
+            .args(["--server", &self.server_url, "--token", &self.token])
+            .args(["--node-name", &self.name, "--node-ip", &self.ip])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--exec-root")
+            .arg(&self.exec_root)
+            .arg("--engine-socket")
+            .arg(&self.socket)
+            .args(["--cgroup-root", &self.cgroup_root])
+            .args(["--node-lease-duration", "4s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let child = spawn_for_process(cmd);
+        let err = child.stderr.unwrap();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut log = log;
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = writeln!(log, "{l}");
+            }
+        });
+        self.pid.store(child.pid, Ordering::SeqCst);
+        for _ in 0..400 {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("the agent of {} did not come up: {}", self.name, self.log());
+    }
+
+    pub fn kill9(&self) {
+        let pid = self.pid.swap(0, Ordering::SeqCst);
+        if pid != 0 {
+            // nsenter execs the agent: the pid is the agent's.
+            // SAFETY: kill(2) of a process this harness started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            for _ in 0..200 {
+                if !PathBuf::from(format!("/proc/{pid}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .is_ok_and(|s| s.contains(") Z "))
+                {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `berth args…` against this node's engine.
+    pub fn berth(&self, args: &[&str]) -> Output {
+        Command::new(BERTH)
+            .env("BERTH_HOST", format!("unix://{}", self.socket.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn berth_ok(&self, args: &[&str]) -> String {
+        let o = self.berth(args);
+        assert!(
+            o.status.success(),
+            "berth {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// A command run in the host's network namespace.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let net = format!("--net=/var/run/netns/{}", self.netns);
+        let mut v = vec!["nsenter", &net];
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+
+    fn cleanup(&self) {
+        self.kill9();
+        remove_cgroups(&self.cgroup_root);
+        unmount_under(&self.exec_root);
+        unmount_under(&self.data_dir);
+        let _ = sh(&["ip", "netns", "del", &self.netns]);
+        let _ = sh(&["ip", "link", "del", &self.veth]);
+        let _ = std::fs::remove_dir_all(&self.exec_root);
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+impl Cluster {
+    /// Removes everything the cluster made (its server dies with the test process).
+    pub fn cleanup(&self) {
+        for h in &self.hosts {
+            h.cleanup();
+        }
+        let _ = sh(&["ip", "link", "del", &self.bridge]);
+    }
+}

@@ -1,0 +1,659 @@
+//! Nodes with kubectl: `berth server` and two `berth agent`s, each in a network namespace of
+//! its own (`tests/cluster/nodes.rs`). Pods run on the agents' engines with init containers,
+//! env from ConfigMaps and Secrets, volumes, limits and probes; `kubectl logs/exec/attach/cp`
+//! reach them through the API server; crashes back off, failed liveness probes and OOM kills
+//! show as the kubelet shows them; deletion is graceful; an agent SIGKILLed and restarted
+//! keeps its pods; and bad input gets the kubelet's reasons. Every test has its namespace;
+//! the agent restart test alone uses node-1.
+
+mod cluster;
+mod common;
+
+use std::sync::OnceLock;
+
+use cluster::nodes::Cluster;
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+extern "C" fn cleanup_cluster() {
+    if let Some(c) = CLUSTER.get() {
+        c.cleanup();
+    }
+}
+
+/// The shared cluster (made once; everything it made is removed at exit).
+fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        let c = Cluster::start("nodes", 2);
+        // SAFETY: atexit registers a plain function; it runs once after the tests.
+        unsafe { libc::atexit(cleanup_cluster) };
+        // Every node gets busybox in its engine, as a user loads a local image.
+        let tar = common::rootfs_tar(&c.server.dir, "bb", "busybox\n");
+        for h in &c.hosts {
+            h.berth_ok(&[
+                "image",
+                "import",
+                "-c",
+                "CMD [\"sh\"]",
+                tar.to_str().unwrap(),
+                "busybox:latest",
+            ]);
+        }
+        c
+    })
+}
+
+fn with<T>(f: impl FnOnce(&Cluster) -> T) -> T {
+    f(cluster())
+}
+
+fn kubectl_ok(args: &[&str]) -> String {
+    with(|c| c.server.ok(args))
+}
+
+fn kubectl_in(args: &[&str], stdin: &str) -> String {
+    with(|c| c.server.ok_in(args, stdin))
+}
+
+fn kubectl_out(args: &[&str]) -> std::process::Output {
+    let cmd = with(|c| c.server.kubectl_cmd(args));
+    let mut cmd = cmd;
+    cmd.output().unwrap()
+}
+
+fn ns(name: &str) -> String {
+    with(|c| c.server.namespace(name))
+}
+
+fn wait_for(ns: &str, what: &str, cond: &str) {
+    let o = kubectl_out(&[
+        "-n",
+        ns,
+        "wait",
+        what,
+        &format!("--for={cond}"),
+        "--timeout=90s",
+    ]);
+    if !o.status.success() {
+        let desc = kubectl_out(&["-n", ns, "get", what, "-o", "yaml"]);
+        let logs = with(|c| {
+            c.hosts
+                .iter()
+                .map(|h| h.log())
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        panic!(
+            "{what} never got {cond}: {}\n{}\n{logs}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&desc.stdout)
+        );
+    }
+}
+
+fn get(ns: &str, what: &str, path: &str) -> String {
+    kubectl_ok(&["-n", ns, "get", what, "-o", &format!("jsonpath={path}")])
+}
+
+fn pod_yaml(name: &str, node: &str, body: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 2\n{body}")
+}
+
+#[test]
+fn a_pod_with_init_env_volumes_limits_and_readiness_runs() {
+    let ns = ns("run");
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cfg}}\ndata: {{greeting: hello, app.conf: \"port=80\\n\"}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: sec}}\nstringData: {{password: s3cret}}\n---\n{}",
+            pod_yaml("web", "node-0", r#"  initContainers:
+  - name: init
+    image: busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo init done > /work/init.txt"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  containers:
+  - name: app
+    image: busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo $(GREETING) $PASSWORD $MY_POD; cat /work/init.txt; trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+    env:
+    - {name: GREETING, valueFrom: {configMapKeyRef: {name: cfg, key: greeting}}}
+    - {name: PASSWORD, valueFrom: {secretKeyRef: {name: sec, key: password}}}
+    - {name: MY_POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    resources: {limits: {cpu: 200m, memory: 64Mi}, requests: {cpu: 100m, memory: 32Mi}}
+    readinessProbe: {exec: {command: ["cat", "/etc/cfg/app.conf"]}, periodSeconds: 1}
+    volumeMounts:
+    - {name: config, mountPath: /etc/cfg}
+    - {name: work, mountPath: /work}
+  volumes:
+  - {name: config, configMap: {name: cfg}}
+  - {name: work, emptyDir: {}}
+"#)
+        ),
+    );
+    wait_for(&ns, "pod/web", "condition=Ready");
+    let status: serde_json::Value =
+        serde_json::from_str(&kubectl_ok(&["-n", &ns, "get", "pod", "web", "-o", "json"])).unwrap();
+    let st = &status["status"];
+    assert_eq!(st["phase"], "Running");
+    assert_eq!(st["qosClass"], "Burstable");
+    let node_ip = with(|c| c.hosts[0].ip.clone());
+    assert_eq!(st["hostIP"], node_ip.as_str());
+    let cidr = get("default", "node/node-0", "{.spec.podCIDR}");
+    let pod_ip = st["podIP"].as_str().unwrap();
+    assert!(
+        pod_ip.starts_with(cidr.trim_end_matches("0/24")),
+        "pod IP {pod_ip} is not in the node's pod CIDR {cidr}"
+    );
+    assert!(st["startTime"].is_string());
+    for c in [
+        "PodScheduled",
+        "Initialized",
+        "ContainersReady",
+        "Ready",
+        "PodReadyToStartContainers",
+    ] {
+        let cond = st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["type"] == c);
+        assert_eq!(
+            cond.map(|x| x["status"].clone()),
+            Some("True".into()),
+            "{c}: {st}"
+        );
+    }
+    let cs = &st["containerStatuses"][0];
+    assert_eq!(cs["ready"], true);
+    assert_eq!(cs["started"], true);
+    assert_eq!(cs["restartCount"], 0);
+    assert!(cs["containerID"].as_str().unwrap().starts_with("berth://"));
+    assert!(cs["imageID"].as_str().unwrap().starts_with("sha256:"));
+    assert!(cs["state"]["running"]["startedAt"].is_string());
+    let init = &st["initContainerStatuses"][0];
+    assert_eq!(init["state"]["terminated"]["reason"], "Completed");
+    assert_eq!(init["state"]["terminated"]["exitCode"], 0);
+
+    let logs = kubectl_ok(&["-n", &ns, "logs", "web", "-c", "app"]);
+    assert_eq!(logs, "hello s3cret web\ninit done\n");
+    // The node's engine shows the pod's containers with the kubelet's labels.
+    let ps = with(|c| {
+        c.hosts[0].berth_ok(&[
+            "ps",
+            "--filter",
+            "label=io.kubernetes.pod.name=web",
+            "--filter",
+            &format!("label=io.kubernetes.pod.namespace={ns}"),
+            "--filter",
+            "label=io.kubernetes.container.name=app",
+            "--format",
+            "{{.Names}}",
+        ])
+    });
+    assert!(ps.trim().starts_with(&format!("k8s_app_web_{ns}_")), "{ps}");
+    // The configMap volume follows updates (the ..data swap).
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "configmap",
+        "cfg",
+        "-p",
+        r#"{"data":{"app.conf":"port=81\n"}}"#,
+    ]);
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = kubectl_ok(&[
+            "-n",
+            &ns,
+            "exec",
+            "web",
+            "-c",
+            "app",
+            "--",
+            "cat",
+            "/etc/cfg/app.conf",
+        ]);
+        if seen == "port=81\n" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(seen, "port=81\n");
+    kubectl_ok(&["-n", &ns, "delete", "pod", "web"]);
+    let left = with(|c| {
+        c.hosts[0].berth_ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            "label=io.kubernetes.pod.name=web",
+            "-q",
+        ])
+    });
+    assert_eq!(
+        left.trim(),
+        "",
+        "the pod's containers are gone from the node"
+    );
+}
+
+#[test]
+fn logs_exec_attach_and_cp_reach_the_container() {
+    let ns = ns("streams");
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &pod_yaml(
+            "box",
+            "node-0",
+            r#"  containers:
+  - name: c
+    image: busybox:latest
+    imagePullPolicy: Never
+    stdin: true
+    command: ["sh", "-c", "echo started; trap 'exit 0' TERM; while read line; do echo got $line; done"]
+"#,
+        ),
+    );
+    wait_for(&ns, "pod/box", "condition=Ready");
+    // exec: output, stderr, exit code.
+    let o = kubectl_out(&[
+        "-n",
+        &ns,
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("err\n"));
+    // exec -i: stdin reaches the process and its end closes it.
+    assert_eq!(
+        kubectl_in(&["-n", &ns, "exec", "-i", "box", "--", "wc", "-c"], "12345").trim(),
+        "5"
+    );
+    // exec -it on a pseudo-terminal.
+    let kc = with(|c| c.server.kubeconfig.clone());
+    let mut cmd = std::process::Command::new("kubectl");
+    cmd.arg("--kubeconfig")
+        .arg(&kc)
+        .args(["-n", &ns, "exec", "-it", "box", "--", "sh"]);
+    let (code, out) = common::on_tty(cmd, "tty; stty size; exit 7\n");
+    assert_eq!(code, 7, "{out}");
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(
+        out.contains("30 100"),
+        "the terminal size reaches the process: {out}"
+    );
+    // attach: what is typed reaches the container's stdin, its output comes back.
+    let mut cmd = with(|c| c.server.kubectl_cmd(&["-n", &ns, "attach", "-i", "box"]));
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::{BufRead, Write};
+        let mut stdin = child.stdin.take().unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut got = String::new();
+        for _ in 0..50 {
+            stdin.write_all(b"ping\n").unwrap();
+            stdin.flush().unwrap();
+            if let Some(Ok(l)) = lines.next() {
+                got = l;
+                if got == "got ping" {
+                    break;
+                }
+            }
+        }
+        assert_eq!(got, "got ping");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    // logs: everything the container wrote, with tail and timestamps.
+    let logs = kubectl_ok(&["-n", &ns, "logs", "box"]);
+    assert!(logs.starts_with("started\ngot ping\n"), "{logs}");
+    assert_eq!(
+        kubectl_ok(&["-n", &ns, "logs", "box", "--tail=1"]).trim(),
+        "got ping"
+    );
+    let ts = kubectl_ok(&["-n", &ns, "logs", "box", "--timestamps", "--tail=1"]);
+    assert!(ts.contains("Z got ping"), "{ts}");
+    // cp both ways (tar through exec).
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("in.txt");
+    std::fs::write(&src, "copied in\n").unwrap();
+    kubectl_ok(&["-n", &ns, "cp", src.to_str().unwrap(), "box:/tmp/in.txt"]);
+    assert_eq!(
+        kubectl_ok(&["-n", &ns, "exec", "box", "--", "cat", "/tmp/in.txt"]),
+        "copied in\n"
+    );
+    let back = dir.path().join("back.txt");
+    kubectl_ok(&["-n", &ns, "cp", "box:/tmp/in.txt", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied in\n");
+    // logs -f follows until the container ends.
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &pod_yaml(
+            "ticker",
+            "node-0",
+            r#"  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "for i in 1 2 3; do echo tick $i; sleep 0.5; done"]
+"#,
+        ),
+    );
+    wait_for(
+        &ns,
+        "pod/ticker",
+        "jsonpath={.status.containerStatuses[0].started}=true",
+    );
+    assert_eq!(
+        kubectl_ok(&["-n", &ns, "logs", "-f", "ticker"]),
+        "tick 1\ntick 2\ntick 3\n"
+    );
+    wait_for(&ns, "pod/ticker", "jsonpath={.status.phase}=Succeeded");
+}
+
+#[test]
+fn crashes_back_off_and_probes_and_oom_show_as_the_kubelet_shows_them() {
+    let ns = ns("crash");
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &[
+            pod_yaml("crash", "node-0", "  containers:\n  - name: c\n    image: busybox:latest\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"echo bye; exit 2\"]\n"),
+            pod_yaml("oom", "node-0", "  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox:latest\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"x=a; while true; do x=$x$x; done\"]\n    resources: {limits: {memory: 20Mi}}\n"),
+            pod_yaml("live", "node-0", "  containers:\n  - name: c\n    image: busybox:latest\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"touch /tmp/ok; trap 'exit 0' TERM; (sleep 2; rm /tmp/ok) & while true; do sleep 0.2; done\"]\n    livenessProbe: {exec: {command: [test, -f, /tmp/ok]}, periodSeconds: 1, failureThreshold: 2}\n"),
+        ]
+        .join("---\n"),
+    );
+    wait_for(
+        &ns,
+        "pod/crash",
+        "jsonpath={.status.containerStatuses[0].restartCount}=2",
+    );
+    wait_for(
+        &ns,
+        "pod/crash",
+        "jsonpath={.status.containerStatuses[0].state.waiting.reason}=CrashLoopBackOff",
+    );
+    let last = get(&ns, "pod/crash", "{.status.containerStatuses[0].lastState.terminated.reason}/{.status.containerStatuses[0].lastState.terminated.exitCode}");
+    assert_eq!(last, "Error/2");
+    let msg = get(
+        &ns,
+        "pod/crash",
+        "{.status.containerStatuses[0].state.waiting.message}",
+    );
+    assert!(
+        msg.starts_with("back-off 20s restarting failed container=c pod=crash_"),
+        "{msg}"
+    );
+    assert_eq!(
+        kubectl_ok(&["-n", &ns, "logs", "crash", "--previous"]),
+        "bye\n"
+    );
+    let table = kubectl_ok(&["-n", &ns, "get", "pod", "crash"]);
+    assert!(table.contains("CrashLoopBackOff"), "{table}");
+
+    wait_for(
+        &ns,
+        "pod/oom",
+        "jsonpath={.status.containerStatuses[0].state.terminated.reason}=OOMKilled",
+    );
+    assert_eq!(get(&ns, "pod/oom", "{.status.phase}"), "Failed");
+
+    wait_for(
+        &ns,
+        "pod/live",
+        "jsonpath={.status.containerStatuses[0].restartCount}=1",
+    );
+    let events = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=live",
+    ]);
+    assert!(events.contains("Liveness probe failed"), "{events}");
+    assert!(
+        events.contains("failed liveness probe, will be restarted"),
+        "{events}"
+    );
+}
+
+#[test]
+fn deletion_runs_prestop_then_sigterm_within_the_grace_period() {
+    let ns = ns("grace");
+    let dir = with(|c| {
+        c.hosts[0]
+            .data_dir
+            .join(format!("grace-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&dir).unwrap();
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: g}}\nspec:\n  nodeName: node-0\n  terminationGracePeriodSeconds: 10\n  containers:\n  - name: c\n    image: busybox:latest\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"trap 'echo term >> /out/order; exit 0' TERM; while true; do sleep 0.1; done\"]\n    lifecycle: {{preStop: {{exec: {{command: [sh, -c, 'echo prestop >> /out/order']}}}}}}\n    volumeMounts: [{{name: out, mountPath: /out}}]\n  volumes:\n  - {{name: out, hostPath: {{path: {}, type: Directory}}}}\n",
+            dir.display()
+        ),
+    );
+    wait_for(&ns, "pod/g", "condition=Ready");
+    kubectl_ok(&["-n", &ns, "delete", "pod", "g", "--grace-period=10"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("order")).unwrap(),
+        "prestop\nterm\n"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_input_gets_the_kubelets_reasons_and_leaves_nothing() {
+    let ns = ns("bad");
+    kubectl_in(
+        &[
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            "cfg",
+            "--from-literal=a=1",
+        ],
+        "",
+    );
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &[
+            pod_yaml("noimage", "node-0", "  containers:\n  - name: c\n    image: 127.0.0.1:1/nope:1\n"),
+            pod_yaml("never", "node-0", "  containers:\n  - name: c\n    image: nope:1\n    imagePullPolicy: Never\n"),
+            pod_yaml("nokey", "node-0", "  containers:\n  - name: c\n    image: busybox:latest\n    imagePullPolicy: Never\n    env: [{name: X, valueFrom: {configMapKeyRef: {name: cfg, key: nope}}}]\n"),
+            pod_yaml("nodir", "node-0", "  containers:\n  - name: c\n    image: busybox:latest\n    imagePullPolicy: Never\n    volumeMounts: [{name: v, mountPath: /v}]\n  volumes:\n  - {name: v, hostPath: {path: /nonexistent/berth-test, type: Directory}}\n"),
+            pod_yaml("huge", "node-0", "  containers:\n  - name: c\n    image: busybox:latest\n    imagePullPolicy: Never\n    resources: {requests: {cpu: \"1000\"}}\n"),
+        ]
+        .join("---\n"),
+    );
+    wait_for(
+        &ns,
+        "pod/noimage",
+        "jsonpath={.status.containerStatuses[0].state.waiting.reason}=ErrImagePull",
+    );
+    wait_for(
+        &ns,
+        "pod/noimage",
+        "jsonpath={.status.containerStatuses[0].state.waiting.reason}=ImagePullBackOff",
+    );
+    let msg = get(
+        &ns,
+        "pod/noimage",
+        "{.status.containerStatuses[0].state.waiting.message}",
+    );
+    assert_eq!(msg, "Back-off pulling image \"127.0.0.1:1/nope:1\"");
+    let events = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=noimage",
+    ]);
+    assert!(
+        events.contains("Failed to pull image \"127.0.0.1:1/nope:1\""),
+        "{events}"
+    );
+    wait_for(
+        &ns,
+        "pod/never",
+        "jsonpath={.status.containerStatuses[0].state.waiting.reason}=ErrImageNeverPull",
+    );
+    wait_for(
+        &ns,
+        "pod/nokey",
+        "jsonpath={.status.containerStatuses[0].state.waiting.reason}=CreateContainerConfigError",
+    );
+    assert_eq!(
+        get(
+            &ns,
+            "pod/nokey",
+            "{.status.containerStatuses[0].state.waiting.message}"
+        ),
+        format!("couldn't find key nope in ConfigMap {ns}/cfg")
+    );
+    wait_for(&ns, "pod/huge", "jsonpath={.status.reason}=OutOfcpu");
+    assert_eq!(get(&ns, "pod/huge", "{.status.phase}"), "Failed");
+    assert!(get(&ns, "pod/huge", "{.status.message}").starts_with(
+        "Pod was rejected: Node didn't have enough resource: cpu, requested: 1000000"
+    ));
+    let mut events = String::new();
+    for _ in 0..100 {
+        events = kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=nodir",
+        ]);
+        if events.contains("FailedMount") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        events.contains("hostPath type check failed: /nonexistent/berth-test is not a directory"),
+        "{events}"
+    );
+    assert!(!std::path::Path::new("/nonexistent/berth-test").exists());
+    // Deleted, they leave nothing on the node.
+    kubectl_ok(&["-n", &ns, "delete", "pods", "--all"]);
+    let uids_left = with(|c| {
+        c.hosts[0].berth_ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=io.kubernetes.pod.namespace={ns}"),
+            "-q",
+        ])
+    });
+    assert_eq!(uids_left.trim(), "");
+}
+
+#[test]
+fn a_token_with_the_wrong_ca_hash_is_refused() {
+    let (url, dir) = with(|c| (c.server.url.clone(), c.server.dir.join("wrong-token")));
+    let token = format!("K10{}::server:whatever", "0".repeat(64));
+    let out = with(|c| {
+        c.hosts[1].exec(&[
+            common::BERTH,
+            "agent",
+            "--server",
+            &url,
+            "--token",
+            &token,
+            "--node-name",
+            "intruder",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--exec-root",
+            "/run/berth-wrong-token",
+            "--engine-socket",
+            "/run/berth-wrong-token/s.sock",
+            "--kubelet-port",
+            "10251",
+        ])
+    });
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to join"), "{err}");
+    assert!(
+        !dir.join("tls").exists(),
+        "nothing was obtained from the server"
+    );
+    let nodes = kubectl_ok(&["get", "nodes", "-o", "name"]);
+    assert!(!nodes.contains("intruder"));
+    let _ = std::fs::remove_dir_all("/run/berth-wrong-token");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_agent_killed_and_restarted_keeps_its_pods_and_cleans_up_deleted_ones() {
+    let ns = ns("restart");
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &[
+            pod_yaml("keep", "node-1", "  containers:\n  - name: c\n    image: busybox:latest\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 0.2; done\"]\n"),
+            pod_yaml("gone", "node-1", "  containers:\n  - name: c\n    image: busybox:latest\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 0.2; done\"]\n"),
+        ]
+        .join("---\n"),
+    );
+    wait_for(&ns, "pod/keep", "condition=Ready");
+    wait_for(&ns, "pod/gone", "condition=Ready");
+    let id_before = get(
+        &ns,
+        "pod/keep",
+        "{.status.containerStatuses[0].containerID}",
+    );
+    with(|c| c.hosts[1].kill9());
+    // Deleted while its agent is down: the API keeps it terminating until the node acts.
+    kubectl_ok(&["-n", &ns, "delete", "pod", "gone", "--wait=false"]);
+    with(|c| c.restart_agent(1));
+    wait_for(&ns, "pod/gone", "delete");
+    let gone = with(|c| {
+        c.hosts[1].berth_ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            "label=io.kubernetes.pod.name=gone",
+            "-q",
+        ])
+    });
+    assert_eq!(gone.trim(), "");
+    assert_eq!(
+        get(
+            &ns,
+            "pod/keep",
+            "{.status.containerStatuses[0].containerID}"
+        ),
+        id_before
+    );
+    assert_eq!(
+        get(
+            &ns,
+            "pod/keep",
+            "{.status.containerStatuses[0].restartCount}"
+        ),
+        "0"
+    );
+    wait_for(&ns, "pod/keep", "condition=Ready");
+    let running = with(|c| {
+        c.hosts[1].berth_ok(&["ps", "--filter", "label=io.kubernetes.pod.name=keep", "-q"])
+    });
+    assert_eq!(running.trim().lines().count(), 1, "started once, not twice");
+}
