@@ -443,11 +443,7 @@ where
                         let _ = ws::write_frame(&mut *w, ws::PONG, &data).await;
                     }
                     ws::BINARY | 1 if !data.is_empty() => match data[0] {
-                        0 if stdin => {
-                            if inp.write_all(&data[1..]).await.is_err() {
-                                break;
-                            }
-                        }
+                        0 if stdin && inp.write_all(&data[1..]).await.is_err() => break,
                         4 => {
                             let v: Value = serde_json::from_slice(&data[1..]).unwrap_or_default();
                             let (w, h) = (

@@ -3,7 +3,7 @@
 //! token (`join`), registers its Node and renews its Lease (`node`), runs the pods bound
 //! to it — one worker per pod UID, each seeing only the latest desired state (`pods`,
 //! `podspec`, `volumes`, `probes`) — and serves the kubelet's API for logs and exec
-//! (`kubelet`, `ws`). The engine it embeds also serves berth's and Docker's API on the
+//! (`kubelet`, `ws`), and routes to the other nodes' pod CIDRs (`routes`). The engine it embeds also serves berth's and Docker's API on the
 //! node's engine socket.
 
 pub mod join;
@@ -12,6 +12,7 @@ pub mod node;
 pub mod pods;
 pub mod podspec;
 pub mod probes;
+pub mod routes;
 pub mod volumes;
 pub mod ws;
 
@@ -123,6 +124,7 @@ pub async fn run(cfg: Config, engine: Arc<engine::Engine>) -> Result<()> {
         .with_context(|| format!("binding the kubelet API on {node_ip}:{}", cfg.kubelet_port))?;
     tokio::spawn(kubelet::serve(listener, kubelet_tls, pods.clone()));
     tokio::spawn(node.clone().heartbeat());
+    tokio::spawn(routes::run(client.clone(), cfg.node_name.clone()));
     eprintln!(
         "berth agent: node {} ({node_ip}, pod CIDR {pod_cidr}) joined {}",
         cfg.node_name, cfg.server

@@ -395,7 +395,8 @@ impl NodeAgent {
     pub async fn heartbeat(self: Arc<Self>) {
         let api: kube::Api<Node> = kube::Api::all(self.client.clone());
         let every = (self.cfg.lease_duration / 4).max(Duration::from_millis(250));
-        let mut last_report = Instant::now();
+        let mut last_check = Instant::now();
+        let mut last_sent = Instant::now();
         let mut last_status = Value::Null;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -404,7 +405,7 @@ impl NodeAgent {
             if let Err(e) = self.renew_lease().await {
                 eprintln!("berth agent: renewing the node lease: {e}");
             }
-            if last_report.elapsed() < Duration::from_secs(10) && !last_status.is_null() {
+            if last_check.elapsed() < Duration::from_secs(10) && !last_status.is_null() {
                 continue;
             }
             let prev = api
@@ -416,7 +417,7 @@ impl NodeAgent {
             let st = self.status(prev.as_ref());
             let mut cmp = st.clone();
             strip_times(&mut cmp);
-            if cmp != last_status || last_report.elapsed() >= Duration::from_secs(60) {
+            if cmp != last_status || last_sent.elapsed() >= Duration::from_secs(60) {
                 match api
                     .patch_status(
                         &self.cfg.node_name,
@@ -425,11 +426,14 @@ impl NodeAgent {
                     )
                     .await
                 {
-                    Ok(_) => last_status = cmp,
+                    Ok(_) => {
+                        last_status = cmp;
+                        last_sent = Instant::now();
+                    }
                     Err(e) => eprintln!("berth agent: reporting node status: {e}"),
                 }
             }
-            last_report = Instant::now();
+            last_check = Instant::now();
         }
     }
 }

@@ -29,6 +29,16 @@ use crate::Config;
 /// The engine network pods attach to (a bridge on the node's pod CIDR).
 pub const POD_NETWORK: &str = "k8s-pods";
 
+/// The cluster CIDR (pods of every node).
+pub const CLUSTER_CIDR: &str = "10.42.0.0/16";
+
+fn pod_network_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        engine::network::CLUSTER_CIDR_LABEL.to_string(),
+        CLUSTER_CIDR.to_string(),
+    )])
+}
+
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
@@ -44,14 +54,11 @@ struct Handle {
     tx: tokio::sync::watch::Sender<Option<Arc<Pod>>>,
 }
 
-fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> impl std::future::Future<Output = T> {
-    async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .expect("a blocking engine call panicked")
-    }
+/// Runs a blocking engine call off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("a blocking engine call panicked")
 }
 
 impl Manager {
@@ -64,7 +71,7 @@ impl Manager {
     ) -> Result<Arc<Manager>> {
         // The pod network: made on the pod CIDR, or made again if the CIDR changed.
         match engine.networks.get(POD_NETWORK) {
-            Ok(n) if n.subnet == pod_cidr => {}
+            Ok(n) if n.subnet == pod_cidr && n.labels == pod_network_labels() => {}
             Ok(_) => {
                 for s in engine.sandboxes.list() {
                     let _ = engine.sandbox_remove(&s.name, true);
@@ -73,12 +80,24 @@ impl Manager {
                     .network_remove(POD_NETWORK)
                     .map_err(|e| anyhow::anyhow!("replacing the pod network: {e}"))?;
                 engine
-                    .network_create(POD_NETWORK, Some(pod_cidr), None, false, BTreeMap::new())
+                    .network_create(
+                        POD_NETWORK,
+                        Some(pod_cidr),
+                        None,
+                        false,
+                        pod_network_labels(),
+                    )
                     .map_err(|e| anyhow::anyhow!("the pod network on {pod_cidr}: {e}"))?;
             }
             Err(_) => {
                 engine
-                    .network_create(POD_NETWORK, Some(pod_cidr), None, false, BTreeMap::new())
+                    .network_create(
+                        POD_NETWORK,
+                        Some(pod_cidr),
+                        None,
+                        false,
+                        pod_network_labels(),
+                    )
                     .map_err(|e| anyhow::anyhow!("the pod network on {pod_cidr}: {e}"))?;
             }
         }

@@ -228,16 +228,27 @@ fn count_files(dir: &Path) -> usize {
     n
 }
 
+/// Where projected keys come from: for messages and `optional`.
+struct Source<'a> {
+    kind: &'a str,
+    ns: &'a str,
+    name: &'a str,
+    optional: bool,
+}
+
 fn projected_items(
     all: BTreeMap<String, Vec<u8>>,
     items: Option<&Vec<KeyToPath>>,
     default_mode: u32,
-    kind: &str,
-    ns: &str,
-    name: &str,
-    optional: bool,
+    src: Source<'_>,
     out: &mut BTreeMap<String, (Vec<u8>, u32)>,
 ) -> Result<(), ConfigError> {
+    let Source {
+        kind,
+        ns,
+        name,
+        optional,
+    } = src;
     match items {
         Some(items) if !items.is_empty() => {
             for it in items {
@@ -444,10 +455,12 @@ fn volume(
                 cm_bytes(&cm),
                 c.items.as_ref(),
                 mode,
-                "ConfigMap",
-                ns,
-                &c.name,
-                c.optional == Some(true),
+                Source {
+                    kind: "ConfigMap",
+                    ns,
+                    name: &c.name,
+                    optional: c.optional == Some(true),
+                },
                 &mut files,
             )?,
             None if c.optional == Some(true) => {}
@@ -467,10 +480,12 @@ fn volume(
                 secret_bytes(&sec),
                 s.items.as_ref(),
                 mode,
-                "Secret",
-                ns,
-                &name,
-                s.optional == Some(true),
+                Source {
+                    kind: "Secret",
+                    ns,
+                    name: &name,
+                    optional: s.optional == Some(true),
+                },
                 &mut files,
             )?,
             None if s.optional == Some(true) => {}
@@ -512,10 +527,12 @@ fn volume(
                         cm_bytes(&cm),
                         c.items.as_ref(),
                         mode,
-                        "ConfigMap",
-                        ns,
-                        &c.name,
-                        c.optional == Some(true),
+                        Source {
+                            kind: "ConfigMap",
+                            ns,
+                            name: &c.name,
+                            optional: c.optional == Some(true),
+                        },
                         &mut files,
                     )?,
                     None if c.optional == Some(true) => {}
@@ -528,10 +545,12 @@ fn volume(
                         secret_bytes(&sec),
                         s.items.as_ref(),
                         mode,
-                        "Secret",
-                        ns,
-                        &s.name,
-                        s.optional == Some(true),
+                        Source {
+                            kind: "Secret",
+                            ns,
+                            name: &s.name,
+                            optional: s.optional == Some(true),
+                        },
                         &mut files,
                     )?,
                     None if s.optional == Some(true) => {}

@@ -27,6 +27,16 @@ type ResBody = BoxBody<Bytes, Infallible>;
 /// The kubelet port when a Node does not say (`status.daemonEndpoints`).
 pub const KUBELET_PORT: u16 = 10250;
 
+/// A node subresource asked for: `nodes/NAME/proxy/<rest>`, `pods/NAME/{log,exec,…}`.
+#[derive(Clone, Copy)]
+pub struct NodeSub<'a> {
+    pub kind: &'a Kind,
+    pub namespace: Option<&'a str>,
+    pub name: &'a str,
+    pub sub: &'a str,
+    pub rest: &'a str,
+}
+
 pub struct Nodes {
     pki: Arc<Pki>,
     kubelet_tls: Arc<rustls::ClientConfig>,
@@ -175,16 +185,9 @@ impl Nodes {
         &self,
         api: &Api,
         mut req: Request<Incoming>,
-        kind: &Kind,
-        namespace: Option<&str>,
-        name: &str,
-        sub: &str,
-        rest: &str,
+        t: &NodeSub<'_>,
     ) -> Response<ResBody> {
-        let target = match self
-            .kubelet_path(api, &req, kind, namespace, name, sub, rest)
-            .await
-        {
+        let target = match self.kubelet_path(api, &req, t).await {
             Ok(t) => t,
             Err(e) => return error(&e),
         };
@@ -288,17 +291,19 @@ impl Nodes {
     }
 
     /// Where on which kubelet a subresource is served: (host, port, path with query).
-    #[allow(clippy::too_many_arguments)]
     async fn kubelet_path(
         &self,
         api: &Api,
         req: &Request<Incoming>,
-        kind: &Kind,
-        namespace: Option<&str>,
-        name: &str,
-        sub: &str,
-        rest: &str,
+        t: &NodeSub<'_>,
     ) -> Result<(String, u16, String), ApiError> {
+        let NodeSub {
+            kind,
+            namespace,
+            name,
+            sub,
+            rest,
+        } = *t;
         let query = req.uri().query().unwrap_or_default();
         let obj = api
             .cache

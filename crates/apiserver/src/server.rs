@@ -522,11 +522,13 @@ impl Server {
                     .proxy(
                         &self.api,
                         req,
-                        &kind,
-                        ns.as_deref(),
-                        name.as_deref().unwrap_or_default(),
-                        s,
-                        &proxy_rest,
+                        &crate::nodes::NodeSub {
+                            kind: &kind,
+                            namespace: ns.as_deref(),
+                            name: name.as_deref().unwrap_or_default(),
+                            sub: s,
+                            rest: &proxy_rest,
+                        },
                     )
                     .await;
                 return (resp, metric_verb, resource_label);

@@ -657,3 +657,63 @@ fn an_agent_killed_and_restarted_keeps_its_pods_and_cleans_up_deleted_ones() {
     });
     assert_eq!(running.trim().lines().count(), 1, "started once, not twice");
 }
+
+#[test]
+fn pods_on_different_nodes_reach_each_other_by_pod_ip_without_nat() {
+    let ns = ns("net");
+    let server = r#"  containers:
+  - name: c
+    image: busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "mkdir -p /www/cgi-bin; printf '#!/bin/sh\necho\necho $REMOTE_ADDR\n' > /www/cgi-bin/ip; chmod +x /www/cgi-bin/ip; exec httpd -f -p 8080 -h /www"]
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+"#;
+    let client = r#"  containers:
+  - name: c
+    image: busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+"#;
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &[
+            pod_yaml("srv", "node-1", server),
+            pod_yaml("cli", "node-0", client),
+        ]
+        .join("---\n"),
+    );
+    wait_for(&ns, "pod/srv", "condition=Ready");
+    wait_for(&ns, "pod/cli", "condition=Ready");
+    let srv_ip = get(&ns, "pod/srv", "{.status.podIP}");
+    let cli_ip = get(&ns, "pod/cli", "{.status.podIP}");
+    let mut seen = String::new();
+    for _ in 0..50 {
+        // (busybox-static's wget crashes in glibc's static resolver; nc speaks HTTP here.)
+        let o = kubectl_out(&[
+            "-n",
+            &ns,
+            "exec",
+            "cli",
+            "--",
+            "sh",
+            "-c",
+            &format!("printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {srv_ip} 8080"),
+        ]);
+        seen = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if o.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // busybox's httpd reports the IPv4-mapped form.
+    assert_eq!(
+        seen,
+        format!("[::ffff:{cli_ip}]"),
+        "the server sees the client's pod IP"
+    );
+}

@@ -21,6 +21,10 @@ pub const DEFAULT_BRIDGE: &str = "berth0";
 /// The default network's subnet.
 pub const DEFAULT_SUBNET: &str = "10.88.0.0/16";
 
+/// A network label naming the cluster CIDR a pod network belongs to (the node agent's):
+/// its pods' traffic to that CIDR is neither masqueraded nor refused on the way in.
+pub const CLUSTER_CIDR_LABEL: &str = "berth.cluster-cidr";
+
 /// A network's record (`<root>/networks/<name>.json`), shaped for `network inspect`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
@@ -489,10 +493,21 @@ impl Networks {
                 mangle.push_str(&format!("-A {c1} -i {b} ! -o {b} -j DROP\n"));
                 mangle.push_str(&format!("-A {c1} ! -i {b} -o {b} -j DROP\n"));
             } else {
+                // A pod network: traffic between the cluster's pods keeps its addresses.
+                if let Some(cluster) = n.labels.get(CLUSTER_CIDR_LABEL) {
+                    natr.push_str(&format!(
+                        "-A {nat} -s {} -d {cluster} -j RETURN\n",
+                        n.subnet
+                    ));
+                }
                 natr.push_str(&format!(
                     "-A {nat} -s {} ! -o {b} -j MASQUERADE\n",
                     n.subnet
                 ));
+            }
+            if let Some(cluster) = n.labels.get(CLUSTER_CIDR_LABEL) {
+                // Other nodes' pods reach this node's pods (routed, not NATed).
+                filter.push_str(&format!("-A {fwd} -s {cluster} -o {b} -j ACCEPT\n"));
             }
             mangle.push_str(&format!("-A {c1} -i {b} ! -o {b} -j {c2}\n"));
             mangle.push_str(&format!("-A {c2} -o {b} -j DROP\n"));
