@@ -2,7 +2,8 @@
 //! a certificate of the CA in `system:masters`, as the API server's is): `/healthz`,
 //! `/containerLogs`, and `/exec` and `/attach` over WebSocket with the
 //! `v5.channel.k8s.io`/`v4.channel.k8s.io` subprotocols (channel 0 stdin, 1 stdout,
-//! 2 stderr, 3 the error channel's Status, 4 terminal resize, 255 close). A request it
+//! 2 stderr, 3 the error channel's Status, 4 terminal resize, 255 close), and
+//! `/portForward` (`portforward.rs`). A request it
 //! cannot serve gets a non-101 answer with a Status, so a client can fall back.
 
 use std::convert::Infallible;
@@ -166,11 +167,9 @@ async fn handle(req: Request<Incoming>, pods: Arc<Manager>) -> Response<ResBody>
             )
             .await
         }
-        ["portForward", ..] => status(
-            400,
-            "BadRequest",
-            "port forwarding is not served by berth's node agent: use a Service, or kubectl exec",
-        ),
+        ["portForward", ns, pod] | ["portForward", ns, pod, _] => {
+            port_forward(req, pods.clone(), ns, pod).await
+        }
         _ => status(404, "NotFound", &format!("the kubelet has no {path}")),
     }
 }
@@ -240,6 +239,104 @@ async fn logs(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain"),
     );
+    r
+}
+
+/// `portForward`: SPDY/3.1 tunneled through a WebSocket, or on an upgraded connection.
+async fn port_forward(
+    mut req: Request<Incoming>,
+    pods: Arc<Manager>,
+    ns: &str,
+    pod: &str,
+) -> Response<ResBody> {
+    let Some(netns) = pods.netns_of(ns, pod) else {
+        return status(
+            404,
+            "NotFound",
+            &format!("pod \"{pod}\" not found on this node"),
+        );
+    };
+    let h = req.headers();
+    let header = |n: &str| -> Vec<String> {
+        h.get_all(n)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+            .collect()
+    };
+    let upgrade = header("upgrade");
+    let websocket = upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket"));
+    let spdy = upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1"));
+    const WS_PROTO: &str = "SPDY/3.1+portforward.k8s.io";
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    if websocket {
+        if !header("sec-websocket-protocol")
+            .iter()
+            .any(|p| p == WS_PROTO)
+        {
+            return status(
+                400,
+                "BadRequest",
+                &format!("port forwarding over WebSocket needs the subprotocol {WS_PROTO}"),
+            );
+        }
+        let Some(key) = h
+            .get("sec-websocket-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+        else {
+            return status(400, "BadRequest", "missing Sec-WebSocket-Key");
+        };
+        let hs = r.headers_mut();
+        hs.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+        hs.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("Upgrade"),
+        );
+        hs.insert(
+            "sec-websocket-accept",
+            HeaderValue::from_str(&ws::accept_key(&key)).expect("base64"),
+        );
+        hs.insert("sec-websocket-protocol", HeaderValue::from_static(WS_PROTO));
+    } else if spdy {
+        if !header("x-stream-protocol-version")
+            .iter()
+            .any(|p| p == "portforward.k8s.io")
+        {
+            return status(
+                400,
+                "BadRequest",
+                "port forwarding needs X-Stream-Protocol-Version: portforward.k8s.io",
+            );
+        }
+        let hs = r.headers_mut();
+        hs.insert(http::header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+        hs.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("Upgrade"),
+        );
+        hs.insert(
+            "x-stream-protocol-version",
+            HeaderValue::from_static("portforward.k8s.io"),
+        );
+    } else {
+        return status(
+            400,
+            "BadRequest",
+            "port forwarding needs an upgrade to SPDY/3.1 or a WebSocket",
+        );
+    }
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(up) = on.await else { return };
+        let io = TokioIo::new(up);
+        if websocket {
+            crate::portforward::session(crate::portforward::unwrap_websocket(io), netns).await;
+        } else {
+            crate::portforward::session(io, netns).await;
+        }
+    });
     r
 }
 

@@ -3,7 +3,7 @@
 //! token (`join`), registers its Node and renews its Lease (`node`), runs the pods bound
 //! to it — one worker per pod UID, each seeing only the latest desired state (`pods`,
 //! `podspec`, `volumes`, `probes`) — and serves the kubelet's API for logs and exec
-//! (`kubelet`, `ws`), and routes to the other nodes' pod CIDRs (`routes`). The engine it embeds also serves berth's and Docker's API on the
+//! (`kubelet`, `ws`), runs static pods from manifests (`static_pods`), and routes to the other nodes' pod CIDRs (`routes`). The engine it embeds also serves berth's and Docker's API on the
 //! node's engine socket.
 
 pub mod join;
@@ -11,8 +11,11 @@ pub mod kubelet;
 pub mod node;
 pub mod pods;
 pub mod podspec;
+pub mod portforward;
 pub mod probes;
 pub mod routes;
+pub mod spdy;
+pub mod static_pods;
 pub mod volumes;
 pub mod ws;
 
@@ -125,6 +128,11 @@ pub async fn run(cfg: Config, engine: Arc<engine::Engine>) -> Result<()> {
     tokio::spawn(kubelet::serve(listener, kubelet_tls, pods.clone()));
     tokio::spawn(node.clone().heartbeat());
     tokio::spawn(routes::run(client.clone(), cfg.node_name.clone()));
+    tokio::spawn(static_pods::run(
+        client.clone(),
+        cfg.node_name.clone(),
+        cfg.data_dir.join("manifests"),
+    ));
     eprintln!(
         "berth agent: node {} ({node_ip}, pod CIDR {pod_cidr}) joined {}",
         cfg.node_name, cfg.server

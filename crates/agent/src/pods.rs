@@ -239,6 +239,31 @@ impl Manager {
             .collect()
     }
 
+    /// The network namespace of a pod on this node: `Some(None)` for a host-network pod,
+    /// `None` when the node has no such pod.
+    pub fn netns_of(&self, ns: &str, name: &str) -> Option<Option<std::path::PathBuf>> {
+        let pod = self
+            .workers
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|h| h.tx.borrow().clone())
+            .find(|p| {
+                p.metadata.namespace.as_deref() == Some(ns)
+                    && p.metadata.name.as_deref() == Some(name)
+            })?;
+        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            return Some(None);
+        }
+        let uid = pod.metadata.uid.clone()?;
+        let sb = self
+            .engine
+            .sandboxes
+            .get(&podspec::sandbox_name(&uid))
+            .ok()?;
+        Some(Some(sb.path.join("net")))
+    }
+
     /// The engine container of a pod's container: the latest attempt, or the one before
     /// (`previous`).
     pub fn container_id(

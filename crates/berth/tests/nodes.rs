@@ -4,7 +4,8 @@
 //! reach them through the API server; crashes back off, failed liveness probes and OOM kills
 //! show as the kubelet shows them; deletion is graceful; an agent SIGKILLed and restarted
 //! keeps its pods; and bad input gets the kubelet's reasons. Every test has its namespace;
-//! the agent restart test alone uses node-1.
+//! the agent restart test kills node-1's agent, so other tests put what must stay reachable
+//! through its kubelet on node-0.
 
 mod cluster;
 mod common;
@@ -716,4 +717,97 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip_without_nat() {
         format!("[::ffff:{cli_ip}]"),
         "the server sees the client's pod IP"
     );
+}
+
+#[test]
+fn static_pods_run_from_manifests_as_mirror_pods() {
+    let dir = with(|c| c.hosts[0].data_dir.join("manifests"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = format!("static{}", std::process::id());
+    std::fs::write(
+        dir.join(format!("{name}.yaml")),
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:latest\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 0.2; done\"]\n"),
+    )
+    .unwrap();
+    let mirror = format!("pod/{name}-node-0");
+    // The agent looks at its manifests every 2 s.
+    for _ in 0..100 {
+        if kubectl_out(&["get", &mirror]).status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    wait_for("default", &mirror, "condition=Ready");
+    assert_eq!(
+        get(
+            "default",
+            &mirror,
+            "{.metadata.annotations.kubernetes\\.io/config\\.source}"
+        ),
+        "file"
+    );
+    assert_eq!(
+        get("default", &mirror, "{.metadata.ownerReferences[0].kind}"),
+        "Node"
+    );
+    std::fs::remove_file(dir.join(format!("{name}.yaml"))).unwrap();
+    wait_for("default", &mirror, "delete");
+}
+
+#[test]
+fn port_forward_reaches_a_port_inside_the_pod() {
+    let ns = ns("pf");
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &pod_yaml(
+            "web",
+            "node-0",
+            r#"  containers:
+  - name: c
+    image: busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "mkdir /www; echo forwarded > /www/index.html; exec httpd -f -p 127.0.0.1:8080 -h /www"]
+"#,
+        ),
+    );
+    wait_for(&ns, "pod/web", "condition=Ready");
+    for websockets in [true, false] {
+        let local = common::free_port();
+        let mut cmd = with(|c| {
+            c.server.kubectl_cmd(&[
+                "-n",
+                &ns,
+                "port-forward",
+                "pod/web",
+                &format!("{local}:8080"),
+            ])
+        });
+        // kubectl 1.32 tunnels SPDY through a WebSocket; without it, plain SPDY.
+        cmd.env(
+            "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+            if websockets { "true" } else { "false" },
+        );
+        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        let first = lines.next().unwrap().unwrap();
+        assert!(first.starts_with("Forwarding from 127.0.0.1:"), "{first}");
+        std::thread::spawn(move || for _ in lines {});
+        // Two connections in a row over the same session; the server listens on the pod's
+        // loopback only, so this reaches inside its network namespace.
+        for _ in 0..2 {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+            let mut body = String::new();
+            s.read_to_string(&mut body).unwrap();
+            assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+            assert!(
+                body.ends_with("forwarded\n"),
+                "websockets {websockets}: {body}"
+            );
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
