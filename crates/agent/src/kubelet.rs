@@ -1,7 +1,8 @@
 //! The kubelet's API on the node (port 10250, TLS from the cluster CA; clients must present
 //! a certificate of the CA in `system:masters`, as the API server's is): `/healthz`,
 //! `/containerLogs`, and `/exec` and `/attach` over WebSocket with the
-//! `v5.channel.k8s.io`/`v4.channel.k8s.io` subprotocols (channel 0 stdin, 1 stdout,
+//! `v5.channel.k8s.io`/`v4.channel.k8s.io` subprotocols (or SPDY/3.1 with a stream per
+//! channel, for clients that fall back to it) (channel 0 stdin, 1 stdout,
 //! 2 stderr, 3 the error channel's Status, 4 terminal resize, 255 close), and
 //! `/portForward` (`portforward.rs`). A request it
 //! cannot serve gets a non-101 answer with a Status, so a client can fall back.
@@ -350,7 +351,71 @@ fn exit_status(code: i32, cmd: &[String]) -> Value {
         "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}})
 }
 
-/// `exec` and `attach` over WebSocket.
+/// How a stream reaches the client.
+enum Transport {
+    /// WebSocket with this subprotocol and `Sec-WebSocket-Key`.
+    WebSocket { proto: &'static str, key: String },
+    /// SPDY/3.1 with this `X-Stream-Protocol-Version`.
+    Spdy { proto: &'static str },
+}
+
+fn offered(h: &http::HeaderMap, name: &str) -> Vec<String> {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .collect()
+}
+
+fn transport(h: &http::HeaderMap) -> Result<Transport, Response<ResBody>> {
+    let upgrade = offered(h, "upgrade");
+    if upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket")) {
+        let protos = offered(h, "sec-websocket-protocol");
+        let Some(proto) = ["v5.channel.k8s.io", "v4.channel.k8s.io"]
+            .into_iter()
+            .find(|p| protos.iter().any(|o| o == p))
+        else {
+            return Err(status(
+                400,
+                "BadRequest",
+                &format!("none of the offered subprotocols {protos:?} is served: v5.channel.k8s.io, v4.channel.k8s.io"),
+            ));
+        };
+        let Some(key) = h
+            .get("sec-websocket-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+        else {
+            return Err(status(400, "BadRequest", "missing Sec-WebSocket-Key"));
+        };
+        return Ok(Transport::WebSocket { proto, key });
+    }
+    if upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
+        let protos = offered(h, "x-stream-protocol-version");
+        let Some(proto) = [
+            "v4.channel.k8s.io",
+            "v3.channel.k8s.io",
+            "v2.channel.k8s.io",
+            "channel.k8s.io",
+        ]
+        .into_iter()
+        .find(|p| protos.iter().any(|o| o == p)) else {
+            return Err(status(
+                403,
+                "Forbidden",
+                &format!("none of the offered stream protocols {protos:?} is served: v4.channel.k8s.io, v3.channel.k8s.io, v2.channel.k8s.io, channel.k8s.io"),
+            ));
+        };
+        return Ok(Transport::Spdy { proto });
+    }
+    Err(status(
+        400,
+        "BadRequest",
+        "exec and attach need an upgrade to a WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) or SPDY/3.1",
+    ))
+}
+
+/// `exec` and `attach` over WebSocket or SPDY.
 async fn stream(
     mut req: Request<Incoming>,
     pods: Arc<Manager>,
@@ -359,40 +424,9 @@ async fn stream(
     container: String,
     attach: bool,
 ) -> Response<ResBody> {
-    let h = req.headers();
-    let is_ws = h
-        .get(http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !is_ws {
-        return status(
-            400,
-            "BadRequest",
-            "berth's node agent streams over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only; SPDY is not served",
-        );
-    }
-    let offered: Vec<String> = h
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
-        .collect();
-    let Some(proto) = ["v5.channel.k8s.io", "v4.channel.k8s.io"]
-        .into_iter()
-        .find(|p| offered.iter().any(|o| o == p))
-    else {
-        return status(
-            400,
-            "BadRequest",
-            &format!("none of the offered subprotocols {offered:?} is served: v5.channel.k8s.io, v4.channel.k8s.io"),
-        );
-    };
-    let Some(key) = h
-        .get("sec-websocket-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-    else {
-        return status(400, "BadRequest", "missing Sec-WebSocket-Key");
+    let transport = match transport(req.headers()) {
+        Ok(t) => t,
+        Err(r) => return r,
     };
     let q = query(&req);
     let cmd: Vec<String> = q
@@ -400,12 +434,12 @@ async fn stream(
         .filter(|(k, _)| k == "command")
         .map(|(_, v)| v.clone())
         .collect();
-    let (stdin, stdout, stderr, tty) = (
-        flag(&q, "stdin"),
-        flag(&q, "stdout"),
-        flag(&q, "stderr"),
-        flag(&q, "tty"),
-    );
+    let flags = Flags {
+        stdin: flag(&q, "stdin"),
+        stdout: flag(&q, "stdout"),
+        stderr: flag(&q, "stderr"),
+        tty: flag(&q, "tty"),
+    };
     let Some(id) = pods.container_id(&ns, &pod, &container, false) else {
         return status(
             400,
@@ -432,8 +466,8 @@ async fn stream(
             &id,
             engine::engine::ExecRequest {
                 cmd: cmd.clone(),
-                tty,
-                stdin,
+                tty: flags.tty,
+                stdin: flags.stdin,
                 ..Default::default()
             },
         );
@@ -443,53 +477,270 @@ async fn stream(
         }
     };
     let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let Ok(up) = upgrade.await else { return };
-        let io = TokioIo::new(up);
-        if let Err(e) = bridge(
-            io,
-            engine,
-            id,
-            exec_id,
-            cmd,
-            proto == "v5.channel.k8s.io",
-            (stdin, stdout, stderr, tty),
-        )
-        .await
-        {
-            eprintln!("berth agent: stream of {ns}/{pod}/{container}: {e}");
-        }
-    });
     let mut r = Response::new(Full::new(Bytes::new()).boxed());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let hs = r.headers_mut();
-    hs.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
     hs.insert(
         http::header::CONNECTION,
         HeaderValue::from_static("Upgrade"),
     );
-    hs.insert(
-        "sec-websocket-accept",
-        HeaderValue::from_str(&ws::accept_key(&key)).expect("base64"),
-    );
-    hs.insert("sec-websocket-protocol", HeaderValue::from_static(proto));
+    let (v5, spdy) = match &transport {
+        Transport::WebSocket { proto, key } => {
+            hs.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+            hs.insert(
+                "sec-websocket-accept",
+                HeaderValue::from_str(&ws::accept_key(key)).expect("base64"),
+            );
+            hs.insert("sec-websocket-protocol", HeaderValue::from_static(proto));
+            (*proto == "v5.channel.k8s.io", false)
+        }
+        Transport::Spdy { proto } => {
+            hs.insert(http::header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+            hs.insert("x-stream-protocol-version", HeaderValue::from_static(proto));
+            (false, true)
+        }
+    };
+    tokio::spawn(async move {
+        let Ok(up) = upgrade.await else { return };
+        let io = TokioIo::new(up);
+        let (input, output, ready) = if spdy {
+            spdy_channels(io, flags)
+        } else {
+            ws_channels(io, v5)
+        };
+        if ready.await.is_err() {
+            return;
+        }
+        if let Err(e) = bridge(engine, id, exec_id, cmd, flags, input, output).await {
+            eprintln!("berth agent: stream of {ns}/{pod}/{container}: {e}");
+        }
+    });
     r
 }
 
-async fn bridge<S>(
-    io: S,
+#[derive(Clone, Copy)]
+struct Flags {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+}
+
+/// From the client: data on a channel (0 stdin, 4 resize), stdin closed.
+enum In {
+    Data(u8, Vec<u8>),
+    CloseStdin,
+}
+
+/// To the client: data on a channel (1 stdout, 2 stderr, 3 error), then the end.
+enum Out {
+    Data(u8, Vec<u8>),
+    Finish,
+}
+
+type Channels = (
+    tokio::sync::mpsc::Receiver<In>,
+    tokio::sync::mpsc::Sender<Out>,
+    tokio::sync::oneshot::Receiver<()>,
+);
+
+/// The channel protocol over a WebSocket: each message starts with its channel byte.
+fn ws_channels<S>(io: S, v5: bool) -> Channels
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel(64);
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Out>(64);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let _ = ready_tx.send(());
+    let pong = out_tx.clone();
+    tokio::spawn(async move {
+        while let Ok(Some((op, data))) = ws::read_message(&mut rd).await {
+            match op {
+                ws::CLOSE => break,
+                ws::PING => {
+                    let _ = pong.send(Out::Data(255, data)).await;
+                }
+                ws::BINARY | 1 if !data.is_empty() => {
+                    let msg = match data[0] {
+                        255 if v5 && data.get(1) == Some(&0) => In::CloseStdin,
+                        ch => In::Data(ch, data[1..].to_vec()),
+                    };
+                    if in_tx.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(o) = out_rx.recv().await {
+            let r = match o {
+                // (255: a pong for a ping.)
+                Out::Data(255, d) => ws::write_frame(&mut wr, ws::PONG, &d).await,
+                Out::Data(ch, d) => {
+                    let mut m = Vec::with_capacity(d.len() + 1);
+                    m.push(ch);
+                    m.extend_from_slice(&d);
+                    ws::write_frame(&mut wr, ws::BINARY, &m).await
+                }
+                Out::Finish => {
+                    let _ = ws::write_frame(&mut wr, ws::CLOSE, &[3, 232]).await;
+                    let _ = wr.shutdown().await;
+                    break;
+                }
+            };
+            if r.is_err() {
+                break;
+            }
+        }
+    });
+    (in_rx, out_tx, ready_rx)
+}
+
+/// The channel protocol over SPDY: one stream per channel, named by its `streamtype`
+/// header. Ready once every stream the request asked for is open.
+fn spdy_channels<S>(io: S, f: Flags) -> Channels
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use crate::spdy::{self, Frame};
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel(64);
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Out>(64);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    // channel → stream id, shared with the writer.
+    let ids: Arc<std::sync::Mutex<std::collections::HashMap<u8, u32>>> = Default::default();
+    let want: Vec<u8> = [
+        (true, 3u8),
+        (f.stdin, 0),
+        (f.stdout, 1),
+        (f.stderr && !f.tty, 2),
+        (f.tty, 4),
+    ]
+    .into_iter()
+    .filter(|(w, _)| *w)
+    .map(|(_, c)| c)
+    .collect();
+    {
+        let ids = ids.clone();
+        let raw = raw_tx.clone();
+        tokio::spawn(async move {
+            let mut headers = spdy::Headers::default();
+            let mut ready = Some(ready_tx);
+            let mut by_id: std::collections::HashMap<u32, u8> = Default::default();
+            while let Ok(Some(frame)) = spdy::read_frame(&mut rd).await {
+                match frame {
+                    Frame::Control {
+                        kind: spdy::SYN_STREAM,
+                        data,
+                        ..
+                    } if data.len() >= 10 => {
+                        let id = u32::from_be_bytes([data[0] & 0x7f, data[1], data[2], data[3]]);
+                        let Ok(h) = headers.decode(&data[10..]) else {
+                            break;
+                        };
+                        let Ok(reply) = spdy::syn_reply(&mut headers, id) else {
+                            break;
+                        };
+                        let _ = raw.send(reply).await;
+                        let ch = match h.get("streamtype").map(String::as_str) {
+                            Some("stdin") => 0,
+                            Some("stdout") => 1,
+                            Some("stderr") => 2,
+                            Some("error") => 3,
+                            Some("resize") => 4,
+                            _ => continue,
+                        };
+                        by_id.insert(id, ch);
+                        let all = {
+                            let mut m = ids.lock().unwrap();
+                            m.insert(ch, id);
+                            want.iter().all(|c| m.contains_key(c))
+                        };
+                        if all {
+                            if let Some(r) = ready.take() {
+                                let _ = r.send(());
+                            }
+                        }
+                    }
+                    Frame::Control {
+                        kind: spdy::PING,
+                        data,
+                        ..
+                    } => {
+                        let _ = raw.send(spdy::control(spdy::PING, 0, &data)).await;
+                    }
+                    Frame::Control {
+                        kind: spdy::GOAWAY, ..
+                    } => break,
+                    Frame::Control { .. } => {}
+                    Frame::Data {
+                        stream,
+                        flags,
+                        data,
+                    } => {
+                        let Some(ch) = by_id.get(&stream).copied() else {
+                            continue;
+                        };
+                        if !data.is_empty() && in_tx.send(In::Data(ch, data)).await.is_err() {
+                            break;
+                        }
+                        if flags & spdy::FLAG_FIN != 0 && ch == 0 {
+                            let _ = in_tx.send(In::CloseStdin).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                b = raw_rx.recv() => {
+                    let Some(b) = b else { break };
+                    if wr.write_all(&b).await.is_err() { break; }
+                    let _ = wr.flush().await;
+                }
+                o = out_rx.recv() => {
+                    let bytes = match o {
+                        Some(Out::Data(ch, d)) => {
+                            let Some(id) = ids.lock().unwrap().get(&ch).copied() else { continue };
+                            spdy::data(id, 0, &d)
+                        }
+                        Some(Out::Finish) | None => {
+                            let streams: Vec<u32> = ids.lock().unwrap().values().copied().collect();
+                            let mut b = Vec::new();
+                            for id in streams {
+                                b.extend(spdy::data(id, spdy::FLAG_FIN, b""));
+                            }
+                            let _ = wr.write_all(&b).await;
+                            let _ = wr.flush().await;
+                            let _ = wr.shutdown().await;
+                            break;
+                        }
+                    };
+                    if wr.write_all(&bytes).await.is_err() { break; }
+                    let _ = wr.flush().await;
+                }
+            }
+        }
+    });
+    (in_rx, out_tx, ready_rx)
+}
+
+async fn bridge(
     engine: Arc<engine::Engine>,
     id: String,
     exec_id: Option<String>,
     cmd: Vec<String>,
-    v5: bool,
-    (stdin, stdout, stderr, tty): (bool, bool, bool, bool),
-) -> std::io::Result<()>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut rd, wr) = tokio::io::split(io);
-    let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    f: Flags,
+    mut input: tokio::sync::mpsc::Receiver<In>,
+    output: tokio::sync::mpsc::Sender<Out>,
+) -> std::io::Result<()> {
     // The process's stream.
     let s = {
         let (engine, id, exec_id) = (engine.clone(), id.clone(), exec_id.clone());
@@ -503,7 +754,7 @@ where
                     },
                     None => {
                         let (a, tty) = engine
-                            .attach(&id, stdin, stdout, stderr)
+                            .attach(&id, f.stdin, f.stdout, f.stderr)
                             .map_err(|e| e.to_string())?;
                         Ok((a.wait()?, tty))
                     }
@@ -517,11 +768,8 @@ where
         Ok(s) => s,
         Err(e) => {
             let st = json!({"metadata": {}, "status": "Failure", "message": e, "reason": "InternalError"});
-            let mut m = vec![3u8];
-            m.extend_from_slice(st.to_string().as_bytes());
-            let mut w = wr.lock().await;
-            ws::write_frame(&mut *w, ws::BINARY, &m).await?;
-            ws::write_frame(&mut *w, ws::CLOSE, &[3, 232]).await?;
+            let _ = output.send(Out::Data(3, st.to_string().into_bytes())).await;
+            let _ = output.send(Out::Finish).await;
             return Ok(());
         }
     };
@@ -529,24 +777,29 @@ where
     let s = tokio::net::UnixStream::from_std(s)?;
     let (mut out, mut inp) = s.into_split();
     // Client → process: stdin, resize, close.
-    let input = {
-        let (engine, exec_id, id, wr) = (engine.clone(), exec_id.clone(), id.clone(), wr.clone());
+    let pump_in = {
+        let (engine, exec_id, id) = (engine.clone(), exec_id.clone(), id.clone());
         tokio::spawn(async move {
-            while let Ok(Some((op, data))) = ws::read_message(&mut rd).await {
-                match op {
-                    ws::CLOSE => break,
-                    ws::PING => {
-                        let mut w = wr.lock().await;
-                        let _ = ws::write_frame(&mut *w, ws::PONG, &data).await;
+            while let Some(m) = input.recv().await {
+                match m {
+                    In::Data(0, d) if f.stdin => {
+                        if inp.write_all(&d).await.is_err() {
+                            break;
+                        }
                     }
-                    ws::BINARY | 1 if !data.is_empty() => match data[0] {
-                        0 if stdin && inp.write_all(&data[1..]).await.is_err() => break,
-                        4 => {
-                            let v: Value = serde_json::from_slice(&data[1..]).unwrap_or_default();
-                            let (w, h) = (
-                                v["Width"].as_u64().unwrap_or(0) as u16,
-                                v["Height"].as_u64().unwrap_or(0) as u16,
-                            );
+                    In::Data(4, d) => {
+                        // One or more {"Width":…,"Height":…} objects.
+                        let sizes: Vec<(u16, u16)> = serde_json::Deserializer::from_slice(&d)
+                            .into_iter::<Value>()
+                            .flatten()
+                            .map(|v| {
+                                (
+                                    v["Width"].as_u64().unwrap_or(0) as u16,
+                                    v["Height"].as_u64().unwrap_or(0) as u16,
+                                )
+                            })
+                            .collect();
+                        for (w, h) in sizes {
                             if w > 0 && h > 0 {
                                 let (e, x, i) = (engine.clone(), exec_id.clone(), id.clone());
                                 let _ = tokio::task::spawn_blocking(move || match x {
@@ -556,29 +809,21 @@ where
                                 .await;
                             }
                         }
-                        255 if v5 && data.get(1) == Some(&0) => {
-                            let _ = inp.shutdown().await;
-                        }
-                        _ => {}
-                    },
-                    _ => {}
+                    }
+                    In::CloseStdin => {
+                        let _ = inp.shutdown().await;
+                    }
+                    In::Data(..) => {}
                 }
             }
         })
     };
     // Process → client.
     let mut buf = vec![0u8; 32 * 1024];
-    if is_tty || tty {
+    if is_tty || f.tty {
         loop {
             let n = out.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            let mut m = Vec::with_capacity(n + 1);
-            m.push(1u8);
-            m.extend_from_slice(&buf[..n]);
-            let mut w = wr.lock().await;
-            if ws::write_frame(&mut *w, ws::BINARY, &m).await.is_err() {
+            if n == 0 || output.send(Out::Data(1, buf[..n].to_vec())).await.is_err() {
                 break;
             }
         }
@@ -589,21 +834,17 @@ where
                 break;
             }
             let n = u32::from_be_bytes([h[4], h[5], h[6], h[7]]) as usize;
-            let mut payload = vec![0u8; n + 1];
-            payload[0] = if h[0] == 2 { 2 } else { 1 };
-            if out.read_exact(&mut payload[1..]).await.is_err() {
+            let mut payload = vec![0u8; n];
+            if out.read_exact(&mut payload).await.is_err() {
                 break;
             }
-            let mut w = wr.lock().await;
-            if ws::write_frame(&mut *w, ws::BINARY, &payload)
-                .await
-                .is_err()
-            {
+            let ch = if h[0] == 2 { 2 } else { 1 };
+            if output.send(Out::Data(ch, payload)).await.is_err() {
                 break;
             }
         }
     }
-    input.abort();
+    pump_in.abort();
     let code = match &exec_id {
         Some(x) => {
             let (e, x) = (engine.clone(), x.clone());
@@ -618,11 +859,12 @@ where
         }
         None => 0,
     };
-    let mut m = vec![3u8];
-    m.extend_from_slice(exit_status(code, &cmd).to_string().as_bytes());
-    let mut w = wr.lock().await;
-    ws::write_frame(&mut *w, ws::BINARY, &m).await?;
-    ws::write_frame(&mut *w, ws::CLOSE, &[3, 232]).await?;
-    let _ = w.shutdown().await;
+    let _ = output
+        .send(Out::Data(
+            3,
+            exit_status(code, &cmd).to_string().into_bytes(),
+        ))
+        .await;
+    let _ = output.send(Out::Finish).await;
     Ok(())
 }

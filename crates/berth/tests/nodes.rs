@@ -290,6 +290,61 @@ fn logs_exec_attach_and_cp_reach_the_container() {
         out.contains("30 100"),
         "the terminal size reaches the process: {out}"
     );
+    // The same over SPDY, for clients that do not use WebSockets.
+    let spdy = |args: &[&str], input: Option<&str>| {
+        let mut cmd = with(|c| c.server.kubectl_cmd(args));
+        cmd.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false");
+        if let Some(i) = input {
+            use std::io::Write;
+            let mut child = cmd
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
+            child.wait_with_output().unwrap()
+        } else {
+            cmd.output().unwrap()
+        }
+    };
+    let o = spdy(
+        &[
+            "-n",
+            &ns,
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 4",
+        ],
+        None,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("err\n"));
+    let o = spdy(
+        &["-n", &ns, "exec", "-i", "box", "--", "wc", "-c"],
+        Some("123"),
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "3");
+    let mut cmd = std::process::Command::new("kubectl");
+    cmd.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["-n", &ns, "exec", "-it", "box", "--", "sh"]);
+    let (code, out) = common::on_tty(cmd, "stty size; exit 5\n");
+    assert_eq!(code, 5, "{out}");
+    assert!(
+        out.contains("30 100"),
+        "the terminal size reaches the process over SPDY: {out}"
+    );
     // attach: what is typed reaches the container's stdin, its output comes back.
     let mut cmd = with(|c| c.server.kubectl_cmd(&["-n", &ns, "attach", "-i", "box"]));
     let mut child = cmd
