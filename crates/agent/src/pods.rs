@@ -48,6 +48,8 @@ pub struct Manager {
     pub client: kube::Client,
     pub engine: Arc<engine::Engine>,
     workers: Mutex<HashMap<String, Handle>>,
+    /// Each worker's wake-up, by pod UID: the engine's container events ring it.
+    wakers: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
 }
 
 struct Handle {
@@ -107,11 +109,33 @@ impl Manager {
             client,
             engine,
             workers: Mutex::new(HashMap::new()),
+            wakers: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Wakes a pod's worker on every event of its containers (start, exit, OOM): one thread
+    /// for the node, not one per container.
+    fn follow_engine(self: &Arc<Self>) {
+        let (_, rx) = self.engine.events.subscribe(None);
+        let m = Arc::downgrade(self);
+        std::thread::spawn(move || {
+            for e in rx {
+                if e.typ != "container" {
+                    continue;
+                }
+                let Some(m) = m.upgrade() else { break };
+                if let Some(uid) = e.actor.attributes.get(LABEL_POD_UID) {
+                    if let Some(w) = m.wakers.lock().unwrap().get(uid) {
+                        w.notify_one();
+                    }
+                }
+            }
+        });
     }
 
     /// Watches the node's pods and dispatches them to their workers.
     pub async fn run(self: Arc<Self>) -> Result<()> {
+        self.follow_engine();
         let api: kube::Api<Pod> = kube::Api::all(self.client.clone());
         let wc =
             watcher::Config::default().fields(&format!("spec.nodeName={}", self.cfg.node_name));
@@ -172,9 +196,15 @@ impl Manager {
         let (tx, rx) = tokio::sync::watch::channel(Some(Arc::new(p)));
         w.insert(uid.clone(), Handle { tx });
         let m = self.clone();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        self.wakers
+            .lock()
+            .unwrap()
+            .insert(uid.clone(), wake.clone());
         tokio::spawn(async move {
-            Worker::new(m.clone(), uid.clone(), rx).run().await;
+            Worker::new(m.clone(), uid.clone(), rx, wake).run().await;
             m.workers.lock().unwrap().remove(&uid);
+            m.wakers.lock().unwrap().remove(&uid);
         });
     }
 
@@ -335,8 +365,6 @@ struct CState {
     readiness: ProbeState,
     liveness: ProbeState,
     startup: ProbeState,
-    /// The exit watcher runs for this container ID.
-    watching: String,
     /// postStart ran for this container ID.
     post_started: String,
 }
@@ -367,12 +395,13 @@ impl Worker {
         m: Arc<Manager>,
         uid: String,
         rx: tokio::sync::watch::Receiver<Option<Arc<Pod>>>,
+        wake: Arc<tokio::sync::Notify>,
     ) -> Worker {
         Worker {
             m,
             uid,
             rx,
-            wake: Arc::new(tokio::sync::Notify::new()),
+            wake,
             cs: BTreeMap::new(),
             last_status: Value::Null,
             pod_ip: String::new(),
@@ -593,6 +622,12 @@ impl Worker {
         if self.last_status.is_null() && phase.is_empty()
             || phase == "Pending" && self.start_time.is_none() && self.last_status.is_null()
         {
+            if let Some(msg) = podspec::forbidden_sysctl(pod) {
+                let r = ("SysctlForbidden".to_string(), msg);
+                self.event(pod, "Warning", &r.0, &r.1, None).await;
+                self.rejected = Some(r);
+                return None;
+            }
             if let Some(r) = self.admit(pod) {
                 self.event(pod, "Warning", &r.0, &r.1, None).await;
                 self.rejected = Some(r);
@@ -731,7 +766,6 @@ impl Worker {
                         "running" | "created" | "restarting"
                     ) =>
                 {
-                    self.watch_exit(&c.name, &f.id);
                     return next;
                 }
                 Some(f) => {
@@ -757,7 +791,6 @@ impl Worker {
             let found = self.found(&c.name);
             match found.last() {
                 Some(f) if matches!(f.rec.state.status.as_str(), "running" | "restarting") => {
-                    self.watch_exit(&c.name, &f.id);
                     if let Some(d) = self.probe(pod, c, f).await {
                         sooner(d);
                     }
@@ -829,19 +862,6 @@ impl Worker {
             ),
         ));
         Some(delay - elapsed)
-    }
-
-    fn watch_exit(&mut self, name: &str, id: &str) {
-        let st = self.cs.entry(name.to_string()).or_default();
-        if st.watching == id {
-            return;
-        }
-        st.watching = id.to_string();
-        let (e, id, wake) = (self.m.engine.clone(), id.to_string(), self.wake.clone());
-        tokio::task::spawn_blocking(move || {
-            let _ = e.wait(&id, engine::engine::WaitCondition::NotRunning);
-            wake.notify_one();
-        });
     }
 
     async fn fetch(&self, pod: &Pod) -> volumes::Objects {
@@ -1049,7 +1069,6 @@ impl Worker {
                 let st = self.cs.entry(c.name.clone()).or_default();
                 st.waiting = None;
                 st.backoff_until = None;
-                self.watch_exit(&c.name, &id);
                 if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
                     let st = self.cs.entry(c.name.clone()).or_default();
                     if st.post_started != id {
@@ -1243,6 +1262,14 @@ impl Worker {
                 } else {
                     engine::spec::Network::None
                 },
+                ipc: if spec.and_then(|s| s.host_ipc) == Some(true) {
+                    engine::spec::Ipc::Host
+                } else {
+                    engine::spec::Ipc::Private
+                },
+                pid_host: spec.and_then(|s| s.host_pid) == Some(true),
+                group_add: podspec::groups(pod),
+                sysctls: podspec::sysctls(pod),
                 labels: podspec::labels(pod, &c.name, attempt),
                 cgroup_parent: Some(cgroup_parent),
                 ..Default::default()

@@ -400,6 +400,59 @@ pub fn run_as_non_root(pod: &Pod, c: &Container) -> bool {
         .unwrap_or(false)
 }
 
+/// The pod's supplementary groups: `supplementalGroups` and `fsGroup`.
+pub fn groups(pod: &Pod) -> Vec<u32> {
+    let Some(sc) = pod.spec.as_ref().and_then(|s| s.security_context.as_ref()) else {
+        return Vec::new();
+    };
+    let mut g: Vec<u32> = sc
+        .supplemental_groups
+        .iter()
+        .flatten()
+        .chain(sc.fs_group.iter())
+        .filter_map(|g| u32::try_from(*g).ok())
+        .collect();
+    g.sort_unstable();
+    g.dedup();
+    g
+}
+
+/// The sysctls the kubelet allows without `--allowed-unsafe-sysctls`: namespaced and safe.
+pub const SAFE_SYSCTLS: &[&str] = &[
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+];
+
+/// The pod's sysctls.
+pub fn sysctls(pod: &Pod) -> BTreeMap<String, String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|s| s.sysctls.as_ref())
+        .map(|l| {
+            l.iter()
+                .map(|s| (s.name.clone(), s.value.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The kubelet's sysctl admission: `Some(message)` for a sysctl it does not allow.
+pub fn forbidden_sysctl(pod: &Pod) -> Option<String> {
+    sysctls(pod)
+        .keys()
+        .find(|k| !SAFE_SYSCTLS.contains(&k.as_str()))
+        .map(|k| format!("forbidden sysctl: \"{k}\" not allowlisted"))
+}
+
 /// Security options as the engine takes them (`--security-opt`, capabilities, privileged,
 /// read-only root).
 pub struct Security {

@@ -335,6 +335,12 @@ pub fn setup(
     let base = pod_dir(data_dir, &uid).join("volumes");
     let io = |what: &str, e: std::io::Error| ConfigError(format!("{what}: {e}"));
     let mut out = BTreeMap::new();
+    let fs_group = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|s| s.fs_group)
+        .and_then(|g| u32::try_from(g).ok());
     for v in pod
         .spec
         .as_ref()
@@ -348,6 +354,12 @@ pub fn setup(
                 v.name, e.0
             ))
         })?;
+        // fsGroup owns the volumes the kubelet manages (never a hostPath or a claim's).
+        if let Some(g) = fs_group {
+            if v.host_path.is_none() && v.persistent_volume_claim.is_none() {
+                chgrp_tree(&p, g);
+            }
+        }
         out.insert(v.name.clone(), p);
     }
     let _ = io;
@@ -619,6 +631,35 @@ fn volume(
         "volume \"{}\" has a type berth's agent does not mount (supported: emptyDir, hostPath, configMap, secret, downwardAPI, projected, persistentVolumeClaim)",
         v.name
     )))
+}
+
+/// Gives `dir` and everything under it (links themselves, not their targets) to group
+/// `gid`, group-readable (and group-writable and setgid for directories), as the kubelet
+/// applies fsGroup.
+fn chgrp_tree(dir: &Path, gid: u32) {
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    let _ = std::os::unix::fs::lchown(dir, None, Some(gid));
+    if meta.file_type().is_symlink() {
+        return;
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    let want = if meta.is_dir() {
+        mode | 0o2070
+    } else {
+        mode | 0o040
+    };
+    if want != mode {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(want));
+    }
+    if meta.is_dir() {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                chgrp_tree(&e.path(), gid);
+            }
+        }
+    }
 }
 
 fn downward_item(

@@ -490,6 +490,9 @@ fn create_request(head: &Head, b: CreateBody) -> Result<engine::CreateRequest, F
         labels: b.labels.unwrap_or_default(),
         stop_signal: Some(b.stop_signal).filter(|s| !s.is_empty()),
         cgroup_parent: None,
+        group_add: Vec::new(),
+        sysctls: Default::default(),
+        pid_host: false,
     };
     if let Some(m) = &run.memory {
         engine::spec::parse_memory(m).map_err(|e| bad_request(e.to_string()))?;

@@ -152,6 +152,12 @@ pub fn config(
 
 /// Opens the node's engine and serves its API on the engine socket (on threads of its own).
 pub fn start_engine(cfg: &agent::Config) -> Result<std::sync::Arc<engine::Engine>> {
+    // glibc gives each thread that allocates an arena of its own; a node agent's threads
+    // (async workers, blocking engine calls, API connections) would each keep one. Two
+    // arenas serve them all at a fraction of the memory.
+    // SAFETY: mallopt only sets an allocator parameter; it is called before the agent's
+    // threads start.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let (engine, listener, pid_file) = crate::daemon::open_engine(

@@ -407,6 +407,9 @@ fn create_request(a: &CreateArgs) -> Result<Value> {
         labels,
         stop_signal: a.stop_signal.clone(),
         cgroup_parent: None,
+        group_add: Vec::new(),
+        sysctls: Default::default(),
+        pid_host: false,
     };
     // Fail fast on values the daemon would refuse anyway, with Docker's messages.
     if let Some(m) = &a.res.memory {

@@ -866,3 +866,79 @@ fn port_forward_reaches_a_port_inside_the_pod() {
         let _ = child.wait();
     }
 }
+
+#[test]
+fn security_context_groups_sysctls_and_host_namespaces() {
+    let ns = ns("secctx");
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &[
+            pod_yaml("sc", "node-0", r#"  securityContext:
+    runAsUser: 1000
+    runAsGroup: 3000
+    fsGroup: 2000
+    supplementalGroups: [4000]
+    sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: "0"}]
+  hostPID: true
+  containers:
+  - name: c
+    image: busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+    securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+  - {name: data, emptyDir: {}}
+"#),
+            pod_yaml("unsafe", "node-0", r#"  securityContext:
+    sysctls: [{name: kernel.msgmax, value: "1"}]
+  containers:
+  - name: c
+    image: busybox:latest
+    imagePullPolicy: Never
+"#),
+        ]
+        .join("---\n"),
+    );
+    wait_for(&ns, "pod/sc", "condition=Ready");
+    let id = kubectl_ok(&["-n", &ns, "exec", "sc", "--", "id"]);
+    assert!(id.starts_with("uid=1000 gid=3000"), "{id}");
+    assert!(id.contains("2000") && id.contains("4000"), "fsGroup and supplementalGroups: {id}");
+    // The emptyDir belongs to fsGroup: the user writes there through the group.
+    let stat = kubectl_ok(&["-n", &ns, "exec", "sc", "--", "sh", "-c", "touch /data/f && stat -c '%g' /data"]);
+    assert_eq!(stat.trim(), "2000");
+    let ro = kubectl_out(&["-n", &ns, "exec", "sc", "--", "touch", "/rootfile"]);
+    assert!(!ro.status.success(), "the root file system is read-only");
+    let sysctl = kubectl_ok(&["-n", &ns, "exec", "sc", "--", "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]);
+    assert_eq!(sysctl.trim(), "0");
+    // hostPID: the host's processes, not only the container's.
+    let procs = kubectl_ok(&["-n", &ns, "exec", "sc", "--", "sh", "-c", "ls -d /proc/[0-9]* | wc -l"]);
+    assert!(procs.trim().parse::<u32>().unwrap() > 10, "{procs}");
+    wait_for(&ns, "pod/unsafe", "jsonpath={.status.reason}=SysctlForbidden");
+    assert_eq!(get(&ns, "pod/unsafe", "{.status.phase}"), "Failed");
+}
+
+#[test]
+fn an_agent_refuses_an_engine_socket_another_daemon_holds() {
+    let (url, token, socket, dir) = with(|c| {
+        (
+            c.server.url.clone(),
+            std::fs::read_to_string(c.server.dir.join("data/tls/token")).unwrap(),
+            c.hosts[0].socket.clone(),
+            c.server.dir.join("second-agent"),
+        )
+    });
+    let out = with(|c| {
+        c.hosts[0].exec(&[
+            common::BERTH, "agent", "--server", &url, "--token", token.trim(), "--node-name", "second",
+            "--data-dir", dir.to_str().unwrap(), "--exec-root", "/run/berth-second-agent",
+            "--engine-socket", socket.to_str().unwrap(), "--kubelet-port", "10252",
+        ])
+    });
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another daemon is listening on"), "{err}");
+    assert!(!kubectl_ok(&["get", "nodes", "-o", "name"]).contains("second"));
+    let _ = std::fs::remove_dir_all("/run/berth-second-agent");
+    let _ = std::fs::remove_dir_all(&dir);
+}

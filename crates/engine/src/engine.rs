@@ -1024,7 +1024,7 @@ impl Engine {
                 check_endpoint(&net, ep)?;
             }
             if let Some(s) = &req.sandbox {
-                if run.network != Network::None || run.ipc != Ipc::Private {
+                if run.network != Network::None || !matches!(run.ipc, Ipc::Private | Ipc::Host) {
                     return Err(EngineError::Invalid(
                         "conflicting options: a container in a sandbox takes its network and IPC namespaces from it".into(),
                     ));
@@ -1051,7 +1051,9 @@ impl Engine {
             }
             if req.sandbox.is_some() {
                 check.network = Network::Join("/proc/self/ns/net".into());
-                check.ipc = Ipc::Join("/proc/self/ns/ipc".into());
+                if check.ipc != Ipc::Host {
+                    check.ipc = Ipc::Join("/proc/self/ns/ipc".into());
+                }
                 check.uts_join = Some("/proc/self/ns/uts".into());
             }
             if check.hostname.is_none() {
@@ -1347,7 +1349,10 @@ impl Engine {
                 .get(name)
                 .map_err(|e| EngineError::Conflict(format!("sandbox {name}: {e}")))?;
             run.network = Network::Join(s.path.join("net"));
-            run.ipc = Ipc::Join(s.path.join("ipc"));
+            // A pod with hostIPC shares the host's; otherwise the sandbox's.
+            if run.ipc != Ipc::Host {
+                run.ipc = Ipc::Join(s.path.join("ipc"));
+            }
             run.uts_join = Some(s.path.join("uts"));
         }
         if run.hostname.is_none() {

@@ -106,6 +106,15 @@ pub struct RunOptions {
     /// node agent's containers). Default `/berth`.
     #[serde(default)]
     pub cgroup_parent: Option<String>,
+    /// `--group-add` (numeric): more supplementary groups for the process.
+    #[serde(default)]
+    pub group_add: Vec<u32>,
+    /// `--sysctl`: namespaced kernel parameters set in the container.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+    /// `--pid host`: no PID namespace of its own.
+    #[serde(default)]
+    pub pid_host: bool,
 }
 
 /// A mount the user asked for.
@@ -990,7 +999,7 @@ pub fn generate(
             None => "/".to_string(),
         },
     };
-    let user = match opts
+    let mut user = match opts
         .user
         .as_deref()
         .or(image.user.as_deref())
@@ -999,6 +1008,15 @@ pub fn generate(
         Some(u) => resolve_user(u, rootfs)?,
         None => User::default(),
     };
+    if !opts.group_add.is_empty() {
+        let mut groups = user.additional_gids().clone().unwrap_or_default();
+        for g in &opts.group_add {
+            if !groups.contains(g) && *g != user.gid() {
+                groups.push(*g);
+            }
+        }
+        user.set_additional_gids(Some(groups));
+    }
     let caps = capabilities(opts)?;
     let sec = security(opts, &caps)?;
     let rlimits = opts
@@ -1044,7 +1062,10 @@ pub fn generate(
         .collect();
     mounts.extend(user_mounts);
 
-    let mut namespaces = vec![namespace(LinuxNamespaceType::Pid, None)];
+    let mut namespaces = Vec::new();
+    if !opts.pid_host {
+        namespaces.push(namespace(LinuxNamespaceType::Pid, None));
+    }
     match &opts.network {
         Network::None => namespaces.push(namespace(LinuxNamespaceType::Network, None)),
         Network::Join(p) => {
@@ -1067,7 +1088,12 @@ pub fn generate(
     let mut linux = oci_spec::runtime::Linux::default();
     linux.set_uid_mappings(None);
     linux.set_gid_mappings(None);
-    linux.set_sysctl(None);
+    linux.set_sysctl((!opts.sysctls.is_empty()).then(|| {
+        opts.sysctls
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }));
     linux.set_resources(Some(resources(opts)?));
     linux.set_namespaces(Some(namespaces));
     linux.set_devices(None);
