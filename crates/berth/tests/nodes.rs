@@ -903,18 +903,51 @@ fn security_context_groups_sysctls_and_host_namespaces() {
     wait_for(&ns, "pod/sc", "condition=Ready");
     let id = kubectl_ok(&["-n", &ns, "exec", "sc", "--", "id"]);
     assert!(id.starts_with("uid=1000 gid=3000"), "{id}");
-    assert!(id.contains("2000") && id.contains("4000"), "fsGroup and supplementalGroups: {id}");
+    assert!(
+        id.contains("2000") && id.contains("4000"),
+        "fsGroup and supplementalGroups: {id}"
+    );
     // The emptyDir belongs to fsGroup: the user writes there through the group.
-    let stat = kubectl_ok(&["-n", &ns, "exec", "sc", "--", "sh", "-c", "touch /data/f && stat -c '%g' /data"]);
+    let stat = kubectl_ok(&[
+        "-n",
+        &ns,
+        "exec",
+        "sc",
+        "--",
+        "sh",
+        "-c",
+        "touch /data/f && stat -c '%g' /data",
+    ]);
     assert_eq!(stat.trim(), "2000");
     let ro = kubectl_out(&["-n", &ns, "exec", "sc", "--", "touch", "/rootfile"]);
     assert!(!ro.status.success(), "the root file system is read-only");
-    let sysctl = kubectl_ok(&["-n", &ns, "exec", "sc", "--", "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]);
+    let sysctl = kubectl_ok(&[
+        "-n",
+        &ns,
+        "exec",
+        "sc",
+        "--",
+        "cat",
+        "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+    ]);
     assert_eq!(sysctl.trim(), "0");
     // hostPID: the host's processes, not only the container's.
-    let procs = kubectl_ok(&["-n", &ns, "exec", "sc", "--", "sh", "-c", "ls -d /proc/[0-9]* | wc -l"]);
+    let procs = kubectl_ok(&[
+        "-n",
+        &ns,
+        "exec",
+        "sc",
+        "--",
+        "sh",
+        "-c",
+        "ls -d /proc/[0-9]* | wc -l",
+    ]);
     assert!(procs.trim().parse::<u32>().unwrap() > 10, "{procs}");
-    wait_for(&ns, "pod/unsafe", "jsonpath={.status.reason}=SysctlForbidden");
+    wait_for(
+        &ns,
+        "pod/unsafe",
+        "jsonpath={.status.reason}=SysctlForbidden",
+    );
     assert_eq!(get(&ns, "pod/unsafe", "{.status.phase}"), "Failed");
 }
 
@@ -930,9 +963,22 @@ fn an_agent_refuses_an_engine_socket_another_daemon_holds() {
     });
     let out = with(|c| {
         c.hosts[0].exec(&[
-            common::BERTH, "agent", "--server", &url, "--token", token.trim(), "--node-name", "second",
-            "--data-dir", dir.to_str().unwrap(), "--exec-root", "/run/berth-second-agent",
-            "--engine-socket", socket.to_str().unwrap(), "--kubelet-port", "10252",
+            common::BERTH,
+            "agent",
+            "--server",
+            &url,
+            "--token",
+            token.trim(),
+            "--node-name",
+            "second",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--exec-root",
+            "/run/berth-second-agent",
+            "--engine-socket",
+            socket.to_str().unwrap(),
+            "--kubelet-port",
+            "10252",
         ])
     });
     assert!(!out.status.success());
