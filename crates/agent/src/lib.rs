@@ -16,6 +16,7 @@ pub mod probes;
 pub mod routes;
 pub mod spdy;
 pub mod static_pods;
+pub mod stats;
 pub mod volumes;
 pub mod ws;
 

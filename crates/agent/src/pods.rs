@@ -50,6 +50,8 @@ pub struct Manager {
     workers: Mutex<HashMap<String, Handle>>,
     /// Each worker's wake-up, by pod UID: the engine's container events ring it.
     wakers: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// The last CPU sample per container, pod and the node: (time, cumulative ns).
+    pub(crate) stats_prev: Mutex<HashMap<String, (i128, u64)>>,
 }
 
 struct Handle {
@@ -110,6 +112,7 @@ impl Manager {
             engine,
             workers: Mutex::new(HashMap::new()),
             wakers: Mutex::new(HashMap::new()),
+            stats_prev: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -266,6 +269,16 @@ impl Manager {
                     Some("Succeeded") | Some("Failed")
                 )
             })
+            .collect()
+    }
+
+    /// The pods the workers hold now.
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        self.workers
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|h| h.tx.borrow().clone())
             .collect()
     }
 
