@@ -50,6 +50,11 @@ cleanup() {
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# PSS (shared pages split among their users) and anonymous memory, KB.
+pss_kb() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
+anon_kb() { awk '/^Anonymous:/ {print $2}' "/proc/$1/smaps_rollup"; }
+# Resident pages of the berth binary itself (code and data, shared with the shims).
+exe_kb() { awk -v exe="$(readlink "/proc/$1/exe")" '/^[0-9a-f]+-[0-9a-f]+ / {m=($6==exe)} m && /^Rss:/ {s+=$2} END {print s+0}' "/proc/$1/smaps"; }
 ms() { python3 -c "import sys; print(f'{float(sys.argv[1]):.0f}')" "$1"; }
 ratio() { python3 -c "import sys; a,b=map(float,sys.argv[1:]); print(f'{b/a:.1f}x' if a>0 else 'n/a')" "$1" "$2"; }
 pct() { sort -n | python3 -c "import sys,math; v=[float(x) for x in sys.stdin]; p=float(sys.argv[1]); print(v[max(1,math.ceil(len(v)*p))-1])" "$1"; }
@@ -74,14 +79,16 @@ until [[ -S $run/berth.sock ]]; do sleep 0.05; done
 BERTH_HOST=unix://$run/berth.sock "$berth" image import -c 'CMD ["sh"]' "$work/bb.tar.gz" busybox:latest >/dev/null
 kubectl --kubeconfig "$work/kubeconfig" wait --for=condition=Ready node/bench --timeout=60s >/dev/null
 sleep 2
-agent_idle=$(rss_kb "$agent")
+agent_idle=$(rss_kb "$agent"); agent_idle_pss=$(pss_kb "$agent"); agent_idle_anon=$(anon_kb "$agent")
 
 "$load" "$work/kubeconfig" bench "$count" seq busybox:latest >"$work/berth-seq.txt"
 read -r b_seq50 b_seq99 < <(tail -1 "$work/berth-seq.txt")
 "$load" "$work/kubeconfig" bench 30 par busybox:latest keep >"$work/berth-par.txt"
 read -r b_par50 b_par99 < <(tail -1 "$work/berth-par.txt")
 sleep 1
-agent_30=$(rss_kb "$agent")
+sleep 3
+agent_30=$(rss_kb "$agent"); agent_30_pss=$(pss_kb "$agent"); agent_30_anon=$(anon_kb "$agent")
+agent_30_exe=$(exe_kb "$agent")
 shims=0; nshim=0
 for p in $(pgrep -f "berth shim $run" || true); do
   shims=$((shims + $(rss_kb "$p"))); nshim=$((nshim + 1))
@@ -125,4 +132,6 @@ echo "  targets: berth single p50 <= 150 ms; 30 at once p99 <= 1000 ms"
 echo "agent memory:"
 printf "  berth agent RSS idle %d MB, with 30 pods %d MB (target <= 30 MB; k3s agent ~275 MB)\n" \
   $((agent_idle / 1024)) $((agent_30 / 1024))
+printf "    of which the berth binary's own pages (shared with the shims) %d MB; PSS idle %d MB, with 30 pods %d MB; anonymous idle %d MB, with 30 pods %d MB\n" \
+  $((agent_30_exe / 1024)) $((agent_idle_pss / 1024)) $((agent_30_pss / 1024)) $((agent_idle_anon / 1024)) $((agent_30_anon / 1024))
 printf "  shims: %d processes, %d MB in all (%d KB each)\n" "$nshim" $((shims / 1024)) $((nshim ? shims / nshim : 0))

@@ -405,6 +405,9 @@ impl NodeAgent {
             if let Err(e) = self.renew_lease().await {
                 eprintln!("berth agent: renewing the node lease: {e}");
             }
+            // Memory freed by pods that went back to the system, not kept in the heap.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
             if last_check.elapsed() < Duration::from_secs(10) && !last_status.is_null() {
                 continue;
             }

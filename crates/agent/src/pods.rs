@@ -632,9 +632,8 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.phase.clone())
             .unwrap_or_default();
-        if self.last_status.is_null() && phase.is_empty()
-            || phase == "Pending" && self.start_time.is_none() && self.last_status.is_null()
-        {
+        // Admission, once, for a pod the node has not started yet.
+        if self.last_status.is_null() && matches!(phase.as_str(), "" | "Pending") {
             if let Some(msg) = podspec::forbidden_sysctl(pod) {
                 let r = ("SysctlForbidden".to_string(), msg);
                 self.event(pod, "Warning", &r.0, &r.1, None).await;
@@ -648,17 +647,14 @@ impl Worker {
             }
         }
         if self.start_time.is_none() {
-            self.start_time = Some(
-                pod.status
-                    .as_ref()
-                    .and_then(|s| s.start_time.as_ref())
-                    .map(|t| t.0.to_string())
-                    .filter(|_| false)
-                    .unwrap_or_else(k8s_now),
-            );
-            if let Some(t) = pod.status.as_ref().and_then(|s| s.start_time.clone()) {
-                self.start_time = Some(serde_json::to_value(&t).ok()?.as_str()?.to_string());
-            }
+            // The time a previous agent reported is kept across restarts.
+            let reported = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .and_then(|t| serde_json::to_value(t).ok())
+                .and_then(|v| v.as_str().map(str::to_string));
+            self.start_time = Some(reported.unwrap_or_else(k8s_now));
         }
         let spec = pod.spec.clone().unwrap_or_default();
         let host_network = spec.host_network == Some(true);
