@@ -1015,3 +1015,62 @@ fn an_agent_refuses_an_engine_socket_another_daemon_holds() {
     let _ = std::fs::remove_dir_all("/run/berth-second-agent");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn host_ports_and_claims_bound_to_local_volumes() {
+    let ns = ns("hostport");
+    let dir = with(|c| {
+        c.hosts[0]
+            .data_dir
+            .join(format!("pv-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), "from the volume\n").unwrap();
+    let pv = format!("pv-{}", std::process::id());
+    kubectl_in(
+        &["apply", "-f", "-"],
+        &format!("apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {pv}}}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  hostPath: {{path: {}}}\n", dir.display()),
+    );
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &[
+            format!("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data}}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {{requests: {{storage: 1Gi}}}}\n  volumeName: {pv}\n"),
+            pod_yaml("web", "node-0", r#"  containers:
+  - name: c
+    image: busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo written > /www/out.txt; exec httpd -f -p 8080 -h /www"]
+    ports: [{containerPort: 8080, hostPort: 18080}]
+    readinessProbe: {httpGet: {path: /index.html, port: 8080}, periodSeconds: 1}
+    volumeMounts: [{name: www, mountPath: /www}]
+  volumes:
+  - {name: www, persistentVolumeClaim: {claimName: data}}
+"#),
+        ]
+        .join("---\n"),
+    );
+    wait_for(&ns, "pod/web", "condition=Ready");
+    // The node's address, the host port: served from the claim's volume.
+    let ip = with(|c| c.hosts[0].ip.clone());
+    let mut body = String::new();
+    for _ in 0..50 {
+        use std::io::{Read, Write};
+        if let Ok(mut s) = std::net::TcpStream::connect((ip.as_str(), 18080)) {
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+            body.clear();
+            let _ = s.read_to_string(&mut body);
+            if body.contains("200 OK") {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(body.ends_with("from the volume\n"), "{body}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out.txt")).unwrap(),
+        "written\n"
+    );
+    kubectl_ok(&["-n", &ns, "delete", "pod", "web"]);
+    kubectl_ok(&["delete", "pv", &pv]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
