@@ -9,6 +9,7 @@
 pub mod join;
 pub mod kubelet;
 pub mod node;
+pub mod podcgroup;
 pub mod pods;
 pub mod podspec;
 pub mod portforward;

@@ -222,6 +222,7 @@ impl Manager {
     async fn clean_orphans(&self, live: &HashSet<String>) {
         let engine = self.engine.clone();
         let data = self.cfg.data_dir.clone();
+        let root = self.cfg.cgroup_root.clone();
         let live = live.clone();
         blocking(move || {
             let mut uids = HashSet::new();
@@ -249,7 +250,7 @@ impl Manager {
             }
             for u in uids {
                 eprintln!("berth agent: removing pod {u}, which the API no longer has");
-                teardown(&engine, &data, &u, Some(0));
+                teardown(&engine, &data, &root, &u, Some(0));
             }
         })
         .await;
@@ -349,7 +350,13 @@ impl Manager {
 }
 
 /// Stops and removes everything of a pod on the node.
-fn teardown(engine: &engine::Engine, data_dir: &std::path::Path, uid: &str, grace: Option<i64>) {
+fn teardown(
+    engine: &engine::Engine,
+    data_dir: &std::path::Path,
+    cgroup_root: &str,
+    uid: &str,
+    grace: Option<i64>,
+) {
     let ids: Vec<String> = engine
         .list(true, false)
         .into_iter()
@@ -364,6 +371,7 @@ fn teardown(engine: &engine::Engine, data_dir: &std::path::Path, uid: &str, grac
     }
     let _ = engine.sandbox_remove(&podspec::sandbox_name(uid), true);
     volumes::teardown(data_dir, uid);
+    crate::podcgroup::remove(cgroup_root, uid);
 }
 
 /// What the worker keeps per container between syncs.
@@ -438,12 +446,7 @@ impl Worker {
                 if let Some(p) = &last_pod {
                     self.terminate(p, grace.unwrap_or(30)).await;
                 }
-                let (e, d, u) = (
-                    self.m.engine.clone(),
-                    self.m.cfg.data_dir.clone(),
-                    self.uid.clone(),
-                );
-                blocking(move || teardown(&e, &d, &u, Some(0))).await;
+                self.teardown().await;
                 return;
             };
             last_pod = Some(pod.clone());
@@ -458,12 +461,7 @@ impl Worker {
                     })
                     .unwrap_or(30);
                 self.terminate(&pod, grace).await;
-                let (e, d, u) = (
-                    self.m.engine.clone(),
-                    self.m.cfg.data_dir.clone(),
-                    self.uid.clone(),
-                );
-                blocking(move || teardown(&e, &d, &u, Some(0))).await;
+                self.teardown().await;
                 let _ = self.report(&pod, true).await;
                 let api: kube::Api<Pod> = kube::Api::namespaced(
                     self.m.client.clone(),
@@ -502,6 +500,17 @@ impl Worker {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Removes everything of the pod from the node.
+    async fn teardown(&self) {
+        let (e, d, r, u) = (
+            self.m.engine.clone(),
+            self.m.cfg.data_dir.clone(),
+            self.m.cfg.cgroup_root.clone(),
+            self.uid.clone(),
+        );
+        blocking(move || teardown(&e, &d, &r, &u, Some(0))).await;
     }
 
     fn found(&self, container: &str) -> Vec<Found> {
@@ -726,6 +735,19 @@ impl Worker {
                 self.sandbox_error = Some(msg);
                 return Some(Duration::from_secs(5));
             }
+        }
+        // The pod's own cgroup, parent of its containers'.
+        let made = {
+            let (root, p) = (self.m.cfg.cgroup_root.clone(), pod.clone());
+            blocking(move || crate::podcgroup::ensure(&root, &p)).await
+        };
+        if let Err(e) = made {
+            if self.sandbox_error.as_deref() != Some(e.as_str()) {
+                self.event(pod, "Warning", "FailedCreatePodCgroup", &e, None)
+                    .await;
+            }
+            self.sandbox_error = Some(e);
+            return Some(Duration::from_secs(5));
         }
         // The objects the pod names, then its volumes.
         let objs = self.fetch(pod).await;
@@ -1230,16 +1252,7 @@ impl Worker {
         });
         let (memory, cpus_limit, shares) = podspec::limits(c);
         let qos = podspec::qos_class(pod).to_ascii_lowercase();
-        let cgroup_parent = format!(
-            "{}/kubepods/{}pod{}",
-            self.m.cfg.cgroup_root.trim_end_matches('/'),
-            if qos == "guaranteed" {
-                String::new()
-            } else {
-                format!("{qos}/")
-            },
-            self.uid
-        );
+        let cgroup_parent = crate::podcgroup::path(&self.m.cfg.cgroup_root, &qos, &self.uid);
         let spec = pod.spec.as_ref();
         let grace = spec
             .and_then(|s| s.termination_grace_period_seconds)

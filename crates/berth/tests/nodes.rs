@@ -1074,3 +1074,48 @@ fn host_ports_and_claims_bound_to_local_volumes() {
     kubectl_ok(&["delete", "pv", &pv]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_pod_cgroup_carries_the_pods_limits_and_goes_with_it() {
+    let ns = ns("podcg");
+    let ctr = |name: &str| {
+        format!("  - name: {name}\n    image: busybox:latest\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 0.2; done\"]\n    resources: {{limits: {{cpu: 100m, memory: 64Mi}}}}\n")
+    };
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &pod_yaml(
+            "g",
+            "node-0",
+            &format!("  containers:\n{}{}", ctr("a"), ctr("b")),
+        ),
+    );
+    wait_for(&ns, "pod/g", "condition=Ready");
+    assert_eq!(get(&ns, "pod/g", "{.status.qosClass}"), "Guaranteed");
+    let uid = get(&ns, "pod/g", "{.metadata.uid}");
+    let root = with(|c| c.hosts[0].cgroup_root.clone());
+    let rel = format!("{}/kubepods/pod{uid}", root.trim_start_matches('/'));
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
+    let (mem, quota) = if v1.is_dir() {
+        (
+            v1.join(&rel).join("memory.limit_in_bytes"),
+            std::path::Path::new("/sys/fs/cgroup/cpu")
+                .join(&rel)
+                .join("cpu.cfs_quota_us"),
+        )
+    } else {
+        let d = std::path::Path::new("/sys/fs/cgroup").join(&rel);
+        (d.join("memory.max"), d.join("cpu.max"))
+    };
+    assert_eq!(
+        std::fs::read_to_string(&mem).unwrap().trim(),
+        (128u64 << 20).to_string()
+    );
+    assert!(std::fs::read_to_string(&quota)
+        .unwrap()
+        .starts_with("20000"));
+    kubectl_ok(&["-n", &ns, "delete", "pod", "g"]);
+    assert!(
+        !mem.parent().unwrap().exists(),
+        "the pod cgroup is gone with the pod"
+    );
+}
