@@ -36,6 +36,12 @@ pub struct ServerArgs {
     /// Do not run an agent for this machine's node (a control plane only).
     #[arg(long)]
     disable_agent: bool,
+    /// Do not run the scheduler (pods then wait for something else to bind them).
+    #[arg(long)]
+    disable_scheduler: bool,
+    /// Do not run the controllers (ReplicaSets).
+    #[arg(long)]
+    disable_controller_manager: bool,
     #[command(flatten)]
     node: crate::agent_cmd::NodeArgs,
 }
@@ -77,6 +83,25 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
             running.addr,
             a.write_kubeconfig.display()
         );
+        if !a.disable_scheduler || !a.disable_controller_manager {
+            // The scheduler and controllers are clients of this server, as the admin.
+            let host = if running.addr.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                running.addr.ip()
+            };
+            let url = format!(
+                "https://{}",
+                std::net::SocketAddr::new(host, running.addr.port())
+            );
+            let kc = kube::config::Kubeconfig::from_yaml(&running.pki.admin_kubeconfig(&url))
+                .context("the controllers' kubeconfig")?;
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .context("the controllers' client")?;
+            let client = kube::Client::try_from(cfg).context("the controllers' client")?;
+            controllers::start(client, !a.disable_scheduler, !a.disable_controller_manager);
+        }
         let agent = node.map(|(mut cfg, engine)| {
             let host = if running.addr.ip().is_unspecified() {
                 std::net::IpAddr::from([127, 0, 0, 1])

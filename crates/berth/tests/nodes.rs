@@ -1119,3 +1119,108 @@ fn the_pod_cgroup_carries_the_pods_limits_and_goes_with_it() {
         "the pod cgroup is gone with the pod"
     );
 }
+
+#[test]
+fn the_scheduler_places_pods_and_a_replicaset_keeps_its_count() {
+    let ns = ns("sched");
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        r#"apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: web}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: busybox:latest
+        imagePullPolicy: Never
+        command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+        resources: {requests: {cpu: 10m, memory: 8Mi}}
+"#,
+    );
+    wait_for(&ns, "rs/web", "jsonpath={.status.readyReplicas}=4");
+    // LeastAllocated spreads them over both nodes.
+    let nodes = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].spec.nodeName}",
+    ]);
+    assert!(
+        nodes.contains("node-0") && nodes.contains("node-1"),
+        "{nodes}"
+    );
+    let events = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "events",
+        "--field-selector",
+        "reason=Scheduled",
+    ]);
+    assert!(events.contains("Successfully assigned"), "{events}");
+    // A pod deleted is replaced.
+    let first = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    kubectl_ok(&["-n", &ns, "delete", "pod", &first]);
+    wait_for(&ns, "rs/web", "jsonpath={.status.readyReplicas}=4");
+    let names = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    assert!(!names.split(' ').any(|n| n == first), "{names}");
+    assert_eq!(names.split(' ').count(), 4, "{names}");
+    // Scaled down, the excess goes.
+    kubectl_ok(&["-n", &ns, "scale", "rs", "web", "--replicas=2"]);
+    wait_for(&ns, "rs/web", "jsonpath={.status.replicas}=2");
+    // A nodeSelector picks its node; a pod no node fits says why, as kube-scheduler does.
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: pinned}\nspec:\n  nodeSelector: {kubernetes.io/hostname: node-1}\n  containers:\n  - {name: c, image: busybox:latest, imagePullPolicy: Never, command: [sleep, '1000']}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: huge}\nspec:\n  containers:\n  - {name: c, image: busybox:latest, imagePullPolicy: Never, resources: {requests: {cpu: '1000'}}}\n",
+    );
+    wait_for(&ns, "pod/pinned", "jsonpath={.spec.nodeName}=node-1");
+    wait_for(
+        &ns,
+        "pod/huge",
+        "jsonpath={.status.conditions[0].reason}=Unschedulable",
+    );
+    let msg = get(&ns, "pod/huge", "{.status.conditions[0].message}");
+    assert!(
+        msg.starts_with("0/2 nodes are available: 2 Insufficient cpu."),
+        "{msg}"
+    );
+    let events = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=huge",
+    ]);
+    assert!(events.contains("FailedScheduling"), "{events}");
+    kubectl_ok(&["-n", &ns, "delete", "rs", "web"]);
+    kubectl_ok(&["-n", &ns, "delete", "pods", "--all", "--grace-period=1"]);
+}

@@ -147,24 +147,34 @@ impl Server {
 
     /// Starts a server with extra flags.
     pub fn start_with(name: &str, etcd: bool, extra: &[&str]) -> Server {
-        Server::launch(base_dir(name), etcd, extra)
+        Server::launch(base_dir(name), etcd, extra, false)
+    }
+
+    /// Starts the server of a cluster with nodes: its scheduler and controllers run (its
+    /// own node agent does not; the cluster's agents are hosts of their own).
+    pub fn start_cluster(name: &str, extra: &[&str]) -> Server {
+        Server::launch(base_dir(name), false, extra, true)
     }
 
     /// Starts a server again on the data dir of `old` (which must have stopped).
     pub fn start_reusing(old: &Server, extra: &[&str]) -> Server {
-        Server::launch(old.dir.clone(), false, extra)
+        Server::launch(old.dir.clone(), false, extra, false)
     }
 
-    fn launch(dir: PathBuf, etcd: bool, extra: &[&str]) -> Server {
+    fn launch(dir: PathBuf, etcd: bool, extra: &[&str], controllers: bool) -> Server {
         let kubeconfig = dir.join("kubeconfig.yaml");
         let mut cmd = Command::new(crate::common::BERTH);
         cmd.arg("server");
         if !extra.contains(&"--bind-address") {
             cmd.args(["--bind-address", "127.0.0.1"]);
         }
-        // API-only servers run no node agent; clusters with nodes start agents of their own.
-        cmd.args(["--https-listen-port", "0", "--disable-agent"])
-            .arg("--data-dir")
+        // API-only servers run no node agent, scheduler or controllers; clusters with nodes
+        // start agents of their own.
+        cmd.args(["--https-listen-port", "0", "--disable-agent"]);
+        if !controllers {
+            cmd.args(["--disable-scheduler", "--disable-controller-manager"]);
+        }
+        cmd.arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--write-kubeconfig")
             .arg(&kubeconfig)

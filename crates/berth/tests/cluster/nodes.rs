@@ -141,9 +141,8 @@ impl Cluster {
         ]);
         must(&["ip", "link", "set", &bridge, "up"]);
         let server_ip = format!("{subnet_prefix}.1");
-        let server = Server::start_with(
+        let server = Server::start_cluster(
             name,
-            false,
             &["--bind-address", &server_ip, "--tls-san", &server_ip],
         );
         let token = std::fs::read_to_string(server.dir.join("data/tls/token"))

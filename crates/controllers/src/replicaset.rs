@@ -1,0 +1,380 @@
+//! The ReplicaSet controller: keeps `spec.replicas` pods matching each ReplicaSet's
+//! selector, created from its template with a controller ownerReference, adopting orphans
+//! that match and releasing nothing it does not own; deletes the excess (unscheduled and
+//! unready pods first, then the newest); and reports `replicas`, `fullyLabeledReplicas`,
+//! `readyReplicas`, `availableReplicas` and `observedGeneration`. Level-triggered: every
+//! ReplicaSet is reconciled whenever it or one of its pods changes, one at a time.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::{json, Value};
+
+const NAME: &str = "replicaset-controller";
+
+fn key_of(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
+}
+
+fn selector_matches(rs: &ReplicaSet, labels: &BTreeMap<String, String>) -> bool {
+    let Some(sel) = rs.spec.as_ref().map(|s| &s.selector) else {
+        return false;
+    };
+    let ml = sel.match_labels.as_ref();
+    let exprs = sel.match_expressions.as_deref().unwrap_or(&[]);
+    if ml.is_none_or(|m| m.is_empty()) && exprs.is_empty() {
+        return false;
+    }
+    ml.is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        && exprs.iter().all(|e| {
+            let v = labels.get(&e.key);
+            let vals = e.values.as_deref().unwrap_or(&[]);
+            match e.operator.as_str() {
+                "In" => v.is_some_and(|v| vals.contains(v)),
+                "NotIn" => v.is_none_or(|v| !vals.contains(v)),
+                "Exists" => v.is_some(),
+                "DoesNotExist" => v.is_none(),
+                _ => false,
+            }
+        })
+}
+
+fn controller_uid(p: &Pod) -> Option<&str> {
+    p.metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
+}
+
+fn active(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && !matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[derive(Default)]
+struct Cache {
+    sets: HashMap<String, Arc<ReplicaSet>>,
+    pods: HashMap<String, Arc<Pod>>,
+}
+
+enum Change {
+    Set(Option<Arc<ReplicaSet>>, String),
+    Pod(Option<Arc<Pod>>, String, Option<String>),
+    Other,
+}
+
+/// Runs the controller until the process ends.
+pub async fn run(client: kube::Client) {
+    let sets: kube::Api<ReplicaSet> = kube::Api::all(client.clone());
+    let pods: kube::Api<Pod> = kube::Api::all(client.clone());
+    let set_events = watcher::watcher(sets, watcher::Config::default()).map(|e| match e {
+        Ok(watcher::Event::Apply(r) | watcher::Event::InitApply(r)) => {
+            let k = key_of(
+                r.metadata.namespace.as_deref().unwrap_or_default(),
+                r.metadata.name.as_deref().unwrap_or_default(),
+            );
+            Change::Set(Some(Arc::new(r)), k)
+        }
+        Ok(watcher::Event::Delete(r)) => Change::Set(
+            None,
+            key_of(
+                r.metadata.namespace.as_deref().unwrap_or_default(),
+                r.metadata.name.as_deref().unwrap_or_default(),
+            ),
+        ),
+        _ => Change::Other,
+    });
+    let pod_events = watcher::watcher(pods, watcher::Config::default()).map(|e| match e {
+        Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+            let k = key_of(
+                p.metadata.namespace.as_deref().unwrap_or_default(),
+                p.metadata.name.as_deref().unwrap_or_default(),
+            );
+            let owner = controller_uid(&p).map(str::to_string);
+            Change::Pod(Some(Arc::new(p)), k, owner)
+        }
+        Ok(watcher::Event::Delete(p)) => {
+            let k = key_of(
+                p.metadata.namespace.as_deref().unwrap_or_default(),
+                p.metadata.name.as_deref().unwrap_or_default(),
+            );
+            let owner = controller_uid(&p).map(str::to_string);
+            Change::Pod(None, k, owner)
+        }
+        _ => Change::Other,
+    });
+    let mut events = futures::stream::select(set_events.boxed(), pod_events.boxed());
+    let mut cache = Cache::default();
+    let mut resync = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        let mut dirty: BTreeSet<String> = BTreeSet::new();
+        let first = tokio::select! {
+            e = events.next() => match e { Some(e) => Some(e), None => return },
+            _ = resync.tick() => {
+                dirty.extend(cache.sets.keys().cloned());
+                None
+            }
+        };
+        let mut batch: Vec<Change> = first.into_iter().collect();
+        while let Some(Some(e)) = futures::FutureExt::now_or_never(events.next()) {
+            batch.push(e);
+        }
+        for c in batch {
+            match c {
+                Change::Set(Some(r), k) => {
+                    cache.sets.insert(k.clone(), r);
+                    dirty.insert(k);
+                }
+                Change::Set(None, k) => {
+                    cache.sets.remove(&k);
+                }
+                Change::Pod(p, k, owner) => {
+                    match p {
+                        Some(p) => {
+                            cache.pods.insert(k.clone(), p);
+                        }
+                        None => {
+                            cache.pods.remove(&k);
+                        }
+                    }
+                    // The owner, and any set whose selector might adopt it.
+                    let ns = k.split('/').next().unwrap_or_default().to_string();
+                    for (sk, s) in &cache.sets {
+                        if s.metadata.namespace.as_deref() == Some(ns.as_str())
+                            && (owner.as_deref() == s.metadata.uid.as_deref() || owner.is_none())
+                        {
+                            dirty.insert(sk.clone());
+                        }
+                    }
+                }
+                Change::Other => {}
+            }
+        }
+        for k in dirty {
+            if let Some(rs) = cache.sets.get(&k).cloned() {
+                if let Err(e) = reconcile(&client, &rs, &cache).await {
+                    eprintln!("berth controllers: replicaset {k}: {e}");
+                }
+            }
+        }
+    }
+}
+
+async fn reconcile(client: &kube::Client, rs: &ReplicaSet, cache: &Cache) -> anyhow::Result<()> {
+    let ns = rs.metadata.namespace.clone().unwrap_or_default();
+    let name = rs.metadata.name.clone().unwrap_or_default();
+    let uid = rs.metadata.uid.clone().unwrap_or_default();
+    if rs.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let pods_api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &ns);
+    let mut mine: Vec<Arc<Pod>> = Vec::new();
+    for p in cache.pods.values() {
+        if p.metadata.namespace.as_deref() != Some(ns.as_str()) {
+            continue;
+        }
+        let labels = p.metadata.labels.clone().unwrap_or_default();
+        match controller_uid(p) {
+            Some(o) if o == uid => mine.push(p.clone()),
+            None if active(p) && selector_matches(rs, &labels) => {
+                // Adopt an orphan that matches.
+                let patch = json!({"metadata": {"ownerReferences": [owner_ref(rs)], "uid": p.metadata.uid}});
+                if pods_api
+                    .patch(
+                        p.metadata.name.as_deref().unwrap_or_default(),
+                        &PatchParams::default(),
+                        &Patch::Strategic(&patch),
+                    )
+                    .await
+                    .is_ok()
+                {
+                    mine.push(p.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    let live: Vec<&Arc<Pod>> = mine.iter().filter(|p| active(p)).collect();
+    let want = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1)
+        .max(0) as usize;
+    let involved = json!({"kind": "ReplicaSet", "namespace": ns, "name": name, "uid": uid, "apiVersion": "apps/v1"});
+    if live.len() < want {
+        for _ in 0..(want - live.len()) {
+            let pod = pod_from_template(rs)?;
+            match pods_api.create(&PostParams::default(), &pod).await {
+                Ok(p) => {
+                    crate::event(
+                        client,
+                        NAME,
+                        involved.clone(),
+                        "Normal",
+                        "SuccessfulCreate",
+                        &format!("Created pod: {}", p.metadata.name.unwrap_or_default()),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    crate::event(
+                        client,
+                        NAME,
+                        involved.clone(),
+                        "Warning",
+                        "FailedCreate",
+                        &format!("Error creating: {e}"),
+                    )
+                    .await;
+                    break;
+                }
+            }
+        }
+    } else if live.len() > want {
+        let mut victims: Vec<&Arc<Pod>> = live.clone();
+        // Unscheduled first, then not ready, then the newest.
+        victims.sort_by_key(|p| {
+            (
+                p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some(),
+                ready(p),
+                std::cmp::Reverse(
+                    p.metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .map(|t| t.0.to_string()),
+                ),
+            )
+        });
+        for p in victims.iter().take(live.len() - want) {
+            let pn = p.metadata.name.clone().unwrap_or_default();
+            if pods_api.delete(&pn, &DeleteParams::default()).await.is_ok() {
+                crate::event(
+                    client,
+                    NAME,
+                    involved.clone(),
+                    "Normal",
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {pn}"),
+                )
+                .await;
+            }
+        }
+    }
+    // Status.
+    let min_ready = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.min_ready_seconds)
+        .unwrap_or(0);
+    let template_labels = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let fully = live
+        .iter()
+        .filter(|p| {
+            let l = p.metadata.labels.clone().unwrap_or_default();
+            template_labels.iter().all(|(k, v)| l.get(k) == Some(v))
+        })
+        .count();
+    let ready_n = live.iter().filter(|p| ready(p)).count();
+    let available = live
+        .iter()
+        .filter(|p| {
+            ready(p)
+                && (min_ready == 0
+                    || p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                        .and_then(|c| c.last_transition_time.as_ref())
+                        .is_some_and(|t| {
+                            let since = timefmt::parse_rfc3339(
+                                &serde_json::to_value(t)
+                                    .ok()
+                                    .and_then(|v| v.as_str().map(str::to_string))
+                                    .unwrap_or_default(),
+                            )
+                            .unwrap_or(0);
+                            timefmt::now_nanos() - since >= i128::from(min_ready) * 1_000_000_000
+                        }))
+        })
+        .count();
+    let status = json!({
+        "replicas": live.len(),
+        "fullyLabeledReplicas": fully,
+        "readyReplicas": ready_n,
+        "availableReplicas": available,
+        "observedGeneration": rs.metadata.generation,
+    });
+    let current = serde_json::to_value(&rs.status).unwrap_or(Value::Null);
+    let same = [
+        "replicas",
+        "fullyLabeledReplicas",
+        "readyReplicas",
+        "availableReplicas",
+        "observedGeneration",
+    ]
+    .iter()
+    .all(|k| current.get(*k).unwrap_or(&json!(0)) == status.get(*k).unwrap_or(&json!(0)));
+    if !same {
+        let api: kube::Api<ReplicaSet> = kube::Api::namespaced(client.clone(), &ns);
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": status})),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn owner_ref(rs: &ReplicaSet) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs.metadata.name,
+        "uid": rs.metadata.uid, "controller": true, "blockOwnerDeletion": true})
+}
+
+fn pod_from_template(rs: &ReplicaSet) -> anyhow::Result<Pod> {
+    let t = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.as_ref())
+        .ok_or_else(|| anyhow::anyhow!("the ReplicaSet has no pod template"))?;
+    let mut meta = serde_json::to_value(t.metadata.clone().unwrap_or_default())?;
+    meta["generateName"] = json!(format!(
+        "{}-",
+        rs.metadata.name.as_deref().unwrap_or_default()
+    ));
+    meta["namespace"] = json!(rs.metadata.namespace);
+    meta["ownerReferences"] = json!([owner_ref(rs)]);
+    if let Some(o) = meta.as_object_mut() {
+        o.remove("name");
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": meta,
+        "spec": serde_json::to_value(&t.spec)?,
+    }))?)
+}
