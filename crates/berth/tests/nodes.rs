@@ -1179,7 +1179,20 @@ spec:
         "-o",
         "jsonpath={.items[0].metadata.name}",
     ]);
-    kubectl_ok(&["-n", &ns, "delete", "pod", &first]);
+    let o = kubectl_out(&["-n", &ns, "delete", "pod", &first]);
+    assert!(
+        o.status.success(),
+        "{}\n{}\n{}",
+        with(|c| c.server.log()),
+        String::from_utf8_lossy(&o.stderr),
+        kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "events",
+            "--sort-by=.metadata.creationTimestamp"
+        ])
+    );
     wait_for(&ns, "rs/web", "jsonpath={.status.readyReplicas}=4");
     let names = kubectl_ok(&[
         "-n",
@@ -1192,7 +1205,8 @@ spec:
         "jsonpath={.items[*].metadata.name}",
     ]);
     assert!(!names.split(' ').any(|n| n == first), "{names}");
-    assert_eq!(names.split(' ').count(), 4, "{names}");
+    let log = with(|c| c.server.log());
+    assert_eq!(names.split(' ').count(), 4, "{names}\n{log}");
     // Scaled down, the excess goes.
     kubectl_ok(&["-n", &ns, "scale", "rs", "web", "--replicas=2"]);
     wait_for(&ns, "rs/web", "jsonpath={.status.replicas}=2");
@@ -1223,4 +1237,122 @@ spec:
     assert!(events.contains("FailedScheduling"), "{events}");
     kubectl_ok(&["-n", &ns, "delete", "rs", "web"]);
     kubectl_ok(&["-n", &ns, "delete", "pods", "--all", "--grace-period=1"]);
+}
+
+#[test]
+fn a_deployment_rolls_out_a_new_image_and_back() {
+    let ns = ns("deploy");
+    with(|c| {
+        for h in &c.hosts {
+            h.berth_ok(&["tag", "busybox:latest", "busybox:v2"]);
+        }
+    });
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: web}}
+  strategy: {rollingUpdate: {maxSurge: 1, maxUnavailable: 1}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: busybox:latest
+        imagePullPolicy: Never
+        command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+        readinessProbe: {exec: {command: ["true"]}, periodSeconds: 1}
+"#,
+    );
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "deployment/web",
+        "--timeout=90s",
+    ]);
+    let state = kubectl_ok(&["-n", &ns, "get", "deploy,rs,pods", "-o", "wide"]);
+    assert_eq!(
+        get(&ns, "deployment/web", "{.status.availableReplicas}"),
+        "4",
+        "{state}"
+    );
+    kubectl_ok(&["-n", &ns, "set", "image", "deployment/web", "c=busybox:v2"]);
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "deployment/web",
+        "--timeout=90s",
+    ]);
+    // Terminating pods of the old set may still be listed; the live ones all run v2.
+    let images = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={range .items[?(@.metadata.deletionTimestamp)]}x{end}{range .items[*]}{.metadata.name}={.spec.containers[0].image}={.metadata.deletionTimestamp} {end}",
+    ]);
+    let state = kubectl_ok(&["-n", &ns, "get", "deploy,rs,pods", "-o", "wide"]);
+    let live: Vec<&str> = images
+        .split_whitespace()
+        .filter(|p| p.ends_with('='))
+        .collect();
+    assert_eq!(live.len(), 4, "{images}\n{state}");
+    assert!(
+        live.iter().all(|p| p.contains("=busybox:v2=")),
+        "{images}\n{state}"
+    );
+    let history = kubectl_ok(&["-n", &ns, "rollout", "history", "deployment/web"]);
+    assert!(
+        history.contains("1 ") && history.contains("2 "),
+        "{history}"
+    );
+    let rs = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "rs",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.spec.replicas} {end}",
+    ]);
+    assert_eq!(rs.split_whitespace().count(), 2, "two ReplicaSets: {rs}");
+    kubectl_ok(&["-n", &ns, "rollout", "undo", "deployment/web"]);
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "deployment/web",
+        "--timeout=90s",
+    ]);
+    let images = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]);
+    assert_eq!(images, "busybox:latest");
+    let events = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "events",
+        "--field-selector",
+        "reason=ScalingReplicaSet",
+    ]);
+    assert!(events.contains("Scaled up replica set web-"), "{events}");
+    kubectl_ok(&["-n", &ns, "delete", "deployment", "web"]);
 }

@@ -3,6 +3,7 @@
 //! ReplicaSet controller (`replicaset`). Each is an API client over kube-rs — watch, cache,
 //! reconcile, level-triggered and idempotent — talking to the server it runs in.
 
+pub mod deployment;
 pub mod replicaset;
 pub mod scheduler;
 
@@ -19,7 +20,8 @@ pub fn start(client: kube::Client, scheduler: bool, controllers: bool) {
         tokio::spawn(scheduler::run(client.clone()));
     }
     if controllers {
-        tokio::spawn(replicaset::run(client));
+        tokio::spawn(replicaset::run(client.clone()));
+        tokio::spawn(deployment::run(client));
     }
 }
 
@@ -52,4 +54,44 @@ pub async fn event(
     if let Ok(e) = serde_json::from_value(ev) {
         let _ = api.create(&Default::default(), &e).await;
     }
+}
+
+/// What a watch says, with relists made explicit: after a (re)list, `Listed` carries every
+/// key the list held, so a cache drops what was deleted while the watch was down.
+pub enum Seen<K> {
+    Applied(K),
+    Deleted(K),
+    Listed(std::collections::HashSet<String>),
+    Nothing,
+}
+
+/// `namespace/name` (`/name` for cluster-scoped objects).
+pub fn key_of<K: kube::ResourceExt>(o: &K) -> String {
+    format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// A kube-rs watcher of every `K`, as [`Seen`] events.
+pub fn follow<K>(api: kube::Api<K>) -> impl futures::Stream<Item = Seen<K>> + Send
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let mut listing: Option<std::collections::HashSet<String>> = None;
+    watcher::watcher(api, watcher::Config::default()).map(move |e| match e {
+        Ok(watcher::Event::Init) => {
+            listing = Some(Default::default());
+            Seen::Nothing
+        }
+        Ok(watcher::Event::InitApply(o)) => {
+            if let Some(l) = listing.as_mut() {
+                l.insert(key_of(&o));
+            }
+            Seen::Applied(o)
+        }
+        Ok(watcher::Event::InitDone) => Seen::Listed(listing.take().unwrap_or_default()),
+        Ok(watcher::Event::Apply(o)) => Seen::Applied(o),
+        Ok(watcher::Event::Delete(o)) => Seen::Deleted(o),
+        Err(_) => Seen::Nothing,
+    })
 }

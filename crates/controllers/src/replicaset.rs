@@ -13,7 +13,6 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
 use serde_json::{json, Value};
 
 const NAME: &str = "replicaset-controller";
@@ -73,11 +72,20 @@ fn ready(p: &Pod) -> bool {
 struct Cache {
     sets: HashMap<String, Arc<ReplicaSet>>,
     pods: HashMap<String, Arc<Pod>>,
+    /// Kubernetes' "expectations": the pods a ReplicaSet created or deleted that the watch
+    /// has not shown yet (by pod key), and since when. Until they are seen (or a while
+    /// passed), the set is not scaled again, or a stale cache would create or delete twice.
+    expect: HashMap<String, (std::collections::HashSet<String>, std::time::Instant)>,
 }
+
+/// How long a ReplicaSet waits for its creates and deletes to show before acting again.
+const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Change {
     Set(Option<Arc<ReplicaSet>>, String),
     Pod(Option<Arc<Pod>>, String, Option<String>),
+    SetsListed(std::collections::HashSet<String>),
+    PodsListed(std::collections::HashSet<String>),
     Other,
 }
 
@@ -85,41 +93,28 @@ enum Change {
 pub async fn run(client: kube::Client) {
     let sets: kube::Api<ReplicaSet> = kube::Api::all(client.clone());
     let pods: kube::Api<Pod> = kube::Api::all(client.clone());
-    let set_events = watcher::watcher(sets, watcher::Config::default()).map(|e| match e {
-        Ok(watcher::Event::Apply(r) | watcher::Event::InitApply(r)) => {
-            let k = key_of(
-                r.metadata.namespace.as_deref().unwrap_or_default(),
-                r.metadata.name.as_deref().unwrap_or_default(),
-            );
+    let set_events = crate::follow(sets).map(|e| match e {
+        crate::Seen::Applied(r) => {
+            let k = crate::key_of(&r);
             Change::Set(Some(Arc::new(r)), k)
         }
-        Ok(watcher::Event::Delete(r)) => Change::Set(
-            None,
-            key_of(
-                r.metadata.namespace.as_deref().unwrap_or_default(),
-                r.metadata.name.as_deref().unwrap_or_default(),
-            ),
-        ),
-        _ => Change::Other,
+        crate::Seen::Deleted(r) => Change::Set(None, crate::key_of(&r)),
+        crate::Seen::Listed(keys) => Change::SetsListed(keys),
+        crate::Seen::Nothing => Change::Other,
     });
-    let pod_events = watcher::watcher(pods, watcher::Config::default()).map(|e| match e {
-        Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
-            let k = key_of(
-                p.metadata.namespace.as_deref().unwrap_or_default(),
-                p.metadata.name.as_deref().unwrap_or_default(),
-            );
+    let pod_events = crate::follow(pods).map(|e| match e {
+        crate::Seen::Applied(p) => {
+            let k = crate::key_of(&p);
             let owner = controller_uid(&p).map(str::to_string);
             Change::Pod(Some(Arc::new(p)), k, owner)
         }
-        Ok(watcher::Event::Delete(p)) => {
-            let k = key_of(
-                p.metadata.namespace.as_deref().unwrap_or_default(),
-                p.metadata.name.as_deref().unwrap_or_default(),
-            );
+        crate::Seen::Deleted(p) => {
+            let k = crate::key_of(&p);
             let owner = controller_uid(&p).map(str::to_string);
             Change::Pod(None, k, owner)
         }
-        _ => Change::Other,
+        crate::Seen::Listed(keys) => Change::PodsListed(keys),
+        crate::Seen::Nothing => Change::Other,
     });
     let mut events = futures::stream::select(set_events.boxed(), pod_events.boxed());
     let mut cache = Cache::default();
@@ -147,12 +142,24 @@ pub async fn run(client: kube::Client) {
                     cache.sets.remove(&k);
                 }
                 Change::Pod(p, k, owner) => {
+                    let seen = match &p {
+                        // Created: seen once listed; deleted: once marked or gone.
+                        Some(p) => {
+                            p.metadata.deletion_timestamp.is_some() || !cache.pods.contains_key(&k)
+                        }
+                        None => true,
+                    };
                     match p {
                         Some(p) => {
                             cache.pods.insert(k.clone(), p);
                         }
                         None => {
                             cache.pods.remove(&k);
+                        }
+                    }
+                    if seen {
+                        for (pending, _) in cache.expect.values_mut() {
+                            pending.remove(&k);
                         }
                     }
                     // The owner, and any set whose selector might adopt it.
@@ -165,20 +172,47 @@ pub async fn run(client: kube::Client) {
                         }
                     }
                 }
+                Change::SetsListed(keys) => cache.sets.retain(|k, _| keys.contains(k)),
+                Change::PodsListed(keys) => {
+                    // Pods deleted while the watch was down: gone from the cache, and no
+                    // longer expected; every set is counted again.
+                    cache.pods.retain(|k, _| keys.contains(k));
+                    for (pending, _) in cache.expect.values_mut() {
+                        pending.retain(|k| keys.contains(k));
+                    }
+                    dirty.extend(cache.sets.keys().cloned());
+                }
                 Change::Other => {}
             }
         }
+        cache.expect.retain(|_, (pending, since)| {
+            !pending.is_empty() && since.elapsed() < EXPECTATION_TIMEOUT
+        });
         for k in dirty {
             if let Some(rs) = cache.sets.get(&k).cloned() {
-                if let Err(e) = reconcile(&client, &rs, &cache).await {
+                let settled = !cache.expect.contains_key(&k);
+                let mut pending = std::collections::HashSet::new();
+                // What was created or deleted is expected even when a later step failed.
+                if let Err(e) = reconcile(&client, &rs, &cache, settled, &mut pending).await {
                     eprintln!("berth controllers: replicaset {k}: {e}");
+                }
+                if !pending.is_empty() {
+                    cache.expect.insert(k, (pending, std::time::Instant::now()));
                 }
             }
         }
     }
 }
 
-async fn reconcile(client: &kube::Client, rs: &ReplicaSet, cache: &Cache) -> anyhow::Result<()> {
+/// Reconciles one ReplicaSet; scales only when `settled` (no creates or deletes still to
+/// show). Returns the keys of the pods it created or deleted.
+async fn reconcile(
+    client: &kube::Client,
+    rs: &ReplicaSet,
+    cache: &Cache,
+    settled: bool,
+    pending: &mut std::collections::HashSet<String>,
+) -> anyhow::Result<()> {
     let ns = rs.metadata.namespace.clone().unwrap_or_default();
     let name = rs.metadata.name.clone().unwrap_or_default();
     let uid = rs.metadata.uid.clone().unwrap_or_default();
@@ -220,18 +254,22 @@ async fn reconcile(client: &kube::Client, rs: &ReplicaSet, cache: &Cache) -> any
         .unwrap_or(1)
         .max(0) as usize;
     let involved = json!({"kind": "ReplicaSet", "namespace": ns, "name": name, "uid": uid, "apiVersion": "apps/v1"});
-    if live.len() < want {
+    if !settled {
+        // Wait for what was asked to show before counting again.
+    } else if live.len() < want {
         for _ in 0..(want - live.len()) {
             let pod = pod_from_template(rs)?;
             match pods_api.create(&PostParams::default(), &pod).await {
                 Ok(p) => {
+                    let pn = p.metadata.name.unwrap_or_default();
+                    pending.insert(key_of(&ns, &pn));
                     crate::event(
                         client,
                         NAME,
                         involved.clone(),
                         "Normal",
                         "SuccessfulCreate",
-                        &format!("Created pod: {}", p.metadata.name.unwrap_or_default()),
+                        &format!("Created pod: {pn}"),
                     )
                     .await;
                 }
@@ -267,6 +305,7 @@ async fn reconcile(client: &kube::Client, rs: &ReplicaSet, cache: &Cache) -> any
         for p in victims.iter().take(live.len() - want) {
             let pn = p.metadata.name.clone().unwrap_or_default();
             if pods_api.delete(&pn, &DeleteParams::default()).await.is_ok() {
+                pending.insert(key_of(&ns, &pn));
                 crate::event(
                     client,
                     NAME,

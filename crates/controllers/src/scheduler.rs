@@ -13,7 +13,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
 use serde_json::json;
 
 pub const NAME: &str = "default-scheduler";
@@ -404,6 +403,8 @@ impl State {
 enum Change {
     Node(Option<Box<Node>>, String),
     Pod(Option<Arc<Pod>>, String),
+    NodesListed(std::collections::HashSet<String>),
+    PodsListed(std::collections::HashSet<String>),
     Relisted,
 }
 
@@ -411,21 +412,23 @@ enum Change {
 pub async fn run(client: kube::Client) {
     let nodes: kube::Api<Node> = kube::Api::all(client.clone());
     let pods: kube::Api<Pod> = kube::Api::all(client.clone());
-    let node_events = watcher::watcher(nodes, watcher::Config::default()).map(|e| match e {
-        Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
+    let node_events = crate::follow(nodes).map(|e| match e {
+        crate::Seen::Applied(n) => {
             let name = n.metadata.name.clone().unwrap_or_default();
             Change::Node(Some(Box::new(n)), name)
         }
-        Ok(watcher::Event::Delete(n)) => Change::Node(None, n.metadata.name.unwrap_or_default()),
-        _ => Change::Relisted,
+        crate::Seen::Deleted(n) => Change::Node(None, n.metadata.name.unwrap_or_default()),
+        crate::Seen::Listed(keys) => Change::NodesListed(keys),
+        crate::Seen::Nothing => Change::Relisted,
     });
-    let pod_events = watcher::watcher(pods, watcher::Config::default()).map(|e| match e {
-        Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+    let pod_events = crate::follow(pods).map(|e| match e {
+        crate::Seen::Applied(p) => {
             let k = key(&p);
             Change::Pod(Some(Arc::new(p)), k)
         }
-        Ok(watcher::Event::Delete(p)) => Change::Pod(None, key(&p)),
-        _ => Change::Relisted,
+        crate::Seen::Deleted(p) => Change::Pod(None, key(&p)),
+        crate::Seen::Listed(keys) => Change::PodsListed(keys),
+        crate::Seen::Nothing => Change::Relisted,
     });
     let mut events = futures::stream::select(node_events.boxed(), pod_events.boxed());
     let mut st = State::default();
@@ -476,6 +479,15 @@ pub async fn run(client: kube::Client) {
                         // A pod gone frees room.
                         st.unschedulable.clear();
                     }
+                }
+                Change::NodesListed(keys) => {
+                    // Node keys are `/name`.
+                    st.nodes.retain(|n, _| keys.contains(&format!("/{n}")));
+                }
+                Change::PodsListed(keys) => {
+                    st.pods.retain(|k, _| keys.contains(k));
+                    st.assumed.retain(|k, _| keys.contains(k));
+                    st.unschedulable.clear();
                 }
                 Change::Relisted => {}
             }
