@@ -1354,5 +1354,63 @@ spec:
         "reason=ScalingReplicaSet",
     ]);
     assert!(events.contains("Scaled up replica set web-"), "{events}");
+    // Deleted (background propagation), its ReplicaSets and pods go with it.
     kubectl_ok(&["-n", &ns, "delete", "deployment", "web"]);
+    for what in ["rs", "pods"] {
+        let mut left = String::from("?");
+        for _ in 0..300 {
+            left = kubectl_ok(&["-n", &ns, "get", what, "-l", "app=web", "-o", "name"]);
+            if left.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(left, "", "the garbage collector removes the {what}");
+    }
+    // With --cascade=orphan, the ReplicaSet stays, without its owner.
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: kept}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: kept}}\n  template:\n    metadata: {labels: {app: kept}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - {name: c, image: busybox:latest, imagePullPolicy: Never, command: [sleep, '1000']}\n",
+    );
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "deployment/kept",
+        "--timeout=90s",
+    ]);
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "delete",
+        "deployment",
+        "kept",
+        "--cascade=orphan",
+    ]);
+    let owners = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "rs",
+        "-l",
+        "app=kept",
+        "-o",
+        "jsonpath={.items[*].metadata.ownerReferences}",
+    ]);
+    assert_eq!(owners, "", "orphaned");
+    assert_eq!(
+        kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "rs",
+            "-l",
+            "app=kept",
+            "-o",
+            "jsonpath={.items[0].status.replicas}"
+        ]),
+        "1"
+    );
+    kubectl_ok(&["-n", &ns, "delete", "rs", "-l", "app=kept"]);
 }

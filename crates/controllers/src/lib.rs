@@ -4,6 +4,7 @@
 //! reconcile, level-triggered and idempotent — talking to the server it runs in.
 
 pub mod deployment;
+pub mod gc;
 pub mod replicaset;
 pub mod scheduler;
 
@@ -21,7 +22,8 @@ pub fn start(client: kube::Client, scheduler: bool, controllers: bool) {
     }
     if controllers {
         tokio::spawn(replicaset::run(client.clone()));
-        tokio::spawn(deployment::run(client));
+        tokio::spawn(deployment::run(client.clone()));
+        tokio::spawn(gc::run(client));
     }
 }
 
