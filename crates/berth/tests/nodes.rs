@@ -1414,3 +1414,49 @@ spec:
     );
     kubectl_ok(&["-n", &ns, "delete", "rs", "-l", "app=kept"]);
 }
+
+#[test]
+fn a_rollout_that_never_becomes_ready_exceeds_its_progress_deadline() {
+    let ns = ns("deadline");
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: stuck}
+spec:
+  replicas: 2
+  progressDeadlineSeconds: 3
+  selector: {matchLabels: {app: stuck}}
+  template:
+    metadata: {labels: {app: stuck}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: busybox:latest
+        imagePullPolicy: Never
+        command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+        readinessProbe: {exec: {command: ["false"]}, periodSeconds: 1}
+"#,
+    );
+    let o = kubectl_out(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "deployment/stuck",
+        "--timeout=60s",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("exceeded its progress deadline"), "{err}");
+    assert_eq!(
+        get(
+            &ns,
+            "deployment/stuck",
+            "{.status.conditions[?(@.type==\"Progressing\")].reason}"
+        ),
+        "ProgressDeadlineExceeded"
+    );
+    kubectl_ok(&["-n", &ns, "delete", "deployment", "stuck"]);
+}

@@ -497,12 +497,48 @@ async fn reconcile(client: &kube::Client, d: &Deployment, cache: &Cache) -> anyh
             format!("ReplicaSet \"{new_name}\" has successfully progressed."),
         )
     } else {
-        cond(
-            "Progressing",
-            true,
-            "ReplicaSetUpdated",
-            format!("ReplicaSet \"{new_name}\" is progressing."),
-        )
+        // Progress is the new set gaining updated or available pods; none for
+        // progressDeadlineSeconds (600 by default) and the rollout has failed.
+        let st = d.status.as_ref();
+        let moved = st.and_then(|s| s.updated_replicas).unwrap_or(0) != updated
+            || st.and_then(|s| s.available_replicas).unwrap_or(0) != avail;
+        let old = prev.iter().find(|c| c["type"] == "Progressing");
+        let last_progress = old
+            .filter(|_| !moved)
+            .and_then(|c| c["lastUpdateTime"].as_str())
+            .and_then(timefmt::parse_rfc3339);
+        let deadline = i128::from(spec.progress_deadline_seconds.unwrap_or(600)) * 1_000_000_000;
+        // (A new rollout, a new set, starts its own clock.)
+        let already = old.is_some_and(|c| {
+            c["reason"] == "ProgressDeadlineExceeded"
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(&format!("\"{new_name}\"")))
+        });
+        if already || last_progress.is_some_and(|t| timefmt::now_nanos() - t > deadline) {
+            cond(
+                "Progressing",
+                false,
+                "ProgressDeadlineExceeded",
+                format!("ReplicaSet \"{new_name}\" has timed out progressing."),
+            )
+        } else if moved {
+            let mut c = cond(
+                "Progressing",
+                true,
+                "ReplicaSetUpdated",
+                format!("ReplicaSet \"{new_name}\" is progressing."),
+            );
+            c["lastUpdateTime"] = json!(now);
+            c
+        } else {
+            cond(
+                "Progressing",
+                true,
+                "ReplicaSetUpdated",
+                format!("ReplicaSet \"{new_name}\" is progressing."),
+            )
+        }
     };
     let status = json!({
         "observedGeneration": d.metadata.generation,
