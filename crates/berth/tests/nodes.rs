@@ -1460,3 +1460,89 @@ spec:
     );
     kubectl_ok(&["-n", &ns, "delete", "deployment", "stuck"]);
 }
+
+#[test]
+fn rollout_restart_pause_and_resume() {
+    let ns = ns("restartdeploy");
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: app}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: app}}
+  template:
+    metadata: {labels: {app: app}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: busybox:latest
+        imagePullPolicy: Never
+        command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+"#,
+    );
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "deployment/app",
+        "--timeout=90s",
+    ]);
+    let before = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-l",
+        "app=app",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    // restart: a new ReplicaSet, every pod replaced.
+    kubectl_ok(&["-n", &ns, "rollout", "restart", "deployment/app"]);
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "deployment/app",
+        "--timeout=90s",
+    ]);
+    let mut after = String::new();
+    for _ in 0..100 {
+        after = kubectl_ok(&["-n", &ns, "get", "pods", "-l", "app=app", "--field-selector", "status.phase=Running", "-o", "jsonpath={.items[?(@.metadata.deletionTimestamp)]}|{range .items[*]}{.metadata.name} {end}"]);
+        if after.starts_with('|') && after[1..].split_whitespace().count() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for p in before.split_whitespace() {
+        assert!(!after.contains(p), "{p} was replaced: {after}");
+    }
+    // pause: a template change waits; resume: it rolls out.
+    kubectl_ok(&["-n", &ns, "rollout", "pause", "deployment/app"]);
+    kubectl_ok(&["-n", &ns, "set", "env", "deployment/app", "COLOR=blue"]);
+    let generation = get(&ns, "deployment/app", "{.metadata.generation}");
+    wait_for(
+        &ns,
+        "deployment/app",
+        &format!("jsonpath={{.status.observedGeneration}}={generation}"),
+    );
+    let rs = kubectl_ok(&["-n", &ns, "get", "rs", "-o", "name"]);
+    assert_eq!(rs.lines().count(), 2, "paused: no new ReplicaSet yet: {rs}");
+    kubectl_ok(&["-n", &ns, "rollout", "resume", "deployment/app"]);
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "deployment/app",
+        "--timeout=90s",
+    ]);
+    let rs = kubectl_ok(&["-n", &ns, "get", "rs", "-o", "name"]);
+    assert_eq!(rs.lines().count(), 3, "{rs}");
+    kubectl_ok(&["-n", &ns, "delete", "deployment", "app"]);
+}

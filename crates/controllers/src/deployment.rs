@@ -298,7 +298,11 @@ async fn reconcile(client: &kube::Client, d: &Deployment, cache: &Cache) -> anyh
                 r.clone()
             }
         }
-        None if paused => return Ok(()),
+        // Paused: no new ReplicaSet, but the status still observes the generation.
+        None if paused => match owned.last() {
+            Some(r) => r.clone(),
+            None => return Ok(()),
+        },
         None => {
             let collisions = d
                 .status
