@@ -404,6 +404,14 @@ struct Worker {
     image_errors: BTreeMap<String, (String, String, u32, Instant)>,
 }
 
+/// What a probe step asks of the worker next.
+enum Step {
+    /// Run again after this.
+    Next(Duration),
+    /// The probe failed `failureThreshold` times in a row.
+    Threshold,
+}
+
 /// A container as the engine has it.
 struct Found {
     id: String,
@@ -1318,95 +1326,76 @@ impl Worker {
         }
         let mut next: Option<Duration> = None;
         let mut sooner = |d: Duration| next = Some(next.map_or(d, |n: Duration| n.min(d)));
-        let pod_ip = self.pod_ip.clone();
         // Startup first: the others wait for it.
         if let Some(p) = &c.startup_probe {
-            let st = &mut self.cs.get_mut(&c.name).expect("made above").startup;
-            if !st.passed {
-                match probes::step(&self.m.engine, &f.id, p, &pod_ip, st, started_at).await {
-                    probes::Outcome::Wait(d) => sooner(d),
-                    probes::Outcome::Failed(msg) => {
-                        self.event(
-                            pod,
-                            "Warning",
-                            "Unhealthy",
-                            &format!("Startup probe failed: {msg}"),
-                            Some(&c.name),
-                        )
-                        .await;
+            if !self.cs[&c.name].startup.passed {
+                match self.probe_step(pod, c, f, p, "startup", started_at).await {
+                    Step::Next(d) => sooner(d),
+                    Step::Threshold => {
                         self.kill_for_probe(pod, c, f, "startup").await;
                         return Some(Duration::from_millis(100));
                     }
-                    probes::Outcome::Ran(d, Some(msg)) => {
-                        self.event(
-                            pod,
-                            "Warning",
-                            "Unhealthy",
-                            &format!("Startup probe failed: {msg}"),
-                            Some(&c.name),
-                        )
-                        .await;
-                        sooner(d)
-                    }
-                    probes::Outcome::Ran(d, None) => sooner(d),
                 }
-                let st = &self.cs[&c.name].startup;
-                if !st.passed {
+                if !self.cs[&c.name].startup.passed {
                     return next;
                 }
             }
         }
         if let Some(p) = &c.liveness_probe {
-            let st = &mut self.cs.get_mut(&c.name).expect("made above").liveness;
-            match probes::step(&self.m.engine, &f.id, p, &pod_ip, st, started_at).await {
-                probes::Outcome::Wait(d) => sooner(d),
-                probes::Outcome::Failed(msg) => {
-                    self.event(
-                        pod,
-                        "Warning",
-                        "Unhealthy",
-                        &format!("Liveness probe failed: {msg}"),
-                        Some(&c.name),
-                    )
-                    .await;
+            match self.probe_step(pod, c, f, p, "liveness", started_at).await {
+                Step::Next(d) => sooner(d),
+                Step::Threshold => {
                     self.kill_for_probe(pod, c, f, "liveness").await;
                     return Some(Duration::from_millis(100));
                 }
-                probes::Outcome::Ran(d, Some(msg)) => {
-                    self.event(
-                        pod,
-                        "Warning",
-                        "Unhealthy",
-                        &format!("Liveness probe failed: {msg}"),
-                        Some(&c.name),
-                    )
-                    .await;
-                    sooner(d)
-                }
-                probes::Outcome::Ran(d, None) => sooner(d),
             }
         }
         if let Some(p) = &c.readiness_probe {
-            let st = &mut self.cs.get_mut(&c.name).expect("made above").readiness;
-            match probes::step(&self.m.engine, &f.id, p, &pod_ip, st, started_at).await {
-                probes::Outcome::Wait(d) => sooner(d),
-                probes::Outcome::Failed(msg) | probes::Outcome::Ran(_, Some(msg)) => {
-                    self.event(
-                        pod,
-                        "Warning",
-                        "Unhealthy",
-                        &format!("Readiness probe failed: {msg}"),
-                        Some(&c.name),
-                    )
-                    .await;
-                    sooner(Duration::from_secs(
-                        p.period_seconds.unwrap_or(10).max(1) as u64
-                    ))
-                }
-                probes::Outcome::Ran(d, None) => sooner(d),
+            // A readiness failure only makes the container unready.
+            let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
+            match self.probe_step(pod, c, f, p, "readiness", started_at).await {
+                Step::Next(d) => sooner(d),
+                Step::Threshold => sooner(period),
             }
         }
         next
+    }
+
+    /// Runs one probe of `which` kind if it is due, with an `Unhealthy` event for a failure.
+    async fn probe_step(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        f: &Found,
+        p: &k8s_openapi::api::core::v1::Probe,
+        which: &str,
+        started_at: i128,
+    ) -> Step {
+        let cs = self.cs.get_mut(&c.name).expect("made by probe");
+        let st = match which {
+            "startup" => &mut cs.startup,
+            "liveness" => &mut cs.liveness,
+            _ => &mut cs.readiness,
+        };
+        let (step, failed) =
+            match probes::step(&self.m.engine, &f.id, p, &self.pod_ip, st, started_at).await {
+                probes::Outcome::Wait(d) | probes::Outcome::Ran(d, None) => (Step::Next(d), None),
+                probes::Outcome::Ran(d, Some(msg)) => (Step::Next(d), Some(msg)),
+                probes::Outcome::Failed(msg) => (Step::Threshold, Some(msg)),
+            };
+        if let Some(msg) = failed {
+            let mut kind = which.to_string();
+            kind[..1].make_ascii_uppercase();
+            self.event(
+                pod,
+                "Warning",
+                "Unhealthy",
+                &format!("{kind} probe failed: {msg}"),
+                Some(&c.name),
+            )
+            .await;
+        }
+        step
     }
 
     async fn kill_for_probe(&mut self, pod: &Pod, c: &Container, f: &Found, which: &str) {
