@@ -398,17 +398,29 @@ impl NodeAgent {
         let mut last_check = Instant::now();
         let mut last_sent = Instant::now();
         let mut last_status = Value::Null;
+        let mut lease_failed = false;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = self.renew_lease().await {
-                eprintln!("berth agent: renewing the node lease: {e}");
+            let mut reconnected = false;
+            match self.renew_lease().await {
+                Ok(()) => {
+                    reconnected = lease_failed;
+                    lease_failed = false;
+                }
+                Err(e) => {
+                    eprintln!("berth agent: renewing the node lease: {e}");
+                    lease_failed = true;
+                }
             }
             // Memory freed by pods that went back to the system, not kept in the heap.
             // SAFETY: malloc_trim only releases free heap memory.
             unsafe { libc::malloc_trim(0) };
-            if last_check.elapsed() < Duration::from_secs(10) && !last_status.is_null() {
+            if last_check.elapsed() < Duration::from_secs(10)
+                && !last_status.is_null()
+                && !reconnected
+            {
                 continue;
             }
             let prev = api
@@ -420,7 +432,16 @@ impl NodeAgent {
             let st = self.status(prev.as_ref());
             let mut cmp = st.clone();
             strip_times(&mut cmp);
-            if cmp != last_status || last_sent.elapsed() >= Duration::from_secs(60) {
+            // The node controller marks a node it stopped hearing from Unknown: what the API
+            // holds is compared too, not only what was sent last.
+            let stored = prev
+                .as_ref()
+                .map(|p| condition_states(p.get("conditions")))
+                .unwrap_or_default();
+            if cmp != last_status
+                || stored != condition_states(st.get("conditions"))
+                || last_sent.elapsed() >= Duration::from_secs(60)
+            {
                 match api
                     .patch_status(
                         &self.cfg.node_name,
@@ -439,6 +460,23 @@ impl NodeAgent {
             last_check = Instant::now();
         }
     }
+}
+
+/// Each condition's type and status.
+fn condition_states(v: Option<&Value>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = v
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    let f = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                    (f("type"), f("status"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
 }
 
 fn strip_times(v: &mut Value) {

@@ -111,6 +111,26 @@ pub struct Api {
     pub store: Arc<dyn store::Store>,
     pub registry: Arc<Registry>,
     pub cache: Arc<Cache>,
+    pub admission: Admission,
+}
+
+/// Settings of the admission steps that mutate objects.
+#[derive(Clone, Copy, Debug)]
+pub struct Admission {
+    /// DefaultTolerationSeconds: how long a pod stays on a `not-ready` node.
+    pub not_ready_toleration_seconds: i64,
+    /// DefaultTolerationSeconds: how long a pod stays on an `unreachable` node.
+    pub unreachable_toleration_seconds: i64,
+}
+
+impl Default for Admission {
+    /// Kubernetes' five minutes.
+    fn default() -> Self {
+        Admission {
+            not_ready_toleration_seconds: 300,
+            unreachable_toleration_seconds: 300,
+        }
+    }
 }
 
 fn now() -> String {
@@ -610,6 +630,7 @@ impl Api {
             store: self.store.clone(),
             registry: self.registry.clone(),
             cache: self.cache.clone(),
+            admission: self.admission,
         })
     }
 
@@ -826,12 +847,51 @@ impl Api {
         if kind.group.is_empty() && kind.kind == "Service" {
             return crate::services::allocate(self, obj).await.map(Some);
         }
+        if kind.group.is_empty() && kind.kind == "Pod" {
+            self.default_toleration_seconds(obj);
+        }
         if kind.group.is_empty() && kind.kind == "Node" {
             return crate::services::allocate_pod_cidr(self, obj)
                 .await
                 .map(Some);
         }
         Ok(None)
+    }
+
+    /// DefaultTolerationSeconds: a pod that does not tolerate the `not-ready` or
+    /// `unreachable` NoExecute taints tolerates them for the configured time, so its
+    /// controller replaces it elsewhere that long after its node fails.
+    fn default_toleration_seconds(&self, obj: &mut Value) {
+        let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+            return;
+        };
+        let tols = spec.entry("tolerations").or_insert_with(|| json!([]));
+        let Some(list) = tols.as_array_mut() else {
+            return;
+        };
+        for (key, secs) in [
+            (
+                "node.kubernetes.io/not-ready",
+                self.admission.not_ready_toleration_seconds,
+            ),
+            (
+                "node.kubernetes.io/unreachable",
+                self.admission.unreachable_toleration_seconds,
+            ),
+        ] {
+            // As Kubernetes: any toleration of the taint's key with the NoExecute effect
+            // (or every effect), or one of every key, counts.
+            let tolerated = list.iter().any(|t| {
+                let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+                let k = t.get("key").and_then(Value::as_str).unwrap_or("");
+                let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+                (effect.is_empty() || effect == "NoExecute")
+                    && (k == key || (k.is_empty() && exists))
+            });
+            if !tolerated {
+                list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": secs}));
+            }
+        }
     }
 
     // === update, patch ===

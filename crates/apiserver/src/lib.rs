@@ -76,6 +76,7 @@ pub struct Config {
     pub token_auth_file: Option<PathBuf>,
     /// Keep this many recent revisions when compacting (SQLite).
     pub watch_cache_events: usize,
+    pub admission: api::Admission,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +144,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         store,
         registry,
         cache,
+        admission: cfg.admission,
     });
     namespaces::ensure_defaults(&api).await?;
     crd::run_controller(api.clone());

@@ -764,12 +764,6 @@ pub fn default(kind: &Kind, obj: &mut Value) {
             if let Some(sa) = spec.get("serviceAccountName").cloned() {
                 set_default(spec, "serviceAccount", sa);
             }
-            if !spec.contains_key("tolerations") {
-                spec.insert("tolerations".into(), json!([
-                    {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
-                    {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
-                ]));
-            }
             default_template(obj, "/spec");
             let status = obj_mut(obj, "status");
             set_default(status, "phase", json!("Pending"));

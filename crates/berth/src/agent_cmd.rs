@@ -55,7 +55,7 @@ pub struct NodeArgs {
     insecure_registry: Vec<String>,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     timefmt::parse_duration(s)
         .map(|n| Duration::from_nanos(n as u64))
         .filter(|d| *d >= Duration::from_secs(1))

@@ -42,6 +42,23 @@ pub struct ServerArgs {
     /// Do not run the controllers (ReplicaSets).
     #[arg(long)]
     disable_controller_manager: bool,
+    /// The controllers to run, as kube-controller-manager's flag: `*` for all, a name to
+    /// add one, `-name` to leave one out (e.g. `*,-nodelifecycle`).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    controllers: Vec<String>,
+    /// How long a node may go without renewing its Lease before it is `Ready=Unknown` and
+    /// tainted unreachable.
+    #[arg(long, default_value = "5s", value_parser = crate::agent_cmd::parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
+    /// DefaultTolerationSeconds: how long pods stay on a not-ready node (Kubernetes: 300).
+    #[arg(long, default_value_t = 2)]
+    default_not_ready_toleration_seconds: i64,
+    /// DefaultTolerationSeconds: how long pods stay on an unreachable node (Kubernetes: 300).
+    #[arg(long, default_value_t = 2)]
+    default_unreachable_toleration_seconds: i64,
+    /// Delete the oldest terminated pods when there are more than this many (0: never).
+    #[arg(long, default_value_t = 12_500)]
+    terminated_pod_gc_threshold: usize,
     #[command(flatten)]
     node: crate::agent_cmd::NodeArgs,
 }
@@ -76,6 +93,10 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
             tls_sans: a.tls_san,
             token_auth_file: a.token_auth_file,
             watch_cache_events: a.default_watch_cache_size,
+            admission: apiserver::api::Admission {
+                not_ready_toleration_seconds: a.default_not_ready_toleration_seconds,
+                unreachable_toleration_seconds: a.default_unreachable_toleration_seconds,
+            },
         };
         let running = apiserver::start(cfg).await.context("start the server")?;
         eprintln!(
@@ -100,7 +121,17 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
                 .await
                 .context("the controllers' client")?;
             let client = kube::Client::try_from(cfg).context("the controllers' client")?;
-            controllers::start(client, !a.disable_scheduler, !a.disable_controller_manager);
+            let opts = controllers::Options {
+                scheduler: !a.disable_scheduler,
+                controllers: if a.disable_controller_manager {
+                    vec!["-*".into()]
+                } else {
+                    a.controllers.clone()
+                },
+                node_monitor_grace_period: a.node_monitor_grace_period,
+                terminated_pod_gc_threshold: a.terminated_pod_gc_threshold,
+            };
+            controllers::start(client, opts).context("--controllers")?;
         }
         let agent = node.map(|(mut cfg, engine)| {
             let host = if running.addr.ip().is_unspecified() {

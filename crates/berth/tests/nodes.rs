@@ -1546,3 +1546,169 @@ spec:
     assert_eq!(rs.lines().count(), 3, "{rs}");
     kubectl_ok(&["-n", &ns, "delete", "deployment", "app"]);
 }
+
+/// A cluster of its own for a test that kills a node; removed when the test ends.
+struct Dedicated(Cluster);
+
+impl Drop for Dedicated {
+    fn drop(&mut self) {
+        self.0.cleanup();
+    }
+}
+
+impl Dedicated {
+    fn start(name: &str, n: usize) -> Dedicated {
+        let c = Cluster::start(name, n);
+        let tar = common::rootfs_tar(&c.server.dir, "bb", "busybox\n");
+        for h in &c.hosts {
+            h.berth_ok(&[
+                "image",
+                "import",
+                "-c",
+                "CMD [\"sh\"]",
+                tar.to_str().unwrap(),
+                "busybox:latest",
+            ]);
+        }
+        Dedicated(c)
+    }
+
+    fn jsonpath(&self, args: &[&str], path: &str) -> String {
+        let p = format!("jsonpath={path}");
+        let mut v = args.to_vec();
+        v.extend_from_slice(&["-o", &p]);
+        self.0.server.ok(&v)
+    }
+}
+
+#[test]
+fn a_dead_nodes_pods_run_elsewhere_within_seconds_and_not_twice_when_it_returns() {
+    let d = Dedicated::start("failure", 2);
+    let c = &d.0;
+    // Every replica starts on node-1, the node that will die.
+    c.server.ok(&["cordon", "node-0"]);
+    c.server.ok_in(
+        &["apply", "-f", "-"],
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: busybox:latest
+        imagePullPolicy: Never
+        command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+        readinessProbe: {exec: {command: ["true"]}, periodSeconds: 1}
+"#,
+    );
+    c.server
+        .ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    let old = d.jsonpath(
+        &["get", "pods", "-l", "app=web"],
+        "{.items[*].metadata.name}",
+    );
+    let placed = d.jsonpath(
+        &["get", "pods", "-l", "app=web"],
+        "{.items[*].spec.nodeName}",
+    );
+    assert_eq!(placed, "node-1 node-1 node-1");
+    // The default tolerations, as DefaultTolerationSeconds admission adds them.
+    let first = old.split(' ').next().unwrap().to_string();
+    let tols = d.jsonpath(&["get", "pod", &first], "{.spec.tolerations}");
+    assert!(
+        tols.contains(
+            r#""key":"node.kubernetes.io/unreachable","operator":"Exists","tolerationSeconds":2"#
+        ),
+        "{tols}"
+    );
+    c.server.ok(&["uncordon", "node-0"]);
+
+    let t0 = std::time::Instant::now();
+    c.kill_node(1);
+    // Replacement pods Ready on node-0 (polled; the figure is printed, not asserted).
+    let ready_on_node0 = || {
+        let out = d.jsonpath(
+            &["get", "pods", "-l", "app=web"],
+            r#"{range .items[*]}{.spec.nodeName} {.metadata.deletionTimestamp} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#,
+        );
+        out.lines()
+            .filter(|l| l.starts_with("node-0  True"))
+            .count()
+    };
+    while ready_on_node0() < 3 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(120),
+            "the pods were never replaced: {}\n{}",
+            c.server.ok(&["get", "pods", "-o", "wide"]),
+            c.server.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    eprintln!(
+        "node failure: 3 replacement pods Ready on node-0 {:.1} s after node-1 died",
+        t0.elapsed().as_secs_f64()
+    );
+    let node = d.jsonpath(
+        &["get", "node", "node-1"],
+        "{.spec.taints[*].key} {.status.conditions[?(@.type==\"Ready\")].status}",
+    );
+    assert!(
+        node.contains("node.kubernetes.io/unreachable") && node.ends_with("Unknown"),
+        "{node}"
+    );
+    let events = c.server.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=TaintManagerEviction",
+    ]);
+    assert!(events.contains("Marking for deletion Pod"), "{events}");
+    // The dead node's pods are terminating, not gone, while it cannot say it stopped them.
+    for p in old.split(' ') {
+        assert!(!d
+            .jsonpath(&["get", "pod", p], "{.metadata.deletionTimestamp}")
+            .is_empty());
+    }
+
+    // It comes back: it finishes the old pods rather than running them again.
+    c.set_connected(1, true);
+    c.hosts[1].spawn();
+    c.wait_ready(&c.hosts[1]);
+    let mut args = vec!["wait", "--for=delete", "--timeout=60s"];
+    let names: Vec<String> = old.split(' ').map(|p| format!("pod/{p}")).collect();
+    args.extend(names.iter().map(String::as_str));
+    c.server.ok(&args);
+    let running = c.hosts[1].berth_ok(&[
+        "ps",
+        "--filter",
+        "label=io.kubernetes.pod.namespace=default",
+        "-q",
+    ]);
+    assert_eq!(running.trim(), "", "the old pods run again on node-1");
+    let pods = d.jsonpath(
+        &["get", "pods", "-l", "app=web"],
+        "{.items[*].spec.nodeName}",
+    );
+    assert_eq!(pods, "node-0 node-0 node-0");
+    // Ready again, it loses the taints.
+    let t1 = std::time::Instant::now();
+    while !matches!(
+        d.jsonpath(&["get", "node", "node-1"], "{.spec.taints}")
+            .as_str(),
+        "" | "[]"
+    ) {
+        assert!(
+            t1.elapsed() < std::time::Duration::from_secs(30),
+            "node-1 kept its taints: {}\n{}",
+            c.server.ok(&["get", "node", "node-1", "-o", "yaml"]),
+            c.server.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

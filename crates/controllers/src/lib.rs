@@ -5,6 +5,8 @@
 
 pub mod deployment;
 pub mod gc;
+pub mod nodelifecycle;
+pub mod podgc;
 pub mod replicaset;
 pub mod scheduler;
 
@@ -15,16 +17,78 @@ pub fn now() -> String {
     format!("{}Z", &s[..19])
 }
 
+/// What `berth server` runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub scheduler: bool,
+    /// kube-controller-manager's `--controllers`: `*`, `name`, `-name`, `-*`.
+    pub controllers: Vec<String>,
+    pub node_monitor_grace_period: std::time::Duration,
+    pub terminated_pod_gc_threshold: usize,
+}
+
+/// The controllers by name, as kube-controller-manager names them.
+pub const CONTROLLERS: &[&str] = &[
+    "replicaset",
+    "deployment",
+    "garbagecollector",
+    "nodelifecycle",
+    "podgc",
+];
+
+/// The controllers `spec` selects (`*` all, `name`, `-name`; later entries win).
+pub fn selected(spec: &[String]) -> anyhow::Result<std::collections::BTreeSet<&'static str>> {
+    let mut on = std::collections::BTreeSet::new();
+    for item in spec.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let (off, name) = match item.strip_prefix('-') {
+            Some(n) => (true, n),
+            None => (false, item),
+        };
+        let names: Vec<&'static str> = if name == "*" {
+            CONTROLLERS.to_vec()
+        } else {
+            vec![*CONTROLLERS.iter().find(|c| **c == name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown controller {name:?}; the controllers are {}",
+                    CONTROLLERS.join(", ")
+                )
+            })?]
+        };
+        for n in names {
+            if off {
+                on.remove(n);
+            } else {
+                on.insert(n);
+            }
+        }
+    }
+    Ok(on)
+}
+
 /// Starts the scheduler and the controllers on `client`; they run until the process ends.
-pub fn start(client: kube::Client, scheduler: bool, controllers: bool) {
-    if scheduler {
+pub fn start(client: kube::Client, opts: Options) -> anyhow::Result<()> {
+    let on = selected(&opts.controllers)?;
+    if opts.scheduler {
         tokio::spawn(scheduler::run(client.clone()));
     }
-    if controllers {
-        tokio::spawn(replicaset::run(client.clone()));
-        tokio::spawn(deployment::run(client.clone()));
-        tokio::spawn(gc::run(client));
+    for name in on {
+        let c = client.clone();
+        match name {
+            "replicaset" => drop(tokio::spawn(replicaset::run(c))),
+            "deployment" => drop(tokio::spawn(deployment::run(c))),
+            "garbagecollector" => drop(tokio::spawn(gc::run(c))),
+            "nodelifecycle" => drop(tokio::spawn(nodelifecycle::run(
+                c,
+                opts.node_monitor_grace_period,
+            ))),
+            "podgc" => drop(tokio::spawn(podgc::run(
+                c,
+                opts.terminated_pod_gc_threshold,
+            ))),
+            _ => unreachable!("every name in CONTROLLERS is started"),
+        }
     }
+    Ok(())
 }
 
 /// Records an Event about `obj` (best effort, as controllers do).

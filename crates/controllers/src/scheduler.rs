@@ -84,7 +84,8 @@ fn allocatable(n: &Node) -> Resources {
     }
 }
 
-fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+/// Whether `t` tolerates `taint`, as Kubernetes matches them.
+pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
     if let Some(e) = t.effect.as_deref().filter(|e| !e.is_empty()) {
         if e != taint.effect {
             return false;

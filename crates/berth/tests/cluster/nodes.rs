@@ -122,6 +122,11 @@ pub fn unmount_under(dir: &std::path::Path) {
 impl Cluster {
     /// A server (no agent of its own) and `n` agents, each in its own network namespace.
     pub fn start(name: &str, n: usize) -> Cluster {
+        Cluster::start_with(name, n, &[])
+    }
+
+    /// As [`Cluster::start`], with extra `berth server` flags.
+    pub fn start_with(name: &str, n: usize, server_flags: &[&str]) -> Cluster {
         crate::common::require_root();
         let k = CLUSTERS.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}{k}", std::process::id() % 100_000);
@@ -141,10 +146,9 @@ impl Cluster {
         ]);
         must(&["ip", "link", "set", &bridge, "up"]);
         let server_ip = format!("{subnet_prefix}.1");
-        let server = Server::start_cluster(
-            name,
-            &["--bind-address", &server_ip, "--tls-san", &server_ip],
-        );
+        let mut flags = vec!["--bind-address", &server_ip, "--tls-san", &server_ip];
+        flags.extend_from_slice(server_flags);
+        let server = Server::start_cluster(name, &flags);
         let token = std::fs::read_to_string(server.dir.join("data/tls/token"))
             .unwrap()
             .trim()
@@ -203,7 +207,7 @@ impl Cluster {
         c
     }
 
-    fn wait_ready(&self, h: &Host) {
+    pub fn wait_ready(&self, h: &Host) {
         let out = self.server.kubectl(&[
             "wait",
             "--for=condition=Ready",
@@ -227,6 +231,18 @@ impl Cluster {
         self.wait_ready(h);
     }
 
+    /// A node failure: the host's agent and every container on it are killed, and the
+    /// host is cut off the network.
+    pub fn kill_node(&self, i: usize) {
+        self.hosts[i].kill9();
+        let rel = self.hosts[i]
+            .cgroup_root
+            .trim_start_matches('/')
+            .to_string();
+        kill_tree(&PathBuf::from("/sys/fs/cgroup").join(rel));
+        self.set_connected(i, false);
+    }
+
     /// Cuts a host off the network (its link goes down) or brings it back.
     pub fn set_connected(&self, i: usize, up: bool) {
         must(&[
@@ -240,7 +256,7 @@ impl Cluster {
 }
 
 impl Host {
-    fn spawn(&self) {
+    pub fn spawn(&self) {
         std::fs::create_dir_all(&self.data_dir).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
