@@ -487,8 +487,22 @@ pub fn validate(kind: &Kind, obj: &Value, old: Option<&Value>) -> Vec<FieldError
             false,
         ),
         ("batch", "CronJob") => {
-            if s(obj, "/spec/schedule").unwrap_or_default().is_empty() {
+            let sched = s(obj, "/spec/schedule").unwrap_or_default();
+            if sched.is_empty() {
                 errs.push(FieldError::required("spec.schedule", ""));
+            } else if sched.contains("TZ=") {
+                errs.push(FieldError::invalid(
+                    "spec.schedule",
+                    sched,
+                    "cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+                ));
+            } else if let Err(e) = cron::Schedule::parse(sched) {
+                errs.push(FieldError::invalid("spec.schedule", sched, e));
+            }
+            if let Some(tz) = s(obj, "/spec/timeZone") {
+                if let Err(e) = cron::zone(Some(tz)) {
+                    errs.push(FieldError::invalid("spec.timeZone", tz, e));
+                }
             }
             validate_pod_spec(
                 obj.pointer("/spec/jobTemplate/spec/template/spec"),

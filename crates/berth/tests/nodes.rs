@@ -1712,3 +1712,291 @@ spec:
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+fn job_yaml(name: &str, extra_spec: &str, command: &str) -> String {
+    format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {{name: {name}}}
+spec:
+{extra_spec}  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      nodeSelector: {{kubernetes.io/hostname: node-0}}
+      containers:
+      - name: c
+        image: busybox:latest
+        imagePullPolicy: Never
+        command: ["sh", "-c", {command:?}]
+        volumeMounts: [{{name: data, mountPath: /data}}]
+      volumes:
+      - name: data
+        hostPath: {{path: /tmp/berth-jobs-{name}-{pid}, type: DirectoryOrCreate}}
+"#,
+        pid = std::process::id()
+    )
+}
+
+#[test]
+fn jobs_retry_fail_by_policy_and_deadline_run_indexed_and_go_after_their_ttl() {
+    let ns = ns("jobs");
+    let docs = [
+        // Fails once (the marker is not there yet), then succeeds twice.
+        job_yaml("retry", "  completions: 2\n  backoffLimit: 3\n", "if [ -e /data/ok ]; then exit 0; fi; touch /data/ok; exit 1"),
+        job_yaml("doomed", "  backoffLimit: 0\n", "exit 1"),
+        job_yaml(
+            "policy",
+            "  backoffLimit: 6\n  podFailurePolicy:\n    rules:\n    - action: FailJob\n      onExitCodes: {containerName: c, operator: In, values: [42]}\n",
+            "exit 42",
+        ),
+        job_yaml("deadline", "  activeDeadlineSeconds: 2\n", "sleep 100"),
+        job_yaml(
+            "indexed",
+            "  completions: 3\n  parallelism: 3\n  completionMode: Indexed\n  ttlSecondsAfterFinished: 3\n",
+            "echo index=$JOB_COMPLETION_INDEX host=$(hostname)",
+        ),
+        job_yaml("later", "  suspend: true\n", "true"),
+    ];
+    kubectl_in(&["-n", &ns, "apply", "-f", "-"], &docs.join("---\n"));
+    wait_for(&ns, "job/doomed", "condition=Failed");
+    assert_eq!(
+        get(
+            &ns,
+            "job/doomed",
+            "{.status.conditions[?(@.type==\"Failed\")].reason}"
+        ),
+        "BackoffLimitExceeded"
+    );
+    wait_for(&ns, "job/policy", "condition=Failed");
+    let msg = get(
+        &ns,
+        "job/policy",
+        "{.status.conditions[?(@.type==\"Failed\")].message}",
+    );
+    assert!(
+        msg.contains("failed with exit code 42 matching FailJob rule at index 0"),
+        "{msg}"
+    );
+    assert_eq!(
+        get(&ns, "job/policy", "{.status.failed}"),
+        "1",
+        "no retries after FailJob"
+    );
+    wait_for(&ns, "job/deadline", "condition=Failed");
+    assert_eq!(
+        get(
+            &ns,
+            "job/deadline",
+            "{.status.conditions[?(@.type==\"Failed\")].reason}"
+        ),
+        "DeadlineExceeded"
+    );
+    // Indexed: every index ran once, with its index and a stable hostname.
+    wait_for(&ns, "job/indexed", "condition=Complete");
+    let out = kubectl_ok(&[
+        "-n",
+        &ns,
+        "logs",
+        "-l",
+        "batch.kubernetes.io/job-completion-index=1,job-name=indexed",
+    ]);
+    assert_eq!(out.trim(), "index=1 host=indexed-1");
+    // Its TTL: the Job and its pods go once finished.
+    wait_for(&ns, "job/indexed", "delete");
+    // Suspended: nothing runs until resumed.
+    assert_eq!(
+        get(
+            &ns,
+            "job/later",
+            "{.status.conditions[?(@.type==\"Suspended\")].status}"
+        ),
+        "True"
+    );
+    assert_eq!(
+        kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "pods",
+            "-l",
+            "job-name=later",
+            "-o",
+            "name"
+        ]),
+        ""
+    );
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "job",
+        "later",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
+    wait_for(&ns, "job/later", "condition=Complete");
+    // The retried Job: one failure, then two successes after the back-off.
+    wait_for(&ns, "job/retry", "condition=Complete");
+    assert_eq!(
+        get(&ns, "job/retry", "{.status.succeeded} {.status.failed}"),
+        "2 1"
+    );
+    let pods = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-l",
+        "job-name=retry",
+        "-o",
+        "jsonpath={.items[*].status.phase}",
+    ]);
+    let mut phases: Vec<&str> = pods.split(' ').collect();
+    phases.sort();
+    assert_eq!(phases, ["Failed", "Succeeded", "Succeeded"]);
+    // Counted pods keep no tracking finalizer.
+    let fin = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-o",
+        "jsonpath={.items[*].metadata.finalizers}",
+    ]);
+    assert!(!fin.contains("job-tracking"), "{fin}");
+    let events = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=retry",
+    ]);
+    assert!(
+        events.contains("SuccessfulCreate") && events.contains("Completed"),
+        "{events}"
+    );
+    kubectl_ok(&["-n", &ns, "delete", "jobs", "--all"]);
+    for j in ["retry", "doomed", "policy", "deadline", "indexed", "later"] {
+        let _ = std::fs::remove_dir_all(format!("/tmp/berth-jobs-{j}-{}", std::process::id()));
+    }
+}
+
+#[test]
+fn a_cronjob_fires_on_its_schedule_keeps_its_history_and_rejects_bad_schedules() {
+    let ns = ns("cron");
+    let bad = kubectl_out(&[
+        "-n",
+        &ns,
+        "create",
+        "cronjob",
+        "bad",
+        "--image=busybox:latest",
+        "--schedule=61 * * * *",
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("spec.schedule") && err.contains("above maximum (59)"),
+        "{err}"
+    );
+    // Every minute (Jobs are named by the minute, as Kubernetes names them, so a minute is
+    // the shortest period); one finished Job is kept.
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        r#"apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick}
+spec:
+  schedule: "* * * * *"
+  timeZone: Europe/Paris
+  concurrencyPolicy: Forbid
+  successfulJobsHistoryLimit: 1
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          terminationGracePeriodSeconds: 1
+          containers:
+          - {name: c, image: busybox:latest, imagePullPolicy: Never, command: ["true"]}
+"#,
+    );
+    // Two runs, a minute apart; the first Job is deleted when the second finishes.
+    let t0 = std::time::Instant::now();
+    loop {
+        let deleted = kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "events",
+            "--field-selector",
+            "reason=SuccessfulDelete,involvedObject.kind=CronJob",
+            "-o",
+            "name",
+        ]);
+        if !deleted.is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(150),
+            "the CronJob did not fire twice: {}\n{}",
+            kubectl_ok(&["-n", &ns, "get", "cronjobs,jobs,pods,events", "-o", "wide"]),
+            with(|c| c.server.log())
+        );
+        let _ = kubectl_out(&[
+            "-n",
+            &ns,
+            "wait",
+            "jobs",
+            "--all",
+            "--for=condition=Complete",
+            "--timeout=10s",
+        ]);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let created = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "events",
+        "--field-selector",
+        "reason=SuccessfulCreate,involvedObject.kind=CronJob",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert_eq!(created.matches("Created job tick-").count(), 2, "{created}");
+    wait_for(&ns, "cronjob/tick", "jsonpath={.status.lastSuccessfulTime}");
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "cronjob",
+        "tick",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":true}}"#,
+    ]);
+    let names = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "jobs",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    assert_eq!(names.split(' ').count(), 1, "{names}");
+    // Named by the scheduled minute, which is a whole minute in Paris too.
+    let stamp = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "jobs",
+        "-o",
+        "jsonpath={.items[0].metadata.annotations.batch\\.kubernetes\\.io/cronjob-scheduled-timestamp}",
+    ]);
+    assert!(stamp.ends_with(":00+01:00"), "{stamp}");
+    kubectl_ok(&["-n", &ns, "delete", "cronjob", "tick"]);
+}

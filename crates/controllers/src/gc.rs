@@ -1,20 +1,44 @@
-//! The garbage collector for the objects berth's controllers own: ReplicaSets owned by
-//! Deployments and Pods owned by ReplicaSets. A dependent whose owners are all gone is
-//! deleted (background propagation, checked against the API before acting, with a UID
-//! precondition); an owner deleted with `propagationPolicy: Orphan` has its dependents'
-//! ownerReferences to it removed, then its `orphan` finalizer; one deleted with
-//! `Foreground` has its dependents deleted, and loses its `foregroundDeletion` finalizer
-//! once none is left.
+//! The garbage collector, for every kind berth's controllers own (see [`KINDS`]). A
+//! dependent whose owners are all gone is deleted (background propagation, checked against
+//! the API before acting, with a UID precondition); an owner deleted with
+//! `propagationPolicy: Orphan` has its dependents' ownerReferences to it removed, then its
+//! `orphan` finalizer; one deleted with `Foreground` has its dependents deleted, and loses
+//! its `foregroundDeletion` finalizer once none is left.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use kube::core::GroupVersionKind;
 use serde_json::json;
+
+/// The kinds the collector follows: (group, version, kind, plural).
+pub const KINDS: &[(&str, &str, &str, &str)] = &[
+    ("apps", "v1", "Deployment", "deployments"),
+    ("apps", "v1", "ReplicaSet", "replicasets"),
+    ("apps", "v1", "StatefulSet", "statefulsets"),
+    ("apps", "v1", "DaemonSet", "daemonsets"),
+    ("apps", "v1", "ControllerRevision", "controllerrevisions"),
+    ("batch", "v1", "Job", "jobs"),
+    ("batch", "v1", "CronJob", "cronjobs"),
+    ("", "v1", "ReplicationController", "replicationcontrollers"),
+    ("", "v1", "Pod", "pods"),
+    ("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+];
+
+fn resource(kind: &str) -> Option<ApiResource> {
+    let (g, v, k, plural) = KINDS.iter().find(|x| x.2 == kind)?;
+    Some(ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(g, v, k),
+        plural,
+    ))
+}
+
+fn api(client: &kube::Client, kind: &str, ns: &str) -> Option<kube::Api<DynamicObject>> {
+    resource(kind).map(|r| kube::Api::namespaced_with(client.clone(), ns, &r))
+}
 
 /// What the collector knows of an object.
 #[derive(Clone)]
@@ -40,15 +64,6 @@ fn obj(kind: &'static str, m: &ObjectMeta) -> Obj {
     }
 }
 
-fn meta<K>(s: crate::Seen<K>, f: fn(K) -> ObjectMeta) -> crate::Seen<ObjectMeta> {
-    match s {
-        crate::Seen::Applied(o) => crate::Seen::Applied(f(o)),
-        crate::Seen::Deleted(o) => crate::Seen::Deleted(f(o)),
-        crate::Seen::Listed(k) => crate::Seen::Listed(k),
-        crate::Seen::Nothing => crate::Seen::Nothing,
-    }
-}
-
 enum Change {
     Up(Obj),
     Gone(String),
@@ -66,16 +81,20 @@ pub async fn run(client: kube::Client) {
             crate::Seen::Nothing => Change::Other,
         }
     };
-    let deps = crate::follow(kube::Api::<Deployment>::all(client.clone()))
-        .map(|s| meta(s, |d: Deployment| d.metadata))
-        .map(to_change("Deployment"));
-    let sets = crate::follow(kube::Api::<ReplicaSet>::all(client.clone()))
-        .map(|s| meta(s, |r: ReplicaSet| r.metadata))
-        .map(to_change("ReplicaSet"));
-    let pods = crate::follow(kube::Api::<Pod>::all(client.clone()))
-        .map(|s| meta(s, |p: Pod| p.metadata))
-        .map(to_change("Pod"));
-    let mut events = futures::stream::select_all([deps.boxed(), sets.boxed(), pods.boxed()]);
+    let streams = KINDS.iter().map(|(g, v, k, plural)| {
+        let r = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, k), plural);
+        let kind: &'static str = k;
+        crate::follow(kube::Api::<DynamicObject>::all_with(client.clone(), &r))
+            .map(move |s| match s {
+                crate::Seen::Applied(o) => crate::Seen::Applied(o.metadata),
+                crate::Seen::Deleted(o) => crate::Seen::Deleted(o.metadata),
+                crate::Seen::Listed(k) => crate::Seen::Listed(k),
+                crate::Seen::Nothing => crate::Seen::Nothing,
+            })
+            .map(to_change(kind))
+            .boxed()
+    });
+    let mut events = futures::stream::select_all(streams);
     let mut all: HashMap<String, Obj> = HashMap::new();
     let mut listed = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -91,7 +110,7 @@ pub async fn run(client: kube::Client) {
             _ = tick.tick() => {}
         }
         // Act only once every kind has been listed: before, an owner may just be unseen.
-        if listed.len() < 3 {
+        if listed.len() < KINDS.len() {
             continue;
         }
         while let Some(Some(e)) = futures::FutureExt::now_or_never(events.next()) {
@@ -121,17 +140,10 @@ async fn delete(client: &kube::Client, o: &Obj, propagation: &str) {
         }),
         ..Default::default()
     };
-    let r = match o.kind {
-        "ReplicaSet" => kube::Api::<ReplicaSet>::namespaced(client.clone(), &o.ns)
-            .delete(&o.name, &dp)
-            .await
-            .map(drop),
-        "Pod" => kube::Api::<Pod>::namespaced(client.clone(), &o.ns)
-            .delete(&o.name, &dp)
-            .await
-            .map(drop),
-        _ => Ok(()),
+    let Some(a) = api(client, o.kind, &o.ns) else {
+        return;
     };
+    let r = a.delete(&o.name, &dp).await.map(drop);
     if let Err(e) = r {
         if !matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409) {
             eprintln!("berth gc: deleting {} {}/{}: {e}", o.kind, o.ns, o.name);
@@ -142,20 +154,10 @@ async fn delete(client: &kube::Client, o: &Obj, propagation: &str) {
 async fn patch_meta(client: &kube::Client, o: &Obj, patch: serde_json::Value) {
     let pp = PatchParams::default();
     let p = Patch::Merge(&patch);
-    let r = match o.kind {
-        "Deployment" => kube::Api::<Deployment>::namespaced(client.clone(), &o.ns)
-            .patch(&o.name, &pp, &p)
-            .await
-            .map(drop),
-        "ReplicaSet" => kube::Api::<ReplicaSet>::namespaced(client.clone(), &o.ns)
-            .patch(&o.name, &pp, &p)
-            .await
-            .map(drop),
-        _ => kube::Api::<Pod>::namespaced(client.clone(), &o.ns)
-            .patch(&o.name, &pp, &p)
-            .await
-            .map(drop),
+    let Some(a) = api(client, o.kind, &o.ns) else {
+        return;
     };
+    let r = a.patch(&o.name, &pp, &p).await.map(drop);
     if let Err(e) = r {
         if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
             eprintln!("berth gc: updating {} {}/{}: {e}", o.kind, o.ns, o.name);
@@ -235,18 +237,14 @@ async fn collect(client: &kube::Client, all: &HashMap<String, Obj>) {
 /// Asks the API (not the cache) whether every owner of `o` is gone.
 async fn owners_gone(client: &kube::Client, o: &Obj) -> bool {
     for r in &o.owners {
-        let got = match r.kind.as_str() {
-            "Deployment" => kube::Api::<Deployment>::namespaced(client.clone(), &o.ns)
-                .get_opt(&r.name)
-                .await
-                .map(|x| x.and_then(|x| x.metadata.uid)),
-            "ReplicaSet" => kube::Api::<ReplicaSet>::namespaced(client.clone(), &o.ns)
-                .get_opt(&r.name)
-                .await
-                .map(|x| x.and_then(|x| x.metadata.uid)),
-            // Owners of kinds the collector does not follow are left to exist.
-            _ => return false,
+        // Owners of kinds the collector does not follow are left to exist.
+        let Some(a) = api(client, &r.kind, &o.ns) else {
+            return false;
         };
+        let got = a
+            .get_opt(&r.name)
+            .await
+            .map(|x| x.and_then(|x| x.metadata.uid));
         match got {
             Ok(Some(uid)) if uid == r.uid => return false,
             Ok(_) => {}

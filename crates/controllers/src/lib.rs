@@ -3,9 +3,12 @@
 //! ReplicaSet controller (`replicaset`). Each is an API client over kube-rs — watch, cache,
 //! reconcile, level-triggered and idempotent — talking to the server it runs in.
 
+pub mod cronjob;
 pub mod deployment;
 pub mod gc;
+pub mod job;
 pub mod nodelifecycle;
+pub mod owned;
 pub mod podgc;
 pub mod replicaset;
 pub mod scheduler;
@@ -34,6 +37,8 @@ pub const CONTROLLERS: &[&str] = &[
     "garbagecollector",
     "nodelifecycle",
     "podgc",
+    "job",
+    "cronjob",
 ];
 
 /// The controllers `spec` selects (`*` all, `name`, `-name`; later entries win).
@@ -81,6 +86,8 @@ pub fn start(client: kube::Client, opts: Options) -> anyhow::Result<()> {
                 c,
                 opts.node_monitor_grace_period,
             ))),
+            "job" => drop(tokio::spawn(job::run(c))),
+            "cronjob" => drop(tokio::spawn(cronjob::run(c))),
             "podgc" => drop(tokio::spawn(podgc::run(
                 c,
                 opts.terminated_pod_gc_threshold,
@@ -158,6 +165,15 @@ where
         Ok(watcher::Event::InitDone) => Seen::Listed(listing.take().unwrap_or_default()),
         Ok(watcher::Event::Apply(o)) => Seen::Applied(o),
         Ok(watcher::Event::Delete(o)) => Seen::Deleted(o),
-        Err(_) => Seen::Nothing,
+        Err(e) => {
+            eprintln!(
+                "berth controllers: watching {}: {e}",
+                std::any::type_name::<K>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or_default()
+            );
+            Seen::Nothing
+        }
     })
 }
