@@ -2000,3 +2000,290 @@ spec:
     assert!(stamp.ends_with(":00+01:00"), "{stamp}");
     kubectl_ok(&["-n", &ns, "delete", "cronjob", "tick"]);
 }
+
+#[test]
+fn a_daemonset_runs_one_pod_per_eligible_node_and_rolls_out_and_back() {
+    let ns = ns("daemons");
+    let key = format!("berth.test/ds-{}", std::process::id());
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &format!(
+            r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  updateStrategy: {{type: RollingUpdate, rollingUpdate: {{maxUnavailable: 1}}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: busybox:latest
+        imagePullPolicy: Never
+        command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+        readinessProbe: {{exec: {{command: ["true"]}}, periodSeconds: 1}}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: picky}}
+spec:
+  selector: {{matchLabels: {{app: picky}}}}
+  template:
+    metadata: {{labels: {{app: picky}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      nodeSelector: {{{key}: "yes"}}
+      containers:
+      - {{name: c, image: busybox:latest, imagePullPolicy: Never, command: ["sleep", "1000"]}}
+"#
+        ),
+    );
+    kubectl_ok(&["-n", &ns, "rollout", "status", "ds/agent", "--timeout=90s"]);
+    let nodes = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-l",
+        "app=agent",
+        "-o",
+        "jsonpath={.items[*].spec.nodeName}",
+    ]);
+    let mut nodes: Vec<&str> = nodes.split(' ').collect();
+    nodes.sort();
+    assert_eq!(nodes, ["node-0", "node-1"]);
+    assert_eq!(
+        get(
+            &ns,
+            "ds/agent",
+            "{.status.desiredNumberScheduled} {.status.numberReady}"
+        ),
+        "2 2"
+    );
+    // Only a labelled node gets the picky one; unlabelled, it loses it.
+    assert_eq!(
+        get(&ns, "ds/picky", "{.status.desiredNumberScheduled}"),
+        "0"
+    );
+    kubectl_ok(&["label", "node", "node-0", &format!("{key}=yes")]);
+    wait_for(&ns, "ds/picky", "jsonpath={.status.numberAvailable}=1");
+    assert_eq!(
+        kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "pods",
+            "-l",
+            "app=picky",
+            "-o",
+            "jsonpath={.items[*].spec.nodeName}"
+        ]),
+        "node-0"
+    );
+    kubectl_ok(&["label", "node", "node-0", &format!("{key}-")]);
+    wait_for(
+        &ns,
+        "ds/picky",
+        "jsonpath={.status.desiredNumberScheduled}=0",
+    );
+    let t0 = std::time::Instant::now();
+    while !kubectl_ok(&["-n", &ns, "get", "pods", "-l", "app=picky", "-o", "name"]).is_empty() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "the picky pod stayed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // A rolling update, then back.
+    kubectl_ok(&["-n", &ns, "set", "env", "ds/agent", "V=2"]);
+    kubectl_ok(&["-n", &ns, "rollout", "status", "ds/agent", "--timeout=90s"]);
+    let envs = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-l",
+        "app=agent",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].env[0].value}",
+    ]);
+    assert_eq!(envs, "2 2");
+    let history = kubectl_ok(&["-n", &ns, "rollout", "history", "ds/agent"]);
+    assert!(
+        history.contains("1 ") && history.contains("2 "),
+        "{history}"
+    );
+    kubectl_ok(&["-n", &ns, "rollout", "undo", "ds/agent"]);
+    kubectl_ok(&["-n", &ns, "rollout", "status", "ds/agent", "--timeout=90s"]);
+    let envs = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-l",
+        "app=agent",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].env}",
+    ]);
+    assert_eq!(envs.trim(), "", "back to the first template");
+    let revs = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "controllerrevisions",
+        "-l",
+        "app=agent",
+        "-o",
+        "jsonpath={.items[*].revision}",
+    ]);
+    let mut revs: Vec<&str> = revs.split(' ').collect();
+    revs.sort();
+    assert_eq!(
+        revs,
+        ["2", "3"],
+        "the first template came back as revision 3"
+    );
+    kubectl_ok(&["-n", &ns, "delete", "ds", "--all"]);
+}
+
+#[test]
+fn a_statefulset_keeps_names_and_claims_in_order_and_updates_by_partition() {
+    let ns = ns("stateful");
+    let pid = std::process::id();
+    let class = format!("berth-local-{pid}");
+    let dirs: Vec<std::path::PathBuf> = (0..2)
+        .map(|i| std::path::PathBuf::from(format!("/tmp/berth-sts-{pid}-{i}")))
+        .collect();
+    let mut pvs = String::new();
+    for (i, d) in dirs.iter().enumerate() {
+        std::fs::create_dir_all(d).unwrap();
+        pvs.push_str(&format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: sts-{pid}-{i}}}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  storageClassName: {class}\n  hostPath: {{path: {}}}\n---\n",
+            d.display()
+        ));
+    }
+    kubectl_in(&["apply", "-f", "-"], &pvs);
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &format!(
+            r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: db}}
+spec:
+  serviceName: db
+  replicas: 2
+  selector: {{matchLabels: {{app: db}}}}
+  template:
+    metadata: {{labels: {{app: db}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      nodeSelector: {{kubernetes.io/hostname: node-0}}
+      containers:
+      - name: c
+        image: busybox:latest
+        imagePullPolicy: Never
+        command: ["sh", "-c", "hostname >> /data/id; trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+        readinessProbe: {{exec: {{command: ["true"]}}, periodSeconds: 1}}
+        volumeMounts: [{{name: data, mountPath: /data}}]
+  volumeClaimTemplates:
+  - metadata: {{name: data}}
+    spec:
+      accessModes: [ReadWriteOnce]
+      storageClassName: {class}
+      resources: {{requests: {{storage: 1Gi}}}}
+"#
+        ),
+    );
+    kubectl_ok(&["-n", &ns, "rollout", "status", "sts/db", "--timeout=90s"]);
+    // Ordered: db-1 was made only once db-0 was Ready.
+    let ready0 = get(
+        &ns,
+        "pod/db-0",
+        "{.status.conditions[?(@.type==\"Ready\")].lastTransitionTime}",
+    );
+    let made1 = get(&ns, "pod/db-1", "{.metadata.creationTimestamp}");
+    assert!(
+        made1 >= ready0,
+        "db-1 made at {made1}, db-0 ready at {ready0}"
+    );
+    // Each pod has its claim, bound to a volume, and its stable hostname.
+    assert_eq!(get(&ns, "pvc/data-db-0", "{.status.phase}"), "Bound");
+    assert_eq!(get(&ns, "pvc/data-db-1", "{.status.phase}"), "Bound");
+    let vol0 = get(&ns, "pvc/data-db-0", "{.spec.volumeName}");
+    let dir0 = &dirs[vol0.rsplit('-').next().unwrap().parse::<usize>().unwrap()];
+    assert_eq!(std::fs::read_to_string(dir0.join("id")).unwrap(), "db-0\n");
+    // db-0 deleted comes back as db-0, on the same claim.
+    let uid = get(&ns, "pod/db-0", "{.metadata.uid}");
+    kubectl_ok(&["-n", &ns, "delete", "pod", "db-0"]);
+    wait_for(&ns, "sts/db", "jsonpath={.status.readyReplicas}=2");
+    assert_ne!(get(&ns, "pod/db-0", "{.metadata.uid}"), uid);
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(dir0.join("id")).unwrap() != "db-0\ndb-0\n" {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A partitioned update: only ordinals >= 1 move; then all.
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "sts",
+        "db",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"type":"RollingUpdate","rollingUpdate":{"partition":1}}}}"#,
+    ]);
+    let before = get(
+        &ns,
+        "pod/db-0",
+        "{.metadata.labels.controller-revision-hash}",
+    );
+    kubectl_ok(&["-n", &ns, "set", "env", "sts/db", "V=2"]);
+    wait_for(&ns, "sts/db", "jsonpath={.status.updatedReplicas}=1");
+    wait_for(&ns, "sts/db", "jsonpath={.status.readyReplicas}=2");
+    assert_eq!(
+        get(
+            &ns,
+            "pod/db-0",
+            "{.metadata.labels.controller-revision-hash}"
+        ),
+        before
+    );
+    assert_eq!(
+        get(&ns, "pod/db-1", "{.spec.containers[0].env[0].value}"),
+        "2"
+    );
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "sts",
+        "db",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}"#,
+    ]);
+    kubectl_ok(&["-n", &ns, "rollout", "status", "sts/db", "--timeout=90s"]);
+    assert_eq!(
+        get(&ns, "pod/db-0", "{.spec.containers[0].env[0].value}"),
+        "2"
+    );
+    assert_eq!(
+        get(&ns, "sts/db", "{.status.currentRevision}"),
+        get(&ns, "sts/db", "{.status.updateRevision}")
+    );
+    // Scaled down, the highest ordinal goes; its claim stays.
+    kubectl_ok(&["-n", &ns, "scale", "sts", "db", "--replicas=1"]);
+    wait_for(&ns, "pod/db-1", "delete");
+    assert_eq!(get(&ns, "pvc/data-db-1", "{.status.phase}"), "Bound");
+    kubectl_ok(&["-n", &ns, "delete", "sts", "db"]);
+    kubectl_ok(&["-n", &ns, "delete", "pvc", "--all"]);
+    for i in 0..2 {
+        let _ = kubectl_out(&["delete", "pv", &format!("sts-{pid}-{i}")]);
+    }
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

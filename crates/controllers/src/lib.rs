@@ -4,14 +4,18 @@
 //! reconcile, level-triggered and idempotent — talking to the server it runs in.
 
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod gc;
 pub mod job;
 pub mod nodelifecycle;
 pub mod owned;
 pub mod podgc;
+pub mod pvbinder;
 pub mod replicaset;
+pub mod revisions;
 pub mod scheduler;
+pub mod statefulset;
 
 /// Kubernetes' time format (seconds).
 pub fn now() -> String {
@@ -39,6 +43,9 @@ pub const CONTROLLERS: &[&str] = &[
     "podgc",
     "job",
     "cronjob",
+    "daemonset",
+    "statefulset",
+    "persistentvolume-binder",
 ];
 
 /// The controllers `spec` selects (`*` all, `name`, `-name`; later entries win).
@@ -88,6 +95,9 @@ pub fn start(client: kube::Client, opts: Options) -> anyhow::Result<()> {
             ))),
             "job" => drop(tokio::spawn(job::run(c))),
             "cronjob" => drop(tokio::spawn(cronjob::run(c))),
+            "daemonset" => drop(tokio::spawn(daemonset::run(c))),
+            "statefulset" => drop(tokio::spawn(statefulset::run(c))),
+            "persistentvolume-binder" => drop(tokio::spawn(pvbinder::run(c))),
             "podgc" => drop(tokio::spawn(podgc::run(
                 c,
                 opts.terminated_pod_gc_threshold,
@@ -96,6 +106,21 @@ pub fn start(client: kube::Client, opts: Options) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether writing `new` would change `old`: a field of `new` differs from the stored
+/// one (a missing number counts as 0, a missing value as null, as the API omits them).
+pub fn status_differs(new: &serde_json::Value, old: &serde_json::Value) -> bool {
+    let Some(n) = new.as_object() else {
+        return false;
+    };
+    n.iter().any(|(k, v)| {
+        let o = old.get(k).cloned().unwrap_or(serde_json::Value::Null);
+        match (v, &o) {
+            (serde_json::Value::Number(x), serde_json::Value::Null) => x.as_i64() != Some(0),
+            _ => v != &o,
+        }
+    })
 }
 
 /// Records an Event about `obj` (best effort, as controllers do).

@@ -168,14 +168,9 @@ fn term_matches(t: &k8s_openapi::api::core::v1::NodeSelectorTerm, n: &Node) -> b
     })
 }
 
-/// Why a node does not fit a pod, as kube-scheduler words it in its summary; `None` fits.
-pub fn filter(
-    p: &Pod,
-    n: &Node,
-    used: &Resources,
-    used_ports: &HashSet<(String, i32)>,
-) -> Vec<String> {
-    let mut why = Vec::new();
+/// Whether the pod may go on the node at all (NodeUnschedulable, NodeAffinity,
+/// TaintToleration), as kube-scheduler words why not; the DaemonSet controller asks this too.
+pub fn node_fit(p: &Pod, n: &Node) -> Option<String> {
     let spec = p.spec.as_ref();
     // NodeUnschedulable.
     if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
@@ -185,8 +180,7 @@ pub fn filter(
             ..Default::default()
         };
         if !tolerations(p).iter().any(|x| tolerates(x, &t)) {
-            why.push("node(s) were unschedulable".to_string());
-            return why;
+            return Some("node(s) were unschedulable".to_string());
         }
     }
     // NodeAffinity: nodeSelector and required terms.
@@ -203,8 +197,7 @@ pub fn filter(
         })
         .is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, n)));
     if !selector_ok || !required_ok {
-        why.push("node(s) didn't match Pod's node affinity/selector".to_string());
-        return why;
+        return Some("node(s) didn't match Pod's node affinity/selector".to_string());
     }
     // TaintToleration: NoSchedule and NoExecute taints must be tolerated.
     if let Some(t) = n
@@ -217,11 +210,26 @@ pub fn filter(
         .find(|t| !tolerations(p).iter().any(|x| tolerates(x, t)))
     {
         let v = t.value.as_deref().unwrap_or("");
-        why.push(if v.is_empty() {
+        return Some(if v.is_empty() {
             format!("node(s) had untolerated taint {{{}: }}", t.key)
         } else {
             format!("node(s) had untolerated taint {{{}: {v}}}", t.key)
         });
+    }
+    None
+}
+
+/// Why a node does not fit a pod, as kube-scheduler words it in its summary; `None` fits.
+pub fn filter(
+    p: &Pod,
+    n: &Node,
+    used: &Resources,
+    used_ports: &HashSet<(String, i32)>,
+) -> Vec<String> {
+    let mut why = Vec::new();
+    let spec = p.spec.as_ref();
+    if let Some(r) = node_fit(p, n) {
+        why.push(r);
         return why;
     }
     // NodePorts.
