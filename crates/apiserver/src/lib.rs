@@ -12,6 +12,7 @@ pub mod cache;
 pub mod convert;
 pub mod crd;
 pub mod discovery;
+pub mod eviction;
 pub mod kinds;
 pub mod metrics;
 pub mod namespaces;

@@ -12,9 +12,9 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::api::{self, Api, Body, Ctx, Output, Reply, Target};
+use crate::api::{Api, Body, Ctx, Output, Reply, Target};
 use crate::auth::{Attributes, Authorizer, Tokens, UserInfo};
 use crate::discovery;
 use crate::metrics::Metrics;
@@ -589,20 +589,7 @@ impl Server {
         }
         let result = match (verb, sub.as_deref()) {
             ("create", Some("binding")) => self.api.bind(&target, &ctx).await,
-            ("create", Some("eviction")) => {
-                // An Eviction carries the DeleteOptions to delete the pod with (dryRun too).
-                let opts = api::decode_body(&content_type, &ctx.body)
-                    .map(|e| e.get("deleteOptions").cloned().unwrap_or(json!({})))
-                    .map(|o| Bytes::from(serde_json::to_vec(&o).unwrap_or_default()));
-                match opts {
-                    Ok(body) => self
-                        .api
-                        .delete(&Target { sub: None, ..target }, &Ctx { body, content_type: "application/json", ..ctx })
-                        .await
-                        .map(|_| Reply::json(201, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))),
-                    Err(e) => Err(e),
-                }
-            }
+            ("create", Some("eviction")) => crate::eviction::evict(&self.api, &target, &ctx).await,
             ("get", _) => self.api.get(&target, &ctx).await,
             ("list", _) => self.api.list(&target, &ctx).await,
             ("watch", _) => {

@@ -2287,3 +2287,121 @@ spec:
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+#[test]
+fn drain_respects_a_disruption_budget_and_cordon_keeps_pods_off() {
+    let d = Dedicated::start("drain", 2);
+    let c = &d.0;
+    c.server.ok(&["cordon", "node-0"]);
+    c.server.ok_in(
+        &["apply", "-f", "-"],
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: busybox:latest
+        imagePullPolicy: Never
+        command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+        readinessProbe: {exec: {command: ["true"]}, periodSeconds: 1}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web}
+spec:
+  minAvailable: 2
+  selector: {matchLabels: {app: web}}
+"#,
+    );
+    c.server
+        .ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    assert_eq!(
+        d.jsonpath(
+            &["get", "pods", "-l", "app=web"],
+            "{.items[*].spec.nodeName}"
+        ),
+        "node-1 node-1"
+    );
+    c.server.ok(&["uncordon", "node-0"]);
+    c.server.ok(&[
+        "wait",
+        "--for=jsonpath={.status.currentHealthy}=2",
+        "pdb/web",
+        "--timeout=30s",
+    ]);
+    assert_eq!(
+        d.jsonpath(&["get", "pdb", "web"], "{.status.disruptionsAllowed}"),
+        "0"
+    );
+    // The budget allows no disruption: drain gives up, the pods stay.
+    let out = c
+        .server
+        .kubectl(&["drain", "node-1", "--ignore-daemonsets", "--timeout=8s"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Cannot evict pod as it would violate the pod's disruption budget"),
+        "{err}"
+    );
+    assert_eq!(
+        d.jsonpath(
+            &["get", "pods", "-l", "app=web"],
+            "{.items[*].spec.nodeName}"
+        ),
+        "node-1 node-1"
+    );
+    assert_eq!(
+        d.jsonpath(&["get", "node", "node-1"], "{.spec.unschedulable}"),
+        "true"
+    );
+    // One may go at a time: drain evicts one, waits for its replacement, then the other.
+    c.server.ok(&[
+        "patch",
+        "pdb",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"minAvailable":1}}"#,
+    ]);
+    c.server
+        .ok(&["drain", "node-1", "--ignore-daemonsets", "--timeout=90s"]);
+    c.server
+        .ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    assert_eq!(
+        d.jsonpath(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "--field-selector",
+                "status.phase=Running"
+            ],
+            "{.items[*].spec.nodeName}"
+        ),
+        "node-0 node-0"
+    );
+    // Uncordoned, the node takes pods again.
+    c.server.ok(&["uncordon", "node-1"]);
+    assert_eq!(
+        d.jsonpath(&["get", "node", "node-1"], "{.spec.unschedulable}"),
+        ""
+    );
+    // Every namespace has its default ServiceAccount.
+    c.server.ok(&["create", "namespace", "fresh"]);
+    c.server.ok(&[
+        "wait",
+        "--for=jsonpath={.metadata.name}=default",
+        "-n",
+        "fresh",
+        "serviceaccount/default",
+        "--timeout=30s",
+    ]);
+}

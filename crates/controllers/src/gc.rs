@@ -36,7 +36,8 @@ fn resource(kind: &str) -> Option<ApiResource> {
     ))
 }
 
-fn api(client: &kube::Client, kind: &str, ns: &str) -> Option<kube::Api<DynamicObject>> {
+/// A dynamic API for one of [`KINDS`] in `ns`.
+pub fn api(client: &kube::Client, kind: &str, ns: &str) -> Option<kube::Api<DynamicObject>> {
     resource(kind).map(|r| kube::Api::namespaced_with(client.clone(), ns, &r))
 }
 

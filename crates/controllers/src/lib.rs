@@ -6,6 +6,7 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod gc;
 pub mod job;
 pub mod nodelifecycle;
@@ -15,6 +16,7 @@ pub mod pvbinder;
 pub mod replicaset;
 pub mod revisions;
 pub mod scheduler;
+pub mod serviceaccounts;
 pub mod statefulset;
 
 /// Kubernetes' time format (seconds).
@@ -46,6 +48,8 @@ pub const CONTROLLERS: &[&str] = &[
     "daemonset",
     "statefulset",
     "persistentvolume-binder",
+    "disruption",
+    "serviceaccount",
 ];
 
 /// The controllers `spec` selects (`*` all, `name`, `-name`; later entries win).
@@ -97,6 +101,8 @@ pub fn start(client: kube::Client, opts: Options) -> anyhow::Result<()> {
             "cronjob" => drop(tokio::spawn(cronjob::run(c))),
             "daemonset" => drop(tokio::spawn(daemonset::run(c))),
             "statefulset" => drop(tokio::spawn(statefulset::run(c))),
+            "disruption" => drop(tokio::spawn(disruption::run(c))),
+            "serviceaccount" => drop(tokio::spawn(serviceaccounts::run(c))),
             "persistentvolume-binder" => drop(tokio::spawn(pvbinder::run(c))),
             "podgc" => drop(tokio::spawn(podgc::run(
                 c,
