@@ -56,6 +56,10 @@ pub struct ServerArgs {
     /// DefaultTolerationSeconds: how long pods stay on an unreachable node (Kubernetes: 300).
     #[arg(long, default_value_t = 2)]
     default_unreachable_toleration_seconds: i64,
+    /// Run the scheduler and controllers only while holding the kube-system/berth-controllers
+    /// Lease, so that of several servers sharing a store one runs them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
     /// Delete the oldest terminated pods when there are more than this many (0: never).
     #[arg(long, default_value_t = 12_500)]
     terminated_pod_gc_threshold: usize,
@@ -84,6 +88,7 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
         .build()
         .context("start the async runtime")?;
     rt.block_on(async move {
+        let data_dir = a.data_dir.clone();
         let cfg = apiserver::Config {
             data_dir: a.data_dir,
             bind_address: a.bind_address,
@@ -131,7 +136,20 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
                 node_monitor_grace_period: a.node_monitor_grace_period,
                 terminated_pod_gc_threshold: a.terminated_pod_gc_threshold,
             };
-            controllers::start(client, opts).context("--controllers")?;
+            // Stable across restarts of this server (its data dir), distinct between servers.
+            let leader = a.leader_elect.then(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default();
+                let dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone());
+                // FNV-1a of the path: short, stable, distinct per data dir.
+                let id = dir.to_string_lossy().bytes().fold(0x811c_9dc5u32, |h, b| {
+                    (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+                });
+                let id = format!("{id:08x}");
+                format!("{host}_{id}")
+            });
+            controllers::start(client, opts, leader).context("--controllers")?;
         }
         let agent = node.map(|(mut cfg, engine)| {
             let host = if running.addr.ip().is_unspecified() {

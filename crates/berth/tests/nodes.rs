@@ -2405,3 +2405,85 @@ spec:
         "--timeout=30s",
     ]);
 }
+
+#[test]
+fn of_two_servers_on_one_store_one_leads_and_the_other_takes_over_when_it_dies() {
+    let dir = cluster::base_dir("leader-etcd");
+    let (etcd, etcd_pid) = cluster::start_etcd(&dir);
+    let a = cluster::Server::start_cluster("leader-a", &["--datastore-endpoint", &etcd]);
+    let b = cluster::Server::start_cluster("leader-b", &["--datastore-endpoint", &etcd]);
+    let holder = |s: &cluster::Server| {
+        s.kubectl(&[
+            "-n",
+            "kube-system",
+            "get",
+            "lease",
+            "berth-controllers",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+    };
+    let t0 = std::time::Instant::now();
+    let first = loop {
+        let o = holder(&a);
+        if o.status.success() && !o.stdout.is_empty() {
+            break String::from_utf8_lossy(&o.stdout).into_owned();
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "no leader"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let (leader, follower) = if a.log().contains(&format!("{first} became the leader")) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert!(leader.log().contains(&format!("{first} became the leader")));
+    assert!(!follower.log().contains("became the leader"));
+    // One set of controllers: a ReplicaSet gets its pods once, not twice.
+    follower.ok_in(
+        &["apply", "-f", "-"],
+        "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: one}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: one}}\n  template:\n    metadata: {labels: {app: one}}\n    spec:\n      containers: [{name: c, image: busybox:latest}]\n",
+    );
+    follower.ok(&[
+        "wait",
+        "--for=jsonpath={.status.replicas}=3",
+        "rs/one",
+        "--timeout=30s",
+    ]);
+    let pods = follower.ok(&["get", "pods", "-l", "app=one", "-o", "name"]);
+    assert_eq!(pods.lines().count(), 3, "{pods}");
+    // The leader dies: within the lease duration, the other takes over and acts.
+    // SAFETY: kill(2) of the server process this test started.
+    unsafe { libc::kill(leader.pid as i32, libc::SIGKILL) };
+    let t1 = std::time::Instant::now();
+    loop {
+        if follower.log().contains("became the leader") {
+            break;
+        }
+        assert!(
+            t1.elapsed() < std::time::Duration::from_secs(40),
+            "no takeover: {}",
+            follower.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    eprintln!(
+        "leader election: the other server took over {:.1} s after the leader died",
+        t1.elapsed().as_secs_f64()
+    );
+    assert_ne!(String::from_utf8_lossy(&holder(&follower).stdout), first);
+    follower.ok(&["scale", "rs", "one", "--replicas=1"]);
+    follower.ok(&[
+        "wait",
+        "--for=jsonpath={.status.replicas}=1",
+        "rs/one",
+        "--timeout=30s",
+    ]);
+    drop(follower);
+    // SAFETY: kill(2) of the etcd this test started.
+    unsafe { libc::kill(etcd_pid as i32, libc::SIGKILL) };
+    let _ = std::fs::remove_dir_all(&dir);
+}

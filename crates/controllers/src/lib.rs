@@ -9,6 +9,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod gc;
 pub mod job;
+pub mod leader;
 pub mod nodelifecycle;
 pub mod owned;
 pub mod podgc;
@@ -81,37 +82,49 @@ pub fn selected(spec: &[String]) -> anyhow::Result<std::collections::BTreeSet<&'
     Ok(on)
 }
 
-/// Starts the scheduler and the controllers on `client`; they run until the process ends.
-pub fn start(client: kube::Client, opts: Options) -> anyhow::Result<()> {
+/// Starts the scheduler and the controllers on `client`. With a `leader` identity, they run only
+/// while this server holds the `kube-system/berth-controllers` Lease (see [`leader`]);
+/// otherwise until the process ends.
+pub fn start(client: kube::Client, opts: Options, leader: Option<String>) -> anyhow::Result<()> {
     let on = selected(&opts.controllers)?;
-    if opts.scheduler {
-        tokio::spawn(scheduler::run(client.clone()));
-    }
-    for name in on {
-        let c = client.clone();
-        match name {
-            "replicaset" => drop(tokio::spawn(replicaset::run(c))),
-            "deployment" => drop(tokio::spawn(deployment::run(c))),
-            "garbagecollector" => drop(tokio::spawn(gc::run(c))),
-            "nodelifecycle" => drop(tokio::spawn(nodelifecycle::run(
-                c,
-                opts.node_monitor_grace_period,
-            ))),
-            "job" => drop(tokio::spawn(job::run(c))),
-            "cronjob" => drop(tokio::spawn(cronjob::run(c))),
-            "daemonset" => drop(tokio::spawn(daemonset::run(c))),
-            "statefulset" => drop(tokio::spawn(statefulset::run(c))),
-            "disruption" => drop(tokio::spawn(disruption::run(c))),
-            "serviceaccount" => drop(tokio::spawn(serviceaccounts::run(c))),
-            "persistentvolume-binder" => drop(tokio::spawn(pvbinder::run(c))),
-            "podgc" => drop(tokio::spawn(podgc::run(
-                c,
-                opts.terminated_pod_gc_threshold,
-            ))),
-            _ => unreachable!("every name in CONTROLLERS is started"),
-        }
+    match leader {
+        None => drop(spawn_all(&client, &opts, &on)),
+        Some(me) => drop(tokio::spawn(leader::run(client.clone(), me, move |c| {
+            spawn_all(&c, &opts, &on)
+        }))),
     }
     Ok(())
+}
+
+/// Spawns the scheduler and the selected controllers; returns their tasks.
+fn spawn_all(
+    client: &kube::Client,
+    opts: &Options,
+    on: &std::collections::BTreeSet<&'static str>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if opts.scheduler {
+        tasks.push(tokio::spawn(scheduler::run(client.clone())));
+    }
+    for name in on.iter().copied() {
+        let c = client.clone();
+        tasks.push(match name {
+            "replicaset" => tokio::spawn(replicaset::run(c)),
+            "deployment" => tokio::spawn(deployment::run(c)),
+            "garbagecollector" => tokio::spawn(gc::run(c)),
+            "nodelifecycle" => tokio::spawn(nodelifecycle::run(c, opts.node_monitor_grace_period)),
+            "job" => tokio::spawn(job::run(c)),
+            "cronjob" => tokio::spawn(cronjob::run(c)),
+            "daemonset" => tokio::spawn(daemonset::run(c)),
+            "statefulset" => tokio::spawn(statefulset::run(c)),
+            "disruption" => tokio::spawn(disruption::run(c)),
+            "serviceaccount" => tokio::spawn(serviceaccounts::run(c)),
+            "persistentvolume-binder" => tokio::spawn(pvbinder::run(c)),
+            "podgc" => tokio::spawn(podgc::run(c, opts.terminated_pod_gc_threshold)),
+            _ => unreachable!("every name in CONTROLLERS is started"),
+        });
+    }
+    tasks
 }
 
 /// Whether writing `new` would change `old`: a field of `new` differs from the stored
