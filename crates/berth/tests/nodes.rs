@@ -2487,3 +2487,256 @@ fn of_two_servers_on_one_store_one_leads_and_the_other_takes_over_when_it_dies()
     unsafe { libc::kill(etcd_pid as i32, libc::SIGKILL) };
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Watches the pods labelled `app=<app>` in `ns` with `kubectl get -w` and checks at every
+/// event that no more than `max_pods` exist (not being deleted) and no fewer than
+/// `min_ready` are Ready; returns the extremes seen when `stop` is set.
+fn watch_rollout_limits(
+    ns: &str,
+    app: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(usize, usize, usize)> {
+    let mut cmd = with(|c| {
+        c.server.kubectl_cmd(&[
+            "-n",
+            ns,
+            "get",
+            "pods",
+            "-l",
+            &format!("app={app}"),
+            "-w",
+            "--output-watch-events",
+            "-o",
+            "json",
+        ])
+    });
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::collections::HashMap;
+        let mut pods: HashMap<String, (bool, bool)> = HashMap::new();
+        let (mut max_pods, mut min_ready, mut events) = (0usize, usize::MAX, 0usize);
+        let stream = serde_json::Deserializer::from_reader(out).into_iter::<serde_json::Value>();
+        let killer = {
+            let stop = stop.clone();
+            let pid = child.id() as i32;
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                // SAFETY: kill(2) of the kubectl this thread started.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            })
+        };
+        for ev in stream.map_while(Result::ok) {
+            let o = &ev["object"];
+            let name = o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if ev["type"] == "DELETED" {
+                pods.remove(&name);
+            } else {
+                let deleting = o["metadata"]["deletionTimestamp"].is_string();
+                let ready = o["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+                pods.insert(name, (deleting, ready));
+            }
+            events += 1;
+            let live = pods.values().filter(|(d, _)| !d).count();
+            let ready = pods.values().filter(|(d, r)| !d && *r).count();
+            if live > max_pods {
+                let mut names: Vec<&String> = pods
+                    .iter()
+                    .filter(|(_, (d, _))| !d)
+                    .map(|(n, _)| n)
+                    .collect();
+                names.sort();
+                eprintln!("rollout watch: {live} pods: {names:?}");
+            }
+            max_pods = max_pods.max(live);
+            // Readiness is judged once the initial list is in (6 pods seen).
+            if events >= 6 {
+                min_ready = min_ready.min(ready);
+            }
+        }
+        let _ = child.wait();
+        let _ = killer.join();
+        (max_pods, min_ready, events)
+    })
+}
+
+#[test]
+fn a_rolling_update_holds_max_surge_and_max_unavailable_at_every_moment() {
+    let ns = ns("limits");
+    with(|c| {
+        for h in &c.hosts {
+            h.berth_ok(&["tag", "busybox:latest", "busybox:limits"]);
+        }
+    });
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: roll}
+spec:
+  replicas: 6
+  selector: {matchLabels: {app: roll}}
+  strategy: {rollingUpdate: {maxSurge: 2, maxUnavailable: 1}}
+  template:
+    metadata: {labels: {app: roll}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: busybox:latest
+        imagePullPolicy: Never
+        command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+        readinessProbe: {exec: {command: ["true"]}, initialDelaySeconds: 1, periodSeconds: 1}
+"#,
+    );
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "deployment/roll",
+        "--timeout=90s",
+    ]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_rollout_limits(&ns, "roll", stop.clone());
+    // The watch has its initial list before the change.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "set",
+        "image",
+        "deployment/roll",
+        "c=busybox:limits",
+    ]);
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "deployment/roll",
+        "--timeout=120s",
+    ]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (max_pods, min_ready, events) = watcher.join().unwrap();
+    assert!(events > 12, "the watch saw the rollout: {events} events");
+    assert!(
+        max_pods <= 8,
+        "6 replicas + maxSurge 2, but {max_pods} pods at once: {}",
+        kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "events",
+            "--sort-by=.metadata.creationTimestamp"
+        ])
+    );
+    assert!(
+        min_ready >= 5,
+        "6 replicas - maxUnavailable 1, but only {min_ready} ready"
+    );
+    let images = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-l",
+        "app=roll",
+        "--field-selector",
+        "status.phase=Running",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    assert_eq!(
+        images.split(' ').filter(|i| *i == "busybox:limits").count(),
+        6,
+        "{images}"
+    );
+    kubectl_ok(&["-n", &ns, "delete", "deployment", "roll"]);
+}
+
+#[test]
+fn a_rollout_survives_a_server_sigkill_midway_without_loss_or_duplicates() {
+    let mut d = Dedicated::start("midway", 2);
+    for h in &d.0.hosts {
+        h.berth_ok(&["tag", "busybox:latest", "busybox:midway"]);
+    }
+    d.0.server.ok_in(
+        &["apply", "-f", "-"],
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 6
+  selector: {matchLabels: {app: web}}
+  strategy: {rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: busybox:latest
+        imagePullPolicy: Never
+        command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+        readinessProbe: {exec: {command: ["true"]}, initialDelaySeconds: 1, periodSeconds: 1}
+"#,
+    );
+    d.0.server
+        .ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    d.0.server
+        .ok(&["set", "image", "deployment/web", "c=busybox:midway"]);
+    // Midway: the new ReplicaSet has some pods, not all.
+    let t0 = std::time::Instant::now();
+    loop {
+        let updated = d.jsonpath(&["get", "deployment", "web"], "{.status.updatedReplicas}");
+        if updated.parse::<i32>().is_ok_and(|n| (1..6).contains(&n)) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "the rollout did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    d.0.restart_server();
+    d.0.server
+        .ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    // Nothing lost or doubled: two ReplicaSets, six pods, all new.
+    let sets = d.jsonpath(&["get", "rs", "-l", "app=web"], "{.items[*].spec.replicas}");
+    let mut sets: Vec<&str> = sets.split(' ').collect();
+    sets.sort();
+    assert_eq!(sets, ["0", "6"]);
+    let t1 = std::time::Instant::now();
+    loop {
+        let images = d.jsonpath(
+            &["get", "pods", "-l", "app=web"],
+            "{.items[*].spec.containers[0].image}",
+        );
+        if images.split(' ').count() == 6 {
+            assert!(images.split(' ').all(|i| i == "busybox:midway"), "{images}");
+            break;
+        }
+        assert!(
+            t1.elapsed() < std::time::Duration::from_secs(30),
+            "pods: {images}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        d.jsonpath(
+            &["get", "deployment", "web"],
+            "{.metadata.annotations.deployment\\.kubernetes\\.io/revision}"
+        ),
+        "2"
+    );
+}

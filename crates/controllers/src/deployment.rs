@@ -179,8 +179,14 @@ pub async fn run(client: kube::Client) {
         }
         for key in dirty {
             if let Some(d) = cache.deployments.get(&key).cloned() {
-                if let Err(e) = reconcile(&client, &d, &cache).await {
-                    eprintln!("berth controllers: deployment {key}: {e}");
+                match reconcile(&client, &d, &cache).await {
+                    Ok(()) => {}
+                    // Acted on a stale cache: the watch brings the news and a new pass.
+                    Err(e)
+                        if e.downcast_ref::<kube::Error>()
+                            .is_some_and(|k| matches!(k, kube::Error::Api(s) if s.code == 409)) => {
+                    }
+                    Err(e) => eprintln!("berth controllers: deployment {key}: {e}"),
                 }
             }
         }
@@ -219,10 +225,15 @@ async fn scale(
     let ns = rs.metadata.namespace.clone().unwrap_or_default();
     let name = rs.metadata.name.clone().unwrap_or_default();
     let api: kube::Api<ReplicaSet> = kube::Api::namespaced(client.clone(), &ns);
+    // With the version this decision was made on: a cache that lags behind this
+    // controller's own writes makes the write fail (409) rather than scale twice.
     api.patch(
         &name,
         &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"replicas": to}})),
+        &Patch::Merge(
+            &json!({"metadata": {"resourceVersion": rs.metadata.resource_version},
+            "spec": {"replicas": to}}),
+        ),
     )
     .await?;
     let up = to > replicas(rs);
@@ -341,6 +352,23 @@ async fn reconcile(client: &kube::Client, d: &Deployment, cache: &Cache) -> anyh
         }
     };
     let new_name = new_rs.metadata.name.clone().unwrap_or_default();
+    // The Deployment carries its newest revision too, as Kubernetes annotates it.
+    let rev = revision(&new_rs).to_string();
+    if !paused
+        && d.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(REVISION))
+            != Some(&rev)
+    {
+        let api: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), &ns);
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {REVISION: rev}}})),
+        )
+        .await?;
+    }
     let olds: Vec<&Arc<ReplicaSet>> = owned
         .iter()
         .filter(|r| r.metadata.name.as_deref() != Some(new_name.as_str()))
@@ -370,18 +398,25 @@ async fn reconcile(client: &kube::Client, d: &Deployment, cache: &Cache) -> anyh
                 scale(client, &new_rs, want, d).await?;
             } else {
                 // Scale up the new ReplicaSet within the surge.
-                let total: i32 = owned.iter().map(|r| replicas(r)).sum();
+                // Pods that still exist count too (a set scaled down whose pods are not
+                // gone yet), so the surge holds for pods, not only for specs.
+                let total: i32 = owned
+                    .iter()
+                    .map(|r| replicas(r).max(r.status.as_ref().map_or(0, |s| s.replicas)))
+                    .sum();
                 let allowed = (want + surge - total).max(0);
                 let to = (replicas(&new_rs) + allowed).min(want);
                 if to > replicas(&new_rs) {
+                    // As kube's controller: a pass that scaled up does not also scale down;
+                    // the new pods count as unavailable once the new set's spec says so.
                     scale(client, &new_rs, to, d).await?;
+                    return Ok(());
                 }
                 // Scale old ones down while enough stay available (kube's formula:
                 // all pods - minAvailable - the new set's unavailable pods), unhealthy
                 // old pods first, oldest sets first.
                 let min_available = want - unavailable;
-                let all_pods: i32 = owned.iter().map(|r| replicas(r)).sum::<i32>()
-                    + (to - replicas(&new_rs)).max(0);
+                let all_pods: i32 = owned.iter().map(|r| replicas(r)).sum::<i32>();
                 let new_unavailable = (replicas(&new_rs) - available(&new_rs)).max(0);
                 let mut budget = (all_pods - min_available - new_unavailable).max(0);
                 for o in &olds {

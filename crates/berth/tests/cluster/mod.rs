@@ -161,6 +161,11 @@ impl Server {
         Server::launch(old.dir.clone(), false, extra, false)
     }
 
+    /// As [`Server::start_reusing`], with the scheduler and controllers (a cluster's server).
+    pub fn restart_cluster(old: &Server, extra: &[&str]) -> Server {
+        Server::launch(old.dir.clone(), false, extra, true)
+    }
+
     fn launch(dir: PathBuf, etcd: bool, extra: &[&str], controllers: bool) -> Server {
         let kubeconfig = dir.join("kubeconfig.yaml");
         let mut cmd = Command::new(crate::common::BERTH);
@@ -170,7 +175,10 @@ impl Server {
         }
         // API-only servers run no node agent, scheduler or controllers; clusters with nodes
         // start agents of their own.
-        cmd.args(["--https-listen-port", "0", "--disable-agent"]);
+        if !extra.contains(&"--https-listen-port") {
+            cmd.args(["--https-listen-port", "0"]);
+        }
+        cmd.arg("--disable-agent");
         if !controllers {
             cmd.args(["--disable-scheduler", "--disable-controller-manager"]);
         }

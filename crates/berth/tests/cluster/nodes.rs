@@ -35,6 +35,7 @@ pub struct Cluster {
     pub hosts: Vec<Host>,
     bridge: String,
     subnet_prefix: String,
+    server_flags: Vec<String>,
 }
 
 fn sh(args: &[&str]) -> Output {
@@ -158,6 +159,7 @@ impl Cluster {
             hosts: Vec::new(),
             bridge,
             subnet_prefix,
+            server_flags: flags.iter().map(|f| f.to_string()).collect(),
         };
         let dir = base_dir(&format!("{name}-nodes"));
         for i in 0..n {
@@ -229,6 +231,27 @@ impl Cluster {
         self.hosts[i].spawn();
         let h = &self.hosts[i];
         self.wait_ready(h);
+    }
+
+    /// SIGKILLs the server and starts it again on the same data dir, address and port (the
+    /// agents reconnect on their own).
+    pub fn restart_server(&mut self) {
+        let pid = self.server.pid as i32;
+        // SAFETY: kill(2) of the server this harness started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        for _ in 0..200 {
+            if !PathBuf::from(format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "))
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let port = self.server.url.rsplit(':').next().unwrap().to_string();
+        let mut flags: Vec<&str> = self.server_flags.iter().map(String::as_str).collect();
+        flags.extend_from_slice(&["--https-listen-port", &port]);
+        self.server = Server::restart_cluster(&self.server, &flags);
     }
 
     /// A node failure: the host's agent and every container on it are killed, and the
