@@ -18,7 +18,9 @@ pub const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 43, 0, 0), 16);
 pub const CLUSTER_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 42, 0, 0), 16);
 
 /// Gives a new Node without `spec.podCIDR` the lowest /24 of the cluster CIDR no other
-/// Node holds. The lock is returned held until the Node is stored.
+/// Node holds. The lock is returned held until the Node is stored. When every block is
+/// taken the Node is stored without one (as Kubernetes' node IPAM leaves it, with a
+/// warning), and the blocks are counted again at most every 10 s.
 pub async fn allocate_pod_cidr(
     api: &Api,
     node: &mut Value,
@@ -30,6 +32,14 @@ pub async fn allocate_pod_cidr(
         .and_then(Value::as_str)
         .is_some_and(|s| !s.is_empty())
     {
+        return Ok(guard);
+    }
+    static EXHAUSTED: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let recently_full = EXHAUSTED
+        .lock()
+        .map(|e| e.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(10)))
+        .unwrap_or(false);
+    if recently_full {
         return Ok(guard);
     }
     let list = api
@@ -47,19 +57,21 @@ pub async fn allocate_pod_cidr(
         .collect();
     let base = u32::from(CLUSTER_CIDR.0);
     let count = 1u32 << (24 - CLUSTER_CIDR.1);
-    let free = (0..count)
+    let Some(free) = (0..count)
         .map(|i| format!("{}/24", Ipv4Addr::from(base + (i << 8))))
         .find(|c| !used.contains(c))
-        .ok_or_else(|| {
-            ApiError::new(
-                500,
-                "InternalError",
-                format!(
-                    "no pod CIDR is left: all {count} /24 blocks of {}/{} are taken",
-                    CLUSTER_CIDR.0, CLUSTER_CIDR.1
-                ),
-            )
-        })?;
+    else {
+        eprintln!(
+            "berth server: no pod CIDR is left for node {}: all {count} /24 blocks of {}/{} are taken (CIDRNotAvailable)",
+            node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default(),
+            CLUSTER_CIDR.0,
+            CLUSTER_CIDR.1
+        );
+        if let Ok(mut e) = EXHAUSTED.lock() {
+            *e = Some(std::time::Instant::now());
+        }
+        return Ok(guard);
+    };
     node["spec"]["podCIDR"] = json!(free);
     node["spec"]["podCIDRs"] = json!([free]);
     Ok(guard)

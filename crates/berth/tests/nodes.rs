@@ -2117,17 +2117,29 @@ spec:
     );
     kubectl_ok(&["-n", &ns, "rollout", "undo", "ds/agent"]);
     kubectl_ok(&["-n", &ns, "rollout", "status", "ds/agent", "--timeout=90s"]);
-    let envs = kubectl_ok(&[
-        "-n",
-        &ns,
-        "get",
-        "pods",
-        "-l",
-        "app=agent",
-        "-o",
-        "jsonpath={.items[*].spec.containers[0].env}",
-    ]);
-    assert_eq!(envs.trim(), "", "back to the first template");
+    // Back to the first template (the replaced pods may still be terminating for a moment).
+    let t1 = std::time::Instant::now();
+    loop {
+        let envs = kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "pods",
+            "-l",
+            "app=agent",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.deletionTimestamp}{.spec.containers[0].env}{\"\\n\"}{end}",
+        ]);
+        let live: Vec<&str> = envs.lines().filter(|l| !l.starts_with("20")).collect();
+        if live.len() == 2 && live.iter().all(|l| l.is_empty()) {
+            break;
+        }
+        assert!(
+            t1.elapsed() < std::time::Duration::from_secs(30),
+            "not back to the first template: {envs}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let revs = kubectl_ok(&[
         "-n",
         &ns,

@@ -16,6 +16,7 @@ pub mod podgc;
 pub mod pvbinder;
 pub mod replicaset;
 pub mod revisions;
+pub mod schedplugins;
 pub mod scheduler;
 pub mod serviceaccounts;
 pub mod statefulset;

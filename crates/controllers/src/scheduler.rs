@@ -184,7 +184,8 @@ pub fn node_fit(p: &Pod, n: &Node) -> Option<String> {
         }
     }
     // NodeAffinity: nodeSelector and required terms.
-    let labels = n.metadata.labels.clone().unwrap_or_default();
+    static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+    let labels = n.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
     let selector_ok = spec
         .and_then(|s| s.node_selector.as_ref())
         .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
@@ -226,6 +227,18 @@ pub fn filter(
     used: &Resources,
     used_ports: &HashSet<(String, i32)>,
 ) -> Vec<String> {
+    filter_with(p, &requests(p), n, &allocatable(n), used, used_ports)
+}
+
+/// [`filter`] with the pod's requests and the node's allocatable counted beforehand.
+fn filter_with(
+    p: &Pod,
+    want: &Resources,
+    n: &Node,
+    have: &Resources,
+    used: &Resources,
+    used_ports: &HashSet<(String, i32)>,
+) -> Vec<String> {
     let mut why = Vec::new();
     let spec = p.spec.as_ref();
     if let Some(r) = node_fit(p, n) {
@@ -245,8 +258,12 @@ pub fn filter(
         }
     }
     // NodeResourcesFit.
-    let want = requests(p);
-    let have = allocatable(n);
+    fits_resources(want, have, used, &mut why);
+    why
+}
+
+/// NodeResourcesFit with the pod's requests and the node's allocatable already counted.
+fn fits_resources(want: &Resources, have: &Resources, used: &Resources, why: &mut Vec<String>) {
     if used.pods + 1 > have.pods {
         why.push("Too many pods".into());
     }
@@ -256,14 +273,15 @@ pub fn filter(
     if want.memory > 0 && used.memory + want.memory > have.memory {
         why.push("Insufficient memory".into());
     }
-    why
 }
 
 /// The node's score, 0–300: LeastAllocated (the share of CPU and memory left after the
 /// pod), the pod's preferred node affinity, and PreferNoSchedule taints it does not tolerate.
 pub fn score(p: &Pod, n: &Node, used: &Resources) -> i64 {
-    let want = requests(p);
-    let have = allocatable(n);
+    score_with(p, &requests(p), n, &allocatable(n), used)
+}
+
+fn score_with(p: &Pod, want: &Resources, n: &Node, have: &Resources, used: &Resources) -> i64 {
     let free = |used: u64, want: u64, cap: u64| -> i64 {
         if cap == 0 {
             return 0;
@@ -339,6 +357,9 @@ fn wants_us(p: &Pod) -> bool {
         )
 }
 
+/// What a pod adds to its node: the node, its requests and its host ports.
+type Counted = (String, Resources, Vec<(String, i32)>);
+
 #[derive(Default)]
 struct State {
     nodes: BTreeMap<String, Node>,
@@ -347,64 +368,180 @@ struct State {
     assumed: HashMap<String, String>,
     /// Pods that fit nowhere, with the message they were given.
     unschedulable: HashMap<String, String>,
+    /// Pods whose binding failed: not tried again before the instant, and how often.
+    backoff: HashMap<String, (std::time::Instant, u32)>,
+    /// The node cache, kept as pods come and go (kube-scheduler's NodeInfo): each node's
+    /// requested resources and host ports, and the pods on it.
+    usage: HashMap<String, (Resources, HashSet<(String, i32)>)>,
+    by_node: HashMap<String, HashSet<String>>,
+    /// What each pod adds to its node, to take it back when it changes.
+    counted: HashMap<String, Counted>,
+    /// Pods with required anti-affinity (every pod must look at them).
+    anti: HashSet<String>,
+    /// Where the next cycle starts looking (nodes are taken in turn, as kube-scheduler does).
+    next_start: usize,
+    /// Each node's allocatable, parsed once per node update.
+    alloc: HashMap<String, Resources>,
+    /// The queue: pods for this scheduler that are not placed yet (the unschedulable and
+    /// backed-off ones among them wait their turn).
+    active: HashSet<String>,
+}
+
+fn host_ports(p: &Pod) -> Vec<(String, i32)> {
+    p.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|port| {
+            port.host_port
+                .filter(|h| *h > 0)
+                .map(|hp| (port.protocol.clone().unwrap_or_else(|| "TCP".into()), hp))
+        })
+        .collect()
+}
+
+/// How many feasible nodes a cycle looks for before it stops (kube-scheduler's adaptive
+/// percentageOfNodesToScore: 50% minus 1% per 125 nodes, at least 5%, at least 100 nodes).
+fn nodes_to_find(total: usize) -> usize {
+    if total <= 100 {
+        return total;
+    }
+    let pct = (50 - (total as i64) / 125).max(5) as usize;
+    (total * pct / 100).max(100)
 }
 
 impl State {
-    fn placed(&self) -> HashMap<String, (Resources, HashSet<(String, i32)>)> {
-        let mut by_node: HashMap<String, (Resources, HashSet<(String, i32)>)> = HashMap::new();
-        for (k, p) in &self.pods {
-            let node = p
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .filter(|n| !n.is_empty())
-                .or_else(|| self.assumed.get(k).cloned());
-            let Some(node) = node else { continue };
-            if matches!(
-                p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            ) {
-                continue;
-            }
-            let r = requests(p);
-            let e = by_node.entry(node).or_default();
-            e.0.cpu_milli += r.cpu_milli;
-            e.0.memory += r.memory;
-            e.0.pods += 1;
-            for c in p.spec.iter().flat_map(|s| s.containers.iter()) {
-                for port in c.ports.iter().flatten() {
-                    if let Some(hp) = port.host_port.filter(|h| *h > 0) {
-                        e.1.insert((port.protocol.clone().unwrap_or_else(|| "TCP".into()), hp));
-                    }
+    /// Records a pod as it now is (or its removal), keeping the node cache right.
+    fn set_pod(&mut self, k: &str, p: Option<Arc<Pod>>) {
+        if let Some((node, r, ports)) = self.counted.remove(k) {
+            if let Some(u) = self.usage.get_mut(&node) {
+                u.0.cpu_milli -= r.cpu_milli;
+                u.0.memory -= r.memory;
+                u.0.pods -= r.pods;
+                for port in ports {
+                    u.1.remove(&port);
                 }
             }
+            if let Some(s) = self.by_node.get_mut(&node) {
+                s.remove(k);
+            }
         }
-        by_node
+        self.anti.remove(k);
+        let Some(p) = p else {
+            self.pods.remove(k);
+            return;
+        };
+        let finished = matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty())
+            .or_else(|| self.assumed.get(k).cloned());
+        if let (Some(node), false) = (node, finished) {
+            let mut r = requests(&p);
+            r.pods = 1;
+            let ports = host_ports(&p);
+            let u = self.usage.entry(node.clone()).or_default();
+            u.0.cpu_milli += r.cpu_milli;
+            u.0.memory += r.memory;
+            u.0.pods += 1;
+            u.1.extend(ports.iter().cloned());
+            self.by_node
+                .entry(node.clone())
+                .or_default()
+                .insert(k.to_string());
+            self.counted.insert(k.to_string(), (node, r, ports));
+            if p.spec
+                .as_ref()
+                .and_then(|s| s.affinity.as_ref())
+                .and_then(|a| a.pod_anti_affinity.as_ref())
+                .is_some_and(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .is_some()
+                })
+            {
+                self.anti.insert(k.to_string());
+            }
+        }
+        self.pods.insert(k.to_string(), p);
+    }
+
+    /// Places `p` on `node` in the cache before the binding is seen.
+    fn assume(&mut self, k: &str, node: &str) {
+        self.assumed.insert(k.to_string(), node.to_string());
+        if let Some(p) = self.pods.get(k).cloned() {
+            self.set_pod(k, Some(p));
+        }
     }
 
     /// One scheduling cycle for `p`: the chosen node, or the summary of why none fits.
-    fn decide(&self, p: &Pod) -> Result<String, String> {
-        let placed = self.placed();
+    fn decide(&mut self, p: &Pod) -> Result<String, String> {
         let empty = (Resources::default(), HashSet::new());
+        let total = self.nodes.len();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        let view = crate::schedplugins::needs_view(p, !self.anti.is_empty()).then(|| {
+            let placed = crate::schedplugins::Placed {
+                nodes: &self.nodes,
+                by_node: &self.by_node,
+                pods: &self.pods,
+            };
+            crate::schedplugins::PodView::build(p, &placed, &|n| {
+                node_fit(p, n).is_none_or(|r| r.contains("taint") || r.contains("unschedulable"))
+            })
+        });
+        let want = nodes_to_find(total);
+        let want_res = requests(p);
+        let start = if total == 0 {
+            0
+        } else {
+            self.next_start % total
+        };
         let mut best: Option<(i64, &String)> = None;
-        for (name, n) in &self.nodes {
-            let (used, ports) = placed.get(name).unwrap_or(&empty);
-            let why = filter(p, n, used, ports);
+        let mut found = 0;
+        let mut looked = 0;
+        let turn = self
+            .nodes
+            .iter()
+            .skip(start)
+            .chain(self.nodes.iter().take(start));
+        for (name, n) in turn {
+            looked += 1;
+            let (used, ports) = self.usage.get(name).unwrap_or(&empty);
+            let have = match self.alloc.get(name) {
+                Some(a) => a.clone(),
+                None => allocatable(n),
+            };
+            let mut why = filter_with(p, &want_res, n, &have, used, ports);
+            if why.is_empty() {
+                if let Some(r) = view.as_ref().and_then(|v| v.filter(p, n)) {
+                    why.push(r);
+                }
+            }
             if !why.is_empty() {
                 for w in why {
                     *reasons.entry(w).or_default() += 1;
                 }
                 continue;
             }
-            let s = score(p, n, used);
+            found += 1;
+            let s = score_with(p, &want_res, n, &have, used)
+                + view.as_ref().map_or(0, |v| v.score(n))
+                + crate::schedplugins::image_locality(p, n) / 4;
             if best.is_none_or(|(b, _)| s > b) {
                 best = Some((s, name));
             }
+            if found >= want {
+                break;
+            }
         }
+        self.next_start = (start + looked) % total.max(1);
         match best {
             Some((_, n)) => Ok(n.clone()),
-            None => Err(summary(self.nodes.len(), &reasons)),
+            None => Err(summary(total, &reasons)),
         }
     }
 }
@@ -443,6 +580,9 @@ pub async fn run(client: kube::Client) {
     let mut st = State::default();
     let mut retry = tokio::time::interval(Duration::from_secs(30));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut backoff_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut fails: Vec<String> = Vec::new();
     loop {
         // Take every change that is ready, then schedule what is pending.
         let first = tokio::select! {
@@ -450,6 +590,11 @@ pub async fn run(client: kube::Client) {
             _ = retry.tick() => {
                 // The safety net: unschedulable pods are tried again now and then.
                 st.unschedulable.clear();
+                None
+            }
+            _ = backoff_tick.tick(), if !st.backoff.is_empty() => None,
+            Some(k) = failed_rx.recv() => {
+                fails.push(k);
                 None
             }
         };
@@ -463,11 +608,13 @@ pub async fn run(client: kube::Client) {
         for c in batch {
             match c {
                 Change::Node(Some(n), name) => {
+                    st.alloc.insert(name.clone(), allocatable(&n));
                     st.nodes.insert(name, *n);
                     // Something that could help unschedulable pods.
                     st.unschedulable.clear();
                 }
                 Change::Node(None, name) => {
+                    st.alloc.remove(&name);
                     st.nodes.remove(&name);
                 }
                 Change::Pod(Some(p), k) => {
@@ -478,12 +625,20 @@ pub async fn run(client: kube::Client) {
                     {
                         st.assumed.remove(&k);
                         st.unschedulable.remove(&k);
+                        st.backoff.remove(&k);
                     }
-                    st.pods.insert(k, p);
+                    if wants_us(&p) && !st.assumed.contains_key(&k) {
+                        st.active.insert(k.clone());
+                    } else {
+                        st.active.remove(&k);
+                    }
+                    st.set_pod(&k, Some(p));
                 }
                 Change::Pod(None, k) => {
-                    st.pods.remove(&k);
+                    st.active.remove(&k);
+                    st.set_pod(&k, None);
                     st.assumed.remove(&k);
+                    st.backoff.remove(&k);
                     if st.unschedulable.remove(&k).is_none() {
                         // A pod gone frees room.
                         st.unschedulable.clear();
@@ -494,29 +649,56 @@ pub async fn run(client: kube::Client) {
                     st.nodes.retain(|n, _| keys.contains(&format!("/{n}")));
                 }
                 Change::PodsListed(keys) => {
-                    st.pods.retain(|k, _| keys.contains(k));
+                    let gone: Vec<String> = st
+                        .pods
+                        .keys()
+                        .filter(|k| !keys.contains(*k))
+                        .cloned()
+                        .collect();
+                    for k in gone {
+                        st.active.remove(&k);
+                        st.set_pod(&k, None);
+                    }
                     st.assumed.retain(|k, _| keys.contains(k));
                     st.unschedulable.clear();
                 }
                 Change::Relisted => {}
             }
         }
+        // Binding failures come back to the back-off queue.
+        while let Ok(k) = failed_rx.try_recv() {
+            fails.push(k);
+        }
+        for k in fails.drain(..) {
+            if st.assumed.remove(&k).is_some() {
+                let tries = st.backoff.get(&k).map_or(0, |b| b.1) + 1;
+                // 1 s doubling to 10 s, as kube-scheduler's pod back-off.
+                let wait = Duration::from_secs((1u64 << tries.min(4).saturating_sub(1)).min(10));
+                st.backoff
+                    .insert(k.clone(), (std::time::Instant::now() + wait, tries));
+                if let Some(p) = st.pods.get(&k).cloned() {
+                    if wants_us(&p) {
+                        st.active.insert(k.clone());
+                    }
+                    st.set_pod(&k, Some(p));
+                }
+            }
+        }
+        let now = std::time::Instant::now();
         let mut pending: Vec<Arc<Pod>> = st
-            .pods
+            .active
             .iter()
-            .filter(|(k, p)| {
-                wants_us(p) && !st.assumed.contains_key(*k) && !st.unschedulable.contains_key(*k)
+            .filter(|k| {
+                !st.unschedulable.contains_key(*k)
+                    && st.backoff.get(*k).is_none_or(|(until, _)| *until <= now)
             })
-            .map(|(_, p)| p.clone())
+            .filter_map(|k| st.pods.get(k).cloned())
             .collect();
         // Higher priority first, then the oldest.
-        pending.sort_by_key(|p| {
+        pending.sort_by_cached_key(|p| {
             (
                 std::cmp::Reverse(p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)),
-                p.metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0.to_string()),
+                p.metadata.creation_timestamp.as_ref().map(|t| t.0),
                 key(p),
             )
         });
@@ -524,9 +706,10 @@ pub async fn run(client: kube::Client) {
             let k = key(&p);
             match st.decide(&p) {
                 Ok(node) => {
-                    st.assumed.insert(k.clone(), node.clone());
+                    st.active.remove(&k);
+                    st.assume(&k, &node);
                     let client = client.clone();
-                    tokio::spawn(bind(client, p.clone(), node));
+                    tokio::spawn(bind(client, p.clone(), node, failed_tx.clone()));
                 }
                 Err(msg) => {
                     st.unschedulable.insert(k, msg.clone());
@@ -538,7 +721,12 @@ pub async fn run(client: kube::Client) {
 }
 
 /// Binds off the cycle, through `pods/binding`.
-async fn bind(client: kube::Client, p: Arc<Pod>, node: String) {
+async fn bind(
+    client: kube::Client,
+    p: Arc<Pod>,
+    node: String,
+    failed: tokio::sync::mpsc::UnboundedSender<String>,
+) {
     let ns = p.metadata.namespace.clone().unwrap_or_default();
     let name = p.metadata.name.clone().unwrap_or_default();
     let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &ns);
@@ -566,7 +754,10 @@ async fn bind(client: kube::Client, p: Arc<Pod>, node: String) {
             )
             .await
         }
-        Err(e) => eprintln!("berth scheduler: binding {ns}/{name} to {node}: {e}"),
+        Err(e) => {
+            eprintln!("berth scheduler: binding {ns}/{name} to {node}: {e}");
+            let _ = failed.send(format!("{ns}/{name}"));
+        }
     }
 }
 
@@ -646,8 +837,93 @@ mod tests {
         let mut first = pod("1");
         let n = st.decide(&first).unwrap();
         first.spec.as_mut().unwrap().node_name = Some(n.clone());
-        st.pods.insert("d/p".into(), Arc::new(first));
+        st.set_pod("d/p", Some(Arc::new(first)));
         let second = st.decide(&pod("1")).unwrap();
         assert_ne!(second, n);
+    }
+
+    fn labelled(name: &str, zone: &str) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "topology.kubernetes.io/zone": zone}},
+            "status": {"allocatable": {"cpu": "8", "memory": "8Gi", "pods": "110"}}
+        }))
+        .unwrap()
+    }
+
+    fn app_pod(name: &str, spec_extra: serde_json::Value) -> Pod {
+        let mut spec = json!({"containers": [{"name": "c", "image": "i"}]});
+        for (k, v) in spec_extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "d", "labels": {"app": "a"}}, "spec": spec}))
+            .unwrap()
+    }
+
+    fn place(st: &mut State, p: &Pod) -> Result<String, String> {
+        let node = st.decide(p)?;
+        let mut bound = p.clone();
+        bound.spec.as_mut().unwrap().node_name = Some(node.clone());
+        st.set_pod(&key(&bound), Some(Arc::new(bound)));
+        Ok(node)
+    }
+
+    #[test]
+    fn required_anti_affinity_keeps_replicas_apart() {
+        let mut st = State::default();
+        for n in ["a", "b"] {
+            st.nodes.insert(n.into(), labelled(n, "z1"));
+        }
+        let anti = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "a"}}, "topologyKey": "kubernetes.io/hostname"}]}}});
+        let first = place(&mut st, &app_pod("p1", anti.clone())).unwrap();
+        let second = place(&mut st, &app_pod("p2", anti.clone())).unwrap();
+        assert_ne!(first, second);
+        let e = place(&mut st, &app_pod("p3", anti)).unwrap_err();
+        assert!(
+            e.starts_with(
+                "0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules."
+            ),
+            "{e}"
+        );
+        // A pod without the rule is still kept off by the existing pods' anti-affinity.
+        let e = place(&mut st, &app_pod("p4", json!({}))).unwrap_err();
+        assert!(
+            e.contains("2 node(s) didn't satisfy existing pods anti-affinity rules"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn topology_spread_fills_the_emptier_zone_and_affinity_follows_its_peer() {
+        let mut st = State::default();
+        st.nodes.insert("a".into(), labelled("a", "z1"));
+        st.nodes.insert("b".into(), labelled("b", "z1"));
+        st.nodes.insert("c".into(), labelled("c", "z2"));
+        let spread = json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "a"}}}]});
+        let mut zones = Vec::new();
+        for i in 0..4 {
+            let n = place(&mut st, &app_pod(&format!("s{i}"), spread.clone())).unwrap();
+            zones.push(if n == "c" { "z2" } else { "z1" });
+        }
+        zones.sort();
+        assert_eq!(zones, ["z1", "z1", "z2", "z2"]);
+        // Required affinity to a pod labelled web: only its node.
+        let mut web: Pod = serde_json::from_value(
+            json!({"metadata": {"name": "w", "namespace": "d", "labels": {"role": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}], "nodeName": "b"}}),
+        )
+        .unwrap();
+        web.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("x".into(), "y".into());
+        st.set_pod("d/w", Some(Arc::new(web)));
+        let follow = json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"role": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}});
+        let mut f = app_pod("f", follow);
+        f.metadata.labels = None;
+        assert_eq!(place(&mut st, &f).unwrap(), "b");
     }
 }

@@ -214,7 +214,7 @@ impl Cluster {
             "wait",
             "--for=condition=Ready",
             &format!("node/{}", h.name),
-            "--timeout=60s",
+            "--timeout=120s",
         ]);
         assert!(
             out.status.success(),
