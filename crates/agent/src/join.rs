@@ -271,7 +271,26 @@ pub async fn join(
     addresses: &[String],
     dir: &PathBuf,
 ) -> Result<Credentials> {
-    let ca = fetch_ca(server, token).await?;
+    // A server not reachable yet (starting, or the network still coming up) is waited for,
+    // as k3s's agent does; a server that answers wrongly is not.
+    let mut tries = 0u32;
+    let ca = loop {
+        match fetch_ca(server, token).await {
+            Ok(ca) => break ca,
+            Err(e)
+                if e.chain()
+                    .any(|c| c.downcast_ref::<std::io::Error>().is_some())
+                    || e.to_string().ends_with("timed out") =>
+            {
+                if tries % 10 == 0 {
+                    eprintln!("berth agent: waiting for the server: {e:#}");
+                }
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     if let Some(c) = load(dir, &ca) {
         return Ok(c);
     }
