@@ -282,7 +282,7 @@ pub async fn join(
                     .any(|c| c.downcast_ref::<std::io::Error>().is_some())
                     || e.to_string().ends_with("timed out") =>
             {
-                if tries % 10 == 0 {
+                if tries.is_multiple_of(10) {
                     eprintln!("berth agent: waiting for the server: {e:#}");
                 }
                 tries += 1;
