@@ -97,7 +97,9 @@ kubectl --kubeconfig "$work/kubeconfig" delete pods -l bench=podstart --wait=tru
 
 # Docker's orchestrator: dockerd in swarm mode, its own data root, no bridge or iptables.
 export DOCKER_HOST=unix://$work/docker.sock
-dockerd --data-root "$work/docker" --exec-root "$work/dexec" --pidfile "$work/docker.pid" \
+# Swarm otherwise asks a registry about a tag-referenced image before each task (both the
+# workers and the CLI): the image is local and nothing may leave this machine.
+DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 dockerd --data-root "$work/docker" --exec-root "$work/dexec" --pidfile "$work/docker.pid" \
   -H "$DOCKER_HOST" --bridge none --iptables=false --ip-masq=false >"$work/dockerd.log" 2>&1 &
 pids+=($!)
 until docker version >/dev/null 2>&1; do sleep 0.1; done
@@ -106,7 +108,7 @@ gunzip -c "$work/bb.tar.gz" | docker import -c 'CMD ["sh"]' - busybox:latest >/d
 svc_ms() { # name replicas → ms until that many tasks run
   local t0 n
   t0=$(date +%s%N)
-  docker service create -d -q --name "$1" --replicas "$2" --restart-condition none busybox:latest sleep 1000 >/dev/null 2>&1
+  docker service create -d -q --no-resolve-image --name "$1" --replicas "$2" --restart-condition none busybox:latest sleep 1000 >/dev/null 2>&1
   while :; do
     n=$(docker service ps "$1" --filter desired-state=running --format '{{.CurrentState}}' 2>/dev/null | grep -c '^Running' || true)
     ((n >= $2)) && break
