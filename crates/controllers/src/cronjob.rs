@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
 use crate::owned::{self, View};
@@ -130,9 +130,9 @@ impl owned::Reconciler<CronJob, Job> for CronJobs {
                 None => active.push(j.clone()),
             }
         }
-        let bg = DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Background),
-            ..Default::default()
+        let report = owned::Reporter {
+            component: NAME,
+            involved: &involved,
         };
         for (list, limit) in [
             (&succeeded, spec.successful_jobs_history_limit.unwrap_or(3)),
@@ -140,23 +140,7 @@ impl owned::Reconciler<CronJob, Job> for CronJobs {
         ] {
             let excess = list.len().saturating_sub(limit.max(0) as usize);
             for j in list.iter().take(excess) {
-                let jn = j.metadata.name.clone().unwrap_or_default();
-                match jobs_api.delete(&jn, &bg).await {
-                    Ok(_) => {
-                        changed.insert(format!("{ns}/{jn}"));
-                        crate::event(
-                            client,
-                            NAME,
-                            involved.clone(),
-                            "Normal",
-                            "SuccessfulDelete",
-                            &format!("Deleted job {jn}"),
-                        )
-                        .await;
-                    }
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
+                delete_job(client, &report, j, changed).await?;
             }
         }
 
@@ -233,23 +217,7 @@ impl owned::Reconciler<CronJob, Job> for CronJobs {
                 }
                 if go && policy == "Replace" {
                     for j in &active {
-                        let jn = j.metadata.name.clone().unwrap_or_default();
-                        match jobs_api.delete(&jn, &bg).await {
-                            Err(kube::Error::Api(e)) if e.code == 404 => {}
-                            Err(e) => return Err(e.into()),
-                            Ok(_) => {
-                                changed.insert(format!("{ns}/{jn}"));
-                                crate::event(
-                                    client,
-                                    NAME,
-                                    involved.clone(),
-                                    "Normal",
-                                    "SuccessfulDelete",
-                                    &format!("Deleted job {jn}"),
-                                )
-                                .await;
-                            }
-                        }
+                        delete_job(client, &report, j, changed).await?;
                     }
                     active_refs.clear();
                 }
@@ -309,6 +277,37 @@ impl owned::Reconciler<CronJob, Job> for CronJobs {
             .await?;
         }
         Ok(requeue)
+    }
+}
+
+/// Deletes a Job of the CronJob (its pods in the background), recorded in `changed` and
+/// as a `SuccessfulDelete` event "Deleted job NAME", as Kubernetes words it.
+async fn delete_job(
+    client: &kube::Client,
+    r: &owned::Reporter<'_>,
+    j: &Job,
+    changed: &mut HashSet<String>,
+) -> anyhow::Result<()> {
+    let ns = j.metadata.namespace.clone().unwrap_or_default();
+    let jn = j.metadata.name.clone().unwrap_or_default();
+    let api: kube::Api<Job> = kube::Api::namespaced(client.clone(), &ns);
+    match api.delete(&jn, &DeleteParams::background()).await {
+        Ok(_) => {
+            changed.insert(format!("{ns}/{jn}"));
+            let msg = format!("Deleted job {jn}");
+            crate::event(
+                client,
+                r.component,
+                r.involved.clone(),
+                "Normal",
+                "SuccessfulDelete",
+                &msg,
+            )
+            .await;
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -310,40 +310,21 @@ impl owned::Reconciler<DaemonSet, Pod> for DaemonSets {
             )
             .await?;
         }
+        let report = owned::Reporter {
+            component: NAME,
+            involved: &involved,
+        };
         let mut seen = HashSet::new();
         for p in delete {
             if !seen.insert(p.metadata.uid.clone()) {
                 continue;
             }
-            if let Some(k) = owned::delete_pod(client, &p).await? {
-                changed.insert(k);
-                let pn = p.metadata.name.clone().unwrap_or_default();
-                crate::event(
-                    client,
-                    NAME,
-                    involved.clone(),
-                    "Normal",
-                    "SuccessfulDelete",
-                    &format!("Deleted pod: {pn}"),
-                )
-                .await;
-            }
+            owned::delete_reported(client, &report, &p, changed).await?;
         }
         for node in create {
             let pod = pod_for(&v, &node, &hash);
             let owner = owned::owner_ref("apps/v1", "DaemonSet", &ds.metadata);
-            let k = owned::create_pod(client, &ns, pod, owner).await?;
-            let pn = k.split('/').nth(1).unwrap_or_default().to_string();
-            changed.insert(k);
-            crate::event(
-                client,
-                NAME,
-                involved.clone(),
-                "Normal",
-                "SuccessfulCreate",
-                &format!("Created pod: {pn}"),
-            )
-            .await;
+            owned::create_reported(client, &report, &ns, pod, owner, changed).await?;
         }
         Ok(requeue)
     }

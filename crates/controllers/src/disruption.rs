@@ -101,26 +101,8 @@ pub async fn run(client: kube::Client) {
 }
 
 fn selects(pdb: &PodDisruptionBudget, p: &Pod) -> bool {
-    let Some(sel) = pdb.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
-        return false;
-    };
     let labels = p.metadata.labels.clone().unwrap_or_default();
-    let ml_ok = sel
-        .match_labels
-        .as_ref()
-        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
-    ml_ok
-        && sel.match_expressions.iter().flatten().all(|e| {
-            let v = labels.get(&e.key);
-            let vals = e.values.as_deref().unwrap_or(&[]);
-            match e.operator.as_str() {
-                "In" => v.is_some_and(|v| vals.contains(v)),
-                "NotIn" => v.is_none_or(|v| !vals.contains(v)),
-                "Exists" => v.is_some(),
-                "DoesNotExist" => v.is_none(),
-                _ => false,
-            }
-        })
+    crate::schedplugins::selects(pdb.spec.as_ref().and_then(|s| s.selector.as_ref()), &labels)
 }
 
 /// The scale of the pods' controllers (a Deployment's for its ReplicaSets).

@@ -660,38 +660,19 @@ impl owned::Reconciler<Job> for Jobs {
             // The uncounted pods are counted on the next pass.
             requeue = Some(Duration::from_millis(200));
         }
+        let report = owned::Reporter {
+            component: NAME,
+            involved: &involved,
+        };
         for p in stop {
             // Stopped by the controller: not a failure, so not tracked.
             remove_finalizer(client, p).await?;
-            if let Some(k) = owned::delete_pod(client, p).await? {
-                changed.insert(k);
-                let pn = p.metadata.name.clone().unwrap_or_default();
-                crate::event(
-                    client,
-                    NAME,
-                    involved.clone(),
-                    "Normal",
-                    "SuccessfulDelete",
-                    &format!("Deleted pod: {pn}"),
-                )
-                .await;
-            }
+            owned::delete_reported(client, &report, p, changed).await?;
         }
         for idx in starts {
             let pod = pod_for(&v, &name, idx);
             let owner = owned::owner_ref("batch/v1", "Job", &job.metadata);
-            let k = owned::create_pod(client, &ns, pod, owner).await?;
-            let pn = k.split('/').nth(1).unwrap_or_default().to_string();
-            changed.insert(k);
-            crate::event(
-                client,
-                NAME,
-                involved.clone(),
-                "Normal",
-                "SuccessfulCreate",
-                &format!("Created pod: {pn}"),
-            )
-            .await;
+            owned::create_reported(client, &report, &ns, pod, owner, changed).await?;
         }
         Ok(requeue)
     }

@@ -296,6 +296,65 @@ pub async fn delete_pod(client: &kube::Client, p: &Pod) -> anyhow::Result<Option
     }
 }
 
+/// Who reports a controller's pod creates and deletes as Events, and about what object.
+pub struct Reporter<'a> {
+    pub component: &'a str,
+    pub involved: &'a serde_json::Value,
+}
+
+/// [`create_pod`], recorded in `changed` (the expectations) and as a `SuccessfulCreate`
+/// event "Created pod: NAME", as the ReplicaSet, Job and DaemonSet controllers word it.
+pub async fn create_reported(
+    client: &kube::Client,
+    r: &Reporter<'_>,
+    ns: &str,
+    pod: serde_json::Value,
+    owner: serde_json::Value,
+    changed: &mut HashSet<String>,
+) -> anyhow::Result<()> {
+    let k = create_pod(client, ns, pod, owner).await?;
+    let name = k.split('/').nth(1).unwrap_or_default().to_string();
+    changed.insert(k);
+    let msg = format!("Created pod: {name}");
+    crate::event(
+        client,
+        r.component,
+        r.involved.clone(),
+        "Normal",
+        "SuccessfulCreate",
+        &msg,
+    )
+    .await;
+    Ok(())
+}
+
+/// [`delete_pod`], recorded in `changed` and as a `SuccessfulDelete` event "Deleted pod:
+/// NAME" when the pod was there.
+pub async fn delete_reported(
+    client: &kube::Client,
+    r: &Reporter<'_>,
+    p: &Pod,
+    changed: &mut HashSet<String>,
+) -> anyhow::Result<()> {
+    if let Some(k) = delete_pod(client, p).await? {
+        changed.insert(k);
+        let msg = format!(
+            "Deleted pod: {}",
+            p.metadata.name.as_deref().unwrap_or_default()
+        );
+        crate::event(
+            client,
+            r.component,
+            r.involved.clone(),
+            "Normal",
+            "SuccessfulDelete",
+            &msg,
+        )
+        .await;
+    }
+    Ok(())
+}
+
 /// An ownerReference to `obj` as its controller.
 pub fn owner_ref(api_version: &str, kind: &str, m: &kube::api::ObjectMeta) -> serde_json::Value {
     serde_json::json!({

@@ -25,23 +25,10 @@ fn selector_matches(rs: &ReplicaSet, labels: &BTreeMap<String, String>) -> bool 
     let Some(sel) = rs.spec.as_ref().map(|s| &s.selector) else {
         return false;
     };
-    let ml = sel.match_labels.as_ref();
-    let exprs = sel.match_expressions.as_deref().unwrap_or(&[]);
-    if ml.is_none_or(|m| m.is_empty()) && exprs.is_empty() {
-        return false;
-    }
-    ml.is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)))
-        && exprs.iter().all(|e| {
-            let v = labels.get(&e.key);
-            let vals = e.values.as_deref().unwrap_or(&[]);
-            match e.operator.as_str() {
-                "In" => v.is_some_and(|v| vals.contains(v)),
-                "NotIn" => v.is_none_or(|v| !vals.contains(v)),
-                "Exists" => v.is_some(),
-                "DoesNotExist" => v.is_none(),
-                _ => false,
-            }
-        })
+    // An empty selector selects nothing here (the API server refuses one anyway).
+    let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && sel.match_expressions.as_deref().unwrap_or(&[]).is_empty();
+    !empty && crate::schedplugins::selects(Some(sel), labels)
 }
 
 fn controller_uid(p: &Pod) -> Option<&str> {
