@@ -2752,3 +2752,101 @@ spec:
         "2"
     );
 }
+
+#[test]
+fn anti_affinity_and_topology_spread_place_pods_across_nodes() {
+    let ns = ns("spread");
+    let deploy = |name: &str, replicas: u32, rule: &str| {
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+{rule}
+      containers:
+      - {{name: c, image: busybox:latest, imagePullPolicy: Never, command: [sleep, "1000"]}}
+"#
+        )
+    };
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &[
+            deploy(
+                "apart",
+                3,
+                "      affinity:\n        podAntiAffinity:\n          requiredDuringSchedulingIgnoredDuringExecution:\n          - labelSelector: {matchLabels: {app: apart}}\n            topologyKey: kubernetes.io/hostname",
+            ),
+            deploy(
+                "even",
+                4,
+                "      topologySpreadConstraints:\n      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: even}}}",
+            ),
+        ]
+        .join("---\n"),
+    );
+    // Anti-affinity: one per node; the third fits nowhere, in kube-scheduler's words.
+    wait_for(
+        &ns,
+        "deployment/apart",
+        "jsonpath={.status.readyReplicas}=2",
+    );
+    let t0 = std::time::Instant::now();
+    let msg = loop {
+        let m = kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "pods",
+            "-l",
+            "app=apart",
+            "-o",
+            "jsonpath={.items[*].status.conditions[?(@.reason==\"Unschedulable\")].message}",
+        ]);
+        if !m.is_empty() {
+            break m;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "no pod was left unschedulable"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(
+        msg.starts_with("0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules."),
+        "{msg}"
+    );
+    let nodes = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-l",
+        "app=apart",
+        "-o",
+        "jsonpath={.items[*].spec.nodeName}",
+    ]);
+    let mut nodes: Vec<&str> = nodes.split(' ').filter(|n| !n.is_empty()).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["node-0", "node-1"]);
+    // Topology spread with maxSkew 1 over two nodes: two each.
+    wait_for(&ns, "deployment/even", "jsonpath={.status.readyReplicas}=4");
+    let nodes = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "pods",
+        "-l",
+        "app=even",
+        "-o",
+        "jsonpath={.items[*].spec.nodeName}",
+    ]);
+    assert_eq!(nodes.matches("node-0").count(), 2, "{nodes}");
+    assert_eq!(nodes.matches("node-1").count(), 2, "{nodes}");
+    kubectl_ok(&["-n", &ns, "delete", "deployment", "--all"]);
+}
