@@ -848,7 +848,11 @@ impl Api {
             return crate::services::allocate(self, obj).await.map(Some);
         }
         if kind.group.is_empty() && kind.kind == "Pod" {
+            crate::priority::admit_pod(self, obj).await?;
             self.default_toleration_seconds(obj);
+        }
+        if kind.group == "scheduling.k8s.io" && kind.kind == "PriorityClass" {
+            crate::priority::admit_class(self, kind, obj, true).await?;
         }
         if kind.group.is_empty() && kind.kind == "Node" {
             return crate::services::allocate_pod_cidr(self, obj)

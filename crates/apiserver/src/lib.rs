@@ -20,6 +20,7 @@ pub mod nodes;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod priority;
 pub mod proto;
 pub mod rules;
 pub mod selector;
@@ -148,6 +149,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         admission: cfg.admission,
     });
     namespaces::ensure_defaults(&api).await?;
+    priority::ensure_system_classes(&api).await?;
     crd::run_controller(api.clone());
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -772,8 +772,6 @@ pub fn default(kind: &Kind, obj: &mut Value) {
         ("", "Pod") => {
             let spec = obj_mut(obj, "spec");
             set_default(spec, "enableServiceLinks", json!(true));
-            set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
-            set_default(spec, "priority", json!(0));
             set_default(spec, "serviceAccountName", json!("default"));
             if let Some(sa) = spec.get("serviceAccountName").cloned() {
                 set_default(spec, "serviceAccount", sa);

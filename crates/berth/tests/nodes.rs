@@ -2850,3 +2850,387 @@ spec:
     assert_eq!(nodes.matches("node-1").count(), 2, "{nodes}");
     kubectl_ok(&["-n", &ns, "delete", "deployment", "--all"]);
 }
+
+/// Millicores from a CPU quantity (`2`, `1500m`).
+fn millicores(q: &str) -> u64 {
+    match q.strip_suffix('m') {
+        Some(m) => m.parse().unwrap(),
+        None => (q.parse::<f64>().unwrap() * 1000.0) as u64,
+    }
+}
+
+#[test]
+fn priorities_preempt_lower_pods_and_a_pending_pod_waits_for_a_new_node() {
+    let mut d = Dedicated::start("preempt", 1);
+    let alloc = millicores(&d.jsonpath(&["get", "node", "node-0"], "{.status.allocatable.cpu}"));
+    let (small, big) = (alloc * 2 / 5, alloc / 2);
+    let c = &d.0;
+    // The system classes exist; the Priority admission's rules hold.
+    let classes = c.server.ok(&["get", "priorityclasses"]);
+    assert!(
+        classes.contains("system-node-critical") && classes.contains("2000001000"),
+        "{classes}"
+    );
+    c.server.ok_in(
+        &["apply", "-f", "-"],
+        "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: low}\nvalue: 100\n---\napiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high}\nvalue: 1000\n---\napiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: polite}\nvalue: 1000\npreemptionPolicy: Never\n---\napiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: usual}\nvalue: 10\nglobalDefault: true\n",
+    );
+    let refused = |yaml: &str, want: &str| {
+        let o = c.server.kubectl_in(&["apply", "-f", "-"], yaml);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.contains(want), "{err}");
+    };
+    refused(
+        "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: second}\nvalue: 5\nglobalDefault: true\n",
+        "PriorityClass usual is already marked as default. Only one default can exist",
+    );
+    refused(
+        "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: huge}\nvalue: 2000000000\n",
+        "maximum allowed value of a user defined priority is 1000000000",
+    );
+    refused(
+        "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: system-mine}\nvalue: 5\n",
+        "priority class names with 'system-' prefix are reserved for system use only",
+    );
+    refused(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: ghost}\nspec:\n  priorityClassName: nope\n  containers: [{name: c, image: busybox:latest}]\n",
+        "pods \"ghost\" is forbidden: no PriorityClass with name nope was found",
+    );
+    refused(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: forged}\nspec:\n  priority: 5\n  containers: [{name: c, image: busybox:latest}]\n",
+        "the integer value of priority (5) must not be provided in pod spec; priority admission controller computed 10 from the given PriorityClass name",
+    );
+    for name in ["ghost", "forged"] {
+        let o = c.server.kubectl(&["get", "pod", name]);
+        assert!(!o.status.success(), "{name} was stored");
+    }
+    let pod = |name: &str, class: &str, cpu: u64| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {name}}}}}\nspec:\n  priorityClassName: {class}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:latest\n    imagePullPolicy: Never\n    command: [sh, -c, \"trap 'exit 0' TERM; while true; do sleep 0.2; done\"]\n    resources: {{requests: {{cpu: {cpu}m}}}}\n")
+    };
+    // Two low-priority replicas fill 80% of the node.
+    c.server.ok_in(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: low}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: low}}}}
+  template:
+    metadata: {{labels: {{app: low}}}}
+    spec:
+      priorityClassName: low
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: busybox:latest
+        imagePullPolicy: Never
+        command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+        resources: {{requests: {{cpu: {small}m}}}}
+"#
+        ),
+    );
+    c.server
+        .ok(&["rollout", "status", "deployment/low", "--timeout=90s"]);
+    let prio = d.jsonpath(
+        &["get", "pods", "-l", "app=low"],
+        "{.items[0].spec.priority}",
+    );
+    assert_eq!(prio, "100");
+    // A high-priority pod that fits only without one of them preempts exactly one.
+    c.server
+        .ok_in(&["apply", "-f", "-"], &pod("high", "high", big));
+    let o = c
+        .server
+        .kubectl(&["wait", "pod/high", "--for=condition=Ready", "--timeout=90s"]);
+    assert!(
+        o.status.success(),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        c.server.ok(&["get", "pods", "-o", "wide"]),
+        c.server.ok(&["get", "events"])
+    );
+    assert_eq!(
+        d.jsonpath(&["get", "pod", "high"], "{.spec.nodeName}"),
+        "node-0"
+    );
+    let preempted = d.jsonpath(
+        &["get", "events", "--field-selector", "reason=Preempted"],
+        "{range .items[*]}{.involvedObject.name} {.message}{\"\\n\"}{end}",
+    );
+    let uid = d.jsonpath(&["get", "pod", "high"], "{.metadata.uid}");
+    assert_eq!(preempted.lines().count(), 1, "{preempted}");
+    assert!(
+        preempted.starts_with("low-")
+            && preempted.contains(&format!("Preempted by pod {uid} on node node-0")),
+        "{preempted}"
+    );
+    // The victim's replacement waits: nothing of lower priority is left to preempt.
+    let pending_msg = || {
+        d.jsonpath(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=low",
+                "--field-selector",
+                "status.phase=Pending",
+            ],
+            "{.items[*].status.conditions[?(@.reason==\"Unschedulable\")].message}",
+        )
+    };
+    let t0 = std::time::Instant::now();
+    let msg = loop {
+        let m = pending_msg();
+        if !m.is_empty() {
+            break m;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "the replacement never showed why it waits"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(
+        msg,
+        "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
+    );
+    // A pod whose class says Never waits rather than preempt.
+    c.server
+        .ok_in(&["apply", "-f", "-"], &pod("polite", "polite", small));
+    let t0 = std::time::Instant::now();
+    let msg = loop {
+        let m = d.jsonpath(
+            &["get", "pod", "polite"],
+            "{.status.conditions[?(@.reason==\"Unschedulable\")].message}",
+        );
+        if !m.is_empty() {
+            break m;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "polite never showed why it waits"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(
+        msg,
+        "0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never."
+    );
+    assert_eq!(
+        d.jsonpath(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=low",
+                "--field-selector",
+                "status.phase=Running"
+            ],
+            "{.items[*].metadata.name}"
+        )
+        .split(' ')
+        .count(),
+        1
+    );
+    // A node joins: both waiting pods go there.
+    d.0.add_node(&["--node-label", "pool=extra"]);
+    let tar = common::rootfs_tar(&d.0.server.dir, "bb2", "busybox\n");
+    d.0.hosts[1].berth_ok(&[
+        "image",
+        "import",
+        "-c",
+        "CMD [\"sh\"]",
+        tar.to_str().unwrap(),
+        "busybox:latest",
+    ]);
+    let c = &d.0;
+    c.server
+        .ok(&["rollout", "status", "deployment/low", "--timeout=90s"]);
+    let o = c.server.kubectl(&[
+        "wait",
+        "pod/polite",
+        "--for=condition=Ready",
+        "--timeout=90s",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        d.jsonpath(&["get", "pod", "polite"], "{.spec.nodeName}"),
+        "node-1"
+    );
+    let nodes = d.jsonpath(
+        &["get", "pods", "-l", "app=low"],
+        "{.items[*].spec.nodeName}",
+    );
+    let mut nodes: Vec<&str> = nodes.split(' ').collect();
+    nodes.sort();
+    assert_eq!(nodes, ["node-0", "node-1"]);
+    assert_eq!(
+        d.jsonpath(&["get", "node", "node-1"], "{.metadata.labels.pool}"),
+        "extra"
+    );
+}
+
+/// Every process in the cgroup directory `dir` and below.
+fn cgroup_procs(dir: &std::path::Path) -> Vec<i32> {
+    let mut out: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(cgroup_procs(&e.path()));
+        }
+    }
+    out
+}
+
+/// The directory of the cgroup named `name` under `dir`, searched depth-first.
+fn find_cgroup(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if e.file_name() == name {
+            return Some(e.path());
+        }
+        if let Some(p) = find_cgroup(&e.path(), name) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_container_killed_from_the_host_is_restarted() {
+    let ns = ns("hostkill");
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &pod_yaml(
+            "victim",
+            "node-0",
+            "  containers:\n  - name: c\n    image: busybox:latest\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 0.2; done\"]\n    resources: {requests: {cpu: 10m}}\n",
+        ),
+    );
+    wait_for(&ns, "pod/victim", "condition=Ready");
+    let uid = get(&ns, "pod/victim", "{.metadata.uid}");
+    let first = get(
+        &ns,
+        "pod/victim",
+        "{.status.containerStatuses[0].containerID}",
+    );
+    let root = with(|c| c.hosts[0].cgroup_root.clone());
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
+    let base = if v1.is_dir() {
+        v1.to_path_buf()
+    } else {
+        std::path::PathBuf::from("/sys/fs/cgroup")
+    };
+    let kubepods = base.join(root.trim_start_matches('/')).join("kubepods");
+    let dir = find_cgroup(&kubepods, &format!("pod{uid}")).expect("the pod's cgroup");
+    let procs = cgroup_procs(&dir);
+    assert!(!procs.is_empty(), "no process in {}", dir.display());
+    for pid in procs {
+        // SAFETY: kill(2) of the test pod's own processes, found through its cgroup.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    wait_for(
+        &ns,
+        "pod/victim",
+        "jsonpath={.status.containerStatuses[0].restartCount}=1",
+    );
+    wait_for(&ns, "pod/victim", "condition=Ready");
+    assert_eq!(
+        get(
+            &ns,
+            "pod/victim",
+            "{.status.containerStatuses[0].lastState.terminated.exitCode}"
+        ),
+        "137"
+    );
+    assert_ne!(
+        get(
+            &ns,
+            "pod/victim",
+            "{.status.containerStatuses[0].containerID}"
+        ),
+        first
+    );
+    kubectl_ok(&["-n", &ns, "delete", "pod", "victim", "--grace-period=1"]);
+}
+
+#[test]
+fn a_replication_controller_keeps_its_count_scales_and_takes_its_pods_along() {
+    let ns = ns("rc");
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        r#"apiVersion: v1
+kind: ReplicationController
+metadata: {name: old}
+spec:
+  replicas: 3
+  template:
+    metadata: {labels: {app: old}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: busybox:latest
+        imagePullPolicy: Never
+        command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+"#,
+    );
+    wait_for(&ns, "rc/old", "jsonpath={.status.readyReplicas}=3");
+    // The selector defaults to the template's labels; kubectl shows the counts.
+    assert_eq!(get(&ns, "rc/old", "{.spec.selector.app}"), "old");
+    let table = kubectl_ok(&["-n", &ns, "get", "rc", "old", "--no-headers"]);
+    let cols: Vec<&str> = table.split_whitespace().collect();
+    assert_eq!(&cols[..4], ["old", "3", "3", "3"], "{table}");
+    let pods = get(&ns, "pods", "{.items[*].metadata.name}");
+    let first = pods.split(' ').next().unwrap().to_string();
+    assert_eq!(
+        get(
+            &ns,
+            &format!("pod/{first}"),
+            "{.metadata.ownerReferences[0].kind}"
+        ),
+        "ReplicationController"
+    );
+    kubectl_ok(&["-n", &ns, "delete", "pod", &first]);
+    wait_for(&ns, "rc/old", "jsonpath={.status.readyReplicas}=3");
+    let now = get(&ns, "pods", "{.items[*].metadata.name}");
+    assert!(!now.split(' ').any(|n| n == first), "{now}");
+    kubectl_ok(&["-n", &ns, "scale", "rc", "old", "--replicas=1"]);
+    wait_for(&ns, "rc/old", "jsonpath={.status.replicas}=1");
+    let events = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.kind=ReplicationController",
+        "-o",
+        "jsonpath={range .items[*]}{.reason} {.source.component}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events.contains("SuccessfulCreate replication-controller")
+            && events.contains("SuccessfulDelete replication-controller"),
+        "{events}"
+    );
+    // Deleted, it takes its pods along (the garbage collector follows the references).
+    kubectl_ok(&["-n", &ns, "delete", "rc", "old", "--wait=true"]);
+    let o = kubectl_out(&[
+        "-n",
+        &ns,
+        "wait",
+        "pods",
+        "-l",
+        "app=old",
+        "--for=delete",
+        "--timeout=60s",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(get(&ns, "pods", "{.items[*].metadata.name}"), "");
+}

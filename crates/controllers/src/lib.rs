@@ -1,6 +1,7 @@
 //! The parts of `berth server` that turn desired state into running pods, as
 //! kube-scheduler and kube-controller-manager do: the scheduler (`scheduler`) and the
-//! ReplicaSet controller (`replicaset`). Each is an API client over kube-rs — watch, cache,
+//! controllers (ReplicaSet and ReplicationController in `replicaset`, the others each in
+//! a module of its own). Each is an API client over kube-rs — watch, cache,
 //! reconcile, level-triggered and idempotent — talking to the server it runs in.
 
 pub mod cronjob;
@@ -41,6 +42,7 @@ pub struct Options {
 /// The controllers by name, as kube-controller-manager names them.
 pub const CONTROLLERS: &[&str] = &[
     "replicaset",
+    "replicationcontroller",
     "deployment",
     "garbagecollector",
     "nodelifecycle",
@@ -110,7 +112,12 @@ fn spawn_all(
     for name in on.iter().copied() {
         let c = client.clone();
         tasks.push(match name {
-            "replicaset" => tokio::spawn(replicaset::run(c)),
+            "replicaset" => {
+                tokio::spawn(replicaset::run::<k8s_openapi::api::apps::v1::ReplicaSet>(c))
+            }
+            "replicationcontroller" => tokio::spawn(replicaset::run::<
+                k8s_openapi::api::core::v1::ReplicationController,
+            >(c)),
             "deployment" => tokio::spawn(deployment::run(c)),
             "garbagecollector" => tokio::spawn(gc::run(c)),
             "nodelifecycle" => tokio::spawn(nodelifecycle::run(c, opts.node_monitor_grace_period)),

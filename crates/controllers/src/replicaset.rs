@@ -1,5 +1,5 @@
-//! The ReplicaSet controller: keeps `spec.replicas` pods matching each ReplicaSet's
-//! selector, created from its template with a controller ownerReference, adopting orphans
+//! The ReplicaSet and ReplicationController controllers (one loop, as Kubernetes runs the
+//! second on the first): keeps `spec.replicas` pods matching each set's selector, created from its template with a controller ownerReference, adopting orphans
 //! that match and releasing nothing it does not own; deletes the excess (unscheduled and
 //! unready pods first, then the newest); and reports `replicas`, `fullyLabeledReplicas`,
 //! `readyReplicas`, `availableReplicas` and `observedGeneration`. Level-triggered: every
@@ -11,24 +11,86 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
-
-const NAME: &str = "replicaset-controller";
 
 fn key_of(ns: &str, name: &str) -> String {
     format!("{ns}/{name}")
 }
 
-fn selector_matches(rs: &ReplicaSet, labels: &BTreeMap<String, String>) -> bool {
-    let Some(sel) = rs.spec.as_ref().map(|s| &s.selector) else {
-        return false;
-    };
-    // An empty selector selects nothing here (the API server refuses one anyway).
-    let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
-        && sel.match_expressions.as_deref().unwrap_or(&[]).is_empty();
-    !empty && crate::schedplugins::selects(Some(sel), labels)
+/// What the loop needs of a ReplicaSet or a ReplicationController.
+pub trait Replicated:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// The component its events come from.
+    const COMPONENT: &'static str;
+    /// Whether its selector selects `labels` (an empty one selects nothing here; the API
+    /// server refuses one anyway).
+    fn selects(&self, labels: &BTreeMap<String, String>) -> bool;
+    fn replicas(&self) -> i32;
+    fn min_ready_seconds(&self) -> i32;
+    fn template(&self) -> Option<&PodTemplateSpec>;
+    /// The current status, as JSON.
+    fn status_value(&self) -> Value;
+}
+
+impl Replicated for ReplicaSet {
+    const COMPONENT: &'static str = "replicaset-controller";
+    fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        let Some(sel) = self.spec.as_ref().map(|s| &s.selector) else {
+            return false;
+        };
+        let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && sel.match_expressions.as_deref().unwrap_or(&[]).is_empty();
+        !empty && crate::schedplugins::selects(Some(sel), labels)
+    }
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn min_ready_seconds(&self) -> i32 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
+    }
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().and_then(|s| s.template.as_ref())
+    }
+    fn status_value(&self) -> Value {
+        serde_json::to_value(&self.status).unwrap_or(Value::Null)
+    }
+}
+
+impl Replicated for ReplicationController {
+    const COMPONENT: &'static str = "replication-controller";
+    fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        // A map selector; the API server defaults an absent one to the template's labels.
+        let sel = self.spec.as_ref().and_then(|s| s.selector.as_ref());
+        sel.is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    }
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn min_ready_seconds(&self) -> i32 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
+    }
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().and_then(|s| s.template.as_ref())
+    }
+    fn status_value(&self) -> Value {
+        serde_json::to_value(&self.status).unwrap_or(Value::Null)
+    }
 }
 
 fn controller_uid(p: &Pod) -> Option<&str> {
@@ -55,9 +117,8 @@ fn ready(p: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-#[derive(Default)]
-struct Cache {
-    sets: HashMap<String, Arc<ReplicaSet>>,
+struct Cache<K> {
+    sets: HashMap<String, Arc<K>>,
     pods: HashMap<String, Arc<Pod>>,
     /// Kubernetes' "expectations": the pods a ReplicaSet created or deleted that the watch
     /// has not shown yet (by pod key), and since when. Until they are seen (or a while
@@ -68,17 +129,17 @@ struct Cache {
 /// How long a ReplicaSet waits for its creates and deletes to show before acting again.
 const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 
-enum Change {
-    Set(Option<Arc<ReplicaSet>>, String),
+enum Change<K> {
+    Set(Option<Arc<K>>, String),
     Pod(Option<Arc<Pod>>, String, Option<String>),
     SetsListed(std::collections::HashSet<String>),
     PodsListed(std::collections::HashSet<String>),
     Other,
 }
 
-/// Runs the controller until the process ends.
-pub async fn run(client: kube::Client) {
-    let sets: kube::Api<ReplicaSet> = kube::Api::all(client.clone());
+/// Runs the controller of `K` until the process ends.
+pub async fn run<K: Replicated>(client: kube::Client) {
+    let sets: kube::Api<K> = kube::Api::all(client.clone());
     let pods: kube::Api<Pod> = kube::Api::all(client.clone());
     let set_events = crate::follow(sets).map(|e| match e {
         crate::Seen::Applied(r) => {
@@ -104,7 +165,11 @@ pub async fn run(client: kube::Client) {
         crate::Seen::Nothing => Change::Other,
     });
     let mut events = futures::stream::select(set_events.boxed(), pod_events.boxed());
-    let mut cache = Cache::default();
+    let mut cache: Cache<K> = Cache {
+        sets: HashMap::new(),
+        pods: HashMap::new(),
+        expect: HashMap::new(),
+    };
     let mut resync = tokio::time::interval(Duration::from_secs(30));
     loop {
         let mut dirty: BTreeSet<String> = BTreeSet::new();
@@ -115,7 +180,7 @@ pub async fn run(client: kube::Client) {
                 None
             }
         };
-        let mut batch: Vec<Change> = first.into_iter().collect();
+        let mut batch: Vec<Change<K>> = first.into_iter().collect();
         while let Some(Some(e)) = futures::FutureExt::now_or_never(events.next()) {
             batch.push(e);
         }
@@ -152,8 +217,8 @@ pub async fn run(client: kube::Client) {
                     // The owner, and any set whose selector might adopt it.
                     let ns = k.split('/').next().unwrap_or_default().to_string();
                     for (sk, s) in &cache.sets {
-                        if s.metadata.namespace.as_deref() == Some(ns.as_str())
-                            && (owner.as_deref() == s.metadata.uid.as_deref() || owner.is_none())
+                        if s.meta().namespace.as_deref() == Some(ns.as_str())
+                            && (owner.as_deref() == s.meta().uid.as_deref() || owner.is_none())
                         {
                             dirty.insert(sk.clone());
                         }
@@ -180,8 +245,9 @@ pub async fn run(client: kube::Client) {
                 let settled = !cache.expect.contains_key(&k);
                 let mut pending = std::collections::HashSet::new();
                 // What was created or deleted is expected even when a later step failed.
-                if let Err(e) = reconcile(&client, &rs, &cache, settled, &mut pending).await {
-                    eprintln!("berth controllers: replicaset {k}: {e}");
+                if let Err(e) = reconcile(&client, rs.as_ref(), &cache, settled, &mut pending).await
+                {
+                    eprintln!("berth controllers: {} {k}: {e}", K::COMPONENT);
                 }
                 if !pending.is_empty() {
                     cache.expect.insert(k, (pending, std::time::Instant::now()));
@@ -193,17 +259,18 @@ pub async fn run(client: kube::Client) {
 
 /// Reconciles one ReplicaSet; scales only when `settled` (no creates or deletes still to
 /// show). Returns the keys of the pods it created or deleted.
-async fn reconcile(
+async fn reconcile<K: Replicated>(
     client: &kube::Client,
-    rs: &ReplicaSet,
-    cache: &Cache,
+    rs: &K,
+    cache: &Cache<K>,
     settled: bool,
     pending: &mut std::collections::HashSet<String>,
 ) -> anyhow::Result<()> {
-    let ns = rs.metadata.namespace.clone().unwrap_or_default();
-    let name = rs.metadata.name.clone().unwrap_or_default();
-    let uid = rs.metadata.uid.clone().unwrap_or_default();
-    if rs.metadata.deletion_timestamp.is_some() {
+    let meta = rs.meta();
+    let ns = meta.namespace.clone().unwrap_or_default();
+    let name = meta.name.clone().unwrap_or_default();
+    let uid = meta.uid.clone().unwrap_or_default();
+    if meta.deletion_timestamp.is_some() {
         return Ok(());
     }
     let pods_api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &ns);
@@ -215,7 +282,7 @@ async fn reconcile(
         let labels = p.metadata.labels.clone().unwrap_or_default();
         match controller_uid(p) {
             Some(o) if o == uid => mine.push(p.clone()),
-            None if active(p) && selector_matches(rs, &labels) => {
+            None if active(p) && rs.selects(&labels) => {
                 // Adopt an orphan that matches.
                 let patch = json!({"metadata": {"ownerReferences": [owner_ref(rs)], "uid": p.metadata.uid}});
                 if pods_api
@@ -234,13 +301,8 @@ async fn reconcile(
         }
     }
     let live: Vec<&Arc<Pod>> = mine.iter().filter(|p| active(p)).collect();
-    let want = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1)
-        .max(0) as usize;
-    let involved = json!({"kind": "ReplicaSet", "namespace": ns, "name": name, "uid": uid, "apiVersion": "apps/v1"});
+    let want = rs.replicas().max(0) as usize;
+    let involved = json!({"kind": K::kind(&()), "namespace": ns, "name": name, "uid": uid, "apiVersion": K::api_version(&())});
     if !settled {
         // Wait for what was asked to show before counting again.
     } else if live.len() < want {
@@ -252,7 +314,7 @@ async fn reconcile(
                     pending.insert(key_of(&ns, &pn));
                     crate::event(
                         client,
-                        NAME,
+                        K::COMPONENT,
                         involved.clone(),
                         "Normal",
                         "SuccessfulCreate",
@@ -263,7 +325,7 @@ async fn reconcile(
                 Err(e) => {
                     crate::event(
                         client,
-                        NAME,
+                        K::COMPONENT,
                         involved.clone(),
                         "Warning",
                         "FailedCreate",
@@ -295,7 +357,7 @@ async fn reconcile(
                 pending.insert(key_of(&ns, &pn));
                 crate::event(
                     client,
-                    NAME,
+                    K::COMPONENT,
                     involved.clone(),
                     "Normal",
                     "SuccessfulDelete",
@@ -306,15 +368,9 @@ async fn reconcile(
         }
     }
     // Status.
-    let min_ready = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.min_ready_seconds)
-        .unwrap_or(0);
+    let min_ready = rs.min_ready_seconds();
     let template_labels = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.as_ref())
+        .template()
         .and_then(|t| t.metadata.as_ref())
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
@@ -353,9 +409,9 @@ async fn reconcile(
         "fullyLabeledReplicas": fully,
         "readyReplicas": ready_n,
         "availableReplicas": available,
-        "observedGeneration": rs.metadata.generation,
+        "observedGeneration": meta.generation,
     });
-    let current = serde_json::to_value(&rs.status).unwrap_or(Value::Null);
+    let current = rs.status_value();
     let same = [
         "replicas",
         "fullyLabeledReplicas",
@@ -366,7 +422,7 @@ async fn reconcile(
     .iter()
     .all(|k| current.get(*k).unwrap_or(&json!(0)) == status.get(*k).unwrap_or(&json!(0)));
     if !same {
-        let api: kube::Api<ReplicaSet> = kube::Api::namespaced(client.clone(), &ns);
+        let api: kube::Api<K> = kube::Api::namespaced(client.clone(), &ns);
         api.patch_status(
             &name,
             &PatchParams::default(),
@@ -377,23 +433,20 @@ async fn reconcile(
     Ok(())
 }
 
-fn owner_ref(rs: &ReplicaSet) -> Value {
-    json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs.metadata.name,
-        "uid": rs.metadata.uid, "controller": true, "blockOwnerDeletion": true})
+fn owner_ref<K: Replicated>(rs: &K) -> Value {
+    crate::owned::owner_ref(&K::api_version(&()), &K::kind(&()), rs.meta())
 }
 
-fn pod_from_template(rs: &ReplicaSet) -> anyhow::Result<Pod> {
+fn pod_from_template<K: Replicated>(rs: &K) -> anyhow::Result<Pod> {
     let t = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.as_ref())
-        .ok_or_else(|| anyhow::anyhow!("the ReplicaSet has no pod template"))?;
+        .template()
+        .ok_or_else(|| anyhow::anyhow!("the {} has no pod template", K::kind(&())))?;
     let mut meta = serde_json::to_value(t.metadata.clone().unwrap_or_default())?;
     meta["generateName"] = json!(format!(
         "{}-",
-        rs.metadata.name.as_deref().unwrap_or_default()
+        rs.meta().name.as_deref().unwrap_or_default()
     ));
-    meta["namespace"] = json!(rs.metadata.namespace);
+    meta["namespace"] = json!(rs.meta().namespace);
     meta["ownerReferences"] = json!([owner_ref(rs)]);
     if let Some(o) = meta.as_object_mut() {
         o.remove("name");

@@ -15,6 +15,8 @@ use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
+mod preemption;
+
 pub const NAME: &str = "default-scheduler";
 
 /// What a node has left, and why it cannot take a pod.
@@ -330,9 +332,6 @@ pub fn summary(total: usize, reasons: &BTreeMap<String, usize>) -> String {
         msg.push_str(&parts.join(", "));
     }
     msg.push('.');
-    msg.push_str(&format!(
-        " preemption: 0/{total} nodes are available: {total} Preemption is not helpful for scheduling."
-    ));
     msg
 }
 
@@ -385,6 +384,8 @@ struct State {
     /// The queue: pods for this scheduler that are not placed yet (the unschedulable and
     /// backed-off ones among them wait their turn).
     active: HashSet<String>,
+    /// Pods nominated to a node by preemption and not bound yet: key → node.
+    nominated: HashMap<String, String>,
 }
 
 fn host_ports(p: &Pod) -> Vec<(String, i32)> {
@@ -495,6 +496,11 @@ impl State {
         });
         let want = nodes_to_find(total);
         let want_res = requests(p);
+        let reserved = if self.nominated.is_empty() {
+            HashMap::new()
+        } else {
+            self.reserved(&key(p), preemption::priority(p))
+        };
         let start = if total == 0 {
             0
         } else {
@@ -511,6 +517,16 @@ impl State {
         for (name, n) in turn {
             looked += 1;
             let (used, ports) = self.usage.get(name).unwrap_or(&empty);
+            let with_reserved;
+            let used = match reserved.get(name.as_str()) {
+                Some(r) => {
+                    let mut u = used.clone();
+                    u.add(r);
+                    with_reserved = u;
+                    &with_reserved
+                }
+                None => used,
+            };
             let have = match self.alloc.get(name) {
                 Some(a) => a.clone(),
                 None => allocatable(n),
@@ -626,6 +642,15 @@ pub async fn run(client: kube::Client) {
                         st.assumed.remove(&k);
                         st.unschedulable.remove(&k);
                         st.backoff.remove(&k);
+                        st.nominated.remove(&k);
+                    } else if let Some(n) = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.nominated_node_name.clone())
+                        .filter(|n| !n.is_empty())
+                    {
+                        // A nomination made before a restart, or by another instance.
+                        st.nominated.entry(k.clone()).or_insert(n);
                     }
                     if wants_us(&p) && !st.assumed.contains_key(&k) {
                         st.active.insert(k.clone());
@@ -636,6 +661,7 @@ pub async fn run(client: kube::Client) {
                 }
                 Change::Pod(None, k) => {
                     st.active.remove(&k);
+                    st.nominated.remove(&k);
                     st.set_pod(&k, None);
                     st.assumed.remove(&k);
                     st.backoff.remove(&k);
@@ -711,10 +737,20 @@ pub async fn run(client: kube::Client) {
                     let client = client.clone();
                     tokio::spawn(bind(client, p.clone(), node, failed_tx.clone()));
                 }
-                Err(msg) => {
-                    st.unschedulable.insert(k, msg.clone());
-                    tokio::spawn(unschedulable(client.clone(), p.clone(), msg));
-                }
+                Err(msg) => match st.preempt(&p) {
+                    Ok(plan) => {
+                        // Retried once the victims are gone; meanwhile the room is held.
+                        st.nominated.insert(k.clone(), plan.node.clone());
+                        st.unschedulable.insert(k, msg.clone());
+                        tokio::spawn(preemption::carry_out(client.clone(), p.clone(), plan, msg));
+                    }
+                    Err(why) => {
+                        let msg = format!("{msg} preemption: {why}");
+                        let had = st.nominated.remove(&k).map(|_| String::new());
+                        st.unschedulable.insert(k, msg.clone());
+                        tokio::spawn(unschedulable(client.clone(), p.clone(), msg, had));
+                    }
+                },
             }
         }
     }
@@ -761,7 +797,9 @@ async fn bind(
     }
 }
 
-async fn unschedulable(client: kube::Client, p: Arc<Pod>, msg: String) {
+/// Records why `p` waits: the `PodScheduled=False` condition and a `FailedScheduling`
+/// event; `nominated` sets (or, empty, clears) `status.nominatedNodeName`.
+async fn unschedulable(client: kube::Client, p: Arc<Pod>, msg: String, nominated: Option<String>) {
     let ns = p.metadata.namespace.clone().unwrap_or_default();
     let name = p.metadata.name.clone().unwrap_or_default();
     let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &ns);
@@ -776,12 +814,20 @@ async fn unschedulable(client: kube::Client, p: Arc<Pod>, msg: String) {
                     && c.message.as_deref() == Some(msg.as_str())
             })
         });
-    if already {
+    let current = p
+        .status
+        .as_ref()
+        .and_then(|s| s.nominated_node_name.clone())
+        .unwrap_or_default();
+    if already && nominated.as_ref().is_none_or(|n| *n == current) {
         return;
     }
-    let patch = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False",
+    let mut patch = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False",
         "reason": "Unschedulable", "message": msg, "lastProbeTime": null,
         "lastTransitionTime": crate::now()}]}});
+    if let Some(n) = nominated {
+        patch["status"]["nominatedNodeName"] = if n.is_empty() { json!(null) } else { json!(n) };
+    }
     let _ = api
         .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
         .await;
@@ -793,7 +839,7 @@ async fn unschedulable(client: kube::Client, p: Arc<Pod>, msg: String) {
 mod tests {
     use super::*;
 
-    fn node(name: &str, cpu: &str, taint: Option<(&str, &str)>) -> Node {
+    pub(super) fn node(name: &str, cpu: &str, taint: Option<(&str, &str)>) -> Node {
         let mut n: Node = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
             "status": {"allocatable": {"cpu": cpu, "memory": "1Gi", "pods": "110"}}
@@ -825,7 +871,7 @@ mod tests {
         st.nodes
             .insert("c".into(), node("c", "4", Some(("dedicated", "gpu"))));
         let e = st.decide(&pod("2")).unwrap_err();
-        assert_eq!(e, "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {dedicated: gpu}. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.");
+        assert_eq!(e, "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {dedicated: gpu}.");
         assert_eq!(st.decide(&pod("500m")).unwrap(), "a");
     }
 
@@ -859,7 +905,7 @@ mod tests {
             .unwrap()
     }
 
-    fn place(st: &mut State, p: &Pod) -> Result<String, String> {
+    pub(super) fn place(st: &mut State, p: &Pod) -> Result<String, String> {
         let node = st.decide(p)?;
         let mut bound = p.clone();
         bound.spec.as_mut().unwrap().node_name = Some(node.clone());

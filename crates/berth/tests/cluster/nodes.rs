@@ -28,6 +28,8 @@ pub struct Host {
     server_url: String,
     token: String,
     log: PathBuf,
+    /// More `berth agent` flags (`--node-label`, `--node-taint`).
+    extra: Vec<String>,
 }
 
 pub struct Cluster {
@@ -36,6 +38,9 @@ pub struct Cluster {
     bridge: String,
     subnet_prefix: String,
     server_flags: Vec<String>,
+    id: String,
+    nodes_dir: PathBuf,
+    token: String,
 }
 
 fn sh(args: &[&str]) -> Output {
@@ -160,9 +165,40 @@ impl Cluster {
             bridge,
             subnet_prefix,
             server_flags: flags.iter().map(|f| f.to_string()).collect(),
+            id,
+            nodes_dir: base_dir(&format!("{name}-nodes")),
+            token,
         };
-        let dir = base_dir(&format!("{name}-nodes"));
         for i in 0..n {
+            let h = c.new_host(i, &[]);
+            c.hosts.push(h);
+        }
+        for h in &c.hosts {
+            h.spawn();
+        }
+        for h in &c.hosts {
+            c.wait_ready(h);
+        }
+        c
+    }
+
+    /// Adds a node to the running cluster (with more agent flags) and waits for it to be
+    /// Ready; returns its index.
+    pub fn add_node(&mut self, extra: &[&str]) -> usize {
+        let i = self.hosts.len();
+        let h = self.new_host(i, extra);
+        self.hosts.push(h);
+        self.hosts[i].spawn();
+        self.wait_ready(&self.hosts[i]);
+        i
+    }
+
+    /// Host `i`'s network namespace, veth and directories (not started).
+    fn new_host(&self, i: usize, extra: &[&str]) -> Host {
+        let (id, dir) = (&self.id, &self.nodes_dir);
+        let server_ip = format!("{}.1", self.subnet_prefix);
+        let c = self;
+        {
             let netns = format!("bcn{id}x{i}");
             let veth = format!("bcv{id}x{i}");
             let ip = format!("{}.{}", c.subnet_prefix, 10 + i);
@@ -184,7 +220,7 @@ impl Cluster {
             ns(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
             let exec_root = PathBuf::from(format!("/run/bcx{id}x{i}"));
             let _ = std::fs::remove_dir_all(&exec_root);
-            let host = Host {
+            Host {
                 name: format!("node-{i}"),
                 netns,
                 ip,
@@ -195,18 +231,11 @@ impl Cluster {
                 pid: AtomicU32::new(0),
                 veth,
                 server_url: c.server.url.clone(),
-                token: token.clone(),
+                token: c.token.clone(),
                 log: dir.join(format!("node-{i}.log")),
-            };
-            c.hosts.push(host);
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            }
         }
-        for h in &c.hosts {
-            h.spawn();
-        }
-        for h in &c.hosts {
-            c.wait_ready(h);
-        }
-        c
     }
 
     pub fn wait_ready(&self, h: &Host) {
@@ -301,6 +330,7 @@ impl Host {
             .arg(&self.socket)
             .args(["--cgroup-root", &self.cgroup_root])
             .args(["--node-lease-duration", "4s"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let child = spawn_for_process(cmd);
