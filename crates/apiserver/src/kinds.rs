@@ -337,6 +337,7 @@ pub fn builtins() -> Vec<Kind> {
         typed::<rbac::v1::Role>("roles", true, &[], &[]),
         typed::<rbac::v1::RoleBinding>("rolebindings", true, &[], &[]),
         typed::<scheduling::v1::PriorityClass>("priorityclasses", false, &["pc"], &[]),
+        typed::<storage::v1::StorageClass>("storageclasses", false, &["sc"], &[]),
         with_status(typed::<networking::v1::NetworkPolicy>(
             "networkpolicies",
             true,

@@ -472,6 +472,38 @@ pub fn validate(kind: &Kind, obj: &Value, old: Option<&Value>) -> Vec<FieldError
                 }
             }
         }
+        ("storage.k8s.io", "StorageClass") => {
+            if s(obj, "/provisioner").is_none_or(str::is_empty) {
+                errs.push(FieldError::required("provisioner", ""));
+            }
+            if let Some(m) = s(obj, "/volumeBindingMode") {
+                let ok = ["Immediate", "WaitForFirstConsumer"];
+                if !ok.contains(&m) {
+                    errs.push(FieldError::not_supported("volumeBindingMode", m, &ok));
+                }
+            }
+            if let Some(m) = s(obj, "/reclaimPolicy") {
+                let ok = ["Delete", "Retain"];
+                if !ok.contains(&m) {
+                    errs.push(FieldError::not_supported("reclaimPolicy", m, &ok));
+                }
+            }
+            if let Some(old) = old {
+                for f in [
+                    "provisioner",
+                    "parameters",
+                    "reclaimPolicy",
+                    "volumeBindingMode",
+                ] {
+                    if obj.get(f) != old.get(f) {
+                        errs.push(FieldError::forbidden(
+                            f,
+                            format!("updates to {f} are forbidden."),
+                        ));
+                    }
+                }
+            }
+        }
         ("", "ReplicationController") => {
             validate_pod_spec(
                 obj.pointer("/spec/template/spec"),
@@ -928,6 +960,11 @@ pub fn default(kind: &Kind, obj: &mut Value) {
             set_default(spec, "volumeMode", json!("Filesystem"));
             let status = obj_mut(obj, "status");
             set_default(status, "phase", json!("Pending"));
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            let m = obj.as_object_mut().unwrap();
+            set_default(m, "reclaimPolicy", json!("Delete"));
+            set_default(m, "volumeBindingMode", json!("Immediate"));
         }
         ("scheduling.k8s.io", "PriorityClass") => {
             let m = obj.as_object_mut().unwrap();

@@ -882,6 +882,32 @@ fn columns(kind: &Kind) -> (Vec<Col>, RowFn) {
                 ]
             },
         ),
+        ("storage.k8s.io", "storageclasses") => (
+            cols![
+                name,
+                Col("Provisioner", "string", 0),
+                Col("ReclaimPolicy", "string", 0),
+                Col("VolumeBindingMode", "string", 0),
+                Col("AllowVolumeExpansion", "boolean", 0),
+                age_c
+            ],
+            |o| {
+                let mut name = s(o, "/metadata/name");
+                if o.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
+                    == Some(&json!("true"))
+                {
+                    name.push_str(" (default)");
+                }
+                vec![
+                    json!(name),
+                    json!(s(o, "/provisioner")),
+                    json!(s(o, "/reclaimPolicy")),
+                    json!(s(o, "/volumeBindingMode")),
+                    json!(o.get("allowVolumeExpansion") == Some(&json!(true))),
+                    json!(age(&s(o, "/metadata/creationTimestamp"))),
+                ]
+            },
+        ),
         ("apps", "controllerrevisions") => (
             cols![
                 name,

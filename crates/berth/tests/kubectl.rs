@@ -96,6 +96,7 @@ fn discovery_and_explain(s: &Server) {
         "horizontalpodautoscalers hpa autoscaling/v2 true HorizontalPodAutoscaler",
         "leases coordination.k8s.io/v1 true Lease",
         "priorityclasses pc scheduling.k8s.io/v1 false PriorityClass",
+        "storageclasses sc storage.k8s.io/v1 false StorageClass",
         "clusterroles rbac.authorization.k8s.io/v1 false ClusterRole",
     ] {
         let want: Vec<&str> = line.split(' ').collect();

@@ -3234,3 +3234,154 @@ spec:
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(get(&ns, "pods", "{.items[*].metadata.name}"), "");
 }
+
+#[test]
+fn claims_that_wait_for_their_consumer_bind_to_local_volumes_on_the_pods_node() {
+    let ns = ns("localpv");
+    let tag = std::process::id();
+    let sc = format!("local-{tag}");
+    let dirs: Vec<std::path::PathBuf> = with(|c| {
+        c.hosts
+            .iter()
+            .map(|h| h.data_dir.join(format!("lpv-{tag}")))
+            .collect()
+    });
+    let mut objs = vec![format!("apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {{name: {sc}}}\nprovisioner: kubernetes.io/no-provisioner\nvolumeBindingMode: WaitForFirstConsumer\n")];
+    for (i, d) in dirs.iter().enumerate() {
+        std::fs::create_dir_all(d).unwrap();
+        objs.push(format!("apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: lpv{i}-{tag}}}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  storageClassName: {sc}\n  local: {{path: {}}}\n  nodeAffinity:\n    required:\n      nodeSelectorTerms:\n      - matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [node-{i}]}}]\n", d.display()));
+    }
+    kubectl_in(&["apply", "-f", "-"], &objs.join("---\n"));
+    let table = kubectl_ok(&["get", "sc", &sc, "--no-headers"]);
+    let cols: Vec<&str> = table.split_whitespace().collect();
+    assert_eq!(
+        &cols[..5],
+        [
+            sc.as_str(),
+            "kubernetes.io/no-provisioner",
+            "Delete",
+            "WaitForFirstConsumer",
+            "false"
+        ],
+        "{table}"
+    );
+    // A claim nobody uses waits, and says so.
+    let claim = |name: &str| {
+        format!("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}}}\nspec:\n  storageClassName: {sc}\n  accessModes: [ReadWriteOnce]\n  resources: {{requests: {{storage: 1Gi}}}}\n")
+    };
+    kubectl_in(&["-n", &ns, "apply", "-f", "-"], &claim("idle"));
+    let t0 = std::time::Instant::now();
+    while get(
+        &ns,
+        "events",
+        "{.items[?(@.reason==\"WaitForFirstConsumer\")].message}",
+    ) != "waiting for first consumer to be created before binding"
+    {
+        assert!(t0.elapsed().as_secs() < 60, "no WaitForFirstConsumer event");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(get(&ns, "pvc/idle", "{.status.phase}"), "Pending");
+    // A StatefulSet's two claims: each pod goes where a volume is, and its claim binds there.
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &format!(
+            r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: db}}
+spec:
+  replicas: 2
+  podManagementPolicy: Parallel
+  serviceName: db
+  selector: {{matchLabels: {{app: db}}}}
+  template:
+    metadata: {{labels: {{app: db}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: busybox:latest
+        imagePullPolicy: Never
+        command: ["sh", "-c", "hostname > /data/who; trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+        volumeMounts: [{{name: data, mountPath: /data}}]
+  volumeClaimTemplates:
+  - metadata: {{name: data}}
+    spec:
+      storageClassName: {sc}
+      accessModes: [ReadWriteOnce]
+      resources: {{requests: {{storage: 1Gi}}}}
+"#
+        ),
+    );
+    wait_for(&ns, "sts/db", "jsonpath={.status.readyReplicas}=2");
+    let mut used = Vec::new();
+    for pod in ["db-0", "db-1"] {
+        let node = get(&ns, &format!("pod/{pod}"), "{.spec.nodeName}");
+        let i: usize = node.strip_prefix("node-").unwrap().parse().unwrap();
+        assert_eq!(
+            get(&ns, &format!("pvc/data-{pod}"), "{.spec.volumeName}"),
+            format!("lpv{i}-{tag}")
+        );
+        assert_eq!(
+            get(&ns, &format!("pvc/data-{pod}"), "{.status.phase}"),
+            "Bound"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dirs[i].join("who")).unwrap().trim(),
+            pod
+        );
+        used.push(i);
+    }
+    used.sort();
+    assert_eq!(used, [0, 1]);
+    // No volume left for the idle claim; a bound claim's volume pins its pod's node; a
+    // missing claim is named.
+    let db0_node = get(&ns, "pod/db-0", "{.spec.nodeName}");
+    let other = if db0_node == "node-0" {
+        "node-1"
+    } else {
+        "node-0"
+    };
+    let user = |name: &str, claim: &str, extra: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n{extra}  containers:\n  - {{name: c, image: busybox:latest, imagePullPolicy: Never, command: [sleep, '1000']}}\n  volumes:\n  - {{name: v, persistentVolumeClaim: {{claimName: {claim}}}}}\n")
+    };
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &[
+            user("stray", "idle", ""),
+            user(
+                "pinned",
+                "data-db-0",
+                &format!("  nodeSelector: {{kubernetes.io/hostname: {other}}}\n"),
+            ),
+            user("lost", "nope", ""),
+        ]
+        .join("---\n"),
+    );
+    let not_helpful =
+        "preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling.";
+    for (pod, why) in [
+        ("stray", "0/2 nodes are available: 2 node(s) didn't find available persistent volumes to bind."),
+        ("pinned", "0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had volume node affinity conflict."),
+        ("lost", "0/2 nodes are available: persistentvolumeclaim \"nope\" not found."),
+    ] {
+        wait_for(
+            &ns,
+            &format!("pod/{pod}"),
+            "jsonpath={.status.conditions[0].reason}=Unschedulable",
+        );
+        let msg = get(&ns, &format!("pod/{pod}"), "{.status.conditions[0].message}");
+        assert_eq!(msg, format!("{why} {not_helpful}"), "{pod}");
+    }
+    kubectl_ok(&["-n", &ns, "delete", "pods,sts", "--all", "--grace-period=1"]);
+    kubectl_ok(&["-n", &ns, "delete", "pvc", "--all"]);
+    kubectl_ok(&[
+        "delete",
+        "pv",
+        &format!("lpv0-{tag}"),
+        &format!("lpv1-{tag}"),
+    ]);
+    kubectl_ok(&["delete", "sc", &sc]);
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

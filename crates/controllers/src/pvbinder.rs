@@ -4,12 +4,15 @@
 //! record the binding (`claimRef` and `volumeName`) and turn `Bound`. A volume whose claim
 //! is deleted is `Released` (the Retain policy) or made Available again (`Recycle` is not
 //! supported and treated as Retain; `Delete` without a provisioner behaves as Retain too).
+//! A claim of a `WaitForFirstConsumer` class waits for the scheduler: it is bound only to a
+//! volume the scheduler reserved for it (a `claimRef`) on the node it chose for the pod.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
@@ -25,7 +28,7 @@ fn request(c: &PersistentVolumeClaim) -> u64 {
         .unwrap_or(0)
 }
 
-fn capacity(v: &PersistentVolume) -> u64 {
+pub(crate) fn capacity(v: &PersistentVolume) -> u64 {
     v.spec
         .as_ref()
         .and_then(|s| s.capacity.as_ref())
@@ -49,7 +52,7 @@ fn class_of_volume(v: &PersistentVolume) -> String {
 }
 
 /// Whether `v` can hold `c`.
-fn fits(v: &PersistentVolume, c: &PersistentVolumeClaim) -> bool {
+pub(crate) fn fits(v: &PersistentVolume, c: &PersistentVolumeClaim) -> bool {
     let want_modes = c
         .spec
         .as_ref()
@@ -84,6 +87,8 @@ pub async fn run(client: kube::Client) {
         .boxed();
     let mut events = futures::stream::select(claims, vols);
     let mut tick = tokio::time::interval(Duration::from_secs(15));
+    // Claims told they wait for a consumer (by UID), so the event is recorded once.
+    let mut told = std::collections::HashSet::new();
     loop {
         tokio::select! {
             e = events.next() => if e.is_none() { return },
@@ -91,17 +96,31 @@ pub async fn run(client: kube::Client) {
         }
         // Coalesce a burst of changes into one pass.
         while let Some(Some(())) = futures::FutureExt::now_or_never(events.next()) {}
-        if let Err(e) = pass(&client).await {
+        if let Err(e) = pass(&client, &mut told).await {
             eprintln!("berth controllers: binding volumes: {e}");
         }
     }
 }
 
-async fn pass(client: &kube::Client) -> anyhow::Result<()> {
+/// Whether a claim of class `class` waits for its first consumer to be scheduled.
+pub fn waits_for_consumer(classes: &[StorageClass], class: &str) -> bool {
+    !class.is_empty()
+        && classes.iter().any(|c| {
+            c.metadata.name.as_deref() == Some(class)
+                && c.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer")
+        })
+}
+
+async fn pass(
+    client: &kube::Client,
+    told: &mut std::collections::HashSet<String>,
+) -> anyhow::Result<()> {
     let pvs: kube::Api<PersistentVolume> = kube::Api::all(client.clone());
     let pvcs: kube::Api<PersistentVolumeClaim> = kube::Api::all(client.clone());
+    let scs: kube::Api<StorageClass> = kube::Api::all(client.clone());
     let mut volumes = pvs.list(&Default::default()).await?.items;
     let claims = pvcs.list(&Default::default()).await?.items;
+    let classes = scs.list(&Default::default()).await?.items;
     let by_key: HashMap<(String, String), &PersistentVolumeClaim> = claims
         .iter()
         .map(|c| {
@@ -162,12 +181,15 @@ async fn pass(client: &kube::Client) -> anyhow::Result<()> {
             .as_ref()
             .and_then(|s| s.volume_name.clone())
             .filter(|s| !s.is_empty());
+        let wait = named.is_none() && waits_for_consumer(&classes, &class_of_claim(c));
         let pick = volumes
             .iter()
             .filter(|v| match &named {
                 Some(n) => v.metadata.name.as_ref() == Some(n),
                 None => true,
             })
+            // A waiting claim takes only the volume the scheduler reserved for it.
+            .filter(|v| !wait || claim_key(v).is_some())
             .filter(|v| match claim_key(v) {
                 // Free, or reserved for this very claim.
                 None => true,
@@ -179,7 +201,21 @@ async fn pass(client: &kube::Client) -> anyhow::Result<()> {
             .min_by_key(|v| capacity(v))
             .cloned();
         let Some(v) = pick else {
-            if named.is_none() {
+            let uid = c.metadata.uid.clone().unwrap_or_default();
+            if wait && told.insert(uid) {
+                let involved = json!({"kind": "PersistentVolumeClaim", "apiVersion": "v1",
+                    "namespace": ns, "name": name, "uid": c.metadata.uid});
+                crate::event(
+                    client,
+                    NAME,
+                    involved,
+                    "Normal",
+                    "WaitForFirstConsumer",
+                    "waiting for first consumer to be created before binding",
+                )
+                .await;
+            }
+            if !wait && named.is_none() {
                 let involved = json!({"kind": "PersistentVolumeClaim", "apiVersion": "v1",
                     "namespace": ns, "name": name, "uid": c.metadata.uid});
                 let msg = if class_of_claim(c).is_empty() {

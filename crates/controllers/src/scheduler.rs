@@ -11,11 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{
+    Node, PersistentVolume, PersistentVolumeClaim, Pod, Taint, Toleration,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
 mod preemption;
+mod volumes;
 
 pub const NAME: &str = "default-scheduler";
 
@@ -386,6 +390,8 @@ struct State {
     active: HashSet<String>,
     /// Pods nominated to a node by preemption and not bound yet: key → node.
     nominated: HashMap<String, String>,
+    /// Claims, volumes and storage classes, for VolumeBinding.
+    volumes: volumes::Volumes,
 }
 
 fn host_ports(p: &Pod) -> Vec<(String, i32)> {
@@ -494,6 +500,15 @@ impl State {
                 node_fit(p, n).is_none_or(|r| r.contains("taint") || r.contains("unschedulable"))
             })
         });
+        let needs = if volumes::claim_names(p).next().is_some() {
+            match self.volumes.needs(p) {
+                Ok(n) => n,
+                Err(msg) => return Err(format!("0/{total} nodes are available: {msg}.")),
+            }
+        } else {
+            Vec::new()
+        };
+        let me = key(p);
         let want = nodes_to_find(total);
         let want_res = requests(p);
         let reserved = if self.nominated.is_empty() {
@@ -537,6 +552,11 @@ impl State {
                     why.push(r);
                 }
             }
+            if why.is_empty() && !needs.is_empty() {
+                if let Err(r) = self.volumes.on_node(&me, &needs, n) {
+                    why.push(r.to_string());
+                }
+            }
             if !why.is_empty() {
                 for w in why {
                     *reasons.entry(w).or_default() += 1;
@@ -564,6 +584,9 @@ impl State {
 
 enum Change {
     Node(Option<Box<Node>>, String),
+    Claim(Option<Arc<PersistentVolumeClaim>>, String),
+    Volume(Option<Arc<PersistentVolume>>, String),
+    Class(Option<Arc<StorageClass>>, String),
     Pod(Option<Arc<Pod>>, String),
     NodesListed(std::collections::HashSet<String>),
     PodsListed(std::collections::HashSet<String>),
@@ -592,7 +615,50 @@ pub async fn run(client: kube::Client) {
         crate::Seen::Listed(keys) => Change::PodsListed(keys),
         crate::Seen::Nothing => Change::Relisted,
     });
-    let mut events = futures::stream::select(node_events.boxed(), pod_events.boxed());
+    let claim_events = crate::follow(kube::Api::<PersistentVolumeClaim>::all(client.clone()))
+        .filter_map(|e| async move {
+            match e {
+                crate::Seen::Applied(c) => {
+                    let k = crate::key_of(&c);
+                    Some(Change::Claim(Some(Arc::new(c)), k))
+                }
+                crate::Seen::Deleted(c) => Some(Change::Claim(None, crate::key_of(&c))),
+                _ => None,
+            }
+        });
+    let volume_events = crate::follow(kube::Api::<PersistentVolume>::all(client.clone()))
+        .filter_map(|e| async move {
+            match e {
+                crate::Seen::Applied(v) => {
+                    let k = v.metadata.name.clone().unwrap_or_default();
+                    Some(Change::Volume(Some(Arc::new(v)), k))
+                }
+                crate::Seen::Deleted(v) => {
+                    Some(Change::Volume(None, v.metadata.name.unwrap_or_default()))
+                }
+                _ => None,
+            }
+        });
+    let class_events =
+        crate::follow(kube::Api::<StorageClass>::all(client.clone())).filter_map(|e| async move {
+            match e {
+                crate::Seen::Applied(c) => {
+                    let k = c.metadata.name.clone().unwrap_or_default();
+                    Some(Change::Class(Some(Arc::new(c)), k))
+                }
+                crate::Seen::Deleted(c) => {
+                    Some(Change::Class(None, c.metadata.name.unwrap_or_default()))
+                }
+                _ => None,
+            }
+        });
+    let mut events = futures::stream::select_all([
+        node_events.boxed(),
+        pod_events.boxed(),
+        claim_events.boxed(),
+        volume_events.boxed(),
+        class_events.boxed(),
+    ]);
     let mut st = State::default();
     let mut retry = tokio::time::interval(Duration::from_secs(30));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -633,6 +699,28 @@ pub async fn run(client: kube::Client) {
                     st.alloc.remove(&name);
                     st.nodes.remove(&name);
                 }
+                // Claims, volumes and classes that change could help pods waiting on them.
+                Change::Claim(c, k) => {
+                    match c {
+                        Some(c) => st.volumes.claims.insert(k, c),
+                        None => st.volumes.claims.remove(&k),
+                    };
+                    st.unschedulable.clear();
+                }
+                Change::Volume(v, k) => {
+                    match v {
+                        Some(v) => st.volumes.pvs.insert(k, v),
+                        None => st.volumes.pvs.remove(&k),
+                    };
+                    st.unschedulable.clear();
+                }
+                Change::Class(c, k) => {
+                    match c {
+                        Some(c) => st.volumes.classes.insert(k, c),
+                        None => st.volumes.classes.remove(&k),
+                    };
+                    st.unschedulable.clear();
+                }
                 Change::Pod(Some(p), k) => {
                     if p.spec
                         .as_ref()
@@ -643,6 +731,7 @@ pub async fn run(client: kube::Client) {
                         st.unschedulable.remove(&k);
                         st.backoff.remove(&k);
                         st.nominated.remove(&k);
+                        st.volumes.reserved.retain(|_, p| *p != k);
                     } else if let Some(n) = p
                         .status
                         .as_ref()
@@ -696,6 +785,7 @@ pub async fn run(client: kube::Client) {
             fails.push(k);
         }
         for k in fails.drain(..) {
+            st.volumes.reserved.retain(|_, p| *p != k);
             if st.assumed.remove(&k).is_some() {
                 let tries = st.backoff.get(&k).map_or(0, |b| b.1) + 1;
                 // 1 s doubling to 10 s, as kube-scheduler's pod back-off.
@@ -733,9 +823,22 @@ pub async fn run(client: kube::Client) {
             match st.decide(&p) {
                 Ok(node) => {
                     st.active.remove(&k);
+                    // The volumes its waiting claims get there, held until it is bound.
+                    let plan = match (st.nodes.get(&node), volumes::claim_names(&p).next()) {
+                        (Some(n), Some(_)) => st
+                            .volumes
+                            .needs(&p)
+                            .ok()
+                            .and_then(|needs| st.volumes.on_node(&k, &needs, n).ok())
+                            .unwrap_or_default(),
+                        _ => Vec::new(),
+                    };
+                    for r in &plan {
+                        st.volumes.reserved.insert(r.3.clone(), k.clone());
+                    }
                     st.assume(&k, &node);
                     let client = client.clone();
-                    tokio::spawn(bind(client, p.clone(), node, failed_tx.clone()));
+                    tokio::spawn(bind(client, p.clone(), node, plan, failed_tx.clone()));
                 }
                 Err(msg) => match st.preempt(&p) {
                     Ok(plan) => {
@@ -761,10 +864,19 @@ async fn bind(
     client: kube::Client,
     p: Arc<Pod>,
     node: String,
+    volumes: Vec<volumes::Reservation>,
     failed: tokio::sync::mpsc::UnboundedSender<String>,
 ) {
     let ns = p.metadata.namespace.clone().unwrap_or_default();
     let name = p.metadata.name.clone().unwrap_or_default();
+    // PreBind: the claims first.
+    if !volumes.is_empty() {
+        if let Err(e) = volumes::bind_claims(&client, &volumes).await {
+            eprintln!("berth scheduler: binding the volumes of {ns}/{name}: {e:#}");
+            let _ = failed.send(format!("{ns}/{name}"));
+            return;
+        }
+    }
     let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &ns);
     let body = json!({"apiVersion": "v1", "kind": "Binding",
         "metadata": {"name": name, "uid": p.metadata.uid},

@@ -139,8 +139,18 @@ impl State {
         }
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut candidates: Vec<Plan> = Vec::new();
+        // Volumes a node cannot give are not something deleting pods could change.
+        let needs = if super::volumes::claim_names(p).next().is_some() {
+            self.volumes.needs(p).ok()
+        } else {
+            Some(Vec::new())
+        };
         for (name, n) in &self.nodes {
-            if node_fit(p, n).is_some() {
+            let volumes_fail = match &needs {
+                None => true,
+                Some(v) => !v.is_empty() && self.volumes.on_node(&me, v, n).is_err(),
+            };
+            if volumes_fail || node_fit(p, n).is_some() {
                 *reasons
                     .entry("Preemption is not helpful for scheduling".into())
                     .or_default() += 1;
