@@ -87,7 +87,7 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let data_dir = a.data_dir.clone();
         let cfg = apiserver::Config {
             data_dir: a.data_dir,
@@ -179,5 +179,8 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
             _ = term.recv() => {}
         }
         Ok(0)
-    })
+    });
+    // Stopping does not wait on anything a task or a blocking call still holds.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }

@@ -201,31 +201,35 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     use futures::StreamExt;
-    use kube::runtime::watcher;
+    use kube::runtime::{watcher, WatchStreamExt};
     let mut listing: Option<std::collections::HashSet<String>> = None;
-    watcher::watcher(api, watcher::Config::default()).map(move |e| match e {
-        Ok(watcher::Event::Init) => {
-            listing = Some(Default::default());
-            Seen::Nothing
-        }
-        Ok(watcher::Event::InitApply(o)) => {
-            if let Some(l) = listing.as_mut() {
-                l.insert(key_of(&o));
+    // Errors back off (0.8 s doubling to 30 s): a watch that keeps failing must neither
+    // spin nor keep its task from yielding (which would also stall the runtime's shutdown).
+    watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map(move |e| match e {
+            Ok(watcher::Event::Init) => {
+                listing = Some(Default::default());
+                Seen::Nothing
             }
-            Seen::Applied(o)
-        }
-        Ok(watcher::Event::InitDone) => Seen::Listed(listing.take().unwrap_or_default()),
-        Ok(watcher::Event::Apply(o)) => Seen::Applied(o),
-        Ok(watcher::Event::Delete(o)) => Seen::Deleted(o),
-        Err(e) => {
-            eprintln!(
-                "berth controllers: watching {}: {e}",
-                std::any::type_name::<K>()
-                    .rsplit("::")
-                    .next()
-                    .unwrap_or_default()
-            );
-            Seen::Nothing
-        }
-    })
+            Ok(watcher::Event::InitApply(o)) => {
+                if let Some(l) = listing.as_mut() {
+                    l.insert(key_of(&o));
+                }
+                Seen::Applied(o)
+            }
+            Ok(watcher::Event::InitDone) => Seen::Listed(listing.take().unwrap_or_default()),
+            Ok(watcher::Event::Apply(o)) => Seen::Applied(o),
+            Ok(watcher::Event::Delete(o)) => Seen::Deleted(o),
+            Err(e) => {
+                eprintln!(
+                    "berth controllers: watching {}: {e}",
+                    std::any::type_name::<K>()
+                        .rsplit("::")
+                        .next()
+                        .unwrap_or_default()
+                );
+                Seen::Nothing
+            }
+        })
 }

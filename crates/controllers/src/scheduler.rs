@@ -23,6 +23,11 @@ mod volumes;
 
 pub const NAME: &str = "default-scheduler";
 
+/// How many bindings are sent at once: enough for the store's group commits to fill
+/// (bench/scheduler.sh measures 128 to unbounded alike, within its noise), few enough that
+/// a burst of thousands does not open a connection each.
+const BINDINGS_IN_FLIGHT: usize = 256;
+
 /// What a node has left, and why it cannot take a pod.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resources {
@@ -363,6 +368,19 @@ fn wants_us(p: &Pod) -> bool {
 /// What a pod adds to its node: the node, its requests and its host ports.
 type Counted = (String, Resources, Vec<(String, i32)>);
 
+/// A map with a fast hash, for the lookups a cycle makes per node.
+type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The cache's record of one node (kube-scheduler's NodeInfo): the node (None while only
+/// pods name it), its allocatable parsed once per update, and what its pods take.
+#[derive(Default)]
+struct NodeUse {
+    node: Option<Arc<Node>>,
+    alloc: Resources,
+    used: Resources,
+    ports: HashSet<(String, i32)>,
+}
+
 #[derive(Default)]
 struct State {
     nodes: BTreeMap<String, Node>,
@@ -373,18 +391,17 @@ struct State {
     unschedulable: HashMap<String, String>,
     /// Pods whose binding failed: not tried again before the instant, and how often.
     backoff: HashMap<String, (std::time::Instant, u32)>,
-    /// The node cache, kept as pods come and go (kube-scheduler's NodeInfo): each node's
-    /// requested resources and host ports, and the pods on it.
-    usage: HashMap<String, (Resources, HashSet<(String, i32)>)>,
+    /// The node cache, kept as pods come and go, and the pods on each node.
+    usage: Fast<String, NodeUse>,
     by_node: HashMap<String, HashSet<String>>,
+    /// The nodes in the order cycles take them, in turn.
+    ring: Vec<String>,
     /// What each pod adds to its node, to take it back when it changes.
     counted: HashMap<String, Counted>,
     /// Pods with required anti-affinity (every pod must look at them).
     anti: HashSet<String>,
     /// Where the next cycle starts looking (nodes are taken in turn, as kube-scheduler does).
     next_start: usize,
-    /// Each node's allocatable, parsed once per node update.
-    alloc: HashMap<String, Resources>,
     /// The queue: pods for this scheduler that are not placed yet (the unschedulable and
     /// backed-off ones among them wait their turn).
     active: HashSet<String>,
@@ -418,15 +435,35 @@ fn nodes_to_find(total: usize) -> usize {
 }
 
 impl State {
+    /// Records a node as it now is.
+    fn set_node(&mut self, n: Node) {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let u = self.usage.entry(name.clone()).or_default();
+        u.alloc = allocatable(&n);
+        if u.node.is_none() {
+            self.ring.push(name.clone());
+        }
+        u.node = Some(Arc::new(n.clone()));
+        self.nodes.insert(name, n);
+    }
+
+    /// Forgets a node (what its pods take stays counted until they go).
+    fn remove_node(&mut self, name: &str) {
+        self.nodes.remove(name);
+        if let Some(u) = self.usage.get_mut(name) {
+            u.node = None;
+            u.alloc = Resources::default();
+        }
+        self.ring.retain(|n| n != name);
+    }
+
     /// Records a pod as it now is (or its removal), keeping the node cache right.
     fn set_pod(&mut self, k: &str, p: Option<Arc<Pod>>) {
         if let Some((node, r, ports)) = self.counted.remove(k) {
             if let Some(u) = self.usage.get_mut(&node) {
-                u.0.cpu_milli -= r.cpu_milli;
-                u.0.memory -= r.memory;
-                u.0.pods -= r.pods;
+                u.used.sub(&r);
                 for port in ports {
-                    u.1.remove(&port);
+                    u.ports.remove(&port);
                 }
             }
             if let Some(s) = self.by_node.get_mut(&node) {
@@ -453,10 +490,8 @@ impl State {
             r.pods = 1;
             let ports = host_ports(&p);
             let u = self.usage.entry(node.clone()).or_default();
-            u.0.cpu_milli += r.cpu_milli;
-            u.0.memory += r.memory;
-            u.0.pods += 1;
-            u.1.extend(ports.iter().cloned());
+            u.used.add(&r);
+            u.ports.extend(ports.iter().cloned());
             self.by_node
                 .entry(node.clone())
                 .or_default()
@@ -487,8 +522,7 @@ impl State {
 
     /// One scheduling cycle for `p`: the chosen node, or the summary of why none fits.
     fn decide(&mut self, p: &Pod) -> Result<String, String> {
-        let empty = (Resources::default(), HashSet::new());
-        let total = self.nodes.len();
+        let total = self.ring.len();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let view = crate::schedplugins::needs_view(p, !self.anti.is_empty()).then(|| {
             let placed = crate::schedplugins::Placed {
@@ -524,14 +558,16 @@ impl State {
         let mut best: Option<(i64, &String)> = None;
         let mut found = 0;
         let mut looked = 0;
-        let turn = self
-            .nodes
-            .iter()
-            .skip(start)
-            .chain(self.nodes.iter().take(start));
-        for (name, n) in turn {
+        for i in 0..total {
+            let name = &self.ring[(start + i) % total];
             looked += 1;
-            let (used, ports) = self.usage.get(name).unwrap_or(&empty);
+            let Some(u) = self.usage.get(name) else {
+                continue;
+            };
+            let Some(n) = u.node.as_deref() else {
+                continue;
+            };
+            let (used, ports, have) = (&u.used, &u.ports, &u.alloc);
             let with_reserved;
             let used = match reserved.get(name.as_str()) {
                 Some(r) => {
@@ -542,11 +578,7 @@ impl State {
                 }
                 None => used,
             };
-            let have = match self.alloc.get(name) {
-                Some(a) => a.clone(),
-                None => allocatable(n),
-            };
-            let mut why = filter_with(p, &want_res, n, &have, used, ports);
+            let mut why = filter_with(p, &want_res, n, have, used, ports);
             if why.is_empty() {
                 if let Some(r) = view.as_ref().and_then(|v| v.filter(p, n)) {
                     why.push(r);
@@ -564,7 +596,7 @@ impl State {
                 continue;
             }
             found += 1;
-            let s = score_with(p, &want_res, n, &have, used)
+            let s = score_with(p, &want_res, n, have, used)
                 + view.as_ref().map_or(0, |v| v.score(n))
                 + crate::schedplugins::image_locality(p, n) / 4;
             if best.is_none_or(|(b, _)| s > b) {
@@ -663,6 +695,7 @@ pub async fn run(client: kube::Client) {
     let mut retry = tokio::time::interval(Duration::from_secs(30));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let inflight = Arc::new(tokio::sync::Semaphore::new(BINDINGS_IN_FLIGHT));
     let mut backoff_tick = tokio::time::interval(Duration::from_secs(1));
     let mut fails: Vec<String> = Vec::new();
     loop {
@@ -689,16 +722,12 @@ pub async fn run(client: kube::Client) {
         }
         for c in batch {
             match c {
-                Change::Node(Some(n), name) => {
-                    st.alloc.insert(name.clone(), allocatable(&n));
-                    st.nodes.insert(name, *n);
+                Change::Node(Some(n), _) => {
+                    st.set_node(*n);
                     // Something that could help unschedulable pods.
                     st.unschedulable.clear();
                 }
-                Change::Node(None, name) => {
-                    st.alloc.remove(&name);
-                    st.nodes.remove(&name);
-                }
+                Change::Node(None, name) => st.remove_node(&name),
                 // Claims, volumes and classes that change could help pods waiting on them.
                 Change::Claim(c, k) => {
                     match c {
@@ -761,7 +790,15 @@ pub async fn run(client: kube::Client) {
                 }
                 Change::NodesListed(keys) => {
                     // Node keys are `/name`.
-                    st.nodes.retain(|n, _| keys.contains(&format!("/{n}")));
+                    let gone: Vec<String> = st
+                        .nodes
+                        .keys()
+                        .filter(|n| !keys.contains(&format!("/{n}")))
+                        .cloned()
+                        .collect();
+                    for n in gone {
+                        st.remove_node(&n);
+                    }
                 }
                 Change::PodsListed(keys) => {
                     let gone: Vec<String> = st
@@ -838,7 +875,13 @@ pub async fn run(client: kube::Client) {
                     }
                     st.assume(&k, &node);
                     let client = client.clone();
-                    tokio::spawn(bind(client, p.clone(), node, plan, failed_tx.clone()));
+                    let permit = inflight.clone();
+                    let failed_tx = failed_tx.clone();
+                    tokio::spawn(async move {
+                        // Bindings share a few connections rather than each opening one.
+                        let _permit = permit.acquire_owned().await;
+                        bind(client, p, node, plan, failed_tx).await
+                    });
                 }
                 Err(msg) => match st.preempt(&p) {
                     Ok(plan) => {
@@ -977,11 +1020,9 @@ mod tests {
     #[test]
     fn the_summary_counts_reasons_as_kube_scheduler() {
         let mut st = State::default();
-        st.nodes.insert("a".into(), node("a", "1", None));
-        st.nodes
-            .insert("b".into(), node("b", "4", Some(("dedicated", "gpu"))));
-        st.nodes
-            .insert("c".into(), node("c", "4", Some(("dedicated", "gpu"))));
+        st.set_node(node("a", "1", None));
+        st.set_node(node("b", "4", Some(("dedicated", "gpu"))));
+        st.set_node(node("c", "4", Some(("dedicated", "gpu"))));
         let e = st.decide(&pod("2")).unwrap_err();
         assert_eq!(e, "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {dedicated: gpu}.");
         assert_eq!(st.decide(&pod("500m")).unwrap(), "a");
@@ -990,8 +1031,8 @@ mod tests {
     #[test]
     fn least_allocated_spreads_pods() {
         let mut st = State::default();
-        st.nodes.insert("a".into(), node("a", "2", None));
-        st.nodes.insert("b".into(), node("b", "2", None));
+        st.set_node(node("a", "2", None));
+        st.set_node(node("b", "2", None));
         let mut first = pod("1");
         let n = st.decide(&first).unwrap();
         first.spec.as_mut().unwrap().node_name = Some(n.clone());
@@ -1029,7 +1070,7 @@ mod tests {
     fn required_anti_affinity_keeps_replicas_apart() {
         let mut st = State::default();
         for n in ["a", "b"] {
-            st.nodes.insert(n.into(), labelled(n, "z1"));
+            st.set_node(labelled(n, "z1"));
         }
         let anti = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
             {"labelSelector": {"matchLabels": {"app": "a"}}, "topologyKey": "kubernetes.io/hostname"}]}}});
@@ -1054,9 +1095,9 @@ mod tests {
     #[test]
     fn topology_spread_fills_the_emptier_zone_and_affinity_follows_its_peer() {
         let mut st = State::default();
-        st.nodes.insert("a".into(), labelled("a", "z1"));
-        st.nodes.insert("b".into(), labelled("b", "z1"));
-        st.nodes.insert("c".into(), labelled("c", "z2"));
+        st.set_node(labelled("a", "z1"));
+        st.set_node(labelled("b", "z1"));
+        st.set_node(labelled("c", "z2"));
         let spread = json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
             "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "a"}}}]});
         let mut zones = Vec::new();

@@ -74,12 +74,12 @@ impl State {
         let mut used = self
             .usage
             .get(node)
-            .map(|u| u.0.clone())
+            .map(|u| u.used.clone())
             .unwrap_or_default();
         let mut ports = self
             .usage
             .get(node)
-            .map(|u| u.1.clone())
+            .map(|u| u.ports.clone())
             .unwrap_or_default();
         for k in gone {
             if let Some((_, r, pp)) = self.counted.get(k) {
@@ -92,10 +92,7 @@ impl State {
         if let Some(r) = self.reserved(&key(p), priority(p)).get(node) {
             used.add(r);
         }
-        let have = match self.alloc.get(node) {
-            Some(a) => a.clone(),
-            None => super::allocatable(n),
-        };
+        let have = super::allocatable(n);
         let mut why = super::filter_with(p, &requests(p), n, &have, &used, &ports);
         if why.is_empty() && needs_view(p, !self.anti.is_empty()) {
             let mut by_node = self.by_node.clone();
@@ -285,9 +282,7 @@ mod tests {
     fn the_least_important_victims_on_the_best_node_are_chosen() {
         let mut st = State::default();
         for n in [node("a", "4", None), node("b", "4", None)] {
-            let name = n.metadata.name.clone().unwrap();
-            st.alloc.insert(name.clone(), super::super::allocatable(&n));
-            st.nodes.insert(name, n);
+            st.set_node(n);
         }
         // a: two low pods of priority 10 filling it; b: one pod of priority 50 and one of 10.
         bound(&mut st, pod("a1", "2", 10), "a");
@@ -327,8 +322,7 @@ mod tests {
     fn a_nominated_pod_keeps_its_room_from_lower_priority_pods() {
         let mut st = State::default();
         let n = node("a", "4", None);
-        st.alloc.insert("a".into(), super::super::allocatable(&n));
-        st.nodes.insert("a".into(), n);
+        st.set_node(n);
         bound(&mut st, pod("a1", "2", 10), "a");
         let high = pod("high", "2", 100);
         st.set_pod(&key(&high), Some(Arc::new(high.clone())));

@@ -128,7 +128,11 @@ impl Writer {
         let mut failed: Option<String> = None;
         let mut compacted = None;
 
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = self
+            .conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut st| st.execute([]))
+        {
             failed = Some(e.to_string());
         }
         for request in group.iter_mut() {
@@ -143,7 +147,11 @@ impl Writer {
             results.push(result);
         }
         if failed.is_none() {
-            if let Err(e) = self.conn.execute_batch("COMMIT") {
+            if let Err(e) = self
+                .conn
+                .prepare_cached("COMMIT")
+                .and_then(|mut st| st.execute([]))
+            {
                 failed = Some(e.to_string());
             }
         }
