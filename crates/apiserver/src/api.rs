@@ -1107,16 +1107,22 @@ impl Api {
             // fields pruned and reported as fieldValidation asks (apply reported them already).
             let mut ignored = Vec::new();
             let apply_mode = ctx.media_type() == APPLY_PATCH;
-            let decoded = decode_checked(
-                kind,
-                ctx,
-                new_served,
-                if apply_mode {
-                    &mut ignored
-                } else {
-                    &mut warnings
-                },
-            )?;
+            // A binding is the server's own change of a stored pod: nothing to decode.
+            let binding = sub == Some("binding");
+            let decoded = if binding {
+                new_served
+            } else {
+                decode_checked(
+                    kind,
+                    ctx,
+                    new_served,
+                    if apply_mode {
+                        &mut ignored
+                    } else {
+                        &mut warnings
+                    },
+                )?
+            };
             let new = convert::to_storage(kind, decoded);
             let mut new = self.merge_update(kind, sub, &old, new)?;
             rules::default(kind, &mut new);
@@ -1125,7 +1131,8 @@ impl Api {
             if !errs.is_empty() {
                 return Err(ApiError::invalid(kind, &name, errs));
             }
-            if ctx.media_type() != APPLY_PATCH {
+            // As Kubernetes' binding storage, which updates the pod without a field manager.
+            if ctx.media_type() != APPLY_PATCH && !binding {
                 apply::record_update(
                     Some(&old),
                     &mut new,
@@ -1222,6 +1229,13 @@ impl Api {
                 meta_mut(&mut out).insert("managedFields".into(), mf);
             }
             return Ok(out);
+        }
+        if sub == Some("binding") {
+            // pods/binding: nodeName and the PodScheduled condition, set from the stored pod.
+            let nm = meta_mut(&mut new);
+            nm.remove("resourceVersion");
+            nm.remove("selfLink");
+            return Ok(new);
         }
         if sub == Some("finalize") {
             // namespaces/finalize changes spec.finalizers and nothing else.
@@ -1601,10 +1615,11 @@ impl Api {
             kind: t.kind.clone(),
             namespace: t.namespace.clone(),
             name: t.name.clone(),
-            sub: None,
+            sub: Some("binding".into()),
         };
         let name = t.name.clone().unwrap_or_default();
         let kind = t.kind.clone();
+        let at = now();
         self.write(
             &inner,
             ctx,
@@ -1625,6 +1640,21 @@ impl Api {
                     ));
                 }
                 v["spec"]["nodeName"] = json!(node);
+                // PodScheduled becomes True, as Kubernetes' binding sets it.
+                let scheduled = json!({"type": "PodScheduled", "status": "True",
+                    "lastProbeTime": null, "lastTransitionTime": at});
+                if !v.get("status").is_some_and(Value::is_object) {
+                    v["status"] = json!({});
+                }
+                let conds = v["status"]
+                    .as_object_mut()
+                    .unwrap()
+                    .entry("conditions")
+                    .or_insert_with(|| json!([]));
+                if let Some(list) = conds.as_array_mut() {
+                    list.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+                    list.insert(0, scheduled);
+                }
                 Ok(v)
             },
             false,

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     Node, PersistentVolume, PersistentVolumeClaim, Pod, Taint, Toleration,
 };
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -409,6 +410,8 @@ struct State {
     nominated: HashMap<String, String>,
     /// Claims, volumes and storage classes, for VolumeBinding.
     volumes: volumes::Volumes,
+    /// PodDisruptionBudgets, which preemption spares where it can.
+    budgets: HashMap<String, Arc<PodDisruptionBudget>>,
 }
 
 fn host_ports(p: &Pod) -> Vec<(String, i32)> {
@@ -619,6 +622,7 @@ enum Change {
     Claim(Option<Arc<PersistentVolumeClaim>>, String),
     Volume(Option<Arc<PersistentVolume>>, String),
     Class(Option<Arc<StorageClass>>, String),
+    Budget(Option<Arc<PodDisruptionBudget>>, String),
     Pod(Option<Arc<Pod>>, String),
     NodesListed(std::collections::HashSet<String>),
     PodsListed(std::collections::HashSet<String>),
@@ -684,7 +688,19 @@ pub async fn run(client: kube::Client) {
                 _ => None,
             }
         });
+    let budget_events = crate::follow(kube::Api::<PodDisruptionBudget>::all(client.clone()))
+        .filter_map(|e| async move {
+            match e {
+                crate::Seen::Applied(b) => {
+                    let k = crate::key_of(&b);
+                    Some(Change::Budget(Some(Arc::new(b)), k))
+                }
+                crate::Seen::Deleted(b) => Some(Change::Budget(None, crate::key_of(&b))),
+                _ => None,
+            }
+        });
     let mut events = futures::stream::select_all([
+        budget_events.boxed(),
         node_events.boxed(),
         pod_events.boxed(),
         claim_events.boxed(),
@@ -742,6 +758,12 @@ pub async fn run(client: kube::Client) {
                         None => st.volumes.pvs.remove(&k),
                     };
                     st.unschedulable.clear();
+                }
+                Change::Budget(b, k) => {
+                    match b {
+                        Some(b) => st.budgets.insert(k, b),
+                        None => st.budgets.remove(&k),
+                    };
                 }
                 Change::Class(c, k) => {
                     match c {

@@ -18,6 +18,8 @@ use crate::schedplugins::{needs_view, Placed, PodView};
 pub struct Plan {
     pub node: String,
     pub victims: Vec<Arc<Pod>>,
+    /// How many of the victims their PodDisruptionBudgets would not allow to go.
+    pub violations: usize,
 }
 
 pub fn priority(p: &Pod) -> i32 {
@@ -114,6 +116,40 @@ impl State {
         why
     }
 
+    /// The pods among `pods` whose deletion, all together, their PodDisruptionBudgets would
+    /// not allow (each budget's `disruptionsAllowed` spent in the order given).
+    fn budget_breakers(&self, pods: &[Arc<Pod>]) -> HashSet<String> {
+        let mut out = HashSet::new();
+        let mut left: HashMap<&str, i64> = HashMap::new();
+        for o in pods {
+            let ns = o.metadata.namespace.as_deref().unwrap_or_default();
+            let labels = o.metadata.labels.clone().unwrap_or_default();
+            for (k, b) in &self.budgets {
+                if b.metadata.namespace.as_deref() != Some(ns)
+                    || !crate::schedplugins::selects(
+                        b.spec.as_ref().and_then(|s| s.selector.as_ref()),
+                        &labels,
+                    )
+                {
+                    continue;
+                }
+                let n = left.entry(k.as_str()).or_insert_with(|| {
+                    i64::from(
+                        b.status
+                            .as_ref()
+                            .map(|s| s.disruptions_allowed)
+                            .unwrap_or(0),
+                    )
+                });
+                *n -= 1;
+                if *n < 0 {
+                    out.insert(key(o));
+                }
+            }
+        }
+        out
+    }
+
     /// Plans the preemption that would let `p` in, or says (as the `preemption:` part of
     /// the scheduler's message) why there is none.
     pub(super) fn preempt(&self, p: &Pod) -> Result<Plan, String> {
@@ -176,27 +212,38 @@ impl State {
                 }
                 continue;
             }
-            // Reprieve the most important first, keeping each that still leaves room.
+            // Reprieve the most important first, keeping each that still leaves room: those
+            // whose budgets would be broken first, then the others.
             lower.sort_by_cached_key(|o| importance(o));
+            let breaking = self.budget_breakers(&lower);
+            let (mut first, rest): (Vec<_>, Vec<_>) =
+                lower.into_iter().partition(|o| breaking.contains(&key(o)));
+            let first_len = first.len();
+            first.extend(rest);
             let mut victims = Vec::new();
-            for o in lower {
+            let mut violations = 0;
+            for (i, o) in first.into_iter().enumerate() {
                 let k = key(&o);
                 gone.remove(&k);
                 if !self.fits_without(p, name, &gone).is_empty() {
                     gone.insert(k);
                     victims.push(o);
+                    if i < first_len {
+                        violations += 1;
+                    }
                 }
             }
             candidates.push(Plan {
                 node: name.clone(),
                 victims,
+                violations,
             });
         }
         if candidates.is_empty() {
             return Err(summary(self.nodes.len(), &reasons));
         }
-        // The node whose victims matter least: the lowest highest priority, then the
-        // lowest sum of priorities, then the fewest.
+        // The node whose victims matter least: the fewest budgets broken, the lowest
+        // highest priority, then the lowest sum of priorities, then the fewest.
         candidates
             .into_iter()
             .min_by_key(|c| {
@@ -211,7 +258,7 @@ impl State {
                     .iter()
                     .map(|v| i64::from(priority(v)) + i64::from(i32::MAX) + 1)
                     .sum();
-                (top, sum, c.victims.len())
+                (c.violations, top, sum, c.victims.len())
             })
             .ok_or_else(String::new)
     }
@@ -261,6 +308,7 @@ pub async fn carry_out(client: kube::Client, p: Arc<Pod>, plan: Plan, msg: Strin
 mod tests {
     use super::super::tests::{node, place};
     use super::*;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
     fn pod(name: &str, cpu: &str, prio: i32) -> Pod {
         serde_json::from_value(json!({
@@ -316,6 +364,31 @@ mod tests {
             st.preempt(&huge).err().unwrap(),
             "0/2 nodes are available: 2 Insufficient cpu."
         );
+    }
+
+    #[test]
+    fn a_disruption_budget_steers_preemption_to_another_node() {
+        let mut st = State::default();
+        st.set_node(node("a", "2", None));
+        st.set_node(node("b", "2", None));
+        let mut guarded = pod("a1", "2", 10);
+        guarded.metadata.labels = Some([("app".to_string(), "db".to_string())].into());
+        bound(&mut st, guarded, "a");
+        bound(&mut st, pod("b1", "2", 20), "b");
+        let high = pod("high", "2", 100);
+        st.set_pod(&key(&high), Some(Arc::new(high.clone())));
+        // Unguarded, the least important victim is a1.
+        assert_eq!(st.preempt(&high).unwrap().node, "a");
+        let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+            "metadata": {"name": "db", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "db"}}, "minAvailable": 1},
+            "status": {"disruptionsAllowed": 0, "currentHealthy": 1, "desiredHealthy": 1,
+                "expectedPods": 1}
+        }))
+        .unwrap();
+        st.budgets.insert("default/db".into(), Arc::new(pdb));
+        let plan = st.preempt(&high).unwrap();
+        assert_eq!((plan.node.as_str(), plan.violations), ("b", 0));
     }
 
     #[test]
