@@ -619,14 +619,58 @@ impl State {
 
 enum Change {
     Node(Option<Box<Node>>, String),
-    Claim(Option<Arc<PersistentVolumeClaim>>, String),
-    Volume(Option<Arc<PersistentVolume>>, String),
-    Class(Option<Arc<StorageClass>>, String),
-    Budget(Option<Arc<PodDisruptionBudget>>, String),
+    /// A change to one of the other kinds the scheduler keeps, as what it does to the state.
+    Kept(Box<dyn FnOnce(&mut State) + Send>),
     Pod(Option<Arc<Pod>>, String),
     NodesListed(std::collections::HashSet<String>),
     PodsListed(std::collections::HashSet<String>),
     Relisted,
+}
+
+fn put<V>(m: &mut HashMap<String, Arc<V>>, k: String, v: Option<Arc<V>>) {
+    match v {
+        Some(v) => m.insert(k, v),
+        None => m.remove(&k),
+    };
+}
+
+/// A watch of every `K` the scheduler keeps (by `ns/name`, or `name` if cluster-scoped), as
+/// changes that `set` them into the state or, after a relist, `keep` only the keys listed.
+fn kept<K>(
+    client: &kube::Client,
+    set: fn(&mut State, String, Option<Arc<K>>),
+    keep: fn(&mut State, &HashSet<String>),
+) -> futures::stream::BoxStream<'static, Change>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let name = |k: String| k.strip_prefix('/').map(str::to_string).unwrap_or(k);
+    crate::follow(kube::Api::<K>::all(client.clone()))
+        .filter_map(move |e| async move {
+            let f: Box<dyn FnOnce(&mut State) + Send> = match e {
+                crate::Seen::Applied(o) => {
+                    let k = name(crate::key_of(&o));
+                    Box::new(move |st| set(st, k, Some(Arc::new(o))))
+                }
+                crate::Seen::Deleted(o) => {
+                    let k = name(crate::key_of(&o));
+                    Box::new(move |st| set(st, k, None))
+                }
+                crate::Seen::Listed(keys) => {
+                    let keys: HashSet<String> = keys.into_iter().map(name).collect();
+                    Box::new(move |st| keep(st, &keys))
+                }
+                crate::Seen::Nothing => return None,
+            };
+            Some(Change::Kept(f))
+        })
+        .boxed()
 }
 
 /// Runs the scheduler until the process ends.
@@ -651,61 +695,36 @@ pub async fn run(client: kube::Client) {
         crate::Seen::Listed(keys) => Change::PodsListed(keys),
         crate::Seen::Nothing => Change::Relisted,
     });
-    let claim_events = crate::follow(kube::Api::<PersistentVolumeClaim>::all(client.clone()))
-        .filter_map(|e| async move {
-            match e {
-                crate::Seen::Applied(c) => {
-                    let k = crate::key_of(&c);
-                    Some(Change::Claim(Some(Arc::new(c)), k))
-                }
-                crate::Seen::Deleted(c) => Some(Change::Claim(None, crate::key_of(&c))),
-                _ => None,
-            }
-        });
-    let volume_events = crate::follow(kube::Api::<PersistentVolume>::all(client.clone()))
-        .filter_map(|e| async move {
-            match e {
-                crate::Seen::Applied(v) => {
-                    let k = v.metadata.name.clone().unwrap_or_default();
-                    Some(Change::Volume(Some(Arc::new(v)), k))
-                }
-                crate::Seen::Deleted(v) => {
-                    Some(Change::Volume(None, v.metadata.name.unwrap_or_default()))
-                }
-                _ => None,
-            }
-        });
-    let class_events =
-        crate::follow(kube::Api::<StorageClass>::all(client.clone())).filter_map(|e| async move {
-            match e {
-                crate::Seen::Applied(c) => {
-                    let k = c.metadata.name.clone().unwrap_or_default();
-                    Some(Change::Class(Some(Arc::new(c)), k))
-                }
-                crate::Seen::Deleted(c) => {
-                    Some(Change::Class(None, c.metadata.name.unwrap_or_default()))
-                }
-                _ => None,
-            }
-        });
-    let budget_events = crate::follow(kube::Api::<PodDisruptionBudget>::all(client.clone()))
-        .filter_map(|e| async move {
-            match e {
-                crate::Seen::Applied(b) => {
-                    let k = crate::key_of(&b);
-                    Some(Change::Budget(Some(Arc::new(b)), k))
-                }
-                crate::Seen::Deleted(b) => Some(Change::Budget(None, crate::key_of(&b))),
-                _ => None,
-            }
-        });
+    let claim_events = kept::<PersistentVolumeClaim>(
+        &client,
+        |st, k, c| put(&mut st.volumes.claims, k, c),
+        |st, keys| st.volumes.claims.retain(|k, _| keys.contains(k)),
+    );
+    let volume_events = kept::<PersistentVolume>(
+        &client,
+        |st, k, v| match v {
+            Some(v) => drop(st.volumes.pvs.insert(k, v)),
+            None => drop(st.volumes.pvs.remove(&k)),
+        },
+        |st, keys| st.volumes.pvs.retain(|k, _| keys.contains(k)),
+    );
+    let class_events = kept::<StorageClass>(
+        &client,
+        |st, k, c| put(&mut st.volumes.classes, k, c),
+        |st, keys| st.volumes.classes.retain(|k, _| keys.contains(k)),
+    );
+    let budget_events = kept::<PodDisruptionBudget>(
+        &client,
+        |st, k, b| put(&mut st.budgets, k, b),
+        |st, keys| st.budgets.retain(|k, _| keys.contains(k)),
+    );
     let mut events = futures::stream::select_all([
-        budget_events.boxed(),
         node_events.boxed(),
         pod_events.boxed(),
-        claim_events.boxed(),
-        volume_events.boxed(),
-        class_events.boxed(),
+        claim_events,
+        volume_events,
+        class_events,
+        budget_events,
     ]);
     let mut st = State::default();
     let mut retry = tokio::time::interval(Duration::from_secs(30));
@@ -744,32 +763,9 @@ pub async fn run(client: kube::Client) {
                     st.unschedulable.clear();
                 }
                 Change::Node(None, name) => st.remove_node(&name),
-                // Claims, volumes and classes that change could help pods waiting on them.
-                Change::Claim(c, k) => {
-                    match c {
-                        Some(c) => st.volumes.claims.insert(k, c),
-                        None => st.volumes.claims.remove(&k),
-                    };
-                    st.unschedulable.clear();
-                }
-                Change::Volume(v, k) => {
-                    match v {
-                        Some(v) => st.volumes.pvs.insert(k, v),
-                        None => st.volumes.pvs.remove(&k),
-                    };
-                    st.unschedulable.clear();
-                }
-                Change::Budget(b, k) => {
-                    match b {
-                        Some(b) => st.budgets.insert(k, b),
-                        None => st.budgets.remove(&k),
-                    };
-                }
-                Change::Class(c, k) => {
-                    match c {
-                        Some(c) => st.volumes.classes.insert(k, c),
-                        None => st.volumes.classes.remove(&k),
-                    };
+                // Claims, volumes, classes and budgets that change could help pods waiting.
+                Change::Kept(apply) => {
+                    apply(&mut st);
                     st.unschedulable.clear();
                 }
                 Change::Pod(Some(p), k) => {
