@@ -24,10 +24,13 @@ const NAME: &str = "daemonset-controller";
 
 /// Runs the controller until the process ends.
 pub async fn run(client: kube::Client) {
-    owned::run::<DaemonSet, Pod, _>(client, "daemonset", true, DaemonSets).await
+    owned::run::<DaemonSet, Pod, _>(client, "daemonset", true, DaemonSets::default()).await
 }
 
-struct DaemonSets;
+#[derive(Default)]
+struct DaemonSets {
+    revisions: revisions::Known,
+}
 
 /// The tolerations Kubernetes adds to every daemon pod.
 fn daemon_tolerations(spec: &mut Value) {
@@ -148,7 +151,10 @@ impl owned::Reconciler<DaemonSet, Pod> for DaemonSets {
             .as_i64()
             .unwrap_or(10)
             .max(0) as usize;
-        let (hash, _) = revisions::current(client, &v, "apps/v1", "DaemonSet", history).await?;
+        let (hash, _) = self
+            .revisions
+            .current(client, &v, "apps/v1", "DaemonSet", history)
+            .await?;
         let min_ready = v["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
         let strategy = v["spec"]["updateStrategy"]["type"]
             .as_str()

@@ -2,13 +2,51 @@
 //! template, named `<owner>-<hash>`, labelled `controller-revision-hash`, its `data` the
 //! patch that restores the template (what `kubectl rollout undo` applies) and its
 //! `revision` a number that grows with each change (a template that comes back takes the
-//! next number, as in Kubernetes).
+//! next number, as in Kubernetes). Controllers keep what they last settled per owner
+//! ([`Known`]), so only a changed template costs API calls.
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
 pub const HASH_LABEL: &str = "controller-revision-hash";
+
+/// What a controller last settled per owner (by UID): the template's hash and revision,
+/// so a reconcile whose template has not changed needs no list of the revisions.
+#[derive(Default)]
+pub struct Known(std::sync::Mutex<std::collections::HashMap<String, (String, usize, i64)>>);
+
+impl Known {
+    /// [`current`], skipping the API when the owner's template (and history limit) are the
+    /// ones last settled.
+    pub async fn current(
+        &self,
+        client: &kube::Client,
+        owner: &Value,
+        api_version: &str,
+        kind: &str,
+        history: usize,
+    ) -> anyhow::Result<(String, i64)> {
+        let uid = owner["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let hash = crate::deployment::template_hash(&owner["spec"]["template"], 0);
+        if let Some((h, limit, rev)) = self.0.lock().unwrap().get(&uid) {
+            if *h == hash && *limit == history {
+                return Ok((hash, *rev));
+            }
+        }
+        let got = current(client, owner, api_version, kind, history).await?;
+        let mut m = self.0.lock().unwrap();
+        // Owners deleted since are forgotten now and then (the map stays small).
+        if m.len() > 10_000 {
+            m.clear();
+        }
+        m.insert(uid, (got.0.clone(), history, got.1));
+        Ok(got)
+    }
+}
 
 /// The current revision of an owner's template: `(hash, revision number)`, creating or
 /// renumbering its ControllerRevision as needed; older ones beyond `history` are deleted.

@@ -25,10 +25,13 @@ const NAME: &str = "statefulset-controller";
 
 /// Runs the controller until the process ends.
 pub async fn run(client: kube::Client) {
-    owned::run::<StatefulSet, Pod, _>(client, "statefulset", false, StatefulSets).await
+    owned::run::<StatefulSet, Pod, _>(client, "statefulset", false, StatefulSets::default()).await
 }
 
-struct StatefulSets;
+#[derive(Default)]
+struct StatefulSets {
+    revisions: revisions::Known,
+}
 
 fn ordinal(set: &str, p: &Pod) -> Option<i64> {
     p.metadata
@@ -154,7 +157,10 @@ impl owned::Reconciler<StatefulSet, Pod> for StatefulSets {
             .as_i64()
             .unwrap_or(10)
             .max(0) as usize;
-        let (hash, _) = revisions::current(client, &v, "apps/v1", "StatefulSet", history).await?;
+        let (hash, _) = self
+            .revisions
+            .current(client, &v, "apps/v1", "StatefulSet", history)
+            .await?;
         let update_rev = format!("{name}-{hash}");
         let current_rev = v["status"]["currentRevision"]
             .as_str()
