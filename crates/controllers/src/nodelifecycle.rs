@@ -91,12 +91,64 @@ struct State {
     /// The last heartbeat seen per node (lease renewTime or Ready heartbeat) and when.
     seen: HashMap<String, (Option<String>, Option<String>, Instant)>,
     pods: HashMap<String, Arc<Pod>>,
+    /// The keys of the pods on each node, so an outage looks at that node's pods only.
+    by_node: HashMap<String, std::collections::HashSet<String>>,
     /// When this controller saw each NoExecute taint on a node appear, by (node, key).
     tainted_at: HashMap<(String, String), Instant>,
     /// Pods already evicted (by UID), so one is deleted once.
     evicted: std::collections::HashSet<String>,
     /// Nodes whose pods were already marked not ready for this outage.
     marked: std::collections::HashSet<String>,
+}
+
+impl State {
+    fn node_of(p: &Pod) -> Option<&str> {
+        p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+    }
+
+    fn put_pod(&mut self, k: String, p: Arc<Pod>) {
+        if let Some(n) = Self::node_of(&p) {
+            self.by_node
+                .entry(n.to_string())
+                .or_default()
+                .insert(k.clone());
+        }
+        if let Some(old) = self.pods.insert(k.clone(), p) {
+            self.unindex(&k, &old);
+        }
+    }
+
+    fn drop_pod(&mut self, k: &str) -> Option<Arc<Pod>> {
+        let p = self.pods.remove(k)?;
+        self.unindex(k, &p);
+        Some(p)
+    }
+
+    /// Takes `k` out of the index of `old`'s node unless it is still there.
+    fn unindex(&mut self, k: &str, old: &Pod) {
+        let Some(n) = Self::node_of(old) else { return };
+        let still = self
+            .pods
+            .get(k)
+            .is_some_and(|p| Self::node_of(p) == Some(n));
+        if !still {
+            if let Some(s) = self.by_node.get_mut(n) {
+                s.remove(k);
+                if s.is_empty() {
+                    self.by_node.remove(n);
+                }
+            }
+        }
+    }
+
+    /// The pods bound to `node`.
+    fn on_node(&self, node: &str) -> impl Iterator<Item = &Arc<Pod>> {
+        self.by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(k))
+    }
 }
 
 /// Runs the controller until the process ends.
@@ -190,18 +242,28 @@ fn apply(st: &mut State, e: Change) {
                 .and_then(|s| s.node_name.as_deref())
                 .is_some()
             {
-                st.pods.insert(k, p);
+                st.put_pod(k, p);
             } else {
-                st.pods.remove(&k);
+                st.drop_pod(&k);
             }
         }
         Change::Pod(None, k) => {
-            if let Some(p) = st.pods.remove(&k) {
+            if let Some(p) = st.drop_pod(&k) {
                 st.evicted
                     .remove(p.metadata.uid.as_deref().unwrap_or_default());
             }
         }
-        Change::PodsListed(keys) => st.pods.retain(|k, _| keys.contains(k)),
+        Change::PodsListed(keys) => {
+            let gone: Vec<String> = st
+                .pods
+                .keys()
+                .filter(|k| !keys.contains(*k))
+                .cloned()
+                .collect();
+            for k in gone {
+                st.drop_pod(&k);
+            }
+        }
         Change::Other => {}
     }
 }
@@ -356,11 +418,9 @@ async fn monitor(client: &kube::Client, st: &mut State, grace: Duration) {
             .copied()
             .unwrap_or(now);
         let victims: Vec<Arc<Pod>> = st
-            .pods
-            .values()
+            .on_node(&name)
             .filter(|p| {
-                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())
-                    && p.metadata.deletion_timestamp.is_none()
+                p.metadata.deletion_timestamp.is_none()
                     && !st
                         .evicted
                         .contains(p.metadata.uid.as_deref().unwrap_or_default())
@@ -376,10 +436,7 @@ async fn monitor(client: &kube::Client, st: &mut State, grace: Duration) {
 
 async fn mark_pods_not_ready(client: &kube::Client, st: &State, node: &str) {
     let now = crate::now();
-    for p in st.pods.values() {
-        if p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node) {
-            continue;
-        }
+    for p in st.on_node(node) {
         let Some(conds) = p.status.as_ref().and_then(|s| s.conditions.as_ref()) else {
             continue;
         };
@@ -469,6 +526,26 @@ mod tests {
             effect: "NoExecute".into(),
             ..Default::default()
         }]
+    }
+
+    #[test]
+    fn the_pods_of_a_node_are_found_without_scanning_the_others() {
+        let on = |node: &str| -> Arc<Pod> {
+            Arc::new(
+                serde_json::from_value(json!({"metadata": {"name": "p"},
+                    "spec": {"containers": [], "nodeName": node}}))
+                .unwrap(),
+            )
+        };
+        let mut st = State::default();
+        st.put_pod("ns/a".into(), on("n1"));
+        st.put_pod("ns/b".into(), on("n2"));
+        st.put_pod("ns/a".into(), on("n1"));
+        assert_eq!(st.on_node("n1").count(), 1);
+        assert_eq!(st.on_node("n2").count(), 1);
+        st.drop_pod("ns/a");
+        assert_eq!(st.on_node("n1").count(), 0);
+        assert!(!st.by_node.contains_key("n1"));
     }
 
     #[test]
