@@ -62,14 +62,8 @@ fn daemon_tolerations(spec: &mut Value) {
 
 /// The daemon pod for `node`, from the template.
 fn pod_for(ds: &Value, node: &str, hash: &str) -> Value {
-    let t = &ds["spec"]["template"];
-    let mut meta = t.get("metadata").cloned().unwrap_or_else(|| json!({}));
-    let mut spec = t.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let (mut meta, mut spec) = owned::from_template(ds);
     let name = ds["metadata"]["name"].as_str().unwrap_or_default();
-    if let Some(m) = meta.as_object_mut() {
-        m.remove("name");
-        m.remove("namespace");
-    }
     meta["generateName"] = json!(format!("{name}-"));
     meta["labels"][revisions::HASH_LABEL] = json!(hash);
     meta["labels"]["pod-template-generation"] = json!(ds["metadata"]["generation"]

@@ -680,14 +680,8 @@ impl owned::Reconciler<Job> for Jobs {
 
 /// A pod from the Job's template (for index `idx` in Indexed mode).
 fn pod_for(job: &Value, name: &str, idx: Option<i64>) -> Value {
-    let t = &job["spec"]["template"];
-    let mut meta = t.get("metadata").cloned().unwrap_or_else(|| json!({}));
-    let mut spec = t.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let (mut meta, mut spec) = owned::from_template(job);
     meta["finalizers"] = json!([TRACKING]);
-    if let Some(m) = meta.as_object_mut() {
-        m.remove("name");
-        m.remove("namespace");
-    }
     match idx {
         Some(i) => {
             meta["generateName"] = json!(format!("{name}-{i}-"));

@@ -364,6 +364,26 @@ pub fn owner_ref(api_version: &str, kind: &str, m: &kube::api::ObjectMeta) -> se
     })
 }
 
+/// The metadata and spec of a new pod from `owner`'s `spec.template`, with the name,
+/// generateName and namespace taken off (the caller names it).
+pub fn from_template(owner: &serde_json::Value) -> (serde_json::Value, serde_json::Value) {
+    let t = &owner["spec"]["template"];
+    let mut meta = t
+        .get("metadata")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    let spec = t
+        .get("spec")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    if let Some(m) = meta.as_object_mut() {
+        m.remove("name");
+        m.remove("generateName");
+        m.remove("namespace");
+    }
+    (meta, spec)
+}
+
 /// The pod's phase.
 pub fn phase(p: &Pod) -> &str {
     p.status

@@ -50,14 +50,8 @@ fn healthy(p: &Pod) -> bool {
 /// The pod for `ordinal`, at revision `rev` (the revision's name).
 fn pod_for(set: &Value, ordinal: i64, rev: &str) -> Value {
     let name = set["metadata"]["name"].as_str().unwrap_or_default();
-    let t = &set["spec"]["template"];
-    let mut meta = t.get("metadata").cloned().unwrap_or_else(|| json!({}));
-    let mut spec = t.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let (mut meta, mut spec) = owned::from_template(set);
     let pod_name = format!("{name}-{ordinal}");
-    if let Some(m) = meta.as_object_mut() {
-        m.remove("generateName");
-        m.remove("namespace");
-    }
     meta["name"] = json!(pod_name);
     meta["labels"][revisions::HASH_LABEL] = json!(rev);
     meta["labels"]["statefulset.kubernetes.io/pod-name"] = json!(pod_name);
