@@ -49,14 +49,16 @@ pub async fn run(client: kube::Client) {
     });
     let mut events = futures::stream::select(pdbs.boxed(), pods.boxed());
     let mut budgets: HashMap<String, Arc<PodDisruptionBudget>> = HashMap::new();
-    let mut all_pods: HashMap<String, Arc<Pod>> = HashMap::new();
+    // Pods by namespace, then key: a budget looks at its namespace only.
+    let mut all_pods: HashMap<String, HashMap<String, Arc<Pod>>> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
+        // The budgets to recompute.
         let mut dirty: BTreeSet<String> = BTreeSet::new();
         let first = tokio::select! {
             e = events.next() => match e { Some(e) => Some(e), None => return },
             _ = tick.tick() => {
-                dirty.extend(budgets.keys().map(|k| ns_of(k)));
+                dirty.extend(budgets.keys().cloned());
                 None
             }
         };
@@ -67,34 +69,47 @@ pub async fn run(client: kube::Client) {
         for c in batch {
             match c {
                 Change::Pdb(Some(p), k) => {
-                    dirty.insert(ns_of(&k));
+                    dirty.insert(k.clone());
                     budgets.insert(k, p);
                 }
                 Change::Pdb(None, k) => {
                     budgets.remove(&k);
                 }
                 Change::Pod(p, k) => {
-                    dirty.insert(ns_of(&k));
-                    match p {
-                        Some(p) => all_pods.insert(k, p),
-                        None => all_pods.remove(&k),
+                    let ns = ns_of(&k);
+                    let in_ns = all_pods.entry(ns.clone()).or_default();
+                    let old = match &p {
+                        Some(p) => in_ns.insert(k, p.clone()),
+                        None => in_ns.remove(&k),
                     };
+                    if in_ns.is_empty() {
+                        all_pods.remove(&ns);
+                    }
+                    // The budgets that select the pod as it was or as it is.
+                    for (bk, b) in &budgets {
+                        if ns_of(bk) == ns
+                            && [old.as_ref(), p.as_ref()]
+                                .into_iter()
+                                .flatten()
+                                .any(|p| selects(b, p))
+                        {
+                            dirty.insert(bk.clone());
+                        }
+                    }
                 }
                 Change::Other => {}
             }
         }
-        for ns in dirty {
-            let keys: Vec<String> = budgets.keys().filter(|k| ns_of(k) == ns).cloned().collect();
-            for k in keys {
-                let pdb = budgets[&k].clone();
-                let pods: Vec<Arc<Pod>> = all_pods
-                    .iter()
-                    .filter(|(pk, _)| ns_of(pk) == ns)
-                    .map(|(_, p)| p.clone())
-                    .collect();
-                if let Err(e) = reconcile(&client, &pdb, &pods).await {
-                    eprintln!("berth controllers: disruption budget {k}: {e}");
-                }
+        for k in dirty {
+            let Some(pdb) = budgets.get(&k).cloned() else {
+                continue;
+            };
+            let pods: Vec<Arc<Pod>> = all_pods
+                .get(&ns_of(&k))
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            if let Err(e) = reconcile(&client, &pdb, &pods).await {
+                eprintln!("berth controllers: disruption budget {k}: {e}");
             }
         }
     }
