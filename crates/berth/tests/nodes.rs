@@ -92,6 +92,23 @@ fn wait_for(ns: &str, what: &str, cond: &str) {
     }
 }
 
+/// Polls `f` every 200 ms until it gives a value; fails with `what` after `secs`.
+fn poll<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed().as_secs() < secs, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// `s`, unless it is empty.
+fn nonempty(s: String) -> Option<String> {
+    Some(s).filter(|s| !s.is_empty())
+}
+
 fn get(ns: &str, what: &str, path: &str) -> String {
     kubectl_ok(&["-n", ns, "get", what, "-o", &format!("jsonpath={path}")])
 }
@@ -2088,14 +2105,11 @@ spec:
         "ds/picky",
         "jsonpath={.status.desiredNumberScheduled}=0",
     );
-    let t0 = std::time::Instant::now();
-    while !kubectl_ok(&["-n", &ns, "get", "pods", "-l", "app=picky", "-o", "name"]).is_empty() {
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(60),
-            "the picky pod stayed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    poll("the picky pod stayed", 60, || {
+        kubectl_ok(&["-n", &ns, "get", "pods", "-l", "app=picky", "-o", "name"])
+            .is_empty()
+            .then_some(())
+    });
     // A rolling update, then back.
     kubectl_ok(&["-n", &ns, "set", "env", "ds/agent", "V=2"]);
     kubectl_ok(&["-n", &ns, "rollout", "status", "ds/agent", "--timeout=90s"]);
@@ -2708,18 +2722,13 @@ spec:
     d.0.server
         .ok(&["set", "image", "deployment/web", "c=busybox:midway"]);
     // Midway: the new ReplicaSet has some pods, not all.
-    let t0 = std::time::Instant::now();
-    loop {
+    poll("the rollout did not start", 60, || {
         let updated = d.jsonpath(&["get", "deployment", "web"], "{.status.updatedReplicas}");
-        if updated.parse::<i32>().is_ok_and(|n| (1..6).contains(&n)) {
-            break;
-        }
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(60),
-            "the rollout did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+        updated
+            .parse::<i32>()
+            .is_ok_and(|n| (1..6).contains(&n))
+            .then_some(())
+    });
     d.0.restart_server();
     d.0.server
         .ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
@@ -2796,9 +2805,8 @@ spec:
         "deployment/apart",
         "jsonpath={.status.readyReplicas}=2",
     );
-    let t0 = std::time::Instant::now();
-    let msg = loop {
-        let m = kubectl_ok(&[
+    let msg = poll("no pod was left unschedulable", 60, || {
+        nonempty(kubectl_ok(&[
             "-n",
             &ns,
             "get",
@@ -2807,16 +2815,8 @@ spec:
             "app=apart",
             "-o",
             "jsonpath={.items[*].status.conditions[?(@.reason==\"Unschedulable\")].message}",
-        ]);
-        if !m.is_empty() {
-            break m;
-        }
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(60),
-            "no pod was left unschedulable"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+        ]))
+    });
     assert!(
         msg.starts_with("0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules."),
         "{msg}"
@@ -2980,18 +2980,9 @@ spec:
             "{.items[*].status.conditions[?(@.reason==\"Unschedulable\")].message}",
         )
     };
-    let t0 = std::time::Instant::now();
-    let msg = loop {
-        let m = pending_msg();
-        if !m.is_empty() {
-            break m;
-        }
-        assert!(
-            t0.elapsed().as_secs() < 60,
-            "the replacement never showed why it waits"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+    let msg = poll("the replacement never showed why it waits", 60, || {
+        nonempty(pending_msg())
+    });
     assert_eq!(
         msg,
         "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
@@ -2999,21 +2990,12 @@ spec:
     // A pod whose class says Never waits rather than preempt.
     c.server
         .ok_in(&["apply", "-f", "-"], &pod("polite", "polite", small));
-    let t0 = std::time::Instant::now();
-    let msg = loop {
-        let m = d.jsonpath(
+    let msg = poll("polite never showed why it waits", 60, || {
+        nonempty(d.jsonpath(
             &["get", "pod", "polite"],
             "{.status.conditions[?(@.reason==\"Unschedulable\")].message}",
-        );
-        if !m.is_empty() {
-            break m;
-        }
-        assert!(
-            t0.elapsed().as_secs() < 60,
-            "polite never showed why it waits"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+        ))
+    });
     assert_eq!(
         msg,
         "0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never."
@@ -3270,16 +3252,14 @@ fn claims_that_wait_for_their_consumer_bind_to_local_volumes_on_the_pods_node() 
         format!("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: {name}}}\nspec:\n  storageClassName: {sc}\n  accessModes: [ReadWriteOnce]\n  resources: {{requests: {{storage: 1Gi}}}}\n")
     };
     kubectl_in(&["-n", &ns, "apply", "-f", "-"], &claim("idle"));
-    let t0 = std::time::Instant::now();
-    while get(
-        &ns,
-        "events",
-        "{.items[?(@.reason==\"WaitForFirstConsumer\")].message}",
-    ) != "waiting for first consumer to be created before binding"
-    {
-        assert!(t0.elapsed().as_secs() < 60, "no WaitForFirstConsumer event");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    poll("no WaitForFirstConsumer event", 60, || {
+        (get(
+            &ns,
+            "events",
+            "{.items[?(@.reason==\"WaitForFirstConsumer\")].message}",
+        ) == "waiting for first consumer to be created before binding")
+            .then_some(())
+    });
     assert_eq!(get(&ns, "pvc/idle", "{.status.phase}"), "Pending");
     // A StatefulSet's two claims: each pod goes where a volume is, and its claim binds there.
     kubectl_in(
