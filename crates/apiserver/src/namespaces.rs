@@ -11,24 +11,16 @@ use crate::api::Api;
 /// resumes finishing namespaces that were being deleted.
 pub async fn ensure_defaults(api: &Arc<Api>) -> Result<(), store::StoreError> {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        let key = format!("/registry/core/namespaces/{ns}");
-        if api.store.get(&key, 0).await?.is_none() {
-            let obj = json!({
+        ensure(api, &format!("/registry/core/namespaces/{ns}"), || {
+            json!({
                 "kind": "Namespace",
                 "apiVersion": "v1",
                 "metadata": {"name": ns, "uid": crate::api::new_uid(), "creationTimestamp": crate::now(), "labels": {"kubernetes.io/metadata.name": ns}},
                 "spec": {"finalizers": ["kubernetes"]},
                 "status": {"phase": "Active"},
-            });
-            match api
-                .store
-                .create(&key, serde_json::to_vec(&obj).unwrap())
-                .await
-            {
-                Ok(_) | Err(store::StoreError::AlreadyExists(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
+            })
+        })
+        .await?;
     }
     let list = api
         .store
@@ -46,6 +38,26 @@ pub async fn ensure_defaults(api: &Arc<Api>) -> Result<(), store::StoreError> {
         }
     }
     Ok(())
+}
+
+/// Stores the object `make` gives at `key` unless something is there already (another
+/// server may have made it meanwhile).
+pub async fn ensure(
+    api: &Api,
+    key: &str,
+    make: impl FnOnce() -> Value,
+) -> Result<(), store::StoreError> {
+    if api.store.get(key, 0).await?.is_some() {
+        return Ok(());
+    }
+    match api
+        .store
+        .create(key, serde_json::to_vec(&make()).unwrap_or_default())
+        .await
+    {
+        Ok(_) | Err(store::StoreError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Deletes everything in namespace `ns`, then the namespace.

@@ -33,27 +33,18 @@ const PREFIX: &str = "/registry/scheduling.k8s.io/priorityclasses/";
 /// Creates the system PriorityClasses if missing.
 pub async fn ensure_system_classes(api: &Arc<Api>) -> Result<(), store::StoreError> {
     for (name, value, description) in SYSTEM {
-        let key = format!("{PREFIX}{name}");
-        if api.store.get(&key, 0).await?.is_some() {
-            continue;
-        }
-        let obj = json!({
-            "kind": "PriorityClass",
-            "apiVersion": "scheduling.k8s.io/v1",
-            "metadata": {"name": name, "uid": crate::api::new_uid(), "creationTimestamp": crate::now()},
-            "value": value,
-            "globalDefault": false,
-            "description": description,
-            "preemptionPolicy": "PreemptLowerPriority",
-        });
-        match api
-            .store
-            .create(&key, serde_json::to_vec(&obj).unwrap())
-            .await
-        {
-            Ok(_) | Err(store::StoreError::AlreadyExists(_)) => {}
-            Err(e) => return Err(e),
-        }
+        crate::namespaces::ensure(api, &format!("{PREFIX}{name}"), || {
+            json!({
+                "kind": "PriorityClass",
+                "apiVersion": "scheduling.k8s.io/v1",
+                "metadata": {"name": name, "uid": crate::api::new_uid(), "creationTimestamp": crate::now()},
+                "value": value,
+                "globalDefault": false,
+                "description": description,
+                "preemptionPolicy": "PreemptLowerPriority",
+            })
+        })
+        .await?;
     }
     Ok(())
 }

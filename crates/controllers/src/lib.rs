@@ -190,6 +190,38 @@ pub enum Seen<K> {
     Nothing,
 }
 
+/// The keys of `have` that a relist's `listed` keys no longer hold (what went while a watch
+/// was down).
+pub fn unlisted<'a>(
+    have: impl Iterator<Item = &'a String>,
+    listed: &std::collections::HashSet<String>,
+) -> Vec<String> {
+    have.filter(|k| !listed.contains(*k)).cloned().collect()
+}
+
+/// What a controller watches and caches: any typed Kubernetes object.
+pub trait Object:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Object for T where
+    T: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// `namespace/name` (`/name` for cluster-scoped objects).
 pub fn key_of<K: kube::ResourceExt>(o: &K) -> String {
     format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())

@@ -254,13 +254,7 @@ fn apply(st: &mut State, e: Change) {
             }
         }
         Change::PodsListed(keys) => {
-            let gone: Vec<String> = st
-                .pods
-                .keys()
-                .filter(|k| !keys.contains(*k))
-                .cloned()
-                .collect();
-            for k in gone {
+            for k in crate::unlisted(st.pods.keys(), &keys) {
                 st.drop_pod(&k);
             }
         }

@@ -60,20 +60,8 @@ fn controller_uid<C: kube::Resource>(p: &C) -> Option<String> {
 /// Runs `r` over every `K` until the process ends (children of kind `C`).
 pub async fn run<K, C, R>(client: kube::Client, name: &'static str, watch_nodes: bool, r: R)
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    C: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: crate::Object,
+    C: crate::Object,
     R: Reconciler<K, C>,
 {
     let objs = crate::follow(kube::Api::<K>::all(client.clone())).map(|e| match e {

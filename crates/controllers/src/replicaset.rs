@@ -21,14 +21,7 @@ fn key_of(ns: &str, name: &str) -> String {
 
 /// What the loop needs of a ReplicaSet or a ReplicationController.
 pub trait Replicated:
-    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-    + Clone
-    + serde::de::DeserializeOwned
-    + serde::Serialize
-    + std::fmt::Debug
-    + Send
-    + Sync
-    + 'static
+    crate::Object + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope> + serde::Serialize
 {
     /// The component its events come from.
     const COMPONENT: &'static str;
@@ -42,6 +35,27 @@ pub trait Replicated:
     fn status_value(&self) -> Value;
 }
 
+/// The accessors both kinds' specs and statuses answer alike.
+macro_rules! same_shape {
+    () => {
+        fn replicas(&self) -> i32 {
+            self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+        }
+        fn min_ready_seconds(&self) -> i32 {
+            self.spec
+                .as_ref()
+                .and_then(|s| s.min_ready_seconds)
+                .unwrap_or(0)
+        }
+        fn template(&self) -> Option<&PodTemplateSpec> {
+            self.spec.as_ref().and_then(|s| s.template.as_ref())
+        }
+        fn status_value(&self) -> Value {
+            serde_json::to_value(&self.status).unwrap_or(Value::Null)
+        }
+    };
+}
+
 impl Replicated for ReplicaSet {
     const COMPONENT: &'static str = "replicaset-controller";
     fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
@@ -52,21 +66,7 @@ impl Replicated for ReplicaSet {
             && sel.match_expressions.as_deref().unwrap_or(&[]).is_empty();
         !empty && crate::schedplugins::selects(Some(sel), labels)
     }
-    fn replicas(&self) -> i32 {
-        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
-    }
-    fn min_ready_seconds(&self) -> i32 {
-        self.spec
-            .as_ref()
-            .and_then(|s| s.min_ready_seconds)
-            .unwrap_or(0)
-    }
-    fn template(&self) -> Option<&PodTemplateSpec> {
-        self.spec.as_ref().and_then(|s| s.template.as_ref())
-    }
-    fn status_value(&self) -> Value {
-        serde_json::to_value(&self.status).unwrap_or(Value::Null)
-    }
+    same_shape!();
 }
 
 impl Replicated for ReplicationController {
@@ -76,21 +76,7 @@ impl Replicated for ReplicationController {
         let sel = self.spec.as_ref().and_then(|s| s.selector.as_ref());
         sel.is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| labels.get(k) == Some(v)))
     }
-    fn replicas(&self) -> i32 {
-        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
-    }
-    fn min_ready_seconds(&self) -> i32 {
-        self.spec
-            .as_ref()
-            .and_then(|s| s.min_ready_seconds)
-            .unwrap_or(0)
-    }
-    fn template(&self) -> Option<&PodTemplateSpec> {
-        self.spec.as_ref().and_then(|s| s.template.as_ref())
-    }
-    fn status_value(&self) -> Value {
-        serde_json::to_value(&self.status).unwrap_or(Value::Null)
-    }
+    same_shape!();
 }
 
 fn controller_uid(p: &Pod) -> Option<&str> {

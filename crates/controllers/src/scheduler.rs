@@ -636,20 +636,11 @@ fn put<V>(m: &mut HashMap<String, Arc<V>>, k: String, v: Option<Arc<V>>) {
 
 /// A watch of every `K` the scheduler keeps (by `ns/name`, or `name` if cluster-scoped), as
 /// changes that `set` them into the state or, after a relist, `keep` only the keys listed.
-fn kept<K>(
+fn kept<K: crate::Object>(
     client: &kube::Client,
     set: fn(&mut State, String, Option<Arc<K>>),
     keep: fn(&mut State, &HashSet<String>),
-) -> futures::stream::BoxStream<'static, Change>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+) -> futures::stream::BoxStream<'static, Change> {
     let name = |k: String| k.strip_prefix('/').map(str::to_string).unwrap_or(k);
     crate::follow(kube::Api::<K>::all(client.clone()))
         .filter_map(move |e| async move {
@@ -808,24 +799,16 @@ pub async fn run(client: kube::Client) {
                 }
                 Change::NodesListed(keys) => {
                     // Node keys are `/name`.
-                    let gone: Vec<String> = st
-                        .nodes
-                        .keys()
-                        .filter(|n| !keys.contains(&format!("/{n}")))
-                        .cloned()
+                    let names = keys
+                        .iter()
+                        .map(|k| k.trim_start_matches('/').to_string())
                         .collect();
-                    for n in gone {
+                    for n in crate::unlisted(st.nodes.keys(), &names) {
                         st.remove_node(&n);
                     }
                 }
                 Change::PodsListed(keys) => {
-                    let gone: Vec<String> = st
-                        .pods
-                        .keys()
-                        .filter(|k| !keys.contains(*k))
-                        .cloned()
-                        .collect();
-                    for k in gone {
+                    for k in crate::unlisted(st.pods.keys(), &keys) {
                         st.active.remove(&k);
                         st.set_pod(&k, None);
                     }
