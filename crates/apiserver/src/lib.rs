@@ -104,6 +104,34 @@ pub struct Running {
     pub addr: SocketAddr,
     pub api: Arc<api::Api>,
     pub pki: pki::Pki,
+    server: Arc<server::Server>,
+}
+
+impl Running {
+    /// Serves a request from a client in this process (the server's own scheduler and
+    /// controllers) as `system:admin`: the same authorization, admission and metrics as a
+    /// request over the network, without TLS, a socket or HTTP framing.
+    pub fn local(
+        &self,
+    ) -> impl Fn(
+        http::Request<server::ReqBody>,
+    ) -> futures::future::BoxFuture<'static, http::Response<server::ResBody>>
+           + Clone
+           + Send
+           + Sync
+           + 'static {
+        let server = self.server.clone();
+        let user = auth::UserInfo {
+            name: "system:admin".into(),
+            uid: String::new(),
+            groups: vec!["system:masters".into(), "system:authenticated".into()],
+        };
+        move |req| {
+            let server = server.clone();
+            let user = user.clone();
+            Box::pin(async move { server.handle(req, Some(user)).await })
+        }
+    }
 }
 
 pub(crate) fn pem_certs(pem: &str) -> Vec<rustls_pki_types::CertificateDer<'static>> {
@@ -199,6 +227,11 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         documents: Default::default(),
         nodes: Arc::new(nodes::Nodes::new(Arc::new(pki.clone()))?),
     });
-    tokio::spawn(server::serve(srv, listener, Arc::new(tls)));
-    Ok(Running { addr, api, pki })
+    tokio::spawn(server::serve(srv.clone(), listener, Arc::new(tls)));
+    Ok(Running {
+        addr,
+        api,
+        pki,
+        server: srv,
+    })
 }

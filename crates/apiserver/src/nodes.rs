@@ -13,7 +13,6 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
@@ -108,7 +107,7 @@ impl Nodes {
     /// `POST /v1-berth/node-certificates` with `Authorization: Basic node:<join secret>`:
     /// signs the node's client certificate (`system:node:<name>` in `system:nodes`) and its
     /// kubelet serving certificate from the requests' keys.
-    pub async fn join(&self, req: Request<Incoming>) -> Response<ResBody> {
+    pub async fn join(&self, req: Request<crate::server::ReqBody>) -> Response<ResBody> {
         let authorized = req
             .headers()
             .get(http::header::AUTHORIZATION)
@@ -184,10 +183,13 @@ impl Nodes {
     pub async fn proxy(
         &self,
         api: &Api,
-        mut req: Request<Incoming>,
+        mut req: Request<crate::server::ReqBody>,
         t: &NodeSub<'_>,
     ) -> Response<ResBody> {
-        let target = match self.kubelet_path(api, &req, t).await {
+        let target = match self
+            .kubelet_path(api, req.uri().query().unwrap_or_default(), t)
+            .await
+        {
             Ok(t) => t,
             Err(e) => return error(&e),
         };
@@ -294,7 +296,7 @@ impl Nodes {
     async fn kubelet_path(
         &self,
         api: &Api,
-        req: &Request<Incoming>,
+        query: &str,
         t: &NodeSub<'_>,
     ) -> Result<(String, u16, String), ApiError> {
         let NodeSub {
@@ -304,7 +306,6 @@ impl Nodes {
             sub,
             rest,
         } = *t;
-        let query = req.uri().query().unwrap_or_default();
         let obj = api
             .cache
             .get(&kind.key(namespace, name))

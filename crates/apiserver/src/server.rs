@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 
@@ -35,7 +35,20 @@ pub struct Server {
     pub nodes: Arc<crate::nodes::Nodes>,
 }
 
-type ResBody = BoxBody<Bytes, Infallible>;
+pub type ResBody = BoxBody<Bytes, Infallible>;
+/// A request's body, from a connection or from a client in this process.
+pub type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BodyError>;
+
+/// Why reading a request's body failed.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct BodyError(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl BodyError {
+    pub fn new(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        BodyError(e.into())
+    }
+}
 
 fn full(status: u16, ct: &str, body: impl Into<Bytes>) -> Response<ResBody> {
     let mut r = Response::new(Full::new(body.into()).boxed());
@@ -143,7 +156,7 @@ impl Server {
 
     fn authenticate(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<ReqBody>,
         cert_user: Option<&UserInfo>,
     ) -> Option<UserInfo> {
         if let Some(h) = req
@@ -161,7 +174,7 @@ impl Server {
 
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         cert_user: Option<UserInfo>,
     ) -> Response<ResBody> {
         let start = Instant::now();
@@ -210,7 +223,7 @@ impl Server {
 
     async fn route(
         &self,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         user: Option<UserInfo>,
     ) -> (Response<ResBody>, String, String) {
         let path = req.uri().path().trim_end_matches('/').to_string();
@@ -676,9 +689,10 @@ pub async fn serve(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|c| crate::auth::user_from_cert(c));
-            let svc = hyper::service::service_fn(move |req| {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let server = server.clone();
                 let cu = cert_user.clone();
+                let req = req.map(|b| b.map_err(BodyError::new).boxed_unsync());
                 async move { Ok::<_, Infallible>(server.handle(req, cu).await) }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

@@ -110,22 +110,16 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
             a.write_kubeconfig.display()
         );
         if !a.disable_scheduler || !a.disable_controller_manager {
-            // The scheduler and controllers are clients of this server, as the admin.
-            let host = if running.addr.ip().is_unspecified() {
-                std::net::IpAddr::from([127, 0, 0, 1])
-            } else {
-                running.addr.ip()
-            };
-            let url = format!(
-                "https://{}",
-                std::net::SocketAddr::new(host, running.addr.port())
-            );
-            let kc = kube::config::Kubeconfig::from_yaml(&running.pki.admin_kubeconfig(&url))
-                .context("the controllers' kubeconfig")?;
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .context("the controllers' client")?;
-            let client = kube::Client::try_from(cfg).context("the controllers' client")?;
+            // The scheduler and controllers are clients of this server, as the admin, served
+            // in process: no TLS, socket or HTTP framing between them and the API.
+            let local = running.local();
+            let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+                use http_body_util::BodyExt;
+                let req = req.map(|b| b.map_err(apiserver::server::BodyError::new).boxed_unsync());
+                let call = local(req);
+                async move { Ok::<_, std::convert::Infallible>(call.await) }
+            });
+            let client = kube::Client::new(service, "default");
             let opts = controllers::Options {
                 scheduler: !a.disable_scheduler,
                 controllers: if a.disable_controller_manager {
