@@ -6,6 +6,7 @@
 //! (`kubelet`, `ws`), runs static pods from manifests (`static_pods`), and routes to the other nodes' pod CIDRs (`routes`). The engine it embeds also serves berth's and Docker's API on the
 //! node's engine socket.
 
+pub mod clusterdns;
 pub mod join;
 pub mod kubelet;
 pub mod node;
@@ -14,6 +15,7 @@ pub mod pods;
 pub mod podspec;
 pub mod portforward;
 pub mod probes;
+pub mod proxy;
 pub mod routes;
 pub mod spdy;
 pub mod static_pods;
@@ -32,6 +34,9 @@ use anyhow::{Context, Result};
 pub const RUNTIME: &str = "berth";
 
 /// What `berth agent` is told.
+/// The cluster's pod addresses (each node's pod CIDR is a block of it).
+pub const CLUSTER_CIDR: &str = "10.42.0.0/16";
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `https://HOST:PORT` of the API server.
@@ -64,6 +69,10 @@ pub struct Config {
     pub registries: engine::distribution::RegistryOptions,
     /// This is the server's own node (labelled as a control-plane node).
     pub control_plane: bool,
+    /// The resolvers for names outside the cluster, and `dnsPolicy: Default`'s file.
+    pub resolv_conf: PathBuf,
+    /// `cluster.local`.
+    pub cluster_domain: String,
 }
 
 /// The source address the kernel would use to reach `server`: the node's address when
@@ -130,6 +139,41 @@ pub async fn run(cfg: Config, engine: Arc<engine::Engine>) -> Result<()> {
     tokio::spawn(kubelet::serve(listener, kubelet_tls, pods.clone()));
     tokio::spawn(node.clone().heartbeat());
     tokio::spawn(routes::run(client.clone(), cfg.node_name.clone()));
+    let catalog: proxy::Shared = Default::default();
+    // Cluster DNS on the pod network's gateway.
+    match engine
+        .networks
+        .get(pods::POD_NETWORK)
+        .ok()
+        .and_then(|n| n.gateway.parse::<std::net::Ipv4Addr>().ok())
+    {
+        Some(gw) => {
+            let resolv = std::fs::read_to_string(&cfg.resolv_conf).unwrap_or_default();
+            let zone = Arc::new(clusterdns::Zone {
+                domain: cfg.cluster_domain.clone(),
+                catalog: catalog.clone(),
+                upstream: clusterdns::resolvers(
+                    &resolv,
+                    podspec::CLUSTER_DNS
+                        .parse()
+                        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                ),
+            });
+            let addr = std::net::SocketAddr::from((gw, 53));
+            tokio::spawn(async move {
+                if let Err(e) = clusterdns::serve(addr, zone).await {
+                    eprintln!("berth agent: cluster DNS on {addr}: {e:#}");
+                }
+            });
+        }
+        None => eprintln!("berth agent: the pod network has no gateway: no cluster DNS"),
+    }
+    tokio::spawn(proxy::run(
+        client.clone(),
+        cfg.node_name.clone(),
+        CLUSTER_CIDR.to_string(),
+        catalog.clone(),
+    ));
     tokio::spawn(static_pods::run(
         client.clone(),
         cfg.node_name.clone(),

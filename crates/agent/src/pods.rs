@@ -1258,6 +1258,23 @@ impl Worker {
             target: tm_path,
             read_only: false,
         });
+        // The pod's resolv.conf, for its dnsPolicy (cluster DNS first by default).
+        if !mounts.iter().any(|m| {
+            matches!(m, engine::spec::MountSpec::Bind { target, .. } if target == "/etc/resolv.conf")
+        }) {
+            let host = std::fs::read_to_string(&self.m.cfg.resolv_conf).unwrap_or_default();
+            let file = tm_host.join("resolv.conf");
+            std::fs::write(
+                &file,
+                podspec::resolv_conf(pod, &host, &self.m.cfg.cluster_domain),
+            )
+            .map_err(|e| ConfigError(e.to_string()))?;
+            mounts.push(engine::spec::MountSpec::Bind {
+                source: file,
+                target: "/etc/resolv.conf".into(),
+                read_only: false,
+            });
+        }
         let (memory, cpus_limit, shares) = podspec::limits(c);
         let qos = podspec::qos_class(pod).to_ascii_lowercase();
         let cgroup_parent = crate::podcgroup::path(&self.m.cfg.cgroup_root, &qos, &self.uid);

@@ -550,3 +550,149 @@ mod tests {
         assert_eq!(expand("é$(A", &env), "é$(A");
     }
 }
+
+/// The cluster DNS Service's address, the nameserver of `ClusterFirst` pods.
+pub const CLUSTER_DNS: &str = "10.43.0.10";
+
+/// The pod's `/etc/resolv.conf`, as the kubelet writes it for its `dnsPolicy` and
+/// `dnsConfig` from the node's resolv.conf (`host`).
+pub fn resolv_conf(pod: &Pod, host: &str, domain: &str) -> String {
+    let spec = pod.spec.as_ref();
+    let host_network = spec.and_then(|s| s.host_network) == Some(true);
+    let policy = spec
+        .and_then(|s| s.dns_policy.as_deref())
+        .unwrap_or("ClusterFirst");
+    let cluster = match policy {
+        "ClusterFirstWithHostNet" => true,
+        "ClusterFirst" => !host_network,
+        _ => false,
+    };
+    let field = |key: &str| -> Vec<String> {
+        host.lines()
+            .filter_map(|l| l.trim().strip_prefix(key))
+            .filter(|rest| rest.starts_with([' ', '\t']))
+            .flat_map(|rest| rest.split_whitespace().map(String::from))
+            .collect()
+    };
+    let (mut servers, mut search, mut options): (Vec<String>, Vec<String>, Vec<String>) =
+        match policy {
+            "None" => Default::default(),
+            _ if cluster => {
+                let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+                let mut search = vec![
+                    format!("{ns}.svc.{domain}"),
+                    format!("svc.{domain}"),
+                    domain.to_string(),
+                ];
+                search.extend(field("search"));
+                (
+                    vec![CLUSTER_DNS.to_string()],
+                    search,
+                    vec!["ndots:5".into()],
+                )
+            }
+            _ => (field("nameserver"), field("search"), field("options")),
+        };
+    if let Some(c) = spec.and_then(|s| s.dns_config.as_ref()) {
+        servers.extend(c.nameservers.iter().flatten().cloned());
+        search.extend(c.searches.iter().flatten().cloned());
+        for o in c.options.iter().flatten() {
+            let name = o.name.clone().unwrap_or_default();
+            options.retain(|x| x.split(':').next() != Some(name.as_str()));
+            options.push(match &o.value {
+                Some(v) => format!("{name}:{v}"),
+                None => name,
+            });
+        }
+    }
+    let dedup = |v: Vec<String>| {
+        let mut out: Vec<String> = Vec::new();
+        for x in v {
+            if !x.is_empty() && !out.contains(&x) {
+                out.push(x);
+            }
+        }
+        out
+    };
+    let servers: Vec<String> = dedup(servers).into_iter().take(3).collect();
+    let search: Vec<String> = dedup(search).into_iter().take(32).collect();
+    let mut out = String::new();
+    if !search.is_empty() {
+        out.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    for s in servers {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod dns_tests {
+    use super::*;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    const HOST: &str = "search corp.example\nnameserver 192.0.2.53\noptions edns0\n";
+
+    #[test]
+    fn cluster_first_pods_ask_cluster_dns_with_the_namespace_searched_first() {
+        let r = resolv_conf(
+            &pod(serde_json::json!({"containers": []})),
+            HOST,
+            "cluster.local",
+        );
+        assert_eq!(
+            r,
+            "search shop.svc.cluster.local svc.cluster.local cluster.local corp.example\nnameserver 10.43.0.10\noptions ndots:5\n"
+        );
+        // Host-network pods keep the node's, unless ClusterFirstWithHostNet.
+        let r = resolv_conf(
+            &pod(serde_json::json!({"containers": [], "hostNetwork": true})),
+            HOST,
+            "cluster.local",
+        );
+        assert_eq!(r, HOST);
+        let r = resolv_conf(
+            &pod(
+                serde_json::json!({"containers": [], "hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"}),
+            ),
+            HOST,
+            "cluster.local",
+        );
+        assert!(r.contains("nameserver 10.43.0.10"));
+    }
+
+    #[test]
+    fn none_takes_dns_config_alone_and_options_merge_by_name() {
+        let r = resolv_conf(
+            &pod(
+                serde_json::json!({"containers": [], "dnsPolicy": "None", "dnsConfig": {
+                "nameservers": ["1.2.3.4"], "searches": ["a.example"],
+                "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}}),
+            ),
+            HOST,
+            "cluster.local",
+        );
+        assert_eq!(
+            r,
+            "search a.example\nnameserver 1.2.3.4\noptions ndots:2 edns0\n"
+        );
+        let r = resolv_conf(
+            &pod(
+                serde_json::json!({"containers": [], "dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}}),
+            ),
+            HOST,
+            "cluster.local",
+        );
+        assert!(r.ends_with("options ndots:1\n"), "{r}");
+    }
+}

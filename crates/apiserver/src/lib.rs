@@ -79,6 +79,9 @@ pub struct Config {
     /// Keep this many recent revisions when compacting (SQLite).
     pub watch_cache_events: usize,
     pub admission: api::Admission,
+    /// The address other hosts and pods reach this server by (the `kubernetes` Service's
+    /// endpoint); the bind address when it is a specific one, else loopback.
+    pub advertise_address: Option<IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +230,15 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         documents: Default::default(),
         nodes: Arc::new(nodes::Nodes::new(Arc::new(pki.clone()))?),
     });
+    // The address pods reach this server by, through the `kubernetes` Service.
+    let advertise = cfg
+        .advertise_address
+        .unwrap_or(if cfg.bind_address.is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            cfg.bind_address
+        });
+    services::ensure_cluster_services(&api, SocketAddr::new(advertise, addr.port())).await?;
     tokio::spawn(server::serve(srv.clone(), listener, Arc::new(tls)));
     Ok(Running {
         addr,

@@ -285,3 +285,145 @@ pub fn keep_allocations(old: &Value, new: &mut Value) {
         }
     }
 }
+
+/// The cluster DNS Service's address (`kube-system/kube-dns`).
+pub const DNS_IP: &str = "10.43.0.10";
+/// The `kubernetes` Service's address.
+pub const API_IP: &str = "10.43.0.1";
+
+/// Creates the Services every cluster has, if missing: `default/kubernetes` (the API, on
+/// [`API_IP`]:443) with this server's address among its endpoints, and
+/// `kube-system/kube-dns` (on [`DNS_IP`]:53, served on each node by its agent, so its
+/// traffic stays on the node: `internalTrafficPolicy: Local`; the controllers keep its
+/// endpoints, one per node).
+pub async fn ensure_cluster_services(
+    api: &std::sync::Arc<Api>,
+    advertise: std::net::SocketAddr,
+) -> Result<(), store::StoreError> {
+    let reg = &api.registry;
+    let (Some(svc), Some(eps), Some(slices)) = (
+        reg.find("", "v1", "services"),
+        reg.find("", "v1", "endpoints"),
+        reg.find("discovery.k8s.io", "v1", "endpointslices"),
+    ) else {
+        return Ok(());
+    };
+    let service = |ns: &str, name: &str, ip: &str, labels: Value, ports: Value, itp: &str| {
+        json!({
+            "kind": "Service", "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": ns, "uid": crate::api::new_uid(),
+                "creationTimestamp": crate::now(), "labels": labels},
+            "spec": {
+                "type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                "ports": ports, "sessionAffinity": "None", "internalTrafficPolicy": itp,
+            },
+            "status": {"loadBalancer": {}},
+        })
+    };
+    crate::namespaces::ensure(api, &svc.key(Some("default"), "kubernetes"), || {
+        service(
+            "default",
+            "kubernetes",
+            API_IP,
+            json!({"component": "apiserver", "provider": "kubernetes"}),
+            json!([{"name": "https", "port": 443, "protocol": "TCP", "targetPort": advertise.port()}]),
+            "Cluster",
+        )
+    })
+    .await?;
+    crate::namespaces::ensure(api, &svc.key(Some("kube-system"), "kube-dns"), || {
+        service(
+            "kube-system",
+            "kube-dns",
+            DNS_IP,
+            json!({"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true",
+                   "kubernetes.io/name": "CoreDNS"}),
+            json!([
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+            ]),
+            "Local",
+        )
+    })
+    .await?;
+    // This server among the API's endpoints (other servers add themselves).
+    let ip = advertise.ip().to_string();
+    let port = advertise.port();
+    let ep_key = eps.key(Some("default"), "kubernetes");
+    let slice_key = slices.key(Some("default"), "kubernetes");
+    for _ in 0..5 {
+        let cur = api.store.get(&ep_key, 0).await?;
+        let mut obj: Value = match &cur {
+            Some(kv) => serde_json::from_slice(&kv.value).unwrap_or_default(),
+            None => json!({
+                "kind": "Endpoints", "apiVersion": "v1",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                    "uid": crate::api::new_uid(), "creationTimestamp": crate::now(),
+                    "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                "subsets": [],
+            }),
+        };
+        let mut addrs: Vec<String> = obj
+            .pointer("/subsets/0/addresses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["ip"].as_str().map(String::from))
+            .collect();
+        let same_port = obj
+            .pointer("/subsets/0/ports/0/port")
+            .and_then(Value::as_u64)
+            == Some(u64::from(port));
+        if addrs.contains(&ip) && same_port {
+            break;
+        }
+        if !same_port {
+            addrs.clear();
+        }
+        addrs.push(ip.clone());
+        addrs.sort();
+        obj["subsets"] = json!([{
+            "addresses": addrs.iter().map(|a| json!({"ip": a})).collect::<Vec<_>>(),
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        }]);
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        let bytes = serde_json::to_vec(&obj).unwrap_or_default();
+        let done = match &cur {
+            Some(kv) => api.store.update(&ep_key, bytes, kv.mod_revision).await,
+            None => api.store.create(&ep_key, bytes).await,
+        };
+        match done {
+            Ok(_) => {
+                let slice = json!({
+                    "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
+                    "metadata": {"name": "kubernetes", "namespace": "default",
+                        "uid": crate::api::new_uid(), "creationTimestamp": crate::now(),
+                        "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                    "addressType": "IPv4",
+                    "endpoints": addrs.iter().map(|a| json!({
+                        "addresses": [a], "conditions": {"ready": true, "serving": true, "terminating": false},
+                    })).collect::<Vec<_>>(),
+                    "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+                });
+                let bytes = serde_json::to_vec(&slice).unwrap_or_default();
+                match api.store.get(&slice_key, 0).await? {
+                    Some(kv) => {
+                        let _ = api.store.update(&slice_key, bytes, kv.mod_revision).await;
+                    }
+                    None => {
+                        let _ = api.store.create(&slice_key, bytes).await;
+                    }
+                }
+                break;
+            }
+            Err(store::StoreError::Conflict { .. } | store::StoreError::AlreadyExists(_)) => {
+                continue
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -50,6 +50,13 @@ pub struct NodeArgs {
     bridge_name: String,
     #[arg(long = "bridge-subnet", default_value = engine::network::DEFAULT_SUBNET)]
     bridge_subnet: String,
+    /// The resolv.conf whose nameservers take the names cluster DNS does not answer, and
+    /// that pods with `dnsPolicy: Default` get (the kubelet's `--resolv-conf`).
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// The cluster's DNS domain (the kubelet's `--cluster-domain`).
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
     /// A registry (host[:port]) pods may pull from over plain http; repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registry: Vec<String>,
@@ -147,6 +154,8 @@ pub fn config(
             chunk_size: engine::distribution::DEFAULT_CHUNK,
         },
         control_plane,
+        resolv_conf: n.resolv_conf.clone(),
+        cluster_domain: n.cluster_domain.trim_matches('.').to_ascii_lowercase(),
     })
 }
 

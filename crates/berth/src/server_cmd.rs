@@ -13,6 +13,10 @@ pub struct ServerArgs {
     /// The address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     bind_address: IpAddr,
+    /// The address pods and nodes reach the API by (the `kubernetes` Service's endpoint):
+    /// by default the bind address, or the address of the default route's interface.
+    #[arg(long)]
+    advertise_address: Option<IpAddr>,
     /// The HTTPS port of the Kubernetes API.
     #[arg(long, default_value_t = 6443)]
     https_listen_port: u16,
@@ -92,6 +96,13 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
         let cfg = apiserver::Config {
             data_dir: a.data_dir,
             bind_address: a.bind_address,
+            advertise_address: a.advertise_address.or_else(|| {
+                if a.bind_address.is_unspecified() || a.bind_address.is_loopback() {
+                    crate::agent_cmd::default_node_ip()
+                } else {
+                    Some(a.bind_address)
+                }
+            }),
             https_port: a.https_listen_port,
             datastore_endpoint: a.datastore_endpoint,
             write_kubeconfig: a.write_kubeconfig.clone(),

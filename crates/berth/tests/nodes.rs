@@ -3365,3 +3365,268 @@ spec:
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// An HTTP server pod answering `/cgi-bin/who` with its name, ready while /tmp/ready exists.
+fn web_pod(name: &str, node: &str, labels: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{{labels}}}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 2
+  hostname: {name}
+  subdomain: db
+  containers:
+  - name: c
+    image: busybox:latest
+    imagePullPolicy: Never
+    ports: [{{name: http, containerPort: 8080}}]
+    command: ["sh", "-c", "touch /tmp/ready; mkdir -p /www/cgi-bin; printf '#!/bin/sh\necho\necho {name}\n' > /www/cgi-bin/who; chmod +x /www/cgi-bin/who; exec httpd -f -p 8080 -h /www"]
+    readinessProbe: {{exec: {{command: [test, -f, /tmp/ready]}}, periodSeconds: 1, failureThreshold: 1}}
+"#
+    )
+}
+
+/// `GET /cgi-bin/who` from pod `from` to `addr` (busybox's nc); the answer's last line, or
+/// the error.
+fn who_from_pod(ns: &str, from: &str, addr: &str) -> Result<String, String> {
+    let o = kubectl_out(&[
+        "-n",
+        ns,
+        "exec",
+        from,
+        "--",
+        "sh",
+        "-c",
+        &format!("printf 'GET /cgi-bin/who HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {addr} 2>&1"),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let last = out.lines().last().unwrap_or_default().trim().to_string();
+    if o.status.success() && out.starts_with("HTTP/") {
+        Ok(last)
+    } else {
+        Err(format!("{out}{}", String::from_utf8_lossy(&o.stderr)))
+    }
+}
+
+/// `GET /cgi-bin/who` from the test's own host (outside the cluster's nodes).
+fn who_from_host(addr: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &addr.parse().map_err(|e| format!("{addr}: {e}"))?,
+        std::time::Duration::from_secs(3),
+    )
+    .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .ok();
+    s.write_all(b"GET /cgi-bin/who HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    Ok(out.lines().last().unwrap_or_default().trim().to_string())
+}
+
+/// A jsonpath over a Service's EndpointSlices.
+fn slices(ns: &str, svc: &str, path: &str) -> String {
+    kubectl_ok(&[
+        "-n",
+        ns,
+        "get",
+        "endpointslices",
+        "-l",
+        &format!("kubernetes.io/service-name={svc}"),
+        "-o",
+        &format!("jsonpath={path}"),
+    ])
+}
+
+/// The pod names that answer `n` requests.
+fn spread(
+    n: usize,
+    mut ask: impl FnMut() -> Result<String, String>,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let who = ask().unwrap_or_else(|e| panic!("a request failed: {e}"));
+        *seen.entry(who).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[test]
+fn services_balance_over_ready_endpoints_across_nodes_by_name_and_port() {
+    let ns = ns("svc");
+    let cli = r#"  containers:
+  - name: c
+    image: busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+"#;
+    let services = r#"apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec:
+  type: ExternalName
+  externalName: example.test
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nobody}
+spec:
+  selector: {app: nobody}
+  ports: [{port: 80, targetPort: 8080}]
+"#
+    .to_string();
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &[
+            web_pod("web-a", "node-0", "app: web"),
+            web_pod("web-b", "node-1", "app: web"),
+            pod_yaml("cli", "node-0", cli),
+            services,
+        ]
+        .join("---\n"),
+    );
+    for p in ["web-a", "web-b", "cli"] {
+        wait_for(&ns, &format!("pod/{p}"), "condition=Ready");
+    }
+    // The slice and the Endpoints list both pods, ready, with the named port resolved.
+    let ready = poll("web's slice lists both pods ready", 30, || {
+        let out = slices(
+            &ns,
+            "web",
+            "{range .items[*].endpoints[*]}{.targetRef.name}={.conditions.ready} {end}",
+        );
+        let mut v: Vec<&str> = out.split_whitespace().collect();
+        v.sort();
+        (v == ["web-a=true", "web-b=true"]).then_some(out)
+    });
+    assert!(!ready.is_empty());
+    assert_eq!(slices(&ns, "web", "{.items[0].ports[0].port}"), "8080");
+    let ep = get(
+        &ns,
+        "endpoints/web",
+        "{.subsets[0].addresses[*].targetRef.name}",
+    );
+    assert_eq!(ep.split_whitespace().count(), 2, "{ep}");
+    // Cluster DNS: the Service by short and full name, from the pod's search path.
+    let cluster_ip = get(&ns, "svc/web", "{.spec.clusterIP}");
+    assert!(cluster_ip.starts_with("10.43."), "{cluster_ip}");
+    let resolv = kubectl_ok(&["-n", &ns, "exec", "cli", "--", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains("nameserver 10.43.0.10"), "{resolv}");
+    assert!(
+        resolv.contains(&format!(
+            "search {ns}.svc.cluster.local svc.cluster.local cluster.local"
+        )),
+        "{resolv}"
+    );
+    assert!(resolv.contains("options ndots:5"), "{resolv}");
+    let lookup = |name: &str, extra: &[&str]| {
+        let mut args = vec!["-n", &ns, "exec", "cli", "--", "nslookup"];
+        args.extend_from_slice(extra);
+        args.push(name);
+        let o = kubectl_out(&args);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let out = lookup("web", &[]);
+    assert!(out.contains(&format!("Address: {cluster_ip}")), "{out}");
+    let full = format!("web.{ns}.svc.cluster.local");
+    assert!(lookup(&full, &[]).contains(&cluster_ip));
+    // Headless: one address per ready pod, the pods' own names, and SRV for named ports.
+    let (ip_a, ip_b) = (
+        get(&ns, "pod/web-a", "{.status.podIP}"),
+        get(&ns, "pod/web-b", "{.status.podIP}"),
+    );
+    let out = lookup(&format!("db.{ns}.svc.cluster.local"), &[]);
+    assert!(out.contains(&ip_a) && out.contains(&ip_b), "{out}");
+    let out = lookup(&format!("web-b.db.{ns}.svc.cluster.local"), &[]);
+    assert!(out.contains(&ip_b) && !out.contains(&ip_a), "{out}");
+    let out = lookup(
+        &format!("_http._tcp.db.{ns}.svc.cluster.local"),
+        &["-type=srv"],
+    );
+    assert!(
+        out.contains(&format!("8080 web-a.db.{ns}.svc.cluster.local")),
+        "{out}"
+    );
+    let out = lookup(&format!("ext.{ns}.svc.cluster.local"), &["-type=cname"]);
+    assert!(out.contains("example.test"), "{out}");
+    let out = lookup(&format!("nothing.{ns}.svc.cluster.local"), &[]);
+    assert!(out.contains("NXDOMAIN"), "{out}");
+    // Traffic through the ClusterIP reaches both pods, on both nodes.
+    let seen = spread(24, || who_from_pod(&ns, "cli", &format!("{cluster_ip} 80")));
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["web-a", "web-b"],
+        "{seen:?}"
+    );
+    // The NodePort answers on every node's address, from outside the cluster.
+    let node_port = get(&ns, "svc/web", "{.spec.ports[0].nodePort}");
+    let node_ips: Vec<String> = with(|c| c.hosts.iter().map(|h| h.ip.clone()).collect());
+    for ip in &node_ips {
+        let seen = spread(12, || who_from_host(&format!("{ip}:{node_port}")));
+        assert!(!seen.is_empty(), "{seen:?}");
+    }
+    // A pod that fails readiness leaves the rotation, and comes back when ready.
+    kubectl_ok(&["-n", &ns, "exec", "web-b", "--", "rm", "/tmp/ready"]);
+    poll("web-b leaves the rotation", 30, || {
+        let seen = spread(8, || who_from_pod(&ns, "cli", &format!("{cluster_ip} 80")));
+        (seen.keys().collect::<Vec<_>>() == ["web-a"]).then_some(())
+    });
+    let out = lookup(&format!("db.{ns}.svc.cluster.local"), &[]);
+    assert!(out.contains(&ip_a) && !out.contains(&ip_b), "{out}");
+    kubectl_ok(&["-n", &ns, "exec", "web-b", "--", "touch", "/tmp/ready"]);
+    poll("web-b comes back", 30, || {
+        let seen = spread(16, || who_from_pod(&ns, "cli", &format!("{cluster_ip} 80")));
+        (seen.len() == 2).then_some(())
+    });
+    // Session affinity: one client, one pod.
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "svc/web",
+        "-p",
+        r#"{"spec":{"sessionAffinity":"ClientIP"}}"#,
+    ]);
+    poll("affinity holds", 30, || {
+        let seen = spread(12, || who_from_pod(&ns, "cli", &format!("{cluster_ip} 80")));
+        (seen.len() == 1).then_some(())
+    });
+    // A Service without endpoints refuses at once rather than hanging.
+    let nobody = get(&ns, "svc/nobody", "{.spec.clusterIP}");
+    let err = who_from_pod(&ns, "cli", &format!("{nobody} 80")).unwrap_err();
+    assert!(err.contains("refused"), "{err}");
+    // Deleting the namespace takes its rules off every node.
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=true", "--timeout=60s"]);
+    with(|c| {
+        for h in &c.hosts {
+            poll("the namespace's rules leave the node", 30, || {
+                let o = h.exec(&["nft", "list", "table", "ip", "berth-proxy"]);
+                let rules = String::from_utf8_lossy(&o.stdout).to_string();
+                (o.status.success() && !rules.contains(&format!("{ns}/"))).then_some(())
+            });
+        }
+    });
+}

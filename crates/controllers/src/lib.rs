@@ -4,10 +4,12 @@
 //! a module of its own). Each is an API client over kube-rs — watch, cache,
 //! reconcile, level-triggered and idempotent — talking to the server it runs in.
 
+pub mod clusterdns;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
+pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod leader;
@@ -20,6 +22,7 @@ pub mod revisions;
 pub mod schedplugins;
 pub mod scheduler;
 pub mod serviceaccounts;
+pub mod servicelb;
 pub mod statefulset;
 
 /// Kubernetes' time format (seconds).
@@ -54,6 +57,10 @@ pub const CONTROLLERS: &[&str] = &[
     "persistentvolume-binder",
     "disruption",
     "serviceaccount",
+    "endpointslice",
+    "endpoint",
+    "clusterdns",
+    "servicelb",
 ];
 
 /// The controllers `spec` selects (`*` all, `name`, `-name`; later entries win).
@@ -127,6 +134,10 @@ fn spawn_all(
             "statefulset" => tokio::spawn(statefulset::run(c)),
             "disruption" => tokio::spawn(disruption::run(c)),
             "serviceaccount" => tokio::spawn(serviceaccounts::run(c)),
+            "endpointslice" => tokio::spawn(endpoints::run(c, endpoints::Writes::Slices)),
+            "endpoint" => tokio::spawn(endpoints::run(c, endpoints::Writes::Endpoints)),
+            "clusterdns" => tokio::spawn(clusterdns::run(c)),
+            "servicelb" => tokio::spawn(servicelb::run(c)),
             "persistentvolume-binder" => tokio::spawn(pvbinder::run(c)),
             "podgc" => tokio::spawn(podgc::run(c, opts.terminated_pod_gc_threshold)),
             _ => unreachable!("every name in CONTROLLERS is started"),
@@ -232,12 +243,23 @@ pub fn follow<K>(api: kube::Api<K>) -> impl futures::Stream<Item = Seen<K>> + Se
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
+    follow_config(api, kube::runtime::watcher::Config::default())
+}
+
+/// [`follow`] with a watcher configuration (a label selector, say).
+pub fn follow_config<K>(
+    api: kube::Api<K>,
+    cfg: kube::runtime::watcher::Config,
+) -> impl futures::Stream<Item = Seen<K>> + Send
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
     use futures::StreamExt;
     use kube::runtime::{watcher, WatchStreamExt};
     let mut listing: Option<std::collections::HashSet<String>> = None;
     // Errors back off (0.8 s doubling to 30 s): a watch that keeps failing must neither
     // spin nor keep its task from yielding (which would also stall the runtime's shutdown).
-    watcher::watcher(api, watcher::Config::default())
+    watcher::watcher(api, cfg)
         .default_backoff()
         .map(move |e| match e {
             Ok(watcher::Event::Init) => {

@@ -1,0 +1,1088 @@
+//! The node's service proxy, as kube-proxy's nftables mode programs it: Services and their
+//! EndpointSlices become rules in one table of berth's own (`ip berth-proxy`), changed
+//! through `nft -f` in one atomic transaction per batch of changes, and only where
+//! something changed (a Service's chains and map elements; the others are not rewritten).
+//!
+//! - Dispatch: `service-ips` maps destination address, protocol and port (ClusterIPs,
+//!   LoadBalancer ingress addresses, externalIPs) to a Service's chain; `service-nodeports`
+//!   does the same for NodePorts on any of the node's own addresses.
+//! - A Service port has a `service-…` chain choosing among its ready endpoints with
+//!   `numgen random`, each endpoint an `endpoint-…` chain that DNATs (and marks hairpin
+//!   traffic for masquerading). Traffic from outside the pod network to a ClusterIP, and
+//!   NodePort/LoadBalancer traffic with `externalTrafficPolicy: Cluster`, is masqueraded;
+//!   with `Local`, it goes only to this node's endpoints (`local-…`) and keeps its source.
+//!   `internalTrafficPolicy: Local` sends ClusterIP traffic to this node's endpoints only.
+//! - `sessionAffinity: ClientIP`: a dynamic set per endpoint remembers the clients it
+//!   served, for the Service's timeout.
+//! - When no endpoint is ready, terminating endpoints that still pass readiness serve
+//!   (kube-proxy's fallback); with none at all, a Service's traffic is rejected at once
+//!   (`no-endpoint-*` maps, checked in the filter hooks) rather than left to time out.
+//! - Chains that are no longer needed are flushed at once and deleted a second later (as
+//!   kube-proxy does for kernels before 6.2). Rules carry comments naming the Service and
+//!   endpoint; `berth proxy explain` prints them for one Service.
+//! - At start the table is rebuilt in one transaction (`flush table` and everything
+//!   again), so a restarted proxy never leaves a moment without rules.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher;
+
+/// berth's table (family `ip`).
+pub const TABLE: &str = "berth-proxy";
+const MASQ_MARK: &str = "0x4000";
+/// How long a flushed chain lives before it is deleted.
+const STALE_DELAY: Duration = Duration::from_secs(1);
+
+/// The Services and EndpointSlices the node knows, shared with the cluster DNS server.
+#[derive(Default)]
+pub struct Catalog {
+    pub services: HashMap<String, Arc<Service>>,
+    pub slices: HashMap<String, Arc<EndpointSlice>>,
+    /// Slice keys by Service key (`namespace/name`).
+    pub by_service: HashMap<String, BTreeSet<String>>,
+}
+
+pub type Shared = Arc<RwLock<Catalog>>;
+
+impl Catalog {
+    fn slice_service(s: &EndpointSlice) -> Option<String> {
+        let name = s
+            .metadata
+            .labels
+            .as_ref()?
+            .get("kubernetes.io/service-name")?;
+        Some(format!("{}/{name}", s.metadata.namespace.as_deref()?))
+    }
+
+    pub(crate) fn put_slice(&mut self, key: String, s: Option<Arc<EndpointSlice>>) {
+        if let Some(old) = self.slices.remove(&key) {
+            if let Some(svc) = Self::slice_service(&old) {
+                if let Some(set) = self.by_service.get_mut(&svc) {
+                    set.remove(&key);
+                    if set.is_empty() {
+                        self.by_service.remove(&svc);
+                    }
+                }
+            }
+        }
+        if let Some(s) = s {
+            if let Some(svc) = Self::slice_service(&s) {
+                self.by_service.entry(svc).or_default().insert(key.clone());
+            }
+            self.slices.insert(key, s);
+        }
+    }
+
+    /// The Service's slices.
+    pub fn slices_of<'a>(&'a self, svc: &str) -> impl Iterator<Item = &'a Arc<EndpointSlice>> {
+        self.by_service
+            .get(svc)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
+    }
+}
+
+/// One endpoint of one Service port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub ip: String,
+    pub port: i32,
+    pub node: Option<String>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+/// The endpoints of a Service's port `name`/`proto`, from its slices (the first address
+/// of each endpoint, as kube-proxy takes it), without duplicates.
+pub fn endpoints_of(cat: &Catalog, svc: &str, name: &str, proto: &str) -> Vec<Endpoint> {
+    let mut out: BTreeMap<(String, i32), Endpoint> = BTreeMap::new();
+    for s in cat.slices_of(svc) {
+        if s.address_type != "IPv4" {
+            continue;
+        }
+        let Some(port) = s.ports.iter().flatten().find_map(|p| {
+            (p.name.as_deref().unwrap_or_default() == name
+                && p.protocol.as_deref().unwrap_or("TCP") == proto)
+                .then_some(p.port)
+                .flatten()
+        }) else {
+            continue;
+        };
+        for e in &s.endpoints {
+            let Some(ip) = e.addresses.first() else {
+                continue;
+            };
+            let c = e.conditions.as_ref();
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let ep = Endpoint {
+                ip: ip.clone(),
+                port,
+                node: e.node_name.clone(),
+                ready,
+                serving: c.and_then(|c| c.serving).unwrap_or(ready),
+                terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+            };
+            out.entry((ip.clone(), port)).or_insert(ep);
+        }
+    }
+    out.into_values().collect()
+}
+
+/// The endpoints traffic goes to: the ready ones, or else those terminating but still
+/// serving (kube-proxy's fallback, so a rollout's last old pod keeps serving until a new
+/// one is ready).
+pub fn usable(eps: &[Endpoint]) -> Vec<Endpoint> {
+    let ready: Vec<Endpoint> = eps.iter().filter(|e| e.ready).cloned().collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    eps.iter()
+        .filter(|e| e.serving && e.terminating)
+        .cloned()
+        .collect()
+}
+
+/// What the table should hold beyond its fixed skeleton.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rules {
+    /// Chain name → rules.
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// Affinity sets: name → timeout in seconds.
+    pub sets: BTreeMap<String, u32>,
+    /// (map, key) → verdict.
+    pub elements: BTreeMap<(&'static str, String), String>,
+}
+
+fn proto_lower(p: &str) -> &'static str {
+    match p {
+        "UDP" => "udp",
+        "SCTP" => "sctp",
+        _ => "tcp",
+    }
+}
+
+/// The rules for every Service in the catalog, as seen from node `me`.
+pub fn desired(cat: &Catalog, me: &str, cluster_cidr: &str) -> Rules {
+    let mut r = Rules::default();
+    let mut keys: Vec<&String> = cat.services.keys().collect();
+    keys.sort();
+    for key in keys {
+        let svc = &cat.services[key];
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let typ = spec.type_.as_deref().unwrap_or("ClusterIP");
+        if typ == "ExternalName" {
+            continue;
+        }
+        let cluster_ips: Vec<String> = spec
+            .cluster_ips
+            .clone()
+            .or_else(|| spec.cluster_ip.clone().map(|c| vec![c]))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ip| ip != "None" && !ip.is_empty() && !ip.contains(':'))
+            .collect();
+        if cluster_ips.is_empty() {
+            continue; // headless: DNS only
+        }
+        let mut external_ips: Vec<String> = spec
+            .external_ips
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ip| !ip.contains(':'))
+            .collect();
+        if typ == "LoadBalancer" {
+            external_ips.extend(
+                svc.status
+                    .as_ref()
+                    .and_then(|s| s.load_balancer.as_ref())
+                    .and_then(|l| l.ingress.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i.ip.clone())
+                    .filter(|ip| !ip.contains(':')),
+            );
+        }
+        let etp_local = spec.external_traffic_policy.as_deref() == Some("Local")
+            && matches!(typ, "NodePort" | "LoadBalancer");
+        let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(10_800)
+                .clamp(1, 86_400) as u32
+        });
+        for sp in spec.ports.iter().flatten() {
+            let proto = proto_lower(sp.protocol.as_deref().unwrap_or("TCP"));
+            let pname = sp.name.clone().unwrap_or_default();
+            let id = format!("{key}/{proto}/{pname}");
+            let all = endpoints_of(cat, key, &pname, sp.protocol.as_deref().unwrap_or("TCP"));
+            let cluster = usable(&all);
+            let local_all: Vec<Endpoint> = all
+                .iter()
+                .filter(|e| e.node.as_deref() == Some(me))
+                .cloned()
+                .collect();
+            let local = usable(&local_all);
+            let comment = format!(
+                "{key}:{}",
+                if pname.is_empty() {
+                    sp.port.to_string()
+                } else {
+                    pname.clone()
+                }
+            );
+            let svc_chain = format!("service-{id}");
+            let local_chain = format!("local-{id}");
+            let ext_chain = format!("external-{id}");
+            let port = sp.port;
+            // The chains that pick an endpoint.
+            let balance = |chain: &str,
+                           eps: &[Endpoint],
+                           r: &mut Rules,
+                           masq_from_outside: bool| {
+                let mut rules = Vec::new();
+                if masq_from_outside {
+                    for ip in &cluster_ips {
+                        rules.push(format!(
+                            "ip daddr {ip} {proto} dport {port} ip saddr != {cluster_cidr} jump mark-for-masquerade"
+                        ));
+                    }
+                }
+                let mut targets = Vec::new();
+                for e in eps {
+                    let ep_chain = format!("endpoint-{id}__{}/{}", e.ip, e.port);
+                    let set = affinity.map(|t| (format!("affinity-{id}__{}/{}", e.ip, e.port), t));
+                    if let Some((set, _)) = &set {
+                        rules.push(format!("ip saddr @{set} goto {}", quote(&ep_chain)));
+                    }
+                    let mut ep_rules = vec![format!("ip saddr {} jump mark-for-masquerade", e.ip)];
+                    if let Some((set, t)) = &set {
+                        ep_rules.push(format!("update @{set} {{ ip saddr }}"));
+                        r.sets.insert(set.clone(), *t);
+                    }
+                    ep_rules.push(format!(
+                        "meta l4proto {proto} dnat to {}:{} comment \"{comment} -> {}:{}\"",
+                        e.ip, e.port, e.ip, e.port
+                    ));
+                    r.chains.insert(ep_chain.clone(), ep_rules);
+                    targets.push(ep_chain);
+                }
+                let arms: Vec<String> = targets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("{i} : goto {}", quote(c)))
+                    .collect();
+                rules.push(format!(
+                    "numgen random mod {} vmap {{ {} }} comment \"{comment}\"",
+                    targets.len(),
+                    arms.join(", ")
+                ));
+                r.chains.insert(chain.to_string(), rules);
+            };
+            let has_cluster = !cluster.is_empty();
+            if has_cluster {
+                balance(&svc_chain, &cluster, &mut r, !itp_local);
+            }
+            let has_local = !local.is_empty() && (itp_local || etp_local);
+            if has_local {
+                balance(&local_chain, &local, &mut r, itp_local);
+            }
+            // ClusterIP traffic.
+            for ip in &cluster_ips {
+                let k = format!("{ip} . {proto} . {port}");
+                if itp_local {
+                    if has_local {
+                        r.elements
+                            .insert(("service-ips", k), format!("goto {}", quote(&local_chain)));
+                    } else {
+                        // No endpoint on this node: dropped, as Kubernetes does.
+                        r.elements
+                            .insert(("no-endpoint-services", k), "drop".into());
+                    }
+                } else if has_cluster {
+                    r.elements
+                        .insert(("service-ips", k), format!("goto {}", quote(&svc_chain)));
+                } else {
+                    r.elements
+                        .insert(("no-endpoint-services", k), "goto reject-chain".into());
+                }
+            }
+            // NodePort, LoadBalancer and external addresses.
+            let node_port = sp
+                .node_port
+                .filter(|_| matches!(typ, "NodePort" | "LoadBalancer"));
+            if node_port.is_none() && external_ips.is_empty() {
+                continue;
+            }
+            let mut dests: Vec<(&'static str, &'static str, String)> = Vec::new();
+            if let Some(np) = node_port {
+                dests.push((
+                    "service-nodeports",
+                    "no-endpoint-nodeports",
+                    format!("{proto} . {np}"),
+                ));
+            }
+            for ip in &external_ips {
+                dests.push((
+                    "service-ips",
+                    "no-endpoint-services",
+                    format!("{ip} . {proto} . {port}"),
+                ));
+            }
+            if !has_cluster {
+                for (_, none, k) in dests {
+                    r.elements.insert((none, k), "goto reject-chain".into());
+                }
+                continue;
+            }
+            let ext_rules = if etp_local {
+                let mut v = vec![
+                    format!("ip saddr {cluster_cidr} goto {}", quote(&svc_chain)),
+                    "fib saddr type local jump mark-for-masquerade".to_string(),
+                    format!("fib saddr type local goto {}", quote(&svc_chain)),
+                ];
+                if has_local {
+                    v.push(format!(
+                        "goto {} comment \"{comment} (local endpoints)\"",
+                        quote(&local_chain)
+                    ));
+                } else {
+                    v.push(format!("drop comment \"{comment} has no local endpoints\""));
+                }
+                v
+            } else {
+                vec![
+                    "jump mark-for-masquerade".to_string(),
+                    format!("goto {} comment \"{comment}\"", quote(&svc_chain)),
+                ]
+            };
+            r.chains.insert(ext_chain.clone(), ext_rules);
+            for (map, _, k) in dests {
+                r.elements
+                    .insert((map, k), format!("goto {}", quote(&ext_chain)));
+            }
+        }
+    }
+    r
+}
+
+/// A chain or set name in nft syntax: berth's names are nft identifiers as they are
+/// (letters, digits, `/`, `.`, `-`, `_`; nft 1.0.6 takes no quoted names in declarations).
+fn quote(name: &str) -> String {
+    name.to_string()
+}
+
+/// The fixed part of the table: maps, base chains and helpers.
+fn skeleton(cluster_cidr: &str) -> Vec<String> {
+    let _ = cluster_cidr;
+    let t = TABLE;
+    let mut v = vec![
+        format!("add table ip {t} {{ comment \"berth: Services (rules written by berth agent)\" ; }}"),
+        format!("add map ip {t} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ; }}"),
+        format!("add map ip {t} service-nodeports {{ type inet_proto . inet_service : verdict ; comment \"NodePort traffic\" ; }}"),
+        format!("add map ip {t} no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment \"vmap to drop or reject packets to services with no endpoints\" ; }}"),
+        format!("add map ip {t} no-endpoint-nodeports {{ type inet_proto . inet_service : verdict ; comment \"vmap to drop or reject packets to service nodeports with no endpoints\" ; }}"),
+    ];
+    for (name, spec) in [
+        ("filter-input", "type filter hook input priority -110 ;"),
+        ("filter-forward", "type filter hook forward priority -110 ;"),
+        ("filter-output", "type filter hook output priority -110 ;"),
+        (
+            "nat-prerouting",
+            "type nat hook prerouting priority dstnat ;",
+        ),
+        ("nat-output", "type nat hook output priority -100 ;"),
+        (
+            "nat-postrouting",
+            "type nat hook postrouting priority srcnat ;",
+        ),
+    ] {
+        v.push(format!("add chain ip {t} {name} {{ {spec} }}"));
+    }
+    for name in [
+        "services",
+        "service-endpoints-check",
+        "nodeport-endpoints-check",
+        "mark-for-masquerade",
+        "masquerading",
+        "reject-chain",
+    ] {
+        v.push(format!("add chain ip {t} {name}"));
+    }
+    let rules: &[(&str, String)] = &[
+        ("filter-input", "ct state new jump nodeport-endpoints-check".into()),
+        ("filter-input", "ct state new jump service-endpoints-check".into()),
+        ("filter-forward", "ct state new jump service-endpoints-check".into()),
+        ("filter-output", "ct state new jump service-endpoints-check".into()),
+        ("nat-prerouting", "jump services".into()),
+        ("nat-output", "jump services".into()),
+        ("nat-postrouting", "jump masquerading".into()),
+        ("services", "ip daddr . meta l4proto . th dport vmap @service-ips".into()),
+        (
+            "services",
+            "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports".into(),
+        ),
+        (
+            "service-endpoints-check",
+            "ip daddr . meta l4proto . th dport vmap @no-endpoint-services".into(),
+        ),
+        (
+            "nodeport-endpoints-check",
+            "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports".into(),
+        ),
+        ("mark-for-masquerade", format!("meta mark set meta mark | {MASQ_MARK}")),
+        ("masquerading", format!("meta mark & {MASQ_MARK} == 0 return")),
+        ("masquerading", format!("meta mark set meta mark ^ {MASQ_MARK}")),
+        ("masquerading", "masquerade fully-random".into()),
+        ("reject-chain", "reject comment \"the service has no endpoints\"".into()),
+    ];
+    for (chain, rule) in rules {
+        v.push(format!("add rule ip {t} {chain} {rule}"));
+    }
+    v
+}
+
+/// What was last applied, and what waits to be deleted.
+#[derive(Default)]
+pub struct Applied {
+    rules: Rules,
+    stale_chains: BTreeMap<String, Instant>,
+    stale_sets: BTreeMap<String, Instant>,
+}
+
+/// The transaction from `prev` (None: rebuild everything; `existing` are the chain and set
+/// names the table holds now) to `want`.
+pub fn transaction(
+    prev: Option<&mut Applied>,
+    existing: (&[String], &[String]),
+    want: &Rules,
+    cluster_cidr: &str,
+    now: Instant,
+) -> (String, Applied) {
+    let t = TABLE;
+    let mut out = Vec::new();
+    let mut next = Applied {
+        rules: want.clone(),
+        ..Default::default()
+    };
+    let full = prev.is_none();
+    let empty = Applied::default();
+    let prev: &Applied = match prev {
+        Some(p) => {
+            next.stale_chains = std::mem::take(&mut p.stale_chains);
+            next.stale_sets = std::mem::take(&mut p.stale_sets);
+            p
+        }
+        None => {
+            out.push(format!("add table ip {t}"));
+            out.push(format!("flush table ip {t}"));
+            out.extend(skeleton(cluster_cidr));
+            let fixed: BTreeSet<String> = skeleton_names();
+            for c in existing.0 {
+                if !fixed.contains(c) && !want.chains.contains_key(c) {
+                    next.stale_chains.insert(c.clone(), now);
+                }
+            }
+            for s in existing.1 {
+                if !fixed.contains(s) && !want.sets.contains_key(s) {
+                    next.stale_sets.insert(s.clone(), now);
+                }
+            }
+            &empty
+        }
+    };
+    for (name, timeout) in &want.sets {
+        if !prev.rules.sets.contains_key(name) || full {
+            next.stale_sets.remove(name);
+            out.push(format!(
+                "add set ip {t} {} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}",
+                quote(name)
+            ));
+        }
+    }
+    for name in want.chains.keys() {
+        if !prev.rules.chains.contains_key(name) {
+            next.stale_chains.remove(name);
+            out.push(format!("add chain ip {t} {}", quote(name)));
+        }
+    }
+    for (name, rules) in &want.chains {
+        let old = prev.rules.chains.get(name);
+        if old == Some(rules) {
+            continue;
+        }
+        if old.is_some() || existing.0.contains(name) {
+            out.push(format!("flush chain ip {t} {}", quote(name)));
+        }
+        for rule in rules {
+            out.push(format!("add rule ip {t} {} {rule}", quote(name)));
+        }
+    }
+    for ((map, key), verdict) in &prev.rules.elements {
+        if want.elements.get(&(map, key.clone())) != Some(verdict) {
+            out.push(format!("delete element ip {t} {map} {{ {key} }}"));
+        }
+    }
+    for ((map, key), verdict) in &want.elements {
+        if prev.rules.elements.get(&(map, key.clone())) != Some(verdict) {
+            out.push(format!("add element ip {t} {map} {{ {key} : {verdict} }}"));
+        }
+    }
+    for name in prev.rules.chains.keys() {
+        if !want.chains.contains_key(name) {
+            out.push(format!("flush chain ip {t} {}", quote(name)));
+            next.stale_chains.insert(name.clone(), now);
+        }
+    }
+    for name in prev.rules.sets.keys() {
+        if !want.sets.contains_key(name) {
+            next.stale_sets.insert(name.clone(), now);
+        }
+    }
+    // Chains and sets flushed at least a second ago, and no longer referenced.
+    next.stale_chains.retain(|name, since| {
+        if now.duration_since(*since) >= STALE_DELAY {
+            out.push(format!("delete chain ip {t} {}", quote(name)));
+            false
+        } else {
+            true
+        }
+    });
+    next.stale_sets.retain(|name, since| {
+        if now.duration_since(*since) >= STALE_DELAY {
+            out.push(format!("delete set ip {t} {}", quote(name)));
+            false
+        } else {
+            true
+        }
+    });
+    let mut script = out.join("\n");
+    if !script.is_empty() {
+        script.push('\n');
+    }
+    (script, next)
+}
+
+fn skeleton_names() -> BTreeSet<String> {
+    [
+        "service-ips",
+        "service-nodeports",
+        "no-endpoint-services",
+        "no-endpoint-nodeports",
+        "filter-input",
+        "filter-forward",
+        "filter-output",
+        "nat-prerouting",
+        "nat-output",
+        "nat-postrouting",
+        "services",
+        "service-endpoints-check",
+        "nodeport-endpoints-check",
+        "mark-for-masquerade",
+        "masquerading",
+        "reject-chain",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Runs `nft -f -` on a script: one transaction, all or nothing.
+pub fn nft_apply(script: &str) -> Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running nft (is the nftables package installed?): {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("nft's stdin")?
+        .write_all(script.as_bytes())
+        .map_err(|e| format!("writing to nft: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// The chain and set names berth's table holds now (empty when there is no table).
+fn existing_names() -> (Vec<String>, Vec<String>) {
+    let Ok(out) = Command::new("nft")
+        .args(["-j", "list", "table", "ip", TABLE])
+        .output()
+    else {
+        return Default::default();
+    };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut chains = Vec::new();
+    let mut sets = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        if let Some(n) = item.pointer("/chain/name").and_then(|n| n.as_str()) {
+            chains.push(n.to_string());
+        }
+        if let Some(n) = item.pointer("/set/name").and_then(|n| n.as_str()) {
+            sets.push(n.to_string());
+        }
+    }
+    (chains, sets)
+}
+
+/// Deletes berth's table (the node leaves the cluster).
+pub fn remove_table() {
+    let _ = nft_apply(&format!("add table ip {TABLE}\ndelete table ip {TABLE}\n"));
+}
+
+enum Change {
+    Service(Option<Arc<Service>>, String),
+    Slice(Option<Arc<EndpointSlice>>, String),
+    /// A (re)list of the kind (true: Services) starts.
+    Init(bool),
+    /// It is complete.
+    Listed(bool),
+    Nothing,
+}
+
+fn key<K: kube::ResourceExt>(o: &K) -> String {
+    format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// A watch of every `K` as [`Change`]s.
+fn follow<K>(
+    client: &kube::Client,
+    services: bool,
+    wrap: fn(Option<Arc<K>>, String) -> Change,
+) -> impl futures::Stream<Item = Change> + Send
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::runtime::WatchStreamExt as _;
+    watcher::watcher(
+        kube::Api::<K>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(move |e| match e {
+        Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+            let k = key(&o);
+            wrap(Some(Arc::new(o)), k)
+        }
+        Ok(watcher::Event::Delete(o)) => wrap(None, key(&o)),
+        Ok(watcher::Event::Init) => Change::Init(services),
+        Ok(watcher::Event::InitDone) => Change::Listed(services),
+        Err(e) => {
+            eprintln!(
+                "berth agent: proxy: watching {}: {e}",
+                if services {
+                    "services"
+                } else {
+                    "endpointslices"
+                }
+            );
+            Change::Nothing
+        }
+    })
+}
+
+/// Follows Services and EndpointSlices into `catalog` and keeps the node's rules in step.
+pub async fn run(client: kube::Client, me: String, cluster_cidr: String, catalog: Shared) {
+    let services = follow::<Service>(&client, true, Change::Service);
+    let slices = follow::<EndpointSlice>(&client, false, Change::Slice);
+    let mut events = futures::stream::select(services.boxed(), slices.boxed());
+    let mut applied: Option<Applied> = None;
+    // Which kinds have been listed once; the keys a relist in progress brought.
+    let mut listed = [false, false];
+    let mut relisting: [Option<BTreeSet<String>>; 2] = [None, None];
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            e = events.next() => match e { Some(e) => Some(e), None => return },
+            _ = retry.tick() => None,
+        };
+        let mut batch: Vec<Change> = first.into_iter().collect();
+        while let Some(Some(e)) = futures::FutureExt::now_or_never(events.next()) {
+            batch.push(e);
+        }
+        let had_events = !batch.is_empty();
+        {
+            let mut cat = catalog.write().unwrap_or_else(|p| p.into_inner());
+            for c in batch {
+                match c {
+                    Change::Service(s, k) => {
+                        if let Some(f) = relisting[0].as_mut() {
+                            f.insert(k.clone());
+                        }
+                        match s {
+                            Some(s) => cat.services.insert(k, s),
+                            None => cat.services.remove(&k),
+                        };
+                    }
+                    Change::Slice(s, k) => {
+                        if let Some(f) = relisting[1].as_mut() {
+                            f.insert(k.clone());
+                        }
+                        cat.put_slice(k, s);
+                    }
+                    Change::Init(svc) => relisting[usize::from(!svc)] = Some(BTreeSet::new()),
+                    Change::Listed(svc) => {
+                        let i = usize::from(!svc);
+                        let seen = relisting[i].take().unwrap_or_default();
+                        if svc {
+                            cat.services.retain(|k, _| seen.contains(k));
+                        } else {
+                            let gone: Vec<String> = cat
+                                .slices
+                                .keys()
+                                .filter(|k| !seen.contains(*k))
+                                .cloned()
+                                .collect();
+                            for k in gone {
+                                cat.put_slice(k, None);
+                            }
+                        }
+                        listed[i] = true;
+                    }
+                    Change::Nothing => {}
+                }
+            }
+        }
+        // Nothing is programmed before both kinds are listed once (a half-known state
+        // would reject traffic to Services whose slices are not seen yet).
+        if !(listed[0] && listed[1]) {
+            continue;
+        }
+        let stale_pending = applied
+            .as_ref()
+            .is_some_and(|a| !a.stale_chains.is_empty() || !a.stale_sets.is_empty());
+        if !had_events && applied.is_some() && !stale_pending {
+            continue;
+        }
+        let want = {
+            let cat = catalog.read().unwrap_or_else(|p| p.into_inner());
+            desired(&cat, &me, &cluster_cidr)
+        };
+        let mut prev = applied.take();
+        let cidr = cluster_cidr.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let existing = if prev.is_none() {
+                existing_names()
+            } else {
+                Default::default()
+            };
+            let (script, next) = transaction(
+                prev.as_mut(),
+                (&existing.0, &existing.1),
+                &want,
+                &cidr,
+                Instant::now(),
+            );
+            if script.is_empty() {
+                return Ok(next);
+            }
+            nft_apply(&script).map(|()| next)
+        })
+        .await;
+        match result {
+            Ok(Ok(next)) => applied = Some(next),
+            Ok(Err(e)) => {
+                eprintln!("berth agent: proxy: applying the rules: {e}; rebuilding the table");
+                applied = None;
+            }
+            Err(e) => {
+                eprintln!("berth agent: proxy: {e}");
+                applied = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn service(name: &str, ip: &str, extra: serde_json::Value) -> (String, Arc<Service>) {
+        let mut spec = json!({
+            "clusterIP": ip, "clusterIPs": [ip], "type": "ClusterIP",
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        let s = json!({"metadata": {"name": name, "namespace": "ns"}, "spec": spec});
+        (
+            format!("ns/{name}"),
+            Arc::new(serde_json::from_value(s).unwrap()),
+        )
+    }
+
+    fn slice(svc: &str, eps: &[(&str, bool, &str)]) -> (String, Arc<EndpointSlice>) {
+        let s = json!({
+            "metadata": {"name": format!("{svc}-x"), "namespace": "ns",
+                "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": eps.iter().map(|(ip, ready, node)| json!({
+                "addresses": [ip], "conditions": {"ready": ready, "serving": ready, "terminating": false},
+                "nodeName": node,
+            })).collect::<Vec<_>>(),
+        });
+        (
+            format!("ns/{svc}-x"),
+            Arc::new(serde_json::from_value(s).unwrap()),
+        )
+    }
+
+    type Keyed<K> = (String, Arc<K>);
+
+    fn catalog(items: Vec<(Keyed<Service>, Option<Keyed<EndpointSlice>>)>) -> Catalog {
+        let mut c = Catalog::default();
+        for ((k, s), sl) in items {
+            c.services.insert(k, s);
+            if let Some((k, s)) = sl {
+                c.put_slice(k, Some(s));
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn ready_endpoints_are_balanced_and_a_service_without_any_rejects() {
+        let c = catalog(vec![
+            (
+                service("web", "10.43.0.20", json!({})),
+                Some(slice(
+                    "web",
+                    &[("10.42.1.5", true, "a"), ("10.42.2.5", false, "b")],
+                )),
+            ),
+            (service("empty", "10.43.0.21", json!({})), None),
+        ]);
+        let r = desired(&c, "a", "10.42.0.0/16");
+        assert_eq!(
+            r.elements
+                .get(&("service-ips", "10.43.0.20 . tcp . 80".into())),
+            Some(&"goto service-ns/web/tcp/http".to_string())
+        );
+        let chain = &r.chains["service-ns/web/tcp/http"];
+        assert!(chain[0].contains("ip saddr != 10.42.0.0/16 jump mark-for-masquerade"));
+        assert!(chain[1].starts_with(
+            "numgen random mod 1 vmap { 0 : goto endpoint-ns/web/tcp/http__10.42.1.5/8080 }"
+        ));
+        assert_eq!(
+            r.elements
+                .get(&("no-endpoint-services", "10.43.0.21 . tcp . 80".into())),
+            Some(&"goto reject-chain".to_string())
+        );
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_nothing_is_ready() {
+        let e = |ready, serving, terminating| Endpoint {
+            ip: "10.42.0.2".into(),
+            port: 80,
+            node: None,
+            ready,
+            serving,
+            terminating,
+        };
+        assert_eq!(
+            usable(&[e(false, true, true), e(true, true, false)]).len(),
+            1
+        );
+        assert!(usable(&[e(false, true, true)])[0].terminating);
+        assert!(usable(&[e(false, false, true)]).is_empty());
+    }
+
+    #[test]
+    fn local_traffic_policies_keep_traffic_on_the_node() {
+        let c = catalog(vec![(
+            service(
+                "np",
+                "10.43.0.30",
+                json!({"type": "NodePort", "externalTrafficPolicy": "Local",
+                       "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}]}),
+            ),
+            Some(slice(
+                "np",
+                &[("10.42.1.5", true, "a"), ("10.42.2.5", true, "b")],
+            )),
+        )]);
+        let on_a = desired(&c, "a", "10.42.0.0/16");
+        assert_eq!(
+            on_a.elements
+                .get(&("service-nodeports", "tcp . 30080".into())),
+            Some(&"goto external-ns/np/tcp/http".to_string())
+        );
+        let ext = &on_a.chains["external-ns/np/tcp/http"];
+        assert!(ext.last().unwrap().starts_with("goto local-ns/np/tcp/http"));
+        assert!(on_a.chains["local-ns/np/tcp/http"]
+            .last()
+            .unwrap()
+            .contains("numgen random mod 1"));
+        let on_c = desired(&c, "c", "10.42.0.0/16");
+        assert!(on_c.chains["external-ns/np/tcp/http"]
+            .last()
+            .unwrap()
+            .starts_with("drop"));
+    }
+
+    #[test]
+    fn a_change_to_one_service_rewrites_only_its_rules() {
+        let web = service("web", "10.43.0.20", json!({}));
+        let other = service("other", "10.43.0.22", json!({}));
+        let before = catalog(vec![
+            (web.clone(), Some(slice("web", &[("10.42.1.5", true, "a")]))),
+            (
+                other.clone(),
+                Some(slice("other", &[("10.42.1.9", true, "a")])),
+            ),
+        ]);
+        let after = catalog(vec![
+            (web, Some(slice("web", &[("10.42.1.6", true, "a")]))),
+            (other, Some(slice("other", &[("10.42.1.9", true, "a")]))),
+        ]);
+        let t0 = Instant::now();
+        let (_, mut applied) = transaction(
+            None,
+            (&[], &[]),
+            &desired(&before, "a", "10.42.0.0/16"),
+            "10.42.0.0/16",
+            t0,
+        );
+        let (script, mut applied) = transaction(
+            Some(&mut applied),
+            (&[], &[]),
+            &desired(&after, "a", "10.42.0.0/16"),
+            "10.42.0.0/16",
+            t0,
+        );
+        assert!(!script.contains("other"), "{script}");
+        assert!(
+            script.contains("add chain ip berth-proxy endpoint-ns/web/tcp/http__10.42.1.6/8080")
+        );
+        assert!(
+            script.contains("flush chain ip berth-proxy endpoint-ns/web/tcp/http__10.42.1.5/8080")
+        );
+        assert!(!script.contains("delete chain"), "{script}");
+        let (script, _) = transaction(
+            Some(&mut applied),
+            (&[], &[]),
+            &desired(&after, "a", "10.42.0.0/16"),
+            "10.42.0.0/16",
+            t0 + STALE_DELAY,
+        );
+        assert_eq!(
+            script,
+            "delete chain ip berth-proxy endpoint-ns/web/tcp/http__10.42.1.5/8080\n"
+        );
+    }
+
+    /// The scripts load into a real kernel, in a network namespace of the test's own.
+    #[test]
+    fn the_transactions_apply_in_the_kernel() {
+        if !nix::unistd::Uid::effective().is_root()
+            || Command::new("nft").arg("--version").output().is_err()
+        {
+            eprintln!("skipped: needs root and nft");
+            return;
+        }
+        let with_affinity = catalog(vec![
+            (
+                service(
+                    "web",
+                    "10.43.0.20",
+                    json!({"sessionAffinity": "ClientIP",
+                    "type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                    "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}]}),
+                ),
+                Some(slice(
+                    "web",
+                    &[("10.42.1.5", true, "a"), ("10.42.1.6", true, "b")],
+                )),
+            ),
+            (service("empty", "10.43.0.21", json!({})), None),
+        ]);
+        let smaller = catalog(vec![(
+            service("web", "10.43.0.20", json!({})),
+            Some(slice("web", &[("10.42.1.6", true, "b")])),
+        )]);
+        let t0 = Instant::now();
+        let cidr = "10.42.0.0/16";
+        let (s1, mut a) = transaction(
+            None,
+            (&[], &[]),
+            &desired(&with_affinity, "a", cidr),
+            cidr,
+            t0,
+        );
+        let (s2, mut a) = transaction(
+            Some(&mut a),
+            (&[], &[]),
+            &desired(&smaller, "a", cidr),
+            cidr,
+            t0,
+        );
+        let (s3, _) = transaction(
+            Some(&mut a),
+            (&[], &[]),
+            &desired(&smaller, "a", cidr),
+            cidr,
+            t0 + STALE_DELAY,
+        );
+        let dir = std::env::temp_dir().join(format!("berth-proxy-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, s) in [&s1, &s2, &s3].iter().enumerate() {
+            std::fs::write(dir.join(format!("{i}.nft")), s).unwrap();
+        }
+        let out = Command::new("unshare")
+            .args(["-n", "sh", "-ec"])
+            .arg(format!(
+                "cd {}; nft -f 0.nft; nft -f 1.nft; nft -f 2.nft; nft list table ip {TABLE}",
+                dir.display()
+            ))
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}\n{s1}\n{s2}\n{s3}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            listing.contains("endpoint-ns/web/tcp/http__10.42.1.6/8080"),
+            "{listing}"
+        );
+        assert!(!listing.contains("10.42.1.5/8080"), "{listing}");
+        assert!(!listing.contains("affinity-"), "{listing}");
+        assert!(!listing.contains("external-"), "{listing}");
+    }
+}
