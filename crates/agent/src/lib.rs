@@ -140,6 +140,7 @@ pub async fn run(cfg: Config, engine: Arc<engine::Engine>) -> Result<()> {
     tokio::spawn(node.clone().heartbeat());
     tokio::spawn(routes::run(client.clone(), cfg.node_name.clone()));
     let catalog: proxy::Shared = Default::default();
+    proxy::check_nft()?;
     // Cluster DNS on the pod network's gateway.
     match engine
         .networks

@@ -626,6 +626,19 @@ pub fn nft_apply(script: &str) -> Result<(), String> {
     }
 }
 
+/// Fails with a clear error when `nft` (Debian's `nftables` package) is missing: a node
+/// without it cannot route Service traffic.
+pub fn check_nft() -> anyhow::Result<()> {
+    match Command::new("nft").arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => anyhow::bail!(
+            "the service proxy needs nft: `nft --version` failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => anyhow::bail!("the service proxy needs nft (install the nftables package): {e}"),
+    }
+}
+
 /// The chain and set names berth's table holds now (empty when there is no table).
 fn existing_names() -> (Vec<String>, Vec<String>) {
     let Ok(out) = Command::new("nft")

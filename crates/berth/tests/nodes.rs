@@ -3382,7 +3382,7 @@ spec:
     image: busybox:latest
     imagePullPolicy: Never
     ports: [{{name: http, containerPort: 8080}}]
-    command: ["sh", "-c", "touch /tmp/ready; mkdir -p /www/cgi-bin; printf '#!/bin/sh\necho\necho {name}\n' > /www/cgi-bin/who; chmod +x /www/cgi-bin/who; exec httpd -f -p 8080 -h /www"]
+    command: ["sh", "-c", "touch /tmp/ready; mkdir -p /www/cgi-bin; printf '#!/bin/sh\necho\necho {name}\n' > /www/cgi-bin/who; printf '#!/bin/sh\necho\necho $REMOTE_ADDR\n' > /www/cgi-bin/src; chmod +x /www/cgi-bin/who /www/cgi-bin/src; exec httpd -f -p 8080 -h /www"]
     readinessProbe: {{exec: {{command: [test, -f, /tmp/ready]}}, periodSeconds: 1, failureThreshold: 1}}
 "#
     )
@@ -3412,6 +3412,11 @@ fn who_from_pod(ns: &str, from: &str, addr: &str) -> Result<String, String> {
 
 /// `GET /cgi-bin/who` from the test's own host (outside the cluster's nodes).
 fn who_from_host(addr: &str) -> Result<String, String> {
+    get_from_host(addr, "/cgi-bin/who")
+}
+
+/// `GET path` from the test's own host; the answer's last line.
+fn get_from_host(addr: &str, path: &str) -> Result<String, String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(
         &addr.parse().map_err(|e| format!("{addr}: {e}"))?,
@@ -3420,7 +3425,7 @@ fn who_from_host(addr: &str) -> Result<String, String> {
     .map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
         .ok();
-    s.write_all(b"GET /cgi-bin/who HTTP/1.0\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
         .map_err(|e| e.to_string())?;
     let mut out = String::new();
     s.read_to_string(&mut out).map_err(|e| e.to_string())?;
@@ -3629,4 +3634,169 @@ spec:
             });
         }
     });
+}
+
+/// The lines of each node's berth table that mention any of `needles`.
+fn rules_mentioning(needles: &[String]) -> Vec<String> {
+    with(|c| {
+        c.hosts
+            .iter()
+            .flat_map(|h| {
+                let o = h.exec(&["nft", "list", "table", "ip", "berth-proxy"]);
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| needles.iter().any(|n| l.contains(n.as_str())))
+                    .map(|l| format!("{}: {}", h.name, l.trim()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    })
+}
+
+/// A node's routes, but for its pod bridge's own (there once a pod ran; up or down as pods
+/// come and go).
+fn routes(h: &cluster::nodes::Host) -> String {
+    String::from_utf8_lossy(&h.exec(&["ip", "route"]).stdout)
+        .lines()
+        .filter(|l| !l.contains(" dev br-"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn load_balancers_keep_client_addresses_and_bad_services_leave_nothing_behind() {
+    let ns = ns("lb");
+    let routes_before: Vec<String> = with(|c| c.hosts.iter().map(|h| routes(h)).collect());
+    let lb = |name: &str, policy: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: {policy}\n  selector: {{app: web}}\n  ports: [{{name: http, port: 8081, targetPort: http}}]\n"
+        )
+    };
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &[
+            web_pod("web-a", "node-0", "app: web"),
+            web_pod("web-b", "node-1", "app: web"),
+            lb("front", "Local"),
+        ]
+        .join("---\n"),
+    );
+    for p in ["web-a", "web-b"] {
+        wait_for(&ns, &format!("pod/{p}"), "condition=Ready");
+    }
+    let node_ips: Vec<String> = with(|c| c.hosts.iter().map(|h| h.ip.clone()).collect());
+    let ingress = poll("front gets the nodes' addresses", 30, || {
+        let got = get(&ns, "svc/front", "{.status.loadBalancer.ingress[*].ip}");
+        let mut got: Vec<String> = got.split_whitespace().map(String::from).collect();
+        got.sort();
+        let mut want = node_ips.clone();
+        want.sort();
+        (got == want).then_some(got)
+    });
+    assert_eq!(ingress.len(), 2);
+    // externalTrafficPolicy Local: each node's address serves its own pod, and the pod
+    // sees the client's own address (no masquerading).
+    let host_ip = with(|c| format!("{}.1", c.subnet_prefix));
+    for (ip, pod) in node_ips.iter().zip(["web-a", "web-b"]) {
+        let seen = poll("the load balancer answers", 30, || {
+            Some(spread(6, || who_from_host(&format!("{ip}:8081")))).filter(|s| !s.is_empty())
+        });
+        assert_eq!(seen.keys().collect::<Vec<_>>(), [pod], "{ip}: {seen:?}");
+        let src = get_from_host(&format!("{ip}:8081"), "/cgi-bin/src").unwrap();
+        assert!(
+            src.contains(&host_ip),
+            "{src} is not the client's {host_ip}"
+        );
+    }
+    // Policy Cluster: both pods answer on one address, the source masqueraded to a node.
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "svc/front",
+        "-p",
+        r#"{"spec":{"externalTrafficPolicy":"Cluster"}}"#,
+    ]);
+    poll("one address reaches both pods", 30, || {
+        let seen = spread(16, || who_from_host(&format!("{}:8081", node_ips[0])));
+        (seen.len() == 2).then_some(())
+    });
+    // A second LoadBalancer on the same port waits, with a warning, until it is free.
+    kubectl_in(&["-n", &ns, "apply", "-f", "-"], &lb("second", "Cluster"));
+    poll("the conflict is reported", 30, || {
+        let ev = get(
+            &ns,
+            "events",
+            "{range .items[?(@.reason==\"PortConflict\")]}{.message}{end}",
+        );
+        ev.contains("8081/TCP").then_some(())
+    });
+    assert_eq!(
+        get(&ns, "svc/second", "{.status.loadBalancer.ingress[*].ip}"),
+        ""
+    );
+    let out = kubectl_ok(&["-n", &ns, "get", "svc", "second"]);
+    assert!(out.contains("<pending>"), "{out}");
+    kubectl_ok(&["-n", &ns, "delete", "svc", "front"]);
+    poll("second takes the port", 30, || {
+        nonempty(get(
+            &ns,
+            "svc/second",
+            "{.status.loadBalancer.ingress[*].ip}",
+        ))
+    });
+    poll("second answers", 30, || {
+        who_from_host(&format!("{}:8081", node_ips[1])).ok()
+    });
+    // Bad input: Kubernetes' errors, and nothing stored.
+    let node_port = get(&ns, "svc/second", "{.spec.ports[0].nodePort}");
+    let bad = |yaml: String, want: &str| {
+        let o = with(|c| c.server.kubectl_in(&["-n", &ns, "apply", "-f", "-"], &yaml));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.contains(want), "{want}: {err}");
+    };
+    bad(
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: taken}}\nspec:\n  type: NodePort\n  selector: {{app: web}}\n  ports: [{{port: 80, nodePort: {node_port}}}]\n"),
+        "provided port is already allocated",
+    );
+    bad(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: badip}\nspec:\n  clusterIP: 10.99.0.5\n  ports: [{port: 80}]\n".into(),
+        "the provided IP (10.99.0.5) is not in the valid range. The range of valid IPs is 10.43.0.0/16",
+    );
+    let names = get(&ns, "svc", "{.items[*].metadata.name}");
+    assert_eq!(names, "second");
+    // The API itself is a Service too: `kubernetes` on 10.43.0.1:443, reachable from pods.
+    let o = kubectl_out(&[
+        "-n",
+        &ns,
+        "exec",
+        "web-a",
+        "--",
+        "nc",
+        "-w",
+        "3",
+        "10.43.0.1",
+        "443",
+        "-e",
+        "true",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Deleting everything leaves no rule naming the namespace, its addresses or ports,
+    // and the routes as they were.
+    let mut needles = vec![
+        format!("{ns}/"),
+        format!(" {node_port}"),
+        ":8081".to_string(),
+    ];
+    needles.push(get(&ns, "svc/second", "{.spec.clusterIP}"));
+    assert!(
+        !rules_mentioning(&needles).is_empty(),
+        "the rules were there"
+    );
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=true", "--timeout=60s"]);
+    poll("no rule is left", 30, || {
+        rules_mentioning(&needles).is_empty().then_some(())
+    });
+    let routes_after: Vec<String> = with(|c| c.hosts.iter().map(|h| routes(h)).collect());
+    assert_eq!(routes_before, routes_after);
 }

@@ -36,7 +36,7 @@ pub struct Cluster {
     pub server: Server,
     pub hosts: Vec<Host>,
     bridge: String,
-    subnet_prefix: String,
+    pub subnet_prefix: String,
     server_flags: Vec<String>,
     id: String,
     nodes_dir: PathBuf,
@@ -310,6 +310,12 @@ impl Cluster {
 impl Host {
     pub fn spawn(&self) {
         std::fs::create_dir_all(&self.data_dir).unwrap();
+        // The node's resolvers: its own loopback (nothing answers there unless a test
+        // starts a server), so no query for a name outside the cluster leaves the machine.
+        let resolv = self.data_dir.join("resolv.conf");
+        if !resolv.exists() {
+            std::fs::write(&resolv, "search node.test\nnameserver 127.0.0.1\n").unwrap();
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -330,6 +336,8 @@ impl Host {
             .arg(&self.socket)
             .args(["--cgroup-root", &self.cgroup_root])
             .args(["--node-lease-duration", "4s"])
+            .arg("--resolv-conf")
+            .arg(&resolv)
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
