@@ -125,12 +125,14 @@ pub async fn run(cfg: Config, engine: Arc<engine::Engine>) -> Result<()> {
         engine.clone(),
     ));
     let pod_cidr = node.register().await?;
+    let catalog: proxy::Shared = Default::default();
     let pods = pods::Manager::new(
         cfg.clone(),
         node_ip,
         client.clone(),
         engine.clone(),
         &pod_cidr,
+        catalog.clone(),
     )?;
     let kubelet_tls = kubelet::tls_config(&creds)?;
     let listener = tokio::net::TcpListener::bind((node_ip, cfg.kubelet_port))
@@ -139,7 +141,6 @@ pub async fn run(cfg: Config, engine: Arc<engine::Engine>) -> Result<()> {
     tokio::spawn(kubelet::serve(listener, kubelet_tls, pods.clone()));
     tokio::spawn(node.clone().heartbeat());
     tokio::spawn(routes::run(client.clone(), cfg.node_name.clone()));
-    let catalog: proxy::Shared = Default::default();
     proxy::check_nft()?;
     // Cluster DNS on the pod network's gateway.
     match engine

@@ -52,10 +52,43 @@ pub struct Manager {
     wakers: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// The last CPU sample per container, pod and the node: (time, cumulative ns).
     pub(crate) stats_prev: Mutex<HashMap<String, (i128, u64)>>,
+    /// The Services and EndpointSlices the node's proxy follows.
+    pub catalog: crate::proxy::Shared,
 }
 
 struct Handle {
     tx: tokio::sync::watch::Sender<Option<Arc<Pod>>>,
+}
+
+/// How long after this node's proxy stopped sending new connections to a terminating
+/// pod its containers are signalled: the other nodes' proxies, following the same
+/// EndpointSlices, apply the change within milliseconds; this covers their lag.
+const DRAIN_MARGIN: Duration = Duration::from_secs(1);
+
+/// Waits until no EndpointSlice lists `ip` as ready (the endpoint controllers mark a
+/// deleted pod terminating), then [`DRAIN_MARGIN`], within `deadline`. A pod that backs
+/// no Service does not wait at all.
+async fn drain(catalog: &crate::proxy::Shared, ip: &str, deadline: Instant) {
+    let listed = |want_ready: bool| {
+        let cat = catalog.read().unwrap_or_else(|p| p.into_inner());
+        cat.slices.values().any(|s| {
+            s.endpoints.iter().any(|e| {
+                e.addresses.first().map(String::as_str) == Some(ip)
+                    && (!want_ready || e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            })
+        })
+    };
+    if !listed(false) {
+        return;
+    }
+    while listed(true) {
+        if Instant::now() + Duration::from_millis(50) >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    tokio::time::sleep(DRAIN_MARGIN.min(left)).await;
 }
 
 /// Runs a blocking engine call off the async threads.
@@ -72,6 +105,7 @@ impl Manager {
         client: kube::Client,
         engine: Arc<engine::Engine>,
         pod_cidr: &str,
+        catalog: crate::proxy::Shared,
     ) -> Result<Arc<Manager>> {
         // The pod network: made on the pod CIDR, or made again if the CIDR changed.
         match engine.networks.get(POD_NETWORK) {
@@ -113,6 +147,7 @@ impl Manager {
             workers: Mutex::new(HashMap::new()),
             wakers: Mutex::new(HashMap::new()),
             stats_prev: Mutex::new(HashMap::new()),
+            catalog,
         }))
     }
 
@@ -1453,6 +1488,10 @@ impl Worker {
             return;
         };
         let deadline = Instant::now() + Duration::from_secs(grace.max(0) as u64);
+        // No container is signalled while a Service may still send it new connections.
+        if spec.host_network != Some(true) && !self.pod_ip.is_empty() {
+            drain(&self.m.catalog, &self.pod_ip, deadline).await;
+        }
         let mut tasks = Vec::new();
         for c in spec
             .containers

@@ -3666,7 +3666,7 @@ fn routes(h: &cluster::nodes::Host) -> String {
 #[test]
 fn load_balancers_keep_client_addresses_and_bad_services_leave_nothing_behind() {
     let ns = ns("lb");
-    let routes_before: Vec<String> = with(|c| c.hosts.iter().map(|h| routes(h)).collect());
+    let routes_before: Vec<String> = with(|c| c.hosts.iter().map(routes).collect());
     let lb = |name: &str, policy: &str| {
         format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: {policy}\n  selector: {{app: web}}\n  ports: [{{name: http, port: 8081, targetPort: http}}]\n"
@@ -3797,6 +3797,191 @@ fn load_balancers_keep_client_addresses_and_bad_services_leave_nothing_behind() 
     poll("no rule is left", 30, || {
         rules_mentioning(&needles).is_empty().then_some(())
     });
-    let routes_after: Vec<String> = with(|c| c.hosts.iter().map(|h| routes(h)).collect());
+    let routes_after: Vec<String> = with(|c| c.hosts.iter().map(routes).collect());
     assert_eq!(routes_before, routes_after);
+}
+
+/// Requests `GET /cgi-bin/who` from the test's host to `addr` until `stop`: (ok, failed,
+/// the first failures).
+fn load_from_host(
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(usize, usize, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut ok, mut failed, mut errors) = (0, 0, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            match get_from_host(&addr, "/cgi-bin/who") {
+                Ok(who) if who.starts_with("app-") => ok += 1,
+                Ok(other) => {
+                    failed += 1;
+                    errors.push(format!("{addr}: answered {other:?}"));
+                }
+                Err(e) => {
+                    failed += 1;
+                    errors.push(format!("{addr}: {e}"));
+                }
+            }
+            errors.truncate(5);
+        }
+        (ok, failed, errors)
+    })
+}
+
+#[test]
+fn a_rollout_and_its_undo_behind_a_service_fail_no_request() {
+    let ns = ns("zero");
+    with(|c| {
+        for h in &c.hosts {
+            h.berth_ok(&["tag", "busybox:latest", "busybox:v2"]);
+        }
+    });
+    // Each pod, when signalled, writes what cluster DNS (which follows the same slices as
+    // the proxies) says of the Service's ready endpoints: its own address must be gone.
+    let term_dir =
+        std::path::PathBuf::from(format!("/var/tmp/berth-test-{ns}-{}", std::process::id()));
+    let app = format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: app}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: app}}}}
+  template:
+    metadata: {{labels: {{app: app}}}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      volumes: [{{name: term, hostPath: {{path: {dir}, type: DirectoryOrCreate}}}}]
+      containers:
+      - name: c
+        image: busybox:latest
+        imagePullPolicy: Never
+        ports: [{{name: http, containerPort: 8080}}]
+        volumeMounts: [{{name: term, mountPath: /term}}]
+        command: ["sh", "-c", "mkdir -p /www/cgi-bin; printf '#!/bin/sh\necho\necho $HOSTNAME\n' > /www/cgi-bin/who; chmod +x /www/cgi-bin/who; httpd -f -p 8080 -h /www & pid=$!; trap 'nslookup app-h.{ns}.svc.cluster.local > /term/$HOSTNAME 2>&1; kill $pid; exit 0' TERM; wait"]
+        readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: app}}
+spec:
+  type: LoadBalancer
+  selector: {{app: app}}
+  ports: [{{name: http, port: 8082, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: app-h}}
+spec:
+  clusterIP: None
+  selector: {{app: app}}
+  ports: [{{name: http, port: 8080}}]
+"#,
+        dir = term_dir.display()
+    );
+    let cli = r#"  containers:
+  - name: c
+    image: busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+"#;
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &[app.to_string(), pod_yaml("cli", "node-0", cli)].join("---\n"),
+    );
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "deployment/app",
+        "--timeout=120s",
+    ]);
+    wait_for(&ns, "pod/cli", "condition=Ready");
+    let cluster_ip = get(&ns, "svc/app", "{.spec.clusterIP}");
+    let node_port = get(&ns, "svc/app", "{.spec.ports[0].nodePort}");
+    let node_ips: Vec<String> = with(|c| c.hosts.iter().map(|h| h.ip.clone()).collect());
+    poll("the load balancer answers", 30, || {
+        who_from_host(&format!("{}:8082", node_ips[1])).ok()
+    });
+    poll("the ClusterIP answers", 30, || {
+        who_from_pod(&ns, "cli", &format!("{cluster_ip} 8082")).ok()
+    });
+    // Load through the ClusterIP from a pod, the NodePort and the LoadBalancer from outside.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let from_host = [
+        load_from_host(format!("{}:{node_port}", node_ips[0]), stop.clone()),
+        load_from_host(format!("{}:8082", node_ips[1]), stop.clone()),
+    ];
+    let script = format!(
+        "ok=0; fail=0; while [ ! -f /tmp/stop ]; do \
+           if printf 'GET /cgi-bin/who HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {cluster_ip} 8082 | grep -q '^app-'; \
+           then ok=$((ok+1)); else fail=$((fail+1)); fi; done; echo $ok $fail"
+    );
+    let in_pod = {
+        let mut cmd = with(|c| {
+            c.server
+                .kubectl_cmd(&["-n", &ns, "exec", "cli", "--", "sh", "-c", &script])
+        });
+        std::thread::spawn(move || cmd.output().unwrap())
+    };
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    kubectl_ok(&["-n", &ns, "set", "image", "deployment/app", "c=busybox:v2"]);
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "deployment/app",
+        "--timeout=120s",
+    ]);
+    kubectl_ok(&["-n", &ns, "rollout", "undo", "deployment/app"]);
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "deployment/app",
+        "--timeout=120s",
+    ]);
+    // The old pods' endpoints go as they terminate: wait until only three pods remain.
+    poll("the rollout's old pods are gone", 60, || {
+        let pods = kubectl_ok(&["-n", &ns, "get", "pods", "-l", "app=app", "-o", "name"]);
+        (pods.split_whitespace().count() == 3).then_some(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    kubectl_ok(&["-n", &ns, "exec", "cli", "--", "touch", "/tmp/stop"]);
+    let out = in_pod.join().unwrap();
+    let counts = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (pod_ok, pod_failed) = counts
+        .split_once(' ')
+        .map(|(a, b)| {
+            (
+                a.parse::<usize>().unwrap_or(0),
+                b.parse::<usize>().unwrap_or(usize::MAX),
+            )
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the in-pod load said {counts:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let mut report = vec![format!(
+        "ClusterIP from a pod: {pod_ok} ok, {pod_failed} failed"
+    )];
+    let mut failed = pod_failed;
+    let mut errors = Vec::new();
+    for (name, t) in ["NodePort", "LoadBalancer"].iter().zip(from_host) {
+        let (ok, f, e) = t.join().unwrap();
+        report.push(format!("{name} from outside: {ok} ok, {f} failed"));
+        assert!(ok > 0, "{name}: no request went through");
+        failed += f;
+        errors.extend(e);
+    }
+    println!(
+        "requests during the rollout and its undo: {}",
+        report.join("; ")
+    );
+    assert!(pod_ok > 0);
+    assert_eq!(failed, 0, "{}\n{}", report.join("; "), errors.join("\n"));
 }
