@@ -73,6 +73,8 @@ pub struct Config {
     pub resolv_conf: PathBuf,
     /// `cluster.local`.
     pub cluster_domain: String,
+    /// How pod traffic crosses nodes.
+    pub network_backend: routes::Backend,
 }
 
 /// The source address the kernel would use to reach `server`: the node's address when
@@ -140,7 +142,37 @@ pub async fn run(cfg: Config, engine: Arc<engine::Engine>) -> Result<()> {
         .with_context(|| format!("binding the kubelet API on {node_ip}:{}", cfg.kubelet_port))?;
     tokio::spawn(kubelet::serve(listener, kubelet_tls, pods.clone()));
     tokio::spawn(node.clone().heartbeat());
-    tokio::spawn(routes::run(client.clone(), cfg.node_name.clone()));
+    // The backend's device, and what the other nodes need to know of it.
+    let mac = match cfg.network_backend {
+        routes::Backend::Vxlan => {
+            let (ip, cidr) = (node_ip.to_string(), pod_cidr.clone());
+            Some(
+                tokio::task::spawn_blocking(move || routes::setup_vxlan(&ip, &cidr))
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("the VXLAN device: {e}"))?,
+            )
+        }
+        routes::Backend::HostGw => {
+            tokio::task::spawn_blocking(routes::remove_vxlan).await?;
+            None
+        }
+    };
+    kube::Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .patch(
+            &cfg.node_name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+                routes::BACKEND: cfg.network_backend.name(),
+                routes::VTEP_MAC: mac,
+            }}})),
+        )
+        .await
+        .context("publishing the node's network backend")?;
+    tokio::spawn(routes::run(
+        client.clone(),
+        cfg.node_name.clone(),
+        cfg.network_backend,
+    ));
     proxy::check_nft()?;
     // Cluster DNS on the pod network's gateway.
     match engine

@@ -54,6 +54,11 @@ pub struct NodeArgs {
     /// that pods with `dnsPolicy: Default` get (the kubelet's `--resolv-conf`).
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// How pod traffic crosses nodes (k3s's `--flannel-backend`): `host-gw` (routes via
+    /// each node's address; nodes share an L2 segment) or `vxlan` (encapsulated in UDP
+    /// 8472; for nodes that share none). Every node of a cluster uses the same.
+    #[arg(long, default_value = "host-gw")]
+    network_backend: agent::routes::Backend,
     /// The cluster's DNS domain (the kubelet's `--cluster-domain`).
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -156,6 +161,7 @@ pub fn config(
         control_plane,
         resolv_conf: n.resolv_conf.clone(),
         cluster_domain: n.cluster_domain.trim_matches('.').to_ascii_lowercase(),
+        network_backend: n.network_backend,
     })
 }
 

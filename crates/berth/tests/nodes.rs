@@ -28,20 +28,24 @@ fn cluster() -> &'static Cluster {
         let c = Cluster::start("nodes", 2);
         // SAFETY: atexit registers a plain function; it runs once after the tests.
         unsafe { libc::atexit(cleanup_cluster) };
-        // Every node gets busybox in its engine, as a user loads a local image.
-        let tar = common::rootfs_tar(&c.server.dir, "bb", "busybox\n");
-        for h in &c.hosts {
-            h.berth_ok(&[
-                "image",
-                "import",
-                "-c",
-                "CMD [\"sh\"]",
-                tar.to_str().unwrap(),
-                "busybox:latest",
-            ]);
-        }
+        load_busybox(&c);
         c
     })
+}
+
+/// Every node gets busybox in its engine, as a user loads a local image.
+fn load_busybox(c: &Cluster) {
+    let tar = common::rootfs_tar(&c.server.dir, "bb", "busybox\n");
+    for h in &c.hosts {
+        h.berth_ok(&[
+            "image",
+            "import",
+            "-c",
+            "CMD [\"sh\"]",
+            tar.to_str().unwrap(),
+            "busybox:latest",
+        ]);
+    }
 }
 
 fn with<T>(f: impl FnOnce(&Cluster) -> T) -> T {
@@ -1575,18 +1579,12 @@ impl Drop for Dedicated {
 
 impl Dedicated {
     fn start(name: &str, n: usize) -> Dedicated {
-        let c = Cluster::start(name, n);
-        let tar = common::rootfs_tar(&c.server.dir, "bb", "busybox\n");
-        for h in &c.hosts {
-            h.berth_ok(&[
-                "image",
-                "import",
-                "-c",
-                "CMD [\"sh\"]",
-                tar.to_str().unwrap(),
-                "busybox:latest",
-            ]);
-        }
+        Dedicated::start_with_agents(name, n, &[])
+    }
+
+    fn start_with_agents(name: &str, n: usize, agent_flags: &[&str]) -> Dedicated {
+        let c = Cluster::start_full(name, n, &[], agent_flags);
+        load_busybox(&c);
         Dedicated(c)
     }
 
@@ -3984,4 +3982,108 @@ spec:
     );
     assert!(pod_ok > 0);
     assert_eq!(failed, 0, "{}\n{}", report.join("; "), errors.join("\n"));
+}
+
+#[test]
+fn vxlan_carries_pod_traffic_between_nodes_and_goes_with_a_node() {
+    let d = Dedicated::start_with_agents("vxlan", 2, &["--network-backend", "vxlan"]);
+    let c = &d.0;
+    let (n0, n1) = (&c.hosts[0], &c.hosts[1]);
+    let cli = r#"  containers:
+  - name: c
+    image: busybox:latest
+    imagePullPolicy: Never
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+"#;
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n";
+    c.server.ok_in(
+        &["apply", "-f", "-"],
+        &[
+            web_pod("srv", "node-1", "app: web"),
+            pod_yaml("cli", "node-0", cli),
+            svc.to_string(),
+        ]
+        .join("---\n"),
+    );
+    for p in ["srv", "cli"] {
+        let o = c.server.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("pod/{p}"),
+            "--timeout=90s",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // node-0 reaches node-1's pods through its VXLAN device, with the neighbour and
+    // forwarding entries node-1 published.
+    let cidr1 = d.jsonpath(&["get", "node", "node-1"], "{.spec.podCIDR}");
+    let mac1 = d.jsonpath(
+        &["get", "node", "node-1"],
+        "{.metadata.annotations.berth\\.dev/vtep-mac}",
+    );
+    assert_eq!(mac1.len(), 17, "{mac1}");
+    let route =
+        String::from_utf8_lossy(&n0.exec(&["ip", "route", "show", &cidr1]).stdout).to_string();
+    assert!(route.contains("dev berth.vxlan"), "{route}");
+    let fdb = String::from_utf8_lossy(
+        &n0.exec(&["bridge", "fdb", "show", "dev", "berth.vxlan"])
+            .stdout,
+    )
+    .to_string();
+    assert!(fdb.contains(&format!("{mac1} dst {}", n1.ip)), "{fdb}");
+    let tx = || -> u64 {
+        let o = n0.exec(&["ip", "-j", "-s", "link", "show", "berth.vxlan"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        v.pointer("/0/stats64/tx/packets")
+            .and_then(|p| p.as_u64())
+            .unwrap_or(0)
+    };
+    let before = tx();
+    // Pod to pod without NAT, and through the Service.
+    let srv_ip = d.jsonpath(&["get", "pod", "srv"], "{.status.podIP}");
+    let cli_ip = d.jsonpath(&["get", "pod", "cli"], "{.status.podIP}");
+    let ask = |addr: &str, path: &str| {
+        let o = c.server.kubectl(&[
+            "exec",
+            "cli",
+            "--",
+            "sh",
+            "-c",
+            &format!("printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {addr}"),
+        ]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let src = poll("node-1's pod answers over VXLAN", 30, || {
+        nonempty(ask(&format!("{srv_ip} 8080"), "/cgi-bin/src"))
+    });
+    assert_eq!(src, format!("[::ffff:{cli_ip}]"));
+    let cluster_ip = d.jsonpath(&["get", "svc", "web"], "{.spec.clusterIP}");
+    let who = poll("the Service answers", 30, || {
+        nonempty(ask(&format!("{cluster_ip} 80"), "/cgi-bin/who"))
+    });
+    assert_eq!(who, "srv");
+    assert!(tx() > before, "the traffic went through berth.vxlan");
+    // node-1 leaves: node-0 forgets its route, neighbour and forwarding entry.
+    n1.kill9();
+    c.server.ok(&["delete", "node", "node-1"]);
+    poll("node-1's entries go", 30, || {
+        let route =
+            String::from_utf8_lossy(&n0.exec(&["ip", "route", "show", &cidr1]).stdout).to_string();
+        let fdb = String::from_utf8_lossy(
+            &n0.exec(&["bridge", "fdb", "show", "dev", "berth.vxlan"])
+                .stdout,
+        )
+        .to_string();
+        let neigh = String::from_utf8_lossy(
+            &n0.exec(&["ip", "neigh", "show", "dev", "berth.vxlan"])
+                .stdout,
+        )
+        .to_string();
+        (route.trim().is_empty() && !fdb.contains(&mac1) && neigh.trim().is_empty()).then_some(())
+    });
 }

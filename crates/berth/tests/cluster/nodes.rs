@@ -133,6 +133,17 @@ impl Cluster {
 
     /// As [`Cluster::start`], with extra `berth server` flags.
     pub fn start_with(name: &str, n: usize, server_flags: &[&str]) -> Cluster {
+        Cluster::start_full(name, n, server_flags, &[])
+    }
+
+    /// As [`Cluster::start`], with extra `berth server` flags and `berth agent` flags for
+    /// every node.
+    pub fn start_full(
+        name: &str,
+        n: usize,
+        server_flags: &[&str],
+        agent_flags: &[&str],
+    ) -> Cluster {
         crate::common::require_root();
         let k = CLUSTERS.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}{k}", std::process::id() % 100_000);
@@ -170,7 +181,7 @@ impl Cluster {
             token,
         };
         for i in 0..n {
-            let h = c.new_host(i, &[]);
+            let h = c.new_host(i, agent_flags);
             c.hosts.push(h);
         }
         for h in &c.hosts {
@@ -396,9 +407,11 @@ impl Host {
         let o = self.berth(args);
         assert!(
             o.status.success(),
-            "berth {}: {}",
+            "berth {}: {}\n{}'s log:\n{}",
             args.join(" "),
-            String::from_utf8_lossy(&o.stderr)
+            String::from_utf8_lossy(&o.stderr),
+            self.name,
+            self.log()
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
