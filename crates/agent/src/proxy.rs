@@ -158,7 +158,7 @@ pub struct Rules {
     pub chains: BTreeMap<String, Vec<String>>,
     /// Affinity sets: name → timeout in seconds.
     pub sets: BTreeMap<String, u32>,
-    /// (map, key) → verdict.
+    /// (map, key) → `comment "…" : verdict`.
     pub elements: BTreeMap<(&'static str, String), String>,
 }
 
@@ -306,19 +306,25 @@ pub fn desired(cat: &Catalog, me: &str, cluster_cidr: &str) -> Rules {
                 let k = format!("{ip} . {proto} . {port}");
                 if itp_local {
                     if has_local {
-                        r.elements
-                            .insert(("service-ips", k), format!("goto {}", quote(&local_chain)));
+                        r.elements.insert(
+                            ("service-ips", k),
+                            el(&comment, &format!("goto {}", quote(&local_chain))),
+                        );
                     } else {
                         // No endpoint on this node: dropped, as Kubernetes does.
                         r.elements
-                            .insert(("no-endpoint-services", k), "drop".into());
+                            .insert(("no-endpoint-services", k), el(&comment, "drop"));
                     }
                 } else if has_cluster {
-                    r.elements
-                        .insert(("service-ips", k), format!("goto {}", quote(&svc_chain)));
+                    r.elements.insert(
+                        ("service-ips", k),
+                        el(&comment, &format!("goto {}", quote(&svc_chain))),
+                    );
                 } else {
-                    r.elements
-                        .insert(("no-endpoint-services", k), "goto reject-chain".into());
+                    r.elements.insert(
+                        ("no-endpoint-services", k),
+                        el(&comment, "goto reject-chain"),
+                    );
                 }
             }
             // NodePort, LoadBalancer and external addresses.
@@ -345,7 +351,8 @@ pub fn desired(cat: &Catalog, me: &str, cluster_cidr: &str) -> Rules {
             }
             if !has_cluster {
                 for (_, none, k) in dests {
-                    r.elements.insert((none, k), "goto reject-chain".into());
+                    r.elements
+                        .insert((none, k), el(&comment, "goto reject-chain"));
                 }
                 continue;
             }
@@ -372,12 +379,19 @@ pub fn desired(cat: &Catalog, me: &str, cluster_cidr: &str) -> Rules {
             };
             r.chains.insert(ext_chain.clone(), ext_rules);
             for (map, _, k) in dests {
-                r.elements
-                    .insert((map, k), format!("goto {}", quote(&ext_chain)));
+                r.elements.insert(
+                    (map, k),
+                    el(&comment, &format!("goto {}", quote(&ext_chain))),
+                );
             }
         }
     }
     r
+}
+
+/// A map element's value: a comment naming the Service port, and the verdict.
+fn el(comment: &str, verdict: &str) -> String {
+    format!("comment \"{comment}\" : {verdict}")
 }
 
 /// A chain or set name in nft syntax: berth's names are nft identifiers as they are
@@ -539,7 +553,7 @@ pub fn transaction(
     }
     for ((map, key), verdict) in &want.elements {
         if prev.rules.elements.get(&(map, key.clone())) != Some(verdict) {
-            out.push(format!("add element ip {t} {map} {{ {key} : {verdict} }}"));
+            out.push(format!("add element ip {t} {map} {{ {key} {verdict} }}"));
         }
     }
     for name in prev.rules.chains.keys() {
@@ -659,6 +673,150 @@ fn existing_names() -> (Vec<String>, Vec<String>) {
         }
     }
     (chains, sets)
+}
+
+/// How this node routes Service `ns/name`'s traffic, from a listing of berth's table
+/// (`nft list table ip berth-proxy`): the addresses and ports that lead to it, then each
+/// of its chains with its rules, glossed.
+pub fn explain(listing: &str, service: &str) -> String {
+    let mine = |chain: &str| {
+        ["service-", "external-", "local-", "endpoint-"]
+            .iter()
+            .any(|p| {
+                chain
+                    .strip_prefix(p)
+                    .is_some_and(|rest| rest.starts_with(&format!("{service}/")))
+            })
+    };
+    // Map elements: "key : verdict", possibly over several lines.
+    let mut entries: Vec<(String, String, String)> = Vec::new();
+    let mut chains: Vec<(String, Vec<String>)> = Vec::new();
+    let mut map: Option<String> = None;
+    let mut chain: Option<(String, Vec<String>)> = None;
+    let mut in_elements = false;
+    for line in listing.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("map ") {
+            map = rest.strip_suffix(" {").map(String::from);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("chain ") {
+            chain = rest.strip_suffix(" {").map(|n| (n.to_string(), Vec::new()));
+            continue;
+        }
+        if line == "}" {
+            if let Some(c) = chain.take() {
+                if mine(&c.0) {
+                    chains.push(c);
+                }
+            }
+            map = None;
+            in_elements = false;
+            continue;
+        }
+        if let Some(m) = &map {
+            let body = match line.strip_prefix("elements = {") {
+                Some(b) => {
+                    in_elements = true;
+                    b
+                }
+                None if in_elements => line,
+                None => continue,
+            };
+            let body = body.trim_end_matches('}').trim();
+            for e in body.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                // `KEY comment "ns/name:port" : VERDICT`
+                let Some((k, v)) = e.split_once(" : ") else {
+                    continue;
+                };
+                let (key, comment) = match k.split_once(" comment ") {
+                    Some((key, c)) => (key, c.trim_matches('"')),
+                    None => (k, ""),
+                };
+                if comment.starts_with(&format!("{service}:")) {
+                    entries.push((m.clone(), format!("{key} ({comment})"), v.to_string()));
+                }
+            }
+            if body.ends_with('}') || line.ends_with('}') {
+                in_elements = false;
+            }
+            continue;
+        }
+        if let Some((_, rules)) = chain.as_mut() {
+            if !line.starts_with("type ") && !line.is_empty() {
+                rules.push(line.to_string());
+            }
+        }
+    }
+    let mut out = format!("Service {service} on this node (nft table ip {TABLE}):\n");
+    if entries.is_empty() && chains.is_empty() {
+        out.push_str("  no rules: the Service is unknown here, headless, or an ExternalName\n");
+    }
+    for (map, key, verdict) in &entries {
+        let what = match map.as_str() {
+            "service-nodeports" => "NodePort",
+            "no-endpoint-nodeports" => "NodePort without endpoints",
+            "no-endpoint-services" => "address without endpoints",
+            _ => "address",
+        };
+        let verdict = match verdict.as_str() {
+            "goto reject-chain" => "rejected (no endpoint is ready)",
+            "drop" => "dropped (no endpoint on this node)",
+            v => v.trim_start_matches("goto "),
+        };
+        out.push_str(&format!("  {what} {key} -> {verdict}\n"));
+    }
+    for (name, rules) in &chains {
+        out.push_str(&format!("  chain {name}:\n"));
+        for r in rules {
+            let gloss = if r.contains("jump mark-for-masquerade")
+                && r.starts_with("ip saddr ")
+                && r.contains(" != ")
+            {
+                "traffic from outside the pod network is masqueraded"
+            } else if r.contains("jump mark-for-masquerade") && r.starts_with("ip saddr ") {
+                "hairpin: a pod reaching itself is masqueraded"
+            } else if r.contains("jump mark-for-masquerade") {
+                "masqueraded (source becomes this node)"
+            } else if r.starts_with("numgen random") {
+                "one endpoint at random"
+            } else if r.contains("dnat to") {
+                "sent to this endpoint"
+            } else if r.contains("@affinity-") && r.starts_with("update") {
+                "remembers the client for session affinity"
+            } else if r.contains("@affinity-") {
+                "a client seen recently goes to the same endpoint"
+            } else if r.starts_with("drop") {
+                "dropped: no endpoint on this node"
+            } else if r.contains("fib saddr type local") {
+                "traffic from this node itself"
+            } else if r.starts_with("goto local-") {
+                "external traffic keeps its source, to this node's endpoints only"
+            } else {
+                ""
+            };
+            if gloss.is_empty() {
+                out.push_str(&format!("    {r}\n"));
+            } else {
+                out.push_str(&format!("    {r}\n        ({gloss})\n"));
+            }
+        }
+    }
+    out
+}
+
+/// Runs `nft list table ip berth-proxy` and explains `service` from it.
+pub fn explain_here(service: &str) -> anyhow::Result<String> {
+    check_nft()?;
+    let o = Command::new("nft")
+        .args(["list", "table", "ip", TABLE])
+        .output()?;
+    if !o.status.success() {
+        anyhow::bail!(
+            "this machine has no service rules (is `berth agent` running here?): {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(explain(&String::from_utf8_lossy(&o.stdout), service))
 }
 
 /// Deletes berth's table (the node leaves the cluster).
@@ -902,7 +1060,7 @@ mod tests {
         assert_eq!(
             r.elements
                 .get(&("service-ips", "10.43.0.20 . tcp . 80".into())),
-            Some(&"goto service-ns/web/tcp/http".to_string())
+            Some(&el("ns/web:http", "goto service-ns/web/tcp/http"))
         );
         let chain = &r.chains["service-ns/web/tcp/http"];
         assert!(chain[0].contains("ip saddr != 10.42.0.0/16 jump mark-for-masquerade"));
@@ -912,7 +1070,7 @@ mod tests {
         assert_eq!(
             r.elements
                 .get(&("no-endpoint-services", "10.43.0.21 . tcp . 80".into())),
-            Some(&"goto reject-chain".to_string())
+            Some(&el("ns/empty:http", "goto reject-chain"))
         );
     }
 
@@ -952,7 +1110,7 @@ mod tests {
         assert_eq!(
             on_a.elements
                 .get(&("service-nodeports", "tcp . 30080".into())),
-            Some(&"goto external-ns/np/tcp/http".to_string())
+            Some(&el("ns/np:http", "goto external-ns/np/tcp/http"))
         );
         let ext = &on_a.chains["external-ns/np/tcp/http"];
         assert!(ext.last().unwrap().starts_with("goto local-ns/np/tcp/http"));
@@ -1043,10 +1201,13 @@ mod tests {
             ),
             (service("empty", "10.43.0.21", json!({})), None),
         ]);
-        let smaller = catalog(vec![(
-            service("web", "10.43.0.20", json!({})),
-            Some(slice("web", &[("10.42.1.6", true, "b")])),
-        )]);
+        let smaller = catalog(vec![
+            (
+                service("web", "10.43.0.20", json!({})),
+                Some(slice("web", &[("10.42.1.6", true, "b")])),
+            ),
+            (service("empty", "10.43.0.21", json!({})), None),
+        ]);
         let t0 = Instant::now();
         let cidr = "10.42.0.0/16";
         let (s1, mut a) = transaction(
@@ -1093,6 +1254,21 @@ mod tests {
         assert!(
             listing.contains("endpoint-ns/web/tcp/http__10.42.1.6/8080"),
             "{listing}"
+        );
+        let said = explain(&listing, "ns/web");
+        assert!(
+            said.contains("address 10.43.0.20 . tcp . 80 (ns/web:http) -> service-ns/web/tcp/http"),
+            "{said}"
+        );
+        assert!(said.contains("dnat to 10.42.1.6:8080"), "{said}");
+        assert!(said.contains("(one endpoint at random)"), "{said}");
+        assert!(!said.contains("ns/empty"), "{said}");
+        let said = explain(&listing, "ns/empty");
+        assert!(
+            said.contains(
+                "address without endpoints 10.43.0.21 . tcp . 80 (ns/empty:http) -> rejected"
+            ),
+            "{said}"
         );
         assert!(!listing.contains("10.42.1.5/8080"), "{listing}");
         assert!(!listing.contains("affinity-"), "{listing}");

@@ -38,6 +38,17 @@ struct Cli {
     command: Command,
 }
 
+/// `berth proxy …`
+#[derive(Subcommand, Debug)]
+enum ProxyCmd {
+    /// How this node routes a Service's traffic: the addresses and ports that lead to it,
+    /// its chains in nftables, and its endpoints.
+    Explain {
+        /// NAMESPACE/NAME (or NAME, in default).
+        service: String,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon (the engine behind the API).
@@ -81,6 +92,9 @@ enum Command {
     Server(server_cmd::ServerArgs),
     /// Join a cluster as a node: run its pods on this machine's engine.
     Agent(agent_cmd::AgentArgs),
+    /// The node's service proxy (run on a node).
+    #[command(subcommand)]
+    Proxy(ProxyCmd),
     /// Create and run a new container from an image.
     #[command(disable_help_flag = true)]
     Run(cc::RunArgs),
@@ -293,6 +307,21 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Registry(cmd) => registry_cmd::run(cmd),
         Command::Server(a) => server_cmd::run(a),
         Command::Agent(a) => agent_cmd::run(a),
+        Command::Proxy(ProxyCmd::Explain { service }) => {
+            let (ns, name) = match service.split_once('/') {
+                Some((ns, name)) => (ns.to_string(), name.to_string()),
+                None => ("default".to_string(), service.clone()),
+            };
+            if ns.is_empty() || name.is_empty() || name.contains('/') {
+                return Err(util::Failure::new(
+                    1,
+                    format!("{service:?}: name a Service as NAMESPACE/NAME or NAME (in default)"),
+                )
+                .into());
+            }
+            print!("{}", agent::proxy::explain_here(&format!("{ns}/{name}"))?);
+            Ok(0)
+        }
         Command::Pull {
             all_tags,
             platform,

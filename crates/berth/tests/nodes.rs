@@ -3617,6 +3617,21 @@ spec:
         let seen = spread(12, || who_from_pod(&ns, "cli", &format!("{cluster_ip} 80")));
         (seen.len() == 1).then_some(())
     });
+    // The node explains how it routes the Service.
+    let said = with(|c| {
+        let o = c.hosts[0].exec(&[common::BERTH, "proxy", "explain", &format!("{ns}/web")]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    });
+    for want in [
+        format!("address {cluster_ip} . tcp . 80 ({ns}/web:http) -> service-{ns}/web/tcp/http"),
+        format!("NodePort tcp . {node_port} ({ns}/web:http) -> external-{ns}/web/tcp/http"),
+        format!("dnat to {ip_a}:8080"),
+        format!("dnat to {ip_b}:8080"),
+        "(a client seen recently goes to the same endpoint)".to_string(),
+    ] {
+        assert!(said.contains(&want), "{want:?} not in:\n{said}");
+    }
     // A Service without endpoints refuses at once rather than hanging.
     let nobody = get(&ns, "svc/nobody", "{.spec.clusterIP}");
     let err = who_from_pod(&ns, "cli", &format!("{nobody} 80")).unwrap_err();
