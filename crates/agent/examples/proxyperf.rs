@@ -99,7 +99,8 @@ fn main() {
             applied = whole;
         }
     }
-    println!("services {services} endpoints {}", services * eps);
+    println!("services {services}");
+    println!("endpoints {}", services * eps);
     println!("full_apply_ms {full:.1}");
     println!("change_ms {:.2}", median(total));
     println!("change_compute_ms {:.2}", median(compute));

@@ -471,16 +471,15 @@ async fn forward(packet: &[u8], upstream: &[SocketAddr], tcp: bool) -> Option<Ve
                 s.read_exact(&mut buf).await.ok()?;
                 Some(buf)
             } else {
+                // Connected, so an unreachable resolver fails at once (ICMP) instead of
+                // after the timeout.
                 let s = tokio::net::UdpSocket::bind("0.0.0.0:0").await.ok()?;
-                s.send_to(packet, server).await.ok()?;
+                s.connect(server).await.ok()?;
+                s.send(packet).await.ok()?;
                 let mut buf = vec![0u8; 4096];
-                loop {
-                    let (n, from) = s.recv_from(&mut buf).await.ok()?;
-                    if from == *server {
-                        buf.truncate(n);
-                        return Some(buf);
-                    }
-                }
+                let n = s.recv(&mut buf).await.ok()?;
+                buf.truncate(n);
+                Some(buf)
             }
         })
         .await;
@@ -630,6 +629,38 @@ mod tests {
         );
         // Not the cluster's, no upstream: SERVFAIL.
         let m = ask(&z, "example.org.", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    }
+
+    #[test]
+    fn other_names_go_to_the_nodes_resolvers() {
+        let up = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = up.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let (n, from) = up.recv_from(&mut buf).unwrap();
+            let req = Message::from_vec(&buf[..n]).unwrap();
+            let mut m = Message::response(req.metadata.id, OpCode::Query);
+            m.metadata.response_code = ResponseCode::NXDomain;
+            m.add_query(req.queries[0].clone());
+            up.send_to(&m.to_vec().unwrap(), from).unwrap();
+        });
+        let mut z = zone();
+        z.upstream = vec![addr];
+        let m = ask(&z, "nowhere.example.", RecordType::A);
+        server.join().unwrap();
+        assert_eq!(
+            (m.metadata.id, m.metadata.response_code),
+            (7, ResponseCode::NXDomain)
+        );
+        assert!(!m.metadata.authoritative);
+        // A resolver that is not there: SERVFAIL.
+        let gone = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        z.upstream = vec![gone];
+        let m = ask(&z, "nowhere.example.", RecordType::A);
         assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     }
 }

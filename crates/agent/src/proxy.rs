@@ -507,7 +507,7 @@ fn skeleton(cluster_cidr: &str) -> Vec<String> {
         ("mark-for-masquerade", format!("meta mark set meta mark | {MASQ_MARK}")),
         ("masquerading", format!("meta mark & {MASQ_MARK} == 0 return")),
         ("masquerading", format!("meta mark set meta mark ^ {MASQ_MARK}")),
-        ("masquerading", "masquerade fully-random".into()),
+        ("masquerading", "masquerade".into()),
         ("reject-chain", "reject comment \"the service has no endpoints\"".into()),
     ];
     for (chain, rule) in rules {

@@ -1620,6 +1620,13 @@ spec:
         imagePullPolicy: Never
         command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
         readinessProbe: {exec: {command: ["true"]}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80}]
 "#,
     );
     c.server
@@ -1669,6 +1676,23 @@ spec:
         "node failure: 3 replacement pods Ready on node-0 {:.1} s after node-1 died",
         t0.elapsed().as_secs_f64()
     );
+    // The Service's ready endpoints are the replacements; the dead node's are not ready.
+    poll("the Service's endpoints follow", 30, || {
+        let eps = d.jsonpath(
+            &[
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=web",
+            ],
+            "{range .items[*].endpoints[*]}{.nodeName}={.conditions.ready} {end}",
+        );
+        let on0 = eps
+            .split_whitespace()
+            .filter(|e| *e == "node-0=true")
+            .count();
+        (on0 == 3 && !eps.contains("node-1=true")).then_some(())
+    });
     let node = d.jsonpath(
         &["get", "node", "node-1"],
         "{.spec.taints[*].key} {.status.conditions[?(@.type==\"Ready\")].status}",
@@ -3556,6 +3580,31 @@ spec:
     assert!(out.contains(&format!("Address: {cluster_ip}")), "{out}");
     let full = format!("web.{ns}.svc.cluster.local");
     assert!(lookup(&full, &[]).contains(&cluster_ip));
+    // From a pod in another namespace, by its full name (busybox's nslookup applies no
+    // search path to a name with a dot), and through it.
+    let other = format!("{ns}-other");
+    kubectl_ok(&["create", "namespace", &other]);
+    kubectl_in(
+        &["-n", &other, "apply", "-f", "-"],
+        &pod_yaml("cli", "node-0", cli),
+    );
+    wait_for(&other, "pod/cli", "condition=Ready");
+    let o = kubectl_out(&[
+        "-n",
+        &other,
+        "exec",
+        "cli",
+        "--",
+        "nslookup",
+        &format!("web.{ns}.svc.cluster.local"),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(&format!("Address: {cluster_ip}")), "{out}");
+    let who = poll("the Service answers another namespace", 30, || {
+        who_from_pod(&other, "cli", &format!("{cluster_ip} 80")).ok()
+    });
+    assert!(who == "web-a" || who == "web-b", "{who}");
+    kubectl_ok(&["delete", "namespace", &other, "--wait=false"]);
     // Headless: one address per ready pod, the pods' own names, and SRV for named ports.
     let (ip_a, ip_b) = (
         get(&ns, "pod/web-a", "{.status.podIP}"),
@@ -3591,16 +3640,17 @@ spec:
         let seen = spread(12, || who_from_host(&format!("{ip}:{node_port}")));
         assert!(!seen.is_empty(), "{seen:?}");
     }
-    // A pod that fails readiness leaves the rotation, and comes back when ready.
-    kubectl_ok(&["-n", &ns, "exec", "web-b", "--", "rm", "/tmp/ready"]);
-    poll("web-b leaves the rotation", 30, || {
+    // A pod that fails readiness leaves the rotation, and comes back when ready. (web-a,
+    // on node-0: another test restarts node-1's agent, whose kubelet API exec needs.)
+    kubectl_ok(&["-n", &ns, "exec", "web-a", "--", "rm", "/tmp/ready"]);
+    poll("web-a leaves the rotation", 30, || {
         let seen = spread(8, || who_from_pod(&ns, "cli", &format!("{cluster_ip} 80")));
-        (seen.keys().collect::<Vec<_>>() == ["web-a"]).then_some(())
+        (seen.keys().collect::<Vec<_>>() == ["web-b"]).then_some(())
     });
     let out = lookup(&format!("db.{ns}.svc.cluster.local"), &[]);
-    assert!(out.contains(&ip_a) && !out.contains(&ip_b), "{out}");
-    kubectl_ok(&["-n", &ns, "exec", "web-b", "--", "touch", "/tmp/ready"]);
-    poll("web-b comes back", 30, || {
+    assert!(out.contains(&ip_b) && !out.contains(&ip_a), "{out}");
+    kubectl_ok(&["-n", &ns, "exec", "web-a", "--", "touch", "/tmp/ready"]);
+    poll("web-a comes back", 30, || {
         let seen = spread(16, || who_from_pod(&ns, "cli", &format!("{cluster_ip} 80")));
         (seen.len() == 2).then_some(())
     });
@@ -3820,11 +3870,22 @@ fn load_from_host(
     addr: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<(usize, usize, Vec<String>)> {
+    load_from_host_path(addr, "/cgi-bin/who", "app-", stop)
+}
+
+/// Requests `GET path` from the test's host to `addr` until `stop`, counting answers that
+/// start with `want` as ok.
+fn load_from_host_path(
+    addr: String,
+    path: &'static str,
+    want: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(usize, usize, Vec<String>)> {
     std::thread::spawn(move || {
         let (mut ok, mut failed, mut errors) = (0, 0, Vec::new());
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            match get_from_host(&addr, "/cgi-bin/who") {
-                Ok(who) if who.starts_with("app-") => ok += 1,
+            match get_from_host(&addr, path) {
+                Ok(who) if who.starts_with(want) => ok += 1,
                 Ok(other) => {
                     failed += 1;
                     errors.push(format!("{addr}: answered {other:?}"));
@@ -4010,7 +4071,7 @@ fn vxlan_carries_pod_traffic_between_nodes_and_goes_with_a_node() {
     imagePullPolicy: Never
     command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
 "#;
-    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n";
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n";
     c.server.ok_in(
         &["apply", "-f", "-"],
         &[
@@ -4083,6 +4144,25 @@ fn vxlan_carries_pod_traffic_between_nodes_and_goes_with_a_node() {
     });
     assert_eq!(who, "srv");
     assert!(tx() > before, "the traffic went through berth.vxlan");
+    // node-0's agent restarts while requests come in through its NodePort: its rules are
+    // rebuilt in one transaction, and no request fails.
+    let node_port = d.jsonpath(&["get", "svc", "web"], "{.spec.ports[0].nodePort}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = load_from_host_path(
+        format!("{}:{node_port}", n0.ip),
+        "/cgi-bin/who",
+        "srv",
+        stop.clone(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    c.restart_agent(0);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed, errors) = load.join().unwrap();
+    println!(
+        "requests through node-0's NodePort while its agent restarted: {ok} ok, {failed} failed"
+    );
+    assert!(ok > 0 && failed == 0, "{errors:?}");
     // node-1 leaves: node-0 forgets its route, neighbour and forwarding entry.
     n1.kill9();
     c.server.ok(&["delete", "node", "node-1"]);
