@@ -168,10 +168,13 @@ pub async fn run(cfg: Config, engine: Arc<engine::Engine>) -> Result<()> {
         )
         .await
         .context("publishing the node's network backend")?;
+    // Raised when this node's Node is deleted: it has left the cluster.
+    let (left_tx, left_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(routes::run(
         client.clone(),
         cfg.node_name.clone(),
         cfg.network_backend,
+        left_tx,
     ));
     proxy::check_nft()?;
     // Cluster DNS on the pod network's gateway.
@@ -207,6 +210,7 @@ pub async fn run(cfg: Config, engine: Arc<engine::Engine>) -> Result<()> {
         cfg.node_name.clone(),
         CLUSTER_CIDR.to_string(),
         catalog.clone(),
+        left_rx,
     ));
     tokio::spawn(static_pods::run(
         client.clone(),

@@ -1087,8 +1087,15 @@ where
     })
 }
 
-/// Follows Services and EndpointSlices into `catalog` and keeps the node's rules in step.
-pub async fn run(client: kube::Client, me: String, cluster_cidr: String, catalog: Shared) {
+/// Follows Services and EndpointSlices into `catalog` and keeps the node's rules in step,
+/// until the node leaves the cluster (`left`): then its table is removed.
+pub async fn run(
+    client: kube::Client,
+    me: String,
+    cluster_cidr: String,
+    catalog: Shared,
+    mut left: tokio::sync::watch::Receiver<bool>,
+) {
     let services = follow::<Service>(&client, true, Change::Service);
     let slices = follow::<EndpointSlice>(&client, false, Change::Slice);
     let mut events = futures::stream::select(services.boxed(), slices.boxed());
@@ -1100,10 +1107,22 @@ pub async fn run(client: kube::Client, me: String, cluster_cidr: String, catalog
     let mut relisting: [Option<BTreeSet<String>>; 2] = [None, None];
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut left_closed = false;
     loop {
         let first = tokio::select! {
             e = events.next() => match e { Some(e) => Some(e), None => return },
             _ = retry.tick() => None,
+            changed = left.changed(), if !left_closed => match changed {
+                Ok(()) if *left.borrow() => {
+                    let _ = tokio::task::spawn_blocking(remove_table).await;
+                    return;
+                }
+                Ok(()) => None,
+                Err(_) => {
+                    left_closed = true;
+                    None
+                }
+            },
         };
         let mut batch: Vec<Change> = first.into_iter().collect();
         while let Some(Some(e)) = futures::FutureExt::now_or_never(events.next()) {

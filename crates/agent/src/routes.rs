@@ -355,8 +355,15 @@ fn node_peer(n: &Node) -> Option<(String, Peer)> {
     ))
 }
 
-/// Follows the Nodes and keeps this node's routes to the others' pod CIDRs.
-pub async fn run(client: kube::Client, me: String, backend: Backend) {
+/// Follows the Nodes and keeps this node's routes to the others' pod CIDRs. When this
+/// node's own Node is deleted, the node has left the cluster: its routes and VXLAN device
+/// go, `left` is raised (the proxy then removes its table), and this returns.
+pub async fn run(
+    client: kube::Client,
+    me: String,
+    backend: Backend,
+    left: tokio::sync::watch::Sender<bool>,
+) {
     let api: kube::Api<Node> = kube::Api::all(client);
     let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
     let mut nodes: BTreeMap<String, Peer> = BTreeMap::new();
@@ -386,6 +393,19 @@ pub async fn run(client: kube::Client, me: String, backend: Backend) {
                 }
             },
             Ok(watcher::Event::Delete(n)) => {
+                if n.metadata.name.as_deref() == Some(me.as_str()) {
+                    eprintln!(
+                        "berth agent: node {me} was deleted from the cluster: removing its routes, network device and Service rules (restart the agent to join again)"
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        apply(backend, &[]);
+                        remove_vxlan();
+                    })
+                    .await
+                    .ok();
+                    let _ = left.send(true);
+                    return;
+                }
                 if let Some(name) = &n.metadata.name {
                     nodes.remove(name);
                 }

@@ -4181,4 +4181,15 @@ fn vxlan_carries_pod_traffic_between_nodes_and_goes_with_a_node() {
         .to_string();
         (route.trim().is_empty() && !fdb.contains(&mac1) && neigh.trim().is_empty()).then_some(())
     });
+    // node-0 leaves the cluster (its Node deleted, its agent still running): it removes
+    // its Service table, its VXLAN device and berth's routes.
+    c.server.ok(&["delete", "node", "node-0"]);
+    poll("node-0 removes what it set up", 30, || {
+        let table = n0.exec(&["nft", "list", "table", "ip", "berth-proxy"]);
+        let dev = n0.exec(&["ip", "link", "show", "berth.vxlan"]);
+        let routes =
+            String::from_utf8_lossy(&n0.exec(&["ip", "route", "show", "proto", "98"]).stdout)
+                .to_string();
+        (!table.status.success() && !dev.status.success() && routes.trim().is_empty()).then_some(())
+    });
 }
