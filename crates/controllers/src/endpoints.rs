@@ -721,6 +721,74 @@ mod tests {
         assert_eq!(plan.delete, vec!["s-b".to_string()]);
     }
 
+    fn svc(spec: serde_json::Value) -> Service {
+        serde_json::from_value(
+            json!({"metadata": {"name": "web", "namespace": "ns"}, "spec": spec}),
+        )
+        .unwrap()
+    }
+
+    fn pod(ready: bool, deleting: bool, ports: serde_json::Value) -> Pod {
+        let mut p = json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": ports}]},
+            "status": {"podIP": "10.42.0.9", "phase": "Running",
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+        });
+        if deleting {
+            p["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        }
+        serde_json::from_value(p).unwrap()
+    }
+
+    #[test]
+    fn named_ports_resolve_per_pod_and_conditions_follow_readiness_and_deletion() {
+        let s = svc(json!({"selector": {"app": "web"}, "ports": [
+            {"name": "http", "port": 80, "targetPort": "web"},
+            {"name": "metrics", "port": 9100, "targetPort": 9100},
+            {"name": "grpc", "port": 81, "targetPort": "grpc"},
+        ]}));
+        let ports = json!([{"name": "web", "containerPort": 8080}]);
+        let e = endpoint(&s, &pod(true, false, ports.clone()), false, true).unwrap();
+        // A named port the pod lacks is left out for that pod.
+        assert_eq!(
+            e.ports
+                .iter()
+                .map(|p| (p.0.as_str(), p.1))
+                .collect::<Vec<_>>(),
+            [("http", 8080), ("metrics", 9100)]
+        );
+        assert!(e.ready && e.serving && !e.terminating);
+        assert_eq!(e.node.as_deref(), Some("n1"));
+        // Not ready: listed, not ready.
+        let e = endpoint(&s, &pod(false, false, ports.clone()), false, true).unwrap();
+        assert!(!e.ready && !e.serving);
+        // Being deleted: terminating and not ready in slices; gone from Endpoints.
+        let e = endpoint(&s, &pod(true, true, ports.clone()), false, true).unwrap();
+        assert!(!e.ready && e.serving && e.terminating);
+        assert!(endpoint(&s, &pod(true, true, ports.clone()), false, false).is_none());
+        // publishNotReadyAddresses: ready regardless, and kept in Endpoints while deleted.
+        let e = endpoint(&s, &pod(false, false, ports.clone()), true, true).unwrap();
+        assert!(e.ready);
+        assert!(endpoint(&s, &pod(true, true, ports), true, false).is_some());
+    }
+
+    #[test]
+    fn endpoints_objects_split_ready_and_not_ready_addresses() {
+        let s = svc(json!({"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}));
+        let mut a = ep("a", 80);
+        let mut b = ep("bb", 80);
+        b.ready = false;
+        a.hostname = Some("a".into());
+        let v = endpoints_object(&s, &[a, b]);
+        assert_eq!(v["subsets"][0]["addresses"][0]["hostname"], "a");
+        assert_eq!(
+            v["subsets"][0]["notReadyAddresses"][0]["targetRef"]["name"],
+            "bb"
+        );
+        assert_eq!(v["subsets"][0]["ports"][0]["name"], "http");
+    }
+
     #[test]
     fn slices_hold_at_most_a_hundred() {
         let eps: Vec<Ep> = (0..250).map(|i| ep(&format!("p{i:03}"), 80)).collect();
