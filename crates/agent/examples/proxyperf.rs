@@ -65,7 +65,6 @@ fn main() {
         &mut applied,
         Some((&[], &[])),
         desired(&cat, "n", CIDR),
-        CIDR,
         Instant::now(),
     );
     nft_apply(&script).expect("the first transaction");
@@ -79,7 +78,7 @@ fn main() {
         let key = format!("bench/svc-{i}");
         let changed: BTreeMap<String, Rules> =
             [(key.clone(), service_rules(&cat, &key, "n", CIDR))].into();
-        let script = transaction(&mut applied, None, changed, CIDR, Instant::now());
+        let script = transaction(&mut applied, None, changed, Instant::now());
         compute.push(t.elapsed().as_secs_f64() * 1000.0);
         nft_apply(&script).expect("an incremental transaction");
         total.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -91,7 +90,6 @@ fn main() {
                 &mut whole,
                 Some((&[], &[])),
                 desired(&cat, "n", CIDR),
-                CIDR,
                 Instant::now(),
             );
             nft_apply(&script).expect("a full rewrite");

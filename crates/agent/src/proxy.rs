@@ -442,8 +442,7 @@ fn quote(name: &str) -> String {
 }
 
 /// The fixed part of the table: maps, base chains and helpers.
-fn skeleton(cluster_cidr: &str) -> Vec<String> {
-    let _ = cluster_cidr;
+fn skeleton() -> Vec<String> {
     let t = TABLE;
     let mut v = vec![
         format!("add table ip {t} {{ comment \"berth: Services (rules written by berth agent)\" ; }}"),
@@ -543,7 +542,6 @@ pub fn transaction(
     applied: &mut Applied,
     rebuild: Option<(&[String], &[String])>,
     changes: BTreeMap<String, Rules>,
-    cluster_cidr: &str,
     now: Instant,
 ) -> String {
     let t = TABLE;
@@ -561,7 +559,7 @@ pub fn transaction(
     if let Some((chains, sets)) = rebuild {
         head.push(format!("add table ip {t}"));
         head.push(format!("flush table ip {t}"));
-        head.extend(skeleton(cluster_cidr));
+        head.extend(skeleton());
         applied.pieces.clear();
         applied.hairpin.clear();
         let fixed = skeleton_names();
@@ -1209,7 +1207,6 @@ pub async fn run(
         };
         dirty.clear();
         let mut state = applied.take().unwrap_or_default();
-        let cidr = cluster_cidr.clone();
         let result = tokio::task::spawn_blocking(move || {
             let existing = if rebuild {
                 existing_names()
@@ -1220,7 +1217,6 @@ pub async fn run(
                 &mut state,
                 rebuild.then_some((&existing.0[..], &existing.1[..])),
                 changes,
-                &cidr,
                 Instant::now(),
             );
             if script.is_empty() {
@@ -1300,7 +1296,6 @@ mod tests {
             &mut a,
             Some((&[], &[])),
             desired(c, me, CIDR),
-            CIDR,
             Instant::now(),
         );
         (s, a)
@@ -1424,7 +1419,7 @@ mod tests {
             service_rules(&after, "ns/web", "a", CIDR),
         )]
         .into();
-        let script = transaction(&mut a, None, changes, CIDR, t0);
+        let script = transaction(&mut a, None, changes, t0);
         assert!(!script.contains("other"), "{script}");
         assert!(
             script.contains("add chain ip berth-proxy endpoint-ns/web/tcp/http__10.42.1.6/8080"),
@@ -1438,7 +1433,7 @@ mod tests {
         assert!(script.contains("add element ip berth-proxy hairpin { 10.42.1.6 . 10.42.1.6 }"));
         assert!(!script.contains("delete chain"), "{script}");
         // A second later, the flushed chain and set go.
-        let script = transaction(&mut a, None, BTreeMap::new(), CIDR, t0 + STALE_DELAY);
+        let script = transaction(&mut a, None, BTreeMap::new(), t0 + STALE_DELAY);
         assert_eq!(
             script,
             "delete chain ip berth-proxy endpoint-ns/web/tcp/http__10.42.1.5/8080\n\
@@ -1457,10 +1452,10 @@ mod tests {
         ]);
         let (_, mut a) = apply_all(&shared, "a");
         let gone: BTreeMap<String, Rules> = [("ns/x".to_string(), Rules::default())].into();
-        let script = transaction(&mut a, None, gone, CIDR, t0);
+        let script = transaction(&mut a, None, gone, t0);
         assert!(!script.contains("hairpin"), "{script}");
         let gone: BTreeMap<String, Rules> = [("ns/y".to_string(), Rules::default())].into();
-        let script = transaction(&mut a, None, gone, CIDR, t0);
+        let script = transaction(&mut a, None, gone, t0);
         assert!(script.contains("delete element ip berth-proxy hairpin { 10.42.1.7 . 10.42.1.7 }"));
     }
 
@@ -1501,8 +1496,8 @@ mod tests {
         ]);
         let t0 = Instant::now();
         let (s1, mut a) = apply_all(&with_affinity, "a");
-        let s2 = transaction(&mut a, None, desired(&smaller, "a", CIDR), CIDR, t0);
-        let s3 = transaction(&mut a, None, BTreeMap::new(), CIDR, t0 + STALE_DELAY);
+        let s2 = transaction(&mut a, None, desired(&smaller, "a", CIDR), t0);
+        let s3 = transaction(&mut a, None, BTreeMap::new(), t0 + STALE_DELAY);
         let dir = std::env::temp_dir().join(format!("berth-proxy-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for (i, s) in [&s1, &s2, &s3].iter().enumerate() {

@@ -1840,13 +1840,25 @@ impl Engine {
     /// or short ID. `None` when there is no such container (the name goes upstream).
     fn resolve(&self, asking: &str, name: &str) -> Option<Vec<Ipv4Addr>> {
         let me = self.find(asking).ok()?;
-        let mine: Vec<String> = lock(&me.rec)
-            .state
-            .endpoints()
-            .iter()
-            .filter(|e| e.network != crate::network::DEFAULT_NETWORK)
-            .map(|e| e.network.clone())
-            .collect();
+        let mine: Vec<String> = {
+            let r = lock(&me.rec);
+            let attached: Vec<String> = r
+                .state
+                .endpoints()
+                .iter()
+                .map(|e| e.network.clone())
+                .collect();
+            // A container's process can ask before its start is recorded (the server runs
+            // from before the process starts): its configured networks stand in until then.
+            let nets = if attached.is_empty() {
+                r.config.networks.iter().map(|n| n.name.clone()).collect()
+            } else {
+                attached
+            };
+            nets.into_iter()
+                .filter(|n| n != crate::network::DEFAULT_NETWORK)
+                .collect()
+        };
         let mut found = Vec::new();
         for c in self.all() {
             let r = lock(&c.rec);
