@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::clusterdns::{answer, Zone};
+use agent::clusterdns::Zone;
 use agent::proxy::Catalog;
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
@@ -61,20 +61,10 @@ fn serve(addr: SocketAddr, services: usize) {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let sock = Arc::new(tokio::net::UdpSocket::bind(addr).await.expect("bind"));
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let Ok((len, from)) = sock.recv_from(&mut buf).await else {
-                continue;
-            };
-            let packet = buf[..len].to_vec();
-            let (sock, zone) = (sock.clone(), zone.clone());
-            tokio::spawn(async move {
-                if let Some(r) = answer(&packet, &zone, false).await {
-                    let _ = sock.send_to(&r, from).await;
-                }
-            });
-        }
+        // A pod gateway's address stands in; the agent's own server, as the agent runs it.
+        agent::clusterdns::serve_udp(addr, zone)
+            .await
+            .expect("serve");
     });
 }
 

@@ -95,19 +95,51 @@ pub async fn serve(addr: SocketAddr, zone: Arc<Zone>) -> anyhow::Result<()> {
             });
         }
     });
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let Ok((n, from)) = udp.recv_from(&mut buf).await else {
-            continue;
-        };
-        let packet = buf[..n].to_vec();
-        let (udp, z) = (udp.clone(), zone.clone());
-        tokio::spawn(async move {
-            if let Some(reply) = answer(&packet, &z, false).await {
-                let _ = udp.send_to(&reply, from).await;
+    udp_loop(udp, zone).await
+}
+
+/// Serves DNS on `addr` over UDP alone (what `bench/services.sh` loads).
+pub async fn serve_udp(addr: SocketAddr, zone: Arc<Zone>) -> anyhow::Result<()> {
+    let udp = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(freebind(addr, false)?))?;
+    udp_loop(Arc::new(udp), zone).await
+}
+
+async fn udp_loop(udp: Arc<tokio::net::UdpSocket>, zone: Arc<Zone>) -> anyhow::Result<()> {
+    // Names in the zone are answered inline, by a receiver per core; only forwarded
+    // queries get a task of their own.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut receivers = Vec::new();
+    for _ in 0..workers {
+        let (udp, zone) = (udp.clone(), zone.clone());
+        receivers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((n, from)) = udp.recv_from(&mut buf).await else {
+                    continue;
+                };
+                match answer_here(&buf[..n], &zone, false) {
+                    Reply::Answer(reply) => {
+                        let _ = udp.send_to(&reply, from).await;
+                    }
+                    Reply::Forward(servfail) => {
+                        let packet = buf[..n].to_vec();
+                        let (udp, zone) = (udp.clone(), zone.clone());
+                        tokio::spawn(async move {
+                            let reply = forward(&packet, &zone.upstream, false)
+                                .await
+                                .unwrap_or(servfail);
+                            let _ = udp.send_to(&reply, from).await;
+                        });
+                    }
+                    Reply::Ignore => {}
+                }
             }
-        });
+        }));
     }
+    for r in receivers {
+        let _ = r.await;
+    }
+    Ok(())
 }
 
 async fn serve_tcp(mut s: tokio::net::TcpStream, zone: Arc<Zone>) -> std::io::Result<()> {
@@ -131,12 +163,38 @@ enum Found {
     NoName,
 }
 
-/// The reply to one query packet (`None`: nothing worth answering).
+/// What the zone makes of one query packet.
+pub enum Reply {
+    /// The answer, from the zone (or an error it gives).
+    Answer(Vec<u8>),
+    /// A name outside the zone: for the upstream resolvers, with the SERVFAIL to send if
+    /// none answers.
+    Forward(Vec<u8>),
+    /// Nothing worth answering.
+    Ignore,
+}
+
+/// The reply to one query packet (`None`: nothing worth answering), forwarding names
+/// outside the zone.
 pub async fn answer(packet: &[u8], zone: &Zone, tcp: bool) -> Option<Vec<u8>> {
-    let req = Message::from_vec(packet).ok()?;
-    if req.metadata.message_type != MessageType::Query {
-        return None;
+    match answer_here(packet, zone, tcp) {
+        Reply::Answer(b) => Some(b),
+        Reply::Forward(servfail) => forward(packet, &zone.upstream, tcp)
+            .await
+            .or(Some(servfail)),
+        Reply::Ignore => None,
     }
+}
+
+/// The zone's reply to one query packet, without waiting on anything.
+pub fn answer_here(packet: &[u8], zone: &Zone, tcp: bool) -> Reply {
+    let Ok(req) = Message::from_vec(packet) else {
+        return Reply::Ignore;
+    };
+    if req.metadata.message_type != MessageType::Query {
+        return Reply::Ignore;
+    }
+    let encode = |m: &Message| m.to_vec().map_or(Reply::Ignore, Reply::Answer);
     let mut m = Message::response(req.metadata.id, OpCode::Query);
     m.metadata.recursion_desired = req.metadata.recursion_desired;
     m.metadata.recursion_available = true;
@@ -145,7 +203,7 @@ pub async fn answer(packet: &[u8], zone: &Zone, tcp: bool) -> Option<Vec<u8>> {
     }
     let [q] = req.queries.as_slice() else {
         m.metadata.response_code = ResponseCode::FormErr;
-        return m.to_vec().ok();
+        return encode(&m);
     };
     let name = q.name().to_ascii().to_ascii_lowercase();
     let name = name.trim_end_matches('.');
@@ -161,12 +219,10 @@ pub async fn answer(packet: &[u8], zone: &Zone, tcp: bool) -> Option<Vec<u8>> {
         None
     };
     let Some(found) = found else {
-        return match forward(packet, &zone.upstream, tcp).await {
-            Some(r) => Some(r),
-            None => {
-                m.metadata.response_code = ResponseCode::ServFail;
-                m.to_vec().ok()
-            }
+        m.metadata.response_code = ResponseCode::ServFail;
+        return match m.to_vec() {
+            Ok(servfail) => Reply::Forward(servfail),
+            Err(_) => Reply::Ignore,
         };
     };
     m.metadata.authoritative = true;
@@ -187,7 +243,9 @@ pub async fn answer(packet: &[u8], zone: &Zone, tcp: bool) -> Option<Vec<u8>> {
             m.add_authority(soa(&zone.domain));
         }
     }
-    let bytes = m.to_vec().ok()?;
+    let Ok(bytes) = m.to_vec() else {
+        return Reply::Ignore;
+    };
     let limit = req.edns.as_ref().map_or(512, |e| e.max_payload().max(512)) as usize;
     if !tcp && bytes.len() > limit {
         // Too big for UDP: the header and question, truncated, so the client asks by TCP.
@@ -195,9 +253,9 @@ pub async fn answer(packet: &[u8], zone: &Zone, tcp: bool) -> Option<Vec<u8>> {
         m.additionals.clear();
         m.authorities.clear();
         m.metadata.truncation = true;
-        return m.to_vec().ok();
+        return encode(&m);
     }
-    Some(bytes)
+    Reply::Answer(bytes)
 }
 
 fn n(s: &str) -> Name {
