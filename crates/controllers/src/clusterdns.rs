@@ -25,13 +25,6 @@ pub fn node_dns_address(pod_cidr: &str) -> Option<Ipv4Addr> {
     (len < 31).then(|| Ipv4Addr::from(u32::from(net) + 1))
 }
 
-fn ready(n: &Node) -> bool {
-    n.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// Runs the controller until the process ends.
 pub async fn run(client: kube::Client) {
     let mut nodes: BTreeMap<String, (Ipv4Addr, bool)> = BTreeMap::new();
@@ -52,7 +45,7 @@ pub async fn run(client: kube::Client) {
                         .and_then(|s| s.pod_cidr.as_deref())
                         .and_then(node_dns_address)
                     {
-                        Some(ip) => nodes.insert(name, (ip, ready(&n))),
+                        Some(ip) => nodes.insert(name, (ip, crate::nodelifecycle::is_ready(&n))),
                         None => nodes.remove(&name),
                     };
                 }

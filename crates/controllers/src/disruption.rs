@@ -21,7 +21,6 @@ const DISRUPTED_TTL_SECS: i64 = 120;
 enum Change {
     Pdb(Option<Arc<PodDisruptionBudget>>, String),
     Pod(Option<Arc<Pod>>, String),
-    Other,
 }
 
 fn ns_of(key: &str) -> String {
@@ -30,23 +29,11 @@ fn ns_of(key: &str) -> String {
 
 /// Runs the controller until the process ends.
 pub async fn run(client: kube::Client) {
-    let pdbs =
-        crate::follow(kube::Api::<PodDisruptionBudget>::all(client.clone())).map(|e| match e {
-            crate::Seen::Applied(o) => {
-                let k = crate::key_of(&o);
-                Change::Pdb(Some(Arc::new(o)), k)
-            }
-            crate::Seen::Deleted(o) => Change::Pdb(None, crate::key_of(&o)),
-            _ => Change::Other,
-        });
-    let pods = crate::follow(kube::Api::<Pod>::all(client.clone())).map(|e| match e {
-        crate::Seen::Applied(o) => {
-            let k = crate::key_of(&o);
-            Change::Pod(Some(Arc::new(o)), k)
-        }
-        crate::Seen::Deleted(o) => Change::Pod(None, crate::key_of(&o)),
-        _ => Change::Other,
-    });
+    let all = kube::runtime::watcher::Config::default;
+    let pdbs = crate::follow_keyed(kube::Api::<PodDisruptionBudget>::all(client.clone()), all())
+        .map(|(k, o)| Change::Pdb(o, k));
+    let pods = crate::follow_keyed(kube::Api::<Pod>::all(client.clone()), all())
+        .map(|(k, o)| Change::Pod(o, k));
     let mut events = futures::stream::select(pdbs.boxed(), pods.boxed());
     let mut budgets: HashMap<String, Arc<PodDisruptionBudget>> = HashMap::new();
     // Pods by namespace, then key: a budget looks at its namespace only.
@@ -97,7 +84,6 @@ pub async fn run(client: kube::Client) {
                         }
                     }
                 }
-                Change::Other => {}
             }
         }
         for k in dirty {

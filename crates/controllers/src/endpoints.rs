@@ -54,8 +54,7 @@ enum Change {
     Service(Option<Arc<Service>>, String),
     Pod(Option<Arc<Pod>>, String),
     Slice(Option<Arc<EndpointSlice>>, String),
-    Endpoints(String),
-    Other,
+    Endpoints(Option<Arc<Endpoints>>, String),
 }
 
 fn ns_of(key: &str) -> &str {
@@ -64,49 +63,24 @@ fn ns_of(key: &str) -> &str {
 
 /// Runs the controller until the process ends.
 pub async fn run(client: kube::Client, writes: Writes) {
-    let services = crate::follow(kube::Api::<Service>::all(client.clone())).map(|e| match e {
-        crate::Seen::Applied(o) => {
-            let k = crate::key_of(&o);
-            Change::Service(Some(Arc::new(o)), k)
-        }
-        crate::Seen::Deleted(o) => Change::Service(None, crate::key_of(&o)),
-        _ => Change::Other,
-    });
-    let pods = crate::follow(kube::Api::<Pod>::all(client.clone())).map(|e| match e {
-        crate::Seen::Applied(o) => {
-            let k = crate::key_of(&o);
-            Change::Pod(Some(Arc::new(o)), k)
-        }
-        crate::Seen::Deleted(o) => Change::Pod(None, crate::key_of(&o)),
-        _ => Change::Other,
-    });
+    let all = kube::runtime::watcher::Config::default;
+    let services = crate::follow_keyed(kube::Api::<Service>::all(client.clone()), all())
+        .map(|(k, o)| Change::Service(o, k));
+    let pods = crate::follow_keyed(kube::Api::<Pod>::all(client.clone()), all())
+        .map(|(k, o)| Change::Pod(o, k));
     let mut streams = vec![services.boxed(), pods.boxed()];
     match writes {
         Writes::Slices => {
-            let api = kube::Api::<EndpointSlice>::all(client.clone());
-            let cfg = kube::runtime::watcher::Config::default()
-                .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+            let cfg = all().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
             streams.push(
-                crate::follow_config(api, cfg)
-                    .map(|e| match e {
-                        crate::Seen::Applied(o) => {
-                            let k = crate::key_of(&o);
-                            Change::Slice(Some(Arc::new(o)), k)
-                        }
-                        crate::Seen::Deleted(o) => Change::Slice(None, crate::key_of(&o)),
-                        _ => Change::Other,
-                    })
+                crate::follow_keyed(kube::Api::<EndpointSlice>::all(client.clone()), cfg)
+                    .map(|(k, o)| Change::Slice(o, k))
                     .boxed(),
             )
         }
         Writes::Endpoints => streams.push(
-            crate::follow(kube::Api::<Endpoints>::all(client.clone()))
-                .map(|e| match e {
-                    crate::Seen::Applied(o) | crate::Seen::Deleted(o) => {
-                        Change::Endpoints(crate::key_of(&o))
-                    }
-                    _ => Change::Other,
-                })
+            crate::follow_keyed(kube::Api::<Endpoints>::all(client.clone()), all())
+                .map(|(k, o)| Change::Endpoints(o, k))
                 .boxed(),
         ),
     }
@@ -146,6 +120,8 @@ struct State {
     pods: HashMap<String, HashMap<String, Arc<Pod>>>,
     /// This controller's slices by Service key, then slice name.
     slices: HashMap<String, BTreeMap<String, Arc<EndpointSlice>>>,
+    /// The Endpoints objects, by key (the `endpoint` controller's).
+    endpoints: HashMap<String, Arc<Endpoints>>,
 }
 
 impl State {
@@ -203,10 +179,13 @@ impl State {
                     }
                 }
             }
-            Change::Endpoints(k) => {
+            Change::Endpoints(e, k) => {
+                match e {
+                    Some(e) => self.endpoints.insert(k.clone(), e),
+                    None => self.endpoints.remove(&k),
+                };
                 dirty.insert(k);
             }
-            Change::Other => {}
         }
     }
 
@@ -301,9 +280,9 @@ impl State {
             return Ok(());
         };
         let want = endpoints_object(&svc, &eps);
-        match api.get_opt(name).await? {
+        match self.endpoints.get(key) {
             Some(old) => {
-                let old_v = serde_json::to_value(&old).unwrap_or_default();
+                let old_v = serde_json::to_value(old.as_ref()).unwrap_or_default();
                 if old_v.get("subsets").cloned().unwrap_or(json!([])) == want["subsets"]
                     && old_v["metadata"]["labels"] == want["metadata"]["labels"]
                 {

@@ -246,6 +246,22 @@ where
     follow_config(api, kube::runtime::watcher::Config::default())
 }
 
+/// A watch of every `K` (as [`follow_config`]) as `(key, the object)` changes, `None` for
+/// an object deleted; what a cache keyed by `namespace/name` needs.
+pub fn follow_keyed<K: Object>(
+    api: kube::Api<K>,
+    cfg: kube::runtime::watcher::Config,
+) -> impl futures::Stream<Item = (String, Option<std::sync::Arc<K>>)> + Send {
+    use futures::StreamExt;
+    follow_config(api, cfg).filter_map(|e| {
+        futures::future::ready(match e {
+            Seen::Applied(o) => Some((key_of(&o), Some(std::sync::Arc::new(o)))),
+            Seen::Deleted(o) => Some((key_of(&o), None)),
+            Seen::Listed(_) | Seen::Nothing => None,
+        })
+    })
+}
+
 /// [`follow`] with a watcher configuration (a label selector, say).
 pub fn follow_config<K>(
     api: kube::Api<K>,

@@ -38,6 +38,11 @@ enum Change {
     Other,
 }
 
+/// Whether the node's Ready condition is True.
+pub fn is_ready(n: &Node) -> bool {
+    ready_status(n) == Some("True")
+}
+
 fn ready_status(n: &Node) -> Option<&str> {
     n.status
         .as_ref()?

@@ -97,10 +97,7 @@ fn active(p: &Pod) -> bool {
 }
 
 fn ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    crate::owned::is_ready(p)
 }
 
 struct Cache<K> {

@@ -15,16 +15,11 @@ use serde_json::json;
 enum Change {
     Service(Option<Arc<Service>>, String),
     Node(Option<Arc<Node>>, String),
-    Other,
 }
 
 fn ready_ip(n: &Node) -> Option<String> {
     let st = n.status.as_ref()?;
-    let ready = st
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = crate::nodelifecycle::is_ready(n);
     let unschedulable = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
     if !ready || unschedulable {
         return None;
@@ -56,22 +51,11 @@ fn ports(s: &Service) -> Vec<(i32, String)> {
 
 /// Runs the controller until the process ends.
 pub async fn run(client: kube::Client) {
-    let services = crate::follow(kube::Api::<Service>::all(client.clone())).map(|e| match e {
-        crate::Seen::Applied(o) => {
-            let k = crate::key_of(&o);
-            Change::Service(Some(Arc::new(o)), k)
-        }
-        crate::Seen::Deleted(o) => Change::Service(None, crate::key_of(&o)),
-        _ => Change::Other,
-    });
-    let nodes = crate::follow(kube::Api::<Node>::all(client.clone())).map(|e| match e {
-        crate::Seen::Applied(o) => {
-            let k = crate::key_of(&o);
-            Change::Node(Some(Arc::new(o)), k)
-        }
-        crate::Seen::Deleted(o) => Change::Node(None, crate::key_of(&o)),
-        _ => Change::Other,
-    });
+    let all = kube::runtime::watcher::Config::default;
+    let services = crate::follow_keyed(kube::Api::<Service>::all(client.clone()), all())
+        .map(|(k, o)| Change::Service(o, k));
+    let nodes = crate::follow_keyed(kube::Api::<Node>::all(client.clone()), all())
+        .map(|(k, o)| Change::Node(o, k));
     let mut events = futures::stream::select(services.boxed(), nodes.boxed());
     let mut svcs: BTreeMap<String, Arc<Service>> = BTreeMap::new();
     let mut node_ips: BTreeMap<String, String> = BTreeMap::new();
@@ -98,7 +82,6 @@ pub async fn run(client: kube::Client) {
                         node_ips.remove(&k);
                     }
                 },
-                Change::Other => {}
             }
         }
         let mut ips: Vec<String> = node_ips.values().cloned().collect();
