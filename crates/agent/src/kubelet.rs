@@ -1,6 +1,6 @@
 //! The kubelet's API on the node (port 10250, TLS from the cluster CA; clients must present
 //! a certificate of the CA in `system:masters`, as the API server's is): `/healthz`,
-//! `/stats/summary` (`stats.rs`),
+//! `/stats/summary` and `/metrics/resource` (`stats.rs`),
 //! `/containerLogs`, and `/exec` and `/attach` over WebSocket with the
 //! `v5.channel.k8s.io`/`v4.channel.k8s.io` subprotocols (or SPDY/3.1 with a stream per
 //! channel, for clients that fall back to it) (channel 0 stdin, 1 stdout,
@@ -147,14 +147,19 @@ async fn handle(req: Request<Incoming>, pods: Arc<Manager>) -> Response<ResBody>
     match segs.as_slice() {
         ["healthz"] => Response::new(Full::new(Bytes::from_static(b"ok")).boxed()),
         ["stats", "summary"] => {
-            let p = pods.clone();
-            let v = tokio::task::spawn_blocking(move || crate::stats::summary(&p))
-                .await
-                .unwrap_or_default();
+            let v = pods.stats.summary(&pods.cfg.node_name);
             let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        ["metrics", "resource"] => {
+            let mut r = Response::new(Full::new(Bytes::from(pods.stats.prometheus())).boxed());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             r
         }

@@ -75,6 +75,8 @@ pub struct Config {
     pub cluster_domain: String,
     /// How pod traffic crosses nodes.
     pub network_backend: routes::Backend,
+    /// How often the node's, pods' and containers' resource usage is sampled.
+    pub housekeeping_interval: Duration,
 }
 
 /// The source address the kernel would use to reach `server`: the node's address when
@@ -140,6 +142,7 @@ pub async fn run(cfg: Config, engine: Arc<engine::Engine>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind((node_ip, cfg.kubelet_port))
         .await
         .with_context(|| format!("binding the kubelet API on {node_ip}:{}", cfg.kubelet_port))?;
+    stats::Sampler::start(&pods);
     tokio::spawn(kubelet::serve(listener, kubelet_tls, pods.clone()));
     tokio::spawn(node.clone().heartbeat());
     // The backend's device, and what the other nodes need to know of it.

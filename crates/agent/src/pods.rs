@@ -50,8 +50,8 @@ pub struct Manager {
     workers: Mutex<HashMap<String, Handle>>,
     /// Each worker's wake-up, by pod UID: the engine's container events ring it.
     wakers: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
-    /// The last CPU sample per container, pod and the node: (time, cumulative ns).
-    pub(crate) stats_prev: Mutex<HashMap<String, (i128, u64)>>,
+    /// The node's, pods' and containers' resource usage.
+    pub stats: crate::stats::Sampler,
     /// The Services and EndpointSlices the node's proxy follows.
     pub catalog: crate::proxy::Shared,
 }
@@ -139,6 +139,7 @@ impl Manager {
                     .map_err(|e| anyhow::anyhow!("the pod network on {pod_cidr}: {e}"))?;
             }
         }
+        let stats = crate::stats::Sampler::new(cfg.housekeeping_interval);
         Ok(Arc::new(Manager {
             cfg,
             node_ip,
@@ -146,7 +147,7 @@ impl Manager {
             engine,
             workers: Mutex::new(HashMap::new()),
             wakers: Mutex::new(HashMap::new()),
-            stats_prev: Mutex::new(HashMap::new()),
+            stats,
             catalog,
         }))
     }

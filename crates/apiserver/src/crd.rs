@@ -544,6 +544,7 @@ pub fn kinds_of(crd: &Value) -> Vec<Kind> {
             printer_columns,
             crd_schema: Some(schema),
             node_subresources: Vec::new(),
+            read_only: false,
         });
     }
     out

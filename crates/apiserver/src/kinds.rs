@@ -97,6 +97,8 @@ pub struct Kind {
     pub crd_schema: Option<Value>,
     /// Extra subresources routed elsewhere (node-side ones such as `log`, `exec`).
     pub node_subresources: Vec<&'static str>,
+    /// Served from memory, not stored: only `get` and `list` (metrics.k8s.io).
+    pub read_only: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -148,6 +150,9 @@ impl Kind {
         format!("{}{name}", self.prefix(namespace))
     }
     pub fn verbs(&self) -> Vec<&'static str> {
+        if self.read_only {
+            return vec!["get", "list"];
+        }
         vec![
             "create",
             "delete",
@@ -197,6 +202,7 @@ where
         printer_columns: Vec::new(),
         crd_schema: None,
         node_subresources: Vec::new(),
+        read_only: false,
     }
 }
 
@@ -358,6 +364,9 @@ pub fn builtins() -> Vec<Kind> {
             &["api-extensions"],
         )),
     ]
+    .into_iter()
+    .chain(crate::resourcemetrics::kinds())
+    .collect()
 }
 
 /// The kinds served now: the built-ins plus the custom resources of established CRDs.

@@ -22,6 +22,7 @@ pub mod patch;
 pub mod pki;
 pub mod priority;
 pub mod proto;
+pub mod resourcemetrics;
 pub mod rules;
 pub mod selector;
 pub mod server;
@@ -82,6 +83,8 @@ pub struct Config {
     /// The address other hosts and pods reach this server by (the `kubernetes` Service's
     /// endpoint); the bind address when it is a specific one, else loopback.
     pub advertise_address: Option<IpAddr>,
+    /// How often every node's resource usage is scraped for metrics.k8s.io.
+    pub metric_resolution: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +224,8 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         pki.admin_kubeconfig(&server_url).as_bytes(),
         0o600,
     )?;
+    let nodes = Arc::new(nodes::Nodes::new(Arc::new(pki.clone()))?);
+    let usage = Arc::new(resourcemetrics::ResourceMetrics::new(cfg.metric_resolution));
     let srv = Arc::new(server::Server {
         api: api.clone(),
         metrics,
@@ -228,8 +233,10 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         authorizer: Box::new(auth::AdminOnly),
         host: format!("{url_host}:{}", addr.port()),
         documents: Default::default(),
-        nodes: Arc::new(nodes::Nodes::new(Arc::new(pki.clone()))?),
+        nodes: nodes.clone(),
+        usage: usage.clone(),
     });
+    tokio::spawn(resourcemetrics::run(api.clone(), nodes, usage));
     // The address pods reach this server by, through the `kubernetes` Service.
     let advertise = cfg
         .advertise_address

@@ -292,6 +292,48 @@ impl Nodes {
         )
     }
 
+    /// GETs `path` from the kubelet at `host:port` (the metrics pipeline's scrapes): the
+    /// body of a 200 answer.
+    pub async fn kubelet_get(&self, host: &str, port: u16, path: &str) -> Result<Bytes, String> {
+        let tcp = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let server_name = rustls_pki_types::ServerName::try_from(host.to_string())
+            .map_err(|_| format!("kubelet address {host}"))?;
+        let tls = tokio_rustls::TlsConnector::from(self.kubelet_tls.clone())
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| format!("tls with {host}:{port}: {e}"))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("{host}:{port}: {e}"))?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .uri(path)
+            .header(http::header::HOST, format!("{host}:{port}"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| format!("GET {path} from {host}:{port}: {e}"))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("GET {path} from {host}:{port}: {e}"))?
+            .to_bytes();
+        if status != StatusCode::OK {
+            return Err(format!(
+                "GET {path} from {host}:{port}: {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ));
+        }
+        Ok(body)
+    }
+
     /// Where on which kubelet a subresource is served: (host, port, path with query).
     async fn kubelet_path(
         &self,
@@ -352,27 +394,7 @@ impl Nodes {
             .get(&format!("/registry/core/nodes/{node}"))
             .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
             .ok_or_else(|| ApiError::not_found_gr("", "nodes", &node))?;
-        let host = node_obj
-            .pointer("/status/addresses")
-            .and_then(Value::as_array)
-            .and_then(|a| {
-                a.iter()
-                    .find(|x| x["type"] == "InternalIP")
-                    .or_else(|| a.iter().find(|x| x["type"] == "Hostname"))
-            })
-            .and_then(|x| x["address"].as_str())
-            .ok_or_else(|| {
-                ApiError::unavailable(format!(
-                    "node \"{node}\" has no address to reach its kubelet"
-                ))
-            })?
-            .to_string();
-        let port = node_obj
-            .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
-            .and_then(Value::as_u64)
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0)
-            .unwrap_or(KUBELET_PORT);
+        let (host, port) = kubelet_address(&node_obj)?;
         let path = if query.is_empty() {
             path
         } else {
@@ -380,6 +402,35 @@ impl Nodes {
         };
         Ok((host, port, path))
     }
+}
+
+/// Where a Node's kubelet listens: its InternalIP (else its Hostname) and its kubelet port.
+pub fn kubelet_address(node: &Value) -> Result<(String, u16), ApiError> {
+    let host = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|x| x["type"] == "InternalIP")
+                .or_else(|| a.iter().find(|x| x["type"] == "Hostname"))
+        })
+        .and_then(|x| x["address"].as_str())
+        .ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "node \"{}\" has no address to reach its kubelet",
+                node.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            ))
+        })?
+        .to_string();
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+        .unwrap_or(KUBELET_PORT);
+    Ok((host, port))
 }
 
 /// The container a pod subresource names, or the pod's only one (Kubernetes' messages

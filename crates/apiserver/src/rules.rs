@@ -978,6 +978,33 @@ pub fn default(kind: &Kind, obj: &mut Value) {
                 "metrics",
                 json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]),
             );
+            // A behavior given gets Kubernetes' default rules where it sets none
+            // (`GenerateHPAScaleUpRules`/`…ScaleDownRules`); scale-down's window stays unset
+            // for the controller's own default.
+            if let Some(b) = spec.get_mut("behavior").and_then(Value::as_object_mut) {
+                for (dir, defaults) in [
+                    (
+                        "scaleUp",
+                        json!({"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "policies": [
+                            {"type": "Pods", "value": 4, "periodSeconds": 15},
+                            {"type": "Percent", "value": 100, "periodSeconds": 15}]}),
+                    ),
+                    (
+                        "scaleDown",
+                        json!({"selectPolicy": "Max", "policies": [
+                            {"type": "Percent", "value": 100, "periodSeconds": 15}]}),
+                    ),
+                ] {
+                    let rules = b.entry(dir).or_insert_with(|| json!({}));
+                    if let (Some(r), Some(d)) = (rules.as_object_mut(), defaults.as_object()) {
+                        for (k, v) in d {
+                            if r.get(k).is_none_or(Value::is_null) {
+                                r.insert(k.clone(), v.clone());
+                            }
+                        }
+                    }
+                }
+            }
         }
         ("autoscaling", "HorizontalPodAutoscaler") => {
             let spec = obj_mut(obj, "spec");

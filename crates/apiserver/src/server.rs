@@ -33,6 +33,8 @@ pub struct Server {
     pub documents: std::sync::Mutex<std::collections::HashMap<String, (u64, Bytes)>>,
     /// Joining nodes and the proxy to their kubelets.
     pub nodes: Arc<crate::nodes::Nodes>,
+    /// Nodes' and pods' resource usage (metrics.k8s.io).
+    pub usage: Arc<crate::resourcemetrics::ResourceMetrics>,
 }
 
 pub type ResBody = BoxBody<Bytes, Infallible>;
@@ -95,6 +97,36 @@ fn to_response(reply: Reply, yaml: bool) -> Response<ResBody> {
         }
     }
     resp
+}
+
+/// The answer to a get or list of a kind served from memory: the object, a list, or a Table.
+fn read_only_reply(
+    kind: &crate::kinds::Kind,
+    one: bool,
+    mut items: Vec<Value>,
+    output: Output,
+    query: &[(String, String)],
+) -> Reply {
+    let include = query
+        .iter()
+        .find(|(k, _)| k == "includeObject")
+        .map(|(_, v)| v.as_str());
+    match output {
+        Output::Table => Reply::json(
+            200,
+            &crate::table::table(kind, &items, include, Some(serde_json::json!({}))),
+        ),
+        _ if one => Reply::json(200, &items.remove(0)),
+        _ => Reply::json(
+            200,
+            &serde_json::json!({
+                "kind": kind.list_kind,
+                "apiVersion": kind.api_version(),
+                "metadata": {},
+                "items": items,
+            }),
+        ),
+    }
 }
 
 fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
@@ -506,6 +538,17 @@ impl Server {
                 );
             }
         }
+        if kind.read_only && !matches!(verb, "get" | "list") {
+            let e = ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource: {} serves only get and list",
+                kind.qualified()
+            ));
+            return (
+                to_response(Reply::error(&e), false),
+                verb.to_uppercase(),
+                resource_label,
+            );
+        }
         let attrs = Attributes {
             verb,
             group,
@@ -557,6 +600,24 @@ impl Server {
                 )
             }
         };
+        if kind.read_only {
+            let reply =
+                match self
+                    .usage
+                    .read(&self.api, &kind, ns.as_deref(), name.as_deref(), &query)
+                {
+                    Ok(items) => Ok(read_only_reply(
+                        &kind,
+                        name.is_some(),
+                        items,
+                        output,
+                        &query,
+                    )),
+                    Err(e) => Err(e),
+                };
+            let reply = reply.unwrap_or_else(|e| Reply::error(&e));
+            return (to_response(reply, yaml), metric_verb, resource_label);
+        }
         let content_type = req
             .headers()
             .get(http::header::CONTENT_TYPE)

@@ -703,29 +703,70 @@ fn columns(kind: &Kind) -> (Vec<Col>, RowFn) {
                         .map_or("<unknown>".to_string(), |c| format!("{c}%"));
                     targets.push(format!("cpu: {cur}/{u}%"));
                 }
-                for m in o
+                // As kubectl's printer: each metric's current value (from the status entry
+                // at the same index) over its target.
+                let statuses = o
+                    .pointer("/status/currentMetrics")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                for (i, m) in o
                     .pointer("/spec/metrics")
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
+                    .enumerate()
                 {
-                    if let Some(u) = m.pointer("/resource/target/averageUtilization") {
-                        let cur = o
-                            .pointer("/status/currentMetrics")
-                            .and_then(Value::as_array)
-                            .into_iter()
-                            .flatten()
-                            .find(|c| c.pointer("/resource/name") == m.pointer("/resource/name"))
-                            .and_then(|c| c.pointer("/resource/current/averageUtilization"))
-                            .map_or("<unknown>".to_string(), |c| format!("{c}%"));
-                        targets.push(format!("{}: {cur}/{u}%", s(m, "/resource/name")));
-                    } else if let Some(v) = m.pointer("/resource/target/averageValue") {
-                        targets.push(format!(
-                            "{}: <unknown>/{}",
-                            s(m, "/resource/name"),
+                    let st = statuses.get(i);
+                    let cur =
+                        |path: &str, pct: bool| {
+                            st.and_then(|c| c.pointer(path))
+                                .map_or("<unknown>".to_string(), |v| match v.as_str() {
+                                    Some(s) => s.to_string(),
+                                    None if pct => format!("{v}%"),
+                                    None => v.to_string(),
+                                })
+                        };
+                    let source = match s(m, "/type").as_str() {
+                        "Resource" => "resource",
+                        "ContainerResource" => "containerResource",
+                        "Pods" => "pods",
+                        "Object" => "object",
+                        "External" => "external",
+                        _ => continue,
+                    };
+                    let target = format!("/{source}/target");
+                    let current = format!("/{source}/current");
+                    let prefix = match source {
+                        "resource" | "containerResource" => {
+                            format!("{}: ", s(m, &format!("/{source}/name")))
+                        }
+                        _ => String::new(),
+                    };
+                    let text = if let Some(u) = m.pointer(&format!("{target}/averageUtilization")) {
+                        format!(
+                            "{}/{u}%",
+                            cur(&format!("{current}/averageUtilization"), true)
+                        )
+                    } else if let Some(v) = m.pointer(&format!("{target}/averageValue")) {
+                        format!(
+                            "{}/{}",
+                            cur(&format!("{current}/averageValue"), false),
                             v.as_str().unwrap_or_default()
-                        ));
-                    }
+                        )
+                    } else if let Some(v) = m.pointer(&format!("{target}/value")) {
+                        format!(
+                            "{}/{}",
+                            cur(&format!("{current}/value"), false),
+                            v.as_str().unwrap_or_default()
+                        )
+                    } else {
+                        format!(
+                            "{}/<auto>",
+                            cur(&format!("{current}/averageUtilization"), true)
+                        )
+                    };
+                    targets.push(format!("{prefix}{text}"));
                 }
                 let min = o
                     .pointer("/spec/minReplicas")

@@ -62,6 +62,10 @@ pub struct NodeArgs {
     /// The cluster's DNS domain (the kubelet's `--cluster-domain`).
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// How often the node's, pods' and containers' CPU and memory are sampled (the
+    /// kubelet's `--housekeeping-interval`; its default is 10 s).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    housekeeping_interval: Duration,
     /// A registry (host[:port]) pods may pull from over plain http; repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registry: Vec<String>,
@@ -162,6 +166,7 @@ pub fn config(
         resolv_conf: n.resolv_conf.clone(),
         cluster_domain: n.cluster_domain.trim_matches('.').to_ascii_lowercase(),
         network_backend: n.network_backend,
+        housekeeping_interval: n.housekeeping_interval,
     })
 }
 

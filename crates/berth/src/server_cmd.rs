@@ -67,6 +67,26 @@ pub struct ServerArgs {
     /// Delete the oldest terminated pods when there are more than this many (0: never).
     #[arg(long, default_value_t = 12_500)]
     terminated_pod_gc_threshold: usize,
+    /// How often every node's CPU and memory are scraped for metrics.k8s.io (metrics-server's
+    /// `--metric-resolution`; its default is 15 s).
+    #[arg(long, default_value = "10s", value_parser = crate::agent_cmd::parse_duration)]
+    metric_resolution: std::time::Duration,
+    /// How often each HorizontalPodAutoscaler is reconciled.
+    #[arg(long, default_value = "15s", value_parser = crate::agent_cmd::parse_duration)]
+    horizontal_pod_autoscaler_sync_period: std::time::Duration,
+    /// How far back an HPA without `behavior` looks for a higher recommendation before it
+    /// scales down.
+    #[arg(long, default_value = "5m", value_parser = crate::agent_cmd::parse_duration)]
+    horizontal_pod_autoscaler_downscale_stabilization: std::time::Duration,
+    /// The ratio of usage to target within which an HPA does not scale.
+    #[arg(long, default_value_t = 0.1)]
+    horizontal_pod_autoscaler_tolerance: f64,
+    /// How long after a pod starts its CPU may be skipped while it is not yet ready.
+    #[arg(long, default_value = "5m", value_parser = crate::agent_cmd::parse_duration)]
+    horizontal_pod_autoscaler_cpu_initialization_period: std::time::Duration,
+    /// How long after a pod starts a readiness change counts as its first.
+    #[arg(long, default_value = "30s", value_parser = crate::agent_cmd::parse_duration)]
+    horizontal_pod_autoscaler_initial_readiness_delay: std::time::Duration,
     #[command(flatten)]
     node: crate::agent_cmd::NodeArgs,
 }
@@ -109,6 +129,7 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
             tls_sans: a.tls_san,
             token_auth_file: a.token_auth_file,
             watch_cache_events: a.default_watch_cache_size,
+            metric_resolution: a.metric_resolution,
             admission: apiserver::api::Admission {
                 not_ready_toleration_seconds: a.default_not_ready_toleration_seconds,
                 unreachable_toleration_seconds: a.default_unreachable_toleration_seconds,
@@ -140,6 +161,14 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
                 },
                 node_monitor_grace_period: a.node_monitor_grace_period,
                 terminated_pod_gc_threshold: a.terminated_pod_gc_threshold,
+                hpa: controllers::hpa::Settings {
+                    sync_period: a.horizontal_pod_autoscaler_sync_period,
+                    downscale_stabilization: a.horizontal_pod_autoscaler_downscale_stabilization,
+                    tolerance: a.horizontal_pod_autoscaler_tolerance,
+                    cpu_initialization_period: a
+                        .horizontal_pod_autoscaler_cpu_initialization_period,
+                    initial_readiness_delay: a.horizontal_pod_autoscaler_initial_readiness_delay,
+                },
             };
             // Stable across restarts of this server (its data dir), distinct between servers.
             let leader = a.leader_elect.then(|| {

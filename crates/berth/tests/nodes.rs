@@ -7,6 +7,8 @@
 //! the agent restart test kills node-1's agent, so other tests put what must stay reachable
 //! through its kubelet on node-0.
 
+#[path = "nodes/autoscaling.rs"]
+mod autoscaling;
 mod cluster;
 mod common;
 
@@ -25,7 +27,19 @@ extern "C" fn cleanup_cluster() {
 /// The shared cluster (made once; everything it made is removed at exit).
 fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
-        let c = Cluster::start("nodes", 2);
+        // Metrics sampled every second and HPAs synced every two, so that autoscaling
+        // tests take seconds.
+        let c = Cluster::start_full(
+            "nodes",
+            2,
+            &[
+                "--metric-resolution",
+                "2s",
+                "--horizontal-pod-autoscaler-sync-period",
+                "2s",
+            ],
+            &["--housekeeping-interval", "1s"],
+        );
         // SAFETY: atexit registers a plain function; it runs once after the tests.
         unsafe { libc::atexit(cleanup_cluster) };
         load_busybox(&c);

@@ -11,6 +11,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod gc;
+pub mod hpa;
 pub mod job;
 pub mod leader;
 pub mod nodelifecycle;
@@ -40,6 +41,7 @@ pub struct Options {
     pub controllers: Vec<String>,
     pub node_monitor_grace_period: std::time::Duration,
     pub terminated_pod_gc_threshold: usize,
+    pub hpa: hpa::Settings,
 }
 
 /// The controllers by name, as kube-controller-manager names them.
@@ -61,6 +63,7 @@ pub const CONTROLLERS: &[&str] = &[
     "endpoint",
     "clusterdns",
     "servicelb",
+    "horizontalpodautoscaling",
 ];
 
 /// The controllers `spec` selects (`*` all, `name`, `-name`; later entries win).
@@ -140,6 +143,7 @@ fn spawn_all(
             "servicelb" => tokio::spawn(servicelb::run(c)),
             "persistentvolume-binder" => tokio::spawn(pvbinder::run(c)),
             "podgc" => tokio::spawn(podgc::run(c, opts.terminated_pod_gc_threshold)),
+            "horizontalpodautoscaling" => tokio::spawn(hpa::run(c, opts.hpa.clone())),
             _ => unreachable!("every name in CONTROLLERS is started"),
         });
     }

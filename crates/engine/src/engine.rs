@@ -2585,6 +2585,23 @@ impl Engine {
         Ok(s)
     }
 
+    /// A running container's cgroup readings and when it started (RFC 3339): what the
+    /// kubelet's resource metrics are made of. None when it is not running.
+    pub fn resource_usage(
+        &self,
+        name_or_id: &str,
+    ) -> Result<Option<(runtime::cgroups::Stats, String)>> {
+        let rec = self.record(name_or_id)?;
+        if !matches!(rec.state.status.as_str(), "running" | "paused") {
+            return Ok(None);
+        }
+        match self.runtime.stats(&rec.id) {
+            Ok(st) => Ok(Some((st, rec.state.started_at.clone()))),
+            Err(_) if !self.is_running(&rec.id) => Ok(None),
+            Err(e) => Err(internal(format!("reading the cgroup of {}: {e}", rec.id))),
+        }
+    }
+
     /// `top`: `ps` output for the container's processes.
     pub fn top(&self, name_or_id: &str, ps_args: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
         let rec = self.record(name_or_id)?;

@@ -21,6 +21,10 @@ pub struct Stats {
     pub memory_anon: Option<u64>,
     /// Page cache, bytes (v1 total_cache, v2 file in memory.stat).
     pub memory_file: Option<u64>,
+    /// Page cache the kernel may reclaim first, bytes (v1 total_inactive_file, v2
+    /// inactive_file in memory.stat): usage minus this is the kubelet's working set.
+    #[serde(default)]
+    pub memory_inactive_file: Option<u64>,
     /// Swap in use, bytes (v1 memsw usage minus usage, v2 memory.swap.current).
     pub swap_usage: Option<u64>,
     /// Processes killed by the OOM killer (v1 memory.oom_control, v2 memory.events "oom_kill").
@@ -128,6 +132,10 @@ pub(crate) fn read_v1(
         if let Some(st) = read_keyed(d, "memory.stat")? {
             s.memory_anon = st.get("total_rss").or(st.get("rss")).copied();
             s.memory_file = st.get("total_cache").or(st.get("cache")).copied();
+            s.memory_inactive_file = st
+                .get("total_inactive_file")
+                .or(st.get("inactive_file"))
+                .copied();
             s.swap_usage = st.get("total_swap").or(st.get("swap")).copied();
         }
         if s.swap_usage.is_none() {
@@ -181,6 +189,7 @@ pub(crate) fn read_v2(d: &Path) -> Result<Stats, CgroupError> {
     if let Some(st) = read_keyed(d, "memory.stat")? {
         s.memory_anon = st.get("anon").copied();
         s.memory_file = st.get("file").copied();
+        s.memory_inactive_file = st.get("inactive_file").copied();
     }
     if let Some(ev) = read_keyed(d, "memory.events")? {
         s.oom_kill = ev.get("oom_kill").copied();
@@ -280,6 +289,7 @@ mod tests {
                 memory_limit: None,
                 memory_anon: Some(200),
                 memory_file: Some(100),
+                memory_inactive_file: None,
                 swap_usage: Some(500),
                 oom_kill: Some(3),
                 oom_events: None,
@@ -314,7 +324,7 @@ mod tests {
                 ("memory.peak", "8192\n"),
                 ("memory.max", "max\n"),
                 ("memory.swap.current", "0\n"),
-                ("memory.stat", "anon 1024\nfile 2048\nkernel 512\n"),
+                ("memory.stat", "anon 1024\nfile 2048\ninactive_file 1536\nkernel 512\n"),
                 ("memory.events", "low 0\nhigh 0\nmax 5\noom 2\noom_kill 1\noom_group_kill 0\n"),
                 (
                     "cpu.stat",
@@ -333,6 +343,7 @@ mod tests {
                 memory_limit: None,
                 memory_anon: Some(1024),
                 memory_file: Some(2048),
+                memory_inactive_file: Some(1536),
                 swap_usage: Some(0),
                 oom_kill: Some(1),
                 oom_events: Some(2),
