@@ -258,13 +258,22 @@ fn a_pod_with_init_env_volumes_limits_and_readiness_runs() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert_eq!(seen, "port=81\n");
-    // The kubelet's summary, through nodes/proxy.
-    let summary: serde_json::Value = serde_json::from_str(&kubectl_ok(&[
-        "get",
-        "--raw",
-        "/api/v1/nodes/node-0/proxy/stats/summary",
-    ]))
-    .unwrap();
+    // The kubelet's summary, through nodes/proxy: the pod shows from the sampler's next
+    // cycle (a second here).
+    let (summary, pod) = poll("the pod's containers in the kubelet's summary", 30, || {
+        let summary: serde_json::Value = serde_json::from_str(&kubectl_ok(&[
+            "get",
+            "--raw",
+            "/api/v1/nodes/node-0/proxy/stats/summary",
+        ]))
+        .unwrap();
+        let pod = summary["pods"].as_array()?.iter().find(|p| {
+            p["podRef"]["name"] == "web"
+                && p["podRef"]["namespace"] == ns.as_str()
+                && p["containers"].as_array().is_some_and(|c| !c.is_empty())
+        })?;
+        Some((summary.clone(), pod.clone()))
+    });
     assert_eq!(summary["node"]["nodeName"], "node-0");
     assert!(
         summary["node"]["memory"]["workingSetBytes"]
@@ -272,12 +281,6 @@ fn a_pod_with_init_env_volumes_limits_and_readiness_runs() {
             .unwrap()
             > 0
     );
-    let pod = summary["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["podRef"]["name"] == "web" && p["podRef"]["namespace"] == ns.as_str())
-        .unwrap_or_else(|| panic!("web is not in {summary}"));
     assert_eq!(pod["containers"][0]["name"], "app");
     assert!(
         pod["containers"][0]["memory"]["workingSetBytes"]

@@ -341,6 +341,15 @@ spec:
     });
     let table = kubectl_ok(&["-n", &ns, "get", "hpa", "web"]);
     eprintln!("{table}");
+    let described = kubectl_ok(&["-n", &ns, "describe", "hpa", "web"]);
+    for want in [
+        "ScalingActive",
+        "ValidMetricFound",
+        "SuccessfulRescale",
+        "resource cpu on pods",
+    ] {
+        assert!(described.contains(want), "{want} not in\n{described}");
+    }
     assert!(
         table.contains("TARGETS") && table.contains("/50%"),
         "{table}"
@@ -525,6 +534,69 @@ spec:
             "{d}"
         );
     }
+    // A custom resource with a scale subresource is scaled through it: below its HPA's
+    // minimum, it is raised to it without any metric.
+    kubectl_in(
+        &["apply", "-f", "-"],
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: scalers.autoscale.example.com}
+spec:
+  group: autoscale.example.com
+  scope: Namespaced
+  names: {plural: scalers, kind: Scaler}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+      scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas, labelSelectorPath: .status.selector}
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#,
+    );
+    wait_for(
+        "default",
+        "crd/scalers.autoscale.example.com",
+        "condition=Established",
+    );
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        "apiVersion: autoscale.example.com/v1
+kind: Scaler
+metadata: {name: s}
+spec: {replicas: 1}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: s}
+spec:
+  scaleTargetRef: {apiVersion: autoscale.example.com/v1, kind: Scaler, name: s}
+  minReplicas: 2
+  maxReplicas: 3
+",
+    );
+    poll(
+        "the HPA raises the custom resource to its minimum",
+        60,
+        || (get(&ns, "scaler/s", "{.spec.replicas}") == "2").then_some(()),
+    );
+    let events = kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "events",
+        "--field-selector",
+        "reason=SuccessfulRescale,involvedObject.name=s",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        events.contains("New size: 2; reason: Current number of replicas below Spec.MinReplicas"),
+        "{events}"
+    );
+    kubectl_ok(&["delete", "crd", "scalers.autoscale.example.com"]);
     let warnings = kubectl_ok(&[
         "-n",
         &ns,
