@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Autoscaling on measured load, with berth's defaults (the agent samples every 5 s, the
-# server scrapes every node every 10 s, HPAs sync every 15 s), on a server and two agents
+# server scrapes every node every 10 s, HPAs sync every 5 s), on a server and two agents
 # in network namespaces of this script's own:
 #  1. load step: a Deployment of busybox httpd whose CGI page burns CPU (1 replica, 50m
 #     requested, 200m limit) behind a Service, with an HPA at 50% CPU (max 4, Kubernetes'
@@ -174,7 +174,7 @@ sleep 30
 s1=$(ticks "$server")
 
 echo
-echo "== autoscaling, berth's defaults (agent sampling 5 s, scrape 10 s, HPA sync 15 s), $runs runs"
+echo "== autoscaling, berth's defaults (agent sampling 5 s, scrape 10 s, HPA sync 5 s), $runs runs"
 echo "   load start -> first scale-up decision: $(stats "${decide[@]}")"
 echo "   load start -> new replicas Ready:      $(stats "${ready[@]}")"
 echo "   Kubernetes' defaults for comparison (not measured here): kubelet housekeeping 10 s,"

@@ -96,7 +96,18 @@ struct State {
 /// The sampler: one cycle every housekeeping interval, on a thread of its own.
 pub struct Sampler {
     state: Mutex<State>,
+    /// Found once and reused every cycle.
+    found: Mutex<Found>,
     pub interval: Duration,
+}
+
+/// What a cycle would otherwise look up again: the cgroup hierarchy, each pod's cgroup and
+/// each running container's (with its start).
+#[derive(Default)]
+struct Found {
+    hierarchy: Option<runtime::cgroups::Hierarchy>,
+    pods: HashMap<String, runtime::cgroups::Cgroup>,
+    containers: HashMap<String, (runtime::cgroups::Cgroup, i128)>,
 }
 
 fn working_set(s: &runtime::cgroups::Stats) -> u64 {
@@ -162,6 +173,7 @@ impl Sampler {
     pub fn new(interval: Duration) -> Sampler {
         Sampler {
             state: Mutex::new(State::default()),
+            found: Mutex::new(Found::default()),
             interval,
         }
     }
@@ -190,24 +202,46 @@ impl Sampler {
             .into_iter()
             .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
             .collect();
-        let hierarchy = runtime::cgroups::Hierarchy::detect().ok();
+        let mut found = self.found.lock().unwrap();
+        if found.hierarchy.is_none() {
+            found.hierarchy = runtime::cgroups::Hierarchy::detect().ok();
+        }
         let mut errors = 0;
         // Pod cgroups.
         let mut pod_readings: HashMap<String, Reading> = HashMap::new();
+        found.pods.retain(|uid, _| pods.contains_key(uid));
         for (uid, p) in &pods {
-            let Some(h) = &hierarchy else { break };
-            let path = podcgroup::path(&m.cfg.cgroup_root, podspec::qos_class(p), uid);
-            match runtime::cgroups::Cgroup::new(h, Some(&path), uid).and_then(|c| c.stats()) {
+            let cg = match found.pods.get(uid) {
+                Some(cg) => cg.clone(),
+                None => {
+                    let Some(h) = &found.hierarchy else { break };
+                    let path = podcgroup::path(&m.cfg.cgroup_root, podspec::qos_class(p), uid);
+                    match runtime::cgroups::Cgroup::new(h, Some(&path), uid) {
+                        Ok(cg) => {
+                            found.pods.insert(uid.clone(), cg.clone());
+                            cg
+                        }
+                        Err(_) => {
+                            errors += 1;
+                            continue;
+                        }
+                    }
+                }
+            };
+            match cg.usage() {
                 Ok(s) if s.cpu_usage_ns.is_some() => {
                     pod_readings.insert(uid.clone(), reading(timefmt::now_nanos(), &s));
                 }
-                Ok(_) => {}
-                Err(_) => errors += 1,
+                // Not made yet, or gone with its pod.
+                Ok(_) | Err(_) => {
+                    found.pods.remove(uid);
+                }
             }
         }
         // Running containers, grouped by pod.
         let mut containers: BTreeMap<String, Vec<(String, String, i128, Reading)>> =
             BTreeMap::new();
+        let mut running = std::collections::HashSet::new();
         for c in m.engine.list(false, false) {
             let (Some(uid), Some(name)) = (
                 c.labels.get(podspec::LABEL_POD_UID),
@@ -218,20 +252,39 @@ impl Sampler {
             if !pods.contains_key(uid) {
                 continue;
             }
-            match m.engine.resource_usage(&c.id) {
-                Ok(Some((s, started))) => {
-                    let start = timefmt::parse_rfc3339(&started).unwrap_or(0);
+            running.insert(c.id.clone());
+            let (cg, start) = match found.containers.get(&c.id) {
+                Some(f) => f.clone(),
+                None => match m.engine.container_cgroup(&c.id) {
+                    Ok(Some((cg, started))) => {
+                        let start = timefmt::parse_rfc3339(&started).unwrap_or(0);
+                        found.containers.insert(c.id.clone(), (cg.clone(), start));
+                        (cg, start)
+                    }
+                    Ok(None) => continue,
+                    Err(_) => {
+                        errors += 1;
+                        continue;
+                    }
+                },
+            };
+            match cg.usage() {
+                Ok(s) if s.cpu_usage_ns.is_some() => {
                     containers.entry(uid.clone()).or_default().push((
                         c.id.clone(),
                         name.clone(),
                         start,
                         reading(timefmt::now_nanos(), &s),
-                    ));
+                    ))
                 }
-                Ok(None) => {}
-                Err(_) => errors += 1,
+                _ => {
+                    // It stopped since the list; a restart has a cgroup of its own.
+                    found.containers.remove(&c.id);
+                }
             }
         }
+        found.containers.retain(|id, _| running.contains(id));
+        drop(found);
         let mut st = self.state.lock().unwrap();
         match &mut st.node {
             Some(s) => s.push(node),

@@ -71,8 +71,9 @@ pub struct ServerArgs {
     /// `--metric-resolution`; its default is 15 s).
     #[arg(long, default_value = "10s", value_parser = crate::agent_cmd::parse_duration)]
     metric_resolution: std::time::Duration,
-    /// How often each HorizontalPodAutoscaler is reconciled.
-    #[arg(long, default_value = "15s", value_parser = crate::agent_cmd::parse_duration)]
+    /// How often each HorizontalPodAutoscaler is reconciled (kube-controller-manager's
+    /// default is 15 s; a reconcile costs a few in-process requests).
+    #[arg(long, default_value = "5s", value_parser = crate::agent_cmd::parse_duration)]
     horizontal_pod_autoscaler_sync_period: std::time::Duration,
     /// How far back an HPA without `behavior` looks for a higher recommendation before it
     /// scales down.

@@ -722,7 +722,13 @@ struct Ctx {
     client: kube::Client,
     settings: Settings,
     memory: Mutex<HashMap<String, Memory>>,
+    /// Scale targets' resources by (apiVersion, kind), found through discovery once a
+    /// minute at most.
+    mappings: Mutex<HashMap<(String, String), (ApiResource, Instant)>>,
 }
+
+/// How long a discovered scale target's resource is trusted.
+const MAPPING_TTL: Duration = Duration::from_secs(60);
 
 fn pod_metrics_api(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     let ar = ApiResource {
@@ -1248,15 +1254,33 @@ impl Ctx {
             None if !api_version.is_empty() => (String::new(), api_version.clone()),
             None => return Err("invalid API version in scale target reference: empty".into()),
         };
-        let gvk = kube::api::GroupVersionKind::gvk(&group, &version, &target.kind);
-        let (ar, _) = kube::discovery::pinned_kind(&self.client, &gvk)
-            .await
-            .map_err(|e| {
-                format!(
-                    "unable to determine resource for scale target reference: {}",
-                    kube_message(&e)
-                )
-            })?;
+        let key = (api_version.clone(), target.kind.clone());
+        let cached = self
+            .mappings
+            .lock()
+            .unwrap()
+            .get(&key)
+            .filter(|(_, at)| at.elapsed() < MAPPING_TTL)
+            .map(|(ar, _)| ar.clone());
+        let ar = match cached {
+            Some(ar) => ar,
+            None => {
+                let gvk = kube::api::GroupVersionKind::gvk(&group, &version, &target.kind);
+                let (ar, _) = kube::discovery::pinned_kind(&self.client, &gvk)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "unable to determine resource for scale target reference: {}",
+                            kube_message(&e)
+                        )
+                    })?;
+                self.mappings
+                    .lock()
+                    .unwrap()
+                    .insert(key, (ar.clone(), Instant::now()));
+                ar
+            }
+        };
         Ok(Api::namespaced_with(self.client.clone(), ns, &ar))
     }
 
@@ -1380,6 +1404,7 @@ pub async fn run(client: kube::Client, settings: Settings) {
         client: client.clone(),
         settings,
         memory: Mutex::new(HashMap::new()),
+        mappings: Mutex::new(HashMap::new()),
     });
     let api: Api<HorizontalPodAutoscaler> = Api::all(client);
     let mut events = std::pin::pin!(crate::follow_keyed(api, Default::default()));

@@ -2585,20 +2585,20 @@ impl Engine {
         Ok(s)
     }
 
-    /// A running container's cgroup readings and when it started (RFC 3339): what the
-    /// kubelet's resource metrics are made of. None when it is not running.
-    pub fn resource_usage(
+    /// A running container's cgroup and when it started (RFC 3339): what the kubelet's
+    /// resource metrics read. None when it is not running.
+    pub fn container_cgroup(
         &self,
         name_or_id: &str,
-    ) -> Result<Option<(runtime::cgroups::Stats, String)>> {
+    ) -> Result<Option<(runtime::cgroups::Cgroup, String)>> {
         let rec = self.record(name_or_id)?;
         if !matches!(rec.state.status.as_str(), "running" | "paused") {
             return Ok(None);
         }
-        match self.runtime.stats(&rec.id) {
-            Ok(st) => Ok(Some((st, rec.state.started_at.clone()))),
+        match self.runtime.cgroup(&rec.id) {
+            Ok(cg) => Ok(Some((cg, rec.state.started_at.clone()))),
             Err(_) if !self.is_running(&rec.id) => Ok(None),
-            Err(e) => Err(internal(format!("reading the cgroup of {}: {e}", rec.id))),
+            Err(e) => Err(internal(format!("the cgroup of {}: {e}", rec.id))),
         }
     }
 

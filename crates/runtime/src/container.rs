@@ -880,6 +880,11 @@ impl Runtime {
         record.save(&dir)
     }
 
+    /// The container's cgroup (to read its usage again and again without this lookup).
+    pub fn cgroup(&self, id: &str) -> Result<crate::cgroups::Cgroup, Error> {
+        Ok(self.load(id)?.0.cgroup)
+    }
+
     pub fn stats(&self, id: &str) -> Result<Stats, Error> {
         let (record, _) = self.load(id)?;
         Ok(record.cgroup.stats()?)

@@ -647,6 +647,19 @@ impl Cgroup {
         }
     }
 
+    /// What resource metrics need and nothing more — cumulative CPU, memory in use and
+    /// inactive page cache — in three reads (`stats` reads a dozen files).
+    pub fn usage(&self) -> Result<Stats, CgroupError> {
+        if self.v2 {
+            match &self.unified {
+                Some(u) => stats::read_v2_usage(&u.path),
+                None => Ok(Stats::default()),
+            }
+        } else {
+            stats::read_v1_usage(self.v1_path("memory"), self.v1_path("cpuacct"))
+        }
+    }
+
     /// Freezes (true) or thaws (false) every process: v1 freezer.state FROZEN/THAWED (waits until
     /// FROZEN), else v2 cgroup.freeze (waits for cgroup.events "frozen 1").
     pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {

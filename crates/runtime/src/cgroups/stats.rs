@@ -175,6 +175,44 @@ pub(crate) fn read_v1(
     Ok(s)
 }
 
+/// CPU and memory usage only, from v1 controller directories.
+pub(crate) fn read_v1_usage(
+    memory: Option<&Path>,
+    cpuacct: Option<&Path>,
+) -> Result<Stats, CgroupError> {
+    let mut s = Stats::default();
+    if let Some(d) = cpuacct {
+        s.cpu_usage_ns = read_u64(d, "cpuacct.usage")?;
+    }
+    if let Some(d) = memory {
+        s.memory_usage = read_u64(d, "memory.usage_in_bytes")?;
+        if let Some(st) = read_keyed(d, "memory.stat")? {
+            s.memory_file = st.get("total_cache").or(st.get("cache")).copied();
+            s.memory_inactive_file = st
+                .get("total_inactive_file")
+                .or(st.get("inactive_file"))
+                .copied();
+        }
+    }
+    Ok(s)
+}
+
+/// CPU and memory usage only, from a v2 cgroup directory.
+pub(crate) fn read_v2_usage(d: &Path) -> Result<Stats, CgroupError> {
+    let mut s = Stats {
+        memory_usage: read_u64(d, "memory.current")?,
+        ..Stats::default()
+    };
+    if let Some(st) = read_keyed(d, "memory.stat")? {
+        s.memory_file = st.get("file").copied();
+        s.memory_inactive_file = st.get("inactive_file").copied();
+    }
+    if let Some(st) = read_keyed(d, "cpu.stat")? {
+        s.cpu_usage_ns = st.get("usage_usec").map(|v| v.saturating_mul(1000));
+    }
+    Ok(s)
+}
+
 /// Stats from a v2 cgroup directory.
 pub(crate) fn read_v2(d: &Path) -> Result<Stats, CgroupError> {
     let mut s = Stats {
@@ -311,6 +349,50 @@ mod tests {
         let s = read_v1(None, None, Some(&acct), None).unwrap();
         assert_eq!((s.cpu_user_ns, s.cpu_system_ns), (Some(7), Some(8)));
         assert_eq!(s.memory_usage, None);
+    }
+
+    #[test]
+    fn usage_reads_cpu_memory_and_inactive_cache_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mem, acct) = (tmp.path().join("memory"), tmp.path().join("cpuacct"));
+        fs::create_dir_all(&mem).unwrap();
+        fs::create_dir_all(&acct).unwrap();
+        write_all(
+            &mem,
+            &[
+                ("memory.usage_in_bytes", "10000\n"),
+                (
+                    "memory.stat",
+                    "cache 4000\ninactive_file 100\ntotal_cache 5000\ntotal_inactive_file 3000\n",
+                ),
+            ],
+        );
+        write_all(&acct, &[("cpuacct.usage", "42\n")]);
+        let s = read_v1_usage(Some(&mem), Some(&acct)).unwrap();
+        assert_eq!(
+            (
+                s.cpu_usage_ns,
+                s.memory_usage,
+                s.memory_inactive_file,
+                s.pids_current
+            ),
+            (Some(42), Some(10000), Some(3000), None)
+        );
+        let d = tmp.path().join("v2");
+        fs::create_dir_all(&d).unwrap();
+        write_all(
+            &d,
+            &[
+                ("memory.current", "8192\n"),
+                ("memory.stat", "file 4096\ninactive_file 1024\n"),
+                ("cpu.stat", "usage_usec 7\nuser_usec 5\n"),
+            ],
+        );
+        let s = read_v2_usage(&d).unwrap();
+        assert_eq!(
+            (s.cpu_usage_ns, s.memory_usage, s.memory_inactive_file),
+            (Some(7000), Some(8192), Some(1024))
+        );
     }
 
     #[test]
