@@ -67,7 +67,13 @@ pub struct Ctx<'a> {
     pub user_agent: &'a str,
     pub content_type: &'a str,
     pub body: Bytes,
+    /// Checks an object about to be written on behalf of the requesting user (RBAC's
+    /// escalation prevention); None for the server's own writes.
+    pub guard: Option<&'a Guard<'a>>,
 }
+
+/// See [`Ctx::guard`].
+pub type Guard<'a> = dyn Fn(&Kind, &Value) -> Result<(), ApiError> + Send + Sync + 'a;
 
 impl Ctx<'_> {
     pub fn q(&self, k: &str) -> Option<&str> {
@@ -619,6 +625,7 @@ impl Api {
             user_agent: "berth",
             content_type: "",
             body: Bytes::new(),
+            guard: None,
         };
         self.delete_one(kind, ns, name, &json!({}), &ctx)
             .await
@@ -722,6 +729,9 @@ impl Api {
         let errs = self.validate(&t.kind, &obj, None);
         if !errs.is_empty() {
             return Err(ApiError::invalid(&t.kind, &name, errs));
+        }
+        if let Some(g) = ctx.guard {
+            g(&t.kind, &obj)?;
         }
         self.check_namespace(&t.kind, ns.as_deref()).await?;
         let _allocated = self.admit_create(&t.kind, &mut obj).await?;
@@ -1065,6 +1075,9 @@ impl Api {
                 if !errs.is_empty() {
                     return Err(ApiError::invalid(kind, &name, errs));
                 }
+                if let Some(g) = ctx.guard {
+                    g(kind, &new)?;
+                }
                 self.check_namespace(kind, ns).await?;
                 let _allocated = self.admit_create(kind, &mut new).await?;
                 let rev = if ctx.dry_run() {
@@ -1130,6 +1143,9 @@ impl Api {
             let errs = self.validate(kind, &new, Some(&old));
             if !errs.is_empty() {
                 return Err(ApiError::invalid(kind, &name, errs));
+            }
+            if let Some(g) = ctx.guard {
+                g(kind, &new)?;
             }
             // As Kubernetes' binding storage, which updates the pod without a field manager.
             if ctx.media_type() != APPLY_PATCH && !binding {

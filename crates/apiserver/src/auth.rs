@@ -1,5 +1,5 @@
 //! Who is asking: client certificates (CN user, O groups) and static bearer tokens; and the
-//! seam for who may do what (today: the `system:masters` group may do everything).
+//! seam for who may do what (`rbac::Chain` implements it).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,36 +24,15 @@ pub struct Attributes<'a> {
     pub path: &'a str,
 }
 
-/// Decides whether a user may do something. RBAC comes later behind the same trait.
+/// Decides whether a user may do something.
 pub trait Authorizer: Send + Sync {
     fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> bool;
 }
 
-/// Allows members of `system:masters` everything, and anyone authenticated discovery.
-pub struct AdminOnly;
-
-impl Authorizer for AdminOnly {
-    fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> bool {
-        if user.groups.iter().any(|g| g == "system:masters") {
-            return true;
-        }
-        if user.groups.iter().any(|g| g == "system:nodes") && node_may(attrs) {
-            return true;
-        }
-        let discovery = attrs.resource.is_empty()
-            && (attrs.path == "/api"
-                || attrs.path.starts_with("/api/") && attrs.path.matches('/').count() <= 2
-                || attrs.path.starts_with("/apis") && attrs.path.matches('/').count() <= 3
-                || attrs.path.starts_with("/openapi")
-                || attrs.path == "/version");
-        discovery && attrs.verb == "get"
-    }
-}
-
 /// What a node's agent needs: its Node and Lease, the pods bound to it and their status,
 /// the objects their volumes and environment name, events, and mirror pods. (The Node
-/// authorizer's narrowing to the node's own objects comes with RBAC.)
-fn node_may(a: &Attributes) -> bool {
+/// authorizer's narrowing to the node's own objects is still to come.)
+pub(crate) fn node_may(a: &Attributes) -> bool {
     let read = matches!(a.verb, "get" | "list" | "watch");
     let write = matches!(a.verb, "create" | "update" | "patch" | "delete");
     match (a.group, a.resource, a.subresource) {

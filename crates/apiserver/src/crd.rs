@@ -545,6 +545,7 @@ pub fn kinds_of(crd: &Value) -> Vec<Kind> {
             crd_schema: Some(schema),
             node_subresources: Vec::new(),
             read_only: false,
+            review: false,
         });
     }
     out

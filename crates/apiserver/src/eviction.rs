@@ -58,6 +58,7 @@ pub async fn evict(api: &Api, t: &Target, ctx: &Ctx<'_>) -> ApiResult<Reply> {
             query: ctx.query,
             output: ctx.output,
             user_agent: ctx.user_agent,
+            guard: ctx.guard,
         },
     )
     .await?;

@@ -99,6 +99,9 @@ pub struct Kind {
     pub node_subresources: Vec<&'static str>,
     /// Served from memory, not stored: only `get` and `list` (metrics.k8s.io).
     pub read_only: bool,
+    /// A review: only `create`, answered with its status and never stored
+    /// (authorization.k8s.io's access reviews, authentication.k8s.io's SelfSubjectReview).
+    pub review: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -153,6 +156,9 @@ impl Kind {
         if self.read_only {
             return vec!["get", "list"];
         }
+        if self.review {
+            return vec!["create"];
+        }
         vec![
             "create",
             "delete",
@@ -203,7 +209,54 @@ where
         crd_schema: None,
         node_subresources: Vec::new(),
         read_only: false,
+        review: false,
     }
+}
+
+/// A review kind: created, answered, never stored (nor listed).
+fn review<T>(plural: &str, namespaced: bool) -> Kind
+where
+    T: k8s_openapi::Resource
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + schemars::JsonSchema
+        + 'static,
+{
+    Kind {
+        group: T::GROUP.into(),
+        version: T::VERSION.into(),
+        kind: T::KIND.into(),
+        list_kind: String::new(),
+        plural: plural.into(),
+        singular: T::KIND.to_lowercase(),
+        namespaced,
+        short_names: Vec::new(),
+        categories: Vec::new(),
+        status: false,
+        scale: None,
+        codec: Typed::<T>::codec(),
+        storage_group: T::GROUP.into(),
+        storage_plural: plural.into(),
+        storage_version: T::VERSION.into(),
+        printer_columns: Vec::new(),
+        crd_schema: None,
+        node_subresources: Vec::new(),
+        read_only: false,
+        review: true,
+    }
+}
+
+/// The review kinds: authorization.k8s.io's access reviews, authentication.k8s.io's
+/// SelfSubjectReview.
+fn reviews() -> Vec<Kind> {
+    use k8s_openapi::api::{authentication, authorization};
+    vec![
+        review::<authorization::v1::SelfSubjectAccessReview>("selfsubjectaccessreviews", false),
+        review::<authorization::v1::SelfSubjectRulesReview>("selfsubjectrulesreviews", false),
+        review::<authorization::v1::SubjectAccessReview>("subjectaccessreviews", false),
+        review::<authorization::v1::LocalSubjectAccessReview>("localsubjectaccessreviews", true),
+        review::<authentication::v1::SelfSubjectReview>("selfsubjectreviews", false),
+    ]
 }
 
 fn with_status(mut k: Kind) -> Kind {
@@ -366,6 +419,7 @@ pub fn builtins() -> Vec<Kind> {
     ]
     .into_iter()
     .chain(crate::resourcemetrics::kinds())
+    .chain(reviews())
     .collect()
 }
 

@@ -22,6 +22,7 @@ pub mod patch;
 pub mod pki;
 pub mod priority;
 pub mod proto;
+pub mod rbac;
 pub mod resourcemetrics;
 pub mod rules;
 pub mod selector;
@@ -184,6 +185,10 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     });
     namespaces::ensure_defaults(&api).await?;
     priority::ensure_system_classes(&api).await?;
+    rbac::ensure_defaults(&api).await?;
+    let rbac = Arc::new(rbac::Rbac::default());
+    rbac.rebuild(&api);
+    tokio::spawn(rbac.clone().follow(api.clone()));
     crd::run_controller(api.clone());
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -230,7 +235,8 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         api: api.clone(),
         metrics,
         tokens,
-        authorizer: Box::new(auth::AdminOnly),
+        authorizer: Box::new(rbac::Chain { rbac: rbac.clone() }),
+        rbac: Some(rbac),
         host: format!("{url_host}:{}", addr.port()),
         documents: Default::default(),
         nodes: nodes.clone(),

@@ -90,7 +90,7 @@ pub fn finalize_later(api: Arc<Api>, ns: String) {
                 .registry
                 .all()
                 .iter()
-                .filter(|k| k.namespaced && !k.read_only)
+                .filter(|k| k.namespaced && !k.read_only && !k.review)
                 .map(|k| k.prefix(Some(&ns)))
                 .collect();
             prefixes.sort();

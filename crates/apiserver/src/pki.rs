@@ -301,6 +301,37 @@ impl Pki {
         Ok(cert.pem())
     }
 
+    /// A kubeconfig for a new user of the cluster: a client certificate of the cluster CA
+    /// (CN `user`, O each of `groups`), valid for a year, with a key made here.
+    pub fn user_kubeconfig(
+        ca_dir: &Path,
+        server_url: &str,
+        user: &str,
+        groups: &[&str],
+    ) -> Result<String, PkiError> {
+        let cert_err = |what| move |source| PkiError::Cert { what, source };
+        let p = |n: &str| ca_dir.join(n);
+        let (Some(ca_cert_pem), Some(ca_key_pem)) = (read(&p("ca.crt"))?, read(&p("ca.key"))?)
+        else {
+            return Err(PkiError::Unreadable { path: p("ca.key") });
+        };
+        let ca_key = KeyPair::from_pem(&ca_key_pem)
+            .map_err(|_| PkiError::Unreadable { path: p("ca.key") })?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, &ca_key)
+            .map_err(|_| PkiError::Unreadable { path: p("ca.crt") })?;
+        let key = KeyPair::generate().map_err(cert_err("key"))?;
+        let cert = leaf_params(user, groups, &[], false)?
+            .signed_by(&key, &issuer)
+            .map_err(cert_err("signing"))?;
+        let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        Ok(format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: {server_url}\n  name: default\ncontexts:\n- context:\n    cluster: default\n    user: {user}\n  name: {user}\ncurrent-context: {user}\npreferences: {{}}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+            b(&ca_cert_pem),
+            b(&cert.pem()),
+            b(&key.serialize_pem())
+        ))
+    }
+
     /// The admin kubeconfig for a server at `server_url`.
     pub fn admin_kubeconfig(&self, server_url: &str) -> String {
         let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);

@@ -80,6 +80,7 @@ pub fn kinds() -> Vec<Kind> {
         crd_schema: None,
         node_subresources: Vec::new(),
         read_only: true,
+        review: false,
     };
     vec![
         kind("NodeMetrics", "nodes", false, Typed::<NodeMetrics>::codec()),

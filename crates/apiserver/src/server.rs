@@ -35,6 +35,8 @@ pub struct Server {
     pub nodes: Arc<crate::nodes::Nodes>,
     /// Nodes' and pods' resource usage (metrics.k8s.io).
     pub usage: Arc<crate::resourcemetrics::ResourceMetrics>,
+    /// The RBAC snapshot (for SelfSubjectRulesReview).
+    pub rbac: Option<Arc<crate::rbac::Rbac>>,
 }
 
 pub type ResBody = BoxBody<Bytes, Infallible>;
@@ -170,6 +172,330 @@ fn output_of(accept: &str) -> Result<(Output, bool), ApiError> {
 }
 
 impl Server {
+    /// Kubernetes' user impersonation (`Impersonate-User`, `Impersonate-Group`,
+    /// `Impersonate-Uid`): the request goes on as the user named, when the requester may
+    /// `impersonate` that user (or service account), each group and the UID.
+    fn impersonate(&self, req: &Request<ReqBody>, user: UserInfo) -> Result<UserInfo, ApiError> {
+        let h = req.headers();
+        let values = |name: &str| -> Vec<String> {
+            h.get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::to_string)
+                .collect()
+        };
+        let target = values("impersonate-user").into_iter().next();
+        let groups = values("impersonate-group");
+        let uid = values("impersonate-uid").into_iter().next();
+        let Some(target) = target else {
+            if !groups.is_empty() || uid.is_some() {
+                return Err(ApiError::bad_request(format!(
+                    "requested {:?} without impersonating a user",
+                    groups
+                )));
+            }
+            return Ok(user);
+        };
+        let check = |group: &str, resource: &str, ns: &str, name: &str| -> Result<(), ApiError> {
+            let allowed = self.authorizer.authorize(
+                &user,
+                &Attributes {
+                    verb: "impersonate",
+                    group,
+                    resource,
+                    subresource: "",
+                    namespace: ns,
+                    name,
+                    path: "",
+                },
+            );
+            if allowed {
+                return Ok(());
+            }
+            let scope = if ns.is_empty() {
+                " at the cluster scope".to_string()
+            } else {
+                format!(" in the namespace \"{ns}\"")
+            };
+            Err(ApiError::forbidden(format!(
+                "{resource} \"{name}\" is forbidden: User \"{}\" cannot impersonate resource \"{resource}\" in API group \"{group}\"{scope}",
+                user.name
+            )))
+        };
+        let sa = target
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|r| r.split_once(':'));
+        match sa {
+            Some((ns, name)) => check("", "serviceaccounts", ns, name)?,
+            None => check("", "users", "", &target)?,
+        }
+        for g in &groups {
+            check("", "groups", "", g)?;
+        }
+        if let Some(u) = &uid {
+            check("authentication.k8s.io", "uids", "", u)?;
+        }
+        let mut out_groups = groups.clone();
+        if let (Some((ns, _)), true) = (sa, groups.is_empty()) {
+            out_groups.push("system:serviceaccounts".into());
+            out_groups.push(format!("system:serviceaccounts:{ns}"));
+        }
+        let anonymous = target == "system:anonymous";
+        let implied = if anonymous {
+            "system:unauthenticated"
+        } else {
+            "system:authenticated"
+        };
+        if !out_groups.iter().any(|g| g == implied) {
+            out_groups.push(implied.into());
+        }
+        Ok(UserInfo {
+            name: target,
+            uid: uid.unwrap_or_default(),
+            groups: out_groups,
+        })
+    }
+
+    /// Kubernetes' escalation prevention: a user may write a Role or ClusterRole only with
+    /// rules it holds itself (or the `escalate` verb on it), and a binding only to a role
+    /// whose rules it holds (or the `bind` verb on it).
+    fn escalation(
+        &self,
+        user: &UserInfo,
+        kind: &crate::kinds::Kind,
+        obj: &Value,
+    ) -> Result<(), ApiError> {
+        const G: &str = "rbac.authorization.k8s.io";
+        if kind.group != G {
+            return Ok(());
+        }
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let (rules, role_resource, role_name, verb) = match kind.kind.as_str() {
+            "Role" | "ClusterRole" => {
+                let rules: Vec<crate::rbac::Rule> = obj
+                    .get("rules")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().map(crate::rbac::Rule::from_value).collect())
+                    .unwrap_or_default();
+                (rules, kind.plural.clone(), name.to_string(), "escalate")
+            }
+            "RoleBinding" | "ClusterRoleBinding" => {
+                let role_kind = obj
+                    .pointer("/roleRef/kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let role_name = obj
+                    .pointer("/roleRef/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let snap = match &self.rbac {
+                    Some(r) => r.snapshot(),
+                    None => return Ok(()),
+                };
+                let rules = snap.role(role_kind, ns, &role_name);
+                let resource = if role_kind == "Role" {
+                    "roles"
+                } else {
+                    "clusterroles"
+                };
+                (rules, resource.to_string(), role_name, "bind")
+            }
+            _ => return Ok(()),
+        };
+        let may = |verb: &str, resource: &str, name: &str| {
+            self.authorizer.authorize(
+                user,
+                &Attributes {
+                    verb,
+                    group: G,
+                    resource,
+                    subresource: "",
+                    namespace: ns,
+                    name,
+                    path: "",
+                },
+            )
+        };
+        if may(verb, &role_resource, &role_name) {
+            return Ok(());
+        }
+        for r in &rules {
+            if let Some(missing) =
+                crate::rbac::uncovered(r, |a| self.authorizer.authorize(user, a), ns)
+            {
+                let scope = if ns.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in the namespace \"{ns}\"")
+                };
+                return Err(ApiError::forbidden(format!(
+                    "{} \"{name}\" is forbidden: user \"{}\" (groups={:?}) is attempting to grant RBAC permissions not currently held:\n{missing}{scope}",
+                    kind.qualified(),
+                    user.name,
+                    user.groups
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a review (access reviews, SelfSubjectReview) for `user`: the object with
+    /// its status filled in.
+    fn review(
+        &self,
+        kind: &crate::kinds::Kind,
+        user: &UserInfo,
+        ns: Option<&str>,
+        mut v: Value,
+    ) -> Result<Value, ApiError> {
+        use serde_json::json;
+        if v.get("kind")
+            .and_then(Value::as_str)
+            .is_some_and(|k| k != kind.kind)
+        {
+            return Err(ApiError::bad_request(format!(
+                "the body is a {}, not a {}",
+                v["kind"].as_str().unwrap_or_default(),
+                kind.kind
+            )));
+        }
+        let spec = v.get("spec").cloned().unwrap_or(json!({}));
+        let s = |p: &str| {
+            spec.pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let status = match kind.kind.as_str() {
+            "SelfSubjectReview" => json!({"userInfo": {
+                "username": user.name, "uid": user.uid, "groups": user.groups}}),
+            "SelfSubjectRulesReview" => {
+                let ns = s("/namespace");
+                let snap = match &self.rbac {
+                    Some(r) => r.snapshot(),
+                    None => Default::default(),
+                };
+                let mut rules = snap.rules_for(user, &ns);
+                if user.groups.iter().any(|g| g == "system:masters") {
+                    rules.insert(
+                        0,
+                        crate::rbac::Rule {
+                            verbs: vec!["*".into()],
+                            api_groups: vec!["*".into()],
+                            resources: vec!["*".into()],
+                            ..Default::default()
+                        },
+                    );
+                }
+                let resource: Vec<Value> = rules
+                    .iter()
+                    .filter(|r| !r.resources.is_empty())
+                    .map(|r| {
+                        let mut o = json!({"verbs": r.verbs, "apiGroups": r.api_groups, "resources": r.resources});
+                        if !r.resource_names.is_empty() {
+                            o["resourceNames"] = json!(r.resource_names);
+                        }
+                        o
+                    })
+                    .collect();
+                let non_resource: Vec<Value> = rules
+                    .iter()
+                    .filter(|r| !r.non_resource_urls.is_empty())
+                    .map(|r| json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls}))
+                    .collect();
+                // A node's own permissions come from the node authorizer, not rules.
+                let incomplete = user.groups.iter().any(|g| g == "system:nodes");
+                json!({"resourceRules": resource, "nonResourceRules": non_resource, "incomplete": incomplete})
+            }
+            _ => {
+                let subject = match kind.kind.as_str() {
+                    "SelfSubjectAccessReview" => user.clone(),
+                    _ => UserInfo {
+                        name: s("/user"),
+                        uid: s("/uid"),
+                        groups: spec
+                            .get("groups")
+                            .and_then(Value::as_array)
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|g| g.as_str().map(str::to_string))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    },
+                };
+                if kind.kind == "LocalSubjectAccessReview" {
+                    let asked = s("/resourceAttributes/namespace");
+                    if !asked.is_empty() && Some(asked.as_str()) != ns {
+                        return Err(ApiError::bad_request(format!(
+                            "spec.resourceAttributes.namespace must match namespace: {}",
+                            ns.unwrap_or_default()
+                        )));
+                    }
+                }
+                let path = s("/nonResourceAttributes/path");
+                let (verb, group, resource, sub, namespace, name) = if spec
+                    .get("resourceAttributes")
+                    .is_some()
+                {
+                    (
+                        s("/resourceAttributes/verb"),
+                        s("/resourceAttributes/group"),
+                        s("/resourceAttributes/resource"),
+                        s("/resourceAttributes/subresource"),
+                        if kind.kind == "LocalSubjectAccessReview" {
+                            ns.unwrap_or_default().to_string()
+                        } else {
+                            s("/resourceAttributes/namespace")
+                        },
+                        s("/resourceAttributes/name"),
+                    )
+                } else if spec.get("nonResourceAttributes").is_some() {
+                    (
+                        s("/nonResourceAttributes/verb"),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                    )
+                } else {
+                    return Err(ApiError::bad_request(
+                            "spec: exactly one of nonResourceAttributes or resourceAttributes must be specified",
+                        ));
+                };
+                let allowed = self.authorizer.authorize(
+                    &subject,
+                    &Attributes {
+                        verb: &verb,
+                        group: &group,
+                        resource: &resource,
+                        subresource: &sub,
+                        namespace: &namespace,
+                        name: &name,
+                        path: &path,
+                    },
+                );
+                json!({"allowed": allowed})
+            }
+        };
+        if let Some(m) = v.as_object_mut() {
+            m.insert("apiVersion".into(), json!(kind.api_version()));
+            m.insert("kind".into(), json!(kind.kind));
+            m.entry("metadata").or_insert(json!({}));
+            m.insert("status".into(), status);
+        }
+        Ok(v)
+    }
+
     /// A generated document, made once per registry generation.
     fn document(&self, path: &str, make: impl FnOnce() -> Option<Value>) -> Option<Bytes> {
         let generation = self.api.registry.generation();
@@ -230,6 +556,13 @@ impl Server {
         if user.is_none() && (!anonymous_ok || bad_token) {
             return to_response(Reply::error(&ApiError::unauthorized()), false);
         }
+        let user = match user {
+            Some(u) => match self.impersonate(&req, u) {
+                Ok(u) => Some(u),
+                Err(e) => return to_response(Reply::error(&e), false),
+            },
+            None => None,
+        };
         // A bug that panics answers 500 for this request alone; the connection's other
         // streams and the server go on.
         let routed = std::panic::AssertUnwindSafe(self.route(req, user));
@@ -538,6 +871,17 @@ impl Server {
                 );
             }
         }
+        if kind.review && verb != "create" {
+            let e = ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource: {} serves only create",
+                kind.qualified()
+            ));
+            return (
+                to_response(Reply::error(&e), false),
+                verb.to_uppercase(),
+                resource_label,
+            );
+        }
         if kind.read_only && !matches!(verb, "get" | "list") {
             let e = ApiError::method_not_allowed(format!(
                 "the server does not allow this method on the requested resource: {} serves only get and list",
@@ -564,7 +908,17 @@ impl Server {
                 Some(n) => format!(" in the namespace \"{n}\""),
                 None => " at the cluster scope".into(),
             };
-            let e = ApiError::forbidden(format!("{} is forbidden: User \"{}\" cannot {verb} resource \"{plural}\" in API group \"{group}\"{scope}", kind.qualified(), user.name));
+            // Kubernetes' text: the object's name when there is one, the subresource
+            // with the resource.
+            let what = match name.as_deref() {
+                Some(n) if !n.is_empty() => format!("{} \"{n}\"", kind.qualified()),
+                _ => kind.qualified(),
+            };
+            let resource = match sub.as_deref() {
+                Some(sr) => format!("{plural}/{sr}"),
+                None => plural.to_string(),
+            };
+            let e = ApiError::forbidden(format!("{what} is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{group}\"{scope}", user.name));
             return (
                 to_response(Reply::error(&e), false),
                 metric_verb,
@@ -640,12 +994,23 @@ impl Server {
                 )
             }
         };
+        if kind.review {
+            let reply = crate::api::decode_body(&content_type, &body)
+                .and_then(|v| self.review(&kind, &user, ns.as_deref(), v))
+                .map(|v| Reply::json(201, &v))
+                .unwrap_or_else(|e| Reply::error(&e));
+            return (to_response(reply, yaml), metric_verb, resource_label);
+        }
+        // RBAC's escalation prevention for what this user writes.
+        let guard_user = user.clone();
+        let guard = move |k: &crate::kinds::Kind, obj: &Value| self.escalation(&guard_user, k, obj);
         let ctx = Ctx {
             query: &query,
             output,
             user_agent: &user_agent,
             content_type: &content_type,
             body,
+            guard: Some(&guard),
         };
         let target = Target {
             kind: kind.clone(),

@@ -92,6 +92,8 @@ enum Command {
     Server(server_cmd::ServerArgs),
     /// Join a cluster as a node: run its pods on this machine's engine.
     Agent(agent_cmd::AgentArgs),
+    /// Issue a kubeconfig for a new user of the cluster from its CA (on the server).
+    Kubeconfig(server_cmd::KubeconfigArgs),
     /// The node's service proxy (run on a node).
     #[command(subcommand)]
     Proxy(ProxyCmd),
@@ -307,6 +309,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Registry(cmd) => registry_cmd::run(cmd),
         Command::Server(a) => server_cmd::run(a),
         Command::Agent(a) => agent_cmd::run(a),
+        Command::Kubeconfig(a) => server_cmd::kubeconfig(a),
         Command::Proxy(ProxyCmd::Explain { service }) => {
             let (ns, name) = match service.split_once('/') {
                 Some((ns, name)) => (ns.to_string(), name.to_string()),

@@ -219,3 +219,62 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     code
 }
+
+#[derive(clap::Args)]
+pub struct KubeconfigArgs {
+    /// The user's name (the certificate's CN, what RBAC subjects of kind User name).
+    #[arg(long)]
+    user: String,
+    /// A group the user is in (the certificate's O); repeatable.
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// The server's data dir, whose `tls/ca.key` signs the certificate.
+    #[arg(long, default_value = "/var/lib/berth/server")]
+    data_dir: PathBuf,
+    /// The API server's URL (default: the one in the admin kubeconfig).
+    #[arg(long)]
+    server: Option<String>,
+    /// The admin kubeconfig the server wrote, to take the URL from.
+    #[arg(long, default_value = "/etc/berth/kubeconfig.yaml")]
+    kubeconfig: PathBuf,
+}
+
+/// `berth kubeconfig --user NAME [--group G]`: prints a kubeconfig for a new user.
+pub fn kubeconfig(a: KubeconfigArgs) -> anyhow::Result<i32> {
+    if a.user.is_empty() || a.user.contains(['\n', '/']) {
+        anyhow::bail!(
+            "--user {:?}: a user name is one line without slashes",
+            a.user
+        );
+    }
+    if a.user == "system:admin" || a.groups.iter().any(|g| g == "system:masters") {
+        anyhow::bail!(
+            "berth kubeconfig issues users to be granted roles; the admin kubeconfig is {}",
+            a.kubeconfig.display()
+        );
+    }
+    let server = match a.server {
+        Some(s) => s,
+        None => std::fs::read_to_string(&a.kubeconfig)
+            .with_context(|| {
+                format!(
+                    "reading {} for the server's URL (or give --server)",
+                    a.kubeconfig.display()
+                )
+            })?
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_string))
+            .with_context(|| format!("{} names no server", a.kubeconfig.display()))?,
+    };
+    let groups: Vec<&str> = a.groups.iter().map(String::as_str).collect();
+    let kc =
+        apiserver::pki::Pki::user_kubeconfig(&a.data_dir.join("tls"), &server, &a.user, &groups)
+            .with_context(|| {
+                format!(
+                    "signing with the cluster CA under {}",
+                    a.data_dir.join("tls").display()
+                )
+            })?;
+    print!("{kc}");
+    Ok(0)
+}

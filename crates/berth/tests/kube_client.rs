@@ -429,7 +429,7 @@ async fn bearer_tokens_and_the_authorizer(s: &Server) {
             .unwrap_err(),
     );
     assert_eq!((code, reason.as_str()), (403, "Forbidden"));
-    assert_eq!(msg, "configmaps is forbidden: User \"bob\" cannot get resource \"configmaps\" in API group \"\" in the namespace \"tokens\"");
+    assert_eq!(msg, "configmaps \"t\" is forbidden: User \"bob\" cannot get resource \"configmaps\" in API group \"\" in the namespace \"tokens\"");
     let (code, _, _) = api_error(
         Api::<ConfigMap>::namespaced(token_client(s, "nosuchtoken"), "tokens")
             .get("t")

@@ -1557,3 +1557,312 @@ fn node_subresources_answer_clearly(s: &Server) {
     ]);
     assert_eq!(s.ok(&["get", "pods", "-n", &ns, "-o", "name"]), "");
 }
+
+/// A user with `view` in one namespace reads there and nothing else, as RBAC decides; the
+/// access reviews behind `kubectl auth can-i` and `whoami` say the same.
+#[test]
+fn a_user_with_view_in_one_namespace_reads_there_only() {
+    let s = sqlite();
+    s.ok(&["create", "namespace", "rbac-a"]);
+    s.ok(&["create", "namespace", "rbac-b"]);
+    s.ok(&[
+        "-n",
+        "rbac-a",
+        "create",
+        "configmap",
+        "c",
+        "--from-literal=k=v",
+    ]);
+    s.ok(&[
+        "-n",
+        "rbac-a",
+        "create",
+        "rolebinding",
+        "alice-view",
+        "--clusterrole=view",
+        "--user=alice",
+    ]);
+    let out = std::process::Command::new(common::BERTH)
+        .args([
+            "kubeconfig",
+            "--user",
+            "alice",
+            "--group",
+            "devs",
+            "--data-dir",
+        ])
+        .arg(s.dir.join("data"))
+        .arg("--kubeconfig")
+        .arg(&s.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kc = s.dir.join("alice.yaml");
+    std::fs::write(&kc, &out.stdout).unwrap();
+    let alice = |args: &[&str]| {
+        std::process::Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &kc)
+            .output()
+            .unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    // The binding reaches the authorizer within moments of its creation.
+    let mut ok = None;
+    for _ in 0..50 {
+        let o = alice(&["-n", "rbac-a", "get", "configmaps", "-o", "name"]);
+        if o.status.success() {
+            ok = Some(text(&o));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok
+        .expect("alice lists configmaps in rbac-a")
+        .contains("configmap/c"));
+    let o = alice(&["-n", "rbac-b", "get", "pods"]);
+    assert!(!o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim(),
+        "Error from server (Forbidden): pods is forbidden: User \"alice\" cannot list resource \"pods\" in API group \"\" in the namespace \"rbac-b\""
+    );
+    let o = alice(&["-n", "rbac-a", "delete", "configmap", "c"]);
+    assert!(
+        text(&o).contains(
+            "configmaps \"c\" is forbidden: User \"alice\" cannot delete resource \"configmaps\""
+        ),
+        "{}",
+        text(&o)
+    );
+    let o = alice(&["-n", "rbac-a", "get", "secrets"]);
+    assert!(!o.status.success(), "view reads no secrets");
+    let o = alice(&["get", "nodes"]);
+    assert!(
+        text(&o).contains("cannot list resource \"nodes\" in API group \"\" at the cluster scope"),
+        "{}",
+        text(&o)
+    );
+    // kubectl auth can-i, and --list.
+    for (args, want) in [
+        (vec!["-n", "rbac-a", "list", "pods"], "yes"),
+        (vec!["-n", "rbac-a", "get", "deployments.apps"], "yes"),
+        (vec!["-n", "rbac-a", "create", "pods"], "no"),
+        (vec!["-n", "rbac-b", "list", "pods"], "no"),
+        (
+            vec![
+                "-n",
+                "rbac-a",
+                "create",
+                "rolebindings.rbac.authorization.k8s.io",
+            ],
+            "no",
+        ),
+    ] {
+        let mut a = vec!["auth", "can-i"];
+        a.extend_from_slice(&args);
+        let o = alice(&a);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            want,
+            "{args:?}: {}",
+            text(&o)
+        );
+        assert_eq!(o.status.success(), want == "yes");
+    }
+    let o = alice(&["auth", "can-i", "--list", "-n", "rbac-a"]);
+    let list = text(&o);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("pods ") && l.contains("[get list watch]")),
+        "{list}"
+    );
+    assert!(
+        list.lines().any(
+            |l| l.starts_with("selfsubjectaccessreviews.authorization.k8s.io")
+                && l.contains("[create]")
+        ),
+        "{list}"
+    );
+    assert!(!list.lines().any(|l| l.starts_with("secrets ")), "{list}");
+    let o = alice(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+    ]);
+    let who = text(&o);
+    assert!(
+        who.starts_with("alice ") && who.contains("devs") && who.contains("system:authenticated"),
+        "{who}"
+    );
+    // The admin asks about alice.
+    let sar = s.ok_in(
+        &["create", "-f", "-", "-o", "jsonpath={.status.allowed}"],
+        "apiVersion: authorization.k8s.io/v1\nkind: SubjectAccessReview\nspec:\n  user: alice\n  resourceAttributes: {namespace: rbac-a, verb: watch, resource: pods}\n",
+    );
+    assert_eq!(sar.trim(), "true");
+    // Reviews are answered, never stored or listed.
+    let o = s
+        .kubectl_cmd(&["get", "selfsubjectaccessreviews"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    // The admin acts as alice; alice may not act as anyone.
+    let o = s
+        .kubectl_cmd(&[
+            "--as=alice",
+            "-n",
+            "rbac-a",
+            "get",
+            "configmaps",
+            "-o",
+            "name",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("configmap/c"),
+        "{}",
+        text(&o)
+    );
+    let o = s
+        .kubectl_cmd(&["--as=alice", "-n", "rbac-b", "get", "pods"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&o).contains("User \"alice\" cannot list resource \"pods\""),
+        "{}",
+        text(&o)
+    );
+    let o = alice(&["--as=bob", "-n", "rbac-a", "get", "pods"]);
+    assert!(
+        text(&o).contains("users \"bob\" is forbidden: User \"alice\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"),
+        "{}",
+        text(&o)
+    );
+    // With admin in rbac-a alice may bind what she holds there, and nothing more.
+    s.ok(&[
+        "-n",
+        "rbac-a",
+        "create",
+        "rolebinding",
+        "alice-admin",
+        "--clusterrole=admin",
+        "--user=alice",
+    ]);
+    let mut granted = false;
+    for _ in 0..50 {
+        if alice(&[
+            "auth",
+            "can-i",
+            "-n",
+            "rbac-a",
+            "create",
+            "rolebindings.rbac.authorization.k8s.io",
+        ])
+        .status
+        .success()
+        {
+            granted = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(granted);
+    let o = alice(&[
+        "-n",
+        "rbac-a",
+        "create",
+        "rolebinding",
+        "bob-view",
+        "--clusterrole=view",
+        "--user=bob",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = alice(&[
+        "-n",
+        "rbac-a",
+        "create",
+        "role",
+        "secrets",
+        "--verb=get",
+        "--resource=secrets",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = alice(&[
+        "-n",
+        "rbac-a",
+        "create",
+        "rolebinding",
+        "alice-root",
+        "--clusterrole=cluster-admin",
+        "--user=alice",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("is attempting to grant RBAC permissions not currently held"),
+        "{}",
+        text(&o)
+    );
+    let o = alice(&[
+        "-n",
+        "rbac-a",
+        "create",
+        "role",
+        "nodes",
+        "--verb=list",
+        "--resource=nodes",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("Resources:[\"nodes\"], Verbs:[\"list\"]"),
+        "{}",
+        text(&o)
+    );
+    assert!(!String::from_utf8_lossy(
+        &s.kubectl_cmd(&["-n", "rbac-a", "get", "rolebindings", "-o", "name"])
+            .output()
+            .unwrap()
+            .stdout
+    )
+    .contains("alice-root"));
+    s.ok(&["-n", "rbac-a", "delete", "rolebinding", "alice-admin"]);
+    // Without the binding, nothing.
+    s.ok(&["-n", "rbac-a", "delete", "rolebinding", "alice-view"]);
+    let mut denied = false;
+    for _ in 0..50 {
+        if !alice(&["-n", "rbac-a", "get", "configmaps"])
+            .status
+            .success()
+        {
+            denied = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(denied, "the binding's deletion takes effect");
+    // The command refuses to mint an admin.
+    let o = std::process::Command::new(common::BERTH)
+        .args([
+            "kubeconfig",
+            "--user",
+            "mallory",
+            "--group",
+            "system:masters",
+            "--data-dir",
+        ])
+        .arg(s.dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+}
