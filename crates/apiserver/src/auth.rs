@@ -29,36 +29,6 @@ pub trait Authorizer: Send + Sync {
     fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> bool;
 }
 
-/// What a node's agent needs: its Node and Lease, the pods bound to it and their status,
-/// the objects their volumes and environment name, events, and mirror pods. (The Node
-/// authorizer's narrowing to the node's own objects is still to come.)
-pub(crate) fn node_may(a: &Attributes) -> bool {
-    let read = matches!(a.verb, "get" | "list" | "watch");
-    let write = matches!(a.verb, "create" | "update" | "patch" | "delete");
-    match (a.group, a.resource, a.subresource) {
-        ("", "nodes", "" | "status") => read || write,
-        ("coordination.k8s.io", "leases", "") => {
-            a.namespace == "kube-node-lease" && (read || write)
-        }
-        ("", "pods", "") => read || matches!(a.verb, "create" | "delete"),
-        ("", "pods", "status") => read || write,
-        ("", "events", "") | ("events.k8s.io", "events", "") => read || write,
-        (
-            "",
-            "configmaps"
-            | "secrets"
-            | "services"
-            | "endpoints"
-            | "persistentvolumeclaims"
-            | "persistentvolumes"
-            | "namespaces",
-            "",
-        ) => read,
-        ("discovery.k8s.io", "endpointslices", "") => read,
-        _ => false,
-    }
-}
-
 /// The user a client certificate names.
 pub fn user_from_cert(der: &[u8]) -> Option<UserInfo> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;

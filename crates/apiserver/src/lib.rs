@@ -235,7 +235,10 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         api: api.clone(),
         metrics,
         tokens,
-        authorizer: Box::new(rbac::Chain { rbac: rbac.clone() }),
+        authorizer: Box::new(rbac::Chain {
+            rbac: rbac.clone(),
+            api: api.clone(),
+        }),
         rbac: Some(rbac),
         host: format!("{url_host}:{}", addr.port()),
         documents: Default::default(),

@@ -382,10 +382,11 @@ impl Rbac {
     }
 }
 
-/// The authorizers in Kubernetes' order: the privileged `system:masters` group, the
-/// nodes' own needs, then RBAC.
+/// The authorizers in Kubernetes' order: the privileged `system:masters` group, the Node
+/// authorizer, then RBAC.
 pub struct Chain {
     pub rbac: Arc<Rbac>,
+    pub api: Arc<Api>,
 }
 
 impl Authorizer for Chain {
@@ -393,10 +394,166 @@ impl Authorizer for Chain {
         if user.groups.iter().any(|g| g == "system:masters") {
             return true;
         }
-        if user.groups.iter().any(|g| g == "system:nodes") && crate::auth::node_may(attrs) {
-            return true;
+        if user.groups.iter().any(|g| g == "system:nodes") {
+            if let Some(node) = user.name.strip_prefix("system:node:") {
+                if node_allows(&self.api, node, attrs) {
+                    return true;
+                }
+            }
         }
         self.rbac.snapshot().allows(user, attrs)
+    }
+}
+
+/// The names of the objects of `resource` a pod refers to: its volumes' and projected
+/// sources' ConfigMaps and Secrets, its containers' environment, its image pull secrets,
+/// its claims.
+fn pod_refers(pod: &Value, resource: &str, name: &str) -> bool {
+    let spec = &pod["spec"];
+    let is = |v: &Value| v.as_str() == Some(name);
+    let volumes = spec["volumes"].as_array().into_iter().flatten();
+    let containers = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_array().into_iter().flatten());
+    match resource {
+        "secrets" => {
+            volumes.clone().any(|v| {
+                is(&v["secret"]["secretName"])
+                    || v["projected"]["sources"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|s| is(&s["secret"]["name"]))
+            }) || containers.clone().any(|c| {
+                c["env"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|e| is(&e["valueFrom"]["secretKeyRef"]["name"]))
+                    || c["envFrom"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|e| is(&e["secretRef"]["name"]))
+            }) || spec["imagePullSecrets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| is(&s["name"]))
+        }
+        "configmaps" => {
+            volumes.clone().any(|v| {
+                is(&v["configMap"]["name"])
+                    || v["projected"]["sources"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|s| is(&s["configMap"]["name"]))
+            }) || containers.clone().any(|c| {
+                c["env"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|e| is(&e["valueFrom"]["configMapKeyRef"]["name"]))
+                    || c["envFrom"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|e| is(&e["configMapRef"]["name"]))
+            })
+        }
+        "persistentvolumeclaims" => volumes
+            .clone()
+            .any(|v| is(&v["persistentVolumeClaim"]["claimName"])),
+        _ => false,
+    }
+}
+
+/// The pods bound to `node` (in `ns`, or every namespace when empty), from the cache.
+fn node_pods(api: &Api, node: &str, ns: &str) -> Vec<Value> {
+    let prefix = if ns.is_empty() {
+        "/registry/core/pods/".to_string()
+    } else {
+        format!("/registry/core/pods/{ns}/")
+    };
+    api.cache
+        .list(&prefix)
+        .1
+        .iter()
+        .filter_map(|(_, _, v)| serde_json::from_slice::<Value>(v).ok())
+        .filter(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node))
+        .collect()
+}
+
+fn pod_on_node(api: &Api, node: &str, ns: &str, name: &str) -> bool {
+    api.cache
+        .get(&format!("/registry/core/pods/{ns}/{name}"))
+        .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
+        .is_some_and(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node))
+}
+
+/// Kubernetes' Node authorizer, for the agent of `node`: its own Node and Lease, the pods
+/// bound to it and their status, and only the Secrets, ConfigMaps, claims and volumes those
+/// pods refer to (by name); Services, endpoints and namespaces for its proxy and DNS; events.
+pub fn node_allows(api: &Api, node: &str, a: &Attributes) -> bool {
+    let read = matches!(a.verb, "get" | "list" | "watch");
+    let own_write = matches!(a.verb, "update" | "patch" | "delete") && a.name == node;
+    match (a.group, a.resource, a.subresource) {
+        ("", "nodes", "") => read || a.verb == "create" || own_write,
+        ("", "nodes", "status") => read || (own_write && a.verb != "delete"),
+        ("coordination.k8s.io", "leases", "") => {
+            a.namespace == "kube-node-lease" && (read || a.verb == "create" || own_write)
+        }
+        ("", "pods", "") => {
+            read || a.verb == "create"
+                || (a.verb == "delete" && pod_on_node(api, node, a.namespace, a.name))
+        }
+        ("", "pods", "status") => {
+            read || (matches!(a.verb, "update" | "patch")
+                && pod_on_node(api, node, a.namespace, a.name))
+        }
+        ("", "secrets" | "configmaps" | "persistentvolumeclaims", "") => {
+            a.verb == "get"
+                && !a.name.is_empty()
+                && node_pods(api, node, a.namespace)
+                    .iter()
+                    .any(|p| pod_refers(p, a.resource, a.name))
+        }
+        ("", "persistentvolumes", "") => {
+            a.verb == "get"
+                && !a.name.is_empty()
+                && node_pods(api, node, "").iter().any(|p| {
+                    let ns = p
+                        .pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    p["spec"]["volumes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|v| {
+                            v["persistentVolumeClaim"]["claimName"]
+                                .as_str()
+                                .is_some_and(|c| {
+                                    api.cache
+                                        .get(&format!(
+                                            "/registry/core/persistentvolumeclaims/{ns}/{c}"
+                                        ))
+                                        .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
+                                        .is_some_and(|pvc| {
+                                            pvc.pointer("/spec/volumeName").and_then(Value::as_str)
+                                                == Some(a.name)
+                                        })
+                                })
+                        })
+                })
+        }
+        ("", "events", "") | ("events.k8s.io", "events", "") => {
+            read || matches!(a.verb, "create" | "update" | "patch")
+        }
+        ("", "services" | "endpoints" | "namespaces", "") => read,
+        ("discovery.k8s.io", "endpointslices", "") => read,
+        _ => false,
     }
 }
 

@@ -947,6 +947,24 @@ pub fn default(kind: &Kind, obj: &mut Value) {
         ("", "Secret") => {
             let m = obj.as_object_mut().unwrap();
             set_default(m, "type", json!("Opaque"));
+            // `stringData` is write-only: its entries go into `data`, encoded, over any
+            // of the same key (as Kubernetes converts it).
+            if let Some(Value::Object(strings)) = m.remove("stringData") {
+                use base64::Engine as _;
+                let data = m.entry("data").or_insert_with(|| json!({}));
+                if !data.is_object() {
+                    *data = json!({});
+                }
+                if let Some(d) = data.as_object_mut() {
+                    for (k, v) in strings {
+                        let text = v.as_str().unwrap_or_default();
+                        d.insert(
+                            k,
+                            json!(base64::engine::general_purpose::STANDARD.encode(text)),
+                        );
+                    }
+                }
+            }
         }
         ("", "PersistentVolumeClaim") => {
             let spec = obj_mut(obj, "spec");

@@ -4210,3 +4210,70 @@ fn vxlan_carries_pod_traffic_between_nodes_and_goes_with_a_node() {
         (!table.status.success() && !dev.status.success() && routes.trim().is_empty()).then_some(())
     });
 }
+
+/// The Node authorizer: a node's own credentials read the Secrets of the pods bound to it
+/// and nothing of another node's, and change only what is its own.
+#[test]
+fn a_node_reads_only_the_secrets_of_its_own_pods() {
+    let ns = ns("nodeauthz");
+    let pod = |name: &str, node: &str, secret: &str| {
+        pod_yaml(
+            name,
+            node,
+            &format!("  containers:\n  - name: c\n    image: busybox:latest\n    imagePullPolicy: Never\n    command: [sleep, \"3600\"]\n    env: [{{name: S, valueFrom: {{secretKeyRef: {{name: {secret}, key: k}}}}}}]\n"),
+        )
+    };
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: s0}}\nstringData: {{k: zero}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: s1}}\nstringData: {{k: one}}\n---\n{}---\n{}",
+            pod("p0", "node-0", "s0"),
+            pod("p1", "node-1", "s1")
+        ),
+    );
+    wait_for(&ns, "pod/p0", "condition=Ready");
+    wait_for(&ns, "pod/p1", "condition=Ready");
+    let kc = with(|c| c.hosts[1].data_dir.join("kubelet.kubeconfig"));
+    let as_node1 = |args: &[&str]| {
+        let o = std::process::Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &kc)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let (ok, out) = as_node1(&["-n", &ns, "get", "secret", "s1", "-o", "jsonpath={.data.k}"]);
+    assert!(
+        ok && out == "b25l",
+        "ok={ok} out={out:?} kubeconfig={}",
+        std::fs::read_to_string(&kc)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.contains("-data"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let (ok, out) = as_node1(&["-n", &ns, "get", "secret", "s0"]);
+    assert!(!ok);
+    assert!(
+        out.contains(&format!("secrets \"s0\" is forbidden: User \"system:node:node-1\" cannot get resource \"secrets\" in API group \"\" in the namespace \"{ns}\"")),
+        "{out}"
+    );
+    let (ok, out) = as_node1(&["-n", &ns, "get", "secrets"]);
+    assert!(!ok, "a node lists no secrets: {out}");
+    let (ok, out) = as_node1(&["-n", &ns, "delete", "pod", "p0", "--wait=false"]);
+    assert!(!ok, "{out}");
+    let (ok, out) = as_node1(&["label", "node", "node-0", "stolen=yes"]);
+    assert!(!ok, "{out}");
+    let (ok, out) = as_node1(&["label", "node", "node-1", "authz-test=yes"]);
+    assert!(ok, "a node changes its own Node: {out}");
+    kubectl_ok(&["label", "node", "node-1", "authz-test-"]);
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
+}
