@@ -198,14 +198,17 @@ impl Server {
         let child = spawn_for_process(cmd);
         let err = child.stderr.unwrap();
         let mut lines = BufReader::new(err).lines();
+        // What the server said before it served (or why it stopped).
+        let mut said = Vec::new();
         let url = loop {
             match lines.next() {
                 Some(Ok(l)) => {
                     if let Some(rest) = l.split("Kubernetes API on ").nth(1) {
                         break rest.split(';').next().unwrap().to_string();
                     }
+                    said.push(l);
                 }
-                _ => panic!("berth server exited before it served"),
+                _ => panic!("berth server exited before it served:\n{}", said.join("\n")),
             }
         };
         let log = dir.join("server.log");
