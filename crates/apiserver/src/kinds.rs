@@ -181,8 +181,8 @@ impl Kind {
 
 fn typed<T>(plural: &str, namespaced: bool, short: &[&str], categories: &[&str]) -> Kind
 where
+    T: k8s_openapi::ListableResource,
     T: k8s_openapi::Resource
-        + k8s_openapi::ListableResource
         + serde::de::DeserializeOwned
         + serde::Serialize
         + schemars::JsonSchema
@@ -190,31 +190,15 @@ where
 {
     debug_assert_eq!(T::URL_PATH_SEGMENT, plural);
     Kind {
-        group: T::GROUP.into(),
-        version: T::VERSION.into(),
-        kind: T::KIND.into(),
         list_kind: T::LIST_KIND.into(),
-        plural: plural.into(),
-        singular: T::KIND.to_lowercase(),
-        namespaced,
         short_names: short.iter().map(|s| s.to_string()).collect(),
         categories: categories.iter().map(|s| s.to_string()).collect(),
-        status: false,
-        scale: None,
-        codec: Typed::<T>::codec(),
-        storage_group: T::GROUP.into(),
-        storage_plural: plural.into(),
-        storage_version: T::VERSION.into(),
-        printer_columns: Vec::new(),
-        crd_schema: None,
-        node_subresources: Vec::new(),
-        read_only: false,
-        review: false,
+        ..unlisted::<T>(plural, namespaced)
     }
 }
 
-/// A review kind: created, answered, never stored (nor listed).
-fn review<T>(plural: &str, namespaced: bool) -> Kind
+/// A built-in kind without a list kind (the reviews); `typed` adds the list to it.
+fn unlisted<T>(plural: &str, namespaced: bool) -> Kind
 where
     T: k8s_openapi::Resource
         + serde::de::DeserializeOwned
@@ -242,7 +226,22 @@ where
         crd_schema: None,
         node_subresources: Vec::new(),
         read_only: false,
+        review: false,
+    }
+}
+
+/// A review kind: created, answered, never stored (nor listed).
+fn review<T>(plural: &str, namespaced: bool) -> Kind
+where
+    T: k8s_openapi::Resource
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + schemars::JsonSchema
+        + 'static,
+{
+    Kind {
         review: true,
+        ..unlisted::<T>(plural, namespaced)
     }
 }
 

@@ -205,18 +205,25 @@ pub fn utilization_ratio(
     ))
 }
 
-/// `GetResourceReplicas`: (replicas, utilization %, raw average) for a Utilization target.
+/// What both calculators share (`GetResourceReplicas` and `calcPlainMetricReplicas`):
+/// grouping the pods, the usage ratio of the ready ones, then — with missing pods, or
+/// unready ones on a scale-up — the ratio again with those counted as Kubernetes counts
+/// them, and the checks that keep a change small or in one direction from happening.
+/// `prepare` runs once there are metrics (the requests); `ratio_of` gives a set's usage
+/// ratio and what the status reports of it; `missing_down` what a missing pod uses on a
+/// scale-down. Returns the replicas and the first ratio's report.
 #[allow(clippy::too_many_arguments)]
-pub fn resource_replicas(
+fn propose<R, T>(
     current: i32,
-    target: i32,
     pods: &[Pod],
     mut metrics: Metrics,
     resource: &str,
-    container: &str,
     s: &Settings,
     now: i128,
-) -> Result<(i32, i32, i64), String> {
+    prepare: impl FnOnce() -> Result<R, String>,
+    ratio_of: impl Fn(&R, &Metrics) -> Result<(f64, T), String>,
+    missing_down: impl Fn(&R, &str) -> i64,
+) -> Result<(i32, T), String> {
     if pods.is_empty() {
         return Err("no pods returned by selector while calculating replica count".into());
     }
@@ -227,57 +234,71 @@ pub fn resource_replicas(
     if metrics.is_empty() {
         return Err("did not receive metrics for targeted pods (pods might be unready)".into());
     }
-    let requests = calculate_requests(pods, container, resource)?;
-    let (ratio, utilization, raw) = utilization_ratio(&metrics, &requests, target)?;
+    let r = prepare()?;
+    let (ratio, report) = ratio_of(&r, &metrics)?;
     let scale_up_with_unready = !g.unready.is_empty() && ratio > 1.0;
     if !scale_up_with_unready && g.missing.is_empty() {
         if within(s.tolerance, ratio) {
-            return Ok((current, utilization, raw));
+            return Ok((current, report));
         }
-        return Ok(((ratio * g.ready as f64).ceil() as i32, utilization, raw));
+        return Ok(((ratio * g.ready as f64).ceil() as i32, report));
     }
-    if !g.missing.is_empty() {
-        for p in &g.missing {
-            let fill = if ratio < 1.0 {
-                requests.get(p).copied().unwrap_or(0) * i64::from(target.max(100)) / 100
-            } else if ratio > 1.0 {
-                0
-            } else {
-                continue;
-            };
-            metrics.insert(
-                p.clone(),
-                PodMetric {
-                    value: fill,
-                    timestamp: 0,
-                    window: 0,
-                },
-            );
+    let counted = |value| PodMetric {
+        value,
+        timestamp: 0,
+        window: 0,
+    };
+    for p in &g.missing {
+        if ratio < 1.0 {
+            metrics.insert(p.clone(), counted(missing_down(&r, p)));
+        } else if ratio > 1.0 {
+            metrics.insert(p.clone(), counted(0));
         }
     }
     if scale_up_with_unready {
         for p in &g.unready {
-            metrics.insert(
-                p.clone(),
-                PodMetric {
-                    value: 0,
-                    timestamp: 0,
-                    window: 0,
-                },
-            );
+            metrics.insert(p.clone(), counted(0));
         }
     }
-    let (new_ratio, _, _) = utilization_ratio(&metrics, &requests, target)?;
+    let (new_ratio, _) = ratio_of(&r, &metrics)?;
     if within(s.tolerance, new_ratio)
         || (ratio < 1.0 && new_ratio > 1.0)
         || (ratio > 1.0 && new_ratio < 1.0)
     {
-        return Ok((current, utilization, raw));
+        return Ok((current, report));
     }
     let replicas = (new_ratio * metrics.len() as f64).ceil() as i32;
     if (new_ratio < 1.0 && replicas > current) || (new_ratio > 1.0 && replicas < current) {
-        return Ok((current, utilization, raw));
+        return Ok((current, report));
     }
+    Ok((replicas, report))
+}
+
+/// `GetResourceReplicas`: (replicas, utilization %, raw average) for a Utilization target.
+#[allow(clippy::too_many_arguments)]
+pub fn resource_replicas(
+    current: i32,
+    target: i32,
+    pods: &[Pod],
+    metrics: Metrics,
+    resource: &str,
+    container: &str,
+    s: &Settings,
+    now: i128,
+) -> Result<(i32, i32, i64), String> {
+    let (replicas, (utilization, raw)) = propose(
+        current,
+        pods,
+        metrics,
+        resource,
+        s,
+        now,
+        || calculate_requests(pods, container, resource),
+        |requests, m| {
+            utilization_ratio(m, requests, target).map(|(ratio, u, raw)| (ratio, (u, raw)))
+        },
+        |requests, p| requests.get(p).copied().unwrap_or(0) * i64::from(target.max(100)) / 100,
+    )?;
     Ok((replicas, utilization, raw))
 }
 
@@ -286,74 +307,25 @@ pub fn plain_replicas(
     current: i32,
     target: i64,
     pods: &[Pod],
-    mut metrics: Metrics,
+    metrics: Metrics,
     resource: &str,
     s: &Settings,
     now: i128,
 ) -> Result<(i32, i64), String> {
-    if pods.is_empty() {
-        return Err("no pods returned by selector while calculating replica count".into());
-    }
-    let g = group_pods(pods, &metrics, resource, s, now);
-    for p in g.ignored.iter().chain(&g.unready) {
-        metrics.remove(p);
-    }
-    if metrics.is_empty() {
-        return Err("did not receive metrics for targeted pods (pods might be unready)".into());
-    }
-    let ratio_of = |m: &Metrics| {
-        let usage = m.values().map(|v| v.value as i128).sum::<i128>() / m.len() as i128;
-        (usage as f64 / target as f64, usage as i64)
-    };
-    let (ratio, usage) = ratio_of(&metrics);
-    let scale_up_with_unready = !g.unready.is_empty() && ratio > 1.0;
-    if !scale_up_with_unready && g.missing.is_empty() {
-        if within(s.tolerance, ratio) {
-            return Ok((current, usage));
-        }
-        return Ok(((ratio * g.ready as f64).ceil() as i32, usage));
-    }
-    for p in &g.missing {
-        let fill = if ratio < 1.0 {
-            target
-        } else if ratio > 1.0 {
-            0
-        } else {
-            continue;
-        };
-        metrics.insert(
-            p.clone(),
-            PodMetric {
-                value: fill,
-                timestamp: 0,
-                window: 0,
-            },
-        );
-    }
-    if scale_up_with_unready {
-        for p in &g.unready {
-            metrics.insert(
-                p.clone(),
-                PodMetric {
-                    value: 0,
-                    timestamp: 0,
-                    window: 0,
-                },
-            );
-        }
-    }
-    let (new_ratio, _) = ratio_of(&metrics);
-    if within(s.tolerance, new_ratio)
-        || (ratio < 1.0 && new_ratio > 1.0)
-        || (ratio > 1.0 && new_ratio < 1.0)
-    {
-        return Ok((current, usage));
-    }
-    let replicas = (new_ratio * metrics.len() as f64).ceil() as i32;
-    if (new_ratio < 1.0 && replicas > current) || (new_ratio > 1.0 && replicas < current) {
-        return Ok((current, usage));
-    }
-    Ok((replicas, usage))
+    propose(
+        current,
+        pods,
+        metrics,
+        resource,
+        s,
+        now,
+        || Ok(()),
+        |_, m| {
+            let usage = m.values().map(|v| v.value as i128).sum::<i128>() / m.len() as i128;
+            Ok((usage as f64 / target as f64, usage as i64))
+        },
+        |_, _| target,
+    )
 }
 
 /// A scale change this controller made (for `behavior`'s rate limits).
