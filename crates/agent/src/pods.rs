@@ -54,6 +54,15 @@ pub struct Manager {
     pub stats: crate::stats::Sampler,
     /// The Services and EndpointSlices the node's proxy follows.
     pub catalog: crate::proxy::Shared,
+    /// ServiceAccount tokens of the pods' projected volumes, by pod UID and token key.
+    tokens: Mutex<HashMap<(String, String), PodToken>>,
+}
+
+/// A token the server issued for a pod, and when to ask for a new one: as the kubelet,
+/// after 80% of its lifetime or 24 hours, whichever comes first.
+struct PodToken {
+    token: String,
+    refresh_at: Instant,
 }
 
 struct Handle {
@@ -149,6 +158,7 @@ impl Manager {
             wakers: Mutex::new(HashMap::new()),
             stats,
             catalog,
+            tokens: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -548,6 +558,11 @@ impl Worker {
 
     /// Removes everything of the pod from the node.
     async fn teardown(&self) {
+        self.m
+            .tokens
+            .lock()
+            .unwrap()
+            .retain(|(uid, _), _| *uid != self.uid);
         let (e, d, r, u) = (
             self.m.engine.clone(),
             self.m.cfg.data_dir.clone(),
@@ -956,6 +971,11 @@ impl Worker {
             o.secrets
                 .insert(n.clone(), s_api.get_opt(&n).await.ok().flatten());
         }
+        for (audience, expiration) in volumes::token_sources(pod) {
+            let key = volumes::token_key(audience.as_deref(), expiration);
+            let t = self.token(pod, &key, audience, expiration).await;
+            o.tokens.insert(key, t);
+        }
         for n in claims {
             let pvc = pvc_api.get_opt(&n).await.ok().flatten();
             let pv = match pvc
@@ -969,6 +989,60 @@ impl Worker {
             o.claims.insert(n, pvc.map(|c| (c, pv)));
         }
         o
+    }
+
+    /// The pod's token for one projected source: the one cached while it is fresh, else
+    /// a new one from the TokenRequest API, bound to the pod.
+    async fn token(
+        &self,
+        pod: &Pod,
+        key: &str,
+        audience: Option<String>,
+        expiration: Option<i64>,
+    ) -> Result<String, String> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let ck = (uid.clone(), key.to_string());
+        if let Some(t) = self.m.tokens.lock().unwrap().get(&ck) {
+            if Instant::now() < t.refresh_at {
+                return Ok(t.token.clone());
+            }
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let sa = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let body = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "audiences": audience.into_iter().filter(|a| !a.is_empty()).collect::<Vec<_>>(),
+                "expirationSeconds": expiration.unwrap_or(3600),
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
+                    "name": pod.metadata.name.clone().unwrap_or_default(), "uid": uid},
+            },
+        });
+        let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            kube::Api::namespaced(self.m.client.clone(), &ns);
+        let r: k8s_openapi::api::authentication::v1::TokenRequest = api
+            .create_subresource("token", &sa, &kube::api::PostParams::default(), &body)
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) => s.message,
+                e => e.to_string(),
+            })?;
+        let status = r.status.ok_or("the server's TokenRequest has no status")?;
+        let ttl = Duration::from_secs(expiration.unwrap_or(3600).max(0) as u64);
+        let refresh = (ttl * 4 / 5).min(Duration::from_secs(24 * 3600));
+        self.m.tokens.lock().unwrap().insert(
+            ck,
+            PodToken {
+                token: status.token.clone(),
+                refresh_at: Instant::now() + refresh,
+            },
+        );
+        Ok(status.token)
     }
 
     /// Pulls as the image pull policy says. Errors are (reason, message) as the kubelet's.
@@ -1192,7 +1266,33 @@ impl Worker {
     ) -> Result<engine::engine::CreateRequest, ConfigError> {
         let host_ip = self.m.node_ip.to_string();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64 * 1000;
-        let env = podspec::environment(pod, c, objs, &self.pod_ip, &host_ip, (cpus, 0))?;
+        let service_env = {
+            let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+            let links = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.enable_service_links)
+                .unwrap_or(true);
+            let cat = self.m.catalog.read().unwrap_or_else(|p| p.into_inner());
+            let mine = format!("{ns}/");
+            podspec::service_env(
+                cat.services
+                    .iter()
+                    .filter(|(k, _)| {
+                        k.as_str() == "default/kubernetes" || (links && k.starts_with(&mine))
+                    })
+                    .map(|(_, s)| s.as_ref()),
+            )
+        };
+        let env = podspec::environment(
+            pod,
+            c,
+            objs,
+            &self.pod_ip,
+            &host_ip,
+            (cpus, 0),
+            &service_env,
+        )?;
         let map: BTreeMap<String, String> = env.iter().cloned().collect();
         let command: Vec<String> = c
             .command

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use serde_json::Value;
 
 /// Why a container could not be configured: becomes `CreateContainerConfigError`.
@@ -244,6 +244,7 @@ pub fn environment(
     pod_ip: &str,
     host_ip: &str,
     node_alloc: (u64, u64),
+    service_env: &[(String, String)],
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let mut out: Vec<(String, String)> = Vec::new();
@@ -336,12 +337,71 @@ pub fn environment(
                 String::new()
             }
         } else {
-            let map: BTreeMap<String, String> = out.iter().cloned().collect();
+            // References resolve against the declared variables and the Services'.
+            let mut map: BTreeMap<String, String> = service_env.iter().cloned().collect();
+            map.extend(out.iter().cloned());
             expand(e.value.as_deref().unwrap_or_default(), &map)
         };
         set(&mut out, e.name.clone(), value);
     }
+    // Then the Services' variables the container did not declare itself.
+    for (k, v) in service_env {
+        if !out.iter().any(|(n, _)| n == k) {
+            out.push((k.clone(), v.clone()));
+        }
+    }
     Ok(out)
+}
+
+/// The variables the kubelet gives a container for each Service (`enableServiceLinks`)
+/// and always for the API server's `kubernetes` Service: `{NAME}_SERVICE_HOST`,
+/// `{NAME}_SERVICE_PORT[_{PORT NAME}]` and Docker's link variables (`{NAME}_PORT`,
+/// `{NAME}_PORT_{port}_{PROTO}[_PROTO|_PORT|_ADDR]`), for Services with a cluster IP.
+pub fn service_env<'a>(services: impl IntoIterator<Item = &'a Service>) -> Vec<(String, String)> {
+    let mut sorted: Vec<&Service> = services.into_iter().collect();
+    sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let var = |s: &str| s.replace('-', "_").to_uppercase();
+    let mut out = Vec::new();
+    for svc in sorted {
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let ip = spec.cluster_ip.clone().unwrap_or_default();
+        if ip.is_empty() || ip == "None" {
+            continue;
+        }
+        let ports = spec.ports.as_deref().unwrap_or_default();
+        let Some(first) = ports.first() else {
+            continue;
+        };
+        let prefix = var(svc.metadata.name.as_deref().unwrap_or_default());
+        out.push((format!("{prefix}_SERVICE_HOST"), ip.clone()));
+        let port_var = format!("{prefix}_SERVICE_PORT");
+        out.push((port_var.clone(), first.port.to_string()));
+        for p in ports {
+            if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                out.push((format!("{port_var}_{}", var(n)), p.port.to_string()));
+            }
+        }
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip.clone()
+        };
+        for (i, p) in ports.iter().enumerate() {
+            let proto = p.protocol.as_deref().unwrap_or("TCP");
+            let url = format!("{}://{host}:{}", proto.to_lowercase(), p.port);
+            if i == 0 {
+                out.push((format!("{prefix}_PORT"), url.clone()));
+            }
+            let pp = format!("{prefix}_PORT_{}_{}", p.port, proto.to_uppercase());
+            out.push((pp.clone(), url));
+            out.push((format!("{pp}_PROTO"), proto.to_lowercase()));
+            out.push((format!("{pp}_PORT"), p.port.to_string()));
+            out.push((format!("{pp}_ADDR"), ip.clone()));
+        }
+    }
+    out
 }
 
 /// `--user` for the securityContext (the container's over the pod's).

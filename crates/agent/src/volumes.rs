@@ -22,6 +22,32 @@ pub struct Objects {
     pub config_maps: BTreeMap<String, Option<ConfigMap>>,
     pub secrets: BTreeMap<String, Option<Secret>>,
     pub claims: BTreeMap<String, Option<(PersistentVolumeClaim, Option<PersistentVolume>)>>,
+    /// ServiceAccount tokens for projected sources, by [`token_key`]: the token, or why
+    /// the server gave none.
+    pub tokens: BTreeMap<String, Result<String, String>>,
+}
+
+/// What tells one projected token of a pod from another: its audience and lifetime.
+pub fn token_key(audience: Option<&str>, expiration_seconds: Option<i64>) -> String {
+    format!(
+        "{}|{}",
+        audience.unwrap_or_default(),
+        expiration_seconds.unwrap_or(3600)
+    )
+}
+
+/// The projected `serviceAccountToken` sources of a pod: (audience, expirationSeconds).
+pub fn token_sources(pod: &Pod) -> Vec<(Option<String>, Option<i64>)> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .filter_map(|s| s.service_account_token.as_ref())
+        .map(|t| (t.audience.clone(), t.expiration_seconds))
+        .collect()
 }
 
 impl crate::podspec::Lookup for Objects {
@@ -585,8 +611,21 @@ fn volume(
                     );
                 }
             }
-            // serviceAccountToken sources get their token with the security work
-            // (TokenRequest); until then the file is absent, as for an unbound account.
+            if let Some(t) = &src.service_account_token {
+                check_rel(&t.path)?;
+                let key = token_key(t.audience.as_deref(), t.expiration_seconds);
+                match objs.tokens.get(&key) {
+                    Some(Ok(tok)) => {
+                        files.insert(t.path.clone(), (tok.clone().into_bytes(), mode));
+                    }
+                    Some(Err(e)) => return Err(ConfigError(format!("failed to fetch token: {e}"))),
+                    None => {
+                        return Err(ConfigError(
+                            "failed to fetch token: the agent has not requested it".into(),
+                        ))
+                    }
+                }
+            }
         }
         atomic_write(&d, &files).map_err(io)?;
         return Ok(d);

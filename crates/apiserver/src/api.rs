@@ -143,7 +143,7 @@ fn now() -> String {
     crate::now()
 }
 
-fn random_suffix(n: usize) -> String {
+pub(crate) fn random_suffix(n: usize) -> String {
     const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut b = vec![0u8; n];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
@@ -735,6 +735,10 @@ impl Api {
         }
         self.check_namespace(&t.kind, ns.as_deref()).await?;
         let _allocated = self.admit_create(&t.kind, &mut obj).await?;
+        crate::podsecurity::admit(self, &t.kind, &obj, &mut warnings)?;
+        if !ctx.dry_run() {
+            crate::quota::admit(self, &t.kind, &obj).await?;
+        }
         apply::record_update(
             None,
             &mut obj,
@@ -835,6 +839,9 @@ impl Api {
     fn validate(&self, kind: &Kind, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
         let mut errs = rules::validate(kind, obj, old);
         errs.extend(crate::crd::validate(kind, obj));
+        if kind.group.is_empty() && kind.kind == "Namespace" {
+            errs.extend(crate::podsecurity::validate_namespace(obj));
+        }
         if let Some(o) = old {
             if meta(o).get("uid") != meta(obj).get("uid") && meta(obj).get("uid").is_some() {
                 errs.push(FieldError::invalid_raw(
@@ -858,8 +865,18 @@ impl Api {
             return crate::services::allocate(self, obj).await.map(Some);
         }
         if kind.group.is_empty() && kind.kind == "Pod" {
+            crate::serviceaccount::admit_pod(self, obj).await?;
             crate::priority::admit_pod(self, obj).await?;
+            crate::limitrange::admit_pod(self, obj)?;
+            // The QoS class reflects the resources LimitRanger filled in.
+            let qos = rules::qos_class(obj.get("spec").unwrap_or(&Value::Null));
+            if let Some(st) = obj.get_mut("status").and_then(Value::as_object_mut) {
+                st.insert("qosClass".into(), json!(qos));
+            }
             self.default_toleration_seconds(obj);
+        }
+        if kind.group.is_empty() && kind.kind == "PersistentVolumeClaim" {
+            crate::limitrange::admit_claim(self, obj)?;
         }
         if kind.group == "scheduling.k8s.io" && kind.kind == "PriorityClass" {
             crate::priority::admit_class(self, kind, obj, true).await?;
@@ -1080,6 +1097,10 @@ impl Api {
                 }
                 self.check_namespace(kind, ns).await?;
                 let _allocated = self.admit_create(kind, &mut new).await?;
+                crate::podsecurity::admit(self, kind, &new, &mut warnings)?;
+                if !ctx.dry_run() {
+                    crate::quota::admit(self, kind, &new).await?;
+                }
                 let rev = if ctx.dry_run() {
                     0
                 } else {
@@ -1094,7 +1115,10 @@ impl Api {
                     }
                 };
                 let out = self.out(kind, new, rev);
-                return Ok(Reply::json(201, &self.render_one(kind, ctx, out)));
+                return Ok(with_warnings(
+                    &warnings,
+                    Reply::json(201, &self.render_one(kind, ctx, out)),
+                ));
             };
             let old: Value = serde_json::from_slice(&cur.value)
                 .map_err(|e| ApiError::internal(e.to_string()))?;

@@ -49,6 +49,14 @@ fn subresources(k: &Kind) -> Vec<(&'static str, Vec<&'static str>, ResponseKind)
                 Some(("policy".into(), "v1".into(), "Eviction".into())),
             ),
             "ephemeralcontainers" => (vec!["get", "patch", "update"], None),
+            "token" => (
+                vec!["create"],
+                Some((
+                    "authentication.k8s.io".into(),
+                    "v1".into(),
+                    "TokenRequest".into(),
+                )),
+            ),
             _ => (vec!["get"], None),
         };
         out.push((s, verbs, rk));

@@ -314,7 +314,11 @@ pub fn builtins() -> Vec<Kind> {
         typed::<core::v1::Endpoints>("endpoints", true, &["ep"], &[]),
         typed::<core::v1::ConfigMap>("configmaps", true, &["cm"], &[]),
         typed::<core::v1::Secret>("secrets", true, &[], &[]),
-        typed::<core::v1::ServiceAccount>("serviceaccounts", true, &["sa"], &[]),
+        {
+            let mut sa = typed::<core::v1::ServiceAccount>("serviceaccounts", true, &["sa"], &[]);
+            sa.node_subresources = vec!["token"];
+            sa
+        },
         node,
         typed::<core::v1::Event>("events", true, &["ev"], &[]),
         with_status(typed::<core::v1::PersistentVolume>(

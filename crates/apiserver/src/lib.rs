@@ -12,21 +12,26 @@ pub mod cache;
 pub mod convert;
 pub mod crd;
 pub mod discovery;
+pub mod encryption;
 pub mod eviction;
 pub mod kinds;
+pub mod limitrange;
 pub mod metrics;
 pub mod namespaces;
 pub mod nodes;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod podsecurity;
 pub mod priority;
 pub mod proto;
+pub mod quota;
 pub mod rbac;
 pub mod resourcemetrics;
 pub mod rules;
 pub mod selector;
 pub mod server;
+pub mod serviceaccount;
 pub mod services;
 pub mod status;
 pub mod table;
@@ -86,6 +91,10 @@ pub struct Config {
     pub advertise_address: Option<IpAddr>,
     /// How often every node's resource usage is scraped for metrics.k8s.io.
     pub metric_resolution: std::time::Duration,
+    /// The `iss` of ServiceAccount tokens, also the API audience they must name.
+    pub service_account_issuer: String,
+    /// Encryption at rest (Kubernetes' `--encryption-provider-config`).
+    pub encryption_provider_config: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +113,12 @@ pub enum StartError {
     Listen(SocketAddr, #[source] std::io::Error),
     #[error("the certificates under {0} are unreadable")]
     BadPem(PathBuf),
+    #[error("encryption at rest")]
+    Encryption(#[from] encryption::ConfigError),
+    #[error("encryption at rest")]
+    EncryptionRewrite(#[source] store::StoreError),
+    #[error("service-account tokens")]
+    ServiceAccountKey(#[from] serviceaccount::KeyError),
 }
 
 /// A started server.
@@ -170,7 +185,24 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     };
 
     let metrics = Arc::new(metrics::Metrics::default());
-    let raw = store::open(cfg.datastore_endpoint.as_deref(), &cfg.data_dir).await?;
+    let mut raw = store::open(cfg.datastore_endpoint.as_deref(), &cfg.data_dir).await?;
+    if let Some(path) = &cfg.encryption_provider_config {
+        let enc = encryption::EncryptedStore {
+            inner: raw,
+            enc: encryption::Encryption::load(path)?,
+        };
+        let n = enc
+            .rewrite_stale()
+            .await
+            .map_err(StartError::EncryptionRewrite)?;
+        if n > 0 {
+            eprintln!(
+                "berth server: re-wrote {n} stored objects with the first key of {}",
+                path.display()
+            );
+        }
+        raw = Arc::new(enc);
+    }
     let store: Arc<dyn store::Store> = Arc::new(metrics::TimedStore {
         inner: raw,
         metrics: metrics.clone(),
@@ -190,6 +222,15 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     rbac.rebuild(&api);
     tokio::spawn(rbac.clone().follow(api.clone()));
     crd::run_controller(api.clone());
+    let issuer = Arc::new(serviceaccount::Issuer::load_or_create(
+        &tls_dir,
+        &cfg.service_account_issuer,
+    )?);
+    tokio::spawn(quota::follow(api.clone()));
+    tokio::spawn(serviceaccount::follow_namespaces(
+        api.clone(),
+        pki.ca_cert_pem.clone(),
+    ));
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -244,6 +285,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         documents: Default::default(),
         nodes: nodes.clone(),
         usage: usage.clone(),
+        issuer,
     });
     tokio::spawn(resourcemetrics::run(api.clone(), nodes, usage));
     // The address pods reach this server by, through the `kubernetes` Service.

@@ -70,6 +70,7 @@ fn tables() -> &'static Tables {
         let _ = gen.subschema_for::<k8s_openapi::api::autoscaling::v1::Scale>();
         let _ = gen.subschema_for::<k8s_openapi::api::core::v1::Binding>();
         let _ = gen.subschema_for::<k8s_openapi::api::policy::v1::Eviction>();
+        let _ = gen.subschema_for::<k8s_openapi::api::authentication::v1::TokenRequest>();
         for (av, k, def) in [
             (
                 "v1",
@@ -84,6 +85,11 @@ fn tables() -> &'static Tables {
             ("autoscaling/v1", "Scale", "io.k8s.api.autoscaling.v1.Scale"),
             ("v1", "Binding", "io.k8s.api.core.v1.Binding"),
             ("policy/v1", "Eviction", "io.k8s.api.policy.v1.Eviction"),
+            (
+                "authentication.k8s.io/v1",
+                "TokenRequest",
+                "io.k8s.api.authentication.v1.TokenRequest",
+            ),
         ] {
             gvk.insert((av.to_string(), k.to_string()), def.to_string());
         }

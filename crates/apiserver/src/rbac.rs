@@ -551,6 +551,15 @@ pub fn node_allows(api: &Api, node: &str, a: &Attributes) -> bool {
         ("", "events", "") | ("events.k8s.io", "events", "") => {
             read || matches!(a.verb, "create" | "update" | "patch")
         }
+        // Tokens for the accounts its pods run as (the TokenRequest itself checks the pod).
+        ("", "serviceaccounts", "token") => {
+            a.verb == "create"
+                && node_pods(api, node, a.namespace).iter().any(|p| {
+                    p.pointer("/spec/serviceAccountName")
+                        .and_then(Value::as_str)
+                        == Some(a.name)
+                })
+        }
         ("", "services" | "endpoints" | "namespaces", "") => read,
         ("discovery.k8s.io", "endpointslices", "") => read,
         _ => false,
@@ -815,7 +824,20 @@ pub fn defaults() -> Vec<(String, Value)> {
             "/healthz", "/livez", "/readyz", "/version", "/version/"], "verbs": ["get"]})],
             None,
         ),
+        role(
+            "system:service-account-issuer-discovery",
+            json!({}),
+            vec![json!({"nonResourceURLs": [
+            "/.well-known/openid-configuration", "/.well-known/openid-configuration/",
+            "/openid/v1/jwks", "/openid/v1/jwks/"], "verbs": ["get"]})],
+            None,
+        ),
         binding("cluster-admin", "cluster-admin", &["system:masters"]),
+        binding(
+            "system:service-account-issuer-discovery",
+            "system:service-account-issuer-discovery",
+            &["system:serviceaccounts"],
+        ),
         binding(
             "system:basic-user",
             "system:basic-user",

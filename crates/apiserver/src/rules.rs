@@ -789,6 +789,45 @@ pub fn default_pod_spec(spec: &mut Value) {
     }
 }
 
+/// Kubernetes' SetDefaults_LimitRangeItem for Container items: the default limit is the
+/// max where unset, the default request the default limit, else the min.
+fn default_limit_range(obj: &mut Value) {
+    for item in obj
+        .pointer_mut("/spec/limits")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if item.get("type").and_then(Value::as_str) != Some("Container") {
+            continue;
+        }
+        let Some(m) = item.as_object_mut() else {
+            continue;
+        };
+        let list = |m: &serde_json::Map<String, Value>, k: &str| {
+            m.get(k)
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (max, min) = (list(m, "max"), list(m, "min"));
+        let mut default = list(m, "default");
+        for (k, v) in max {
+            default.entry(k).or_insert(v);
+        }
+        let mut request = list(m, "defaultRequest");
+        for (k, v) in default.iter().chain(min.iter()) {
+            request.entry(k.clone()).or_insert(v.clone());
+        }
+        if !default.is_empty() {
+            m.insert("default".into(), Value::Object(default));
+        }
+        if !request.is_empty() {
+            m.insert("defaultRequest".into(), Value::Object(request));
+        }
+    }
+}
+
 fn default_template(obj: &mut Value, ptr: &str) {
     if let Some(spec) = obj.pointer_mut(ptr) {
         default_pod_spec(spec);
@@ -801,6 +840,7 @@ pub fn default(kind: &Kind, obj: &mut Value) {
         return;
     }
     match (kind.group.as_str(), kind.kind.as_str()) {
+        ("", "LimitRange") => default_limit_range(obj),
         ("", "Pod") => {
             let spec = obj_mut(obj, "spec");
             set_default(spec, "enableServiceLinks", json!(true));

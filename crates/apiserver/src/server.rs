@@ -37,6 +37,8 @@ pub struct Server {
     pub usage: Arc<crate::resourcemetrics::ResourceMetrics>,
     /// The RBAC snapshot (for SelfSubjectRulesReview).
     pub rbac: Option<Arc<crate::rbac::Rbac>>,
+    /// ServiceAccount tokens: issued by TokenRequest, checked on every bearer token.
+    pub issuer: Arc<crate::serviceaccount::Issuer>,
 }
 
 pub type ResBody = BoxBody<Bytes, Infallible>;
@@ -523,7 +525,10 @@ impl Server {
             .and_then(|h| h.to_str().ok())
         {
             if let Some(t) = h.strip_prefix("Bearer ") {
-                return self.tokens.lookup(t.trim());
+                let t = t.trim();
+                return self.tokens.lookup(t).or_else(|| {
+                    crate::serviceaccount::authenticate(&self.api, &self.issuer, t).ok()
+                });
             }
             return None;
         }
@@ -682,6 +687,12 @@ impl Server {
                 );
             }
             match segs.as_slice() {
+                [".well-known", "openid-configuration"] => {
+                    return nonresource(200, "application/json", js(&self.issuer.discovery()))
+                }
+                ["openid", "v1", "jwks"] => {
+                    return nonresource(200, "application/jwk-set+json", js(&self.issuer.jwks()))
+                }
                 ["metrics"] => {
                     return nonresource(
                         200,
@@ -856,7 +867,7 @@ impl Server {
             let allowed: &[&str] = match sr {
                 "status" | "scale" => &["get", "update", "patch"],
                 "finalize" => &["update"],
-                "binding" | "eviction" => &["create"],
+                "binding" | "eviction" | "token" => &["create"],
                 "log" => &["get"],
                 _ => &["get", "create", "update", "patch", "delete"],
             };
@@ -926,7 +937,8 @@ impl Server {
             );
         }
         if let Some(s) = sub.as_deref() {
-            if kind.node_subresources.contains(&s) && s != "binding" && s != "eviction" {
+            if kind.node_subresources.contains(&s) && !matches!(s, "binding" | "eviction" | "token")
+            {
                 let resp = self
                     .nodes
                     .proxy(
@@ -1029,6 +1041,10 @@ impl Server {
         let result = match (verb, sub.as_deref()) {
             ("create", Some("binding")) => self.api.bind(&target, &ctx).await,
             ("create", Some("eviction")) => crate::eviction::evict(&self.api, &target, &ctx).await,
+            ("create", Some("token")) => {
+                crate::serviceaccount::token_request(&self.api, &self.issuer, &user, &target, &ctx)
+                    .await
+            }
             ("get", _) => self.api.get(&target, &ctx).await,
             ("list", _) => self.api.list(&target, &ctx).await,
             ("watch", _) => {

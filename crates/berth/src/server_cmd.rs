@@ -88,6 +88,15 @@ pub struct ServerArgs {
     /// How long after a pod starts a readiness change counts as its first.
     #[arg(long, default_value = "30s", value_parser = crate::agent_cmd::parse_duration)]
     horizontal_pod_autoscaler_initial_readiness_delay: std::time::Duration,
+    /// Encrypt stored objects as this Kubernetes EncryptionConfiguration file says
+    /// (aescbc, aesgcm, secretbox, identity). Objects stored in another key or unencrypted
+    /// are re-written with the first key at start: that is how keys are rotated.
+    #[arg(long)]
+    encryption_provider_config: Option<std::path::PathBuf>,
+    /// The issuer (`iss`) of ServiceAccount tokens, published in the OIDC discovery
+    /// document; tokens must also name it as an audience to authenticate here.
+    #[arg(long, default_value = apiserver::serviceaccount::DEFAULT_ISSUER)]
+    service_account_issuer: String,
     #[command(flatten)]
     node: crate::agent_cmd::NodeArgs,
 }
@@ -131,6 +140,8 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
             token_auth_file: a.token_auth_file,
             watch_cache_events: a.default_watch_cache_size,
             metric_resolution: a.metric_resolution,
+            service_account_issuer: a.service_account_issuer,
+            encryption_provider_config: a.encryption_provider_config,
             admission: apiserver::api::Admission {
                 not_ready_toleration_seconds: a.default_not_ready_toleration_seconds,
                 unreachable_toleration_seconds: a.default_unreachable_toleration_seconds,

@@ -330,7 +330,10 @@ async fn watcher_and_reflector_survive_a_410_relist(s: &Server) {
     cms.create(&pp, &cm("first")).await.unwrap();
     let (reader, writer) = reflector::store();
     // A 1 s server timeout: each watch ends and resumes from the last resourceVersion seen.
-    let cfg = watcher::Config::default().timeout(1);
+    // Every namespace also holds the cluster's kube-root-ca.crt.
+    let cfg = watcher::Config::default()
+        .timeout(1)
+        .fields("metadata.name!=kube-root-ca.crt");
     let mut events = watcher(cms.clone(), cfg).reflect(writer).boxed();
     let mut inits = 0;
     macro_rules! next {
@@ -449,9 +452,14 @@ async fn streaming_list_watcher(s: &Server) {
     }
     // sendInitialEvents: the state as ADDED events, then a bookmark marking its end.
     let (reader, writer) = reflector::store();
-    let mut events = watcher(cms.clone(), watcher::Config::default().streaming_lists())
-        .reflect(writer)
-        .boxed();
+    let mut events = watcher(
+        cms.clone(),
+        watcher::Config::default()
+            .streaming_lists()
+            .fields("metadata.name!=kube-root-ca.crt"),
+    )
+    .reflect(writer)
+    .boxed();
     loop {
         let e = tokio::time::timeout(Duration::from_secs(30), events.next())
             .await

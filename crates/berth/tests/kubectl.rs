@@ -171,7 +171,11 @@ fn create_get_describe_and_output_formats(s: &Server) {
     let t = mask_ages(&s.ok(&["get", "deploy", "-n", &ns, "-o", "wide"]));
     assert_eq!(t, "NAME   READY   UP-TO-DATE   AVAILABLE   AGE   CONTAINERS   IMAGES         SELECTOR\nweb    0/2     0            0           AGE   web          busybox:1.36   app=web");
     let t = mask_ages(&s.ok(&["get", "configmaps", "-n", &ns]));
-    assert_eq!(t, "NAME   DATA   AGE\ncfg    2      AGE");
+    // Every namespace holds the cluster CA, as in Kubernetes.
+    assert_eq!(
+        t,
+        "NAME               DATA   AGE\ncfg                2      AGE\nkube-root-ca.crt   1      AGE"
+    );
     let svc = s.ok(&[
         "get",
         "svc",
@@ -188,7 +192,7 @@ fn create_get_describe_and_output_formats(s: &Server) {
     assert_eq!(t, want);
     assert_eq!(
         s.ok(&["get", "deploy,cm", "-n", &ns, "-o", "name"]),
-        "deployment.apps/web\nconfigmap/cfg\n"
+        "deployment.apps/web\nconfigmap/cfg\nconfigmap/kube-root-ca.crt\n"
     );
     // A replace that leaves the cluster IP out keeps the one allocated.
     let svc_yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: svc, labels: {changed: \"yes\"}}\nspec:\n  ports: [{name: 80-8080, port: 80, targetPort: 8080}]\n";
@@ -268,7 +272,7 @@ fn create_get_describe_and_output_formats(s: &Server) {
     ]));
     assert_eq!(
         all,
-        format!("NAMESPACE   NAME   DATA   AGE\n{ns:<11} cfg    2      AGE")
+        format!("NAMESPACE   NAME               DATA   AGE\n{ns:<11} cfg                2      AGE\n{ns:<11} kube-root-ca.crt   1      AGE")
     );
     let d = s.ok(&["describe", "deploy", "web", "-n", &ns]);
     for want in [
@@ -690,6 +694,7 @@ fn edit_wait_and_watch(s: &Server) {
     };
     assert_eq!(next3(), ["EVENT", "NAME", "DATA"]);
     assert_eq!(next3(), ["ADDED", "cfg", "1"]);
+    assert_eq!(next3(), ["ADDED", "kube-root-ca.crt", "1"]);
     s.ok(&[
         "patch",
         "cm",
@@ -885,7 +890,10 @@ fn delete_cascade_and_finalizers(s: &Server) {
         "-p",
         r#"{"metadata":{"finalizers":null}}"#,
     ]);
-    assert_eq!(s.ok(&["get", "cm", "-n", &ns, "-o", "name"]), "");
+    assert_eq!(
+        s.ok(&["get", "cm", "-n", &ns, "-o", "name"]),
+        "configmap/kube-root-ca.crt\n"
+    );
     // A finalizer of one's own holds the object until it is removed; kubectl delete --wait waits.
     s.ok_in(
         &["create", "-n", &ns, "-f", "-"],
@@ -938,7 +946,7 @@ fn delete_cascade_and_finalizers(s: &Server) {
     s.ok(&["delete", "cm", "-n", &ns, "-l", "group=x"]);
     assert_eq!(
         s.ok(&["get", "cm", "-n", &ns, "-o", "name"]),
-        "configmap/y1\n"
+        "configmap/kube-root-ca.crt\nconfigmap/y1\n"
     );
 }
 
@@ -1184,10 +1192,10 @@ fn bad_input_is_refused_and_nothing_stored(s: &Server) {
         s.ok(&["get", "cm", "c", "-n", &ns, "-o", "jsonpath={.data.k}"]),
         "v2"
     );
-    // Nothing half-made: only the one good object exists.
+    // Nothing half-made: only the one good object exists (and the namespace's CA).
     assert_eq!(
         s.ok(&["get", "cm", "-n", &ns, "-o", "name"]),
-        "configmap/c\n"
+        "configmap/c\nconfigmap/kube-root-ca.crt\n"
     );
     assert_eq!(s.ok(&["get", "pods", "-n", &ns, "-o", "name"]), "");
     // A resourceVersion the server never reaches: waited for (3 s), then 504 as Kubernetes does.
@@ -1302,7 +1310,8 @@ fn paging_and_selectors(s: &Server) {
     }
     // kubectl pages with limit/continue; the pages join to the whole list.
     let names = s.ok(&["get", "cm", "-n", &ns, "--chunk-size=4", "-o", "name"]);
-    assert_eq!(names.lines().count(), 25);
+    // The 25 and the namespace's kube-root-ca.crt.
+    assert_eq!(names.lines().count(), 26);
     let raw: serde_json::Value = serde_json::from_str(&s.ok(&[
         "get",
         "--raw",
@@ -1310,7 +1319,7 @@ fn paging_and_selectors(s: &Server) {
     ]))
     .unwrap();
     assert_eq!(raw["items"].as_array().unwrap().len(), 10);
-    assert_eq!(raw["metadata"]["remainingItemCount"], 15);
+    assert_eq!(raw["metadata"]["remainingItemCount"], 16);
     let token = raw["metadata"]["continue"].as_str().unwrap();
     let next: serde_json::Value = serde_json::from_str(&s.ok(&[
         "get",
@@ -1367,7 +1376,7 @@ fn paging_and_selectors(s: &Server) {
         ])
         .lines()
         .count(),
-        23
+        24
     );
     let e = s.err(&[
         "get",
@@ -1865,4 +1874,322 @@ fn a_user_with_view_in_one_namespace_reads_there_only() {
         .output()
         .unwrap();
     assert!(!o.status.success());
+}
+
+/// An EncryptionConfiguration for Secrets with these providers, written under `dir`.
+fn encryption_config(dir: &std::path::Path, file: &str, providers: &str) -> String {
+    let p = dir.join(file);
+    std::fs::write(
+        &p,
+        format!("apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n{providers}"),
+    )
+    .unwrap();
+    p.display().to_string()
+}
+
+/// Whether any file under `dir` contains `needle`.
+fn found_in_files(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p)
+                .unwrap_or_default()
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}
+
+const AESCBC_OLD: &str = "  - aescbc:\n      keys: [{name: old, secret: MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=}]\n";
+const SECRETBOX_NEW: &str = "  - secretbox:\n      keys: [{name: new, secret: ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=}]\n";
+
+/// With an EncryptionConfiguration, Secrets are ciphertext in SQLite and in etcd while
+/// kubectl reads them as ever; keys rotate by restarting with the new key first, after
+/// which the old key is no longer needed; a configuration that cannot read what is stored
+/// stops the server with the key named.
+#[test]
+fn secrets_are_encrypted_at_rest_and_keys_rotate() {
+    let keys = cluster::base_dir("enc-keys");
+    let old = encryption_config(&keys, "old.yaml", AESCBC_OLD);
+    let sentinel = "hunter2-at-rest-sentinel";
+    let b64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(sentinel)
+    };
+    let secret = format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\nstringData: {{password: {sentinel}}}\n");
+    for etcd in [false, true] {
+        let s = Server::start_with(
+            if etcd { "enc-etcd" } else { "enc-sqlite" },
+            etcd,
+            &["--encryption-provider-config", &old],
+        );
+        s.ok_in(&["create", "-f", "-"], &secret);
+        assert_eq!(
+            s.ok(&["get", "secret", "s", "-o", "jsonpath={.data.password}"]),
+            b64
+        );
+        // A ConfigMap is not covered: stored as it is.
+        s.ok(&[
+            "create",
+            "configmap",
+            "plain",
+            "--from-literal=k=visible-configmap-value",
+        ]);
+        let data = s.dir.clone();
+        for needle in [sentinel, b64.as_str()] {
+            let hits = found_in_files(&data, needle.as_bytes());
+            assert!(hits.is_empty(), "{needle} in clear in {hits:?}");
+        }
+        assert!(!found_in_files(&data, b"k8s:enc:aescbc:v1:old:").is_empty());
+        if etcd {
+            continue;
+        }
+        // Rotation: the new key first, the old one second; the server re-writes.
+        let new_then_old = encryption_config(
+            &keys,
+            "rotate.yaml",
+            &format!("{SECRETBOX_NEW}{AESCBC_OLD}"),
+        );
+        // SAFETY: kill(2) on the pid of a child this test started; no memory is involved.
+        unsafe { libc::kill(s.pid as i32, libc::SIGKILL) };
+        let s2 = Server::start_reusing(&s, &["--encryption-provider-config", &new_then_old]);
+        assert_eq!(
+            s2.ok(&["get", "secret", "s", "-o", "jsonpath={.data.password}"]),
+            b64
+        );
+        // SAFETY: as above.
+        unsafe { libc::kill(s2.pid as i32, libc::SIGKILL) };
+        let new_only = encryption_config(&keys, "new.yaml", SECRETBOX_NEW);
+        let s3 = Server::start_reusing(&s2, &["--encryption-provider-config", &new_only]);
+        assert_eq!(
+            s3.ok(&["get", "secret", "s", "-o", "jsonpath={.data.password}"]),
+            b64
+        );
+        // SAFETY: as above.
+        unsafe { libc::kill(s3.pid as i32, libc::SIGKILL) };
+        // A configuration that reads none of it: the server says which key it lacks.
+        let wrong = encryption_config(
+            &keys,
+            "wrong.yaml",
+            "  - aesgcm:\n      keys: [{name: other, secret: MDEyMzQ1Njc4OWFiY2RlZg==}]\n",
+        );
+        let out = std::process::Command::new(common::BERTH)
+            .args(["server", "--disable-agent", "--disable-scheduler"])
+            .args([
+                "--disable-controller-manager",
+                "--bind-address",
+                "127.0.0.1",
+            ])
+            .args(["--https-listen-port", "0", "--data-dir"])
+            .arg(s3.dir.join("data"))
+            .arg("--write-kubeconfig")
+            .arg(keys.join("kc.yaml"))
+            .args(["--encryption-provider-config", &wrong])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("stored encrypted as secretbox:v1:new, which no provider of the encryption configuration reads"),
+            "{err}"
+        );
+        // A malformed configuration is refused before anything starts.
+        let bad = encryption_config(
+            &keys,
+            "bad.yaml",
+            "  - aescbc:\n      keys: [{name: k, secret: c2hvcnQ=}]\n",
+        );
+        let out = std::process::Command::new(common::BERTH)
+            .args(["server", "--disable-agent", "--data-dir"])
+            .arg(keys.join("unused"))
+            .args(["--encryption-provider-config", &bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("the key is 5 bytes; it must be 16, 24, 32 bytes"),
+            "{err}"
+        );
+    }
+}
+
+/// PodSecurity by namespace labels: `enforce` refuses a pod with Kubernetes' message,
+/// `warn` admits it with kubectl's warning, a workload's template is warned about and never
+/// refused, and a label naming no level is refused.
+#[test]
+fn pod_security_levels_apply_by_namespace_label() {
+    let s = sqlite();
+    let ns = s.namespace("pss");
+    s.ok(&[
+        "label",
+        "ns",
+        &ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+    ]);
+    let pod = |name: &str, sc: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    securityContext: {sc}\n")
+    };
+    let e = s.err_in(
+        &["create", "-n", &ns, "-f", "-"],
+        &pod("priv", "{privileged: true}"),
+    );
+    assert!(e.contains("Error from server (Forbidden): error when creating \"STDIN\": pods \"priv\" is forbidden: violates PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false (container \"c\" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container \"c\" must set securityContext.capabilities.drop=[\"ALL\"]), privileged (container \"c\" must not set securityContext.privileged=true), runAsNonRoot != true (pod or container \"c\" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container \"c\" must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")"), "{e}");
+    assert_eq!(s.ok(&["get", "pods", "-n", &ns, "-o", "name"]), "");
+    // A pod that meets the level, with its service-account volume, is admitted.
+    s.ok_in(
+        &["create", "-n", &ns, "-f", "-"],
+        &pod("ok", "{allowPrivilegeEscalation: false, runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}, capabilities: {drop: [ALL]}}"),
+    );
+    // A Deployment whose template violates it is created, with the warning.
+    let o = s.kubectl_in(
+        &[
+            "create",
+            "-n",
+            &ns,
+            "deployment",
+            "web",
+            "--image",
+            "busybox",
+        ],
+        "",
+    );
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Warning: would violate PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false (container \"busybox\""),
+        "{err}"
+    );
+    // warn only: admitted, with the warning.
+    let warned = s.namespace("pss-warn");
+    s.ok(&[
+        "label",
+        "ns",
+        &warned,
+        "pod-security.kubernetes.io/warn=baseline",
+        "pod-security.kubernetes.io/warn-version=v1.32",
+    ]);
+    let o = s.kubectl_in(
+        &["create", "-n", &warned, "-f", "-"],
+        &pod("priv", "{privileged: true}"),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Warning: would violate PodSecurity \"baseline:v1.32\": privileged (container \"c\" must not set securityContext.privileged=true)"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let e = s.err(&[
+        "label",
+        "ns",
+        &warned,
+        "pod-security.kubernetes.io/enforce=strict",
+    ]);
+    assert!(
+        e.contains("Unsupported value: \"strict\": supported values: \"privileged\", \"baseline\", \"restricted\""),
+        "{e}"
+    );
+}
+
+/// LimitRanger fills in and bounds containers' resources; ResourceQuota refuses what
+/// would go over it with Kubernetes' message, and its usage follows deletions.
+#[test]
+fn limit_ranges_default_and_quotas_refuse_what_goes_over() {
+    let s = sqlite();
+    let ns = s.namespace("quota");
+    s.ok_in(
+        &["apply", "-n", &ns, "-f", "-"],
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: compute}\nspec:\n  hard: {pods: \"2\", requests.cpu: \"1\", requests.memory: 1Gi}\n---\napiVersion: v1\nkind: LimitRange\nmetadata: {name: defaults}\nspec:\n  limits:\n  - type: Container\n    default: {cpu: 500m, memory: 256Mi}\n    defaultRequest: {cpu: 400m}\n    max: {cpu: \"1\"}\n",
+    );
+    let pod = |name: &str, resources: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    resources: {resources}\n")
+    };
+    s.ok_in(&["create", "-n", &ns, "-f", "-"], &pod("a", "{}"));
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "pod",
+            "a",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.containers[0].resources}"
+        ]),
+        r#"{"limits":{"cpu":"500m","memory":"256Mi"},"requests":{"cpu":"400m","memory":"256Mi"}}"#
+    );
+    s.ok_in(
+        &["create", "-n", &ns, "-f", "-"],
+        &pod("b", "{requests: {cpu: 500m, memory: 256Mi}}"),
+    );
+    let e = s.err_in(
+        &["create", "-n", &ns, "-f", "-"],
+        &pod("c", "{requests: {cpu: 200m, memory: 64Mi}}"),
+    );
+    assert!(
+        e.contains("pods \"c\" is forbidden: exceeded quota: compute, requested: pods=1,requests.cpu=200m, used: pods=2,requests.cpu=900m, limited: pods=2,requests.cpu=1"),
+        "{e}"
+    );
+    let e = s.err_in(
+        &["create", "-n", &ns, "-f", "-"],
+        &pod("d", "{limits: {cpu: \"2\"}}"),
+    );
+    assert!(
+        e.contains("pods \"d\" is forbidden: maximum cpu usage per Container is 1, but limit is 2"),
+        "{e}"
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "quota",
+            "compute",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.status.used}"
+        ]),
+        r#"{"pods":"2","requests.cpu":"900m","requests.memory":"512Mi"}"#
+    );
+    // Usage follows a deletion, after which the pod fits.
+    s.ok(&["delete", "pod", "a", "-n", &ns, "--wait=false"]);
+    let t0 = std::time::Instant::now();
+    loop {
+        let used = s.ok(&[
+            "get",
+            "quota",
+            "compute",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.status.used.pods}",
+        ]);
+        if used == "1" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the quota still counts {used} pods"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.ok_in(
+        &["create", "-n", &ns, "-f", "-"],
+        &pod("c", "{requests: {cpu: 200m, memory: 64Mi}}"),
+    );
+    let e = s.err_in(
+        &["create", "-n", &ns, "-f", "-"],
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: x}\nspec:\n  hard: {pods: \"-1x\"}\n",
+    );
+    assert!(
+        e.contains("quantities must match the regular expression"),
+        "{e}"
+    );
 }

@@ -4214,6 +4214,206 @@ fn vxlan_carries_pod_traffic_between_nodes_and_goes_with_a_node() {
 /// The Node authorizer: a node's own credentials read the Secrets of the pods bound to it
 /// and nothing of another node's, and change only what is its own.
 #[test]
+fn a_pods_service_account_token_works_inside_it_and_dies_with_it() {
+    let ns = ns("satoken");
+    kubectl_ok(&["-n", &ns, "create", "serviceaccount", "reader"]);
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "rolebinding",
+        "reader-view",
+        "--clusterrole",
+        "view",
+        "--serviceaccount",
+        &format!("{ns}:reader"),
+    ]);
+    // The host's kubectl (a static binary) is mounted into a busybox pod.
+    let kubectl = std::fs::canonicalize(
+        String::from_utf8(
+            std::process::Command::new("sh")
+                .args(["-c", "command -v kubectl"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim(),
+    )
+    .unwrap();
+    let dir = kubectl.parent().unwrap().display().to_string();
+    let bin = format!("/opt/k/{}", kubectl.file_name().unwrap().to_string_lossy());
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &pod_yaml(
+            "inpod",
+            "node-0",
+            &format!("  serviceAccountName: reader\n  containers:\n  - name: c\n    image: busybox:latest\n    imagePullPolicy: Never\n    command: [sleep, \"3600\"]\n    env: [{{name: HOME, value: /tmp}}]\n    volumeMounts: [{{name: k, mountPath: /opt/k, readOnly: true}}]\n  volumes:\n  - name: k\n    hostPath: {{path: {dir}, type: Directory}}\n"),
+        ),
+    );
+    wait_for(&ns, "pod/inpod", "condition=Ready");
+    let inside = |args: &[&str]| {
+        let mut a = vec!["-n", ns.as_str(), "exec", "inpod", "--", bin.as_str()];
+        a.extend_from_slice(args);
+        let o = kubectl_out(&a);
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    // The standard files, and the kubelet's variables for the API server's Service.
+    let files = kubectl_ok(&[
+        "-n",
+        &ns,
+        "exec",
+        "inpod",
+        "--",
+        "sh",
+        "-c",
+        "cd /var/run/secrets/kubernetes.io/serviceaccount && cat namespace && echo && head -1 ca.crt && echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT",
+    ]);
+    assert_eq!(
+        files.lines().collect::<Vec<_>>(),
+        [ns.as_str(), "-----BEGIN CERTIFICATE-----", "10.43.0.1:443"],
+        "{files}"
+    );
+    // kubectl inside the pod, with nothing but its in-cluster configuration.
+    let (ok, out) = inside(&["get", "pods", "-o", "name"]);
+    assert!(ok && out.trim() == "pod/inpod", "{out}");
+    let (ok, out) = inside(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(out, format!("system:serviceaccount:{ns}:reader"));
+    let (ok, out) = inside(&["get", "secrets"]);
+    assert!(!ok);
+    assert!(
+        out.contains(&format!("secrets is forbidden: User \"system:serviceaccount:{ns}:reader\" cannot list resource \"secrets\" in API group \"\" in the namespace \"{ns}\"")),
+        "{out}"
+    );
+    // The same token from outside, until the pod is deleted.
+    let token = kubectl_ok(&[
+        "-n",
+        &ns,
+        "exec",
+        "inpod",
+        "--",
+        "cat",
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    ]);
+    let (url, ca) = with(|c| (c.server.url.clone(), c.server.dir.join("data/tls/ca.crt")));
+    let with_token = |token: &str, args: &[&str]| {
+        let o = std::process::Command::new("kubectl")
+            .args([
+                "--kubeconfig",
+                "/dev/null",
+                "--server",
+                &url,
+                "--certificate-authority",
+            ])
+            .arg(&ca)
+            .args(["--token", token])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let (ok, out) = with_token(&token, &["-n", &ns, "get", "pods", "-o", "name"]);
+    assert!(ok && out.trim() == "pod/inpod", "{out}");
+    kubectl_ok(&["-n", &ns, "delete", "pod", "inpod", "--wait=true"]);
+    let (ok, out) = with_token(&token, &["-n", &ns, "get", "pods"]);
+    assert!(!ok);
+    assert!(out.contains("Unauthorized"), "{out}");
+    // TokenRequest for users: `kubectl create token`, with Kubernetes' bounds.
+    let t = kubectl_ok(&["-n", &ns, "create", "token", "reader", "--duration", "10m"]);
+    let (ok, out) = with_token(
+        t.trim(),
+        &["auth", "whoami", "-o", "jsonpath={.status.userInfo.groups}"],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("system:serviceaccounts:{ns}")),
+        "{out}"
+    );
+    let o = kubectl_out(&["-n", &ns, "create", "token", "reader", "--duration", "1m"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("may not specify a duration less than 10 minutes"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A token for another audience does not authenticate here.
+    let t = kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "token",
+        "reader",
+        "--audience",
+        "vault",
+    ]);
+    let (ok, out) = with_token(t.trim(), &["auth", "whoami"]);
+    assert!(!ok && out.contains("Unauthorized"), "{out}");
+    // The issuer's discovery document and keys, for the service accounts themselves.
+    let (ok, out) = with_token(
+        kubectl_ok(&["-n", &ns, "create", "token", "reader"]).trim(),
+        &["get", "--raw", "/.well-known/openid-configuration"],
+    );
+    assert!(ok, "{out}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        doc["issuer"],
+        "https://kubernetes.default.svc.cluster.local"
+    );
+    let jwks: serde_json::Value =
+        serde_json::from_str(&kubectl_ok(&["get", "--raw", "/openid/v1/jwks"])).unwrap();
+    assert_eq!(jwks["keys"][0]["alg"], "ES256");
+    // Automounting switched off by the pod: no token volume; an account that is missing
+    // is refused with Kubernetes' message.
+    let dry = kubectl_in(
+        &["-n", &ns, "create", "--dry-run=server", "-o", "jsonpath={.spec.volumes}", "-f", "-"],
+        &pod_yaml(
+            "nomount",
+            "node-0",
+            "  automountServiceAccountToken: false\n  containers:\n  - {name: c, image: busybox:latest}\n",
+        ),
+    );
+    assert!(!dry.contains("kube-api-access"), "{dry}");
+    let err = with(|c| {
+        c.server.err_in(
+            &["-n", &ns, "create", "-f", "-"],
+            &pod_yaml(
+                "nosa",
+                "node-0",
+                "  serviceAccountName: ghost\n  containers:\n  - {name: c, image: busybox:latest}\n",
+            ),
+        )
+    });
+    assert!(
+        err.contains(&format!(
+            "error looking up service account {ns}/ghost: serviceaccount \"ghost\" not found"
+        )),
+        "{err}"
+    );
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
+}
+
+#[test]
 fn a_node_reads_only_the_secrets_of_its_own_pods() {
     let ns = ns("nodeauthz");
     let pod = |name: &str, node: &str, secret: &str| {

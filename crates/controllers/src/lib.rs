@@ -22,7 +22,6 @@ pub mod replicaset;
 pub mod revisions;
 pub mod schedplugins;
 pub mod scheduler;
-pub mod serviceaccounts;
 pub mod servicelb;
 pub mod statefulset;
 
@@ -58,7 +57,6 @@ pub const CONTROLLERS: &[&str] = &[
     "statefulset",
     "persistentvolume-binder",
     "disruption",
-    "serviceaccount",
     "endpointslice",
     "endpoint",
     "clusterdns",
@@ -136,7 +134,6 @@ fn spawn_all(
             "daemonset" => tokio::spawn(daemonset::run(c)),
             "statefulset" => tokio::spawn(statefulset::run(c)),
             "disruption" => tokio::spawn(disruption::run(c)),
-            "serviceaccount" => tokio::spawn(serviceaccounts::run(c)),
             "endpointslice" => tokio::spawn(endpoints::run(c, endpoints::Writes::Slices)),
             "endpoint" => tokio::spawn(endpoints::run(c, endpoints::Writes::Endpoints)),
             "clusterdns" => tokio::spawn(clusterdns::run(c)),
