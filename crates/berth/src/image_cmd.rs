@@ -40,6 +40,38 @@ pub enum ImageCmd {
     /// List images.
     #[command(alias = "list")]
     Ls(ListArgs),
+    /// Sign an image in its registry as cosign does (the `sha256-<digest>.sig` tag, or a
+    /// Sigstore bundle referrer with --bundle), with an ECDSA P-256 private key (PEM).
+    Sign {
+        /// The private key: PKCS#8 `PRIVATE KEY` or SEC1 `EC PRIVATE KEY` PEM.
+        #[arg(long)]
+        key: PathBuf,
+        /// Write a cosign 3 Sigstore bundle (through the referrers API) instead of the
+        /// legacy signature.
+        #[arg(long)]
+        bundle: bool,
+        /// Registries reachable over plain http (hosts or CIDRs).
+        #[arg(long = "insecure-registry")]
+        insecure_registry: Vec<String>,
+        image: String,
+    },
+    /// Check that an image in its registry carries a signature by a public key, in either
+    /// cosign format; offline (no transparency log).
+    Verify {
+        /// The public key (PEM `PUBLIC KEY`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Registries reachable over plain http (hosts or CIDRs).
+        #[arg(long = "insecure-registry")]
+        insecure_registry: Vec<String>,
+        image: String,
+    },
+    /// Write a new ECDSA P-256 key pair for signing: KEY (private, mode 0600) and KEY.pub.
+    GenerateKeyPair {
+        /// The private key's path; the public key goes to <path>.pub.
+        #[arg(long, default_value = "cosign.key")]
+        output: PathBuf,
+    },
     /// Create an image from a root file system tarball (plain, gzip or zstd; `-` for stdin).
     Import {
         /// A Dockerfile instruction to apply: CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, STOPSIGNAL, USER, VOLUME, WORKDIR.
@@ -525,9 +557,117 @@ fn upload(c: &Client, target: &str, input: Option<&PathBuf>, label: &'static str
         .map_err(fail)
 }
 
+/// A registry session for `image`'s repository, and the reference after the repository.
+fn registry_session(
+    image: &str,
+    insecure: &[String],
+) -> Result<(engine::distribution::Session, image::reference::Reference)> {
+    let r = image::reference::Reference::parse(image).map_err(|e| anyhow!("{image}: {e}"))?;
+    let creds = crate::registry_client_cmd::credentials_for(r.domain())?;
+    let opts = engine::distribution::RegistryOptions {
+        insecure: insecure.to_vec(),
+        ..Default::default()
+    };
+    Ok((
+        engine::distribution::Session::new(r.domain(), r.path(), creds, &opts),
+        r,
+    ))
+}
+
+/// `berth image sign|verify|generate-key-pair`: clients of the registry, not the daemon.
+pub fn signatures(cmd: ImageCmd) -> Result<Option<ImageCmd>> {
+    match cmd {
+        ImageCmd::GenerateKeyPair { output } => {
+            let pem = signing::SigningKey::generate_pem();
+            let key = signing::SigningKey::from_pem(&pem).map_err(|e| anyhow!(e))?;
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .create_new(true)
+                    .write(true)
+                    .mode(0o600)
+                    .open(&output)
+                    .with_context(|| format!("creating {}", output.display()))?;
+                f.write_all(pem.as_bytes())?;
+            }
+            let mut pubp = output.clone().into_os_string();
+            pubp.push(".pub");
+            std::fs::write(&pubp, key.public().to_pem())
+                .with_context(|| format!("writing {}", pubp.to_string_lossy()))?;
+            println!(
+                "Private key written to {}\nPublic key written to {}",
+                output.display(),
+                pubp.to_string_lossy()
+            );
+            Ok(None)
+        }
+        ImageCmd::Sign {
+            key,
+            bundle,
+            insecure_registry,
+            image,
+        } => {
+            let pem = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            let k = signing::SigningKey::from_pem(&pem)
+                .map_err(|e| anyhow!("{}: {e}", key.display()))?;
+            let (session, r) = registry_session(&image, &insecure_registry)?;
+            let reference = r
+                .digest()
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| r.tag().unwrap_or("latest").to_string());
+            let (media, digest, bytes) = session
+                .get_manifest(&reference, "")?
+                .ok_or_else(|| anyhow!("{image}: the registry has no such image"))?;
+            let repo = r.repository();
+            if bundle {
+                signing::sign_bundle(&session, &repo, &digest, &media, bytes.len(), &k)
+            } else {
+                signing::sign_legacy(&session, &repo, &digest, &k)
+            }
+            .map_err(|e| anyhow!("signing {image}: {e}"))?;
+            println!("Signed {repo}@{digest}");
+            Ok(None)
+        }
+        ImageCmd::Verify {
+            key,
+            insecure_registry,
+            image,
+        } => {
+            let pem = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            let k = signing::PublicKey::from_pem(&pem)
+                .map_err(|e| anyhow!("{}: {e}", key.display()))?;
+            let (session, r) = registry_session(&image, &insecure_registry)?;
+            let reference = r
+                .digest()
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| r.tag().unwrap_or("latest").to_string());
+            let digest =
+                signing::resolve(&session, &reference).map_err(|e| anyhow!("{image}: {e}"))?;
+            let name = key.display().to_string();
+            let v = signing::verify(&session, &digest, &[(name, k)])
+                .map_err(|e| anyhow!("{image}: {e}"))?;
+            println!(
+                "Verified {}@{} ({} signature by {})",
+                r.repository(),
+                v.digest,
+                v.format,
+                v.key
+            );
+            Ok(None)
+        }
+        other => Ok(Some(other)),
+    }
+}
+
 pub fn main(c: &Client, cmd: ImageCmd) -> Result<()> {
     match cmd {
         ImageCmd::Ls(a) => list(c, &a)?,
+        ImageCmd::Sign { .. } | ImageCmd::Verify { .. } | ImageCmd::GenerateKeyPair { .. } => {
+            let _ = signatures(cmd)?;
+        }
         ImageCmd::Import {
             change,
             message,

@@ -301,8 +301,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
     let c = || client(host.as_deref());
     let fail1 =
         |e: api::client::ApiError| -> anyhow::Error { util::Failure::new(1, e.to_string()).into() };
-    let image =
-        |cmd: image_cmd::ImageCmd| -> Result<i32> { image_cmd::main(&c()?, cmd).map(|()| 0) };
+    // Signing and verifying talk to the registry, not the daemon.
+    let image = |cmd: image_cmd::ImageCmd| -> Result<i32> {
+        match image_cmd::signatures(cmd)? {
+            Some(cmd) => image_cmd::main(&c()?, cmd).map(|()| 0),
+            None => Ok(0),
+        }
+    };
     match cli.command {
         Command::Daemon(a) => daemon::run(&a),
         Command::Build(a) => build_cmd::run(c().ok().as_ref(), &a),

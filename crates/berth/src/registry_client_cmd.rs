@@ -104,6 +104,22 @@ fn unb64(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The stored credentials for a registry host, for clients of its API in this process.
+pub fn credentials_for(domain: &str) -> Result<Option<engine::distribution::Credentials>> {
+    let cfg = read_config()?;
+    let Some(auth) = cfg["auths"][key_of(domain)]["auth"].as_str() else {
+        return Ok(None);
+    };
+    let raw = unb64(auth)
+        .ok_or_else(|| anyhow!("{}: a malformed auth entry", config_path().display()))?;
+    let raw = String::from_utf8(raw)?;
+    let (u, p) = raw.split_once(':').unwrap_or((&raw, ""));
+    Ok(Some(engine::distribution::Credentials {
+        username: u.to_string(),
+        password: p.to_string(),
+    }))
+}
+
 /// The stored credentials for the registry of `image`, as the `X-Registry-Auth` value.
 fn auth_header(image: &str) -> Result<Option<String>> {
     let domain = image::reference::Reference::parse(image)

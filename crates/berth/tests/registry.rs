@@ -1807,3 +1807,252 @@ fn a_push_cut_off_inside_a_chunk_goes_on_where_the_registry_stands() {
         .count();
     assert_eq!(left, 0, "the upload was finished, not abandoned");
 }
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let o = cmd.output().unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+/// cosign's two signature formats, written by hand with openssl as the spec describes them,
+/// verify with `berth image verify`; the legacy signature `berth image sign` writes verifies
+/// with openssl; each fails for another key.
+#[test]
+fn image_signatures_interoperate_with_openssl_in_both_cosign_formats() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let reg = Reg::start(&dir.join("reg"), &[]);
+    let repo = "signed/app";
+    // Three images: one signed by berth, one by openssl (legacy), one by openssl (bundle).
+    let mut digests = Vec::new();
+    for tag in ["berth", "legacy", "bundle"] {
+        let config = format!("{{\"tag\":\"{tag}\"}}");
+        put_blob(&reg, repo, config.as_bytes());
+        let m = manifest(config.as_bytes(), &[]);
+        let r = reg.req(
+            "PUT",
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[("Content-Type", OCI_MANIFEST)],
+            &m,
+        );
+        assert_eq!(r.status, 201);
+        digests.push(sha(&m));
+    }
+    let image = |tag: &str| format!("{}/{repo}:{tag}", reg.addr);
+    // Keys: SEC1 from openssl (what `openssl ecparam -genkey` writes), and another one.
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ec.pem",
+        ],
+    );
+    openssl(dir, &["ec", "-in", "ec.pem", "-pubout", "-out", "ec.pub"]);
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "other.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &["ec", "-in", "other.pem", "-pubout", "-out", "other.pub"],
+    );
+    let berth = |args: &[&str]| run(Command::new(BERTH).args(args).current_dir(dir));
+    let verify = |key: &str, tag: &str| berth(&["image", "verify", "--key", key, &image(tag)]);
+    // 1. berth signs; openssl verifies the legacy signature as cosign's spec defines it.
+    let (ok, out) = berth(&["image", "sign", "--key", "ec.pem", &image("berth")]);
+    assert!(ok, "{out}");
+    let hex = digests[0].trim_start_matches("sha256:");
+    let sig_manifest: Value = serde_json::from_slice(
+        &reg.req(
+            "GET",
+            &format!("/v2/{repo}/manifests/sha256-{hex}.sig"),
+            &[("Accept", OCI_MANIFEST)],
+            b"",
+        )
+        .body,
+    )
+    .unwrap();
+    let layer = &sig_manifest["layers"][0];
+    assert_eq!(
+        layer["mediaType"],
+        "application/vnd.dev.cosign.simplesigning.v1+json"
+    );
+    let payload = reg
+        .req(
+            "GET",
+            &format!("/v2/{repo}/blobs/{}", layer["digest"].as_str().unwrap()),
+            &[],
+            b"",
+        )
+        .body;
+    assert_eq!(
+        String::from_utf8_lossy(&payload),
+        format!("{{\"critical\":{{\"identity\":{{\"docker-reference\":\"{}/{repo}\"}},\"image\":{{\"docker-manifest-digest\":\"{}\"}},\"type\":\"cosign container image signature\"}},\"optional\":null}}", reg.addr, digests[0])
+    );
+    std::fs::write(dir.join("payload"), &payload).unwrap();
+    std::fs::write(
+        dir.join("sig.der"),
+        b64.decode(
+            layer["annotations"]["dev.cosignproject.cosign/signature"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let said = openssl(
+        dir,
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            "ec.pub",
+            "-signature",
+            "sig.der",
+            "payload",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&said).trim(), "Verified OK");
+    assert!(verify("ec.pub", "berth").0);
+    let (ok, out) = verify("other.pub", "berth");
+    assert!(!ok && out.contains("does not verify"), "{out}");
+    // 2. The legacy format built with openssl and pushed by hand (as skopeo would).
+    let payload = format!("{{\"critical\":{{\"identity\":{{\"docker-reference\":\"{}/{repo}\"}},\"image\":{{\"docker-manifest-digest\":\"{}\"}},\"type\":\"cosign container image signature\"}},\"optional\":null}}", reg.addr, digests[1]);
+    std::fs::write(dir.join("payload2"), &payload).unwrap();
+    let sig = b64.encode(openssl(
+        dir,
+        &["dgst", "-sha256", "-sign", "ec.pem", "payload2"],
+    ));
+    let pd = put_blob(&reg, repo, payload.as_bytes());
+    put_blob(&reg, repo, b"{}");
+    let m = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(b"{}"), "size": 2},
+        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": pd, "size": payload.len(),
+                    "annotations": {"dev.cosignproject.cosign/signature": sig}}],
+    }))
+    .unwrap();
+    let hex1 = digests[1].trim_start_matches("sha256:");
+    assert_eq!(
+        reg.req(
+            "PUT",
+            &format!("/v2/{repo}/manifests/sha256-{hex1}.sig"),
+            &[("Content-Type", OCI_MANIFEST)],
+            &m
+        )
+        .status,
+        201
+    );
+    let (ok, out) = verify("ec.pub", "legacy");
+    assert!(ok && out.contains("cosign .sig signature"), "{out}");
+    assert!(!verify("other.pub", "legacy").0);
+    // 3. A cosign 3 bundle built from its published format: DSSE over an in-toto
+    //    Statement, signed over PAE, pushed as a referrer of the image.
+    let hex2 = digests[2].trim_start_matches("sha256:");
+    let statement = serde_json::to_vec(&json!({"_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": format!("{}/{repo}", reg.addr), "digest": {"sha256": hex2}}],
+        "predicateType": "https://sigstore.dev/cosign/sign/v1", "predicate": {}}))
+    .unwrap();
+    let ptype = "application/vnd.in-toto+json";
+    let mut pae = format!("DSSEv1 {} {ptype} {} ", ptype.len(), statement.len()).into_bytes();
+    pae.extend(&statement);
+    std::fs::write(dir.join("pae"), &pae).unwrap();
+    let sig = b64.encode(openssl(
+        dir,
+        &["dgst", "-sha256", "-sign", "other.pem", "pae"],
+    ));
+    let bundle = serde_json::to_vec(&json!({
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "verificationMaterial": {"publicKey": {"hint": "other"}},
+        "dsseEnvelope": {"payload": b64.encode(&statement), "payloadType": ptype, "signatures": [{"sig": sig, "keyid": ""}]},
+    }))
+    .unwrap();
+    let bd = put_blob(&reg, repo, &bundle);
+    let image_manifest = reg
+        .req(
+            "GET",
+            &format!("/v2/{repo}/manifests/bundle"),
+            &[("Accept", OCI_MANIFEST)],
+            b"",
+        )
+        .body;
+    let referrer = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(b"{}"), "size": 2},
+        "layers": [{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json", "digest": bd, "size": bundle.len()}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": digests[2], "size": image_manifest.len()},
+        "annotations": {"dev.sigstore.bundle.content": "dsse-envelope", "dev.sigstore.bundle.predicateType": "https://sigstore.dev/cosign/sign/v1"},
+    }))
+    .unwrap();
+    assert_eq!(
+        reg.req(
+            "PUT",
+            &format!("/v2/{repo}/manifests/{}", sha(&referrer)),
+            &[("Content-Type", OCI_MANIFEST)],
+            &referrer
+        )
+        .status,
+        201
+    );
+    let (ok, out) = verify("other.pub", "bundle");
+    assert!(ok && out.contains("sigstore bundle signature"), "{out}");
+    let (ok, out) = verify("ec.pub", "bundle");
+    assert!(!ok && out.contains("does not verify"), "{out}");
+    // An unsigned image, and bad keys, say so.
+    let config = b"{\"tag\":\"unsigned\"}";
+    put_blob(&reg, repo, config);
+    reg.req(
+        "PUT",
+        &format!("/v2/{repo}/manifests/unsigned"),
+        &[("Content-Type", OCI_MANIFEST)],
+        &manifest(config, &[]),
+    );
+    let (ok, out) = verify("ec.pub", "unsigned");
+    assert!(!ok && out.contains("no signature"), "{out}");
+    std::fs::write(
+        dir.join("bad.pub"),
+        "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let (ok, out) = verify("bad.pub", "berth");
+    assert!(
+        !ok && out.contains("not an ECDSA P-256 public key"),
+        "{out}"
+    );
+}

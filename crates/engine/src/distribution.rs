@@ -305,6 +305,30 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 }
 
 /// `scheme://host[:port]/path` → (scheme, host[:port], path).
+/// Whether `host` is an IPv4 address inside `cidr` (`10.0.0.0/8`): Docker's
+/// `--insecure-registry` takes networks as well as hosts.
+fn in_cidr(cidr: &str, host: &str) -> bool {
+    let Some((net, bits)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(bits), Ok(ip)) = (
+        net.parse::<std::net::Ipv4Addr>(),
+        bits.parse::<u32>(),
+        host.parse::<std::net::Ipv4Addr>(),
+    ) else {
+        return false;
+    };
+    if bits > 32 {
+        return false;
+    }
+    let mask = if bits == 0 {
+        0
+    } else {
+        u32::MAX << (32 - bits)
+    };
+    u32::from(net) & mask == u32::from(ip) & mask
+}
+
 fn split_url(url: &str) -> Option<(&str, &str, &str)> {
     let (scheme, rest) = url.split_once("://")?;
     let (host, path) = match rest.find('/') {
@@ -459,7 +483,7 @@ impl Session {
             host
         };
         let bare = host.rsplit_once(':').map_or(host, |(h, _)| h);
-        let insecure = opts.insecure.iter().any(|i| i == host)
+        let insecure = opts.insecure.iter().any(|i| i == host || in_cidr(i, bare))
             || matches!(bare, "localhost" | "127.0.0.1" | "[::1]" | "::1")
             || bare.starts_with("127.");
         Session {
@@ -923,6 +947,163 @@ impl Session {
             .into_iter()
             .flatten()
             .filter_map(|t| t.as_str().map(String::from))
+            .collect())
+    }
+
+    /// A manifest by tag or digest, with the media types `accept` names (the image ones
+    /// when empty): media type, digest and bytes (checked against a digest reference);
+    /// `None` when the registry has no such manifest.
+    pub fn get_manifest(
+        &self,
+        reference: &str,
+        accept: &str,
+    ) -> Result<Option<(String, Digest, Vec<u8>)>> {
+        let accept = if accept.is_empty() { ACCEPT } else { accept };
+        let resp = self.request(
+            "GET",
+            &format!("/v2/{}/manifests/{reference}", self.repo),
+            &[("Accept", accept.to_string())],
+            &mut || Ok(None),
+        )?;
+        if resp.status == 404 {
+            return Ok(None);
+        }
+        if resp.status != 200 {
+            return Err(resp.error(&format!("{}/{}:{reference}", self.host, self.repo)));
+        }
+        let media = resp
+            .headers
+            .get("content-type")
+            .cloned()
+            .unwrap_or_default();
+        let mut b = Vec::new();
+        let mut body = resp.body;
+        body.by_ref()
+            .take(4 << 20)
+            .read_to_end(&mut b)
+            .map_err(|e| failed(e.to_string()))?;
+        let d = Digest::of(&b);
+        if let Ok(want) = reference.parse::<Digest>() {
+            if want != d {
+                return Err(failed(format!(
+                    "manifest {reference}: the registry sent {d}"
+                )));
+            }
+        }
+        Ok(Some((media, d, b)))
+    }
+
+    /// A small blob's bytes (at most `max`), checked against its digest.
+    pub fn get_blob(&self, d: &Digest, max: usize) -> Result<Vec<u8>> {
+        let mut path = format!("/v2/{}/blobs/{d}", self.repo);
+        let mut resp = self.request("GET", &path, &[], &mut || Ok(None))?;
+        for _ in 0..5 {
+            if !matches!(resp.status, 301 | 302 | 303 | 307 | 308) {
+                break;
+            }
+            let Some(loc) = resp.headers.get("location").cloned() else {
+                break;
+            };
+            path = loc;
+            resp = self.request("GET", &path, &[], &mut || Ok(None))?;
+        }
+        if resp.status != 200 {
+            return Err(resp.error(&format!("blob {d}")));
+        }
+        let mut b = Vec::new();
+        let mut body = resp.body;
+        body.by_ref()
+            .take(max as u64 + 1)
+            .read_to_end(&mut b)
+            .map_err(|e| failed(e.to_string()))?;
+        if b.len() > max {
+            return Err(failed(format!("blob {d} is larger than {max} bytes")));
+        }
+        if Digest::of(&b) != *d {
+            return Err(failed(format!("blob {d}: the registry sent other bytes")));
+        }
+        Ok(b)
+    }
+
+    /// Uploads `data` as a blob in one request, unless the repository has it.
+    pub fn put_blob(&self, data: &[u8]) -> Result<Digest> {
+        let d = Digest::of(data);
+        let head = self.request(
+            "HEAD",
+            &format!("/v2/{}/blobs/{d}", self.repo),
+            &[],
+            &mut || Ok(None),
+        )?;
+        if head.status == 200 {
+            return Ok(d);
+        }
+        let start = self.request(
+            "POST",
+            &format!("/v2/{}/blobs/uploads/", self.repo),
+            &[],
+            &mut || Ok(None),
+        )?;
+        if start.status != 202 {
+            return Err(start.error(&format!("upload to {}/{}", self.host, self.repo)));
+        }
+        let loc = start.headers.get("location").cloned().unwrap_or_default();
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let put = self.request(
+            "PUT",
+            &format!("{loc}{sep}digest={d}"),
+            &[("Content-Type", "application/octet-stream".to_string())],
+            &mut || {
+                Ok(Some((
+                    Box::new(io::Cursor::new(data.to_vec())) as Box<dyn Read>,
+                    data.len() as u64,
+                )))
+            },
+        )?;
+        if put.status != 201 {
+            return Err(put.error(&format!("blob {d}")));
+        }
+        Ok(d)
+    }
+
+    /// Stores a manifest under a tag or its digest.
+    pub fn put_manifest_as(&self, reference: &str, media: &str, bytes: &[u8]) -> Result<()> {
+        self.put_manifest(reference, media, bytes)
+    }
+
+    /// The descriptors of the manifests that refer to `d` with `artifact_type`: from the
+    /// OCI referrers API, or, where a registry has none, from the referrers tag
+    /// (`sha256-<hex>`) as the distribution spec's fallback.
+    pub fn referrers(&self, d: &Digest, artifact_type: &str) -> Result<Vec<Value>> {
+        const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+        let resp = self.request(
+            "GET",
+            &format!(
+                "/v2/{}/referrers/{d}?artifactType={}",
+                self.repo,
+                httpwire::encode(artifact_type)
+            ),
+            &[("Accept", INDEX.to_string())],
+            &mut || Ok(None),
+        )?;
+        let index: Value = if resp.status == 200 {
+            serde_json::from_str(&resp.text(4 << 20)).map_err(|e| failed(e.to_string()))?
+        } else if resp.status == 404 {
+            let tag = d.to_string().replace(':', "-");
+            match self.get_manifest(&tag, INDEX)? {
+                Some((_, _, b)) => serde_json::from_slice(&b).map_err(|e| failed(e.to_string()))?,
+                None => return Ok(Vec::new()),
+            }
+        } else {
+            return Err(resp.error(&format!("referrers of {d}")));
+        };
+        Ok(index["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| {
+                artifact_type.is_empty() || m["artifactType"].as_str() == Some(artifact_type)
+            })
+            .cloned()
             .collect())
     }
 
