@@ -56,7 +56,14 @@ pub struct Manager {
     pub catalog: crate::proxy::Shared,
     /// ServiceAccount tokens of the pods' projected volumes, by pod UID and token key.
     tokens: Mutex<HashMap<(String, String), PodToken>>,
+    /// Signature verdicts by (digest, policy identity): verified once per node.
+    verdicts: Arc<Mutex<HashMap<(String, String), Verdict>>>,
 }
+
+/// Whether an image digest passed one policy (or why not).
+type Verdict = Result<(), String>;
+/// A digest and each covering policy's verdict on it.
+type Checked = (image::digest::Digest, Vec<(signing::Policy, Verdict)>);
 
 /// A token the server issued for a pod, and when to ask for a new one: as the kubelet,
 /// after 80% of its lifetime or 24 hours, whichever comes first.
@@ -159,6 +166,7 @@ impl Manager {
             stats,
             catalog,
             tokens: Mutex::new(HashMap::new()),
+            verdicts: Default::default(),
         }))
     }
 
@@ -1045,6 +1053,127 @@ impl Worker {
         Ok(status.token)
     }
 
+    /// The image a container runs when an ImageSignaturePolicy covers it: the digest
+    /// admission verified (the pod's `security.berth.io/verified-images`), or for pods
+    /// that never went through admission (static pods) the tag resolved now — verified
+    /// again here with the same code, so an unsigned image never starts. `None` when no
+    /// policy covers the image.
+    async fn signed_image(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        objs: &volumes::Objects,
+    ) -> Result<Option<String>, String> {
+        let image = c.image.clone().unwrap_or_default();
+        let ar = kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("security.berth.io", "v1", "ImageSignaturePolicy"),
+            "imagesignaturepolicies",
+        );
+        let api: kube::Api<kube::api::DynamicObject> =
+            kube::Api::all_with(self.m.client.clone(), &ar);
+        let list = match api.list(&Default::default()).await {
+            Ok(l) => l.items,
+            // A server without the kind has no policies.
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
+            Err(e) => return Err(format!("cannot read the image signature policies: {e}")),
+        };
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let ns_labels: BTreeMap<String, String> = {
+            let nss: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+                kube::Api::all(self.m.client.clone());
+            nss.get_opt(&ns)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|n| n.metadata.labels)
+                .unwrap_or_default()
+        };
+        let covering: Vec<(signing::Policy, String)> = list
+            .iter()
+            .filter_map(|o| {
+                let v = serde_json::to_value(o).ok()?;
+                let id = format!("{}:{}", v["metadata"]["uid"], v["spec"]);
+                signing::Policy::from_object(&v).ok().map(|p| (p, id))
+            })
+            .filter(|(p, _)| p.covers(&image, &ns_labels))
+            .collect();
+        if covering.is_empty() {
+            return Ok(None);
+        }
+        let r = image::reference::Reference::parse(&image).map_err(|e| format!("{image}: {e}"))?;
+        let recorded: Option<String> = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("security.berth.io/verified-images"))
+            .and_then(|j| serde_json::from_str::<BTreeMap<String, String>>(j).ok())
+            .and_then(|m| m.get(&c.name).cloned());
+        let reference = match recorded.as_deref().and_then(|p| p.rsplit_once('@')) {
+            Some((_, d)) => d.to_string(),
+            None => r
+                .digest()
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| r.tag().unwrap_or("latest").to_string()),
+        };
+        let creds = pull_credentials(&image, pod, objs);
+        let opts = self.m.engine.registry_options();
+        let (domain, path) = (r.domain().to_string(), r.path().to_string());
+        let cache = self.m.verdicts.clone();
+        let checked = blocking(move || -> Result<Checked, String> {
+            let mut session = None;
+            let mut last = String::new();
+            for cr in creds.into_iter().map(Some).chain(std::iter::once(None)) {
+                let s = engine::distribution::Session::new(&domain, &path, cr, &opts);
+                match signing::resolve(&s, &reference) {
+                    Ok(d) => {
+                        session = Some((s, d));
+                        break;
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            let (s, d) = session.ok_or_else(|| format!("cannot resolve {reference}: {last}"))?;
+            let mut out = Vec::new();
+            for (p, id) in covering {
+                let key = (d.to_string(), id);
+                let hit = cache.lock().unwrap().get(&key).cloned();
+                let v = match hit {
+                    Some(v) => v,
+                    None => {
+                        let v = signing::verify(&s, &d, &p.keys).map(|_| ());
+                        // Only what passed is remembered: a refusal is checked again at
+                        // the next try, in case the image has been signed since.
+                        if v.is_ok() {
+                            cache.lock().unwrap().insert(key, v.clone());
+                        }
+                        v
+                    }
+                };
+                out.push((p, v));
+            }
+            Ok((d, out))
+        })
+        .await;
+        let (digest, verdicts) = checked.map_err(|e| {
+            format!("image \"{image}\" cannot be checked against its signature policies: {e}")
+        })?;
+        for (p, v) in verdicts {
+            let Err(reason) = v else { continue };
+            let text = format!(
+                "image \"{image}\" is refused by ImageSignaturePolicy \"{}\": {reason}",
+                p.name
+            );
+            match p.mode {
+                signing::Mode::Enforce => return Err(text),
+                signing::Mode::Warn => {
+                    self.event(pod, "Warning", "UnsignedImage", &text, Some(&c.name))
+                        .await
+                }
+            }
+        }
+        Ok(Some(format!("{}@{digest}", r.repository())))
+    }
+
     /// Pulls as the image pull policy says. Errors are (reason, message) as the kubelet's.
     async fn pull(
         &mut self,
@@ -1160,6 +1289,28 @@ impl Worker {
     ) {
         self.cs.entry(c.name.clone()).or_default().waiting =
             Some(("ContainerCreating".into(), String::new()));
+        // An image a signature policy covers runs by its verified digest, or not at all.
+        let pinned;
+        let c = match self.signed_image(pod, c, objs).await {
+            Ok(None) => c,
+            Ok(Some(image)) => {
+                pinned = Container {
+                    image: Some(image),
+                    ..c.clone()
+                };
+                &pinned
+            }
+            Err(msg) => {
+                let st = self.cs.entry(c.name.clone()).or_default();
+                if st.waiting.as_ref().map(|w| &w.1) != Some(&msg) {
+                    self.event(pod, "Warning", "Failed", &msg, Some(&c.name))
+                        .await;
+                }
+                self.cs.entry(c.name.clone()).or_default().waiting =
+                    Some(("ErrImageSignature".into(), msg));
+                return;
+            }
+        };
         if let Err((reason, msg)) = self.pull(pod, c, objs).await {
             self.cs.entry(c.name.clone()).or_default().waiting = Some((reason, msg));
             return;
@@ -1964,72 +2115,20 @@ fn pull_credentials(
     pod: &Pod,
     objs: &volumes::Objects,
 ) -> Vec<engine::distribution::Credentials> {
-    use base64::Engine as _;
-    let first = image.split('/').next().unwrap_or_default();
-    let domain = if image.contains('/')
-        && (first.contains('.') || first.contains(':') || first == "localhost")
-    {
-        first.to_string()
-    } else {
-        "docker.io".to_string()
-    };
-    let mut out = Vec::new();
-    for s in pod
+    let secrets: Vec<engine::distribution::PullSecret> = pod
         .spec
         .as_ref()
         .and_then(|s| s.image_pull_secrets.as_ref())
         .into_iter()
         .flatten()
-    {
-        let Some(Some(sec)) = objs.secrets.get(&s.name) else {
-            continue;
-        };
-        let Some(data) = sec.data.as_ref() else {
-            continue;
-        };
-        let cfg: Value = match (data.get(".dockerconfigjson"), data.get(".dockercfg")) {
-            (Some(b), _) => serde_json::from_slice::<Value>(&b.0)
-                .ok()
-                .and_then(|v| v.get("auths").cloned())
-                .unwrap_or_default(),
-            (None, Some(b)) => serde_json::from_slice(&b.0).unwrap_or_default(),
-            _ => continue,
-        };
-        let Some(auths) = cfg.as_object() else {
-            continue;
-        };
-        for (k, v) in auths {
-            let host = k
-                .trim_start_matches("https://")
-                .trim_start_matches("http://")
-                .split('/')
-                .next()
-                .unwrap_or_default();
-            let host = if host == "index.docker.io" || host == "registry-1.docker.io" {
-                "docker.io"
-            } else {
-                host
-            };
-            if host != domain {
-                continue;
-            }
-            let (mut user, mut pass) = (
-                v["username"].as_str().unwrap_or_default().to_string(),
-                v["password"].as_str().unwrap_or_default().to_string(),
-            );
-            if let Some(a) = v["auth"].as_str() {
-                if let Ok(d) = base64::engine::general_purpose::STANDARD.decode(a) {
-                    if let Some((u, p)) = String::from_utf8_lossy(&d).split_once(':') {
-                        user = u.to_string();
-                        pass = p.to_string();
-                    }
-                }
-            }
-            out.push(engine::distribution::Credentials {
-                username: user,
-                password: pass,
-            });
-        }
-    }
-    out
+        .filter_map(|s| objs.secrets.get(&s.name).cloned().flatten())
+        .filter_map(|sec| sec.data)
+        .map(|data| {
+            (
+                data.get(".dockerconfigjson").map(|b| b.0.clone()),
+                data.get(".dockercfg").map(|b| b.0.clone()),
+            )
+        })
+        .collect();
+    engine::distribution::pull_secret_credentials(image, &secrets)
 }

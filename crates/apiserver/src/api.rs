@@ -118,6 +118,8 @@ pub struct Api {
     pub registry: Arc<Registry>,
     pub cache: Arc<Cache>,
     pub admission: Admission,
+    /// ImageSignaturePolicy admission, with its verdict cache.
+    pub images: Arc<crate::imagepolicy::ImagePolicies>,
 }
 
 /// Settings of the admission steps that mutate objects.
@@ -638,6 +640,7 @@ impl Api {
             registry: self.registry.clone(),
             cache: self.cache.clone(),
             admission: self.admission,
+            images: self.images.clone(),
         })
     }
 
@@ -735,6 +738,9 @@ impl Api {
         }
         self.check_namespace(&t.kind, ns.as_deref()).await?;
         let _allocated = self.admit_create(&t.kind, &mut obj).await?;
+        self.images
+            .admit(self, &t.kind, &mut obj, &mut warnings)
+            .await?;
         crate::podsecurity::admit(self, &t.kind, &obj, &mut warnings)?;
         if !ctx.dry_run() {
             crate::quota::admit(self, &t.kind, &obj).await?;
@@ -842,6 +848,7 @@ impl Api {
         if kind.group.is_empty() && kind.kind == "Namespace" {
             errs.extend(crate::podsecurity::validate_namespace(obj));
         }
+        errs.extend(crate::imagepolicy::validate(kind, obj));
         if let Some(o) = old {
             if meta(o).get("uid") != meta(obj).get("uid") && meta(obj).get("uid").is_some() {
                 errs.push(FieldError::invalid_raw(
@@ -1097,6 +1104,9 @@ impl Api {
                 }
                 self.check_namespace(kind, ns).await?;
                 let _allocated = self.admit_create(kind, &mut new).await?;
+                self.images
+                    .admit(self, kind, &mut new, &mut warnings)
+                    .await?;
                 crate::podsecurity::admit(self, kind, &new, &mut warnings)?;
                 if !ctx.dry_run() {
                     crate::quota::admit(self, kind, &new).await?;

@@ -14,6 +14,7 @@ pub mod crd;
 pub mod discovery;
 pub mod encryption;
 pub mod eviction;
+pub mod imagepolicy;
 pub mod kinds;
 pub mod limitrange;
 pub mod metrics;
@@ -95,6 +96,8 @@ pub struct Config {
     pub service_account_issuer: String,
     /// Encryption at rest (Kubernetes' `--encryption-provider-config`).
     pub encryption_provider_config: Option<PathBuf>,
+    /// Registries admission reaches over plain http to check image signatures.
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,10 +217,14 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         registry,
         cache,
         admission: cfg.admission,
+        images: Arc::new(imagepolicy::ImagePolicies::new(
+            cfg.insecure_registries.clone(),
+        )),
     });
     namespaces::ensure_defaults(&api).await?;
     priority::ensure_system_classes(&api).await?;
     rbac::ensure_defaults(&api).await?;
+    imagepolicy::ensure_kind(&api).await?;
     let rbac = Arc::new(rbac::Rbac::default());
     rbac.rebuild(&api);
     tokio::spawn(rbac.clone().follow(api.clone()));

@@ -561,6 +561,8 @@ pub fn node_allows(api: &Api, node: &str, a: &Attributes) -> bool {
                 })
         }
         ("", "services" | "endpoints" | "namespaces", "") => read,
+        // The agent checks images against the signature policies before it runs them.
+        ("security.berth.io", "imagesignaturepolicies", "") => read,
         ("discovery.k8s.io", "endpointslices", "") => read,
         _ => false,
     }

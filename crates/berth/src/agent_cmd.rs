@@ -68,7 +68,7 @@ pub struct NodeArgs {
     housekeeping_interval: Duration,
     /// A registry (host[:port]) pods may pull from over plain http; repeatable.
     #[arg(long = "insecure-registry")]
-    insecure_registry: Vec<String>,
+    pub insecure_registry: Vec<String>,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

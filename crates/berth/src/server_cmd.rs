@@ -142,6 +142,7 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
             metric_resolution: a.metric_resolution,
             service_account_issuer: a.service_account_issuer,
             encryption_provider_config: a.encryption_provider_config,
+            insecure_registries: a.node.insecure_registry.clone(),
             admission: apiserver::api::Admission {
                 not_ready_toleration_seconds: a.default_not_ready_toleration_seconds,
                 unreachable_toleration_seconds: a.default_unreachable_toleration_seconds,

@@ -2193,3 +2193,29 @@ fn limit_ranges_default_and_quotas_refuse_what_goes_over() {
         "{e}"
     );
 }
+
+/// The ImageSignaturePolicy kind is served and printed like any kind, and a policy whose
+/// key or mode is wrong is refused with the field named.
+#[test]
+fn image_signature_policies_are_validated() {
+    let s = sqlite();
+    let e = s.err_in(
+        &["apply", "-f", "-"],
+        "apiVersion: security.berth.io/v1\nkind: ImageSignaturePolicy\nmetadata: {name: bad}\nspec:\n  images: [\"**\"]\n  keys: [{name: k, publicKey: not-a-key}]\n",
+    );
+    assert!(
+        e.contains("The ImageSignaturePolicy \"bad\" is invalid: spec.keys[0].publicKey: Invalid value: \"not-a-key\": not a PEM \"PUBLIC KEY\" block"),
+        "{e}"
+    );
+    let e = s.err_in(
+        &["apply", "-f", "-"],
+        "apiVersion: security.berth.io/v1\nkind: ImageSignaturePolicy\nmetadata: {name: bad}\nspec:\n  images: [\"**\"]\n  mode: audit\n  keys: [{name: k, publicKey: x}]\n",
+    );
+    assert!(e.contains("spec.mode"), "{e}");
+    let resources = s.ok(&["api-resources", "--api-group", "security.berth.io"]);
+    assert!(
+        resources.contains("imagesignaturepolicies") && resources.contains("isp"),
+        "{resources}"
+    );
+    assert_eq!(s.ok(&["get", "isp"]), "");
+}

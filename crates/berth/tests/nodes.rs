@@ -37,8 +37,16 @@ fn cluster() -> &'static Cluster {
                 "2s",
                 "--horizontal-pod-autoscaler-sync-period",
                 "2s",
+                "--insecure-registry",
+                "10.240.0.0/12",
             ],
-            &["--housekeeping-interval", "1s"],
+            // The test registries listen on the cluster's bridge, over plain http.
+            &[
+                "--housekeeping-interval",
+                "1s",
+                "--insecure-registry",
+                "10.240.0.0/12",
+            ],
         );
         // SAFETY: atexit registers a plain function; it runs once after the tests.
         unsafe { libc::atexit(cleanup_cluster) };
@@ -4476,4 +4484,324 @@ fn a_node_reads_only_the_secrets_of_its_own_pods() {
     assert!(ok, "a node changes its own Node: {out}");
     kubectl_ok(&["label", "node", "node-1", "authz-test-"]);
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
+}
+
+/// A registry on the cluster's bridge (the server's address), for this test only.
+struct BridgeRegistry {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl BridgeRegistry {
+    fn start(dir: &std::path::Path) -> BridgeRegistry {
+        use std::io::BufRead;
+        let ip = with(|c| {
+            c.server
+                .url
+                .trim_start_matches("https://")
+                .rsplit_once(':')
+                .unwrap()
+                .0
+                .to_string()
+        });
+        let mut child = std::process::Command::new(common::BERTH)
+            .args([
+                "registry",
+                "serve",
+                "-q",
+                "--addr",
+                &format!("{ip}:0"),
+                "--root",
+            ])
+            .arg(dir)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        let addr = line
+            .split("://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        BridgeRegistry { child, addr }
+    }
+}
+
+impl Drop for BridgeRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> String {
+    let o = std::process::Command::new("curl")
+        .arg("-sf")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Signed images only: where a policy enforces signatures, images signed by its key in
+/// either cosign format run (by the digest admission verified); unsigned ones, ones signed
+/// by another key, a tag moved to an unsigned digest and a tampered signature are refused
+/// with the image, the policy and the reason; warn mode admits with a warning; and a
+/// static pod's unsigned image never runs, because the agent checks too.
+#[test]
+fn only_signed_images_run_where_a_policy_enforces_it() {
+    let tmp = with(|c| c.server.dir.join("sigtest"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let reg = BridgeRegistry::start(&tmp.join("registry"));
+    let repo = format!("{}/signed/app", reg.addr);
+    // Five different images pushed from node-0's engine.
+    let tar = with(|c| common::rootfs_tar(&c.server.dir, "sigbb", "busybox\n"));
+    for v in ["legacy", "bundle", "otherkey", "unsigned", "tampered"] {
+        let r = format!("{repo}:{v}");
+        with(|c| {
+            c.hosts[0].berth_ok(&[
+                "image",
+                "import",
+                "-c",
+                "CMD [\"sh\"]",
+                "-c",
+                &format!("ENV VARIANT={v}"),
+                tar.to_str().unwrap(),
+                &r,
+            ]);
+            c.hosts[0].berth_ok(&["push", &r]);
+        });
+    }
+    let berth = |args: &[&str]| {
+        let o = std::process::Command::new(common::BERTH)
+            .args(args)
+            .current_dir(&tmp)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "berth {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    berth(&["image", "generate-key-pair", "--output", "release.key"]);
+    berth(&["image", "generate-key-pair", "--output", "other.key"]);
+    let insecure = ["--insecure-registry", "10.240.0.0/12"];
+    let sign = |key: &str, tag: &str, bundle: bool| {
+        let mut a = vec!["image", "sign", "--key", key];
+        if bundle {
+            a.push("--bundle");
+        }
+        a.extend(insecure);
+        let r = format!("{repo}:{tag}");
+        a.push(&r);
+        berth(&a);
+    };
+    sign("release.key", "legacy", false);
+    sign("release.key", "bundle", true);
+    sign("other.key", "otherkey", false);
+    sign("release.key", "tampered", false);
+    // A tag signed, then moved to the unsigned image.
+    let digest_of = |tag: &str| {
+        curl(&["-I", "-H", "Accept: application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json", &format!("http://{}/v2/signed/app/manifests/{tag}", reg.addr)])
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("docker-content-digest:").map(|d| d.trim().to_string()))
+            .unwrap()
+    };
+    let legacy_manifest = curl(&["-H", "Accept: application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json", &format!("http://{}/v2/signed/app/manifests/legacy", reg.addr)]);
+    let media: serde_json::Value = serde_json::from_str(&legacy_manifest).unwrap();
+    let media = media["mediaType"].as_str().unwrap().to_string();
+    let unsigned_manifest = curl(&[
+        "-H",
+        &format!("Accept: {media}"),
+        &format!("http://{}/v2/signed/app/manifests/unsigned", reg.addr),
+    ]);
+    std::fs::write(tmp.join("m.json"), &legacy_manifest).unwrap();
+    curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        &format!("Content-Type: {media}"),
+        "--data-binary",
+        &format!("@{}", tmp.join("m.json").display()),
+        &format!("http://{}/v2/signed/app/manifests/moved", reg.addr),
+    ]);
+    sign("release.key", "moved", false);
+    std::fs::write(tmp.join("u.json"), &unsigned_manifest).unwrap();
+    curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        &format!("Content-Type: {media}"),
+        "--data-binary",
+        &format!("@{}", tmp.join("u.json").display()),
+        &format!("http://{}/v2/signed/app/manifests/moved", reg.addr),
+    ]);
+    // Tampering: the .sig manifest's signature changed by one character.
+    let hex = digest_of("tampered")
+        .trim_start_matches("sha256:")
+        .to_string();
+    let sig_url = format!(
+        "http://{}/v2/signed/app/manifests/sha256-{hex}.sig",
+        reg.addr
+    );
+    let mut sig: serde_json::Value = serde_json::from_str(&curl(&[
+        "-H",
+        "Accept: application/vnd.oci.image.manifest.v1+json",
+        &sig_url,
+    ]))
+    .unwrap();
+    let s = sig["layers"][0]["annotations"]["dev.cosignproject.cosign/signature"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let flipped = format!("{}{}", if s.starts_with('M') { "N" } else { "M" }, &s[1..]);
+    sig["layers"][0]["annotations"]["dev.cosignproject.cosign/signature"] =
+        serde_json::json!(flipped);
+    std::fs::write(tmp.join("sig.json"), sig.to_string()).unwrap();
+    curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.manifest.v1+json",
+        "--data-binary",
+        &format!("@{}", tmp.join("sig.json").display()),
+        &sig_url,
+    ]);
+    // The policies: enforce where sig=enforce, warn where sig=warn.
+    let pem = std::fs::read_to_string(tmp.join("release.key.pub")).unwrap();
+    let key_yaml: String = pem.lines().map(|l| format!("        {l}\n")).collect();
+    let policy = |name: &str, mode: &str| {
+        format!("apiVersion: security.berth.io/v1\nkind: ImageSignaturePolicy\nmetadata: {{name: {name}}}\nspec:\n  images: [\"{}/signed/*\"]\n  mode: {mode}\n  namespaceSelector: {{matchLabels: {{sig: {mode}}}}}\n  keys:\n  - name: release\n    publicKey: |\n{key_yaml}", reg.addr)
+    };
+    kubectl_in(
+        &["apply", "-f", "-"],
+        &format!(
+            "{}---\n{}",
+            policy("sig-enforce", "enforce"),
+            policy("sig-warn", "warn")
+        ),
+    );
+    let listed = kubectl_ok(&["get", "imagesignaturepolicies"]);
+    assert!(
+        listed.contains("sig-enforce")
+            && listed.contains("enforce")
+            && listed.contains("/signed/*"),
+        "{listed}"
+    );
+    let ns = ns("sigs");
+    kubectl_ok(&["label", "ns", &ns, "sig=enforce"]);
+    let pod = |name: &str, tag: &str, node: &str| {
+        pod_yaml(name, node, &format!("  containers:\n  - name: c\n    image: {repo}:{tag}\n    command: [sleep, \"3600\"]\n"))
+    };
+    // Signed in either format: admitted, pinned to the digest, running.
+    kubectl_in(
+        &["-n", &ns, "apply", "-f", "-"],
+        &format!(
+            "{}---\n{}",
+            pod("legacy", "legacy", "node-1"),
+            pod("bundle", "bundle", "node-1")
+        ),
+    );
+    wait_for(&ns, "pod/legacy", "condition=Ready");
+    wait_for(&ns, "pod/bundle", "condition=Ready");
+    let recorded = get(
+        &ns,
+        "pod/legacy",
+        "{.metadata.annotations.security\\.berth\\.io/verified-images}",
+    );
+    assert_eq!(
+        recorded,
+        format!("{{\"c\":\"{repo}@{}\"}}", digest_of("legacy"))
+    );
+    assert_eq!(
+        get(&ns, "pod/legacy", "{.spec.containers[0].image}"),
+        format!("{repo}:legacy"),
+        "the spec stays as written"
+    );
+    // Refused, each with its reason.
+    for (tag, why) in [
+        ("unsigned", "no signature"),
+        ("otherkey", "does not verify"),
+        ("moved", "no signature"),
+        ("tampered", "does not verify"),
+    ] {
+        let e = with(|c| {
+            c.server.err_in(
+                &["-n", &ns, "create", "-f", "-"],
+                &pod(&format!("p-{tag}"), tag, "node-1"),
+            )
+        });
+        assert!(
+            e.contains(&format!("pods \"p-{tag}\" is forbidden: image \"{repo}:{tag}\" is refused by ImageSignaturePolicy \"sig-enforce\": ")) && e.contains(why),
+            "{tag}: {e}"
+        );
+    }
+    // Warn mode: admitted, with the warning.
+    let warned = ns_labeled("sigs-warn", "sig=warn");
+    let o = with(|c| {
+        c.server.kubectl_in(
+            &["-n", &warned, "create", "-f", "-"],
+            &pod("w", "unsigned", "node-1"),
+        )
+    });
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Warning: image")
+            && err.contains(
+                "is not signed as ImageSignaturePolicy \"sig-warn\" requires (warn mode)"
+            ),
+        "{err}"
+    );
+    // A static pod never went through admission: the agent refuses its unsigned image.
+    let dir = with(|c| c.hosts[1].data_dir.join("manifests"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("unsigned.yaml"),
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: static-unsigned, namespace: {ns}}}\nspec:\n  containers:\n  - name: c\n    image: {repo}:unsigned\n    command: [sleep, \"3600\"]\n"),
+    )
+    .unwrap();
+    let said = poll("the agent's refusal of the static pod", 60, || {
+        let log = with(|c| c.hosts[1].log());
+        let events = kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "events",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        let all = format!("{log}\n{events}");
+        all.contains(&format!(
+            "image \"{repo}:unsigned\" is refused by ImageSignaturePolicy \"sig-enforce\""
+        ))
+        .then_some(all)
+    });
+    assert!(said.contains("no signature"), "{said}");
+    let ps = with(|c| c.hosts[1].berth_ok(&["ps", "-a", "--format", "{{.Image}}"]));
+    assert!(!ps.contains(":unsigned"), "an unsigned image ran: {ps}");
+    std::fs::remove_file(dir.join("unsigned.yaml")).unwrap();
+    kubectl_ok(&[
+        "delete",
+        "imagesignaturepolicies",
+        "sig-enforce",
+        "sig-warn",
+    ]);
+    kubectl_ok(&["delete", "namespace", &ns, &warned, "--wait=false"]);
+}
+
+fn ns_labeled(name: &str, label: &str) -> String {
+    let n = ns(name);
+    kubectl_ok(&["label", "ns", &n, label]);
+    n
 }

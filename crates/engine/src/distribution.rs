@@ -305,6 +305,71 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 }
 
 /// `scheme://host[:port]/path` → (scheme, host[:port], path).
+/// An image pull secret's `.dockerconfigjson` and legacy `.dockercfg` bytes.
+pub type PullSecret = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// The credentials image pull secrets hold for `image`'s registry: each secret as its
+/// `.dockerconfigjson` or legacy `.dockercfg` bytes, entries matched by host (Docker Hub's
+/// names folded), `auth` preferred to `username`/`password`.
+pub fn pull_secret_credentials(image: &str, secrets: &[PullSecret]) -> Vec<Credentials> {
+    use ::base64::Engine as _;
+    let first = image.split('/').next().unwrap_or_default();
+    let domain = if image.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost")
+    {
+        first.to_string()
+    } else {
+        "docker.io".to_string()
+    };
+    let mut out = Vec::new();
+    for (json, legacy) in secrets {
+        let cfg: Value = match (json, legacy) {
+            (Some(b), _) => serde_json::from_slice::<Value>(b)
+                .ok()
+                .and_then(|v| v.get("auths").cloned())
+                .unwrap_or_default(),
+            (None, Some(b)) => serde_json::from_slice(b).unwrap_or_default(),
+            _ => continue,
+        };
+        let Some(auths) = cfg.as_object() else {
+            continue;
+        };
+        for (k, v) in auths {
+            let host = k
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap_or_default();
+            let host = if host == "index.docker.io" || host == "registry-1.docker.io" {
+                "docker.io"
+            } else {
+                host
+            };
+            if host != domain {
+                continue;
+            }
+            let (mut user, mut pass) = (
+                v["username"].as_str().unwrap_or_default().to_string(),
+                v["password"].as_str().unwrap_or_default().to_string(),
+            );
+            if let Some(a) = v["auth"].as_str() {
+                if let Ok(d) = ::base64::engine::general_purpose::STANDARD.decode(a) {
+                    if let Some((u, p)) = String::from_utf8_lossy(&d).split_once(':') {
+                        user = u.to_string();
+                        pass = p.to_string();
+                    }
+                }
+            }
+            out.push(Credentials {
+                username: user,
+                password: pass,
+            });
+        }
+    }
+    out
+}
+
 /// Whether `host` is an IPv4 address inside `cidr` (`10.0.0.0/8`): Docker's
 /// `--insecure-registry` takes networks as well as hosts.
 fn in_cidr(cidr: &str, host: &str) -> bool {
