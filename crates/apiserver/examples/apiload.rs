@@ -5,6 +5,9 @@
 //! apiload create KUBECONFIG COUNT CONCURRENCY   pods created from CONCURRENCY tasks
 //! apiload list KUBECONFIG                        a full pod list, as JSON and as Table
 //! apiload fanout KUBECONFIG WATCHERS EVENTS      one write seen by WATCHERS watches
+//! apiload get KUBECONFIG PATH COUNT CONCURRENCY  GETs of one path (as the kubeconfig's user)
+//! apiload admit KUBECONFIG NAMESPACE IMAGE COUNT pods created one at a time: the first's
+//!                                                latency and the others' p50/p99
 //! apiload ready URL                              waits until /readyz answers
 
 use std::sync::Arc;
@@ -171,6 +174,68 @@ async fn create(t: Target, count: usize, conc: usize) {
         lat.len(),
         took.as_secs_f64(),
         lat.len() as f64 / took.as_secs_f64(),
+        pct(&mut lat, 0.50).as_secs_f64() * 1000.0,
+        pct(&mut lat, 0.99).as_secs_f64() * 1000.0
+    );
+}
+
+async fn get(t: Target, path: String, count: usize, conc: usize) {
+    let s = connect(&t).await;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let path = Arc::new(path);
+    for c in 0..conc {
+        let per = count / conc + usize::from(c < count % conc);
+        let mut s = s.clone();
+        let path = path.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for _ in 0..per {
+                let t0 = Instant::now();
+                let (code, body) = call(&mut s, "GET", &path, "application/json", None).await;
+                assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+                lat.push(t0.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let took = start.elapsed();
+    println!(
+        "gets={} concurrency={conc} gets_per_s={:.0} p50_ms={:.3} p99_ms={:.3}",
+        lat.len(),
+        lat.len() as f64 / took.as_secs_f64(),
+        pct(&mut lat, 0.50).as_secs_f64() * 1000.0,
+        pct(&mut lat, 0.99).as_secs_f64() * 1000.0
+    );
+}
+
+async fn admit(t: Target, ns: String, image: String, count: usize) {
+    let mut s = connect(&t).await;
+    let mut lat = Vec::with_capacity(count);
+    let tag = std::process::id();
+    for i in 0..count {
+        let mut p = pod(&ns, &format!("adm-{tag}-{i:04}"));
+        p["spec"]["containers"][0]["image"] = json!(image);
+        let t0 = Instant::now();
+        let (code, body) = call(
+            &mut s,
+            "POST",
+            &format!("/api/v1/namespaces/{ns}/pods"),
+            "application/json",
+            Some(p),
+        )
+        .await;
+        assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+        lat.push(t0.elapsed());
+    }
+    let first = lat.remove(0);
+    println!(
+        "first_ms={:.2} then_p50_ms={:.2} then_p99_ms={:.2}",
+        first.as_secs_f64() * 1000.0,
         pct(&mut lat, 0.50).as_secs_f64() * 1000.0,
         pct(&mut lat, 0.99).as_secs_f64() * 1000.0
     );
@@ -398,6 +463,8 @@ async fn main() {
     match a.get(1).map(String::as_str) {
         Some("create") => create(target(&a[2]), n(3), n(4)).await,
         Some("list") => list(target(&a[2])).await,
+        Some("get") => get(target(&a[2]), a[3].clone(), n(4), n(5)).await,
+        Some("admit") => admit(target(&a[2]), a[3].clone(), a[4].clone(), n(5)).await,
         Some("fanout") => fanout(target(&a[2]), n(3), n(4)).await,
         Some("ready") => ready(&a[2]).await,
         _ => panic!("usage: apiload create|list|fanout|ready …"),

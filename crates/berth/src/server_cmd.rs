@@ -88,6 +88,10 @@ pub struct ServerArgs {
     /// How long after a pod starts a readiness change counts as its first.
     #[arg(long, default_value = "30s", value_parser = crate::agent_cmd::parse_duration)]
     horizontal_pod_autoscaler_initial_readiness_delay: std::time::Duration,
+    /// How requests are authorized: `Node,RBAC` (Kubernetes' Node authorizer, then RBAC)
+    /// or `AlwaysAllow` (every authenticated request; for tests and measurements).
+    #[arg(long, default_value = "Node,RBAC", value_parser = ["Node,RBAC", "RBAC,Node", "AlwaysAllow"])]
+    authorization_mode: String,
     /// Encrypt stored objects as this Kubernetes EncryptionConfiguration file says
     /// (aescbc, aesgcm, secretbox, identity). Objects stored in another key or unencrypted
     /// are re-written with the first key at start: that is how keys are rotated.
@@ -143,6 +147,7 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
             service_account_issuer: a.service_account_issuer,
             encryption_provider_config: a.encryption_provider_config,
             insecure_registries: a.node.insecure_registry.clone(),
+            authorization_mode: a.authorization_mode.clone(),
             admission: apiserver::api::Admission {
                 not_ready_toleration_seconds: a.default_not_ready_toleration_seconds,
                 unreachable_toleration_seconds: a.default_unreachable_toleration_seconds,
