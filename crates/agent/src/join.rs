@@ -1,10 +1,13 @@
 //! Joining a cluster: the token (`K10<sha256 of the CA's DER>::server:<secret>`, k3s's
-//! shape) pins the cluster CA. The agent fetches `/cacerts` without trusting the server,
-//! refuses to go on unless the CA's hash is the token's, then — over TLS pinned to that CA —
-//! sends certificate signing requests for its client certificate (`system:node:<name>`)
-//! and its kubelet serving certificate, authenticated by the token's secret. The keys never
-//! leave the node. Everything is kept under `<data-dir>/tls` and reused while the CA is the
-//! same.
+//! shape, or `K10<hash>::<id>.<secret>` for a bootstrap token from `berth token create`)
+//! pins the cluster CA. The agent fetches `/cacerts` without trusting the server, refuses
+//! to go on unless the CA's hash is the token's, then — over TLS pinned to that CA —
+//! asks for its client certificate (`system:node:<name>` in `system:nodes`) through a
+//! certificates.k8s.io CertificateSigningRequest authenticated by the token, and for its
+//! kubelet serving certificate the same way as the node itself. The server approves and
+//! signs both. The keys never leave the node. Everything is kept under `<data-dir>/tls`
+//! and reused while the CA is the same and the client certificate has more than 30% of
+//! its life left; after that the agent renews it as the node, without the token.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,14 +27,31 @@ impl Token {
     pub fn parse(s: &str) -> Result<Token> {
         let s = s.trim();
         let Some(rest) = s.strip_prefix("K10") else {
-            bail!("the token is not a berth join token: it must look like K10<CA hash>::server:<secret> (as `berth server` writes it to <data-dir>/tls/token)");
+            bail!("the token is not a berth join token: it must look like K10<CA hash>::server:<secret> (as `berth server` writes it to <data-dir>/tls/token) or K10<CA hash>::<id>.<secret> (from `berth token create`)");
         };
-        let Some((hash, secret)) = rest.split_once("::server:") else {
-            bail!("the token is not a berth join token: expected K10<CA hash>::server:<secret>");
+        let Some((hash, secret)) = rest.split_once("::") else {
+            bail!("the token is not a berth join token: expected K10<CA hash>::server:<secret> or K10<CA hash>::<id>.<secret>");
         };
         if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             bail!("the token's CA hash {hash:?} is not a hex SHA-256");
         }
+        let secret = match secret.strip_prefix("server:") {
+            Some(s) => s,
+            None => {
+                let ok = secret.split_once('.').is_some_and(|(id, sec)| {
+                    let low = |x: &str, n| {
+                        x.len() == n
+                            && x.bytes()
+                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                    };
+                    low(id, 6) && low(sec, 16)
+                });
+                if !ok {
+                    bail!("the token's secret must be server:<secret> or a bootstrap token <6 characters>.<16 characters> of [a-z0-9]");
+                }
+                secret
+            }
+        };
         if secret.is_empty() {
             bail!("the token has no secret after ::server:");
         }
@@ -291,67 +311,415 @@ pub async fn join(
             Err(e) => return Err(e),
         }
     };
+    let pinned_ca = Arc::new(pinned(&ca)?);
     if let Some(c) = load(dir, &ca) {
-        return Ok(c);
+        if !needs_renewal(&c.client_cert) {
+            return Ok(c);
+        }
+        match renew(server, &ca, &c, node_name, addresses, dir).await {
+            Ok(c) => return Ok(c),
+            Err(e) => eprintln!(
+                "berth agent: renewing the node's certificates: {e:#}; asking again with the token"
+            ),
+        }
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let client_key = rcgen::KeyPair::generate()?;
-    let serving_key = rcgen::KeyPair::generate()?;
-    let csr = |key: &rcgen::KeyPair| -> Result<String> {
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        p.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            format!("system:node:{node_name}"),
-        );
-        Ok(p.serialize_request(key)?.pem()?)
-    };
-    let body = serde_json::json!({
-        "nodeName": node_name,
-        "addresses": addresses,
-        "clientCsr": csr(&client_key)?,
-        "servingCsr": csr(&serving_key)?,
-    });
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("node:{}", token.secret));
-    let (status, answer) = request(
-        Arc::new(pinned(&ca)?),
+    let auth = vec![("Authorization", format!("Bearer {}", token.secret))];
+    let client_cert = certificate(
+        pinned_ca,
         server,
-        "POST",
-        "/v1-berth/node-certificates",
-        &[
-            ("Authorization", format!("Basic {auth}")),
-            ("Content-Type", "application/json".into()),
-        ],
-        body.to_string().as_bytes(),
+        &auth,
+        &csr(&client_key, node_name, &[])?,
+        CLIENT_SIGNER,
+        &["digital signature", "client auth"],
     )
     .await?;
-    if status == 401 {
-        bail!("the server refused the token's secret (401): the token is not this cluster's");
-    }
-    let v: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
-    if status != 200 {
-        bail!(
-            "the server refused to sign the node's certificates ({status}): {}",
-            v["message"].as_str().unwrap_or("no reason given")
-        );
-    }
-    let field = |k: &str| -> Result<String> {
-        v[k].as_str()
-            .map(str::to_string)
-            .ok_or_else(|| anyhow!("the server's answer lacks {k}"))
+    issue_serving(
+        server,
+        &ca,
+        client_cert,
+        client_key.serialize_pem(),
+        node_name,
+        addresses,
+        dir,
+    )
+    .await
+}
+
+const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+const SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
+
+/// A PEM certificate request for the node: CN `system:node:<name>`, O `system:nodes`,
+/// and the SANs of a serving certificate.
+fn csr(key: &rcgen::KeyPair, node_name: &str, sans: &[String]) -> Result<String> {
+    let mut p = rcgen::CertificateParams::new(sans.to_vec())?;
+    p.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("system:node:{node_name}"),
+    );
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    Ok(p.serialize_request(key)?.pem()?)
+}
+
+/// Whether a certificate has less than 30% of its life left (the kubelet renews at 70–90%).
+pub fn needs_renewal(cert_pem: &str) -> bool {
+    use rustls_pki_types::pem::PemObject;
+    let Ok(der) = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
+        return true;
     };
-    let c = Credentials {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+        return true;
+    };
+    let v = cert.validity();
+    let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
+    let now = (timefmt::now_nanos() / 1_000_000_000) as i64;
+    now >= to - (to - from) * 3 / 10
+}
+
+/// When a certificate should be renewed, as seconds from now (0: already).
+pub fn renew_in(cert_pem: &str) -> u64 {
+    use rustls_pki_types::pem::PemObject;
+    let Ok(der) = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
+        return 0;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+        return 0;
+    };
+    let v = cert.validity();
+    let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
+    let now = (timefmt::now_nanos() / 1_000_000_000) as i64;
+    (to - (to - from) * 3 / 10 - now).max(0) as u64
+}
+
+/// A client configuration that trusts only `ca_pem` and presents the node's certificate.
+fn as_node(ca_pem: &str, cert: &str, key: &str) -> Result<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.context("the cluster CA")?)?;
+    }
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .context("the node's certificate")?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+        .context("the node's key")?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)?)
+}
+
+/// Renews the node's certificates as the node (its current client certificate).
+pub async fn renew(
+    server: &str,
+    ca: &str,
+    current: &Credentials,
+    node_name: &str,
+    addresses: &[String],
+    dir: &Path,
+) -> Result<Credentials> {
+    let tls = Arc::new(as_node(ca, &current.client_cert, &current.client_key)?);
+    let client_key = rcgen::KeyPair::generate()?;
+    let client_cert = certificate(
+        tls,
+        server,
+        &[],
+        &csr(&client_key, node_name, &[])?,
+        CLIENT_SIGNER,
+        &["digital signature", "client auth"],
+    )
+    .await?;
+    issue_serving(
+        server,
         ca,
-        client_cert: field("clientCertificate")?,
-        client_key: client_key.serialize_pem(),
-        serving_cert: field("servingCertificate")?,
+        client_cert,
+        client_key.serialize_pem(),
+        node_name,
+        addresses,
+        dir,
+    )
+    .await
+}
+
+/// With the client certificate in hand, asks for the serving one as the node, then keeps
+/// both.
+async fn issue_serving(
+    server: &str,
+    ca: &str,
+    client_cert: String,
+    client_key: String,
+    node_name: &str,
+    addresses: &[String],
+    dir: &Path,
+) -> Result<Credentials> {
+    let tls = Arc::new(as_node(ca, &client_cert, &client_key)?);
+    let serving_key = rcgen::KeyPair::generate()?;
+    let mut sans = vec![node_name.to_string()];
+    for a in addresses {
+        if !sans.contains(a) {
+            sans.push(a.clone());
+        }
+    }
+    let serving_cert = certificate(
+        tls,
+        server,
+        &[],
+        &csr(&serving_key, node_name, &sans)?,
+        SERVING_SIGNER,
+        &["digital signature", "key encipherment", "server auth"],
+    )
+    .await?;
+    let c = Credentials {
+        ca: ca.to_string(),
+        client_cert,
+        client_key,
+        serving_cert,
         serving_key: serving_key.serialize_pem(),
     };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     write(dir, "client.key", &c.client_key, 0o600)?;
     write(dir, "serving.key", &c.serving_key, 0o600)?;
     write(dir, "client.crt", &c.client_cert, 0o644)?;
     write(dir, "serving.crt", &c.serving_cert, 0o644)?;
     write(dir, "ca.crt", &c.ca, 0o644)?;
     Ok(c)
+}
+
+/// Creates a CertificateSigningRequest and waits until the server issues it; returns the
+/// certificate (PEM).
+async fn certificate(
+    tls: Arc<rustls::ClientConfig>,
+    server: &str,
+    auth: &[(&str, String)],
+    request_pem: &str,
+    signer: &str,
+    usages: &[&str],
+) -> Result<String> {
+    const CSRS: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = serde_json::json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"generateName": "node-csr-"},
+        "spec": {"request": b64.encode(request_pem), "signerName": signer, "usages": usages},
+    });
+    let mut headers = auth.to_vec();
+    headers.push(("Content-Type", "application/json".into()));
+    let (status, answer) = request(
+        tls.clone(),
+        server,
+        "POST",
+        CSRS,
+        &headers,
+        body.to_string().as_bytes(),
+    )
+    .await?;
+    let v: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+    match status {
+        201 => {}
+        401 => bail!("the server refused the token (401 Unauthorized): it is not this cluster's, has expired, or may not authenticate"),
+        _ => bail!(
+            "the server refused the certificate signing request ({status}): {}",
+            v["message"].as_str().unwrap_or("no reason given")
+        ),
+    }
+    let name = v["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (status, answer) = request(
+            tls.clone(),
+            server,
+            "GET",
+            &format!("{CSRS}/{name}"),
+            auth,
+            b"",
+        )
+        .await?;
+        let v: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+        if status != 200 {
+            bail!(
+                "reading certificate signing request {name} ({status}): {}",
+                v["message"].as_str().unwrap_or("no reason given")
+            );
+        }
+        if let Some(c) = v.pointer("/status/certificate").and_then(|c| c.as_str()) {
+            let pem = b64
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    anyhow!("certificate signing request {name}: the certificate is not PEM")
+                })?;
+            return Ok(pem);
+        }
+        for cond in v
+            .pointer("/status/conditions")
+            .and_then(|c| c.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if cond["type"] == "Denied" || cond["type"] == "Failed" {
+                bail!(
+                    "certificate signing request {name} {}: {}",
+                    cond["type"].as_str().unwrap_or_default().to_lowercase(),
+                    cond["message"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("certificate signing request {name} was not issued within 60 s (approve it with `kubectl certificate approve {name}`)");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The node's certificates as its TLS stacks read them at every handshake: replaced in
+/// place when renewed, so the API client and the kubelet API carry on without a restart.
+#[derive(Clone)]
+pub struct Live {
+    client: Arc<std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>>,
+    serving: Arc<std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>>,
+}
+
+fn certified(cert: &str, key: &str) -> Result<Arc<rustls::sign::CertifiedKey>> {
+    use rustls_pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .context("a node certificate")?;
+    let key =
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).context("a node key")?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| anyhow!("a node key: {e}"))?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(certs, signing)))
+}
+
+#[derive(Debug)]
+struct ClientCert(Arc<std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+#[derive(Debug)]
+struct ServingCert(Arc<std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>>);
+
+impl rustls::server::ResolvesServerCert for ServingCert {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+impl Live {
+    pub fn new(c: &Credentials) -> Result<Live> {
+        Ok(Live {
+            client: Arc::new(std::sync::RwLock::new(certified(
+                &c.client_cert,
+                &c.client_key,
+            )?)),
+            serving: Arc::new(std::sync::RwLock::new(certified(
+                &c.serving_cert,
+                &c.serving_key,
+            )?)),
+        })
+    }
+
+    /// Puts renewed certificates in use for the next handshakes.
+    pub fn update(&self, c: &Credentials) -> Result<()> {
+        let (client, serving) = (
+            certified(&c.client_cert, &c.client_key)?,
+            certified(&c.serving_cert, &c.serving_key)?,
+        );
+        *self.client.write().unwrap_or_else(|e| e.into_inner()) = client;
+        *self.serving.write().unwrap_or_else(|e| e.into_inner()) = serving;
+        Ok(())
+    }
+
+    pub fn serving_resolver(&self) -> Arc<dyn rustls::server::ResolvesServerCert> {
+        Arc::new(ServingCert(self.serving.clone()))
+    }
+
+    /// The API client, presenting the node's current client certificate.
+    pub fn client(&self, config: kube::Config, ca: &str) -> Result<kube::Client> {
+        use kube::client::ConfigExt;
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots.add(c.context("the cluster CA")?)?;
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(Arc::new(ClientCert(self.client.clone())));
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnector::from((http, Arc::new(tls)));
+        let inner =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build::<_, kube::client::Body>(https);
+        let service = tower::ServiceBuilder::new()
+            .layer(config.base_uri_layer())
+            .option_layer(config.auth_layer()?)
+            .map_err(
+                |e: hyper_util::client::legacy::Error| -> Box<dyn std::error::Error + Send + Sync> {
+                    Box::new(e)
+                },
+            )
+            .service(inner);
+        Ok(kube::Client::new(service, config.default_namespace))
+    }
+}
+
+/// Renews the node's certificates whenever 70% of the client certificate's life has
+/// passed, putting the new ones in use at once.
+pub async fn keep_renewed(
+    server: String,
+    mut current: Credentials,
+    node_name: String,
+    addresses: Vec<String>,
+    dir: PathBuf,
+    live: Live,
+) {
+    loop {
+        let wait = renew_in(&current.client_cert);
+        tokio::time::sleep(std::time::Duration::from_secs(wait.max(1))).await;
+        match renew(&server, &current.ca, &current, &node_name, &addresses, &dir).await {
+            Ok(c) => match live.update(&c) {
+                Ok(()) => {
+                    eprintln!("berth agent: renewed the node's certificates");
+                    let _ = std::fs::write(
+                        dir.parent().unwrap_or(&dir).join("kubelet.kubeconfig"),
+                        kubeconfig(&server, &c),
+                    );
+                    current = c;
+                }
+                Err(e) => eprintln!("berth agent: the renewed certificates: {e:#}"),
+            },
+            Err(e) => {
+                eprintln!("berth agent: renewing the node's certificates: {e:#}");
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            }
+        }
+    }
 }
 
 /// The kubeconfig the agent's client uses.
@@ -381,9 +749,13 @@ mod tests {
             "K10abc::server:x",
             &format!("K10{h}::server:"),
             &format!("K10{h}:x"),
+            &format!("K10{h}::abcdef.short"),
+            &format!("K10{h}::ABCDEF.0123456789abcdef"),
         ] {
             assert!(Token::parse(bad).is_err(), "{bad}");
         }
+        let t = Token::parse(&format!("K10{h}::abcdef.0123456789abcdef")).unwrap();
+        assert_eq!(t.secret, "abcdef.0123456789abcdef");
     }
 
     #[test]

@@ -25,7 +25,10 @@ use crate::ws;
 
 type ResBody = BoxBody<Bytes, Infallible>;
 
-pub fn tls_config(c: &Credentials) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub fn tls_config(
+    c: &Credentials,
+    live: &crate::join::Live,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     use rustls_pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -37,13 +40,10 @@ pub fn tls_config(c: &Credentials) -> anyhow::Result<Arc<rustls::ServerConfig>> 
         provider.clone(),
     )
     .build()?;
-    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(c.serving_cert.as_bytes())
-        .collect::<Result<_, _>>()?;
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(c.serving_key.as_bytes())?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(live.serving_resolver());
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

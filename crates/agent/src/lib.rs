@@ -120,7 +120,17 @@ pub async fn run(cfg: Config, engine: Arc<engine::Engine>) -> Result<()> {
     let kconf =
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
             .await?;
-    let client = kube::Client::try_from(kconf)?;
+    // The certificates are renewed in place before they expire.
+    let live = join::Live::new(&creds)?;
+    let client = live.client(kconf, &creds.ca)?;
+    tokio::spawn(join::keep_renewed(
+        cfg.server.clone(),
+        creds.clone(),
+        cfg.node_name.clone(),
+        addresses.clone(),
+        cfg.data_dir.join("tls"),
+        live.clone(),
+    ));
 
     let node = Arc::new(node::NodeAgent::new(
         cfg.clone(),
@@ -138,7 +148,7 @@ pub async fn run(cfg: Config, engine: Arc<engine::Engine>) -> Result<()> {
         &pod_cidr,
         catalog.clone(),
     )?;
-    let kubelet_tls = kubelet::tls_config(&creds)?;
+    let kubelet_tls = kubelet::tls_config(&creds, &live)?;
     let listener = tokio::net::TcpListener::bind((node_ip, cfg.kubelet_port))
         .await
         .with_context(|| format!("binding the kubelet API on {node_ip}:{}", cfg.kubelet_port))?;

@@ -73,7 +73,8 @@ pub struct Ctx<'a> {
 }
 
 /// See [`Ctx::guard`].
-pub type Guard<'a> = dyn Fn(&Kind, &Value) -> Result<(), ApiError> + Send + Sync + 'a;
+/// The object may be changed (the requester recorded); the flag says it is being created.
+pub type Guard<'a> = dyn Fn(&Kind, &mut Value, bool) -> Result<(), ApiError> + Send + Sync + 'a;
 
 impl Ctx<'_> {
     pub fn q(&self, k: &str) -> Option<&str> {
@@ -734,7 +735,7 @@ impl Api {
             return Err(ApiError::invalid(&t.kind, &name, errs));
         }
         if let Some(g) = ctx.guard {
-            g(&t.kind, &obj)?;
+            g(&t.kind, &mut obj, true)?;
         }
         self.check_namespace(&t.kind, ns.as_deref()).await?;
         let _allocated = self.admit_create(&t.kind, &mut obj).await?;
@@ -849,6 +850,9 @@ impl Api {
             errs.extend(crate::podsecurity::validate_namespace(obj));
         }
         errs.extend(crate::imagepolicy::validate(kind, obj));
+        if kind.group == "certificates.k8s.io" && old.is_none() {
+            errs.extend(crate::csr::validate(obj));
+        }
         if let Some(o) = old {
             if meta(o).get("uid") != meta(obj).get("uid") && meta(obj).get("uid").is_some() {
                 errs.push(FieldError::invalid_raw(
@@ -1100,7 +1104,7 @@ impl Api {
                     return Err(ApiError::invalid(kind, &name, errs));
                 }
                 if let Some(g) = ctx.guard {
-                    g(kind, &new)?;
+                    g(kind, &mut new, true)?;
                 }
                 self.check_namespace(kind, ns).await?;
                 let _allocated = self.admit_create(kind, &mut new).await?;
@@ -1179,7 +1183,7 @@ impl Api {
                 return Err(ApiError::invalid(kind, &name, errs));
             }
             if let Some(g) = ctx.guard {
-                g(kind, &new)?;
+                g(kind, &mut new, false)?;
             }
             // As Kubernetes' binding storage, which updates the pod without a field manager.
             if ctx.media_type() != APPLY_PATCH && !binding {
@@ -1278,6 +1282,15 @@ impl Api {
             if let Some(mf) = meta(&new).get("managedFields").cloned() {
                 meta_mut(&mut out).insert("managedFields".into(), mf);
             }
+            return Ok(out);
+        }
+        if sub == Some("approval") {
+            // certificatesigningrequests/approval: only the conditions change.
+            let mut out = old.clone();
+            out["status"]["conditions"] = new
+                .pointer("/status/conditions")
+                .cloned()
+                .unwrap_or(json!([]));
             return Ok(out);
         }
         if sub == Some("binding") {

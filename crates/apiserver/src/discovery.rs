@@ -25,6 +25,9 @@ fn subresources(k: &Kind) -> Vec<(&'static str, Vec<&'static str>, ResponseKind)
     if k.status {
         out.push(("status", vec!["get", "patch", "update"], None));
     }
+    if k.group == "certificates.k8s.io" && k.kind == "CertificateSigningRequest" {
+        out.push(("approval", vec!["get", "patch", "update"], None));
+    }
     if k.scale.is_some() {
         out.push((
             "scale",

@@ -321,6 +321,12 @@ pub fn builtins() -> Vec<Kind> {
         },
         node,
         typed::<core::v1::Event>("events", true, &["ev"], &[]),
+        with_status(typed::<certificates::v1::CertificateSigningRequest>(
+            "certificatesigningrequests",
+            false,
+            &["csr"],
+            &[],
+        )),
         with_status(typed::<core::v1::PersistentVolume>(
             "persistentvolumes",
             false,

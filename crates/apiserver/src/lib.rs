@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cache;
 pub mod convert;
 pub mod crd;
+pub mod csr;
 pub mod discovery;
 pub mod encryption;
 pub mod eviction;
@@ -100,6 +101,8 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     /// Kubernetes' `--authorization-mode`: `Node,RBAC` (the default) or `AlwaysAllow`.
     pub authorization_mode: String,
+    /// The longest lifetime of a certificate signed for a CertificateSigningRequest.
+    pub cluster_signing_duration: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -279,7 +282,13 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         pki.admin_kubeconfig(&server_url).as_bytes(),
         0o600,
     )?;
-    let nodes = Arc::new(nodes::Nodes::new(Arc::new(pki.clone()))?);
+    let pki_arc = Arc::new(pki.clone());
+    tokio::spawn(csr::follow(
+        api.clone(),
+        pki_arc.clone(),
+        cfg.cluster_signing_duration,
+    ));
+    let nodes = Arc::new(nodes::Nodes::new(pki_arc)?);
     let usage = Arc::new(resourcemetrics::ResourceMetrics::new(cfg.metric_resolution));
     let srv = Arc::new(server::Server {
         api: api.clone(),

@@ -1,7 +1,7 @@
 //! What the server does for nodes besides storing their objects: hands out the cluster CA
-//! (`/cacerts`, which a joining agent checks against the hash its token pins), signs a
-//! joining node's certificates for the join secret (`/v1-berth/node-certificates`), and
-//! proxies the subresources a node serves (`pods/log`, `exec`, `attach`, `portforward`,
+//! (`/cacerts`, which a joining agent checks against the hash its token pins), takes the
+//! server's join token as a bootstrapper's bearer token (the node's certificates then come
+//! through CertificateSigningRequests, `csr.rs`), and proxies the subresources a node serves (`pods/log`, `exec`, `attach`, `portforward`,
 //! `nodes/proxy`) to that node's kubelet API, as Kubernetes' API server does: the request
 //! is forwarded over TLS from the cluster CA with the server's client certificate, and an
 //! upgraded connection (WebSocket or SPDY) is spliced both ways.
@@ -9,12 +9,11 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::api::Api;
 use crate::kinds::Kind;
@@ -39,18 +38,6 @@ pub struct NodeSub<'a> {
 pub struct Nodes {
     pki: Arc<Pki>,
     kubelet_tls: Arc<rustls::ClientConfig>,
-}
-
-/// What a joining agent sends to `/v1-berth/node-certificates`.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct JoinRequest {
-    node_name: String,
-    /// The node's addresses, for its serving certificate.
-    #[serde(default)]
-    addresses: Vec<String>,
-    client_csr: String,
-    serving_csr: String,
 }
 
 fn error(e: &ApiError) -> Response<ResBody> {
@@ -104,79 +91,16 @@ impl Nodes {
         r
     }
 
-    /// `POST /v1-berth/node-certificates` with `Authorization: Basic node:<join secret>`:
-    /// signs the node's client certificate (`system:node:<name>` in `system:nodes`) and its
-    /// kubelet serving certificate from the requests' keys.
-    pub async fn join(&self, req: Request<crate::server::ReqBody>) -> Response<ResBody> {
-        let authorized = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Basic "))
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.split_once(':').map(|(_, p)| p.to_string()))
-            .is_some_and(|p| same_secret(p.as_bytes(), self.pki.join_secret().as_bytes()));
-        if !authorized {
-            return error(&ApiError::unauthorized());
-        }
-        if req.method() != http::Method::POST {
-            return error(&ApiError::method_not_allowed(
-                "the server does not allow this method on the requested resource",
-            ));
-        }
-        let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return error(&ApiError::too_large()),
-        };
-        let j: JoinRequest = match serde_json::from_slice(&body) {
-            Ok(j) => j,
-            Err(e) => return error(&ApiError::bad_request(format!("join request: {e}"))),
-        };
-        if !crate::rules::is_dns1123_subdomain(&j.node_name) {
-            return error(&ApiError::bad_request(format!(
-                "node name \"{}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
-                j.node_name
-            )));
-        }
-        let mut sans = vec![j.node_name.clone()];
-        for a in &j.addresses {
-            if a.parse::<std::net::IpAddr>().is_err() && !crate::rules::is_dns1123_subdomain(a) {
-                return error(&ApiError::bad_request(format!(
-                    "node address \"{a}\" is neither an IP address nor a DNS name"
-                )));
+    /// The server's own join token (`K10…::server:<secret>`) as a bearer token: a
+    /// bootstrapper, which may ask for node certificates, as a bootstrap token may.
+    pub fn server_token_user(&self, token: &str) -> Option<crate::auth::UserInfo> {
+        same_secret(token.as_bytes(), self.pki.join_secret().as_bytes()).then(|| {
+            crate::auth::UserInfo {
+                name: "system:bootstrap:server-token".into(),
+                uid: String::new(),
+                groups: vec!["system:bootstrappers".into(), "system:authenticated".into()],
             }
-            if !sans.contains(a) {
-                sans.push(a.clone());
-            }
-        }
-        let cn = format!("system:node:{}", j.node_name);
-        let signed = self
-            .pki
-            .sign_csr(&j.client_csr, &cn, &["system:nodes"], &[], false)
-            .and_then(|client| {
-                self.pki
-                    .sign_csr(&j.serving_csr, &cn, &["system:nodes"], &sans, true)
-                    .map(|serving| (client, serving))
-            });
-        match signed {
-            Ok((client, serving)) => json_response(
-                200,
-                &json!({"clientCertificate": client, "servingCertificate": serving, "ca": self.pki.ca_cert_pem}),
-            ),
-            Err(e) => {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
-                error(&ApiError::bad_request(msg))
-            }
-        }
+        })
     }
 
     /// Forwards a node subresource to the kubelet of the node that serves it.

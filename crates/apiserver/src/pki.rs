@@ -284,6 +284,26 @@ impl Pki {
         sans: &[String],
         server: bool,
     ) -> Result<String, PkiError> {
+        self.sign_csr_for(
+            csr_pem,
+            cn,
+            orgs,
+            sans,
+            server,
+            std::time::Duration::from_secs(365 * 86400),
+        )
+    }
+
+    /// As [`Pki::sign_csr`], valid for `valid` from now.
+    pub fn sign_csr_for(
+        &self,
+        csr_pem: &str,
+        cn: &str,
+        orgs: &[&str],
+        sans: &[String],
+        server: bool,
+        valid: std::time::Duration,
+    ) -> Result<String, PkiError> {
         let cert_err = |what| move |source| PkiError::Cert { what, source };
         let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(cert_err("certificate signing request"))?;
@@ -295,7 +315,13 @@ impl Pki {
                 path: self.dir.join("ca.crt"),
             }
         })?;
-        let cert = leaf_params(cn, orgs, sans, server)?
+        let mut params = leaf_params(cn, orgs, sans, server)?;
+        let secs = valid.as_secs().min(10 * 365 * 86400) as i64;
+        let now = time::OffsetDateTime::now_utc();
+        // A minute's allowance for clocks behind ours, or less for short-lived ones.
+        params.not_before = now - time::Duration::seconds(secs.clamp(1, 60));
+        params.not_after = now + time::Duration::seconds(secs);
+        let cert = params
             .signed_by(&csr.public_key, &issuer)
             .map_err(cert_err("signing"))?;
         Ok(cert.pem())

@@ -561,6 +561,8 @@ pub fn node_allows(api: &Api, node: &str, a: &Attributes) -> bool {
                 })
         }
         ("", "services" | "endpoints" | "namespaces", "") => read,
+        // Its own certificates: asked for, renewed, and watched until issued.
+        ("certificates.k8s.io", "certificatesigningrequests", "") => read || a.verb == "create",
         // The agent checks images against the signature policies before it runs them.
         ("security.berth.io", "imagesignaturepolicies", "") => read,
         ("discovery.k8s.io", "endpointslices", "") => read,
@@ -827,6 +829,16 @@ pub fn defaults() -> Vec<(String, Value)> {
             None,
         ),
         role(
+            "system:node-bootstrapper",
+            json!({}),
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests"],
+                &["create", "get", "list", "watch"],
+            )],
+            None,
+        ),
+        role(
             "system:service-account-issuer-discovery",
             json!({}),
             vec![json!({"nonResourceURLs": [
@@ -835,6 +847,11 @@ pub fn defaults() -> Vec<(String, Value)> {
             None,
         ),
         binding("cluster-admin", "cluster-admin", &["system:masters"]),
+        binding(
+            "system:node-bootstrapper",
+            "system:node-bootstrapper",
+            &["system:bootstrappers"],
+        ),
         binding(
             "system:service-account-issuer-discovery",
             "system:service-account-issuer-discovery",

@@ -526,9 +526,14 @@ impl Server {
         {
             if let Some(t) = h.strip_prefix("Bearer ") {
                 let t = t.trim();
-                return self.tokens.lookup(t).or_else(|| {
-                    crate::serviceaccount::authenticate(&self.api, &self.issuer, t).ok()
-                });
+                return self
+                    .tokens
+                    .lookup(t)
+                    .or_else(|| crate::csr::bootstrap_user(&self.api, t))
+                    .or_else(|| self.nodes.server_token_user(t))
+                    .or_else(|| {
+                        crate::serviceaccount::authenticate(&self.api, &self.issuer, t).ok()
+                    });
             }
             return None;
         }
@@ -544,11 +549,9 @@ impl Server {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         // A joining agent has no credentials yet: it checks the CA against its token's
-        // hash, then authenticates with the token's secret.
-        match path.as_str() {
-            "/cacerts" => return self.nodes.cacerts(),
-            "/v1-berth/node-certificates" => return self.nodes.join(req).await,
-            _ => {}
+        // hash, then asks for its certificates (CSRs) with the token as a bearer token.
+        if path == "/cacerts" {
+            return self.nodes.cacerts();
         }
         let anonymous_ok = matches!(
             path.as_str(),
@@ -827,6 +830,7 @@ impl Server {
         };
         if let Some(s) = &sub {
             let ok = (s == "status" && kind.status)
+                || (s == "approval" && kind.kind == "CertificateSigningRequest")
                 || (s == "scale" && kind.scale.is_some())
                 || kind.node_subresources.contains(&s.as_str())
                 || (s == "finalize" && kind.kind == "Namespace" && kind.group.is_empty());
@@ -865,7 +869,7 @@ impl Server {
         };
         if let Some(sr) = sub.as_deref() {
             let allowed: &[&str] = match sr {
-                "status" | "scale" => &["get", "update", "patch"],
+                "status" | "scale" | "approval" => &["get", "update", "patch"],
                 "finalize" => &["update"],
                 "binding" | "eviction" | "token" => &["create"],
                 "log" => &["get"],
@@ -1015,7 +1019,12 @@ impl Server {
         }
         // RBAC's escalation prevention for what this user writes.
         let guard_user = user.clone();
-        let guard = move |k: &crate::kinds::Kind, obj: &Value| self.escalation(&guard_user, k, obj);
+        let guard = move |k: &crate::kinds::Kind, obj: &mut Value, creating: bool| {
+            if creating && k.group == "certificates.k8s.io" {
+                crate::csr::stamp(&guard_user, obj);
+            }
+            self.escalation(&guard_user, k, obj)
+        };
         let ctx = Ctx {
             query: &query,
             output,

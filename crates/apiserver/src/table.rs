@@ -424,6 +424,46 @@ fn columns(kind: &Kind) -> (Vec<Col>, RowFn) {
                 ]
             },
         ),
+        ("certificates.k8s.io", "certificatesigningrequests") => (
+            cols![
+                name,
+                age_c,
+                Col("SignerName", "string", 0),
+                Col("Requestor", "string", 0),
+                Col("RequestedDuration", "string", 0),
+                Col("Condition", "string", 0)
+            ],
+            |o| {
+                let conds: Vec<String> = o
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["type"].as_str().map(str::to_string))
+                    .chain(
+                        o.pointer("/status/certificate")
+                            .filter(|c| !c.is_null())
+                            .map(|_| "Issued".to_string()),
+                    )
+                    .collect();
+                let duration = o
+                    .pointer("/spec/expirationSeconds")
+                    .and_then(Value::as_i64)
+                    .map_or("<none>".to_string(), timefmt::human_duration);
+                vec![
+                    json!(s(o, "/metadata/name")),
+                    json!(age(&s(o, "/metadata/creationTimestamp"))),
+                    json!(s(o, "/spec/signerName")),
+                    json!(s(o, "/spec/username")),
+                    json!(duration),
+                    json!(if conds.is_empty() {
+                        "Pending".to_string()
+                    } else {
+                        conds.join(",")
+                    }),
+                ]
+            },
+        ),
         ("", "serviceaccounts") => (cols![name, Col("Secrets", "string", 0), age_c], |o| {
             vec![
                 json!(s(o, "/metadata/name")),

@@ -94,6 +94,9 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// Issue a kubeconfig for a new user of the cluster from its CA (on the server).
     Kubeconfig(server_cmd::KubeconfigArgs),
+    /// Manage bootstrap tokens, with which new nodes join (`berth agent --token`).
+    #[command(subcommand)]
+    Token(server_cmd::TokenCmd),
     /// The node's service proxy (run on a node).
     #[command(subcommand)]
     Proxy(ProxyCmd),
@@ -315,6 +318,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Server(a) => server_cmd::run(a),
         Command::Agent(a) => agent_cmd::run(a),
         Command::Kubeconfig(a) => server_cmd::kubeconfig(a),
+        Command::Token(cmd) => server_cmd::token(cmd),
         Command::Proxy(ProxyCmd::Explain { service }) => {
             let (ns, name) = match service.split_once('/') {
                 Some((ns, name)) => (ns.to_string(), name.to_string()),

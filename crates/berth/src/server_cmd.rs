@@ -88,6 +88,11 @@ pub struct ServerArgs {
     /// How long after a pod starts a readiness change counts as its first.
     #[arg(long, default_value = "30s", value_parser = crate::agent_cmd::parse_duration)]
     horizontal_pod_autoscaler_initial_readiness_delay: std::time::Duration,
+    /// The longest lifetime of a certificate the server signs for a
+    /// CertificateSigningRequest (nodes' certificates; agents renew theirs before they
+    /// expire).
+    #[arg(long, default_value = "8760h", value_parser = crate::agent_cmd::parse_duration)]
+    cluster_signing_duration: std::time::Duration,
     /// How requests are authorized: `Node,RBAC` (Kubernetes' Node authorizer, then RBAC)
     /// or `AlwaysAllow` (every authenticated request; for tests and measurements).
     #[arg(long, default_value = "Node,RBAC", value_parser = ["Node,RBAC", "RBAC,Node", "AlwaysAllow"])]
@@ -148,6 +153,7 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
             encryption_provider_config: a.encryption_provider_config,
             insecure_registries: a.node.insecure_registry.clone(),
             authorization_mode: a.authorization_mode.clone(),
+            cluster_signing_duration: a.cluster_signing_duration,
             admission: apiserver::api::Admission {
                 not_ready_toleration_seconds: a.default_not_ready_toleration_seconds,
                 unreachable_toleration_seconds: a.default_unreachable_toleration_seconds,
@@ -294,4 +300,162 @@ pub fn kubeconfig(a: KubeconfigArgs) -> anyhow::Result<i32> {
             })?;
     print!("{kc}");
     Ok(0)
+}
+
+/// `berth token`: bootstrap tokens as Kubernetes keeps them, Secrets
+/// `kube-system/bootstrap-token-<id>`.
+#[derive(clap::Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Make a token; prints it as `berth agent --token` takes it (`K10<CA hash>::<id>.<secret>`).
+    Create {
+        /// How long it may be used to join (0: forever).
+        #[arg(long, default_value = "24h", value_parser = crate::agent_cmd::parse_duration)]
+        ttl: std::time::Duration,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Extra groups for its user (each must start with system:bootstrappers:).
+        #[arg(
+            long = "groups",
+            default_value = "system:bootstrappers:berth:default-node-token"
+        )]
+        groups: String,
+        /// The admin kubeconfig.
+        #[arg(long, default_value = "/etc/berth/kubeconfig.yaml")]
+        kubeconfig: PathBuf,
+    },
+    /// List the tokens.
+    #[command(alias = "ls")]
+    List {
+        #[arg(long, default_value = "/etc/berth/kubeconfig.yaml")]
+        kubeconfig: PathBuf,
+    },
+    /// Delete tokens by ID (or full token).
+    #[command(alias = "rm")]
+    Delete {
+        #[arg(long, default_value = "/etc/berth/kubeconfig.yaml")]
+        kubeconfig: PathBuf,
+        #[arg(required = true)]
+        tokens: Vec<String>,
+    },
+}
+
+async fn admin_client(path: &std::path::Path) -> anyhow::Result<(kube::Client, String)> {
+    let kc = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("reading the admin kubeconfig {}", path.display()))?;
+    let ca_pem = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.certificate_authority_data.clone())
+        .and_then(|d| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(d).ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| anyhow::anyhow!("{}: no certificate-authority-data", path.display()))?;
+    let hash = apiserver::pki::ca_hash(&ca_pem)
+        .ok_or_else(|| anyhow::anyhow!("{}: the CA is not a certificate", path.display()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    Ok((kube::Client::try_from(cfg)?, hash))
+}
+
+fn random_token_part(n: usize) -> String {
+    const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut b = vec![0u8; n];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .expect("the system random source");
+    b.iter()
+        .map(|x| ALPHA[*x as usize % ALPHA.len()] as char)
+        .collect()
+}
+
+pub fn token(cmd: TokenCmd) -> anyhow::Result<i32> {
+    use k8s_openapi::api::core::v1::Secret;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cmd {
+            TokenCmd::Create {
+                ttl,
+                description,
+                groups,
+                kubeconfig,
+            } => {
+                for g in groups.split(',').filter(|g| !g.is_empty()) {
+                    if !g.starts_with("system:bootstrappers:") {
+                        anyhow::bail!("--groups {g:?}: extra groups of a bootstrap token must start with system:bootstrappers:");
+                    }
+                }
+                let (client, hash) = admin_client(&kubeconfig).await?;
+                let (id, secret) = (random_token_part(6), random_token_part(16));
+                let mut data = serde_json::json!({
+                    "token-id": id, "token-secret": secret,
+                    "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
+                    "auth-extra-groups": groups, "description": description,
+                });
+                if !ttl.is_zero() {
+                    let until = (timefmt::now_nanos() / 1_000_000_000) as i64 + ttl.as_secs().max(1) as i64;
+                    data["expiration"] = serde_json::json!(timefmt::rfc3339(until, 0));
+                }
+                let s: Secret = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
+                    "type": "bootstrap.kubernetes.io/token",
+                    "stringData": data,
+                }))?;
+                kube::Api::<Secret>::namespaced(client, "kube-system")
+                    .create(&Default::default(), &s)
+                    .await
+                    .context("storing the token")?;
+                println!("K10{hash}::{id}.{secret}");
+            }
+            TokenCmd::List { kubeconfig } => {
+                let (client, _) = admin_client(&kubeconfig).await?;
+                let list = kube::Api::<Secret>::namespaced(client, "kube-system")
+                    .list(&kube::api::ListParams::default())
+                    .await?;
+                println!("{:<24}{:<10}{:<22}{:<32}{:<20}EXTRA GROUPS", "TOKEN", "TTL", "EXPIRES", "USAGES", "DESCRIPTION");
+                let now = timefmt::now_nanos();
+                for s in list
+                    .items
+                    .into_iter()
+                    .filter(|s| s.type_.as_deref() == Some("bootstrap.kubernetes.io/token"))
+                {
+                    let d = s.data.unwrap_or_default();
+                    let f = |k: &str| d.get(k).map(|b| String::from_utf8_lossy(&b.0).into_owned()).unwrap_or_default();
+                    let exp = f("expiration");
+                    let ttl = match timefmt::parse_rfc3339(&exp) {
+                        Some(t) if t <= now => "expired".to_string(),
+                        Some(t) => timefmt::human_duration(((t - now) / 1_000_000_000) as i64),
+                        None => "<forever>".to_string(),
+                    };
+                    let usages: Vec<&str> = ["authentication", "signing"]
+                        .into_iter()
+                        .filter(|u| f(&format!("usage-bootstrap-{u}")) == "true")
+                        .collect();
+                    println!(
+                        "{:<24}{:<10}{:<22}{:<32}{:<20}{}",
+                        format!("{}.{}", f("token-id"), f("token-secret")),
+                        ttl,
+                        if exp.is_empty() { "<never>".into() } else { exp },
+                        usages.join(","),
+                        if f("description").is_empty() { "<none>".into() } else { f("description") },
+                        f("auth-extra-groups")
+                    );
+                }
+            }
+            TokenCmd::Delete { kubeconfig, tokens } => {
+                let (client, _) = admin_client(&kubeconfig).await?;
+                let api = kube::Api::<Secret>::namespaced(client, "kube-system");
+                for t in tokens {
+                    let id = t.rsplit("::").next().unwrap_or(&t).split('.').next().unwrap_or_default().to_string();
+                    api.delete(&format!("bootstrap-token-{id}"), &Default::default())
+                        .await
+                        .with_context(|| format!("deleting token {id}"))?;
+                    println!("bootstrap token \"{id}\" deleted");
+                }
+            }
+        }
+        Ok(0)
+    })
 }

@@ -4805,3 +4805,255 @@ fn ns_labeled(name: &str, label: &str) -> String {
     kubectl_ok(&["label", "ns", &n, label]);
     n
 }
+
+/// Bootstrap tokens: `berth token create` makes one that authenticates as a bootstrapper
+/// (which may ask for certificates and nothing else); once expired it cannot join a node.
+/// A user's CertificateSigningRequest waits for `kubectl certificate approve`, then is
+/// issued by the cluster CA.
+#[test]
+fn bootstrap_tokens_join_until_they_expire_and_csrs_wait_for_approval() {
+    let (kc, url, dir) = with(|c| {
+        (
+            c.server.kubeconfig.clone(),
+            c.server.url.clone(),
+            c.server.dir.join("bootstrap"),
+        )
+    });
+    let berth = |args: &[&str]| {
+        let o = std::process::Command::new(common::BERTH)
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "berth {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let token = berth(&[
+        "token",
+        "create",
+        "--ttl",
+        "1h",
+        "--description",
+        "for a test",
+    ]);
+    let secret = token.rsplit("::").next().unwrap().to_string();
+    let id = secret.split('.').next().unwrap().to_string();
+    let as_token = |t: &str, args: &[&str]| {
+        let o = std::process::Command::new("kubectl")
+            .args([
+                "--kubeconfig",
+                "/dev/null",
+                "--server",
+                &url,
+                "--insecure-skip-tls-verify",
+                "--token",
+                t,
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let (ok, out) = as_token(
+        &secret,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.starts_with(&format!("system:bootstrap:{id} ")) && out.contains("system:bootstrappers"),
+        "{out}"
+    );
+    let (ok, out) = as_token(&secret, &["-n", "kube-system", "get", "secrets"]);
+    assert!(!ok && out.contains("forbidden"), "{out}");
+    let listed = berth(&["token", "list"]);
+    assert!(
+        listed.contains(&secret)
+            && listed.contains("authentication,signing")
+            && listed.contains("for a test"),
+        "{listed}"
+    );
+    berth(&["token", "delete", &id]);
+    assert!(!berth(&["token", "list"]).contains(&secret));
+    let (ok, _) = as_token(&secret, &["auth", "whoami"]);
+    assert!(!ok, "a deleted token authenticates no more");
+    // An expired token cannot join.
+    let expired = berth(&["token", "create", "--ttl", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let out = with(|c| {
+        c.hosts[1].exec(&[
+            common::BERTH,
+            "agent",
+            "--server",
+            &url,
+            "--token",
+            &expired,
+            "--node-name",
+            "latecomer",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--exec-root",
+            "/run/berth-bootstrap-test",
+            "--engine-socket",
+            "/run/berth-bootstrap-test/s.sock",
+            "--kubelet-port",
+            "10252",
+        ])
+    });
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the server refused the token (401 Unauthorized)"),
+        "{err}"
+    );
+    assert!(!dir.join("tls/client.crt").exists());
+    assert!(!kubectl_ok(&["get", "nodes", "-o", "name"]).contains("latecomer"));
+    let _ = std::fs::remove_dir_all("/run/berth-bootstrap-test");
+    let _ = std::fs::remove_dir_all(&dir);
+    // A user's request: pending until approved, then issued by the cluster CA.
+    let key = rcgen_free_csr();
+    kubectl_in(
+        &["apply", "-f", "-"],
+        &format!("apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: jane}}\nspec:\n  request: {key}\n  signerName: kubernetes.io/kube-apiserver-client\n  expirationSeconds: 86400\n  usages: [client auth]\n"),
+    );
+    let row = kubectl_ok(&["get", "csr", "jane", "--no-headers"]);
+    assert!(
+        row.contains("kubernetes.io/kube-apiserver-client")
+            && row.contains("Pending")
+            && row.contains("system:admin"),
+        "{row}"
+    );
+    kubectl_ok(&["certificate", "approve", "jane"]);
+    let cert = poll("the approved CSR to be issued", 30, || {
+        nonempty(get("default", "csr/jane", "{.status.certificate}"))
+    });
+    use base64::Engine as _;
+    let pem = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(cert)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    assert!(kubectl_ok(&["get", "csr", "jane", "--no-headers"]).contains("Approved,Issued"));
+    // The nodes' own requests were approved and issued automatically.
+    let nodes = kubectl_ok(&[
+        "get",
+        "csr",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.username} {.status.conditions[0].reason}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with("system:bootstrap:server-token AutoApproved")),
+        "{nodes}"
+    );
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with("system:node:node-0 AutoApproved")),
+        "{nodes}"
+    );
+    kubectl_ok(&["delete", "csr", "jane"]);
+}
+
+/// A base64 PEM certificate request for CN jane, O dev (made with openssl).
+fn rcgen_free_csr() -> String {
+    let dir = with(|c| c.server.dir.join("csr-jane"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+        ])
+        .arg(dir.join("jane.key"))
+        .args(["-subj", "/CN=jane/O=dev"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(&o.stdout)
+}
+
+/// Node certificates are renewed before they expire, as the node itself, and the agent
+/// carries on with the new ones (the API client and the kubelet API) without a restart.
+#[test]
+fn agents_renew_their_certificates_before_they_expire() {
+    let c = Cluster::start_with("renew", 1, &["--cluster-signing-duration", "20s"]);
+    let h = &c.hosts[0];
+    let crt = h.data_dir.join("tls/client.crt");
+    let first = std::fs::read_to_string(&crt).unwrap();
+    poll("a renewal", 90, || {
+        h.log()
+            .contains("renewed the node's certificates")
+            .then_some(())
+    });
+    assert_ne!(std::fs::read_to_string(&crt).unwrap(), first);
+    // Past the first certificate's expiry, the node still reports and serves: its
+    // kubelet API answers the server with the renewed serving certificate.
+    load_busybox(&c);
+    std::thread::sleep(std::time::Duration::from_secs(21));
+    c.server.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "node/node-0",
+        "--timeout=30s",
+    ]);
+    c.server.ok_in(
+        &["apply", "-f", "-"],
+        &pod_yaml(
+            "renewed",
+            "node-0",
+            "  containers:\n  - name: c\n    image: busybox:latest\n    imagePullPolicy: Never\n    command: [sleep, \"3600\"]\n",
+        ),
+    );
+    c.server.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/renewed",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        c.server.ok(&["exec", "renewed", "--", "echo", "hi"]).trim(),
+        "hi"
+    );
+    let csrs = c.server.ok(&[
+        "get",
+        "csr",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.username} {.spec.signerName}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        csrs.lines()
+            .any(|l| l == "system:node:node-0 kubernetes.io/kube-apiserver-client-kubelet"),
+        "the node renewed its client certificate as itself: {csrs}"
+    );
+    assert!(
+        !h.log().contains("renewing the node's certificates:"),
+        "{}",
+        h.log()
+    );
+}

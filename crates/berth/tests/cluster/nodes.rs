@@ -250,6 +250,18 @@ impl Cluster {
     }
 
     pub fn wait_ready(&self, h: &Host) {
+        // `kubectl wait` gives up at once on a Node not registered yet (the agent is still
+        // getting its certificates).
+        let t0 = std::time::Instant::now();
+        while !self
+            .server
+            .kubectl(&["get", &format!("node/{}", h.name)])
+            .status
+            .success()
+            && t0.elapsed() < std::time::Duration::from_secs(120)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let out = self.server.kubectl(&[
             "wait",
             "--for=condition=Ready",
