@@ -645,6 +645,43 @@ mod tests {
         }
     }
 
+    /// Mutated stored values never panic; an AEAD provider opens nothing but the original.
+    #[test]
+    fn mutated_values_are_refused_without_panicking() {
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n.max(1) as u64) as usize
+        };
+        let key = "/registry/core/secrets/ns/s";
+        for (p, n) in [("aescbc", 32), ("aesgcm", 32), ("secretbox", 32)] {
+            let e = config(&format!(
+                "  - {p}:\n      keys: [{{name: k1, secret: {}}}]\n",
+                b64(n, 3)
+            ));
+            let plain = b"{\"data\":{\"k\":\"dg==\"}}".to_vec();
+            let sealed = e.seal(key, plain.clone());
+            for _ in 0..2000 {
+                let mut b = sealed.clone();
+                let at = next(b.len());
+                match next(3) {
+                    0 => b[at] ^= 1 << next(8),
+                    1 => b.truncate(at),
+                    _ => {
+                        b.remove(at);
+                    }
+                }
+                if let Ok((got, _)) = e.open(key, b) {
+                    if p != "aescbc" {
+                        assert_eq!(got, plain, "{p}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn rotation_reads_old_keys_as_stale_and_identity_reads_plain() {
         let old = config(&format!(

@@ -1023,6 +1023,7 @@ impl Server {
             if creating && k.group == "certificates.k8s.io" {
                 crate::csr::stamp(&guard_user, obj);
             }
+            node_restriction(&guard_user, k, obj, creating)?;
             self.escalation(&guard_user, k, obj)
         };
         let ctx = Ctx {
@@ -1090,6 +1091,47 @@ impl Server {
         let reply = result.unwrap_or_else(|e| Reply::error(&e));
         (to_response(reply, yaml), metric_verb, resource_label)
     }
+}
+
+/// Kubernetes' NodeRestriction admission for what a node writes: the pods it creates are
+/// mirror pods of its own static pods, and the Node it registers is itself.
+fn node_restriction(
+    user: &UserInfo,
+    kind: &crate::kinds::Kind,
+    obj: &Value,
+    creating: bool,
+) -> Result<(), ApiError> {
+    let Some(node) = user
+        .name
+        .strip_prefix("system:node:")
+        .filter(|_| user.groups.iter().any(|g| g == "system:nodes"))
+    else {
+        return Ok(());
+    };
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match (kind.group.as_str(), kind.kind.as_str()) {
+        ("", "Pod") if creating => {
+            let mirror = obj
+                .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+                .is_some();
+            let bound = obj.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node);
+            if !mirror || !bound {
+                return Err(ApiError::forbidden(format!(
+                    "pods \"{name}\" is forbidden: node \"{node}\" can only create mirror pods bound to itself"
+                )));
+            }
+        }
+        ("", "Node") if name != node => {
+            return Err(ApiError::forbidden(format!(
+                "nodes \"{name}\" is forbidden: node \"{node}\" is not allowed to modify node \"{name}\""
+            )));
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Counts a watch as open until its stream ends.

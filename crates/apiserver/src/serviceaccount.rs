@@ -781,6 +781,44 @@ mod tests {
         }
     }
 
+    /// Mutated tokens (bits flipped, bytes inserted, dropped, cut) never panic, and none
+    /// verifies with other claims than the token's own.
+    #[test]
+    fn mutated_tokens_are_refused_without_panicking() {
+        let i = issuer();
+        let now = 1_000_000;
+        let good = i.sign(&claims(now));
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n.max(1) as u64) as usize
+        };
+        for _ in 0..3000 {
+            let mut b = good.clone().into_bytes();
+            for _ in 0..=next(3) {
+                if b.is_empty() {
+                    break;
+                }
+                let at = next(b.len());
+                match next(4) {
+                    0 => b[at] ^= 1 << next(8),
+                    1 => b.insert(at, b"A.=-_{}\"\0"[next(9)]),
+                    2 => {
+                        b.remove(at);
+                    }
+                    _ => b.truncate(at),
+                }
+            }
+            let t = String::from_utf8_lossy(&b);
+            if let Ok(c) = i.verify(&t, now) {
+                assert_eq!(c.sub, "system:serviceaccount:ns:sa");
+                assert_eq!(c.exp, now + 600);
+            }
+        }
+    }
+
     #[test]
     fn the_jwks_holds_the_key_that_verifies() {
         let i = issuer();

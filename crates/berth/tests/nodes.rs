@@ -4480,6 +4480,13 @@ fn a_node_reads_only_the_secrets_of_its_own_pods() {
     assert!(!ok, "{out}");
     let (ok, out) = as_node1(&["label", "node", "node-0", "stolen=yes"]);
     assert!(!ok, "{out}");
+    // NodeRestriction: a node creates only mirror pods bound to itself.
+    let (ok, out) = as_node1(&["-n", &ns, "run", "sneaky", "--image", "busybox:latest"]);
+    assert!(!ok);
+    assert!(
+        out.contains("node \"node-1\" can only create mirror pods bound to itself"),
+        "{out}"
+    );
     let (ok, out) = as_node1(&["label", "node", "node-1", "authz-test=yes"]);
     assert!(ok, "a node changes its own Node: {out}");
     kubectl_ok(&["label", "node", "node-1", "authz-test-"]);

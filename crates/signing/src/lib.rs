@@ -697,6 +697,75 @@ mod tests {
         }
     }
 
+    fn mutations(seed: &[u8], rounds: usize, mut f: impl FnMut(&[u8])) {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n.max(1) as u64) as usize
+        };
+        for _ in 0..rounds {
+            let mut b = seed.to_vec();
+            for _ in 0..=next(3) {
+                if b.is_empty() {
+                    break;
+                }
+                let at = next(b.len());
+                match next(4) {
+                    0 => b[at] ^= 1 << next(8),
+                    1 => b.insert(at, b"{}[]\":,0-\n"[next(10)]),
+                    2 => {
+                        b.remove(at);
+                    }
+                    _ => b.truncate(at),
+                }
+            }
+            f(&b);
+        }
+    }
+
+    /// Mutated keys, payloads, signatures and bundles never panic, and nothing mutated
+    /// verifies as a signature of another image.
+    #[test]
+    fn mutated_inputs_are_refused_without_panicking() {
+        let k = SigningKey::from_pem(&SigningKey::generate_pem()).unwrap();
+        let keys = vec![("k".to_string(), k.public())];
+        let d = Digest::of(b"image");
+        let signed = k.sign(b"message");
+        mutations(k.public().to_pem().as_bytes(), 2000, |b| {
+            if let Ok(p) = PublicKey::from_pem(&String::from_utf8_lossy(b)) {
+                // Another point (or none on the curve) verifies nothing the key signed.
+                assert_eq!(p.verifies(b"message", &signed), p == k.public());
+            }
+        });
+        mutations(SigningKey::generate_pem().as_bytes(), 500, |b| {
+            let _ = SigningKey::from_pem(&String::from_utf8_lossy(b));
+        });
+        let p = payload("r/app", &d);
+        let sig = b64().encode(k.sign(&p));
+        mutations(&p, 2000, |b| {
+            if check_legacy(&keys, b, &sig, &d).is_ok() {
+                assert_eq!(b, &p[..]);
+            }
+        });
+        mutations(sig.as_bytes(), 2000, |b| {
+            let _ = check_legacy(&keys, &p, &String::from_utf8_lossy(b), &d);
+        });
+        let statement = serde_json::to_vec(&json!({"_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"name": "r/app", "digest": {"sha256": d.hex()}}],
+            "predicateType": "https://sigstore.dev/cosign/sign/v1", "predicate": {}}))
+        .unwrap();
+        let bundle = serde_json::to_vec(&json!({"mediaType": BUNDLE_TYPE, "dsseEnvelope": {
+            "payload": b64().encode(&statement), "payloadType": INTOTO,
+            "signatures": [{"sig": b64().encode(k.sign(&pae(INTOTO, &statement)))}]}}))
+        .unwrap();
+        mutations(&bundle, 3000, |b| {
+            let _ = check_bundle(&keys, b, &d);
+            assert!(check_bundle(&keys, b, &Digest::of(b"other")).is_err());
+        });
+    }
+
     #[test]
     fn globs_and_policies_pick_images() {
         assert!(glob(
