@@ -139,10 +139,13 @@ pub struct Running {
 
 impl Running {
     /// Serves a request from a client in this process (the server's own scheduler and
-    /// controllers) as `system:admin`: the same authorization, admission and metrics as a
-    /// request over the network, without TLS, a socket or HTTP framing.
+    /// controllers) as `user`: the same authorization, admission and metrics as a request
+    /// over the network, without TLS, a socket or HTTP framing. Kubernetes' components run
+    /// as `system:kube-scheduler` and `system:kube-controller-manager`, with the default
+    /// roles of those names.
     pub fn local(
         &self,
+        user: &str,
     ) -> impl Fn(
         http::Request<server::ReqBody>,
     ) -> futures::future::BoxFuture<'static, http::Response<server::ResBody>>
@@ -152,9 +155,9 @@ impl Running {
            + 'static {
         let server = self.server.clone();
         let user = auth::UserInfo {
-            name: "system:admin".into(),
+            name: user.into(),
             uid: String::new(),
-            groups: vec!["system:masters".into(), "system:authenticated".into()],
+            groups: vec!["system:authenticated".into()],
         };
         move |req| {
             let server = server.clone();

@@ -613,6 +613,18 @@ pub fn defaults() -> Vec<(String, Value)> {
             }),
         )
     };
+    let user_binding = |name: &str, user: &str| {
+        (
+            format!("{PREFIX}clusterrolebindings/{name}"),
+            json!({
+                "kind": "ClusterRoleBinding", "apiVersion": "rbac.authorization.k8s.io/v1",
+                "metadata": {"name": name, "labels": bootstrap, "annotations": auto,
+                    "uid": crate::api::new_uid(), "creationTimestamp": crate::now()},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": user},
+                "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}],
+            }),
+        )
+    };
     let view_rules = vec![
         rule(
             &[""],
@@ -828,6 +840,91 @@ pub fn defaults() -> Vec<(String, Value)> {
             "/healthz", "/livez", "/readyz", "/version", "/version/"], "verbs": ["get"]})],
             None,
         ),
+        // kube-scheduler's: what it reads to place pods, and bindings, status, preemption.
+        role(
+            "system:kube-scheduler",
+            json!({}),
+            vec![
+                rule(
+                    &["", "events.k8s.io"],
+                    &["events"],
+                    &["create", "patch", "update"],
+                ),
+                rule(
+                    &["coordination.k8s.io"],
+                    &["leases"],
+                    &["create", "get", "update"],
+                ),
+                rule(&[""], &["nodes", "namespaces"], &["get", "list", "watch"]),
+                rule(&[""], &["pods"], &["delete", "get", "list", "watch"]),
+                rule(&[""], &["bindings", "pods/binding"], &["create"]),
+                rule(&[""], &["pods/status"], &["patch", "update"]),
+                rule(
+                    &[""],
+                    &["persistentvolumeclaims", "persistentvolumes"],
+                    &["get", "list", "watch", "patch", "update"],
+                ),
+                rule(
+                    &["", "apps", "policy", "storage.k8s.io"],
+                    &[
+                        "services",
+                        "replicationcontrollers",
+                        "replicasets",
+                        "statefulsets",
+                        "poddisruptionbudgets",
+                        "storageclasses",
+                        "csinodes",
+                        "csidrivers",
+                    ],
+                    &["get", "list", "watch"],
+                ),
+            ],
+            None,
+        ),
+        // The union of kube-controller-manager's per-controller roles: the garbage
+        // collector's reach over every resource (no create), and the creates each
+        // controller makes. It cannot create Secrets, ConfigMaps, RBAC objects or
+        // anything else no controller makes, nor impersonate.
+        role(
+            "system:kube-controller-manager",
+            json!({}),
+            vec![
+                rule(
+                    &["*"],
+                    &["*"],
+                    &[
+                        "get",
+                        "list",
+                        "watch",
+                        "patch",
+                        "update",
+                        "delete",
+                        "deletecollection",
+                    ],
+                ),
+                rule(
+                    &[""],
+                    &[
+                        "pods",
+                        "events",
+                        "endpoints",
+                        "persistentvolumeclaims",
+                        "pods/eviction",
+                    ],
+                    &["create"],
+                ),
+                rule(
+                    &["apps"],
+                    &["replicasets", "controllerrevisions"],
+                    &["create"],
+                ),
+                rule(&["batch"], &["jobs"], &["create"]),
+                rule(&["discovery.k8s.io"], &["endpointslices"], &["create"]),
+                rule(&["events.k8s.io"], &["events"], &["create"]),
+                rule(&["coordination.k8s.io"], &["leases"], &["create"]),
+            ],
+            None,
+        ),
         role(
             "system:node-bootstrapper",
             json!({}),
@@ -851,6 +948,11 @@ pub fn defaults() -> Vec<(String, Value)> {
             "system:node-bootstrapper",
             "system:node-bootstrapper",
             &["system:bootstrappers"],
+        ),
+        user_binding("system:kube-scheduler", "system:kube-scheduler"),
+        user_binding(
+            "system:kube-controller-manager",
+            "system:kube-controller-manager",
         ),
         binding(
             "system:service-account-issuer-discovery",

@@ -166,18 +166,24 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
             a.write_kubeconfig.display()
         );
         if !a.disable_scheduler || !a.disable_controller_manager {
-            // The scheduler and controllers are clients of this server, as the admin, served
-            // in process: no TLS, socket or HTTP framing between them and the API.
-            let local = running.local();
-            let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
-                use http_body_util::BodyExt;
-                let req = req.map(|b| b.map_err(apiserver::server::BodyError::new).boxed_unsync());
-                let call = local(req);
-                async move { Ok::<_, std::convert::Infallible>(call.await) }
-            });
-            let client = kube::Client::new(service, "default");
+            // The scheduler and controllers are clients of this server, each as its own user
+            // with the least its default role grants, served in process: no TLS, socket or
+            // HTTP framing between them and the API.
+            let client_as = |user: &str| {
+                let local = running.local(user);
+                let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+                    use http_body_util::BodyExt;
+                    let req =
+                        req.map(|b| b.map_err(apiserver::server::BodyError::new).boxed_unsync());
+                    let call = local(req);
+                    async move { Ok::<_, std::convert::Infallible>(call.await) }
+                });
+                kube::Client::new(service, "default")
+            };
+            let client = client_as("system:kube-controller-manager");
             let opts = controllers::Options {
                 scheduler: !a.disable_scheduler,
+                scheduler_client: Some(client_as("system:kube-scheduler")),
                 controllers: if a.disable_controller_manager {
                     vec!["-*".into()]
                 } else {

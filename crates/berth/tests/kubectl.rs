@@ -2219,3 +2219,37 @@ fn image_signature_policies_are_validated() {
     );
     assert_eq!(s.ok(&["get", "isp"]), "");
 }
+
+/// berth's scheduler and controllers run as `system:kube-scheduler` and
+/// `system:kube-controller-manager` with Kubernetes-style least privileges.
+#[test]
+fn the_scheduler_and_controllers_hold_only_their_roles() {
+    let s = sqlite();
+    let can = |user: &str, args: &[&str]| {
+        let mut a = vec!["auth", "can-i", "--as", user];
+        a.extend_from_slice(args);
+        String::from_utf8_lossy(&s.kubectl(&a).stdout)
+            .trim()
+            .to_string()
+    };
+    let sched = "system:kube-scheduler";
+    let cm = "system:kube-controller-manager";
+    assert_eq!(
+        can(sched, &["create", "pods", "--subresource", "binding"]),
+        "yes"
+    );
+    assert_eq!(can(sched, &["list", "nodes"]), "yes");
+    assert_eq!(can(sched, &["get", "secrets"]), "no");
+    assert_eq!(can(sched, &["create", "deployments"]), "no");
+    assert_eq!(can(cm, &["create", "replicasets.apps"]), "yes");
+    assert_eq!(
+        can(
+            cm,
+            &["update", "deployments.apps", "--subresource", "scale"]
+        ),
+        "yes"
+    );
+    assert_eq!(can(cm, &["create", "secrets"]), "no");
+    assert_eq!(can(cm, &["create", "clusterrolebindings"]), "no");
+    assert_eq!(can(cm, &["impersonate", "users"]), "no");
+}

@@ -33,9 +33,11 @@ pub fn now() -> String {
 }
 
 /// What `berth server` runs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
     pub scheduler: bool,
+    /// The scheduler's own client (its identity); the controllers' when None.
+    pub scheduler_client: Option<kube::Client>,
     /// kube-controller-manager's `--controllers`: `*`, `name`, `-name`, `-*`.
     pub controllers: Vec<String>,
     pub node_monitor_grace_period: std::time::Duration,
@@ -115,7 +117,11 @@ fn spawn_all(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     if opts.scheduler {
-        tasks.push(tokio::spawn(scheduler::run(client.clone())));
+        let c = opts
+            .scheduler_client
+            .clone()
+            .unwrap_or_else(|| client.clone());
+        tasks.push(tokio::spawn(scheduler::run(c)));
     }
     for name in on.iter().copied() {
         let c = client.clone();
