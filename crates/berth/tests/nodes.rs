@@ -4753,6 +4753,28 @@ fn only_signed_images_run_where_a_policy_enforces_it() {
             "{tag}: {e}"
         );
     }
+    // A workload whose template names an unsigned image is created, with a warning at once.
+    let o = with(|c| {
+        c.server.kubectl_in(
+            &[
+                "-n",
+                &ns,
+                "create",
+                "deployment",
+                "early",
+                "--image",
+                &format!("{repo}:unsigned"),
+            ],
+            "",
+        )
+    });
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Warning: pods of this template would be refused: image")
+            && err.contains("sig-enforce"),
+        "{err}"
+    );
     // Warn mode: admitted, with the warning.
     let warned = ns_labeled("sigs-warn", "sig=warn");
     let o = with(|c| {
