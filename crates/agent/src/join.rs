@@ -693,6 +693,7 @@ impl Live {
 /// passed, putting the new ones in use at once.
 pub async fn keep_renewed(
     server: String,
+    public_server: String,
     mut current: Credentials,
     node_name: String,
     addresses: Vec<String>,
@@ -708,7 +709,7 @@ pub async fn keep_renewed(
                     eprintln!("berth agent: renewed the node's certificates");
                     let _ = std::fs::write(
                         dir.parent().unwrap_or(&dir).join("kubelet.kubeconfig"),
-                        kubeconfig(&server, &c),
+                        kubeconfig(&public_server, &c),
                     );
                     current = c;
                 }

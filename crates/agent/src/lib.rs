@@ -9,6 +9,7 @@
 pub mod clusterdns;
 pub mod join;
 pub mod kubelet;
+pub mod lb;
 pub mod node;
 pub mod podcgroup;
 pub mod pods;
@@ -116,14 +117,20 @@ pub async fn run(cfg: Config, engine: Arc<engine::Engine>) -> Result<()> {
     .await?;
     let kubeconfig = join::kubeconfig(&cfg.server, &creds);
     std::fs::write(cfg.data_dir.join("kubelet.kubeconfig"), &kubeconfig)?;
-    let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig)?;
+    // The client reaches the servers through the node's load balancer, which fails over
+    // between every server the cluster lists.
+    let servers = lb::Servers::new(&lb::authority(&cfg.server));
+    let lb_url = format!("https://{}", lb::start(servers.clone()).await?);
+    let kc = kube::config::Kubeconfig::from_yaml(&join::kubeconfig(&lb_url, &creds))?;
     let kconf =
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
             .await?;
     // The certificates are renewed in place before they expire.
     let live = join::Live::new(&creds)?;
     let client = live.client(kconf, &creds.ca)?;
+    tokio::spawn(lb::follow(client.clone(), servers));
     tokio::spawn(join::keep_renewed(
+        lb_url.clone(),
         cfg.server.clone(),
         creds.clone(),
         cfg.node_name.clone(),

@@ -321,6 +321,19 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
             cfg.bind_address
         });
     services::ensure_cluster_services(&api, SocketAddr::new(advertise, addr.port())).await?;
+    // The server's identity: stable across restarts of one data dir, distinct between servers.
+    let identity = {
+        let dir = std::fs::canonicalize(&cfg.data_dir).unwrap_or(cfg.data_dir.clone());
+        let h = dir.to_string_lossy().bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        format!("{h:08x}")
+    };
+    tokio::spawn(services::keep_registered(
+        api.clone(),
+        SocketAddr::new(advertise, addr.port()),
+        identity,
+    ));
     tokio::spawn(server::serve(srv.clone(), listener, Arc::new(tls)));
     Ok(Running {
         addr,

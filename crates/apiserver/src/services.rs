@@ -4,6 +4,8 @@
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
@@ -426,4 +428,159 @@ pub async fn ensure_cluster_services(
         }
     }
     Ok(())
+}
+
+/// How long a server's identity Lease lasts without renewal before its address leaves the
+/// `kubernetes` endpoints.
+const IDENTITY_LEASE_SECONDS: i64 = 15;
+
+fn write_api_endpoints(addrs: &[String], port: u16) -> (Value, Value) {
+    let ep = json!({
+        "kind": "Endpoints", "apiVersion": "v1",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+            "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{
+            "addresses": addrs.iter().map(|a| json!({"ip": a})).collect::<Vec<_>>(),
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        }],
+    });
+    let slice = json!({
+        "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": addrs.iter().map(|a| json!({
+            "addresses": [a], "conditions": {"ready": true, "serving": true, "terminating": false},
+        })).collect::<Vec<_>>(),
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    });
+    (ep, slice)
+}
+
+/// Kubernetes' lease endpoint reconciler: every server keeps an identity Lease
+/// (`kube-system/apiserver-<id>`, the address it serves on in an annotation) and every
+/// server rewrites the `kubernetes` Endpoints and EndpointSlice to the addresses of the
+/// Leases still renewed, so a dead server leaves them within
+/// [`IDENTITY_LEASE_SECONDS`] and agents stop trying it.
+pub async fn keep_registered(api: Arc<Api>, advertise: SocketAddr, id: String) {
+    let key = format!("/registry/coordination.k8s.io/leases/kube-system/apiserver-{id}");
+    let address = advertise.to_string();
+    loop {
+        // A MicroTime, as Leases carry it.
+        let now = {
+            let n = timefmt::now_nanos();
+            let full = timefmt::rfc3339((n / 1_000_000_000) as i64, (n % 1_000_000_000) as u32);
+            format!("{}Z", &full[..full.len() - 4])
+        };
+        let lease = json!({
+            "kind": "Lease", "apiVersion": "coordination.k8s.io/v1",
+            "metadata": {"name": format!("apiserver-{id}"), "namespace": "kube-system",
+                "labels": {"apiserver.kubernetes.io/identity": "kube-apiserver"},
+                "annotations": {"berth.io/advertise-address": address},
+                "uid": crate::api::new_uid(), "creationTimestamp": crate::now()},
+            "spec": {"holderIdentity": format!("apiserver-{id}"),
+                     "leaseDurationSeconds": IDENTITY_LEASE_SECONDS, "renewTime": now},
+        });
+        let renewed = match api.store.get(&key, 0).await {
+            Ok(Some(kv)) => {
+                let mut cur: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+                cur["spec"]["renewTime"] = json!(now);
+                cur["metadata"]["annotations"]["berth.io/advertise-address"] = json!(address);
+                api.store
+                    .update(
+                        &key,
+                        serde_json::to_vec(&cur).unwrap_or_default(),
+                        kv.mod_revision,
+                    )
+                    .await
+                    .map(drop)
+            }
+            Ok(None) => api
+                .store
+                .create(&key, serde_json::to_vec(&lease).unwrap_or_default())
+                .await
+                .map(drop),
+            Err(e) => Err(e),
+        };
+        if renewed.is_ok() {
+            reconcile_api_endpoints(&api, advertise.port()).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
+}
+
+/// The `kubernetes` endpoints from the live identity Leases (those on this server's port).
+async fn reconcile_api_endpoints(api: &Api, port: u16) {
+    let now = timefmt::now_nanos();
+    let mut addrs: Vec<String> = api
+        .cache
+        .list("/registry/coordination.k8s.io/leases/kube-system/apiserver-")
+        .1
+        .iter()
+        .filter_map(|(_, _, raw)| serde_json::from_slice::<Value>(raw).ok())
+        .filter(|l| {
+            let renewed = l
+                .pointer("/spec/renewTime")
+                .and_then(Value::as_str)
+                .and_then(timefmt::parse_rfc3339);
+            let secs = l
+                .pointer("/spec/leaseDurationSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(IDENTITY_LEASE_SECONDS);
+            renewed.is_some_and(|r| r + i128::from(secs) * 1_000_000_000 > now)
+        })
+        .filter_map(|l| {
+            l.pointer("/metadata/annotations/berth.io~1advertise-address")
+                .and_then(Value::as_str)
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+        })
+        .filter(|a| a.port() == port)
+        .map(|a| a.ip().to_string())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return;
+    }
+    let eps = "/registry/core/endpoints/default/kubernetes";
+    let slices = "/registry/discovery.k8s.io/endpointslices/default/kubernetes";
+    let (ep, slice) = write_api_endpoints(&addrs, port);
+    for (key, want) in [(eps, ep), (slices, slice)] {
+        let Ok(cur) = api.store.get(key, 0).await else {
+            continue;
+        };
+        match cur {
+            Some(kv) => {
+                let mut obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+                let same = ["subsets", "endpoints", "ports"]
+                    .iter()
+                    .all(|f| obj.get(*f) == want.get(*f));
+                if same {
+                    continue;
+                }
+                for f in ["subsets", "endpoints", "ports"] {
+                    if let Some(v) = want.get(f) {
+                        obj[f] = v.clone();
+                    }
+                }
+                let _ = api
+                    .store
+                    .update(
+                        key,
+                        serde_json::to_vec(&obj).unwrap_or_default(),
+                        kv.mod_revision,
+                    )
+                    .await;
+            }
+            None => {
+                let mut obj = want;
+                obj["metadata"]["uid"] = json!(crate::api::new_uid());
+                obj["metadata"]["creationTimestamp"] = json!(crate::now());
+                let _ = api
+                    .store
+                    .create(key, serde_json::to_vec(&obj).unwrap_or_default())
+                    .await;
+            }
+        }
+    }
 }

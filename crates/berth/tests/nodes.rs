@@ -5031,7 +5031,12 @@ fn rcgen_free_csr() -> String {
 /// carries on with the new ones (the API client and the kubelet API) without a restart.
 #[test]
 fn agents_renew_their_certificates_before_they_expire() {
-    let c = Cluster::start_with("renew", 1, &["--cluster-signing-duration", "20s"]);
+    let d = Dedicated(Cluster::start_with(
+        "renew",
+        1,
+        &["--cluster-signing-duration", "20s"],
+    ));
+    let c = &d.0;
     let h = &c.hosts[0];
     let crt = h.data_dir.join("tls/client.crt");
     let first = std::fs::read_to_string(&crt).unwrap();
@@ -5043,7 +5048,7 @@ fn agents_renew_their_certificates_before_they_expire() {
     assert_ne!(std::fs::read_to_string(&crt).unwrap(), first);
     // Past the first certificate's expiry, the node still reports and serves: its
     // kubelet API answers the server with the renewed serving certificate.
-    load_busybox(&c);
+    load_busybox(c);
     std::thread::sleep(std::time::Duration::from_secs(21));
     c.server.ok(&[
         "wait",
@@ -5085,4 +5090,77 @@ fn agents_renew_their_certificates_before_they_expire() {
         "{}",
         h.log()
     );
+}
+
+/// Two servers on one etcd: agents learn both from the `kubernetes` Endpoints, and when the
+/// one they joined dies they carry on through the other — the node stays Ready, and a new
+/// pod on it runs and answers `kubectl exec` through the surviving server.
+#[test]
+fn agents_fail_over_to_another_server_when_theirs_dies() {
+    let dir = cluster::base_dir("failover-etcd");
+    let (etcd, etcd_pid) = cluster::start_etcd(&dir);
+    let d = Dedicated(Cluster::start_with(
+        "failover",
+        1,
+        &["--datastore-endpoint", &etcd],
+    ));
+    let c = &d.0;
+    load_busybox(c);
+    let b = c.add_server("failover-b");
+    let b_addr = b.url.trim_start_matches("https://").to_string();
+    // The agent learns the second server (the servers' identity leases, every 5 s).
+    poll("the agent to learn the second server", 60, || {
+        c.hosts[0].log().contains(&b_addr).then_some(())
+    });
+    // SAFETY: kill(2) of the server process this test started.
+    unsafe { libc::kill(c.server.pid as i32, libc::SIGKILL) };
+    let t0 = std::time::Instant::now();
+    // The node's lease goes on being renewed, through the survivor.
+    let renewed = |s: &cluster::Server| {
+        s.ok(&[
+            "-n",
+            "kube-node-lease",
+            "get",
+            "lease",
+            "node-0",
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ])
+    };
+    let before = renewed(&b);
+    poll(
+        "the node's lease to be renewed through the other server",
+        30,
+        || (renewed(&b) != before).then_some(()),
+    );
+    eprintln!("failover: the node renewed its lease through the other server {:.1} s after its server died", t0.elapsed().as_secs_f64());
+    b.ok_in(
+        &["apply", "-f", "-"],
+        &pod_yaml(
+            "after",
+            "node-0",
+            "  containers:\n  - name: c\n    image: busybox:latest\n    imagePullPolicy: Never\n    command: [sleep, \"3600\"]\n",
+        ),
+    );
+    b.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/after",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        b.ok(&["exec", "after", "--", "echo", "still"]).trim(),
+        "still"
+    );
+    b.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "node/node-0",
+        "--timeout=30s",
+    ]);
+    drop(b);
+    drop(d);
+    // SAFETY: kill(2) of the etcd this test started.
+    unsafe { libc::kill(etcd_pid as i32, libc::SIGKILL) };
+    let _ = std::fs::remove_dir_all(&dir);
 }

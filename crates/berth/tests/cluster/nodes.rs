@@ -193,6 +193,38 @@ impl Cluster {
         c
     }
 
+    /// Starts a second server of this cluster on the bridge (address `<prefix>.250`, the
+    /// first's port), on the same store and with the same certificates.
+    pub fn add_server(&self, name: &str) -> Server {
+        let ip = format!("{}.250", self.subnet_prefix);
+        let _ = sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            &self.bridge,
+        ]);
+        let port = self.server.url.rsplit(':').next().unwrap().to_string();
+        let mut flags: Vec<&str> = vec![
+            "--bind-address",
+            &ip,
+            "--tls-san",
+            &ip,
+            "--https-listen-port",
+            &port,
+        ];
+        // The store the first one uses.
+        let mut it = self.server_flags.iter();
+        while let Some(f) = it.next() {
+            if f == "--datastore-endpoint" {
+                flags.push("--datastore-endpoint");
+                flags.push(it.next().unwrap());
+            }
+        }
+        Server::start_cluster_sharing(name, &self.server, &flags)
+    }
+
     /// Adds a node to the running cluster (with more agent flags) and waits for it to be
     /// Ready; returns its index.
     pub fn add_node(&mut self, extra: &[&str]) -> usize {
