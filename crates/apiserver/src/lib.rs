@@ -8,6 +8,7 @@
 pub mod api;
 pub mod apply;
 pub mod auth;
+pub mod bootstrap;
 pub mod cache;
 pub mod convert;
 pub mod crd;
@@ -101,6 +102,9 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     /// Kubernetes' `--authorization-mode`: `Node,RBAC` (the default) or `AlwaysAllow`.
     pub authorization_mode: String,
+    /// The cluster's token (k3s's `--token`): the first server's join secret, and what a
+    /// server joining the cluster's store needs to take its keys.
+    pub token: Option<String>,
     /// The longest lifetime of a certificate signed for a CertificateSigningRequest.
     pub cluster_signing_duration: std::time::Duration,
 }
@@ -121,6 +125,8 @@ pub enum StartError {
     Listen(SocketAddr, #[source] std::io::Error),
     #[error("the certificates under {0} are unreadable")]
     BadPem(PathBuf),
+    #[error("the cluster's bootstrap data")]
+    Bootstrap(#[from] bootstrap::BootstrapError),
     #[error("encryption at rest")]
     Encryption(#[from] encryption::ConfigError),
     #[error("encryption at rest")]
@@ -183,7 +189,14 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     if !cfg.bind_address.is_unspecified() {
         sans.push(cfg.bind_address.to_string());
     }
-    let pki = pki::Pki::load_or_create(&tls_dir, &pki::serving_sans(&sans))?;
+    // The store first: a server joining a cluster takes the cluster's keys from it.
+    let mut raw = store::open(cfg.datastore_endpoint.as_deref(), &cfg.data_dir).await?;
+    let given_secret = cfg.token.as_deref().map(bootstrap::secret_of);
+    if let Some(secret) = given_secret {
+        bootstrap::restore(&*raw, &tls_dir, secret).await?;
+    }
+    let pki = pki::Pki::load_or_create(&tls_dir, &pki::serving_sans(&sans), given_secret)?;
+    bootstrap::save(&*raw, &tls_dir, pki.join_secret()).await?;
     let host = if cfg.bind_address.is_unspecified() {
         "127.0.0.1".to_string()
     } else {
@@ -196,7 +209,6 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     };
 
     let metrics = Arc::new(metrics::Metrics::default());
-    let mut raw = store::open(cfg.datastore_endpoint.as_deref(), &cfg.data_dir).await?;
     if let Some(path) = &cfg.encryption_provider_config {
         let enc = encryption::EncryptedStore {
             inner: raw,

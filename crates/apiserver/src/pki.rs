@@ -174,7 +174,12 @@ pub fn serving_sans(extra: &[String]) -> Vec<String> {
 impl Pki {
     /// Loads the PKI under `dir`, creating what is missing. The serving certificate is made
     /// again when the SANs asked for are not all in it.
-    pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
+    /// `secret` is the join token's secret when the cluster's is given (`--token`).
+    pub fn load_or_create(
+        dir: &Path,
+        sans: &[String],
+        secret: Option<&str>,
+    ) -> Result<Pki, PkiError> {
         let p = |n: &str| dir.join(n);
         let cert_err = |what| move |source| PkiError::Cert { what, source };
         let (ca_cert_pem, ca_key_pem) = match (read(&p("ca.crt"))?, read(&p("ca.key"))?) {
@@ -249,7 +254,11 @@ impl Pki {
             None => {
                 let hash =
                     ca_hash(&ca_cert_pem).ok_or(PkiError::Unreadable { path: p("ca.crt") })?;
-                let t = format!("K10{hash}::server:{}", random_hex(16)?);
+                let s = match secret {
+                    Some(s) => s.to_string(),
+                    None => random_hex(16)?,
+                };
+                let t = format!("K10{hash}::server:{s}");
                 write_secret(&token_path, format!("{t}\n").as_bytes(), 0o600)?;
                 t
             }

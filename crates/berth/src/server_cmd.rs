@@ -88,6 +88,11 @@ pub struct ServerArgs {
     /// How long after a pod starts a readiness change counts as its first.
     #[arg(long, default_value = "30s", value_parser = crate::agent_cmd::parse_duration)]
     horizontal_pod_autoscaler_initial_readiness_delay: std::time::Duration,
+    /// The cluster's token: on the first server, the secret of the join token it writes
+    /// (`K10<hash>::server:<secret>` or the secret alone); on another server of the same
+    /// store (`--datastore-endpoint`), what lets it take the cluster's CA and keys.
+    #[arg(long, env = "BERTH_TOKEN")]
+    token: Option<String>,
     /// The longest lifetime of a certificate the server signs for a
     /// CertificateSigningRequest (nodes' certificates; agents renew theirs before they
     /// expire).
@@ -154,6 +159,7 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
             insecure_registries: a.node.insecure_registry.clone(),
             authorization_mode: a.authorization_mode.clone(),
             cluster_signing_duration: a.cluster_signing_duration,
+            token: a.token.clone(),
             admission: apiserver::api::Admission {
                 not_ready_toleration_seconds: a.default_not_ready_toleration_seconds,
                 unreachable_toleration_seconds: a.default_unreachable_toleration_seconds,

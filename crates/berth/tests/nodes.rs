@@ -2484,7 +2484,12 @@ fn of_two_servers_on_one_store_one_leads_and_the_other_takes_over_when_it_dies()
     let dir = cluster::base_dir("leader-etcd");
     let (etcd, etcd_pid) = cluster::start_etcd(&dir);
     let a = cluster::Server::start_cluster("leader-a", &["--datastore-endpoint", &etcd]);
-    let b = cluster::Server::start_cluster("leader-b", &["--datastore-endpoint", &etcd]);
+    // The second server of the cluster joins with its token.
+    let token = std::fs::read_to_string(a.dir.join("data/tls/token")).unwrap();
+    let b = cluster::Server::start_cluster(
+        "leader-b",
+        &["--datastore-endpoint", &etcd, "--token", token.trim()],
+    );
     let holder = |s: &cluster::Server| {
         s.kubectl(&[
             "-n",
@@ -5108,6 +5113,44 @@ fn agents_fail_over_to_another_server_when_theirs_dies() {
     load_busybox(c);
     let b = c.add_server("failover-b");
     let b_addr = b.url.trim_start_matches("https://").to_string();
+    // It took the cluster's CA from the store (encrypted with the token there).
+    assert_eq!(
+        std::fs::read(b.dir.join("data/tls/ca.crt")).unwrap(),
+        std::fs::read(c.server.dir.join("data/tls/ca.crt")).unwrap()
+    );
+    // A server with another token, or none, is refused the cluster's store.
+    for token in [Some("K10abc::server:not-the-token"), None] {
+        let mut cmd = std::process::Command::new(common::BERTH);
+        cmd.args([
+            "server",
+            "--disable-agent",
+            "--disable-scheduler",
+            "--disable-controller-manager",
+        ])
+        .args([
+            "--bind-address",
+            "127.0.0.1",
+            "--https-listen-port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(dir.join("intruder"))
+        .arg("--write-kubeconfig")
+        .arg(dir.join("intruder.yaml"))
+        .args(["--datastore-endpoint", &etcd]);
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("not the cluster's token")
+                || err.contains("start this server with that cluster's --token"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(dir.join("intruder"));
+    }
     // The agent learns the second server (the servers' identity leases, every 5 s).
     poll("the agent to learn the second server", 60, || {
         c.hosts[0].log().contains(&b_addr).then_some(())

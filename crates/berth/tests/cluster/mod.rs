@@ -156,22 +156,6 @@ impl Server {
         Server::launch(base_dir(name), false, extra, true)
     }
 
-    /// Starts another server of the same cluster (scheduler and controllers included): its
-    /// own data dir holding a copy of `first`'s certificates and keys, as servers of one
-    /// cluster share them.
-    pub fn start_cluster_sharing(name: &str, first: &Server, extra: &[&str]) -> Server {
-        let dir = base_dir(name);
-        let tls = dir.join("data/tls");
-        std::fs::create_dir_all(&tls).unwrap();
-        for e in std::fs::read_dir(first.dir.join("data/tls"))
-            .unwrap()
-            .flatten()
-        {
-            std::fs::copy(e.path(), tls.join(e.file_name())).unwrap();
-        }
-        Server::launch(dir, false, extra, true)
-    }
-
     /// Starts a server again on the data dir of `old` (which must have stopped).
     pub fn start_reusing(old: &Server, extra: &[&str]) -> Server {
         Server::launch(old.dir.clone(), false, extra, false)

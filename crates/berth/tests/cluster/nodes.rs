@@ -194,7 +194,8 @@ impl Cluster {
     }
 
     /// Starts a second server of this cluster on the bridge (address `<prefix>.250`, the
-    /// first's port), on the same store and with the same certificates.
+    /// first's port), on the same store, given nothing but the cluster's token: it takes
+    /// the CA and keys from the store.
     pub fn add_server(&self, name: &str) -> Server {
         let ip = format!("{}.250", self.subnet_prefix);
         let _ = sh(&[
@@ -222,7 +223,8 @@ impl Cluster {
                 flags.push(it.next().unwrap());
             }
         }
-        Server::start_cluster_sharing(name, &self.server, &flags)
+        flags.extend(["--token", &self.token]);
+        Server::start_cluster(name, &flags)
     }
 
     /// Adds a node to the running cluster (with more agent flags) and waits for it to be
