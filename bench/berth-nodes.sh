@@ -61,6 +61,8 @@ nodes_up() {
     BERTH_HOST=unix:///run/$bn/$i/berth.sock "$berth" image import -c 'CMD ["sh"]' "$work/bb.tar.gz" busybox:latest >/dev/null
   done
   until k get "${nodes[@]}" >/dev/null 2>&1; do sleep 0.1; done
+  # A node exists once its agent has its certificates; then it is waited for.
+  for n in "${nodes[@]}"; do until k get "$n" >/dev/null 2>&1; do sleep 0.1; done; done
   k wait --for=condition=Ready "${nodes[@]}" --timeout=60s >/dev/null
 }
 

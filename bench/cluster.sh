@@ -94,6 +94,8 @@ berth_up() {
     BERTH_HOST=unix:///run/bbc$id/$i/berth.sock "$berth" image import -c 'CMD ["sh"]' "$work/bb.tar.gz" busybox:latest >/dev/null
     BERTH_HOST=unix:///run/bbc$id/$i/berth.sock "$berth" tag busybox:latest busybox:v2
   done
+  # A node exists once its agent has its certificates; then it is waited for.
+  for n in node-0 node-1; do until k get node "$n" >/dev/null 2>&1; do sleep 0.1; done; done
   k wait --for=condition=Ready node/node-0 node/node-1 --timeout=60s >/dev/null
 }
 k() { kubectl --kubeconfig "$work/kubeconfig" "$@"; }

@@ -77,6 +77,7 @@ agent=$!
 pids+=($agent)
 until [[ -S $run/berth.sock ]]; do sleep 0.05; done
 BERTH_HOST=unix://$run/berth.sock "$berth" image import -c 'CMD ["sh"]' "$work/bb.tar.gz" busybox:latest >/dev/null
+until kubectl --kubeconfig "$work/kubeconfig" get node bench >/dev/null 2>&1; do sleep 0.1; done
 kubectl --kubeconfig "$work/kubeconfig" wait --for=condition=Ready node/bench --timeout=60s >/dev/null
 sleep 2
 agent_idle=$(rss_kb "$agent"); agent_idle_pss=$(pss_kb "$agent"); agent_idle_anon=$(anon_kb "$agent")

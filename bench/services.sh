@@ -97,6 +97,8 @@ for i in 0 1; do
   until [[ -S /run/bbs$id/$i/berth.sock ]]; do sleep 0.05; done
   BERTH_HOST=unix:///run/bbs$id/$i/berth.sock "$berth" image import -c 'CMD ["sh"]' "$work/bb.tar.gz" busybox:latest >/dev/null
 done
+# A node exists once its agent has its certificates; then it is waited for.
+for n in node-0 node-1; do until k get node "$n" >/dev/null 2>&1; do sleep 0.1; done; done
 k wait --for=condition=Ready node/node-0 node/node-1 --timeout=60s >/dev/null
 # One identical server pod per path: a client host reaching one server by two paths would
 # meet its own TIME_WAIT connections under another timestamp offset (PAWS), which no real
