@@ -363,34 +363,29 @@ fn csr(key: &rcgen::KeyPair, node_name: &str, sans: &[String]) -> Result<String>
     Ok(p.serialize_request(key)?.pem()?)
 }
 
-/// Whether a certificate has less than 30% of its life left (the kubelet renews at 70–90%).
-pub fn needs_renewal(cert_pem: &str) -> bool {
+/// When a certificate is due for renewal (70% into its life; the kubelet renews at
+/// 70–90%), as Unix seconds; `None` if it cannot be read.
+fn renewal_time(cert_pem: &str) -> Option<i64> {
     use rustls_pki_types::pem::PemObject;
-    let Ok(der) = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
-        return true;
-    };
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
-        return true;
-    };
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
     let v = cert.validity();
     let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
-    let now = (timefmt::now_nanos() / 1_000_000_000) as i64;
-    now >= to - (to - from) * 3 / 10
+    Some(to - (to - from) * 3 / 10)
+}
+
+fn now_secs() -> i64 {
+    (timefmt::now_nanos() / 1_000_000_000) as i64
+}
+
+/// Whether a certificate has less than 30% of its life left (or cannot be read).
+pub fn needs_renewal(cert_pem: &str) -> bool {
+    renewal_time(cert_pem).is_none_or(|t| now_secs() >= t)
 }
 
 /// When a certificate should be renewed, as seconds from now (0: already).
 pub fn renew_in(cert_pem: &str) -> u64 {
-    use rustls_pki_types::pem::PemObject;
-    let Ok(der) = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
-        return 0;
-    };
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
-        return 0;
-    };
-    let v = cert.validity();
-    let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
-    let now = (timefmt::now_nanos() / 1_000_000_000) as i64;
-    (to - (to - from) * 3 / 10 - now).max(0) as u64
+    renewal_time(cert_pem).map_or(0, |t| (t - now_secs()).max(0) as u64)
 }
 
 /// A client configuration that trusts only `ca_pem` and presents the node's certificate.

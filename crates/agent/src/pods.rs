@@ -56,6 +56,8 @@ pub struct Manager {
     pub catalog: crate::proxy::Shared,
     /// ServiceAccount tokens of the pods' projected volumes, by pod UID and token key.
     tokens: Mutex<HashMap<(String, String), PodToken>>,
+    /// The ImageSignaturePolicies, followed by a watch (not fetched per container start).
+    policies: kube::runtime::reflector::Store<kube::api::DynamicObject>,
     /// Signature verdicts by (digest, policy identity): verified once per node.
     verdicts: Arc<Mutex<HashMap<(String, String), Verdict>>>,
 }
@@ -107,6 +109,28 @@ async fn drain(catalog: &crate::proxy::Shared, ip: &str, deadline: Instant) {
     tokio::time::sleep(DRAIN_MARGIN.min(left)).await;
 }
 
+/// Follows the cluster's ImageSignaturePolicies into a store the pod workers read.
+fn follow_policies(
+    client: &kube::Client,
+) -> kube::runtime::reflector::Store<kube::api::DynamicObject> {
+    use kube::runtime::WatchStreamExt;
+    let ar = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("security.berth.io", "v1", "ImageSignaturePolicy"),
+        "imagesignaturepolicies",
+    );
+    let writer = kube::runtime::reflector::store::Writer::new(ar.clone());
+    let reader = writer.as_reader();
+    let api: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(client.clone(), &ar);
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while stream.next().await.is_some() {}
+    });
+    reader
+}
+
 /// Runs a blocking engine call off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
@@ -156,6 +180,7 @@ impl Manager {
             }
         }
         let stats = crate::stats::Sampler::new(cfg.housekeeping_interval);
+        let policies = follow_policies(&client);
         Ok(Arc::new(Manager {
             cfg,
             node_ip,
@@ -167,6 +192,7 @@ impl Manager {
             catalog,
             tokens: Mutex::new(HashMap::new()),
             verdicts: Default::default(),
+            policies,
         }))
     }
 
@@ -1065,18 +1091,28 @@ impl Worker {
         objs: &volumes::Objects,
     ) -> Result<Option<String>, String> {
         let image = c.image.clone().unwrap_or_default();
-        let ar = kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("security.berth.io", "v1", "ImageSignaturePolicy"),
-            "imagesignaturepolicies",
-        );
-        let api: kube::Api<kube::api::DynamicObject> =
-            kube::Api::all_with(self.m.client.clone(), &ar);
-        let list = match api.list(&Default::default()).await {
-            Ok(l) => l.items,
-            // A server without the kind has no policies.
-            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
-            Err(e) => return Err(format!("cannot read the image signature policies: {e}")),
-        };
+        // The policies as the node follows them (known before any pod of ours starts).
+        if tokio::time::timeout(Duration::from_secs(10), self.m.policies.wait_until_ready())
+            .await
+            .is_err()
+        {
+            return Err("the image signature policies are not known yet".into());
+        }
+        let candidates: Vec<(signing::Policy, String)> = self
+            .m
+            .policies
+            .state()
+            .iter()
+            .filter_map(|o| {
+                let v = serde_json::to_value(o.as_ref()).ok()?;
+                let id = format!("{}:{}", v["metadata"]["uid"], v["spec"]);
+                signing::Policy::from_object(&v).ok().map(|p| (p, id))
+            })
+            .filter(|(p, _)| p.names(&image))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(None);
+        }
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let ns_labels: BTreeMap<String, String> = {
             let nss: kube::Api<k8s_openapi::api::core::v1::Namespace> =
@@ -1088,13 +1124,8 @@ impl Worker {
                 .and_then(|n| n.metadata.labels)
                 .unwrap_or_default()
         };
-        let covering: Vec<(signing::Policy, String)> = list
-            .iter()
-            .filter_map(|o| {
-                let v = serde_json::to_value(o).ok()?;
-                let id = format!("{}:{}", v["metadata"]["uid"], v["spec"]);
-                signing::Policy::from_object(&v).ok().map(|p| (p, id))
-            })
+        let covering: Vec<(signing::Policy, String)> = candidates
+            .into_iter()
             .filter(|(p, _)| p.covers(&image, &ns_labels))
             .collect();
         if covering.is_empty() {
@@ -1110,29 +1141,14 @@ impl Worker {
             .and_then(|m| m.get(&c.name).cloned());
         let reference = match recorded.as_deref().and_then(|p| p.rsplit_once('@')) {
             Some((_, d)) => d.to_string(),
-            None => r
-                .digest()
-                .map(|d| d.to_string())
-                .unwrap_or_else(|| r.tag().unwrap_or("latest").to_string()),
+            None => signing::manifest_reference(&r),
         };
         let creds = pull_credentials(&image, pod, objs);
         let opts = self.m.engine.registry_options();
-        let (domain, path) = (r.domain().to_string(), r.path().to_string());
         let cache = self.m.verdicts.clone();
+        let image_ref = r.clone();
         let checked = blocking(move || -> Result<Checked, String> {
-            let mut session = None;
-            let mut last = String::new();
-            for cr in creds.into_iter().map(Some).chain(std::iter::once(None)) {
-                let s = engine::distribution::Session::new(&domain, &path, cr, &opts);
-                match signing::resolve(&s, &reference) {
-                    Ok(d) => {
-                        session = Some((s, d));
-                        break;
-                    }
-                    Err(e) => last = e,
-                }
-            }
-            let (s, d) = session.ok_or_else(|| format!("cannot resolve {reference}: {last}"))?;
+            let (s, d) = signing::resolve_with(&image_ref, &reference, creds, &opts)?;
             let mut out = Vec::new();
             for (p, id) in covering {
                 let key = (d.to_string(), id);

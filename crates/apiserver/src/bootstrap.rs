@@ -1,8 +1,9 @@
-//! The bootstrap data servers of one cluster share through the store, as k3s shares it: the
-//! cluster CA, the service-account signing key and the join token, encrypted (AES-256-GCM)
-//! with a key derived from the token's secret (PBKDF2-HMAC-SHA256). The first server saves
-//! them; a server started with `--token` on the same store restores them before it loads
-//! its PKI, so it needs nothing but the token, and the store never holds the keys in clear.
+//! The bootstrap data servers of one cluster share through the store, as k3s shares it:
+//! the cluster CA, the service-account signing key and the join token, sealed with
+//! AES-256-GCM (`encryption::aesgcm_seal`) under a key derived from the token's secret
+//! (PBKDF2-HMAC-SHA256). The first server saves them; a server started with `--token` on
+//! the same store restores them before it loads its PKI, so it needs nothing but the
+//! token, and the store never holds the keys in clear.
 
 use std::path::Path;
 
@@ -50,29 +51,11 @@ fn cipher_key(secret: &str) -> [u8; 32] {
 }
 
 fn seal(secret: &str, plain: &[u8]) -> Vec<u8> {
-    use aes_gcm::aead::{Aead, KeyInit};
-    let mut nonce = [0u8; 12];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
-        .expect("the system random source");
-    let c = aes_gcm::Aes256Gcm::new_from_slice(&cipher_key(secret)).expect("a 32-byte key");
-    let mut out = nonce.to_vec();
-    out.extend(
-        c.encrypt(aes_gcm::Nonce::from_slice(&nonce), plain)
-            .expect("AES-GCM sealing"),
-    );
-    out
+    crate::encryption::aesgcm_seal(&cipher_key(secret), plain, b"")
 }
 
 fn open(secret: &str, data: &[u8]) -> Option<Vec<u8>> {
-    use aes_gcm::aead::{Aead, KeyInit};
-    if data.len() < 12 + 16 {
-        return None;
-    }
-    let (nonce, ct) = data.split_at(12);
-    aes_gcm::Aes256Gcm::new_from_slice(&cipher_key(secret))
-        .ok()?
-        .decrypt(aes_gcm::Nonce::from_slice(nonce), ct)
-        .ok()
+    crate::encryption::aesgcm_open(&cipher_key(secret), data, b"")
 }
 
 /// Whether the store holds any cluster's bootstrap data.

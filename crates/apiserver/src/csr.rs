@@ -335,12 +335,7 @@ pub fn bootstrap_user(api: &Api, token: &str) -> Option<UserInfo> {
         return None;
     }
     let stored = field("token-secret")?;
-    let same = stored.len() == secret.len()
-        && stored
-            .bytes()
-            .zip(secret.bytes())
-            .fold(0u8, |a, (x, y)| a | (x ^ y))
-            == 0;
+    let same = crate::nodes::same_secret(stored.as_bytes(), secret.as_bytes());
     if !same || field("usage-bootstrap-authentication").as_deref() != Some("true") {
         return None;
     }

@@ -378,7 +378,7 @@ fn gcm<C: aes_gcm::aead::Aead + aes_gcm::KeyInit>(
     f(C::new_from_slice(key).ok()?)
 }
 
-fn aesgcm_seal(key: &[u8], plain: &[u8], aad: &[u8]) -> Vec<u8> {
+pub(crate) fn aesgcm_seal(key: &[u8], plain: &[u8], aad: &[u8]) -> Vec<u8> {
     use aes_gcm::aead::{Aead, Payload};
     let nonce = random(12);
     let payload = || Payload { msg: plain, aad };
@@ -394,7 +394,7 @@ fn aesgcm_seal(key: &[u8], plain: &[u8], aad: &[u8]) -> Vec<u8> {
     out
 }
 
-fn aesgcm_open(key: &[u8], data: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn aesgcm_open(key: &[u8], data: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
     use aes_gcm::aead::{Aead, Payload};
     if data.len() < 12 + 16 {
         return None;

@@ -309,11 +309,7 @@ impl ImagePolicies {
             insecure: self.insecure.clone(),
             ..Default::default()
         };
-        let reference = r
-            .digest()
-            .map(|d| d.to_string())
-            .unwrap_or_else(|| r.tag().unwrap_or("latest").to_string());
-        let (domain, path) = (r.domain().to_string(), r.path().to_string());
+        let reference = signing::manifest_reference(&r);
         let wanted: Vec<(usize, signing::Policy, String)> = covering
             .iter()
             .enumerate()
@@ -324,22 +320,7 @@ impl ImagePolicies {
         let cache: HashMap<(String, String), (Instant, Verdict)> =
             self.verdicts.lock().unwrap().clone();
         let work = tokio::task::spawn_blocking(move || -> Result<image::digest::Digest, String> {
-            // The first credentials that resolve the tag, else none.
-            let mut session = None;
-            let mut last = String::new();
-            for c in creds.into_iter().map(Some).chain(std::iter::once(None)) {
-                let s = engine::distribution::Session::new(&domain, &path, c, &opts);
-                match signing::resolve(&s, &reference) {
-                    Ok(d) => {
-                        session = Some((s, d));
-                        break;
-                    }
-                    Err(e) => last = e,
-                }
-            }
-            let Some((s, d)) = session else {
-                return Err(format!("cannot resolve {reference}: {last}"));
-            };
+            let (s, d) = signing::resolve_with(&r, &reference, creds, &opts)?;
             for (i, p, id) in wanted {
                 let key = (d.to_string(), id);
                 let v = match cache.get(&key) {

@@ -8,12 +8,7 @@ use serde_json::{json, Value};
 use crate::api::Api;
 use crate::status::{ApiError, ApiResult};
 
-fn q(v: &Value) -> Option<i64> {
-    v.as_str()
-        .and_then(quantity::milli)
-        .or_else(|| v.as_i64().map(|i| i * 1000))
-        .or_else(|| v.as_f64().map(|f| (f * 1000.0).ceil() as i64))
-}
+use crate::quota::milli as q;
 
 fn text(v: &Value) -> String {
     match v {

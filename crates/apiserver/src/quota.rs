@@ -24,7 +24,8 @@ use crate::status::{ApiError, ApiResult};
 
 const QUOTAS: &str = "/registry/core/resourcequotas/";
 
-fn milli(v: &Value) -> Option<i64> {
+/// A quantity (string, or a bare number) in thousandths.
+pub(crate) fn milli(v: &Value) -> Option<i64> {
     match v {
         Value::String(s) => quantity::milli(s),
         Value::Number(n) => n.as_f64().map(|f| (f * 1000.0).ceil() as i64),

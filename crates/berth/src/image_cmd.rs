@@ -613,10 +613,7 @@ pub fn signatures(cmd: ImageCmd) -> Result<Option<ImageCmd>> {
             let k = signing::SigningKey::from_pem(&pem)
                 .map_err(|e| anyhow!("{}: {e}", key.display()))?;
             let (session, r) = registry_session(&image, &insecure_registry)?;
-            let reference = r
-                .digest()
-                .map(|d| d.to_string())
-                .unwrap_or_else(|| r.tag().unwrap_or("latest").to_string());
+            let reference = signing::manifest_reference(&r);
             let (media, digest, bytes) = session
                 .get_manifest(&reference, "")?
                 .ok_or_else(|| anyhow!("{image}: the registry has no such image"))?;
@@ -640,10 +637,7 @@ pub fn signatures(cmd: ImageCmd) -> Result<Option<ImageCmd>> {
             let k = signing::PublicKey::from_pem(&pem)
                 .map_err(|e| anyhow!("{}: {e}", key.display()))?;
             let (session, r) = registry_session(&image, &insecure_registry)?;
-            let reference = r
-                .digest()
-                .map(|d| d.to_string())
-                .unwrap_or_else(|| r.tag().unwrap_or("latest").to_string());
+            let reference = signing::manifest_reference(&r);
             let digest =
                 signing::resolve(&session, &reference).map_err(|e| anyhow!("{image}: {e}"))?;
             let name = key.display().to_string();

@@ -734,12 +734,32 @@ impl Session {
 
     /// GET of a manifest: media type, digest, bytes (verified against a digest reference).
     fn manifest(&self, reference: &str) -> Result<(String, Digest, Vec<u8>)> {
+        self.fetch_manifest(reference, ACCEPT, false)?
+            .ok_or_else(|| {
+                failed(format!(
+                    "{}/{}:{reference}: not found",
+                    self.host, self.repo
+                ))
+            })
+    }
+
+    /// GET of a manifest: media type, digest, bytes (checked against a digest reference);
+    /// a 404 is `None` when `missing_ok`, else the registry's error.
+    fn fetch_manifest(
+        &self,
+        reference: &str,
+        accept: &str,
+        missing_ok: bool,
+    ) -> Result<Option<(String, Digest, Vec<u8>)>> {
         let resp = self.request(
             "GET",
             &format!("/v2/{}/manifests/{reference}", self.repo),
-            &[("Accept", ACCEPT.to_string())],
+            &[("Accept", accept.to_string())],
             &mut || Ok(None),
         )?;
+        if resp.status == 404 && missing_ok {
+            return Ok(None);
+        }
         if resp.status != 200 {
             return Err(resp.error(&format!("{}/{}:{reference}", self.host, self.repo)));
         }
@@ -765,7 +785,24 @@ impl Session {
                 )));
             }
         }
-        Ok((media, d, text))
+        Ok(Some((media, d, text)))
+    }
+
+    /// A GET that follows the registry's redirects (blobs are often served elsewhere).
+    fn get_following(&self, path: &str) -> Result<Response> {
+        let mut path = path.to_string();
+        let mut resp = self.request("GET", &path, &[], &mut || Ok(None))?;
+        for _ in 0..5 {
+            if !matches!(resp.status, 301 | 302 | 303 | 307 | 308) {
+                break;
+            }
+            let Some(loc) = resp.headers.get("location").cloned() else {
+                break;
+            };
+            path = loc;
+            resp = self.request("GET", &path, &[], &mut || Ok(None))?;
+        }
+        Ok(resp)
     }
 
     /// A blob into the store (verified; a layer extracted on the way), with retries;
@@ -782,24 +819,13 @@ impl Session {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(500 * attempt));
             }
-            let mut path = format!("/v2/{}/blobs/{d}", self.repo);
-            let mut resp = match self.request("GET", &path, &[], &mut || Ok(None)) {
+            let resp = match self.get_following(&format!("/v2/{}/blobs/{d}", self.repo)) {
                 Ok(r) => r,
                 Err(e) => {
                     last = e.to_string();
                     continue;
                 }
             };
-            for _ in 0..5 {
-                if !matches!(resp.status, 301 | 302 | 303 | 307 | 308) {
-                    break;
-                }
-                let Some(loc) = resp.headers.get("location").cloned() else {
-                    break;
-                };
-                path = loc;
-                resp = self.request("GET", &path, &[], &mut || Ok(None))?;
-            }
             if resp.status != 200 {
                 let transient = resp.status >= 500 || resp.status == 429;
                 let e = resp.error(&format!("blob {d}"));
@@ -1024,54 +1050,12 @@ impl Session {
         accept: &str,
     ) -> Result<Option<(String, Digest, Vec<u8>)>> {
         let accept = if accept.is_empty() { ACCEPT } else { accept };
-        let resp = self.request(
-            "GET",
-            &format!("/v2/{}/manifests/{reference}", self.repo),
-            &[("Accept", accept.to_string())],
-            &mut || Ok(None),
-        )?;
-        if resp.status == 404 {
-            return Ok(None);
-        }
-        if resp.status != 200 {
-            return Err(resp.error(&format!("{}/{}:{reference}", self.host, self.repo)));
-        }
-        let media = resp
-            .headers
-            .get("content-type")
-            .cloned()
-            .unwrap_or_default();
-        let mut b = Vec::new();
-        let mut body = resp.body;
-        body.by_ref()
-            .take(4 << 20)
-            .read_to_end(&mut b)
-            .map_err(|e| failed(e.to_string()))?;
-        let d = Digest::of(&b);
-        if let Ok(want) = reference.parse::<Digest>() {
-            if want != d {
-                return Err(failed(format!(
-                    "manifest {reference}: the registry sent {d}"
-                )));
-            }
-        }
-        Ok(Some((media, d, b)))
+        self.fetch_manifest(reference, accept, true)
     }
 
     /// A small blob's bytes (at most `max`), checked against its digest.
     pub fn get_blob(&self, d: &Digest, max: usize) -> Result<Vec<u8>> {
-        let mut path = format!("/v2/{}/blobs/{d}", self.repo);
-        let mut resp = self.request("GET", &path, &[], &mut || Ok(None))?;
-        for _ in 0..5 {
-            if !matches!(resp.status, 301 | 302 | 303 | 307 | 308) {
-                break;
-            }
-            let Some(loc) = resp.headers.get("location").cloned() else {
-                break;
-            };
-            path = loc;
-            resp = self.request("GET", &path, &[], &mut || Ok(None))?;
-        }
+        let resp = self.get_following(&format!("/v2/{}/blobs/{d}", self.repo))?;
         if resp.status != 200 {
             return Err(resp.error(&format!("blob {d}")));
         }

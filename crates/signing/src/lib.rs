@@ -304,6 +304,32 @@ pub fn resolve(session: &Session, reference: &str) -> Result<Digest, String> {
     }
 }
 
+/// What to ask a registry for an image reference: its digest, else its tag (`latest`).
+pub fn manifest_reference(r: &image::reference::Reference) -> String {
+    r.digest()
+        .map(|d| d.to_string())
+        .unwrap_or_else(|| r.tag().unwrap_or("latest").to_string())
+}
+
+/// A session on `image`'s repository with the first of `creds` (then none) under which
+/// `reference` resolves, and the digest it names.
+pub fn resolve_with(
+    image: &image::reference::Reference,
+    reference: &str,
+    creds: Vec<engine::distribution::Credentials>,
+    opts: &engine::distribution::RegistryOptions,
+) -> Result<(Session, Digest), String> {
+    let mut last = String::new();
+    for c in creds.into_iter().map(Some).chain(std::iter::once(None)) {
+        let s = Session::new(image.domain(), image.path(), c, opts);
+        match resolve(&s, reference) {
+            Ok(d) => return Ok((s, d)),
+            Err(e) => last = e,
+        }
+    }
+    Err(format!("cannot resolve {reference}: {last}"))
+}
+
 /// Finds a signature of `digest` in either format that one of `keys` made.
 pub fn verify(
     session: &Session,
@@ -624,9 +650,11 @@ impl Policy {
     /// Whether the policy covers an image (its repository, fully qualified or as
     /// written) in a namespace with these labels.
     pub fn covers(&self, image: &str, ns_labels: &BTreeMap<String, String>) -> bool {
-        if !selects(&self.namespace_selector, ns_labels) {
-            return false;
-        }
+        selects(&self.namespace_selector, ns_labels) && self.names(image)
+    }
+
+    /// Whether an image pattern names the image (whatever the namespace).
+    pub fn names(&self, image: &str) -> bool {
         let Ok(r) = image::reference::Reference::parse(image) else {
             return false;
         };
