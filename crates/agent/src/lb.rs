@@ -61,7 +61,14 @@ impl Servers {
         {
             next.push(first.clone());
         }
-        for a in addrs.into_iter().chain(std::iter::once(i.seed.clone())) {
+        // Servers known before and no longer listed stay last, as fallbacks: a list read
+        // while the servers' leases disagree must not leave the node one server to try.
+        let known = i.list.clone();
+        for a in addrs
+            .into_iter()
+            .chain(std::iter::once(i.seed.clone()))
+            .chain(known)
+        {
             if !next.contains(&a) {
                 next.push(a);
             }
@@ -172,6 +179,12 @@ mod tests {
         assert_eq!(
             s.list(),
             ["10.0.0.2:6443", "10.0.0.3:6443", "10.0.0.1:6443"]
+        );
+        // A server no longer listed is kept, last.
+        s.set(vec!["10.0.0.3:6443".into()]);
+        assert_eq!(
+            s.list(),
+            ["10.0.0.3:6443", "10.0.0.1:6443", "10.0.0.2:6443"]
         );
         assert_eq!(authority("https://h:7/"), "h:7");
         assert_eq!(authority("https://h"), "h:6443");

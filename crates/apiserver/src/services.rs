@@ -503,14 +503,17 @@ pub async fn keep_registered(api: Arc<Api>, advertise: SocketAddr, id: String) {
             Err(e) => Err(e),
         };
         if renewed.is_ok() {
-            reconcile_api_endpoints(&api, advertise.port()).await;
+            reconcile_api_endpoints(&api, advertise).await;
         }
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     }
 }
 
-/// The `kubernetes` endpoints from the live identity Leases (those on this server's port).
-async fn reconcile_api_endpoints(api: &Api, port: u16) {
+/// The `kubernetes` endpoints from the live identity Leases (those on this server's port),
+/// this server's own included (its Lease was just renewed, whether or not the watch cache
+/// has seen it yet).
+async fn reconcile_api_endpoints(api: &Api, me: SocketAddr) {
+    let port = me.port();
     let now = timefmt::now_nanos();
     let mut addrs: Vec<String> = api
         .cache
@@ -536,6 +539,7 @@ async fn reconcile_api_endpoints(api: &Api, port: u16) {
         })
         .filter(|a| a.port() == port)
         .map(|a| a.ip().to_string())
+        .chain(std::iter::once(me.ip().to_string()))
         .collect();
     addrs.sort();
     addrs.dedup();
