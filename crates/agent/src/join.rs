@@ -144,7 +144,7 @@ pub fn host_port(server: &str) -> Result<(String, u16)> {
 }
 
 /// One HTTP/1.1 request over TLS with `tls`; returns (status, body).
-async fn request(
+pub async fn request(
     tls: Arc<rustls::ClientConfig>,
     server: &str,
     method: &str,

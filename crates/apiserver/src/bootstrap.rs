@@ -84,7 +84,22 @@ pub async fn restore(
         }
         return Ok(false);
     };
-    let plain = open(secret, &kv.value).ok_or(BootstrapError::WrongToken)?;
+    restore_sealed(&kv.value, tls_dir, secret)?;
+    Ok(true)
+}
+
+/// The cluster's bootstrap data as the store holds it (sealed), for a server joining over
+/// the API (`GET /v1-berth/server-bootstrap`).
+pub async fn sealed(
+    store: &dyn store::Store,
+    secret: &str,
+) -> Result<Option<Vec<u8>>, BootstrapError> {
+    Ok(store.get(&store_key(secret), 0).await?.map(|kv| kv.value))
+}
+
+/// Writes the cluster's files under `tls_dir` from sealed bootstrap data.
+pub fn restore_sealed(sealed: &[u8], tls_dir: &Path, secret: &str) -> Result<(), BootstrapError> {
+    let plain = open(secret, sealed).ok_or(BootstrapError::WrongToken)?;
     let files: Value = serde_json::from_slice(&plain).map_err(|_| BootstrapError::WrongToken)?;
     let ca = tls_dir.join("ca.crt");
     if let (Ok(local), Some(shared)) = (std::fs::read_to_string(&ca), files["ca.crt"].as_str()) {
@@ -104,7 +119,7 @@ pub async fn restore(
             BootstrapError::Write(path.display().to_string(), std::io::Error::other(e))
         })?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Saves the cluster's files for servers that will join with this token (once; the first

@@ -107,6 +107,10 @@ pub struct Config {
     pub token: Option<String>,
     /// The longest lifetime of a certificate signed for a CertificateSigningRequest.
     pub cluster_signing_duration: std::time::Duration,
+    /// The client URLs of the etcd member this server runs itself (`--cluster-init`, or a
+    /// server that joined one): what a server joining the cluster gets to add its own
+    /// member. Empty when the store is not one this server's etcd member is part of.
+    pub etcd_members: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -303,7 +307,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         pki_arc.clone(),
         cfg.cluster_signing_duration,
     ));
-    let nodes = Arc::new(nodes::Nodes::new(pki_arc)?);
+    let nodes = Arc::new(nodes::Nodes::new(pki_arc, cfg.etcd_members.clone())?);
     let usage = Arc::new(resourcemetrics::ResourceMetrics::new(cfg.metric_resolution));
     let srv = Arc::new(server::Server {
         api: api.clone(),

@@ -38,6 +38,8 @@ pub struct NodeSub<'a> {
 pub struct Nodes {
     pki: Arc<Pki>,
     kubelet_tls: Arc<rustls::ClientConfig>,
+    /// The client URLs of this server's own etcd member (none: no member of its own).
+    etcd_members: Vec<String>,
 }
 
 fn error(e: &ApiError) -> Response<ResBody> {
@@ -60,7 +62,7 @@ pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Nodes {
-    pub fn new(pki: Arc<Pki>) -> Result<Nodes, rustls::Error> {
+    pub fn new(pki: Arc<Pki>, etcd_members: Vec<String>) -> Result<Nodes, rustls::Error> {
         use rustls_pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         for c in crate::pem_certs(&pki.ca_cert_pem) {
@@ -77,7 +79,56 @@ impl Nodes {
         Ok(Nodes {
             pki,
             kubelet_tls: Arc::new(tls),
+            etcd_members,
         })
+    }
+
+    /// `GET /v1-berth/server-bootstrap`, for a server joining the cluster (`berth server
+    /// --server URL --token T`), authenticated by the cluster's server token alone (not a
+    /// node's bootstrap token): the cluster's bootstrap data, sealed with a key derived
+    /// from that token (see [`crate::bootstrap`]), and the client URLs of the etcd member
+    /// to add its own through.
+    pub async fn server_bootstrap(
+        &self,
+        api: &Api,
+        authorization: Option<&str>,
+    ) -> Response<ResBody> {
+        let given = authorization
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .map(crate::bootstrap::secret_of)
+            .unwrap_or_default();
+        if !same_secret(given.as_bytes(), self.pki.join_secret().as_bytes()) {
+            return error(&ApiError::new(
+                401,
+                "Unauthorized",
+                "joining as a server takes the cluster's server token (<data-dir>/tls/token on a server), not a node's bootstrap token".to_string(),
+            ));
+        }
+        if self.etcd_members.is_empty() {
+            return error(&ApiError::new(
+                404,
+                "NotFound",
+                "this server runs no etcd member to join: servers join a cluster whose first server was started with --cluster-init (servers sharing --datastore-endpoint need only --token)".to_string(),
+            ));
+        }
+        match crate::bootstrap::sealed(&*api.store, self.pki.join_secret()).await {
+            Ok(Some(sealed)) => {
+                use base64::Engine as _;
+                json_response(
+                    200,
+                    &serde_json::json!({
+                        "bootstrap": base64::engine::general_purpose::STANDARD.encode(sealed),
+                        "etcd": self.etcd_members,
+                    }),
+                )
+            }
+            Ok(None) => error(&ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "the cluster's bootstrap data is not stored yet".to_string(),
+            )),
+            Err(e) => error(&ApiError::new(500, "InternalError", format!("{e:#}"))),
+        }
     }
 
     /// `GET /cacerts`: the cluster CA, which an agent hashes and compares with its token

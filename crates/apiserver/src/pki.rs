@@ -171,6 +171,74 @@ pub fn serving_sans(extra: &[String]) -> Vec<String> {
     sans
 }
 
+/// The cluster CA under `dir` (`ca.crt`, `ca.key`), made when missing; returns both PEMs.
+pub fn ensure_ca(dir: &Path) -> Result<(String, String), PkiError> {
+    let p = |n: &str| dir.join(n);
+    let cert_err = |what| move |source| PkiError::Cert { what, source };
+    let found = match (read(&p("ca.crt"))?, read(&p("ca.key"))?) {
+        (Some(c), Some(k)) => (c, k),
+        _ => {
+            let key = KeyPair::generate().map_err(cert_err("key"))?;
+            let mut params =
+                CertificateParams::new(Vec::<String>::new()).map_err(cert_err("parameters"))?;
+            params.distinguished_name.push(
+                DnType::CommonName,
+                format!(
+                    "berth-server-ca@{}",
+                    time::OffsetDateTime::now_utc().unix_timestamp()
+                ),
+            );
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            params.not_before = now_offset(-1);
+            params.not_after = now_offset(3650);
+            let cert = params.self_signed(&key).map_err(cert_err("CA"))?;
+            write_secret(&p("ca.key"), key.serialize_pem().as_bytes(), 0o600)?;
+            write_secret(&p("ca.crt"), cert.pem().as_bytes(), 0o644)?;
+            (cert.pem(), key.serialize_pem())
+        }
+    };
+    Ok(found)
+}
+
+/// Issues a certificate of the cluster CA under `dir` for `cn` with `sans`, good for both
+/// serving and client authentication (what etcd's members use towards each other), and
+/// writes it as `<name>.crt` and `<name>.key` there.
+pub fn issue_peer(dir: &Path, name: &str, cn: &str, sans: &[String]) -> Result<(), PkiError> {
+    let cert_err = |what| move |source| PkiError::Cert { what, source };
+    let (ca_cert_pem, ca_key_pem) = ensure_ca(dir)?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|_| PkiError::Unreadable {
+        path: dir.join("ca.key"),
+    })?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&ca_cert_pem, &ca_key).map_err(|_| PkiError::Unreadable {
+            path: dir.join("ca.crt"),
+        })?;
+    let mut params = leaf_params(cn, &[], sans, true)?;
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate().map_err(cert_err("key"))?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(cert_err("signing"))?;
+    write_secret(
+        &dir.join(format!("{name}.key")),
+        key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_secret(
+        &dir.join(format!("{name}.crt")),
+        cert.pem().as_bytes(),
+        0o644,
+    )
+}
+
 impl Pki {
     /// Loads the PKI under `dir`, creating what is missing. The serving certificate is made
     /// again when the SANs asked for are not all in it.
@@ -182,33 +250,7 @@ impl Pki {
     ) -> Result<Pki, PkiError> {
         let p = |n: &str| dir.join(n);
         let cert_err = |what| move |source| PkiError::Cert { what, source };
-        let (ca_cert_pem, ca_key_pem) = match (read(&p("ca.crt"))?, read(&p("ca.key"))?) {
-            (Some(c), Some(k)) => (c, k),
-            _ => {
-                let key = KeyPair::generate().map_err(cert_err("key"))?;
-                let mut params =
-                    CertificateParams::new(Vec::<String>::new()).map_err(cert_err("parameters"))?;
-                params.distinguished_name.push(
-                    DnType::CommonName,
-                    format!(
-                        "berth-server-ca@{}",
-                        time::OffsetDateTime::now_utc().unix_timestamp()
-                    ),
-                );
-                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-                params.key_usages = vec![
-                    KeyUsagePurpose::KeyCertSign,
-                    KeyUsagePurpose::CrlSign,
-                    KeyUsagePurpose::DigitalSignature,
-                ];
-                params.not_before = now_offset(-1);
-                params.not_after = now_offset(3650);
-                let cert = params.self_signed(&key).map_err(cert_err("CA"))?;
-                write_secret(&p("ca.key"), key.serialize_pem().as_bytes(), 0o600)?;
-                write_secret(&p("ca.crt"), cert.pem().as_bytes(), 0o644)?;
-                (cert.pem(), key.serialize_pem())
-            }
-        };
+        let (ca_cert_pem, ca_key_pem) = ensure_ca(dir)?;
         let ca_key = KeyPair::from_pem(&ca_key_pem)
             .map_err(|_| PkiError::Unreadable { path: p("ca.key") })?;
         let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, &ca_key)

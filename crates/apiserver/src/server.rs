@@ -553,6 +553,13 @@ impl Server {
         if path == "/cacerts" {
             return self.nodes.cacerts();
         }
+        if path == "/v1-berth/server-bootstrap" && method == http::Method::GET {
+            let auth = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            return self.nodes.server_bootstrap(&self.api, auth).await;
+        }
         let anonymous_ok = matches!(
             path.as_str(),
             "/healthz" | "/livez" | "/readyz" | "/version"

@@ -290,6 +290,9 @@ impl From<store::StoreError> for ApiError {
                 "Timeout",
                 format!("Too large resource version: {requested}, current: {current}"),
             ),
+            store::StoreError::Unavailable(msg) => {
+                ApiError::new(503, "ServiceUnavailable", msg)
+            }
             other => {
                 let mut msg = other.to_string();
                 let mut src = std::error::Error::source(&other);

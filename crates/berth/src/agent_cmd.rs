@@ -78,6 +78,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{s:?} is not a duration of at least 1s (like 8s or 1m)"))
 }
 
+/// A duration of at least 100ms (periods that may be shorter than a second).
+pub fn parse_period(s: &str) -> Result<Duration, String> {
+    timefmt::parse_duration(s)
+        .map(|n| Duration::from_nanos(n as u64))
+        .filter(|d| *d >= Duration::from_millis(100))
+        .ok_or_else(|| format!("{s:?} is not a duration of at least 100ms (like 500ms or 2s)"))
+}
+
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
     /// The API server: https://HOST:PORT.

@@ -10,6 +10,7 @@ mod agent_cmd;
 mod build_cmd;
 mod container_cmd;
 mod daemon;
+mod etcd_member;
 mod image_cmd;
 mod registry_client_cmd;
 mod registry_cmd;
@@ -97,6 +98,9 @@ enum Command {
     /// Manage bootstrap tokens, with which new nodes join (`berth agent --token`).
     #[command(subcommand)]
     Token(server_cmd::TokenCmd),
+    /// The etcd members of an HA cluster's servers (`berth server --cluster-init`).
+    #[command(subcommand)]
+    Member(etcd_member::MemberCmd),
     /// The node's service proxy (run on a node).
     #[command(subcommand)]
     Proxy(ProxyCmd),
@@ -319,6 +323,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Agent(a) => agent_cmd::run(a),
         Command::Kubeconfig(a) => server_cmd::kubeconfig(a),
         Command::Token(cmd) => server_cmd::token(cmd),
+        Command::Member(cmd) => etcd_member::member(cmd),
         Command::Proxy(ProxyCmd::Explain { service }) => {
             let (ns, name) = match service.split_once('/') {
                 Some((ns, name)) => (ns.to_string(), name.to_string()),

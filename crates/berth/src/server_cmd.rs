@@ -64,6 +64,17 @@ pub struct ServerArgs {
     /// Lease, so that of several servers sharing a store one runs them.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
+    /// How long a leader's lease lasts without renewal before another server takes the
+    /// controllers over (kube-controller-manager: 15s).
+    #[arg(long, default_value = "4s", value_parser = crate::agent_cmd::parse_duration)]
+    leader_elect_lease_duration: std::time::Duration,
+    /// How long the leader keeps trying to renew before it stops its controllers
+    /// (kube-controller-manager: 10s).
+    #[arg(long, default_value = "3s", value_parser = crate::agent_cmd::parse_duration)]
+    leader_elect_renew_deadline: std::time::Duration,
+    /// How often the leader renews and candidates look (kube-controller-manager: 2s).
+    #[arg(long, default_value = "500ms", value_parser = crate::agent_cmd::parse_period)]
+    leader_elect_retry_period: std::time::Duration,
     /// Delete the oldest terminated pods when there are more than this many (0: never).
     #[arg(long, default_value_t = 12_500)]
     terminated_pod_gc_threshold: usize,
@@ -111,6 +122,16 @@ pub struct ServerArgs {
     /// document; tokens must also name it as an audience to authenticate here.
     #[arg(long, default_value = apiserver::serviceaccount::DEFAULT_ISSUER)]
     service_account_issuer: String,
+    /// Start the first server of an HA cluster: this server runs and supervises an etcd
+    /// member (Debian's etcd-server, installed if missing; data under the data dir; TLS
+    /// from the cluster CA) as its store, which other servers join with --server.
+    #[arg(long, conflicts_with_all = ["datastore_endpoint", "server"])]
+    cluster_init: bool,
+    /// Join the HA cluster of the server at this URL (https://HOST:6443), with the
+    /// cluster's server token (--token): this server adds an etcd member of its own to the
+    /// cluster and serves the API from it.
+    #[arg(long, requires = "token", conflicts_with = "datastore_endpoint")]
+    server: Option<String>,
     #[command(flatten)]
     node: crate::agent_cmd::NodeArgs,
 }
@@ -137,18 +158,33 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
         .context("start the async runtime")?;
     let code = rt.block_on(async move {
         let data_dir = a.data_dir.clone();
+        let advertise_address = a.advertise_address.or_else(|| {
+            if a.bind_address.is_unspecified() || a.bind_address.is_loopback() {
+                crate::agent_cmd::default_node_ip()
+            } else {
+                Some(a.bind_address)
+            }
+        });
+        // An HA server's store is the etcd member it runs.
+        let (datastore_endpoint, etcd_members) = if a.cluster_init || a.server.is_some() {
+            let advertise = advertise_address.context(
+                "an HA server needs an address the other servers reach it by: give --advertise-address",
+            )?;
+            let join = a.server.as_deref().zip(a.token.as_deref());
+            let member = crate::etcd_member::start(&data_dir, advertise, join)
+                .await
+                .context("the server's etcd member")?;
+            (Some(member.datastore_endpoint), vec![member.client_url])
+        } else {
+            (a.datastore_endpoint, Vec::new())
+        };
         let cfg = apiserver::Config {
             data_dir: a.data_dir,
             bind_address: a.bind_address,
-            advertise_address: a.advertise_address.or_else(|| {
-                if a.bind_address.is_unspecified() || a.bind_address.is_loopback() {
-                    crate::agent_cmd::default_node_ip()
-                } else {
-                    Some(a.bind_address)
-                }
-            }),
+            advertise_address,
             https_port: a.https_listen_port,
-            datastore_endpoint: a.datastore_endpoint,
+            datastore_endpoint,
+            etcd_members,
             write_kubeconfig: a.write_kubeconfig.clone(),
             tls_sans: a.tls_san,
             token_auth_file: a.token_auth_file,
@@ -197,6 +233,11 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
                 },
                 node_monitor_grace_period: a.node_monitor_grace_period,
                 terminated_pod_gc_threshold: a.terminated_pod_gc_threshold,
+                leader_election: controllers::leader::Timing {
+                    lease_duration: a.leader_elect_lease_duration,
+                    renew_deadline: a.leader_elect_renew_deadline,
+                    retry_period: a.leader_elect_retry_period,
+                },
                 hpa: controllers::hpa::Settings {
                     sync_period: a.horizontal_pod_autoscaler_sync_period,
                     downscale_stabilization: a.horizontal_pod_autoscaler_downscale_stabilization,

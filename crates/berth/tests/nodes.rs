@@ -5211,3 +5211,250 @@ fn agents_fail_over_to_another_server_when_theirs_dies() {
     unsafe { libc::kill(etcd_pid as i32, libc::SIGKILL) };
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The pid of the etcd member a server of an HA cluster runs.
+fn etcd_member_pid(s: &cluster::Server) -> i32 {
+    let data = format!("{}/data/etcd/data", s.dir.display());
+    poll("the server's etcd member", 30, || {
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            (args.first()?.ends_with(b"etcd") && args.contains(&data.as_bytes())).then_some(pid)
+        })
+    })
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) of a process this test started (directly or through its server).
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+}
+
+/// Three servers that run etcd themselves (`--cluster-init`, then two joining with
+/// `--server` and the token) and two agents. One etcd member stopped changes nothing a
+/// user sees through any server; two stopped make every server refuse reads and writes
+/// with a clear 503 (never an answer from stale memory) until one is back. Killing the
+/// server that leads hands the controllers to another within seconds: a Deployment
+/// scaled right after converges, no acknowledged write is lost, the pods keep running and
+/// the agents carry on through the survivors. The dead server's member is then removed.
+#[test]
+fn three_servers_on_their_own_etcd_survive_losing_members_and_the_leader() {
+    let d = Dedicated(Cluster::start_with("ha", 2, &["--cluster-init"]));
+    let c = &d.0;
+    load_busybox(c);
+    let b = c.add_server("ha-b");
+    let s3 = c.add_server("ha-c");
+    let members = |s: &cluster::Server| {
+        let o = std::process::Command::new(common::BERTH)
+            .args(["member", "list", "--data-dir"])
+            .arg(s.dir.join("data"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let list = members(&b);
+    assert_eq!(
+        list.lines().count(),
+        4,
+        "three members and a header:\n{list}"
+    );
+    assert_eq!(list.matches("https://").count(), 6, "{list}");
+    assert!(!list.contains("unreachable"), "{list}");
+    for s in [&b, &s3] {
+        // The joining servers took the cluster's CA through the first one's API.
+        assert_eq!(
+            std::fs::read(s.dir.join("data/tls/ca.crt")).unwrap(),
+            std::fs::read(c.server.dir.join("data/tls/ca.crt")).unwrap()
+        );
+    }
+    // A join with a node's bootstrap token, or a wrong token, is refused and leaves nothing.
+    let bad = cluster::base_dir("ha-intruder");
+    let hash = c.token.split("::").next().unwrap().to_string();
+    for token in [
+        format!("{hash}::abcdef.0123456789abcdef"),
+        format!("{hash}::server:wrong"),
+    ] {
+        let o = std::process::Command::new(common::BERTH)
+            .args(["server", "--disable-agent", "--disable-scheduler"])
+            .args([
+                "--disable-controller-manager",
+                "--bind-address",
+                "127.0.0.1",
+            ])
+            .args([
+                "--advertise-address",
+                "127.0.0.1",
+                "--https-listen-port",
+                "0",
+            ])
+            .args(["--server", &c.server.url, "--token", &token, "--data-dir"])
+            .arg(bad.join("data"))
+            .arg("--write-kubeconfig")
+            .arg(bad.join("k.yaml"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{err}");
+        assert!(
+            err.contains("server token") || err.contains("refused to let this server join"),
+            "{err}"
+        );
+        assert!(!bad.join("data/tls").exists() && !bad.join("data/etcd").exists());
+    }
+    assert_eq!(members(&c.server).lines().count(), 4);
+
+    let servers = [&c.server, &b, &s3];
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: ha\nspec:\n  replicas: 2\n  selector:\n    matchLabels: {app: ha}\n  template:\n    metadata:\n      labels: {app: ha}\n    spec:\n      containers:\n      - name: c\n        image: busybox:latest\n        imagePullPolicy: Never\n        command: [sleep, \"3600\"]\n";
+    b.ok_in(&["apply", "-f", "-"], deployment);
+    s3.ok(&["rollout", "status", "deployment/ha", "--timeout=120s"]);
+    let pods = |s: &cluster::Server| {
+        s.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=ha",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.uid} {.status.containerStatuses[0].restartCount}{\"\\n\"}{end}",
+        ])
+    };
+    let before = pods(&c.server);
+
+    // One member stopped (frozen, as a hung host): every server goes on serving.
+    let e3 = etcd_member_pid(&s3);
+    let e2 = etcd_member_pid(&b);
+    signal(e3, libc::SIGSTOP);
+    for (i, s) in servers.iter().enumerate() {
+        s.ok(&[
+            "create",
+            "configmap",
+            &format!("one-{i}"),
+            "--from-literal=k=v",
+        ]);
+        for j in 0..=i {
+            s.ok(&["get", "configmap", &format!("one-{j}")]);
+        }
+    }
+    // Two stopped: no quorum. Every server refuses, reads included, and says why.
+    signal(e2, libc::SIGSTOP);
+    for s in servers {
+        poll("writes refused without a quorum", 30, || {
+            let o = s.kubectl(&["create", "configmap", "two", "--from-literal=k=v"]);
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            (!o.status.success() && err.contains("lost the quorum")).then_some(())
+        });
+        let o = s.kubectl(&["get", "configmap", "one-0"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "a read without a quorum answered");
+        assert!(
+            err.contains("ServiceUnavailable") && err.contains("lost the quorum"),
+            "{err}"
+        );
+    }
+    // One back: everything continues.
+    signal(e2, libc::SIGCONT);
+    poll("writes after a member came back", 30, || {
+        c.server
+            .kubectl(&["create", "configmap", "two", "--from-literal=k=v"])
+            .status
+            .success()
+            .then_some(())
+    });
+    signal(e3, libc::SIGCONT);
+    for s in servers {
+        s.ok(&["get", "configmap", "two"]);
+    }
+
+    // Kill the server that leads.
+    let holder = c.server.ok(&[
+        "-n",
+        "kube-system",
+        "get",
+        "lease",
+        "berth-controllers",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    let leads = |s: &cluster::Server| {
+        std::fs::read_to_string(s.dir.join("server.log"))
+            .unwrap_or_default()
+            .contains(&format!("{holder} became the leader"))
+    };
+    let leader = *servers.iter().find(|s| leads(s)).expect("a server leads");
+    let survivor = *servers.iter().find(|s| s.pid != leader.pid).unwrap();
+    let leader_member = std::fs::read_to_string(leader.dir.join("data/etcd/member.json")).unwrap();
+    let leader_member = serde_json::from_str::<serde_json::Value>(&leader_member).unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    leader.ok(&["create", "configmap", "acknowledged", "--from-literal=k=v"]);
+    signal(leader.pid as i32, libc::SIGKILL);
+    let t0 = std::time::Instant::now();
+    survivor.ok(&["scale", "deployment/ha", "--replicas=4"]);
+    poll(
+        "the new leader's controllers to scale the deployment",
+        60,
+        || {
+            let n = survivor
+                .ok(&["get", "pods", "-l", "app=ha", "-o", "name"])
+                .lines()
+                .count();
+            (n >= 4).then_some(())
+        },
+    );
+    eprintln!(
+        "failover: the new leader's controllers created pods {:.1} s after the leading server was killed",
+        t0.elapsed().as_secs_f64()
+    );
+    survivor.ok(&["rollout", "status", "deployment/ha", "--timeout=120s"]);
+    survivor.ok(&["get", "configmap", "acknowledged"]);
+    // The pods that ran before run on, never restarted.
+    let after = pods(survivor);
+    for line in before.lines() {
+        assert!(after.contains(line), "{line} not in {after}");
+    }
+    // Both agents carry on through the survivors: their leases are renewed.
+    for h in &c.hosts {
+        let renewed = || {
+            survivor.ok(&[
+                "-n",
+                "kube-node-lease",
+                "get",
+                "lease",
+                &h.name,
+                "-o",
+                "jsonpath={.spec.renewTime}",
+            ])
+        };
+        let r0 = renewed();
+        poll("the node's lease renewed through a survivor", 60, || {
+            (renewed() != r0).then_some(())
+        });
+    }
+    survivor.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "node",
+        "--all",
+        "--timeout=30s",
+    ]);
+
+    // The dead server's member is removed; the cluster has two.
+    let o = std::process::Command::new(common::BERTH)
+        .args(["member", "remove", &leader_member, "--data-dir"])
+        .arg(survivor.dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let list = members(survivor);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(!list.contains(&leader_member), "{list}");
+    survivor.ok(&["create", "configmap", "after-removal", "--from-literal=k=v"]);
+    for s in servers {
+        if s.pid != leader.pid {
+            signal(s.pid as i32, libc::SIGKILL);
+        }
+    }
+    drop(d);
+    let _ = std::fs::remove_dir_all(&bad);
+}

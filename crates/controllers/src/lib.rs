@@ -43,6 +43,8 @@ pub struct Options {
     pub node_monitor_grace_period: std::time::Duration,
     pub terminated_pod_gc_threshold: usize,
     pub hpa: hpa::Settings,
+    /// The leader election's lease, renew deadline and retry period.
+    pub leader_election: leader::Timing,
 }
 
 /// The controllers by name, as kube-controller-manager names them.
@@ -100,11 +102,16 @@ pub fn selected(spec: &[String]) -> anyhow::Result<std::collections::BTreeSet<&'
 /// otherwise until the process ends.
 pub fn start(client: kube::Client, opts: Options, leader: Option<String>) -> anyhow::Result<()> {
     let on = selected(&opts.controllers)?;
+    opts.leader_election.check().map_err(anyhow::Error::msg)?;
+    let timing = opts.leader_election;
     match leader {
         None => drop(spawn_all(&client, &opts, &on)),
-        Some(me) => drop(tokio::spawn(leader::run(client.clone(), me, move |c| {
-            spawn_all(&c, &opts, &on)
-        }))),
+        Some(me) => drop(tokio::spawn(leader::run(
+            client.clone(),
+            me,
+            timing,
+            move |c| spawn_all(&c, &opts, &on),
+        ))),
     }
     Ok(())
 }

@@ -8,7 +8,9 @@
 //! | `https://HOST:PORT[,...]?cacert=FILE[&cert=FILE&key=FILE]` | etcd over TLS |
 //!
 //! The query's file paths are taken literally (no percent-decoding); `cacert` is required
-//! over TLS, `cert` and `key` (a client certificate) go together.
+//! over TLS, `cert` and `key` (a client certificate) go together. `autosync=true` keeps the
+//! client's endpoints to the cluster's members as etcd lists them (etcdctl's
+//! `--auto-sync-interval`), for the members a berth server runs itself.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +32,8 @@ pub enum Endpoint {
     Etcd {
         endpoints: Vec<String>,
         tls: Option<TlsFiles>,
+        /// Follow the members etcd lists (`autosync=true`).
+        autosync: bool,
     },
 }
 
@@ -92,13 +96,31 @@ impl Endpoint {
                         _ => return Err(bad(&format!("{host:?} is not HOST:PORT; {FORMS}"))),
                     }
                 }
-                let tls = match (scheme, query) {
+                let mut autosync = false;
+                let query = query.map(|q| {
+                    q.split('&')
+                        .filter(|p| match *p {
+                            "autosync=true" => {
+                                autosync = true;
+                                false
+                            }
+                            _ => true,
+                        })
+                        .collect::<Vec<_>>()
+                        .join("&")
+                });
+                let tls = match (scheme, query.as_deref()) {
                     ("https", Some(query)) => Some(tls_files(query).map_err(|r| bad(&r))?),
                     ("https", None) => return Err(bad("https needs ?cacert=FILE")),
+                    (_, Some("")) => None,
                     (_, Some(_)) => return Err(bad("only https endpoints take options")),
                     (_, None) => None,
                 };
-                Ok(Endpoint::Etcd { endpoints, tls })
+                Ok(Endpoint::Etcd {
+                    endpoints,
+                    tls,
+                    autosync,
+                })
             }
             _ => Err(bad(FORMS)),
         }
@@ -120,13 +142,20 @@ impl Endpoint {
                 })?;
                 Ok(Arc::new(store))
             }
-            Endpoint::Etcd { endpoints, tls } => {
+            Endpoint::Etcd {
+                endpoints,
+                tls,
+                autosync,
+            } => {
                 let store = EtcdStore::connect(endpoints, tls.clone())
                     .await
                     .map_err(|source| OpenError::Open {
                         endpoint: format!("etcd {}", endpoints.join(",")),
                         source,
                     })?;
+                if *autosync {
+                    store.follow_members(crate::etcd::AUTOSYNC_INTERVAL);
+                }
                 Ok(Arc::new(store))
             }
         }
@@ -187,6 +216,7 @@ mod tests {
         let etcd = |e: &[&str], tls| Endpoint::Etcd {
             endpoints: e.iter().map(|s| s.to_string()).collect(),
             tls,
+            autosync: false,
         };
         assert_eq!(parse("etcd://a:2379").unwrap(), etcd(&["a:2379"], None));
         assert_eq!(
@@ -200,8 +230,24 @@ mod tests {
         };
         assert_eq!(
             parse("https://a:1,b:2?cacert=/ca.pem&cert=/c.pem&key=/k.pem").unwrap(),
-            etcd(&["a:1", "b:2"], Some(files))
+            etcd(&["a:1", "b:2"], Some(files.clone()))
         );
+        assert_eq!(
+            parse("https://a:1?cacert=/ca.pem&autosync=true&cert=/c.pem&key=/k.pem").unwrap(),
+            Endpoint::Etcd {
+                endpoints: vec!["a:1".into()],
+                tls: Some(files),
+                autosync: true,
+            }
+        );
+        assert!(matches!(
+            parse("etcd://a:1?autosync=true").unwrap(),
+            Endpoint::Etcd {
+                autosync: true,
+                tls: None,
+                ..
+            }
+        ));
         for bad in [
             "etcd://a",
             "etcd://a:b",

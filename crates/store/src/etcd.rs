@@ -84,10 +84,18 @@ impl From<EtcdError> for StoreError {
 /// How long connecting to an endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often a store with `autosync` asks etcd for its members.
+pub const AUTOSYNC_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How many times a request is sent when the member it went to could not be reached.
+const ATTEMPTS: usize = 3;
+
 /// The etcd store. Cheap to clone (clones share the connection).
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    /// The client URLs the client balances over.
+    urls: Arc<std::sync::Mutex<Vec<String>>>,
     /// The last compaction point found (it only moves forward).
     compacted: Arc<AtomicI64>,
 }
@@ -124,7 +132,34 @@ fn classify(e: etcd_client::Error) -> Known {
             return Known::Future;
         }
     }
-    Known::Other(EtcdError::Client(e).into())
+    Known::Other(backend(e))
+}
+
+/// A failure etcd answered, as the store's error: without a leader (a quorum of members
+/// lost) nothing can be served.
+fn backend(e: etcd_client::Error) -> StoreError {
+    match &e {
+        etcd_client::Error::GRpcStatus(s) if s.message().contains("no leader") => {
+            StoreError::Unavailable(format!(
+                "etcd has lost the quorum of its members ({}); the store answers again when a majority of them is back",
+                s.message()
+            ))
+        }
+        _ => EtcdError::Client(e).into(),
+    }
+}
+
+/// Whether a request failed because the member could not be reached (rather than
+/// because etcd refused it).
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        // gRPC's CANCELLED (1), UNKNOWN (2) and UNAVAILABLE (14): the connection went.
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(s.code() as i32, 1 | 2 | 14) && !s.message().contains("no leader")
+        }
+        _ => false,
+    }
 }
 
 fn convert(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
@@ -181,9 +216,15 @@ impl EtcdStore {
                 }
             })
             .collect();
+        // A member that stops answering (a frozen process, a host gone) is noticed by the
+        // HTTP/2 keep-alive within 2 s, and its connection dropped from the balance; a
+        // member cut off from the others' quorum answers at once that it has no leader
+        // rather than holding requests.
         let mut options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
         if let Some(tls) = tls {
             let mut config =
                 TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
@@ -205,6 +246,7 @@ impl EtcdStore {
             .map_err(|e| connect_err(EtcdError::Client(e).into()))?;
         let store = EtcdStore {
             client,
+            urls: Arc::new(std::sync::Mutex::new(urls.clone())),
             compacted: Arc::new(AtomicI64::new(0)),
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, store.current_revision()).await {
@@ -219,10 +261,67 @@ impl EtcdStore {
         &self.client
     }
 
+    /// Keeps the client's endpoints to the client URLs of the members etcd lists, every
+    /// `every`: a store that knew one member reaches those that joined since, and stops
+    /// trying removed ones. Needs a tokio runtime; stops when the store is dropped.
+    pub fn follow_members(&self, every: Duration) {
+        let client = self.client.clone();
+        let urls = Arc::downgrade(&self.urls);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(urls) = urls.upgrade() else { return };
+                let Ok(Ok(list)) =
+                    tokio::time::timeout(every, client.cluster_client().member_list()).await
+                else {
+                    continue;
+                };
+                let listed: Vec<String> = list
+                    .members()
+                    .iter()
+                    .flat_map(|m| m.client_urls().iter().cloned())
+                    .collect();
+                if listed.is_empty() {
+                    continue;
+                }
+                let known = urls.lock().unwrap().clone();
+                for u in listed.iter().filter(|u| !known.contains(u)) {
+                    let _ = client.add_endpoint(u).await;
+                }
+                for u in known.iter().filter(|u| !listed.contains(u)) {
+                    let _ = client.remove_endpoint(u).await;
+                }
+                *urls.lock().unwrap() = listed;
+            }
+        });
+    }
+
+    /// A range read, sent again (up to [`ATTEMPTS`]) when it failed because the member
+    /// it went to was unreachable: reads have no effect, so another member may answer.
+    async fn range(
+        &self,
+        key: impl Into<Vec<u8>>,
+        options: GetOptions,
+    ) -> std::result::Result<etcd_client::GetResponse, etcd_client::Error> {
+        let key = key.into();
+        let mut attempt = 1;
+        loop {
+            match self
+                .client
+                .kv_client()
+                .get(key.clone(), Some(options.clone()))
+                .await
+            {
+                Err(e) if attempt < ATTEMPTS && unreachable(&e) => attempt += 1,
+                r => return r,
+            }
+        }
+    }
+
     /// Whether revision `revision` can still be read.
     async fn readable(&self, revision: i64) -> Result<bool> {
         let options = GetOptions::new().with_revision(revision).with_count_only();
-        match self.client.kv_client().get(vec![0], Some(options)).await {
+        match self.range(vec![0], options).await {
             Ok(_) => Ok(true),
             Err(e) => match classify(e) {
                 Known::Compacted => Ok(false),
@@ -253,17 +352,26 @@ impl EtcdStore {
         }
     }
 
-    /// Runs a compare-and-swap transaction whose failure branch gets `key`.
-    async fn cas(&self, key: &str, compare: Compare, op: TxnOp) -> Result<TxnResponse> {
+    /// Runs a compare-and-swap transaction whose failure branch gets `key`; says whether
+    /// it was sent again.
+    ///
+    /// A transaction that failed because its member could not be reached (frozen, gone)
+    /// is sent again, to another member. That is safe because every write is guarded by
+    /// its comparison: if the first attempt did take effect (or a frozen member carries
+    /// it out when it wakes), the comparison fails the other one, and the callers
+    /// recognise their own write in the value the failed comparison reads.
+    async fn cas(&self, key: &str, compare: Compare, op: TxnOp) -> Result<(TxnResponse, bool)> {
         let txn = Txn::new()
             .when([compare])
             .and_then([op])
             .or_else([TxnOp::get(key, None)]);
-        self.client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(|e| EtcdError::Client(e).into())
+        let mut attempt = 1;
+        loop {
+            match self.client.kv_client().txn(txn.clone()).await {
+                Err(e) if attempt < ATTEMPTS && unreachable(&e) => attempt += 1,
+                r => return r.map(|r| (r, attempt > 1)).map_err(backend),
+            }
+        }
     }
 }
 
@@ -288,7 +396,7 @@ impl EtcdStore {
         if opts.limit > 0 {
             options = options.with_limit(opts.limit as i64);
         }
-        let resp = match self.client.kv_client().get(start, Some(options)).await {
+        let resp = match self.range(start, options).await {
             Ok(resp) => resp,
             Err(e) => return Err(self.map_read_err(e, opts.revision).await),
         };
@@ -311,12 +419,7 @@ impl EtcdStore {
 impl Store for EtcdStore {
     async fn current_revision(&self) -> Result<i64> {
         let options = GetOptions::new().with_count_only();
-        let resp = self
-            .client
-            .kv_client()
-            .get(vec![0], Some(options))
-            .await
-            .map_err(EtcdError::Client)?;
+        let resp = self.range(vec![0], options).await.map_err(backend)?;
         Ok(resp.header().ok_or(EtcdError::NoHeader)?.revision())
     }
 
@@ -342,7 +445,7 @@ impl Store for EtcdStore {
 
     async fn get(&self, key: &str, revision: i64) -> Result<Option<KeyValue>> {
         let options = GetOptions::new().with_revision(revision);
-        match self.client.kv_client().get(key, Some(options)).await {
+        match self.range(key, options).await {
             Ok(resp) => resp.kvs().first().map(convert).transpose(),
             Err(e) => Err(self.map_read_err(e, revision).await),
         }
@@ -378,11 +481,18 @@ impl Store for EtcdStore {
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<i64> {
         let compare = Compare::create_revision(key, CompareOp::Equal, 0);
-        let resp = self.cas(key, compare, TxnOp::put(key, value, None)).await?;
+        let (resp, again) = self
+            .cas(key, compare, TxnOp::put(key, value.clone(), None))
+            .await?;
         if resp.succeeded() {
-            txn_revision(&resp)
-        } else {
-            Err(StoreError::AlreadyExists(key.to_owned()))
+            return txn_revision(&resp);
+        }
+        match txn_current(&resp)? {
+            // The first attempt's own value: it took effect.
+            Some(kv) if again && kv.value == value && kv.create_revision == kv.mod_revision => {
+                Ok(kv.mod_revision)
+            }
+            _ => Err(StoreError::AlreadyExists(key.to_owned())),
         }
     }
 
@@ -396,15 +506,18 @@ impl Store for EtcdStore {
             });
         }
         let compare = Compare::mod_revision(key, CompareOp::Equal, expected);
-        let resp = self.cas(key, compare, TxnOp::put(key, value, None)).await?;
+        let (resp, again) = self
+            .cas(key, compare, TxnOp::put(key, value.clone(), None))
+            .await?;
         if resp.succeeded() {
-            txn_revision(&resp)
-        } else {
-            let current = txn_current(&resp)?.map(Box::new);
-            Err(StoreError::Conflict {
+            return txn_revision(&resp);
+        }
+        match txn_current(&resp)? {
+            Some(kv) if again && kv.value == value => Ok(kv.mod_revision),
+            current => Err(StoreError::Conflict {
                 key: key.to_owned(),
-                current,
-            })
+                current: current.map(Box::new),
+            }),
         }
     }
 
@@ -421,7 +534,7 @@ impl Store for EtcdStore {
             None => Compare::version(key, CompareOp::Greater, 0),
         };
         let op = TxnOp::delete(key, Some(DeleteOptions::new().with_prev_key()));
-        let resp = self.cas(key, compare, op).await?;
+        let (resp, _) = self.cas(key, compare, op).await?;
         if !resp.succeeded() {
             let current = txn_current(&resp)?;
             return Err(match (expected, current) {
@@ -469,12 +582,7 @@ impl Store for EtcdStore {
                 loop {
                     let resp = match stream.next().await {
                         Some(Ok(resp)) => resp,
-                        Some(Err(e)) => {
-                            return Some((
-                                Err(EtcdError::Client(e).into()),
-                                (stream, position, true),
-                            ))
-                        }
+                        Some(Err(e)) => return Some((Err(backend(e)), (stream, position, true))),
                         None => {
                             return Some((
                                 Err(EtcdError::WatchEnded.into()),

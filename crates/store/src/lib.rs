@@ -124,6 +124,10 @@ pub enum StoreError {
     /// The revision asked for is newer than the store's.
     #[error("revision {requested} is in the future (current {current})")]
     FutureRevision { requested: i64, current: i64 },
+    /// The store cannot serve anything now, reads included (an etcd cluster without a
+    /// quorum of its members): it answers nothing rather than something stale.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     #[error("store backend")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

@@ -147,28 +147,47 @@ impl Server {
 
     /// Starts a server with extra flags.
     pub fn start_with(name: &str, etcd: bool, extra: &[&str]) -> Server {
-        Server::launch(base_dir(name), etcd, extra, false)
+        Server::launch(base_dir(name), etcd, extra, false, None)
     }
 
     /// Starts the server of a cluster with nodes: its scheduler and controllers run (its
     /// own node agent does not; the cluster's agents are hosts of their own).
     pub fn start_cluster(name: &str, extra: &[&str]) -> Server {
-        Server::launch(base_dir(name), false, extra, true)
+        Server::launch(base_dir(name), false, extra, true, None)
+    }
+
+    /// As [`Server::start_cluster`], in the network namespace `netns` (a host of its own).
+    pub fn start_cluster_in(name: &str, netns: &str, extra: &[&str]) -> Server {
+        Server::launch(base_dir(name), false, extra, true, Some(netns))
     }
 
     /// Starts a server again on the data dir of `old` (which must have stopped).
     pub fn start_reusing(old: &Server, extra: &[&str]) -> Server {
-        Server::launch(old.dir.clone(), false, extra, false)
+        Server::launch(old.dir.clone(), false, extra, false, None)
     }
 
     /// As [`Server::start_reusing`], with the scheduler and controllers (a cluster's server).
     pub fn restart_cluster(old: &Server, extra: &[&str]) -> Server {
-        Server::launch(old.dir.clone(), false, extra, true)
+        Server::launch(old.dir.clone(), false, extra, true, None)
     }
 
-    fn launch(dir: PathBuf, etcd: bool, extra: &[&str], controllers: bool) -> Server {
+    fn launch(
+        dir: PathBuf,
+        etcd: bool,
+        extra: &[&str],
+        controllers: bool,
+        netns: Option<&str>,
+    ) -> Server {
         let kubeconfig = dir.join("kubeconfig.yaml");
-        let mut cmd = Command::new(crate::common::BERTH);
+        let mut cmd = match netns {
+            // `ip netns exec` execs berth: the pid is the server's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, crate::common::BERTH]);
+                c
+            }
+            None => Command::new(crate::common::BERTH),
+        };
         cmd.arg("server");
         if !extra.contains(&"--bind-address") {
             cmd.args(["--bind-address", "127.0.0.1"]);

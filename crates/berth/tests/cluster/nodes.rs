@@ -40,7 +40,9 @@ pub struct Cluster {
     server_flags: Vec<String>,
     id: String,
     nodes_dir: PathBuf,
-    token: String,
+    pub token: String,
+    /// Servers added so far (each takes the next address from `<prefix>.250`).
+    added_servers: AtomicU32,
 }
 
 fn sh(args: &[&str]) -> Output {
@@ -179,6 +181,7 @@ impl Cluster {
             id,
             nodes_dir: base_dir(&format!("{name}-nodes")),
             token,
+            added_servers: AtomicU32::new(0),
         };
         for i in 0..n {
             let h = c.new_host(i, agent_flags);
@@ -196,16 +199,47 @@ impl Cluster {
     /// Starts a second server of this cluster on the bridge (address `<prefix>.250`, the
     /// first's port), on the same store, given nothing but the cluster's token: it takes
     /// the CA and keys from the store.
+    ///
+    /// In a cluster whose first server runs etcd itself (`--cluster-init`), the server
+    /// joins with `--server` and the token instead, adding an etcd member of its own.
     pub fn add_server(&self, name: &str) -> Server {
-        let ip = format!("{}.250", self.subnet_prefix);
-        let _ = sh(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{ip}/24"),
-            "dev",
-            &self.bridge,
-        ]);
+        let k = self.added_servers.fetch_add(1, Ordering::SeqCst);
+        let ip = format!("{}.{}", self.subnet_prefix, 250 + k);
+        let init = self.server_flags.iter().any(|f| f == "--cluster-init");
+        // A server with an etcd member of its own is a host of its own: etcd checks that a
+        // peer connects from an address its certificate names, which a second address of
+        // this host's bridge would not be.
+        let netns = format!("bcs{}x{k}", self.id);
+        if init {
+            let veth = format!("bcw{}x{k}", self.id);
+            let _ = sh(&["ip", "netns", "del", &netns]);
+            must(&["ip", "netns", "add", &netns]);
+            must(&[
+                "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+            ]);
+            must(&["ip", "link", "set", &veth, "master", &self.bridge, "up"]);
+            let gw = format!("{}.1", self.subnet_prefix);
+            let cidr = format!("{ip}/24");
+            for args in [
+                vec!["ip", "addr", "add", cidr.as_str(), "dev", "eth0"],
+                vec!["ip", "link", "set", "eth0", "up"],
+                vec!["ip", "link", "set", "lo", "up"],
+                vec!["ip", "route", "add", "default", "via", gw.as_str()],
+            ] {
+                let mut v = vec!["ip", "netns", "exec", &netns];
+                v.extend(args);
+                must(&v);
+            }
+        } else {
+            let _ = sh(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                &self.bridge,
+            ]);
+        }
         let port = self.server.url.rsplit(':').next().unwrap().to_string();
         let mut flags: Vec<&str> = vec![
             "--bind-address",
@@ -215,6 +249,9 @@ impl Cluster {
             "--https-listen-port",
             &port,
         ];
+        if init {
+            flags.extend(["--server", &self.server.url]);
+        }
         // The store the first one uses.
         let mut it = self.server_flags.iter();
         while let Some(f) = it.next() {
@@ -224,7 +261,11 @@ impl Cluster {
             }
         }
         flags.extend(["--token", &self.token]);
-        Server::start_cluster(name, &flags)
+        if init {
+            Server::start_cluster_in(name, &netns, &flags)
+        } else {
+            Server::start_cluster(name, &flags)
+        }
     }
 
     /// Adds a node to the running cluster (with more agent flags) and waits for it to be
@@ -487,6 +528,9 @@ impl Cluster {
     pub fn cleanup(&self) {
         for h in &self.hosts {
             h.cleanup();
+        }
+        for k in 0..self.added_servers.load(Ordering::SeqCst) {
+            let _ = sh(&["ip", "netns", "del", &format!("bcs{}x{k}", self.id)]);
         }
         let _ = sh(&["ip", "link", "del", &self.bridge]);
     }
