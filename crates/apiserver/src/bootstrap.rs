@@ -9,7 +9,17 @@ use std::path::Path;
 
 use serde_json::Value;
 
-const FILES: &[&str] = &["ca.crt", "ca.key", "service-account.key", "token"];
+const FILES: &[&str] = &[
+    "ca.crt",
+    "ca.key",
+    "service-account.key",
+    "token",
+    ENCRYPTION_CONFIG,
+];
+
+/// The server's copy of the EncryptionConfiguration (`--encryption-provider-config`) in
+/// its TLS dir: shared with the other servers, so that every one reads what any writes.
+pub const ENCRYPTION_CONFIG: &str = "encryption-config.yaml";
 const ITERATIONS: u32 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
@@ -122,33 +132,53 @@ pub fn restore_sealed(sealed: &[u8], tls_dir: &Path, secret: &str) -> Result<(),
     Ok(())
 }
 
-/// Saves the cluster's files for servers that will join with this token (once; the first
-/// server's stay).
+/// Saves the cluster's files for servers that will join with this token. The first
+/// server's CA and keys stay; the encryption configuration is the latest a server was
+/// started with.
 pub async fn save(
     store: &dyn store::Store,
     tls_dir: &Path,
     secret: &str,
 ) -> Result<(), BootstrapError> {
     let key = store_key(secret);
-    if store.get(&key, 0).await?.is_some() {
-        return Ok(());
-    }
-    if any(store).await? {
-        return Err(BootstrapError::OtherCluster);
-    }
-    let mut files = serde_json::Map::new();
-    for name in FILES {
-        if let Ok(content) = std::fs::read_to_string(tls_dir.join(name)) {
-            files.insert(name.to_string(), Value::String(content));
+    let local = |name: &str| std::fs::read_to_string(tls_dir.join(name)).ok();
+    loop {
+        let Some(kv) = store.get(&key, 0).await? else {
+            if any(store).await? {
+                return Err(BootstrapError::OtherCluster);
+            }
+            let mut files = serde_json::Map::new();
+            for name in FILES {
+                if let Some(content) = local(name) {
+                    files.insert(name.to_string(), Value::String(content));
+                }
+            }
+            let sealed = seal(
+                secret,
+                &serde_json::to_vec(&Value::Object(files)).unwrap_or_default(),
+            );
+            match store.create(&key, sealed).await {
+                Ok(_) => return Ok(()),
+                Err(store::StoreError::AlreadyExists(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let plain = open(secret, &kv.value).ok_or(BootstrapError::WrongToken)?;
+        let mut files: Value =
+            serde_json::from_slice(&plain).map_err(|_| BootstrapError::WrongToken)?;
+        let Some(config) = local(ENCRYPTION_CONFIG) else {
+            return Ok(());
+        };
+        if files[ENCRYPTION_CONFIG].as_str() == Some(config.as_str()) {
+            return Ok(());
         }
-    }
-    let sealed = seal(
-        secret,
-        &serde_json::to_vec(&Value::Object(files)).unwrap_or_default(),
-    );
-    match store.create(&key, sealed).await {
-        Ok(_) | Err(store::StoreError::AlreadyExists(_)) => Ok(()),
-        Err(e) => Err(e.into()),
+        files[ENCRYPTION_CONFIG] = Value::String(config);
+        let sealed = seal(secret, &serde_json::to_vec(&files).unwrap_or_default());
+        match store.update(&key, sealed, kv.mod_revision).await {
+            Ok(_) => return Ok(()),
+            Err(store::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -200,6 +200,24 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         bootstrap::restore(&*raw, &tls_dir, secret).await?;
     }
     let pki = pki::Pki::load_or_create(&tls_dir, &pki::serving_sans(&sans), given_secret)?;
+    // The encryption configuration a server is given is the cluster's: shared with the
+    // other servers through the bootstrap data; one given none uses the shared one.
+    // A configuration is checked before it is shared.
+    let shared_config = tls_dir.join(bootstrap::ENCRYPTION_CONFIG);
+    let encryption = match &cfg.encryption_provider_config {
+        Some(path) => {
+            let enc = encryption::Encryption::load(path)?;
+            let text = std::fs::read(path)
+                .map_err(|e| encryption::ConfigError::Read(path.display().to_string(), e))?;
+            pki::write_secret(&shared_config, &text, 0o600)?;
+            Some((enc, path.clone()))
+        }
+        None if shared_config.exists() => Some((
+            encryption::Encryption::load(&shared_config)?,
+            shared_config.clone(),
+        )),
+        None => None,
+    };
     bootstrap::save(&*raw, &tls_dir, pki.join_secret()).await?;
     let host = if cfg.bind_address.is_unspecified() {
         "127.0.0.1".to_string()
@@ -213,11 +231,8 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     };
 
     let metrics = Arc::new(metrics::Metrics::default());
-    if let Some(path) = &cfg.encryption_provider_config {
-        let enc = encryption::EncryptedStore {
-            inner: raw,
-            enc: encryption::Encryption::load(path)?,
-        };
+    if let Some((enc, path)) = encryption {
+        let enc = encryption::EncryptedStore { inner: raw, enc };
         let n = enc
             .rewrite_stale()
             .await

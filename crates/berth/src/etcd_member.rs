@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 pub const CLIENT_PORT: u16 = 2379;
 /// etcd's peer port.
 pub const PEER_PORT: u16 = 2380;
-/// How long a starting member may take to answer.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a starting member may take to answer with a quorum (a whole cluster restarting
+/// waits for enough of its servers).
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// What etcd logs when it exits because it was removed from the cluster.
 const REMOVED: &str = "the member has been permanently removed from the cluster";
 
@@ -252,7 +253,9 @@ async fn wait_ready(
     child: &mut tokio::process::Child,
     client_url: &str,
 ) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let started = tokio::time::Instant::now();
+    let deadline = started + READY_TIMEOUT;
+    let mut waiting = false;
     let opts = connect_options(paths)?;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -262,12 +265,21 @@ async fn wait_ready(
                 log_tail(paths)
             );
         }
+        // A linearizable read: the member serves, and a quorum of the cluster's members
+        // agrees (a whole cluster restarting waits here for enough of its servers).
         let answered = async {
             let mut c = etcd_client::Client::connect([client_url], Some(opts.clone())).await?;
-            c.status().await
+            c.get("/", Some(etcd_client::GetOptions::new().with_count_only()))
+                .await
         };
         if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), answered).await {
             return Ok(());
+        }
+        if !waiting && started.elapsed() > Duration::from_secs(3) {
+            waiting = true;
+            eprintln!(
+                "berth server: waiting for a quorum of etcd members (the other servers) to answer"
+            );
         }
         if tokio::time::Instant::now() > deadline {
             bail!(
@@ -292,12 +304,13 @@ fn supervise(
         loop {
             let status = child.wait().await;
             if log_tail(&paths).contains(REMOVED) {
+                // A removed server must not go on serving as part of the cluster.
                 eprintln!(
-                    "berth server: this server's etcd member {} was removed from the cluster; it is not restarted (to join again, remove {} and start with --server)",
+                    "berth server: this server's etcd member {} was removed from the cluster; the server stops (to join again, remove {} and start with --server)",
                     st.name,
                     paths.dir.display()
                 );
-                return;
+                std::process::exit(1);
             }
             eprintln!(
                 "berth server: etcd exited ({}); restarting it",
@@ -527,8 +540,8 @@ pub enum MemberCmd {
         #[arg(long, default_value = "/var/lib/berth/server")]
         data_dir: PathBuf,
     },
-    /// Remove a member (a server that is gone for good) by name or hex ID; the member, if
-    /// it still runs, stops, and its server stops serving.
+    /// Remove a member (a server that is gone for good) by name or hex ID; if its server
+    /// still runs, its member and then the server stop.
     #[command(alias = "rm")]
     Remove {
         #[arg(long, default_value = "/var/lib/berth/server")]

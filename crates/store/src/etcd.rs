@@ -84,11 +84,14 @@ impl From<EtcdError> for StoreError {
 /// How long connecting to an endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often a store with `autosync` asks etcd for its members.
-pub const AUTOSYNC_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a store with `autosync` asks etcd for its members and sees which answer.
+pub const AUTOSYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How many times a request is sent when the member it went to could not be reached.
-const ATTEMPTS: usize = 3;
+const ATTEMPTS: usize = 5;
+/// The pause before the second attempt (then twice as long, and so on): long enough for
+/// the balance to drop a member whose connection failed.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// The etcd store. Cheap to clone (clones share the connection).
 #[derive(Clone)]
@@ -96,6 +99,8 @@ pub struct EtcdStore {
     client: Client,
     /// The client URLs the client balances over.
     urls: Arc<std::sync::Mutex<Vec<String>>>,
+    /// How the client connects (for probes of single members).
+    options: ConnectOptions,
     /// The last compaction point found (it only moves forward).
     compacted: Arc<AtomicI64>,
 }
@@ -241,12 +246,13 @@ impl EtcdStore {
             endpoints: urls.join(","),
             source: Box::new(source),
         };
-        let client = Client::connect(&urls, Some(options))
+        let client = Client::connect(&urls, Some(options.clone()))
             .await
             .map_err(|e| connect_err(EtcdError::Client(e).into()))?;
         let store = EtcdStore {
             client,
             urls: Arc::new(std::sync::Mutex::new(urls.clone())),
+            options,
             compacted: Arc::new(AtomicI64::new(0)),
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, store.current_revision()).await {
@@ -261,37 +267,71 @@ impl EtcdStore {
         &self.client
     }
 
-    /// Keeps the client's endpoints to the client URLs of the members etcd lists, every
-    /// `every`: a store that knew one member reaches those that joined since, and stops
-    /// trying removed ones. Needs a tokio runtime; stops when the store is dropped.
+    /// Keeps the client's endpoints to the client URLs of the members etcd lists that
+    /// answer, looking every `every`: a store that knew one member reaches those that
+    /// joined since, stops trying removed ones, and sends nothing to a member that is down
+    /// or frozen until it answers again (the balance alone would go on picking a member
+    /// whose connection fails). Needs a tokio runtime; stops when the store is dropped.
     pub fn follow_members(&self, every: Duration) {
         let client = self.client.clone();
+        let options = self.options.clone();
         let urls = Arc::downgrade(&self.urls);
+        let mut listed: Vec<String> = self.urls.lock().unwrap().clone();
+        // One client per member, for its probe.
+        let mut probes: std::collections::HashMap<String, Client> = Default::default();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(urls) = urls.upgrade() else { return };
-                let Ok(Ok(list)) =
+                if let Ok(Ok(list)) =
                     tokio::time::timeout(every, client.cluster_client().member_list()).await
-                else {
-                    continue;
-                };
-                let listed: Vec<String> = list
-                    .members()
-                    .iter()
-                    .flat_map(|m| m.client_urls().iter().cloned())
-                    .collect();
-                if listed.is_empty() {
-                    continue;
+                {
+                    let now: Vec<String> = list
+                        .members()
+                        .iter()
+                        .flat_map(|m| m.client_urls().iter().cloned())
+                        .collect();
+                    if !now.is_empty() {
+                        listed = now;
+                    }
                 }
+                probes.retain(|u, _| listed.contains(u));
+                let mut healthy = Vec::new();
+                for u in &listed {
+                    let probe = async {
+                        let c = match probes.get(u) {
+                            Some(c) => c.clone(),
+                            None => {
+                                let c =
+                                    Client::connect([u.as_str()], Some(options.clone())).await?;
+                                probes.insert(u.clone(), c.clone());
+                                c
+                            }
+                        };
+                        c.maintenance_client().status().await
+                    };
+                    match tokio::time::timeout(every, probe).await {
+                        Ok(Ok(_)) => healthy.push(u.clone()),
+                        _ => {
+                            // A fresh connection next time.
+                            probes.remove(u);
+                        }
+                    }
+                }
+                // With none answering, keep them all: requests then fail with the reason.
+                let wanted = if healthy.is_empty() {
+                    listed.clone()
+                } else {
+                    healthy
+                };
                 let known = urls.lock().unwrap().clone();
-                for u in listed.iter().filter(|u| !known.contains(u)) {
+                for u in wanted.iter().filter(|u| !known.contains(u)) {
                     let _ = client.add_endpoint(u).await;
                 }
-                for u in known.iter().filter(|u| !listed.contains(u)) {
+                for u in known.iter().filter(|u| !wanted.contains(u)) {
                     let _ = client.remove_endpoint(u).await;
                 }
-                *urls.lock().unwrap() = listed;
+                *urls.lock().unwrap() = wanted;
             }
         });
     }
@@ -312,7 +352,10 @@ impl EtcdStore {
                 .get(key.clone(), Some(options.clone()))
                 .await
             {
-                Err(e) if attempt < ATTEMPTS && unreachable(&e) => attempt += 1,
+                Err(e) if attempt < ATTEMPTS && unreachable(&e) => {
+                    tokio::time::sleep(RETRY_PAUSE * attempt as u32).await;
+                    attempt += 1;
+                }
                 r => return r,
             }
         }
@@ -368,7 +411,10 @@ impl EtcdStore {
         let mut attempt = 1;
         loop {
             match self.client.kv_client().txn(txn.clone()).await {
-                Err(e) if attempt < ATTEMPTS && unreachable(&e) => attempt += 1,
+                Err(e) if attempt < ATTEMPTS && unreachable(&e) => {
+                    tokio::time::sleep(RETRY_PAUSE * attempt as u32).await;
+                    attempt += 1;
+                }
                 r => return r.map(|r| (r, attempt > 1)).map_err(backend),
             }
         }
