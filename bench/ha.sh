@@ -71,7 +71,7 @@ restart_all() {
   local s
   declare -A n
   for s in s1 s2 s3; do kill -9 "${pid[$s]}" 2>/dev/null || true; done
-  for s in s1 s2 s3; do while kill -0 "${pid[$s]}" 2>/dev/null; do sleep 0.05; done; done
+  for s in s1 s2 s3; do wait "${pid[$s]}" 2>/dev/null || true; done
   for s in s1 s2 s3; do
     n[$s]=$(served "$s")
     launch "$s"
@@ -91,6 +91,7 @@ r[sqlite.creates]=$(sed 's/.*creates_per_s=\([0-9]*\).*/\1/' <<<"$out")
 r[sqlite.p50]=$(sed 's/.*p50_ms=\([0-9.]*\).*/\1/' <<<"$out")
 r[sqlite.p99]=$(sed 's/.*p99_ms=\([0-9.]*\).*/\1/' <<<"$out")
 kill -9 "${pid[sqlite]}"
+wait "${pid[sqlite]}" 2>/dev/null || true
 unset 'pid[sqlite]'
 
 ip[s1]=127.0.0.2 ip[s2]=127.0.0.3 ip[s3]=127.0.0.4
@@ -129,6 +130,7 @@ failover() {
       sleep 0.05
     done
     t=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')")
+    wait "${pid[$leader]}" 2>/dev/null || true
     times+=("$t")
     echo "$label: round $i: killed the leader ($leader); the new leader acted after $t s"
     start "$leader"
