@@ -31,7 +31,8 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.d
 pub struct RegistryOptions {
     /// `host[:port]` reachable over plain http (`--insecure-registry`).
     pub insecure: Vec<String>,
-    /// Per-registry CA certificates: `<dir>/<host[:port]>/*.crt` (as /etc/docker/certs.d).
+    /// Per-registry TLS material, as /etc/docker/certs.d has it: `<dir>/<host[:port]>/*.crt`
+    /// are CA certificates, and a `NAME.cert` with its `NAME.key` a client certificate.
     pub certs_dir: Option<PathBuf>,
     /// Blobs larger than this go up in chunks of this size (PATCH with Content-Range), a
     /// chunk that fails resumed where the registry says the upload stands; smaller ones in
@@ -229,14 +230,27 @@ fn tls_config(host: &str, opts: &RegistryOptions, verify: bool) -> Arc<rustls::C
     if let Some(d) = &opts.certs_dir {
         dirs.insert(0, d.join(host));
     }
+    let mut identity = None;
     for dir in dirs {
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if e.path().extension().is_some_and(|x| x == "crt") {
-                if let Ok(iter) = rustls_pki_types::CertificateDer::pem_file_iter(e.path()) {
-                    for c in iter.flatten() {
-                        let _ = roots.add(c);
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            match path.extension().and_then(|x| x.to_str()) {
+                Some("crt") => {
+                    if let Ok(iter) = rustls_pki_types::CertificateDer::pem_file_iter(&path) {
+                        for c in iter.flatten() {
+                            let _ = roots.add(c);
+                        }
                     }
                 }
+                // The first client certificate whose key is beside it, as Docker takes it.
+                Some("cert") if identity.is_none() => identity = client_identity(&path),
+                _ => {}
             }
         }
     }
@@ -244,15 +258,36 @@ fn tls_config(host: &str, opts: &RegistryOptions, verify: bool) -> Arc<rustls::C
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("rustls default protocol versions");
-    let cfg = if verify {
-        builder.with_root_certificates(roots).with_no_client_auth()
+    let builder = if verify {
+        builder.with_root_certificates(roots)
     } else {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth()
+    };
+    let cfg = match identity {
+        Some((chain, key)) => match builder.clone().with_client_auth_cert(chain, key) {
+            Ok(cfg) => cfg,
+            Err(_) => builder.with_no_client_auth(),
+        },
+        None => builder.with_no_client_auth(),
     };
     Arc::new(cfg)
+}
+
+/// A client certificate `NAME.cert` (PEM chain) with its key `NAME.key` beside it.
+fn client_identity(
+    cert: &Path,
+) -> Option<(
+    Vec<rustls_pki_types::CertificateDer<'static>>,
+    rustls_pki_types::PrivateKeyDer<'static>,
+)> {
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+        .ok()?
+        .flatten()
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(cert.with_extension("key")).ok()?;
+    (!chain.is_empty()).then_some((chain, key))
 }
 
 /// The verifier for insecure registries: every certificate goes; signatures are checked.
@@ -1511,6 +1546,95 @@ fn short(d: &Digest) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::{tls_config, RegistryOptions};
+    use std::sync::Arc;
+
+    /// A registry that requires a client certificate (as Docker's certs.d configures one,
+    /// `client.cert` and `client.key`) is reached with the one in the registry's directory;
+    /// without it the handshake fails.
+    #[test]
+    fn certs_dir_client_certificates() {
+        use rustls_pki_types::pem::PemObject;
+        use std::io::{Read as _, Write as _};
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.pem(), &ca_key).unwrap();
+        let leaf = |name: &str| {
+            let k = rcgen::KeyPair::generate().unwrap();
+            let c = rcgen::CertificateParams::new(vec![name.to_string()])
+                .unwrap()
+                .signed_by(&k, &issuer)
+                .unwrap();
+            (c, k)
+        };
+        let (server_cert, server_key) = leaf("localhost");
+        let (client_cert, client_key) = leaf("node-0");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let server = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(
+                    vec![server_cert.der().clone()],
+                    rustls_pki_types::PrivateKeyDer::from_pem_slice(
+                        server_key.serialize_pem().as_bytes(),
+                    )
+                    .unwrap(),
+                )
+                .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming().flatten() {
+                let conn = rustls::ServerConnection::new(server.clone()).unwrap();
+                let mut s = rustls::StreamOwned::new(conn, tcp);
+                let mut buf = [0u8; 1];
+                if s.read(&mut buf).is_ok() {
+                    let _ = s.write_all(b"y");
+                }
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let host = format!("localhost:{port}");
+        let d = dir.path().join(&host);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("ca.crt"), ca.pem()).unwrap();
+        let opts = RegistryOptions {
+            certs_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        let talk = |cfg: Arc<rustls::ClientConfig>| -> bool {
+            let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let conn = rustls::ClientConnection::new(cfg, name).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            let mut buf = [0u8; 1];
+            s.write_all(b"x").is_ok() && s.read(&mut buf).is_ok_and(|n| n == 1)
+        };
+        assert!(
+            !talk(tls_config(&host, &opts, true)),
+            "no client certificate"
+        );
+        std::fs::write(d.join("client.cert"), client_cert.pem()).unwrap();
+        std::fs::write(d.join("client.key"), client_key.serialize_pem()).unwrap();
+        assert!(
+            talk(tls_config(&host, &opts, true)),
+            "with certs.d's client.cert"
+        );
+    }
+
     #[test]
     fn challenges() {
         let (s, p) = super::challenge_params(

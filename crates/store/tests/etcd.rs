@@ -274,13 +274,19 @@ fn make_certs(dir: &Path) -> ServerTls {
 async fn crash_safety() {
     let (etcd, store) = fresh().await;
     let acked = Arc::new(std::sync::Mutex::new(Vec::<(String, i64, Vec<u8>)>::new()));
+    // The store sends a request again when etcd could not be reached, so writers may go on
+    // through the restart: they stop when told.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..8 {
-        let (store, acked) = (store.clone(), acked.clone());
+        let (store, acked, stop) = (store.clone(), acked.clone(), stop.clone());
         writers.push(tokio::spawn(async move {
             let key = format!("/crash/w{w}");
             let mut rev = 0;
             for i in 0u64.. {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
                 let value = format!("{w}:{i}:{}", "x".repeat((i % 64) as usize)).into_bytes();
                 let r = if rev == 0 {
                     store.create(&key, value.clone()).await
@@ -301,6 +307,7 @@ async fn crash_safety() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut etcd = etcd.kill_and_restart();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for w in writers {
         let _ = tokio::time::timeout(Duration::from_secs(60), w).await;
     }
