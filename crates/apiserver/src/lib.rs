@@ -140,6 +140,7 @@ pub enum StartError {
 }
 
 /// A started server.
+#[derive(Clone)]
 pub struct Running {
     pub addr: SocketAddr,
     pub api: Arc<api::Api>,
@@ -148,6 +149,16 @@ pub struct Running {
 }
 
 impl Running {
+    /// Who a bearer token is, as the API authenticates it.
+    pub fn user_for_token(&self, token: &str) -> Option<auth::UserInfo> {
+        self.server.user_for_token(token)
+    }
+
+    /// Whether the API's authorizers (Node, RBAC) allow `attrs` to `user`.
+    pub fn authorize(&self, user: &auth::UserInfo, attrs: &auth::Attributes) -> bool {
+        self.server.authorizer.authorize(user, attrs)
+    }
+
     /// Serves a request from a client in this process (the server's own scheduler and
     /// controllers) as `user`: the same authorization, admission and metrics as a request
     /// over the network, without TLS, a socket or HTTP framing. Kubernetes' components run
@@ -202,19 +213,20 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let pki = pki::Pki::load_or_create(&tls_dir, &pki::serving_sans(&sans), given_secret)?;
     // The encryption configuration a server is given is the cluster's: shared with the
     // other servers through the bootstrap data; one given none uses the shared one.
-    // A configuration is checked before it is shared.
+    // A configuration given is shared only once it proved good: it parsed, and every
+    // stored object is readable with it and re-written under its first key.
     let shared_config = tls_dir.join(bootstrap::ENCRYPTION_CONFIG);
     let encryption = match &cfg.encryption_provider_config {
         Some(path) => {
             let enc = encryption::Encryption::load(path)?;
             let text = std::fs::read(path)
                 .map_err(|e| encryption::ConfigError::Read(path.display().to_string(), e))?;
-            pki::write_secret(&shared_config, &text, 0o600)?;
-            Some((enc, path.clone()))
+            Some((enc, path.clone(), Some(text)))
         }
         None if shared_config.exists() => Some((
             encryption::Encryption::load(&shared_config)?,
             shared_config.clone(),
+            None,
         )),
         None => None,
     };
@@ -231,7 +243,8 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     };
 
     let metrics = Arc::new(metrics::Metrics::default());
-    if let Some((enc, path)) = encryption {
+    if let Some((enc, path, given)) = encryption {
+        let plain = raw.clone();
         let enc = encryption::EncryptedStore { inner: raw, enc };
         let n = enc
             .rewrite_stale()
@@ -242,6 +255,10 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
                 "berth server: re-wrote {n} stored objects with the first key of {}",
                 path.display()
             );
+        }
+        if let Some(text) = given {
+            pki::write_secret(&shared_config, &text, 0o600)?;
+            bootstrap::save(&*plain, &tls_dir, pki.join_secret()).await?;
         }
         raw = Arc::new(enc);
     }

@@ -943,6 +943,33 @@ pub fn defaults() -> Vec<(String, Value)> {
             "/openid/v1/jwks", "/openid/v1/jwks/"], "verbs": ["get"]})],
             None,
         ),
+        // The server's registry (`registry.berth.io`, cluster-scoped `repositories` named
+        // by the repository): nodes pull; pushers are bound by the admin.
+        role(
+            "berth:registry-pull",
+            json!({}),
+            vec![rule(
+                &["registry.berth.io"],
+                &["repositories"],
+                &["get", "list"],
+            )],
+            None,
+        ),
+        role(
+            "berth:registry-push",
+            json!({}),
+            vec![rule(
+                &["registry.berth.io"],
+                &["repositories"],
+                &["get", "list", "create", "delete"],
+            )],
+            None,
+        ),
+        binding(
+            "berth:registry-pull:nodes",
+            "berth:registry-pull",
+            &["system:nodes"],
+        ),
         binding("cluster-admin", "cluster-admin", &["system:masters"]),
         binding(
             "system:node-bootstrapper",

@@ -525,19 +525,21 @@ impl Server {
             .and_then(|h| h.to_str().ok())
         {
             if let Some(t) = h.strip_prefix("Bearer ") {
-                let t = t.trim();
-                return self
-                    .tokens
-                    .lookup(t)
-                    .or_else(|| crate::csr::bootstrap_user(&self.api, t))
-                    .or_else(|| self.nodes.server_token_user(t))
-                    .or_else(|| {
-                        crate::serviceaccount::authenticate(&self.api, &self.issuer, t).ok()
-                    });
+                return self.user_for_token(t.trim());
             }
             return None;
         }
         cert_user.cloned()
+    }
+
+    /// Who a bearer token is: a static token, a bootstrap token, the server's join token
+    /// or a ServiceAccount token.
+    pub fn user_for_token(&self, t: &str) -> Option<UserInfo> {
+        self.tokens
+            .lookup(t)
+            .or_else(|| crate::csr::bootstrap_user(&self.api, t))
+            .or_else(|| self.nodes.server_token_user(t))
+            .or_else(|| crate::serviceaccount::authenticate(&self.api, &self.issuer, t).ok())
     }
 
     pub async fn handle(

@@ -8,6 +8,7 @@
 
 mod agent_cmd;
 mod build_cmd;
+mod cluster_registry;
 mod container_cmd;
 mod daemon;
 mod etcd_member;

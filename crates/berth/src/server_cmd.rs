@@ -132,6 +132,14 @@ pub struct ServerArgs {
     /// cluster and serves the API from it.
     #[arg(long, requires = "token", conflicts_with = "datastore_endpoint")]
     server: Option<String>,
+    /// The port of the cluster's registry (the OCI distribution API, with the server's
+    /// certificate; clients authenticate with the cluster's certificates or tokens, RBAC on
+    /// `repositories.registry.berth.io` decides).
+    #[arg(long, default_value_t = 5000)]
+    registry_port: u16,
+    /// Do not serve the cluster's registry.
+    #[arg(long)]
+    disable_registry: bool,
     #[command(flatten)]
     node: crate::agent_cmd::NodeArgs,
 }
@@ -202,6 +210,15 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
             },
         };
         let running = apiserver::start(cfg).await.context("start the server")?;
+        if !a.disable_registry {
+            let addr = crate::cluster_registry::start(
+                &running,
+                &data_dir,
+                a.bind_address,
+                a.registry_port,
+            )?;
+            eprintln!("berth server: registry on https://{addr}");
+        }
         eprintln!(
             "berth server: Kubernetes API on https://{}; kubeconfig {}",
             running.addr,

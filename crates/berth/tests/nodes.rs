@@ -5528,3 +5528,110 @@ fn three_servers_on_their_own_etcd_survive_losing_members_and_the_leader() {
     let _ = std::fs::remove_dir_all(&bad);
     let _ = std::fs::remove_dir_all(&keys);
 }
+
+/// The server's registry knows its clients by the cluster's identities, with skopeo as the
+/// client (Docker's certs.d layout for certificates, Basic credentials for tokens): the
+/// anonymous are asked to authenticate, the admin's client certificate pushes, a node's
+/// certificate pulls (the default `berth:registry-pull` binding of `system:nodes`) but may
+/// not push, and a ServiceAccount's token as the password pulls only once RBAC grants it;
+/// a forged token is refused.
+#[test]
+fn the_server_registry_knows_its_clients_by_the_clusters_identities() {
+    with(|c| {
+        let reg = c
+            .server
+            .registry
+            .clone()
+            .expect("the server says where its registry listens");
+        let h = &c.hosts[0];
+        let dir = cluster::base_dir("registry-clients");
+        let archive = dir.join("bb.tar");
+        h.berth_ok(&["save", "-o", archive.to_str().unwrap(), "busybox:latest"]);
+        let tls = c.server.dir.join("data/tls");
+        // A certs.d directory: the cluster CA, and a client certificate if given.
+        let certs = |name: &str, pair: Option<(std::path::PathBuf, std::path::PathBuf)>| {
+            let d = dir.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::copy(tls.join("ca.crt"), d.join("ca.crt")).unwrap();
+            if let Some((cert, key)) = pair {
+                std::fs::copy(cert, d.join("client.cert")).unwrap();
+                std::fs::copy(key, d.join("client.key")).unwrap();
+            }
+            d.display().to_string()
+        };
+        let anonymous = certs("anonymous", None);
+        let admin = certs(
+            "admin",
+            Some((tls.join("admin.crt"), tls.join("admin.key"))),
+        );
+        let node = certs(
+            "node",
+            Some((
+                h.data_dir.join("tls/client.crt"),
+                h.data_dir.join("tls/client.key"),
+            )),
+        );
+        let skopeo = |args: &[&str]| {
+            let o = std::process::Command::new("skopeo")
+                .arg("--insecure-policy")
+                .args(args)
+                .output()
+                .expect("skopeo (Debian's skopeo package)");
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        };
+        let src = format!("docker-archive:{}", archive.display());
+        let app = format!("docker://{reg}/app:1");
+        let push = |certs: &str, creds: Option<&str>| {
+            let mut a = vec!["copy", "--dest-cert-dir", certs];
+            if let Some(c) = creds {
+                a.extend(["--dest-creds", c]);
+            }
+            a.extend([src.as_str(), app.as_str()]);
+            skopeo(&a)
+        };
+        let pull = |certs: &str, creds: Option<&str>| {
+            let mut a = vec!["inspect", "--cert-dir", certs];
+            if let Some(c) = creds {
+                a.extend(["--creds", c]);
+            }
+            a.push(app.as_str());
+            skopeo(&a)
+        };
+        let (ok, err) = push(&anonymous, None);
+        assert!(!ok && err.contains("authentication required"), "{err}");
+        let (ok, err) = push(&admin, None);
+        assert!(ok, "the admin pushes: {err}");
+        let (ok, err) = pull(&node, None);
+        assert!(ok, "a node pulls: {err}");
+        let (ok, err) = push(&node, None);
+        assert!(!ok && err.contains("may not push"), "{err}");
+        c.server
+            .ok(&["create", "serviceaccount", "registry-puller"]);
+        let token = c.server.ok(&["create", "token", "registry-puller"]);
+        let creds = format!("x:{}", token.trim());
+        let (ok, err) = pull(&anonymous, Some(&creds));
+        assert!(!ok && err.contains("may not pull"), "{err}");
+        c.server.ok(&[
+            "create",
+            "clusterrolebinding",
+            "registry-puller",
+            "--clusterrole=berth:registry-pull",
+            "--serviceaccount=default:registry-puller",
+        ]);
+        poll("the binding to let the account pull", 30, || {
+            pull(&anonymous, Some(&creds)).0.then_some(())
+        });
+        let (ok, err) = push(&anonymous, Some(&creds));
+        assert!(!ok && err.contains("may not push"), "{err}");
+        let (ok, err) = pull(&anonymous, Some("x:not-a-token"));
+        assert!(!ok && err.contains("not one of this cluster's"), "{err}");
+        c.server
+            .ok(&["delete", "clusterrolebinding", "registry-puller"]);
+        c.server
+            .ok(&["delete", "serviceaccount", "registry-puller"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}

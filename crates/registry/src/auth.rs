@@ -21,7 +21,7 @@ pub enum Access {
 }
 
 impl Access {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Access::Pull => "pull",
             Access::Push => "push",
@@ -48,10 +48,36 @@ struct AccessFile {
     access: Vec<Rule>,
 }
 
+/// Someone a [`Gate`] authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+/// Who may do what, decided outside the registry: `berth server` answers with the
+/// cluster's identities (client certificates of its CA, its tokens) and its RBAC.
+pub trait Gate: Send + Sync {
+    /// Who a request is, from its TLS client certificate (DER, verified against the
+    /// gate's CA by the TLS layer) or its `Authorization` header (`Basic` with a token as
+    /// the password, or `Bearer`); `Ok(None)` for a request with neither. `Err` says why
+    /// the credentials were refused.
+    fn authenticate(
+        &self,
+        client_certificate: Option<&[u8]>,
+        authorization: Option<&str>,
+    ) -> Result<Option<Principal>, String>;
+
+    /// Whether `who` may do `access` on `repository` (`*` for the catalog).
+    fn allowed(&self, who: &Principal, repository: &str, access: Access) -> bool;
+}
+
 /// How clients prove who they are.
 pub enum Mode {
     /// `Authorization: Basic` on every request.
     Basic,
+    /// Decided by a [`Gate`] (the cluster's identities and authorization).
+    Gate(std::sync::Arc<dyn Gate>),
     /// Bearer tokens from `/token`.
     Token {
         /// The `service` tokens are issued for (their audience).
@@ -70,6 +96,16 @@ pub struct Auth {
     mode: Mode,
     /// `https` when served over TLS (for the token realm).
     pub scheme: &'static str,
+}
+
+/// Who a gate says a request is; refused credentials are 401 with the gate's reason.
+fn gated(
+    gate: &dyn Gate,
+    header: Option<&str>,
+    cert: Option<&[u8]>,
+) -> Result<Option<Principal>, RegError> {
+    gate.authenticate(cert, header)
+        .map_err(|reason| RegError::unauthorized(&reason))
 }
 
 /// Who a request is.
@@ -131,7 +167,7 @@ impl Auth {
     /// The `WWW-Authenticate` value of a 401.
     pub fn challenge(&self, host: &str, scope: Option<String>, insufficient: bool) -> String {
         match &self.mode {
-            Mode::Basic => "Basic realm=\"berth-registry\"".to_string(),
+            Mode::Basic | Mode::Gate(_) => "Basic realm=\"berth-registry\"".to_string(),
             Mode::Token { service, .. } => {
                 let mut c = format!(
                     "Bearer realm=\"{}://{host}/token\",service=\"{service}\"",
@@ -145,6 +181,16 @@ impl Auth {
                 }
                 c
             }
+        }
+    }
+
+    /// An authorization in front of a gate (no users or permissions file of its own).
+    pub fn gate(gate: std::sync::Arc<dyn Gate>) -> Auth {
+        Auth {
+            users: BTreeMap::new(),
+            rules: None,
+            mode: Mode::Gate(gate),
+            scheme: "https",
         }
     }
 
@@ -202,10 +248,20 @@ impl Auth {
     }
 
     /// `/v2/`: any valid credentials (or token).
-    pub fn authenticate(&self, header: Option<&str>) -> Result<Identity, RegError> {
+    pub fn authenticate(
+        &self,
+        header: Option<&str>,
+        cert: Option<&[u8]>,
+    ) -> Result<Identity, RegError> {
         let who = match &self.mode {
             Mode::Basic => self.basic(header)?,
             Mode::Token { .. } => self.verify_token(header)?.0,
+            Mode::Gate(g) => {
+                return match gated(g.as_ref(), header, cert)? {
+                    Some(p) => Ok(Identity::User(p.name)),
+                    None => Err(RegError::unauthorized("authentication required")),
+                }
+            }
         };
         // Anonymous without anything: asked to authenticate. A valid token, even an
         // anonymous one, is enough to know the API.
@@ -220,10 +276,20 @@ impl Auth {
     pub fn authorize(
         &self,
         header: Option<&str>,
+        cert: Option<&[u8]>,
         repo: &str,
         access: Access,
     ) -> Result<(), RegError> {
         match &self.mode {
+            Mode::Gate(g) => match gated(g.as_ref(), header, cert)? {
+                None => Err(RegError::unauthorized("authentication required")),
+                Some(p) if g.allowed(&p, repo, access) => Ok(()),
+                Some(p) => Err(RegError::denied(format!(
+                    "{} may not {} {repo}",
+                    p.name,
+                    access.name()
+                ))),
+            },
             Mode::Basic => {
                 let who = self.basic(header)?;
                 if self.allowed(&who, repo).contains(&access.name()) {
@@ -271,9 +337,14 @@ impl Auth {
     }
 
     /// `_catalog`: any authenticated user.
-    pub fn authorize_catalog(&self, header: Option<&str>) -> Result<(), RegError> {
+    pub fn authorize_catalog(
+        &self,
+        header: Option<&str>,
+        cert: Option<&[u8]>,
+    ) -> Result<(), RegError> {
         match &self.mode {
-            Mode::Basic => self.authenticate(header).map(|_| ()),
+            Mode::Basic => self.authenticate(header, cert).map(|_| ()),
+            Mode::Gate(_) => self.authorize(header, cert, "*", Access::Pull),
             Mode::Token { .. } => {
                 let (_, grants) = self.verify_token(header)?;
                 if grants
@@ -527,6 +598,65 @@ pub fn token_key(root: &Path) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gate decides: a certificate or a token it knows is someone, what it allows goes,
+    /// the anonymous are asked to authenticate and the known refused with 403.
+    #[test]
+    fn gates_authenticate_and_authorize() {
+        struct G;
+        impl Gate for G {
+            fn authenticate(
+                &self,
+                cert: Option<&[u8]>,
+                authorization: Option<&str>,
+            ) -> Result<Option<Principal>, String> {
+                let who = |n: &str| {
+                    Some(Principal {
+                        name: n.into(),
+                        groups: vec![],
+                    })
+                };
+                match (cert, authorization) {
+                    (Some(b"node"), _) => Ok(who("node")),
+                    (_, Some("Bearer good")) => Ok(who("alice")),
+                    (_, Some(_)) => Err("the token is not valid".into()),
+                    (None, None) => Ok(None),
+                    (Some(_), None) => Ok(None),
+                }
+            }
+            fn allowed(&self, who: &Principal, repo: &str, access: Access) -> bool {
+                who.name == "alice" || (access == Access::Pull && repo != "*")
+            }
+        }
+        let a = Auth::gate(std::sync::Arc::new(G));
+        let node = Some(&b"node"[..]);
+        assert!(a.authorize(None, node, "app", Access::Pull).is_ok());
+        assert_eq!(
+            a.authorize(None, node, "app", Access::Push)
+                .unwrap_err()
+                .status,
+            403
+        );
+        assert_eq!(a.authorize_catalog(None, node).unwrap_err().status, 403);
+        assert!(a
+            .authorize(Some("Bearer good"), None, "app", Access::Push)
+            .is_ok());
+        assert!(a.authorize_catalog(Some("Bearer good"), None).is_ok());
+        let bad = a.authorize(Some("Bearer bad"), None, "app", Access::Pull);
+        assert_eq!(bad.as_ref().unwrap_err().status, 401);
+        assert_eq!(
+            a.authorize(None, None, "app", Access::Pull)
+                .unwrap_err()
+                .status,
+            401
+        );
+        assert_eq!(a.authenticate(None, None).unwrap_err().status, 401);
+        assert_eq!(
+            a.authenticate(None, node).unwrap(),
+            Identity::User("node".into())
+        );
+        assert!(a.challenge("h", None, false).starts_with("Basic "));
+    }
 
     #[test]
     fn base64_round_trips() {

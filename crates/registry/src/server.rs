@@ -193,6 +193,11 @@ pub trait Conn: Read + Write {
 
     /// Ends the sending side (the peer reads the end); reads time out after two seconds.
     fn shutdown_write(&mut self);
+
+    /// The client's certificate (DER), when it presented one the TLS layer verified.
+    fn peer_certificate(&self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 impl Conn for std::net::TcpStream {
@@ -211,6 +216,13 @@ impl Conn for rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>
         self.conn.send_close_notify();
         let _ = self.flush();
         self.sock.shutdown_write();
+    }
+
+    fn peer_certificate(&self) -> Option<Vec<u8>> {
+        self.conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
     }
 }
 
@@ -264,6 +276,7 @@ impl Registry {
                 .write_all(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTPS request to an HTTP server.\n");
             return;
         }
+        let mut peer_cert: Option<Vec<u8>> = None;
         loop {
             let head = match httpwire::read_head(&mut r) {
                 Ok(h) => h,
@@ -275,6 +288,10 @@ impl Registry {
                 }
             };
             let started = Instant::now();
+            // Known once the handshake is done, which reading the head finished.
+            if peer_cert.is_none() {
+                peer_cert = r.get_ref().peer_certificate();
+            }
             let mut body = match Body::new(&head, &mut r) {
                 Ok(b) => b,
                 Err(_) => {
@@ -293,7 +310,7 @@ impl Registry {
                 },
                 n: 0,
             };
-            let reply = match self.handle(&head, &mut counted) {
+            let reply = match self.handle(&head, peer_cert.as_deref(), &mut counted) {
                 Ok(r) => r,
                 Err(e) => error_reply(&e, self.challenge(&head, &e)),
             };
@@ -447,14 +464,25 @@ impl Registry {
         Some(auth.challenge(host, scope, insufficient))
     }
 
-    fn authorize(&self, head: &Head, repo: &str, access: Access) -> Result<(), RegError> {
+    fn authorize(
+        &self,
+        head: &Head,
+        cert: Option<&[u8]>,
+        repo: &str,
+        access: Access,
+    ) -> Result<(), RegError> {
         match &self.cfg.auth {
             None => Ok(()),
-            Some(a) => a.authorize(head.header("authorization"), repo, access),
+            Some(a) => a.authorize(head.header("authorization"), cert, repo, access),
         }
     }
 
-    fn handle(&self, head: &Head, body: &mut dyn Read) -> Result<Reply, RegError> {
+    fn handle(
+        &self,
+        head: &Head,
+        cert: Option<&[u8]>,
+        body: &mut dyn Read,
+    ) -> Result<Reply, RegError> {
         let m = head.method.as_str();
         let route = route(&head.path).ok_or_else(RegError::not_found)?;
         let repo_of = |r: &Route| -> Option<String> {
@@ -475,13 +503,13 @@ impl Registry {
                 "DELETE" => Access::Delete,
                 _ => Access::Push,
             };
-            self.authorize(head, &repo, access)?;
+            self.authorize(head, cert, &repo, access)?;
         }
         let st = &self.storage;
         match (m, route) {
             ("GET" | "HEAD", Route::Base) => {
                 if let Some(a) = &self.cfg.auth {
-                    a.authenticate(head.header("authorization"))?;
+                    a.authenticate(head.header("authorization"), cert)?;
                 }
                 Ok(json_reply(200, vec![], &json!({})))
             }
@@ -498,7 +526,7 @@ impl Registry {
             }
             ("GET", Route::Catalog) => {
                 if let Some(a) = &self.cfg.auth {
-                    a.authorize_catalog(head.header("authorization"))?;
+                    a.authorize_catalog(head.header("authorization"), cert)?;
                 }
                 let (page, link) = paginate(st.catalog(), head, "/v2/_catalog", self.cfg.max_page)?;
                 let headers = link.map(|l| vec![("Link", l)]).unwrap_or_default();
@@ -566,7 +594,7 @@ impl Registry {
             ("POST", Route::Uploads(repo)) => {
                 if let (Some(mount), Some(from)) = (head.q("mount"), head.q("from")) {
                     let d = parse_digest(mount)?;
-                    if self.authorize(head, from, Access::Pull).is_ok()
+                    if self.authorize(head, cert, from, Access::Pull).is_ok()
                         && st.mount(&repo, from, &d)?
                     {
                         return Ok(empty(

@@ -15,6 +15,8 @@ pub struct Server {
     pub dir: PathBuf,
     pub kubeconfig: PathBuf,
     pub url: String,
+    /// The cluster registry's `host:port`.
+    pub registry: Option<String>,
     pub pid: u32,
     _etcd: Option<u32>,
 }
@@ -197,6 +199,10 @@ impl Server {
         if !extra.contains(&"--https-listen-port") {
             cmd.args(["--https-listen-port", "0"]);
         }
+        // Servers of parallel tests share addresses: each registry on a port of its own.
+        if !extra.contains(&"--registry-port") && !extra.contains(&"--disable-registry") {
+            cmd.args(["--registry-port", "0"]);
+        }
         cmd.arg("--disable-agent");
         if !controllers {
             cmd.args(["--disable-scheduler", "--disable-controller-manager"]);
@@ -238,10 +244,16 @@ impl Server {
                 let _ = writeln!(f, "{l}");
             }
         });
+        let registry = said.iter().find_map(|l| {
+            l.split("registry on https://")
+                .nth(1)
+                .map(|r| r.trim().to_string())
+        });
         Server {
             dir,
             kubeconfig,
             url,
+            registry,
             pid: child.pid,
             _etcd: etcd_pid,
         }
