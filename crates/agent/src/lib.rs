@@ -17,6 +17,7 @@ pub mod podspec;
 pub mod portforward;
 pub mod probes;
 pub mod proxy;
+pub mod registry;
 pub mod routes;
 pub mod spdy;
 pub mod static_pods;
@@ -129,6 +130,7 @@ pub async fn run(cfg: Config, engine: Arc<engine::Engine>) -> Result<()> {
     let live = join::Live::new(&creds)?;
     let client = live.client(kconf, &creds.ca)?;
     tokio::spawn(lb::follow(client.clone(), servers));
+    tokio::spawn(registry::follow(client.clone(), cfg.data_dir.clone()));
     tokio::spawn(join::keep_renewed(
         lb_url.clone(),
         cfg.server.clone(),

@@ -143,12 +143,21 @@ pub enum StartError {
 #[derive(Clone)]
 pub struct Running {
     pub addr: SocketAddr,
+    /// The address other hosts reach this server by.
+    pub advertise: IpAddr,
+    /// This server's identity among the cluster's servers (stable for its data dir).
+    pub identity: String,
     pub api: Arc<api::Api>,
     pub pki: pki::Pki,
     server: Arc<server::Server>,
 }
 
 impl Running {
+    /// Publishes this server's registry (`host:port`) for the nodes.
+    pub async fn publish_registry(&self, address: &str) -> Result<(), store::StoreError> {
+        services::publish_registry(&self.api, &self.identity, address).await
+    }
+
     /// Who a bearer token is, as the API authenticates it.
     pub fn user_for_token(&self, token: &str) -> Option<auth::UserInfo> {
         self.server.user_for_token(token)
@@ -203,6 +212,12 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let mut sans = cfg.tls_sans.clone();
     if !cfg.bind_address.is_unspecified() {
         sans.push(cfg.bind_address.to_string());
+    }
+    // Nodes reach the server (and its registry) by the advertised address.
+    if let Some(a) = cfg.advertise_address {
+        if !sans.contains(&a.to_string()) {
+            sans.push(a.to_string());
+        }
     }
     // The store first: a server joining a cluster takes the cluster's keys from it.
     let mut raw = store::open(cfg.datastore_endpoint.as_deref(), &cfg.data_dir).await?;
@@ -380,11 +395,13 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     tokio::spawn(services::keep_registered(
         api.clone(),
         SocketAddr::new(advertise, addr.port()),
-        identity,
+        identity.clone(),
     ));
     tokio::spawn(server::serve(srv.clone(), listener, Arc::new(tls)));
     Ok(Running {
         addr,
+        advertise,
+        identity,
         api,
         pki,
         server: srv,

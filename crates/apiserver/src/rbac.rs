@@ -512,6 +512,12 @@ pub fn node_allows(api: &Api, node: &str, a: &Attributes) -> bool {
             read || (matches!(a.verb, "update" | "patch")
                 && pod_on_node(api, node, a.namespace, a.name))
         }
+        // Where the servers' registry is (every node trusts and pulls from it).
+        ("", "configmaps", "")
+            if a.namespace == "kube-public" && a.name == crate::services::REGISTRY_CONFIGMAP =>
+        {
+            a.verb == "get"
+        }
         ("", "secrets" | "configmaps" | "persistentvolumeclaims", "") => {
             a.verb == "get"
                 && !a.name.is_empty()

@@ -588,3 +588,50 @@ async fn reconcile_api_endpoints(api: &Api, me: SocketAddr) {
         }
     }
 }
+
+/// The ConfigMap where servers publish their registry's address (`kube-public`): agents
+/// read it to trust and reach the registry with their node's certificate.
+pub const REGISTRY_CONFIGMAP: &str = "berth-registry";
+
+/// Publishes this server's registry at `address` (`host:port`) under its identity in the
+/// `kube-public/berth-registry` ConfigMap (each server of a cluster keeps its own key).
+pub async fn publish_registry(api: &Api, id: &str, address: &str) -> Result<(), store::StoreError> {
+    let key = format!("/registry/core/configmaps/kube-public/{REGISTRY_CONFIGMAP}");
+    loop {
+        match api.store.get(&key, 0).await? {
+            None => {
+                let cm = json!({"kind": "ConfigMap", "apiVersion": "v1",
+                    "metadata": {"name": REGISTRY_CONFIGMAP, "namespace": "kube-public",
+                        "uid": crate::api::new_uid(), "creationTimestamp": crate::now()},
+                    "data": {id: address}});
+                match api
+                    .store
+                    .create(&key, serde_json::to_vec(&cm).unwrap_or_default())
+                    .await
+                {
+                    Err(store::StoreError::AlreadyExists(_)) => continue,
+                    r => return r.map(|_| ()),
+                }
+            }
+            Some(kv) => {
+                let mut cm: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+                if cm.pointer(&format!("/data/{id}")).and_then(Value::as_str) == Some(address) {
+                    return Ok(());
+                }
+                cm["data"][id] = json!(address);
+                match api
+                    .store
+                    .update(
+                        &key,
+                        serde_json::to_vec(&cm).unwrap_or_default(),
+                        kv.mod_revision,
+                    )
+                    .await
+                {
+                    Err(store::StoreError::Conflict { .. }) => continue,
+                    r => return r.map(|_| ()),
+                }
+            }
+        }
+    }
+}

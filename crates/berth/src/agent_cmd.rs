@@ -167,7 +167,8 @@ pub fn config(
         },
         registries: engine::distribution::RegistryOptions {
             insecure: n.insecure_registry.clone(),
-            certs_dir: None,
+            // The cluster's registry, trusted with the node's own certificate.
+            certs_dir: Some(agent::registry::certs_dir(data_dir)),
             chunk_size: engine::distribution::DEFAULT_CHUNK,
         },
         control_plane,

@@ -217,6 +217,11 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
                 a.bind_address,
                 a.registry_port,
             )?;
+            let published = std::net::SocketAddr::new(running.advertise, addr.port());
+            running
+                .publish_registry(&published.to_string())
+                .await
+                .context("publishing where the registry is")?;
             eprintln!("berth server: registry on https://{addr}");
         }
         eprintln!(

@@ -5604,6 +5604,34 @@ fn the_server_registry_knows_its_clients_by_the_clusters_identities() {
         assert!(!ok && err.contains("authentication required"), "{err}");
         let (ok, err) = push(&admin, None);
         assert!(ok, "the admin pushes: {err}");
+        // Every node runs the pushed image with no configuration of its own: the agents
+        // trust the registry the server published, and pull as their node.
+        for (i, host) in c.hosts.iter().enumerate().take(2) {
+            let name = format!("from-registry-{i}");
+            c.server.ok_in(
+                &["apply", "-f", "-"],
+                &pod_yaml(
+                    &name,
+                    &host.name,
+                    &format!("  containers:\n  - name: c\n    image: {reg}/app:1\n    imagePullPolicy: Always\n    command: [sleep, \"3600\"]\n"),
+                ),
+            );
+        }
+        for i in 0..2 {
+            c.server.ok(&[
+                "wait",
+                "--for=condition=Ready",
+                &format!("pod/from-registry-{i}"),
+                "--timeout=60s",
+            ]);
+        }
+        c.server.ok(&[
+            "delete",
+            "pod",
+            "from-registry-0",
+            "from-registry-1",
+            "--grace-period=1",
+        ]);
         let (ok, err) = pull(&node, None);
         assert!(ok, "a node pulls: {err}");
         let (ok, err) = push(&node, None);
