@@ -5663,3 +5663,110 @@ fn the_server_registry_knows_its_clients_by_the_clusters_identities() {
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
+
+/// The two halves with their usual clients: the docker CLI builds an image from a
+/// Dockerfile against `berth daemon` and pushes it to the server's registry, logged in with
+/// a ServiceAccount token that RBAC lets push; kubectl deploys it, and the Deployment's
+/// pods run the very image that was built (its ID).
+#[test]
+fn docker_builds_and_pushes_to_the_cluster_registry_and_kubectl_deploys_it() {
+    with(|c| {
+        let reg = c.server.registry.clone().expect("the server's registry");
+        let dir = cluster::base_dir("docker-workflow");
+        // The daemon trusts the cluster CA for the registry, as /etc/docker/certs.d would.
+        let certs = dir.join("certs.d");
+        std::fs::create_dir_all(certs.join(&reg)).unwrap();
+        std::fs::copy(
+            c.server.dir.join("data/tls/ca.crt"),
+            certs.join(&reg).join("ca.crt"),
+        )
+        .unwrap();
+        let d = common::Daemon::start_with(
+            &dir.join("daemon"),
+            &["--registry-certs", certs.to_str().unwrap()],
+        );
+        let config = dir.join("docker-config");
+        std::fs::create_dir_all(&config).unwrap();
+        let docker = |args: &[&str]| {
+            let o = std::process::Command::new("docker")
+                .env("DOCKER_HOST", format!("unix://{}", d.socket.display()))
+                .env("DOCKER_CONFIG", &config)
+                .env("DOCKER_BUILDKIT", "0")
+                .stdin(std::process::Stdio::null())
+                .args(args)
+                .output()
+                .expect("the docker CLI");
+            assert!(
+                o.status.success(),
+                "docker {args:?}: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let ctx = dir.join("ctx");
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+        std::fs::write(ctx.join("index.html"), "hello from the cluster registry\n").unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY index.html /www/index.html\nEXPOSE 8080\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+        )
+        .unwrap();
+        let image = format!("{reg}/web:1");
+        docker(&["build", "-q", "-t", &image, ctx.to_str().unwrap()]);
+        let id = docker(&["image", "inspect", "-f", "{{.Id}}", &image]);
+        c.server.ok(&["create", "serviceaccount", "ci-pusher"]);
+        c.server.ok(&[
+            "create",
+            "clusterrolebinding",
+            "ci-pusher",
+            "--clusterrole=berth:registry-push",
+            "--serviceaccount=default:ci-pusher",
+        ]);
+        let token = c.server.ok(&["create", "token", "ci-pusher"]);
+        poll("docker login with the account's token", 30, || {
+            std::process::Command::new("docker")
+                .env("DOCKER_HOST", format!("unix://{}", d.socket.display()))
+                .env("DOCKER_CONFIG", &config)
+                .args(["login", &reg, "-u", "ci-pusher", "-p", token.trim()])
+                .output()
+                .unwrap()
+                .status
+                .success()
+                .then_some(())
+        });
+        docker(&["push", &image]);
+        c.server.ok(&[
+            "create",
+            "deployment",
+            "registry-web",
+            &format!("--image={image}"),
+            "--replicas=2",
+            "--port=8080",
+        ]);
+        c.server.ok(&[
+            "rollout",
+            "status",
+            "deployment/registry-web",
+            "--timeout=120s",
+        ]);
+        let ids = c.server.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=registry-web",
+            "-o",
+            "jsonpath={range .items[*]}{.status.containerStatuses[0].imageID}{\"\\n\"}{end}",
+        ]);
+        assert_eq!(ids.lines().count(), 2, "{ids}");
+        for l in ids.lines() {
+            assert_eq!(l.trim(), id.trim(), "the pods run the image docker built");
+        }
+        c.server.ok(&["delete", "deployment", "registry-web"]);
+        c.server.ok(&["delete", "clusterrolebinding", "ci-pusher"]);
+        c.server.ok(&["delete", "serviceaccount", "ci-pusher"]);
+        drop(d);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
