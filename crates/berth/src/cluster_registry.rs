@@ -18,6 +18,9 @@ use anyhow::{anyhow, Context, Result};
 use apiserver::auth::{Attributes, UserInfo};
 use registry::auth::{Access, Gate, Principal};
 
+/// How often unreferenced blobs are collected (and how old they must be).
+const GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The API group RBAC rules name for the registry.
 pub const GROUP: &str = "registry.berth.io";
 
@@ -124,6 +127,23 @@ pub fn start(
             ..Default::default()
         },
     ));
+    // Blobs no manifest references any more go, as `berth registry gc` removes them, while
+    // serving goes on; the grace keeps what a push in progress has sent.
+    let collected = reg.clone();
+    std::thread::Builder::new()
+        .name("registry-gc".into())
+        .spawn(move || loop {
+            std::thread::sleep(GC_INTERVAL);
+            match collected.storage.gc(GC_INTERVAL) {
+                Ok(r) if !r.removed.is_empty() => eprintln!(
+                    "berth server: the registry removed {} unreferenced blobs",
+                    r.removed.len()
+                ),
+                Ok(_) => {}
+                Err(e) => eprintln!("berth server: the registry's garbage collection: {e}"),
+            }
+        })
+        .context("starting the registry's garbage collection")?;
     std::thread::Builder::new()
         .name("registry".into())
         .spawn(move || registry::server::serve(listener, reg, Some(tls)))
