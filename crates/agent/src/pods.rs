@@ -1386,6 +1386,7 @@ impl Worker {
                 st.waiting = None;
                 st.backoff_until = None;
                 if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+                    let h = &probes::resolved_handler(h, c);
                     let st = self.cs.entry(c.name.clone()).or_default();
                     if st.post_started != id {
                         st.post_started = id.clone();
@@ -1697,8 +1698,9 @@ impl Worker {
             "liveness" => &mut cs.liveness,
             _ => &mut cs.readiness,
         };
+        let p = probes::resolved_probe(p, c);
         let (step, failed) =
-            match probes::step(&self.m.engine, &f.id, p, &self.pod_ip, st, started_at).await {
+            match probes::step(&self.m.engine, &f.id, &p, &self.pod_ip, st, started_at).await {
                 probes::Outcome::Wait(d) | probes::Outcome::Ran(d, None) => (Step::Next(d), None),
                 probes::Outcome::Ran(d, Some(msg)) => (Step::Next(d), Some(msg)),
                 probes::Outcome::Failed(msg) => (Step::Threshold, Some(msg)),
@@ -1739,7 +1741,7 @@ impl Worker {
             let _ = probes::handler(
                 &self.m.engine,
                 &f.id,
-                h,
+                &probes::resolved_handler(h, c),
                 &self.pod_ip,
                 Duration::from_secs(grace.max(1) as u64),
             )
@@ -1784,7 +1786,11 @@ impl Worker {
             )
             .await;
             let engine = self.m.engine.clone();
-            let pre = c.lifecycle.as_ref().and_then(|l| l.pre_stop.clone());
+            let pre = c
+                .lifecycle
+                .as_ref()
+                .and_then(|l| l.pre_stop.as_ref())
+                .map(|h| probes::resolved_handler(h, c));
             let ip = self.pod_ip.clone();
             tasks.push(tokio::spawn(async move {
                 if let Some(h) = pre {

@@ -78,8 +78,50 @@ fn port_of(p: &IntOrString) -> Result<u16, String> {
         IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
         IntOrString::String(s) => s
             .parse()
-            .map_err(|_| format!("named port {s:?} is not resolvable here")),
+            .map_err(|_| format!("couldn't find port: {s} in the container's ports")),
     }
+}
+
+/// A named port (`port: http`) as the container's port of that name, as the kubelet
+/// resolves it; a name the container does not declare stays, and fails when used.
+fn resolve(port: &mut IntOrString, c: &k8s_openapi::api::core::v1::Container) {
+    if let IntOrString::String(name) = port {
+        if let Some(p) = c
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+        {
+            *port = IntOrString::Int(p.container_port);
+        }
+    }
+}
+
+/// `p` with its named ports resolved against container `c`.
+pub fn resolved_probe(p: &Probe, c: &k8s_openapi::api::core::v1::Container) -> Probe {
+    let mut p = p.clone();
+    if let Some(h) = p.http_get.as_mut() {
+        resolve(&mut h.port, c);
+    }
+    if let Some(t) = p.tcp_socket.as_mut() {
+        resolve(&mut t.port, c);
+    }
+    p
+}
+
+/// `h` with its named ports resolved against container `c`.
+pub fn resolved_handler(
+    h: &LifecycleHandler,
+    c: &k8s_openapi::api::core::v1::Container,
+) -> LifecycleHandler {
+    let mut h = h.clone();
+    if let Some(g) = h.http_get.as_mut() {
+        resolve(&mut g.port, c);
+    }
+    if let Some(t) = h.tcp_socket.as_mut() {
+        resolve(&mut t.port, c);
+    }
+    h
 }
 
 async fn run(
@@ -340,4 +382,30 @@ pub async fn handler(
         return Ok(());
     }
     Err("the hook has no handler".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_ports_resolve_against_the_container() {
+        let c: k8s_openapi::api::core::v1::Container = serde_json::from_value(serde_json::json!({
+            "name": "web", "ports": [{"name": "http", "containerPort": 8080}]}))
+        .unwrap();
+        let p: Probe = serde_json::from_value(
+            serde_json::json!({"httpGet": {"path": "/", "port": "http"}, "tcpSocket": {"port": "nope"}}),
+        )
+        .unwrap();
+        let r = resolved_probe(&p, &c);
+        assert_eq!(port_of(&r.http_get.unwrap().port), Ok(8080));
+        let err = port_of(&r.tcp_socket.unwrap().port).unwrap_err();
+        assert!(err.contains("couldn't find port: nope"), "{err}");
+        let h: LifecycleHandler =
+            serde_json::from_value(serde_json::json!({"httpGet": {"port": "http"}})).unwrap();
+        assert_eq!(
+            port_of(&resolved_handler(&h, &c).http_get.unwrap().port),
+            Ok(8080)
+        );
+    }
 }

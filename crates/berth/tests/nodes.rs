@@ -3962,7 +3962,7 @@ spec:
         ports: [{{name: http, containerPort: 8080}}]
         volumeMounts: [{{name: term, mountPath: /term}}]
         command: ["sh", "-c", "mkdir -p /www/cgi-bin; printf '#!/bin/sh\necho\necho $HOSTNAME\n' > /www/cgi-bin/who; chmod +x /www/cgi-bin/who; httpd -f -p 8080 -h /www & pid=$!; trap 'nslookup app-h.{ns}.svc.cluster.local > /term/$HOSTNAME 2>&1; kill $pid; exit 0' TERM; wait"]
-        readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+        readinessProbe: {{tcpSocket: {{port: http}}, periodSeconds: 1}}
 ---
 apiVersion: v1
 kind: Service
