@@ -2253,3 +2253,39 @@ fn the_scheduler_and_controllers_hold_only_their_roles() {
     assert_eq!(can(cm, &["create", "clusterrolebindings"]), "no");
     assert_eq!(can(cm, &["impersonate", "users"]), "no");
 }
+
+/// A server publishes its registry for the nodes (`kube-public/berth-registry`, its
+/// advertised address and the registry's port) and serves it there; with
+/// `--disable-registry` it serves and publishes none.
+#[test]
+fn a_server_publishes_its_registry_unless_disabled() {
+    let s = sqlite();
+    let reg = s.registry.clone().expect("the server serves a registry");
+    let published = s.ok(&[
+        "-n",
+        "kube-public",
+        "get",
+        "configmap",
+        "berth-registry",
+        "-o",
+        "jsonpath={.data.*}",
+    ]);
+    let port = reg.rsplit(':').next().unwrap();
+    assert!(
+        published.ends_with(&format!(":{port}")),
+        "{published} names the registry's port {port}"
+    );
+    // Its /v2/ asks for credentials (Docker's Basic challenge).
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(s.dir.join("data/tls/ca.crt"))
+        .arg(format!("https://{reg}/v2/"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    let off = Server::start_with("no-registry", false, &["--disable-registry"]);
+    assert!(off.registry.is_none());
+    let o = off.kubectl(&["-n", "kube-public", "get", "configmap", "berth-registry"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("NotFound"));
+}
