@@ -128,6 +128,9 @@ pub(crate) fn info(engine: &Arc<Engine>) -> Value {
         "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "none"], "Log": ["json-file"]},
         "SecurityOptions": ["name=seccomp,profile=builtin"],
         "Warnings": [],
+        // dockerd reports both; clients read them (docker-py's tests, `docker info`).
+        "Debug": false,
+        "ExperimentalBuild": false,
     });
     if let (Some(o), Some(d)) = (v.as_object_mut(), defaults.as_object()) {
         for (k, x) in d {

@@ -14,7 +14,10 @@ registry = os.environ["REGISTRY"]
 
 assert c.ping() is True
 assert c.version()["ApiVersion"] == "1.50", c.version()
-assert c.info()["OSType"] == "linux"
+info = c.info()
+assert info["OSType"] == "linux"
+# dockerd's booleans, as clients read them (issue 21, group 9).
+assert info["Debug"] is False and info["ExperimentalBuild"] is False, info
 
 # Containers: run (attached, detached), logs, exec, stop, remove.
 assert c.containers.run("busybox", ["echo", "hello"], remove=True) == b"hello\n"
