@@ -218,6 +218,19 @@ fn route(
         match (m, parts.as_slice()) {
             ("GET", ["version"]) => return Ok(Out::Json(200, crate::docker::version())),
             ("GET", ["info"]) => return Ok(Out::Json(200, crate::docker::info(engine))),
+            // Swarm mode is not served: answered as dockerd answers on a node that is in no
+            // swarm (503), which clients rely on (docker-py's `leave(force=True)` counts it
+            // as done).
+            ("POST", ["swarm", "leave"]) => {
+                return Err(Fail(503, "This node is not part of a swarm".into(), None))
+            }
+            (_, ["swarm" | "nodes" | "services" | "tasks" | "secrets" | "configs", ..]) => {
+                return Err(Fail(
+                    503,
+                    "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.".into(),
+                    None,
+                ))
+            }
             ("POST", ["containers", "create"]) => return crate::docker::create(engine, head, body),
             ("GET", ["containers", "json"]) => return crate::docker::list_containers(engine, head),
             ("POST", ["containers", id, "wait"]) => {

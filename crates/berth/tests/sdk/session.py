@@ -18,6 +18,14 @@ info = c.info()
 assert info["OSType"] == "linux"
 # dockerd's booleans, as clients read them (issue 21, group 9).
 assert info["Debug"] is False and info["ExperimentalBuild"] is False, info
+# No swarm: dockerd's 503s, which the SDK turns into what its users expect.
+assert c.swarm.leave(force=True) is True
+try:
+    c.nodes.list()
+    raise AssertionError("listing swarm nodes outside a swarm succeeded")
+except docker.errors.APIError as e:
+    assert e.response.status_code == 503, e
+    assert "not a swarm manager" in str(e), e
 
 # Containers: run (attached, detached), logs, exec, stop, remove.
 assert c.containers.run("busybox", ["echo", "hello"], remove=True) == b"hello\n"
