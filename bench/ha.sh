@@ -80,16 +80,21 @@ restart_all() {
 }
 
 declare -A r
+# creates LABEL KUBECONFIG DESCRIPTION: the write benchmark, its figures kept under LABEL.
+creates() {
+  local out
+  out=$("$load" create "$work/$2.yaml" "$count" 32)
+  echo "$3: $out"
+  r[$1.creates]=$(sed 's/.*creates_per_s=\([0-9]*\).*/\1/' <<<"$out")
+  r[$1.p50]=$(sed 's/.*p50_ms=\([0-9.]*\).*/\1/' <<<"$out")
+  r[$1.p99]=$(sed 's/.*p99_ms=\([0-9.]*\).*/\1/' <<<"$out")
+}
 echo "== writes: $count pod creates from 32 clients (the API and its store; no scheduler or controllers)"
 timing="--disable-scheduler --disable-controller-manager"
 ip[sqlite]=127.0.0.5
 flags[sqlite]=""
 start sqlite
-out=$("$load" create "$work/sqlite.yaml" "$count" 32)
-echo "one server on SQLite: $out"
-r[sqlite.creates]=$(sed 's/.*creates_per_s=\([0-9]*\).*/\1/' <<<"$out")
-r[sqlite.p50]=$(sed 's/.*p50_ms=\([0-9.]*\).*/\1/' <<<"$out")
-r[sqlite.p99]=$(sed 's/.*p99_ms=\([0-9.]*\).*/\1/' <<<"$out")
+creates sqlite sqlite "one server on SQLite"
 kill -9 "${pid[sqlite]}"
 wait "${pid[sqlite]}" 2>/dev/null || true
 unset 'pid[sqlite]'
@@ -102,11 +107,7 @@ flags[s2]="--server https://127.0.0.2:6443 --token $token"
 flags[s3]="--server https://127.0.0.3:6443 --token $token"
 start s2
 start s3
-out=$("$load" create "$work/s1.yaml" "$count" 32)
-echo "three servers on their etcd members: $out"
-r[ha.creates]=$(sed 's/.*creates_per_s=\([0-9]*\).*/\1/' <<<"$out")
-r[ha.p50]=$(sed 's/.*p50_ms=\([0-9.]*\).*/\1/' <<<"$out")
-r[ha.p99]=$(sed 's/.*p99_ms=\([0-9.]*\).*/\1/' <<<"$out")
+creates ha s1 "three servers on their etcd members"
 k s1 delete pods --all --wait=false >/dev/null
 
 # failover LABEL: ROUNDS kills of the leading server; the killed one restarts each time.

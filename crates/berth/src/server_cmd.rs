@@ -269,18 +269,13 @@ pub fn run(a: ServerArgs) -> anyhow::Result<i32> {
                     initial_readiness_delay: a.horizontal_pod_autoscaler_initial_readiness_delay,
                 },
             };
-            // Stable across restarts of this server (its data dir), distinct between servers.
+            // Stable across restarts of this server (its data dir), distinct between servers:
+            // the host's name and the server's identity.
             let leader = a.leader_elect.then(|| {
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                     .map(|s| s.trim().to_string())
                     .unwrap_or_default();
-                let dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone());
-                // FNV-1a of the path: short, stable, distinct per data dir.
-                let id = dir.to_string_lossy().bytes().fold(0x811c_9dc5u32, |h, b| {
-                    (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-                });
-                let id = format!("{id:08x}");
-                format!("{host}_{id}")
+                format!("{host}_{}", running.identity)
             });
             controllers::start(client, opts, leader).context("--controllers")?;
         }
