@@ -169,6 +169,7 @@ struct CreateBody {
     stop_signal: String,
     stop_timeout: Option<i64>,
     healthcheck: Option<Value>,
+    volumes: Option<BTreeMap<String, Value>>,
     host_config: HostConfig,
     networking_config: Option<NetworkingConfig>,
 }
@@ -215,6 +216,16 @@ struct HostConfig {
     ulimits: Option<Vec<Ulimit>>,
     init: Option<bool>,
     log_config: Option<LogConfig>,
+    shm_size: i64,
+    sysctls: Option<BTreeMap<String, String>>,
+    group_add: Option<Vec<String>>,
+    extra_hosts: Option<Vec<String>>,
+    dns: Option<Vec<String>>,
+    dns_search: Option<Vec<String>>,
+    dns_options: Option<Vec<String>>,
+    volumes_from: Option<Vec<String>>,
+    pid_mode: String,
+    cgroup_parent: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -452,14 +463,41 @@ fn create_request(head: &Head, b: CreateBody) -> Result<engine::CreateRequest, F
         }
     }
     let mut log_opts = BTreeMap::new();
+    let mut log_driver = String::new();
     if let Some(l) = h.log_config {
-        if !matches!(l.kind.as_str(), "" | "json-file") {
+        log_driver = l.kind;
+        log_opts = l.config;
+    }
+    // Config.Volumes: an anonymous volume at each path nothing else is mounted on.
+    for target in b.volumes.iter().flat_map(|v| v.keys()) {
+        if !target.starts_with('/') {
             return Err(bad_request(format!(
-                "logging driver {:?} is not supported: berth logs as json-file",
-                l.kind
+                "invalid volume specification: '{target}': the container path must be absolute"
             )));
         }
-        log_opts = l.config;
+        if !mounts.iter().any(|m| m.target() == target) {
+            mounts.push(MountSpec::Volume {
+                name: String::new(),
+                target: target.clone(),
+                read_only: false,
+            });
+        }
+    }
+    let mut group_add = Vec::new();
+    for g in h.group_add.iter().flatten() {
+        group_add.push(g.parse::<u32>().map_err(|_| {
+            bad_request(format!(
+                "GroupAdd: {g:?}: berth takes numeric group IDs (a group name is not looked up)"
+            ))
+        })?);
+    }
+    let pid_host = match h.pid_mode.as_str() {
+        "" => false,
+        "host" => true,
+        m => return Err(bad_request(format!("invalid PID mode: {m}"))),
+    };
+    if h.shm_size < 0 {
+        return Err(bad_request("SHM size can not be less than 0"));
     }
     let run = RunOptions {
         args,
@@ -492,10 +530,11 @@ fn create_request(head: &Head, b: CreateBody) -> Result<engine::CreateRequest, F
         uts_join: None,
         labels: b.labels.unwrap_or_default(),
         stop_signal: Some(b.stop_signal).filter(|s| !s.is_empty()),
-        cgroup_parent: None,
-        group_add: Vec::new(),
-        sysctls: Default::default(),
-        pid_host: false,
+        cgroup_parent: Some(h.cgroup_parent).filter(|c| !c.is_empty()),
+        group_add,
+        sysctls: h.sysctls.unwrap_or_default(),
+        pid_host,
+        shm_size: (h.shm_size > 0).then_some(h.shm_size as u64),
     };
     if let Some(m) = &run.memory {
         engine::spec::parse_memory(m).map_err(|e| bad_request(e.to_string()))?;
@@ -538,7 +577,66 @@ fn create_request(head: &Head, b: CreateBody) -> Result<engine::CreateRequest, F
         networks,
         publish,
         publish_all: h.publish_all_ports,
+        dns: h.dns.unwrap_or_default(),
+        dns_search: h.dns_search.unwrap_or_default(),
+        dns_options: h.dns_options.unwrap_or_default(),
+        extra_hosts: h.extra_hosts.unwrap_or_default(),
+        volumes_from: h.volumes_from.unwrap_or_default(),
+        log_driver,
+        docker: None,
     })
+}
+
+/// Docker's `POST /containers/{id}/update` body (`UpdateConfig`): resources and the restart
+/// policy. Zero values mean "unchanged", as in dockerd; resources berth does not manage are
+/// refused when set rather than ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+struct UpdateBody {
+    memory: i64,
+    memory_swap: i64,
+    nano_cpus: i64,
+    cpu_shares: i64,
+    pids_limit: Option<i64>,
+    restart_policy: Option<engine::RestartPolicy>,
+    #[serde(flatten)]
+    rest: BTreeMap<String, Value>,
+}
+
+/// `POST /containers/{id}/update`.
+pub(crate) fn update(engine: &Arc<Engine>, id: &str, body: &mut (impl Read + ?Sized)) -> Handled {
+    let b: UpdateBody = crate::server::json_body(body)?;
+    for (k, v) in &b.rest {
+        let unset = match v {
+            Value::Null => true,
+            Value::Bool(b) => !b,
+            Value::Number(n) => n.as_f64() == Some(0.0),
+            Value::String(s) => s.is_empty(),
+            Value::Array(a) => a.is_empty(),
+            Value::Object(o) => o.is_empty(),
+        };
+        if !unset {
+            return Err(bad_request(format!(
+                "{k}: berth cannot update this setting (it updates Memory, MemorySwap, NanoCpus, CpuShares, PidsLimit and RestartPolicy)"
+            )));
+        }
+    }
+    let u = engine::UpdateRequest {
+        memory: (b.memory > 0).then(|| b.memory.to_string()),
+        memory_swap: (b.memory_swap != 0).then(|| b.memory_swap.to_string()),
+        cpus: (b.nano_cpus > 0).then(|| format!("{}", b.nano_cpus as f64 / 1e9)),
+        cpu_shares: (b.cpu_shares > 0).then_some(b.cpu_shares as u64),
+        pids_limit: b.pids_limit.filter(|p| *p != 0),
+        restart: b.restart_policy.filter(|p| !p.name.is_empty()).map(|p| {
+            if p.max_retries > 0 {
+                format!("{}:{}", p.name, p.max_retries)
+            } else {
+                p.name
+            }
+        }),
+    };
+    engine.update_resources(id, &u)?;
+    Ok(Output::Json(200, json!({"Warnings": null})))
 }
 
 /// `POST /containers/create`.
@@ -547,8 +645,20 @@ pub(crate) fn create(
     head: &Head,
     body: &mut (impl Read + ?Sized),
 ) -> Handled {
-    let b: CreateBody = crate::server::json_body(body)?;
-    let req = create_request(head, b)?;
+    let raw: Value = crate::server::json_body(body)?;
+    let b: CreateBody = serde_path_to_error::deserialize(&raw)
+        .map_err(|e| bad_request(format!("invalid request body: {}: {}", e.path(), e.inner())))?;
+    let mut req = create_request(head, b)?;
+    // Kept as sent, for inspect's fields berth keeps without acting on.
+    let mut config = raw;
+    let host_config = config
+        .as_object_mut()
+        .and_then(|c| {
+            c.remove("NetworkingConfig");
+            c.remove("HostConfig")
+        })
+        .unwrap_or(Value::Null);
+    req.docker = Some(json!({"Config": config, "HostConfig": host_config}));
     let image = req.image.clone();
     match engine.create(req) {
         Ok(rec) => Ok(Output::Json(201, json!({"Id": rec.id, "Warnings": []}))),
@@ -602,11 +712,6 @@ pub(crate) fn filter_pairs(head: &Head) -> Result<Vec<String>, Failure> {
         .collect())
 }
 
-/// The keys of `filters=`.
-pub(crate) fn filter_keys(head: &Head) -> Result<Vec<String>, Failure> {
-    Ok(filters(head)?.into_keys().collect())
-}
-
 /// Refuses filter keys outside `known`: a client filtering a prune or a list must not have
 /// its filter dropped (ignoring a `label` filter on a prune would remove what it keeps).
 fn only_filters(f: &BTreeMap<String, Vec<String>>, known: &[&str]) -> Result<(), Failure> {
@@ -614,6 +719,123 @@ fn only_filters(f: &BTreeMap<String, Vec<String>>, known: &[&str]) -> Result<(),
         Some(k) => Err(bad_request(format!("invalid filter '{k}'"))),
         None => Ok(()),
     }
+}
+
+/// Docker's `label` filter values (`key` or `key=value`, all must hold) and `label!` (none may).
+fn labels_match(f: &BTreeMap<String, Vec<String>>, labels: &BTreeMap<String, String>) -> bool {
+    let has = |l: &String| match l.split_once('=') {
+        Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
+        None => labels.contains_key(l),
+    };
+    f.get("label").is_none_or(|ls| ls.iter().all(has))
+        && f.get("label!").is_none_or(|ls| !ls.iter().any(has))
+}
+
+/// Docker's `until` filter: a timestamp or a duration before now, as nanoseconds.
+fn until(f: &BTreeMap<String, Vec<String>>) -> Result<Option<i128>, Failure> {
+    let Some(v) = f.get("until").and_then(|v| v.first()) else {
+        return Ok(None);
+    };
+    timefmt::parse_time_arg(v, timefmt::now_nanos())
+        .map(Some)
+        .ok_or_else(|| {
+            bad_request(format!(
+                "invalid filter 'until={v}': not a timestamp or a duration"
+            ))
+        })
+}
+
+/// The minor version of a versioned Docker API path (`/v1.41/…` is 41).
+fn api_version(head: &Head) -> Option<u32> {
+    let rest = head.path.strip_prefix("/v1.")?;
+    rest.split('/').next()?.parse().ok()
+}
+
+/// `GET /volumes` with dockerd's filters `name` (a regular expression), `label`, `label!`,
+/// `dangling` and `driver`.
+pub(crate) fn list_volumes(engine: &Arc<Engine>, head: &Head) -> Handled {
+    let f = filters(head)?;
+    only_filters(&f, &["name", "label", "label!", "dangling", "driver"])?;
+    let names = f
+        .get("name")
+        .map(|vals| {
+            vals.iter()
+                .map(|v| {
+                    regex::Regex::new(v)
+                        .map_err(|e| bad_request(format!("invalid filter 'name={v}': {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    let dangling = match f
+        .get("dangling")
+        .and_then(|v| v.first())
+        .map(String::as_str)
+    {
+        None => None,
+        Some("true" | "1") => Some(true),
+        Some("false" | "0") => Some(false),
+        Some(v) => return Err(bad_request(format!("invalid filter 'dangling={v}'"))),
+    };
+    let list: Vec<_> = engine
+        .volumes
+        .list()
+        .into_iter()
+        .filter(|v| {
+            names
+                .as_ref()
+                .is_none_or(|rs| rs.iter().any(|r| r.is_match(&v.name)))
+                && labels_match(&f, &v.labels)
+                && f.get("driver")
+                    .is_none_or(|d| d.iter().any(|d| d == "local"))
+                && dangling.is_none_or(|d| d == engine.volume_users(&v.name).is_empty())
+        })
+        .collect();
+    Ok(Output::Json(
+        200,
+        json!({"Volumes": list, "Warnings": null}),
+    ))
+}
+
+/// `POST /volumes/prune` with dockerd's filters `all` (named volumes too, not only
+/// anonymous ones), `label` and `label!`.
+pub(crate) fn prune_volumes(engine: &Arc<Engine>, head: &Head) -> Handled {
+    let f = filters(head)?;
+    // Before API 1.42 a prune removed named volumes too, and `all` was not a filter.
+    let before_142 = api_version(head).is_some_and(|v| v < 42);
+    if before_142 && f.contains_key("all") {
+        return Err(bad_request("Invalid filter 'all'"));
+    }
+    only_filters(&f, &["all", "label", "label!"])?;
+    let all = before_142
+        || f.get("all")
+            .is_some_and(|v| v.iter().any(|v| v == "true" || v == "1"));
+    let (gone, bytes) = engine.volume_prune_matching(all, &|v| labels_match(&f, &v.labels));
+    Ok(Output::Json(
+        200,
+        json!({
+            "VolumesDeleted": if gone.is_empty() { Value::Null } else { json!(gone) },
+            "SpaceReclaimed": bytes,
+        }),
+    ))
+}
+
+/// `POST /containers/prune` with dockerd's filters `until`, `label` and `label!`.
+pub(crate) fn prune_containers(engine: &Arc<Engine>, head: &Head) -> Handled {
+    let f = filters(head)?;
+    only_filters(&f, &["until", "label", "label!"])?;
+    let before = until(&f)?;
+    let (gone, bytes) = engine.container_prune_matching(&|c| {
+        labels_match(&f, &c.labels)
+            && before.is_none_or(|t| timefmt::parse_rfc3339(&c.created).is_some_and(|c| c < t))
+    });
+    Ok(Output::Json(
+        200,
+        json!({
+            "ContainersDeleted": if gone.is_empty() { Value::Null } else { json!(gone) },
+            "SpaceReclaimed": bytes,
+        }),
+    ))
 }
 
 /// `GET /containers/json`: Docker's container summaries.
@@ -628,25 +850,34 @@ pub(crate) fn list_containers(engine: &Arc<Engine>, head: &Head) -> Handled {
         }
     }
     let all = head.flag("all") || f.contains_key("status") || f.contains_key("exited");
+    // dockerd matches `name` as a regular expression against `/name`.
+    let names = f
+        .get("name")
+        .map(|vals| {
+            vals.iter()
+                .map(|v| {
+                    regex::Regex::new(v)
+                        .map_err(|e| bad_request(format!("invalid filter 'name={v}': {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
     let mut list = engine.list(all, head.flag("size"));
     let matches = |key: &str, test: &dyn Fn(&str) -> bool| {
         f.get(key).is_none_or(|vals| vals.iter().any(|v| test(v)))
     };
     list.retain(|c| {
         matches("id", &|v| c.id.starts_with(v))
-            && matches("name", &|v| c.name.contains(v.trim_start_matches('/')))
+            && names
+                .as_ref()
+                .is_none_or(|rs| rs.iter().any(|r| r.is_match(&format!("/{}", c.name))))
             && matches("status", &|v| c.state == v)
             && matches("ancestor", &|v| c.image == v || c.image_id.contains(v))
             && matches("exited", &|v| {
                 c.state == "exited" && c.exit_code.to_string() == v
             })
             && matches("network", &|v| c.networks.iter().any(|n| n == v))
-            && f.get("label").is_none_or(|ls| {
-                ls.iter().all(|l| match l.split_once('=') {
-                    Some((k, v)) => c.labels.get(k).is_some_and(|x| x == v),
-                    None => c.labels.contains_key(l),
-                })
-            })
+            && labels_match(&f, &c.labels)
     });
     if let Some(n) = head.q("limit").and_then(|n| n.parse::<usize>().ok()) {
         if n > 0 {
@@ -671,7 +902,23 @@ pub(crate) fn list_containers(engine: &Arc<Engine>, head: &Head) -> Handled {
             let networks: serde_json::Map<String, Value> = c
                 .networks
                 .iter()
-                .map(|n| (n.clone(), json!({"NetworkID": n})))
+                .map(|n| {
+                    let a = c.addresses.iter().find(|a| &a.network == n);
+                    let text = |f: fn(&engine::engine::Address) -> &str| a.map(f).unwrap_or("");
+                    (
+                        n.clone(),
+                        json!({
+                            "NetworkID": engine.networks.get(n).map(|x| x.id).unwrap_or_default(),
+                            "IPAddress": text(|a| &a.ip),
+                            "IPPrefixLen": a.map(|a| a.prefix).unwrap_or(0),
+                            "Gateway": text(|a| &a.gateway),
+                            "MacAddress": text(|a| &a.mac),
+                            "IPAMConfig": Value::Null, "Links": Value::Null, "Aliases": Value::Null,
+                            "DriverOpts": Value::Null, "EndpointID": "", "IPv6Gateway": "",
+                            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+                        }),
+                    )
+                })
                 .collect();
             let mut v = json!({
                 "Id": c.id,
@@ -684,7 +931,7 @@ pub(crate) fn list_containers(engine: &Arc<Engine>, head: &Head) -> Handled {
                 "Labels": c.labels,
                 "State": c.state,
                 "Status": c.status,
-                "HostConfig": {"NetworkMode": c.networks.first().cloned().unwrap_or_else(|| "none".into())},
+                "HostConfig": {"NetworkMode": c.network_mode},
                 "NetworkSettings": {"Networks": networks},
                 "Mounts": c.mounts,
             });
@@ -759,6 +1006,7 @@ struct ExecBody {
     tty: bool,
     attach_stdin: bool,
     privileged: bool,
+    detach_keys: String,
 }
 
 /// `POST /containers/{id}/exec`.
@@ -781,6 +1029,10 @@ pub(crate) fn exec_create(
             tty: b.tty,
             stdin: b.attach_stdin,
             privileged: b.privileged,
+            detach_keys: {
+                crate::server::detach_keys(&b.detach_keys)?;
+                Some(b.detach_keys).filter(|k| !k.is_empty())
+            },
         },
     )?;
     Ok(Output::Json(201, json!({ "Id": exec_id })))
@@ -797,6 +1049,7 @@ fn network_doc(engine: &Arc<Engine>, name: &str) -> Result<Value, Failure> {
         o.entry("Attachable").or_insert(json!(false));
         o.entry("Ingress").or_insert(json!(false));
         o.entry("ConfigOnly").or_insert(json!(false));
+        o.entry("ConfigFrom").or_insert(json!({"Network": ""}));
         o.entry("Options").or_insert(json!({}));
     }
     Ok(v)
@@ -824,20 +1077,31 @@ pub(crate) fn networks(
     match (method, parts) {
         ("GET", []) => {
             let f = filters(head)?;
-            only_filters(&f, &["name", "driver"])?;
+            only_filters(&f, &["name", "driver", "id", "label", "label!", "type"])?;
             let mut out: Vec<Value> = Vec::new();
             for n in engine.networks.list() {
                 out.push(network_doc(engine, &n.name)?);
             }
             out.push(builtin_network("host"));
             out.push(builtin_network("none"));
+            let text = |n: &Value, k: &str| n[k].as_str().unwrap_or("").to_string();
             out.retain(|n| {
-                f.get("name").is_none_or(|v| {
-                    v.iter()
-                        .any(|x| n["Name"].as_str().is_some_and(|s| s.contains(x.as_str())))
-                }) && f
-                    .get("driver")
-                    .is_none_or(|v| v.iter().any(|x| n["Driver"] == x.as_str()))
+                let labels: BTreeMap<String, String> =
+                    serde_json::from_value(n["Labels"].clone()).unwrap_or_default();
+                let builtin = matches!(text(n, "Name").as_str(), "host" | "none" | "bridge");
+                f.get("name")
+                    .is_none_or(|v| v.iter().any(|x| text(n, "Name").contains(x.as_str())))
+                    && f.get("driver")
+                        .is_none_or(|v| v.iter().any(|x| n["Driver"] == x.as_str()))
+                    && f.get("id")
+                        .is_none_or(|v| v.iter().any(|x| text(n, "Id").starts_with(x.as_str())))
+                    && labels_match(&f, &labels)
+                    && f.get("type").is_none_or(|v| {
+                        v.iter().any(|t| {
+                            (t == "builtin") == builtin
+                                && matches!(t.as_str(), "builtin" | "custom")
+                        })
+                    })
             });
             Ok(Output::Json(200, Value::Array(out)))
         }
@@ -868,7 +1132,9 @@ pub(crate) fn networks(
             #[derive(Deserialize, Default)]
             #[serde(default, rename_all = "PascalCase")]
             struct IpamConfig {
+                #[serde(deserialize_with = "null_default")]
                 subnet: String,
+                #[serde(deserialize_with = "null_default")]
                 gateway: String,
             }
             let r: Req = crate::server::json_body(body)?;
@@ -935,10 +1201,17 @@ pub(crate) fn networks(
             Ok(Output::Empty(204))
         }
         ("POST", ["prune"]) => {
-            only_filters(&filters(head)?, &[])?;
+            let f = filters(head)?;
+            only_filters(&f, &["until", "label", "label!"])?;
+            let before = until(&f)?;
+            let gone = engine.network_prune_matching(&|n| {
+                labels_match(&f, &n.labels)
+                    && before
+                        .is_none_or(|t| timefmt::parse_rfc3339(&n.created).is_some_and(|c| c < t))
+            });
             Ok(Output::Json(
                 200,
-                json!({"NetworksDeleted": engine.network_prune()}),
+                json!({"NetworksDeleted": if gone.is_empty() { Value::Null } else { json!(gone) }}),
             ))
         }
         _ => Err(failure(
@@ -1235,7 +1508,21 @@ pub(crate) fn images(
         ("POST", "create", "") if head.q("fromSrc").is_some() => import(engine, head, body, w),
         ("POST", "create", "") => pull(engine, head, w),
         ("POST", "load", "") => {
-            let loaded = images.load(std::io::BufReader::new(body))?;
+            // As dockerd: an archive that cannot be loaded is a message in the stream (clients
+            // raise it as a load error), not an error answer.
+            let loaded = match images.load(std::io::BufReader::new(body)) {
+                Ok(l) => l,
+                Err(e) => {
+                    http::respond_stream_head(w, 200, "application/json")
+                        .map_err(|e| failure(500, e.to_string()))?;
+                    let mut out = Chunked(w.try_clone().map_err(|e| failure(500, e.to_string()))?);
+                    let line =
+                        json!({"errorDetail": {"message": e.to_string()}, "error": e.to_string()});
+                    let _ = out.write_all(format!("{line}\n").as_bytes());
+                    let _ = out.finish();
+                    return Ok(Output::Done);
+                }
+            };
             engine.events.emit("image", "load", "", Default::default());
             http::respond_stream_head(w, 200, "application/json")
                 .map_err(|e| failure(500, e.to_string()))?;
@@ -1478,7 +1765,9 @@ fn pull(engine: &Arc<Engine>, head: &Head, w: &mut UnixStream) -> Handled {
     })
 }
 
-/// Runs a pull or push, streaming its JSON messages; a failure is the last message.
+/// Runs a pull or push, streaming its JSON messages. As dockerd, the answer's head goes out
+/// with the first message: a job that fails before it has anything to say is an error answer
+/// (404 for what the registry does not have), and a failure after that is the last message.
 fn stream_job(
     engine: &Arc<Engine>,
     head: &Head,
@@ -1490,19 +1779,50 @@ fn stream_job(
     ) -> Result<Value, EngineError>,
 ) -> Handled {
     let creds = crate::images::registry_auth(head)?;
-    http::respond_stream_head(w, 200, "application/json")
-        .map_err(|e| failure(500, e.to_string()))?;
-    let mut out = Chunked(w.try_clone().map_err(|e| failure(500, e.to_string()))?);
+    let conn = w.try_clone().map_err(|e| failure(500, e.to_string()))?;
+    let mut out: Option<Chunked<UnixStream>> = None;
+    let mut head_failed = false;
     let mut send = |v: Value| {
-        let mut line = serde_json::to_vec(&v).unwrap_or_default();
-        line.push(b'\n');
-        let _ = out.write_all(&line);
+        if out.is_none() && !head_failed {
+            let mut c = match conn.try_clone() {
+                Ok(c) => c,
+                Err(_) => {
+                    head_failed = true;
+                    return;
+                }
+            };
+            if http::respond_stream_head(&mut c, 200, "application/json").is_err() {
+                head_failed = true;
+                return;
+            }
+            out = Some(Chunked(c));
+        }
+        if let Some(o) = out.as_mut() {
+            let mut line = serde_json::to_vec(&v).unwrap_or_default();
+            line.push(b'\n');
+            let _ = o.write_all(&line);
+        }
     };
-    if let Err(e) = job(engine, creds, &mut send) {
-        send(json!({"errorDetail": {"message": e.to_string()}, "error": e.to_string()}));
+    let result = job(engine, creds, &mut send);
+    match (result, out) {
+        (Err(e), None) => Err(e.into()),
+        (result, Some(mut o)) => {
+            if let Err(e) = result {
+                let line =
+                    json!({"errorDetail": {"message": e.to_string()}, "error": e.to_string()});
+                let _ = o.write_all(format!("{line}\n").as_bytes());
+            }
+            let _ = o.finish();
+            Ok(Output::Done)
+        }
+        (Ok(_), None) => {
+            let mut c = conn;
+            http::respond_stream_head(&mut c, 200, "application/json")
+                .map_err(|e| failure(500, e.to_string()))?;
+            let _ = Chunked(c).finish();
+            Ok(Output::Done)
+        }
     }
-    let _ = out.finish();
-    Ok(Output::Done)
 }
 
 #[cfg(test)]

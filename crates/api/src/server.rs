@@ -2,7 +2,7 @@
 //! on a unix socket, one thread per connection, every route a call into the engine.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -232,6 +232,52 @@ fn route(
                 ))
             }
             ("POST", ["containers", "create"]) => return crate::docker::create(engine, head, body),
+            // dockerd's 304: nothing to do.
+            ("POST", ["containers", id, "start"]) => {
+                if engine.is_running(id) {
+                    return Ok(Out::Empty(304));
+                }
+                engine.start(id)?;
+                return Ok(Out::Empty(204));
+            }
+            ("POST", ["containers", id, "stop"]) => {
+                if !engine.is_running(id) {
+                    engine.record(id)?;
+                    return Ok(Out::Empty(304));
+                }
+                engine.stop(id, num(head, "t")?)?;
+                return Ok(Out::Empty(204));
+            }
+            ("POST", ["containers", id, "update"]) => {
+                return crate::docker::update(engine, id, body)
+            }
+            ("GET", ["containers", id, "changes"]) => {
+                let changes: Vec<Value> = engine
+                    .changes(id)?
+                    .into_iter()
+                    .map(|(path, kind)| json!({"Path": path, "Kind": kind}))
+                    .collect();
+                return Ok(Out::Json(200, json!(changes)));
+            }
+            // dockerd's route is `/containers/{name:.*}`: a name with a slash (what a legacy
+            // link's removal names) is a container that does not exist.
+            ("DELETE", ["containers", _, _, ..]) => {
+                let full = parts[1..].join("/");
+                return Err(Fail(404, format!("No such container: {full}"), None));
+            }
+            // Managed plugins are not supported: none are installed, and what would install or
+            // run one is refused as dockerd refuses it on a platform without plugins.
+            ("GET", ["plugins"]) => return Ok(Out::Json(200, json!([]))),
+            ("GET", ["plugins", name, "json"]) => {
+                return Err(Fail(404, format!("plugin \"{name}\" not found"), None))
+            }
+            (_, ["plugins", ..]) => {
+                return Err(Fail(
+                    500,
+                    "plugins are not supported on this platform".into(),
+                    None,
+                ))
+            }
             ("GET", ["containers", "json"]) => return crate::docker::list_containers(engine, head),
             ("POST", ["containers", id, "wait"]) => {
                 return crate::docker::wait(engine, id, head, w)
@@ -250,9 +296,10 @@ fn route(
                 #[serde(default, rename_all = "PascalCase")]
                 struct Start {
                     detach: bool,
+                    tty: Option<bool>,
                 }
                 let s: Start = json_body(body)?;
-                return exec_start(engine, id, head, s.detach, w, early);
+                return exec_start(engine, id, head, s.detach, s.tty, w, early);
             }
             ("GET", ["exec", id, "json"]) => {
                 let info = engine.exec_inspect(id, Duration::ZERO)?;
@@ -290,40 +337,10 @@ fn route(
                 )?;
                 return Ok(Out::Empty(204));
             }
-            ("GET", ["volumes"]) => {
-                let f = crate::docker::filter_keys(head)?;
-                if let Some(k) = f.first() {
-                    return Err(bad(format!("invalid filter '{k}'")));
-                }
-                return Ok(Out::Json(
-                    200,
-                    json!({"Volumes": engine.volumes.list(), "Warnings": []}),
-                ));
-            }
-            ("POST", ["volumes", "prune"]) => {
-                // Docker's `all` is a filter; any other filter is refused, not ignored.
-                let f = crate::docker::filter_keys(head)?;
-                if let Some(k) = f.iter().find(|k| k.as_str() != "all") {
-                    return Err(bad(format!("invalid filter '{k}'")));
-                }
-                let all = head
-                    .q("filters")
-                    .is_some_and(|f| f.contains("\"all\"") && f.contains("true"));
-                let (gone, bytes) = engine.volume_prune(all);
-                return Ok(Out::Json(
-                    200,
-                    json!({"VolumesDeleted": gone, "SpaceReclaimed": bytes}),
-                ));
-            }
+            ("GET", ["volumes"]) => return crate::docker::list_volumes(engine, head),
+            ("POST", ["volumes", "prune"]) => return crate::docker::prune_volumes(engine, head),
             ("POST", ["containers", "prune"]) => {
-                let f = crate::docker::filter_keys(head)?;
-                if let Some(k) = f.first() {
-                    return Err(bad(format!("invalid filter '{k}'")));
-                }
-                return Ok(Out::Json(
-                    200,
-                    json!({"ContainersDeleted": engine.container_prune(), "SpaceReclaimed": 0}),
-                ));
+                return crate::docker::prune_containers(engine, head)
             }
             ("GET", ["system", "df"]) => {
                 return Ok(Out::Json(200, crate::docker::disk_usage(engine)))
@@ -444,7 +461,7 @@ fn route(
             Ok(Out::Json(201, json!({"Id": exec_id})))
         }
         ("POST", ["exec", id, "start"]) => {
-            exec_start(engine, id, head, head.flag("detach"), w, early)
+            exec_start(engine, id, head, head.flag("detach"), None, w, early)
         }
         ("POST", ["exec", id, "resize"]) => {
             engine.exec_resize(
@@ -672,7 +689,19 @@ fn build(
     let result = (|| -> Result<_, Fail> {
         std::fs::create_dir_all(&builder_dir).map_err(internal)?;
         let mut f = std::fs::File::create(&tar_file).map_err(internal)?;
-        std::io::copy(body, &mut f).map_err(|e| bad(format!("reading the build context: {e}")))?;
+        // The context may come gzip-compressed (docker-py's `gzip=True`, or any client), as
+        // dockerd accepts it: recognised by its magic number.
+        let mut reader = BufReader::new(body);
+        let gzip = reader
+            .fill_buf()
+            .map_err(|e| bad(format!("reading the build context: {e}")))?
+            .starts_with(&[0x1f, 0x8b]);
+        let copied = if gzip {
+            std::io::copy(&mut flate2::read::GzDecoder::new(reader), &mut f)
+        } else {
+            std::io::copy(&mut reader, &mut f)
+        };
+        copied.map_err(|e| bad(format!("reading the build context: {e}")))?;
         drop(f);
         let context = build::context::Context::from_tar(&tar_file, &engine::builder::HIDDEN)
             .map_err(|e| bad(format!("reading the build context: {e}")))?;
@@ -681,6 +710,14 @@ fn build(
             .map_err(|e| bad(format!("reading {dockerfile} from the context: {e}")))?;
         let text =
             String::from_utf8(text).map_err(|_| bad(format!("{dockerfile}: not UTF-8 text")))?;
+        // As dockerd: a Dockerfile without instructions is a bad request, not a failed build.
+        let instructions = text
+            .lines()
+            .map(str::trim)
+            .any(|l| !l.is_empty() && !l.starts_with('#'));
+        if !instructions {
+            return Err(bad("failed to parse Dockerfile: file with no instructions"));
+        }
         // berth build --secret files: out of the context, into a directory of their own.
         let mut secrets = BTreeMap::new();
         for id in context.files_under(engine::builder::CLI_SECRETS) {
@@ -730,6 +767,16 @@ fn build(
             .map(String::from),
         secrets,
         registry_auth,
+        // Docker's `extrahosts`: `name:address` pairs, comma- or space-separated.
+        extra_hosts: head
+            .query
+            .get("extrahosts")
+            .into_iter()
+            .flatten()
+            .flat_map(|v| v.split([',', ' ']))
+            .filter(|h| !h.is_empty())
+            .map(String::from)
+            .collect(),
     };
     let mut send = |v: Value| {
         let mut line = serde_json::to_vec(&v).unwrap_or_default();
@@ -741,7 +788,13 @@ fn build(
         context,
     };
     let r = engine.build(source, &opts, &mut |line| {
-        send(json!({"stream": format!("{line}\n")}))
+        // A line of a RUN's stderr comes already ended, wrapped in dockerd's red.
+        let text = if line.ends_with("\n\u{1b}[0m") {
+            line.to_string()
+        } else {
+            format!("{line}\n")
+        };
+        send(json!({ "stream": text }))
     });
     // Nothing of the build is left once its result is out.
     let _ = std::fs::remove_file(&tar_file);
@@ -926,7 +979,14 @@ fn logs(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Repl
         stdout: out_flag || !err_flag,
         stderr: err_flag || !out_flag,
     };
-    let tty = engine.record(id)?.config.run.tty;
+    let rec = engine.record(id)?;
+    if rec.config.log_driver == "none" {
+        return Err(EngineError::NotImplemented(
+            "configured logging driver does not support reading".into(),
+        )
+        .into());
+    }
+    let tty = rec.config.run.tty;
     let timestamps = head.flag("timestamps");
     http::respond_stream_head(w, 200, stream_type(tty))
         .map_err(|e| Fail(500, e.to_string(), None))?;
@@ -953,7 +1013,114 @@ fn logs(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Repl
 
 /// Copies between the client's connection and the monitor's attach stream until both sides
 /// are done; a half-close from the client reaches the container's stdin.
-pub(crate) fn pump(client: UnixStream, shim: UnixStream, early: &[u8]) {
+/// How a container's output stream is passed on: as the shim gives it (raw with a TTY,
+/// multiplexed without), or converted because the client asked for the other framing (Docker
+/// frames an exec's output by the start request's `Tty`, not the exec's).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reframe {
+    AsIs,
+    /// Raw output sent as stdout frames.
+    Frame,
+    /// Frames sent as their payloads alone.
+    Unframe,
+}
+
+fn copy_out(from: &mut UnixStream, to: &mut UnixStream, how: Reframe) {
+    match how {
+        Reframe::AsIs => {
+            let _ = io::copy(from, to);
+        }
+        Reframe::Frame => {
+            let mut buf = vec![0u8; 32 * 1024];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 || to.write_all(&frame(1, &buf[..n])).is_err() {
+                    break;
+                }
+            }
+        }
+        Reframe::Unframe => {
+            let mut hdr = [0u8; 8];
+            while from.read_exact(&mut hdr).is_ok() {
+                let n = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as u64;
+                if io::copy(&mut (&mut *from).take(n), to).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Docker's detach keys (`--detach-keys`, `detachKeys=`), for a TTY's input: comma-separated, each a single
+/// character or `ctrl-X` (X a letter or one of `@[\\]^_`). Empty: Docker's default,
+/// ctrl-p then ctrl-q.
+pub(crate) fn detach_keys(spec: &str) -> Result<Vec<u8>, Fail> {
+    if spec.is_empty() {
+        return Ok(vec![0x10, 0x11]);
+    }
+    let mut out = Vec::new();
+    for key in spec.split(',') {
+        let byte = match key.strip_prefix("ctrl-") {
+            Some(c) if c.len() == 1 => {
+                let c = c.as_bytes()[0].to_ascii_lowercase();
+                match c {
+                    b'a'..=b'z' => c - b'a' + 1,
+                    b'@' => 0,
+                    b'[' => 27,
+                    b'\\' => 28,
+                    b']' => 29,
+                    b'^' => 30,
+                    b'_' => 31,
+                    _ => return Err(bad(format!("Invalid detach keys ({spec}) provided"))),
+                }
+            }
+            None if key.len() == 1 => key.as_bytes()[0],
+            _ => return Err(bad(format!("Invalid detach keys ({spec}) provided"))),
+        };
+        out.push(byte);
+    }
+    Ok(out)
+}
+
+/// Copies the client's input to the container until the client closes it or types the
+/// detach keys (not passed on; bytes that begin the sequence but do not complete it are).
+/// True when it detached.
+fn copy_in(from: &mut UnixStream, to: &mut UnixStream, keys: &[u8]) -> bool {
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut matched = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        let mut out = Vec::with_capacity(n);
+        for &b in &buf[..n] {
+            if !keys.is_empty() && b == keys[matched] {
+                matched += 1;
+                if matched == keys.len() {
+                    let _ = to.write_all(&out);
+                    return true;
+                }
+                continue;
+            }
+            out.extend_from_slice(&keys[..matched]);
+            matched = 0;
+            if !keys.is_empty() && b == keys[0] {
+                matched = 1;
+                continue;
+            }
+            out.push(b);
+        }
+        if to.write_all(&out).is_err() {
+            return false;
+        }
+    }
+}
+
+pub(crate) fn pump(client: UnixStream, shim: UnixStream, early: &[u8], keys: Vec<u8>) {
+    pump_as(client, shim, early, Reframe::AsIs, keys)
+}
+
+fn pump_as(client: UnixStream, shim: UnixStream, early: &[u8], how: Reframe, keys: Vec<u8>) {
     let (Ok(mut c_in), Ok(mut s_out)) = (client.try_clone(), shim.try_clone()) else {
         return;
     };
@@ -962,11 +1129,16 @@ pub(crate) fn pump(client: UnixStream, shim: UnixStream, early: &[u8]) {
     let early = early.to_vec();
     let input = std::thread::spawn(move || {
         let _ = s_out.write_all(&early);
-        let _ = io::copy(&mut c_in, &mut s_out);
+        if copy_in(&mut c_in, &mut s_out, &keys) {
+            // Detached: the client's connection ends, the container goes on (its stdin
+            // open unless it closes after the first attach).
+            let _ = c_in.shutdown(std::net::Shutdown::Both);
+            let _ = s_out.shutdown(std::net::Shutdown::Read);
+        }
         let _ = s_out.shutdown(std::net::Shutdown::Write);
     });
     let (mut s_in, mut c_out) = (shim, client);
-    let _ = io::copy(&mut s_in, &mut c_out);
+    copy_out(&mut s_in, &mut c_out, how);
     let _ = c_out.shutdown(std::net::Shutdown::Both);
     let _ = s_in.shutdown(std::net::Shutdown::Both);
     let _ = input.join();
@@ -999,6 +1171,7 @@ fn attach(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream, early
         let _ = client.shutdown(std::net::Shutdown::Both);
         return Ok(Out::Done);
     }
+    let keys = detach_keys(head.q("detachKeys").unwrap_or(""))?;
     let (a, tty) = engine.attach(
         id,
         head.flag("stdin"),
@@ -1007,7 +1180,8 @@ fn attach(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream, early
     )?;
     let client = upgrade(w, head, tty)?;
     match a.wait() {
-        Ok(s) => pump(client, s, early),
+        // As dockerd, the keys detach from a TTY only (other input passes untouched).
+        Ok(s) => pump(client, s, early, if tty { keys } else { Vec::new() }),
         Err(e) => {
             let mut c = client;
             if !tty {
@@ -1024,6 +1198,7 @@ pub(crate) fn exec_start(
     id: &str,
     head: &Head,
     detach: bool,
+    start_tty: Option<bool>,
     w: &mut UnixStream,
     early: &[u8],
 ) -> Reply {
@@ -1035,20 +1210,32 @@ pub(crate) fn exec_start(
     // through a buffer must not find output in it (the Python SDK loses it there).
     let mut upgraded = None;
     let started = engine.exec_start_then(id, false, &mut |tty| {
-        upgraded = Some(tty);
-        upgrade(w, head, tty)
+        let framing = start_tty.unwrap_or(tty);
+        upgraded = Some((tty, framing));
+        upgrade(w, head, framing)
             .map(|_| ())
             .map_err(|f| std::io::Error::other(f.1))
     });
     match (started, upgraded) {
-        (Ok(Some((stream, _))), Some(_)) => {
+        (Ok(Some((stream, _))), Some((tty, framing))) => {
             let client = w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?;
-            pump(client, stream, early);
+            let how = match (tty, framing) {
+                (true, false) => Reframe::Frame,
+                (false, true) => Reframe::Unframe,
+                _ => Reframe::AsIs,
+            };
+            let keys = match engine.exec_inspect(id, Duration::ZERO) {
+                Ok(i) if i.process.tty => {
+                    detach_keys(i.process.detach_keys.as_deref().unwrap_or(""))?
+                }
+                _ => Vec::new(),
+            };
+            pump_as(client, stream, early, how, keys);
             Ok(Out::Done)
         }
         (Ok(_), _) => Err(Fail(500, "no stream".into(), None)),
         // Failed after the answer: said in the stream, as dockerd says it.
-        (Err(e), Some(tty)) => {
+        (Err(e), Some((_, tty))) => {
             let mut c = w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?;
             let text = format!("{e}\n");
             let _ = if tty {
@@ -1145,4 +1332,40 @@ pub(crate) fn bad_request(msg: impl Into<String>) -> Fail {
 }
 pub(crate) fn failure(code: u16, msg: impl Into<String>) -> Fail {
     Fail(code, msg.into(), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detach_keys_parse_as_docker_writes_them() {
+        assert_eq!(detach_keys("").ok(), Some(vec![0x10, 0x11]));
+        assert_eq!(detach_keys("ctrl-x,y").ok(), Some(vec![0x18, b'y']));
+        assert_eq!(detach_keys("ctrl-@,ctrl-_").ok(), Some(vec![0, 31]));
+        assert!(detach_keys("ctrl-1").is_err());
+        assert!(detach_keys("ab").is_err());
+    }
+
+    #[test]
+    fn input_stops_at_the_detach_keys_and_keeps_a_broken_prefix() {
+        let (mut client, mut from) = UnixStream::pair().unwrap();
+        let (mut to, mut container) = UnixStream::pair().unwrap();
+        client.write_all(b"a\x10b\x10\x11ignored").unwrap();
+        assert!(copy_in(&mut from, &mut to, &[0x10, 0x11]));
+        drop(to);
+        let mut got = Vec::new();
+        container.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"a\x10b");
+        // Without keys (no TTY) everything passes.
+        let (mut client, mut from) = UnixStream::pair().unwrap();
+        let (mut to, mut container) = UnixStream::pair().unwrap();
+        client.write_all(b"\x10\x11x").unwrap();
+        drop(client);
+        assert!(!copy_in(&mut from, &mut to, &[]));
+        drop(to);
+        let mut got = Vec::new();
+        container.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"\x10\x11x");
+    }
 }

@@ -170,6 +170,7 @@ pub fn config(
             // The cluster's registry, trusted with the node's own certificate.
             certs_dir: Some(agent::registry::certs_dir(data_dir)),
             chunk_size: engine::distribution::DEFAULT_CHUNK,
+            allowed: Vec::new(),
         },
         control_plane,
         resolv_conf: n.resolv_conf.clone(),

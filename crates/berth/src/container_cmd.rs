@@ -410,6 +410,7 @@ fn create_request(a: &CreateArgs) -> Result<Value> {
         group_add: Vec::new(),
         sysctls: Default::default(),
         pid_host: false,
+        shm_size: None,
     };
     // Fail fast on values the daemon would refuse anyway, with Docker's messages.
     if let Some(m) = &a.res.memory {

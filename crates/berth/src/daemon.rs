@@ -27,6 +27,11 @@ pub struct DaemonArgs {
     /// A registry (host[:port]) that may be reached over plain http; repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registry: Vec<String>,
+    /// Contact only this registry (host, host:port or an IPv4 CIDR); repeatable. Pulls,
+    /// pushes and logins anywhere else — Docker Hub included — are refused. Without it any
+    /// registry may be contacted.
+    #[arg(long = "allowed-registry")]
+    allowed_registry: Vec<String>,
     /// CA certificates per registry: DIR/<host[:port]>/*.crt (besides /etc/docker/certs.d).
     #[arg(long = "registry-certs")]
     registry_certs: Option<std::path::PathBuf>,
@@ -77,6 +82,7 @@ pub fn run(a: &DaemonArgs) -> Result<i32> {
             insecure: a.insecure_registry.clone(),
             certs_dir: a.registry_certs.clone(),
             chunk_size: a.upload_chunk_size,
+            allowed: a.allowed_registry.clone(),
         },
     )?;
     {

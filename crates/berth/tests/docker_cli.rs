@@ -538,7 +538,7 @@ fn bad_requests_get_docker_s_errors_and_the_daemon_lives_on() {
                 "{\"Image\": \"busybox\", \"HostConfig\": {\"LogConfig\": {\"Type\": \"syslog\"}}}",
             ),
             400,
-            "logging driver",
+            "error looking up logging plugin syslog: plugin \"syslog\" not found",
         ),
         (
             post_json("/v1.50/networks/create", "{\"Name\": \"n\", \"Driver\": \"overlay\"}"),
@@ -576,6 +576,13 @@ fn bad_requests_get_docker_s_errors_and_the_daemon_lives_on() {
             404,
             "No such image: 127.0.0.1:1/none:latest",
         ),
+        // The test daemon contacts loopback registries only: Docker Hub is refused before
+        // any connection, and the answer is an error status, not a stream.
+        (
+            post_json("/v1.50/images/create?fromImage=busybox&tag=latest", ""),
+            400,
+            "registry-1.docker.io: this daemon may not contact that registry",
+        ),
     ];
     for (req, status, says) in &cases {
         let (got, body) = raw(&d, req);
@@ -607,9 +614,9 @@ fn bad_requests_get_docker_s_errors_and_the_daemon_lives_on() {
     // A filter berth does not apply is refused, never dropped: a prune must not remove what
     // the filter meant to keep.
     for path in [
-        "/v1.50/containers/prune?filters=%7B%22label%22%3A%5B%22keep%22%5D%7D",
-        "/v1.50/volumes/prune?filters=%7B%22label%22%3A%5B%22keep%22%5D%7D",
-        "/v1.50/networks/prune?filters=%7B%22until%22%3A%5B%221h%22%5D%7D",
+        "/v1.50/containers/prune?filters=%7B%22keep%22%3A%5B%22x%22%5D%7D",
+        "/v1.50/volumes/prune?filters=%7B%22dangling%22%3A%5B%22x%22%5D%7D",
+        "/v1.50/networks/prune?filters=%7B%22driver%22%3A%5B%22bridge%22%5D%7D",
     ] {
         let (status, body) = raw(&d, &post_json(path, ""));
         assert_eq!(status, 400, "{path}: {body}");

@@ -104,6 +104,41 @@ impl Drop for Dockerd {
     }
 }
 
+/// tests/sdk/compare.py (the Python Docker SDK and raw API requests) against `host`.
+fn sdk_session(host: &str) -> String {
+    let python = std::env::var("BERTH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .arg(common::manifest_dir().join("tests/sdk/compare.py"))
+        .env("DOCKER_HOST", host)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The lines where two sessions' outputs differ.
+fn differences(theirs: &str, ours: &str) -> Vec<String> {
+    let mut differ: Vec<String> = theirs
+        .lines()
+        .zip(ours.lines())
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, (a, b))| format!("line {}: dockerd {a:?}, berth {b:?}", i + 1))
+        .collect();
+    if theirs.lines().count() != ours.lines().count() {
+        differ.push(format!(
+            "dockerd printed {} lines, berth {}",
+            theirs.lines().count(),
+            ours.lines().count()
+        ));
+    }
+    differ
+}
+
 fn session(host: &str, tar: &std::path::Path) -> String {
     let script = common::manifest_dir().join("tests/docker/compare.sh");
     let out = Command::new("sh")
@@ -131,19 +166,31 @@ fn the_same_docker_session_gives_the_same_results_on_dockerd_and_on_berth() {
     let tar = common::rootfs_tar(dir.path(), "bb", "busybox\n");
     let dockerd = Dockerd::start(&dir.path().join("dockerd"));
     let berth = common::Daemon::start(&dir.path().join("berth"));
-    let theirs = session(&format!("unix://{}", dockerd.socket.display()), &tar);
-    let ours = session(&format!("unix://{}", berth.socket.display()), &tar);
-    let differ: Vec<String> = theirs
-        .lines()
-        .zip(ours.lines())
-        .enumerate()
-        .filter(|(_, (a, b))| a != b)
-        .map(|(i, (a, b))| format!("line {}: dockerd {a:?}, berth {b:?}", i + 1))
-        .collect();
+    let (dockerd_host, berth_host) = (
+        format!("unix://{}", dockerd.socket.display()),
+        format!("unix://{}", berth.socket.display()),
+    );
+    let theirs = session(&dockerd_host, &tar);
+    let ours = session(&berth_host, &tar);
+    let differ = differences(&theirs, &ours);
     assert!(
-        differ.is_empty() && theirs.lines().count() == ours.lines().count(),
+        differ.is_empty(),
         "the outputs differ:\n{}\n--- dockerd ---\n{theirs}\n--- berth ---\n{ours}",
         differ.join("\n")
     );
     assert!(theirs.contains("run: hello"), "{theirs}");
+    // What programs written for Docker's API observe, on the same daemons (each has busybox
+    // from the CLI session).
+    let theirs = sdk_session(&dockerd_host);
+    let ours = sdk_session(&berth_host);
+    let differ = differences(&theirs, &ours);
+    assert!(
+        differ.is_empty(),
+        "the API sessions differ:\n{}\n--- dockerd ---\n{theirs}\n--- berth ---\n{ours}\n--- berth's log ---\n{}",
+        differ.join("\n"),
+        berth.log()
+    );
+    // Every group ran to its end on dockerd (no group raised).
+    assert!(!theirs.contains(" raised "), "{theirs}");
+    assert!(theirs.contains("prune reclaims: [2, true]"), "{theirs}");
 }

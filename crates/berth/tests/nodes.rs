@@ -5683,7 +5683,12 @@ fn docker_builds_and_pushes_to_the_cluster_registry_and_kubectl_deploys_it() {
         .unwrap();
         let d = common::Daemon::start_with(
             &dir.join("daemon"),
-            &["--registry-certs", certs.to_str().unwrap()],
+            &[
+                "--registry-certs",
+                certs.to_str().unwrap(),
+                "--allowed-registry",
+                &reg,
+            ],
         );
         let config = dir.join("docker-config");
         std::fs::create_dir_all(&config).unwrap();

@@ -261,9 +261,22 @@ impl Context {
             .tar
             .as_ref()
             .ok_or_else(|| ContextError::NotFound(rel.into()))?;
-        let mut e = index
-            .get(rel)
-            .ok_or_else(|| ContextError::NotFound(rel.into()))?;
+        // The context's root, which archives often leave implicit (docker-py's has no entry
+        // for it).
+        const ROOT: TarEntry = TarEntry {
+            mode: S_IFDIR | 0o755,
+            uid: 0,
+            gid: 0,
+            offset: 0,
+            size: 0,
+            link: None,
+            mtime: 0,
+        };
+        let mut e = match index.get(rel) {
+            Some(e) => e,
+            None if rel == "." => &ROOT,
+            None => return Err(ContextError::NotFound(rel.into())),
+        };
         for _ in 0..8 {
             match &e.link {
                 Some(target) if e.mode & 0o170000 == S_IFREG => {

@@ -57,6 +57,8 @@ pub struct BuildOptions {
     pub secrets: BTreeMap<String, PathBuf>,
     /// Credentials per registry (config.json keys) for the images the build pulls.
     pub registry_auth: BTreeMap<String, crate::distribution::Credentials>,
+    /// `--add-host`: `name:address` entries in the RUN steps' /etc/hosts.
+    pub extra_hosts: Vec<String>,
 }
 
 /// A stage being built.
@@ -1215,8 +1217,11 @@ impl Engine {
                     env_list.push(format!("{k}={v}"));
                 }
             }
+            // dockerd's words for a failed RUN name the command as it ran.
+            let ran = args.join(" ");
             let req = CreateRequest {
                 image: image.id.to_string(),
+                extra_hosts: job.opts.extra_hosts.clone(),
                 run: RunOptions {
                     args,
                     entrypoint: Some(String::new()),
@@ -1273,27 +1278,39 @@ impl Engine {
             self.start(&id)?;
             let mut stream = attach.wait().map_err(internal)?;
             let mut hdr = [0u8; 8];
-            let mut pending = String::new();
+            // Per stream (stdout, stderr); stderr's lines in the red dockerd wraps them in.
+            let mut pending = [String::new(), String::new()];
+            let mut emit = |err: bool, line: &str| {
+                if err {
+                    out(&format!("\u{1b}[91m{line}\n\u{1b}[0m"));
+                } else {
+                    out(line);
+                }
+            };
             while stream.read_exact(&mut hdr).is_ok() {
                 let n = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as usize;
                 let mut buf = vec![0u8; n];
                 if stream.read_exact(&mut buf).is_err() {
                     break;
                 }
-                pending.push_str(&String::from_utf8_lossy(&buf));
-                while let Some(nl) = pending.find('\n') {
-                    out(&pending[..nl]);
-                    pending.drain(..=nl);
+                let err = hdr[0] == 2;
+                let p = &mut pending[usize::from(err)];
+                p.push_str(&String::from_utf8_lossy(&buf));
+                while let Some(nl) = p.find('\n') {
+                    let line = p[..nl].to_string();
+                    p.drain(..=nl);
+                    emit(err, &line);
                 }
             }
-            if !pending.is_empty() {
-                out(&pending);
+            for (i, p) in pending.iter().enumerate() {
+                if !p.is_empty() {
+                    emit(i == 1, p);
+                }
             }
             let code = self.wait(&id, WaitCondition::NotRunning)?;
             if code != 0 {
                 return Err(invalid(format!(
-                    "The command '{}' returned a non-zero code: {code}",
-                    shown(ins)
+                    "The command '{ran}' returned a non-zero code: {code}"
                 )));
             }
             let upper = self

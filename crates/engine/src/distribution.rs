@@ -38,6 +38,24 @@ pub struct RegistryOptions {
     /// chunk that fails resumed where the registry says the upload stands; smaller ones in
     /// one request. 0: [`DEFAULT_CHUNK`].
     pub chunk_size: u64,
+    /// `--allowed-registry`: when not empty, the only registries contacted (`host`, `host:port`
+    /// or an IPv4 CIDR); anything else — Docker Hub included, and a token service or a blob
+    /// redirect elsewhere — is refused before a connection is made.
+    pub allowed: Vec<String>,
+}
+
+/// Whether `host` (`name[:port]`) is one of `allowed` (all are when it is empty).
+pub fn registry_allowed(allowed: &[String], host: &str) -> bool {
+    let bare = match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let bare = bare.trim_start_matches('[').trim_end_matches(']');
+    allowed.is_empty()
+        || allowed.iter().any(|a| {
+            let a_bare = a.trim_start_matches('[').trim_end_matches(']');
+            a == host || a_bare == bare || in_cidr(a, bare)
+        })
 }
 
 /// The upload chunk when none is configured.
@@ -101,6 +119,7 @@ pub struct Session {
     /// mounts blobs from.
     extra_scopes: Mutex<Vec<String>>,
     chunk: u64,
+    allowed: Vec<String>,
 }
 
 /// What became of a blob pushed.
@@ -595,12 +614,27 @@ impl Session {
             tls: tls_config(host, opts, !insecure),
             repo: repo.to_string(),
             extra_scopes: Mutex::new(Vec::new()),
+            allowed: opts.allowed.clone(),
             chunk: if opts.chunk_size == 0 {
                 DEFAULT_CHUNK
             } else {
                 opts.chunk_size
             },
         }
+    }
+
+    /// Refuses a URL on a registry the daemon may not contact (`--allowed-registry`).
+    fn check_allowed(&self, url: &str) -> Result<()> {
+        let host = split_url(url)
+            .map(|(_, h, _)| h.to_string())
+            .unwrap_or_default();
+        if registry_allowed(&self.allowed, &host) {
+            return Ok(());
+        }
+        Err(EngineError::Invalid(format!(
+            "{host}: this daemon may not contact that registry (--allowed-registry {})",
+            self.allowed.join(", ")
+        )))
     }
 
     fn url(&self, path: &str) -> String {
@@ -625,6 +659,7 @@ impl Session {
     ) -> Result<Response> {
         for attempt in 0..3 {
             let url = self.url(path);
+            self.check_allowed(&url)?;
             let mut hs: Vec<(&str, String)> = headers.to_vec();
             let same_host = split_url(&url).is_some_and(|(_, h, _)| h == self.host);
             if let (Some(a), true) = (
@@ -650,7 +685,8 @@ impl Session {
                         *scheme = "http";
                         continue;
                     }
-                    return Err(failed(format!("{} {}: {e}", method, url)));
+                    // The registry could not be reached: the host's trouble (500), as dockerd says.
+                    return Err(EngineError::Internal(format!("{} {}: {e}", method, url)));
                 }
             };
             if resp.status == 401 && attempt < 2 {
@@ -712,6 +748,7 @@ impl Session {
                 if let Some(b) = basic {
                     hs.push(("Authorization", b));
                 }
+                self.check_allowed(&url)?;
                 let resp = send(&self.tls, &url, "GET", &hs, None)
                     .map_err(|e| failed(format!("the token from {realm}: {e}")))?;
                 if matches!(resp.status, 401 | 403) {
@@ -1346,10 +1383,12 @@ impl Engine {
             (None, Some(t)) => t.to_string(),
             (None, None) => "latest".to_string(),
         };
+        // Said once the registry has the manifest, as dockerd: a pull that fails before is
+        // an error answer rather than a stream.
+        let (media, mut digest, mut bytes) = s.manifest(&reference)?;
         out(
             json!({"status": format!("Pulling from {}", r.familiar_repository()), "id": reference}),
         );
-        let (media, mut digest, mut bytes) = s.manifest(&reference)?;
         let store = self.images.store();
         let mut index_bytes = None;
         if let image::model::Document::Index(index) =

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,6 +87,10 @@ pub enum EngineError {
     /// Something on the host failed.
     #[error("{0}")]
     Internal(String),
+    /// The operation does not apply to this container as configured (reading the logs of
+    /// one whose log driver keeps none).
+    #[error("{0}")]
+    NotImplemented(String),
 }
 
 impl EngineError {
@@ -107,6 +111,7 @@ impl EngineError {
             | EngineError::Spec(_)
             | EngineError::Volume(VolumeError::InvalidName(_))
             | EngineError::Image(ImageError::Invalid(_)) => 400,
+            EngineError::NotImplemented(_) => 501,
             _ => 500,
         }
     }
@@ -203,6 +208,23 @@ pub struct CreateRequest {
     pub publish: Vec<crate::network::PortMapping>,
     /// `-P`: publish the image's exposed ports on free host ports.
     pub publish_all: bool,
+    /// `--dns`: the resolvers the container's resolv.conf names (instead of the host's or the
+    /// embedded server).
+    pub dns: Vec<String>,
+    /// `--dns-search`: its search domains (instead of the host's).
+    pub dns_search: Vec<String>,
+    /// `--dns-option`: its options (instead of the host's).
+    pub dns_options: Vec<String>,
+    /// `--add-host`: `name:address` entries added to its /etc/hosts.
+    pub extra_hosts: Vec<String>,
+    /// `--volumes-from`: `container[:ro|:rw]`; that container's volumes and bind mounts are
+    /// mounted here too (resolved at create).
+    pub volumes_from: Vec<String>,
+    /// `--log-driver`: `json-file` (also when empty) or `none` (no log is kept).
+    pub log_driver: String,
+    /// The Docker API's create body as sent (`Config` and `HostConfig`), for the fields of
+    /// `inspect` that berth keeps but does not act on.
+    pub docker: Option<serde_json::Value>,
 }
 
 /// An attachment asked for.
@@ -417,6 +439,10 @@ pub struct ExecRequest {
     pub stdin: bool,
     /// `--privileged`.
     pub privileged: bool,
+    /// `--detach-keys`: the key sequence that detaches a client from the exec's stdin
+    /// (Docker's `ctrl-p,ctrl-q` when not given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detach_keys: Option<String>,
 }
 
 /// `exec inspect`.
@@ -544,6 +570,27 @@ pub struct Summary {
     /// Networks.
     #[serde(default)]
     pub networks: Vec<String>,
+    /// Its addresses on them while it runs.
+    #[serde(default)]
+    pub addresses: Vec<Address>,
+    /// Docker's `HostConfig.NetworkMode`: the network mode asked for.
+    #[serde(default)]
+    pub network_mode: String,
+}
+
+/// A running container's address on one network (for lists).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Address {
+    /// The network.
+    pub network: String,
+    /// IPv4 address.
+    pub ip: String,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Gateway.
+    pub gateway: String,
+    /// MAC address.
+    pub mac: String,
 }
 
 /// One stats sample.
@@ -940,6 +987,28 @@ impl Engine {
         }
         let rotation = rotation(&req.log_opts)?;
         let _ = rotation;
+        match req.log_driver.as_str() {
+            "" | "json-file" | "none" => {}
+            d => {
+                return Err(EngineError::Invalid(format!(
+                    "error looking up logging plugin {d}: plugin \"{d}\" not found"
+                )))
+            }
+        }
+        for ip in &req.dns {
+            ip.parse::<std::net::IpAddr>()
+                .map_err(|_| EngineError::Invalid(format!("{ip} is not an ip address")))?;
+        }
+        for h in &req.extra_hosts {
+            let ok = h
+                .split_once(':')
+                .is_some_and(|(n, ip)| !n.is_empty() && ip.parse::<std::net::IpAddr>().is_ok());
+            if !ok {
+                return Err(EngineError::Invalid(format!(
+                    "invalid IP address in add-host: {h:?} (want name:address)"
+                )));
+            }
+        }
         if let Some(h) = &req.health {
             if !h.test.is_empty() && h.test[0] != "NONE" {
                 h.command().map_err(EngineError::Invalid)?;
@@ -980,6 +1049,7 @@ impl Engine {
         let result = (|| -> Result<Record> {
             fs::create_dir_all(&dir).map_err(|e| internal(format!("{}: {e}", dir.display())))?;
             let mut run = req.run.clone();
+            self.volumes_from(&req.volumes_from, &mut run)?;
             let mounts = self.resolve_mounts(&mut run, &mut made_volumes)?;
             match &run.network {
                 Network::Container(c) => {
@@ -1153,6 +1223,44 @@ impl Engine {
 
     /// Turns volume mounts into binds of the volumes' directories (creating named volumes on
     /// first use) and checks bind sources.
+    /// `--volumes-from`: the named containers' volumes and bind mounts, added to `run`'s
+    /// mounts where it mounts nothing at the same path. `:ro` or `:rw` after the name sets
+    /// the mode; without it each mount keeps the other container's.
+    fn volumes_from(&self, from: &[String], run: &mut RunOptions) -> Result<()> {
+        for f in from {
+            let (name, mode) = match f.rsplit_once(':') {
+                Some((n, m @ ("ro" | "rw"))) => (n, Some(m == "ro")),
+                Some((_, m)) => {
+                    return Err(EngineError::Invalid(format!(
+                        "invalid mode for volumes-from: {m}"
+                    )))
+                }
+                None => (f.as_str(), None),
+            };
+            let other = self.record(name)?;
+            for m in &other.mounts {
+                if run.mounts.iter().any(|u| u.target() == m.destination) {
+                    continue;
+                }
+                let read_only = mode.unwrap_or(!m.rw);
+                run.mounts.push(match m.typ.as_str() {
+                    "volume" => MountSpec::Volume {
+                        name: m.name.clone(),
+                        target: m.destination.clone(),
+                        read_only,
+                    },
+                    "bind" => MountSpec::Bind {
+                        source: m.source.clone().into(),
+                        target: m.destination.clone(),
+                        read_only,
+                    },
+                    _ => continue,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn resolve_mounts(
         &self,
         run: &mut RunOptions,
@@ -1262,7 +1370,7 @@ impl Engine {
                 .unwrap_or_else(|| rec.id[..12].to_string())
         };
         let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let resolv = if self.uses_dns(rec) {
+        let mut resolv = if self.uses_dns(rec) {
             // Docker's way: the embedded server, the host's search domains and options.
             let mut r = format!("nameserver {}\n", crate::dns::ADDRESS);
             for l in host_resolv.lines() {
@@ -1276,6 +1384,12 @@ impl Engine {
         } else {
             host_resolv
         };
+        let c = &rec.config;
+        if !(c.dns.is_empty() && c.dns_search.is_empty() && c.dns_options.is_empty()) {
+            // With the embedded server, `--dns` names its upstream resolvers instead.
+            let dns: &[String] = if self.uses_dns(rec) { &[] } else { &c.dns };
+            resolv = resolv_conf(&resolv, dns, &c.dns_search, &c.dns_options);
+        }
         for (name, content) in [
             ("hostname", format!("{hostname}\n")),
             ("resolv.conf", resolv),
@@ -1306,10 +1420,17 @@ impl Engine {
                 }
                 None => format!("127.0.1.1\t{hostname}\n"),
             };
+            let extra: String = rec
+                .config
+                .extra_hosts
+                .iter()
+                .filter_map(|h| h.split_once(':'))
+                .map(|(name, ip)| format!("{ip}\t{name}\n"))
+                .collect();
             format!(
                 "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
                  fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
-                 ff02::2\tip6-allrouters\n{me}"
+                 ff02::2\tip6-allrouters\n{extra}{me}"
             )
         };
         let p = dir.join("hosts");
@@ -1824,7 +1945,16 @@ impl Engine {
             .networks
             .iter()
             .any(|n| self.networks.get(&n.name).is_ok_and(|net| !net.internal));
-        let upstream = if outside {
+        let given: Vec<SocketAddr> = rec
+            .config
+            .dns
+            .iter()
+            .filter_map(|d| d.parse::<std::net::IpAddr>().ok())
+            .map(|ip| SocketAddr::new(ip, 53))
+            .collect();
+        let upstream = if outside && !given.is_empty() {
+            given
+        } else if outside {
             crate::dns::host_resolvers()
         } else {
             Vec::new()
@@ -1911,7 +2041,7 @@ impl Engine {
             tty: rec.config.run.tty,
             stdin: rec.config.open_stdin,
             stdin_once: rec.config.stdin_once,
-            log: Some(self.log_path(&rec.id)),
+            log: (rec.config.log_driver != "none").then(|| self.log_path(&rec.id)),
             rotation: rotation(&rec.config.log_opts)?,
         };
         let shim_pid = shim::spawn(&self.cfg.exe, &dir, &cfg).map_err(command_error)?;
@@ -2454,6 +2584,19 @@ impl Engine {
                     mounts: r.mounts.clone(),
                     ports: r.state.ports().to_vec(),
                     networks: r.config.networks.iter().map(|n| n.name.clone()).collect(),
+                    addresses: r
+                        .state
+                        .endpoints()
+                        .iter()
+                        .map(|e| Address {
+                            network: e.network.clone(),
+                            ip: e.ip.clone(),
+                            prefix: e.prefix,
+                            gateway: e.gateway.clone(),
+                            mac: e.mac.clone(),
+                        })
+                        .collect(),
+                    network_mode: network_mode(&r),
                 }
             })
             .collect();
@@ -2464,11 +2607,79 @@ impl Engine {
     /// `inspect`, shaped like `docker inspect`.
     pub fn inspect(&self, name_or_id: &str) -> Result<serde_json::Value> {
         let r = self.record(name_or_id)?;
-        Ok(inspect_json(
-            &r,
-            &self.log_path(&r.id),
-            &self.container_dir(&r.id),
-        ))
+        let mut doc = inspect_json(&r, &self.log_path(&r.id), &self.container_dir(&r.id));
+        if let Some(nets) = doc["NetworkSettings"]["Networks"].as_object_mut() {
+            for (name, ep) in nets.iter_mut() {
+                if let Ok(n) = self.networks.get(name) {
+                    ep["NetworkID"] = serde_json::json!(n.id);
+                }
+                if r.state.endpoints().iter().any(|e| &e.network == name) {
+                    use sha2::Digest;
+                    let digest = format!("{:x}", sha2::Sha256::digest(format!("{}/{name}", r.id)));
+                    ep["EndpointID"] = serde_json::json!(digest);
+                }
+            }
+        }
+        let execs: Vec<String> = lock(&self.execs)
+            .values()
+            .filter(|x| {
+                let info = lock(&x.info);
+                info.container_id == r.id && info.running
+            })
+            .map(|x| lock(&x.info).id.clone())
+            .collect();
+        if !execs.is_empty() {
+            doc["ExecIDs"] = serde_json::json!(execs);
+        }
+        Ok(doc)
+    }
+
+    /// `docker diff`: what the container changed in its image's file system, `(path, kind)`
+    /// with kind 0 changed, 1 added, 2 deleted. The mount points the engine itself adds (the
+    /// /etc files it writes, the kernel file systems, the user's mounts) are not changes, as
+    /// they are not in Docker, whose init layer holds them.
+    pub fn changes(&self, name_or_id: &str) -> Result<Vec<(String, u8)>> {
+        let r = self.record(name_or_id)?;
+        let all = self.images.container_changes(&r.id, &r.image_id)?;
+        let mut points: Vec<String> = [
+            "/etc/hosts",
+            "/etc/hostname",
+            "/etc/resolv.conf",
+            "/proc",
+            "/sys",
+            "/dev",
+        ]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+        points.extend(
+            r.config
+                .run
+                .mounts
+                .iter()
+                .map(|m| m.target().trim_end_matches('/').to_string()),
+        );
+        let under = |p: &str, q: &str| p == q || p.starts_with(&format!("{q}/"));
+        // A mount point's creation, and whatever shows under a kernel file system.
+        let kept: Vec<(String, u8)> = all
+            .iter()
+            .filter(|(p, k)| !(points.iter().any(|m| under(p, m)) && *k != 2))
+            .cloned()
+            .collect();
+        // A directory reported changed only because a mount point was made in it.
+        let mut out = Vec::new();
+        for (p, k) in &kept {
+            let created_in = |(q, _): &(String, u8)| q.starts_with(&format!("{p}/"));
+            if *k == 0
+                && all.iter().any(created_in)
+                && !kept.iter().any(created_in)
+                && points.iter().any(|m| m.starts_with(&format!("{p}/")))
+            {
+                continue;
+            }
+            out.push((p.clone(), *k));
+        }
+        Ok(out)
     }
 
     /// Whether the container is running (for following logs).
@@ -2493,6 +2704,11 @@ impl Engine {
         out: &mut dyn FnMut(&crate::logfile::Entry) -> std::io::Result<()>,
     ) -> Result<bool> {
         let rec = self.record(name_or_id)?;
+        if rec.config.log_driver == "none" {
+            return Err(EngineError::NotImplemented(
+                "configured logging driver does not support reading".into(),
+            ));
+        }
         let max_file = rotation(&rec.config.log_opts)?.max_file;
         let id = rec.id.clone();
         crate::logfile::read(
@@ -3002,10 +3218,19 @@ impl Engine {
     /// `volume prune`: removes volumes no container uses (only anonymous ones unless `all`).
     /// Returns their names and the bytes freed.
     pub fn volume_prune(&self, all: bool) -> (Vec<String>, u64) {
+        self.volume_prune_matching(all, &|_| true)
+    }
+
+    /// [`Engine::volume_prune`] of the volumes `select` picks.
+    pub fn volume_prune_matching(
+        &self,
+        all: bool,
+        select: &dyn Fn(&crate::volumes::Volume) -> bool,
+    ) -> (Vec<String>, u64) {
         let mut gone = Vec::new();
         let mut bytes = 0;
         for v in self.volumes.list() {
-            if (all || v.anonymous) && self.volume_users(&v.name).is_empty() {
+            if (all || v.anonymous) && select(&v) && self.volume_users(&v.name).is_empty() {
                 let size = self.volumes.size(&v.name);
                 if self.volume_remove(&v.name, false).is_ok() {
                     bytes += size;
@@ -3095,7 +3320,16 @@ impl Engine {
             );
         }
         v["Containers"] = serde_json::Value::Object(ctrs);
-        v["IPAM"] = serde_json::json!({"Driver": "host-local", "Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]});
+        // dockerd's shape: the `default` IPAM driver, the configuration as asked for.
+        let config = if n.subnet_only {
+            serde_json::json!({"Subnet": n.subnet})
+        } else {
+            serde_json::json!({"Subnet": n.subnet, "Gateway": n.gateway})
+        };
+        v["IPAM"] = serde_json::json!({"Driver": "default", "Options": null, "Config": [config]});
+        if let Some(o) = v.as_object_mut() {
+            o.remove("SubnetOnly");
+        }
         v["Scope"] = "local".into();
         Ok(v)
     }
@@ -3126,10 +3360,18 @@ impl Engine {
 
     /// `network prune`: user-defined networks no container is configured on.
     pub fn network_prune(&self) -> Vec<String> {
+        self.network_prune_matching(&|_| true)
+    }
+
+    /// [`Engine::network_prune`] of the networks `select` picks.
+    pub fn network_prune_matching(
+        &self,
+        select: &dyn Fn(&crate::network::Network) -> bool,
+    ) -> Vec<String> {
         self.networks
             .list()
             .into_iter()
-            .filter(|n| !n.is_default() && self.network_users(&n.name).is_empty())
+            .filter(|n| !n.is_default() && select(n) && self.network_users(&n.name).is_empty())
             .filter(|n| self.network_remove(&n.name).is_ok())
             .map(|n| n.name)
             .collect()
@@ -3238,14 +3480,8 @@ impl Engine {
                 rec.name, net.name
             )));
         }
-        if rec.config.networks.len() == 1
-            && matches!(rec.state.status.as_str(), "running" | "paused")
-        {
-            return Err(EngineError::Conflict(format!(
-                "container {} would be left without a network: stop it first",
-                rec.name
-            )));
-        }
+        // Its last network may go too, as in dockerd: the container keeps its network
+        // namespace with only the loopback interface, and starts next without a network.
         if let (Some(run), Some(ep)) = (
             &rec.state.net,
             rec.state.endpoints().iter().find(|e| e.network == net.name),
@@ -3384,15 +3620,29 @@ impl Engine {
 
     /// `container prune`: removes stopped containers; returns their IDs.
     pub fn container_prune(&self) -> Vec<String> {
-        let ids: Vec<String> = self
-            .list(true, false)
+        self.container_prune_matching(&|_| true).0
+    }
+
+    /// `container prune` of the stopped containers `select` picks: the IDs removed and the
+    /// bytes their writable layers held.
+    pub fn container_prune_matching(
+        &self,
+        select: &dyn Fn(&Summary) -> bool,
+    ) -> (Vec<String>, u64) {
+        let chosen: Vec<Summary> = self
+            .list(true, true)
             .into_iter()
-            .filter(|s| matches!(s.state.as_str(), "exited" | "created" | "dead"))
-            .map(|s| s.id)
+            .filter(|s| matches!(s.state.as_str(), "exited" | "created" | "dead") && select(s))
             .collect();
-        ids.into_iter()
-            .filter(|id| self.remove(id, false, false).is_ok())
-            .collect()
+        let mut bytes = 0;
+        let mut ids = Vec::new();
+        for s in chosen {
+            if self.remove(&s.id, false, false).is_ok() {
+                bytes += s.size_rw.unwrap_or(0);
+                ids.push(s.id);
+            }
+        }
+        (ids, bytes)
     }
 
     /// `info`.
@@ -3562,6 +3812,34 @@ fn command_error(msg: String) -> EngineError {
     }
 }
 
+/// A resolv.conf from `base` with what `--dns`, `--dns-search` and `--dns-option` set in
+/// place of its lines of that kind, in Docker's order: search, nameservers, options.
+fn resolv_conf(base: &str, dns: &[String], search: &[String], options: &[String]) -> String {
+    let lines = |key: &str| -> Vec<String> {
+        base.lines()
+            .filter(|l| l.split_whitespace().next() == Some(key))
+            .map(String::from)
+            .collect()
+    };
+    let mut out = Vec::new();
+    if search.is_empty() {
+        out.extend(lines("search"));
+    } else {
+        out.push(format!("search {}", search.join(" ")));
+    }
+    if dns.is_empty() {
+        out.extend(lines("nameserver"));
+    } else {
+        out.extend(dns.iter().map(|d| format!("nameserver {d}")));
+    }
+    if options.is_empty() {
+        out.extend(lines("options"));
+    } else {
+        out.push(format!("options {}", options.join(" ")));
+    }
+    out.join("\n") + "\n"
+}
+
 fn rotation(opts: &BTreeMap<String, String>) -> Result<Rotation> {
     let mut r = Rotation::default();
     for (k, v) in opts {
@@ -3584,10 +3862,9 @@ fn rotation(opts: &BTreeMap<String, String>) -> Result<Rotation> {
             }
         }
     }
-    if r.max_file > 1 && r.max_size == 0 {
-        return Err(EngineError::Invalid(
-            "max-file cannot be set without max-size".into(),
-        ));
+    // dockerd's json-file: without max-size nothing rotates, so max-file has no effect.
+    if r.max_size == 0 {
+        r.max_file = 1;
     }
     Ok(r)
 }
@@ -3632,12 +3909,25 @@ fn network_settings(r: &Record) -> serde_json::Value {
         nets.insert(
             req.name.clone(),
             json!({
-                "Aliases": req.aliases,
+                // On a user-defined network dockerd adds the short ID as a name (berth's
+                // resolver answers it too).
+                "Aliases": if req.name != crate::network::DEFAULT_NETWORK {
+                    let mut a = req.aliases.clone();
+                    a.push(r.id[..12].to_string());
+                    json!(a)
+                } else if req.aliases.is_empty() { serde_json::Value::Null } else { json!(req.aliases) },
                 "IPAddress": ep.map(|e| e.ip.as_str()).unwrap_or(""),
                 "IPPrefixLen": ep.map(|e| e.prefix).unwrap_or(0),
                 "Gateway": ep.map(|e| e.gateway.as_str()).unwrap_or(""),
                 "MacAddress": ep.map(|e| e.mac.as_str()).unwrap_or(""),
                 "IPAMConfig": req.ip.as_ref().map(|ip| json!({"IPv4Address": ip})),
+                "Links": serde_json::Value::Null,
+                "DriverOpts": serde_json::Value::Null,
+                "NetworkID": "",
+                "EndpointID": "",
+                "IPv6Gateway": "",
+                "GlobalIPv6Address": "",
+                "GlobalIPv6PrefixLen": 0,
             }),
         );
     }
@@ -3660,7 +3950,262 @@ fn network_settings(r: &Record) -> serde_json::Value {
         "Gateway": first.map(|e| e.gateway.as_str()).unwrap_or(""),
         "MacAddress": first.map(|e| e.mac.as_str()).unwrap_or(""),
         "SandboxKey": if r.state.endpoints().is_empty() { String::new() } else { format!("/proc/{}/ns/net", r.state.pid) },
+        "IPPrefixLen": first.map(|e| e.prefix).unwrap_or(0),
+        "Bridge": "",
+        "SandboxID": "",
+        "HairpinMode": false,
+        "LinkLocalIPv6Address": "",
+        "LinkLocalIPv6PrefixLen": 0,
+        "EndpointID": "",
+        "IPv6Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "SecondaryIPAddresses": serde_json::Value::Null,
+        "SecondaryIPv6Addresses": serde_json::Value::Null,
     })
+}
+
+/// Docker's `HostConfig.NetworkMode`: as the client wrote it for a container on networks
+/// (`default`, `bridge` or a network's name), else the namespace it shares.
+fn network_mode(r: &Record) -> String {
+    let sent_mode = sent(r, "HostConfig", "NetworkMode")
+        .and_then(|m| m.as_str())
+        .filter(|m| !m.is_empty());
+    match &r.config.run.network {
+        _ if !r.config.networks.is_empty() => sent_mode
+            .map(String::from)
+            .unwrap_or_else(|| r.config.networks[0].name.clone()),
+        _ if r.config.sandbox.is_some() => {
+            format!("sandbox:{}", r.config.sandbox.as_deref().unwrap_or(""))
+        }
+        Network::None => "none".to_string(),
+        Network::Host => "host".to_string(),
+        Network::Container(c) => format!("container:{c}"),
+        Network::Join(p) => p.display().to_string(),
+    }
+}
+
+/// A field of the Docker API create body as sent (`section` is `Config` or `HostConfig`).
+fn sent<'a>(r: &'a Record, section: &str, key: &str) -> Option<&'a serde_json::Value> {
+    r.config.docker.as_ref()?.get(section)?.get(key)
+}
+
+/// A list as dockerd shows one it was given none of: `null` when empty.
+fn list_or_null<T: Serialize>(v: &[T]) -> serde_json::Value {
+    if v.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!(v)
+    }
+}
+
+/// `Mounts[]` in `inspect`, with dockerd's `Mode`, `Propagation` and `Driver`.
+fn mount_json(m: &MountPoint) -> serde_json::Value {
+    let mut v = serde_json::to_value(m).unwrap_or_default();
+    v["Mode"] = serde_json::json!(if m.typ == "bind" && !m.rw { "ro" } else { "" });
+    v["Propagation"] = serde_json::json!(if m.typ == "bind" { "rprivate" } else { "" });
+    if m.typ == "volume" {
+        v["Driver"] = serde_json::json!("local");
+    }
+    v
+}
+
+/// `HostConfig` in `inspect`: every key dockerd's has. What berth acts on comes from the
+/// record (so `update` shows); what it keeps without acting on is shown as the Docker API
+/// client sent it, as dockerd echoes it.
+fn host_config(r: &Record, network_mode: String, memory: i64, nano_cpus: i64) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let run = &r.config.run;
+    let c = &r.config;
+    let restart = if c.restart.name == "no"
+        && c.restart.max_retries == 0
+        && sent(r, "HostConfig", "RestartPolicy")
+            .and_then(|p| p.get("Name"))
+            .and_then(|n| n.as_str())
+            .unwrap_or("")
+            .is_empty()
+        && c.docker.is_some()
+    {
+        json!({"Name": "", "MaximumRetryCount": 0})
+    } else {
+        serde_json::to_value(&c.restart).unwrap_or_default()
+    };
+    let ulimits: Vec<Value> = run
+        .ulimits
+        .iter()
+        .filter_map(|u| {
+            let (name, v) = u.split_once('=')?;
+            let (soft, hard) = v.split_once(':').unwrap_or((v, v));
+            Some(json!({"Name": name, "Soft": soft.parse::<i64>().ok()?, "Hard": hard.parse::<i64>().ok()?}))
+        })
+        .collect();
+    let mut ports = serde_json::Map::new();
+    for m in &c.publish {
+        let key = format!("{}/{}", m.container_port, m.protocol);
+        let entry = ports.entry(key).or_insert_with(|| json!([]));
+        if let Some(a) = entry.as_array_mut() {
+            a.push(json!({
+                "HostIp": m.host_ip,
+                "HostPort": if m.host_port == 0 { String::new() } else { m.host_port.to_string() },
+            }));
+        }
+    }
+    let mut hc = json!({
+        "AutoRemove": c.auto_remove,
+        "Binds": Value::Null,
+        "BlkioDeviceReadBps": [], "BlkioDeviceReadIOps": [], "BlkioDeviceWriteBps": [],
+        "BlkioDeviceWriteIOps": [], "BlkioWeight": 0, "BlkioWeightDevice": [],
+        "CapAdd": list_or_null(&run.cap_add),
+        "CapDrop": list_or_null(&run.cap_drop),
+        "Cgroup": "",
+        "CgroupParent": run.cgroup_parent.clone().unwrap_or_default(),
+        // Every container gets a cgroup namespace of its own.
+        "CgroupnsMode": "private",
+        "ConsoleSize": [0, 0],
+        "ContainerIDFile": "",
+        "CpuCount": 0, "CpuPercent": 0, "CpuPeriod": 0, "CpuQuota": 0,
+        "CpuRealtimePeriod": 0, "CpuRealtimeRuntime": 0,
+        "CpuShares": run.cpu_shares.unwrap_or(0),
+        "CpusetCpus": "", "CpusetMems": "",
+        "DeviceCgroupRules": Value::Null, "DeviceRequests": Value::Null, "Devices": [],
+        "Dns": c.dns, "DnsOptions": c.dns_options, "DnsSearch": c.dns_search,
+        "ExtraHosts": list_or_null(&c.extra_hosts),
+        "GroupAdd": list_or_null(&run.group_add.iter().map(|g| g.to_string()).collect::<Vec<_>>()),
+    });
+    let more = json!({
+        "IOMaximumBandwidth": 0, "IOMaximumIOps": 0,
+        "IpcMode": match &run.ipc { Ipc::Host => "host".to_string(), Ipc::Container(c) => format!("container:{c}"), _ => "private".to_string() },
+        "Isolation": "",
+        "KernelMemory": 0, "KernelMemoryTCP": 0,
+        "Links": Value::Null,
+        "LogConfig": {
+            "Type": if c.log_driver.is_empty() { "json-file" } else { c.log_driver.as_str() },
+            "Config": c.log_opts,
+        },
+        "MaskedPaths": if run.privileged { json!([]) } else { json!(crate::defaults::DEFAULT_MASKED_PATHS) },
+        "Memory": memory,
+        "MemoryReservation": 0,
+        "MemorySwap": run.memory_swap.as_deref().and_then(|m| if m == "-1" { Some(-1) } else { runspec::parse_memory_unchecked(m).ok() }).unwrap_or(0),
+        "MemorySwappiness": Value::Null,
+        "NanoCpus": nano_cpus,
+        "NetworkMode": network_mode,
+        "OomKillDisable": false,
+        "OomScoreAdj": 0,
+        "PidMode": if run.pid_host { "host" } else { "" },
+        "PidsLimit": run.pids_limit.filter(|p| *p != 0),
+        "PortBindings": ports,
+        "Privileged": run.privileged,
+        "PublishAllPorts": c.publish_all,
+        "ReadonlyPaths": if run.privileged { json!([]) } else { json!(crate::defaults::DEFAULT_READONLY_PATHS) },
+        "ReadonlyRootfs": run.read_only,
+        "RestartPolicy": restart,
+        // Containers run on berth's own OCI runtime.
+        "Runtime": "berth",
+        "SecurityOpt": list_or_null(&run.security_opt),
+        "ShmSize": run.shm_size.filter(|s| *s > 0).unwrap_or(64 * 1024 * 1024),
+        "UTSMode": "",
+        "Ulimits": ulimits,
+        "UsernsMode": "",
+        "VolumeDriver": "",
+        "VolumesFrom": list_or_null(&c.volumes_from),
+    });
+    if let (Some(hc), Value::Object(more)) = (hc.as_object_mut(), more) {
+        hc.extend(more);
+    }
+    if !run.sysctls.is_empty() {
+        hc["Sysctls"] = json!(run.sysctls);
+    }
+    if c.init || sent(r, "HostConfig", "Init").is_some_and(|i| !i.is_null()) {
+        hc["Init"] = json!(c.init);
+    }
+    if c.docker.is_some() && sent(r, "HostConfig", "PortBindings").is_none() {
+        hc["PortBindings"] = Value::Null;
+    }
+    // What berth keeps without acting on, and the forms dockerd echoes, as sent.
+    for key in [
+        "Binds",
+        "Tmpfs",
+        "Mounts",
+        "PortBindings",
+        "GroupAdd",
+        "Links",
+        "ConsoleSize",
+        "CgroupParent",
+        "Isolation",
+        "OomScoreAdj",
+        "ContainerIDFile",
+    ] {
+        if let Some(v) = sent(r, "HostConfig", key) {
+            hc[key] = v.clone();
+        }
+    }
+    hc
+}
+
+/// `Config` in `inspect`.
+fn container_config(r: &Record, health: Option<HealthConfig>) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let run = &r.config.run;
+    // The image's environment with the container's over it, entries without a value kept as
+    // given (dockerd's Config.Env; the process gets only what has a value).
+    let mut env: Vec<String> = r.image_config.env.clone().unwrap_or_default();
+    for e in &run.env {
+        let key = e.split_once('=').map(|(k, _)| k).unwrap_or(e);
+        match env
+            .iter_mut()
+            .find(|x| x.split_once('=').map(|(k, _)| k).unwrap_or(x) == key)
+        {
+            Some(slot) => *slot = e.clone(),
+            None => env.push(e.clone()),
+        }
+    }
+    let mut cfg = json!({
+        "AttachStderr": false, "AttachStdin": false, "AttachStdout": false,
+        "Cmd": if run.args.is_empty() { r.image_config.cmd.clone() } else { Some(run.args.clone()) },
+        "Domainname": "",
+        "Entrypoint": match &run.entrypoint { Some(e) => Some(vec![e.clone()]), None => r.image_config.entrypoint.clone() },
+        "Env": env,
+        "Hostname": run.hostname.clone().unwrap_or_else(|| r.id[..12].to_string()),
+        "Image": r.image,
+        "Labels": run.labels,
+        "OnBuild": Value::Null,
+        "OpenStdin": r.config.open_stdin,
+        "StdinOnce": r.config.stdin_once,
+        "Tty": run.tty,
+        "User": r.process.user,
+        "Volumes": Value::Null,
+        "WorkingDir": run.workdir.clone().or(r.image_config.working_dir.clone()).unwrap_or_default(),
+    });
+    if let Some(s) = run
+        .stop_signal
+        .clone()
+        .or(r.image_config.stop_signal.clone())
+    {
+        cfg["StopSignal"] = json!(s);
+    }
+    if let Some(t) = r.config.stop_timeout {
+        cfg["StopTimeout"] = json!(t);
+    }
+    if let Some(h) = health {
+        cfg["Healthcheck"] = json!(h);
+    }
+    if let Some(p) = &r.image_config.exposed_ports {
+        cfg["ExposedPorts"] = json!(p);
+    }
+    for key in [
+        "AttachStderr",
+        "AttachStdin",
+        "AttachStdout",
+        "Domainname",
+        "Volumes",
+        "ExposedPorts",
+        "MacAddress",
+    ] {
+        if let Some(v) = sent(r, "Config", key).filter(|v| !v.is_null()) {
+            cfg[key] = v.clone();
+        }
+    }
+    cfg
 }
 
 fn inspect_json(r: &Record, log: &Path, dir: &Path) -> serde_json::Value {
@@ -3681,15 +4226,7 @@ fn inspect_json(r: &Record, log: &Path, dir: &Path) -> serde_json::Value {
         .and_then(|c| c.parse::<f64>().ok())
         .map(|c| (c * 1e9) as i64)
         .unwrap_or(0);
-    let network_mode = match &run.network {
-        _ if r.config.sandbox.is_some() => {
-            format!("sandbox:{}", r.config.sandbox.as_deref().unwrap_or(""))
-        }
-        Network::None => "none".to_string(),
-        Network::Host => "host".to_string(),
-        Network::Container(c) => format!("container:{c}"),
-        Network::Join(p) => p.display().to_string(),
-    };
+    let network_mode = network_mode(r);
     let health = HealthConfig::merge(
         r.image_config.healthcheck.as_ref(),
         r.config.health.as_ref(),
@@ -3710,7 +4247,6 @@ fn inspect_json(r: &Record, log: &Path, dir: &Path) -> serde_json::Value {
     if let Some(h) = &r.state.health {
         state["Health"] = serde_json::to_value(h).unwrap_or_default();
     }
-    let env = r.process.env.clone();
     json!({
         "Id": r.id,
         "Created": r.created,
@@ -3729,42 +4265,12 @@ fn inspect_json(r: &Record, log: &Path, dir: &Path) -> serde_json::Value {
         "MountLabel": "",
         "ProcessLabel": "",
         "AppArmorProfile": "",
-        "HostConfig": {
-            "LogConfig": {"Type": "json-file", "Config": r.config.log_opts},
-            "NetworkMode": network_mode,
-            "RestartPolicy": r.config.restart,
-            "AutoRemove": r.config.auto_remove,
-            "CapAdd": run.cap_add,
-            "CapDrop": run.cap_drop,
-            "IpcMode": match &run.ipc { Ipc::Host => "host".to_string(), Ipc::Container(c) => format!("container:{c}"), _ => "private".to_string() },
-            "Privileged": run.privileged,
-            "ReadonlyRootfs": run.read_only,
-            "SecurityOpt": run.security_opt,
-            "Memory": memory,
-            "MemorySwap": run.memory_swap.as_deref().and_then(|m| if m == "-1" { Some(-1) } else { runspec::parse_memory_unchecked(m).ok() }).unwrap_or(0),
-            "NanoCpus": nano_cpus,
-            "CpuShares": run.cpu_shares.unwrap_or(0),
-            "PidsLimit": run.pids_limit,
-            "Ulimits": run.ulimits,
-            "Init": r.config.init,
-        },
-        "Mounts": r.mounts,
-        "Config": {
-            "Hostname": run.hostname.clone().unwrap_or_else(|| r.id[..12].to_string()),
-            "User": r.process.user,
-            "Tty": run.tty,
-            "OpenStdin": r.config.open_stdin,
-            "StdinOnce": r.config.stdin_once,
-            "Env": env,
-            "Cmd": if run.args.is_empty() { r.image_config.cmd.clone() } else { Some(run.args.clone()) },
-            "Image": r.image,
-            "WorkingDir": r.process.cwd,
-            "Entrypoint": match &run.entrypoint { Some(e) => Some(vec![e.clone()]), None => r.image_config.entrypoint.clone() },
-            "Labels": run.labels,
-            "StopSignal": run.stop_signal.clone().or(r.image_config.stop_signal.clone()),
-            "StopTimeout": r.config.stop_timeout,
-            "Healthcheck": health,
-        },
+        "HostConfig": host_config(r, network_mode, memory, nano_cpus),
+        // dockerd lists `--mount type=tmpfs` but not HostConfig.Tmpfs (`--tmpfs`).
+        "Mounts": r.mounts.iter().filter(|m| !(m.typ == "tmpfs" && sent(r, "HostConfig", "Tmpfs").is_some_and(|t| t.get(&m.destination).is_some()))).map(mount_json).collect::<Vec<_>>(),
+        "Config": container_config(r, health),
+        "ExecIDs": serde_json::Value::Null,
+        "GraphDriver": {"Name": "overlay2", "Data": {"MergedDir": r.rootfs}},
         "NetworkSettings": network_settings(r),
     })
 }
@@ -3863,7 +4369,7 @@ mod tests {
         let mut both = o("max-size", "10m");
         both.insert("max-file".into(), "3".into());
         assert_eq!(rotation(&both).unwrap().max_file, 3);
-        assert!(rotation(&o("max-file", "3")).is_err());
+        assert_eq!(rotation(&o("max-file", "3")).unwrap().max_file, 1);
         assert!(rotation(&o("max-size", "lots")).is_err());
         assert!(rotation(&o("compress", "true")).is_err());
     }

@@ -17,20 +17,53 @@ const LOG_ENTRIES: usize = 5;
 #[serde(rename_all = "PascalCase")]
 pub struct HealthConfig {
     /// `["CMD", arg…]`, `["CMD-SHELL", "command"]`, `["NONE"]` (disabled) or empty (inherit).
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub test: Vec<String>,
     /// Between checks; 0 = default.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub interval: u64,
     /// For one check; 0 = default.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub timeout: u64,
     /// Failures in this time after start do not count; 0 = none.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub start_period: u64,
     /// Consecutive failures that make the container unhealthy; 0 = default.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub retries: u32,
+}
+
+/// A field sent as `null` (as Go clients send unset ones): its default.
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl HealthConfig {

@@ -55,6 +55,10 @@ pub struct Network {
     /// The bridge interface on the host.
     #[serde(rename = "Bridge")]
     pub bridge: String,
+    /// The subnet was asked for without a gateway (`inspect` shows the IPAM configuration
+    /// as it was asked for, as dockerd does).
+    #[serde(rename = "SubnetOnly", default)]
+    pub subnet_only: bool,
 }
 
 impl Network {
@@ -268,6 +272,7 @@ impl Networks {
                 driver: "bridge".into(),
                 subnet: default.subnet.clone(),
                 gateway: Ipv4Addr::from(u32::from(base) + 1).to_string(),
+                subnet_only: false,
                 internal: false,
                 labels: BTreeMap::new(),
                 bridge: default.name.clone(),
@@ -337,6 +342,7 @@ impl Networks {
             return Err(NetworkError::Exists(name.into()));
         }
         let existing = self.list();
+        let (subnet_given, gateway_given) = (subnet.is_some(), gateway);
         let subnet = match subnet {
             Some(s) => {
                 let (addr, len) = parse_cidr(s).ok_or_else(|| {
@@ -375,7 +381,9 @@ impl Networks {
             None => Ipv4Addr::from(u32::from(base) + 1).to_string(),
         };
         let id = fsutil::random_hex(32);
+        let subnet_only = subnet_given && gateway_given.is_none();
         let n = Network {
+            subnet_only,
             name: name.into(),
             bridge: format!("br-{}", &id[..12]),
             id,

@@ -115,6 +115,9 @@ pub struct RunOptions {
     /// `--pid host`: no PID namespace of its own.
     #[serde(default)]
     pub pid_host: bool,
+    /// `--shm-size`: the size of `/dev/shm` in bytes (default 64 MiB, as Docker's).
+    #[serde(default)]
+    pub shm_size: Option<u64>,
 }
 
 /// A mount the user asked for.
@@ -154,6 +157,17 @@ pub enum MountSpec {
         #[serde(default)]
         mode: Option<u32>,
     },
+}
+
+impl MountSpec {
+    /// The path in the container.
+    pub fn target(&self) -> &str {
+        match self {
+            MountSpec::Bind { target, .. }
+            | MountSpec::Volume { target, .. }
+            | MountSpec::Tmpfs { target, .. } => target,
+        }
+    }
 }
 
 /// `--network`.
@@ -1060,6 +1074,17 @@ pub fn generate(
                 .any(|u| u.destination() == d.destination())
         })
         .collect();
+    if let Some(size) = opts.shm_size.filter(|s| *s > 0) {
+        for m in mounts
+            .iter_mut()
+            .filter(|m| m.destination() == Path::new("/dev/shm"))
+        {
+            let mut o = m.options().clone().unwrap_or_default();
+            o.retain(|o| !o.starts_with("size="));
+            o.push(format!("size={size}"));
+            m.set_options(Some(o));
+        }
+    }
     mounts.extend(user_mounts);
 
     let mut namespaces = Vec::new();

@@ -661,6 +661,73 @@ impl Images {
     }
 
     /// Records that `container` uses `image` (so `rmi` refuses it) and mounts its root file system.
+    /// What a container changed in its image's file system, as `docker diff` reports it:
+    /// `(path, kind)` with kind 0 changed, 1 added, 2 deleted, parents before children.
+    /// Read from the container's upper directory: an overlay whiteout is a deletion, and an
+    /// entry is a change when the image's layers have the same path, an addition otherwise.
+    pub fn container_changes(
+        &self,
+        container: &str,
+        image: &str,
+    ) -> Result<Vec<(String, u8)>, ImageError> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let record = self.resolve(image)?;
+        let lowers: Vec<PathBuf> = model::chain_ids(&record.diff_ids)
+            .iter()
+            .rev()
+            .map(|c| self.snapshots.diff_dir(c))
+            .collect::<Result<_, _>>()?;
+        let upper = self.snapshots.container_upper(container)?;
+        // Whether the image's layers (topmost first) have `rel`.
+        let in_image = |rel: &Path| -> bool {
+            for l in &lowers {
+                let mut hidden = false;
+                for a in rel
+                    .ancestors()
+                    .skip(1)
+                    .filter(|a| !a.as_os_str().is_empty())
+                {
+                    if xattr_opaque(&l.join(a)) {
+                        hidden = true;
+                    }
+                }
+                match fs::symlink_metadata(l.join(rel)) {
+                    Ok(m) if m.file_type().is_char_device() && m.rdev() == 0 => return false,
+                    Ok(_) => return true,
+                    Err(_) if hidden => return false,
+                    Err(_) => {}
+                }
+            }
+            false
+        };
+        let mut out = Vec::new();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            let dir = upper.join(&rel);
+            let mut entries: Vec<_> = match fs::read_dir(&dir) {
+                Ok(e) => e.filter_map(|e| e.ok()).collect(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("reading", &dir)(e)),
+            };
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries.into_iter().rev() {
+                let path = rel.join(e.file_name());
+                let Ok(m) = e.metadata() else { continue };
+                let shown = format!("/{}", path.display());
+                if m.file_type().is_char_device() && m.rdev() == 0 {
+                    out.push((shown, 2));
+                    continue;
+                }
+                out.push((shown, if in_image(&path) { 0 } else { 1 }));
+                if m.is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     pub fn mount_container(
         &self,
         container: &str,
@@ -938,6 +1005,25 @@ fn untag(names: &mut Names, tag: &str) {
             entry.history.push((old, now()));
         }
     }
+}
+
+/// Whether `dir` is an opaque overlay directory (it hides what lower layers have under it).
+fn xattr_opaque(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut buf = [0u8; 4];
+    // SAFETY: valid NUL-terminated strings and a buffer of the length given.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    n == 1 && buf[0] == b'y'
 }
 
 fn resolve_in(names: &Names, name: &str) -> Result<ImageRecord, ImageError> {

@@ -164,6 +164,20 @@ impl Daemon {
             .arg("--bridge-subnet")
             .arg(format!("10.{}.0.0/16", 100 + n % 100))
             .args(&self.flags)
+            // A test daemon never reaches a registry off this machine (a test that goes
+            // wrong must not reach out to Docker Hub); tests name theirs when they have one.
+            .args(if self.flags.iter().any(|f| f == "--allowed-registry") {
+                &[][..]
+            } else {
+                &[
+                    "--allowed-registry",
+                    "127.0.0.0/8",
+                    "--allowed-registry",
+                    "localhost",
+                    "--allowed-registry",
+                    "::1",
+                ][..]
+            })
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
