@@ -226,6 +226,7 @@ struct HostConfig {
     volumes_from: Option<Vec<String>>,
     pid_mode: String,
     cgroup_parent: String,
+    links: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -281,6 +282,7 @@ struct NetworkingConfig {
 #[serde(default, rename_all = "PascalCase")]
 struct EndpointBody {
     aliases: Option<Vec<String>>,
+    links: Option<Vec<String>>,
     #[serde(rename = "IPAMConfig")]
     ipam_config: Option<IpamBody>,
 }
@@ -582,6 +584,18 @@ fn create_request(head: &Head, b: CreateBody) -> Result<engine::CreateRequest, F
         dns_options: h.dns_options.unwrap_or_default(),
         extra_hosts: h.extra_hosts.unwrap_or_default(),
         volumes_from: h.volumes_from.unwrap_or_default(),
+        // `name:alias`, or Docker's stored form `/name:/container/alias`.
+        links: h
+            .links
+            .unwrap_or_default()
+            .iter()
+            .chain(endpoints.values().flat_map(|e| e.links.iter().flatten()))
+            .map(|l| {
+                let (name, alias) = l.split_once(':').unwrap_or((l, l));
+                let alias = alias.rsplit('/').next().unwrap_or(alias);
+                format!("{}:{alias}", name.trim_start_matches('/'))
+            })
+            .collect(),
         log_driver,
         docker: None,
     })
@@ -1425,7 +1439,7 @@ pub(crate) fn images(
             let cache = engine.build_cache_images();
             let all = head.flag("all");
             let f = filters(head)?;
-            only_filters(&f, &["dangling", "reference"])?;
+            only_filters(&f, &["dangling", "reference", "label", "label!"])?;
             let dangling = f
                 .get("dangling")
                 .and_then(|v| v.first())
@@ -1433,6 +1447,15 @@ pub(crate) fn images(
             let mut out = Vec::new();
             for s in images.list()? {
                 if !all && s.names.is_empty() && cache.contains(&s.id) {
+                    continue;
+                }
+                let labels: BTreeMap<String, String> = images
+                    .resolve(&s.id.to_string())
+                    .and_then(|r| images.config(&r))
+                    .ok()
+                    .and_then(|c| serde_json::from_value(c["config"]["Labels"].clone()).ok())
+                    .unwrap_or_default();
+                if !labels_match(&f, &labels) {
                     continue;
                 }
                 if let Some(d) = dangling {
@@ -1476,13 +1499,13 @@ pub(crate) fn images(
                     .collect();
                 out.push(json!({
                     "Id": s.id.to_string(),
-                    "ParentId": "",
+                    "ParentId": images.parent_of(&s.id).map(|p| p.to_string()).unwrap_or_default(),
                     "RepoTags": tags,
                     "RepoDigests": digests,
                     "Created": unix(&s.created),
                     "Size": s.size,
                     "SharedSize": -1,
-                    "Labels": {},
+                    "Labels": labels,
                     "Containers": -1,
                 }));
             }
@@ -1565,7 +1588,7 @@ pub(crate) fn images(
                     "Id": r.id.to_string(),
                     "RepoTags": tags,
                     "RepoDigests": digests,
-                    "Parent": "",
+                    "Parent": images.parent_of(&r.id).map(|p| p.to_string()).unwrap_or_default(),
                     "Comment": config["comment"].as_str().unwrap_or(""),
                     "Created": config["created"],
                     "Author": config["author"].as_str().unwrap_or(""),

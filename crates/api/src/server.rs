@@ -655,6 +655,9 @@ fn build(
             })
             .collect()
     };
+    if head.flag("squash") {
+        return Err(bad("squash is only supported with experimental mode"));
+    }
     let mut build_args = kv("buildarg")?;
     let mut labels = kv("label")?;
     // Docker's forms: `buildargs` and `labels` as JSON objects, `dockerfile=`.
@@ -747,9 +750,6 @@ fn build(
             return Err(e);
         }
     };
-    http::respond_stream_head(w, 200, "application/json")
-        .map_err(|e| Fail(500, e.to_string(), None))?;
-    let mut out = Chunked(w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?);
     let opts = engine::builder::BuildOptions {
         dockerfile: text,
         tags: list("t"),
@@ -778,10 +778,24 @@ fn build(
             .map(String::from)
             .collect(),
     };
-    let mut send = |v: Value| {
-        let mut line = serde_json::to_vec(&v).unwrap_or_default();
-        line.push(b'\n');
-        let _ = out.write_all(&line);
+    // As dockerd, the answer's head goes out with the first line: a build that fails before
+    // it has said anything (a Dockerfile that does not parse, a platform this machine does not
+    // build) is an error answer, a later failure the stream's last message.
+    let conn = w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?;
+    let mut out: Option<Chunked<UnixStream>> = None;
+    let send = |out: &mut Option<Chunked<UnixStream>>, v: Value| {
+        if out.is_none() {
+            let Ok(mut c) = conn.try_clone() else { return };
+            if http::respond_stream_head(&mut c, 200, "application/json").is_err() {
+                return;
+            }
+            *out = Some(Chunked(c));
+        }
+        if let Some(o) = out.as_mut() {
+            let mut line = serde_json::to_vec(&v).unwrap_or_default();
+            line.push(b'\n');
+            let _ = o.write_all(&line);
+        }
     };
     let source = engine::builder::BuildContext::Tar {
         file: tar_file.clone(),
@@ -794,28 +808,52 @@ fn build(
         } else {
             format!("{line}\n")
         };
-        send(json!({ "stream": text }))
+        send(&mut out, json!({ "stream": text }))
     });
     // Nothing of the build is left once its result is out.
     let _ = std::fs::remove_file(&tar_file);
     let _ = std::fs::remove_dir_all(&secrets_dir);
     match r {
         Ok(id) => {
-            send(json!({"aux": {"ID": id}}));
+            let cache_from = head.q("cachefrom").unwrap_or("").trim();
+            if !matches!(cache_from, "" | "[]" | "null") {
+                send(
+                    &mut out,
+                    json!({"stream": "[Warning] cachefrom: berth's builder reuses its own build cache only; the images named were not used\n"}),
+                );
+            }
+            send(&mut out, json!({"aux": {"ID": id}}));
             // The classic builder's last lines, which clients (the Python SDK) read the
             // image from.
             let short = id.trim_start_matches("sha256:").get(..12).unwrap_or(&id);
-            send(json!({"stream": format!("Successfully built {short}\n")}));
+            send(
+                &mut out,
+                json!({"stream": format!("Successfully built {short}\n")}),
+            );
             for t in &opts.tags {
                 let shown = Reference::parse(t)
                     .map(|r| r.familiar())
                     .unwrap_or_else(|_| t.clone());
-                send(json!({"stream": format!("Successfully tagged {shown}\n")}));
+                send(
+                    &mut out,
+                    json!({"stream": format!("Successfully tagged {shown}\n")}),
+                );
             }
         }
-        Err(e) => send(json!({"error": e.to_string(), "errorDetail": {"message": e.to_string()}})),
+        Err(e) => {
+            let said = out.is_some();
+            if !said {
+                return Err(e.into());
+            }
+            send(
+                &mut out,
+                json!({"error": e.to_string(), "errorDetail": {"message": e.to_string()}}),
+            )
+        }
     }
-    let _ = out.finish();
+    if let Some(o) = out {
+        let _ = o.finish();
+    }
     Ok(Out::Done)
 }
 

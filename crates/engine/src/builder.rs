@@ -1185,15 +1185,22 @@ impl Engine {
                 )))
             }
         };
+        // A user-defined network (the build's `networkmode`, as dockerd takes it) by name.
         let (network, run_net) = match mode {
-            "default" | "bridge" => (true, Network::None),
-            "none" => (false, Network::None),
-            "host" => (false, Network::Host),
-            n => {
-                return Err(invalid(format!(
-                    "--network {n}: expected default, bridge, none or host"
-                )))
-            }
+            "default" | "bridge" => (
+                Some(crate::network::DEFAULT_NETWORK.to_string()),
+                Network::None,
+            ),
+            "none" => (None, Network::None),
+            "host" => (None, Network::Host),
+            n => match self.networks.get(n) {
+                Ok(net) => (Some(net.name), Network::None),
+                Err(_) => {
+                    return Err(invalid(format!(
+                        "--network {n}: expected default, bridge, none, host or a network's name"
+                    )))
+                }
+            },
         };
         if let Some(s) = ins.flag("security").filter(|s| *s != "sandbox") {
             return Err(invalid(format!(
@@ -1236,14 +1243,13 @@ impl Engine {
                     labels: [(BUILD_LABEL.to_string(), String::new())].into(),
                     ..Default::default()
                 },
-                networks: if network {
-                    vec![crate::engine::EndpointRequest {
-                        name: crate::network::DEFAULT_NETWORK.into(),
+                networks: network
+                    .iter()
+                    .map(|name| crate::engine::EndpointRequest {
+                        name: name.clone(),
                         ..Default::default()
-                    }]
-                } else {
-                    Vec::new()
-                },
+                    })
+                    .collect(),
                 ..Default::default()
             };
             let rec = self.create(req)?;

@@ -222,6 +222,11 @@ pub struct CreateRequest {
     pub volumes_from: Vec<String>,
     /// `--log-driver`: `json-file` (also when empty) or `none` (no log is kept).
     pub log_driver: String,
+    /// `--link`: `container:alias` (Docker's legacy links). At each start the linked
+    /// container, which must be running, is named in /etc/hosts and its address, exposed
+    /// ports and environment are given as `ALIAS_…` variables; on a user-defined network the
+    /// alias resolves to it for this container.
+    pub links: Vec<String>,
     /// The Docker API's create body as sent (`Config` and `HostConfig`), for the fields of
     /// `inspect` that berth keeps but does not act on.
     pub docker: Option<serde_json::Value>,
@@ -576,6 +581,44 @@ pub struct Summary {
     /// Docker's `HostConfig.NetworkMode`: the network mode asked for.
     #[serde(default)]
     pub network_mode: String,
+}
+
+/// A legacy link at a container's start (`--link`).
+struct Link {
+    alias: String,
+    name: String,
+    id: String,
+    ip: String,
+    /// Exposed ports, sorted.
+    ports: Vec<(u16, String)>,
+    env: Vec<String>,
+}
+
+impl Link {
+    /// Docker's variables for the link (`DB_NAME`, `DB_PORT`, `DB_PORT_5432_TCP…`,
+    /// `DB_ENV_…`), in the container named `me`.
+    fn env(&self, me: &str) -> Vec<String> {
+        let a = self.alias.to_ascii_uppercase().replace('-', "_");
+        let mut v = vec![format!("{a}_NAME=/{me}/{}", self.alias)];
+        if let Some((port, proto)) = self.ports.first() {
+            v.push(format!("{a}_PORT={proto}://{}:{port}", self.ip));
+        }
+        for (port, proto) in &self.ports {
+            let p = format!("{a}_PORT_{port}_{}", proto.to_ascii_uppercase());
+            v.push(format!("{p}={proto}://{}:{port}", self.ip));
+            v.push(format!("{p}_ADDR={}", self.ip));
+            v.push(format!("{p}_PORT={port}"));
+            v.push(format!("{p}_PROTO={proto}"));
+        }
+        for e in &self.env {
+            if let Some((k, val)) = e.split_once('=') {
+                if !matches!(k, "HOME" | "PATH" | "HOSTNAME") {
+                    v.push(format!("{a}_ENV_{k}={val}"));
+                }
+            }
+        }
+        v
+    }
 }
 
 /// A running container's address on one network (for lists).
@@ -999,6 +1042,16 @@ impl Engine {
             ip.parse::<std::net::IpAddr>()
                 .map_err(|_| EngineError::Invalid(format!("{ip} is not an ip address")))?;
         }
+        for l in &req.links {
+            let (name, alias) = l.split_once(':').unwrap_or((l, l));
+            if name.is_empty() || alias.is_empty() || alias.contains('/') {
+                return Err(EngineError::Invalid(format!(
+                    "invalid link {l:?}: want container:alias"
+                )));
+            }
+            self.find(name)
+                .map_err(|_| EngineError::NoSuchContainer(format!("{name} (linked)")))?;
+        }
         for h in &req.extra_hosts {
             let ok = h
                 .split_once(':')
@@ -1420,13 +1473,25 @@ impl Engine {
                 }
                 None => format!("127.0.1.1\t{hostname}\n"),
             };
-            let extra: String = rec
+            let mut extra: String = rec
                 .config
                 .extra_hosts
                 .iter()
                 .filter_map(|h| h.split_once(':'))
                 .map(|(name, ip)| format!("{ip}\t{name}\n"))
                 .collect();
+            let bridge = endpoint.is_some_and(|e| e.network == crate::network::DEFAULT_NETWORK);
+            for l in self.links(rec).unwrap_or_default() {
+                if bridge && !l.ip.is_empty() {
+                    extra.push_str(&format!(
+                        "{}\t{} {} {}\n",
+                        l.ip,
+                        l.alias,
+                        &l.id[..12],
+                        l.name
+                    ));
+                }
+            }
             format!(
                 "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
                  fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
@@ -1444,6 +1509,16 @@ impl Engine {
     fn build_spec(&self, rec: &Record, netns: Option<&Path>) -> Result<Spec> {
         let mut run = rec.config.run.clone();
         self.bind_volumes(&mut run)?;
+        // As in Docker, the variables and hosts entries are the default bridge's; on a
+        // user-defined network a link is a name its resolver answers.
+        let bridge = rec
+            .config
+            .networks
+            .iter()
+            .any(|n| n.name == crate::network::DEFAULT_NETWORK);
+        for link in self.links(rec)?.iter().filter(|_| bridge) {
+            run.env.extend(link.env(&rec.name));
+        }
         let ns_of = |c: &str, ns: &str| -> Result<PathBuf> {
             let other = self.record(c)?;
             if other.state.status != "running" && other.state.status != "paused" {
@@ -1989,11 +2064,23 @@ impl Engine {
                 .filter(|n| n != crate::network::DEFAULT_NETWORK)
                 .collect()
         };
+        // This container's link aliases name the linked containers.
+        let linked: Vec<String> = lock(&me.rec)
+            .config
+            .links
+            .iter()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(_, alias)| alias.eq_ignore_ascii_case(name))
+            .map(|(target, _)| target.to_string())
+            .collect();
         let mut found = Vec::new();
         for c in self.all() {
             let r = lock(&c.rec);
             let hostname = r.config.run.hostname.clone().unwrap_or_default();
-            let named = r.name.eq_ignore_ascii_case(name)
+            let named = linked
+                .iter()
+                .any(|t| t == &r.name || r.id.starts_with(t.as_str()))
+                || r.name.eq_ignore_ascii_case(name)
                 || (name.len() >= 12 && r.id.starts_with(name))
                 || (!hostname.is_empty() && hostname.eq_ignore_ascii_case(name));
             for e in r.state.endpoints() {
@@ -2632,6 +2719,62 @@ impl Engine {
             doc["ExecIDs"] = serde_json::json!(execs);
         }
         Ok(doc)
+    }
+
+    /// The containers `rec` links to, as they are now; each must be running.
+    fn links(&self, rec: &Record) -> Result<Vec<Link>> {
+        let mine: Vec<&str> = rec
+            .config
+            .networks
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        let mut out = Vec::new();
+        for l in &rec.config.links {
+            let (name, alias) = l.split_once(':').unwrap_or((l, l));
+            let other = self.record(name)?;
+            if !matches!(other.state.status.as_str(), "running" | "paused") {
+                return Err(EngineError::Conflict(format!(
+                    "Cannot link to a non running container: /{} AS /{}/{alias}",
+                    other.name, rec.name
+                )));
+            }
+            let ip = other
+                .state
+                .endpoints()
+                .iter()
+                .find(|e| mine.contains(&e.network.as_str()))
+                .map(|e| e.ip.clone())
+                .unwrap_or_default();
+            let mut ports: Vec<(u16, String)> = other
+                .image_config
+                .exposed_ports
+                .iter()
+                .flatten()
+                .map(|(p, _)| p.clone())
+                .chain(
+                    sent(&other, "Config", "ExposedPorts")
+                        .and_then(|v| v.as_object())
+                        .into_iter()
+                        .flat_map(|o| o.keys().cloned()),
+                )
+                .filter_map(|p| {
+                    let (n, proto) = p.split_once('/').unwrap_or((&p, "tcp"));
+                    Some((n.parse().ok()?, proto.to_string()))
+                })
+                .collect();
+            ports.sort();
+            ports.dedup();
+            out.push(Link {
+                alias: alias.to_string(),
+                name: other.name.clone(),
+                id: other.id.clone(),
+                ip,
+                ports,
+                env: other.process.env.clone(),
+            });
+        }
+        Ok(out)
     }
 
     /// `docker diff`: what the container changed in its image's file system, `(path, kind)`
@@ -3921,7 +4064,11 @@ fn network_settings(r: &Record) -> serde_json::Value {
                 "Gateway": ep.map(|e| e.gateway.as_str()).unwrap_or(""),
                 "MacAddress": ep.map(|e| e.mac.as_str()).unwrap_or(""),
                 "IPAMConfig": req.ip.as_ref().map(|ip| json!({"IPv4Address": ip})),
-                "Links": serde_json::Value::Null,
+                "Links": if req.name != crate::network::DEFAULT_NETWORK && !r.config.links.is_empty() {
+                    json!(r.config.links)
+                } else {
+                    serde_json::Value::Null
+                },
                 "DriverOpts": serde_json::Value::Null,
                 "NetworkID": "",
                 "EndpointID": "",
@@ -4077,7 +4224,15 @@ fn host_config(r: &Record, network_mode: String, memory: i64, nano_cpus: i64) ->
         "IpcMode": match &run.ipc { Ipc::Host => "host".to_string(), Ipc::Container(c) => format!("container:{c}"), _ => "private".to_string() },
         "Isolation": "",
         "KernelMemory": 0, "KernelMemoryTCP": 0,
-        "Links": Value::Null,
+        // dockerd keeps a user-defined network's links on its endpoint.
+        "Links": if c.networks.iter().any(|n| n.name == crate::network::DEFAULT_NETWORK) {
+            list_or_null(&c.links.iter().map(|l| {
+                let (name, alias) = l.split_once(':').unwrap_or((l, l));
+                format!("/{name}:/{}/{alias}", r.name)
+            }).collect::<Vec<_>>())
+        } else {
+            Value::Null
+        },
         "LogConfig": {
             "Type": if c.log_driver.is_empty() { "json-file" } else { c.log_driver.as_str() },
             "Config": c.log_opts,
@@ -4128,7 +4283,6 @@ fn host_config(r: &Record, network_mode: String, memory: i64, nano_cpus: i64) ->
         "Mounts",
         "PortBindings",
         "GroupAdd",
-        "Links",
         "ConsoleSize",
         "CgroupParent",
         "Isolation",

@@ -102,6 +102,10 @@ struct Names {
     images: BTreeMap<Digest, ImageRecord>,
     /// Container → image id, for in-use checks.
     containers: BTreeMap<String, Digest>,
+    /// Image made here (committed or built) → the image it was made from, as Docker's
+    /// `Parent`.
+    #[serde(default)]
+    parents: BTreeMap<Digest, Digest>,
 }
 
 /// The image store.
@@ -656,6 +660,7 @@ impl Images {
                 return Ok((untagged, None));
             }
             names.images.remove(&record.id);
+            names.parents.remove(&record.id);
             Ok((untagged, Some(record.id)))
         })
     }
@@ -885,8 +890,22 @@ impl Images {
         if let Some((blob, _)) = new_layer {
             layers.push((blob, MEDIA_LAYER_GZIP.to_string()));
         }
-        self.finish_image(config, layers, tag, &lease)
-            .map(|(record, _)| record)
+        let (record, _) = self.finish_image(config, layers, tag, &lease)?;
+        if let Some(base) = base.filter(|b| b.id != record.id) {
+            let (child, parent) = (record.id.clone(), base.id.clone());
+            self.with_names(|names| {
+                names.parents.insert(child, parent);
+                Ok(())
+            })?;
+        }
+        Ok(record)
+    }
+
+    /// The image `id` was made from here (commit or build), if it was.
+    pub fn parent_of(&self, id: &Digest) -> Option<Digest> {
+        let names = self.read_names().ok()?;
+        let parent = names.parents.get(id)?;
+        names.images.contains_key(parent).then(|| parent.clone())
     }
 
     /// The containers that have a root file system here.
@@ -977,6 +996,7 @@ impl Images {
                 .collect();
             for id in &doomed {
                 names.images.remove(id);
+                names.parents.remove(id);
                 names.tags.retain(|_, t| t.image.as_ref() != Some(id));
                 for t in names.tags.values_mut() {
                     t.history.retain(|(d, _)| d != id);

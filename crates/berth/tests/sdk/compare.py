@@ -306,6 +306,17 @@ def g2_networks():
     listed = api.containers(filters={"name": "on-net"})[0]
     show("listed", [listed["HostConfig"], sorted(listed["NetworkSettings"]["Networks"]["cmp.net_x-1"]),
                     listed["NetworkSettings"]["Networks"]["cmp.net_x-1"]["IPAddress"]])
+    # A legacy link on a user-defined network: its alias is a name for the linked container.
+    # (as the docker CLI sends it: the links on the network's endpoint)
+    web = run("linking", ["sh", "-c", "nslookup database | grep -c " + ep["IPAddress"] + "$"],
+              host_config=api.create_host_config(network_mode="cmp.net_x-1"),
+              networking_config=api.create_networking_config({
+                  "cmp.net_x-1": api.create_endpoint_config(links={"on-net": "database"})}))
+    api.wait(web)
+    doc = api.inspect_container(web)
+    show("link alias resolves", [api.logs(web).decode().strip(), doc["HostConfig"]["Links"],
+                                  doc["NetworkSettings"]["Networks"]["cmp.net_x-1"]["Links"]])
+    api.remove_container(web)
     r = api.post(api._url("/networks/{0}/disconnect", n["Id"]), json={"Container": cid})
     show("disconnect the last network", r.status_code)
     show("networks after", api.inspect_container(cid)["NetworkSettings"]["Networks"])
@@ -361,7 +372,30 @@ def g7_build():
     api.remove_container(cid)
     build("gzip context", {"Dockerfile": dockerfile, "b.txt": "b"}, gz=True, tag="ctx:2")
     build("empty Dockerfile", {"Dockerfile": "# nothing\n"})
+    build("squash", {"Dockerfile": "FROM busybox\n"}, squash=True)
+    # RUN on a user-defined network, with extra hosts.
+    net = api.create_network("cmp-build", ipam=docker.types.IPAMConfig(pool_configs=[
+        docker.types.IPAMPool(subnet="10.251.9.0/24")]))
+    out = build("on a network", {"Dockerfile": "FROM busybox\nRUN ip -4 addr show eth0 | grep -o 'inet [0-9.]*'; grep db.example /etc/hosts\n"},
+                network_mode="cmp-build", nocache=True, extra_hosts={"db.example": "10.1.2.3"})
+    show("RUN's network and hosts", [line.strip() for line in out.splitlines()
+                                     if line.startswith("inet") or "db.example" in line])
+    api.remove_network(net["Id"])
+    r = api.post(api._url("/build"), params={"platform": "bogus"},
+                 data=context({"Dockerfile": "FROM busybox\n"}).read(),
+                 headers={"Content-Type": "application/x-tar"})
+    show("a platform that is no platform", r.status_code)
     out = build("failing RUN", {"Dockerfile": "FROM busybox\nRUN echo to-stderr >&2; exit 3\n"})
     show("RUN's stderr", [line for line in out.splitlines() if "to-stderr" in line])
     api.remove_image("ctx:1")
     api.remove_image("ctx:2")
+    # Labels of images, listed and filtered on; the image a commit was made from.
+    build("labelled", {"Dockerfile": "FROM busybox\nLABEL tier=x\n"}, tag="lbl:1")
+    show("image label filter", [(i["RepoTags"], i["Labels"]) for i in api.images(filters={"label": "tier=x"})])
+    busybox = api.inspect_image("busybox")["Id"]
+    cid = create("to-commit", command=["true"], host_config=api.create_host_config(network_mode="none"))
+    made = api.commit(cid, repository="committed", tag="1")["Id"]
+    show("commit's parent", api.inspect_image(made)["Parent"] == busybox)
+    api.remove_container(cid)
+    api.remove_image("committed:1")
+    api.remove_image("lbl:1")

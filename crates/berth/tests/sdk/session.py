@@ -99,4 +99,29 @@ c.containers.run("busybox", ["sh", "-c", "echo kept > /v/f"], volumes={"sdkvol":
 assert c.containers.run("busybox", ["cat", "/v/f"], volumes=["sdkvol:/v"], remove=True) == b"kept\n"
 assert "sdkvol" in [v.name for v in c.volumes.list()]
 vol.remove()
+
+# Legacy links on the default bridge: Docker's variables and the hosts entry (the dockerd of
+# tests/docker_compare.rs runs without a default bridge, so these are checked here).
+db = c.containers.run("busybox", ["sleep", "1000"], detach=True, name="linkdb",
+                      environment={"DBPASS": "s3cret"})
+db.reload()
+ip = db.attrs["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+web = c.containers.run("busybox", ["sh", "-c", "env | grep ^DATABASE_ | sort; grep database /etc/hosts"],
+                       links={"linkdb": "database"}, name="linkweb", detach=True)
+assert web.wait()["StatusCode"] == 0
+out = web.logs().decode()
+assert "DATABASE_NAME=/linkweb/database\n" in out, out
+assert "DATABASE_ENV_DBPASS=s3cret\n" in out, out
+assert f"{ip}\tdatabase {db.id[:12]} linkdb\n" in out, out
+web.reload()
+assert web.attrs["HostConfig"]["Links"] == ["/linkdb:/linkweb/database"], web.attrs["HostConfig"]
+# A link to a container that is not running stops the start, as in dockerd.
+db.stop(timeout=0)
+try:
+    web.start()
+    raise AssertionError("a link to a stopped container started")
+except docker.errors.APIError as e:
+    assert e.response.status_code == 409 and "Cannot link to a non running container" in str(e), e
+web.remove()
+db.remove()
 print("ok")
