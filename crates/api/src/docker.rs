@@ -1161,18 +1161,38 @@ pub(crate) fn networks(
                     ),
                 ));
             }
-            if r.enable_ipv6 == Some(true) {
-                return Err(bad_request("IPv6 networks are not supported"));
-            }
+            // At most one IPv4 and, with EnableIPv6, one IPv6 subnet.
             let configs = r.ipam.and_then(|i| i.config).unwrap_or_default();
-            if configs.len() > 1 {
-                return Err(bad_request("one IPAM config (one IPv4 subnet) per network"));
+            let (v6, v4): (Vec<IpamConfig>, Vec<IpamConfig>) =
+                configs.into_iter().partition(|c| c.subnet.contains(':'));
+            if v4.len() > 1 || v6.len() > 1 {
+                return Err(bad_request(
+                    "one IPv4 and one IPv6 subnet per network (IPAM.Config)",
+                ));
             }
-            let c = configs.into_iter().next().unwrap_or_default();
-            let n = engine.network_create(
+            let ipv6 = r.enable_ipv6 == Some(true);
+            if ipv6 && v6.is_empty() {
+                return Err(bad_request(
+                    "EnableIPv6: an IPv6 subnet is required (an IPAM.Config entry with an IPv6 Subnet)",
+                ));
+            }
+            if !ipv6 && !v6.is_empty() {
+                return Err(bad_request(
+                    "an IPv6 subnet needs EnableIPv6 (docker network create --ipv6)",
+                ));
+            }
+            let c = v4.into_iter().next().unwrap_or_default();
+            let c6 = v6.into_iter().next();
+            let n = engine.network_create_dual(
                 &r.name,
                 Some(c.subnet.as_str()).filter(|s| !s.is_empty()),
                 Some(c.gateway.as_str()).filter(|s| !s.is_empty()),
+                c6.as_ref().map(|c| {
+                    (
+                        c.subnet.as_str(),
+                        Some(c.gateway.as_str()).filter(|g| !g.is_empty()),
+                    )
+                }),
                 r.internal,
                 r.labels,
             )?;

@@ -368,6 +368,20 @@ pub fn ipv4(result: &Value) -> Option<(String, u8, Option<String>)> {
     })
 }
 
+/// The first IPv6 address (without prefix length) and its gateway in a result.
+pub fn ipv6(result: &Value) -> Option<(String, u8, Option<String>)> {
+    result["ips"].as_array()?.iter().find_map(|ip| {
+        let addr = ip["address"].as_str()?;
+        let (a, len) = addr.split_once('/')?;
+        a.parse::<std::net::Ipv6Addr>().ok()?;
+        Some((
+            a.to_string(),
+            len.parse().ok()?,
+            ip["gateway"].as_str().map(String::from),
+        ))
+    })
+}
+
 /// The MAC address of the interface `ifname` inside the container, from a result.
 pub fn mac(result: &Value, ifname: &str) -> Option<String> {
     result["interfaces"]

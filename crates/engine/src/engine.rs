@@ -3405,10 +3405,23 @@ impl Engine {
         internal: bool,
         labels: BTreeMap<String, String>,
     ) -> Result<crate::network::Network> {
+        self.network_create_dual(name, subnet, gateway, None, internal, labels)
+    }
+
+    /// [`Engine::network_create`] with an IPv6 subnet (and gateway) too.
+    pub fn network_create_dual(
+        &self,
+        name: &str,
+        subnet: Option<&str>,
+        gateway: Option<&str>,
+        v6: Option<(&str, Option<&str>)>,
+        internal: bool,
+        labels: BTreeMap<String, String>,
+    ) -> Result<crate::network::Network> {
         let _naming = lock(&self.naming);
         let n = self
             .networks
-            .create(name, subnet, gateway, internal, labels)
+            .create_dual(name, subnet, gateway, v6, internal, labels)
             .map_err(Self::net_err)?;
         self.events.emit(
             "network",
@@ -3469,9 +3482,19 @@ impl Engine {
         } else {
             serde_json::json!({"Subnet": n.subnet, "Gateway": n.gateway})
         };
-        v["IPAM"] = serde_json::json!({"Driver": "default", "Options": null, "Config": [config]});
+        let mut configs = vec![config];
+        match (&n.subnet6, &n.gateway6) {
+            (Some(s6), _) if n.subnet6_only => configs.push(serde_json::json!({"Subnet": s6})),
+            (Some(s6), Some(g6)) => configs.push(serde_json::json!({"Subnet": s6, "Gateway": g6})),
+            _ => {}
+        }
+        v["IPAM"] = serde_json::json!({"Driver": "default", "Options": null, "Config": configs});
+        v["EnableIPv6"] = serde_json::json!(n.subnet6.is_some());
         if let Some(o) = v.as_object_mut() {
             o.remove("SubnetOnly");
+            o.remove("SubnetV6");
+            o.remove("GatewayV6");
+            o.remove("SubnetV6Only");
         }
         v["Scope"] = "local".into();
         Ok(v)
@@ -4049,6 +4072,7 @@ fn network_settings(r: &Record) -> serde_json::Value {
     let mut nets = serde_json::Map::new();
     for req in &r.config.networks {
         let ep = r.state.endpoints().iter().find(|e| e.network == req.name);
+        let v6 = ep.and_then(|e| cni::ipv6(&e.result));
         nets.insert(
             req.name.clone(),
             json!({
@@ -4072,9 +4096,9 @@ fn network_settings(r: &Record) -> serde_json::Value {
                 "DriverOpts": serde_json::Value::Null,
                 "NetworkID": "",
                 "EndpointID": "",
-                "IPv6Gateway": "",
-                "GlobalIPv6Address": "",
-                "GlobalIPv6PrefixLen": 0,
+                "IPv6Gateway": v6.as_ref().and_then(|v| v.2.clone()).unwrap_or_default(),
+                "GlobalIPv6Address": v6.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
+                "GlobalIPv6PrefixLen": v6.as_ref().map(|v| v.1).unwrap_or(0),
             }),
         );
     }
@@ -4090,6 +4114,7 @@ fn network_settings(r: &Record) -> serde_json::Value {
         }
     }
     let first = r.state.endpoints().first();
+    let first6 = first.and_then(|e| cni::ipv6(&e.result));
     json!({
         "Networks": nets,
         "Ports": ports,
@@ -4104,9 +4129,9 @@ fn network_settings(r: &Record) -> serde_json::Value {
         "LinkLocalIPv6Address": "",
         "LinkLocalIPv6PrefixLen": 0,
         "EndpointID": "",
-        "IPv6Gateway": "",
-        "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0,
+        "IPv6Gateway": first6.as_ref().and_then(|v| v.2.clone()).unwrap_or_default(),
+        "GlobalIPv6Address": first6.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
+        "GlobalIPv6PrefixLen": first6.as_ref().map(|v| v.1).unwrap_or(0),
         "SecondaryIPAddresses": serde_json::Value::Null,
         "SecondaryIPv6Addresses": serde_json::Value::Null,
     })

@@ -59,6 +59,37 @@ pub struct Network {
     /// as it was asked for, as dockerd does).
     #[serde(rename = "SubnetOnly", default)]
     pub subnet_only: bool,
+    /// `--ipv6`: an IPv6 subnet besides the IPv4 one (addresses on the bridge; no NAT, as
+    /// Docker's bridge without ip6tables).
+    #[serde(rename = "SubnetV6", default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    /// The bridge's IPv6 address, the containers' IPv6 gateway.
+    #[serde(rename = "GatewayV6", default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
+    /// The IPv6 subnet was asked for without a gateway.
+    #[serde(rename = "SubnetV6Only", default)]
+    pub subnet6_only: bool,
+}
+
+/// An IPv6 CIDR (`fd00:1::/64`; prefix length 48 to 120): the network address and length.
+pub fn parse_cidr6(s: &str) -> Option<(std::net::Ipv6Addr, u8)> {
+    let (a, l) = s.split_once('/')?;
+    let addr: std::net::Ipv6Addr = a.parse().ok()?;
+    let len: u8 = l.parse().ok().filter(|l| (48..=120).contains(l))?;
+    let mask = u128::MAX << (128 - u32::from(len));
+    Some((std::net::Ipv6Addr::from(u128::from(addr) & mask), len))
+}
+
+/// Whether two IPv6 CIDRs share an address.
+fn overlaps6(a: &str, b: &str) -> bool {
+    match (parse_cidr6(a), parse_cidr6(b)) {
+        (Some((a, al)), Some((b, bl))) => {
+            let len = u32::from(al.min(bl));
+            let mask = u128::MAX << (128 - len);
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
+    }
 }
 
 impl Network {
@@ -72,13 +103,21 @@ impl Network {
     /// `Networks::isolate`), not per container: the bridge plugin's per-container NAT chains
     /// and the firewall plugin cost iptables runs on every start and stop.
     pub fn conflist(&self, ipam_dir: &Path, ports: bool) -> Value {
+        let mut ranges = vec![json!([{"subnet": self.subnet, "gateway": self.gateway}])];
+        if let (Some(s6), Some(g6)) = (&self.subnet6, &self.gateway6) {
+            ranges.push(json!([{"subnet": s6, "gateway": g6}]));
+        }
         let mut ipam = json!({
             "type": "host-local",
-            "ranges": [[{"subnet": self.subnet, "gateway": self.gateway}]],
+            "ranges": ranges,
             "dataDir": ipam_dir,
         });
         if !self.internal {
-            ipam["routes"] = json!([{"dst": "0.0.0.0/0"}]);
+            ipam["routes"] = if self.subnet6.is_some() {
+                json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
+            } else {
+                json!([{"dst": "0.0.0.0/0"}])
+            };
         }
         let mut list = json!({
             "cniVersion": cni::CNI_VERSION,
@@ -273,6 +312,9 @@ impl Networks {
                 subnet: default.subnet.clone(),
                 gateway: Ipv4Addr::from(u32::from(base) + 1).to_string(),
                 subnet_only: false,
+                subnet6: None,
+                gateway6: None,
+                subnet6_only: false,
                 internal: false,
                 labels: BTreeMap::new(),
                 bridge: default.name.clone(),
@@ -333,6 +375,19 @@ impl Networks {
         internal: bool,
         labels: BTreeMap<String, String>,
     ) -> Result<Network, NetworkError> {
+        self.create_dual(name, subnet, gateway, None, internal, labels)
+    }
+
+    /// [`Networks::create`], with an IPv6 subnet (and gateway) too when `v6` is given.
+    pub fn create_dual(
+        &self,
+        name: &str,
+        subnet: Option<&str>,
+        gateway: Option<&str>,
+        v6: Option<(&str, Option<&str>)>,
+        internal: bool,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Network, NetworkError> {
         if !crate::volumes::valid_name(name) || name == "host" || name == "none" {
             return Err(NetworkError::Invalid(format!(
                 "invalid network name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed (and not host or none)"
@@ -380,10 +435,49 @@ impl Networks {
             }
             None => Ipv4Addr::from(u32::from(base) + 1).to_string(),
         };
+        let (subnet6, gateway6) = match v6 {
+            None => (None, None),
+            Some((s6, g6)) => {
+                let (base6, len6) = parse_cidr6(s6).ok_or_else(|| {
+                    NetworkError::Invalid(format!(
+                        "invalid IPv6 subnet {s6:?}: expected a CIDR like fd00:1::/64 (prefix 48 to 120)"
+                    ))
+                })?;
+                let s6 = format!("{base6}/{len6}");
+                if let Some(o) = existing
+                    .iter()
+                    .find(|n| n.subnet6.as_deref().is_some_and(|x| overlaps6(x, &s6)))
+                {
+                    return Err(NetworkError::Invalid(format!(
+                        "invalid pool request: Pool overlaps with other one on this address space: {s6} overlaps with network {}",
+                        o.name
+                    )));
+                }
+                let g6 = match g6 {
+                    Some(g) => {
+                        let ip: std::net::Ipv6Addr = g.parse().map_err(|_| {
+                            NetworkError::Invalid(format!("invalid IPv6 gateway {g:?}"))
+                        })?;
+                        let mask = u128::MAX << (128 - u32::from(len6));
+                        if u128::from(ip) & mask != u128::from(base6) {
+                            return Err(NetworkError::Invalid(format!(
+                                "invalid IPv6 gateway {g:?}: not in subnet {s6}"
+                            )));
+                        }
+                        ip.to_string()
+                    }
+                    None => std::net::Ipv6Addr::from(u128::from(base6) + 1).to_string(),
+                };
+                (Some(s6), Some(g6))
+            }
+        };
         let id = fsutil::random_hex(32);
         let subnet_only = subnet_given && gateway_given.is_none();
         let n = Network {
             subnet_only,
+            subnet6_only: matches!(v6, Some((_, None))),
+            subnet6,
+            gateway6,
             name: name.into(),
             bridge: format!("br-{}", &id[..12]),
             id,
@@ -458,6 +552,45 @@ impl Networks {
                 Err(e) => eprintln!("berth daemon: iptables-restore ({table}): {e}"),
             }
         }
+        // IPv6: the same isolation between the bridges (IPv6 networks have no NAT, as Docker's
+        // without ip6tables, but a host that forwards IPv6 must not route one network's
+        // traffic into another's).
+        let rules6 = self.ruleset6(&self.list());
+        let applied = Command::new("ip6tables-restore")
+            .args(["-w", "5", "--noflush"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                if let Some(mut i) = c.stdin.take() {
+                    i.write_all(rules6.as_bytes())?;
+                }
+                c.wait_with_output()
+            });
+        match applied {
+            Ok(o) if o.status.success() => {
+                let chain = &self.chains[0];
+                let hooked = run(
+                    "ip6tables",
+                    &["-w", "5", "-t", "mangle", "-C", "FORWARD", "-j", chain],
+                )
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+                if !hooked {
+                    let _ = run(
+                        "ip6tables",
+                        &["-w", "5", "-t", "mangle", "-I", "FORWARD", "1", "-j", chain],
+                    );
+                }
+            }
+            Ok(o) => eprintln!(
+                "berth daemon: ip6tables-restore (mangle): {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => eprintln!("berth daemon: ip6tables-restore (mangle): {e}"),
+        }
         // The jumps into the chains, once, first in their hooks.
         for (table, hook, chain) in [
             ("mangle", "FORWARD", &self.chains[0]),
@@ -530,6 +663,23 @@ impl Networks {
         vec![("mangle", mangle), ("nat", natr), ("filter", filter)]
     }
 
+    /// The IPv6 isolation (ip6tables' mangle table): as the IPv4 mangle chains.
+    pub fn ruleset6(&self, nets: &[Network]) -> String {
+        let [c1, c2] = [&self.chains[0], &self.chains[1]];
+        let mut mangle = format!("*mangle\n:{c1} - [0:0]\n:{c2} - [0:0]\n");
+        for n in nets {
+            let b = &n.bridge;
+            if n.internal {
+                mangle.push_str(&format!("-A {c1} -i {b} ! -o {b} -j DROP\n"));
+                mangle.push_str(&format!("-A {c1} ! -i {b} -o {b} -j DROP\n"));
+            }
+            mangle.push_str(&format!("-A {c1} -i {b} ! -o {b} -j {c2}\n"));
+            mangle.push_str(&format!("-A {c2} -o {b} -j DROP\n"));
+        }
+        mangle.push_str(&format!("-A {c1} -j RETURN\n-A {c2} -j RETURN\nCOMMIT\n"));
+        mangle
+    }
+
     /// Undoes what this engine set up on the host: its four chains and their jumps, and the
     /// bridges of its networks (for tests, benchmarks and uninstalling; a running engine
     /// keeps them, as dockerd keeps docker0).
@@ -549,6 +699,25 @@ impl Networks {
         }
         for (table, _, chain) in hooks {
             let _ = run("iptables", &["-w", "5", "-t", table, "-X", chain]);
+        }
+        let _ = run(
+            "ip6tables",
+            &[
+                "-w",
+                "5",
+                "-t",
+                "mangle",
+                "-D",
+                "FORWARD",
+                "-j",
+                &self.chains[0],
+            ],
+        );
+        for chain in &self.chains[..2] {
+            let _ = run("ip6tables", &["-w", "5", "-t", "mangle", "-F", chain]);
+        }
+        for chain in &self.chains[..2] {
+            let _ = run("ip6tables", &["-w", "5", "-t", "mangle", "-X", chain]);
         }
         for n in self.list() {
             let _ = run("ip", &["link", "delete", &n.bridge, "type", "bridge"]);

@@ -323,6 +323,18 @@ def g2_networks():
     api.remove_container(cid, force=True)
     show("label filter", [x["Name"] for x in api.networks(filters={"label": "k=v"})])
     api.remove_network("cmp-gw")
+    # IPv6: a dual-stack network, a container's addresses on it.
+    v6 = api.create_network("cmp-v6", enable_ipv6=True, ipam=docker.types.IPAMConfig(pool_configs=[
+        docker.types.IPAMPool(subnet="10.251.10.0/24"), docker.types.IPAMPool(subnet="fd00:251:10::/64")]))
+    doc = api.inspect_network(v6["Id"])
+    show("IPv6 network", [doc["EnableIPv6"], doc["IPAM"]["Config"]])
+    cid = run("on-v6", ["sleep", "1000"], host_config=api.create_host_config(network_mode="cmp-v6"))
+    ep = api.inspect_container(cid)["NetworkSettings"]["Networks"]["cmp-v6"]
+    e = api.exec_create(cid, ["sh", "-c", "ip -6 addr show eth0 | grep -o 'inet6 fd[0-9a-f:]*/64'; ip -6 route | grep -c 'default via fd00:251:10::1'"])
+    show("IPv6 endpoint", [ep["GlobalIPv6Address"], ep["GlobalIPv6PrefixLen"], ep["IPv6Gateway"],
+                           api.exec_start(e["Id"]).decode().split()])
+    api.remove_container(cid, force=True)
+    api.remove_network(v6["Id"])
     api.remove_network(n["Id"])
     for v in ["cmp-vol-a", "cmp-vol-b"]:
         api.create_volume(v, labels={"which": v[-1]})
