@@ -1020,6 +1020,8 @@ struct ExecBody {
     tty: bool,
     attach_stdin: bool,
     privileged: bool,
+    // docker-py writes it `detachKeys` (Go's decoding takes any case).
+    #[serde(alias = "detachKeys")]
     detach_keys: String,
 }
 

@@ -71,6 +71,27 @@ pub struct Network {
     pub subnet6_only: bool,
 }
 
+/// Whether `name` may name a network: as dockerd, nearly anything — 1 to 255 characters,
+/// no `/` (it would split the API's paths) and no control characters.
+pub fn valid_network_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.contains('/')
+        && !name.chars().any(char::is_control)
+}
+
+/// The name a network goes by on disk and to CNI, whose names are `[a-zA-Z0-9][a-zA-Z0-9_.-]*`:
+/// the network's own when it is one of those, else `n-` and a digest of it.
+pub fn file_name(name: &str) -> String {
+    if crate::volumes::valid_name(name) {
+        name.to_string()
+    } else {
+        use sha2::Digest;
+        let d = format!("{:x}", sha2::Sha256::digest(name.as_bytes()));
+        format!("n-{}", &d[..24])
+    }
+}
+
 /// An IPv6 CIDR (`fd00:1::/64`; prefix length 48 to 120): the network address and length.
 pub fn parse_cidr6(s: &str) -> Option<(std::net::Ipv6Addr, u8)> {
     let (a, l) = s.split_once('/')?;
@@ -121,7 +142,7 @@ impl Network {
         }
         let mut list = json!({
             "cniVersion": cni::CNI_VERSION,
-            "name": self.name,
+            "name": file_name(&self.name),
             "plugins": [
                 {
                     "type": "bridge",
@@ -325,7 +346,7 @@ impl Networks {
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.json"))
+        self.dir.join(format!("{}.json", file_name(name)))
     }
 
     fn save(&self, n: &Network) -> io::Result<()> {
@@ -348,10 +369,12 @@ impl Networks {
 
     /// A network by name, full ID or ID prefix.
     pub fn get(&self, name_or_id: &str) -> Result<Network, NetworkError> {
-        if crate::volumes::valid_name(name_or_id) {
+        if valid_network_name(name_or_id) {
             if let Ok(b) = fs::read(self.path(name_or_id)) {
-                if let Ok(n) = serde_json::from_slice(&b) {
-                    return Ok(n);
+                if let Ok(n) = serde_json::from_slice::<Network>(&b) {
+                    if n.name == name_or_id {
+                        return Ok(n);
+                    }
                 }
             }
         }
@@ -388,9 +411,9 @@ impl Networks {
         internal: bool,
         labels: BTreeMap<String, String>,
     ) -> Result<Network, NetworkError> {
-        if !crate::volumes::valid_name(name) || name == "host" || name == "none" {
+        if !valid_network_name(name) || name == "host" || name == "none" {
             return Err(NetworkError::Invalid(format!(
-                "invalid network name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed (and not host or none)"
+                "invalid network name {name:?}: a name is 1 to 255 characters, without '/' or control characters (and not host or none)"
             )));
         }
         if self.path(name).exists() {
@@ -510,7 +533,7 @@ impl Networks {
             source,
         })?;
         let _ = run("ip", &["link", "delete", &n.bridge, "type", "bridge"]);
-        let _ = fs::remove_dir_all(self.ipam_dir.join(&n.name));
+        let _ = fs::remove_dir_all(self.ipam_dir.join(file_name(&n.name)));
         self.isolate();
         Ok(())
     }

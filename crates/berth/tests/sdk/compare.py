@@ -240,6 +240,12 @@ def g6_detach_and_resize():
     sock._sock.sendall(b"\x18y")
     _, how = read_all(sock._sock)
     show("detachKeys ctrl-x,y", [how, api.inspect_container(cid)["State"]["Status"]])
+    # An exec with a TTY: the exec's own detach keys.
+    e = api.exec_create(cid, ["cat"], tty=True, stdin=True, detach_keys="ctrl-a")
+    sock = api.exec_start(e["Id"], tty=True, socket=True)
+    sock._sock.sendall(b"x\x01")
+    _, how = read_all(sock._sock)
+    show("exec's detach keys", how)
     # (dockerd writes this one's message as plain text on the hijacked connection)
     r = api.post(api._url(f"/containers/{cid}/attach?stream=1&stdin=1&detachKeys=ctrl-1"))
     show("bad detachKeys", [r.status_code, "Invalid detach keys (ctrl-1) provided" in r.text])
@@ -323,6 +329,11 @@ def g2_networks():
     api.remove_container(cid, force=True)
     show("label filter", [x["Name"] for x in api.networks(filters={"label": "k=v"})])
     api.remove_network("cmp-gw")
+    # Names dockerd takes.
+    for name in ["_under", "x@y", "a b", "a:b", "\u00e9", ".dot"]:
+        made = api.create_network(name)
+        show(f"network named {name!r}", api.inspect_network(made["Id"])["Name"] == name)
+        api.remove_network(made["Id"])
     # IPv6: a dual-stack network, a container's addresses on it.
     v6 = api.create_network("cmp-v6", enable_ipv6=True, ipam=docker.types.IPAMConfig(pool_configs=[
         docker.types.IPAMPool(subnet="10.251.10.0/24"), docker.types.IPAMPool(subnet="fd00:251:10::/64")]))
