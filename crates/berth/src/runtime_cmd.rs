@@ -19,6 +19,10 @@ pub struct RuntimeArgs {
     /// Format of --log.
     #[arg(long = "log-format", global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Refuse unknown properties in config.json and process files instead of ignoring them
+    /// with a warning in the log (the OCI runtime spec's rule).
+    #[arg(long = "strict-spec", global = true)]
+    strict_spec: bool,
     /// Accepted for compatibility; berth always logs what it warns about.
     #[arg(long, global = true)]
     debug: bool,
@@ -234,7 +238,7 @@ fn update(rt: &Runtime, u: UpdateArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("--resources"));
     let resources: oci_spec::runtime::LinuxResources =
-        runtime::spec::parse_strict(&doc.to_string(), &path)?;
+        runtime::spec::parse(&doc.to_string(), &path)?;
     rt.update(&u.id, &resources)?;
     Ok(())
 }
@@ -276,6 +280,7 @@ struct ExecArgs {
 /// Runs a runtime command and returns the process exit code.
 pub fn main(args: RuntimeArgs) -> i32 {
     runtime::log::init(args.log.clone(), matches!(args.log_format, LogFormat::Json));
+    runtime::spec::set_strict(args.strict_spec);
     let has_log = args.log.is_some();
     match dispatch(args) {
         Ok(code) => code,
@@ -366,7 +371,7 @@ fn exec(rt: &Runtime, e: ExecArgs) -> Result<i32> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            runtime::spec::parse_strict(&text, path)?
+            runtime::spec::parse(&text, path)?
         }
         None => {
             if e.command.is_empty() {

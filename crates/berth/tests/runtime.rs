@@ -691,7 +691,16 @@ fn bad_configs_are_named_and_leave_nothing_behind() {
     for (name, edit, want) in cases {
         let b = Bundle::new(&format!("bad-{name}"), &["true"]);
         b.edit(edit);
-        let out = b.run();
+        // Unknown properties are an error only when asked for (the spec's rule is to ignore
+        // them; see unknown_properties_are_ignored_and_named_in_the_log).
+        let bundle = b.path();
+        let out = b.berth(&[
+            "--strict-spec",
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            &b.id,
+        ]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name}: accepted");
         assert!(
@@ -1532,11 +1541,62 @@ fn pid_file_preserve_fds_and_exec_process_json() {
         r#"{"user":{"uid":0,"gid":0},"args":["true"],"cwd":"/","bogus":true}"#,
     )
     .unwrap();
-    let out = b.berth(&["exec", "--process", process.to_str().unwrap(), &b.id]);
+    let out = b.berth(&[
+        "--strict-spec",
+        "exec",
+        "--process",
+        process.to_str().unwrap(),
+        &b.id,
+    ]);
     assert!(
         !out.status.success()
             && String::from_utf8_lossy(&out.stderr).contains("unknown field `bogus`")
     );
+    // Without --strict-spec the unknown property is ignored, as the runtime spec says.
+    let out = b.berth(&["exec", "--process", process.to_str().unwrap(), &b.id]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The OCI runtime spec: a runtime MUST NOT error on unknown properties, and ignores them;
+/// berth names each in its log, and refuses them with --strict-spec (issue 22).
+#[test]
+fn unknown_properties_are_ignored_and_named_in_the_log() {
+    let b = Bundle::new("unknown", &["sh", "-c", "echo ran"]);
+    b.edit(|c| {
+        c["process"]["futureSetting"] = json!({"x": 1});
+        c["linux"]["someNewThing"] = json!(true);
+    });
+    let log = b.dir.path().join("runtime.log");
+    let bundle = b.path();
+    let out = Command::new(BERTH)
+        .arg("runtime")
+        .arg("--root")
+        .arg(b.root())
+        .arg("--log")
+        .arg(&log)
+        .args(["run", "--bundle", bundle.to_str().unwrap(), &b.id])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+    let text = fs::read_to_string(&log).unwrap();
+    for field in ["process.futureSetting", "linux.someNewThing"] {
+        assert!(text.contains(field), "the log names {field}: {text}");
+    }
+    let out = b.berth(&[
+        "--strict-spec",
+        "run",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        &b.id,
+    ]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("unknown field `linux.someNewThing`"),
+        "{out:?}"
+    );
+    b.assert_gone();
 }
 
 #[test]
@@ -1649,4 +1709,55 @@ fn update_changes_a_running_containers_resources() {
     b.wait_status("stopped");
     let out = b.berth(&["update", "--memory", "16m", &b.id]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not running"));
+}
+
+/// `runc spec`'s own config.json (what countless tutorials start from) runs: its ambient
+/// capabilities are not inheritable, which the kernel cannot raise, so they are skipped and
+/// the log says which (issue 22).
+#[test]
+fn runc_spec_s_default_config_runs_and_the_log_names_skipped_ambient_capabilities() {
+    let b = Bundle::new("runcspec", &["true"]);
+    fs::remove_file(b.path().join("config.json")).unwrap();
+    let spec = Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(b.path())
+        .output()
+        .expect("runc (scripts/test installs docker.io, which brings it)");
+    assert!(spec.status.success(), "{spec:?}");
+    b.edit(|c| {
+        c["process"]["terminal"] = json!(false);
+        c["process"]["args"] = json!(["sh", "-c", "grep CapAmb /proc/self/status; echo ran"]);
+        assert!(
+            c["process"]["capabilities"]["inheritable"].is_null()
+                || !c["process"]["capabilities"]["inheritable"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("CAP_KILL"))
+        );
+    });
+    let log = b.dir.path().join("runtime.log");
+    let bundle = b.path();
+    let out = Command::new(BERTH)
+        .arg("runtime")
+        .arg("--root")
+        .arg(b.root())
+        .arg("--log")
+        .arg(&log)
+        .args(["run", "--bundle", bundle.to_str().unwrap(), &b.id])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.ends_with("ran\n"),
+        "{out:?}\n{}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    // Nothing ambient was raised.
+    assert!(stdout.contains("CapAmb:\t0000000000000000"), "{stdout}");
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("CAP_KILL") && text.contains("skipped"),
+        "the log names the skipped capabilities: {text}"
+    );
 }

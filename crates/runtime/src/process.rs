@@ -172,7 +172,7 @@ impl Prepared {
         let caps = match process.capabilities() {
             None => None,
             Some(c) => {
-                let sets = CapSets {
+                let mut sets = CapSets {
                     bounding: cap_set("process.capabilities.bounding", c.bounding().as_ref())?,
                     effective: cap_set("process.capabilities.effective", c.effective().as_ref())?,
                     permitted: cap_set("process.capabilities.permitted", c.permitted().as_ref())?,
@@ -188,15 +188,25 @@ impl Prepared {
                         format!("{c} is not in the permitted set"),
                     ));
                 }
-                if let Some(c) = sets
+                // The kernel raises an ambient capability only when it is permitted and
+                // inheritable; as runc, the others are skipped (said in the log), since
+                // `runc spec`'s own config.json asks for ambient capabilities it does not make
+                // inheritable.
+                let skipped: Vec<_> = sets
                     .ambient
                     .iter()
-                    .find(|c| !sets.permitted.contains(c) || !sets.inheritable.contains(c))
-                {
-                    return Err(invalid(
-                        "process.capabilities.ambient",
-                        format!("{c} must also be permitted and inheritable"),
+                    .filter(|c| !sets.permitted.contains(c) || !sets.inheritable.contains(c))
+                    .cloned()
+                    .collect();
+                if !skipped.is_empty() {
+                    let names: Vec<String> = skipped.iter().map(|c| c.to_string()).collect();
+                    crate::log::warn(&format!(
+                        "process.capabilities.ambient: {} skipped: an ambient capability must also be permitted and inheritable",
+                        names.join(", ")
                     ));
+                    for c in &skipped {
+                        sets.ambient.remove(c);
+                    }
                 }
                 Some(sets)
             }

@@ -33,15 +33,39 @@ fn invalid(file: &Path, field: impl Into<String>, message: impl Into<String>) ->
     }
 }
 
+/// `--strict-spec`: unknown properties are an error instead of a warning.
+static STRICT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes unknown properties an error (`--strict-spec`) for the rest of the process.
+pub fn set_strict(strict: bool) {
+    STRICT.store(strict, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Parses JSON text into `T` as the OCI runtime spec asks: unknown properties are ignored —
+/// engines newer than berth send fields it does not know — and each is named in the log
+/// (a misspelled security setting must not pass without a word). With `--strict-spec` they
+/// are an error, as [`parse_strict`].
+pub fn parse<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Result<T, SpecError> {
+    parse_as(
+        text,
+        file,
+        STRICT.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
 /// Parses JSON text into `T`, rejecting unknown fields and reporting the JSON path of any
 /// type error.
-///
-/// The OCI runtime spec asks runtimes to ignore unknown properties; berth refuses them
-/// instead, because a misspelled security setting (`"readOnly"` as `"readonly"`) that is
-/// silently ignored weakens isolation without a word.
 pub fn parse_strict<T: serde::de::DeserializeOwned>(
     text: &str,
     file: &Path,
+) -> Result<T, SpecError> {
+    parse_as(text, file, true)
+}
+
+fn parse_as<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &Path,
+    strict: bool,
 ) -> Result<T, SpecError> {
     let mut unknown = Vec::new();
     let mut de = serde_json::Deserializer::from_str(text);
@@ -62,17 +86,29 @@ pub fn parse_strict<T: serde::de::DeserializeOwned>(
     })?;
     de.end()
         .map_err(|e| invalid(file, "(document)", e.to_string()))?;
-    if let Some(field) = unknown.into_iter().next() {
-        // serde_ignored writes `?` for a step through an Option.
-        let field = field
-            .split('.')
-            .filter(|p| *p != "?")
-            .collect::<Vec<_>>()
-            .join(".");
-        return Err(SpecError::UnknownField {
-            file: file.display().to_string(),
-            field,
-        });
+    // serde_ignored writes `?` for a step through an Option.
+    let unknown: Vec<String> = unknown
+        .into_iter()
+        .map(|f| {
+            f.split('.')
+                .filter(|p| *p != "?")
+                .collect::<Vec<_>>()
+                .join(".")
+        })
+        .collect();
+    if let Some(field) = unknown.first() {
+        if strict {
+            return Err(SpecError::UnknownField {
+                file: file.display().to_string(),
+                field: field.clone(),
+            });
+        }
+        for field in &unknown {
+            crate::log::warn(&format!(
+                "{}: unknown property `{field}` ignored (--strict-spec refuses it)",
+                file.display()
+            ));
+        }
     }
     Ok(value)
 }
@@ -83,12 +119,17 @@ pub const MIN_MEMORY: i64 = 6 << 20;
 
 /// Reads `<bundle>/config.json` and validates it for use by `create`.
 pub fn load_bundle(bundle: &Path) -> Result<Spec, SpecError> {
+    load_bundle_as(bundle, STRICT.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// [`load_bundle`], strict about unknown properties or not.
+pub fn load_bundle_as(bundle: &Path, strict: bool) -> Result<Spec, SpecError> {
     let path = bundle.join("config.json");
     let text = fs::read_to_string(&path).map_err(|source| SpecError::Read {
         path: path.clone(),
         source,
     })?;
-    let spec: Spec = parse_strict(&text, &path)?;
+    let spec: Spec = parse_as(&text, &path, strict)?;
     validate(&spec, bundle, &path)?;
     Ok(spec)
 }
@@ -343,7 +384,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("rootfs")).unwrap();
         fs::write(dir.path().join("config.json"), config).unwrap();
-        let r = load_bundle(dir.path());
+        let r = load_bundle_as(dir.path(), true);
         (dir, r)
     }
 
