@@ -1761,3 +1761,32 @@ fn runc_spec_s_default_config_runs_and_the_log_names_skipped_ambient_capabilitie
         "the log names the skipped capabilities: {text}"
     );
 }
+
+/// A resource the host cannot apply is an error naming it, as the runtime spec says, not a
+/// silent skip: `linux.resources.network` needs the cgroup v1 net_cls controller, which
+/// cgroup v2 lacks and v1 hosts often leave unmounted (issue 22). Where it is mounted, the
+/// class is set.
+#[test]
+fn a_resource_the_host_cannot_apply_is_refused_naming_it() {
+    let b = Bundle::new("netcls", &["cat", "/proc/self/cgroup"]);
+    b.edit(|c| c["linux"]["resources"]["network"] = json!({"classID": 1048577}));
+    let mounted = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(" - cgroup ") && l.split(',').any(|o| o.trim() == "net_cls"));
+    let out = b.run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if mounted {
+        assert!(out.status.success(), "{err}");
+    } else {
+        assert!(
+            !out.status.success(),
+            "a class that cannot be set was accepted"
+        );
+        assert!(
+            err.contains("linux.resources.network.classID"),
+            "the error names the field: {err}"
+        );
+        b.assert_gone();
+    }
+}

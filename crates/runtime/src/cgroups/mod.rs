@@ -1178,8 +1178,7 @@ mod tests {
         }
         let r: LinuxResources = serde_json::from_str(
             r#"{"memory":{"limit":1048576,"swappiness":10},
-                "cpu":{"shares":512,"quota":50000,"period":100000},
-                "network":{"classID":7}}"#,
+                "cpu":{"shares":512,"quota":50000,"period":100000}}"#,
         )
         .unwrap();
         cg.apply(&r).unwrap();
@@ -1196,7 +1195,11 @@ mod tests {
             fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap(),
             "50000"
         );
-        // net_cls is "mounted" but has no net_cls.classid file here: optional, skipped.
+        // A network class the host cannot set (net_cls has no classid file here) is an error
+        // naming the field, as the runtime spec asks, not a silent skip.
+        let r: LinuxResources = serde_json::from_str(r#"{"network":{"classID":7}}"#).unwrap();
+        let e = cg.apply(&r).unwrap_err().to_string();
+        assert!(e.starts_with("linux.resources.network.classID"), "{e}");
 
         // A file the kernel lacks is reported with the field.
         let r: LinuxResources = serde_json::from_str(r#"{"memory":{"reservation":4096}}"#).unwrap();

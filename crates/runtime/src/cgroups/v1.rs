@@ -437,10 +437,11 @@ pub fn v1_writes(r: &LinuxResources) -> Result<Vec<Write>, CgroupError> {
         );
     }
 
-    // network: only where net_cls / net_prio are mounted.
+    // network: net_cls / net_prio must be mounted (a value the host cannot apply is an
+    // error, as the runtime spec says).
     if let Some(n) = r.network() {
         if let Some(id) = n.class_id() {
-            w.push(Write::new("net_cls", "net_cls.classid", id, F_NET_CLASSID).optional());
+            w.push(Write::new("net_cls", "net_cls.classid", id, F_NET_CLASSID));
         }
         for p in n.priorities().iter().flatten() {
             if p.name().is_empty() || p.name().contains(char::is_whitespace) {
@@ -449,15 +450,12 @@ pub fn v1_writes(r: &LinuxResources) -> Result<Vec<Write>, CgroupError> {
                     format!("invalid interface name {:?}", p.name()),
                 ));
             }
-            w.push(
-                Write::new(
-                    "net_prio",
-                    "net_prio.ifpriomap",
-                    format!("{} {}", p.name(), p.priority()),
-                    F_NET_PRIORITIES,
-                )
-                .optional(),
-            );
+            w.push(Write::new(
+                "net_prio",
+                "net_prio.ifpriomap",
+                format!("{} {}", p.name(), p.priority()),
+                F_NET_PRIORITIES,
+            ));
         }
     }
 
@@ -709,9 +707,9 @@ mod tests {
             (
                 r#"{"network":{"classID":1048577,"priorities":[{"name":"eth0","priority":500},{"name":"lo","priority":1}]}}"#,
                 &[
-                    "net_cls/net_cls.classid=1048577 @network.classID [skip]",
-                    "net_prio/net_prio.ifpriomap=eth0 500 @network.priorities [skip]",
-                    "net_prio/net_prio.ifpriomap=lo 1 @network.priorities [skip]",
+                    "net_cls/net_cls.classid=1048577 @network.classID",
+                    "net_prio/net_prio.ifpriomap=eth0 500 @network.priorities",
+                    "net_prio/net_prio.ifpriomap=lo 1 @network.priorities",
                 ],
             ),
             (

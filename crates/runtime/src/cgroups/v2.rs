@@ -1,8 +1,8 @@
 //! cgroup v2: OCI resources → control file writes, enabling controllers, cgroup.freeze.
 //!
 //! Ignored on v2 (no such knob): memory.kernel, memory.kernelTCP, memory.swappiness,
-//! memory.disableOOMKiller, memory.useHierarchy, blockIO.leafWeight, network. Realtime cpu
-//! settings are an error (v2 has no realtime group scheduling interface).
+//! memory.disableOOMKiller, memory.useHierarchy, blockIO.leafWeight. Realtime cpu settings
+//! and network (no net_cls or net_prio) are an error: v2 has no interface for them.
 
 use std::path::Path;
 use std::thread::sleep;
@@ -14,7 +14,8 @@ use super::v1::{
     check_blkio_weight, check_cpu_bandwidth, check_memory, check_page_size, pids_value,
     rdma_writes, throttles, F_BLKIO_WEIGHT, F_BLKIO_WEIGHT_DEVICE, F_CPU_BURST, F_CPU_CPUS,
     F_CPU_IDLE, F_CPU_MEMS, F_CPU_PERIOD, F_CPU_QUOTA, F_CPU_RT_PERIOD, F_CPU_RT_RUNTIME,
-    F_CPU_SHARES, F_HUGEPAGES, F_MEM_LIMIT, F_MEM_RESERVATION, F_MEM_SWAP, F_PIDS, F_UNIFIED,
+    F_CPU_SHARES, F_HUGEPAGES, F_MEM_LIMIT, F_MEM_RESERVATION, F_MEM_SWAP, F_NET_CLASSID,
+    F_NET_PRIORITIES, F_PIDS, F_UNIFIED,
 };
 use super::{invalid, mkdir_p, read_optional, write_file, CgroupError, Write};
 
@@ -46,6 +47,23 @@ fn num_or_max(v: i64) -> String {
 /// rules are not writes on v2: [`Cgroup::apply`](super::Cgroup::apply) attaches an eBPF program.
 pub fn v2_writes(r: &LinuxResources) -> Result<Vec<Write>, CgroupError> {
     let mut w = Vec::new();
+
+    // The runtime spec: a value the runtime cannot apply is an error, not a silent skip.
+    // cgroup v2 has no net_cls or net_prio.
+    if let Some(n) = r.network() {
+        if n.class_id().is_some() {
+            return Err(invalid(
+                F_NET_CLASSID,
+                "cgroup v2 has no net_cls controller: this host cannot apply it",
+            ));
+        }
+        if n.priorities().as_ref().is_some_and(|p| !p.is_empty()) {
+            return Err(invalid(
+                F_NET_PRIORITIES,
+                "cgroup v2 has no net_prio controller: this host cannot apply it",
+            ));
+        }
+    }
 
     if let Some(c) = r.cpu() {
         if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
@@ -489,11 +507,8 @@ mod tests {
                 r#"{"rdma":{"mlx4_0":{"hcaHandles":2,"hcaObjects":2000}}}"#,
                 &["rdma.max=mlx4_0 hca_handle=2 hca_object=2000 @rdma"],
             ),
-            // network and devices are not writes on v2.
-            (
-                r#"{"network":{"classID":1},"devices":[{"allow":false,"access":"rwm"}]}"#,
-                &[],
-            ),
+            // devices are not writes on v2.
+            (r#"{"devices":[{"allow":false,"access":"rwm"}]}"#, &[]),
             (
                 r#"{"pids":{"limit":10},"unified":{"pids.max":"20","memory.high":"1G","io.weight":"default 100"}}"#,
                 &[
@@ -524,6 +539,14 @@ mod tests {
             (
                 r#"{"cpu":{"realtimeRuntime":1000}}"#,
                 "linux.resources.cpu.realtimeRuntime: not supported on cgroup v2",
+            ),
+            (
+                r#"{"network":{"classID":1}}"#,
+                "linux.resources.network.classID: cgroup v2 has no net_cls controller: this host cannot apply it",
+            ),
+            (
+                r#"{"network":{"priorities":[{"name":"eth0","priority":5}]}}"#,
+                "linux.resources.network.priorities: cgroup v2 has no net_prio controller: this host cannot apply it",
             ),
             (
                 r#"{"cpu":{"realtimePeriod":1000}}"#,
