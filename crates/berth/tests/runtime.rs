@@ -539,6 +539,38 @@ fn hooks_run_in_order_with_the_state_on_stdin() {
                 .contains("\"status\":\"stopped\""),
         "{text}"
     );
+    // The program (`true`) has exited by the time poststart runs, or is about to: the state
+    // still says running, with its pid, by construction (issue 22).
+    let post: Value = serde_json::from_str(
+        text.lines()
+            .find(|l| l.starts_with("poststart "))
+            .unwrap()
+            .split_once(' ')
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    assert_eq!(post["status"], "running", "{text}");
+    assert!(post["pid"].as_i64().unwrap_or(0) > 0, "{text}");
+}
+
+/// `create` then `start` of a program that exits at once: poststart runs after the program
+/// was executed and is told `running` (issue 22).
+#[test]
+fn poststart_after_start_sees_running_even_for_a_program_that_exits_at_once() {
+    let b = Bundle::new("poststart", &["true"]);
+    let log = b.dir.path().join("poststart.log");
+    b.edit(|c| {
+        c["hooks"] = json!({"poststart": [{"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", log.display())]}]});
+    });
+    b.create();
+    b.ok(&["start", &b.id]);
+    let state: Value = serde_json::from_str(&fs::read_to_string(&log).unwrap()).unwrap();
+    assert_eq!(state["status"], "running", "{state}");
+    assert_eq!(state["id"], b.id.as_str());
+    b.wait_status("stopped");
+    b.ok(&["delete", &b.id]);
+    b.assert_gone();
 }
 
 #[test]

@@ -349,7 +349,7 @@ impl Runtime {
             let _ = self.destroy(&l.record, &l.dir);
             return Err(e);
         }
-        let state = l.record.oci_state(&l.dir);
+        let state = l.record.poststart_state(&l.dir);
         if let Err(e) = hooks::run(
             l.record.spec.hooks().as_ref(),
             Point::Poststart,
@@ -709,7 +709,7 @@ impl Runtime {
             .map_err(|e| Error::io("writing the exec fifo", e))?;
         fs::remove_file(&fifo).map_err(|e| Error::io("removing the exec fifo", e))?;
         wait_exec(record.pid, record.start_time, before);
-        let state = record.oci_state(&dir);
+        let state = record.poststart_state(&dir);
         if let Err(e) = hooks::run(
             record.spec.hooks().as_ref(),
             Point::Poststart,

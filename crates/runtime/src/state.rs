@@ -113,6 +113,17 @@ impl Record {
         }
     }
 
+    /// The state poststart hooks get: `running`, with the process's pid. They run once the
+    /// process has executed the container's program (start's exec observed), so that is what
+    /// it was; a program that has already exited must not make them see `stopped`.
+    pub fn poststart_state(&self, dir: &Path) -> OciState {
+        OciState {
+            status: Status::Running,
+            pid: self.pid,
+            ..self.oci_state(dir)
+        }
+    }
+
     pub fn oci_state(&self, dir: &Path) -> OciState {
         let status = self.status(dir);
         OciState {
