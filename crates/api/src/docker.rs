@@ -759,6 +759,20 @@ fn until(f: &BTreeMap<String, Vec<String>>) -> Result<Option<i128>, Failure> {
         })
 }
 
+/// dockerd's `name` filter values, each a regular expression (`None`: no such filter).
+fn name_regexes(f: &BTreeMap<String, Vec<String>>) -> Result<Option<Vec<regex::Regex>>, Failure> {
+    f.get("name")
+        .map(|vals| {
+            vals.iter()
+                .map(|v| {
+                    regex::Regex::new(v)
+                        .map_err(|e| bad_request(format!("invalid filter 'name={v}': {e}")))
+                })
+                .collect()
+        })
+        .transpose()
+}
+
 /// The minor version of a versioned Docker API path (`/v1.41/…` is 41).
 fn api_version(head: &Head) -> Option<u32> {
     let rest = head.path.strip_prefix("/v1.")?;
@@ -770,17 +784,7 @@ fn api_version(head: &Head) -> Option<u32> {
 pub(crate) fn list_volumes(engine: &Arc<Engine>, head: &Head) -> Handled {
     let f = filters(head)?;
     only_filters(&f, &["name", "label", "label!", "dangling", "driver"])?;
-    let names = f
-        .get("name")
-        .map(|vals| {
-            vals.iter()
-                .map(|v| {
-                    regex::Regex::new(v)
-                        .map_err(|e| bad_request(format!("invalid filter 'name={v}': {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()?;
+    let names = name_regexes(&f)?;
     let dangling = match f
         .get("dangling")
         .and_then(|v| v.first())
@@ -865,18 +869,15 @@ pub(crate) fn list_containers(engine: &Arc<Engine>, head: &Head) -> Handled {
     }
     let all = head.flag("all") || f.contains_key("status") || f.contains_key("exited");
     // dockerd matches `name` as a regular expression against `/name`.
-    let names = f
-        .get("name")
-        .map(|vals| {
-            vals.iter()
-                .map(|v| {
-                    regex::Regex::new(v)
-                        .map_err(|e| bad_request(format!("invalid filter 'name={v}': {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()?;
+    let names = name_regexes(&f)?;
     let mut list = engine.list(all, head.flag("size"));
+    // Each network's ID, read once for the whole list.
+    let network_ids: BTreeMap<String, String> = engine
+        .networks
+        .list()
+        .into_iter()
+        .map(|n| (n.name, n.id))
+        .collect();
     let matches = |key: &str, test: &dyn Fn(&str) -> bool| {
         f.get(key).is_none_or(|vals| vals.iter().any(|v| test(v)))
     };
@@ -922,7 +923,7 @@ pub(crate) fn list_containers(engine: &Arc<Engine>, head: &Head) -> Handled {
                     (
                         n.clone(),
                         json!({
-                            "NetworkID": engine.networks.get(n).map(|x| x.id).unwrap_or_default(),
+                            "NetworkID": network_ids.get(n).cloned().unwrap_or_default(),
                             "IPAddress": text(|a| &a.ip),
                             "IPPrefixLen": a.map(|a| a.prefix).unwrap_or(0),
                             "Gateway": text(|a| &a.gateway),
@@ -1467,6 +1468,7 @@ pub(crate) fn images(
                 .and_then(|v| v.first())
                 .map(|v| v == "true");
             let mut out = Vec::new();
+            let parents = images.parents()?;
             for s in images.list()? {
                 if !all && s.names.is_empty() && cache.contains(&s.id) {
                     continue;
@@ -1521,7 +1523,7 @@ pub(crate) fn images(
                     .collect();
                 out.push(json!({
                     "Id": s.id.to_string(),
-                    "ParentId": images.parent_of(&s.id).map(|p| p.to_string()).unwrap_or_default(),
+                    "ParentId": parents.get(&s.id).map(|p| p.to_string()).unwrap_or_default(),
                     "RepoTags": tags,
                     "RepoDigests": digests,
                     "Created": unix(&s.created),

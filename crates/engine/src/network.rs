@@ -552,85 +552,27 @@ impl Networks {
         // (iptables-restore --noflush: a declared chain is emptied and refilled atomically,
         // the rest of the table is left alone), so isolation never has a gap.
         let _one = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
-        for (table, rules) in self.ruleset(&self.list()) {
-            let applied = Command::new("iptables-restore")
-                .args(["-w", "5", "--noflush"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .and_then(|mut c| {
-                    use std::io::Write;
-                    if let Some(mut i) = c.stdin.take() {
-                        i.write_all(rules.as_bytes())?;
-                    }
-                    c.wait_with_output()
-                });
-            match applied {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => eprintln!(
-                    "berth daemon: iptables-restore ({table}): {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-                Err(e) => eprintln!("berth daemon: iptables-restore ({table}): {e}"),
-            }
+        let nets = self.list();
+        for (table, rules) in self.ruleset(&nets) {
+            restore("iptables-restore", table, &rules);
         }
         // IPv6: the same isolation between the bridges (IPv6 networks have no NAT, as Docker's
         // without ip6tables, but a host that forwards IPv6 must not route one network's
         // traffic into another's).
-        let rules6 = self.ruleset6(&self.list());
-        let applied = Command::new("ip6tables-restore")
-            .args(["-w", "5", "--noflush"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                if let Some(mut i) = c.stdin.take() {
-                    i.write_all(rules6.as_bytes())?;
-                }
-                c.wait_with_output()
-            });
-        match applied {
-            Ok(o) if o.status.success() => {
-                let chain = &self.chains[0];
-                let hooked = run(
-                    "ip6tables",
-                    &["-w", "5", "-t", "mangle", "-C", "FORWARD", "-j", chain],
-                )
+        let v6 = restore("ip6tables-restore", "mangle", &self.ruleset6(&nets));
+        // The jumps into the chains, once, first in their hooks.
+        let v4_hooks = [
+            ("iptables", "mangle", "FORWARD", &self.chains[0]),
+            ("iptables", "nat", "POSTROUTING", &self.chains[2]),
+            ("iptables", "filter", "FORWARD", &self.chains[3]),
+        ];
+        let v6_hook = v6.then_some(("ip6tables", "mangle", "FORWARD", &self.chains[0]));
+        for (cmd, table, hook, chain) in v4_hooks.into_iter().chain(v6_hook) {
+            let present = run(cmd, &["-w", "5", "-t", table, "-C", hook, "-j", chain])
                 .map(|o| o.status.success())
                 .unwrap_or(false);
-                if !hooked {
-                    let _ = run(
-                        "ip6tables",
-                        &["-w", "5", "-t", "mangle", "-I", "FORWARD", "1", "-j", chain],
-                    );
-                }
-            }
-            Ok(o) => eprintln!(
-                "berth daemon: ip6tables-restore (mangle): {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-            Err(e) => eprintln!("berth daemon: ip6tables-restore (mangle): {e}"),
-        }
-        // The jumps into the chains, once, first in their hooks.
-        for (table, hook, chain) in [
-            ("mangle", "FORWARD", &self.chains[0]),
-            ("nat", "POSTROUTING", &self.chains[2]),
-            ("filter", "FORWARD", &self.chains[3]),
-        ] {
-            let present = run(
-                "iptables",
-                &["-w", "5", "-t", table, "-C", hook, "-j", chain],
-            )
-            .map(|o| o.status.success())
-            .unwrap_or(false);
             if !present {
-                let _ = run(
-                    "iptables",
-                    &["-w", "5", "-t", table, "-I", hook, "1", "-j", chain],
-                );
+                let _ = run(cmd, &["-w", "5", "-t", table, "-I", hook, "1", "-j", chain]);
             }
         }
     }
@@ -750,6 +692,39 @@ impl Networks {
     /// The CNI list of a network.
     pub fn conflist(&self, n: &Network, ports: bool) -> Result<cni::ConfList, cni::CniError> {
         cni::ConfList::parse(&n.conflist(&self.ipam_dir, ports))
+    }
+}
+
+/// Feeds `rules` to `cmd` (iptables-restore or ip6tables-restore) with `--noflush`: a
+/// declared chain is emptied and refilled in one transaction, the rest of `table` left alone.
+/// Says why in the daemon's log when it fails.
+fn restore(cmd: &str, table: &str, rules: &str) -> bool {
+    let applied = Command::new(cmd)
+        .args(["-w", "5", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            if let Some(mut i) = c.stdin.take() {
+                i.write_all(rules.as_bytes())?;
+            }
+            c.wait_with_output()
+        });
+    match applied {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            eprintln!(
+                "berth daemon: {cmd} ({table}): {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!("berth daemon: {cmd} ({table}): {e}");
+            false
+        }
     }
 }
 

@@ -903,9 +903,19 @@ impl Images {
 
     /// The image `id` was made from here (commit or build), if it was.
     pub fn parent_of(&self, id: &Digest) -> Option<Digest> {
-        let names = self.read_names().ok()?;
-        let parent = names.parents.get(id)?;
-        names.images.contains_key(parent).then(|| parent.clone())
+        self.parents().ok()?.remove(id)
+    }
+
+    /// Every image made here (commit or build) → the image it was made from, where that
+    /// image is still here.
+    pub fn parents(&self) -> Result<BTreeMap<Digest, Digest>, ImageError> {
+        let names = self.read_names()?;
+        Ok(names
+            .parents
+            .iter()
+            .filter(|(_, p)| names.images.contains_key(*p))
+            .map(|(c, p)| (c.clone(), p.clone()))
+            .collect())
     }
 
     /// The containers that have a root file system here.
