@@ -1826,50 +1826,17 @@ fn stream_job(
     ) -> Result<Value, EngineError>,
 ) -> Handled {
     let creds = crate::images::registry_auth(head)?;
-    let conn = w.try_clone().map_err(|e| failure(500, e.to_string()))?;
-    let mut out: Option<Chunked<UnixStream>> = None;
-    let mut head_failed = false;
-    let mut send = |v: Value| {
-        if out.is_none() && !head_failed {
-            let mut c = match conn.try_clone() {
-                Ok(c) => c,
-                Err(_) => {
-                    head_failed = true;
-                    return;
-                }
-            };
-            if http::respond_stream_head(&mut c, 200, "application/json").is_err() {
-                head_failed = true;
-                return;
-            }
-            out = Some(Chunked(c));
+    let mut lines = crate::server::JsonLines::new(w)?;
+    let result = job(engine, creds, &mut |v| lines.send(&v));
+    match result {
+        Err(e) if !lines.started() => return Err(e.into()),
+        Err(e) => {
+            lines.send(&json!({"errorDetail": {"message": e.to_string()}, "error": e.to_string()}))
         }
-        if let Some(o) = out.as_mut() {
-            let mut line = serde_json::to_vec(&v).unwrap_or_default();
-            line.push(b'\n');
-            let _ = o.write_all(&line);
-        }
-    };
-    let result = job(engine, creds, &mut send);
-    match (result, out) {
-        (Err(e), None) => Err(e.into()),
-        (result, Some(mut o)) => {
-            if let Err(e) = result {
-                let line =
-                    json!({"errorDetail": {"message": e.to_string()}, "error": e.to_string()});
-                let _ = o.write_all(format!("{line}\n").as_bytes());
-            }
-            let _ = o.finish();
-            Ok(Output::Done)
-        }
-        (Ok(_), None) => {
-            let mut c = conn;
-            http::respond_stream_head(&mut c, 200, "application/json")
-                .map_err(|e| failure(500, e.to_string()))?;
-            let _ = Chunked(c).finish();
-            Ok(Output::Done)
-        }
+        Ok(_) => {}
     }
+    lines.finish();
+    Ok(Output::Done)
 }
 
 #[cfg(test)]

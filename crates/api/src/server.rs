@@ -184,6 +184,59 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// A stream of JSON lines whose answer head goes out with its first line, as dockerd's: a job
+/// that fails before it has said anything (a pull the registry refuses, a Dockerfile that does
+/// not parse) can still answer with an error status.
+pub(crate) struct JsonLines {
+    conn: UnixStream,
+    out: Option<Chunked<UnixStream>>,
+    broken: bool,
+}
+
+impl JsonLines {
+    pub(crate) fn new(w: &UnixStream) -> Result<JsonLines, Fail> {
+        Ok(JsonLines {
+            conn: w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?,
+            out: None,
+            broken: false,
+        })
+    }
+
+    fn open(&mut self) {
+        if self.out.is_some() || self.broken {
+            return;
+        }
+        let opened = self.conn.try_clone().ok().and_then(|mut c| {
+            http::respond_stream_head(&mut c, 200, "application/json")
+                .ok()
+                .map(|_| Chunked(c))
+        });
+        self.broken = opened.is_none();
+        self.out = opened;
+    }
+
+    /// Sends one line (the head first, if this is the first).
+    pub(crate) fn send(&mut self, v: &Value) {
+        self.open();
+        if let Some(o) = self.out.as_mut() {
+            let _ = o.write_all(format!("{v}\n").as_bytes());
+        }
+    }
+
+    /// Whether anything has been said (an error is then a line, not a status).
+    pub(crate) fn started(&self) -> bool {
+        self.out.is_some()
+    }
+
+    /// Ends the stream (a head and an empty stream if nothing was said).
+    pub(crate) fn finish(mut self) {
+        self.open();
+        if let Some(o) = self.out {
+            let _ = o.finish();
+        }
+    }
+}
+
 fn num<T: std::str::FromStr>(head: &Head, key: &str) -> Result<Option<T>, Fail> {
     match head.q(key).filter(|v| !v.is_empty()) {
         None => Ok(None),
@@ -781,22 +834,7 @@ fn build(
     // As dockerd, the answer's head goes out with the first line: a build that fails before
     // it has said anything (a Dockerfile that does not parse, a platform this machine does not
     // build) is an error answer, a later failure the stream's last message.
-    let conn = w.try_clone().map_err(|e| Fail(500, e.to_string(), None))?;
-    let mut out: Option<Chunked<UnixStream>> = None;
-    let send = |out: &mut Option<Chunked<UnixStream>>, v: Value| {
-        if out.is_none() {
-            let Ok(mut c) = conn.try_clone() else { return };
-            if http::respond_stream_head(&mut c, 200, "application/json").is_err() {
-                return;
-            }
-            *out = Some(Chunked(c));
-        }
-        if let Some(o) = out.as_mut() {
-            let mut line = serde_json::to_vec(&v).unwrap_or_default();
-            line.push(b'\n');
-            let _ = o.write_all(&line);
-        }
-    };
+    let mut lines = JsonLines::new(w)?;
     let source = engine::builder::BuildContext::Tar {
         file: tar_file.clone(),
         context,
@@ -808,7 +846,7 @@ fn build(
         } else {
             format!("{line}\n")
         };
-        send(&mut out, json!({ "stream": text }))
+        lines.send(&json!({ "stream": text }))
     });
     // Nothing of the build is left once its result is out.
     let _ = std::fs::remove_file(&tar_file);
@@ -817,43 +855,29 @@ fn build(
         Ok(id) => {
             let cache_from = head.q("cachefrom").unwrap_or("").trim();
             if !matches!(cache_from, "" | "[]" | "null") {
-                send(
-                    &mut out,
-                    json!({"stream": "[Warning] cachefrom: berth's builder reuses its own build cache only; the images named were not used\n"}),
+                lines.send(&json!({"stream": "[Warning] cachefrom: berth's builder reuses its own build cache only; the images named were not used\n"}),
                 );
             }
-            send(&mut out, json!({"aux": {"ID": id}}));
+            lines.send(&json!({"aux": {"ID": id}}));
             // The classic builder's last lines, which clients (the Python SDK) read the
             // image from.
             let short = id.trim_start_matches("sha256:").get(..12).unwrap_or(&id);
-            send(
-                &mut out,
-                json!({"stream": format!("Successfully built {short}\n")}),
-            );
+            lines.send(&json!({"stream": format!("Successfully built {short}\n")}));
             for t in &opts.tags {
                 let shown = Reference::parse(t)
                     .map(|r| r.familiar())
                     .unwrap_or_else(|_| t.clone());
-                send(
-                    &mut out,
-                    json!({"stream": format!("Successfully tagged {shown}\n")}),
-                );
+                lines.send(&json!({"stream": format!("Successfully tagged {shown}\n")}));
             }
         }
         Err(e) => {
-            let said = out.is_some();
-            if !said {
+            if !lines.started() {
                 return Err(e.into());
             }
-            send(
-                &mut out,
-                json!({"error": e.to_string(), "errorDetail": {"message": e.to_string()}}),
-            )
+            lines.send(&json!({"error": e.to_string(), "errorDetail": {"message": e.to_string()}}))
         }
     }
-    if let Some(o) = out {
-        let _ = o.finish();
-    }
+    lines.finish();
     Ok(Out::Done)
 }
 
@@ -1049,8 +1073,6 @@ fn logs(engine: &Arc<Engine>, id: &str, head: &Head, w: &mut UnixStream) -> Repl
     Ok(Out::Done)
 }
 
-/// Copies between the client's connection and the monitor's attach stream until both sides
-/// are done; a half-close from the client reaches the container's stdin.
 /// How a container's output stream is passed on: as the shim gives it (raw with a TTY,
 /// multiplexed without), or converted because the client asked for the other framing (Docker
 /// frames an exec's output by the start request's `Tty`, not the exec's).
@@ -1154,6 +1176,8 @@ fn copy_in(from: &mut UnixStream, to: &mut UnixStream, keys: &[u8]) -> bool {
     }
 }
 
+/// Copies between the client's connection and the monitor's attach stream until both sides
+/// are done; a half-close from the client reaches the container's stdin.
 pub(crate) fn pump(client: UnixStream, shim: UnixStream, early: &[u8], keys: Vec<u8>) {
     pump_as(client, shim, early, Reframe::AsIs, keys)
 }
