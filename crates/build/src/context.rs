@@ -81,6 +81,17 @@ impl EntryInfo {
 }
 
 const S_IFDIR: u32 = 0o040000;
+
+/// A directory an archive leaves implicit (a parent it has no entry for, or the root).
+const IMPLICIT_DIR: TarEntry = TarEntry {
+    mode: S_IFDIR | 0o755,
+    uid: 0,
+    gid: 0,
+    offset: 0,
+    size: 0,
+    link: None,
+    mtime: 0,
+};
 const S_IFREG: u32 = 0o100000;
 const S_IFLNK: u32 = 0o120000;
 
@@ -160,15 +171,7 @@ impl Context {
             while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
                 index
                     .entry(p.to_string_lossy().into_owned())
-                    .or_insert(TarEntry {
-                        mode: S_IFDIR | 0o755,
-                        uid: 0,
-                        gid: 0,
-                        offset: 0,
-                        size: 0,
-                        link: None,
-                        mtime: 0,
-                    });
+                    .or_insert(IMPLICIT_DIR);
                 parent = p.parent();
             }
             index.insert(
@@ -263,18 +266,9 @@ impl Context {
             .ok_or_else(|| ContextError::NotFound(rel.into()))?;
         // The context's root, which archives often leave implicit (docker-py's has no entry
         // for it).
-        const ROOT: TarEntry = TarEntry {
-            mode: S_IFDIR | 0o755,
-            uid: 0,
-            gid: 0,
-            offset: 0,
-            size: 0,
-            link: None,
-            mtime: 0,
-        };
         let mut e = match index.get(rel) {
             Some(e) => e,
-            None if rel == "." => &ROOT,
+            None if rel == "." => &IMPLICIT_DIR,
             None => return Err(ContextError::NotFound(rel.into())),
         };
         for _ in 0..8 {
