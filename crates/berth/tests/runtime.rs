@@ -1822,3 +1822,153 @@ fn a_resource_the_host_cannot_apply_is_refused_naming_it() {
         b.assert_gone();
     }
 }
+
+/// The mount table lines (of `/proc/<who>/mountinfo`) that name `path`.
+fn mounts_naming(who: &str, path: &Path) -> Vec<String> {
+    fs::read_to_string(format!("/proc/{who}/mountinfo"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(path.to_str().unwrap()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The propagation fields (`shared:N`, `master:N`) of the host's `/`.
+fn root_propagation() -> String {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .unwrap();
+    let fields: Vec<&str> = line.split(' ').collect();
+    let end = fields.iter().position(|f| *f == "-").unwrap();
+    fields[6..end].join(" ")
+}
+
+#[test]
+fn without_a_mount_namespace_the_container_is_chrooted_and_delete_unmounts_everything() {
+    let b = Bundle::new("hostmnt", &["sleep", "1000"]);
+    let victim = b.dir.path().join("victim");
+    fs::create_dir(&victim).unwrap();
+    std::os::unix::fs::symlink(&victim, b.rootfs().join("escape")).unwrap();
+    fs::write(b.rootfs().join("marker"), "rootfs\n").unwrap();
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "mount");
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/escape", "type": "tmpfs", "source": "tmpfs"}));
+    });
+    let propagation = root_propagation();
+    b.create();
+    let pid = b.state()["pid"].as_i64().unwrap();
+    b.ok(&["start", &b.id]);
+    b.wait_status("running");
+    assert_eq!(
+        fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap(),
+        fs::read_link("/proc/self/ns/mnt").unwrap(),
+        "the container shares the runtime's mount namespace"
+    );
+    // Its mounts are in the host's table, under the rootfs only.
+    let ours = mounts_naming("self", &b.rootfs());
+    assert!(ours.len() >= 5, "{ours:#?}");
+    assert!(
+        mounts_naming("self", &victim)
+            .iter()
+            .all(|l| l.contains(b.rootfs().to_str().unwrap())),
+        "a mount followed the rootfs's symlink to the host"
+    );
+    assert_eq!(
+        root_propagation(),
+        propagation,
+        "the host's / propagation changed"
+    );
+    // The process and an exec'd one see the rootfs as /, with the tmpfs where the symlink
+    // pointed, inside the rootfs.
+    let out = b.ok(&[
+        "exec",
+        &b.id,
+        "sh",
+        "-c",
+        "cat /marker; stat -f -c %T /escape; readlink /proc/1/root",
+    ]);
+    assert_eq!(out, "rootfs\ntmpfs\n/\n");
+    assert_eq!(
+        fs::read_link(format!("/proc/{pid}/root")).unwrap(),
+        fs::canonicalize(b.rootfs()).unwrap()
+    );
+    b.ok(&["delete", "--force", &b.id]);
+    b.assert_gone();
+    assert_eq!(mounts_naming("self", &victim), Vec::<String>::new());
+    assert_eq!(root_propagation(), propagation);
+    // Changing the root's propagation would change the host's: refused, nothing made.
+    b.edit(|c| c["linux"]["rootfsPropagation"] = json!("rshared"));
+    let err = b.create_err();
+    assert!(err.contains("linux.rootfsPropagation"), "{err}");
+    b.assert_gone();
+}
+
+#[test]
+fn a_joined_mount_namespace_is_used_and_left_as_it_was() {
+    let b = Bundle::new(
+        "joinmnt",
+        &["sh", "-c", "readlink /proc/self/ns/mnt; cat /shared/marker"],
+    );
+    let shared = b.rootfs().join("shared");
+    fs::create_dir(&shared).unwrap();
+    // A namespace of its own holding a mount the host does not have, kept by a process.
+    let mut helper = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs joined {0} && echo in-namespace > {0}/marker && echo ready && exec sleep 1000",
+            shared.display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(helper.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = helper.id().to_string();
+    let theirs = mounts_naming(&pid, &b.rootfs());
+    assert_eq!(theirs.len(), 1, "{theirs:#?}");
+    b.edit(|c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        for n in ns.iter_mut().filter(|n| n["type"] == "mount") {
+            n["path"] = json!(format!("/proc/{pid}/ns/mnt"));
+        }
+    });
+    let out = b.run_ok();
+    assert_eq!(
+        out,
+        format!(
+            "{}\nin-namespace\n",
+            fs::read_link(format!("/proc/{pid}/ns/mnt"))
+                .unwrap()
+                .display()
+        )
+    );
+    // The namespace has what it had before, the host nothing.
+    assert_eq!(mounts_naming(&pid, &b.rootfs()), theirs);
+    b.assert_gone();
+    // A create that fails half-way through its mounts leaves that namespace as it was, too.
+    b.edit(|c| {
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/late", "type": "nosuchfs", "source": "x"}));
+    });
+    let err = b.create_err();
+    assert!(err.contains("mounts[") && err.contains("/late"), "{err}");
+    assert_eq!(mounts_naming(&pid, &b.rootfs()), theirs);
+    b.assert_gone();
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+}

@@ -15,6 +15,7 @@ use crate::hooks::{self, Point};
 use crate::init::{ConsoleTarget, Init, StartSignal};
 use crate::namespaces;
 use crate::process::Prepared;
+use crate::sharedmnt::SharedMounts;
 use crate::state::{self, OciState, Record, Status, EXEC_FIFO};
 use crate::sync::{Channel, Msg};
 use crate::Error;
@@ -65,6 +66,8 @@ struct Undo {
     dir: Option<PathBuf>,
     cgroup: Option<Cgroup>,
     pids: Vec<i32>,
+    /// Mounts made in a mount namespace the container does not own.
+    shared: Option<SharedMounts>,
 }
 
 impl Undo {
@@ -72,6 +75,7 @@ impl Undo {
         self.dir = None;
         self.cgroup = None;
         self.pids.clear();
+        self.shared = None;
     }
 }
 
@@ -87,6 +91,11 @@ impl Drop for Undo {
         if let Some(c) = &self.cgroup {
             let _ = c.kill_all(libc::SIGKILL);
             let _ = c.delete();
+        }
+        if let Some(m) = &self.shared {
+            if let Err(e) = m.release() {
+                warn(e);
+            }
         }
         if let Some(d) = &self.dir {
             let _ = fs::remove_dir_all(d);
@@ -383,11 +392,21 @@ impl Runtime {
         let prepared = Prepared::new(process, linux.seccomp().as_ref(), opts.preserve_fds)?;
         let ns = namespaces::Plan::from_spec(&spec);
         let joins = |t: LinuxNamespaceType| ns.join.iter().any(|(j, _)| *j == t);
-        if ns.new & libc::CLONE_NEWNS as u64 == 0 {
-            return Err(Error::Spec(
-                "linux.namespaces: a new mount namespace is required".into(),
-            ));
-        }
+        // Without a mount namespace of its own, the container mounts in the runtime's or in
+        // the one it joins, and those mounts must be found again at delete.
+        let shared_mounts = if ns.new & libc::CLONE_NEWNS as u64 == 0 {
+            let joined = ns
+                .join
+                .iter()
+                .find(|(t, _)| *t == LinuxNamespaceType::Mount)
+                .map(|(_, p)| p.as_path());
+            let rootfs = crate::spec::rootfs_path(&spec, &bundle);
+            let rootfs = fs::canonicalize(&rootfs)
+                .map_err(|e| Error::io(format!("root.path {}", rootfs.display()), e))?;
+            Some(SharedMounts::prepare(joined, &rootfs)?)
+        } else {
+            None
+        };
         if spec.hostname().as_deref().is_some_and(|h| !h.is_empty())
             && ns.new & libc::CLONE_NEWUTS as u64 == 0
             && !joins(LinuxNamespaceType::Uts)
@@ -440,6 +459,7 @@ impl Runtime {
                 &mountinfo,
                 &crate::spec::rootfs_path(&spec, &bundle),
             ),
+            shared_mount_ns: shared_mounts.is_some(),
         };
         let ops = crate::mounts::plan(&spec, &ctx)?;
         let after_pivot = crate::mounts::plan_after_pivot(&spec);
@@ -469,6 +489,7 @@ impl Runtime {
             dir: Some(dir.clone()),
             cgroup: None,
             pids: Vec::new(),
+            shared: shared_mounts,
         };
         undo.cgroup = Some(cgroup.clone());
         cgroup.create()?;
@@ -655,6 +676,7 @@ impl Runtime {
             created: state::rfc3339_now(),
             cgroup: cgroup.clone(),
             spec: spec.clone(),
+            shared_mounts: undo.shared.clone(),
         };
         let mut creating = record.oci_state(dir);
         creating.status = Status::Creating;
@@ -796,6 +818,9 @@ impl Runtime {
             .unwrap_or(false)
         {
             let _ = record.cgroup.kill_all(libc::SIGKILL);
+        }
+        if let Some(m) = &record.shared_mounts {
+            m.release()?;
         }
         record.cgroup.delete()?;
         let mut state = record.oci_state(dir);
@@ -950,6 +975,18 @@ impl Runtime {
             }
         };
         let console_over_channel = matches!(console, ConsoleTarget::Channel);
+        // A container in a shared mount namespace was entered by chroot: joining the namespace
+        // is not enough, the process must enter the same root.
+        let root = match &record.shared_mounts {
+            Some(_) => Some(
+                File::options()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                    .open(format!("/proc/{}/root", record.pid))
+                    .map_err(|e| Error::io(format!("container {id}: its root directory"), e))?,
+            ),
+            None => None,
+        };
         let (channel, child_channel) = Channel::pair().map_err(|e| Error::io("socketpair", e))?;
         let sigmask = block_signals();
         // SAFETY: prctl with integer arguments.
@@ -978,6 +1015,7 @@ impl Runtime {
                     &prepared,
                     console,
                     &sigmask,
+                    root,
                 )
             }));
             // SAFETY: _exit ends the child without running any destructor.
@@ -989,6 +1027,7 @@ impl Runtime {
             dir: None,
             cgroup: None,
             pids: vec![pid],
+            shared: None,
         };
         let started = (|| -> Result<(i32, Option<OwnedFd>), Error> {
             let target = match expect(&channel, "joining the container")? {
@@ -1052,6 +1091,7 @@ fn exec_child(
     p: &Prepared,
     console: ConsoleTarget,
     sigmask: &libc::sigset_t,
+    root: Option<File>,
 ) -> ! {
     let fail = |e: String| -> ! {
         let _ = channel.send(&Msg::Error(e));
@@ -1072,6 +1112,22 @@ fn exec_child(
     }
     if let Err(e) = crate::init::join_namespaces(&ns.join) {
         fail(e);
+    }
+    if let Some(root) = root {
+        // SAFETY: fchdir on an open directory, then chroot to it; valid strings.
+        let entered = unsafe {
+            libc::fchdir(root.as_raw_fd()) == 0
+                && libc::chroot(c".".as_ptr()) == 0
+                && libc::chdir(c"/".as_ptr()) == 0
+        };
+        if !entered {
+            fail(format!(
+                "entering the container's root: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // A host-opened directory must not reach the container's process (CVE-2024-21626).
+        drop(root);
     }
     match crate::init::fork() {
         Err(e) => fail(e),

@@ -15,6 +15,7 @@ pub mod namespaces;
 pub mod process;
 pub mod seccomp;
 pub mod selfexe;
+pub mod sharedmnt;
 pub mod signal;
 pub mod spec;
 pub mod state;

@@ -173,6 +173,9 @@ pub enum Op {
     },
     /// Bind-mounts the root onto itself so it can be pivoted into.
     BindRoot,
+    /// Makes the root's bind mount and everything under it private: in a mount namespace the
+    /// container shares, what it mounts must not propagate to its owner's mounts.
+    PrivateRoot,
     Mkdir {
         path: PathBuf,
     },
@@ -216,6 +219,9 @@ pub enum Op {
         path: PathBuf,
     },
     Pivot,
+    /// Without a mount namespace of its own the root is entered by chroot(2): pivot_root would
+    /// move the root of every process in the namespace.
+    Chroot,
     Mask {
         path: PathBuf,
     },
@@ -240,6 +246,9 @@ pub struct Context {
     pub cgroup_own: Option<Vec<(String, PathBuf)>>,
     /// The host mount point under which the rootfs lies.
     pub rootfs_parent_mount: PathBuf,
+    /// The container has no mount namespace of its own: it shares the runtime's or joins one by
+    /// path. Its mounts then go on the rootfs's bind mount in that namespace, which delete detaches.
+    pub shared_mount_ns: bool,
 }
 
 fn err(index: usize, msg: impl std::fmt::Display) -> crate::Error {
@@ -255,20 +264,33 @@ pub fn plan(spec: &Spec, ctx: &Context) -> Result<Vec<Op>, crate::Error> {
         .and_then(propagation_flag);
     // What we inherited becomes a slave of the host (or what the spec asks: "rshared" keeps
     // the peer groups, for mounts that must propagate both ways, as Kubernetes' Bidirectional).
-    let host_prop = root_prop.unwrap_or(MS_SLAVE | MS_REC);
-    ops.push(Op::Propagation {
-        path: "/".into(),
-        flags: host_prop,
-    });
-    if host_prop & MS_SHARED != 0 {
-        // The mount holding the rootfs must not pass our mounts on to the host (and pivot_root
-        // refuses a shared parent).
+    if ctx.shared_mount_ns {
+        if root_prop.is_some() {
+            return Err(crate::Error::Spec(
+                "linux.rootfsPropagation: the container has no mount namespace of its own, and \
+                 changing propagation there would change the mounts of the namespace's owner"
+                    .into(),
+            ));
+        }
+        // The namespace's propagation is its owner's: left as it is.
+        ops.push(Op::BindRoot);
+        ops.push(Op::PrivateRoot);
+    } else {
+        let host_prop = root_prop.unwrap_or(MS_SLAVE | MS_REC);
         ops.push(Op::Propagation {
-            path: ctx.rootfs_parent_mount.clone(),
-            flags: MS_PRIVATE,
+            path: "/".into(),
+            flags: host_prop,
         });
+        if host_prop & MS_SHARED != 0 {
+            // The mount holding the rootfs must not pass our mounts on to the host (and
+            // pivot_root refuses a shared parent).
+            ops.push(Op::Propagation {
+                path: ctx.rootfs_parent_mount.clone(),
+                flags: MS_PRIVATE,
+            });
+        }
+        ops.push(Op::BindRoot);
     }
-    ops.push(Op::BindRoot);
 
     let mut dev_mounted = false;
     for (index, m) in spec.mounts().iter().flatten().enumerate() {
@@ -475,7 +497,11 @@ pub fn plan(spec: &Spec, ctx: &Context) -> Result<Vec<Op>, crate::Error> {
             path: path.into(),
         });
     }
-    ops.push(Op::Pivot);
+    ops.push(if ctx.shared_mount_ns {
+        Op::Chroot
+    } else {
+        Op::Pivot
+    });
     Ok(ops)
 }
 
@@ -556,7 +582,9 @@ fn describe(op: &Op) -> String {
         }
         Op::Propagation { path, .. } => format!("propagation of {}", path.display()),
         Op::BindRoot => "binding the root file system".into(),
+        Op::PrivateRoot => "making the root's mounts private".into(),
         Op::Pivot => "pivot_root".into(),
+        Op::Chroot => "chroot".into(),
         Op::RootReadonly => "root.readonly".into(),
     }
 }
@@ -575,6 +603,7 @@ fn apply_one(sys: &dyn Syscall, root: &Path, op: &Op) -> std::io::Result<()> {
     match op {
         Op::Propagation { path, flags } => sys.mount(None, slash, path, None, *flags, None),
         Op::BindRoot => sys.mount(Some(root), slash, root, None, MS_BIND | MS_REC, None),
+        Op::PrivateRoot => sys.mount(None, slash, root, None, MS_PRIVATE | MS_REC, None),
         Op::Mkdir { path } => sys.mkdir_all(root, path),
         Op::MountPoint { source, path } => {
             if std::fs::metadata(source)
@@ -656,6 +685,7 @@ fn apply_one(sys: &dyn Syscall, root: &Path, op: &Op) -> std::io::Result<()> {
         }
         Op::Symlink { target, path } => sys.symlink(root, target, path),
         Op::Pivot => sys.pivot_root(root),
+        Op::Chroot => sys.chroot(root),
         Op::Mask { path } => match sys.kind(root, path)? {
             None => Ok(()),
             Some(FileKind::Dir) => sys.mount(
@@ -753,6 +783,42 @@ mod tests {
     }
 
     #[test]
+    fn in_a_shared_mount_namespace_the_root_is_private_and_chrooted_into() {
+        let s = spec(
+            r#"{"ociVersion":"1.2.0","root":{"path":"rootfs"},
+            "mounts":[{"destination":"/proc","type":"proc","source":"proc"}]}"#,
+        );
+        let ctx = Context {
+            bundle: "/b".into(),
+            rootfs_parent_mount: "/".into(),
+            shared_mount_ns: true,
+            ..Context::default()
+        };
+        let sys = RecordingSyscall::default();
+        apply(&sys, Path::new("/b/rootfs"), &plan(&s, &ctx).unwrap()).unwrap();
+        let got = sys.calls.borrow();
+        // The namespace's own propagation is never touched; the root's bind is made private
+        // before anything is mounted under it, and entered by chroot.
+        assert_eq!(
+            got[..3],
+            [
+                "mount /b/rootfs /b/rootfs type=- flags=bind,rec data=-",
+                "mount none /b/rootfs type=- flags=rec,private data=-",
+                "mkdir /b/rootfs/proc",
+            ]
+        );
+        assert_eq!(got.last().unwrap(), "chroot /b/rootfs");
+        assert!(!got
+            .iter()
+            .any(|c| c.contains("pivot_root") || c.contains(" / type")));
+        let s = spec(
+            r#"{"ociVersion":"1.2.0","root":{"path":"rootfs"},"linux":{"rootfsPropagation":"rslave"}}"#,
+        );
+        let e = plan(&s, &ctx).unwrap_err().to_string();
+        assert!(e.contains("linux.rootfsPropagation"), "{e}");
+    }
+
+    #[test]
     fn spec_becomes_ordered_syscalls() {
         let s = spec(
             r#"{"ociVersion":"1.2.0","root":{"path":"rootfs","readonly":true},
@@ -771,6 +837,7 @@ mod tests {
             cgroup_v1: vec![("memory".into(), "memory".into())],
             cgroup_own: None,
             rootfs_parent_mount: "/".into(),
+            shared_mount_ns: false,
         };
         let sys = RecordingSyscall {
             existing: vec![

@@ -71,6 +71,9 @@ pub struct Record {
     pub cgroup: Cgroup,
     /// The spec the container was created with (hooks, process defaults for exec, seccomp).
     pub spec: Spec,
+    /// Set when the container has no mount namespace of its own: its mounts, to take down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_mounts: Option<crate::sharedmnt::SharedMounts>,
 }
 
 pub const STATE_FILE: &str = "state.json";

@@ -53,6 +53,8 @@ pub trait Syscall {
     fn symlink(&self, root: &Path, target: &str, path: &Path) -> io::Result<()>;
     /// pivot_root(2) into `new_root` and detach the old root.
     fn pivot_root(&self, new_root: &Path) -> io::Result<()>;
+    /// chroot(2) into `new_root`, leaving the working directory at the new root.
+    fn chroot(&self, new_root: &Path) -> io::Result<()>;
     fn sethostname(&self, name: &str) -> io::Result<()>;
     fn setdomainname(&self, name: &str) -> io::Result<()>;
     /// Writes `value` to /proc/sys/<key with dots as slashes>.
@@ -432,6 +434,16 @@ impl Syscall for LinuxSyscall {
         Ok(())
     }
 
+    fn chroot(&self, new_root: &Path) -> io::Result<()> {
+        let fd = open_root(new_root)?;
+        // SAFETY: fd is an open directory.
+        cvt(unsafe { libc::fchdir(fd.as_raw_fd()) } as libc::c_long)?;
+        // SAFETY: valid strings.
+        cvt(unsafe { libc::chroot(c".".as_ptr()) } as libc::c_long)?;
+        // SAFETY: valid string.
+        cvt(unsafe { libc::chdir(c"/".as_ptr()) } as libc::c_long).map(drop)
+    }
+
     fn sethostname(&self, name: &str) -> io::Result<()> {
         // SAFETY: pointer and length describe `name`'s bytes.
         cvt(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } as libc::c_long)
@@ -539,6 +551,10 @@ impl Syscall for RecordingSyscall {
     }
     fn pivot_root(&self, new_root: &Path) -> io::Result<()> {
         self.push(format!("pivot_root {}", new_root.display()));
+        Ok(())
+    }
+    fn chroot(&self, new_root: &Path) -> io::Result<()> {
+        self.push(format!("chroot {}", new_root.display()));
         Ok(())
     }
     fn sethostname(&self, name: &str) -> io::Result<()> {
