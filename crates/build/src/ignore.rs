@@ -103,12 +103,27 @@ impl Ignore {
     }
 }
 
+/// Whether the pattern's components match the path's. Dynamic programming over (pattern,
+/// path) positions: `**` may take any number of components, and trying each split
+/// recursively is exponential in the number of `**` (a hostile .dockerignore would hang the
+/// build).
 fn matches(pat: &[String], path: &[&str]) -> bool {
-    match pat.first() {
-        None => path.is_empty(),
-        Some(p) if p == "**" => (0..=path.len()).any(|k| matches(&pat[1..], &path[k..])),
-        Some(p) => !path.is_empty() && glob(p, path[0]) && matches(&pat[1..], &path[1..]),
+    let m = path.len();
+    // `next[j]`: the rest of the pattern after the current component matches `path[j..]`.
+    let mut next = vec![false; m + 1];
+    next[m] = true;
+    for p in pat.iter().rev() {
+        let mut cur = vec![false; m + 1];
+        for j in (0..=m).rev() {
+            cur[j] = if p == "**" {
+                next[j] || (j < m && cur[j + 1])
+            } else {
+                j < m && next[j + 1] && glob(p, path[j])
+            };
+        }
+        next = cur;
     }
+    next[0]
 }
 
 /// Go's `filepath.Match` syntax check.
@@ -140,43 +155,67 @@ fn check_glob(p: &str) -> Result<(), String> {
 }
 
 /// Go's `filepath.Match` for one path component: `*`, `?`, `[...]` (with `^` negation and
-/// ranges), `\\` escapes.
+/// ranges), `\\` escapes. Greedy with a return to the last `*` only: every other token matches
+/// exactly one character, so that is complete, and it stays O(pattern × name) where trying
+/// every split at every `*` is exponential.
 fn glob(p: &str, s: &str) -> bool {
-    fn go(p: &[char], s: &[char]) -> bool {
-        match p.first() {
-            None => s.is_empty(),
-            Some('*') => (0..=s.len()).any(|k| go(&p[1..], &s[k..])),
-            Some('?') => !s.is_empty() && go(&p[1..], &s[1..]),
-            Some('[') => {
-                let Some(end) = p[1..].iter().position(|&c| c == ']') else {
-                    return false;
-                };
-                let class = &p[1..1 + end];
-                let Some(&c) = s.first() else { return false };
-                let (neg, class) = match class.first() {
-                    Some('^') => (true, &class[1..]),
-                    _ => (false, class),
-                };
-                let mut hit = false;
-                let mut k = 0;
-                while k < class.len() {
-                    if k + 2 < class.len() && class[k + 1] == '-' {
-                        hit |= class[k] <= c && c <= class[k + 2];
-                        k += 3;
-                    } else {
-                        hit |= class[k] == c;
-                        k += 1;
-                    }
-                }
-                hit != neg && go(&p[end + 2..], &s[1..])
-            }
-            Some('\\') if p.len() > 1 => !s.is_empty() && s[0] == p[1] && go(&p[2..], &s[1..]),
-            Some(&c) => !s.is_empty() && s[0] == c && go(&p[1..], &s[1..]),
-        }
-    }
     let p: Vec<char> = p.chars().collect();
     let s: Vec<char> = s.chars().collect();
-    go(&p, &s)
+    let (mut pi, mut si) = (0, 0);
+    // After the last `*` seen: where the pattern resumes, and the next name position to try.
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if p.get(pi) == Some(&'*') {
+            while p.get(pi) == Some(&'*') {
+                pi += 1;
+            }
+            star = Some((pi, si));
+            continue;
+        }
+        if let Some(len) = token(&p[pi..], s[si]) {
+            pi += len;
+            si += 1;
+            continue;
+        }
+        match star {
+            Some((resume, at)) => {
+                pi = resume;
+                si = at + 1;
+                star = Some((resume, at + 1));
+            }
+            None => return false,
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// When the pattern's first token (not `*`) matches `c`: the token's length.
+fn token(p: &[char], c: char) -> Option<usize> {
+    match p.first()? {
+        '?' => Some(1),
+        '[' => {
+            let end = p[1..].iter().position(|&x| x == ']')?;
+            let class = &p[1..1 + end];
+            let (neg, class) = match class.first() {
+                Some('^') => (true, &class[1..]),
+                _ => (false, class),
+            };
+            let mut hit = false;
+            let mut k = 0;
+            while k < class.len() {
+                if k + 2 < class.len() && class[k + 1] == '-' {
+                    hit |= class[k] <= c && c <= class[k + 2];
+                    k += 3;
+                } else {
+                    hit |= class[k] == c;
+                    k += 1;
+                }
+            }
+            (hit != neg).then_some(end + 2)
+        }
+        '\\' if p.len() > 1 => (p[1] == c).then_some(2),
+        &x => (x == c).then_some(1),
+    }
 }
 
 #[cfg(test)]
@@ -239,5 +278,37 @@ mod tests {
         assert!(e.to_string().contains("unclosed"), "{e}");
         assert_eq!(clean("/a//b/./c/../d/"), "a/b/d");
         assert_eq!(clean("../.."), ".");
+    }
+
+    #[test]
+    fn stars_match_as_go_does() {
+        for (p, name, want) in [
+            ("a*b*c", "aXbYbZc", true),
+            ("a*b*c", "aXbYbZ", false),
+            ("*", "", true),
+            ("**x", "yyx", true),
+            ("*.log", ".log", true),
+            ("*[0-9]?", "ab1c", true),
+            ("*[^0-9]", "ab1", false),
+            ("\\**", "*abc", true),
+            ("\\**", "abc", false),
+            ("?*?", "a", false),
+        ] {
+            assert_eq!(glob(p, name), want, "{p:?} against {name:?}");
+        }
+    }
+
+    /// Found by fuzz_targets/dockerignore.rs: trying every split at every `*` (and at every
+    /// `**`) took exponential time, so a hostile .dockerignore hung the build.
+    #[test]
+    fn many_stars_and_globstars_match_in_polynomial_time() {
+        let stars = format!("{}-", "*".repeat(64));
+        let ig = Ignore::parse(&stars).unwrap();
+        assert!(!ig.excluded(&"\0".repeat(40)));
+        assert!(ig.excluded(&format!("{}-", "a".repeat(40))));
+        let ig = Ignore::parse(&format!("{}x", "**/".repeat(30))).unwrap();
+        let deep = vec!["d"; 60].join("/");
+        assert!(!ig.excluded(&deep));
+        assert!(ig.excluded(&format!("{deep}/x")));
     }
 }
