@@ -145,8 +145,14 @@ impl Reference {
     }
 
     /// The repository as Docker shows it: `busybox`, `user/app`, `ghcr.io/org/app`.
+    /// A Docker Hub path whose first component reads as a registry (`docker.io/a.b/c`) keeps
+    /// its domain: `a.b/c` would name another registry (Docker prints that, and its own
+    /// parse then sends a pull or push elsewhere).
     pub fn familiar_repository(&self) -> String {
-        if self.domain != DEFAULT_DOMAIN {
+        let first = self.path.split('/').next().unwrap_or("");
+        let reads_as_domain =
+            self.path.contains('/') && (first.contains(['.', ':']) || first == "localhost");
+        if self.domain != DEFAULT_DOMAIN || reads_as_domain {
             return self.repository();
         }
         match self.path.strip_prefix(OFFICIAL_REPO_PREFIX) {
@@ -584,5 +590,110 @@ mod tests {
         let mut set = std::collections::HashSet::new();
         set.insert(Reference::parse("busybox").unwrap());
         assert!(set.contains(&Reference::parse("docker.io/library/busybox:latest").unwrap()));
+    }
+
+    /// Found by fuzz_targets/reference.rs: `docker.io/a.b/c` was shown as `a.b/c`, which
+    /// names the registry `a.b`.
+    #[test]
+    fn a_familiar_name_never_names_another_registry() {
+        for (full, familiar) in [
+            (
+                "docker.io/libocker.io/library/busyb",
+                "docker.io/libocker.io/library/busyb:latest",
+            ),
+            ("docker.io/localhost/app", "docker.io/localhost/app:latest"),
+            ("docker.io/user/app", "user/app:latest"),
+            ("docker.io/library/busybox", "busybox:latest"),
+        ] {
+            let r = Reference::parse(full).unwrap();
+            assert_eq!(r.familiar(), familiar, "{full}");
+            assert_eq!(Reference::parse(&r.familiar()).unwrap(), r, "{full}");
+        }
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// References in Docker's grammar: an optional registry (with a dot, a port or
+        /// `localhost`), path components with separators, an optional tag and digest.
+        fn reference(
+        ) -> impl Strategy<Value = (Option<String>, String, Option<String>, Option<String>)>
+        {
+            (
+                prop::option::of(prop_oneof![
+                    "[a-z0-9]{1,8}\\.[a-z]{2,5}(:[0-9]{1,5})?",
+                    Just("localhost:5000".to_string()),
+                    Just("localhost".to_string()),
+                    // Docker Hub spelled out, whose familiar form drops it.
+                    Just("docker.io".to_string()),
+                ]),
+                prop::collection::vec("[a-z0-9]{1,6}([._-][a-z0-9]{1,4})?", 1..4),
+                prop::option::of("[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}"),
+                prop::option::of("[0-9a-f]{64}"),
+            )
+                .prop_map(|(d, p, t, h)| (d, p.join("/"), t, h))
+                // Without a registry, a first component that reads as one is one.
+                .prop_filter(
+                    "the first component would name a registry",
+                    |(d, p, _, _)| {
+                        let first = p.split('/').next().unwrap_or("");
+                        d.is_some()
+                            || !p.contains('/')
+                            || !(first.contains('.') || first == "localhost")
+                    },
+                )
+        }
+
+        proptest! {
+            #[test]
+            fn references_round_trip((domain, path, tag, hex) in reference()) {
+                let mut text = match &domain {
+                    Some(d) => format!("{d}/{path}"),
+                    None => path.clone(),
+                };
+                if let Some(t) = &tag {
+                    text = format!("{text}:{t}");
+                }
+                if let Some(h) = &hex {
+                    text = format!("{text}@sha256:{h}");
+                }
+                let r = Reference::parse(&text).unwrap();
+                let want_domain = domain.clone().unwrap_or_else(|| "docker.io".into());
+                prop_assert_eq!(r.domain(), want_domain.as_str());
+                let hub = domain.is_none() || domain.as_deref() == Some("docker.io");
+                let want_path = if hub && !path.contains('/') {
+                    format!("library/{path}")
+                } else {
+                    path.clone()
+                };
+                prop_assert_eq!(r.path(), want_path.as_str());
+                prop_assert_eq!(r.digest().map(|d| d.hex().to_string()), hex.clone());
+                match (&tag, &hex) {
+                    (Some(t), _) => prop_assert_eq!(r.tag(), Some(t.as_str())),
+                    (None, Some(_)) => prop_assert_eq!(r.tag(), None),
+                    (None, None) => prop_assert_eq!(r.tag(), Some("latest")),
+                }
+                prop_assert_eq!(&Reference::parse(&r.to_string()).unwrap(), &r);
+                prop_assert_eq!(&Reference::parse(&r.familiar()).unwrap(), &r);
+            }
+
+            #[test]
+            fn digests_round_trip_and_refuse_what_is_not_one(bytes in prop::array::uniform32(any::<u8>()), cut in 0usize..64) {
+                let d = Digest::of(&bytes);
+                prop_assert_eq!(d.to_string().parse::<Digest>().unwrap(), d.clone());
+                let text = d.to_string();
+                prop_assert!(text[..7 + cut].parse::<Digest>().is_err());
+                prop_assert!(text.to_uppercase().parse::<Digest>().is_err());
+            }
+
+            #[test]
+            fn any_text_parses_or_is_refused_without_panic(s in "\\PC{0,80}") {
+                if let Ok(r) = Reference::parse(&s) {
+                    prop_assert_eq!(&Reference::parse(&r.to_string()).unwrap(), &r);
+                }
+            }
+        }
     }
 }
