@@ -356,29 +356,33 @@ impl Cni {
 
 /// The first IPv4 address (without prefix length) and its gateway in a result.
 pub fn ipv4(result: &Value) -> Option<(String, u8, Option<String>)> {
-    result["ips"].as_array()?.iter().find_map(|ip| {
-        let addr = ip["address"].as_str()?;
-        let (a, len) = addr.split_once('/')?;
-        a.parse::<std::net::Ipv4Addr>().ok()?;
-        Some((
-            a.to_string(),
-            len.parse().ok()?,
-            ip["gateway"].as_str().map(String::from),
-        ))
-    })
+    first_address::<std::net::Ipv4Addr>(result, 32)
 }
 
 /// The first IPv6 address (without prefix length) and its gateway in a result.
 pub fn ipv6(result: &Value) -> Option<(String, u8, Option<String>)> {
+    first_address::<std::net::Ipv6Addr>(result, 128)
+}
+
+/// The first entry of `ips` whose address is of the family `A`, with a prefix length the
+/// family allows and a gateway (when there is one) of the same family. A plugin's answer is
+/// not trusted to be well formed: an entry that is not is skipped.
+fn first_address<A: std::str::FromStr>(
+    result: &Value,
+    max_len: u8,
+) -> Option<(String, u8, Option<String>)> {
     result["ips"].as_array()?.iter().find_map(|ip| {
-        let addr = ip["address"].as_str()?;
-        let (a, len) = addr.split_once('/')?;
-        a.parse::<std::net::Ipv6Addr>().ok()?;
-        Some((
-            a.to_string(),
-            len.parse().ok()?,
-            ip["gateway"].as_str().map(String::from),
-        ))
+        let (a, len) = ip["address"].as_str()?.split_once('/')?;
+        a.parse::<A>().ok()?;
+        let len = len.parse::<u8>().ok().filter(|l| *l <= max_len)?;
+        let gateway = match ip["gateway"].as_str() {
+            Some(g) => {
+                g.parse::<A>().ok()?;
+                Some(g.to_string())
+            }
+            None => None,
+        };
+        Some((a.to_string(), len, gateway))
     })
 }
 
@@ -528,5 +532,24 @@ mod tests {
         }
         let v = cni.versions("bridge").unwrap();
         assert!(v.iter().any(|x| x == CNI_VERSION), "{v:?}");
+    }
+
+    /// Found by fuzz_targets/cni_result.rs: a prefix length beyond the family's, or a gateway
+    /// of the other family, was taken from a plugin's answer as it was.
+    #[test]
+    fn malformed_result_entries_are_skipped() {
+        let r = serde_json::json!({"ips": [
+            {"address": "10.0.0.2/33", "gateway": "10.0.0.1"},
+            {"address": "10.0.0.3/24", "gateway": "fd00::1"},
+            {"address": "fd00::2/129"},
+            {"address": "fd00::3/64", "gateway": "10.0.0.1"},
+            {"address": "10.0.0.4/24", "gateway": "10.0.0.1"},
+            {"address": "fd00::4/64"},
+        ]});
+        assert_eq!(
+            ipv4(&r),
+            Some(("10.0.0.4".into(), 24, Some("10.0.0.1".into())))
+        );
+        assert_eq!(ipv6(&r), Some(("fd00::4".into(), 64, None)));
     }
 }
