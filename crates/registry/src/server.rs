@@ -457,7 +457,8 @@ impl Registry {
         // A bearer token that was sent but lacks the scope: Docker's `insufficient_scope`.
         let insufficient = head
             .header("authorization")
-            .is_some_and(|a| a.len() > 7 && a[..7].eq_ignore_ascii_case("bearer "));
+            .and_then(|a| a.get(..7))
+            .is_some_and(|p| p.eq_ignore_ascii_case("bearer "));
         let scope = route(&head.path)
             .as_ref()
             .and_then(|r| scope_of(r, &head.method));
@@ -801,7 +802,7 @@ fn error_reply(e: &RegError, challenge: Option<String>) -> Reply {
 }
 
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` against `size`: the inclusive byte range.
-fn parse_range(r: &str, size: u64) -> Option<(u64, u64)> {
+pub fn parse_range(r: &str, size: u64) -> Option<(u64, u64)> {
     let spec = r.trim().strip_prefix("bytes=")?;
     if spec.contains(',') || size == 0 {
         return None;
@@ -939,5 +940,69 @@ mod tests {
         assert_eq!(parse_range("bytes=100-", 100), None);
         assert_eq!(parse_range("bytes=5-1", 100), None);
         assert_eq!(parse_range("items=0-1", 100), None);
+    }
+
+    /// A connection whose client sent `input`; what the registry answers is kept.
+    struct Mem {
+        input: io::Cursor<Vec<u8>>,
+        out: Vec<u8>,
+    }
+
+    impl Read for Mem {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+
+    impl Write for Mem {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.out.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Conn for &mut Mem {
+        fn shutdown_write(&mut self) {}
+    }
+
+    /// Found by fuzz/fuzz_targets/registry_request.rs: a non-ASCII Authorization header on a
+    /// refused request panicked (a byte slice inside a character) instead of answering 401.
+    #[test]
+    fn a_non_ascii_authorization_header_is_refused_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(&htpasswd, "").unwrap();
+        let auth = crate::auth::Auth::new(
+            &htpasswd,
+            None,
+            crate::auth::Mode::Token {
+                service: "s".into(),
+                key: b"k".to_vec(),
+                ttl: 60,
+            },
+        )
+        .unwrap();
+        let reg = Registry::new(
+            Storage::open(&dir.path().join("root")).unwrap(),
+            Config {
+                auth: Some(auth),
+                log: false,
+                ..Config::default()
+            },
+        );
+        for header in ["Ba\u{fffd}\u{fffd}sic YTpi", "\u{e9}\u{e9}\u{e9}\u{e9}x"] {
+            let mut conn = Mem {
+                input: io::Cursor::new(
+                    format!("GET /v2/ HTTP/1.1\r\nAuthorization: {header}\r\n\r\n").into_bytes(),
+                ),
+                out: Vec::new(),
+            };
+            reg.serve_conn(&mut conn, "127.0.0.1:1");
+            let out = String::from_utf8_lossy(&conn.out);
+            assert!(out.starts_with("HTTP/1.1 401 "), "{header:?}: {out}");
+        }
     }
 }
