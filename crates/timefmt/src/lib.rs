@@ -122,12 +122,15 @@ pub fn parse_time_arg(s: &str, now: i128) -> Option<i128> {
         for (i, c) in frac.bytes().take(9).enumerate() {
             nanos += i128::from(c - b'0') * 10i128.pow(8 - i as u32);
         }
-        return Some(secs * 1_000_000_000 + nanos);
+        // Digits beyond any representable time are no time, not an overflow.
+        return secs.checked_mul(1_000_000_000)?.checked_add(nanos);
     }
     parse_duration(s).map(|d| now - d as i128)
 }
 
-/// Parses a Go-style duration (`1h30m`, `10s`, `250ms`, `1.5s`) into nanoseconds.
+/// Parses a Go-style duration (`1h30m`, `10s`, `250ms`, `1.5s`, `3µs`) into nanoseconds,
+/// exactly (a fraction below a nanosecond is dropped). `None` for anything else, and for a
+/// duration beyond `u128` nanoseconds.
 pub fn parse_duration(s: &str) -> Option<u128> {
     let mut rest = s.trim();
     if rest.is_empty() {
@@ -136,28 +139,55 @@ pub fn parse_duration(s: &str) -> Option<u128> {
     if rest == "0" {
         return Some(0);
     }
-    let mut total: f64 = 0.0;
+    let mut total: u128 = 0;
     while !rest.is_empty() {
-        let n = rest
-            .bytes()
-            .take_while(|c| c.is_ascii_digit() || *c == b'.')
-            .count();
-        let value: f64 = rest[..n].parse().ok()?;
-        rest = &rest[n..];
-        let u = rest.bytes().take_while(|c| c.is_ascii_alphabetic()).count();
-        let mult = match &rest[..u] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
+        let whole_len = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let whole = &rest[..whole_len];
+        rest = &rest[whole_len..];
+        let frac = match rest.strip_prefix('.') {
+            Some(after) => {
+                let n = after.bytes().take_while(u8::is_ascii_digit).count();
+                rest = &after[n..];
+                &after[..n]
+            }
+            None => "",
+        };
+        if whole.is_empty() && frac.is_empty() {
+            return None;
+        }
+        // Units are letters, µ (U+00B5) and μ (U+03BC) among them, as Go's time.ParseDuration.
+        let unit_len: usize = rest
+            .chars()
+            .take_while(|c| c.is_alphabetic())
+            .map(char::len_utf8)
+            .sum();
+        let mult: u128 = match &rest[..unit_len] {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return None,
         };
-        rest = &rest[u..];
-        total += value * mult;
+        rest = &rest[unit_len..];
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().ok()?
+        };
+        // The fraction's first 20 digits, scaled by the unit (beyond that, less than 1 ns).
+        let frac = &frac[..frac.len().min(20)];
+        let frac_ns = if frac.is_empty() {
+            0
+        } else {
+            frac.parse::<u128>().ok()?.checked_mul(mult)? / 10u128.pow(frac.len() as u32)
+        };
+        total = total
+            .checked_add(whole.checked_mul(mult)?)?
+            .checked_add(frac_ns)?;
     }
-    (total.is_finite() && total >= 0.0).then_some(total as u128)
+    Some(total)
 }
 
 /// Formats a duration like Docker's "Up 5 minutes" / "Exited (0) 2 hours ago" phrases.
@@ -223,6 +253,56 @@ mod tests {
             (-86_400, 0, "1969-12-31T00:00:00.000000000Z"),
         ] {
             assert_eq!(super::rfc3339(secs, nanos), want);
+        }
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// The last second of year 9999: RFC 3339 has four-digit years.
+        const MAX_SECS: i64 = 253_402_300_799;
+
+        proptest! {
+            #[test]
+            fn rfc3339_round_trips(secs in 0..=MAX_SECS, nanos in 0u32..1_000_000_000) {
+                let s = rfc3339(secs, nanos);
+                prop_assert_eq!(
+                    parse_rfc3339(&s),
+                    Some(i128::from(secs) * 1_000_000_000 + i128::from(nanos)),
+                    "{}", s
+                );
+            }
+
+            #[test]
+            fn an_offset_is_the_same_instant(secs in 86_400..MAX_SECS - 86_400, h in 0i64..24, m in 0i64..60, east in any::<bool>()) {
+                let utc = parse_rfc3339(&rfc3339(secs, 0)).unwrap();
+                let shift = (h * 3600 + m * 60) * if east { 1 } else { -1 };
+                let local = rfc3339(secs + shift, 0);
+                let with_offset = format!("{}{}{h:02}:{m:02}", &local[..19], if east { '+' } else { '-' });
+                prop_assert_eq!(parse_rfc3339(&with_offset), Some(utc), "{}", with_offset);
+            }
+
+            #[test]
+            fn go_durations_sum_their_units(
+                h in 0u64..10_000, m in 0u64..60, s in 0u64..60, ms in 0u64..1000, us in 0u64..1000, ns in 0u64..1000,
+                micro in prop::sample::select(vec!["us", "\u{b5}s", "\u{3bc}s"]),
+            ) {
+                let text = format!("{h}h{m}m{s}s{ms}ms{us}{micro}{ns}ns");
+                let want = u128::from(((h * 60 + m) * 60 + s) * 1_000_000_000 + ms * 1_000_000 + us * 1_000 + ns);
+                prop_assert_eq!(parse_duration(&text), Some(want), "{}", text);
+            }
+
+            #[test]
+            fn time_arguments_never_panic(s in "\\PC{0,40}", digits in "[0-9]{1,60}(\\.[0-9]{0,12})?") {
+                let now = 1_700_000_000 * 1_000_000_000;
+                let _ = parse_time_arg(&s, now);
+                let _ = parse_time_arg(&digits, now);
+                let _ = parse_rfc3339(&s);
+                let _ = parse_duration(&s);
+                let _ = parse_duration(&digits);
+            }
         }
     }
 }
