@@ -988,4 +988,68 @@ mod tests {
         nets.remove(&a).unwrap();
         assert!(matches!(nets.get("front"), Err(NetworkError::NotFound(_))));
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            /// `[ip:][hostPort[-end]:]containerPort[-end][/proto]` expands to one mapping per
+            /// port, pairwise, and mismatched ranges are refused.
+            #[test]
+            fn publish_ranges_expand_pairwise(
+                ip in prop::option::of(prop_oneof![
+                    Just("127.0.0.1".to_string()),
+                    Just("[::1]".to_string()),
+                    "10\\.[0-9]{1,3}\\.0\\.1",
+                ]),
+                host in prop::option::of(1u16..60000),
+                ctr in 1u16..60000,
+                len in 0u16..64,
+                skew in 0u16..3,
+                proto in prop::option::of(prop::sample::select(vec!["tcp", "udp", "TCP"])),
+            ) {
+                let range = |a: u16, n: u16| if n == 0 { a.to_string() } else { format!("{a}-{}", a + n) };
+                let mut s = range(ctr, len);
+                if let Some(h) = host {
+                    s = format!("{}:{s}", range(h, len + skew));
+                } else if ip.is_some() {
+                    s = format!(":{s}");
+                }
+                if let Some(ip) = &ip {
+                    s = format!("{ip}:{s}");
+                }
+                if let Some(p) = proto {
+                    s = format!("{s}/{p}");
+                }
+                let ip_ok = ip.as_deref().is_none_or(|i| i.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok());
+                match parse_publish(&s) {
+                    Ok(m) => {
+                        prop_assert!(ip_ok && (host.is_none() || skew == 0), "{} accepted", s);
+                        prop_assert_eq!(m.len(), usize::from(len) + 1, "{}", s);
+                        for (i, pm) in m.iter().enumerate() {
+                            let i = i as u16;
+                            prop_assert_eq!(pm.container_port, ctr + i);
+                            prop_assert_eq!(pm.host_port, host.map_or(0, |h| h + i));
+                            prop_assert_eq!(pm.protocol.as_str(), proto.map_or("tcp", |p| if p == "TCP" { "tcp" } else { p }));
+                            prop_assert_eq!(pm.host_ip.as_str(), ip.as_deref().unwrap_or("").trim_matches(['[', ']']));
+                        }
+                    }
+                    Err(e) => {
+                        prop_assert!(!ip_ok || (host.is_some() && skew != 0), "{} refused: {}", s, e);
+                        prop_assert!(e.contains(&format!("{s:?}")), "{}", e);
+                    }
+                }
+            }
+
+            #[test]
+            fn any_publish_text_is_parsed_or_refused_without_panic(s in "\\PC{0,40}") {
+                if let Ok(m) = parse_publish(&s) {
+                    prop_assert!(!m.is_empty());
+                    prop_assert!(m.iter().all(|p| p.container_port > 0));
+                }
+            }
+        }
+    }
 }

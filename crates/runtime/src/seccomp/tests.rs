@@ -1162,3 +1162,163 @@ fn kernel_accepts_long_jumps() {
         "child status {status:#x}"
     );
 }
+
+/// Random profiles against random syscalls, each verdict checked against the documented model
+/// (module docs: conditional entries first, in order; then the first unconditional one; then
+/// `defaultAction`; i386 sees only the low 32 bits of an argument).
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const NAMES: [&str; 5] = ["read", "mkdirat", "socket", "personality", "clone"];
+    const OPS: [&str; 7] = [
+        "SCMP_CMP_NE",
+        "SCMP_CMP_LT",
+        "SCMP_CMP_LE",
+        "SCMP_CMP_EQ",
+        "SCMP_CMP_GE",
+        "SCMP_CMP_GT",
+        "SCMP_CMP_MASKED_EQ",
+    ];
+
+    #[derive(Debug, Clone)]
+    struct Cond {
+        index: usize,
+        op: &'static str,
+        value: u64,
+        value_two: u64,
+    }
+
+    #[derive(Debug, Clone)]
+    struct Entry {
+        names: Vec<&'static str>,
+        /// (action, errnoRet when it takes one, verdict)
+        action: (&'static str, Option<u32>, u32),
+        conds: Vec<Cond>,
+    }
+
+    fn value() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            prop::sample::select(INTERESTING.to_vec()),
+            any::<u64>(),
+            0u64..8
+        ]
+    }
+
+    fn action() -> impl Strategy<Value = (&'static str, Option<u32>, u32)> {
+        prop_oneof![
+            Just(("SCMP_ACT_ALLOW", None, SECCOMP_RET_ALLOW)),
+            Just(("SCMP_ACT_LOG", None, SECCOMP_RET_LOG)),
+            Just(("SCMP_ACT_KILL_PROCESS", None, SECCOMP_RET_KILL_PROCESS)),
+            (1u32..4096).prop_map(|e| ("SCMP_ACT_ERRNO", Some(e), errno(e))),
+        ]
+    }
+
+    fn cond() -> impl Strategy<Value = Cond> {
+        (
+            0usize..6,
+            prop::sample::select(OPS.to_vec()),
+            value(),
+            value(),
+        )
+            .prop_map(|(index, op, value, value_two)| Cond {
+                index,
+                op,
+                value,
+                value_two,
+            })
+    }
+
+    fn entry() -> impl Strategy<Value = Entry> {
+        (
+            prop::sample::subsequence(NAMES.to_vec(), 1..=3),
+            action(),
+            prop::collection::vec(cond(), 0..4),
+        )
+            .prop_map(|(names, action, conds)| Entry {
+                names,
+                action,
+                conds,
+            })
+    }
+
+    fn to_json(default: &(&str, Option<u32>, u32), entries: &[Entry]) -> String {
+        let action = |(a, e, _): &(&str, Option<u32>, u32), key: &str| {
+            let mut v = serde_json::json!({ key: a });
+            if let Some(e) = e {
+                v[if key == "action" {
+                    "errnoRet"
+                } else {
+                    "defaultErrnoRet"
+                }] = (*e).into();
+            }
+            v
+        };
+        let mut p = action(default, "defaultAction");
+        p["architectures"] = serde_json::json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]);
+        p["syscalls"] = entries
+            .iter()
+            .map(|e| {
+                let mut v = action(&e.action, "action");
+                v["names"] = serde_json::json!(e.names);
+                if !e.conds.is_empty() {
+                    v["args"] = e
+                        .conds
+                        .iter()
+                        .map(|c| serde_json::json!({"index": c.index, "op": c.op, "value": c.value, "valueTwo": c.value_two}))
+                        .collect();
+                }
+                v
+            })
+            .collect();
+        p.to_string()
+    }
+
+    fn model(default: u32, entries: &[Entry], name: &str, args: &[u64; 6], wide: bool) -> u32 {
+        let seen = |a: u64| if wide { a } else { a & 0xffff_ffff };
+        let mine = || entries.iter().filter(|e| e.names.contains(&name));
+        mine()
+            .filter(|e| !e.conds.is_empty())
+            .find(|e| {
+                e.conds
+                    .iter()
+                    .all(|c| reference(c.op, c.value, c.value_two, seen(args[c.index])))
+            })
+            .or_else(|| mine().find(|e| e.conds.is_empty()))
+            .map_or(default, |e| e.action.2)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn compiled_filters_decide_as_the_model(
+            default in action(),
+            entries in prop::collection::vec(entry(), 0..8),
+            calls in prop::collection::vec(
+                (prop::sample::select(NAMES.to_vec()), prop::array::uniform6(value()), any::<bool>()),
+                1..16,
+            ),
+        ) {
+            let json = to_json(&default, &entries);
+            let filter = compile_ok(&json);
+            for (name, args, i386) in calls {
+                let mut data = if i386 { Data::i386(name) } else { Data::x86_64(name) };
+                data.args = args;
+                // A condition's value is often the argument itself, so equality is exercised.
+                let want = model(default.2, &entries, name, &args, !i386);
+                prop_assert_eq!(run(filter.instructions(), &data), want, "{} for {:?}", json, data);
+                for e in &entries {
+                    for c in &e.conds {
+                        data.args[c.index] = c.value;
+                        let mut a = args;
+                        a[c.index] = c.value;
+                        let want = model(default.2, &entries, name, &a, !i386);
+                        prop_assert_eq!(run(filter.instructions(), &data), want, "{} for {:?}", json, data);
+                        data.args = args;
+                    }
+                }
+            }
+        }
+    }
+}
