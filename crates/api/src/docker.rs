@@ -619,6 +619,15 @@ struct UpdateBody {
 
 /// `POST /containers/{id}/update`.
 pub(crate) fn update(engine: &Arc<Engine>, id: &str, body: &mut (impl Read + ?Sized)) -> Handled {
+    let u = update_request(body)?;
+    engine.update_resources(id, &u)?;
+    Ok(Output::Json(200, json!({"Warnings": null})))
+}
+
+/// The engine's request of a Docker update body.
+pub(crate) fn update_request(
+    body: &mut (impl Read + ?Sized),
+) -> Result<engine::UpdateRequest, Failure> {
     let b: UpdateBody = crate::server::json_body(body)?;
     for (k, v) in &b.rest {
         let unset = match v {
@@ -649,16 +658,14 @@ pub(crate) fn update(engine: &Arc<Engine>, id: &str, body: &mut (impl Read + ?Si
             }
         }),
     };
-    engine.update_resources(id, &u)?;
-    Ok(Output::Json(200, json!({"Warnings": null})))
+    Ok(u)
 }
 
-/// `POST /containers/create`.
-pub(crate) fn create(
-    engine: &Arc<Engine>,
+/// The engine's request of a Docker container-create body.
+pub(crate) fn create_body(
     head: &Head,
     body: &mut (impl Read + ?Sized),
-) -> Handled {
+) -> Result<engine::CreateRequest, Failure> {
     let raw: Value = crate::server::json_body(body)?;
     let b: CreateBody = serde_path_to_error::deserialize(&raw)
         .map_err(|e| bad_request(format!("invalid request body: {}: {}", e.path(), e.inner())))?;
@@ -673,6 +680,16 @@ pub(crate) fn create(
         })
         .unwrap_or(Value::Null);
     req.docker = Some(json!({"Config": config, "HostConfig": host_config}));
+    Ok(req)
+}
+
+/// `POST /containers/create`.
+pub(crate) fn create(
+    engine: &Arc<Engine>,
+    head: &Head,
+    body: &mut (impl Read + ?Sized),
+) -> Handled {
+    let req = create_body(head, body)?;
     let image = req.image.clone();
     match engine.create(req) {
         Ok(rec) => Ok(Output::Json(201, json!({"Id": rec.id, "Warnings": []}))),
@@ -1032,27 +1049,31 @@ pub(crate) fn exec_create(
     id: &str,
     body: &mut (impl Read + ?Sized),
 ) -> Handled {
+    let exec_id = engine.exec_create(id, exec_request(body)?)?;
+    Ok(Output::Json(201, json!({ "Id": exec_id })))
+}
+
+/// The engine's request of a Docker exec-create body.
+pub(crate) fn exec_request(
+    body: &mut (impl Read + ?Sized),
+) -> Result<engine::ExecRequest, Failure> {
     let b: ExecBody = crate::server::json_body(body)?;
     if b.cmd.is_empty() {
         return Err(bad_request("No exec command specified"));
     }
-    let exec_id = engine.exec_create(
-        id,
-        engine::ExecRequest {
-            cmd: b.cmd,
-            env: b.env.unwrap_or_default(),
-            user: Some(b.user).filter(|u| !u.is_empty()),
-            workdir: Some(b.working_dir).filter(|w| !w.is_empty()),
-            tty: b.tty,
-            stdin: b.attach_stdin,
-            privileged: b.privileged,
-            detach_keys: {
-                crate::server::detach_keys(&b.detach_keys)?;
-                Some(b.detach_keys).filter(|k| !k.is_empty())
-            },
+    Ok(engine::ExecRequest {
+        cmd: b.cmd,
+        env: b.env.unwrap_or_default(),
+        user: Some(b.user).filter(|u| !u.is_empty()),
+        workdir: Some(b.working_dir).filter(|w| !w.is_empty()),
+        tty: b.tty,
+        stdin: b.attach_stdin,
+        privileged: b.privileged,
+        detach_keys: {
+            crate::server::detach_keys(&b.detach_keys)?;
+            Some(b.detach_keys).filter(|k| !k.is_empty())
         },
-    )?;
-    Ok(Output::Json(201, json!({ "Id": exec_id })))
+    })
 }
 
 /// A network as Docker shows it.

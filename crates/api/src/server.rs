@@ -20,7 +20,7 @@ pub const PREFIX: &str = "/berth/v1";
 const MAX_JSON: usize = 4 * 1024 * 1024;
 
 /// An error answer: status and message.
-pub(crate) struct Fail(u16, String, Option<i32>);
+pub(crate) struct Fail(pub(crate) u16, pub(crate) String, Option<i32>);
 
 impl From<EngineError> for Fail {
     fn from(e: EngineError) -> Fail {
