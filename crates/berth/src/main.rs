@@ -289,6 +289,28 @@ struct RuntimeCli {
     args: runtime_cmd::RuntimeArgs,
 }
 
+/// `berth runtime …` alone: the same usage and help as through [`Cli`], without the parser of
+/// every other command.
+#[derive(Parser)]
+#[command(name = "berth", version)]
+struct RuntimeOnlyCli {
+    #[command(subcommand)]
+    command: RuntimeOnly,
+}
+
+#[derive(Subcommand)]
+enum RuntimeOnly {
+    /// The OCI runtime (the command line runc, crun and youki share).
+    Runtime(Box<runtime_cmd::RuntimeArgs>),
+}
+
+impl RuntimeOnly {
+    fn into_args(self) -> runtime_cmd::RuntimeArgs {
+        let RuntimeOnly::Runtime(args) = self;
+        *args
+    }
+}
+
 fn client(host: Option<&str>) -> Result<Client> {
     Client::new(host).map_err(|e| util::Failure::new(1, e).into())
 }
@@ -537,6 +559,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
 }
 
 fn main() {
+    runtime::log::trace("berth's main");
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // The monitor must start before anything else (it forks and needs a single thread).
     if args.len() == 3 && args[1] == "shim" {
@@ -550,8 +573,26 @@ fn main() {
                 .map(|n| n.to_string_lossy().into_owned())
         })
         .unwrap_or_default();
+    // The runtime's command line is parsed alone: building the parser of every berth command
+    // is measurable on a container's start. A command that enters a container re-executes
+    // first (CVE-2019-5736), before any parsing, so that work is done once.
+    let runtime_args = if invoked_as == "berth-runtime" {
+        Some(&args[1..])
+    } else if args.get(1).is_some_and(|a| a == "runtime") {
+        Some(&args[2..])
+    } else {
+        None
+    };
+    if runtime_args.is_some_and(runtime_cmd::enters_container) {
+        if let Err(e) = runtime::selfexe::ensure_protected() {
+            eprintln!("berth: protecting the runtime binary (CVE-2019-5736): {e}");
+            std::process::exit(1);
+        }
+    }
     let code = if invoked_as == "berth-runtime" {
         runtime_cmd::main(RuntimeCli::parse().args)
+    } else if runtime_args.is_some() {
+        runtime_cmd::main(RuntimeOnlyCli::parse().command.into_args())
     } else {
         let cli = Cli::parse();
         dispatch(cli).unwrap_or_else(|e| {

@@ -8,6 +8,34 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use runtime::{CreateOptions, ExecOptions, Runtime};
 
+/// The runtime verb of a command line (the arguments after `runtime`, or after
+/// `berth-runtime`), found without building the parser: its global flags are skipped, with the
+/// value of those that take one. `None` when something else comes first.
+pub fn verb(args: &[std::ffi::OsString]) -> Option<&str> {
+    let mut it = args.iter().map(|a| a.to_str());
+    while let Some(a) = it.next()? {
+        match a {
+            "--root" | "--log" | "--log-format" => {
+                it.next()?;
+            }
+            "--strict-spec" | "--debug" | "--systemd-cgroup" => {}
+            a if a.starts_with("--root=")
+                || a.starts_with("--log=")
+                || a.starts_with("--log-format=") => {}
+            a if a.starts_with('-') => return None,
+            verb => return Some(verb),
+        }
+    }
+    None
+}
+
+/// Whether the verb enters a container, so the binary must be protected first
+/// ([`runtime::selfexe::ensure_protected`]): done before anything else in `main`, so the
+/// re-execution happens before the command line is parsed and not after.
+pub fn enters_container(args: &[std::ffi::OsString]) -> bool {
+    matches!(verb(args), Some("create" | "run" | "exec"))
+}
+
 #[derive(Args)]
 pub struct RuntimeArgs {
     /// Directory for container state.
@@ -590,4 +618,38 @@ fn spec(bundle: &Path, args: &[String]) -> Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&config)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<std::ffi::OsString> {
+        s.split_whitespace().map(Into::into).collect()
+    }
+
+    #[test]
+    fn the_verb_is_found_past_global_flags() {
+        for (line, want) in [
+            ("run --bundle b x", Some("run")),
+            (
+                "--root /r --log /l --log-format json exec x sh",
+                Some("exec"),
+            ),
+            (
+                "--root=/r --strict-spec --debug --systemd-cgroup create x",
+                Some("create"),
+            ),
+            ("--log-format=text state x", Some("state")),
+            ("--unknown run x", None),
+            ("--root", None),
+            ("", None),
+        ] {
+            assert_eq!(verb(&args(line)), want, "{line}");
+        }
+        assert!(enters_container(&args("--root /r run x")));
+        assert!(!enters_container(&args("--root /r delete x")));
+        // A flag's value is never taken for the verb.
+        assert!(!enters_container(&args("--root run state x")));
+    }
 }

@@ -358,6 +358,7 @@ impl Runtime {
             let _ = self.destroy(&l.record, &l.dir);
             return Err(e);
         }
+        crate::log::trace("started");
         let state = l.record.poststart_state(&l.dir);
         if let Err(e) = hooks::run(
             l.record.spec.hooks().as_ref(),
@@ -371,12 +372,15 @@ impl Runtime {
             return Ok(0);
         }
         let code = wait_foreground(l.record.pid, l.master.as_ref());
+        crate::log::trace("exited");
         restore_signals(&l.sigmask);
         self.destroy(&l.record, &l.dir)?;
+        crate::log::trace("deleted");
         Ok(code)
     }
 
     fn launch(&self, opts: &CreateOptions, mode: Mode) -> Result<Launched, Error> {
+        crate::log::trace("launch");
         validate_id(&opts.id)?;
         let bundle = fs::canonicalize(&opts.bundle)
             .map_err(|e| Error::io(format!("bundle {}", opts.bundle.display()), e))?;
@@ -462,6 +466,7 @@ impl Runtime {
             shared_mount_ns: shared_mounts.is_some(),
         };
         let ops = crate::mounts::plan(&spec, &ctx)?;
+        crate::log::trace("spec read and planned");
         let after_pivot = crate::mounts::plan_after_pivot(&spec);
         let rootfs = crate::spec::rootfs_path(&spec, &bundle);
         let console = match (prepared.terminal, &opts.console_socket, mode) {
@@ -493,6 +498,7 @@ impl Runtime {
         };
         undo.cgroup = Some(cgroup.clone());
         cgroup.create()?;
+        crate::log::trace("cgroup created");
 
         let start = if mode == Mode::Create {
             let fifo = dir.join(EXEC_FIFO);
@@ -569,6 +575,7 @@ impl Runtime {
         drop(child_channel);
         drop(start);
         drop(console);
+        crate::log::trace("cloned");
         undo.pids.push(pid);
         let result = self.finish_launch(
             &spec,
@@ -699,6 +706,7 @@ impl Runtime {
             m => return Err(Error::Setup(format!("unexpected setup message {m:?}"))),
         }
         record.save(dir)?;
+        crate::log::trace("created");
         if let Some(p) = &opts.pid_file {
             write_pid_file(p, init_pid)?;
         }

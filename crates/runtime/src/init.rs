@@ -197,6 +197,7 @@ impl Init<'_> {
     }
 
     fn container(&self) -> Result<std::convert::Infallible, String> {
+        crate::log::trace("init: in the namespaces");
         let sys = LinuxSyscall;
         let joined_user = self
             .ns
@@ -234,6 +235,7 @@ impl Init<'_> {
                 .unwrap_or(self.ops.len()),
         );
         crate::mounts::apply(&sys, &self.rootfs, before).map_err(|e| e.to_string())?;
+        crate::log::trace("init: mounts");
 
         self.channel
             .send(&Msg::Hooks)
@@ -248,6 +250,7 @@ impl Init<'_> {
 
         crate::mounts::apply(&sys, &self.rootfs, pivot).map_err(|e| e.to_string())?;
         crate::mounts::apply(&sys, Path::new("/"), &self.after_pivot).map_err(|e| e.to_string())?;
+        crate::log::trace("init: pivot_root, masked and read-only paths");
 
         open_terminal(self.process, &self.console, self.channel)?;
         if let ConsoleTarget::Socket(s) = &self.console {
@@ -257,6 +260,7 @@ impl Init<'_> {
 
         let path = self.process.find_executable().map_err(|e| e.to_string())?;
         self.process.setup()?;
+        crate::log::trace("init: process set up");
         self.channel
             .send(&Msg::Ready)
             .map_err(|e| os(e, "setup channel"))?;
@@ -286,6 +290,7 @@ impl Init<'_> {
             let json = serde_json::to_string(&st).unwrap_or_default();
             hooks::run(Some(h), Point::StartContainer, &json).map_err(|e| e.to_string())?;
         }
+        crate::log::trace("init: exec");
         Err(self.process.exec(&path, &self.sigmask))
     }
 }

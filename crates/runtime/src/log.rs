@@ -56,3 +56,34 @@ fn write(level: &str, msg: &str) {
         }
     }
 }
+
+/// Whether `BERTH_TRACE` is set: then [`trace`] marks the phases of a start on stderr.
+fn tracing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("BERTH_TRACE").is_some())
+}
+
+/// With `BERTH_TRACE` set, writes `berth-trace <monotonic seconds> <pid> <phase>` to stderr:
+/// the phases of a container start, from the runtime and from the container's init, on one
+/// clock (bench/runtime-start.sh --breakdown sums them). One write(2), no lock, no allocation
+/// beyond the line: it is also called between fork and exec.
+pub fn trace(phase: &str) {
+    if !tracing() {
+        return;
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec; getpid has no preconditions.
+    let pid = unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        libc::getpid()
+    };
+    let line = format!(
+        "berth-trace {}.{:09} {pid} {phase}\n",
+        ts.tv_sec, ts.tv_nsec
+    );
+    // SAFETY: writing a valid buffer to fd 2.
+    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+}

@@ -56,11 +56,14 @@ pub fn is_read_only() -> bool {
 pub fn ensure_protected() -> io::Result<()> {
     if let Some(fds) = env::var_os(RETURN_ENV) {
         env::remove_var(RETURN_ENV);
-        return return_to_host(&fds.to_string_lossy());
+        let r = return_to_host(&fds.to_string_lossy());
+        crate::log::trace("re-executed from the read-only binary");
+        return r;
     }
     if is_read_only() || is_sealed_copy() {
         return Ok(());
     }
+    crate::log::trace("re-executing from a read-only bind");
     match reexec_read_only() {
         Ok(never) => match never {},
         Err(_) => ensure_sealed_copy(),
