@@ -59,7 +59,7 @@ totals = []
 for i in range(runs):
     t0 = time.clock_gettime(time.CLOCK_MONOTONIC)
     p = subprocess.run([berth, "runtime", "--root", f"{work}/trace-state", "run", "--bundle",
-                        f"{work}/bundle", f"trace-{i}"], stderr=subprocess.PIPE, text=True, check=True)
+                        f"{work}/bundle", f"trace-{i}"], stderr=subprocess.PIPE, text=True, check=True, env=env)
     t1 = time.clock_gettime(time.CLOCK_MONOTONIC)
     marks = [(float(l.split()[1]), " ".join(l.split()[3:])) for l in p.stderr.splitlines()
              if l.startswith("berth-trace ")]
