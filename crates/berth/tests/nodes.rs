@@ -3940,7 +3940,10 @@ fn a_rollout_and_its_undo_behind_a_service_fail_no_request() {
         }
     });
     // Each pod, when signalled, writes what cluster DNS (which follows the same slices as
-    // the proxies) says of the Service's ready endpoints: its own address must be gone.
+    // the proxies) says of the Service's ready endpoints: its own address must be gone. It
+    // serves a second longer, as an application behind a Service does while the nodes'
+    // proxies catch up with the slice (DNS in the server sees it first: one request in
+    // ~1800 through the LoadBalancer address was refused without that second).
     let term_dir =
         std::path::PathBuf::from(format!("/var/tmp/berth-test-{ns}-{}", std::process::id()));
     let app = format!(
@@ -3961,7 +3964,7 @@ spec:
         imagePullPolicy: Never
         ports: [{{name: http, containerPort: 8080}}]
         volumeMounts: [{{name: term, mountPath: /term}}]
-        command: ["sh", "-c", "mkdir -p /www/cgi-bin; printf '#!/bin/sh\necho\necho $HOSTNAME\n' > /www/cgi-bin/who; chmod +x /www/cgi-bin/who; httpd -f -p 8080 -h /www & pid=$!; trap 'nslookup app-h.{ns}.svc.cluster.local > /term/$HOSTNAME 2>&1; kill $pid; exit 0' TERM; wait"]
+        command: ["sh", "-c", "mkdir -p /www/cgi-bin; printf '#!/bin/sh\necho\necho $HOSTNAME\n' > /www/cgi-bin/who; chmod +x /www/cgi-bin/who; httpd -f -p 8080 -h /www & pid=$!; trap 'nslookup app-h.{ns}.svc.cluster.local > /term/$HOSTNAME 2>&1; sleep 1; kill $pid; exit 0' TERM; wait"]
         readinessProbe: {{tcpSocket: {{port: http}}, periodSeconds: 1}}
 ---
 apiVersion: v1
