@@ -85,6 +85,21 @@ impl Bundle {
         self.berth(&["run", "--bundle", bundle.to_str().unwrap(), &self.id])
     }
 
+    /// [`Bundle::run`] with `--log`: the output and the log file's path.
+    fn run_logged(&self) -> (Output, PathBuf) {
+        let log = self.dir.path().join("runtime.log");
+        let bundle = self.path();
+        let out = self.berth(&[
+            "--log",
+            log.to_str().unwrap(),
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            &self.id,
+        ]);
+        (out, log)
+    }
+
     /// Runs the container in the foreground and returns its stdout, asserting success.
     fn run_ok(&self) -> String {
         let out = self.run();
@@ -1598,24 +1613,14 @@ fn unknown_properties_are_ignored_and_named_in_the_log() {
         c["process"]["futureSetting"] = json!({"x": 1});
         c["linux"]["someNewThing"] = json!(true);
     });
-    let log = b.dir.path().join("runtime.log");
-    let bundle = b.path();
-    let out = Command::new(BERTH)
-        .arg("runtime")
-        .arg("--root")
-        .arg(b.root())
-        .arg("--log")
-        .arg(&log)
-        .args(["run", "--bundle", bundle.to_str().unwrap(), &b.id])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let (out, log) = b.run_logged();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
     let text = fs::read_to_string(&log).unwrap();
     for field in ["process.futureSetting", "linux.someNewThing"] {
         assert!(text.contains(field), "the log names {field}: {text}");
     }
+    let bundle = b.path();
     let out = b.berth(&[
         "--strict-spec",
         "run",
@@ -1767,18 +1772,7 @@ fn runc_spec_s_default_config_runs_and_the_log_names_skipped_ambient_capabilitie
                     .contains(&json!("CAP_KILL"))
         );
     });
-    let log = b.dir.path().join("runtime.log");
-    let bundle = b.path();
-    let out = Command::new(BERTH)
-        .arg("runtime")
-        .arg("--root")
-        .arg(b.root())
-        .arg("--log")
-        .arg(&log)
-        .args(["run", "--bundle", bundle.to_str().unwrap(), &b.id])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let (out, log) = b.run_logged();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.ends_with("ran\n"),

@@ -396,21 +396,6 @@ impl Runtime {
         let prepared = Prepared::new(process, linux.seccomp().as_ref(), opts.preserve_fds)?;
         let ns = namespaces::Plan::from_spec(&spec);
         let joins = |t: LinuxNamespaceType| ns.join.iter().any(|(j, _)| *j == t);
-        // Without a mount namespace of its own, the container mounts in the runtime's or in
-        // the one it joins, and those mounts must be found again at delete.
-        let shared_mounts = if ns.new & libc::CLONE_NEWNS as u64 == 0 {
-            let joined = ns
-                .join
-                .iter()
-                .find(|(t, _)| *t == LinuxNamespaceType::Mount)
-                .map(|(_, p)| p.as_path());
-            let rootfs = crate::spec::rootfs_path(&spec, &bundle);
-            let rootfs = fs::canonicalize(&rootfs)
-                .map_err(|e| Error::io(format!("root.path {}", rootfs.display()), e))?;
-            Some(SharedMounts::prepare(joined, &rootfs)?)
-        } else {
-            None
-        };
         if spec.hostname().as_deref().is_some_and(|h| !h.is_empty())
             && ns.new & libc::CLONE_NEWUTS as u64 == 0
             && !joins(LinuxNamespaceType::Uts)
@@ -425,6 +410,21 @@ impl Runtime {
         // One read of the mount table serves the cgroup layout, the v1 mounts and the rootfs's parent.
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| Error::io("reading /proc/self/mountinfo", e))?;
+        // Without a mount namespace of its own, the container mounts in the runtime's or in
+        // the one it joins, and those mounts must be found again at delete.
+        let shared_mounts = if ns.new & libc::CLONE_NEWNS as u64 == 0 {
+            let joined = ns
+                .join
+                .iter()
+                .find(|(t, _)| *t == LinuxNamespaceType::Mount)
+                .map(|(_, p)| p.as_path());
+            let rootfs = crate::spec::rootfs_path(&spec, &bundle);
+            let rootfs = fs::canonicalize(&rootfs)
+                .map_err(|e| Error::io(format!("root.path {}", rootfs.display()), e))?;
+            Some(SharedMounts::prepare(joined, &rootfs, &mountinfo)?)
+        } else {
+            None
+        };
         let hierarchy = Hierarchy::from_mountinfo(&mountinfo)?;
         let cgroup = Cgroup::new(
             &hierarchy,

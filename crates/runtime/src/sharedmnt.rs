@@ -36,7 +36,13 @@ pub struct SharedMounts {
 
 impl SharedMounts {
     /// Records the namespace and what is mounted on `root` there now, before anything is made.
-    pub fn prepare(ns_path: Option<&Path>, root: &Path) -> Result<SharedMounts, Error> {
+    /// `own_mountinfo`: the runtime's mount table, already read, used when the namespace is
+    /// the runtime's own.
+    pub fn prepare(
+        ns_path: Option<&Path>,
+        root: &Path,
+        own_mountinfo: &str,
+    ) -> Result<SharedMounts, Error> {
         let what = |p: &Path| format!("linux.namespaces mount: {}", p.display());
         let (ns_dev, ns_ino) = match ns_path {
             Some(p) => identity(p).map_err(|e| Error::io(what(p), e))?,
@@ -50,14 +56,22 @@ impl SharedMounts {
             root: root.to_path_buf(),
             before: Vec::new(),
         };
-        let root = m.root.clone();
-        let info = m
-            .in_namespace(|| std::fs::read_to_string("/proc/self/mountinfo"))
-            .map_err(|e| match &m.ns_path {
-                Some(p) => Error::io(format!("{}: reading its mounts", what(p)), e),
-                None => Error::io("reading /proc/self/mountinfo", e),
-            })?;
-        m.before = stacked_on(&info, &root);
+        let ours = identity(Path::new("/proc/self/ns/mnt"))
+            .map_err(|e| Error::io("reading /proc/self/ns/mnt", e))?
+            == (ns_dev, ns_ino);
+        let info = if ours {
+            own_mountinfo.to_owned()
+        } else {
+            m.in_namespace(|| std::fs::read_to_string("/proc/self/mountinfo"))
+                .map_err(|e| {
+                    let p = m
+                        .ns_path
+                        .as_deref()
+                        .unwrap_or(Path::new("/proc/self/ns/mnt"));
+                    Error::io(format!("{}: reading its mounts", what(p)), e)
+                })?
+        };
+        m.before = stacked_on(&info, root);
         Ok(m)
     }
 
